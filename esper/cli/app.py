@@ -1,0 +1,54 @@
+"""The `esper` typer app and the one place that turns errors into one line and an exit code."""
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from esper.errors import BadInput, EsperError
+
+app = typer.Typer(
+    name="esper",
+    help="Morphogenetic neural networks on an event-sourced lifecycle engine.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+WorkspaceOption = typer.Option(
+    None, "--workspace", "-w", help="Folder of store files (default $ESPER_WORKSPACE, else ./runs)."
+)
+
+
+def say(message: str) -> None:
+    """Progress and notes go to stderr; stdout is for results (tables, JSON)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Map `EsperError` to one line on stderr and its exit code; never let a traceback reach the user."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except EsperError as exc:
+            say(f"esper: {exc}")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            say("esper: interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def existing_workspace(workspace: Optional[Path]) -> "Workspace":  # noqa: F821 - imported lazily below
+    """The workspace to read; a missing folder named explicitly is bad input."""
+    from esper.store import Workspace
+
+    ws = Workspace.at(workspace)
+    if workspace is not None and not ws.root.is_dir():
+        raise BadInput(f"workspace {ws.root} does not exist")
+    return ws

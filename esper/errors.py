@@ -1,0 +1,38 @@
+"""One small hierarchy of errors; the CLI maps each to a one-line message and an exit code."""
+
+
+class EsperError(Exception):
+    """Base of every error Esper raises on purpose. `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class BadInput(EsperError):
+    """The user asked for something that cannot be done as asked (unknown run, bad flag, bad SQL)."""
+
+    exit_code = 2
+
+
+class UnknownRun(BadInput):
+    """No store in the workspace holds the requested run."""
+
+
+class StoreUnavailable(BadInput):
+    """A store file cannot be opened (missing, corrupt, or held by a live writer)."""
+
+
+class AppendConflict(EsperError):
+    """An append expected a different last `seq` for its run: someone else wrote first. Nothing was written."""
+
+
+class IllegalEvent(EsperError):
+    """A log holds an event the lifecycle cannot fold (illegal transition, gap, out of order)."""
+
+    def __init__(self, message: str, position: int | None = None):
+        where = f" at position {position}" if position is not None else ""
+        super().__init__(f"{message}{where}")
+        self.position = position
+
+
+class RunFailed(EsperError):
+    """A training run itself failed (diverged, crashed)."""

@@ -1,0 +1,30 @@
+"""Contracts: stages, commands, events, configs. Everything else depends on this, it depends on nothing."""
+
+from esper.leyline.commands import COMMAND_TYPES, Advance, Command, Cull, Germinate, Wait
+from esper.leyline.config import LifecycleConfig, RunConfig
+from esper.leyline.events import (
+    EVENT_TYPES,
+    CheckpointSaved,
+    CommandIssued,
+    CommandRejected,
+    EpochEnded,
+    Event,
+    PolicyUpdated,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    SeedGerminated,
+    SeedTelemetry,
+    SeedTransitioned,
+    decode,
+    encode,
+    type_name,
+)
+from esper.leyline.stages import ACTIVE_STAGES, LIVE_STAGES, SeedStage
+
+__all__ = [
+    "ACTIVE_STAGES", "COMMAND_TYPES", "EVENT_TYPES", "LIVE_STAGES", "Advance", "CheckpointSaved", "Command",
+    "CommandIssued", "CommandRejected", "Cull", "EpochEnded", "Event", "Germinate", "LifecycleConfig",
+    "PolicyUpdated", "RunConfig", "RunFailed", "RunFinished", "RunStarted", "SeedGerminated", "SeedStage",
+    "SeedTelemetry", "SeedTransitioned", "Wait", "decode", "encode", "type_name",
+]

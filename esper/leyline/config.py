@@ -1,0 +1,42 @@
+"""One frozen config per run, stored whole in `RunStarted`, so a run can be reproduced from its log alone."""
+
+import msgspec
+
+
+class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Gate thresholds and timings of the seed lifecycle. Recorded in `RunStarted`; replay re-checks gates with them."""
+
+    min_training_epochs: int = 2
+    """TRAINING → BLENDING needs at least this many epochs in TRAINING."""
+    gradient_health_threshold: float = 0.3
+    """TRAINING → BLENDING needs the seed's gradient health (0..1) at least this high."""
+    blend_epochs: int = 3
+    """α rises from 0 to 1 over this many epochs of BLENDING."""
+    stability_window: int = 1
+    """BLENDING → FOSSILIZED needs α = 1 for at least this many epochs."""
+    regression_tolerance: float = 0.01
+    """BLENDING → FOSSILIZED needs validation accuracy no lower than at blend start minus this."""
+    auto_cull_contribution: float = -0.02
+    """A blending seed whose contribution falls below this (accuracy fraction) is culled automatically."""
+    auto_cull_patience: int = 2
+    """... after this many epochs of α = 1 with the contribution still below it."""
+    embargo_epochs: int = 2
+    """A culled seed's slot refuses germination for this many epochs (EMBARGOED → DORMANT)."""
+
+
+class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything that determines a run. With the recorded commands it re-executes the run exactly (CPU)."""
+
+    task: str = "mnist1d"
+    controller: str = "heuristic"
+    seed: int = 0
+    epochs: int = 0
+    """0 means the task preset's epoch budget."""
+    device: str = "cpu"
+    policy: str | None = None
+    """Path of a trained Simic policy (controller `policy`)."""
+    like: str | None = None
+    """Run id whose final architecture the `scratch` controller builds up front."""
+    data_dir: str | None = None
+    telemetry: str = "standard"
+    lifecycle: LifecycleConfig = LifecycleConfig()

@@ -1,0 +1,136 @@
+"""Everything that happens in a run, as immutable facts.
+
+Each event is a frozen msgspec Struct with a pinned string tag (the `type` column of the log) and a
+`schema_version`. The store derives its `epoch`, `seed_id` and `slot` columns from the attributes of
+the same names, so an event that concerns a seed carries both.
+"""
+
+from typing import Any, Union
+
+import msgspec
+
+from esper.leyline.commands import Command
+from esper.leyline.config import RunConfig
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    schema_version: int = 1
+    epoch: int | None = None
+
+
+class RunStarted(_Event, tag="RunStarted"):
+    config: RunConfig
+    host_params: int = 0
+    slots: list[str] = []
+    blueprints: list[str] = []
+
+
+class SeedTelemetry(msgspec.Struct, frozen=True, kw_only=True):
+    """What Tolaria measured of one live seed during an epoch."""
+
+    seed_id: str
+    alpha: float = 0.0
+    gradient_health: float = 0.0
+    """Scaled 0..1: finite, neither vanishing nor exploding gradient norms."""
+    seed_loss: float | None = None
+    """The seed's own training loss on the host's residual (TRAINING)."""
+    contribution: float | None = None
+    """Validation accuracy with the seed minus with its α forced to 0 (BLENDING)."""
+
+
+class EpochEnded(_Event, tag="EpochEnded"):
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    params: int
+    seeds: list[SeedTelemetry] = []
+    diagnostics: dict[str, Any] = {}
+    """Extra measurements of the telemetry profile (per-layer gradient norms, sharpness ...)."""
+
+
+class CommandIssued(_Event, tag="CommandIssued"):
+    command: Command
+    controller: str
+    log_prob: float | None = None
+    value: float | None = None
+    mask: dict[str, list[bool]] | None = None
+    """Legal-action masks per policy head, when a learned policy decided."""
+
+
+class CommandRejected(_Event, tag="CommandRejected"):
+    command: Command
+    reason: str
+    seed_id: str | None = None
+    slot: str | None = None
+
+
+class SeedGerminated(_Event, tag="SeedGerminated"):
+    seed_id: str
+    slot: str
+    blueprint: str
+    params: int
+
+
+class SeedTransitioned(_Event, tag="SeedTransitioned"):
+    seed_id: str
+    slot: str
+    from_stage: str
+    to_stage: str
+    trigger: str
+    evidence: dict[str, Any] = {}
+    """The numbers the gate compared (and the thresholds), or why the transition was forced."""
+
+
+class CheckpointSaved(_Event, tag="CheckpointSaved"):
+    path: str
+    sha256: str
+
+
+class PolicyUpdated(_Event, tag="PolicyUpdated"):
+    """One learner update (PPO or IQL) and its health numbers."""
+
+    update: int
+    stats: dict[str, float] = {}
+
+
+class RunFinished(_Event, tag="RunFinished"):
+    val_accuracy: float
+    test_accuracy: float
+    params: int
+    seeds: dict[str, int] = {}
+    """How many seeds ended in each stage."""
+
+
+class RunFailed(_Event, tag="RunFailed"):
+    error: str
+
+
+Event = Union[
+    RunStarted,
+    EpochEnded,
+    CommandIssued,
+    CommandRejected,
+    SeedGerminated,
+    SeedTransitioned,
+    CheckpointSaved,
+    PolicyUpdated,
+    RunFinished,
+    RunFailed,
+]
+EVENT_TYPES: tuple[type, ...] = Event.__args__
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(payload: bytes | str) -> Event:
+    return _decoder.decode(payload)
+
+
+def type_name(event: Event) -> str:
+    return type(event).__struct_config__.tag

@@ -1,0 +1,166 @@
+"""A workspace is a folder of store files; queries see every file behind one read-only `events` view.
+
+DuckDB lets one process hold a file read-write and no one else open it at all. So each writer owns
+its own file, and a reader attaches every file read-only. A file held by a live writer is read from a
+snapshot copy (so a user can watch a run that is training); a file that cannot be read is skipped, and
+each such file is reported in `notes`, never waited on.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import attrs
+import duckdb
+
+from esper.errors import BadInput, StoreUnavailable, UnknownRun
+from esper.store.recorder import Recorded, read_events
+
+STORE_SUFFIX = ".duckdb"
+
+
+def default_workspace() -> Path:
+    return Path(os.environ.get("ESPER_WORKSPACE") or "runs")
+
+
+@attrs.define
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path | None) -> "Workspace":
+        return cls(Path(root) if root is not None else default_workspace())
+
+    def store_path(self, name: str) -> Path:
+        return self.root / f"{name}{STORE_SUFFIX}"
+
+    def store_files(self) -> list[Path]:
+        if not self.root.exists():
+            return []
+        if not self.root.is_dir():
+            raise BadInput(f"workspace {self.root} is not a folder")
+        return sorted(self.root.glob(f"*{STORE_SUFFIX}"))
+
+    def reader(self) -> "Reader":
+        return Reader(self.store_files())
+
+
+class Reader:
+    """An in-memory DuckDB with every readable store attached read-only behind the `events` view."""
+
+    def __init__(self, files: list[Path]):
+        self.con = duckdb.connect(":memory:")
+        self.notes: list[str] = []
+        self.live_files: set[str] = set()
+        self._tmp = tempfile.TemporaryDirectory(prefix="esper-read-")
+        attached = [alias for i, path in enumerate(files) if (alias := self._attach(path, f"store{i}"))]
+        union = " UNION ALL ".join(
+            f"SELECT *, '{alias}' AS _store FROM {alias}.events" for alias in attached
+        )
+        if not union:
+            union = (
+                "SELECT NULL::BIGINT AS position, NULL::VARCHAR AS run_id, NULL::BIGINT AS seq, NULL::UUID AS event_id,"
+                " NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS type, NULL::INTEGER AS epoch, NULL::VARCHAR AS seed_id,"
+                " NULL::VARCHAR AS slot, NULL::JSON AS payload, NULL::VARCHAR AS _store WHERE false"
+            )
+        self.con.execute(f"CREATE TEMP VIEW all_events AS {union}")
+        self.con.execute("CREATE TEMP VIEW events AS SELECT * EXCLUDE (_store) FROM all_events")
+
+    def _attach(self, path: Path, alias: str) -> str | None:
+        try:
+            self.con.execute(f"ATTACH '{_quote(path)}' AS {alias} (READ_ONLY)")
+        except duckdb.Error as exc:
+            if not _held_by_writer(exc):
+                self.notes.append(f"skipped {path.name}: unreadable store ({_first_line(exc)})")
+                return None
+            return self._attach_snapshot(path, alias)
+        if not self._has_events(alias):
+            self.notes.append(f"skipped {path.name}: not an Esper store (no events table)")
+            self.con.execute(f"DETACH {alias}")
+            return None
+        return alias
+
+    def _attach_snapshot(self, path: Path, alias: str) -> str | None:
+        """A live writer holds the file: read a copy of it, as of now."""
+        copy = Path(self._tmp.name) / path.name
+        try:
+            shutil.copyfile(path, copy)
+            wal = path.with_name(path.name + ".wal")
+            if wal.exists():
+                shutil.copyfile(wal, copy.with_name(copy.name + ".wal"))
+            self.con.execute(f"ATTACH '{_quote(copy)}' AS {alias}")
+        except (OSError, duckdb.Error) as exc:
+            self.notes.append(f"skipped {path.name}: held by a live writer and no readable snapshot ({_first_line(exc)})")
+            return None
+        if not self._has_events(alias):
+            self.notes.append(f"skipped {path.name}: held by a live writer, snapshot has no events yet")
+            return None
+        self.live_files.add(alias)
+        self.notes.append(f"{path.name} is held by a live writer: read from a snapshot taken now")
+        return alias
+
+    def _has_events(self, alias: str) -> bool:
+        row = self.con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'events'", [alias]
+        ).fetchall()[0]
+        return bool(row[0])
+
+    def lock_down(self) -> None:
+        """From here on no SQL can touch files, load extensions, or change the configuration."""
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
+
+    def resolve_run(self, run: str) -> str:
+        """The full run id for `run`, which may be a unique prefix."""
+        rows = self.con.execute(
+            "SELECT DISTINCT run_id FROM events WHERE starts_with(run_id, ?) ORDER BY run_id", [run]
+        ).fetchall()
+        ids = [r[0] for r in rows]
+        if run in ids:
+            return run
+        if len(ids) == 1:
+            return ids[0]
+        if not ids:
+            raise UnknownRun(f"no run {run!r} in this workspace (try `esper runs`)")
+        raise BadInput(f"{run!r} matches {len(ids)} runs ({', '.join(ids[:5])}); give more of the id")
+
+    def read_run(self, run_id: str) -> list[Recorded]:
+        return list(read_events(self.con, run_id, table="events"))
+
+    def is_live(self, run_id: str) -> bool:
+        row = self.con.execute("SELECT any_value(_store) FROM all_events WHERE run_id = ?", [run_id]).fetchall()[0]
+        return row[0] in self.live_files
+
+    def close(self) -> None:
+        self.con.close()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(path: Path) -> duckdb.DuckDBPyConnection:
+    """Open one store file read-only (for tools that want a single file)."""
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise StoreUnavailable(f"cannot open {path}: {_first_line(exc)}") from None
+
+
+def _quote(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _held_by_writer(exc: BaseException) -> bool:
+    """DuckDB's words for "another process (or this one) has this file open for writing"."""
+    text = str(exc).lower()
+    return "lock" in text or "already attached" in text
