@@ -2,10 +2,10 @@
 
 import sys
 
-import click
+import typer
 
-from esper.cli.app import app
 from esper.cli import core  # noqa: F401 - registers replay, query, runs, schemas
+from esper.cli.app import app
 
 __all__ = ["app", "main"]
 
@@ -13,13 +13,15 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Entry point: usage errors get one line and exit code 2, like every other bad input."""
     try:
-        app(standalone_mode=False)
-    except click.exceptions.UsageError as exc:
-        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        print(f"esper: {exc.format_message()}{hint}", file=sys.stderr)
-        sys.exit(2)
-    except click.exceptions.Exit as exc:
+        result = app(standalone_mode=False)
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("esper: aborted", file=sys.stderr)
         sys.exit(130)
+    except typer.TyperException as exc:  # usage errors: unknown command, bad option, missing argument
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"esper: {exc.format_message()}{hint}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(result if isinstance(result, int) else 0)

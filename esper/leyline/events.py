@@ -11,6 +11,7 @@ import msgspec
 
 from esper.leyline.commands import Command
 from esper.leyline.config import RunConfig
+from esper.leyline.upcast import Mapper
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -121,7 +122,7 @@ Event = Union[
 EVENT_TYPES: tuple[type, ...] = Event.__args__
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Event)
+_mapper = Mapper(Event)
 
 
 def encode(event: Event) -> bytes:
@@ -129,7 +130,8 @@ def encode(event: Event) -> bytes:
 
 
 def decode(payload: bytes | str) -> Event:
-    return _decoder.decode(payload)
+    """A stored payload as its event; one older than its class is upcast first (`esper.leyline.upcast`)."""
+    return _mapper.decode(payload)
 
 
 def type_name(event: Event) -> str:

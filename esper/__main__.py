@@ -1,0 +1,3 @@
+from esper.cli import main
+
+main()

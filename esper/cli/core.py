@@ -1,0 +1,168 @@
+"""The verbs over the event store: replay, query, runs, schemas."""
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import duckdb
+import typer
+
+from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
+from esper.errors import BadInput
+from esper.nissa.runstate import RunState
+
+
+@app.command()
+@handles_errors
+def replay(
+    run: str = typer.Argument(..., help="Run id (or a unique prefix of it)."),
+    verify: bool = typer.Option(False, "--verify", help="Re-execute the run from its config and commands and compare."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rebuilt state as one JSON object."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Rebuild a run from its log, check every transition was legal, and print its story."""
+    ws = existing_workspace(workspace)
+    with ws.reader() as reader:
+        for note in reader.notes:
+            say(f"note: {note}")
+        run_id = reader.resolve_run(run)
+        recorded = reader.read_run(run_id)
+    state = RunState.fold(recorded)
+    if verify:
+        from esper.tolaria.verify import verify_run
+
+        verify_run(recorded, ws)
+        say(f"verified: re-executing {run_id} gives the same {len(recorded)} events")
+    if as_json:
+        print(json.dumps(state.summary()))
+        return
+    _print_story(state)
+
+
+def _print_story(state: RunState) -> None:
+    s = state.summary()
+    cfg = s["config"] or {}
+    print(f"run {s['run_id']}  {s['status']}  task={cfg.get('task')} controller={cfg.get('controller')} seed={cfg.get('seed')}")
+    print(f"{s['events']} events, {s['epochs']} epochs, {s['commands']} commands ({s['rejected']} rejected); every transition legal")
+    for seed_id, seed in s["seeds"].items():
+        path = " → ".join(f"{stage}@{epoch}" for epoch, stage in seed["history"])
+        print(f"  {seed_id:<12} {seed['blueprint']:<11} {seed['params']:>7} params  {path}")
+    if s["val_accuracy"] is not None:
+        test = "" if s["test_accuracy"] is None else f"  test {s['test_accuracy']:.4f}"
+        print(f"final: val {s['val_accuracy']:.4f}{test}  params {s['params']}")
+    if s["error"]:
+        print(f"failed: {s['error']}")
+
+
+@app.command()
+@handles_errors
+def query(
+    sql: str = typer.Argument(..., help="SQL over the `events` view of every run in the workspace."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Run read-only SQL over every run in the workspace."""
+    if fmt not in ("table", "csv", "json"):
+        raise BadInput(f"unknown format {fmt!r}: use table, csv or json")
+    ws = existing_workspace(workspace)
+    with ws.reader() as reader:
+        for note in reader.notes:
+            say(f"note: {note}")
+        reader.lock_down()
+        try:
+            result = reader.con.execute(sql)
+            columns = [d[0] for d in result.description or []]
+            rows = result.fetchall()
+        except duckdb.Error as exc:
+            raise BadInput(f"bad SQL: {_first_line(exc)}") from None
+    sys.stdout.write(render(columns, rows, fmt))
+
+
+def render(columns: list[str], rows: list[tuple], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, map(_plain, row))) for row in rows]) + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[_plain(v) for v in row] for row in rows])
+        return out.getvalue()
+    cells = [[str(_plain(v)) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
+    body = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
+    return "\n".join(body) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+@app.command()
+@handles_errors
+def runs(
+    as_json: bool = typer.Option(False, "--json", help="One JSON array on stdout."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """The runs in the workspace, with their status: running, finished, failed or incomplete."""
+    ws = existing_workspace(workspace)
+    with ws.reader() as reader:
+        for note in reader.notes:
+            say(f"note: {note}")
+        rows = reader.con.execute(RUNS_SQL).fetchall()
+        listing = []
+        for run_id, task, controller, seed, epochs, ended, val_acc, test_acc, params, started in rows:
+            status = {"RunFinished": "finished", "RunFailed": "failed"}.get(ended)
+            if status is None:
+                status = "running" if reader.is_live(run_id) else "incomplete"
+            listing.append({
+                "run_id": run_id, "status": status, "task": task, "controller": controller, "seed": seed,
+                "epochs": epochs, "val_accuracy": val_acc, "test_accuracy": test_acc, "params": params,
+                "started": started.isoformat() if started else None,
+            })
+    if as_json:
+        print(json.dumps(listing))
+        return
+    columns = ["run_id", "status", "task", "controller", "seed", "epochs", "val_accuracy", "test_accuracy", "params"]
+    sys.stdout.write(render(columns, [tuple(_fmt(r[c]) for c in columns) for r in listing], "table"))
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else value)
+
+
+RUNS_SQL = """
+SELECT run_id,
+       any_value(payload->>'$.config.task') FILTER (WHERE type = 'RunStarted'),
+       any_value(payload->>'$.config.controller') FILTER (WHERE type = 'RunStarted'),
+       any_value((payload->>'$.config.seed')::BIGINT) FILTER (WHERE type = 'RunStarted'),
+       count(*) FILTER (WHERE type = 'EpochEnded'),
+       any_value(type) FILTER (WHERE type IN ('RunFinished', 'RunFailed')),
+       any_value((payload->>'$.val_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished'),
+       any_value((payload->>'$.test_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished'),
+       any_value((payload->>'$.params')::BIGINT) FILTER (WHERE type = 'RunFinished'),
+       min(ts)
+FROM events GROUP BY run_id ORDER BY min(ts), run_id
+"""
+
+
+@app.command()
+@handles_errors
+def schemas(
+    out: Path = typer.Option(Path("schemas"), "--out", help="Folder to write the JSON Schemas into."),
+) -> None:
+    """Write JSON Schema for every event and command type."""
+    from esper.leyline.schemas import write_schemas
+
+    paths = write_schemas(out)
+    say(f"wrote {len(paths)} schemas into {out}/")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Senses: projections over the event store (run state, metrics, narratives, reports)."""

@@ -1,0 +1,125 @@
+"""The state of a run: a left fold of its events through the lifecycle (DESIGN.md, Replay).
+
+`RunState.fold(recorded)` checks the log as it goes (seq without gaps, RunStarted first, nothing after
+the end, every transition legal through the one machine) and raises `IllegalEvent` with the position
+of the first event it cannot fold.
+"""
+
+from typing import Any, Iterable
+
+import attrs
+import msgspec
+
+from esper.errors import IllegalEvent
+from esper.leyline.config import RunConfig
+from esper.leyline.events import (
+    CommandIssued,
+    CommandRejected,
+    EpochEnded,
+    Event,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+)
+from esper.leyline.garden import Garden
+from esper.store.recorder import Recorded
+
+
+@attrs.define
+class RunState:
+    run_id: str = ""
+    config: RunConfig | None = None
+    garden: Garden = attrs.Factory(Garden)
+    epochs: list[EpochEnded] = attrs.Factory(list)
+    commands: int = 0
+    rejected: int = 0
+    finished: RunFinished | None = None
+    failed: RunFailed | None = None
+    last_seq: int = 0
+
+    @property
+    def status(self) -> str:
+        if self.finished is not None:
+            return "finished"
+        if self.failed is not None:
+            return "failed"
+        return "incomplete"
+
+    @classmethod
+    def fold(cls, recorded: Iterable[Recorded]) -> "RunState":
+        state = cls()
+        for r in recorded:
+            state.apply_recorded(r)
+        return state
+
+    def apply_recorded(self, r: Recorded) -> None:
+        if r.seq != self.last_seq + 1:
+            raise IllegalEvent(f"run {r.run_id}: seq {r.seq} follows {self.last_seq}", r.position)
+        try:
+            self.apply(r.event)
+        except IllegalEvent as exc:
+            raise IllegalEvent(f"run {r.run_id}, seq {r.seq} ({type(r.event).__name__}): {exc}", r.position) from None
+        self.run_id = r.run_id
+        self.last_seq = r.seq
+
+    def apply(self, event: Event) -> None:
+        if self.config is None and not isinstance(event, RunStarted):
+            raise IllegalEvent(f"{type(event).__name__} before RunStarted")
+        if self.finished is not None or self.failed is not None:
+            raise IllegalEvent(f"{type(event).__name__} after the run ended")
+        if isinstance(event, RunStarted):
+            if self.config is not None:
+                raise IllegalEvent("a second RunStarted")
+            self.config = event.config
+        elif isinstance(event, EpochEnded):
+            if self.epochs and event.epoch <= self.epochs[-1].epoch:
+                raise IllegalEvent(f"epoch {event.epoch} after epoch {self.epochs[-1].epoch}")
+            self.epochs.append(event)
+        elif isinstance(event, CommandIssued):
+            self.commands += 1
+        elif isinstance(event, CommandRejected):
+            self.rejected += 1
+        elif isinstance(event, RunFinished):
+            self.finished = event
+        elif isinstance(event, RunFailed):
+            self.failed = event
+        self.garden.apply(event)
+
+    def stage_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for seed in self.garden.seeds.values():
+            counts[seed.stage.value] = counts.get(seed.stage.value, 0) + 1
+        return counts
+
+    def summary(self) -> dict[str, Any]:
+        """The run as plain data (what `esper replay --json` prints)."""
+        last = self.epochs[-1] if self.epochs else None
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "config": None if self.config is None else msgspec.to_builtins(self.config),
+            "epochs": len(self.epochs),
+            "events": self.last_seq,
+            "val_accuracy": self.finished.val_accuracy if self.finished else (last.val_accuracy if last else None),
+            "test_accuracy": self.finished.test_accuracy if self.finished else None,
+            "params": self.finished.params if self.finished else (last.params if last else None),
+            "seeds": {
+                s.seed_id: {
+                    "slot": s.slot,
+                    "blueprint": s.blueprint,
+                    "params": s.params,
+                    "stage": s.stage.value,
+                    "history": [[epoch, stage.value] for epoch, stage in s.history],
+                }
+                for s in self.garden.seeds.values()
+            },
+            "stage_counts": self.stage_counts(),
+            "metrics": [
+                {"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss,
+                 "val_accuracy": e.val_accuracy, "params": e.params}
+                for e in self.epochs
+            ],
+            "commands": self.commands,
+            "rejected": self.rejected,
+            "error": self.failed.error if self.failed else None,
+        }

@@ -1,0 +1,92 @@
+"""`esper replay`, `query`, `runs` from the outside: exit codes, one-line errors, read-only SQL."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from esper.leyline import EpochEnded, Germinate, RunConfig, RunFinished, RunStarted
+from esper.leyline.garden import Garden
+from esper.store import Recorder
+
+ESPER = [sys.executable, "-m", "esper"]
+
+
+def esper(*args: str, workspace: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ESPER_WORKSPACE": str(workspace)}
+    return subprocess.run([*ESPER, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def write_run(workspace: Path, run_id: str, finished: bool = True) -> None:
+    g = Garden()
+    events = [RunStarted(config=RunConfig(seed=3), slots=["mid"], blueprints=["conv_light"])]
+    g.apply(events[0])
+    events += g.handle(Germinate(slot="mid", blueprint="conv_light"), 1)
+    events.append(EpochEnded(epoch=1, train_loss=1.0, val_loss=1.1, val_accuracy=0.5, params=100))
+    if finished:
+        events.append(RunFinished(epoch=1, val_accuracy=0.5, test_accuracy=0.45, params=100))
+    with Recorder(workspace / f"{run_id}.duckdb") as rec:
+        rec.append(run_id, events, 0)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    write_run(tmp_path, "run-a")
+    write_run(tmp_path, "run-b", finished=False)
+    return tmp_path
+
+
+def test_query_groups_events_across_store_files(workspace):
+    out = esper("query", "select type, count(*) n from events group by 1 order by 1", "--format", "json", workspace=workspace)
+    assert out.returncode == 0, out.stderr
+    counts = {row["type"]: row["n"] for row in json.loads(out.stdout)}
+    assert counts == {"EpochEnded": 2, "RunFinished": 1, "RunStarted": 2, "SeedGerminated": 2, "SeedTransitioned": 2}
+
+
+def test_query_cannot_write_or_touch_files(workspace, tmp_path):
+    for sql in (
+        f"copy (select 1) to '{tmp_path}/x.csv'",
+        "insert into events select * from events",
+        "set enable_external_access = true",
+        "select * from read_csv('/etc/passwd')",
+        "selec 1",
+    ):
+        out = esper("query", sql, workspace=workspace)
+        assert out.returncode == 2, sql
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_runs_lists_status(workspace):
+    out = esper("runs", "--json", workspace=workspace)
+    status = {r["run_id"]: r["status"] for r in json.loads(out.stdout)}
+    assert status == {"run-a": "finished", "run-b": "incomplete"}
+
+
+def test_replay_json_and_prefix(workspace):
+    out = esper("replay", "run-a", "--json", workspace=workspace)
+    assert out.returncode == 0, out.stderr
+    state = json.loads(out.stdout)
+    assert state["status"] == "finished" and state["seeds"]["s1-mid"]["stage"] == "GERMINATED"
+    ambiguous = esper("replay", "run-", workspace=workspace)
+    assert ambiguous.returncode == 2 and "matches 2 runs" in ambiguous.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("replay", "no-such-run"), ("query", "select 1", "--format", "xml"), ("nonsense",), ("query",),
+     ("runs", "--workspace", "/no/such/dir")],
+)
+def test_bad_input_is_one_line_and_exit_2(workspace, args):
+    out = esper(*args, workspace=workspace)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_empty_workspace_answers_queries(tmp_path):
+    out = esper("query", "select count(*) as n from events", "--format", "csv", workspace=tmp_path / "new")
+    assert out.returncode == 0 and out.stdout.splitlines() == ["n", "0"]
