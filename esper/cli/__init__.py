@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-from esper.cli import core  # noqa: F401 - registers replay, query, runs, schemas
+from esper.cli import core, run  # noqa: F401 - register their verbs
 from esper.cli.app import app
 
 __all__ = ["app", "main"]

@@ -38,5 +38,11 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     like: str | None = None
     """Run id whose final architecture the `scratch` controller builds up front."""
     data_dir: str | None = None
+    data_seed: int = 42
+    """Seed of the generated dataset (mnist1d): fixed by default so runs of any seed see the same data."""
     telemetry: str = "standard"
+    blend_schedule: str = "linear"
+    """How α rises during BLENDING: `linear` or `sigmoid`."""
+    architecture: list[tuple[str, str]] = []
+    """(slot, blueprint) of seeds built into the host before training (the `scratch` baseline)."""
     lifecycle: LifecycleConfig = LifecycleConfig()

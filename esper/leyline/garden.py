@@ -50,7 +50,7 @@ class Garden:
     def next_seed_id(self, slot: str) -> str:
         return f"s{len(self.seeds) + 1}-{slot}"
 
-    def _ctx(self) -> GateContext:
+    def gate_context(self) -> GateContext:
         return GateContext(self.config, self.val_accuracy)
 
     # ---- decisions (pure) ----------------------------------------------------------------------
@@ -68,7 +68,7 @@ class Garden:
         reject = CommandRejected(epoch=epoch, command=command, reason="", seed_id=seed.seed_id, slot=seed.slot)
         if not LIFECYCLE.allows(seed.stage, trigger):
             return [_with_reason(reject, f"{trigger} is not allowed from {seed.stage.value}")]
-        ctx = self._ctx()
+        ctx = self.gate_context()
         if not LIFECYCLE.evaluate(seed, trigger, ctx):
             return [_with_reason(reject, f"gate closed: {_describe(ctx.evidence)}")]
         evidence = ctx.evidence
@@ -100,7 +100,7 @@ class Garden:
         """The automatic transitions due before `epoch` trains: start training, cleanup, cooldown, auto-cull."""
         events: list[Event] = []
         for seed in list(self.seeds.values()):
-            ctx = self._ctx()
+            ctx = self.gate_context()
             if seed.stage is SeedStage.GERMINATED:
                 events.append(self._transition(seed, "start_training", {"automatic": True}, epoch))
             elif seed.stage is SeedStage.CULLED:
@@ -171,7 +171,7 @@ class Garden:
             raise IllegalEvent(f"transition of unknown seed {event.seed_id}")
         if seed.stage.value != event.from_stage:
             raise IllegalEvent(f"{event.seed_id} is {seed.stage.value}, event says {event.from_stage}")
-        if not LIFECYCLE.fire(seed, event.trigger, self._ctx()):
+        if not LIFECYCLE.fire(seed, event.trigger, self.gate_context()):
             raise IllegalEvent(f"{event.trigger} {event.from_stage} → {event.to_stage} refused for {event.seed_id}")
         if seed.stage.value != event.to_stage:
             raise IllegalEvent(f"{event.trigger} led {event.seed_id} to {seed.stage.value}, event says {event.to_stage}")
@@ -192,3 +192,16 @@ def _describe(evidence: dict[str, Any]) -> str:
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def legal_commands(garden: Garden) -> list[Command]:
+    """Every command the lifecycle would accept now: the source of action masks and of `random`."""
+    commands: list[Command] = [Wait()]
+    for slot in garden.slots:
+        if garden.live_seed(slot) is None:
+            commands += [Germinate(slot=slot, blueprint=b) for b in garden.blueprints]
+    for seed in garden.seeds.values():
+        for command in (Advance(seed_id=seed.seed_id), Cull(seed_id=seed.seed_id, reason="controller")):
+            if garden.legal(command):
+                commands.append(command)
+    return commands

@@ -1,0 +1,108 @@
+"""`esper run`: one morphogenetic training run, logged as events."""
+
+import json
+import secrets
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from esper.cli.app import WorkspaceOption, app, handles_errors, say
+from esper.errors import BadInput
+from esper.leyline.config import RunConfig
+from esper.leyline.stages import SeedStage
+from esper.store import Recorder, Workspace
+from esper.tamiyo.controllers import CONTROLLERS, make_controller
+from esper.tamiyo.observation import ObservationProjection
+from esper.tolaria.loop import StoreSink, execute, resolve_config
+from esper.tolaria.trainer import EpochStats
+
+
+@app.command()
+@handles_errors
+def run(
+    task: str = typer.Option("mnist1d", "--task", help="mnist1d (default) or cifar10."),
+    controller: str = typer.Option("heuristic", "--controller", help=f"One of: {', '.join(CONTROLLERS)}."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Policy file for --controller policy."),
+    like: Optional[str] = typer.Option(None, "--like", help="For --controller scratch: the run whose final architecture to train from scratch."),
+    epochs: int = typer.Option(0, "--epochs", help="Epoch budget (default: the task's preset, or the --like run's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and data order."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where cifar10 lives."),
+    download: bool = typer.Option(False, "--download", help="Download cifar10 into --data-dir if missing."),
+    telemetry: str = typer.Option("standard", "--telemetry", help="minimal, standard or diagnostic."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Train one run on a task, growing it with the chosen controller; every step is an event."""
+    ws = Workspace.at(workspace)
+    architecture: list[tuple[str, str]] = []
+    if controller == "scratch":
+        if like is None:
+            raise BadInput("--controller scratch needs --like RUN (the run whose final architecture to build)")
+        like, architecture, like_epochs = _final_architecture(ws, like)
+        epochs = epochs or like_epochs
+    elif like is not None:
+        raise BadInput("--like only makes sense with --controller scratch")
+    if telemetry not in ("minimal", "standard", "diagnostic"):
+        raise BadInput(f"unknown telemetry profile {telemetry!r}: use minimal, standard or diagnostic")
+    config = resolve_config(RunConfig(
+        task=task, controller=controller, seed=seed, epochs=epochs, device=device, policy=policy, like=like,
+        data_dir=data_dir, telemetry=telemetry, architecture=architecture,
+    ))
+    brain = make_controller(controller, seed, policy)
+    run_id = f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
+    say(f"run {run_id}: {task}, controller {controller}, seed {seed}, {config.epochs} epochs on {device}")
+    with Recorder(ws.store_path(run_id)) as recorder:
+        result = execute(config, brain, StoreSink(recorder, run_id), progress=_progress(config.epochs), download=download)
+    table = _closing_table(run_id, result)
+    if as_json:
+        say(table)
+        print(json.dumps({"run_id": run_id, "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
+                          "params": result.params, "seeds": result.seeds}))
+    else:
+        print(table)
+
+
+def _progress(total: int):
+    def report(epoch: int, stats: EpochStats, projection: ObservationProjection, issued) -> None:
+        live = [s for s in projection.garden.seeds.values() if s.stage.value in ("GERMINATED", "TRAINING", "BLENDING")]
+        seeds = ", ".join(
+            f"{s.seed_id}:{s.blueprint} {s.stage.value.lower()}" + (f" α={s.telemetry.alpha:.2f}" if s.stage is SeedStage.BLENDING and s.telemetry else "")
+            for s in live
+        ) or "-"
+        cmd = type(issued.command).__name__
+        say(f"[{epoch:>3}/{total}] val {stats.val_accuracy * 100:5.1f}%  loss {stats.train_loss:.3f}  "
+            f"params {stats.params:>7,}  seeds {seeds}  → {cmd}")
+
+    return report
+
+
+def _closing_table(run_id: str, result) -> str:
+    stages = ", ".join(f"{n} {stage.lower()}" for stage, n in sorted(result.seeds.items())) or "no seeds"
+    return (
+        f"run {run_id}\n"
+        f"  val accuracy   {result.val_accuracy * 100:6.2f}%\n"
+        f"  test accuracy  {result.test_accuracy * 100:6.2f}%\n"
+        f"  params         {result.params:,}\n"
+        f"  seeds          {stages}\n"
+        f"  replay with    esper replay {run_id}"
+    )
+
+
+def _final_architecture(ws: Workspace, like: str) -> tuple[str, list[tuple[str, str]], int]:
+    """The run id, fossilized (slot, blueprint) in fossilization order, and epoch budget of run `like`."""
+    from esper.nissa.runstate import RunState
+
+    with ws.reader() as reader:
+        run_id = reader.resolve_run(like)
+        state = RunState.fold(reader.read_run(run_id))
+    assert state.config is not None
+    fossilized = sorted(
+        (epoch, seed.seed_id, seed.slot, seed.blueprint)
+        for seed in state.garden.seeds.values()
+        for epoch, stage in seed.history if stage is SeedStage.FOSSILIZED
+    )
+    architecture = list(state.config.architecture) + [(slot, bp) for _, _, slot, bp in fossilized]
+    return run_id, [tuple(a) for a in architecture], state.config.epochs

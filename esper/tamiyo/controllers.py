@@ -1,0 +1,168 @@
+"""Controllers: pure `decide(observation) -> Command`. They read signals and emit commands; they know
+no optimizer and no module. Every decision becomes a `CommandIssued` event."""
+
+import random
+from typing import Iterable, Protocol
+
+import msgspec
+
+from esper.errors import BadInput
+from esper.leyline.commands import Advance, Command, Cull, Germinate, Wait
+from esper.leyline.garden import legal_commands
+from esper.leyline.stages import SeedStage
+from esper.tamiyo.observation import Observation
+
+
+class Controller(Protocol):
+    name: str
+
+    def decide(self, obs: Observation) -> Command: ...
+
+
+class StaticController:
+    """Never grows: the host alone. Also the controller of `scratch` runs, whose seeds are built up front."""
+
+    name = "static"
+
+    def decide(self, obs: Observation) -> Command:
+        return Wait()
+
+
+class ScratchController(StaticController):
+    """The from-scratch baseline: the final architecture of another run is built up front (see
+    `RunConfig.architecture`) and trained from initialisation; nothing grows during the run."""
+
+    name = "scratch"
+
+
+class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The rule-based gardener's knobs."""
+
+    warmup_epochs: int = 2
+    """No germination before the host has trained this many epochs (it must stabilise first)."""
+    plateau_epochs: int = 1
+    """Germinate once validation accuracy has not beaten its best for this many epochs ..."""
+    min_gain: float = 0.01
+    """... or has gained less than this over the last two epochs."""
+    max_live_seeds: int = 2
+    """At most this many seeds germinated, training or blending at once."""
+    finish_epochs: int = 7
+    """No germination when fewer epochs than this remain: the seed could not fossilize in time."""
+    cull_contribution: float = -0.01
+    """Cull a blending seed (α ≥ 0.5) whose contribution falls below this."""
+    max_training_epochs: int = 6
+    """Cull a training seed whose gate has not opened after this many epochs."""
+    cull_penalty_epochs: int = 8
+    """A blueprint culled within this many epochs is skipped when choosing what to germinate."""
+
+
+class HeuristicController:
+    """Germinate on a plateau once the host is stable; advance when gates open; cull on regression.
+
+    Blueprints are chosen by rotation (the n-th germination takes the n-th blueprint), skipping those
+    culled recently; the slot is the free one that has grown least so far.
+    """
+
+    name = "heuristic"
+
+    def __init__(self, config: HeuristicConfig = HeuristicConfig()):
+        self.config = config
+
+    def decide(self, obs: Observation) -> Command:
+        return self._cull(obs) or self._advance(obs) or self._germinate(obs) or Wait()
+
+    def _cull(self, obs: Observation) -> Command | None:
+        cfg = self.config
+        for view in obs.slots:
+            if view.stage is SeedStage.BLENDING and view.alpha >= 0.5 and view.contribution is not None \
+                    and view.contribution < cfg.cull_contribution:
+                return Cull(seed_id=view.seed_id, reason=f"contribution {view.contribution:+.3f} while blending")
+            if view.stage is SeedStage.TRAINING and view.epochs_in_stage >= cfg.max_training_epochs and not view.gate_open:
+                return Cull(seed_id=view.seed_id, reason=f"gate still closed after {view.epochs_in_stage} epochs")
+        return None
+
+    def _advance(self, obs: Observation) -> Command | None:
+        for view in obs.slots:
+            if view.gate_open:
+                return Advance(seed_id=view.seed_id)
+        return None
+
+    def _germinate(self, obs: Observation) -> Command | None:
+        cfg = self.config
+        live = [v for v in obs.slots if v.seed_id is not None and v.stage in (
+            SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING)]
+        if obs.epoch < cfg.warmup_epochs or len(live) >= cfg.max_live_seeds:
+            return None
+        if obs.epochs - obs.epoch < cfg.finish_epochs:
+            return None
+        history = obs.accuracy_history
+        recent_gain = history[-1] - history[-3] if len(history) >= 3 else 0.0
+        if obs.plateau < cfg.plateau_epochs and recent_gain >= cfg.min_gain:
+            return None
+        free = [v for v in obs.slots if v.seed_id is None]
+        if not free:
+            return None
+        blueprint = self._blueprint(obs)
+        if blueprint is None:
+            return None
+        slot = min(free, key=lambda v: (v.fossilized, obs.slots.index(v)))
+        return Germinate(slot=slot.slot, blueprint=blueprint)
+
+    def _blueprint(self, obs: Observation) -> str | None:
+        germinated = len(obs.garden.seeds)
+        order = list(obs.blueprints[germinated % len(obs.blueprints):]) + list(obs.blueprints[:germinated % len(obs.blueprints)])
+        for blueprint in order:
+            culled_at = obs.culled_recently.get(blueprint)
+            if culled_at is None or obs.epoch - culled_at >= self.config.cull_penalty_epochs:
+                return blueprint
+        return None
+
+
+class RandomController:
+    """Uniform over the commands the lifecycle would accept now; seeded. Makes exploratory datasets."""
+
+    name = "random"
+
+    def __init__(self, seed: int):
+        self._rng = random.Random(seed)
+
+    def decide(self, obs: Observation) -> Command:
+        return self._rng.choice(legal_commands(obs.garden))
+
+
+class ScriptedController:
+    """Replays recorded commands in order (what `esper replay --verify` re-executes with)."""
+
+    def __init__(self, name: str, commands: Iterable[Command]):
+        self.name = name
+        self._commands = list(commands)
+        self._next = 0
+
+    def decide(self, obs: Observation) -> Command:
+        if self._next >= len(self._commands):
+            raise BadInput("the recorded run issued fewer commands than the re-execution asks for")
+        command = self._commands[self._next]
+        self._next += 1
+        return command
+
+
+CONTROLLERS = ("heuristic", "static", "scratch", "random", "policy")
+
+
+def make_controller(name: str, seed: int, policy: str | None = None) -> Controller:
+    if name == "heuristic":
+        return HeuristicController()
+    if name == "static":
+        return StaticController()
+    if name == "scratch":
+        return ScratchController()
+    if name == "random":
+        return RandomController(seed)
+    if name == "policy":
+        if not policy:
+            raise BadInput("--controller policy needs --policy PATH (a file written by `esper ppo` or `esper iql`)")
+        from esper.simic.policy import load_policy_controller
+
+        return load_policy_controller(policy)
+    raise BadInput(f"unknown controller {name!r} (known: {', '.join(CONTROLLERS)})")
+

@@ -1,0 +1,306 @@
+"""Task data held in memory as tensors, and batches drawn from it without a DataLoader.
+
+Both tasks are small enough to live in memory (MNIST-1D is 5,000 signals of length 40; CIFAR-10 is
+about 740 MB as float32), so the trainer slices batches straight out of tensors: no workers, no
+collation, and the shuffle order comes from a `torch.Generator` the trainer owns, so the same seed
+gives the same batches.
+
+* `mnist1d` is generated locally by the `mnist1d` package (`make_dataset`, never `get_dataset`,
+  which may download a pickle). Generation takes about a second, so the arrays are cached in memory
+  per process and on disk under `$ESPER_CACHE` (else `$XDG_CACHE_HOME/esper`, else `~/.cache/esper`).
+  The last 20% of the generated training set is the validation set; inputs are standardised with
+  the mean and standard deviation of the remaining training set.
+* `cifar10` is read by torchvision's own `CIFAR10` loader (checksums verified) from `data_dir`,
+  downloading there when asked. The last 10% of the training set (5,000 images) is the validation
+  set; inputs are standardised with the usual per-channel CIFAR-10 statistics.
+
+Every split has `x` float32 of shape `(N, C, L)` or `(N, C, H, W)` and `y` int64 class indices.
+"""
+
+import importlib.metadata
+import os
+import random
+import zipfile
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
+
+import attrs
+import numpy as np
+import torch
+
+from esper.errors import BadInput
+from esper.tolaria.tasks import get_task
+
+SPLITS = ("train", "val", "test")
+
+MNIST1D_VAL_FRACTION = 0.2
+"""Share of MNIST-1D's generated training set held out (from its end) for validation."""
+
+CIFAR10_VAL_FRACTION = 0.1
+"""Share of CIFAR-10's training set held out (from its end) for validation: 5,000 of 50,000."""
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+"""Per-channel statistics of the CIFAR-10 training images (pixels scaled to 0..1)."""
+
+_MNIST1D_CACHE_FORMAT = 1
+"""Bump when the cached arrays change meaning; old cache files are then ignored."""
+
+
+class Split(NamedTuple):
+    """One split of a task: inputs `x` (float32) and class indices `y` (int64), same length."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:  # type: ignore[override]  # the number of examples, not of fields
+        return int(self.y.shape[0])
+
+
+@attrs.frozen(eq=False)
+class TaskData:
+    """A task's train, validation and test splits, in memory."""
+
+    task: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, e.g. `(1, 40)` or `(3, 32, 32)`."""
+        return tuple(self.train.x.shape[1:])
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r} (splits: {', '.join(SPLITS)})")
+        return getattr(self, name)
+
+    def to(self, device: torch.device | str) -> "TaskData":
+        """The same data on `device` (all of it: it is small), e.g. to skip per-batch copies on GPU."""
+        moved = {s: Split(*(t.to(device) for t in self.split(s))) for s in SPLITS}
+        return attrs.evolve(self, **moved)
+
+    def batches(
+        self,
+        split: str,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        *,
+        drop_last: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`(x, y)` batches covering `split` once.
+
+        `train` is shuffled by a permutation drawn from `generator` (required) when this is called,
+        so the same generator state gives the same batches. `val` and `test` come in order and
+        ignore `generator`; their batches are views of the stored tensors, so never modify a batch in
+        place. The last batch is smaller unless `drop_last`.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        x, y = self.split(split)
+        n = len(y)
+        order = None
+        if split == "train":
+            if generator is None:
+                raise ValueError("training batches are shuffled: pass a torch.Generator")
+            order = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
+        stop = n - n % batch_size if drop_last else n
+        return _slices(x, y, order, batch_size, stop)
+
+
+def _slices(
+    x: torch.Tensor, y: torch.Tensor, order: torch.Tensor | None, batch_size: int, stop: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, stop, batch_size):
+        if order is None:
+            yield x[start : start + batch_size], y[start : start + batch_size]
+        else:
+            index = order[start : start + batch_size]
+            yield x[index], y[index]
+
+
+def load_task_data(
+    task: str,
+    seed: int,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    *,
+    limit: int | None = None,
+) -> TaskData:
+    """Load `task`'s splits into memory.
+
+    `seed` is the generation seed of `mnist1d` (each seed gives a different, reproducible dataset);
+    `cifar10` ignores it. `data_dir` and `download` concern `cifar10` only. `limit` keeps at most
+    that many examples of each split (the first ones), for quick tests.
+    Raises `BadInput` for an unknown task or CIFAR-10 data that is missing and not to be downloaded.
+    """
+    name = get_task(task).name
+    if name == "mnist1d":
+        data = _load_mnist1d(seed)
+    elif name == "cifar10":
+        data = _load_cifar10(data_dir, download)
+    else:  # a preset without a loader is a bug here, not bad input
+        raise NotImplementedError(f"no data loader for task {name!r}")
+    if limit is not None:
+        data = attrs.evolve(data, **{s: Split(*(t[:limit].clone() for t in data.split(s))) for s in SPLITS})
+    return data
+
+
+def cache_dir() -> Path:
+    """Where Esper caches generated data: `$ESPER_CACHE`, else `$XDG_CACHE_HOME/esper`, else `~/.cache/esper`."""
+    if os.environ.get("ESPER_CACHE"):
+        return Path(os.environ["ESPER_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "esper"
+
+
+# ---- augmentation ------------------------------------------------------------------------------
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop (after zero-padding by `padding`) and random horizontal flip of each image in `x`.
+
+    `x` is a batch `(N, C, H, W)`; the result has the same shape, on the same device. Zero is the
+    mean pixel once inputs are standardised. Draws from `generator` only, so it is reproducible.
+    """
+    n, _, h, w = x.shape
+    draw = {"generator": generator, "device": generator.device}
+    top = torch.randint(0, 2 * padding + 1, (n,), **draw).to(x.device)
+    left = torch.randint(0, 2 * padding + 1, (n,), **draw).to(x.device)
+    flip = torch.randint(0, 2, (n,), **draw).to(x.device).bool()
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    rows = top[:, None] + torch.arange(h, device=x.device)  # (N, H)
+    across = torch.arange(w, device=x.device)
+    cols = left[:, None] + torch.where(flip[:, None], across.flip(0), across)  # (N, W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+# ---- mnist1d -----------------------------------------------------------------------------------
+
+
+def _load_mnist1d(seed: int) -> TaskData:
+    x, y, x_test, y_test = _mnist1d_arrays(seed)
+    n_fit = len(y) - int(len(y) * MNIST1D_VAL_FRACTION)
+    fit = x[:n_fit]
+    mean, std = float(fit.mean()), float(fit.std())
+
+    def split(xs: np.ndarray, ys: np.ndarray) -> Split:
+        inputs = (torch.tensor(xs, dtype=torch.float32) - mean) / std
+        return Split(inputs.unsqueeze(1), torch.tensor(ys, dtype=torch.int64))
+
+    return TaskData(
+        task="mnist1d",
+        train=split(x[:n_fit], y[:n_fit]),
+        val=split(x[n_fit:], y[n_fit:]),
+        test=split(x_test, y_test),
+        num_classes=10,
+    )
+
+
+@lru_cache(maxsize=8)
+def _mnist1d_arrays(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`(x, y, x_test, y_test)` of MNIST-1D generated with `seed`: from disk when cached, else made here.
+
+    The arrays are shared by every caller in the process; `_load_mnist1d` copies them.
+    """
+    version = importlib.metadata.version("mnist1d")  # the generator's code decides the data
+    path = cache_dir() / f"mnist1d-{version}-f{_MNIST1D_CACHE_FORMAT}-seed{seed}.npz"
+    arrays = _read_npz(path)
+    if arrays is None:
+        arrays = _generate_mnist1d(seed)
+        _write_npz(path, arrays)
+    return arrays
+
+
+_KEYS = ("x", "y", "x_test", "y_test")
+
+
+def _generate_mnist1d(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run the package's generator (pure numpy/scipy, no network), leaving the global RNGs as found."""
+    from mnist1d.data import get_dataset_args, make_dataset  # ~1 s to import; skipped on a cache hit
+
+    args = get_dataset_args()
+    args.seed = seed
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:  # make_dataset reseeds and draws from Python's and NumPy's global generators
+        made = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return (
+        made["x"].astype(np.float32),
+        made["y"].astype(np.int64),
+        made["x_test"].astype(np.float32),
+        made["y_test"].astype(np.int64),
+    )
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, ...] | None:
+    """The cached arrays, or None when the file is absent, unreadable or not what we wrote."""
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            arrays = tuple(cached[k] for k in _KEYS)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    x, y, x_test, y_test = arrays
+    if x.ndim != 2 or len(x) != len(y) or x_test.ndim != 2 or len(x_test) != len(y_test):
+        return None
+    return arrays
+
+
+def _write_npz(path: Path, arrays: tuple[np.ndarray, ...]) -> None:
+    """Cache `arrays` at `path` atomically (concurrent runs never see half a file); best effort."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **dict(zip(_KEYS, arrays)))
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full disk only costs the next process a regeneration
+        tmp.unlink(missing_ok=True)
+
+
+# ---- cifar10 -----------------------------------------------------------------------------------
+
+
+def _load_cifar10(data_dir: str | os.PathLike[str] | None, download: bool) -> TaskData:
+    if data_dir is None and not download:
+        raise BadInput(
+            "cifar10 needs its data: pass --data-dir DIR (the folder holding cifar-10-batches-py) or --download"
+        )
+    from torchvision.datasets import CIFAR10
+
+    root = Path(data_dir).expanduser() if data_dir is not None else cache_dir() / "cifar10"
+    try:
+        train = CIFAR10(root, train=True, download=download)
+        test = CIFAR10(root, train=False, download=download)
+    except RuntimeError:  # torchvision: "Dataset not found or corrupted" (files missing or checksums wrong)
+        raise BadInput(
+            f"no CIFAR-10 data in {root} (expected {root / CIFAR10.base_folder} with verified checksums): "
+            "pass --data-dir DIR holding it, or --download"
+        ) from None
+    except OSError as e:  # the download itself failed: offline, refused, disk full
+        reason = str(e).replace("\n", " ")
+        raise BadInput(f"could not download CIFAR-10 into {root} ({reason}): pass --data-dir DIR holding it") from None
+    x, y = _cifar10_tensors(train)
+    n_fit = len(y) - int(len(y) * CIFAR10_VAL_FRACTION)
+    return TaskData(
+        task="cifar10",
+        train=Split(x[:n_fit], y[:n_fit]),
+        val=Split(x[n_fit:], y[n_fit:]),
+        test=Split(*_cifar10_tensors(test)),
+        num_classes=len(train.classes),
+    )
+
+
+def _cifar10_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardised `(N, 3, 32, 32)` float32 images and int64 labels of a torchvision CIFAR10."""
+    x = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # stored (N, H, W, C) uint8
+    x = x.to(torch.float32).div_(255.0)
+    x.sub_(torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)).div_(torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+    return x, torch.tensor(dataset.targets, dtype=torch.int64)

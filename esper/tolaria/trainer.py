@@ -1,0 +1,187 @@
+"""The hands: one model, its optimizers and its data; trains epochs and measures what gates need.
+
+The trainer carries out lifecycle events on the model (`apply`) but never decides them. Each epoch it
+measures validation loss/accuracy and, per live seed, gradient health, the seed's own loss and its
+counterfactual contribution (accuracy with the seed minus accuracy with α forced to 0).
+"""
+
+import math
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from esper.errors import BadInput, RunFailed
+from esper.kasmina import GrowableModel, build_host
+from esper.leyline.config import RunConfig
+from esper.leyline.events import Event, SeedGerminated, SeedTelemetry, SeedTransitioned
+from esper.leyline.stages import SeedStage
+from esper.tolaria.data import TaskData, augment
+from esper.tolaria.health import HealthMeter
+from esper.tolaria.tasks import TaskPreset
+
+
+@attrs.frozen
+class EpochStats:
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    params: int
+    seeds: list[SeedTelemetry]
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadInput(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"device {name} asked for, but CUDA is not available here (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BadInput(f"device {name} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if device.type not in ("cpu", "cuda"):
+        raise BadInput(f"unsupported device {name!r}: use cpu, cuda or cuda:N")
+    return device
+
+
+def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, preset: TaskPreset, data: TaskData):
+        self.config = config
+        self.preset = preset
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.model: GrowableModel = build_host(preset.host).to(self.device)
+        self.data = data.to(self.device)
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.steps_per_epoch = math.ceil(len(data.train) / preset.batch_size)
+        self.host_optimizer = self._optimizer(self.model.host_parameters(), preset.lr)
+        self.seed_optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._build_architecture(config.architecture)
+
+    def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        p = self.preset
+        return make_optimizer(p.optimizer, params, lr, p.weight_decay, p.momentum)
+
+    def _build_architecture(self, architecture: list[tuple[str, str]]) -> None:
+        """The `scratch` baseline: seeds built into the host before training starts."""
+        for i, (slot, blueprint) in enumerate(architecture):
+            if slot not in self.model.slot_names:
+                raise BadInput(f"architecture names unknown slot {slot!r} (slots: {', '.join(self.model.slot_names)})")
+            self.model.germinate(slot, f"built{i + 1}-{slot}", blueprint)
+            self.host_optimizer.add_param_group({"params": self.model.fossilize(f"built{i + 1}-{slot}")})
+
+    # ---- carrying out lifecycle events ---------------------------------------------------------
+
+    def realize(self, event: Event) -> Event:
+        """Carry out `event` on the model; a germination comes back with its true parameter count."""
+        if isinstance(event, SeedGerminated):
+            params = self.model.germinate(event.slot, event.seed_id, event.blueprint)
+            return SeedGerminated(epoch=event.epoch, seed_id=event.seed_id, slot=event.slot,
+                                  blueprint=event.blueprint, params=params)
+        if isinstance(event, SeedTransitioned):
+            self._transition(event.seed_id, SeedStage(event.to_stage))
+        return event
+
+    def _transition(self, seed_id: str, stage: SeedStage) -> None:
+        model = self.model
+        if stage is SeedStage.TRAINING:
+            model.start_training(seed_id)
+            self.seed_optimizers[seed_id] = self._optimizer(model.seed_parameters(seed_id), self.preset.seed_lr)
+        elif stage is SeedStage.BLENDING:
+            steps = max(1, self.config.lifecycle.blend_epochs * self.steps_per_epoch)
+            model.start_blending(seed_id, steps, self.config.blend_schedule)
+        elif stage is SeedStage.FOSSILIZED:
+            self.host_optimizer.add_param_group({"params": model.fossilize(seed_id)})
+            self.seed_optimizers.pop(seed_id, None)
+        elif stage is SeedStage.CULLED:
+            model.cull(seed_id)
+            self.seed_optimizers.pop(seed_id, None)
+
+    # ---- one epoch -----------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> EpochStats:
+        model = self.model
+        model.train()
+        health = {sid: HealthMeter() for sid in self.seed_optimizers}
+        seed_loss = {sid: 0.0 for sid in model.training_seeds()}
+        total, count = torch.zeros((), device=self.device), 0
+        for x, y in self.data.batches("train", self.preset.batch_size, self.generator):
+            if self.preset.augment:
+                x = augment(x, self.generator)
+            loss = F.cross_entropy(model(x), y)
+            self.host_optimizer.zero_grad(set_to_none=True)
+            for opt in self.seed_optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for sid in model.training_seeds():
+                params = model.seed_parameters(sid)
+                isolated = F.cross_entropy(model.isolated_logits(sid), y)
+                for p, g in zip(params, torch.autograd.grad(isolated, params)):
+                    p.grad = g
+                seed_loss[sid] += isolated.item() * len(y)
+            for sid, meter in health.items():
+                meter.add(_grad_norm(model.seed_parameters(sid)))
+            self.host_optimizer.step()
+            for opt in self.seed_optimizers.values():
+                opt.step()
+            model.step_blending()
+            total += loss.detach() * len(y)
+            count += len(y)
+        train_loss = (total / count).item()
+        if not math.isfinite(train_loss):
+            raise RunFailed(f"training diverged at epoch {epoch}: train loss {train_loss}")
+        return self._measure(train_loss, {sid: m.value for sid, m in health.items()},
+                             {sid: v / count for sid, v in seed_loss.items()})
+
+    @torch.no_grad()
+    def _measure(self, train_loss: float, health: dict[str, float], seed_loss: dict[str, float]) -> EpochStats:
+        model = self.model
+        val_loss, val_acc, isolated_acc = self.evaluate("val", isolated=model.training_seeds())
+        telemetry = []
+        for sid in model.live_seeds():
+            stage = model.stage(sid)
+            if stage is SeedStage.TRAINING:
+                contribution = isolated_acc[sid] - val_acc
+            elif stage is SeedStage.BLENDING:
+                with model.forced_alpha(sid, 0.0):
+                    contribution = val_acc - self.evaluate("val")[1]
+            else:
+                contribution = None
+            telemetry.append(SeedTelemetry(
+                seed_id=sid, alpha=model.alpha(sid), gradient_health=health.get(sid, 0.0),
+                seed_loss=seed_loss.get(sid), contribution=contribution,
+            ))
+        return EpochStats(train_loss, val_loss, val_acc, model.param_count(), telemetry)
+
+    @torch.no_grad()
+    def evaluate(self, split: str, isolated: list[str] = ()) -> tuple[float, float, dict[str, float]]:
+        """Loss and accuracy on `split`; with `isolated`, also each training seed's accuracy when fully in."""
+        model = self.model
+        model.eval()
+        loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seed_correct = {sid: torch.zeros((), device=self.device) for sid in isolated}
+        n = 0
+        for x, y in self.data.batches(split, 1024):
+            logits = model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            for sid in isolated:
+                seed_correct[sid] += (model.isolated_logits(sid).argmax(1) == y).sum()
+            n += len(y)
+        model.train()
+        return (loss / n).item(), (correct / n).item(), {sid: (c / n).item() for sid, c in seed_correct.items()}
+
+
+def _grad_norm(params: list[nn.Parameter]) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
