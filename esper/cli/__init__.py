@@ -5,6 +5,7 @@ import sys
 import typer
 
 from esper.cli import core, run  # noqa: F401 - register their verbs
+from esper.cli import nissa  # noqa: F401
 from esper.cli.app import app
 
 __all__ = ["app", "main"]

@@ -34,8 +34,9 @@ def replay(
     if verify:
         from esper.tolaria.verify import verify_run
 
-        verify_run(recorded, ws)
-        say(f"verified: re-executing {run_id} gives the same {len(recorded)} events")
+        say(f"verifying {run_id}: re-executing it from its config and {state.commands} recorded commands ...")
+        verify_run(recorded)
+        say(f"verified: re-execution gives the same {len(recorded)} events")
     if as_json:
         print(json.dumps(state.summary()))
         return

@@ -8,6 +8,7 @@ import msgspec
 
 from esper.errors import BadInput
 from esper.leyline.commands import Advance, Command, Cull, Germinate, Wait
+from esper.leyline.events import CommandIssued
 from esper.leyline.garden import legal_commands
 from esper.leyline.stages import SeedStage
 from esper.tamiyo.observation import Observation
@@ -131,19 +132,21 @@ class RandomController:
 
 
 class ScriptedController:
-    """Replays recorded commands in order (what `esper replay --verify` re-executes with)."""
+    """Replays recorded decisions in order (what `esper replay --verify` re-executes with)."""
 
-    def __init__(self, name: str, commands: Iterable[Command]):
+    def __init__(self, name: str, issued: Iterable[CommandIssued]):
         self.name = name
-        self._commands = list(commands)
+        self._issued = list(issued)
         self._next = 0
+        self.decision_info: dict = {}
 
     def decide(self, obs: Observation) -> Command:
-        if self._next >= len(self._commands):
+        if self._next >= len(self._issued):
             raise BadInput("the recorded run issued fewer commands than the re-execution asks for")
-        command = self._commands[self._next]
+        issued = self._issued[self._next]
         self._next += 1
-        return command
+        self.decision_info = {"log_prob": issued.log_prob, "value": issued.value, "mask": issued.mask}
+        return issued.command
 
 
 CONTROLLERS = ("heuristic", "static", "scratch", "random", "policy")

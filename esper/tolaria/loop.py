@@ -1,11 +1,11 @@
 """One morphogenetic training run, written as events.
 
 Per epoch, in this order (replay and `--verify` rely on it):
-1. the lifecycle's automatic transitions (`Garden.tick`) are carried out;
-2. the model trains one epoch and is measured: `EpochEnded`;
-3. the controller decides on the observation folded from the events so far: `CommandIssued`, then what
-   the command led to (`SeedGerminated`/`SeedTransitioned`, or `CommandRejected`);
-4. the epoch's events are appended in one transaction.
+1. `begin_epoch`: the lifecycle's automatic transitions (`Garden.tick`) are carried out;
+2. the model trains one epoch and is measured: `end_epoch` emits `EpochEnded` and returns the observation;
+3. `decide`: the controller's command, as `CommandIssued`, then what it led to (`SeedGerminated`,
+   `SeedTransitioned`, or `CommandRejected`); the epoch's events are appended in one transaction.
+`Session` exposes these steps so Simic can drive many runs in lock-step; `execute` runs one to the end.
 """
 
 from typing import Any, Callable, Protocol
@@ -14,18 +14,13 @@ import attrs
 import msgspec
 
 from esper.errors import BadInput, RunFailed
+from esper.leyline.commands import Command
 from esper.leyline.config import RunConfig
-from esper.leyline.events import (
-    CommandIssued,
-    EpochEnded,
-    Event,
-    RunFailed as RunFailedEvent,
-    RunFinished,
-    RunStarted,
-)
+from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, RunStarted
+from esper.leyline.events import RunFailed as RunFailedEvent
 from esper.tamiyo.controllers import Controller
-from esper.tamiyo.observation import ObservationProjection
-from esper.tolaria.data import load_task_data
+from esper.tamiyo.observation import Observation, ObservationProjection
+from esper.tolaria.data import TaskData, load_task_data
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import EpochStats, Trainer
 
@@ -48,7 +43,7 @@ class ListSink:
 
 @attrs.define
 class StoreSink:
-    """Appends each batch to a store, with the optimistic-concurrency check on `seq`."""
+    """Appends each batch to one run of a store, with the optimistic-concurrency check on `seq`."""
 
     recorder: Any
     run_id: str
@@ -78,55 +73,92 @@ def resolve_config(config: RunConfig) -> RunConfig:
     return msgspec.structs.replace(config, epochs=config.epochs or preset.epochs)
 
 
+class Session:
+    """One run, step by step. Every event goes through `emit`: carried out on the model, folded into
+    the observation, and kept for the epoch's batch."""
+
+    def __init__(self, config: RunConfig, sink: Sink, data: TaskData | None = None, download: bool = False):
+        self.config = config
+        self.preset = get_task(config.task)
+        if data is None:
+            data = load_task_data(config.task, config.data_seed, config.data_dir, download=download)
+        self.trainer = Trainer(config, self.preset, data)
+        self.projection = ObservationProjection()
+        self.sink = sink
+        self.epoch = 0
+        self.stats: EpochStats | None = None
+        self._pending: list[Event] = []
+        model = self.trainer.model
+        self._emit([RunStarted(config=config, host_params=model.param_count(), slots=model.slot_names,
+                               blueprints=list(self.preset.blueprints))])
+        self._flush()
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    def begin_epoch(self) -> None:
+        self.epoch += 1
+        self._emit(self.projection.garden.tick(self.epoch))
+        self.trainer.begin_epoch()
+
+    def end_epoch(self) -> Observation:
+        stats = self.stats = self.trainer.end_epoch(self.epoch)
+        self._emit([EpochEnded(epoch=self.epoch, train_loss=stats.train_loss, val_loss=stats.val_loss,
+                               val_accuracy=stats.val_accuracy, params=stats.params, seeds=stats.seeds)])
+        return self.projection.observe()
+
+    def decide(self, command: Command, controller: str, **info: Any) -> CommandIssued:
+        issued = CommandIssued(epoch=self.epoch, command=command, controller=controller, **info)
+        self._emit([issued, *self.projection.garden.handle(command, self.epoch)])
+        self._flush()
+        return issued
+
+    def finish(self) -> RunResult:
+        _, test_accuracy, _ = self.trainer.evaluate("test")
+        counts: dict[str, int] = {}
+        for seed in self.projection.garden.seeds.values():
+            counts[seed.stage.value] = counts.get(seed.stage.value, 0) + 1
+        finished = RunFinished(epoch=self.epoch, val_accuracy=self.projection.observe().val_accuracy,
+                               test_accuracy=test_accuracy, params=self.trainer.model.param_count(), seeds=counts)
+        self._emit([finished])
+        self._flush()
+        return RunResult(finished.val_accuracy, finished.test_accuracy, finished.params, counts)
+
+    def fail(self, error: str) -> None:
+        """Close the log with `RunFailed`; the unfinished epoch is dropped whole (the log keeps whole epochs)."""
+        self._pending.clear()
+        self._emit([RunFailedEvent(epoch=self.epoch, error=error)])
+        self._flush()
+
+    def _emit(self, events: list[Event]) -> None:
+        for event in events:
+            event = self.trainer.realize(event)
+            self.projection.apply(event)
+            self._pending.append(event)
+
+    def _flush(self) -> None:
+        self.sink.append(list(self._pending))
+        self._pending.clear()
+
+
 def execute(
     config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None, download: bool = False
 ) -> RunResult:
-    """Train one run from `RunStarted` to `RunFinished`; a failure appends `RunFailed` and raises `RunFailed`."""
-    preset = get_task(config.task)
-    data = load_task_data(config.task, config.data_seed, config.data_dir, download=download)
-    trainer = Trainer(config, preset, data)
-    projection = ObservationProjection()
-    pending: list[Event] = []
-
-    def emit(events: list[Event]) -> None:
-        for event in events:
-            event = trainer.realize(event)
-            projection.apply(event)
-            pending.append(event)
-
-    def flush() -> None:
-        sink.append(list(pending))
-        pending.clear()
-
-    emit([RunStarted(config=config, host_params=trainer.model.param_count(), slots=trainer.model.slot_names,
-                     blueprints=list(preset.blueprints))])
-    flush()
-    epoch = 0
+    """Train one run from `RunStarted` to `RunFinished`; a failure appends `RunFailed` and raises."""
+    session = Session(config, sink, download=download)
     try:
-        for epoch in range(1, config.epochs + 1):
-            emit(projection.garden.tick(epoch))
-            stats = trainer.train_epoch(epoch)
-            emit([EpochEnded(epoch=epoch, train_loss=stats.train_loss, val_loss=stats.val_loss,
-                             val_accuracy=stats.val_accuracy, params=stats.params, seeds=stats.seeds)])
-            command = controller.decide(projection.observe())
-            issued = CommandIssued(epoch=epoch, command=command, controller=controller.name,
-                                   **getattr(controller, "decision_info", {}))
-            emit([issued, *projection.garden.handle(command, epoch)])
-            flush()
+        while not session.done:
+            session.begin_epoch()
+            trainer = session.trainer
+            for x, y in trainer.data.batches("train", trainer.preset.batch_size, trainer.generator):
+                trainer.train_step(x, y)
+            obs = session.end_epoch()
+            command = controller.decide(obs)
+            issued = session.decide(command, controller.name, **getattr(controller, "decision_info", {}))
             if progress is not None:
-                progress(epoch, stats, projection, issued)
-        _, test_accuracy, _ = trainer.evaluate("test")
+                progress(session.epoch, session.stats, session.projection, issued)
+        return session.finish()
     except (RunFailed, KeyboardInterrupt) as exc:
-        pending.clear()  # the unfinished epoch is dropped whole; the log keeps whole epochs only
-        emit([RunFailedEvent(epoch=epoch, error=str(exc) or "interrupted")])
-        flush()
+        session.fail(str(exc) or "interrupted")
         raise
-    counts: dict[str, int] = {}
-    for seed in projection.garden.seeds.values():
-        counts[seed.stage.value] = counts.get(seed.stage.value, 0) + 1
-    last = projection.observe()
-    finished = RunFinished(epoch=config.epochs, val_accuracy=last.val_accuracy, test_accuracy=test_accuracy,
-                           params=trainer.model.param_count(), seeds=counts)
-    emit([finished])
-    flush()
-    return RunResult(finished.val_accuracy, finished.test_accuracy, finished.params, counts)

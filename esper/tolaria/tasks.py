@@ -36,6 +36,9 @@ class TaskPreset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Blueprints a controller may germinate on this task."""
     momentum: float = 0.9
     """SGD momentum; unused by `adam`."""
+    cpu_threads: int = 0
+    """Torch threads on CPU (0: torch's default). Tiny models run fastest on one thread: more threads
+    only add synchronisation, and on a busy machine they make each step several times slower."""
     augment: bool = False
     """Whether the trainer applies `esper.tolaria.data.augment` (random crop + flip) to training batches."""
 
@@ -52,6 +55,7 @@ TASKS: dict[str, TaskPreset] = {
             weight_decay=0.0,
             seed_lr=3e-3,
             epochs=25,
+            cpu_threads=1,
         ),
         TaskPreset(
             name="cifar10",

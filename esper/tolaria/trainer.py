@@ -56,6 +56,8 @@ class Trainer:
         self.config = config
         self.preset = preset
         self.device = resolve_device(config.device)
+        if self.device.type == "cpu" and preset.cpu_threads:
+            torch.set_num_threads(preset.cpu_threads)
         torch.manual_seed(config.seed)
         self.model: GrowableModel = build_host(preset.host).to(self.device)
         self.data = data.to(self.device)
@@ -107,38 +109,51 @@ class Trainer:
     # ---- one epoch -----------------------------------------------------------------------------
 
     def train_epoch(self, epoch: int) -> EpochStats:
-        model = self.model
-        model.train()
-        health = {sid: HealthMeter() for sid in self.seed_optimizers}
-        seed_loss = {sid: 0.0 for sid in model.training_seeds()}
-        total, count = torch.zeros((), device=self.device), 0
+        """One pass over the training data, then the epoch's measurements."""
+        self.begin_epoch()
         for x, y in self.data.batches("train", self.preset.batch_size, self.generator):
-            if self.preset.augment:
-                x = augment(x, self.generator)
-            loss = F.cross_entropy(model(x), y)
-            self.host_optimizer.zero_grad(set_to_none=True)
-            for opt in self.seed_optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for sid in model.training_seeds():
-                params = model.seed_parameters(sid)
-                isolated = F.cross_entropy(model.isolated_logits(sid), y)
-                for p, g in zip(params, torch.autograd.grad(isolated, params)):
-                    p.grad = g
-                seed_loss[sid] += isolated.item() * len(y)
-            for sid, meter in health.items():
-                meter.add(_grad_norm(model.seed_parameters(sid)))
-            self.host_optimizer.step()
-            for opt in self.seed_optimizers.values():
-                opt.step()
-            model.step_blending()
-            total += loss.detach() * len(y)
-            count += len(y)
-        train_loss = (total / count).item()
+            self.train_step(x, y)
+        return self.end_epoch(epoch)
+
+    def begin_epoch(self) -> None:
+        self.model.train()
+        self._health = {sid: HealthMeter() for sid in self.seed_optimizers}
+        self._seed_loss = {sid: 0.0 for sid in self.model.training_seeds()}
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._seen = 0
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step of host and seeds on one batch. Training seeds learn in isolation: their
+        gradients come from `isolated_logits` through `autograd.grad`, so no host `.grad` is touched."""
+        model = self.model
+        if self.preset.augment:
+            x = augment(x, self.generator)
+        loss = F.cross_entropy(model(x), y)
+        self.host_optimizer.zero_grad(set_to_none=True)
+        for opt in self.seed_optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for sid in model.training_seeds():
+            params = model.seed_parameters(sid)
+            isolated = F.cross_entropy(model.isolated_logits(sid), y)
+            for p, g in zip(params, torch.autograd.grad(isolated, params)):
+                p.grad = g
+            self._seed_loss[sid] += isolated.item() * len(y)
+        for sid, meter in self._health.items():
+            meter.add(_grad_norm(model.seed_parameters(sid)))
+        self.host_optimizer.step()
+        for opt in self.seed_optimizers.values():
+            opt.step()
+        model.step_blending()
+        self._loss_sum += loss.detach() * len(y)
+        self._seen += len(y)
+
+    def end_epoch(self, epoch: int) -> EpochStats:
+        train_loss = (self._loss_sum / max(self._seen, 1)).item()
         if not math.isfinite(train_loss):
             raise RunFailed(f"training diverged at epoch {epoch}: train loss {train_loss}")
-        return self._measure(train_loss, {sid: m.value for sid, m in health.items()},
-                             {sid: v / count for sid, v in seed_loss.items()})
+        return self._measure(train_loss, {sid: m.value for sid, m in self._health.items()},
+                             {sid: v / max(self._seen, 1) for sid, v in self._seed_loss.items()})
 
     @torch.no_grad()
     def _measure(self, train_loss: float, health: dict[str, float], seed_loss: dict[str, float]) -> EpochStats:

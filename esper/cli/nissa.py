@@ -1,0 +1,109 @@
+"""The verbs over Nissa's projections: report, export, import."""
+
+import hashlib
+import re
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
+from esper.errors import BadInput
+from esper.store import Workspace
+
+
+@app.command()
+@handles_errors
+def report(
+    runs: List[str] = typer.Argument(..., help="Run id (or a unique prefix); several with --compare."),
+    compare: bool = typer.Option(False, "--compare", help="Overlay the curves of several runs in one report."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="HTML file to write (default <workspace>/reports/<run>.html)."
+    ),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Write a run's story, curves, seed table and controller decisions as one self-contained HTML file."""
+    from esper.nissa.projections import caught_up
+    from esper.nissa.report import (
+        comparison_summary, load_view, render_comparison, render_run, terminal_summary, write_text,
+    )
+
+    if compare and len(runs) < 2:
+        raise BadInput("--compare needs at least two runs (esper report --compare RUN RUN ...)")
+    if not compare and len(runs) > 1:
+        raise BadInput(f"one run at a time, got {len(runs)}; add --compare to compare them in one report")
+    ws = existing_workspace(workspace)
+    with ws.reader() as reader:
+        for note in reader.notes:
+            say(f"note: {note}")
+        run_ids = list(dict.fromkeys(reader.resolve_run(r) for r in runs))
+        if compare and len(run_ids) < 2:
+            raise BadInput(f"--compare needs two different runs; {', '.join(runs)} are all {run_ids[0]}")
+        with caught_up(ws, reader) as projector:
+            for note in projector.notes:
+                say(f"note: {note}")
+            views = [load_view(projector, reader, run_id) for run_id in run_ids]
+            blueprints = projector.fetch("blueprint_stats")
+    if compare:
+        html, lines = render_comparison(views), comparison_summary(views)
+        name = "compare-" + "-vs-".join(run_ids)
+    else:
+        html, lines = render_run(views[0], blueprints), terminal_summary(views[0])
+        name = run_ids[0]
+    path = write_text(out or ws.root / "reports" / f"{_file_name(name)}.html", html)
+    for line in lines:
+        print(line)
+    print(f"report: {path}")
+
+
+@app.command("export")
+@handles_errors
+def export(
+    runs: List[str] = typer.Argument(..., help="Run id(s) (or unique prefixes) to export."),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", "-f", help="jsonl (readable, diffable) or parquet (compact); default from --out, else jsonl."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default ./<run>.<format>)."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Write runs' events, every column exactly, to a jsonl or parquet file that `esper import` reads back."""
+    from esper.nissa.transfer import export_runs, format_for
+
+    ws = existing_workspace(workspace)
+    with ws.reader() as reader:
+        for note in reader.notes:
+            say(f"note: {note}")
+        run_ids = list(dict.fromkeys(reader.resolve_run(r) for r in runs))
+        fmt = format_for(out or Path(""), fmt)
+        path = out or Path(f"{_file_name(run_ids[0] if len(run_ids) == 1 else '-'.join(run_ids))}.{fmt}")
+        n = export_runs(reader, run_ids, path, fmt)
+    print(f"exported {n} events of {_runs_text(run_ids)} to {path} ({fmt})")
+
+
+@app.command("import")
+@handles_errors
+def import_(
+    file: Path = typer.Argument(..., help="A file written by `esper export` (jsonl or parquet)."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Add the runs of an exported file to the workspace (events already there are skipped)."""
+    from esper.nissa.transfer import import_file
+
+    result = import_file(Workspace.at(workspace), file)
+    if result.store is None:
+        print(f"nothing to import: all {result.skipped} events of {_runs_text(result.runs)} are already in the workspace")
+        return
+    skipped = f" ({result.skipped} already there)" if result.skipped else ""
+    print(f"imported {result.imported} events of {_runs_text(result.runs)} into {result.store}{skipped}")
+
+
+def _runs_text(run_ids: list[str]) -> str:
+    return f"run {run_ids[0]}" if len(run_ids) == 1 else f"{len(run_ids)} runs ({', '.join(run_ids)})"
+
+
+def _file_name(name: str) -> str:
+    """A run id made safe as a file name; long names keep a readable head and a hash of the whole."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+    if len(safe) > 120:
+        safe = f"{safe[:100]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return safe
