@@ -1,6 +1,7 @@
 """The `esper` typer app and the one place that turns errors into one line and an exit code."""
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -40,6 +41,13 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             say("esper: interrupted")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a bug of ours: still one line, with the way to see more
+            if os.environ.get("ESPER_DEBUG"):
+                raise
+            say(f"esper: internal error: {type(exc).__name__}: {exc} (set ESPER_DEBUG=1 for the traceback)")
+            raise typer.Exit(1) from None
 
     return wrapper
 

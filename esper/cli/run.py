@@ -16,7 +16,8 @@ from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import CONTROLLERS, make_controller
 from esper.tamiyo.observation import ObservationProjection
 from esper.tolaria.loop import StoreSink, execute, resolve_config
-from esper.tolaria.trainer import EpochStats
+from esper.tolaria.data import load_task_data
+from esper.tolaria.trainer import EpochStats, resolve_device
 
 
 @app.command()
@@ -52,10 +53,12 @@ def run(
         data_dir=data_dir, telemetry=telemetry, architecture=architecture,
     ))
     brain = make_controller(controller, seed, policy)
+    resolve_device(device)
+    data = load_task_data(task, config.data_seed, data_dir, download=download)  # bad input fails before any log exists
     run_id = f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
     say(f"run {run_id}: {task}, controller {controller}, seed {seed}, {config.epochs} epochs on {device}")
     with Recorder(ws.store_path(run_id)) as recorder:
-        result = execute(config, brain, StoreSink(recorder, run_id), progress=_progress(config.epochs), download=download)
+        result = execute(config, brain, StoreSink(recorder, run_id), progress=_progress(config.epochs), data=data)
     table = _closing_table(run_id, result)
     if as_json:
         say(table)

@@ -143,10 +143,11 @@ class Session:
 
 
 def execute(
-    config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None, download: bool = False
+    config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None,
+    data: TaskData | None = None,
 ) -> RunResult:
     """Train one run from `RunStarted` to `RunFinished`; a failure appends `RunFailed` and raises."""
-    session = Session(config, sink, download=download)
+    session = Session(config, sink, data=data)
     try:
         while not session.done:
             session.begin_epoch()

@@ -1,0 +1,130 @@
+"""Real runs of the default task: seeds grow through every stage, logs replay and re-execute exactly."""
+
+import json
+import os
+import subprocess
+import sys
+
+import msgspec
+import pytest
+
+from esper.cli.run import _final_architecture
+from esper.leyline import LifecycleConfig, RunConfig, SeedStage, SeedTransitioned, encode
+from esper.nissa.runstate import RunState
+from esper.store import Recorder, Workspace
+from esper.tamiyo.controllers import make_controller
+from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
+from esper.tolaria.verify import VerificationFailed, verify_run
+
+
+def run_into(ws: Workspace, run_id: str, **config) -> RunState:
+    cfg = resolve_config(RunConfig(**config))
+    with Recorder(ws.store_path(run_id)) as rec:
+        execute(cfg, make_controller(cfg.controller, cfg.seed), StoreSink(rec, run_id))
+        return RunState.fold(rec.read(run_id))
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory):
+    """One heuristic run that grows, and one whose gates never open so its seeds are culled."""
+    ws = Workspace(tmp_path_factory.mktemp("ws"))
+    grows = run_into(ws, "grows", epochs=12, seed=1)
+    culls = run_into(ws, "culls", epochs=14, seed=1, lifecycle=LifecycleConfig(gradient_health_threshold=2.0))
+    return ws, grows, culls
+
+
+def test_every_stage_is_reached_in_real_runs(grown):
+    _, grows, culls = grown
+    reached = {stage for state in (grows, culls) for seed in state.garden.seeds.values() for _, stage in seed.history}
+    assert reached == set(SeedStage)
+    assert grows.stage_counts().get("FOSSILIZED", 0) >= 1
+    assert culls.stage_counts().get("FOSSILIZED", 0) == 0
+
+
+def test_growth_adds_parameters_and_accuracy_is_a_fraction(grown):
+    _, grows, _ = grown
+    first, last = grows.epochs[0], grows.epochs[-1]
+    assert last.params > first.params
+    assert 0.0 <= grows.finished.val_accuracy <= 1.0 and 0.0 <= grows.finished.test_accuracy <= 1.0
+    assert grows.finished.params == last.params
+
+
+def test_gate_evidence_is_in_the_log(grown):
+    ws, _, _ = grown
+    with ws.reader() as reader:
+        events = [r.event for r in reader.read_run("grows")]
+    blends = [e for e in events if isinstance(e, SeedTransitioned) and e.to_stage == "BLENDING"]
+    assert blends and all(e.evidence["gradient_health"] >= e.evidence["gradient_health_threshold"] for e in blends)
+    fossils = [e for e in events if isinstance(e, SeedTransitioned) and e.to_stage == "FOSSILIZED"]
+    assert fossils and all(e.evidence["alpha"] >= 1.0 for e in fossils)
+
+
+def test_verify_reexecutes_exactly_and_catches_a_changed_log(grown):
+    ws, _, _ = grown
+    with ws.reader() as reader:
+        recorded = reader.read_run("grows")
+    assert verify_run(recorded) == len(recorded)
+    i = next(i for i, r in enumerate(recorded) if type(r.event).__name__ == "EpochEnded")
+    forged = msgspec.structs.replace(recorded[i].event, val_accuracy=0.123)
+    tampered = list(recorded)
+    tampered[i] = type(recorded[i])(*(getattr(recorded[i], f) for f in ("position", "run_id", "seq", "event_id", "ts")), forged)
+    with pytest.raises(VerificationFailed, match="differs at seq"):
+        verify_run(tampered)
+
+
+def test_same_seed_same_events():
+    cfg = resolve_config(RunConfig(epochs=4, seed=5))
+    a, b = ListSink(), ListSink()
+    execute(cfg, make_controller("heuristic", 5), a)
+    execute(cfg, make_controller("heuristic", 5), b)
+    assert [encode(e) for e in a.events] == [encode(e) for e in b.events]
+    assert a.batches == 1 + 4 + 1  # RunStarted, one batch per epoch, RunFinished
+
+
+def test_scratch_builds_the_final_architecture_up_front(grown):
+    ws, grows, _ = grown
+    like, architecture, epochs = _final_architecture(ws, "grows")
+    assert like == "grows" and epochs == 12
+    assert len(architecture) == grows.stage_counts()["FOSSILIZED"]
+    sink = ListSink()
+    cfg = resolve_config(RunConfig(controller="scratch", like=like, architecture=architecture, epochs=2))
+    result = execute(cfg, make_controller("scratch", 0), sink)
+    assert result.params == grows.finished.params  # same modules, trained from initialisation
+    assert result.seeds == {}
+
+
+def esper(*args, workspace):
+    env = {**os.environ, "ESPER_WORKSPACE": str(workspace)}
+    return subprocess.run([sys.executable, "-m", "esper", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cli_run_json_then_replay_verify(tmp_path):
+    out = esper("run", "--epochs", "3", "--seed", "2", "--json", workspace=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result) == {"run_id", "val_accuracy", "test_accuracy", "params", "seeds"}
+    assert "[  3/3]" in out.stderr
+    replay = esper("replay", result["run_id"], "--verify", "--json", workspace=tmp_path)
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout)["status"] == "finished"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--task", "imagenet"), "unknown task"),
+        (("--controller", "oracle"), "unknown controller"),
+        (("--controller", "scratch"), "needs --like"),
+        (("--controller", "policy"), "needs --policy"),
+        (("--epochs", "-1"), "must be positive"),
+        (("--device", "tpu"), "device"),
+        (("--telemetry", "loud"), "telemetry"),
+        (("--task", "cifar10"), "--data-dir"),
+    ],
+)
+def test_cli_run_bad_input(tmp_path, args, message):
+    out = esper("run", *args, workspace=tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not list(tmp_path.glob("*.duckdb")), "bad input must not leave a log behind"
