@@ -25,7 +25,12 @@ def report(
     """Write a run's story, curves, seed table and controller decisions as one self-contained HTML file."""
     from esper.nissa.projections import caught_up
     from esper.nissa.report import (
-        comparison_summary, load_view, render_comparison, render_run, terminal_summary, write_text,
+        comparison_summary,
+        load_view,
+        render_comparison,
+        render_run,
+        terminal_summary,
+        write_text,
     )
 
     if compare and len(runs) < 2:
@@ -90,11 +95,11 @@ def import_(
     from esper.nissa.transfer import import_file
 
     result = import_file(Workspace.at(workspace), file)
-    if result.store is None:
+    if not result.stores:
         print(f"nothing to import: all {result.skipped} events of {_runs_text(result.runs)} are already in the workspace")
         return
     skipped = f" ({result.skipped} already there)" if result.skipped else ""
-    print(f"imported {result.imported} events of {_runs_text(result.runs)} into {result.store}{skipped}")
+    print(f"imported {result.imported} events of {_runs_text(result.runs)} into {', '.join(map(str, result.stores))}{skipped}")
 
 
 def _runs_text(run_ids: list[str]) -> str:

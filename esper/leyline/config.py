@@ -6,11 +6,11 @@ import msgspec
 class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Gate thresholds and timings of the seed lifecycle. Recorded in `RunStarted`; replay re-checks gates with them."""
 
-    min_training_epochs: int = 2
+    min_training_epochs: int = 1
     """TRAINING → BLENDING needs at least this many epochs in TRAINING."""
     gradient_health_threshold: float = 0.3
     """TRAINING → BLENDING needs the seed's gradient health (0..1) at least this high."""
-    blend_epochs: int = 3
+    blend_epochs: int = 2
     """α rises from 0 to 1 over this many epochs of BLENDING."""
     stability_window: int = 1
     """BLENDING → FOSSILIZED needs α = 1 for at least this many epochs."""

@@ -7,6 +7,8 @@ Guarantees, per file:
 * an event whose `event_id` is already stored is not stored again (idempotent retries);
 * a batch is one transaction: after a crash the file holds a prefix of whole batches.
 No code path updates or deletes an event.
+
+Appends go through Arrow (one INSERT per batch); DuckDB's row-at-a-time `executemany` is ~500x slower.
 """
 
 import datetime as dt
@@ -17,11 +19,13 @@ from typing import Iterator, Sequence
 
 import attrs
 import duckdb
+import msgspec
+import numpy as np
 import pyarrow as pa
 
 from esper.errors import AppendConflict, StoreUnavailable
-from esper.leyline.events import Event, decode, encode, type_name
-from esper.store.schema import BATCH_SCHEMA, INSERT_FROM_BATCH, TABLE_DDL
+from esper.leyline.events import EVENT_TYPES, Event, decode
+from esper.store.schema import BATCH_SCHEMA, INSERT_FROM_BATCH, PAYLOAD_TYPE, TABLE_DDL
 
 
 @attrs.frozen
@@ -55,7 +59,10 @@ class Recorder:
         except duckdb.Error as exc:
             raise StoreUnavailable(f"cannot open store {self.path}: {_first_line(exc)}") from None
         self._con.execute(TABLE_DDL)
-        self._lock = threading.Lock()
+        # Checkpoint less often than DuckDB's 16MB default: each checkpoint recompresses the table's last,
+        # partly filled row group, and at 10,000-event batches 64MB appends ~25% faster overall.
+        self._con.execute("SET checkpoint_threshold = '64MB'")
+        self._lock = _file_lock(self.path)
 
     def close(self) -> None:
         self._con.close()
@@ -67,28 +74,29 @@ class Recorder:
         self.close()
 
     def last_seq(self, run_id: str) -> int:
-        row = self._con.execute("SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", [run_id]).fetchall()[0]
-        return int(row[0])
+        with self._lock:
+            row = self._con.execute("SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", [run_id]).fetchall()
+        return int(row[0][0])
 
     def append(self, run_id: str, batch: Sequence[Pending | Event], expected_seq: int) -> int:
         """Append `batch` to `run_id` in one transaction; returns the run's new last `seq`.
 
-        `expected_seq` is the last `seq` the caller has seen for the run (0 for a new run). Events whose
-        `event_id` is already stored are skipped; if that leaves nothing, the append is a no-op.
+        `expected_seq` is the last `seq` the caller has seen for the run (0 for a new run). A `Pending`
+        whose `event_id` is already stored is skipped; if that leaves nothing, the append is a no-op
+        (a retry of a batch that did commit). A bare event gets a fresh `event_id` from the store.
         """
-        pending = [p if isinstance(p, Pending) else Pending(p) for p in batch]
         with self._lock:
             self._con.begin()
             try:
-                last = self._append_locked(run_id, pending, expected_seq)
+                last = self._append_locked(run_id, list(batch), expected_seq)
                 self._con.commit()
             except BaseException:
                 self._con.rollback()
                 raise
         return last
 
-    def _append_locked(self, run_id: str, pending: list[Pending], expected_seq: int) -> int:
-        fresh = self._drop_stored(pending)
+    def _append_locked(self, run_id: str, batch: list[Pending | Event], expected_seq: int) -> int:
+        fresh = self._drop_stored(batch)
         last_seq, last_position = self._con.execute(
             "SELECT (SELECT coalesce(max(seq), 0) FROM events WHERE run_id = $run),"
             " (SELECT coalesce(max(position), 0) FROM events)",
@@ -100,67 +108,112 @@ class Recorder:
             raise AppendConflict(
                 f"run {run_id}: expected last seq {expected_seq}, store has {last_seq}; nothing was written"
             )
-        batch = _to_arrow(run_id, fresh, first_seq=last_seq + 1, first_position=last_position + 1)
-        self._con.register("batch", batch)
+        self._con.register("batch", _to_arrow(fresh, first_seq=last_seq + 1, first_position=last_position + 1))
         try:
-            self._con.execute(INSERT_FROM_BATCH)
+            self._con.execute(INSERT_FROM_BATCH, {"run_id": run_id, "ts": dt.datetime.now(dt.timezone.utc)}).fetchall()
         finally:
             self._con.unregister("batch")
         return int(last_seq) + len(fresh)
 
-    def _drop_stored(self, pending: list[Pending]) -> list[Pending]:
-        """Keep the events not stored yet (and the first of any duplicate inside the batch)."""
-        ids = pa.table({"event_id": pa.array([str(p.event_id) for p in pending], pa.string())})
-        self._con.register("incoming", ids)
+    def _drop_stored(self, batch: list[Pending | Event]) -> list[Pending | Event]:
+        """Keep what is not stored yet: bare events, and each `Pending` whose id is new (its first copy)."""
+        keys = [item.event_id for item in batch if isinstance(item, Pending)]
+        if not keys:
+            return batch
+        self._con.register("incoming", pa.table({"event_id": pa.array([k.hex for k in keys], pa.string())}))
         try:
             stored = self._con.execute(
-                "SELECT e.event_id::VARCHAR FROM events e SEMI JOIN incoming i ON e.event_id = i.event_id::UUID"
+                "SELECT e.event_id FROM events e SEMI JOIN incoming i ON e.event_id = i.event_id::UUID"
             ).fetchall()
         finally:
             self._con.unregister("incoming")
         seen = {row[0] for row in stored}
         fresh = []
-        for p in pending:
-            key = str(p.event_id)
-            if key not in seen:
-                seen.add(key)
-                fresh.append(p)
+        for item in batch:
+            if isinstance(item, Pending):
+                if item.event_id in seen:
+                    continue
+                seen.add(item.event_id)
+            fresh.append(item)
         return fresh
 
     def read(self, run_id: str, after_seq: int = 0) -> list[Recorded]:
-        return list(read_events(self._con, run_id, after_seq))
+        with self._lock:  # one connection, one statement at a time: not in the middle of another thread's append
+            return list(read_events(self._con, run_id, after_seq))
 
     def run_ids(self) -> list[str]:
-        return [r[0] for r in self._con.execute("SELECT run_id FROM events GROUP BY run_id ORDER BY min(position)").fetchall()]
+        with self._lock:
+            rows = self._con.execute("SELECT run_id FROM events GROUP BY run_id ORDER BY min(position)").fetchall()
+        return [r[0] for r in rows]
+
+
+_FILE_LOCKS: dict[Path, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.Lock:
+    """One lock per file in this process. DuckDB shares one database between every connection of a process
+    to the same file, and two concurrent transactions that both append do not conflict there, so two
+    `Recorder`s of one file must take turns or they could hand out the same `seq` and `position`."""
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(path.resolve(), threading.Lock())
 
 
 def read_events(con: duckdb.DuckDBPyConnection, run_id: str, after_seq: int = 0, table: str = "events") -> Iterator[Recorded]:
     """Events of one run in `seq` order, decoded (with upcasting)."""
     rows = con.execute(
-        f"SELECT position, run_id, seq, event_id, ts, payload FROM {table} WHERE run_id = ? AND seq > ? ORDER BY seq",
+        f"SELECT position, seq, event_id, epoch_us(ts), payload FROM {table} WHERE run_id = ? AND seq > ? ORDER BY seq",
         [run_id, after_seq],
     ).fetchall()
-    for position, run, seq, event_id, ts, payload in rows:
-        yield Recorded(position, run, seq, event_id, ts, decode(payload))
+    stamps: dict[int, dt.datetime] = {}  # a batch shares one ts: build each datetime once, not once per row
+    for position, seq, event_id, ts_us, payload in rows:
+        ts = stamps.get(ts_us)
+        if ts is None:
+            ts = stamps[ts_us] = _EPOCH + dt.timedelta(microseconds=ts_us)
+        yield Recorded(position, run_id, seq, event_id, ts, decode(payload))
 
 
-def _to_arrow(run_id: str, pending: list[Pending], first_seq: int, first_position: int) -> pa.Table:
-    n = len(pending)
-    events = [p.event for p in pending]
-    now = dt.datetime.now(dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _to_arrow(batch: list[Pending | Event], first_seq: int, first_position: int) -> pa.Table:
+    """The batch as Arrow columns, built with one pass per column and no per-row Arrow calls."""
+    n = len(batch)
+    events = [item.event if isinstance(item, Pending) else item for item in batch]
+    tags = [_TAGS.get(type(e)) for e in events]
+    if None in tags:
+        stranger = events[tags.index(None)]
+        raise TypeError(f"{type(stranger).__name__} is not an esper.leyline event: it could not be read back")
     columns = {
-        "position": pa.array(range(first_position, first_position + n), pa.int64()),
-        "run_id": pa.array([run_id] * n, pa.string()),
-        "seq": pa.array(range(first_seq, first_seq + n), pa.int64()),
-        "event_id": pa.array([str(p.event_id) for p in pending], pa.string()),
-        "ts": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
-        "type": pa.array([type_name(e) for e in events], pa.string()),
-        "epoch": pa.array([getattr(e, "epoch", None) for e in events], pa.int32()),
+        "position": pa.array(np.arange(first_position, first_position + n, dtype=np.int64)),
+        "seq": pa.array(np.arange(first_seq, first_seq + n, dtype=np.int64)),
+        "event_id": pa.array([item.event_id.hex if isinstance(item, Pending) else None for item in batch], pa.string()),
+        "type": pa.array(tags, pa.string()),
+        "epoch": pa.array([e.epoch for e in events], pa.int32()),
         "seed_id": pa.array([getattr(e, "seed_id", None) for e in events], pa.string()),
         "slot": pa.array([getattr(e, "slot", None) for e in events], pa.string()),
-        "payload": pa.array([encode(e).decode() for e in events], pa.string()),
+        "payload": _payloads(events),
     }
     return pa.table(columns, schema=BATCH_SCHEMA)
+
+
+_encoder = msgspec.json.Encoder()
+_TAGS = {cls: cls.__struct_config__.tag for cls in EVENT_TYPES}
+
+
+def _payloads(events: list[Event]) -> pa.Array:
+    """Every event's JSON (exactly what `encode` gives) as one Arrow column of `PAYLOAD_TYPE`.
+
+    One `encode_lines` call writes them all newline-separated (a newline inside JSON is always
+    escaped, so each newline ends one event); dropping the newlines leaves the events back to back,
+    and the newline positions give where each one ends. Twice as fast as one `encode` per event.
+    """
+    lines = _encoder.encode_lines(events)
+    newlines = np.flatnonzero(np.frombuffer(lines, np.uint8) == ord("\n"))
+    offsets = np.zeros(len(events) + 1, np.int32)
+    offsets[1:] = newlines - np.arange(len(events))
+    strings = pa.StringArray.from_buffers(len(events), pa.py_buffer(offsets), pa.py_buffer(lines.replace(b"\n", b"")))
+    return strings if PAYLOAD_TYPE == pa.string() else pa.ExtensionArray.from_storage(PAYLOAD_TYPE, strings)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -83,13 +83,15 @@ class Reader:
 
     def _attach_snapshot(self, path: Path, alias: str) -> str | None:
         """A live writer holds the file: read a copy of it, as of now."""
-        copy = Path(self._tmp.name) / path.name
+        copy = Path(self._tmp.name) / f"{alias}-{path.name}"
         try:
+            # The file before its WAL: a checkpoint that ends between the two copies then leaves an older
+            # snapshot (old header, emptied WAL), not new data missing. WAL replay stops at a torn last entry.
             shutil.copyfile(path, copy)
             wal = path.with_name(path.name + ".wal")
             if wal.exists():
                 shutil.copyfile(wal, copy.with_name(copy.name + ".wal"))
-            self.con.execute(f"ATTACH '{_quote(copy)}' AS {alias}")
+            self.con.execute(f"ATTACH '{_quote(copy)}' AS {alias} (READ_ONLY)")
         except (OSError, duckdb.Error) as exc:
             self.notes.append(f"skipped {path.name}: held by a live writer and no readable snapshot ({_first_line(exc)})")
             return None
@@ -163,4 +165,4 @@ def _first_line(exc: BaseException) -> str:
 def _held_by_writer(exc: BaseException) -> bool:
     """DuckDB's words for "another process (or this one) has this file open for writing"."""
     text = str(exc).lower()
-    return "lock" in text or "already attached" in text
+    return "could not set lock" in text or "conflicting lock" in text or "already attached" in text

@@ -43,7 +43,7 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
     """No germination before the host has trained this many epochs (it must stabilise first)."""
     plateau_epochs: int = 1
     """Germinate once validation accuracy has not beaten its best for this many epochs ..."""
-    min_gain: float = 0.01
+    min_gain: float = 0.05
     """... or has gained less than this over the last two epochs."""
     max_live_seeds: int = 2
     """At most this many seeds germinated, training or blending at once."""

@@ -105,7 +105,8 @@ class Session:
     def end_epoch(self) -> Observation:
         stats = self.stats = self.trainer.end_epoch(self.epoch)
         self._emit([EpochEnded(epoch=self.epoch, train_loss=stats.train_loss, val_loss=stats.val_loss,
-                               val_accuracy=stats.val_accuracy, params=stats.params, seeds=stats.seeds)])
+                               val_accuracy=stats.val_accuracy, params=stats.params, seeds=stats.seeds,
+                               diagnostics=stats.diagnostics)])
         return self.projection.observe()
 
     def decide(self, command: Command, controller: str, **info: Any) -> CommandIssued:

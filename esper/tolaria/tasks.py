@@ -9,8 +9,9 @@ import msgspec
 
 from esper.errors import BadInput
 
-BLUEPRINTS: tuple[str, ...] = ("conv_light", "conv_heavy", "depthwise", "attention", "norm")
-"""Every seed blueprint Kasmina offers, in a stable order."""
+BLUEPRINTS: tuple[str, ...] = ("conv_heavy", "conv_light", "depthwise", "attention", "norm")
+"""Every seed blueprint Kasmina offers, in a stable order: the order the heuristic rotates through, the
+highest-capacity seed first (growth pays most when the big seed arrives early)."""
 
 
 class TaskPreset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

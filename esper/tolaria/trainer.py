@@ -19,6 +19,7 @@ from esper.leyline.events import Event, SeedGerminated, SeedTelemetry, SeedTrans
 from esper.leyline.stages import SeedStage
 from esper.tolaria.data import TaskData, augment
 from esper.tolaria.health import HealthMeter
+from esper.tolaria.telemetry import SHARPNESS_EVERY, SHARPNESS_EXAMPLES, LayerGradients, sharpness
 from esper.tolaria.tasks import TaskPreset
 
 
@@ -29,6 +30,7 @@ class EpochStats:
     val_accuracy: float
     params: int
     seeds: list[SeedTelemetry]
+    diagnostics: dict = attrs.field(factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,6 +123,7 @@ class Trainer:
         self._seed_loss = {sid: 0.0 for sid in self.model.training_seeds()}
         self._loss_sum = torch.zeros((), device=self.device)
         self._seen = 0
+        self._layers = LayerGradients(self.model) if self.config.telemetry != "minimal" else None
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step of host and seeds on one batch. Training seeds learn in isolation: their
@@ -141,6 +144,8 @@ class Trainer:
             self._seed_loss[sid] += isolated.item() * len(y)
         for sid, meter in self._health.items():
             meter.add(_grad_norm(model.seed_parameters(sid)))
+        if self._layers is not None:
+            self._layers.add()
         self.host_optimizer.step()
         for opt in self.seed_optimizers.values():
             opt.step()
@@ -152,8 +157,17 @@ class Trainer:
         train_loss = (self._loss_sum / max(self._seen, 1)).item()
         if not math.isfinite(train_loss):
             raise RunFailed(f"training diverged at epoch {epoch}: train loss {train_loss}")
-        return self._measure(train_loss, {sid: m.value for sid, m in self._health.items()},
-                             {sid: v / max(self._seen, 1) for sid, v in self._seed_loss.items()})
+        stats = self._measure(train_loss, {sid: m.value for sid, m in self._health.items()},
+                              {sid: v / max(self._seen, 1) for sid, v in self._seed_loss.items()})
+        return attrs.evolve(stats, diagnostics=self._diagnostics(epoch))
+
+    def _diagnostics(self, epoch: int) -> dict:
+        """What the telemetry profile asks for beyond the gate signals."""
+        out = self._layers.report() if self._layers is not None else {}
+        if self.config.telemetry == "diagnostic" and (epoch - 1) % SHARPNESS_EVERY == 0:
+            x, y = self.data.train.x[:SHARPNESS_EXAMPLES], self.data.train.y[:SHARPNESS_EXAMPLES]
+            out["sharpness"] = sharpness(self.model, x, y, seed=self.config.seed * 100_003 + epoch)
+        return out
 
     @torch.no_grad()
     def _measure(self, train_loss: float, health: dict[str, float], seed_loss: dict[str, float]) -> EpochStats:

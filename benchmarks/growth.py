@@ -1,0 +1,100 @@
+"""Does growing pay? static vs heuristic vs scratch on mnist1d, several seeds, same epoch budget.
+
+Each run is logged as events; the results are read back from the logs with SQL. Training compute is
+counted with `torch.utils.flop_counter` around each whole run (training, isolated seed passes and
+the evaluations the gates need). Prints one JSON object on stdout (last line); progress on stderr.
+
+    .venv/bin/python benchmarks/growth.py [--seeds 0 1 2] [--epochs 25] [--workspace DIR]
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from torch.utils.flop_counter import FlopCounterMode
+
+from esper.cli.run import _final_architecture
+from esper.leyline import RunConfig
+from esper.store import Recorder, Workspace
+from esper.tamiyo.controllers import make_controller
+from esper.tolaria.loop import StoreSink, execute, resolve_config
+
+RESULTS_SQL = """
+SELECT s.payload->>'$.config.controller' AS controller,
+       (s.payload->>'$.config.seed')::INT AS seed,
+       (f.payload->>'$.test_accuracy')::DOUBLE AS test_accuracy,
+       (f.payload->>'$.params')::BIGINT AS params,
+       (SELECT count(*) FROM events t WHERE t.run_id = s.run_id AND t.type = 'SeedTransitioned'
+          AND t.payload->>'$.to_stage' = 'FOSSILIZED') AS fossilized,
+       s.run_id
+FROM events s JOIN events f ON f.run_id = s.run_id AND f.type = 'RunFinished'
+WHERE s.type = 'RunStarted'
+ORDER BY controller, seed
+"""
+
+
+def run_one(ws: Workspace, run_id: str, config: RunConfig) -> float:
+    """Run to the end, logging into the workspace; returns the run's FLOPs."""
+    cfg = resolve_config(config)
+    counter = FlopCounterMode(display=False)
+    started = time.perf_counter()
+    with Recorder(ws.store_path(run_id)) as recorder, counter:
+        execute(cfg, make_controller(cfg.controller, cfg.seed), StoreSink(recorder, run_id))
+    print(f"  {run_id}: {time.perf_counter() - started:.1f}s, {counter.get_total_flops() / 1e9:.2f} GFLOP", file=sys.stderr)
+    return float(counter.get_total_flops())
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--workspace", type=Path, default=None)
+    args = parser.parse_args()
+    ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-growth-")))
+    print(f"workspace {ws.root}", file=sys.stderr)
+    flops: dict[str, float] = {}
+    for seed in args.seeds:
+        for controller in ("static", "heuristic"):
+            run_id = f"{controller}-{seed}"
+            flops[run_id] = run_one(ws, run_id, RunConfig(controller=controller, seed=seed, epochs=args.epochs))
+        like, architecture, _ = _final_architecture(ws, f"heuristic-{seed}")
+        flops[f"scratch-{seed}"] = run_one(ws, f"scratch-{seed}", RunConfig(
+            controller="scratch", seed=seed, epochs=args.epochs, like=like, architecture=architecture))
+
+    with ws.reader() as reader:
+        rows = reader.con.execute(RESULTS_SQL).fetchall()
+    table: dict[str, dict] = {}
+    for controller in ("static", "heuristic", "scratch"):
+        mine = [r for r in rows if r[0] == controller]
+        acc_mean, acc_std = mean_std([r[2] * 100 for r in mine])
+        table[controller] = {
+            "test_accuracy_mean": round(acc_mean, 2),
+            "test_accuracy_std": round(acc_std, 2),
+            "params_mean": round(statistics.fmean(r[3] for r in mine)),
+            "gflops_mean": round(statistics.fmean(flops[r[5]] for r in mine) / 1e9, 3),
+            "fossilized_per_run": [r[4] for r in mine],
+        }
+    h, s, c = table["heuristic"], table["static"], table["scratch"]
+    checks = {
+        "heuristic_beats_static_by_10_points": h["test_accuracy_mean"] - s["test_accuracy_mean"] >= 10,
+        "heuristic_within_3_points_of_scratch": h["test_accuracy_mean"] >= c["test_accuracy_mean"] - 3,
+        "heuristic_less_compute_than_scratch": h["gflops_mean"] < c["gflops_mean"],
+        "every_heuristic_run_fossilizes": all(n >= 1 for n in h["fossilized_per_run"]),
+    }
+    print(f"{'controller':<10} {'test acc %':>14} {'params':>8} {'GFLOP':>8}", file=sys.stderr)
+    for name, row in table.items():
+        print(f"{name:<10} {row['test_accuracy_mean']:>7.2f} ± {row['test_accuracy_std']:<4.2f} {row['params_mean']:>8} "
+              f"{row['gflops_mean']:>8.3f}", file=sys.stderr)
+    print(json.dumps({"task": "mnist1d", "epochs": args.epochs, "seeds": args.seeds, "results": table, "checks": checks}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Event store throughput: append, read back, fold, and one aggregate over a million events.
+
+    python benchmarks/store.py            # progress on stderr, one JSON line on stdout (the last line)
+
+What each number is:
+* `append_<n>_events_per_s`: `Recorder.append` of batches of n events (bare events, as the training loop
+  appends them; the store draws their ids). Batch sizes 1 and 100 go to a fresh store file, as a run's
+  epochs do; batch size 10,000 builds the million-event store the aggregate then reads.
+* `append_10000_pending_events_per_s`: the same with `Pending` events (caller-chosen ids), which adds the
+  idempotency check against every id already stored; measured on the last batches, as the store nears 1M.
+* `read_events_per_s`: `Recorder.read` of one 100,000-event run: SQL, Python rows, payloads decoded.
+* `fold_events_per_s`: `Garden.apply` over the decoded log of a realistic run (built by the Garden
+  itself: ticks, telemetry, commands; every stage is reached), folded again and again into fresh gardens.
+* `aggregate_1m_s`: `select type, count(*) from events group by 1` through `Workspace(...).reader()` after
+  `lock_down()`, over the 1,000,000-event store: the first query on a fresh reader. Opening that reader
+  (attach, views, lock-down) is `open_reader_s`.
+"""
+
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from msgspec.structs import replace
+
+from esper.leyline import (
+    Advance,
+    CommandIssued,
+    Cull,
+    EpochEnded,
+    Event,
+    Germinate,
+    RunConfig,
+    RunStarted,
+    SeedStage,
+    SeedTelemetry,
+    SeedTransitioned,
+    Wait,
+)
+from esper.leyline.garden import Garden
+from esper.store import Pending, Recorder, Workspace
+
+SLOTS = ["early", "mid", "late"]
+BLUEPRINTS = ["conv_light", "conv_heavy", "attention", "mlp"]
+TARGETS = {"append_10000_events_per_s": 300_000, "fold_events_per_s": 100_000}
+AGGREGATE_TARGET_S = 1.0
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- a plausible run, decided by the Garden -----------------------------------------------------
+
+
+def telemetry(garden: Garden, epoch: int) -> list[SeedTelemetry]:
+    """What Tolaria would measure: healthy, improving seeds, except `attention`, whose gradients die."""
+    out = []
+    for seed in garden.active_seeds():
+        stage, n = seed.stage, seed.epochs_in_stage
+        dying = seed.blueprint == "attention" and stage is SeedStage.TRAINING and n >= 1
+        alpha = min(1.0, (n + 1) / garden.config.blend_epochs) if stage is SeedStage.BLENDING else 0.0
+        out.append(SeedTelemetry(
+            seed_id=seed.seed_id,
+            alpha=alpha,
+            gradient_health=0.0 if dying else 0.8,
+            seed_loss=1.0 / (n + 2),
+            contribution=0.01 + 0.001 * (epoch % 5) if stage is SeedStage.BLENDING else None,
+        ))
+    return out
+
+
+def decide(garden: Garden, epoch: int):
+    """A small heuristic controller: finish what is blending, push or cull what trains, else grow."""
+    for seed in garden.active_seeds():
+        if seed.stage is SeedStage.BLENDING:
+            return Advance(seed.seed_id)
+    for seed in garden.active_seeds():
+        if seed.stage is SeedStage.TRAINING and seed.epochs_in_stage >= 2:
+            return Cull(seed.seed_id, "not helping") if seed.blueprint == "conv_heavy" else Advance(seed.seed_id)
+    for i, slot in enumerate(SLOTS):
+        if garden.live_seed(slot) is None:
+            return Germinate(slot, BLUEPRINTS[(epoch + i) % len(BLUEPRINTS)])
+    return Wait()
+
+
+def simulate_run(epochs: int) -> list[Event]:
+    """The events of one run, every lifecycle event decided by `Garden.handle`/`tick` and folded as it goes."""
+    garden = Garden()
+    events: list[Event] = []
+
+    def emit(batch: list[Event]) -> None:
+        for event in batch:
+            garden.apply(event)
+            events.append(event)
+
+    emit([RunStarted(config=RunConfig(epochs=epochs), host_params=12_288, slots=SLOTS, blueprints=BLUEPRINTS)])
+    for epoch in range(epochs):
+        emit(garden.tick(epoch))
+        accuracy = 0.6 + 0.3 * (1 - 1 / (1 + epoch / 10))
+        emit([EpochEnded(
+            epoch=epoch, train_loss=1.0 / (epoch + 1), val_loss=1.1 / (epoch + 1), val_accuracy=accuracy,
+            params=12_288 + 500 * len(garden.active_seeds()), seeds=telemetry(garden, epoch),
+            diagnostics={"grad_norm/host": 0.5, "lr": 0.001},
+        )])
+        command = decide(garden, epoch)
+        emit([CommandIssued(epoch=epoch, command=command, controller="heuristic")])
+        emit(garden.handle(command, epoch))
+    return events
+
+
+# ---- measurements -------------------------------------------------------------------------------
+
+
+def append_timed(recorder: Recorder, run_id: str, batches: Iterable[list]) -> tuple[int, float]:
+    """Append the batches to a new run: (events, seconds spent inside `append`; building batches is not timed)."""
+    last, n, took = 0, 0, 0.0
+    for batch in batches:
+        start = time.perf_counter()
+        last = recorder.append(run_id, batch, last)
+        took += time.perf_counter() - start
+        n += len(batch)
+    return n, took
+
+
+def rate(timed: tuple[int, float]) -> float:
+    return timed[0] / timed[1]
+
+
+def batches(run: list[Event], epochs: int, size: int, count: int) -> Iterator[list[Event]]:
+    """`count` batches of `size` events: the run's events over and over, each pass with its epochs moved on,
+    so no two payloads are the same (repeated payloads would compress better than a real log does)."""
+    for k in range(count):
+        batch = []
+        for i in range(k * size, (k + 1) * size):
+            event, shift = run[i % len(run)], (i // len(run)) * epochs
+            batch.append(event if event.epoch is None or not shift else replace(event, epoch=event.epoch + shift))
+        yield batch
+
+
+def main() -> None:
+    t0 = time.perf_counter()
+    result: dict[str, float | int | dict] = {}
+
+    run = simulate_run(epochs=150)
+    long_run = simulate_run(epochs=600)  # the source of the appended events
+    reached = Counter(e.to_stage for e in run if isinstance(e, SeedTransitioned))
+    missing = {s.value for s in SeedStage} - set(reached)  # DORMANT is reached by cooldown_complete
+    assert not missing, f"the simulated run never reached {missing}"
+    mix = Counter(type(e).__name__ for e in run)
+    log(f"simulated run: {len(run)} events, {dict(mix)}; transitions to {dict(reached)}")
+
+    with tempfile.TemporaryDirectory(prefix="esper-bench-") as tmp:
+        root = Path(tmp)
+
+        with Recorder(root / "small.duckdb") as rec:
+            result["append_1_events_per_s"] = rate(append_timed(rec, "b1", batches(long_run, 600, 1, 300)))
+            log(f"append, batch 1:      {result['append_1_events_per_s']:>12,.0f} events/s (300 appends)")
+            result["append_100_events_per_s"] = rate(append_timed(rec, "b100", batches(long_run, 600, 100, 100)))
+            log(f"append, batch 100:    {result['append_100_events_per_s']:>12,.0f} events/s (100 appends)")
+
+        big = Workspace(root / "ws")
+        runs, per_run, size = 10, 100_000, 10_000
+        with Recorder(big.store_path("million")) as rec:
+            n, took = 0, 0.0
+            for r in range(runs - 1):
+                n_run, took_run = append_timed(rec, f"run-{r:02d}", batches(long_run, 600, size, per_run // size))
+                n, took = n + n_run, took + took_run
+                log(f"  {(r + 1) * per_run:>9,} events stored")
+            result["append_10000_events_per_s"] = n / took
+            # The last run's batches carry caller-chosen ids (`Pending`), checked against every id stored.
+            keyed = ([Pending(e) for e in batch] for batch in batches(long_run, 600, size, per_run // size))
+            result["append_10000_pending_events_per_s"] = rate(append_timed(rec, f"run-{runs - 1:02d}", keyed))
+            log(f"  {runs * per_run:>9,} events stored")
+            log(f"append, batch 10000:  {result['append_10000_events_per_s']:>12,.0f} events/s ({n:,} events)")
+            log(f"  with Pending ids:   {result['append_10000_pending_events_per_s']:>12,.0f} events/s (100,000)")
+
+            start = time.perf_counter()
+            read = rec.read("run-03")
+            result["read_events_per_s"] = len(read) / (time.perf_counter() - start)
+            assert len(read) == per_run
+            log(f"read back + decode:   {result['read_events_per_s']:>12,.0f} events/s ({len(read):,} events)")
+
+        folded, start = 0, time.perf_counter()
+        while folded < 200_000:
+            garden = Garden()
+            for event in run:
+                garden.apply(event)
+            folded += len(run)
+        result["fold_events_per_s"] = folded / (time.perf_counter() - start)
+        log(f"fold (Garden.apply):  {result['fold_events_per_s']:>12,.0f} events/s ({folded:,} events)")
+
+        start = time.perf_counter()
+        reader = big.reader()
+        reader.lock_down()
+        result["open_reader_s"] = time.perf_counter() - start
+        with reader:
+            start = time.perf_counter()
+            counts = reader.con.execute("select type, count(*) from events group by 1").fetchall()
+            result["aggregate_1m_s"] = time.perf_counter() - start
+            assert sum(n for _, n in counts) == runs * per_run, counts
+        log(f"aggregate over 1M:    {result['aggregate_1m_s']:>12.3f} s (reader opened in {result['open_reader_s']:.3f} s)")
+
+    result["store_events"] = runs * per_run
+    result["targets_met"] = {k: result[k] >= v for k, v in TARGETS.items()} | {
+        "aggregate_1m_s": result["aggregate_1m_s"] < AGGREGATE_TARGET_S
+    }
+    result["total_s"] = time.perf_counter() - t0
+    log(f"total {result['total_s']:.1f} s")
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+
+
+if __name__ == "__main__":
+    main()

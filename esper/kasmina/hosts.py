@@ -1,0 +1,70 @@
+"""The host networks seeds grow in. Each has three slots: "early", "mid" and "late"."""
+
+from torch import nn
+
+from esper.kasmina.model import GrowableModel
+
+
+class CNN1D(GrowableModel):
+    """MNIST-1D host: input (B, 1, 40), 10 classes.
+
+    Deliberately small (about 55–65% test accuracy alone) so that seeds have something to add: three
+    narrow conv stages, the last two halving the length, then a linear head on the flattened features.
+    """
+
+    def __init__(self, channels: int = 8, length: int = 40, num_classes: int = 10):
+        c = channels
+        stages = [
+            nn.Sequential(nn.Conv1d(1, c, 5, padding=2), nn.ReLU()),            # (B, c, 40)
+            nn.Sequential(nn.Conv1d(c, c, 3, stride=2, padding=1), nn.ReLU()),  # (B, c, 20)
+            nn.Sequential(nn.Conv1d(c, c, 3, stride=2, padding=1), nn.ReLU()),  # (B, c, 10)
+        ]
+        out_length = (length + 3) // 4
+        head = nn.Sequential(nn.Flatten(), nn.Linear(c * out_length, num_classes))
+        super().__init__("conv1d", stages, [("early", c), ("mid", c), ("late", c)], head)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convolutions with BatchNorm, and a projection shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.bn1(self.conv1(x)).relu()
+        out = self.bn2(self.conv2(out))
+        return (out + self.shortcut(x)).relu()
+
+
+class ResNet(GrowableModel):
+    """CIFAR-10 host: input (B, 3, 32, 32), 10 classes. Three stages of `blocks` basic blocks with
+    `width`, 2·`width`, 4·`width` channels (32x32, 16x16, 8x8); a slot after each stage."""
+
+    def __init__(self, width: int = 16, blocks: int = 1, num_classes: int = 10):
+        w = [width, 2 * width, 4 * width]
+        stem = [nn.Conv2d(3, w[0], 3, padding=1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU()]
+        stages = []
+        cin = w[0]
+        for i, cout in enumerate(w):
+            layers = [BasicBlock(cin if b == 0 else cout, cout, stride=2 if (i > 0 and b == 0) else 1) for b in range(blocks)]
+            stages.append(nn.Sequential(*(stem if i == 0 else []), *layers))
+            cin = cout
+        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w[2], num_classes))
+        super().__init__("conv2d", stages, [("early", w[0]), ("mid", w[1]), ("late", w[2])], head)
+
+
+HOSTS = {"cnn1d": CNN1D, "resnet": ResNet}
+
+
+def build_host(name: str, **kw) -> GrowableModel:
+    """Build a host by name: "cnn1d" (MNIST-1D) or "resnet" (CIFAR-10). Keyword arguments go to its constructor."""
+    if name not in HOSTS:
+        raise ValueError(f"unknown host {name!r} (hosts: {', '.join(HOSTS)})")
+    return HOSTS[name](**kw)

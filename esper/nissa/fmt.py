@@ -1,0 +1,41 @@
+"""How numbers read in narratives, reports and terminal summaries. One place, so they all agree."""
+
+from typing import Any
+
+
+def pct(fraction: float | None, digits: int = 1) -> str:
+    """0.8513 → '85.1%'."""
+    return "–" if fraction is None else f"{100 * fraction:.{digits}f}%"
+
+
+def points(fraction: float | None) -> str:
+    """An accuracy difference in percentage points: 0.061 → '+6.1 points'."""
+    return "–" if fraction is None else f"{100 * fraction:+.1f} points"
+
+
+def count(n: int | None, sign: bool = False) -> str:
+    """Parameter counts: 2304 → '2.3k', 1_250_000 → '1.25M' (with `sign`, '+2.3k')."""
+    if n is None:
+        return "–"
+    prefix = "+" if sign and n > 0 else ("-" if n < 0 else "")
+    a = abs(n)
+    if a >= 1_000_000:
+        text = f"{a / 1_000_000:.3g}M"
+    elif a >= 1_000:
+        text = f"{a / 1_000:.1f}k"
+    else:
+        text = str(a)
+    return prefix + text
+
+
+def number(value: Any) -> str:
+    """Evidence values: floats to 4 significant digits, the rest as they are."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

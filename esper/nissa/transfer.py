@@ -1,0 +1,426 @@
+"""Export runs to a file and import them into another workspace, keeping every column exactly.
+
+Two formats hold the same rows (the store's columns: position, run_id, seq, event_id, ts, type, epoch,
+seed_id, slot, payload):
+
+* **jsonl**: one JSON object per event, the payload embedded verbatim as JSON (not re-encoded, not a
+  string), `ts` as ISO 8601 UTC with microseconds. Readable, and a diff of two runs is a diff of lines.
+  This is the format for `replays/` in git.
+* **parquet**: the store's Arrow batch schema, zstd-compressed. Several times smaller; for large logs
+  (RL datasets) and for tools that read parquet.
+
+Import validates every row (a malformed file is one `BadInput` line naming the row), skips events whose
+`event_id` the workspace already holds (importing a file twice stores nothing twice), checks that each
+run's new events continue the workspace's copy of it, and writes the rest into a new store file
+`imported-<name>.duckdb`, in one transaction, under a temporary name renamed into place at the end: the
+workspace sees the whole file or nothing of it. Event ids, seqs, timestamps and payloads are kept, and
+positions too: rows exported from one store go into one file with their positions; runs exported from
+several stores (whose positions collide) go into one file per run. Only a run that was itself spread over
+several stores gets new positions (1, 2, 3 ... in seq order).
+"""
+
+import datetime as dt
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import attrs
+import duckdb
+import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from esper.errors import BadInput
+from esper.leyline.events import decode, type_name
+from esper.nissa.files import atomic_write
+from esper.store import Reader, Workspace
+from esper.store.schema import COLUMNS, TABLE_DDL
+
+FORMATS = ("jsonl", "parquet")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_PARQUET_MAGIC = b"PAR1"
+
+# Every column of the store, as Arrow (UUID and JSON travel as strings, ts as UTC microseconds).
+EXPORT_SCHEMA = pa.schema([
+    ("position", pa.int64()),
+    ("run_id", pa.string()),
+    ("seq", pa.int64()),
+    ("event_id", pa.string()),
+    ("ts", pa.timestamp("us", tz="UTC")),
+    ("type", pa.string()),
+    ("epoch", pa.int32()),
+    ("seed_id", pa.string()),
+    ("slot", pa.string()),
+    ("payload", pa.string()),
+])
+assert tuple(EXPORT_SCHEMA.names) == COLUMNS, "the export format holds exactly the store's columns"
+
+_INSERT = """
+INSERT INTO events
+SELECT position, run_id, seq, event_id::UUID, ts, type, epoch, seed_id, slot, payload::JSON FROM import_batch
+"""
+_FORMAT_KEY = b"esper.format"
+_FORMAT_VALUE = b"events/1"
+
+
+class _Line(msgspec.Struct, forbid_unknown_fields=True):
+    """One JSONL row. `payload` is kept as raw bytes: what was stored is what is written back."""
+
+    position: int
+    run_id: str
+    seq: int
+    event_id: str
+    ts: str
+    type: str
+    epoch: int | None
+    seed_id: str | None
+    slot: str | None
+    payload: msgspec.Raw
+
+
+_encoder = msgspec.json.Encoder()
+_line_decoder = msgspec.json.Decoder(_Line)
+
+
+def format_for(path: Path, fmt: str | None) -> str:
+    """The format asked for, else the one the file name says, else jsonl."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise BadInput(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
+        return fmt
+    return "parquet" if path.suffix.lower() in (".parquet", ".pq") else "jsonl"
+
+
+# ---- export -------------------------------------------------------------------------------------
+
+
+def _rows(reader: Reader, run_ids: Sequence[str]) -> list[tuple]:
+    rows: list[tuple] = []
+    for run_id in run_ids:
+        rows += reader.con.execute(
+            "SELECT position, run_id, seq, event_id::VARCHAR, epoch_us(ts), type, epoch, seed_id, slot,"
+            " payload::VARCHAR FROM events WHERE run_id = ? ORDER BY seq",
+            [run_id],
+        ).fetchall()
+    return rows
+
+
+def export_runs(reader: Reader, run_ids: Sequence[str], path: Path, fmt: str) -> int:
+    """Write the events of `run_ids` (each in `seq` order) to `path`; returns how many were written."""
+    rows = _rows(reader, run_ids)
+    atomic_write(path, lambda tmp: _write_parquet(rows, tmp) if fmt == "parquet" else _write_jsonl(rows, tmp))
+    return len(rows)
+
+
+def _write_jsonl(rows: list[tuple], path: Path) -> None:
+    with open(path, "wb") as f:
+        for position, run_id, seq, event_id, ts_us, type_, epoch, seed_id, slot, payload in rows:
+            line = _Line(position, run_id, seq, event_id, _iso(ts_us), type_, epoch, seed_id, slot,
+                         msgspec.Raw(payload.encode()))
+            f.write(_encoder.encode(line))
+            f.write(b"\n")
+
+
+def _write_parquet(rows: list[tuple], path: Path) -> None:
+    cols = list(zip(*rows)) if rows else [[] for _ in COLUMNS]
+    arrays = []
+    for name, values in zip(COLUMNS, cols):
+        field = EXPORT_SCHEMA.field(name)
+        if name == "ts":
+            arrays.append(pa.array(values, pa.int64()).cast(field.type))
+        else:
+            arrays.append(pa.array(values, field.type))
+    table = pa.Table.from_arrays(arrays, schema=EXPORT_SCHEMA.with_metadata({_FORMAT_KEY: _FORMAT_VALUE}))
+    pq.write_table(table, path, compression="zstd")
+
+
+def _iso(ts_us: int) -> str:
+    return (_EPOCH + dt.timedelta(microseconds=ts_us)).isoformat(timespec="microseconds")
+
+
+# ---- reading a file -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Row:
+    position: int
+    run_id: str
+    seq: int
+    event_id: str
+    ts: dt.datetime
+    type: str
+    epoch: int | None
+    seed_id: str | None
+    slot: str | None
+    payload: str
+
+
+def read_file(path: Path) -> list[Row]:
+    """Every row of an exported file, validated; `BadInput` (one line, naming the row) if anything is off."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows = _read_parquet(path) if head == _PARQUET_MAGIC else _read_jsonl(path)
+    if not rows:
+        raise BadInput(f"{path}: no events in this file")
+    _check_runs(path, rows)
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[Row]:
+    rows = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                line = _line_decoder.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise BadInput(f"{where}: not an exported event ({exc})") from None
+            ts = _parse_ts(line.ts, where)
+            rows.append(_checked(where, line.position, line.run_id, line.seq, line.event_id, ts, line.type,
+                                 line.epoch, line.seed_id, line.slot, bytes(line.payload).decode("utf-8")))
+    return rows
+
+
+def _read_parquet(path: Path) -> list[Row]:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise BadInput(f"{path}: unreadable parquet ({_first_line(exc)})") from None
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise BadInput(f"{path}: not an event export (missing columns: {', '.join(missing)})")
+    try:
+        table = table.select(list(COLUMNS)).cast(EXPORT_SCHEMA)
+    except (pa.ArrowException, ValueError) as exc:
+        raise BadInput(f"{path}: columns of the wrong type ({_first_line(exc)})") from None
+    rows = []
+    for i, r in enumerate(table.to_pylist(), start=1):
+        rows.append(_checked(f"{path}: row {i}", r["position"], r["run_id"], r["seq"], r["event_id"], r["ts"],
+                             r["type"], r["epoch"], r["seed_id"], r["slot"], r["payload"]))
+    return rows
+
+
+def _checked(where: str, position: Any, run_id: Any, seq: Any, event_id: Any, ts: Any, type_: Any, epoch: Any,
+             seed_id: Any, slot: Any, payload: Any) -> Row:
+    for name, value in (("position", position), ("seq", seq), ("run_id", run_id), ("event_id", event_id),
+                        ("ts", ts), ("type", type_), ("payload", payload)):
+        if value is None:
+            raise BadInput(f"{where}: {name} is missing")
+    if not run_id:
+        raise BadInput(f"{where}: empty run_id")
+    if seq < 1 or position < 1:
+        raise BadInput(f"{where}: seq and position start at 1 (seq {seq}, position {position})")
+    try:
+        canonical = str(uuid.UUID(event_id))
+    except ValueError:
+        raise BadInput(f"{where}: event_id {event_id!r} is not a UUID") from None
+    if canonical != event_id:
+        raise BadInput(f"{where}: event_id {event_id!r} is not in canonical form ({canonical})")
+    if ts.tzinfo is None:
+        raise BadInput(f"{where}: ts has no time zone")
+    try:
+        event = decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadInput(f"{where}: payload is not an Esper event ({exc})") from None
+    derived = {"type": type_name(event), "epoch": getattr(event, "epoch", None),
+               "seed_id": getattr(event, "seed_id", None), "slot": getattr(event, "slot", None)}
+    given = {"type": type_, "epoch": epoch, "seed_id": seed_id, "slot": slot}
+    for key, value in derived.items():
+        if given[key] != value:
+            raise BadInput(f"{where}: column {key} is {given[key]!r} but the payload says {value!r}")
+    return Row(position, run_id, seq, event_id, ts, type_, epoch, seed_id, slot, payload)
+
+
+def _parse_ts(text: str, where: str) -> dt.datetime:
+    try:
+        ts = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInput(f"{where}: ts {text!r} is not an ISO 8601 time") from None
+    if ts.tzinfo is None:
+        raise BadInput(f"{where}: ts {text!r} has no time zone")
+    return ts
+
+
+def _check_runs(path: Path, rows: list[Row]) -> None:
+    """Inside the file: no event twice, and each run's seqs without duplicates or gaps."""
+    ids: set[str] = set()
+    seqs: dict[str, list[int]] = {}
+    for r in rows:
+        if r.event_id in ids:
+            raise BadInput(f"{path}: event {r.event_id} appears twice")
+        ids.add(r.event_id)
+        seqs.setdefault(r.run_id, []).append(r.seq)
+    for run, values in seqs.items():
+        values = sorted(values)
+        expected = list(range(values[0], values[0] + len(values)))
+        if values != expected:
+            raise BadInput(f"{path}: run {run} has gaps or repeats in its seqs ({values[0]}..{values[-1]}, {len(values)} events)")
+
+
+# ---- import -------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ImportResult:
+    stores: list[Path]
+    """The new store files (none when everything was already stored)."""
+    imported: int
+    skipped: int
+    runs: list[str]
+
+
+def import_file(workspace: Workspace, path: Path) -> ImportResult:
+    """Import an exported file into `workspace` (created if missing). Idempotent by `event_id`."""
+    if not path.is_file():
+        raise BadInput(f"no file {path}")
+    rows = read_file(path)
+    if workspace.root.exists() and not workspace.root.is_dir():
+        raise BadInput(f"workspace {workspace.root} is not a folder")
+    with workspace.reader() as reader:
+        fresh = _fresh_rows(reader, rows, path)
+    runs = list(dict.fromkeys(r.run_id for r in rows))
+    if not fresh:
+        return ImportResult([], 0, len(rows), runs)
+    stores = _write_stores(workspace, path, store_groups(fresh))
+    return ImportResult(stores, len(fresh), len(rows) - len(fresh), runs)
+
+
+def _fresh_rows(reader: Reader, rows: list[Row], path: Path) -> list[Row]:
+    """The rows the workspace does not hold yet; each run must continue where the workspace's copy ends."""
+    stored = {
+        event_id: (run_id, seq)
+        for event_id, run_id, seq in reader.con.execute(
+            "SELECT event_id::VARCHAR, run_id, seq FROM events"
+            " WHERE event_id::VARCHAR IN (SELECT unnest(?::VARCHAR[]))",
+            [[r.event_id for r in rows]],
+        ).fetchall()
+    }
+    fresh = []
+    for r in rows:
+        if r.event_id in stored:
+            if stored[r.event_id] != (r.run_id, r.seq):
+                run, seq = stored[r.event_id]
+                raise BadInput(f"{path}: event {r.event_id} is stored as run {run} seq {seq}, the file says "
+                               f"run {r.run_id} seq {r.seq}")
+            continue
+        fresh.append(r)
+    runs = sorted({r.run_id for r in fresh})
+    heads = dict(reader.con.execute(
+        "SELECT run_id, max(seq) FROM events WHERE run_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY run_id", [runs]
+    ).fetchall()) if runs else {}
+    for run in runs:
+        first = min(r.seq for r in fresh if r.run_id == run)
+        head = int(heads.get(run, 0))
+        if first != head + 1:
+            held = f"holds run {run} up to seq {head}" if head else f"has no events of run {run}"
+            raise BadInput(f"{path}: the workspace {held}, the file's new events of it start at seq {first}; "
+                           "they would not continue the run (a different run with the same id?)")
+    return fresh
+
+
+def store_groups(rows: list[Row]) -> list[tuple[str, list[Row]]]:
+    """Which rows go into which new store file, in store order, keeping positions wherever they can be kept.
+
+    All rows go into one file when their positions can be one store's order (unique, and increasing with
+    `seq` within each run), as they are when the export came from one store. Otherwise each run gets its
+    own file (runs exported from several stores), and a run whose own positions cannot be an order (it was
+    spread over several stores) is renumbered 1, 2, 3 ... in `seq` order.
+    """
+    if _orderable(rows):
+        return [("", sorted(rows, key=lambda r: r.position))]
+    groups = []
+    for run in dict.fromkeys(r.run_id for r in rows):
+        mine = sorted((r for r in rows if r.run_id == run), key=lambda r: r.seq)
+        if not _orderable(mine):
+            mine = [attrs.evolve(r, position=i) for i, r in enumerate(mine, start=1)]
+        groups.append((run, mine))
+    return groups
+
+
+def _orderable(rows: list[Row]) -> bool:
+    if len({r.position for r in rows}) != len(rows):
+        return False
+    last_seq: dict[str, int] = {}
+    for r in sorted(rows, key=lambda r: r.position):
+        if r.seq <= last_seq.get(r.run_id, 0):
+            return False
+        last_seq[r.run_id] = r.seq
+    return True
+
+
+def _write_stores(workspace: Workspace, source: Path, groups: list[tuple[str, list[Row]]]) -> list[Path]:
+    """Each group into a new store file: written under a temporary name, then renamed into place."""
+    root = workspace.root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"cannot create workspace {root}: {exc.strerror or exc}") from None
+    stem = _safe(source.name.split(".")[0]) or "events"
+    written: list[tuple[Path, Path]] = []
+    taken: set[Path] = set()
+    try:
+        for suffix, rows in groups:
+            tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=root)) / "store.tmp"
+            target = _free_name(workspace, f"imported-{stem}" + (f"-{_safe(suffix)}" if suffix else ""), taken)
+            taken.add(target)
+            written.append((tmp, target))
+            _write_store_file(tmp, rows)
+        for tmp, target in written:
+            os.replace(tmp, target)
+    except (OSError, duckdb.Error) as exc:
+        raise BadInput(f"cannot write a store into {root}: {_first_line(exc)}") from None
+    finally:
+        for tmp, _ in written:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+    return [target for _, target in written]
+
+
+def _free_name(workspace: Workspace, name: str, taken: set[Path]) -> Path:
+    target, n = workspace.store_path(name), 2
+    while target.exists() or target in taken:
+        target, n = workspace.store_path(f"{name}-{n}"), n + 1
+    return target
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+
+
+def _write_store_file(path: Path, rows: list[Row]) -> None:
+    batch = pa.table({
+        "position": pa.array([r.position for r in rows], pa.int64()),
+        "run_id": pa.array([r.run_id for r in rows], pa.string()),
+        "seq": pa.array([r.seq for r in rows], pa.int64()),
+        "event_id": pa.array([r.event_id for r in rows], pa.string()),
+        "ts": pa.array([r.ts for r in rows], pa.timestamp("us", tz="UTC")),
+        "type": pa.array([r.type for r in rows], pa.string()),
+        "epoch": pa.array([r.epoch for r in rows], pa.int32()),
+        "seed_id": pa.array([r.seed_id for r in rows], pa.string()),
+        "slot": pa.array([r.slot for r in rows], pa.string()),
+        "payload": pa.array([r.payload for r in rows], pa.string()),
+    }, schema=EXPORT_SCHEMA)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(TABLE_DDL)
+        con.begin()
+        con.register("import_batch", batch)
+        con.execute(_INSERT)
+        con.unregister("import_batch")
+        con.commit()
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

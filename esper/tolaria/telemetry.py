@@ -1,0 +1,83 @@
+"""Telemetry profiles: what a run measures beyond what the lifecycle gates need.
+
+* `minimal`: only the gate signals (validation metrics, each seed's gradient health and contribution).
+* `standard`: plus per-layer gradient norms of the host, averaged over the epoch's steps, with
+  vanishing/exploding flags and a host gradient-health score.
+* `diagnostic`: plus a loss-landscape sharpness estimate every `SHARPNESS_EVERY` epochs: the top
+  eigenvalue of the training loss's Hessian, by power iteration on Hessian-vector products.
+Everything lands in `EpochEnded.diagnostics`.
+"""
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from esper.tolaria.health import EXPLODING, VANISHING, step_health
+
+PROFILES = ("minimal", "standard", "diagnostic")
+SHARPNESS_EVERY = 5
+"""Epochs between two sharpness estimates (the first is at epoch 1)."""
+SHARPNESS_ITERATIONS = 10
+SHARPNESS_EXAMPLES = 512
+"""Training examples (the first ones, unshuffled) the Hessian is taken over."""
+
+
+class LayerGradients:
+    """Sums each layer's gradient norm over the steps of an epoch, without a device sync per step."""
+
+    def __init__(self, model: nn.Module):
+        by_layer: dict[str, list[nn.Parameter]] = defaultdict(list)
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                by_layer[name.rsplit(".", 1)[0]].append(p)
+        self.layers = list(by_layer)
+        self.params = [by_layer[layer] for layer in self.layers]
+        self.sums: torch.Tensor | None = None
+        self.steps = 0
+
+    def add(self) -> None:
+        norms = []
+        for params in self.params:
+            grads = [p.grad for p in params if p.grad is not None]
+            norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads
+                         else torch.zeros((), device=params[0].device))
+        stacked = torch.stack(norms)
+        self.sums = stacked if self.sums is None else self.sums + stacked
+        self.steps += 1
+
+    def report(self) -> dict:
+        if self.sums is None:
+            return {}
+        means = (self.sums / self.steps).tolist()
+        norms = {layer: round(value, 8) for layer, value in zip(self.layers, means)}
+        return {
+            "grad_norms": norms,
+            "vanishing": [layer for layer, v in norms.items() if v < VANISHING],
+            "exploding": [layer for layer, v in norms.items() if v > EXPLODING],
+            "host_gradient_health": sum(step_health(v) for v in means) / len(means),
+        }
+
+
+def sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
+    """Top Hessian eigenvalue of the cross-entropy at the current weights (eval mode: no statistics change).
+    Uses `autograd.grad` only, so no `.grad` is touched; the start vector comes from its own generator."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    try:
+        loss = F.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        v = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]
+        eigenvalue = 0.0
+        for _ in range(SHARPNESS_ITERATIONS):
+            norm = torch.sqrt(sum((t * t).sum() for t in v))
+            v = [t / norm for t in v]
+            hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+            eigenvalue = float(sum((a * b).sum() for a, b in zip(hv, v)))
+            v = [t.detach() for t in hv]
+        return eigenvalue
+    finally:
+        model.train(was_training)

@@ -1,0 +1,137 @@
+"""Hypothesis strategies for Esper's contracts, shared by every test module.
+
+Values stay inside what the log can hold exactly: finite floats (JSON has no NaN or infinity, msgspec
+writes them as null), integers inside int64 and epochs inside the INTEGER `epoch` column.
+"""
+
+import string
+
+from hypothesis import strategies as st
+
+from esper.leyline import (
+    Advance,
+    CheckpointSaved,
+    CommandIssued,
+    CommandRejected,
+    Cull,
+    EpochEnded,
+    Germinate,
+    LifecycleConfig,
+    PolicyUpdated,
+    RunConfig,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    SeedGerminated,
+    SeedStage,
+    SeedTelemetry,
+    SeedTransitioned,
+    Wait,
+)
+from esper.store import Pending
+
+# ---- scalars ----------------------------------------------------------------------------------
+
+names = st.text(string.ascii_lowercase + string.digits + "_.-", min_size=1, max_size=12)
+"""Slot, blueprint, seed and controller names."""
+run_ids = st.text(string.ascii_lowercase + string.digits + "-", min_size=1, max_size=16)
+texts = st.text(max_size=24)
+"""Free text: any Unicode (reasons, errors, dict keys)."""
+finite = st.floats(allow_nan=False, allow_infinity=False)
+fractions = st.floats(0.0, 1.0)
+epochs = st.integers(0, 100_000)
+counts = st.integers(0, 2**40)
+stage_names = st.sampled_from([s.value for s in SeedStage])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | finite | texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=8,
+)
+evidence = st.dictionaries(names, json_values, max_size=4)
+
+# ---- configs and commands ---------------------------------------------------------------------
+
+lifecycle_configs = st.builds(
+    LifecycleConfig,
+    min_training_epochs=st.integers(0, 10),
+    gradient_health_threshold=fractions,
+    blend_epochs=st.integers(1, 10),
+    stability_window=st.integers(0, 5),
+    regression_tolerance=fractions,
+    auto_cull_contribution=st.floats(-1.0, 0.0),
+    auto_cull_patience=st.integers(0, 5),
+    embargo_epochs=st.integers(0, 5),
+)
+run_configs = st.builds(
+    RunConfig,
+    task=st.sampled_from(["mnist1d", "cifar10"]),
+    controller=st.sampled_from(["static", "heuristic", "scratch", "random", "policy"]),
+    seed=st.integers(0, 2**32 - 1),
+    epochs=st.integers(0, 500),
+    policy=st.none() | texts,
+    lifecycle=lifecycle_configs,
+)
+commands = st.one_of(
+    st.builds(Germinate, slot=names, blueprint=names),
+    st.builds(Advance, seed_id=names),
+    st.builds(Cull, seed_id=names, reason=texts),
+    st.just(Wait()),
+)
+
+# ---- events -----------------------------------------------------------------------------------
+
+maybe_epoch = st.none() | epochs
+telemetry = st.builds(
+    SeedTelemetry,
+    seed_id=names,
+    alpha=fractions,
+    gradient_health=fractions,
+    seed_loss=st.none() | finite,
+    contribution=st.none() | st.floats(-1.0, 1.0),
+)
+
+run_started = st.builds(
+    RunStarted, epoch=st.none(), config=run_configs, host_params=counts,
+    slots=st.lists(names, max_size=3), blueprints=st.lists(names, max_size=3),
+)
+epoch_ended = st.builds(
+    EpochEnded, epoch=epochs, train_loss=finite, val_loss=finite, val_accuracy=fractions, params=counts,
+    seeds=st.lists(telemetry, max_size=3), diagnostics=st.dictionaries(names, json_values, max_size=3),
+)
+command_issued = st.builds(
+    CommandIssued, epoch=maybe_epoch, command=commands, controller=names,
+    log_prob=st.none() | finite, value=st.none() | finite,
+    mask=st.none() | st.dictionaries(names, st.lists(st.booleans(), max_size=4), max_size=2),
+)
+command_rejected = st.builds(
+    CommandRejected, epoch=maybe_epoch, command=commands, reason=texts,
+    seed_id=st.none() | names, slot=st.none() | names,
+)
+seed_germinated = st.builds(SeedGerminated, epoch=maybe_epoch, seed_id=names, slot=names, blueprint=names, params=counts)
+seed_transitioned = st.builds(
+    SeedTransitioned, epoch=maybe_epoch, seed_id=names, slot=names, from_stage=stage_names, to_stage=stage_names,
+    trigger=names, evidence=evidence,
+)
+checkpoint_saved = st.builds(
+    CheckpointSaved, epoch=maybe_epoch, path=texts, sha256=st.text("0123456789abcdef", min_size=64, max_size=64)
+)
+policy_updated = st.builds(
+    PolicyUpdated, epoch=maybe_epoch, update=st.integers(0, 10**6), stats=st.dictionaries(names, finite, max_size=4)
+)
+run_finished = st.builds(
+    RunFinished, epoch=maybe_epoch, val_accuracy=fractions, test_accuracy=fractions, params=counts,
+    seeds=st.dictionaries(stage_names, st.integers(0, 50), max_size=3),
+)
+run_failed = st.builds(RunFailed, epoch=maybe_epoch, error=texts)
+
+EVENTS_BY_TYPE = {
+    RunStarted: run_started, EpochEnded: epoch_ended, CommandIssued: command_issued,
+    CommandRejected: command_rejected, SeedGerminated: seed_germinated, SeedTransitioned: seed_transitioned,
+    CheckpointSaved: checkpoint_saved, PolicyUpdated: policy_updated, RunFinished: run_finished, RunFailed: run_failed,
+}
+events = st.one_of(*EVENTS_BY_TYPE.values())
+"""Any event of the `Event` union, valid as a value (not necessarily a legal story)."""
+
+pendings = st.builds(Pending, events)
+"""An event with a fresh idempotency key."""

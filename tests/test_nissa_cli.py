@@ -1,0 +1,119 @@
+"""`esper report`, `esper export`, `esper import`: exit codes, one-line errors, files where they are promised."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fake_runs import run_id_for, write_comparison
+from typer.testing import CliRunner
+
+import esper.cli  # noqa: F401 - registers every verb
+from esper.cli.app import app
+from esper.store import Workspace
+
+HEURISTIC = run_id_for("heuristic", 0)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    write_comparison(root)
+    return root
+
+
+def esper(*args: str):
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in (result.stdout + result.stderr)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("esper: "), result.stderr
+    return lines[0]
+
+
+def test_report_writes_the_default_file_and_a_summary(ws):
+    result = esper("report", "heur", "--workspace", str(ws))
+    assert result.exit_code == 0, result.stderr
+    path = ws / "reports" / f"{HEURISTIC}.html"
+    assert path.is_file() and path.read_text(encoding="utf-8").count("<svg") == 3
+    assert f"run {HEURISTIC}: finished, 24 epochs" in result.stdout
+    assert "validation accuracy 85.0%" in result.stdout and f"report: {path}" in result.stdout
+    assert (ws / ".nissa" / "projections.duckdb").is_file()
+
+
+def test_report_out_and_compare(ws, tmp_path):
+    out = tmp_path / "deep" / "one.html"
+    assert esper("report", HEURISTIC, "-w", str(ws), "--out", str(out)).exit_code == 0
+    assert out.is_file()
+    cmp = tmp_path / "cmp.html"
+    result = esper("report", "--compare", "static", "heur", "policy", "-w", str(ws), "--out", str(cmp))
+    assert result.exit_code == 0, result.stderr
+    text = cmp.read_text(encoding="utf-8")
+    assert text.count("<svg") == 3 and text.count('<tr data-run="') == 3
+    assert "static-s0-0a1b2c3d" in result.stdout and "heuristic" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["report", "nope"], "no run 'nope' in this workspace"),
+        (["report", ""], "'' matches 3 runs"),  # an empty prefix matches every run
+        (["report", "heur", "policy"], "one run at a time"),
+        (["report", "--compare", "heur"], "--compare needs at least two runs"),
+        (["report", "--compare", "heur", HEURISTIC], "needs two different runs"),
+        (["export", "nope"], "no run 'nope'"),
+        (["export", "heur", "--format", "csv"], "unknown format 'csv'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(ws, args, message):
+    line = one_line_error(esper(*args, "--workspace", str(ws)))
+    assert message in line
+
+
+def test_report_in_a_missing_workspace_is_bad_input(tmp_path):
+    line = one_line_error(esper("report", "x", "--workspace", str(tmp_path / "missing")))
+    assert "does not exist" in line
+
+
+def test_export_then_import_round_trip(ws, tmp_path):
+    out = tmp_path / "h.parquet"
+    result = esper("export", "heur", "-w", str(ws), "--out", str(out))
+    assert result.exit_code == 0 and "exported 70 events" in result.stdout and "(parquet)" in result.stdout
+    fresh = tmp_path / "fresh"
+    first = esper("import", str(out), "--workspace", str(fresh))
+    assert first.exit_code == 0 and "imported 70 events" in first.stdout
+    again = esper("import", str(out), "--workspace", str(fresh))
+    assert again.exit_code == 0 and again.stdout.startswith("nothing to import: all 70 events")
+    assert len(Workspace.at(fresh).store_files()) == 1
+    assert esper("report", "heur", "-w", str(fresh)).exit_code == 0
+
+
+def test_export_default_name_is_the_run_id(ws, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert esper("export", "heur", "-w", str(ws)).exit_code == 0
+    assert (tmp_path / f"{HEURISTIC}.jsonl").is_file()
+
+
+def test_import_of_a_malformed_or_missing_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"position": 1}\n', encoding="utf-8")
+    assert "bad.jsonl:1: not an exported event" in one_line_error(esper("import", str(bad), "-w", str(tmp_path / "w")))
+    assert "no file" in one_line_error(esper("import", str(tmp_path / "absent.jsonl"), "-w", str(tmp_path / "w")))
+
+
+def test_the_installed_command_prints_one_line_and_exits_2(ws):
+    exe = Path(sys.executable).with_name("esper")
+    if not exe.exists():
+        pytest.skip(f"no console script next to {sys.executable}")
+    env = {**os.environ, "ESPER_WORKSPACE": str(ws)}
+    proc = subprocess.run([str(exe), "report", "no-such-run"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["esper: no run 'no-such-run' in this workspace (try `esper runs`)"]
+    assert "Traceback" not in proc.stderr

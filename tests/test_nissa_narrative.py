@@ -1,0 +1,105 @@
+"""The narrative tells germination, fossilization and culls at the epochs the log says, with their reasons."""
+
+import pytest
+from fake_runs import iter_events, plan_run, run_id_for, write_run
+
+from esper.leyline import CommandRejected, SeedGerminated, SeedTransitioned
+from esper.nissa.narrative import explain_rejection, narrate
+from esper.store import Workspace
+
+
+@pytest.fixture(scope="module")
+def heuristic() -> list:
+    return list(iter_events(plan_run("heuristic", 0)))
+
+
+@pytest.fixture(scope="module")
+def policy() -> list:
+    return list(iter_events(plan_run("policy", 0)))
+
+
+def line_for(lines: list[str], *fragments: str) -> str:
+    found = [line for line in lines if all(f in line for f in fragments)]
+    assert len(found) == 1, f"expected one line with {fragments}, got {found}"
+    return found[0]
+
+
+def test_germination_fossilization_and_cull_at_the_epochs_of_the_log(heuristic):
+    lines = narrate(heuristic, run_id="h")
+    germinated = [e for e in heuristic if isinstance(e, SeedGerminated)]
+    assert [e.seed_id for e in germinated] == ["s1-mid", "s2-late", "s3-late"]
+    for e in germinated:
+        line = line_for(lines, f"as {e.seed_id} ")
+        assert line.startswith(f"epoch {e.epoch}: ") and f"germinated {e.blueprint} in slot {e.slot}" in line
+    fossil = next(e for e in heuristic if isinstance(e, SeedTransitioned) and e.to_stage == "FOSSILIZED")
+    culled = next(e for e in heuristic if isinstance(e, SeedTransitioned) and e.to_stage == "CULLED")
+    freed = next(e for e in heuristic if isinstance(e, SeedTransitioned) and e.trigger == "cooldown_complete")
+    assert line_for(lines, " fossilized, contribution").startswith(f"epoch {fossil.epoch}: {fossil.seed_id} fossilized")
+    cull = line_for(lines, "culled by")
+    assert cull.startswith(f"epoch {culled.epoch}: {culled.seed_id} (conv_heavy) culled by the controller")
+    assert line_for(lines, "free again").startswith(f"epoch {freed.epoch}: slot {freed.slot} free again")
+    # The concrete story of this log.
+    assert (
+        "epoch 7: heuristic: validation accuracy flat for 3 epochs at 79.0% → germinated conv_light in slot mid"
+        " as s1-mid (+2.3k params)"
+    ) in lines
+    assert line_for(lines, " fossilized, contribution").startswith("epoch 12: s1-mid fossilized, contribution +6.1 points")
+    assert cull.startswith("epoch 20: ") and "contribution -3.1 points at full alpha" in cull
+    assert "slot late embargoed for 2 epochs" in cull
+    assert lines[0].startswith("run h: mnist1d, controller heuristic, seed 0, 24 epochs")
+    assert lines[-1].startswith("epoch 24: finished: validation accuracy ")
+    assert "1 fossilized, 1 culled, 1 unfinished (s3-late)" in lines[-1]
+
+
+def test_refusals_are_told_with_their_reason_and_repeats_folded(heuristic):
+    lines = narrate(heuristic)
+    refusals = [e for e in heuristic if isinstance(e, CommandRejected)]
+    assert len(refusals) == 5
+    assert "epochs 21–22: germinate attention in slot late refused 2× (last: slot late holds seed s2-late in EMBARGOED)" in lines
+    assert "epoch 8: advance s1-mid refused: gate closed: 1 of 2 training epochs; seed loss not improving (0.96, 0.96 at entry)" in lines
+
+
+def test_automatic_culls_give_their_evidence(policy):
+    lines = narrate(policy)
+    diverged = line_for(lines, "seed diverged")
+    assert diverged.startswith("epoch 5: s1-early (attention) culled automatically: seed diverged (gradient health 0")
+    regression = line_for(lines, "culled automatically: regression")
+    assert regression.startswith("epoch 21: s3-late (conv_heavy)") and "contribution -3.1 points" in regression
+    assert "validation accuracy 82.0% is 3.2 points below 85.1% at blend start" in line_for(lines, "epochs 19–20")
+
+
+def test_narrative_is_deterministic_and_the_same_from_the_store(tmp_path, heuristic):
+    run_id = write_run(tmp_path, "heuristic", 0)
+    with Workspace.at(tmp_path).reader() as reader:
+        from_store = narrate(reader.read_run(run_id))
+    assert from_store == narrate(heuristic, run_id=run_id_for("heuristic", 0))
+    assert narrate(heuristic) == narrate(list(heuristic))
+    assert all(isinstance(line, str) and "\n" not in line for line in from_store)
+
+
+def test_an_unfinished_run_says_so(heuristic):
+    lines = narrate(heuristic[:40])
+    assert lines[-1].startswith("(no end recorded yet: after epoch ")
+    assert narrate([]) == []
+
+
+def test_static_run_grows_nothing():
+    lines = narrate(iter_events(plan_run("static", 0)))
+    assert len(lines) == 2
+    assert "(the host alone); seeds: 0 germinated" in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "reason, told",
+    [
+        ("gate closed: gradient_health=0.1, gradient_health_threshold=0.3, epochs_in_stage=3, min_training_epochs=2,"
+         " seed_loss=0.5, seed_loss_at_entry=0.9", "gate closed: gradient health 0.1 < 0.3"),
+        ("gate closed: alpha=0.6667, epochs_at_full_alpha=0, stability_window=1, val_accuracy=0.8,"
+         " val_accuracy_at_blend_start=0.8, regression_tolerance=0.01",
+         "gate closed: alpha 0.6667 < 1; 0 of 1 epochs at full alpha"),
+        ("slot mid holds seed s1-mid in TRAINING", "slot mid holds seed s1-mid in TRAINING"),
+        ("gate closed: something=else", "gate closed: something=else"),
+    ],
+)
+def test_explain_rejection(reason, told):
+    assert explain_rejection(reason) == told

@@ -1,0 +1,224 @@
+"""Reading a workspace (esper.store.workspace): every store behind one `events` view, read-only and
+locked down, unreadable or busy files reported and skipped, never waited on."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from esper.errors import BadInput, UnknownRun
+from esper.leyline import EpochEnded, RunConfig, RunStarted
+from esper.store import Reader, Recorder, Workspace
+
+
+def started(seed: int = 0) -> RunStarted:
+    return RunStarted(config=RunConfig(seed=seed), slots=["l1"], blueprints=["conv"])
+
+
+def epochs(n: int) -> list[EpochEnded]:
+    return [EpochEnded(epoch=i, train_loss=1.0, val_loss=1.0, val_accuracy=i / n, params=10) for i in range(n)]
+
+
+def write_run(ws: Workspace, store: str, run_id: str, n_epochs: int) -> None:
+    with Recorder(ws.store_path(store)) as rec:
+        rec.append(run_id, [started(), *epochs(n_epochs)], rec.last_seq(run_id))
+
+
+@pytest.fixture
+def ws(tmp_path) -> Workspace:
+    """Three store files: one run each in two of them, two runs in the third."""
+    ws = Workspace(tmp_path / "runs")
+    write_run(ws, "alpha", "20250101-alpha-1", 3)
+    write_run(ws, "beta", "20250101-beta-1", 4)
+    write_run(ws, "gamma", "20250102-gamma-1", 1)
+    write_run(ws, "gamma", "20250102-gamma-2", 2)
+    return ws
+
+
+def query(reader: Reader, sql: str) -> list[tuple]:
+    return reader.con.execute(sql).fetchall()
+
+
+def test_every_store_is_behind_one_events_view(ws: Workspace):
+    with ws.reader() as reader:
+        assert reader.notes == []
+        assert query(reader, "SELECT run_id, count(*) FROM events GROUP BY 1 ORDER BY 1") == [
+            ("20250101-alpha-1", 4), ("20250101-beta-1", 5), ("20250102-gamma-1", 2), ("20250102-gamma-2", 3),
+        ]
+        assert query(reader, "SELECT type, count(*) FROM events GROUP BY 1 ORDER BY 1") == [
+            ("EpochEnded", 10), ("RunStarted", 4),
+        ]
+        columns = [r[0] for r in query(reader, "DESCRIBE events")]
+        assert columns == ["position", "run_id", "seq", "event_id", "ts", "type", "epoch", "seed_id", "slot", "payload"]
+        read = reader.read_run("20250101-beta-1")
+        assert [r.seq for r in read] == [1, 2, 3, 4, 5]
+        assert read[0].event == started()
+        assert not reader.is_live("20250101-beta-1")
+
+
+def test_an_empty_workspace_has_an_empty_events_view(tmp_path):
+    with Workspace(tmp_path / "nothing-here").reader() as reader:
+        assert query(reader, "SELECT count(*) FROM events") == [(0,)]
+        with pytest.raises(UnknownRun):
+            reader.resolve_run("x")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COPY (SELECT * FROM events) TO '{dir}/leak.csv'",
+        "COPY events TO '{dir}/leak.parquet' (FORMAT parquet)",
+        "SELECT * FROM read_csv('{dir}/secret.csv')",
+        "SELECT * FROM read_text('{dir}/secret.csv')",
+        "ATTACH '{dir}/other.duckdb' AS other",
+        "INSERT INTO store0.events SELECT * FROM store0.events",
+        "DELETE FROM store0.events",
+        "CREATE TABLE store0.sneaky AS SELECT 1",
+        "SET enable_external_access = true",
+        "SET lock_configuration = false",
+        "SET threads = 1",
+        "RESET lock_configuration",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+    ],
+)
+def test_lock_down_refuses_what_could_touch_files_or_settings(ws: Workspace, tmp_path: Path, sql: str):
+    (tmp_path / "secret.csv").write_text("a,b\n1,2\n")
+    before = sorted(p.name for p in ws.root.iterdir())
+    with ws.reader() as reader:
+        reader.lock_down()
+        with pytest.raises(duckdb.Error, match="disabled|locked|read-only"):  # refused, not merely failing
+            query(reader, sql.format(dir=tmp_path))
+        assert query(reader, "SELECT count(*) FROM events") == [(14,)]  # and it still answers
+    assert not (tmp_path / "leak.csv").exists() and not (tmp_path / "leak.parquet").exists()
+    assert sorted(p.name for p in ws.root.iterdir()) == before
+    with ws.reader() as reader:
+        assert query(reader, "SELECT count(*) FROM events") == [(14,)]
+
+
+def test_a_corrupt_file_is_skipped_with_a_note(ws: Workspace):
+    ws.store_path("broken").write_bytes(os.urandom(20_000))
+    ws.store_path("empty").write_bytes(b"")
+    with duckdb.connect(str(ws.store_path("foreign"))) as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS x")
+    with ws.reader() as reader:
+        notes = "\n".join(reader.notes)
+        assert "skipped broken.duckdb: unreadable store" in notes
+        assert "skipped empty.duckdb: unreadable store" in notes
+        assert "skipped foreign.duckdb: not an Esper store" in notes
+        assert len(reader.notes) == 3
+        assert query(reader, "SELECT count(DISTINCT run_id) FROM events") == [(4,)]
+
+
+LIVE_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from esper.leyline import EpochEnded, RunConfig, RunStarted
+    from esper.store import Recorder
+
+    rec = Recorder(sys.argv[1])
+    last = rec.append("live-run", [RunStarted(config=RunConfig())], 0)
+    rec.append("live-run", [EpochEnded(epoch=0, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, params=10)], last)
+    print("ready", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def in_thread(fn, timeout: float):
+    """Run `fn` in a thread; fail (instead of hanging the suite) if it has not returned within `timeout`."""
+    out: dict = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed back to the test below
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still waiting after {timeout}s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_a_store_held_by_a_live_writer_is_read_from_a_snapshot_or_skipped(ws: Workspace):
+    path = ws.store_path("live")
+    writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        with pytest.raises(duckdb.Error, match="lock"):  # the premise: DuckDB lets no one else open it
+            duckdb.connect(str(path), read_only=True)
+
+        reader = in_thread(ws.reader, timeout=20)
+        with reader:
+            notes = "\n".join(reader.notes)
+            assert "live.duckdb" in notes
+            runs = [r[0] for r in query(reader, "SELECT DISTINCT run_id FROM events ORDER BY 1")]
+            assert runs[:4] == ["20250101-alpha-1", "20250101-beta-1", "20250102-gamma-1", "20250102-gamma-2"]
+            if "skipped live.duckdb" in notes:
+                assert "live-run" not in runs
+            else:  # read from a snapshot: exactly what the writer had committed
+                assert "snapshot" in notes
+                assert [type(r.event).__name__ for r in reader.read_run("live-run")] == ["RunStarted", "EpochEnded"]
+                assert reader.is_live("live-run") and not reader.is_live("20250101-alpha-1")
+                reader.lock_down()
+                with pytest.raises(duckdb.Error):
+                    query(reader, "INSERT INTO store3.events SELECT * FROM store3.events")
+        assert writer.poll() is None, "the writer was not disturbed"
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    with ws.reader() as reader:  # once the writer is gone its file opens normally
+        assert reader.notes == []
+        assert query(reader, "SELECT count(*) FROM events WHERE run_id = 'live-run'") == [(2,)]
+
+
+def test_a_store_this_process_is_writing_is_read_from_a_snapshot(ws: Workspace):
+    with Recorder(ws.store_path("mine")) as rec:
+        rec.append("my-run", [started()], 0)
+        with ws.reader() as reader:
+            assert reader.notes == ["mine.duckdb is held by a live writer: read from a snapshot taken now"]
+            assert [r.seq for r in reader.read_run("my-run")] == [1]
+            assert reader.is_live("my-run")
+        rec.append("my-run", epochs(2), 1)  # the writer goes on undisturbed
+        assert rec.last_seq("my-run") == 3
+
+
+def test_resolve_run_by_unique_prefix(ws: Workspace):
+    with ws.reader() as reader:
+        reader.lock_down()
+        assert reader.resolve_run("20250101-alpha-1") == "20250101-alpha-1"
+        assert reader.resolve_run("20250101-b") == "20250101-beta-1"
+        assert reader.resolve_run("20250102-gamma-2") == "20250102-gamma-2"
+        with pytest.raises(BadInput, match="matches 2 runs") as ambiguous:
+            reader.resolve_run("20250102-gamma")
+        assert not isinstance(ambiguous.value, UnknownRun)
+        with pytest.raises(UnknownRun, match="no run 'nope'"):
+            reader.resolve_run("nope")
+        with pytest.raises(UnknownRun):
+            reader.resolve_run("2025%")  # a prefix, not a pattern
+
+
+def test_an_exact_id_wins_over_longer_ids_it_prefixes(tmp_path):
+    ws = Workspace(tmp_path)
+    write_run(ws, "s", "run1", 1)
+    write_run(ws, "s", "run10", 1)
+    with ws.reader() as reader:
+        assert reader.resolve_run("run1") == "run1"
+        with pytest.raises(BadInput, match="matches 2 runs"):
+            reader.resolve_run("run")
+
+
+def test_a_workspace_that_is_a_file_is_bad_input(tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(BadInput, match="is not a folder"):
+        Workspace(tmp_path / "runs").reader()
