@@ -23,13 +23,10 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help="Print the rebuilt state as one JSON object."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Rebuild a run from its log, check every transition was legal, and print its story."""
-    ws = existing_workspace(workspace)
-    with ws.reader() as reader:
-        for note in reader.notes:
-            say(f"note: {note}")
-        run_id = reader.resolve_run(run)
-        recorded = reader.read_run(run_id)
+    """Rebuild a run from its log, check every transition was legal, and print its story.
+
+    RUN may also be a file written by `esper export` (e.g. one of the samples in replays/)."""
+    run_id, recorded = _recorded(run, workspace)
     state = RunState.fold(recorded)
     if verify:
         from esper.tolaria.verify import verify_run
@@ -41,6 +38,24 @@ def replay(
         print(json.dumps(state.summary()))
         return
     _print_story(state)
+
+
+def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list]:
+    """The events of RUN: from an exported file when RUN names one, else from the workspace."""
+    path = Path(run)
+    if path.suffix in (".jsonl", ".parquet") and path.is_file():
+        from esper.nissa.transfer import recorded_runs
+
+        runs = recorded_runs(path)
+        if len(runs) != 1:
+            raise BadInput(f"{path} holds {len(runs)} runs; import it (`esper import {path}`) and replay one by id")
+        return next(iter(runs.items()))
+    ws = existing_workspace(workspace)
+    with ws.reader() as reader:
+        for note in reader.notes:
+            say(f"note: {note}")
+        run_id = reader.resolve_run(run)
+        return run_id, reader.read_run(run_id)
 
 
 def _print_story(state: RunState) -> None:

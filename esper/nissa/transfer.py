@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from esper.errors import BadInput
 from esper.leyline.events import decode, type_name
 from esper.nissa.files import atomic_write
-from esper.store import Reader, Workspace
+from esper.store import Reader, Recorded, Workspace
 from esper.store.schema import COLUMNS, TABLE_DDL
 
 FORMATS = ("jsonl", "parquet")
@@ -424,3 +424,13 @@ def _write_store_file(path: Path, rows: list[Row]) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def recorded_runs(path: Path) -> dict[str, list[Recorded]]:
+    """The runs of an exported file as the store would hand them out: run id → events in `seq` order."""
+    runs: dict[str, list[Recorded]] = {}
+    for row in sorted(read_file(path), key=lambda r: (r.run_id, r.seq)):
+        runs.setdefault(row.run_id, []).append(
+            Recorded(row.position, row.run_id, row.seq, uuid.UUID(row.event_id), row.ts, decode(row.payload))
+        )
+    return runs

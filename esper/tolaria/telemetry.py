@@ -25,7 +25,7 @@ SHARPNESS_EXAMPLES = 512
 
 
 class LayerGradients:
-    """Sums each layer's gradient norm over the steps of an epoch, without a device sync per step."""
+    """Sums each layer's gradient norm over the steps of an epoch: a few fused ops per step, no device sync."""
 
     def __init__(self, model: nn.Module):
         by_layer: dict[str, list[nn.Parameter]] = defaultdict(list)
@@ -33,22 +33,20 @@ class LayerGradients:
             if p.requires_grad:
                 by_layer[name.rsplit(".", 1)[0]].append(p)
         self.layers = list(by_layer)
-        self.params = [by_layer[layer] for layer in self.layers]
-        self.sums: torch.Tensor | None = None
+        self.params = [p for layer in self.layers for p in by_layer[layer]]
+        device = self.params[0].device
+        self.layer_of = torch.tensor([i for i, layer in enumerate(self.layers) for _ in by_layer[layer]], device=device)
+        self.sums = torch.zeros(len(self.layers), device=device)
         self.steps = 0
 
     def add(self) -> None:
-        norms = []
-        for params in self.params:
-            grads = [p.grad for p in params if p.grad is not None]
-            norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads
-                         else torch.zeros((), device=params[0].device))
-        stacked = torch.stack(norms)
-        self.sums = stacked if self.sums is None else self.sums + stacked
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        squares = torch.stack(torch._foreach_norm(grads)).square()
+        self.sums += torch.zeros_like(self.sums).index_add_(0, self.layer_of, squares).sqrt()
         self.steps += 1
 
     def report(self) -> dict:
-        if self.sums is None:
+        if self.steps == 0:
             return {}
         means = (self.sums / self.steps).tolist()
         norms = {layer: round(value, 8) for layer, value in zip(self.layers, means)}

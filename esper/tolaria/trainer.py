@@ -79,7 +79,12 @@ class Trainer:
             if slot not in self.model.slot_names:
                 raise BadInput(f"architecture names unknown slot {slot!r} (slots: {', '.join(self.model.slot_names)})")
             self.model.germinate(slot, f"built{i + 1}-{slot}", blueprint)
-            self.host_optimizer.add_param_group({"params": self.model.fossilize(f"built{i + 1}-{slot}")})
+            self._join_host(self.model.fossilize(f"built{i + 1}-{slot}"))
+
+    def _join_host(self, params: list[nn.Parameter]) -> None:
+        """A fossilized seed's parameters join the host optimizer's one group (its state starts fresh,
+        lazily): one group keeps the optimizer's step a single fused update however much the host grew."""
+        self.host_optimizer.param_groups[0]["params"].extend(params)
 
     # ---- carrying out lifecycle events ---------------------------------------------------------
 
@@ -102,7 +107,7 @@ class Trainer:
             steps = max(1, self.config.lifecycle.blend_epochs * self.steps_per_epoch)
             model.start_blending(seed_id, steps, self.config.blend_schedule)
         elif stage is SeedStage.FOSSILIZED:
-            self.host_optimizer.add_param_group({"params": model.fossilize(seed_id)})
+            self._join_host(model.fossilize(seed_id))
             self.seed_optimizers.pop(seed_id, None)
         elif stage is SeedStage.CULLED:
             model.cull(seed_id)

@@ -1,0 +1,24 @@
+"""The recorded sample runs in replays/ replay on a fresh clone."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SAMPLES = sorted((Path(__file__).resolve().parent.parent / "replays").glob("*.jsonl"))
+
+
+def test_there_is_a_sample():
+    assert SAMPLES, "replays/ should hold at least one recorded run"
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
+def test_sample_replays(sample, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "esper", "replay", str(sample), "--json", "--workspace", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    state = json.loads(out.stdout)
+    assert state["status"] == "finished"
+    assert state["stage_counts"].get("FOSSILIZED", 0) >= 1
