@@ -96,7 +96,7 @@ class GrowableModel(nn.Module):
     def fossilize(self, seed_id: str) -> list[nn.Parameter]:
         """→ FOSSILIZED: alpha is 1 for good and the seed is part of the host. Returns its parameters, for
         the host optimizer. Fossilizing a seed straight from GERMINATED builds it into the host up front."""
-        name, slot, seed = self._find(seed_id)
+        _, slot, seed = self._find(seed_id)
         if seed is not slot.live:
             raise ValueError(f"seed {seed_id} is already fossilized")
         slot.live = None
@@ -108,7 +108,7 @@ class GrowableModel(nn.Module):
 
     def cull(self, seed_id: str) -> None:
         """Remove a live seed: the host computes exactly what it computed before the seed was germinated."""
-        name, slot, seed = self._find(seed_id)
+        _, slot, seed = self._find(seed_id)
         if seed is not slot.live:
             raise ValueError(f"seed {seed_id} is fossilized; fossilized seeds are part of the host and cannot be culled")
         slot.live = None
