@@ -9,7 +9,7 @@ What each number is:
 * `append_10000_pending_events_per_s`: the same with `Pending` events (caller-chosen ids), which adds the
   idempotency check against every id already stored; measured on the last batches, as the store nears 1M.
 * `read_events_per_s`: `Recorder.read` of one 100,000-event run: SQL, Python rows, payloads decoded.
-* `fold_events_per_s`: `Garden.apply` over the decoded log of a realistic run (built by the Garden
+* `fold_events_per_s`: `Garden.apply` over the events of a realistic 150-epoch run (decided by the Garden
   itself: ticks, telemetry, commands; every stage is reached), folded again and again into fresh gardens.
 * `aggregate_1m_s`: `select type, count(*) from events group by 1` through `Workspace(...).reader()` after
   `lock_down()`, over the 1,000,000-event store: the first query on a fresh reader. Opening that reader
@@ -44,6 +44,8 @@ from esper.leyline.garden import Garden
 from esper.store import Pending, Recorder, Workspace
 
 SLOTS = ["early", "mid", "late"]
+LONG = 600
+"""Epochs of the run whose events are appended (its events repeat with epochs moved on by LONG per pass)."""
 BLUEPRINTS = ["conv_light", "conv_heavy", "attention", "mlp"]
 TARGETS = {"append_10000_events_per_s": 300_000, "fold_events_per_s": 100_000}
 AGGREGATE_TARGET_S = 1.0
@@ -146,20 +148,21 @@ def main() -> None:
     result: dict[str, float | int | dict] = {}
 
     run = simulate_run(epochs=150)
-    long_run = simulate_run(epochs=600)  # the source of the appended events
+    long_run = simulate_run(epochs=LONG)  # the source of the appended events
     reached = Counter(e.to_stage for e in run if isinstance(e, SeedTransitioned))
     missing = {s.value for s in SeedStage} - set(reached)  # DORMANT is reached by cooldown_complete
     assert not missing, f"the simulated run never reached {missing}"
     mix = Counter(type(e).__name__ for e in run)
     log(f"simulated run: {len(run)} events, {dict(mix)}; transitions to {dict(reached)}")
+    log(f"appended events: {dict(Counter(type(e).__name__ for e in long_run))}, shifted in epoch on every pass")
 
     with tempfile.TemporaryDirectory(prefix="esper-bench-") as tmp:
         root = Path(tmp)
 
         with Recorder(root / "small.duckdb") as rec:
-            result["append_1_events_per_s"] = rate(append_timed(rec, "b1", batches(long_run, 600, 1, 300)))
+            result["append_1_events_per_s"] = rate(append_timed(rec, "b1", batches(long_run, LONG, 1, 300)))
             log(f"append, batch 1:      {result['append_1_events_per_s']:>12,.0f} events/s (300 appends)")
-            result["append_100_events_per_s"] = rate(append_timed(rec, "b100", batches(long_run, 600, 100, 100)))
+            result["append_100_events_per_s"] = rate(append_timed(rec, "b100", batches(long_run, LONG, 100, 100)))
             log(f"append, batch 100:    {result['append_100_events_per_s']:>12,.0f} events/s (100 appends)")
 
         big = Workspace(root / "ws")
@@ -167,12 +170,12 @@ def main() -> None:
         with Recorder(big.store_path("million")) as rec:
             n, took = 0, 0.0
             for r in range(runs - 1):
-                n_run, took_run = append_timed(rec, f"run-{r:02d}", batches(long_run, 600, size, per_run // size))
+                n_run, took_run = append_timed(rec, f"run-{r:02d}", batches(long_run, LONG, size, per_run // size))
                 n, took = n + n_run, took + took_run
                 log(f"  {(r + 1) * per_run:>9,} events stored")
             result["append_10000_events_per_s"] = n / took
             # The last run's batches carry caller-chosen ids (`Pending`), checked against every id stored.
-            keyed = ([Pending(e) for e in batch] for batch in batches(long_run, 600, size, per_run // size))
+            keyed = ([Pending(e) for e in batch] for batch in batches(long_run, LONG, size, per_run // size))
             result["append_10000_pending_events_per_s"] = rate(append_timed(rec, f"run-{runs - 1:02d}", keyed))
             log(f"  {runs * per_run:>9,} events stored")
             log(f"append, batch 10000:  {result['append_10000_events_per_s']:>12,.0f} events/s ({n:,} events)")

@@ -260,7 +260,7 @@ def kill_writer_midway(path: Path, rng: random.Random) -> int:
     """Start the writer, SIGKILL it after it acknowledged a random number of batches; the last batch it acknowledged."""
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(BATCH)], stdout=subprocess.PIPE, text=True)
     try:
-        wait_for = rng.randint(1, 25)
+        wait_for = rng.randint(1, 12)
         first = None
         for count, line in enumerate(proc.stdout, 1):
             first = int(line) if first is None else first

@@ -62,9 +62,13 @@ class Recorder:
         # Checkpoint less often than DuckDB's 16MB default: each checkpoint recompresses the table's last,
         # partly filled row group, and at 10,000-event batches 64MB appends ~25% faster overall.
         self._con.execute("SET checkpoint_threshold = '64MB'")
-        self._lock = _file_lock(self.path)
+        self._state = _file_state(self.path)
+        self._lock = self._state.lock
+        self._pending_heads: tuple[str, int, int] | None = None
 
     def close(self) -> None:
+        with self._lock:
+            self._state.heads = _Heads()  # another process may write the file once we let it go
         self._con.close()
 
     def __enter__(self) -> "Recorder":
@@ -86,6 +90,7 @@ class Recorder:
         (a retry of a batch that did commit). A bare event gets a fresh `event_id` from the store.
         """
         with self._lock:
+            self._pending_heads = None
             self._con.begin()
             try:
                 last = self._append_locked(run_id, list(batch), expected_seq)
@@ -93,15 +98,15 @@ class Recorder:
             except BaseException:
                 self._con.rollback()
                 raise
+            if self._pending_heads is not None:  # committed: move the cached heads on
+                run, seq, position = self._pending_heads
+                self._state.heads.seq[run] = seq
+                self._state.heads.position = position
         return last
 
     def _append_locked(self, run_id: str, batch: list[Pending | Event], expected_seq: int) -> int:
         fresh = self._drop_stored(batch)
-        last_seq, last_position = self._con.execute(
-            "SELECT (SELECT coalesce(max(seq), 0) FROM events WHERE run_id = $run),"
-            " (SELECT coalesce(max(position), 0) FROM events)",
-            {"run": run_id},
-        ).fetchall()[0]
+        last_seq, last_position = self._heads(run_id)
         if not fresh:
             return int(last_seq)
         if last_seq != expected_seq:
@@ -113,7 +118,21 @@ class Recorder:
             self._con.execute(INSERT_FROM_BATCH, {"run_id": run_id, "ts": dt.datetime.now(dt.timezone.utc)}).fetchall()
         finally:
             self._con.unregister("batch")
-        return int(last_seq) + len(fresh)
+        new_seq = int(last_seq) + len(fresh)
+        self._pending_heads = (run_id, new_seq, int(last_position) + len(fresh))
+        return new_seq
+
+    def _heads(self, run_id: str) -> tuple[int, int]:
+        """The run's last `seq` and the file's last `position`. Only this process can write the file (DuckDB
+        locks it) and its writers take turns under the file lock, so after one query the values are kept
+        in memory and moved on by each commit."""
+        heads = self._state.heads
+        if run_id not in heads.seq:
+            heads.seq[run_id] = self._con.execute(
+                "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", [run_id]).fetchall()[0][0]
+        if heads.position is None:
+            heads.position = self._con.execute("SELECT coalesce(max(position), 0) FROM events").fetchall()[0][0]
+        return heads.seq[run_id], heads.position
 
     def _drop_stored(self, batch: list[Pending | Event]) -> list[Pending | Event]:
         """Keep what is not stored yet: bare events, and each `Pending` whose id is new (its first copy)."""
@@ -147,16 +166,31 @@ class Recorder:
         return [r[0] for r in rows]
 
 
-_FILE_LOCKS: dict[Path, threading.Lock] = {}
-_FILE_LOCKS_GUARD = threading.Lock()
+@attrs.define
+class _Heads:
+    seq: dict[str, int] = attrs.Factory(dict)
+    position: int | None = None
 
 
-def _file_lock(path: Path) -> threading.Lock:
-    """One lock per file in this process. DuckDB shares one database between every connection of a process
-    to the same file, and two concurrent transactions that both append do not conflict there, so two
-    `Recorder`s of one file must take turns or they could hand out the same `seq` and `position`."""
-    with _FILE_LOCKS_GUARD:
-        return _FILE_LOCKS.setdefault(path.resolve(), threading.Lock())
+@attrs.define
+class _FileState:
+    lock: threading.Lock = attrs.Factory(threading.Lock)
+    heads: _Heads = attrs.Factory(_Heads)
+
+
+_FILE_STATES: dict[Path, _FileState] = {}
+_FILE_STATES_GUARD = threading.Lock()
+
+
+def _file_state(path: Path) -> _FileState:
+    """One lock (and one cache of last seq/position) per file in this process. DuckDB shares one database
+    between every connection of a process to the same file, and two concurrent transactions that both
+    append do not conflict there, so two `Recorder`s of one file must take turns or they could hand out
+    the same `seq` and `position`."""
+    if str(path) == ":memory:":  # every in-memory connection is a database of its own
+        return _FileState()
+    with _FILE_STATES_GUARD:
+        return _FILE_STATES.setdefault(path.resolve(), _FileState())
 
 
 def read_events(con: duckdb.DuckDBPyConnection, run_id: str, after_seq: int = 0, table: str = "events") -> Iterator[Recorded]:

@@ -162,6 +162,9 @@ class Trainer:
         train_loss = (self._loss_sum / max(self._seen, 1)).item()
         if not math.isfinite(train_loss):
             raise RunFailed(f"training diverged at epoch {epoch}: train loss {train_loss}")
+        # JSON has no NaN or infinity: a seed whose own loss blew up is logged with no loss (and, its
+        # gradients being non-finite, zero health), which is what the automatic cull looks for.
+        self._seed_loss = {sid: v for sid, v in self._seed_loss.items() if math.isfinite(v)}
         stats = self._measure(train_loss, {sid: m.value for sid, m in self._health.items()},
                               {sid: v / max(self._seen, 1) for sid, v in self._seed_loss.items()})
         return attrs.evolve(stats, diagnostics=self._diagnostics(epoch))
@@ -178,6 +181,8 @@ class Trainer:
     def _measure(self, train_loss: float, health: dict[str, float], seed_loss: dict[str, float]) -> EpochStats:
         model = self.model
         val_loss, val_acc, isolated_acc = self.evaluate("val", isolated=model.training_seeds())
+        if not math.isfinite(val_loss):
+            raise RunFailed(f"validation loss is {val_loss}: the model diverged")
         telemetry = []
         for sid in model.live_seeds():
             stage = model.stage(sid)
