@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-from esper.cli import core, run  # noqa: F401 - register their verbs
+from esper.cli import core, run, simic  # noqa: F401 - register their verbs
 from esper.cli import nissa  # noqa: F401
 from esper.cli.app import app
 

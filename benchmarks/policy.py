@@ -1,0 +1,133 @@
+"""Learned gardeners vs the rule-based one on mnist1d: PPO within a time budget, IQL from logs.
+
+1. PPO trains on mnist1d for at most `--minutes` (its runs use seeds ≥ 1000);
+2. datasets: `--dataset-runs` heuristic runs (seeds 100…) and as many random runs (seeds 200…);
+   IQL trains on them (`--iql-steps`);
+3. the greedy PPO policy, the greedy IQL policy, the heuristic and static train full runs on
+   `--eval-seeds` (never used in training) and report mean final test and validation accuracy and params.
+Prints one JSON object. The target: PPO at least as accurate as the heuristic with no more parameters.
+
+    .venv/bin/python benchmarks/policy.py [--minutes 20] [--workspace DIR]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+from esper.leyline import RunConfig
+from esper.simic.dataset import select_runs, workspace_episodes
+from esper.simic.features import spec_for_task
+from esper.simic.iql import IQLConfig
+from esper.simic.iql import train as train_iql
+from esper.simic.policy import load_policy_controller, save_policy
+from esper.simic.ppo import PPOConfig
+from esper.simic.ppo import train as train_ppo
+from esper.simic.rewards import RewardConfig
+from esper.store import Recorder, Workspace
+from esper.tamiyo.controllers import make_controller
+from esper.tolaria.data import load_task_data
+from esper.tolaria.loop import StoreSink, execute, resolve_config
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def evaluate(name: str, controller_of, seeds: list[int], ws: Workspace, data, policy: str | None = None) -> dict:
+    rows = []
+    with Recorder(ws.store_path(f"eval-{name}")) as recorder:
+        for seed in seeds:
+            config = resolve_config(RunConfig(controller=name if name in ("heuristic", "static") else "policy",
+                                              seed=seed, policy=policy))
+            result = execute(config, controller_of(seed), StoreSink(recorder, f"eval-{name}-{seed}"), data=data)
+            rows.append({"seed": seed, "test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
+                         "params": result.params, "seeds": result.seeds})
+            say(f"  {name:<9} seed {seed}: test {result.test_accuracy * 100:5.1f}%  val {result.val_accuracy * 100:5.1f}%  "
+                f"params {result.params:,}")
+    return {
+        "test_accuracy": round(statistics.mean(r["test_accuracy"] for r in rows), 4),
+        "val_accuracy": round(statistics.mean(r["val_accuracy"] for r in rows), 4),
+        "params": round(statistics.mean(r["params"] for r in rows), 1),
+        "per_seed": rows,
+    }
+
+
+def make_dataset(ws: Workspace, runs: int, data) -> float:
+    started = time.perf_counter()
+    with Recorder(ws.store_path("dataset")) as recorder:
+        for controller, base in (("heuristic", 100), ("random", 200)):
+            for seed in range(base, base + runs):
+                config = resolve_config(RunConfig(controller=controller, seed=seed))
+                execute(config, make_controller(controller, seed), StoreSink(recorder, f"data-{controller}-{seed}"), data=data)
+            say(f"  dataset: {runs} {controller} runs")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=20.0, help="PPO's training budget")
+    parser.add_argument("--n-envs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ent-coef", type=float, default=0.01)
+    parser.add_argument("--reward-params", type=float, default=RewardConfig().params)
+    parser.add_argument("--eval-seeds", default="0,1,2,3,4")
+    parser.add_argument("--dataset-runs", type=int, default=20, help="heuristic runs, and as many random runs, for IQL")
+    parser.add_argument("--iql-steps", type=int, default=5000)
+    parser.add_argument("--skip-iql", action="store_true")
+    parser.add_argument("--workspace", default=None, help="keep the runs here (default: a temporary folder)")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.eval_seeds.split(",")]
+    tmp = tempfile.TemporaryDirectory(prefix="esper-policy-bench-")
+    ws = Workspace.at(args.workspace or tmp.name)
+    data = load_task_data("mnist1d", RunConfig().data_seed)
+    rewards = RewardConfig(params=args.reward_params)
+    report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "eval_seeds": seeds,
+                    "reward": {"accuracy": rewards.accuracy, "contribution": rewards.contribution,
+                               "params": rewards.params, "terminal": rewards.terminal}}
+
+    say(f"PPO for at most {args.minutes} minutes ...")
+    ppo_path = ws.root / "ppo.pt"
+    cfg = PPOConfig(n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr, ent_coef=args.ent_coef, reward=rewards)
+    started = time.perf_counter()
+    result = train_ppo(cfg, ppo_path, ws, progress=say, deadline=started + args.minutes * 60)
+    report["ppo_training"] = {"minutes": round((time.perf_counter() - started) / 60, 2), "episodes": result["episodes"],
+                              "updates": result["updates"], "n_envs": args.n_envs, "learning_rate": args.lr,
+                              "last_update": {k: round(v, 4) for k, v in result["stats"].items()}}
+
+    results = {}
+    say("evaluating on unseen seeds ...")
+    results["ppo"] = evaluate("ppo", lambda s: load_policy_controller(str(ppo_path)), seeds, ws, data, str(ppo_path))
+    results["heuristic"] = evaluate("heuristic", lambda s: make_controller("heuristic", s), seeds, ws, data)
+    results["static"] = evaluate("static", lambda s: make_controller("static", s), seeds, ws, data)
+
+    if not args.skip_iql:
+        say("IQL dataset ...")
+        dataset_s = make_dataset(ws, args.dataset_runs, data)
+        spec = spec_for_task("mnist1d")
+        with ws.reader() as reader:
+            run_ids = select_runs(reader, "controller IN ('heuristic', 'random') AND seed >= 100", "mnist1d")
+            episodes, _ = workspace_episodes(reader, run_ids, spec, rewards)
+        iql_cfg = IQLConfig(steps=args.iql_steps, reward=rewards, log_every=1000)
+        iql_started = time.perf_counter()
+        net, iql_result = train_iql(iql_cfg, spec, episodes, progress=say)
+        iql_path = ws.root / "iql.pt"
+        save_policy(iql_path, net, "iql", rewards, iql_cfg.hidden)
+        report["iql_training"] = {"runs": iql_result["runs"], "transitions": iql_result["transitions"],
+                                  "steps": args.iql_steps, "minutes": round((time.perf_counter() - iql_started) / 60, 2),
+                                  "dataset_minutes": round(dataset_s / 60, 2)}
+        results["iql"] = evaluate("iql", lambda s: load_policy_controller(str(iql_path)), seeds, ws, data, str(iql_path))
+
+    report["results"] = {k: {m: v[m] for m in ("test_accuracy", "val_accuracy", "params")} for k, v in results.items()}
+    report["per_seed"] = {k: v["per_seed"] for k, v in results.items()}
+    ppo, heuristic = results["ppo"], results["heuristic"]
+    report["target_met"] = ppo["test_accuracy"] >= heuristic["test_accuracy"] and ppo["params"] <= heuristic["params"]
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

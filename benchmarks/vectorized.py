@@ -1,0 +1,110 @@
+"""Lock-step environments vs the same environments one after another: environment-epochs per second.
+
+For each n, the same n runs (same config and seed, one heuristic controller each, events into a real
+DuckDB store) are trained two ways in this process, alternating, `--repeats` times:
+* lockstep: one `esper.simic.env.VecEnv` of n runs over shared batches (CUDA streams on GPU);
+* sequential: n calls of `esper.tolaria.loop.execute`, one after another.
+Both write exactly the same events (checked). Prints one JSON object: median environment-epochs/s of
+each mode per n (wall clock), the speed-up, and the speed-up in process CPU time (less disturbed by
+other processes on a shared machine). On CPU lock-step should be no slower; on GPU the target is ≥ 3× at n = 8.
+
+    .venv/bin/python benchmarks/vectorized.py [--epochs 25] [--repeats 3] [--device cpu|cuda] [--ns 1,2,4]
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from esper.leyline import RunConfig
+from esper.leyline.events import encode
+from esper.simic.env import VecEnv, configs_round_robin, play
+from esper.store import Recorder
+from esper.tamiyo.controllers import HeuristicController
+from esper.tolaria.data import load_task_data
+from esper.tolaria.loop import StoreSink, execute, resolve_config
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def lockstep(config: RunConfig, n: int, devices: list[str], recorder: Recorder, tag: str, data) -> tuple[float, list]:
+    sinks = [StoreSink(recorder, f"{tag}-lock-{i}") for i in range(n)]
+    sync(devices[0])
+    start, cpu = time.perf_counter(), time.process_time()
+    vec = VecEnv(configs_round_robin(config, n, devices), sinks, data)
+    play(vec, [HeuristicController() for _ in range(n)])
+    sync(devices[0])
+    return time.perf_counter() - start, time.process_time() - cpu, [s.run_id for s in sinks]
+
+
+def sequential(config: RunConfig, n: int, devices: list[str], recorder: Recorder, tag: str, data) -> tuple[float, list]:
+    sinks = [StoreSink(recorder, f"{tag}-seq-{i}") for i in range(n)]
+    sync(devices[0])
+    start, cpu = time.perf_counter(), time.process_time()
+    for c, sink in zip(configs_round_robin(config, n, devices), sinks):
+        execute(c, HeuristicController(), sink, data=data)
+    sync(devices[0])
+    return time.perf_counter() - start, time.process_time() - cpu, [s.run_id for s in sinks]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, or a comma-separated list used round-robin")
+    parser.add_argument("--ns", default=None, help="environment counts (default 1,2,4 on CPU, 1..8 on GPU)")
+    args = parser.parse_args()
+    devices = args.device.split(",")
+    on_gpu = devices[0].startswith("cuda")
+    ns = [int(v) for v in (args.ns or ("1,2,3,4,5,6,7,8" if on_gpu else "1,2,4")).split(",")]
+    config = resolve_config(RunConfig(controller="heuristic", epochs=args.epochs, seed=7, device=devices[0]))
+    data = load_task_data(config.task, config.data_seed)
+    results = []
+    identical = True
+    with tempfile.TemporaryDirectory() as tmp, Recorder(Path(tmp) / "vectorized.duckdb") as recorder:
+        lockstep(config, 1, devices, recorder, "warmup", data)
+        sequential(config, 1, devices, recorder, "warmup", data)
+        for n in ns:
+            times = {"lockstep": [], "sequential": [], "lockstep_cpu": [], "sequential_cpu": []}
+            for r in range(args.repeats):
+                order = [("lockstep", lockstep), ("sequential", sequential)]
+                for name, fn in order if r % 2 == 0 else order[::-1]:
+                    seconds, cpu_seconds, run_ids = fn(config, n, devices, recorder, f"n{n}-r{r}", data)
+                    times[name].append(seconds)
+                    times[f"{name}_cpu"].append(cpu_seconds)
+                    if r == 0:
+                        times.setdefault(f"{name}_runs", run_ids)
+            for a, b in zip(times["lockstep_runs"], times["sequential_runs"]):
+                left = [encode(x.event) for x in recorder.read(a)]
+                right = [encode(x.event) for x in recorder.read(b)]
+                identical &= left == right
+            lock = n * args.epochs / statistics.median(times["lockstep"])
+            seq = n * args.epochs / statistics.median(times["sequential"])
+            lock_cpu = n * args.epochs / statistics.median(times["lockstep_cpu"])
+            seq_cpu = n * args.epochs / statistics.median(times["sequential_cpu"])
+            results.append({"n": n, "lockstep_env_epochs_per_s": round(lock, 2),
+                            "sequential_env_epochs_per_s": round(seq, 2), "speedup": round(lock / seq, 3),
+                            "speedup_cpu_time": round(lock_cpu / seq_cpu, 3)})
+            print(f"n={n}: lockstep {lock:.1f}  sequential {seq:.1f} env-epochs/s  ×{lock / seq:.2f}", file=sys.stderr)
+    print(json.dumps({
+        "device": args.device if not on_gpu else f"{args.device} ({torch.cuda.get_device_name(0)})",
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "epochs_per_env": args.epochs,
+        "repeats": args.repeats,
+        "events_identical": identical,
+        "results": results,
+    }))
+
+
+if __name__ == "__main__":
+    main()

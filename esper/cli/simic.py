@@ -1,0 +1,146 @@
+"""`esper ppo` and `esper iql`: train a Tamiyo policy online over vectorized runs, or offline from logs."""
+
+import json
+import secrets
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
+from esper.errors import BadInput
+
+RewardAccuracy = typer.Option(1.0, "--reward-accuracy", help="Weight of the change in validation accuracy.")
+RewardContribution = typer.Option(0.5, "--reward-contribution", help="Weight of a seed's contribution when it fossilizes.")
+RewardParams = typer.Option(0.1, "--reward-params", help="Weight of the parameter cost, log(params / host params).")
+RewardTerminal = typer.Option(1.0, "--reward-terminal", help="Weight of the final validation accuracy.")
+
+
+def _rewards(accuracy: float, contribution: float, params: float, terminal: float):
+    from esper.simic.rewards import RewardConfig
+
+    return RewardConfig(accuracy=accuracy, contribution=contribution, params=params, terminal=terminal)
+
+
+def _output(out: Path) -> Path:
+    if out.is_dir():
+        raise BadInput(f"--out {out} is a folder; give the policy file's path, e.g. {out / 'policy.pt'}")
+    return out
+
+
+@app.command()
+@handles_errors
+def ppo(
+    out: Path = typer.Option(..., "--out", help="Policy file to write (also the checkpoint, after every update)."),
+    task: str = typer.Option("mnist1d", "--task", help="Task of the training runs."),
+    n_envs: int = typer.Option(4, "--n-envs", help="Runs in lock-step per update."),
+    episodes: int = typer.Option(8, "--episodes", help="Episodes (training runs) in all."),
+    epochs: int = typer.Option(0, "--epochs", help="Epochs per episode (default: the task's preset)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the policy and of the runs' seeds."),
+    devices: str = typer.Option("cpu", "--devices", help="Comma-separated devices, used round-robin (cpu, cuda, cuda:N)."),
+    telemetry: str = typer.Option("minimal", "--telemetry", help="Telemetry profile of the runs."),
+    lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate."),
+    hidden: int = typer.Option(64, "--hidden", help="Width of the policy's hidden layers."),
+    update_epochs: int = typer.Option(4, "--update-epochs", help="Passes over each batch."),
+    minibatches: int = typer.Option(4, "--minibatches", help="Minibatches per pass."),
+    ent_coef: float = typer.Option(0.01, "--ent-coef", help="Entropy bonus."),
+    target_kl: float = typer.Option(0.03, "--target-kl", help="Early-stop KL per update (0: none)."),
+    gamma: float = typer.Option(0.99, "--gamma", help="Discount per epoch."),
+    reward_accuracy: float = RewardAccuracy,
+    reward_contribution: float = RewardContribution,
+    reward_params: float = RewardParams,
+    reward_terminal: float = RewardTerminal,
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this policy file (e.g. written by `esper iql`)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint at --out up to --episodes in all."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Train a policy with PPO over vectorized morphogenetic training runs; every episode is logged."""
+    from esper.simic.ppo import PPOConfig, train
+    from esper.store import Workspace
+
+    out = _output(out)
+    if resume and init is not None:
+        raise BadInput("--resume continues the checkpoint at --out; --init starts a new job: use one of them")
+    if resume and not out.is_file():
+        raise BadInput(f"--resume: no checkpoint at {out}")
+    cfg = PPOConfig(
+        task=task, n_envs=n_envs, episodes=episodes, epochs=epochs, seed=seed,
+        devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",), telemetry=telemetry,
+        learning_rate=lr, hidden=hidden, update_epochs=update_epochs, minibatches=minibatches, ent_coef=ent_coef,
+        target_kl=target_kl or None, gamma=gamma,
+        reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal),
+    )
+    result = train(cfg, out, Workspace.at(workspace), init=init, resume=resume, progress=say)
+    stats = result["stats"]
+    if as_json:
+        print(json.dumps({k: v for k, v in result.items() if k != "stats"} | {"last_update": stats}))
+        return
+    print(f"policy {out}\n  updates        {result['updates']}\n  episodes       {result['episodes']}\n"
+          f"  last return    {stats.get('return', float('nan')):+.4f}\n"
+          f"  last val acc   {stats.get('val_accuracy', float('nan')) * 100:6.2f}%\n"
+          f"  episodes       runs {result['runs']} in {result['store']}\n"
+          f"  run it with    esper run --controller policy --policy {out}")
+
+
+@app.command()
+@handles_errors
+def iql(
+    out: Path = typer.Option(..., "--out", help="Policy file to write."),
+    steps: int = typer.Option(10_000, "--steps", help="Gradient steps."),
+    runs: Optional[str] = typer.Option(
+        None, "--runs",
+        help="SQL condition choosing runs, over columns run_id, task, controller, seed, epochs, finished, "
+             "val_accuracy, params; e.g. \"controller IN ('heuristic', 'random')\". Default: every run of --task.",
+    ),
+    task: str = typer.Option("mnist1d", "--task", help="Task whose runs make the dataset."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Transitions per gradient step."),
+    lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate."),
+    expectile: float = typer.Option(0.7, "--expectile", help="τ of the value's expectile regression."),
+    temperature: float = typer.Option(3.0, "--temperature", help="β of the advantage weights."),
+    gamma: float = typer.Option(0.99, "--gamma", help="Discount per epoch."),
+    hidden: int = typer.Option(64, "--hidden", help="Width of the hidden layers."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and sampling."),
+    reward_accuracy: float = RewardAccuracy,
+    reward_contribution: float = RewardContribution,
+    reward_params: float = RewardParams,
+    reward_terminal: float = RewardTerminal,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Train a policy offline with IQL from the runs in the workspace (heuristic, random, PPO ...)."""
+    from esper.simic.dataset import select_runs, workspace_episodes
+    from esper.simic.features import spec_for_task
+    from esper.simic.iql import IQLConfig, train
+    from esper.simic.policy import save_policy
+    from esper.store import Recorder
+    from esper.tolaria.loop import StoreSink
+
+    out = _output(out)
+    cfg = IQLConfig(task=task, steps=steps, batch_size=batch_size, learning_rate=lr, expectile=expectile,
+                    temperature=temperature, gamma=gamma, hidden=hidden, seed=seed,
+                    reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal))
+    spec = spec_for_task(task)
+    ws = existing_workspace(workspace)
+    with ws.reader() as reader:
+        for note in reader.notes:
+            say(f"note: {note}")
+        run_ids = select_runs(reader, runs, task)
+        episodes, notes = workspace_episodes(reader, run_ids, spec, cfg.reward)
+    for note in notes:
+        say(f"note: skipped {note}")
+    if not episodes:
+        raise BadInput(f"no usable runs of {task} in {ws.root}" + (f" where {runs}" if runs else "") +
+                       ": the dataset is empty (check --runs and --task)")
+    say(f"iql: dataset of {len(episodes)} runs from {ws.root}" + (f" where {runs}" if runs else ""))
+    learner_id = f"iql-{secrets.token_hex(3)}"
+    with Recorder(ws.store_path(learner_id)) as recorder:
+        net, result = train(cfg, spec, episodes, sink=StoreSink(recorder, learner_id), progress=say)
+    save_policy(out, net, "iql", cfg.reward, cfg.hidden)
+    summary = {"out": str(out), "learner": learner_id, "runs": result["runs"], "transitions": result["transitions"],
+               "seconds": result["seconds"], "last": result["stats"]}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    print(f"policy {out}\n  runs           {result['runs']}\n  transitions    {result['transitions']}\n"
+          f"  steps          {steps}\n  run it with    esper run --controller policy --policy {out}")

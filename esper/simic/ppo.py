@@ -1,0 +1,363 @@
+"""PPO over vectorized morphogenetic training runs (Schulman et al. 2017, in the manner of CleanRL's ppo.py).
+
+One update, top to bottom:
+1. play `n_envs` episodes in lock-step (`esper.simic.env.VecEnv`), sampling the policy's masked
+   heads; every decision is a `CommandIssued` carrying the action's log-probability, the value estimate
+   and the masks, appended to this job's store file;
+2. read those episodes back from the store and build the batch with the dataset projection IQL uses
+   (`esper.simic.dataset`): what PPO learns from is exactly what is on disk;
+3. GAE(γ, λ) advantages and returns from the logged values;
+4. a few epochs of minibatch updates of the clipped objective, value loss and entropy bonus, with
+   gradient clipping and an early stop when the approximate KL passes `target_kl`;
+5. log `PolicyUpdated` (approx_kl, clipfrac, explained variance, entropy, environment steps/s, reward
+   components and weights) and write the checkpoint, which is also the policy file.
+
+Episodes of update u train with run seed `TRAIN_SEEDS + 100_000 * seed + u`: seeds below 1000 are never
+trained on, so evaluations on them are on unseen runs.
+"""
+
+import math
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+import msgspec
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from esper.errors import BadInput
+from esper.leyline.config import RunConfig
+from esper.leyline.events import PolicyUpdated
+from esper.simic.dataset import Episode, batch, replay_episode
+from esper.simic.env import VecEnv, configs_round_robin
+from esper.simic.features import ADVANCE, FeatureSpec, action_mask, encode, spec_for_task, to_command
+from esper.simic.policy import PolicyNet, load_policy, save_policy
+from esper.simic.rewards import COMPONENTS, RewardConfig, StepOutcome, components, reward
+from esper.store import Recorder, Workspace
+from esper.tolaria.data import load_task_data
+from esper.tolaria.loop import StoreSink, resolve_config
+from esper.tolaria.trainer import resolve_device
+
+TRAIN_SEEDS = 1000
+
+
+class PPOConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything a PPO job depends on; stored in its checkpoint."""
+
+    task: str = "mnist1d"
+    """Task of the training runs (one episode = one run of this task)."""
+    n_envs: int = 4
+    """Runs played in lock-step per update (the batch holds n_envs × epochs steps)."""
+    episodes: int = 8
+    """Episodes to play in all; the last update plays fewer runs if n_envs does not divide it."""
+    epochs: int = 0
+    """Epochs per episode (0: the task preset's budget)."""
+    seed: int = 0
+    """Seed of the policy's initialisation, its sampling, the minibatch order, and of the runs' seeds."""
+    devices: tuple[str, ...] = ("cpu",)
+    """Devices of the runs, used round-robin."""
+    telemetry: str = "minimal"
+    """Telemetry profile of the runs (the policy reads none of the extra diagnostics)."""
+    hidden: int = 64
+    """Width of the actor's and the critic's two hidden layers."""
+    learning_rate: float = 5e-4
+    """Adam step size."""
+    gamma: float = 0.99
+    """Discount per epoch."""
+    gae_lambda: float = 0.95
+    """λ of generalized advantage estimation."""
+    update_epochs: int = 4
+    """Passes over each batch."""
+    minibatches: int = 4
+    """Minibatches per pass."""
+    clip_coef: float = 0.2
+    """PPO's ratio clip ε."""
+    ent_coef: float = 0.01
+    """Weight of the entropy bonus (summed over the heads an action uses)."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    target_kl: float | None = 0.03
+    """Stop the update's passes once the approximate KL exceeds this (None: never)."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    reward: RewardConfig = RewardConfig()
+    """Weights of the reward's components (also logged in every `PolicyUpdated`)."""
+
+
+# ---- 1. rollout ----------------------------------------------------------------------------------
+
+
+@attrs.define
+class LiveRollout:
+    """What the agent saw and did while playing, per environment (the test compares it with the log)."""
+
+    obs: list[list[np.ndarray]]
+    mask: list[list[np.ndarray]]
+    action: list[list[np.ndarray]]
+    log_prob: list[list[float]]
+    value: list[list[float]]
+    reward: list[list[float]]
+    steps: int = 0
+
+
+def collect(vec: VecEnv, net: PolicyNet, generator: torch.Generator, rewards: RewardConfig) -> LiveRollout:
+    """Play every environment of `vec` to the end with the stochastic policy."""
+    spec, n = net.spec, len(vec)
+    live = LiveRollout(*([[] for _ in range(n)] for _ in range(6)))
+    previous: list[Any] = [None] * n  # (observation, action) of each env's pending step, for its live reward
+    while not vec.done:
+        observations = vec.step_epoch()
+        ready = [i for i, o in enumerate(observations) if o is not None]
+        masks = [action_mask(observations[i].garden, spec) for i in ready]
+        x = torch.from_numpy(np.stack([encode(observations[i], spec) for i in ready]))
+        m = torch.from_numpy(np.stack([mk.flat() for mk in masks]))
+        with torch.no_grad():
+            actions, log_probs, _ = net.act(x, m, generator=generator)
+            values = net.value(x)
+        commands: list[Any] = [None] * n
+        infos: list[dict[str, Any]] = [{} for _ in range(n)]
+        for k, i in enumerate(ready):
+            obs = observations[i]
+            if previous[i] is not None:
+                live.reward[i].append(_live_reward(*previous[i], obs.val_accuracy, obs.params, False, rewards))
+            op, slot, bp = (int(a) for a in actions[k])
+            commands[i] = to_command(op, slot, bp, obs.garden, spec)
+            infos[i] = {"log_prob": float(log_probs[k]), "value": float(values[k]), "mask": masks[k].to_log(spec)}
+            live.obs[i].append(x[k].numpy())
+            live.mask[i].append(m[k].numpy())
+            live.action[i].append(actions[k].numpy())
+            live.log_prob[i].append(float(log_probs[k]))
+            live.value[i].append(float(values[k]))
+            previous[i] = (obs, (op, slot, bp))
+        live.steps += len(ready)
+        vec.decide(commands, "ppo", infos)
+    for i, result in enumerate(vec.finish()):
+        if result is not None and previous[i] is not None:
+            live.reward[i].append(_live_reward(*previous[i], result.val_accuracy, result.params, True, rewards))
+    return live
+
+
+def _live_reward(obs, action, accuracy: float, params: int, final: bool, rewards: RewardConfig) -> float:
+    """The step's reward from the observations the agent saw (the log's projection must agree)."""
+    op, slot, _ = action
+    view = obs.slots[slot]
+    fossilized = op == ADVANCE and view.stage.value == "BLENDING" and view.contribution is not None
+    outcome = StepOutcome(obs.val_accuracy, accuracy, obs.params, params, obs.host_params,
+                          view.contribution if fossilized else 0.0, final)
+    return reward(components(outcome), rewards)
+
+
+# ---- 2.–3. the batch, advantages -------------------------------------------------------------------
+
+
+def read_batch(recorder: Recorder, run_ids: list[str], spec: FeatureSpec, rewards: RewardConfig) -> tuple[list[Episode], dict[str, torch.Tensor]]:
+    """The episodes just played, read back from the store through the dataset projection."""
+    episodes = [replay_episode(recorder.read(run_id), spec, rewards, run_id) for run_id in run_ids]
+    episodes = [e for e in episodes if len(e)]
+    if not episodes:
+        raise BadInput("no episode finished a single step: nothing to learn from (are --epochs at least 1?)")
+    b = batch(episodes)
+    b["last"] = torch.from_numpy(np.concatenate([np.arange(len(e)) == len(e) - 1 for e in episodes]))
+    return episodes, b
+
+
+def advantages(b: dict[str, torch.Tensor], net: PolicyNet, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over a batch of whole episodes laid end to end. Values are the ones logged while playing; an
+    episode cut short (its run failed) bootstraps from the critic's value of its next observation."""
+    reward, value, done, last = b["reward"], b["value"], b["done"].float(), b["last"]
+    with torch.no_grad():
+        bootstrap = net.value(b["next_obs"])
+    next_value = torch.where(last, bootstrap, torch.roll(value, -1)) * (1.0 - done)
+    delta = reward + gamma * next_value - value
+    adv = torch.zeros_like(reward)
+    running = torch.zeros(())
+    for t in reversed(range(len(reward))):
+        running = delta[t] + gamma * lam * (0.0 if last[t] else 1.0) * running
+        adv[t] = running
+    return adv, adv + value
+
+
+# ---- 4. the update ---------------------------------------------------------------------------------
+
+
+def ppo_loss(net: PolicyNet, mb: dict[str, torch.Tensor], cfg: PPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped surrogate, value loss and entropy bonus of one minibatch (keys of `read_batch` plus
+    `advantages`, `returns`)."""
+    _, new_log_prob, entropy = net.act(mb["obs"], mb["mask"], action=mb["action"])
+    new_value = net.value(mb["obs"])
+    log_ratio = new_log_prob - mb["log_prob"]
+    ratio = log_ratio.exp()
+    adv = mb["advantages"]
+    if cfg.norm_adv and len(adv) > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+    v_loss = 0.5 * F.mse_loss(new_value, mb["returns"])
+    entropy_mean = entropy.mean()
+    loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss
+    with torch.no_grad():
+        stats = {
+            "approx_kl": ((ratio - 1) - log_ratio).mean(),
+            "clipfrac": ((ratio - 1).abs() > cfg.clip_coef).float().mean(),
+            "policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy_mean.detach(),
+        }
+    return loss, stats
+
+
+def update(net: PolicyNet, optimizer: torch.optim.Optimizer, b: dict[str, torch.Tensor], cfg: PPOConfig,
+           generator: torch.Generator) -> dict[str, float]:
+    """Minibatch passes over batch `b` (with `advantages` and `returns`); the update's health numbers."""
+    n = len(b["reward"])
+    size = max(1, math.ceil(n / cfg.minibatches))
+    totals: dict[str, float] = {}
+    count = 0
+    for _ in range(cfg.update_epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, size):
+            mb = {k: v[order[start : start + size]] for k, v in b.items()}
+            loss, stats = ppo_loss(net, mb, cfg)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            count += 1
+            last_kl = float(stats["approx_kl"])
+        if cfg.target_kl is not None and last_kl > cfg.target_kl:
+            break
+    out = {k: v / count for k, v in totals.items()}
+    out["approx_kl"] = last_kl  # the KL at the end of the update, the one the early stop judged
+    out["passes"] = float(count)
+    returns, values = b["returns"], b["value"]
+    var = float(returns.var()) if n > 1 else 0.0
+    out["explained_variance"] = float("nan") if var == 0.0 else 1.0 - float((returns - values).var()) / var
+    return out
+
+
+# ---- 5. the job --------------------------------------------------------------------------------------
+
+
+def make_net(spec: FeatureSpec, hidden: int, seed: int) -> PolicyNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PolicyNet(spec, hidden)
+
+
+def train(
+    cfg: PPOConfig, out: Path, workspace: Workspace, init: Path | None = None, resume: bool = False,
+    progress: Callable[[str], None] = lambda line: None, deadline: float | None = None,
+) -> dict[str, Any]:
+    """Run PPO to `cfg.episodes` episodes, checkpointing into `out` after every update. With `deadline`
+    (a `time.perf_counter()` value), stop early rather than start an update that would end after it."""
+    start_update, episodes_done = 0, 0
+    if resume:
+        cfg, state = _resume_state(out, cfg)
+        start_update, episodes_done = state["update"], state["episodes"]
+    _check(cfg)
+    spec = spec_for_task(cfg.task)
+    net = make_net(spec, cfg.hidden, cfg.seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if resume:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        progress(f"resuming {out} after update {start_update} ({episodes_done} episodes)")
+    elif init is not None:
+        start, _ = load_policy(init)
+        if start.spec != spec or start.actor[0].out_features != cfg.hidden:
+            raise BadInput(f"{init} was trained for another task or width (hidden {start.actor[0].out_features}); "
+                           f"this job has {cfg.task}, hidden {cfg.hidden}")
+        net.load_state_dict(start.state_dict())
+        progress(f"starting from the policy in {init}")
+    data = load_task_data(cfg.task, RunConfig().data_seed)
+    tag = secrets.token_hex(3)
+    learner_id = f"ppo-{tag}"
+    store = workspace.store_path(learner_id)
+    updates = math.ceil(cfg.episodes / cfg.n_envs)
+    progress(f"ppo {learner_id}: {cfg.task}, {cfg.episodes} episodes, {cfg.n_envs} envs in lock-step on "
+             f"{', '.join(cfg.devices)}; store {store}")
+    stats: dict[str, float] = {}
+    with Recorder(store) as recorder:
+        learner = StoreSink(recorder, learner_id)
+        last_update_s = 0.0
+        for u in range(start_update, updates):
+            if deadline is not None and time.perf_counter() + last_update_s > deadline:
+                progress(f"time is up after update {u} ({episodes_done} episodes)")
+                break
+            update_started = time.perf_counter()
+            n = min(cfg.n_envs, cfg.episodes - episodes_done)
+            base = resolve_config(RunConfig(task=cfg.task, controller="ppo", seed=TRAIN_SEEDS + 100_000 * cfg.seed + u,
+                                            epochs=cfg.epochs, telemetry=cfg.telemetry, policy=str(out)))
+            run_ids = [f"{cfg.task}-ppo-{tag}-u{u + 1:04d}-e{i}" for i in range(n)]
+            vec = VecEnv(configs_round_robin(base, n, cfg.devices), [StoreSink(recorder, r) for r in run_ids], data)
+            started = time.perf_counter()
+            live = collect(vec, net, generator, cfg.reward)
+            played = time.perf_counter() - started
+            episodes, b = read_batch(recorder, run_ids, spec, cfg.reward)
+            b["advantages"], b["returns"] = advantages(b, net, cfg.gamma, cfg.gae_lambda)
+            stats = update(net, optimizer, b, cfg, generator)
+            episodes_done += n
+            stats |= _episode_stats(episodes)
+            stats |= {"env_steps_per_s": live.steps / played, "episodes": float(episodes_done),
+                      "learning_rate": cfg.learning_rate} | cfg.reward.stats()
+            learner.append([PolicyUpdated(update=u + 1, stats=stats)])
+            save_policy(out, net, "ppo", cfg.reward, cfg.hidden, train={
+                "config": msgspec.to_builtins(cfg), "update": u + 1, "episodes": episodes_done,
+                "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "store": str(store),
+            })
+            progress(_line(u + 1, updates, stats))
+            last_update_s = time.perf_counter() - update_started
+    return {"out": str(out), "store": str(store), "learner": learner_id, "runs": f"{cfg.task}-ppo-{tag}-*",
+            "updates": math.ceil(episodes_done / cfg.n_envs),
+            "episodes": episodes_done, "stats": stats}
+
+
+def _episode_stats(episodes: list[Episode]) -> dict[str, float]:
+    """Means over the update's episodes: `return` (weighted), `return.<component>` (each component's
+    unweighted sum), final `val_accuracy` and `params`."""
+    out = {"return": float(np.mean([e.reward.sum() for e in episodes]))}
+    for j, name in enumerate(COMPONENTS):
+        out[f"return.{name}"] = float(np.mean([e.components[:, j].sum() for e in episodes]))
+    finished = [e for e in episodes if e.final_val_accuracy is not None]
+    if finished:
+        out["val_accuracy"] = float(np.mean([e.final_val_accuracy for e in finished]))
+        out["params"] = float(np.mean([e.final_params for e in finished]))
+    return out
+
+
+def _line(u: int, updates: int, s: dict[str, float]) -> str:
+    return (f"update {u}/{updates}  episodes {s['episodes']:.0f}  return {s['return']:+.3f}  "
+            f"val {s.get('val_accuracy', float('nan')) * 100:5.1f}%  params {s.get('params', float('nan')):,.0f}  "
+            f"kl {s['approx_kl']:.4f}  clipfrac {s['clipfrac']:.3f}  ev {s['explained_variance']:+.2f}  "
+            f"entropy {s['entropy']:.3f}  {s['env_steps_per_s']:.1f} env-steps/s")
+
+
+def _check(cfg: PPOConfig) -> None:
+    if cfg.n_envs < 1 or cfg.episodes < 1:
+        raise BadInput(f"--n-envs and --episodes must be at least 1 (got {cfg.n_envs} and {cfg.episodes})")
+    if cfg.epochs < 0:
+        raise BadInput(f"--epochs must be positive, got {cfg.epochs}")
+    if cfg.minibatches < 1 or cfg.update_epochs < 1:
+        raise BadInput("--minibatches and --update-epochs must be at least 1")
+    if cfg.telemetry not in ("minimal", "standard", "diagnostic"):
+        raise BadInput(f"unknown telemetry profile {cfg.telemetry!r}: use minimal, standard or diagnostic")
+    for device in cfg.devices:
+        resolve_device(device)
+    spec_for_task(cfg.task)
+
+
+def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]:
+    """The checkpoint's config (with this call's episode total) and training state."""
+    _, blob = load_policy(out)
+    state = blob.get("train")
+    if state is None:
+        raise BadInput(f"{out} holds a policy but no training state (it was not written by `esper ppo`)")
+    old = msgspec.convert(state["config"], PPOConfig)
+    state = dict(state, model=blob["model"])
+    return msgspec.structs.replace(old, episodes=max(cfg.episodes, state["episodes"])), state

@@ -1,0 +1,310 @@
+"""Simic: masks, the log projection both learners read, the vectorized environment, PPO and IQL updates."""
+
+import math
+
+import hypothesis.strategies as st
+import msgspec
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from esper.errors import BadInput
+from esper.leyline import Advance, Cull, EpochEnded, Germinate, LifecycleConfig, RunConfig, RunStarted, SeedTelemetry, Wait
+from esper.leyline.events import CommandIssued, encode
+from esper.leyline.garden import Garden, legal_commands
+from esper.nissa.runstate import RunState
+from esper.simic import features as F
+from esper.simic.dataset import Episode, replay_episode
+from esper.simic.env import VecEnv, play
+from esper.simic.iql import IQLConfig, expectile_loss
+from esper.simic.iql import train as train_iql
+from esper.simic.policy import PolicyController, PolicyNet, load_policy_controller, save_policy
+from esper.simic.ppo import PPOConfig, advantages, collect, make_net, ppo_loss, read_batch, update
+from esper.simic.rewards import RewardConfig
+from esper.store import Recorder
+from esper.tamiyo.controllers import make_controller
+from esper.tolaria.data import load_task_data
+from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
+from esper.tolaria.verify import verify_run
+
+SPEC = F.spec_for_task("mnist1d")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_task_data("mnist1d", 42)
+
+
+# ---- masks ---------------------------------------------------------------------------------------
+
+LIFECYCLE = LifecycleConfig(min_training_epochs=1, gradient_health_threshold=0.5, blend_epochs=2,
+                            stability_window=1, regression_tolerance=0.05, embargo_epochs=2)
+epoch_story = st.lists(
+    st.tuples(
+        st.integers(0, 10_000),  # which candidate command
+        st.floats(0.0, 1.0),  # validation accuracy
+        st.floats(0.0, 1.0),  # gradient health of every live seed
+        st.floats(0.0, 2.0),  # seed loss
+        st.floats(-0.2, 0.2),  # contribution
+    ),
+    max_size=25,
+)
+
+
+def candidates(garden: Garden) -> list:
+    """Legal and illegal commands alike: every germination, and advance/cull of every seed ever."""
+    out = [Wait()] + [Germinate(slot=s, blueprint=b) for s in garden.slots for b in garden.blueprints]
+    for seed_id in garden.seeds:
+        out += [Advance(seed_id=seed_id), Cull(seed_id=seed_id)]
+    return out
+
+
+def masked_actions(mask: F.ActionMask):
+    """Every factored action the masks let through."""
+    for op in np.flatnonzero(mask.op):
+        slots = np.flatnonzero(mask.slot[op]) if op != F.WAIT else [0]
+        for slot in slots:
+            bps = np.flatnonzero(mask.blueprint[slot]) if op == F.GERMINATE else [0]
+            for bp in bps:
+                yield int(op), int(slot), int(bp)
+
+
+def key(command) -> tuple:
+    return (type(command).__name__, getattr(command, "slot", None), getattr(command, "blueprint", None),
+            getattr(command, "seed_id", None))
+
+
+@settings(max_examples=150, deadline=None)
+@given(epoch_story)
+def test_masks_allow_exactly_the_legal_commands(story):
+    garden = Garden()
+    garden.apply(RunStarted(config=RunConfig(lifecycle=LIFECYCLE), slots=list(SPEC.slots), blueprints=list(SPEC.blueprints)))
+    for epoch, (pick, acc, health, loss, contribution) in enumerate(story, start=1):
+        for event in garden.tick(epoch):
+            garden.apply(event)
+        alive = [s for s in garden.seeds.values() if s.stage.value in ("GERMINATED", "TRAINING", "BLENDING")]
+        telemetry = [SeedTelemetry(seed_id=s.seed_id, alpha=min(1.0, s.epochs_in_stage / 2) if s.stage.value == "BLENDING" else 0.0,
+                                   gradient_health=health, seed_loss=loss - 0.1 * s.epochs_in_stage,
+                                   contribution=contribution) for s in alive]
+        garden.apply(EpochEnded(epoch=epoch, train_loss=1.0, val_loss=1.0, val_accuracy=acc, params=100, seeds=telemetry))
+
+        mask = F.action_mask(garden, SPEC)
+        allowed = [F.to_command(*a, garden, SPEC) for a in masked_actions(mask)]
+        assert all(garden.legal(c) for c in allowed), "a mask let an illegal command through"
+        assert sorted(map(key, allowed)) == sorted(map(key, legal_commands(garden))), "a legal command is masked"
+        joint = F.joint_mask(mask, SPEC)
+        assert sorted(F.joint_index(*a, SPEC) for a in masked_actions(mask)) == list(np.flatnonzero(joint))
+        assert F.ActionMask.from_log(mask.to_log(SPEC), SPEC).flat().tolist() == mask.flat().tolist()
+
+        options = candidates(garden)
+        command = options[pick % len(options)]
+        for event in garden.handle(command, epoch):
+            garden.apply(event)
+
+
+def test_sampling_never_picks_a_masked_choice():
+    torch.manual_seed(0)
+    net = PolicyNet(SPEC)
+    with torch.no_grad():  # make the heads opinionated, so masking (not luck) keeps the choices legal
+        for head in (net.op_head, net.slot_head, net.blueprint_head):
+            head.weight.normal_(0, 3.0)
+    rng = np.random.default_rng(0)
+    masks = rng.random((512, SPEC.mask_dim)) < 0.4
+    masks[:, F.WAIT] = True
+    obs = torch.randn(512, SPEC.obs_dim)
+    action, log_prob, _ = net.act(obs, torch.from_numpy(masks), generator=torch.Generator().manual_seed(1))
+    for row, (op, slot, bp) in zip(masks, action.tolist()):
+        m = F.ActionMask.unflat(row, SPEC)
+        assert m.op[op]
+        assert (slot == 0 and not m.slot[op].any()) or m.slot[op, slot]
+        assert (bp == 0 and (op != F.GERMINATE or not m.blueprint[slot].any())) or (op == F.GERMINATE and m.blueprint[slot, bp])
+    assert torch.isfinite(log_prob).all()
+
+
+# ---- the log: observations, episodes, batches ------------------------------------------------------
+
+
+class Recording:
+    """A controller that remembers what it saw."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.seen = inner, inner.name, []
+
+    def decide(self, obs):
+        self.seen.append((obs, F.encode(obs, SPEC), F.action_mask(obs.garden, SPEC).flat()))
+        return self.inner.decide(obs)
+
+
+@pytest.mark.parametrize("controller", ["random", "heuristic"])
+def test_observations_rebuilt_from_the_log_equal_the_live_ones(controller, data):
+    config = resolve_config(RunConfig(controller=controller, epochs=8, seed=5))
+    recording = Recording(make_controller(controller, 5))
+    with Recorder(":memory:") as recorder:
+        execute(config, recording, StoreSink(recorder, "run"), data=data)
+        episode = replay_episode(recorder.read("run"), SPEC, RewardConfig(), "run")
+    assert len(episode) == len(recording.seen) == 8
+    assert episode.observations == [obs for obs, _, _ in recording.seen]
+    assert np.array_equal(episode.obs, np.stack([x for _, x, _ in recording.seen]))
+    assert np.array_equal(episode.mask, np.stack([m for _, _, m in recording.seen]))
+    assert np.array_equal(episode.next_obs[:-1], episode.obs[1:]) and not episode.next_obs[-1].any()
+    assert episode.done.tolist() == [False] * 7 + [True]
+
+
+def test_lockstep_changes_no_event(data):
+    """n runs in lock-step write exactly the events each writes alone (so every episode re-executes)."""
+    config = resolve_config(RunConfig(controller="test", epochs=6, seed=2))
+    names = ["heuristic", "random", "random"]
+    sinks = [ListSink() for _ in names]
+    play(VecEnv([config] * 3, sinks, data), [make_controller(n, i) for i, n in enumerate(names)])
+    for i, (name, sink) in enumerate(zip(names, sinks)):
+        alone = ListSink()
+        execute(config, make_controller(name, i), alone, data=data)
+        assert [encode(e) for e in sink.events] == [encode(e) for e in alone.events]
+
+
+@pytest.fixture(scope="module")
+def played(data):
+    """Two PPO episodes of 4 epochs with a fresh policy, played in lock-step into an in-memory store."""
+    net = make_net(SPEC, 64, seed=3)
+    config = resolve_config(RunConfig(controller="ppo", epochs=4, seed=1000, telemetry="minimal"))
+    recorder = Recorder(":memory:")
+    run_ids = ["e0", "e1"]
+    vec = VecEnv([config] * 2, [StoreSink(recorder, r) for r in run_ids], data)
+    rewards = RewardConfig(accuracy=1.0, contribution=0.7, params=0.3, terminal=0.5)
+    live = collect(vec, net, torch.Generator().manual_seed(0), rewards)
+    episodes, batch = read_batch(recorder, run_ids, SPEC, rewards)
+    yield net, recorder, run_ids, live, episodes, batch
+    recorder.close()
+
+
+def test_ppo_batch_rebuilt_from_the_log_equals_the_live_rollout(played):
+    _, _, _, live, episodes, batch = played
+    flat = lambda per_env: np.concatenate([np.asarray(v) for v in per_env])  # noqa: E731
+    assert np.array_equal(batch["obs"].numpy(), flat(live.obs))
+    assert np.array_equal(batch["mask"].numpy(), flat(live.mask))
+    assert np.array_equal(batch["action"].numpy(), flat(live.action))
+    assert np.array_equal(batch["log_prob"].numpy(), flat(live.log_prob).astype(np.float32))
+    assert np.array_equal(batch["value"].numpy(), flat(live.value).astype(np.float32))
+    assert np.allclose(batch["reward"].numpy(), flat(live.reward), atol=1e-6)
+    assert batch["done"].sum() == 2 and len(batch["reward"]) == 8
+
+
+def test_a_ppo_episode_replays_and_reexecutes(played):
+    _, recorder, run_ids, _, _, _ = played
+    recorded = recorder.read(run_ids[1])
+    state = RunState.fold(recorded)
+    assert state.status == "finished" and state.commands == 4
+    issued = [r.event for r in recorded if isinstance(r.event, CommandIssued)]
+    assert all(e.log_prob is not None and e.value is not None and e.mask for e in issued)
+    assert verify_run(recorded) == len(recorded)
+
+
+def test_rewards_telescope_to_final_accuracy_and_param_cost(played):
+    _, _, _, _, episodes, _ = played
+    for e in episodes:
+        first = e.observations[0]
+        acc, params, terminal = (e.components[:, i].sum() for i in (0, 2, 3))
+        assert acc == pytest.approx(e.final_val_accuracy - first.val_accuracy, abs=1e-6)
+        assert params == pytest.approx(-math.log(e.final_params / first.host_params), abs=1e-5)
+        assert terminal == pytest.approx(e.final_val_accuracy, abs=1e-6)
+
+
+# ---- learners ------------------------------------------------------------------------------------
+
+
+def test_ppo_update_on_a_fixed_batch_reduces_its_loss(played):
+    played_net, _, _, _, _, batch = played
+    net = make_net(SPEC, 64, seed=3)
+    net.load_state_dict(played_net.state_dict())  # a copy: the fixture's net stays as it played
+    cfg = PPOConfig(update_epochs=8, minibatches=1, target_kl=None, learning_rate=3e-3, norm_adv=False)
+    b = dict(batch)
+    b["advantages"], b["returns"] = advantages(b, net, cfg.gamma, cfg.gae_lambda)
+    b["advantages"] = torch.linspace(-1, 1, len(b["reward"]))  # a fixed, informative signal
+    before, stats = ppo_loss(net, b, cfg)
+    assert float(stats["approx_kl"]) == pytest.approx(0.0, abs=1e-6)  # logged log-probs are the policy's own
+    out = update(net, torch.optim.Adam(net.parameters(), lr=cfg.learning_rate), b, cfg, torch.Generator().manual_seed(0))
+    after, _ = ppo_loss(net, b, cfg)
+    assert after.item() < before.item()
+    assert {"approx_kl", "clipfrac", "explained_variance", "entropy"} <= out.keys()
+
+
+def test_gae_matches_a_hand_computation():
+    net = make_net(SPEC, 8, seed=0)
+    b = {"reward": torch.tensor([1.0, 0.0, 2.0]), "value": torch.tensor([0.5, 0.25, 1.0]),
+         "done": torch.tensor([False, False, True]), "last": torch.tensor([False, False, True]),
+         "next_obs": torch.zeros(3, SPEC.obs_dim)}
+    adv, ret = advantages(b, net, gamma=0.5, lam=0.5)
+    d2 = 2.0 - 1.0
+    d1 = 0.0 + 0.5 * 1.0 - 0.25
+    d0 = 1.0 + 0.5 * 0.25 - 0.5
+    expected = [d0 + 0.25 * (d1 + 0.25 * d2), d1 + 0.25 * d2, d2]
+    assert adv.tolist() == pytest.approx(expected)
+    assert ret.tolist() == pytest.approx([a + v for a, v in zip(expected, [0.5, 0.25, 1.0])])
+
+
+def test_expectile_loss_matches_a_hand_computed_value():
+    diff = torch.tensor([1.0, -2.0, 0.5, -0.5])
+    # τ = 0.7: positive errors weigh 0.7, negative ones 0.3
+    expected = (0.7 * 1.0 + 0.3 * 4.0 + 0.7 * 0.25 + 0.3 * 0.25) / 4
+    assert float(expectile_loss(diff, 0.7)) == pytest.approx(expected)
+    assert float(expectile_loss(diff, 0.5)) == pytest.approx(0.5 * float((diff**2).mean()))
+
+
+def toy_episode(n: int = 64) -> Episode:
+    """One state, seen n times: half the time `wait` (reward 0), half `germinate early conv_light` (reward 1)."""
+    rng = np.random.default_rng(0)
+    obs = np.tile(rng.standard_normal(SPEC.obs_dim).astype(np.float32), (n, 1))
+    mask = F.ActionMask(np.array([True, True, False, False]), np.zeros((4, SPEC.n_slots), bool),
+                        np.zeros((SPEC.n_slots, SPEC.n_blueprints), bool))
+    mask.slot[F.GERMINATE, 0] = mask.blueprint[0, :] = True
+    good = (F.GERMINATE, 0, SPEC.blueprints.index("conv_light"))
+    action = np.array([(0, 0, 0) if i % 2 else good for i in range(n)], np.int64)
+    reward = np.array([0.0 if i % 2 else 1.0 for i in range(n)], np.float32)
+    return Episode("toy", [], obs, np.zeros_like(obs), np.tile(mask.flat(), (n, 1)), action,
+                   np.array([F.joint_index(*a, SPEC) for a in action]), np.full(n, np.nan, np.float32),
+                   np.full(n, np.nan, np.float32), np.zeros((n, 4), np.float32), reward, np.ones(n, bool), None, None)
+
+
+def test_iql_prefers_the_better_action_of_its_data():
+    cfg = IQLConfig(steps=300, batch_size=64, learning_rate=3e-3, log_every=100)
+    net, result = train_iql(cfg, SPEC, [toy_episode()])
+    episode = toy_episode(2)
+    action, _, _ = net.act(torch.from_numpy(episode.obs[:1]), torch.from_numpy(episode.mask[:1]), greedy=True)
+    assert action[0].tolist() == list(episode.action[0])
+    assert result["stats"]["reward.terminal"] == 1.0
+
+
+# ---- the policy file and controller ----------------------------------------------------------------
+
+
+def test_policy_file_runs_greedily_as_a_controller(tmp_path, data):
+    path = tmp_path / "policy.pt"
+    save_policy(path, make_net(SPEC, 32, seed=1), "ppo", RewardConfig(params=0.4), hidden=32)
+    controller = load_policy_controller(str(path))
+    assert isinstance(controller, PolicyController) and controller.name == "policy"
+    config = resolve_config(RunConfig(controller="policy", epochs=3, seed=0, policy=str(path)))
+    runs = [ListSink(), ListSink()]
+    for sink in runs:
+        execute(config, load_policy_controller(str(path)), sink, data=data)
+    issued = [e for e in runs[0].events if isinstance(e, CommandIssued)]
+    assert len(issued) == 3 and all(e.mask and e.log_prob is not None and e.value is not None for e in issued)
+    assert [encode(e) for e in runs[0].events] == [encode(e) for e in runs[1].events], "greedy is deterministic"
+
+
+def test_a_file_that_is_not_a_policy_is_bad_input(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a policy")
+    with pytest.raises(BadInput):
+        load_policy_controller(str(bad))
+    with pytest.raises(BadInput):
+        load_policy_controller(str(tmp_path / "missing.pt"))
+    torch.save({"format": "something else"}, bad)
+    with pytest.raises(BadInput):
+        load_policy_controller(str(bad))
+
+
+def test_reward_config_is_in_the_update_stats():
+    stats = RewardConfig(accuracy=2.0).stats()
+    assert stats["reward.accuracy"] == 2.0 and msgspec.convert(
+        {k.removeprefix("reward."): v for k, v in stats.items()}, RewardConfig) == RewardConfig(accuracy=2.0)

@@ -1,0 +1,92 @@
+"""`esper ppo`, `esper iql` and `esper run --controller policy` end to end, with tiny budgets."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+ESPER = [sys.executable, "-m", "esper"]
+
+
+def esper(*args: str, workspace: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ESPER_WORKSPACE": str(workspace)}
+    return subprocess.run([*ESPER, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def events(workspace: Path, sql: str) -> list[tuple]:
+    rows = []
+    for path in sorted(workspace.glob("*.duckdb")):
+        with duckdb.connect(str(path), read_only=True) as con:
+            rows += con.execute(sql).fetchall()
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("simic")
+    out = esper("ppo", "--epochs", "3", "--episodes", "2", "--n-envs", "2", "--out", str(ws / "ppo.pt"), "--json",
+                workspace=ws)
+    assert out.returncode == 0, out.stderr
+    return ws, json.loads(out.stdout), out.stderr
+
+
+def test_ppo_trains_logs_its_updates_and_writes_a_policy(trained):
+    ws, result, stderr = trained
+    assert result["episodes"] == 2 and result["updates"] == 1 and Path(result["out"]).is_file()
+    assert "update 1/1" in stderr
+    (stats,), = events(ws, "SELECT payload->'$.stats' FROM events WHERE type = 'PolicyUpdated'")
+    stats = json.loads(stats)
+    for k in ("approx_kl", "clipfrac", "explained_variance", "entropy", "env_steps_per_s", "reward.accuracy",
+              "reward.params", "reward.contribution", "reward.terminal", "return"):
+        assert k in stats, k
+    runs = events(ws, "SELECT run_id, count(*) FILTER (WHERE type = 'CommandIssued') FROM events "
+                      "WHERE run_id LIKE 'mnist1d-ppo-%' GROUP BY run_id")
+    assert len(runs) == 2 and all(n == 3 for _, n in runs)
+
+
+def test_ppo_resumes_from_its_checkpoint(trained, tmp_path):
+    ws, result, _ = trained
+    copy = tmp_path / "ppo.pt"
+    copy.write_bytes(Path(result["out"]).read_bytes())
+    out = esper("ppo", "--resume", "--episodes", "4", "--out", str(copy), "--json", workspace=tmp_path)
+    assert out.returncode == 0, out.stderr
+    resumed = json.loads(out.stdout)
+    assert resumed["episodes"] == 4 and "resuming" in out.stderr and "update 2/2" in out.stderr
+    seeds = events(tmp_path, "SELECT DISTINCT (payload->>'$.config.seed')::INT FROM events WHERE type = 'RunStarted'")
+    assert seeds == [(1001,)], "the resumed job plays the second update's runs"
+
+
+def test_iql_learns_from_the_logs_and_its_policy_runs(trained):
+    ws, result, _ = trained
+    out = esper("iql", "--steps", "40", "--batch-size", "8", "--runs", "controller = 'ppo'",
+                "--out", str(ws / "iql.pt"), "--json", workspace=ws)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["runs"] == 2 and summary["transitions"] == 6
+    ran = esper("run", "--controller", "policy", "--policy", str(ws / "iql.pt"), "--epochs", "2", "--json", workspace=ws)
+    assert ran.returncode == 0, ran.stderr
+    assert 0.0 <= json.loads(ran.stdout)["val_accuracy"] <= 1.0
+    # PPO can start from the IQL policy
+    started = esper("ppo", "--init", str(ws / "iql.pt"), "--epochs", "2", "--episodes", "1", "--n-envs", "1",
+                    "--out", str(ws / "from-iql.pt"), workspace=ws)
+    assert started.returncode == 0, started.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ppo", "--n-envs", "0", "--out", "x.pt"], "--n-envs"),
+    (["ppo", "--devices", "tpu", "--out", "x.pt"], "device"),
+    (["ppo", "--resume", "--out", "missing.pt"], "no checkpoint"),
+    (["iql", "--runs", "controller = = 'x'", "--out", "x.pt"], "bad --runs filter"),
+    (["iql", "--runs", "controller = 'nobody'", "--out", "x.pt"], "dataset is empty"),
+    (["run", "--controller", "policy", "--policy", "missing.pt"], "no policy file"),
+])
+def test_bad_input_is_one_line_and_exit_2(trained, args, message):
+    ws, _, _ = trained
+    out = esper(*args, workspace=ws)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr, out.stderr
