@@ -4,7 +4,8 @@ Per epoch, in this order (replay and `--verify` rely on it):
 1. `begin_epoch`: the lifecycle's automatic transitions (`Garden.tick`) are carried out;
 2. the model trains one epoch and is measured: `end_epoch` emits `EpochEnded` and returns the observation;
 3. `decide`: the controller's command, as `CommandIssued`, then what it led to (`SeedGerminated`,
-   `SeedTransitioned`, or `CommandRejected`); the epoch's events are appended in one transaction.
+   `SeedTransitioned`, or `CommandRejected`); the epoch's events are appended in one transaction, by a
+   writer thread while the next epoch trains (`esper.tolaria.writebehind`); a run's end waits for it.
 `Session` exposes these steps so Simic can drive many runs in lock-step; `execute` runs one to the end.
 """
 
@@ -23,6 +24,7 @@ from esper.tamiyo.observation import Observation, ObservationProjection
 from esper.tolaria.data import TaskData, load_task_data
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import EpochStats, Trainer
+from esper.tolaria.writebehind import WriteBehind
 
 
 class Sink(Protocol):
@@ -85,13 +87,19 @@ class Session:
         self.trainer = Trainer(config, self.preset, data)
         self.projection = ObservationProjection()
         self.sink = sink
+        self._writer = WriteBehind(sink)
         self.epoch = 0
         self.stats: EpochStats | None = None
         self._pending: list[Event] = []
         model = self.trainer.model
         self._emit([RunStarted(config=config, host_params=model.param_count(), slots=model.slot_names,
                                blueprints=list(self.preset.blueprints))])
-        self._flush()
+        try:
+            self._flush()
+            self._writer.wait()  # a store that cannot take the run fails it before any training
+        except BaseException:
+            self._writer.close()
+            raise
 
     @property
     def done(self) -> bool:
@@ -123,14 +131,19 @@ class Session:
         finished = RunFinished(epoch=self.epoch, val_accuracy=self.projection.observe().val_accuracy,
                                test_accuracy=test_accuracy, params=self.trainer.model.param_count(), seeds=counts)
         self._emit([finished])
-        self._flush()
+        self._end_writing()
         return RunResult(finished.val_accuracy, finished.test_accuracy, finished.params, counts)
 
     def fail(self, error: str) -> None:
         """Close the log with `RunFailed`; the unfinished epoch is dropped whole (the log keeps whole epochs)."""
         self._pending.clear()
         self._emit([RunFailedEvent(epoch=self.epoch, error=error)])
-        self._flush()
+        self._end_writing()
+
+    def close(self) -> None:
+        """Stop the writer thread after what it holds is written; for a run ended by an unexpected error
+        (`finish` and `fail` close it themselves)."""
+        self._writer.close()
 
     def _emit(self, events: list[Event]) -> None:
         for event in events:
@@ -139,8 +152,17 @@ class Session:
             self._pending.append(event)
 
     def _flush(self) -> None:
-        self.sink.append(list(self._pending))
+        """Hand the events so far to the writer thread as one batch (one transaction)."""
+        self._writer.submit(list(self._pending))
         self._pending.clear()
+
+    def _end_writing(self) -> None:
+        """Write what is pending and wait until every batch is stored: the run's end is acknowledged."""
+        try:
+            self._flush()
+            self._writer.wait()
+        finally:
+            self._writer.close()
 
 
 def execute(
@@ -164,3 +186,5 @@ def execute(
     except (RunFailed, KeyboardInterrupt) as exc:
         session.fail(str(exc) or "interrupted")
         raise
+    finally:
+        session.close()
