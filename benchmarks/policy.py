@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ent-coef", type=float, default=0.01)
     parser.add_argument("--reward-params", type=float, default=RewardConfig().params)
+    parser.add_argument("--reward-contribution", type=float, default=RewardConfig().contribution)
     parser.add_argument("--eval-seeds", default="0,1,2,3,4")
     parser.add_argument("--dataset-runs", type=int, default=20, help="heuristic runs, and as many random runs, for IQL")
     parser.add_argument("--iql-steps", type=int, default=5000)
@@ -85,7 +86,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="esper-policy-bench-")
     ws = Workspace.at(args.workspace or tmp.name)
     data = load_task_data("mnist1d", RunConfig().data_seed)
-    rewards = RewardConfig(params=args.reward_params)
+    rewards = RewardConfig(params=args.reward_params, contribution=args.reward_contribution)
     report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "eval_seeds": seeds,
                     "reward": {"accuracy": rewards.accuracy, "contribution": rewards.contribution,
                                "params": rewards.params, "terminal": rewards.terminal}}

@@ -48,6 +48,16 @@ def test_ppo_trains_logs_its_updates_and_writes_a_policy(trained):
     assert len(runs) == 2 and all(n == 3 for _, n in runs)
 
 
+def test_esper_runs_lists_the_episodes_but_not_the_learner_stream(trained):
+    ws, result, _ = trained
+    out = esper("runs", "--json", workspace=ws)
+    assert out.returncode == 0, out.stderr
+    listed = {r["run_id"]: r for r in json.loads(out.stdout)}
+    assert result["learner"] not in listed  # PolicyUpdated only: a learner, not a training run
+    episodes = [r for r in listed.values() if r["controller"] == "ppo"]
+    assert len(episodes) == 2 and all(r["status"] == "finished" for r in episodes)
+
+
 def test_ppo_resumes_from_its_checkpoint(trained, tmp_path):
     ws, result, _ = trained
     copy = tmp_path / "ppo.pt"

@@ -163,7 +163,9 @@ SELECT run_id,
        any_value((payload->>'$.test_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished'),
        any_value((payload->>'$.params')::BIGINT) FILTER (WHERE type = 'RunFinished'),
        min(ts)
-FROM events GROUP BY run_id ORDER BY min(ts), run_id
+FROM events GROUP BY run_id
+HAVING count(*) FILTER (WHERE type = 'RunStarted') > 0  -- training runs; a learner's stream holds PolicyUpdated only
+ORDER BY min(ts), run_id
 """
 
 
