@@ -6,7 +6,7 @@ A grown mnist1d model (host + fossilized seeds) trains epochs two ways, alternat
   decision, and the epoch's events appended to a real DuckDB store.
 Prints one JSON object: median epoch seconds of each and their ratio (target ≤ 1.05).
 
-    .venv/bin/python benchmarks/overhead.py [--epochs 15]
+    .venv/bin/python benchmarks/overhead.py [--epochs 30]
 """
 
 import argparse
@@ -54,7 +54,7 @@ def esper_epoch(session: Session) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
     config = resolve_config(RunConfig(controller="static", epochs=args.epochs * 2, architecture=GROWN))
     data = load_task_data(config.task, config.data_seed)
