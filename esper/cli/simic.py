@@ -111,7 +111,7 @@ def iql(
     """Train a policy offline with IQL from the runs in the workspace (heuristic, random, PPO ...)."""
     from esper.simic.dataset import select_runs, workspace_episodes
     from esper.simic.features import spec_for_task
-    from esper.simic.iql import IQLConfig, train
+    from esper.simic.iql import IQLConfig, check, train
     from esper.simic.policy import save_policy
     from esper.store import Recorder
     from esper.tolaria.loop import StoreSink
@@ -120,6 +120,7 @@ def iql(
     cfg = IQLConfig(task=task, steps=steps, batch_size=batch_size, learning_rate=lr, expectile=expectile,
                     temperature=temperature, gamma=gamma, hidden=hidden, seed=seed,
                     reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal))
+    check(cfg)
     spec = spec_for_task(task)
     ws = existing_workspace(workspace)
     with ws.reader() as reader:

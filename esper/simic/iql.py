@@ -27,7 +27,7 @@ from esper.errors import BadInput
 from esper.leyline.events import PolicyUpdated
 from esper.simic.dataset import Episode, batch
 from esper.simic.features import FeatureSpec
-from esper.simic.policy import PolicyNet, _layer, _trunk
+from esper.simic.policy import PolicyNet, _layer, _trunk, check_training
 from esper.simic.rewards import RewardConfig
 from esper.tolaria.loop import Sink
 
@@ -118,17 +118,25 @@ def iql_step(net: PolicyNet, q: TwinQ, q_target: TwinQ, optimizers: dict[str, to
     }
 
 
+def check(cfg: IQLConfig) -> None:
+    """`BadInput` for settings IQL cannot train with (before any data is read)."""
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise BadInput(f"--steps and --batch-size must be at least 1 (got {cfg.steps} and {cfg.batch_size})")
+    if not 0.0 < cfg.expectile < 1.0:
+        raise BadInput(f"--expectile must be inside (0, 1), got {cfg.expectile}")
+    if not cfg.temperature > 0:
+        raise BadInput(f"--temperature must be positive, got {cfg.temperature}")
+    check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
+
+
 def train(
     cfg: IQLConfig, spec: FeatureSpec, episodes: list[Episode], sink: Sink | None = None,
     progress: Callable[[str], None] = lambda line: None,
 ) -> tuple[PolicyNet, dict[str, Any]]:
     """Train on `episodes`; a `PolicyUpdated` per `log_every` steps goes to `sink`. Returns the policy."""
+    check(cfg)
     if not episodes:
         raise BadInput("no usable runs for IQL: the dataset is empty (check --runs and --task)")
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise BadInput(f"--steps and --batch-size must be at least 1 (got {cfg.steps} and {cfg.batch_size})")
-    if not 0.0 < cfg.expectile < 1.0:
-        raise BadInput(f"--expectile must be inside (0, 1), got {cfg.expectile}")
     data = batch(episodes)
     n = len(data["reward"])
     with torch.random.fork_rng(devices=[]):

@@ -34,7 +34,7 @@ from esper.leyline.events import PolicyUpdated
 from esper.simic.dataset import Episode, batch, replay_episode
 from esper.simic.env import VecEnv, configs_round_robin
 from esper.simic.features import ADVANCE, FeatureSpec, action_mask, encode, spec_for_task, to_command
-from esper.simic.policy import PolicyNet, load_policy, save_policy
+from esper.simic.policy import PolicyNet, check_training, load_policy, save_policy
 from esper.simic.rewards import COMPONENTS, RewardConfig, StepOutcome, components, reward
 from esper.store import Recorder, Workspace
 from esper.tolaria.data import load_task_data
@@ -345,6 +345,9 @@ def _check(cfg: PPOConfig) -> None:
         raise BadInput(f"--epochs must be positive, got {cfg.epochs}")
     if cfg.minibatches < 1 or cfg.update_epochs < 1:
         raise BadInput("--minibatches and --update-epochs must be at least 1")
+    check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
+    if cfg.ent_coef < 0 or (cfg.target_kl is not None and cfg.target_kl < 0):
+        raise BadInput(f"--ent-coef and --target-kl must not be negative (got {cfg.ent_coef} and {cfg.target_kl})")
     if cfg.telemetry not in ("minimal", "standard", "diagnostic"):
         raise BadInput(f"unknown telemetry profile {cfg.telemetry!r}: use minimal, standard or diagnostic")
     for device in cfg.devices:
