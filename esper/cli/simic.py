@@ -9,16 +9,18 @@ import typer
 
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
 from esper.errors import BadInput
+from esper.simic.rewards import RewardConfig
 
-RewardAccuracy = typer.Option(1.0, "--reward-accuracy", help="Weight of the change in validation accuracy.")
-RewardContribution = typer.Option(0.5, "--reward-contribution", help="Weight of a seed's contribution when it fossilizes.")
-RewardParams = typer.Option(0.1, "--reward-params", help="Weight of the parameter cost, log(params / host params).")
-RewardTerminal = typer.Option(1.0, "--reward-terminal", help="Weight of the final validation accuracy.")
+DEFAULT_REWARD = RewardConfig()
+RewardAccuracy = typer.Option(DEFAULT_REWARD.accuracy, "--reward-accuracy", help="Weight of the change in validation accuracy.")
+RewardContribution = typer.Option(DEFAULT_REWARD.contribution, "--reward-contribution",
+                                  help="Weight of a seed's contribution when it fossilizes.")
+RewardParams = typer.Option(DEFAULT_REWARD.params, "--reward-params",
+                            help="Weight of the parameter cost, log(params / host params): the accuracy/size trade-off.")
+RewardTerminal = typer.Option(DEFAULT_REWARD.terminal, "--reward-terminal", help="Weight of the final validation accuracy.")
 
 
-def _rewards(accuracy: float, contribution: float, params: float, terminal: float):
-    from esper.simic.rewards import RewardConfig
-
+def _rewards(accuracy: float, contribution: float, params: float, terminal: float) -> RewardConfig:
     return RewardConfig(accuracy=accuracy, contribution=contribution, params=params, terminal=terminal)
 
 
