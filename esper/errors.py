@@ -1,6 +1,13 @@
 """One small hierarchy of errors; the CLI maps each to a one-line message and an exit code."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a one-line
+    error on stderr quotes of a library's multi-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class EsperError(Exception):
     """Base of every error Esper raises on purpose. `exit_code` is what the CLI returns."""
 

@@ -11,7 +11,7 @@ import duckdb
 import typer
 
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
-from esper.errors import BadInput
+from esper.errors import BadInput, first_line
 from esper.nissa.runstate import RunState
 
 
@@ -93,7 +93,7 @@ def query(
             columns = [d[0] for d in result.description or []]
             rows = result.fetchall()
         except duckdb.Error as exc:
-            raise BadInput(f"bad SQL: {_first_line(exc)}") from None
+            raise BadInput(f"bad SQL: {first_line(exc)}") from None
     sys.stdout.write(render(columns, rows, fmt))
 
 
@@ -179,8 +179,3 @@ def schemas(
 
     paths = write_schemas(out)
     say(f"wrote {len(paths)} schemas into {out}/")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -27,7 +27,7 @@ import duckdb
 import msgspec
 import pyarrow as pa
 
-from esper.errors import StoreUnavailable
+from esper.errors import StoreUnavailable, first_line
 from esper.leyline.commands import Advance, Cull, Germinate
 from esper.leyline.events import (
     CommandIssued,
@@ -603,12 +603,12 @@ class Projector:
             path.parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(str(path))
         except (OSError, duckdb.Error) as exc:
-            raise StoreUnavailable(f"cannot open projections {path}: {_first_line(exc)}") from None
+            raise StoreUnavailable(f"cannot open projections {path}: {first_line(exc)}") from None
         try:
             return cls(con, projections, path)
         except duckdb.Error as exc:
             con.close()
-            raise StoreUnavailable(f"cannot use projections {path}: {_first_line(exc)}") from None
+            raise StoreUnavailable(f"cannot use projections {path}: {first_line(exc)}") from None
 
     @classmethod
     def for_workspace(cls, workspace: Workspace, projections: Sequence[Projection] | None = None) -> "Projector":
@@ -824,19 +824,13 @@ def caught_up(workspace: Workspace, reader: Reader) -> Projector:
             raise
         projector.close()
         fallback = Projector.memory()
-        fallback.notes.append(f"projections {projector.path} unusable ({_first_line(exc)}); rebuilt in memory")
+        fallback.notes.append(f"projections {projector.path} unusable ({first_line(exc)}); rebuilt in memory")
         fallback.catch_up(reader)
         return fallback
     return projector
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = [
     "BLUEPRINT_STATS", "ControllerDecisions", "EpochMetrics", "Projection", "Projector", "RunSummary",
     "SeedLifecycle", "Table", "blueprint_rows", "caught_up", "default_projections",
 ]
-

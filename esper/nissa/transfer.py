@@ -34,7 +34,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from esper.errors import BadInput
+from esper.errors import BadInput, first_line
 from esper.leyline.events import decode, type_name
 from esper.nissa.files import atomic_write
 from esper.store import Reader, Recorded, Workspace
@@ -194,14 +194,14 @@ def _read_parquet(path: Path) -> list[Row]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise BadInput(f"{path}: unreadable parquet ({_first_line(exc)})") from None
+        raise BadInput(f"{path}: unreadable parquet ({first_line(exc)})") from None
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise BadInput(f"{path}: not an event export (missing columns: {', '.join(missing)})")
     try:
         table = table.select(list(COLUMNS)).cast(EXPORT_SCHEMA)
     except (pa.ArrowException, ValueError) as exc:
-        raise BadInput(f"{path}: columns of the wrong type ({_first_line(exc)})") from None
+        raise BadInput(f"{path}: columns of the wrong type ({first_line(exc)})") from None
     rows = []
     for i, r in enumerate(table.to_pylist(), start=1):
         rows.append(_checked(f"{path}: row {i}", r["position"], r["run_id"], r["seq"], r["event_id"], r["ts"],
@@ -377,7 +377,7 @@ def _write_stores(workspace: Workspace, source: Path, groups: list[tuple[str, li
         for tmp, target in written:
             os.replace(tmp, target)
     except (OSError, duckdb.Error) as exc:
-        raise BadInput(f"cannot write a store into {root}: {_first_line(exc)}") from None
+        raise BadInput(f"cannot write a store into {root}: {first_line(exc)}") from None
     finally:
         for tmp, _ in written:
             shutil.rmtree(tmp.parent, ignore_errors=True)
@@ -419,11 +419,6 @@ def _write_store_file(path: Path, rows: list[Row]) -> None:
         con.execute("CHECKPOINT")
     finally:
         con.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def recorded_runs(path: Path) -> dict[str, list[Recorded]]:

@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 import torch
 
-from esper.errors import BadInput
+from esper.errors import BadInput, first_line
 from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, RunStarted, SeedTransitioned
 from esper.leyline.stages import SeedStage
 from esper.simic.features import ActionMask, FeatureSpec, action_mask, encode, from_command, joint_index
@@ -203,9 +203,8 @@ def select_runs(reader, where: str | None, task: str) -> list[str]:
     try:
         return [row[0] for row in reader.con.execute(sql, {"task": task}).fetchall()]
     except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInput(
-            f"bad --runs filter: {first} (columns: run_id, task, controller, seed, epochs, finished, val_accuracy, params)"
+            f"bad --runs filter: {first_line(exc)} (columns: run_id, task, controller, seed, epochs, finished, val_accuracy, params)"
         ) from None
 
 

@@ -21,7 +21,7 @@ import msgspec
 import torch
 from torch import nn
 
-from esper.errors import BadInput
+from esper.errors import BadInput, first_line
 from esper.leyline.commands import Command
 from esper.simic.features import GERMINATE, OPS, FeatureSpec, action_mask, encode, to_command
 from esper.simic.rewards import RewardConfig
@@ -159,7 +159,7 @@ def load_policy(path: str | Path) -> tuple[PolicyNet, dict[str, Any]]:
         net = PolicyNet(spec, int(blob["hidden"]))
         net.load_state_dict(blob["model"])
     except (KeyError, RuntimeError, msgspec.ValidationError) as exc:
-        raise BadInput(f"{path} is a damaged policy file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise BadInput(f"{path} is a damaged policy file ({type(exc).__name__}: {first_line(exc)})") from None
     net.eval()
     return net, blob
 

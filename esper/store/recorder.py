@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from esper.errors import AppendConflict, StoreUnavailable
+from esper.errors import AppendConflict, StoreUnavailable, first_line
 from esper.leyline.events import EVENT_TYPES, Event, decode
 from esper.store.schema import BATCH_SCHEMA, INSERT_FROM_BATCH, PAYLOAD_TYPE, TABLE_DDL
 
@@ -57,7 +57,7 @@ class Recorder:
         try:
             self._con = duckdb.connect(str(self.path))
         except duckdb.Error as exc:
-            raise StoreUnavailable(f"cannot open store {self.path}: {_first_line(exc)}") from None
+            raise StoreUnavailable(f"cannot open store {self.path}: {first_line(exc)}") from None
         self._con.execute(TABLE_DDL)
         # Checkpoint less often than DuckDB's 16MB default: each checkpoint recompresses the table's last,
         # partly filled row group, and at 10,000-event batches 64MB appends ~25% faster overall.
@@ -248,7 +248,3 @@ def _payloads(events: list[Event]) -> pa.Array:
     offsets[1:] = newlines - np.arange(len(events))
     strings = pa.StringArray.from_buffers(len(events), pa.py_buffer(offsets), pa.py_buffer(lines.replace(b"\n", b"")))
     return strings if PAYLOAD_TYPE == pa.string() else pa.ExtensionArray.from_storage(PAYLOAD_TYPE, strings)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

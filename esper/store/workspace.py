@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 import duckdb
 
-from esper.errors import BadInput, StoreUnavailable, UnknownRun
+from esper.errors import BadInput, StoreUnavailable, UnknownRun, first_line
 from esper.store.recorder import Recorded, read_events
 
 STORE_SUFFIX = ".duckdb"
@@ -72,7 +72,7 @@ class Reader:
             self.con.execute(f"ATTACH '{_quote(path)}' AS {alias} (READ_ONLY)")
         except duckdb.Error as exc:
             if not _held_by_writer(exc):
-                self.notes.append(f"skipped {path.name}: unreadable store ({_first_line(exc)})")
+                self.notes.append(f"skipped {path.name}: unreadable store ({first_line(exc)})")
                 return None
             return self._attach_snapshot(path, alias)
         if not self._has_events(alias):
@@ -93,7 +93,7 @@ class Reader:
                 shutil.copyfile(wal, copy.with_name(copy.name + ".wal"))
             self.con.execute(f"ATTACH '{_quote(copy)}' AS {alias} (READ_ONLY)")
         except (OSError, duckdb.Error) as exc:
-            self.notes.append(f"skipped {path.name}: held by a live writer and no readable snapshot ({_first_line(exc)})")
+            self.notes.append(f"skipped {path.name}: held by a live writer and no readable snapshot ({first_line(exc)})")
             return None
         if not self._has_events(alias):
             self.notes.append(f"skipped {path.name}: held by a live writer, snapshot has no events yet")
@@ -150,16 +150,11 @@ def open_store(path: Path) -> duckdb.DuckDBPyConnection:
     try:
         return duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
-        raise StoreUnavailable(f"cannot open {path}: {_first_line(exc)}") from None
+        raise StoreUnavailable(f"cannot open {path}: {first_line(exc)}") from None
 
 
 def _quote(path: Path) -> str:
     return str(path).replace("'", "''")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _held_by_writer(exc: BaseException) -> bool:
