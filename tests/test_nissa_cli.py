@@ -110,8 +110,7 @@ def test_import_of_a_malformed_or_missing_file_is_one_line(tmp_path):
 
 def test_the_installed_command_prints_one_line_and_exits_2(ws):
     exe = Path(sys.executable).with_name("esper")
-    if not exe.exists():
-        pytest.skip(f"no console script next to {sys.executable}")
+    assert exe.exists(), f"no `esper` console script next to {sys.executable}: install with pip install -e '.[dev]'"
     env = {**os.environ, "ESPER_WORKSPACE": str(ws)}
     proc = subprocess.run([str(exe), "report", "no-such-run"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
