@@ -66,6 +66,16 @@ def test_runs_lists_status(workspace):
     assert status == {"run-a": "finished", "run-b": "incomplete"}
 
 
+def test_query_sees_one_row_per_run_in_the_runs_view(workspace):
+    out = esper("query", "select run_id, ended, finished, epochs, test_accuracy from runs order by run_id",
+                "--format", "json", workspace=workspace)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [
+        {"run_id": "run-a", "ended": "RunFinished", "finished": True, "epochs": 1, "test_accuracy": 0.45},
+        {"run_id": "run-b", "ended": None, "finished": False, "epochs": 1, "test_accuracy": None},
+    ]
+
+
 def test_replay_json_and_prefix(workspace):
     out = esper("replay", "run-a", "--json", workspace=workspace)
     assert out.returncode == 0, out.stderr

@@ -130,7 +130,9 @@ def runs(
     with ws.reader() as reader:
         for note in reader.notes:
             say(f"note: {note}")
-        rows = reader.con.execute(RUNS_SQL).fetchall()
+        rows = reader.con.execute(
+            "SELECT run_id, task, controller, seed, epochs, ended, val_accuracy, test_accuracy, params, started"
+            " FROM runs ORDER BY started, run_id").fetchall()
         listing = []
         for run_id, task, controller, seed, epochs, ended, val_acc, test_acc, params, started in rows:
             status = {"RunFinished": "finished", "RunFailed": "failed"}.get(ended)
@@ -150,23 +152,6 @@ def runs(
 
 def _fmt(value: Any) -> Any:
     return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else value)
-
-
-RUNS_SQL = """
-SELECT run_id,
-       any_value(payload->>'$.config.task') FILTER (WHERE type = 'RunStarted'),
-       any_value(payload->>'$.config.controller') FILTER (WHERE type = 'RunStarted'),
-       any_value((payload->>'$.config.seed')::BIGINT) FILTER (WHERE type = 'RunStarted'),
-       count(*) FILTER (WHERE type = 'EpochEnded'),
-       any_value(type) FILTER (WHERE type IN ('RunFinished', 'RunFailed')),
-       any_value((payload->>'$.val_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished'),
-       any_value((payload->>'$.test_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished'),
-       any_value((payload->>'$.params')::BIGINT) FILTER (WHERE type = 'RunFinished'),
-       min(ts)
-FROM events GROUP BY run_id
-HAVING count(*) FILTER (WHERE type = 'RunStarted') > 0  -- training runs; a learner's stream holds PolicyUpdated only
-ORDER BY min(ts), run_id
-"""
 
 
 @app.command()

@@ -92,8 +92,8 @@ def iql(
     steps: int = typer.Option(10_000, "--steps", help="Gradient steps."),
     runs: Optional[str] = typer.Option(
         None, "--runs",
-        help="SQL condition choosing runs, over columns run_id, task, controller, seed, epochs, finished, "
-             "val_accuracy, params; e.g. \"controller IN ('heuristic', 'random')\". Default: every run of --task.",
+        help="SQL condition choosing runs, over the columns of the `runs` view (run_id, task, controller, seed, "
+             "epochs, ended, finished, val_accuracy, test_accuracy, params, started); e.g. \"controller IN ('heuristic', 'random')\". Default: every run of --task.",
     ),
     task: str = typer.Option("mnist1d", "--task", help="Task whose runs make the dataset."),
     batch_size: int = typer.Option(256, "--batch-size", help="Transitions per gradient step."),

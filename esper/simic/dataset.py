@@ -22,6 +22,7 @@ from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, 
 from esper.leyline.stages import SeedStage
 from esper.simic.features import ActionMask, FeatureSpec, action_mask, encode, from_command, joint_index
 from esper.simic.rewards import COMPONENTS, RewardConfig, StepOutcome, components, reward
+from esper.store.workspace import RUNS_COLUMNS
 from esper.tamiyo.observation import Observation, ObservationProjection
 
 
@@ -178,33 +179,17 @@ def batch(episodes: list[Episode]) -> dict[str, torch.Tensor]:
 
 # ---- runs of a workspace -----------------------------------------------------------------------
 
-RUNS_VIEW = """
-CREATE OR REPLACE TEMP VIEW runs AS
-SELECT run_id,
-       any_value(payload->>'$.config.task') FILTER (WHERE type = 'RunStarted') AS task,
-       any_value(payload->>'$.config.controller') FILTER (WHERE type = 'RunStarted') AS controller,
-       any_value((payload->>'$.config.seed')::BIGINT) FILTER (WHERE type = 'RunStarted') AS seed,
-       count(*) FILTER (WHERE type = 'EpochEnded') AS epochs,
-       bool_or(type = 'RunFinished') AS finished,
-       any_value((payload->>'$.val_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished') AS val_accuracy,
-       any_value((payload->>'$.params')::BIGINT) FILTER (WHERE type = 'RunFinished') AS params
-FROM events GROUP BY run_id HAVING count(*) FILTER (WHERE type = 'RunStarted') = 1
-"""
-"""One row per run of the workspace: what `esper iql --runs` filters on."""
-
-
 def select_runs(reader, where: str | None, task: str) -> list[str]:
-    """Run ids of `task` whose row of the `runs` view satisfies the SQL condition `where` (all if None)."""
+    """Run ids of `task` whose row of the reader's `runs` view satisfies the SQL condition `where` (all if None)."""
     import duckdb
 
-    reader.con.execute(RUNS_VIEW)
     reader.lock_down()
     sql = "SELECT run_id FROM runs WHERE task = $task" + (f" AND ({where})" if where else "") + " ORDER BY run_id"
     try:
         return [row[0] for row in reader.con.execute(sql, {"task": task}).fetchall()]
     except duckdb.Error as exc:
         raise BadInput(
-            f"bad --runs filter: {first_line(exc)} (columns: run_id, task, controller, seed, epochs, finished, val_accuracy, params)"
+            f"bad --runs filter: {first_line(exc)} (columns: {', '.join(RUNS_COLUMNS)})"
         ) from None
 
 

@@ -46,8 +46,30 @@ class Workspace:
         return Reader(self.store_files())
 
 
+RUNS_COLUMNS = ("run_id", "task", "controller", "seed", "epochs", "ended", "finished", "val_accuracy", "test_accuracy",
+                "params", "started")
+RUNS_VIEW = f"""
+CREATE TEMP VIEW runs ({", ".join(RUNS_COLUMNS)}) AS
+SELECT run_id,
+       any_value(payload->>'$.config.task') FILTER (WHERE type = 'RunStarted'),
+       any_value(payload->>'$.config.controller') FILTER (WHERE type = 'RunStarted'),
+       any_value((payload->>'$.config.seed')::BIGINT) FILTER (WHERE type = 'RunStarted'),
+       count(*) FILTER (WHERE type = 'EpochEnded'),
+       any_value(type) FILTER (WHERE type IN ('RunFinished', 'RunFailed')),
+       bool_or(type = 'RunFinished'),
+       any_value((payload->>'$.val_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished'),
+       any_value((payload->>'$.test_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished'),
+       any_value((payload->>'$.params')::BIGINT) FILTER (WHERE type = 'RunFinished'),
+       min(ts)
+FROM events GROUP BY run_id
+HAVING bool_or(type = 'RunStarted')  -- training runs: a learner's stream holds PolicyUpdated only
+"""
+"""One row per training run: what `esper runs` lists, what `esper iql --runs` filters, and a view any query can use.
+`ended` is the closing event's type (`RunFinished`, `RunFailed`), NULL while a run trains or if it was cut off."""
+
+
 class Reader:
-    """An in-memory DuckDB with every readable store attached read-only behind the `events` view."""
+    """An in-memory DuckDB with every readable store attached read-only behind the `events` and `runs` views."""
 
     def __init__(self, files: list[Path]):
         self.con = duckdb.connect(":memory:")
@@ -66,6 +88,7 @@ class Reader:
             )
         self.con.execute(f"CREATE TEMP VIEW all_events AS {union}")
         self.con.execute("CREATE TEMP VIEW events AS SELECT * EXCLUDE (_store) FROM all_events")
+        self.con.execute(RUNS_VIEW)
 
     def _attach(self, path: Path, alias: str) -> str | None:
         try:
