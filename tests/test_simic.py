@@ -20,7 +20,7 @@ from esper.simic.env import VecEnv, play
 from esper.simic.iql import IQLConfig, expectile_loss
 from esper.simic.iql import train as train_iql
 from esper.simic.policy import PolicyController, PolicyNet, load_policy_controller, save_policy
-from esper.simic.ppo import PPOConfig, advantages, collect, make_net, ppo_loss, read_batch, update
+from esper.simic.ppo import PPOConfig, advantages, centre_per_step, collect, make_net, ppo_loss, read_batch, update
 from esper.simic.rewards import RewardConfig
 from esper.store import Recorder
 from esper.tamiyo.controllers import make_controller
@@ -227,6 +227,24 @@ def test_ppo_update_on_a_fixed_batch_reduces_its_loss(played):
     after, _ = ppo_loss(net, b, cfg)
     assert after.item() < before.item()
     assert {"approx_kl", "clipfrac", "explained_variance", "entropy"} <= out.keys()
+
+
+def test_shared_baseline_removes_what_the_runs_of_an_update_have_in_common():
+    # three episodes of lengths 3, 3, 2, laid end to end as in a batch
+    step = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    adv = torch.tensor([1.0, 2.0, 3.0, 0.0, 4.0, 5.0, 2.0, 6.0])
+    out = centre_per_step(adv, step)
+    # step 0 of the first episode: 1 - mean(0, 2); step 2 of the second: 5 - 3 (the third never got there)
+    assert out[0].item() == pytest.approx(0.0) and out[5].item() == pytest.approx(2.0)
+    luck = torch.tensor([7.0, -3.0, 0.5])[step]  # a seed's luck: the same shift for every run at a step
+    assert torch.allclose(centre_per_step(adv + luck, step), out)
+    assert centre_per_step(torch.tensor([1.5, 2.5]), torch.tensor([0, 1])).tolist() == [1.5, 2.5]  # alone: kept
+
+
+def test_read_batch_numbers_the_steps_of_each_episode(played):
+    *_, episodes, batch = played
+    assert batch["step"].tolist() == [t for e in episodes for t in range(len(e))]
+    assert batch["last"].tolist() == [t == len(e) - 1 for e in episodes for t in range(len(e))]
 
 
 def test_gae_matches_a_hand_computation():

@@ -6,7 +6,8 @@ One update, top to bottom:
    and the masks, appended to this job's store file;
 2. read those episodes back from the store and build the batch with the dataset projection IQL uses
    (`esper.simic.dataset`): what PPO learns from is exactly what is on disk;
-3. GAE(γ, λ) advantages and returns from the logged values;
+3. GAE(γ, λ) advantages and returns from the logged values; the runs of one update share their seed,
+   so each advantage is taken relative to the other runs' at the same epoch (`centre_per_step`);
 4. a few epochs of minibatch updates of the clipped objective, value loss and entropy bonus, with
    gradient clipping and an early stop when the approximate KL passes `target_kl`;
 5. log `PolicyUpdated` (approx_kl, clipfrac, explained variance, entropy, environment steps/s, reward
@@ -85,6 +86,8 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """Stop the update's passes once the approximate KL exceeds this (None: never)."""
     norm_adv: bool = True
     """Normalise advantages per minibatch."""
+    shared_baseline: bool = True
+    """Centre each step's advantage on the other episodes of its update at the same epoch (`centre_per_step`)."""
     reward: RewardConfig = RewardConfig()
     """Weights of the reward's components (also logged in every `PolicyUpdated`)."""
 
@@ -162,7 +165,8 @@ def read_batch(recorder: Recorder, run_ids: list[str], spec: FeatureSpec, reward
     if not episodes:
         raise BadInput("no episode finished a single step: nothing to learn from (are --epochs at least 1?)")
     b = batch(episodes)
-    b["last"] = torch.from_numpy(np.concatenate([np.arange(len(e)) == len(e) - 1 for e in episodes]))
+    b["step"] = torch.from_numpy(np.concatenate([np.arange(len(e)) for e in episodes]))
+    b["last"] = b["step"] == torch.from_numpy(np.concatenate([np.full(len(e), len(e) - 1) for e in episodes]))
     return episodes, b
 
 
@@ -180,6 +184,23 @@ def advantages(b: dict[str, torch.Tensor], net: PolicyNet, gamma: float, lam: fl
         running = delta[t] + gamma * lam * (0.0 if last[t] else 1.0) * running
         adv[t] = running
     return adv, adv + value
+
+
+def centre_per_step(adv: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Each advantage minus the mean advantage of the other episodes at the same step (leave-one-out).
+
+    The episodes of one update are runs of the same seed: the same initial weights and data order. A
+    seed's luck moves all their returns together, and the critic, which sees one run, cannot tell luck
+    from a good choice; the other episodes at the same epoch can. Their advantages do not depend on this
+    episode's actions, so the policy gradient stays unbiased. A step that one episode alone reached keeps
+    its advantage."""
+    out = adv.clone()
+    for t in step.unique():
+        rows = step == t
+        n = int(rows.sum())
+        if n > 1:
+            out[rows] = adv[rows] - (adv[rows].sum() - adv[rows]) / (n - 1)
+    return out
 
 
 # ---- 4. the update ---------------------------------------------------------------------------------
@@ -301,6 +322,8 @@ def train(
             played = time.perf_counter() - started
             episodes, b = read_batch(recorder, run_ids, spec, cfg.reward)
             b["advantages"], b["returns"] = advantages(b, net, cfg.gamma, cfg.gae_lambda)
+            if cfg.shared_baseline:
+                b["advantages"] = centre_per_step(b["advantages"], b["step"])
             stats = update(net, optimizer, b, cfg, generator)
             episodes_done += n
             stats |= _episode_stats(episodes)
