@@ -1,13 +1,15 @@
 """Learned gardeners vs the rule-based one on mnist1d: PPO within a time budget, IQL from logs.
 
-1. PPO trains on mnist1d for at most `--minutes` (its runs use seeds ≥ 1000);
-2. datasets: `--dataset-runs` heuristic runs (seeds 100…) and as many random runs (seeds 200…);
+1. datasets: `--dataset-runs` heuristic runs (seeds 100…) and as many random runs (seeds 200…);
    IQL trains on them (`--iql-steps`);
+2. PPO trains on mnist1d (its runs use seeds ≥ 1000) until `--minutes` have passed: from scratch
+   (`--ppo-init scratch`, the budget starts after IQL) or from the IQL policy (`--ppo-init iql`, the
+   budget pays for the dataset and IQL too);
 3. the greedy PPO policy, the greedy IQL policy, the heuristic and static train full runs on
    `--eval-seeds` (never used in training) and report mean final test and validation accuracy and params.
 Prints one JSON object. The target: PPO at least as accurate as the heuristic with no more parameters.
 
-    .venv/bin/python benchmarks/policy.py [--minutes 20] [--workspace DIR]
+    .venv/bin/python benchmarks/policy.py [--minutes 20] [--ppo-init iql] [--workspace DIR]
 """
 
 import argparse
@@ -18,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from esper.leyline import RunConfig
 from esper.simic.dataset import select_runs, workspace_episodes
@@ -68,10 +71,32 @@ def make_dataset(ws: Workspace, runs: int, data) -> float:
     return time.perf_counter() - started
 
 
+def train_iql_policy(ws: Workspace, args, rewards: RewardConfig, data) -> tuple[str, dict]:
+    """Record the heuristic and random datasets and train IQL on them; the policy file and a report."""
+    say("IQL dataset ...")
+    dataset_s = make_dataset(ws, args.dataset_runs, data)
+    spec = spec_for_task("mnist1d")
+    with ws.reader() as reader:
+        run_ids = select_runs(reader, "controller IN ('heuristic', 'random') AND seed >= 100", "mnist1d")
+        episodes, _ = workspace_episodes(reader, run_ids, spec, rewards)
+    iql_cfg = IQLConfig(steps=args.iql_steps, reward=rewards, log_every=1000)
+    started = time.perf_counter()
+    net, result = train_iql(iql_cfg, spec, episodes, progress=say)
+    path = ws.root / "iql.pt"
+    save_policy(path, net, "iql", rewards, iql_cfg.hidden)
+    return str(path), {"runs": result["runs"], "transitions": result["transitions"], "steps": args.iql_steps,
+                       "minutes": round((time.perf_counter() - started) / 60, 2), "dataset_minutes": round(dataset_s / 60, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=20.0, help="PPO's training budget")
+    parser.add_argument("--minutes", type=float, default=20.0, help="the whole budget of PPO's training (with "
+                        "--ppo-init iql it also pays for the IQL dataset and IQL's training)")
+    parser.add_argument("--ppo-init", choices=("scratch", "iql"), default="scratch",
+                        help="start PPO from a fresh policy, or from the IQL policy trained first")
     parser.add_argument("--n-envs", type=int, default=4)
+    parser.add_argument("--shared-baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="advantages relative to the update's other runs at the same epoch (PPOConfig.shared_baseline)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ent-coef", type=float, default=0.01)
     parser.add_argument("--reward-params", type=float, default=RewardConfig().params)
@@ -79,7 +104,7 @@ def main() -> None:
     parser.add_argument("--eval-seeds", default="0,1,2,3,4")
     parser.add_argument("--dataset-runs", type=int, default=20, help="heuristic runs, and as many random runs, for IQL")
     parser.add_argument("--iql-steps", type=int, default=5000)
-    parser.add_argument("--skip-iql", action="store_true")
+    parser.add_argument("--skip-iql", action="store_true", help="with --ppo-init scratch: no IQL at all")
     parser.add_argument("--workspace", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.eval_seeds.split(",")]
@@ -91,13 +116,24 @@ def main() -> None:
                     "reward": {"accuracy": rewards.accuracy, "contribution": rewards.contribution,
                                "params": rewards.params, "terminal": rewards.terminal}}
 
-    say(f"PPO for at most {args.minutes} minutes ...")
-    ppo_path = ws.root / "ppo.pt"
-    cfg = PPOConfig(n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr, ent_coef=args.ent_coef, reward=rewards)
     started = time.perf_counter()
-    result = train_ppo(cfg, ppo_path, ws, progress=say, deadline=started + args.minutes * 60)
-    report["ppo_training"] = {"minutes": round((time.perf_counter() - started) / 60, 2), "episodes": result["episodes"],
-                              "updates": result["updates"], "n_envs": args.n_envs, "learning_rate": args.lr,
+    iql_path = None
+    if args.ppo_init == "iql" or not args.skip_iql:
+        iql_path, report["iql_training"] = train_iql_policy(ws, args, rewards, data)
+    init = iql_path if args.ppo_init == "iql" else None
+    budget_start = started if init else time.perf_counter()
+    say(f"PPO from {'the IQL policy' if init else 'scratch'} until {args.minutes} minutes have passed ...")
+    ppo_path = ws.root / "ppo.pt"
+    cfg = PPOConfig(n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr, ent_coef=args.ent_coef, reward=rewards,
+                    shared_baseline=args.shared_baseline)
+    ppo_started = time.perf_counter()
+    result = train_ppo(cfg, ppo_path, ws, init=init and Path(init), progress=say,
+                       deadline=budget_start + args.minutes * 60)
+    report["ppo_training"] = {"init": args.ppo_init, "minutes": round((time.perf_counter() - ppo_started) / 60, 2),
+                              "minutes_with_iql": round((time.perf_counter() - budget_start) / 60, 2),
+                              "episodes": result["episodes"], "updates": result["updates"], "n_envs": args.n_envs,
+                              "shared_baseline": args.shared_baseline,
+                              "learning_rate": args.lr,
                               "last_update": {k: round(v, 4) for k, v in result["stats"].items()}}
 
     results = {}
@@ -105,23 +141,8 @@ def main() -> None:
     results["ppo"] = evaluate("ppo", lambda s: load_policy_controller(str(ppo_path)), seeds, ws, data, str(ppo_path))
     results["heuristic"] = evaluate("heuristic", lambda s: make_controller("heuristic", s), seeds, ws, data)
     results["static"] = evaluate("static", lambda s: make_controller("static", s), seeds, ws, data)
-
-    if not args.skip_iql:
-        say("IQL dataset ...")
-        dataset_s = make_dataset(ws, args.dataset_runs, data)
-        spec = spec_for_task("mnist1d")
-        with ws.reader() as reader:
-            run_ids = select_runs(reader, "controller IN ('heuristic', 'random') AND seed >= 100", "mnist1d")
-            episodes, _ = workspace_episodes(reader, run_ids, spec, rewards)
-        iql_cfg = IQLConfig(steps=args.iql_steps, reward=rewards, log_every=1000)
-        iql_started = time.perf_counter()
-        net, iql_result = train_iql(iql_cfg, spec, episodes, progress=say)
-        iql_path = ws.root / "iql.pt"
-        save_policy(iql_path, net, "iql", rewards, iql_cfg.hidden)
-        report["iql_training"] = {"runs": iql_result["runs"], "transitions": iql_result["transitions"],
-                                  "steps": args.iql_steps, "minutes": round((time.perf_counter() - iql_started) / 60, 2),
-                                  "dataset_minutes": round(dataset_s / 60, 2)}
-        results["iql"] = evaluate("iql", lambda s: load_policy_controller(str(iql_path)), seeds, ws, data, str(iql_path))
+    if iql_path:
+        results["iql"] = evaluate("iql", lambda s: load_policy_controller(iql_path), seeds, ws, data, iql_path)
 
     report["results"] = {k: {m: v[m] for m in ("test_accuracy", "val_accuracy", "params")} for k, v in results.items()}
     report["per_seed"] = {k: v["per_seed"] for k, v in results.items()}
