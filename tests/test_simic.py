@@ -19,7 +19,7 @@ from esper.simic.dataset import Episode, replay_episode
 from esper.simic.env import VecEnv, play
 from esper.simic.iql import IQLConfig, expectile_loss
 from esper.simic.iql import train as train_iql
-from esper.simic.policy import PolicyController, PolicyNet, load_policy_controller, save_policy
+from esper.simic.policy import PolicyController, PolicyNet, load_policy, load_policy_controller, save_policy
 from esper.simic.ppo import PPOConfig, advantages, centre_per_step, collect, make_net, ppo_loss, read_batch, update
 from esper.simic.rewards import RewardConfig
 from esper.store import Recorder
@@ -308,6 +308,28 @@ def test_policy_file_runs_greedily_as_a_controller(tmp_path, data):
     issued = [e for e in runs[0].events if isinstance(e, CommandIssued)]
     assert len(issued) == 3 and all(e.mask and e.log_prob is not None and e.value is not None for e in issued)
     assert [encode(e) for e in runs[0].events] == [encode(e) for e in runs[1].events], "greedy is deterministic"
+
+
+def test_sampled_controller_samples_the_policy_seeded_by_the_run(tmp_path, data):
+    path = tmp_path / "policy.pt"
+    save_policy(path, make_net(SPEC, 32, seed=1), "ppo", RewardConfig(), hidden=32)
+    seen = []
+
+    class Watching(PolicyController):
+        def decide(self, obs):
+            seen.append(obs)
+            return super().decide(obs)
+
+    config = resolve_config(RunConfig(controller="sampled", epochs=3, seed=5, policy=str(path)))
+    runs = [ListSink(), ListSink()]
+    for sink in runs:
+        execute(config, make_controller("sampled", 5, str(path)), sink, data=data)
+    assert [encode(e) for e in runs[0].events] == [encode(e) for e in runs[1].events], "seeded by the run's seed"
+    execute(config, Watching(load_policy(str(path))[0], sample_seed=0), ListSink(), data=data)
+    greedy, sampled = load_policy_controller(str(path)), load_policy_controller(str(path), sample_seed=0)
+    assert sampled.name == "sampled" and greedy.name == "policy"
+    assert len({encode(greedy.decide(seen[0])) for _ in range(20)}) == 1
+    assert len({encode(sampled.decide(seen[0])) for _ in range(20)}) > 1
 
 
 def test_a_file_that_is_not_a_policy_is_bad_input(tmp_path):

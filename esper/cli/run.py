@@ -25,7 +25,7 @@ from esper.tolaria.trainer import EpochStats, resolve_device
 def run(
     task: str = typer.Option("mnist1d", "--task", help="mnist1d (default) or cifar10."),
     controller: str = typer.Option("heuristic", "--controller", help=f"One of: {', '.join(CONTROLLERS)}."),
-    policy: Optional[str] = typer.Option(None, "--policy", help="Policy file for --controller policy."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Policy file for --controller policy (greedy) or sampled (samples as in training, seeded by --seed)."),
     like: Optional[str] = typer.Option(None, "--like", help="For --controller scratch: the run whose final architecture to train from scratch."),
     epochs: int = typer.Option(0, "--epochs", help="Epoch budget (default: the task's preset, or the --like run's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and data order."),

@@ -172,16 +172,17 @@ def rewards_of(blob: dict[str, Any]) -> RewardConfig:
 
 
 class PolicyController:
-    """A trained policy as a Tamiyo controller: greedy (the most likely legal action of each head).
+    """A trained policy as a Tamiyo controller: greedy (the most likely legal action of each head), or,
+    given `sample_seed`, sampling each head as the policy did in training (controller `sampled`).
 
     After each `decide`, `decision_info` holds what `CommandIssued` records: the action's
     log-probability under the policy, the critic's value and the masks."""
 
-    name = "policy"
-
-    def __init__(self, net: PolicyNet):
+    def __init__(self, net: PolicyNet, sample_seed: int | None = None):
         self.net = net
         self.spec = net.spec
+        self.generator = None if sample_seed is None else torch.Generator().manual_seed(sample_seed)
+        self.name = "policy" if sample_seed is None else "sampled"
         self.decision_info: dict[str, Any] = {}
 
     def decide(self, obs: Observation) -> Command:
@@ -194,13 +195,14 @@ class PolicyController:
         mask = action_mask(garden, self.spec)
         x = torch.from_numpy(encode(obs, self.spec))[None]
         with torch.no_grad():
-            action, log_prob, _ = self.net.act(x, torch.from_numpy(mask.flat())[None], greedy=True)
+            action, log_prob, _ = self.net.act(x, torch.from_numpy(mask.flat())[None], greedy=self.generator is None,
+                                               generator=self.generator)
             value = self.net.value(x)
         op, slot, bp = (int(v) for v in action[0])
         self.decision_info = {"log_prob": float(log_prob[0]), "value": float(value[0]), "mask": mask.to_log(self.spec)}
         return to_command(op, slot, bp, garden, self.spec)
 
 
-def load_policy_controller(path: str) -> PolicyController:
+def load_policy_controller(path: str, sample_seed: int | None = None) -> PolicyController:
     net, _ = load_policy(path)
-    return PolicyController(net)
+    return PolicyController(net, sample_seed)

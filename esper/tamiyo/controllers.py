@@ -149,7 +149,7 @@ class ScriptedController:
         return issued.command
 
 
-CONTROLLERS = ("heuristic", "static", "scratch", "random", "policy")
+CONTROLLERS = ("heuristic", "static", "scratch", "random", "policy", "sampled")
 
 
 def make_controller(name: str, seed: int, policy: str | None = None) -> Controller:
@@ -161,11 +161,11 @@ def make_controller(name: str, seed: int, policy: str | None = None) -> Controll
         return ScratchController()
     if name == "random":
         return RandomController(seed)
-    if name == "policy":
+    if name in ("policy", "sampled"):  # a trained policy, greedy or sampling (seeded by the run's seed)
         if not policy:
-            raise BadInput("--controller policy needs --policy PATH (a file written by `esper ppo` or `esper iql`)")
+            raise BadInput(f"--controller {name} needs --policy PATH (a file written by `esper ppo` or `esper iql`)")
         from esper.simic.policy import load_policy_controller
 
-        return load_policy_controller(policy)
+        return load_policy_controller(policy, sample_seed=seed if name == "sampled" else None)
     raise BadInput(f"unknown controller {name!r} (known: {', '.join(CONTROLLERS)})")
 
