@@ -5,9 +5,10 @@
 2. PPO trains on mnist1d (its runs use seeds ≥ 1000) until `--minutes` have passed: from scratch
    (`--ppo-init scratch`, the budget starts after IQL) or from the IQL policy (`--ppo-init iql`, the
    budget pays for the dataset and IQL too);
-3. the greedy PPO policy, the greedy IQL policy, the heuristic and static train full runs on
-   `--eval-seeds` (never used in training) and report mean final test and validation accuracy and params.
-Prints one JSON object. The target: PPO at least as accurate as the heuristic with no more parameters.
+3. the greedy PPO policy, the same policy sampling (controller `sampled`, seeded by the run), the greedy
+   IQL policy, the heuristic and static train full runs on `--eval-seeds` (never used in training) and
+   report mean final test and validation accuracy and params.
+Prints one JSON object. The target: greedy PPO at least as accurate as the heuristic with no more parameters.
 
     .venv/bin/python benchmarks/policy.py [--minutes 20] [--ppo-init iql] [--workspace DIR]
 """
@@ -27,7 +28,7 @@ from esper.simic.dataset import select_runs, workspace_episodes
 from esper.simic.features import spec_for_task
 from esper.simic.iql import IQLConfig
 from esper.simic.iql import train as train_iql
-from esper.simic.policy import load_policy_controller, save_policy
+from esper.simic.policy import save_policy
 from esper.simic.ppo import PPOConfig
 from esper.simic.ppo import train as train_ppo
 from esper.simic.rewards import RewardConfig
@@ -41,16 +42,17 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def evaluate(name: str, controller_of, seeds: list[int], ws: Workspace, data, policy: str | None = None) -> dict:
+def evaluate(name: str, controller: str, seeds: list[int], ws: Workspace, data, policy: str | None = None) -> dict:
+    """Full runs of `controller` (with `policy` for `policy` and `sampled`) on `seeds`, stored as `eval-{name}-…`."""
     rows = []
     with Recorder(ws.store_path(f"eval-{name}")) as recorder:
         for seed in seeds:
-            config = resolve_config(RunConfig(controller=name if name in ("heuristic", "static") else "policy",
-                                              seed=seed, policy=policy))
-            result = execute(config, controller_of(seed), StoreSink(recorder, f"eval-{name}-{seed}"), data=data)
+            config = resolve_config(RunConfig(controller=controller, seed=seed, policy=policy))
+            result = execute(config, make_controller(controller, seed, policy), StoreSink(recorder, f"eval-{name}-{seed}"),
+                             data=data)
             rows.append({"seed": seed, "test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
                          "params": result.params, "seeds": result.seeds})
-            say(f"  {name:<9} seed {seed}: test {result.test_accuracy * 100:5.1f}%  val {result.val_accuracy * 100:5.1f}%  "
+            say(f"  {name:<11} seed {seed}: test {result.test_accuracy * 100:5.1f}%  val {result.val_accuracy * 100:5.1f}%  "
                 f"params {result.params:,}")
     return {
         "test_accuracy": round(statistics.mean(r["test_accuracy"] for r in rows), 4),
@@ -138,11 +140,12 @@ def main() -> None:
 
     results = {}
     say("evaluating on unseen seeds ...")
-    results["ppo"] = evaluate("ppo", lambda s: load_policy_controller(str(ppo_path)), seeds, ws, data, str(ppo_path))
-    results["heuristic"] = evaluate("heuristic", lambda s: make_controller("heuristic", s), seeds, ws, data)
-    results["static"] = evaluate("static", lambda s: make_controller("static", s), seeds, ws, data)
+    results["ppo"] = evaluate("ppo", "policy", seeds, ws, data, str(ppo_path))
+    results["ppo_sampled"] = evaluate("ppo-sampled", "sampled", seeds, ws, data, str(ppo_path))
+    results["heuristic"] = evaluate("heuristic", "heuristic", seeds, ws, data)
+    results["static"] = evaluate("static", "static", seeds, ws, data)
     if iql_path:
-        results["iql"] = evaluate("iql", lambda s: load_policy_controller(iql_path), seeds, ws, data, iql_path)
+        results["iql"] = evaluate("iql", "policy", seeds, ws, data, iql_path)
 
     report["results"] = {k: {m: v[m] for m in ("test_accuracy", "val_accuracy", "params")} for k, v in results.items()}
     report["per_seed"] = {k: v["per_seed"] for k, v in results.items()}
