@@ -10,6 +10,7 @@ import typer
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
 from esper.errors import BadInput
 from esper.simic.rewards import RewardConfig
+from esper.store.workspace import RUNS_COLUMNS
 
 DEFAULT_REWARD = RewardConfig()
 RewardAccuracy = typer.Option(DEFAULT_REWARD.accuracy, "--reward-accuracy", help="Weight of the change in validation accuracy.")
@@ -92,8 +93,8 @@ def iql(
     steps: int = typer.Option(10_000, "--steps", help="Gradient steps."),
     runs: Optional[str] = typer.Option(
         None, "--runs",
-        help="SQL condition choosing runs, over the columns of the `runs` view (run_id, task, controller, seed, "
-             "epochs, ended, finished, val_accuracy, test_accuracy, params, started); e.g. \"controller IN ('heuristic', 'random')\". Default: every run of --task.",
+        help=f"SQL condition choosing runs, over the columns of the `runs` view ({', '.join(RUNS_COLUMNS)}); "
+             "e.g. \"controller IN ('heuristic', 'random')\". Default: every run of --task.",
     ),
     task: str = typer.Option("mnist1d", "--task", help="Task whose runs make the dataset."),
     batch_size: int = typer.Option(256, "--batch-size", help="Transitions per gradient step."),
