@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import msgspec
+
 from esper.leyline import RunConfig
 from esper.simic.dataset import select_runs, workspace_episodes
 from esper.simic.features import spec_for_task
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--ent-coef", type=float, default=0.01)
     parser.add_argument("--reward-params", type=float, default=RewardConfig().params)
     parser.add_argument("--reward-contribution", type=float, default=RewardConfig().contribution)
+    parser.add_argument("--param-budget", type=int, default=RewardConfig().param_budget,
+                        help="parameters that cost nothing; --reward-params charges growth beyond them (0: none)")
     parser.add_argument("--eval-seeds", default="0,1,2,3,4")
     parser.add_argument("--dataset-runs", type=int, default=20, help="heuristic runs, and as many random runs, for IQL")
     parser.add_argument("--iql-steps", type=int, default=5000)
@@ -113,10 +117,9 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="esper-policy-bench-")
     ws = Workspace.at(args.workspace or tmp.name)
     data = load_task_data("mnist1d", RunConfig().data_seed)
-    rewards = RewardConfig(params=args.reward_params, contribution=args.reward_contribution)
+    rewards = RewardConfig(params=args.reward_params, contribution=args.reward_contribution, param_budget=args.param_budget)
     report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "eval_seeds": seeds,
-                    "reward": {"accuracy": rewards.accuracy, "contribution": rewards.contribution,
-                               "params": rewards.params, "terminal": rewards.terminal}}
+                    "reward": msgspec.to_builtins(rewards)}
 
     started = time.perf_counter()
     iql_path = None

@@ -21,7 +21,7 @@ from esper.simic.iql import IQLConfig, expectile_loss
 from esper.simic.iql import train as train_iql
 from esper.simic.policy import PolicyController, PolicyNet, load_policy, load_policy_controller, save_policy
 from esper.simic.ppo import PPOConfig, advantages, centre_per_step, collect, make_net, ppo_loss, read_batch, update
-from esper.simic.rewards import RewardConfig
+from esper.simic.rewards import RewardConfig, StepOutcome, components
 from esper.store import Recorder
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import load_task_data
@@ -344,7 +344,23 @@ def test_a_file_that_is_not_a_policy_is_bad_input(tmp_path):
         load_policy_controller(str(bad))
 
 
+def test_a_param_budget_charges_only_the_growth_beyond_it():
+    host, budget = 1000, 2000
+
+    def cost(before: int, after: int, param_budget: int) -> float:
+        return components(StepOutcome(0.5, 0.5, before, after, host, 0.0, False), param_budget)["params"]
+
+    assert cost(1000, 1900, budget) == 0.0  # growth within the budget is free
+    assert cost(1900, 3000, budget) == pytest.approx(-math.log(3000 / 2000))  # only the part beyond it costs
+    assert cost(3000, 1500, budget) == pytest.approx(math.log(3000 / 2000))  # a cull gives the charge back
+    assert cost(1000, 1900, 0) == pytest.approx(-math.log(1.9))  # no budget: all growth over the host costs
+    assert cost(1000, 1900, 500) == pytest.approx(-math.log(1.9))  # a budget below the host is the host
+    path = [1000, 1500, 2600, 2100, 4000]
+    assert sum(cost(a, b, budget) for a, b in zip(path, path[1:])) == pytest.approx(-math.log(4000 / budget))
+
+
 def test_reward_config_is_in_the_update_stats():
-    stats = RewardConfig(accuracy=2.0).stats()
-    assert stats["reward.accuracy"] == 2.0 and msgspec.convert(
-        {k.removeprefix("reward."): v for k, v in stats.items()}, RewardConfig) == RewardConfig(accuracy=2.0)
+    config = RewardConfig(accuracy=2.0, param_budget=6000)
+    stats = config.stats()  # every stat is a float: the budget comes back as one
+    assert stats["reward.accuracy"] == 2.0 and stats["reward.param_budget"] == 6000.0 and msgspec.convert(
+        {k.removeprefix("reward."): v for k, v in stats.items()}, RewardConfig, strict=False) == config

@@ -19,10 +19,13 @@ RewardContribution = typer.Option(DEFAULT_REWARD.contribution, "--reward-contrib
 RewardParams = typer.Option(DEFAULT_REWARD.params, "--reward-params",
                             help="Weight of the parameter cost, log(params / host params): the accuracy/size trade-off.")
 RewardTerminal = typer.Option(DEFAULT_REWARD.terminal, "--reward-terminal", help="Weight of the final validation accuracy.")
+ParamBudget = typer.Option(DEFAULT_REWARD.param_budget, "--param-budget",
+                           help="Parameters (host included) that cost nothing; --reward-params charges only growth "
+                                "beyond them (0: no budget).")
 
 
-def _rewards(accuracy: float, contribution: float, params: float, terminal: float) -> RewardConfig:
-    return RewardConfig(accuracy=accuracy, contribution=contribution, params=params, terminal=terminal)
+def _rewards(accuracy: float, contribution: float, params: float, terminal: float, budget: int) -> RewardConfig:
+    return RewardConfig(accuracy=accuracy, contribution=contribution, params=params, terminal=terminal, param_budget=budget)
 
 
 def _output(out: Path) -> Path:
@@ -53,6 +56,7 @@ def ppo(
     reward_contribution: float = RewardContribution,
     reward_params: float = RewardParams,
     reward_terminal: float = RewardTerminal,
+    param_budget: int = ParamBudget,
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this policy file (e.g. written by `esper iql`)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint at --out up to --episodes in all."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
@@ -72,7 +76,7 @@ def ppo(
         devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",), telemetry=telemetry,
         learning_rate=lr, hidden=hidden, update_epochs=update_epochs, minibatches=minibatches, ent_coef=ent_coef,
         target_kl=target_kl or None, gamma=gamma,
-        reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal),
+        reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget),
     )
     result = train(cfg, out, Workspace.at(workspace), init=init, resume=resume, progress=say)
     stats = result["stats"]
@@ -108,6 +112,7 @@ def iql(
     reward_contribution: float = RewardContribution,
     reward_params: float = RewardParams,
     reward_terminal: float = RewardTerminal,
+    param_budget: int = ParamBudget,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
@@ -122,7 +127,7 @@ def iql(
     out = _output(out)
     cfg = IQLConfig(task=task, steps=steps, batch_size=batch_size, learning_rate=lr, expectile=expectile,
                     temperature=temperature, gamma=gamma, hidden=hidden, seed=seed,
-                    reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal))
+                    reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget))
     check(cfg)
     spec = spec_for_task(task)
     ws = existing_workspace(workspace)

@@ -129,7 +129,7 @@ class EpisodeProjection:
         assert step is not None
         outcome = StepOutcome(step.accuracy_before, accuracy, step.params_before, params,
                               self.observations.host_params, step.fossilized_contribution, final)
-        step.parts = components(outcome)
+        step.parts = components(outcome, self.rewards.param_budget)
         step.done = final
         self.pending = None
 

@@ -152,7 +152,7 @@ def _live_reward(obs, action, accuracy: float, params: int, final: bool, rewards
     fossilized = op == ADVANCE and view.stage.value == "BLENDING" and view.contribution is not None
     outcome = StepOutcome(obs.val_accuracy, accuracy, obs.params, params, obs.host_params,
                           view.contribution if fossilized else 0.0, final)
-    return reward(components(outcome), rewards)
+    return reward(components(outcome, rewards.param_budget), rewards)
 
 
 # ---- 2.–3. the batch, advantages -------------------------------------------------------------------

@@ -9,13 +9,18 @@ each with its own weight (`RewardConfig`) and each recomputable from the events 
   credited once, when the seed joins the host, so keeping a seed blending forever earns nothing;
 * params: minus the change of `log(params / host_params)` (`EpochEnded.params`, `RunStarted.host_params`).
   Summed over an episode it is minus the log of (host + added params) over host params: growth is
-  charged when it happens, and a culled seed gives its charge back;
+  charged when it happens, and a culled seed gives its charge back. With a parameter budget B
+  (`RewardConfig.param_budget`), the charge is on `log(max(params, B) / max(host_params, B))`: growth
+  within the budget is free and only what exceeds it costs, so the weight states how hard the budget is
+  rather than an exchange rate between accuracy and size;
 * terminal: at the last step, the final validation accuracy (`RunFinished.val_accuracy`).
 """
 
 import math
 
 import msgspec
+
+from esper.errors import BadInput
 
 COMPONENTS = ("accuracy", "contribution", "params", "terminal")
 
@@ -34,6 +39,13 @@ class RewardConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ~2.4k-parameter models at 79 %, 0.075 ~11.5k at 93 %, 0.02 ~25k at 93 %)."""
     terminal: float = 1.0
     """Weight of the final validation accuracy, paid at the episode's last step."""
+    param_budget: int = 0
+    """Parameters (host included) that cost nothing: only growth beyond it is charged. 0: no budget,
+    every parameter added to the host costs."""
+
+    def __post_init__(self) -> None:
+        if self.param_budget < 0:
+            raise BadInput(f"--param-budget must be 0 (none) or a parameter count, got {self.param_budget}")
 
     def stats(self) -> dict[str, float]:
         """The weights as `PolicyUpdated.stats` entries (`reward.accuracy`, ...)."""
@@ -54,13 +66,17 @@ class StepOutcome(msgspec.Struct, frozen=True):
     """The episode's last step: `accuracy_after` and `params_after` are the run's final numbers."""
 
 
-def components(outcome: StepOutcome) -> dict[str, float]:
-    """The unweighted components of a step's reward."""
-    host = max(outcome.host_params, 1)
+def components(outcome: StepOutcome, param_budget: int = 0) -> dict[str, float]:
+    """The unweighted components of a step's reward (`param_budget` shapes the params component)."""
+    free = max(outcome.host_params, param_budget, 1)
+
+    def size(params: int) -> float:
+        return math.log(max(params, free) / free)
+
     return {
         "accuracy": outcome.accuracy_after - outcome.accuracy_before,
         "contribution": outcome.fossilized_contribution,
-        "params": -(math.log(max(outcome.params_after, 1) / host) - math.log(max(outcome.params_before, 1) / host)),
+        "params": -(size(outcome.params_after) - size(outcome.params_before)),
         "terminal": outcome.accuracy_after if outcome.final else 0.0,
     }
 
