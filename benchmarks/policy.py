@@ -10,7 +10,8 @@
    report mean final test and validation accuracy and params.
 Prints one JSON object. The target: greedy PPO at least as accurate as the heuristic with no more parameters.
 
-    .venv/bin/python benchmarks/policy.py [--minutes 20] [--ppo-init iql] [--workspace DIR]
+    .venv/bin/python benchmarks/policy.py [--minutes 20] [--ppo-init iql] [--param-budget 6000 --reward-params 1.0]
+                                          [--workspace DIR]
 """
 
 import argparse
