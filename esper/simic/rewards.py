@@ -26,7 +26,8 @@ COMPONENTS = ("accuracy", "contribution", "params", "terminal")
 
 
 class RewardConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Weights of the reward's components. Stored in every policy file and in every `PolicyUpdated`."""
+    """Weights of the reward's components and the parameter budget. Stored in every policy file and in every
+    `PolicyUpdated`."""
 
     accuracy: float = 1.0
     """Weight of the step's change in validation accuracy (a fraction, 0..1)."""
@@ -48,7 +49,7 @@ class RewardConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise BadInput(f"--param-budget must be 0 (none) or a parameter count, got {self.param_budget}")
 
     def stats(self) -> dict[str, float]:
-        """The weights as `PolicyUpdated.stats` entries (`reward.accuracy`, ...)."""
+        """The weights and the budget as `PolicyUpdated.stats` entries (`reward.accuracy`, ..., `reward.param_budget`)."""
         return {f"reward.{k}": float(v) for k, v in msgspec.structs.asdict(self).items()}
 
 
