@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--shared-baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="advantages relative to the update's other runs at the same epoch (PPOConfig.shared_baseline)")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--critic-warmup", type=int, default=0, help="first PPO updates that train only the critic")
     parser.add_argument("--ent-coef", type=float, default=0.01)
     parser.add_argument("--reward-params", type=float, default=RewardConfig().params)
     parser.add_argument("--reward-contribution", type=float, default=RewardConfig().contribution)
@@ -131,7 +132,7 @@ def main() -> None:
     say(f"PPO from {'the IQL policy' if init else 'scratch'} until {args.minutes} minutes have passed ...")
     ppo_path = ws.root / "ppo.pt"
     cfg = PPOConfig(n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr, ent_coef=args.ent_coef, reward=rewards,
-                    shared_baseline=args.shared_baseline)
+                    shared_baseline=args.shared_baseline, critic_warmup=args.critic_warmup)
     ppo_started = time.perf_counter()
     result = train_ppo(cfg, ppo_path, ws, init=init and Path(init), progress=say,
                        deadline=budget_start + args.minutes * 60)
@@ -139,7 +140,7 @@ def main() -> None:
                               "minutes_with_iql": round((time.perf_counter() - budget_start) / 60, 2),
                               "episodes": result["episodes"], "updates": result["updates"], "n_envs": args.n_envs,
                               "shared_baseline": args.shared_baseline,
-                              "learning_rate": args.lr,
+                              "learning_rate": args.lr, "critic_warmup": args.critic_warmup,
                               "last_update": {k: round(v, 4) for k, v in result["stats"].items()}}
 
     results = {}

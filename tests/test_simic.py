@@ -229,6 +229,24 @@ def test_ppo_update_on_a_fixed_batch_reduces_its_loss(played):
     assert {"approx_kl", "clipfrac", "explained_variance", "entropy"} <= out.keys()
 
 
+def test_a_critic_warmup_update_moves_the_critic_and_not_the_actor(played):
+    played_net, _, _, _, _, batch = played
+    net = make_net(SPEC, 64, seed=3)
+    net.load_state_dict(played_net.state_dict())
+    cfg = PPOConfig(update_epochs=4, minibatches=1, target_kl=None, learning_rate=3e-3)
+    b = dict(batch)
+    b["advantages"], b["returns"] = advantages(b, net, cfg.gamma, cfg.gae_lambda)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    value_loss = lambda: ppo_loss(net, b, cfg)[1]["value_loss"].item()  # noqa: E731
+    start = value_loss()
+    update(net, torch.optim.Adam(net.parameters(), lr=cfg.learning_rate), b, cfg, torch.Generator().manual_seed(0),
+           actor=False)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith("critic."))
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("critic."))
+    assert value_loss() < start
+
+
 def test_shared_baseline_removes_what_the_runs_of_an_update_have_in_common():
     # three episodes of lengths 3, 3, 2, laid end to end as in a batch
     step = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])

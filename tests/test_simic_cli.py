@@ -93,6 +93,7 @@ def test_iql_learns_from_the_logs_and_its_policy_runs(trained):
     (["ppo", "--lr", "-1", "--out", "x.pt"], "--lr"),
     (["ppo", "--gamma", "1.5", "--out", "x.pt"], "--gamma"),
     (["ppo", "--param-budget", "-5", "--out", "x.pt"], "--param-budget"),
+    (["ppo", "--critic-warmup", "-1", "--out", "x.pt"], "--critic-warmup"),
     (["iql", "--param-budget", "-5", "--out", "x.pt"], "--param-budget"),
     (["iql", "--temperature", "0", "--out", "x.pt"], "--temperature"),
     (["iql", "--expectile", "1.5", "--out", "x.pt"], "--expectile"),

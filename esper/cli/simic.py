@@ -58,6 +58,8 @@ def ppo(
     reward_terminal: float = RewardTerminal,
     param_budget: int = ParamBudget,
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this policy file (e.g. written by `esper iql`)."),
+    critic_warmup: int = typer.Option(0, "--critic-warmup",
+                                      help="First updates that train only the critic (useful with --init)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint at --out up to --episodes in all."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     workspace: Optional[Path] = WorkspaceOption,
@@ -77,6 +79,7 @@ def ppo(
         learning_rate=lr, hidden=hidden, update_epochs=update_epochs, minibatches=minibatches, ent_coef=ent_coef,
         target_kl=target_kl or None, gamma=gamma,
         reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget),
+        critic_warmup=critic_warmup,
     )
     result = train(cfg, out, Workspace.at(workspace), init=init, resume=resume, progress=say)
     stats = result["stats"]

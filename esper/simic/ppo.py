@@ -90,6 +90,10 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """Centre each step's advantage on the other episodes of its update at the same epoch (`centre_per_step`)."""
     reward: RewardConfig = RewardConfig()
     """Weights of the reward's components (also logged in every `PolicyUpdated`)."""
+    critic_warmup: int = 0
+    """First updates that train only the critic, the actor frozen. For a job that starts from another policy
+    (`--init`): that policy's critic (IQL's is an optimistic expectile value) has not learnt these returns,
+    and the actor's first steps would follow its errors."""
 
 
 # ---- 1. rollout ----------------------------------------------------------------------------------
@@ -206,9 +210,10 @@ def centre_per_step(adv: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
 # ---- 4. the update ---------------------------------------------------------------------------------
 
 
-def ppo_loss(net: PolicyNet, mb: dict[str, torch.Tensor], cfg: PPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_loss(net: PolicyNet, mb: dict[str, torch.Tensor], cfg: PPOConfig,
+             actor: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped surrogate, value loss and entropy bonus of one minibatch (keys of `read_batch` plus
-    `advantages`, `returns`)."""
+    `advantages`, `returns`); with `actor` False the value loss alone (the critic's warm-up)."""
     _, new_log_prob, entropy = net.act(mb["obs"], mb["mask"], action=mb["action"])
     new_value = net.value(mb["obs"])
     log_ratio = new_log_prob - mb["log_prob"]
@@ -219,7 +224,9 @@ def ppo_loss(net: PolicyNet, mb: dict[str, torch.Tensor], cfg: PPOConfig) -> tup
     pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
     v_loss = 0.5 * F.mse_loss(new_value, mb["returns"])
     entropy_mean = entropy.mean()
-    loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss
+    loss = cfg.vf_coef * v_loss
+    if actor:
+        loss = loss + pg_loss - cfg.ent_coef * entropy_mean
     with torch.no_grad():
         stats = {
             "approx_kl": ((ratio - 1) - log_ratio).mean(),
@@ -230,8 +237,9 @@ def ppo_loss(net: PolicyNet, mb: dict[str, torch.Tensor], cfg: PPOConfig) -> tup
 
 
 def update(net: PolicyNet, optimizer: torch.optim.Optimizer, b: dict[str, torch.Tensor], cfg: PPOConfig,
-           generator: torch.Generator) -> dict[str, float]:
-    """Minibatch passes over batch `b` (with `advantages` and `returns`); the update's health numbers."""
+           generator: torch.Generator, actor: bool = True) -> dict[str, float]:
+    """Minibatch passes over batch `b` (with `advantages` and `returns`); the update's health numbers.
+    With `actor` False only the critic learns."""
     n = len(b["reward"])
     size = max(1, math.ceil(n / cfg.minibatches))
     totals: dict[str, float] = {}
@@ -240,7 +248,7 @@ def update(net: PolicyNet, optimizer: torch.optim.Optimizer, b: dict[str, torch.
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, size):
             mb = {k: v[order[start : start + size]] for k, v in b.items()}
-            loss, stats = ppo_loss(net, mb, cfg)
+            loss, stats = ppo_loss(net, mb, cfg, actor)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
@@ -324,7 +332,7 @@ def train(
             b["advantages"], b["returns"] = advantages(b, net, cfg.gamma, cfg.gae_lambda)
             if cfg.shared_baseline:
                 b["advantages"] = centre_per_step(b["advantages"], b["step"])
-            stats = update(net, optimizer, b, cfg, generator)
+            stats = update(net, optimizer, b, cfg, generator, actor=u >= cfg.critic_warmup)
             episodes_done += n
             stats |= _episode_stats(episodes)
             stats |= {"env_steps_per_s": live.steps / played, "episodes": float(episodes_done),
@@ -334,7 +342,7 @@ def train(
                 "config": msgspec.to_builtins(cfg), "update": u + 1, "episodes": episodes_done,
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "store": str(store),
             })
-            progress(_line(u + 1, updates, stats))
+            progress(_line(u + 1, updates, stats) + ("  (critic warm-up: actor frozen)" if u < cfg.critic_warmup else ""))
             last_update_s = time.perf_counter() - update_started
     return {"out": str(out), "store": str(store), "learner": learner_id, "runs": f"{cfg.task}-ppo-{tag}-*",
             "updates": math.ceil(episodes_done / cfg.n_envs),
@@ -368,6 +376,8 @@ def _check(cfg: PPOConfig) -> None:
         raise BadInput(f"--epochs must be positive, got {cfg.epochs}")
     if cfg.minibatches < 1 or cfg.update_epochs < 1:
         raise BadInput("--minibatches and --update-epochs must be at least 1")
+    if cfg.critic_warmup < 0:
+        raise BadInput(f"--critic-warmup must not be negative, got {cfg.critic_warmup}")
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
     if cfg.ent_coef < 0 or (cfg.target_kl is not None and cfg.target_kl < 0):
         raise BadInput(f"--ent-coef and --target-kl must not be negative (got {cfg.ent_coef} and {cfg.target_kl})")
