@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--ppo-init", choices=("scratch", "iql"), default="scratch",
                         help="start PPO from a fresh policy, or from the IQL policy trained first")
     parser.add_argument("--n-envs", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="PPO's seed (its initialisation, sampling and run seeds)")
     parser.add_argument("--shared-baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="advantages relative to the update's other runs at the same epoch (PPOConfig.shared_baseline)")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -131,8 +132,8 @@ def main() -> None:
     budget_start = started if init else time.perf_counter()
     say(f"PPO from {'the IQL policy' if init else 'scratch'} until {args.minutes} minutes have passed ...")
     ppo_path = ws.root / "ppo.pt"
-    cfg = PPOConfig(n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr, ent_coef=args.ent_coef, reward=rewards,
-                    shared_baseline=args.shared_baseline, critic_warmup=args.critic_warmup)
+    cfg = PPOConfig(seed=args.seed, n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr, ent_coef=args.ent_coef,
+                    reward=rewards, shared_baseline=args.shared_baseline, critic_warmup=args.critic_warmup)
     ppo_started = time.perf_counter()
     result = train_ppo(cfg, ppo_path, ws, init=init and Path(init), progress=say,
                        deadline=budget_start + args.minutes * 60)
@@ -140,7 +141,7 @@ def main() -> None:
                               "minutes_with_iql": round((time.perf_counter() - budget_start) / 60, 2),
                               "episodes": result["episodes"], "updates": result["updates"], "n_envs": args.n_envs,
                               "shared_baseline": args.shared_baseline,
-                              "learning_rate": args.lr, "critic_warmup": args.critic_warmup,
+                              "seed": args.seed, "learning_rate": args.lr, "critic_warmup": args.critic_warmup,
                               "last_update": {k: round(v, 4) for k, v in result["stats"].items()}}
 
     results = {}
