@@ -8,6 +8,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import torch
+
+from esper.simic.policy import load_policy
 
 ESPER = [sys.executable, "-m", "esper"]
 
@@ -80,10 +83,18 @@ def test_iql_learns_from_the_logs_and_its_policy_runs(trained):
     ran = esper("run", "--controller", "policy", "--policy", str(ws / "iql.pt"), "--epochs", "2", "--json", workspace=ws)
     assert ran.returncode == 0, ran.stderr
     assert 0.0 <= json.loads(ran.stdout)["val_accuracy"] <= 1.0
-    # PPO can start from the IQL policy
+    # PPO can start from the IQL policy; with a critic warm-up its one update leaves the IQL actor as it was
     started = esper("ppo", "--init", str(ws / "iql.pt"), "--epochs", "2", "--episodes", "1", "--n-envs", "1",
-                    "--out", str(ws / "from-iql.pt"), workspace=ws)
+                    "--critic-warmup", "1", "--out", str(ws / "from-iql.pt"), workspace=ws)
     assert started.returncode == 0, started.stderr
+    assert "critic warm-up: actor frozen" in started.stderr
+    (iql_net, _), (ppo_net, _) = load_policy(ws / "iql.pt"), load_policy(ws / "from-iql.pt")
+    before, after = iql_net.state_dict(), ppo_net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith("critic."))
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("critic."))
+    frozen = events(ws, "SELECT payload->'$.stats.actor_frozen' FROM events "
+                        "WHERE type = 'PolicyUpdated' AND run_id LIKE 'ppo-%'")
+    assert sorted(float(f) for f, in frozen) == [0.0, 1.0]  # the fixture's job trained its actor, this one did not
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,7 +11,8 @@ One update, top to bottom:
 4. a few epochs of minibatch updates of the clipped objective, value loss and entropy bonus, with
    gradient clipping and an early stop when the approximate KL passes `target_kl`;
 5. log `PolicyUpdated` (approx_kl, clipfrac, explained variance, entropy, environment steps/s, reward
-   components and weights) and write the checkpoint, which is also the policy file.
+   components and weights, whether the actor was frozen for the critic's warm-up) and write the
+   checkpoint, which is also the policy file.
 
 Episodes of update u train with run seed `TRAIN_SEEDS + 100_000 * seed + u`: seeds below 1000 are never
 trained on, so evaluations on them are on unseen runs.
@@ -332,17 +333,18 @@ def train(
             b["advantages"], b["returns"] = advantages(b, net, cfg.gamma, cfg.gae_lambda)
             if cfg.shared_baseline:
                 b["advantages"] = centre_per_step(b["advantages"], b["step"])
-            stats = update(net, optimizer, b, cfg, generator, actor=u >= cfg.critic_warmup)
+            frozen = u < cfg.critic_warmup
+            stats = update(net, optimizer, b, cfg, generator, actor=not frozen)
             episodes_done += n
             stats |= _episode_stats(episodes)
             stats |= {"env_steps_per_s": live.steps / played, "episodes": float(episodes_done),
-                      "learning_rate": cfg.learning_rate} | cfg.reward.stats()
+                      "learning_rate": cfg.learning_rate, "actor_frozen": float(frozen)} | cfg.reward.stats()
             learner.append([PolicyUpdated(update=u + 1, stats=stats)])
             save_policy(out, net, "ppo", cfg.reward, cfg.hidden, train={
                 "config": msgspec.to_builtins(cfg), "update": u + 1, "episodes": episodes_done,
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "store": str(store),
             })
-            progress(_line(u + 1, updates, stats) + ("  (critic warm-up: actor frozen)" if u < cfg.critic_warmup else ""))
+            progress(_line(u + 1, updates, stats) + ("  (critic warm-up: actor frozen)" if frozen else ""))
             last_update_s = time.perf_counter() - update_started
     return {"out": str(out), "store": str(store), "learner": learner_id, "runs": f"{cfg.task}-ppo-{tag}-*",
             "updates": math.ceil(episodes_done / cfg.n_envs),
