@@ -7,11 +7,13 @@
    budget pays for the dataset and IQL too);
 3. the greedy PPO policy, the same policy sampling (controller `sampled`, seeded by the run), the greedy
    IQL policy, the heuristic and static train full runs on `--eval-seeds` (never used in training) and
-   report mean final test and validation accuracy and params.
+   report mean final test and validation accuracy and params. With `--max-params N`, PPO's runs and the
+   learned policies' evaluation runs refuse growth beyond N parameters; the heuristic, the target, runs
+   without it (and once more with it, as `heuristic_capped`).
 Prints one JSON object. The target: greedy PPO at least as accurate as the heuristic with no more parameters.
 
     .venv/bin/python benchmarks/policy.py [--minutes 20] [--ppo-init iql] [--param-budget 6000 --reward-params 1.0]
-                                          [--workspace DIR]
+                                          [--max-params 6287] [--workspace DIR]
 """
 
 import argparse
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import msgspec
 
-from esper.leyline import RunConfig
+from esper.leyline import LifecycleConfig, RunConfig
 from esper.simic.dataset import select_runs, workspace_episodes
 from esper.simic.features import spec_for_task
 from esper.simic.iql import IQLConfig
@@ -45,12 +47,14 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def evaluate(name: str, controller: str, seeds: list[int], ws: Workspace, data, policy: str | None = None) -> dict:
+def evaluate(name: str, controller: str, seeds: list[int], ws: Workspace, data, policy: str | None = None,
+             max_params: int = 0) -> dict:
     """Full runs of `controller` (with `policy` for `policy` and `sampled`) on `seeds`, stored as `eval-{name}-…`."""
     rows = []
     with Recorder(ws.store_path(f"eval-{name}")) as recorder:
         for seed in seeds:
-            config = resolve_config(RunConfig(controller=controller, seed=seed, policy=policy))
+            config = resolve_config(RunConfig(controller=controller, seed=seed, policy=policy,
+                                              lifecycle=LifecycleConfig(max_params=max_params)))
             result = execute(config, make_controller(controller, seed, policy), StoreSink(recorder, f"eval-{name}-{seed}"),
                              data=data)
             rows.append({"seed": seed, "test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
@@ -110,6 +114,8 @@ def main() -> None:
     parser.add_argument("--reward-contribution", type=float, default=RewardConfig().contribution)
     parser.add_argument("--param-budget", type=int, default=RewardConfig().param_budget,
                         help="parameters that cost nothing; --reward-params charges growth beyond them (0: none)")
+    parser.add_argument("--max-params", type=int, default=0, help="hard cap on the size of PPO's runs and of the "
+                        "learned policies' evaluation runs; the heuristic is evaluated without it, and again with it")
     parser.add_argument("--eval-seeds", default="0,1,2,3,4")
     parser.add_argument("--dataset-runs", type=int, default=20, help="heuristic runs, and as many random runs, for IQL")
     parser.add_argument("--iql-steps", type=int, default=5000)
@@ -133,7 +139,8 @@ def main() -> None:
     say(f"PPO from {'the IQL policy' if init else 'scratch'} until {args.minutes} minutes have passed ...")
     ppo_path = ws.root / "ppo.pt"
     cfg = PPOConfig(seed=args.seed, n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr, ent_coef=args.ent_coef,
-                    reward=rewards, shared_baseline=args.shared_baseline, critic_warmup=args.critic_warmup)
+                    reward=rewards, shared_baseline=args.shared_baseline, critic_warmup=args.critic_warmup,
+                    max_params=args.max_params)
     ppo_started = time.perf_counter()
     result = train_ppo(cfg, ppo_path, ws, init=init and Path(init), progress=say,
                        deadline=budget_start + args.minutes * 60)
@@ -142,16 +149,20 @@ def main() -> None:
                               "episodes": result["episodes"], "updates": result["updates"], "n_envs": args.n_envs,
                               "shared_baseline": args.shared_baseline,
                               "seed": args.seed, "learning_rate": args.lr, "critic_warmup": args.critic_warmup,
+                              "max_params": args.max_params,
                               "last_update": {k: round(v, 4) for k, v in result["stats"].items()}}
 
     results = {}
     say("evaluating on unseen seeds ...")
-    results["ppo"] = evaluate("ppo", "policy", seeds, ws, data, str(ppo_path))
-    results["ppo_sampled"] = evaluate("ppo-sampled", "sampled", seeds, ws, data, str(ppo_path))
+    cap = args.max_params
+    results["ppo"] = evaluate("ppo", "policy", seeds, ws, data, str(ppo_path), cap)
+    results["ppo_sampled"] = evaluate("ppo-sampled", "sampled", seeds, ws, data, str(ppo_path), cap)
     results["heuristic"] = evaluate("heuristic", "heuristic", seeds, ws, data)
+    if cap:
+        results["heuristic_capped"] = evaluate("heuristic-capped", "heuristic", seeds, ws, data, max_params=cap)
     results["static"] = evaluate("static", "static", seeds, ws, data)
     if iql_path:
-        results["iql"] = evaluate("iql", "policy", seeds, ws, data, iql_path)
+        results["iql"] = evaluate("iql", "policy", seeds, ws, data, iql_path, cap)
 
     report["results"] = {k: {m: v[m] for m in ("test_accuracy", "val_accuracy", "params")} for k, v in results.items()}
     report["per_seed"] = {k: v["per_seed"] for k, v in results.items()}

@@ -62,6 +62,7 @@ lifecycle_configs = st.builds(
     auto_cull_contribution=st.floats(-1.0, 0.0),
     auto_cull_patience=st.integers(0, 5),
     embargo_epochs=st.integers(0, 5),
+    max_params=counts,
 )
 run_configs = st.builds(
     RunConfig,
@@ -94,6 +95,7 @@ telemetry = st.builds(
 run_started = st.builds(
     RunStarted, epoch=st.none(), config=run_configs, host_params=counts,
     slots=st.lists(names, max_size=3), blueprints=st.lists(names, max_size=3),
+    seed_sizes=st.dictionaries(names, st.dictionaries(names, counts, max_size=3), max_size=3),
 )
 epoch_ended = st.builds(
     EpochEnded, epoch=epochs, train_loss=finite, val_loss=finite, val_accuracy=fractions, params=counts,

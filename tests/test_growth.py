@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from esper.cli.run import _final_architecture
-from esper.leyline import LifecycleConfig, RunConfig, SeedStage, SeedTransitioned, encode
+from esper.leyline import CommandRejected, LifecycleConfig, RunConfig, SeedStage, SeedTransitioned, encode
 from esper.nissa.runstate import RunState
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
@@ -120,6 +120,8 @@ def test_cli_run_json_then_replay_verify(tmp_path):
         (("--device", "tpu"), "device"),
         (("--telemetry", "loud"), "telemetry"),
         (("--task", "cifar10"), "--data-dir"),
+        (("--max-params", "-5"), "--max-params must be 0"),
+        (("--max-params", "1000"), "below the mnist1d host's own 1,258"),
     ],
 )
 def test_cli_run_bad_input(tmp_path, args, message):
@@ -128,3 +130,17 @@ def test_cli_run_bad_input(tmp_path, args, message):
     assert message in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not list(tmp_path.glob("*.duckdb")), "bad input must not leave a log behind"
+
+
+def test_a_capped_heuristic_run_stays_within_max_params_and_replays(tmp_path):
+    """The heuristic skips blueprints over the cap and grows what still fits; the log re-executes exactly."""
+    ws = Workspace(tmp_path)
+    cap = 1258 + 4296 + 408  # the host, conv_heavy and depthwise: the uncapped run grows 6,342
+    state = run_into(ws, "capped", seed=0, lifecycle=LifecycleConfig(max_params=cap))
+    assert state.finished.params <= cap
+    grown = [s.blueprint for s in state.garden.seeds.values() if s.stage is SeedStage.FOSSILIZED]
+    assert "conv_heavy" in grown and len(grown) >= 2, grown
+    with Recorder(ws.store_path("capped")) as rec:
+        recorded = rec.read("capped")
+        assert not [r for r in recorded if isinstance(r.event, CommandRejected)], "the heuristic asks only for what fits"
+        verify_run(recorded)

@@ -87,6 +87,19 @@ def test_germinate_reports_true_param_count(host):
 
 
 @pytest.mark.parametrize("host", HOSTS)
+def test_seed_sizes_are_what_germination_adds_and_draw_nothing_from_the_rng(host):
+    model, _, _ = make(host)
+    rng = torch.random.get_rng_state()
+    sizes = model.seed_sizes()
+    assert torch.equal(rng, torch.random.get_rng_state()), "knowing the sizes must not change a run's initialisation"
+    assert set(sizes) == set(model.slot_names)
+    for slot in model.slot_names:
+        for name in BLUEPRINTS[model.family]:
+            assert sizes[slot][name] == model.germinate(slot, "s", name)
+            model.cull("s")
+
+
+@pytest.mark.parametrize("host", HOSTS)
 def test_host_shapes_and_slots(host):
     model, x, _ = make(host)
     assert model(x).shape == (x.shape[0], 10)

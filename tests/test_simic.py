@@ -11,7 +11,7 @@ from hypothesis import given, settings
 
 from esper.errors import BadInput
 from esper.leyline import Advance, Cull, EpochEnded, Germinate, LifecycleConfig, RunConfig, RunStarted, SeedTelemetry, Wait
-from esper.leyline.events import CommandIssued, encode
+from esper.leyline.events import CommandIssued, SeedGerminated, encode
 from esper.leyline.garden import Garden, legal_commands
 from esper.nissa.runstate import RunState
 from esper.simic import features as F
@@ -75,11 +75,25 @@ def key(command) -> tuple:
             getattr(command, "seed_id", None))
 
 
+HOST_PARAMS = 1258
+SEED_SIZES = {slot: {b: 16 + 700 * j for j, b in enumerate(SPEC.blueprints)} for slot in SPEC.slots}
+
+
+def realized(event):
+    """A germination as the trainer reports it: with the seed's parameter count."""
+    if isinstance(event, SeedGerminated):
+        return msgspec.structs.replace(event, params=SEED_SIZES[event.slot][event.blueprint])
+    return event
+
+
 @settings(max_examples=150, deadline=None)
-@given(epoch_story)
-def test_masks_allow_exactly_the_legal_commands(story):
+@given(epoch_story, st.sampled_from([0, HOST_PARAMS, 2000, 3500]))
+def test_masks_allow_exactly_the_legal_commands(story, max_params):
+    """... and with a `max_params` cap the model never outgrows it, whatever is germinated or culled."""
     garden = Garden()
-    garden.apply(RunStarted(config=RunConfig(lifecycle=LIFECYCLE), slots=list(SPEC.slots), blueprints=list(SPEC.blueprints)))
+    lifecycle = msgspec.structs.replace(LIFECYCLE, max_params=max_params)
+    garden.apply(RunStarted(config=RunConfig(lifecycle=lifecycle), slots=list(SPEC.slots), blueprints=list(SPEC.blueprints),
+                            host_params=HOST_PARAMS, seed_sizes=SEED_SIZES))
     for epoch, (pick, acc, health, loss, contribution) in enumerate(story, start=1):
         for event in garden.tick(epoch):
             garden.apply(event)
@@ -100,7 +114,8 @@ def test_masks_allow_exactly_the_legal_commands(story):
         options = candidates(garden)
         command = options[pick % len(options)]
         for event in garden.handle(command, epoch):
-            garden.apply(event)
+            garden.apply(realized(event))
+        assert not max_params or garden.params() <= max_params
 
 
 def test_sampling_never_picks_a_masked_choice():

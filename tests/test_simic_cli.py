@@ -10,6 +10,7 @@ import duckdb
 import pytest
 import torch
 
+from esper.simic.features import spec_for_task
 from esper.simic.policy import load_policy
 
 ESPER = [sys.executable, "-m", "esper"]
@@ -97,6 +98,32 @@ def test_iql_learns_from_the_logs_and_its_policy_runs(trained):
     assert sorted(float(f) for f, in frozen) == [0.0, 1.0]  # the fixture's job trained its actor, this one did not
 
 
+def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_cap(tmp_path):
+    cap = 1258 + 16 + 16  # the host and two norm seeds: every other blueprint is too big from the start
+    out = esper("ppo", "--epochs", "4", "--episodes", "2", "--n-envs", "2", "--max-params", str(cap),
+                "--ent-coef", "0.5", "--out", str(tmp_path / "capped.pt"), workspace=tmp_path)
+    assert out.returncode == 0, out.stderr
+    blueprints = spec_for_task("mnist1d").blueprints
+    masks = events(tmp_path, "SELECT payload->'$.mask' FROM events WHERE type = 'CommandIssued'")
+    assert len(masks) == 8
+    for (mask,) in masks:
+        for slot_row in (v for k, v in json.loads(mask).items() if k.startswith("blueprint.")):
+            assert [b for b, ok in zip(blueprints, slot_row) if ok] in ([], ["norm"])
+    finished = events(tmp_path, "SELECT (payload->>'$.params')::INT FROM events WHERE type = 'RunFinished'")
+    assert len(finished) == 2 and all(p <= cap for p, in finished)
+
+    ran = esper("run", "--controller", "policy", "--policy", str(tmp_path / "capped.pt"), "--epochs", "2", "--json",
+                workspace=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert f"at most {cap:,} params" in ran.stderr, "a policy's runs keep the cap it was trained under"
+    uncapped = esper("run", "--controller", "policy", "--policy", str(tmp_path / "capped.pt"), "--epochs", "2",
+                     "--max-params", "0", "--json", workspace=tmp_path)
+    assert uncapped.returncode == 0 and "at most" not in uncapped.stderr, uncapped.stderr
+    caps = events(tmp_path, "SELECT (payload->>'$.config.lifecycle.max_params')::INT FROM events "
+                            "WHERE type = 'RunStarted' AND run_id LIKE 'mnist1d-policy-%' ORDER BY ts")
+    assert sorted(c for c, in caps) == [0, cap]
+
+
 @pytest.mark.parametrize("args, message", [
     (["ppo", "--n-envs", "0", "--out", "x.pt"], "--n-envs"),
     (["ppo", "--devices", "tpu", "--out", "x.pt"], "device"),
@@ -105,6 +132,7 @@ def test_iql_learns_from_the_logs_and_its_policy_runs(trained):
     (["ppo", "--gamma", "1.5", "--out", "x.pt"], "--gamma"),
     (["ppo", "--param-budget", "-5", "--out", "x.pt"], "--param-budget"),
     (["ppo", "--critic-warmup", "-1", "--out", "x.pt"], "--critic-warmup"),
+    (["ppo", "--max-params", "100", "--out", "x.pt"], "below the mnist1d host's own"),
     (["iql", "--param-budget", "-5", "--out", "x.pt"], "--param-budget"),
     (["iql", "--temperature", "0", "--out", "x.pt"], "--temperature"),
     (["iql", "--expectile", "1.5", "--out", "x.pt"], "--expectile"),

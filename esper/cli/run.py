@@ -10,7 +10,7 @@ import typer
 
 from esper.cli.app import WorkspaceOption, app, handles_errors, say
 from esper.errors import BadInput
-from esper.leyline.config import RunConfig
+from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.stages import SeedStage
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import CONTROLLERS, make_controller
@@ -33,6 +33,9 @@ def run(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where cifar10 lives."),
     download: bool = typer.Option(False, "--download", help="Download cifar10 into --data-dir if missing."),
     telemetry: str = typer.Option("standard", "--telemetry", help="minimal, standard or diagnostic."),
+    max_params: Optional[int] = typer.Option(
+        None, "--max-params", help="Hard cap on the model's size: a germination that would exceed it is refused "
+        "(default: no cap; with --controller policy or sampled, the cap the policy was trained under)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
@@ -48,15 +51,19 @@ def run(
         raise BadInput("--like only makes sense with --controller scratch")
     if telemetry not in ("minimal", "standard", "diagnostic"):
         raise BadInput(f"unknown telemetry profile {telemetry!r}: use minimal, standard or diagnostic")
+    brain = make_controller(controller, seed, policy)
+    if max_params is None:  # a trained policy brings the cap it learned under
+        max_params = getattr(brain, "max_params", 0)
     config = resolve_config(RunConfig(
         task=task, controller=controller, seed=seed, epochs=epochs, device=device, policy=policy, like=like,
         data_dir=data_dir, telemetry=telemetry, architecture=architecture,
+        lifecycle=LifecycleConfig(max_params=max_params),
     ))
-    brain = make_controller(controller, seed, policy)
     resolve_device(device)
     data = load_task_data(task, config.data_seed, data_dir, download=download)  # bad input fails before any log exists
     run_id = f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
-    say(f"run {run_id}: {task}, controller {controller}, seed {seed}, {config.epochs} epochs on {device}")
+    cap = f", at most {max_params:,} params" if max_params else ""
+    say(f"run {run_id}: {task}, controller {controller}, seed {seed}, {config.epochs} epochs on {device}{cap}")
     with Recorder(ws.store_path(run_id)) as recorder:
         result = execute(config, brain, StoreSink(recorder, run_id), progress=_progress(config.epochs), data=data)
     table = _closing_table(run_id, result)

@@ -60,6 +60,8 @@ def ppo(
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this policy file (e.g. written by `esper iql`)."),
     critic_warmup: int = typer.Option(0, "--critic-warmup",
                                       help="First updates that train only the critic (useful with --init)."),
+    max_params: int = typer.Option(0, "--max-params", help="Hard cap on the runs' size: germinations that would "
+                                   "exceed it are masked (0: none). The policy file keeps it for `esper run`."),
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint at --out up to --episodes in all."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     workspace: Optional[Path] = WorkspaceOption,
@@ -79,7 +81,7 @@ def ppo(
         learning_rate=lr, hidden=hidden, update_epochs=update_epochs, minibatches=minibatches, ent_coef=ent_coef,
         target_kl=target_kl or None, gamma=gamma,
         reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget),
-        critic_warmup=critic_warmup,
+        critic_warmup=critic_warmup, max_params=max_params,
     )
     result = train(cfg, out, Workspace.at(workspace), init=init, resume=resume, progress=say)
     stats = result["stats"]

@@ -79,3 +79,10 @@ BLUEPRINTS: dict[str, dict[str, Callable[[int], nn.Module]]] = {
 def param_count(module: nn.Module) -> int:
     """Number of scalar parameters a built module holds."""
     return sum(p.numel() for p in module.parameters())
+
+
+def blueprint_sizes(family: str, channels: int) -> dict[str, int]:
+    """Parameters each blueprint of `family` holds at `channels`. Built on the meta device: no memory, and
+    no draw from the torch RNG, so knowing the sizes changes nothing about a run's initialisation."""
+    with torch.device("meta"):
+        return {name: param_count(build(channels)) for name, build in BLUEPRINTS[family].items()}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from esper.kasmina.blueprints import BLUEPRINTS
+from esper.kasmina.blueprints import BLUEPRINTS, blueprint_sizes
 from esper.kasmina.slot import SCHEDULES, Seed, Slot
 from esper.leyline.stages import SeedStage
 
@@ -160,6 +160,10 @@ class GrowableModel(nn.Module):
         """Parameters that affect the output: host, fossilized seeds and blending seeds."""
         blending = [p for seed_id in self.blending_seeds() for p in self.seed_parameters(seed_id)]
         return sum(p.numel() for p in self.host_parameters() + blending)
+
+    def seed_sizes(self) -> dict[str, dict[str, int]]:
+        """Slot → blueprint → the parameters a seed of that blueprint would add there."""
+        return {name: blueprint_sizes(self.family, slot.channels) for name, slot in self.slots.items()}
 
     def architecture(self) -> list[tuple[str, str]]:
         """(slot, blueprint) of each fossilized seed, in the order they were fossilized."""

@@ -22,6 +22,9 @@ class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """... after this many epochs of α = 1 with the contribution still below it."""
     embargo_epochs: int = 2
     """A culled seed's slot refuses germination for this many epochs (EMBARGOED → DORMANT)."""
+    max_params: int = 0
+    """Germination is refused when the host, its fossils and its live seeds plus the new seed would exceed
+    this many parameters (0: no cap). A hard budget: the final model can never be larger."""
 
 
 class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -24,6 +24,8 @@ class RunStarted(_Event, tag="RunStarted"):
     host_params: int = 0
     slots: list[str] = []
     blueprints: list[str] = []
+    seed_sizes: dict[str, dict[str, int]] = {}
+    """Slot → blueprint → parameters a seed would add: what the lifecycle checks `max_params` against."""
 
 
 class SeedTelemetry(msgspec.Struct, frozen=True, kw_only=True):

@@ -32,6 +32,9 @@ class Garden:
     blueprints: list[str] = attrs.Factory(list)
     seeds: dict[str, SeedState] = attrs.Factory(dict)
     """Every seed ever germinated in the run, in germination order."""
+    host_params: int = 0
+    seed_sizes: dict[str, dict[str, int]] = attrs.Factory(dict)
+    """Slot → blueprint → parameters a seed would add (from `RunStarted`)."""
     epoch: int | None = None
     val_accuracy: float | None = None
 
@@ -46,6 +49,12 @@ class Garden:
 
     def active_seeds(self) -> list[SeedState]:
         return [s for s in self.seeds.values() if s.stage in ACTIVE_STAGES]
+
+    def params(self) -> int:
+        """Parameters the model would end with if every live seed were fossilized: the host, its fossils and
+        its germinated, training and blending seeds. What `max_params` bounds."""
+        grown = [s for s in self.seeds.values() if s.stage in ACTIVE_STAGES or s.stage is SeedStage.FOSSILIZED]
+        return self.host_params + sum(s.params for s in grown)
 
     def next_seed_id(self, slot: str) -> str:
         return f"s{len(self.seeds) + 1}-{slot}"
@@ -85,6 +94,8 @@ class Garden:
             reason = f"unknown blueprint {command.blueprint!r} (blueprints: {', '.join(self.blueprints)})"
         elif occupant is not None:
             reason = f"slot {command.slot} holds seed {occupant.seed_id} in {occupant.stage.value}"
+        else:
+            reason = self._over_cap(command)
         if reason is not None:
             return [CommandRejected(epoch=epoch, command=command, reason=reason, slot=command.slot)]
         seed_id = self.next_seed_id(command.slot)
@@ -95,6 +106,15 @@ class Garden:
                 to_stage=SeedStage.GERMINATED.value, trigger="germinate", evidence={"blueprint": command.blueprint},
             ),
         ]
+
+    def _over_cap(self, command: Germinate) -> str | None:
+        cap = self.config.max_params
+        if not cap:
+            return None
+        after = self.params() + self.seed_sizes[command.slot][command.blueprint]
+        if after <= cap:
+            return None
+        return f"{command.blueprint} in {command.slot} would grow the model to {after:,} parameters, over max_params {cap:,}"
 
     def tick(self, epoch: int | None = None) -> list[Event]:
         """The automatic transitions due before `epoch` trains: start training, cleanup, cooldown, auto-cull."""
@@ -134,6 +154,8 @@ class Garden:
             self.config = event.config.lifecycle
             self.slots = list(event.slots)
             self.blueprints = list(event.blueprints)
+            self.host_params = event.host_params
+            self.seed_sizes = {slot: dict(sizes) for slot, sizes in event.seed_sizes.items()}
         elif isinstance(event, EpochEnded):
             self._apply_epoch(event)
         elif isinstance(event, SeedGerminated):
@@ -196,12 +218,7 @@ def _short(value: Any) -> str:
 
 def legal_commands(garden: Garden) -> list[Command]:
     """Every command the lifecycle would accept now: the source of action masks and of `random`."""
-    commands: list[Command] = [Wait()]
-    for slot in garden.slots:
-        if garden.live_seed(slot) is None:
-            commands += [Germinate(slot=slot, blueprint=b) for b in garden.blueprints]
+    candidates: list[Command] = [Germinate(slot=slot, blueprint=b) for slot in garden.slots for b in garden.blueprints]
     for seed in garden.seeds.values():
-        for command in (Advance(seed_id=seed.seed_id), Cull(seed_id=seed.seed_id, reason="controller")):
-            if garden.legal(command):
-                commands.append(command)
-    return commands
+        candidates += [Advance(seed_id=seed.seed_id), Cull(seed_id=seed.seed_id, reason="controller")]
+    return [Wait()] + [command for command in candidates if garden.legal(command)]

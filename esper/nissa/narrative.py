@@ -128,8 +128,9 @@ def _tell(story: _Story, event: Event) -> None:
         story.host_params, story.embargo = event.host_params, c.lifecycle.embargo_epochs
         epochs = f"{c.epochs} epochs" if c.epochs else "the task's epoch budget"
         name = f"run {story.run_id}" if story.run_id else "run"
+        cap = f", at most {c.lifecycle.max_params:,} in all" if c.lifecycle.max_params else ""
         story.say(None, f"{name}: {c.task}, controller {c.controller}, seed {c.seed}, {epochs}; "
-                        f"host {count(event.host_params)} params; slots {', '.join(event.slots) or 'none'}")
+                        f"host {count(event.host_params)} params{cap}; slots {', '.join(event.slots) or 'none'}")
     elif isinstance(event, EpochEnded):
         story.epochs.append(event)
         story.accuracies.append(event.val_accuracy)

@@ -120,14 +120,15 @@ def _choose(logits, mask, given, greedy, generator):
 
 def save_policy(
     path: str | Path, net: PolicyNet, algorithm: str, rewards: RewardConfig, hidden: int,
-    train: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None, max_params: int = 0,
 ) -> None:
-    """Write the policy file atomically (a reader never sees half a file)."""
+    """Write the policy file atomically (a reader never sees half a file). `max_params`: the parameter cap
+    the policy was trained under, which `esper run` applies by default."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
         "format": FORMAT, "version": VERSION, "algorithm": algorithm, "spec": msgspec.to_builtins(net.spec),
-        "hidden": hidden, "reward": msgspec.to_builtins(rewards), "model": net.state_dict(),
+        "hidden": hidden, "reward": msgspec.to_builtins(rewards), "max_params": max_params, "model": net.state_dict(),
     }
     if train is not None:
         blob["train"] = train
@@ -178,9 +179,11 @@ class PolicyController:
     After each `decide`, `decision_info` holds what `CommandIssued` records: the action's
     log-probability under the policy, the critic's value and the masks."""
 
-    def __init__(self, net: PolicyNet, sample_seed: int | None = None):
+    def __init__(self, net: PolicyNet, sample_seed: int | None = None, max_params: int = 0):
         self.net = net
         self.spec = net.spec
+        self.max_params = max_params
+        """The parameter cap the policy was trained under (0: none): the default cap of its runs."""
         self.generator = None if sample_seed is None else torch.Generator().manual_seed(sample_seed)
         self.name = "policy" if sample_seed is None else "sampled"
         self.decision_info: dict[str, Any] = {}
@@ -204,5 +207,5 @@ class PolicyController:
 
 
 def load_policy_controller(path: str, sample_seed: int | None = None) -> PolicyController:
-    net, _ = load_policy(path)
-    return PolicyController(net, sample_seed)
+    net, blob = load_policy(path)
+    return PolicyController(net, sample_seed, max_params=int(blob.get("max_params", 0)))

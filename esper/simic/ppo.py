@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from esper.errors import BadInput
-from esper.leyline.config import RunConfig
+from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.events import PolicyUpdated
 from esper.simic.dataset import Episode, batch, replay_episode
 from esper.simic.env import VecEnv, configs_round_robin
@@ -91,6 +91,9 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """Centre each step's advantage on the other episodes of its update at the same epoch (`centre_per_step`)."""
     reward: RewardConfig = RewardConfig()
     """Weights of the reward's components (also logged in every `PolicyUpdated`)."""
+    max_params: int = 0
+    """Hard cap on the runs' size (`LifecycleConfig.max_params`): germinations beyond it are masked, so the
+    policy learns within it; its file keeps the cap as the default of `esper run` (0: none)."""
     critic_warmup: int = 0
     """First updates that train only the critic, the actor frozen. For a job that starts from another policy
     (`--init`): that policy's critic (IQL's is an optimistic expectile value) has not learnt these returns,
@@ -323,7 +326,8 @@ def train(
             update_started = time.perf_counter()
             n = min(cfg.n_envs, cfg.episodes - episodes_done)
             base = resolve_config(RunConfig(task=cfg.task, controller="ppo", seed=TRAIN_SEEDS + 100_000 * cfg.seed + u,
-                                            epochs=cfg.epochs, telemetry=cfg.telemetry, policy=str(out)))
+                                            epochs=cfg.epochs, telemetry=cfg.telemetry, policy=str(out),
+                                            lifecycle=LifecycleConfig(max_params=cfg.max_params)))
             run_ids = [f"{cfg.task}-ppo-{tag}-u{u + 1:04d}-e{i}" for i in range(n)]
             vec = VecEnv(configs_round_robin(base, n, cfg.devices), [StoreSink(recorder, r) for r in run_ids], data)
             started = time.perf_counter()
@@ -343,7 +347,7 @@ def train(
             save_policy(out, net, "ppo", cfg.reward, cfg.hidden, train={
                 "config": msgspec.to_builtins(cfg), "update": u + 1, "episodes": episodes_done,
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "store": str(store),
-            })
+            }, max_params=cfg.max_params)
             progress(_line(u + 1, updates, stats) + ("  (critic warm-up: actor frozen)" if frozen else ""))
             last_update_s = time.perf_counter() - update_started
     return {"out": str(out), "store": str(store), "learner": learner_id, "runs": f"{cfg.task}-ppo-{tag}-*",
@@ -388,6 +392,7 @@ def _check(cfg: PPOConfig) -> None:
     for device in cfg.devices:
         resolve_device(device)
     spec_for_task(cfg.task)
+    resolve_config(RunConfig(task=cfg.task, lifecycle=LifecycleConfig(max_params=cfg.max_params)))  # the cap's checks
 
 
 def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]:

@@ -61,7 +61,8 @@ class HeuristicController:
     """Germinate on a plateau once the host is stable; advance when gates open; cull on regression.
 
     Blueprints are chosen by rotation (the n-th germination takes the n-th blueprint), skipping those
-    culled recently; the slot is the free one that has grown least so far.
+    culled recently and those the lifecycle refuses (a `max_params` cap); the slot is the free one that has
+    grown least so far.
     """
 
     name = "heuristic"
@@ -103,18 +104,19 @@ class HeuristicController:
         free = [v for v in obs.slots if v.seed_id is None]
         if not free:
             return None
-        blueprint = self._blueprint(obs)
-        if blueprint is None:
-            return None
-        slot = min(free, key=lambda v: (v.fossilized, obs.slots.index(v)))
-        return Germinate(slot=slot.slot, blueprint=blueprint)
+        slot = min(free, key=lambda v: (v.fossilized, obs.slots.index(v))).slot
+        blueprint = self._blueprint(obs, slot)
+        return None if blueprint is None else Germinate(slot=slot, blueprint=blueprint)
 
-    def _blueprint(self, obs: Observation) -> str | None:
+    def _blueprint(self, obs: Observation, slot: str) -> str | None:
+        """The next blueprint in rotation not culled lately and that the lifecycle accepts (`max_params`)."""
         germinated = len(obs.garden.seeds)
         order = list(obs.blueprints[germinated % len(obs.blueprints):]) + list(obs.blueprints[:germinated % len(obs.blueprints)])
         for blueprint in order:
             culled_at = obs.culled_recently.get(blueprint)
-            if culled_at is None or obs.epoch - culled_at >= self.config.cull_penalty_epochs:
+            if culled_at is not None and obs.epoch - culled_at < self.config.cull_penalty_epochs:
+                continue
+            if obs.garden.legal(Germinate(slot=slot, blueprint=blueprint)):
                 return blueprint
         return None
 

@@ -13,8 +13,10 @@ from typing import Any, Callable, Protocol
 
 import attrs
 import msgspec
+import torch
 
 from esper.errors import BadInput, RunFailed
+from esper.kasmina import build_host
 from esper.leyline.commands import Command
 from esper.leyline.config import RunConfig
 from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, RunStarted
@@ -22,7 +24,7 @@ from esper.leyline.events import RunFailed as RunFailedEvent
 from esper.tamiyo.controllers import Controller
 from esper.tamiyo.observation import Observation, ObservationProjection
 from esper.tolaria.data import TaskData, load_task_data
-from esper.tolaria.tasks import get_task
+from esper.tolaria.tasks import TaskPreset, get_task
 from esper.tolaria.trainer import EpochStats, Trainer
 from esper.tolaria.writebehind import WriteBehind
 
@@ -72,7 +74,18 @@ def resolve_config(config: RunConfig) -> RunConfig:
     preset = get_task(config.task)
     if config.epochs < 0:
         raise BadInput(f"--epochs must be positive, got {config.epochs}")
+    _check_cap(config.lifecycle.max_params, config.task, preset)
     return msgspec.structs.replace(config, epochs=config.epochs or preset.epochs)
+
+
+def _check_cap(cap: int, task: str, preset: TaskPreset) -> None:
+    if cap < 0:
+        raise BadInput(f"--max-params must be 0 (no cap) or a parameter count, got {cap}")
+    if cap:
+        with torch.device("meta"):  # the host's size without memory or a draw from the RNG
+            host = build_host(preset.host).param_count()
+        if cap < host:
+            raise BadInput(f"--max-params {cap:,} is below the {task} host's own {host:,} parameters")
 
 
 class Session:
@@ -93,7 +106,7 @@ class Session:
         self._pending: list[Event] = []
         model = self.trainer.model
         self._emit([RunStarted(config=config, host_params=model.param_count(), slots=model.slot_names,
-                               blueprints=list(self.preset.blueprints))])
+                               blueprints=list(self.preset.blueprints), seed_sizes=model.seed_sizes())])
         try:
             self._flush()
             self._writer.wait()  # a store that cannot take the run fails it before any training
