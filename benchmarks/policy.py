@@ -9,7 +9,8 @@
    IQL policy, the heuristic and static train full runs on `--eval-seeds` (never used in training) and
    report mean final test and validation accuracy and params. With `--max-params N`, PPO's runs and the
    learned policies' evaluation runs refuse growth beyond N parameters; the heuristic, the target, runs
-   without it (and once more with it, as `heuristic_capped`).
+   without it (and once more with it, as `heuristic_capped`). With `--select-every N`, "PPO" is the policy
+   PPO's checkpoint selection kept (the best greedy return on its own training-range runs), not the last one.
 Prints one JSON object. The target: greedy PPO at least as accurate as the heuristic with no more parameters.
 
     .venv/bin/python benchmarks/policy.py [--minutes 20] [--ppo-init iql] [--param-budget 6000 --reward-params 1.0]
@@ -116,6 +117,9 @@ def main() -> None:
                         help="parameters that cost nothing; --reward-params charges growth beyond them (0: none)")
     parser.add_argument("--max-params", type=int, default=0, help="hard cap on the size of PPO's runs and of the "
                         "learned policies' evaluation runs; the heuristic is evaluated without it, and again with it")
+    parser.add_argument("--select-every", type=int, default=0, help="PPO's checkpoint selection: score the greedy "
+                        "policy every N updates and evaluate the best (PPOConfig.select_every; 0: the last update's)")
+    parser.add_argument("--select-runs", type=int, default=4, help="training-range runs that score the greedy policy")
     parser.add_argument("--eval-seeds", default="0,1,2,3,4")
     parser.add_argument("--dataset-runs", type=int, default=20, help="heuristic runs, and as many random runs, for IQL")
     parser.add_argument("--iql-steps", type=int, default=5000)
@@ -140,7 +144,7 @@ def main() -> None:
     ppo_path = ws.root / "ppo.pt"
     cfg = PPOConfig(seed=args.seed, n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr, ent_coef=args.ent_coef,
                     reward=rewards, shared_baseline=args.shared_baseline, critic_warmup=args.critic_warmup,
-                    max_params=args.max_params)
+                    max_params=args.max_params, select_every=args.select_every, select_runs=args.select_runs)
     ppo_started = time.perf_counter()
     result = train_ppo(cfg, ppo_path, ws, init=init and Path(init), progress=say,
                        deadline=budget_start + args.minutes * 60)
@@ -149,7 +153,8 @@ def main() -> None:
                               "episodes": result["episodes"], "updates": result["updates"], "n_envs": args.n_envs,
                               "shared_baseline": args.shared_baseline,
                               "seed": args.seed, "learning_rate": args.lr, "critic_warmup": args.critic_warmup,
-                              "max_params": args.max_params,
+                              "max_params": args.max_params, "select_every": args.select_every,
+                              "select_runs": args.select_runs, "kept_update": result["kept_update"],
                               "last_update": {k: round(v, 4) for k, v in result["stats"].items()}}
 
     results = {}

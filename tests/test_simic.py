@@ -20,9 +20,13 @@ from esper.simic.env import VecEnv, play
 from esper.simic.iql import IQLConfig, expectile_loss
 from esper.simic.iql import train as train_iql
 from esper.simic.policy import PolicyController, PolicyNet, load_policy, load_policy_controller, save_policy
-from esper.simic.ppo import PPOConfig, advantages, centre_per_step, collect, make_net, ppo_loss, read_batch, update
+from esper.simic.ppo import (
+    PPOConfig, advantages, centre_per_step, collect, greedy_score, make_net, ppo_loss, read_batch, selection_seed, update,
+)
+from esper.simic import ppo
+from esper.simic.ppo import train as train_ppo
 from esper.simic.rewards import RewardConfig, StepOutcome, components
-from esper.store import Recorder
+from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
@@ -390,6 +394,60 @@ def test_a_param_budget_charges_only_the_growth_beyond_it():
     assert cost(1000, 1900, 500) == pytest.approx(-math.log(1.9))  # a budget below the host is the host
     path = [1000, 1500, 2600, 2100, 4000]
     assert sum(cost(a, b, budget) for a, b in zip(path, path[1:])) == pytest.approx(-math.log(4000 / budget))
+
+
+def _selections(ws: Workspace, learner: str) -> dict[int, dict]:
+    with ws.reader() as reader:
+        rows = reader.con.execute("SELECT payload->>'$.update', payload->>'$.stats' FROM events "
+                                  "WHERE run_id = $r AND type = 'PolicyUpdated'", {"r": learner}).fetchall()
+    stats = {int(u): msgspec.json.decode(s) for u, s in rows}
+    return {u: s for u, s in stats.items() if "select.return" in s}
+
+
+def test_selection_scores_the_greedy_policy_on_fixed_runs_and_logs_the_score(tmp_path, data):
+    ws, out = Workspace.at(tmp_path), tmp_path / "ppo.pt"
+    cfg = PPOConfig(epochs=4, episodes=2, n_envs=2, select_every=1, select_runs=2, learning_rate=0.01)
+    result = train_ppo(cfg, out, ws)
+    selections = _selections(ws, result["learner"])
+    assert sorted(selections) == [0, 1]  # the starting policy, then after the update
+    assert {"select.return", "select.val_accuracy", "select.params", "select.kept_update"} <= selections[1].keys()
+    kept = result["kept_update"]
+    # the file's policy, scored again on the same selection runs, scores exactly as logged: scores compare
+    with Recorder(":memory:") as recorder:
+        again = greedy_score(load_policy(out)[0], cfg, data, recorder, "again", 0)
+        seeds = sorted(recorder.read(r)[0].event.config.seed for r in recorder.run_ids())
+    assert again == {k: v for k, v in selections[kept].items() if k != "select.kept_update"}
+    assert seeds == [selection_seed(cfg, 0), selection_seed(cfg, 1)]
+
+
+def test_selection_keeps_the_best_scoring_policy_and_resumes_from_the_latest(tmp_path, data, monkeypatch):
+    scores = {0: 0.1, 1: 0.5, 2: 0.3, 3: 0.5, 4: 0.4}  # update 1 is best; update 3 ties it and the older stays
+    seen = {}
+
+    def scripted(net, cfg, data, recorder, tag, update):
+        seen[update] = {k: v.clone() for k, v in net.state_dict().items()}
+        return {"select.return": scores[update]}
+
+    monkeypatch.setattr(ppo, "greedy_score", scripted)
+    ws, out = Workspace.at(tmp_path), tmp_path / "ppo.pt"
+    cfg = PPOConfig(epochs=2, episodes=6, n_envs=2, select_every=1, ent_coef=0.5, learning_rate=0.01)
+    assert train_ppo(cfg, out, ws)["kept_update"] == 1
+    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    blob = load_policy(out)[1]
+    assert same(blob["model"], seen[1]) and same(blob["train"]["latest"], seen[3]) and not same(seen[1], seen[3])
+    assert blob["train"]["kept"] == {"update": 1, "score": 0.5}
+
+    seen.clear()
+    resumed = train_ppo(msgspec.structs.replace(cfg, episodes=8), out, ws, resume=True)
+    assert sorted(seen) == [4] and resumed["kept_update"] == 1  # the kept policy is restored, not scored again
+    assert same(load_policy(out)[1]["model"], blob["model"])
+    latest = make_net(SPEC, cfg.hidden, seed=0)
+    latest.load_state_dict(blob["train"]["latest"])
+    with ws.reader() as reader:
+        (run_id,), = reader.con.execute("SELECT DISTINCT run_id FROM events WHERE run_id LIKE '%-u0004-e0'").fetchall()
+        episode = replay_episode(reader.read_run(run_id), SPEC, cfg.reward, run_id)
+    with torch.no_grad():  # the resumed rollout was played by the latest weights, not by the kept ones
+        assert latest.value(torch.from_numpy(episode.obs[:1])).item() == pytest.approx(float(episode.value[0]), abs=1e-6)
 
 
 def test_reward_config_is_in_the_update_stats():

@@ -133,6 +133,8 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["ppo", "--param-budget", "-5", "--out", "x.pt"], "--param-budget"),
     (["ppo", "--critic-warmup", "-1", "--out", "x.pt"], "--critic-warmup"),
     (["ppo", "--max-params", "100", "--out", "x.pt"], "below the mnist1d host's own"),
+    (["ppo", "--select-every", "-1", "--out", "x.pt"], "--select-every"),
+    (["ppo", "--select-every", "2", "--select-runs", "0", "--out", "x.pt"], "--select-runs"),
     (["iql", "--param-budget", "-5", "--out", "x.pt"], "--param-budget"),
     (["iql", "--temperature", "0", "--out", "x.pt"], "--temperature"),
     (["iql", "--expectile", "1.5", "--out", "x.pt"], "--expectile"),

@@ -62,6 +62,9 @@ def ppo(
                                       help="First updates that train only the critic (useful with --init)."),
     max_params: int = typer.Option(0, "--max-params", help="Hard cap on the runs' size: germinations that would "
                                    "exceed it are masked (0: none). The policy file keeps it for `esper run`."),
+    select_every: int = typer.Option(0, "--select-every", help="Checkpoint selection: every N updates (and before "
+                                     "the first) score the greedy policy on --select-runs runs; --out keeps the best (0: the latest)."),
+    select_runs: int = typer.Option(4, "--select-runs", help="Runs of their own seeds that score the greedy policy."),
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint at --out up to --episodes in all."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     workspace: Optional[Path] = WorkspaceOption,
@@ -81,7 +84,7 @@ def ppo(
         learning_rate=lr, hidden=hidden, update_epochs=update_epochs, minibatches=minibatches, ent_coef=ent_coef,
         target_kl=target_kl or None, gamma=gamma,
         reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget),
-        critic_warmup=critic_warmup, max_params=max_params,
+        critic_warmup=critic_warmup, max_params=max_params, select_every=select_every, select_runs=select_runs,
     )
     result = train(cfg, out, Workspace.at(workspace), init=init, resume=resume, progress=say)
     stats = result["stats"]
@@ -91,6 +94,8 @@ def ppo(
     print(f"policy {out}\n  updates        {result['updates']}\n  episodes       {result['episodes']}\n"
           f"  last return    {stats.get('return', float('nan')):+.4f}\n"
           f"  last val acc   {stats.get('val_accuracy', float('nan')) * 100:6.2f}%\n"
+          + (f"  kept policy    after update {result['kept_update']} (best greedy return on the selection runs)\n"
+             if result["kept_update"] is not None else "") +
           f"  episodes       runs {result['runs']} in {result['store']}\n"
           f"  run it with    esper run --controller policy --policy {out}")
 

@@ -12,12 +12,17 @@ One update, top to bottom:
    gradient clipping and an early stop when the approximate KL passes `target_kl`;
 5. log `PolicyUpdated` (approx_kl, clipfrac, explained variance, entropy, environment steps/s, reward
    components and weights, whether the actor was frozen for the critic's warm-up) and write the
-   checkpoint, which is also the policy file.
+   checkpoint, which is also the policy file;
+6. with `select_every`: every that many updates (and once before the first), play the greedy policy on
+   the job's fixed selection runs and keep the best-scoring policy as the file's policy (checkpoint
+   selection); the checkpoint still resumes from the latest weights.
 
-Episodes of update u train with run seed `TRAIN_SEEDS + 100_000 * seed + u`: seeds below 1000 are never
-trained on, so evaluations on them are on unseen runs.
+Episodes of update u train with run seed `TRAIN_SEEDS + 100_000 * seed + u`, selection run i with
+`TRAIN_SEEDS + 100_000 * seed + SELECT_SEEDS + i`: seeds below 1000 are never trained on or selected
+with, so evaluations on them are on unseen runs.
 """
 
+import copy
 import math
 import secrets
 import time
@@ -34,9 +39,9 @@ from esper.errors import BadInput
 from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.events import PolicyUpdated
 from esper.simic.dataset import Episode, batch, replay_episode
-from esper.simic.env import VecEnv, configs_round_robin
+from esper.simic.env import VecEnv, configs_round_robin, play
 from esper.simic.features import ADVANCE, FeatureSpec, action_mask, encode, spec_for_task, to_command
-from esper.simic.policy import PolicyNet, check_training, load_policy, save_policy
+from esper.simic.policy import PolicyController, PolicyNet, check_training, load_policy, save_policy
 from esper.simic.rewards import COMPONENTS, RewardConfig, StepOutcome, components, reward
 from esper.store import Recorder, Workspace
 from esper.tolaria.data import load_task_data
@@ -44,6 +49,8 @@ from esper.tolaria.loop import StoreSink, resolve_config
 from esper.tolaria.trainer import resolve_device
 
 TRAIN_SEEDS = 1000
+SELECT_SEEDS = 90_000
+"""Offset of the selection runs' seeds in a job's block of 100,000 run seeds (the rollouts count up from 0)."""
 
 
 class PPOConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -98,6 +105,12 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """First updates that train only the critic, the actor frozen. For a job that starts from another policy
     (`--init`): that policy's critic (IQL's is an optimistic expectile value) has not learnt these returns,
     and the actor's first steps would follow its errors."""
+    select_every: int = 0
+    """Checkpoint selection: every this many updates, and once before the first, play the greedy policy on
+    `select_runs` fixed runs; the policy file holds the best by mean return so far (0: the latest update's).
+    Updates after the last selection live only in the checkpoint's training state."""
+    select_runs: int = 4
+    """Runs (seeds of their own, never rollouts') that score the greedy policy for checkpoint selection."""
 
 
 # ---- 1. rollout ----------------------------------------------------------------------------------
@@ -287,7 +300,7 @@ def train(
 ) -> dict[str, Any]:
     """Run PPO to `cfg.episodes` episodes, checkpointing into `out` after every update. With `deadline`
     (a `time.perf_counter()` value), stop early rather than start an update that would end after it."""
-    start_update, episodes_done = 0, 0
+    start_update, episodes_done, kept = 0, 0, None
     if resume:
         cfg, state = _resume_state(out, cfg)
         start_update, episodes_done = state["update"], state["episodes"]
@@ -298,6 +311,7 @@ def train(
     generator = torch.Generator().manual_seed(cfg.seed)
     if resume:
         net.load_state_dict(state["model"])
+        kept = _kept_state(out, state)
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         progress(f"resuming {out} after update {start_update} ({episodes_done} episodes)")
@@ -318,9 +332,15 @@ def train(
     stats: dict[str, float] = {}
     with Recorder(store) as recorder:
         learner = StoreSink(recorder, learner_id)
-        last_update_s = 0.0
+        last_update_s = last_select_s = 0.0
+        if cfg.select_every and kept is None:  # the starting policy is the first candidate
+            select_started = time.perf_counter()
+            kept, selected = select(kept, net, start_update, cfg, data, recorder, tag, progress)
+            learner.append([PolicyUpdated(update=start_update, stats=selected)])
+            last_select_s = time.perf_counter() - select_started
         for u in range(start_update, updates):
-            if deadline is not None and time.perf_counter() + last_update_s > deadline:
+            selects = cfg.select_every > 0 and (u + 1) % cfg.select_every == 0
+            if deadline is not None and time.perf_counter() + last_update_s + selects * last_select_s > deadline:
                 progress(f"time is up after update {u} ({episodes_done} episodes)")
                 break
             update_started = time.perf_counter()
@@ -343,16 +363,23 @@ def train(
             stats |= _episode_stats(episodes)
             stats |= {"env_steps_per_s": live.steps / played, "episodes": float(episodes_done),
                       "learning_rate": cfg.learning_rate, "actor_frozen": float(frozen)} | cfg.reward.stats()
-            learner.append([PolicyUpdated(update=u + 1, stats=stats)])
-            save_policy(out, net, "ppo", cfg.reward, cfg.hidden, train={
-                "config": msgspec.to_builtins(cfg), "update": u + 1, "episodes": episodes_done,
-                "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "store": str(store),
-            }, max_params=cfg.max_params)
-            progress(_line(u + 1, updates, stats) + ("  (critic warm-up: actor frozen)" if frozen else ""))
             last_update_s = time.perf_counter() - update_started
+            progress(_line(u + 1, updates, stats) + ("  (critic warm-up: actor frozen)" if frozen else ""))
+            if selects:
+                select_started = time.perf_counter()
+                kept, selected = select(kept, net, u + 1, cfg, data, recorder, tag, progress)
+                stats |= selected
+                last_select_s = time.perf_counter() - select_started
+            learner.append([PolicyUpdated(update=u + 1, stats=stats)])
+            training = {"config": msgspec.to_builtins(cfg), "update": u + 1, "episodes": episodes_done,
+                        "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "store": str(store)}
+            if kept is not None:  # the file's policy is the kept one; resuming continues from the latest
+                training |= {"latest": net.state_dict(), "kept": {"update": kept.update, "score": kept.score}}
+            save_policy(out, kept.net if kept else net, "ppo", cfg.reward, cfg.hidden, train=training,
+                        max_params=cfg.max_params)
     return {"out": str(out), "store": str(store), "learner": learner_id, "runs": f"{cfg.task}-ppo-{tag}-*",
             "updates": math.ceil(episodes_done / cfg.n_envs),
-            "episodes": episodes_done, "stats": stats}
+            "episodes": episodes_done, "stats": stats, "kept_update": kept.update if kept else None}
 
 
 def _episode_stats(episodes: list[Episode]) -> dict[str, float]:
@@ -384,6 +411,12 @@ def _check(cfg: PPOConfig) -> None:
         raise BadInput("--minibatches and --update-epochs must be at least 1")
     if cfg.critic_warmup < 0:
         raise BadInput(f"--critic-warmup must not be negative, got {cfg.critic_warmup}")
+    if cfg.select_every < 0 or cfg.select_runs < 1:
+        raise BadInput(f"--select-every must not be negative and --select-runs must be at least 1 "
+                       f"(got {cfg.select_every} and {cfg.select_runs})")
+    if math.ceil(cfg.episodes / cfg.n_envs) > SELECT_SEEDS or cfg.select_runs > 100_000 - SELECT_SEEDS:
+        raise BadInput(f"a job plays at most {SELECT_SEEDS:,} updates and selects on at most "
+                       f"{100_000 - SELECT_SEEDS:,} runs (its rollouts' and selection runs' seeds must not meet)")
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
     if cfg.ent_coef < 0 or (cfg.target_kl is not None and cfg.target_kl < 0):
         raise BadInput(f"--ent-coef and --target-kl must not be negative (got {cfg.ent_coef} and {cfg.target_kl})")
@@ -402,5 +435,69 @@ def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]
     if state is None:
         raise BadInput(f"{out} holds a policy but no training state (it was not written by `esper ppo`)")
     old = msgspec.convert(state["config"], PPOConfig)
-    state = dict(state, model=blob["model"])
+    state = dict(state, model=state.get("latest", blob["model"]))
     return msgspec.structs.replace(old, episodes=max(cfg.episodes, state["episodes"])), state
+
+
+
+# ---- 6. checkpoint selection -------------------------------------------------------------------------
+
+
+@attrs.define
+class Kept:
+    """The policy a selecting job's file holds: the best greedy score so far, and after which update."""
+
+    update: int
+    score: float
+    net: PolicyNet
+
+
+def selection_seed(cfg: PPOConfig, i: int) -> int:
+    return TRAIN_SEEDS + 100_000 * cfg.seed + SELECT_SEEDS + i
+
+
+def greedy_score(net: PolicyNet, cfg: PPOConfig, data, recorder: Recorder, tag: str, update: int) -> dict[str, float]:
+    """`select.*` stats of the greedy policy on the job's selection runs: mean return (the score), final
+    validation accuracy and params. The runs are the same every time, so two scores compare two policies on
+    equal runs; they are logged like any other run (controller `policy`)."""
+    controller = PolicyController(net, max_params=cfg.max_params)
+    returns, finished = [], []
+    for i in range(cfg.select_runs):
+        config = resolve_config(RunConfig(task=cfg.task, controller="policy", seed=selection_seed(cfg, i), epochs=cfg.epochs,
+                                          telemetry=cfg.telemetry, device=cfg.devices[i % len(cfg.devices)],
+                                          lifecycle=LifecycleConfig(max_params=cfg.max_params)))
+        run_id = f"{cfg.task}-ppo-{tag}-u{update:04d}-select{i}"
+        result, = play(VecEnv([config], [StoreSink(recorder, run_id)], data), [controller])
+        returns.append(float(replay_episode(recorder.read(run_id), net.spec, cfg.reward, run_id).reward.sum()))
+        if result is not None:
+            finished.append(result)
+    stats = {"select.return": float(np.mean(returns))}
+    if finished:
+        stats["select.val_accuracy"] = float(np.mean([r.val_accuracy for r in finished]))
+        stats["select.params"] = float(np.mean([r.params for r in finished]))
+    return stats
+
+
+def select(kept: Kept | None, net: PolicyNet, update: int, cfg: PPOConfig, data, recorder: Recorder, tag: str,
+           progress: Callable[[str], None]) -> tuple[Kept, dict[str, float]]:
+    """Score `net` (the policy after `update`) and keep it if it beats the kept one (ties keep the older);
+    the policy kept now, and the `select.*` stats for the update's `PolicyUpdated`."""
+    stats = greedy_score(net, cfg, data, recorder, tag, update)
+    if kept is None or stats["select.return"] > kept.score:
+        kept = Kept(update, stats["select.return"], copy.deepcopy(net))
+    progress(_select_line(stats, cfg.select_runs, kept))
+    return kept, stats | {"select.kept_update": float(kept.update)}
+
+
+def _select_line(stats: dict[str, float], runs: int, kept: Kept) -> str:
+    return (f"  greedy on {runs} selection runs: return {stats['select.return']:+.3f}  "
+            f"val {stats.get('select.val_accuracy', float('nan')) * 100:5.1f}%  "
+            f"params {stats.get('select.params', float('nan')):,.0f}  -> keeping update {kept.update}")
+
+
+def _kept_state(out: Path, state: dict[str, Any]) -> Kept | None:
+    """The kept policy of a selecting job's checkpoint (None for a job that does not select)."""
+    if "kept" not in state:
+        return None
+    net, _ = load_policy(out)
+    return Kept(int(state["kept"]["update"]), float(state["kept"]["score"]), net)
