@@ -1,6 +1,7 @@
 """Simic: masks, the log projection both learners read, the vectorized environment, PPO and IQL updates."""
 
 import math
+import time
 
 import hypothesis.strategies as st
 import msgspec
@@ -404,13 +405,13 @@ def _selections(ws: Workspace, learner: str) -> dict[int, dict]:
     return {u: s for u, s in stats.items() if "select.return" in s}
 
 
-def test_selection_scores_the_greedy_policy_on_fixed_runs_and_logs_the_score(tmp_path, data):
+def test_selection_scores_the_greedy_policy_on_fixed_runs_and_changes_no_training(tmp_path, data):
     ws, out = Workspace.at(tmp_path), tmp_path / "ppo.pt"
     cfg = PPOConfig(epochs=4, episodes=2, n_envs=2, select_every=1, select_runs=2, learning_rate=0.01)
     result = train_ppo(cfg, out, ws)
     selections = _selections(ws, result["learner"])
     assert sorted(selections) == [0, 1]  # the starting policy, then after the update
-    assert {"select.return", "select.val_accuracy", "select.params", "select.kept_update"} <= selections[1].keys()
+    assert {"select.return", "select.val_accuracy", "select.params", "select.failed", "select.kept_update"} <= selections[1].keys()
     kept = result["kept_update"]
     # the file's policy, scored again on the same selection runs, scores exactly as logged: scores compare
     with Recorder(":memory:") as recorder:
@@ -418,10 +419,16 @@ def test_selection_scores_the_greedy_policy_on_fixed_runs_and_logs_the_score(tmp
         seeds = sorted(recorder.read(r)[0].event.config.seed for r in recorder.run_ids())
     assert again == {k: v for k, v in selections[kept].items() if k != "select.kept_update"}
     assert seeds == [selection_seed(cfg, 0), selection_seed(cfg, 1)]
+    # playing the selection runs draws nothing from what training draws: the same job without them ends equal
+    # (to rounding: BLAS sums in an order that may depend on where the allocator put the tensors)
+    plain = train_ppo(msgspec.structs.replace(cfg, select_every=0), tmp_path / "plain.pt", ws)
+    latest, trained = load_policy(out)[1]["train"]["latest"], load_policy(plain["out"])[1]["model"]
+    assert plain["kept_update"] is None
+    assert all(torch.allclose(latest[k], trained[k], atol=1e-4) for k in trained)
 
 
-def test_selection_keeps_the_best_scoring_policy_and_resumes_from_the_latest(tmp_path, data, monkeypatch):
-    scores = {0: 0.1, 1: 0.5, 2: 0.3, 3: 0.5, 4: 0.4}  # update 1 is best; update 3 ties it and the older stays
+def _scripted(monkeypatch, scores: dict[int, float]) -> dict[int, dict]:
+    """Make `greedy_score` return `scores[update]`; the weights it was shown, by update."""
     seen = {}
 
     def scripted(net, cfg, data, recorder, tag, update):
@@ -429,18 +436,28 @@ def test_selection_keeps_the_best_scoring_policy_and_resumes_from_the_latest(tmp
         return {"select.return": scores[update]}
 
     monkeypatch.setattr(ppo, "greedy_score", scripted)
+    return seen
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_selection_keeps_the_best_scoring_policy_and_resumes_from_the_latest(tmp_path, monkeypatch):
+    # every 2 updates and after the last; update 3 ties update 2 and the older stays; update 5 is best
+    seen = _scripted(monkeypatch, {0: 0.1, 2: 0.5, 3: 0.5, 4: 0.4, 5: 0.6})
     ws, out = Workspace.at(tmp_path), tmp_path / "ppo.pt"
-    cfg = PPOConfig(epochs=2, episodes=6, n_envs=2, select_every=1, ent_coef=0.5, learning_rate=0.01)
-    assert train_ppo(cfg, out, ws)["kept_update"] == 1
-    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    cfg = PPOConfig(epochs=2, episodes=6, n_envs=2, select_every=2, ent_coef=0.5, learning_rate=0.01)
+    assert train_ppo(cfg, out, ws)["kept_update"] == 2
+    assert sorted(seen) == [0, 2, 3]
     blob = load_policy(out)[1]
-    assert same(blob["model"], seen[1]) and same(blob["train"]["latest"], seen[3]) and not same(seen[1], seen[3])
-    assert blob["train"]["kept"] == {"update": 1, "score": 0.5}
+    assert _same(blob["model"], seen[2]) and _same(blob["train"]["latest"], seen[3]) and not _same(seen[2], seen[3])
+    assert blob["train"]["kept"] == {"update": 2, "failed": 0, "score": 0.5}
 
     seen.clear()
-    resumed = train_ppo(msgspec.structs.replace(cfg, episodes=8), out, ws, resume=True)
-    assert sorted(seen) == [4] and resumed["kept_update"] == 1  # the kept policy is restored, not scored again
-    assert same(load_policy(out)[1]["model"], blob["model"])
+    resumed = train_ppo(msgspec.structs.replace(cfg, episodes=10), out, ws, resume=True)
+    assert sorted(seen) == [4, 5] and resumed["kept_update"] == 5  # the kept policy was restored, not scored again
+    assert _same(load_policy(out)[1]["model"], seen[5])
     latest = make_net(SPEC, cfg.hidden, seed=0)
     latest.load_state_dict(blob["train"]["latest"])
     with ws.reader() as reader:
@@ -448,6 +465,23 @@ def test_selection_keeps_the_best_scoring_policy_and_resumes_from_the_latest(tmp
         episode = replay_episode(reader.read_run(run_id), SPEC, cfg.reward, run_id)
     with torch.no_grad():  # the resumed rollout was played by the latest weights, not by the kept ones
         assert latest.value(torch.from_numpy(episode.obs[:1])).item() == pytest.approx(float(episode.value[0]), abs=1e-6)
+
+
+def test_a_selecting_job_out_of_time_scores_its_last_update_and_writes_the_file(tmp_path, monkeypatch):
+    seen = _scripted(monkeypatch, {0: 0.1, 1: 0.2})
+    lines = []
+    cfg = PPOConfig(epochs=2, episodes=8, n_envs=2, select_every=3)
+    result = train_ppo(cfg, tmp_path / "ppo.pt", Workspace.at(tmp_path), progress=lines.append,
+                       deadline=time.perf_counter())
+    assert result["episodes"] == 2 and any("time is up after update 1" in line for line in lines)
+    assert sorted(seen) == [0, 1] and result["kept_update"] == 1
+    assert _same(load_policy(tmp_path / "ppo.pt")[0].state_dict(), seen[1])
+
+
+def test_a_policy_with_a_failed_selection_run_never_beats_one_without():
+    kept = ppo.Kept(update=1, failed=1, score=2.0, net=None)
+    assert kept.beaten_by(failed=0, score=1.0) and not kept.beaten_by(failed=1, score=2.0)
+    assert not ppo.Kept(update=1, failed=0, score=1.0, net=None).beaten_by(failed=1, score=5.0)
 
 
 def test_reward_config_is_in_the_update_stats():

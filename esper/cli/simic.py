@@ -91,13 +91,14 @@ def ppo(
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k != "stats"} | {"last_update": stats}))
         return
-    print(f"policy {out}\n  updates        {result['updates']}\n  episodes       {result['episodes']}\n"
-          f"  last return    {stats.get('return', float('nan')):+.4f}\n"
-          f"  last val acc   {stats.get('val_accuracy', float('nan')) * 100:6.2f}%\n"
-          + (f"  kept policy    after update {result['kept_update']} (best greedy return on the selection runs)\n"
-             if result["kept_update"] is not None else "") +
-          f"  episodes       runs {result['runs']} in {result['store']}\n"
-          f"  run it with    esper run --controller policy --policy {out}")
+    lines = [f"policy {out}", f"  updates        {result['updates']}", f"  episodes       {result['episodes']}",
+             f"  last return    {stats.get('return', float('nan')):+.4f}",
+             f"  last val acc   {stats.get('val_accuracy', float('nan')) * 100:6.2f}%",
+             f"  episodes       runs {result['runs']} in {result['store']}"]
+    if result["kept_update"] is not None:
+        lines.append(f"  kept policy    after update {result['kept_update']} (best greedy return on the selection runs)")
+        lines.append(f"  selection runs {result['runs'].removesuffix('-u*')}-select-*")
+    print("\n".join(lines + [f"  run it with    esper run --controller policy --policy {out}"]))
 
 
 @app.command()

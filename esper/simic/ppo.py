@@ -18,7 +18,7 @@ One update, top to bottom:
    selection); the checkpoint still resumes from the latest weights.
 
 Episodes of update u train with run seed `TRAIN_SEEDS + 100_000 * seed + u`, selection run i with
-`TRAIN_SEEDS + 100_000 * seed + SELECT_SEEDS + i`: seeds below 1000 are never trained on or selected
+`TRAIN_SEEDS + 100_000 * seed + SELECT_OFFSET + i`: seeds below 1000 are never trained on or selected
 with, so evaluations on them are on unseen runs.
 """
 
@@ -49,7 +49,7 @@ from esper.tolaria.loop import StoreSink, resolve_config
 from esper.tolaria.trainer import resolve_device
 
 TRAIN_SEEDS = 1000
-SELECT_SEEDS = 90_000
+SELECT_OFFSET = 90_000
 """Offset of the selection runs' seeds in a job's block of 100,000 run seeds (the rollouts count up from 0)."""
 
 
@@ -299,7 +299,9 @@ def train(
     progress: Callable[[str], None] = lambda line: None, deadline: float | None = None,
 ) -> dict[str, Any]:
     """Run PPO to `cfg.episodes` episodes, checkpointing into `out` after every update. With `deadline`
-    (a `time.perf_counter()` value), stop early rather than start an update that would end after it."""
+    (a `time.perf_counter()` value), stop early rather than start an update that would end after it (the
+    first update always runs). With `cfg.select_every`, `out`'s policy is the kept one, and the last update
+    is always scored; the deadline leaves room for that (the starting policy's score is not counted)."""
     start_update, episodes_done, kept = 0, 0, None
     if resume:
         cfg, state = _resume_state(out, cfg)
@@ -332,54 +334,74 @@ def train(
     stats: dict[str, float] = {}
     with Recorder(store) as recorder:
         learner = StoreSink(recorder, learner_id)
+
+        def save(update: int) -> None:
+            _save(out, cfg, net, kept, optimizer, generator, store, update, episodes_done)
+
         last_update_s = last_select_s = 0.0
         if cfg.select_every and kept is None:  # the starting policy is the first candidate
             select_started = time.perf_counter()
-            kept, selected = select(kept, net, start_update, cfg, data, recorder, tag, progress)
+            kept, selected = select_checkpoint(kept, net, start_update, cfg, data, recorder, tag, progress)
             learner.append([PolicyUpdated(update=start_update, stats=selected)])
+            save(start_update)
             last_select_s = time.perf_counter() - select_started
         for u in range(start_update, updates):
-            selects = cfg.select_every > 0 and (u + 1) % cfg.select_every == 0
-            if deadline is not None and time.perf_counter() + last_update_s + selects * last_select_s > deadline:
-                progress(f"time is up after update {u} ({episodes_done} episodes)")
-                break
             update_started = time.perf_counter()
             n = min(cfg.n_envs, cfg.episodes - episodes_done)
-            base = resolve_config(RunConfig(task=cfg.task, controller="ppo", seed=TRAIN_SEEDS + 100_000 * cfg.seed + u,
-                                            epochs=cfg.epochs, telemetry=cfg.telemetry, policy=str(out),
-                                            lifecycle=LifecycleConfig(max_params=cfg.max_params)))
-            run_ids = [f"{cfg.task}-ppo-{tag}-u{u + 1:04d}-e{i}" for i in range(n)]
-            vec = VecEnv(configs_round_robin(base, n, cfg.devices), [StoreSink(recorder, r) for r in run_ids], data)
-            started = time.perf_counter()
-            live = collect(vec, net, generator, cfg.reward)
-            played = time.perf_counter() - started
-            episodes, b = read_batch(recorder, run_ids, spec, cfg.reward)
-            b["advantages"], b["returns"] = advantages(b, net, cfg.gamma, cfg.gae_lambda)
-            if cfg.shared_baseline:
-                b["advantages"] = centre_per_step(b["advantages"], b["step"])
-            frozen = u < cfg.critic_warmup
-            stats = update(net, optimizer, b, cfg, generator, actor=not frozen)
+            stats = learn(u, n, cfg, net, optimizer, generator, recorder, data, tag, out)
             episodes_done += n
-            stats |= _episode_stats(episodes)
-            stats |= {"env_steps_per_s": live.steps / played, "episodes": float(episodes_done),
-                      "learning_rate": cfg.learning_rate, "actor_frozen": float(frozen)} | cfg.reward.stats()
+            stats["episodes"] = float(episodes_done)
             last_update_s = time.perf_counter() - update_started
-            progress(_line(u + 1, updates, stats) + ("  (critic warm-up: actor frozen)" if frozen else ""))
-            if selects:
+            progress(_line(u + 1, updates, stats) + ("  (critic warm-up: actor frozen)" if stats["actor_frozen"] else ""))
+            due = cfg.select_every > 0 and (u + 1) % cfg.select_every == 0
+            # room for this update's selection, then another update and its selection (any may be the last)
+            time_up = deadline is not None and (
+                time.perf_counter() + (due + 1) * last_select_s + last_update_s > deadline)
+            if cfg.select_every and (due or time_up or u + 1 == updates):  # the last update is always scored
                 select_started = time.perf_counter()
-                kept, selected = select(kept, net, u + 1, cfg, data, recorder, tag, progress)
+                kept, selected = select_checkpoint(kept, net, u + 1, cfg, data, recorder, tag, progress)
                 stats |= selected
                 last_select_s = time.perf_counter() - select_started
             learner.append([PolicyUpdated(update=u + 1, stats=stats)])
-            training = {"config": msgspec.to_builtins(cfg), "update": u + 1, "episodes": episodes_done,
-                        "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "store": str(store)}
-            if kept is not None:  # the file's policy is the kept one; resuming continues from the latest
-                training |= {"latest": net.state_dict(), "kept": {"update": kept.update, "score": kept.score}}
-            save_policy(out, kept.net if kept else net, "ppo", cfg.reward, cfg.hidden, train=training,
-                        max_params=cfg.max_params)
-    return {"out": str(out), "store": str(store), "learner": learner_id, "runs": f"{cfg.task}-ppo-{tag}-*",
-            "updates": math.ceil(episodes_done / cfg.n_envs),
-            "episodes": episodes_done, "stats": stats, "kept_update": kept.update if kept else None}
+            save(u + 1)
+            if time_up and u + 1 < updates:
+                progress(f"time is up after update {u + 1} ({episodes_done} episodes)")
+                break
+    return {"out": str(out), "store": str(store), "learner": learner_id, "runs": f"{cfg.task}-ppo-{tag}-u*",
+            "updates": math.ceil(episodes_done / cfg.n_envs), "episodes": episodes_done, "stats": stats,
+            "kept_update": kept.update if kept else None}
+
+
+def learn(u: int, n: int, cfg: PPOConfig, net: PolicyNet, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+          recorder: Recorder, data, tag: str, out: Path) -> dict[str, float]:
+    """Update u (from 0): play `n` episodes, read them back, update the policy; the update's stats."""
+    base = resolve_config(RunConfig(task=cfg.task, controller="ppo", seed=TRAIN_SEEDS + 100_000 * cfg.seed + u,
+                                    epochs=cfg.epochs, telemetry=cfg.telemetry, policy=str(out),
+                                    lifecycle=LifecycleConfig(max_params=cfg.max_params)))
+    run_ids = [f"{cfg.task}-ppo-{tag}-u{u + 1:04d}-e{i}" for i in range(n)]
+    vec = VecEnv(configs_round_robin(base, n, cfg.devices), [StoreSink(recorder, r) for r in run_ids], data)
+    started = time.perf_counter()
+    live = collect(vec, net, generator, cfg.reward)
+    played = time.perf_counter() - started
+    episodes, b = read_batch(recorder, run_ids, net.spec, cfg.reward)
+    b["advantages"], b["returns"] = advantages(b, net, cfg.gamma, cfg.gae_lambda)
+    if cfg.shared_baseline:
+        b["advantages"] = centre_per_step(b["advantages"], b["step"])
+    frozen = u < cfg.critic_warmup
+    stats = update(net, optimizer, b, cfg, generator, actor=not frozen)
+    stats |= _episode_stats(episodes)
+    return stats | {"env_steps_per_s": live.steps / played, "learning_rate": cfg.learning_rate,
+                    "actor_frozen": float(frozen)} | cfg.reward.stats()
+
+
+def _save(out: Path, cfg: PPOConfig, net: PolicyNet, kept: "Kept | None", optimizer: torch.optim.Optimizer,
+          generator: torch.Generator, store: Path, update: int, episodes: int) -> None:
+    """The checkpoint after `update`: the policy (the kept one when selecting) and what resuming needs."""
+    training = {"config": msgspec.to_builtins(cfg), "update": update, "episodes": episodes,
+                "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "store": str(store)}
+    if kept is not None:  # the file's policy is the kept one; resuming continues from the latest weights
+        training |= {"latest": net.state_dict(), "kept": {"update": kept.update, "failed": kept.failed, "score": kept.score}}
+    save_policy(out, kept.net if kept else net, "ppo", cfg.reward, cfg.hidden, train=training, max_params=cfg.max_params)
 
 
 def _episode_stats(episodes: list[Episode]) -> dict[str, float]:
@@ -411,12 +433,15 @@ def _check(cfg: PPOConfig) -> None:
         raise BadInput("--minibatches and --update-epochs must be at least 1")
     if cfg.critic_warmup < 0:
         raise BadInput(f"--critic-warmup must not be negative, got {cfg.critic_warmup}")
-    if cfg.select_every < 0 or cfg.select_runs < 1:
-        raise BadInput(f"--select-every must not be negative and --select-runs must be at least 1 "
-                       f"(got {cfg.select_every} and {cfg.select_runs})")
-    if math.ceil(cfg.episodes / cfg.n_envs) > SELECT_SEEDS or cfg.select_runs > 100_000 - SELECT_SEEDS:
-        raise BadInput(f"a job plays at most {SELECT_SEEDS:,} updates and selects on at most "
-                       f"{100_000 - SELECT_SEEDS:,} runs (its rollouts' and selection runs' seeds must not meet)")
+    if cfg.seed < 0:
+        raise BadInput(f"--seed must not be negative, got {cfg.seed} (run seeds below {TRAIN_SEEDS} are for evaluation)")
+    if cfg.select_every < 0:
+        raise BadInput(f"--select-every must not be negative, got {cfg.select_every}")
+    if cfg.select_every and not 1 <= cfg.select_runs <= 100_000 - SELECT_OFFSET:
+        raise BadInput(f"--select-runs must be between 1 and {100_000 - SELECT_OFFSET:,}, got {cfg.select_runs}")
+    if cfg.select_every and math.ceil(cfg.episodes / cfg.n_envs) > SELECT_OFFSET:
+        raise BadInput(f"a selecting job plays at most {SELECT_OFFSET:,} updates (its rollouts' seeds would reach "
+                       "its selection runs')")
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
     if cfg.ent_coef < 0 or (cfg.target_kl is not None and cfg.target_kl < 0):
         raise BadInput(f"--ent-coef and --target-kl must not be negative (got {cfg.ent_coef} and {cfg.target_kl})")
@@ -448,12 +473,18 @@ class Kept:
     """The policy a selecting job's file holds: the best greedy score so far, and after which update."""
 
     update: int
+    failed: int
+    """Selection runs of this policy that failed: a policy whose runs fail never beats one whose runs finish."""
     score: float
+    """Mean return over the selection runs (a failed run's return stops where it failed)."""
     net: PolicyNet
+
+    def beaten_by(self, failed: int, score: float) -> bool:
+        return (failed, -score) < (self.failed, -self.score)  # ties keep the older policy
 
 
 def selection_seed(cfg: PPOConfig, i: int) -> int:
-    return TRAIN_SEEDS + 100_000 * cfg.seed + SELECT_SEEDS + i
+    return TRAIN_SEEDS + 100_000 * cfg.seed + SELECT_OFFSET + i
 
 
 def greedy_score(net: PolicyNet, cfg: PPOConfig, data, recorder: Recorder, tag: str, update: int) -> dict[str, float]:
@@ -466,31 +497,34 @@ def greedy_score(net: PolicyNet, cfg: PPOConfig, data, recorder: Recorder, tag: 
         config = resolve_config(RunConfig(task=cfg.task, controller="policy", seed=selection_seed(cfg, i), epochs=cfg.epochs,
                                           telemetry=cfg.telemetry, device=cfg.devices[i % len(cfg.devices)],
                                           lifecycle=LifecycleConfig(max_params=cfg.max_params)))
-        run_id = f"{cfg.task}-ppo-{tag}-u{update:04d}-select{i}"
+        run_id = f"{cfg.task}-ppo-{tag}-select-u{update:04d}-r{i}"
         result, = play(VecEnv([config], [StoreSink(recorder, run_id)], data), [controller])
         returns.append(float(replay_episode(recorder.read(run_id), net.spec, cfg.reward, run_id).reward.sum()))
         if result is not None:
             finished.append(result)
-    stats = {"select.return": float(np.mean(returns))}
+    stats = {"select.return": float(np.mean(returns)), "select.failed": float(cfg.select_runs - len(finished))}
     if finished:
         stats["select.val_accuracy"] = float(np.mean([r.val_accuracy for r in finished]))
         stats["select.params"] = float(np.mean([r.params for r in finished]))
     return stats
 
 
-def select(kept: Kept | None, net: PolicyNet, update: int, cfg: PPOConfig, data, recorder: Recorder, tag: str,
-           progress: Callable[[str], None]) -> tuple[Kept, dict[str, float]]:
-    """Score `net` (the policy after `update`) and keep it if it beats the kept one (ties keep the older);
-    the policy kept now, and the `select.*` stats for the update's `PolicyUpdated`."""
+def select_checkpoint(kept: Kept | None, net: PolicyNet, update: int, cfg: PPOConfig, data, recorder: Recorder,
+                      tag: str, progress: Callable[[str], None]) -> tuple[Kept, dict[str, float]]:
+    """Score `net` (the policy after `update`) and keep it if it beats the kept one; the policy kept now,
+    and the `select.*` stats for the update's `PolicyUpdated`."""
     stats = greedy_score(net, cfg, data, recorder, tag, update)
-    if kept is None or stats["select.return"] > kept.score:
-        kept = Kept(update, stats["select.return"], copy.deepcopy(net))
+    failed, score = int(stats.get("select.failed", 0)), stats["select.return"]
+    if kept is None or kept.beaten_by(failed, score):
+        kept = Kept(update, failed, score, copy.deepcopy(net))
     progress(_select_line(stats, cfg.select_runs, kept))
     return kept, stats | {"select.kept_update": float(kept.update)}
 
 
 def _select_line(stats: dict[str, float], runs: int, kept: Kept) -> str:
+    failed = int(stats.get("select.failed", 0))
     return (f"  greedy on {runs} selection runs: return {stats['select.return']:+.3f}  "
+            + (f"({failed} failed)  " if failed else "") +
             f"val {stats.get('select.val_accuracy', float('nan')) * 100:5.1f}%  "
             f"params {stats.get('select.params', float('nan')):,.0f}  -> keeping update {kept.update}")
 
@@ -500,4 +534,4 @@ def _kept_state(out: Path, state: dict[str, Any]) -> Kept | None:
     if "kept" not in state:
         return None
     net, _ = load_policy(out)
-    return Kept(int(state["kept"]["update"]), float(state["kept"]["score"]), net)
+    return Kept(int(state["kept"]["update"]), int(state["kept"]["failed"]), float(state["kept"]["score"]), net)
