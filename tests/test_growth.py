@@ -122,6 +122,7 @@ def test_cli_run_json_then_replay_verify(tmp_path):
         (("--task", "cifar10"), "--data-dir"),
         (("--max-params", "-5"), "--max-params must be 0"),
         (("--max-params", "1000"), "below the mnist1d host's own 1,258"),
+        (("--anneal-epochs", "-2"), "--anneal-epochs must not be negative"),
     ],
 )
 def test_cli_run_bad_input(tmp_path, args, message):

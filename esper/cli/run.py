@@ -36,6 +36,9 @@ def run(
     max_params: Optional[int] = typer.Option(
         None, "--max-params", help="Hard cap on the model's size: a germination that would exceed it is refused "
         "(default: no cap; with --controller policy or sampled, the cap the policy was trained under)."),
+    anneal_epochs: Optional[int] = typer.Option(
+        None, "--anneal-epochs", help="Lower every learning rate towards 0 over the last N epochs "
+        "(default: the task's, 5 on mnist1d; 0: constant rates)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
@@ -57,13 +60,15 @@ def run(
     config = resolve_config(RunConfig(
         task=task, controller=controller, seed=seed, epochs=epochs, device=device, policy=policy, like=like,
         data_dir=data_dir, telemetry=telemetry, architecture=architecture,
-        lifecycle=LifecycleConfig(max_params=max_params),
+        lifecycle=LifecycleConfig(max_params=max_params), anneal_epochs=anneal_epochs,
     ))
     resolve_device(device)
     data = load_task_data(task, config.data_seed, data_dir, download=download)  # bad input fails before any log exists
     run_id = f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
     cap = f", at most {max_params:,} params" if max_params else ""
-    say(f"run {run_id}: {task}, controller {controller}, seed {seed}, {config.epochs} epochs on {device}{cap}")
+    annealed = min(config.anneal_epochs, config.epochs)
+    anneal = f" (rates annealed over the last {annealed})" if annealed else ""
+    say(f"run {run_id}: {task}, controller {controller}, seed {seed}, {config.epochs} epochs{anneal} on {device}{cap}")
     with Recorder(ws.store_path(run_id)) as recorder:
         result = execute(config, brain, StoreSink(recorder, run_id), progress=_progress(config.epochs), data=data)
     table = _closing_table(run_id, result)

@@ -49,3 +49,6 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     architecture: list[tuple[str, str]] = []
     """(slot, blueprint) of seeds built into the host before training (the `scratch` baseline)."""
     lifecycle: LifecycleConfig = LifecycleConfig()
+    anneal_epochs: int | None = None
+    """The last N epochs scale every learning rate (host and seeds) down a half cosine towards 0; None
+    means the task preset's. Logs written before this field existed ran at constant rates: they read as 0."""

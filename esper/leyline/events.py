@@ -11,7 +11,7 @@ import msgspec
 
 from esper.leyline.commands import Command
 from esper.leyline.config import RunConfig
-from esper.leyline.upcast import Mapper
+from esper.leyline.upcast import Mapper, upcaster
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -19,13 +19,21 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     epoch: int | None = None
 
 
-class RunStarted(_Event, tag="RunStarted"):
+class RunStarted(_Event, tag="RunStarted", kw_only=True):
+    schema_version: int = 2
     config: RunConfig
     host_params: int = 0
     slots: list[str] = []
     blueprints: list[str] = []
     seed_sizes: dict[str, dict[str, int]] = {}
     """Slot → blueprint → parameters a seed would add: what the lifecycle checks `max_params` against."""
+
+
+@upcaster("RunStarted", from_version=1)
+def upcast_run_started_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """v2 records the learning-rate anneal; every v1 run trained at constant rates."""
+    data["config"] = {**data["config"], "anneal_epochs": 0}
+    return data
 
 
 class SeedTelemetry(msgspec.Struct, frozen=True, kw_only=True):

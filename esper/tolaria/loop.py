@@ -70,12 +70,15 @@ Progress = Callable[[int, EpochStats, ObservationProjection, CommandIssued], Non
 
 
 def resolve_config(config: RunConfig) -> RunConfig:
-    """The config as the run will use it, stored whole in `RunStarted`: preset epochs filled in."""
+    """The config as the run will use it, stored whole in `RunStarted`: the preset's epochs and anneal filled in."""
     preset = get_task(config.task)
     if config.epochs < 0:
         raise BadInput(f"--epochs must be positive, got {config.epochs}")
+    if config.anneal_epochs is not None and config.anneal_epochs < 0:
+        raise BadInput(f"--anneal-epochs must not be negative, got {config.anneal_epochs}")
     _check_cap(config.lifecycle.max_params, config.task, preset)
-    return msgspec.structs.replace(config, epochs=config.epochs or preset.epochs)
+    anneal = preset.anneal_epochs if config.anneal_epochs is None else config.anneal_epochs
+    return msgspec.structs.replace(config, epochs=config.epochs or preset.epochs, anneal_epochs=anneal)
 
 
 def _check_cap(cap: int, task: str, preset: TaskPreset) -> None:
@@ -121,7 +124,7 @@ class Session:
     def begin_epoch(self) -> None:
         self.epoch += 1
         self._emit(self.projection.garden.tick(self.epoch))
-        self.trainer.begin_epoch()
+        self.trainer.begin_epoch(self.epoch)
 
     def end_epoch(self) -> Observation:
         stats = self.stats = self.trainer.end_epoch(self.epoch)

@@ -42,6 +42,10 @@ class TaskPreset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     only add synchronisation, and on a busy machine they make each step several times slower."""
     augment: bool = False
     """Whether the trainer applies `esper.tolaria.data.augment` (random crop + flip) to training batches."""
+    anneal_epochs: int = 0
+    """Default of `RunConfig.anneal_epochs`: the run's last N epochs lower every learning rate towards 0
+    (0: constant). Without it the final accuracy is whatever the last epoch's steps left: on mnist1d it
+    moved 3.4 points on average between the last two epochs."""
 
 
 TASKS: dict[str, TaskPreset] = {
@@ -57,6 +61,7 @@ TASKS: dict[str, TaskPreset] = {
             seed_lr=3e-3,
             epochs=25,
             cpu_threads=1,
+            anneal_epochs=5,
         ),
         TaskPreset(
             name="cifar10",

@@ -47,6 +47,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def anneal_scale(epoch: int, epochs: int, anneal_epochs: int) -> float:
+    """Learning-rate multiplier of `epoch` (1-based) in a run of `epochs`: 1, then over the last
+    `anneal_epochs` a half cosine that steps down towards 0 without reaching it (the last epoch still learns)."""
+    into = epoch - (epochs - anneal_epochs)
+    if anneal_epochs <= 0 or into <= 0:
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(into, anneal_epochs) / (anneal_epochs + 1)))
+
+
 def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -67,6 +76,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(data.train) / preset.batch_size)
         self.host_optimizer = self._optimizer(self.model.host_parameters(), preset.lr)
         self.seed_optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.lr_scale = 1.0
         self._build_architecture(config.architecture)
 
     def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -102,7 +112,7 @@ class Trainer:
         model = self.model
         if stage is SeedStage.TRAINING:
             model.start_training(seed_id)
-            self.seed_optimizers[seed_id] = self._optimizer(model.seed_parameters(seed_id), self.preset.seed_lr)
+            self.seed_optimizers[seed_id] = self._optimizer(model.seed_parameters(seed_id), self.preset.seed_lr * self.lr_scale)
         elif stage is SeedStage.BLENDING:
             steps = max(1, self.config.lifecycle.blend_epochs * self.steps_per_epoch)
             model.start_blending(seed_id, steps, self.config.blend_schedule)
@@ -113,16 +123,28 @@ class Trainer:
             model.cull(seed_id)
             self.seed_optimizers.pop(seed_id, None)
 
+    def _anneal(self, epoch: int) -> None:
+        """Set every optimizer's rate for `epoch`: the preset's rates times `anneal_scale`."""
+        config, preset = self.config, self.preset  # a config not yet resolved means the preset's values
+        anneal = preset.anneal_epochs if config.anneal_epochs is None else config.anneal_epochs
+        self.lr_scale = anneal_scale(epoch, config.epochs or preset.epochs, anneal)
+        for group in self.host_optimizer.param_groups:
+            group["lr"] = self.preset.lr * self.lr_scale
+        for optimizer in self.seed_optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = self.preset.seed_lr * self.lr_scale
+
     # ---- one epoch -----------------------------------------------------------------------------
 
     def train_epoch(self, epoch: int) -> EpochStats:
         """One pass over the training data, then the epoch's measurements."""
-        self.begin_epoch()
+        self.begin_epoch(epoch)
         for x, y in self.data.batches("train", self.preset.batch_size, self.generator):
             self.train_step(x, y)
         return self.end_epoch(epoch)
 
-    def begin_epoch(self) -> None:
+    def begin_epoch(self, epoch: int) -> None:
+        self._anneal(epoch)
         self.model.train()
         self._health = {sid: HealthMeter() for sid in self.seed_optimizers}
         self._seed_loss = {sid: 0.0 for sid in self.model.training_seeds()}

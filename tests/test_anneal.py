@@ -1,0 +1,70 @@
+"""The learning-rate anneal of a run's last epochs: its shape, that it acts, and that old logs keep replaying."""
+
+import json
+
+import pytest
+
+from esper.errors import BadInput
+from esper.leyline import EpochEnded, Germinate, RunConfig, RunStarted, Wait, decode, encode
+from esper.tamiyo.controllers import make_controller
+from esper.tolaria.loop import ListSink, Session, execute, resolve_config
+from esper.tolaria.trainer import anneal_scale
+
+
+def test_the_rate_is_full_until_the_last_epochs_then_steps_down_towards_zero():
+    scales = [anneal_scale(epoch, 25, 5) for epoch in range(1, 26)]
+    assert scales[:20] == [1.0] * 20
+    assert all(a > b for a, b in zip(scales[19:], scales[20:]))  # strictly falling over the last five
+    assert 0 < scales[-1] < 0.1  # the last epoch still learns, a little
+    assert [anneal_scale(epoch, 25, 0) for epoch in range(1, 26)] == [1.0] * 25
+    short = [anneal_scale(epoch, 3, 5) for epoch in (1, 2, 3)]  # more anneal than epochs: all of them fall
+    assert short[0] < 1.0 and short == sorted(short, reverse=True)
+
+
+def test_a_run_takes_the_presets_anneal_unless_it_names_its_own():
+    assert resolve_config(RunConfig()).anneal_epochs == 5  # mnist1d's
+    assert resolve_config(RunConfig(anneal_epochs=0)).anneal_epochs == 0
+    with pytest.raises(BadInput, match="--anneal-epochs must not be negative"):
+        resolve_config(RunConfig(anneal_epochs=-1))
+
+
+def test_every_optimizer_runs_at_the_annealed_rate_of_its_epoch():
+    config = resolve_config(RunConfig(epochs=6, anneal_epochs=4, seed=1))
+    session, seeds_checked = Session(config, ListSink()), 0
+    while not session.done:
+        session.begin_epoch()
+        trainer = session.trainer
+        scale = anneal_scale(session.epoch, 6, 4)
+        rates = [g["lr"] for g in trainer.host_optimizer.param_groups]
+        seed_rates = [g["lr"] for o in trainer.seed_optimizers.values() for g in o.param_groups]
+        assert rates == [pytest.approx(trainer.preset.lr * scale)]
+        assert seed_rates == [pytest.approx(trainer.preset.seed_lr * scale)] * len(seed_rates)
+        seeds_checked += len(seed_rates) if scale < 1 else 0
+        for x, y in trainer.data.batches("train", trainer.preset.batch_size, trainer.generator):
+            trainer.train_step(x, y)
+        session.end_epoch()
+        session.decide(Germinate(slot="mid", blueprint="conv_light") if session.epoch == 1 else Wait(), "test")
+    assert seeds_checked >= 3, "the seed trained through the anneal, and its optimizer was checked"
+
+
+def _epochs(anneal: int) -> list[EpochEnded]:
+    sink = ListSink()
+    execute(resolve_config(RunConfig(epochs=4, anneal_epochs=anneal, controller="static", seed=3)),
+            make_controller("static", 3), sink)
+    return [e for e in sink.events if isinstance(e, EpochEnded)]
+
+
+def test_the_anneal_changes_only_the_epochs_it_covers():
+    constant, annealed = _epochs(0), _epochs(2)
+    assert constant[:2] == annealed[:2]  # same seed, same rates: the same first epochs, bit for bit
+    assert all(a.train_loss != b.train_loss for a, b in zip(constant[2:], annealed[2:]))
+
+
+def test_a_log_from_before_the_anneal_reads_as_constant_rates():
+    started = RunStarted(config=resolve_config(RunConfig(seed=4)), host_params=1258)
+    assert started.schema_version == 2 and decode(encode(started)) == started
+    old = json.loads(encode(started))  # as a v1 log wrote it: no anneal field
+    old["schema_version"] = 1
+    del old["config"]["anneal_epochs"]
+    upcast = decode(json.dumps(old))
+    assert upcast.config.anneal_epochs == 0 and upcast.config.seed == 4 and upcast.host_params == 1258
