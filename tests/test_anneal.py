@@ -28,6 +28,16 @@ def test_a_run_takes_the_presets_anneal_unless_it_names_its_own():
         resolve_config(RunConfig(anneal_epochs=-1))
 
 
+def test_a_session_records_and_trains_with_the_resolved_config():
+    sink = ListSink()
+    session = Session(RunConfig(seed=2), sink)  # epochs 0 and anneal None: the preset's
+    started = sink.events[0]
+    session.close()
+    assert isinstance(started, RunStarted)
+    assert started.config == session.config == session.trainer.config == resolve_config(RunConfig(seed=2))
+    assert (started.config.epochs, started.config.anneal_epochs) == (25, 5)
+
+
 def test_every_optimizer_runs_at_the_annealed_rate_of_its_epoch():
     config = resolve_config(RunConfig(epochs=6, anneal_epochs=4, seed=1))
     session, seeds_checked = Session(config, ListSink()), 0

@@ -96,7 +96,7 @@ class Session:
     the observation, and kept for the epoch's batch."""
 
     def __init__(self, config: RunConfig, sink: Sink, data: TaskData | None = None, download: bool = False):
-        self.config = config
+        config = self.config = resolve_config(config)  # idempotent: `RunStarted` and the trainer see the values used
         self.preset = get_task(config.task)
         if data is None:
             data = load_task_data(config.task, config.data_seed, config.data_dir, download=download)

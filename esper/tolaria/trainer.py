@@ -63,6 +63,8 @@ def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_deca
 
 
 class Trainer:
+    """The model, its optimizers and the epoch loop of one run; `config` is resolved (`resolve_config`)."""
+
     def __init__(self, config: RunConfig, preset: TaskPreset, data: TaskData):
         self.config = config
         self.preset = preset
@@ -124,10 +126,8 @@ class Trainer:
             self.seed_optimizers.pop(seed_id, None)
 
     def _anneal(self, epoch: int) -> None:
-        """Set every optimizer's rate for `epoch`: the preset's rates times `anneal_scale`."""
-        config, preset = self.config, self.preset  # a config not yet resolved means the preset's values
-        anneal = preset.anneal_epochs if config.anneal_epochs is None else config.anneal_epochs
-        self.lr_scale = anneal_scale(epoch, config.epochs or preset.epochs, anneal)
+        """Set every optimizer's rate for `epoch`: the preset's rates times `anneal_scale` (`config` is resolved)."""
+        self.lr_scale = anneal_scale(epoch, self.config.epochs, self.config.anneal_epochs)
         for group in self.host_optimizer.param_groups:
             group["lr"] = self.preset.lr * self.lr_scale
         for optimizer in self.seed_optimizers.values():
