@@ -74,6 +74,17 @@ def test_ppo_resumes_from_its_checkpoint(trained, tmp_path):
     assert seeds == [(1001,)], "the resumed job plays the second update's runs"
 
 
+def test_resume_refuses_settings_it_would_not_apply(trained):
+    ws, result, _ = trained
+    checkpoint = Path(result["out"]).read_bytes()
+    out = esper("ppo", "--resume", "--episodes", "4", "--lr", "1e-3", "--n-envs", "2", "--out", result["out"],
+                workspace=ws)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "drop --lr, --n-envs" in lines[0], out.stderr  # in the order given
+    assert Path(result["out"]).read_bytes() == checkpoint, "nothing trained"
+
+
 def test_iql_learns_from_the_logs_and_its_policy_runs(trained):
     ws, result, _ = trained
     out = esper("iql", "--steps", "40", "--batch-size", "8", "--runs", "controller = 'ppo'",

@@ -28,6 +28,19 @@ def _rewards(accuracy: float, contribution: float, params: float, terminal: floa
     return RewardConfig(accuracy=accuracy, contribution=contribution, params=params, terminal=terminal, param_budget=budget)
 
 
+RESUME_OPTIONS = {"out", "episodes", "resume", "as_json", "workspace"}
+"""What `esper ppo --resume` takes from the command line; every other setting is the checkpoint's."""
+
+
+def _refuse_ignored_settings(ctx: typer.Context) -> None:
+    """A setting given with --resume would silently not apply: say so rather than train on without it."""
+    given = [f"--{name.replace('_', '-')}" for name in ctx.params  # by the source's name: typer may bundle its click
+             if name not in RESUME_OPTIONS and getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
+    if given:
+        raise BadInput(f"--resume continues with the checkpoint's own settings; drop {', '.join(given)} "
+                       "(only --episodes changes), or start a new job with --init")
+
+
 def _output(out: Path) -> Path:
     if out.is_dir():
         raise BadInput(f"--out {out} is a folder; give the policy file's path, e.g. {out / 'policy.pt'}")
@@ -37,6 +50,7 @@ def _output(out: Path) -> Path:
 @app.command()
 @handles_errors
 def ppo(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Policy file to write (also the checkpoint, after every update)."),
     task: str = typer.Option("mnist1d", "--task", help="Task of the training runs."),
     n_envs: int = typer.Option(4, "--n-envs", help="Runs in lock-step per update."),
@@ -74,10 +88,10 @@ def ppo(
     from esper.store import Workspace
 
     out = _output(out)
-    if resume and init is not None:
-        raise BadInput("--resume continues the checkpoint at --out; --init starts a new job: use one of them")
     if resume and not out.is_file():
         raise BadInput(f"--resume: no checkpoint at {out}")
+    if resume:
+        _refuse_ignored_settings(ctx)
     cfg = PPOConfig(
         task=task, n_envs=n_envs, episodes=episodes, epochs=epochs, seed=seed,
         devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",), telemetry=telemetry,
