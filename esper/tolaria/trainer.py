@@ -78,7 +78,6 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(data.train) / preset.batch_size)
         self.host_optimizer = self._optimizer(self.model.host_parameters(), preset.lr)
         self.seed_optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.lr_scale = 1.0
         self._build_architecture(config.architecture)
 
     def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -114,7 +113,7 @@ class Trainer:
         model = self.model
         if stage is SeedStage.TRAINING:
             model.start_training(seed_id)
-            self.seed_optimizers[seed_id] = self._optimizer(model.seed_parameters(seed_id), self.preset.seed_lr * self.lr_scale)
+            self.seed_optimizers[seed_id] = self._optimizer(model.seed_parameters(seed_id), self.preset.seed_lr)
         elif stage is SeedStage.BLENDING:
             steps = max(1, self.config.lifecycle.blend_epochs * self.steps_per_epoch)
             model.start_blending(seed_id, steps, self.config.blend_schedule)
@@ -126,22 +125,17 @@ class Trainer:
             self.seed_optimizers.pop(seed_id, None)
 
     def _anneal(self, epoch: int) -> None:
-        """Set every optimizer's rate for `epoch`: the preset's rates times `anneal_scale` (`config` is resolved)."""
-        self.lr_scale = anneal_scale(epoch, self.config.epochs, self.config.anneal_epochs)
+        """Set every optimizer's rate for `epoch`: the preset's rates times `anneal_scale` (`config` is resolved).
+        Every optimizer alive when the epoch's steps begin gets it, also a seed's created just before (at
+        the previous epoch's decision or this epoch's tick): no step runs at a rate set anywhere else."""
+        scale = anneal_scale(epoch, self.config.epochs, self.config.anneal_epochs)
         for group in self.host_optimizer.param_groups:
-            group["lr"] = self.preset.lr * self.lr_scale
+            group["lr"] = self.preset.lr * scale
         for optimizer in self.seed_optimizers.values():
             for group in optimizer.param_groups:
-                group["lr"] = self.preset.seed_lr * self.lr_scale
+                group["lr"] = self.preset.seed_lr * scale
 
     # ---- one epoch -----------------------------------------------------------------------------
-
-    def train_epoch(self, epoch: int) -> EpochStats:
-        """One pass over the training data, then the epoch's measurements."""
-        self.begin_epoch(epoch)
-        for x, y in self.data.batches("train", self.preset.batch_size, self.generator):
-            self.train_step(x, y)
-        return self.end_epoch(epoch)
 
     def begin_epoch(self, epoch: int) -> None:
         self._anneal(epoch)
