@@ -6,15 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import invoke, one_line_error
 from fake_runs import run_id_for, write_comparison
-from typer.testing import CliRunner
 
-import esper.cli  # noqa: F401 - registers every verb
-from esper.cli.app import app
 from esper.store import Workspace
 
 HEURISTIC = run_id_for("heuristic", 0)
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +22,7 @@ def ws(tmp_path_factory) -> Path:
 
 
 def esper(*args: str):
-    result = runner.invoke(app, list(args))
-    assert "Traceback" not in (result.stdout + result.stderr)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
-
-
-def one_line_error(result, code: int = 2) -> str:
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("esper: "), result.stderr
-    return lines[0]
+    return invoke(*args)
 
 
 def test_report_writes_the_default_file_and_a_summary(ws):
