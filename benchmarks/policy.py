@@ -95,7 +95,6 @@ def train_iql_policy(ws: Workspace, args, rewards: RewardConfig, data) -> tuple[
     path = ws.root / "iql.pt"
     save_policy(path, net, "iql", rewards, iql_cfg.hidden)
     return str(path), {"runs": result["runs"], "transitions": result["transitions"], "steps": args.iql_steps,
-                       "reward_scale": iql_cfg.reward_scale,
                        "minutes": round((time.perf_counter() - started) / 60, 2), "dataset_minutes": round(dataset_s / 60, 2)}
 
 

@@ -151,7 +151,6 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["iql", "--param-budget", "-5", "--out", "x.pt"], "--param-budget"),
     (["iql", "--temperature", "0", "--out", "x.pt"], "--temperature"),
     (["iql", "--expectile", "1.5", "--out", "x.pt"], "--expectile"),
-    (["iql", "--reward-scale", "0", "--out", "x.pt"], "--reward-scale"),
     (["iql", "--runs", "controller = = 'x'", "--out", "x.pt"], "bad --runs filter"),
     (["iql", "--runs", "controller = 'nobody'", "--out", "x.pt"], "dataset is empty"),
     (["run", "--controller", "policy", "--policy", "missing.pt"], "no policy file"),

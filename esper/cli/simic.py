@@ -130,9 +130,6 @@ def iql(
     lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate."),
     expectile: float = typer.Option(0.7, "--expectile", help="τ of the value's expectile regression."),
     temperature: float = typer.Option(3.0, "--temperature", help="β of the advantage weights."),
-    reward_scale: float = typer.Option(
-        100.0, "--reward-scale", help="Rewards are multiplied by this while learning (100: accuracy in points), so "
-        "that --temperature weighs real differences; the saved critic is in unscaled units."),
     gamma: float = typer.Option(0.99, "--gamma", help="Discount per epoch."),
     hidden: int = typer.Option(64, "--hidden", help="Width of the hidden layers."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and sampling."),
@@ -154,7 +151,7 @@ def iql(
 
     out = _output(out)
     cfg = IQLConfig(task=task, steps=steps, batch_size=batch_size, learning_rate=lr, expectile=expectile,
-                    temperature=temperature, reward_scale=reward_scale, gamma=gamma, hidden=hidden, seed=seed,
+                    temperature=temperature, gamma=gamma, hidden=hidden, seed=seed,
                     reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget))
     check(cfg)
     spec = spec_for_task(task)

@@ -11,18 +11,10 @@ legal-action masks of each state. Then, per gradient step on a random minibatch:
 3. policy: advantage-weighted regression, -exp(β (Q̂(s, a) - V(s))) · log π(a | s), weights clipped;
 4. Polyak-average the target Q.
 
-Rewards are multiplied by `reward_scale` while learning. Ours are accuracy fractions, so the advantages
-between the actions of one state are ~0.01 and exp(β·A) ≈ 1 at any usual β: advantage weighting would
-collapse into behaviour cloning of the whole dataset, the random runs included (the IQL paper likewise
-rescales its locomotion rewards before using β = 3). At the default 100, rewards are in accuracy points
-and β = 3 weighs an action one point better by e³ ≈ 20. The saved critic is scaled back, so the policy
-file's values are in the reward's own units, the ones PPO's returns have.
-
 Q outputs one value per flat action (`features.joint_index`); the policy is the same factored, masked
 `PolicyNet` PPO trains, with V as its critic, so the result is an ordinary policy file PPO can start from.
 """
 
-import math
 import time
 from typing import Any, Callable
 
@@ -56,10 +48,7 @@ class IQLConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     expectile: float = 0.7
     """τ of V's expectile regression (0.5: the mean, i.e. SARSA; towards 1: the best action seen)."""
     temperature: float = 3.0
-    """β of the advantage weights exp(β·A), A in scaled rewards (`reward_scale`)."""
-    reward_scale: float = 100.0
-    """Rewards are multiplied by this while learning (100: accuracy in points), so that β weighs real
-    differences; the saved critic is divided by it again."""
+    """β of the advantage weights exp(β·A)."""
     max_weight: float = 100.0
     """Clip of the advantage weights."""
     tau: float = 0.005
@@ -129,14 +118,6 @@ def iql_step(net: PolicyNet, q: TwinQ, q_target: TwinQ, optimizers: dict[str, to
     }
 
 
-def _unscale_critic(net: PolicyNet, scale: float) -> None:
-    """Divide the critic's output layer by `scale`: its values in the reward's own units."""
-    out = net.critic[-1]
-    with torch.no_grad():
-        out.weight.div_(scale)
-        out.bias.div_(scale)
-
-
 def check(cfg: IQLConfig) -> None:
     """`BadInput` for settings IQL cannot train with (before any data is read)."""
     if cfg.steps < 1 or cfg.batch_size < 1:
@@ -145,8 +126,6 @@ def check(cfg: IQLConfig) -> None:
         raise BadInput(f"--expectile must be inside (0, 1), got {cfg.expectile}")
     if not cfg.temperature > 0:
         raise BadInput(f"--temperature must be positive, got {cfg.temperature}")
-    if not (cfg.reward_scale > 0 and math.isfinite(cfg.reward_scale)):
-        raise BadInput(f"--reward-scale must be a positive number, got {cfg.reward_scale}")
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
 
 
@@ -159,7 +138,6 @@ def train(
     if not episodes:
         raise BadInput("no usable runs for IQL: the dataset is empty (check --runs and --task)")
     data = batch(episodes)
-    data["reward"] = data["reward"] * cfg.reward_scale
     n = len(data["reward"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -176,7 +154,7 @@ def train(
     }
     generator = torch.Generator().manual_seed(cfg.seed)
     progress(f"iql: {len(episodes)} runs, {n} transitions, {cfg.steps} steps "
-             f"(expectile {cfg.expectile}, temperature {cfg.temperature}, reward scale {cfg.reward_scale:g})")
+             f"(expectile {cfg.expectile}, temperature {cfg.temperature})")
     sums: dict[str, float] = {}
     started = last_log = time.perf_counter()
     stats: dict[str, float] = {}
@@ -190,14 +168,13 @@ def train(
             now = time.perf_counter()
             stats = {k: v / count for k, v in sums.items()}
             stats |= {"steps_per_s": count / max(now - last_log, 1e-9), "transitions": float(n),
-                      "runs": float(len(episodes)), "step": float(step), "reward_scale": cfg.reward_scale} | cfg.reward.stats()
+                      "runs": float(len(episodes)), "step": float(step)} | cfg.reward.stats()
             sums, last_log = {}, now
             if sink is not None:
                 sink.append([PolicyUpdated(update=step, stats=stats)])
             progress(f"step {step}/{cfg.steps}  v {stats['value_loss']:.4f}  q {stats['q_loss']:.4f}  "
                      f"pi {stats['policy_loss']:.4f}  adv {stats['advantage']:+.4f}  entropy {stats['entropy']:.3f}  "
                      f"{stats['steps_per_s']:.0f} steps/s")
-    _unscale_critic(net, cfg.reward_scale)
     net.eval()
     return net, {"transitions": n, "runs": len(episodes), "seconds": time.perf_counter() - started, "stats": stats}
 
