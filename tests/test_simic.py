@@ -331,6 +331,23 @@ def test_iql_prefers_the_better_action_of_its_data():
     assert result["stats"]["reward.terminal"] == 1.0
 
 
+def test_iql_trains_on_one_thread_and_restores_the_process_setting():
+    seen = []
+
+    class Watching(ListSink):
+        def append(self, batch):
+            seen.append(torch.get_num_threads())
+            super().append(batch)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train_iql(IQLConfig(steps=4, batch_size=8, log_every=2), SPEC, [toy_episode(8)], sink=Watching())
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---- the policy file and controller ----------------------------------------------------------------
 
 

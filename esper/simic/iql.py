@@ -15,8 +15,9 @@ Q outputs one value per flat action (`features.joint_index`); the policy is the 
 `PolicyNet` PPO trains, with V as its critic, so the result is an ordinary policy file PPO can start from.
 """
 
+import contextlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import msgspec
 import torch
@@ -118,6 +119,19 @@ def iql_step(net: PolicyNet, q: TwinQ, q_target: TwinQ, optimizers: dict[str, to
     }
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Train on one CPU thread, then restore the process's setting. The networks are a few 64-wide layers on
+    batches of 256: more intra-op threads only add synchronisation (benchmarks/iql.py: 2 threads ~3× slower
+    than 1 on a 2-core machine, far worse when another process shares the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def check(cfg: IQLConfig) -> None:
     """`BadInput` for settings IQL cannot train with (before any data is read)."""
     if cfg.steps < 1 or cfg.batch_size < 1:
@@ -129,6 +143,7 @@ def check(cfg: IQLConfig) -> None:
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
 
 
+@one_thread()
 def train(
     cfg: IQLConfig, spec: FeatureSpec, episodes: list[Episode], sink: Sink | None = None,
     progress: Callable[[str], None] = lambda line: None,

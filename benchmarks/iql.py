@@ -1,0 +1,83 @@
+"""IQL's gradient steps per second on one CPU thread (what `esper.simic.iql.train` uses) vs all the cores.
+
+The dataset is a few short mnist1d runs (heuristic and random), replayed through the dataset projection.
+The same minibatches are stepped with `torch.set_num_threads(1)` and with `os.cpu_count()` threads,
+alternating, `--repeats` times. Prints one JSON object: median steps/s of each and their ratio.
+
+    .venv/bin/python benchmarks/iql.py [--steps 300] [--repeats 3]
+"""
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from esper.leyline import RunConfig
+from esper.simic.dataset import batch, replay_episode
+from esper.simic.features import spec_for_task
+from esper.simic.iql import IQLConfig, TwinQ, iql_step
+from esper.simic.policy import PolicyNet
+from esper.tamiyo.controllers import make_controller
+from esper.tolaria.data import load_task_data
+from esper.tolaria.loop import ListSink, execute, resolve_config
+
+
+def dataset(runs: int, epochs: int) -> dict[str, torch.Tensor]:
+    spec, data = spec_for_task("mnist1d"), load_task_data("mnist1d", RunConfig().data_seed)
+    episodes = []
+    for controller in ("heuristic", "random"):
+        for seed in range(runs):
+            sink = ListSink()
+            config = resolve_config(RunConfig(controller=controller, seed=seed, epochs=epochs))
+            execute(config, make_controller(controller, seed), sink, data=data)
+            episodes.append(replay_episode(sink.events, spec))
+    return batch(episodes)
+
+
+def steps_per_second(threads: int, data: dict[str, torch.Tensor], steps: int, cfg: IQLConfig) -> float:
+    spec = spec_for_task("mnist1d")
+    torch.manual_seed(0)
+    net, q = PolicyNet(spec, cfg.hidden), TwinQ(spec, cfg.hidden)
+    q_target = copy.deepcopy(q).requires_grad_(False)
+    optimizers = {"v": torch.optim.Adam(net.critic.parameters(), lr=cfg.learning_rate),
+                  "q": torch.optim.Adam(q.parameters(), lr=cfg.learning_rate),
+                  "pi": torch.optim.Adam([p for n, p in net.named_parameters() if not n.startswith("critic.")],
+                                         lr=cfg.learning_rate)}
+    generator = torch.Generator().manual_seed(0)
+    n = len(data["reward"])
+    batches = [torch.randint(0, n, (cfg.batch_size,), generator=generator) for _ in range(steps)]
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    for index in batches:
+        iql_step(net, q, q_target, optimizers, {k: v[index] for k, v in data.items()}, cfg)
+    return steps / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=2, help="runs of each controller in the dataset")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of each dataset run")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    data = dataset(args.runs, args.epochs)
+    cfg = IQLConfig()
+    rates: dict[int, list[float]] = {1: [], cores: []}
+    for _ in range(args.repeats):
+        for threads in rates:
+            rates[threads].append(steps_per_second(threads, data, args.steps, cfg))
+    one, many = statistics.median(rates[1]), statistics.median(rates[cores])
+    print(json.dumps({"machine": f"{platform.machine()}, {cores} CPU cores", "torch": torch.__version__,
+                      "transitions": len(data["reward"]), "batch_size": cfg.batch_size, "steps": args.steps,
+                      "steps_per_s_1_thread": round(one, 1), f"steps_per_s_{cores}_threads": round(many, 1),
+                      "speedup_of_1_thread": round(one / many, 2)}))
+
+
+if __name__ == "__main__":
+    main()
