@@ -2,13 +2,15 @@
 
 The dataset is a few short mnist1d runs (heuristic and random), replayed through the dataset projection.
 The same minibatches are stepped with `torch.set_num_threads(1)` and with `os.cpu_count()` threads,
-alternating, `--repeats` times. Prints one JSON object: median steps/s of each and their ratio.
+alternating, `--repeats` times, once on an idle machine and once while another process keeps one core
+busy (as when two jobs, or a job and the tests, share a small machine). Prints one JSON object: median
+steps/s of each and their ratio, per condition.
 
     .venv/bin/python benchmarks/iql.py [--steps 300] [--repeats 3]
 """
 
 import argparse
-import copy
+import multiprocessing
 import json
 import os
 import platform
@@ -20,8 +22,7 @@ import torch
 from esper.leyline import RunConfig
 from esper.simic.dataset import batch, replay_episode
 from esper.simic.features import spec_for_task
-from esper.simic.iql import IQLConfig, TwinQ, iql_step
-from esper.simic.policy import PolicyNet
+from esper.simic.iql import IQLConfig, iql_step, learners
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import ListSink, execute, resolve_config
@@ -40,14 +41,7 @@ def dataset(runs: int, epochs: int) -> dict[str, torch.Tensor]:
 
 
 def steps_per_second(threads: int, data: dict[str, torch.Tensor], steps: int, cfg: IQLConfig) -> float:
-    spec = spec_for_task("mnist1d")
-    torch.manual_seed(0)
-    net, q = PolicyNet(spec, cfg.hidden), TwinQ(spec, cfg.hidden)
-    q_target = copy.deepcopy(q).requires_grad_(False)
-    optimizers = {"v": torch.optim.Adam(net.critic.parameters(), lr=cfg.learning_rate),
-                  "q": torch.optim.Adam(q.parameters(), lr=cfg.learning_rate),
-                  "pi": torch.optim.Adam([p for n, p in net.named_parameters() if not n.startswith("critic.")],
-                                         lr=cfg.learning_rate)}
+    net, q, q_target, optimizers = learners(cfg, spec_for_task("mnist1d"))
     generator = torch.Generator().manual_seed(0)
     n = len(data["reward"])
     batches = [torch.randint(0, n, (cfg.batch_size,), generator=generator) for _ in range(steps)]
@@ -56,6 +50,21 @@ def steps_per_second(threads: int, data: dict[str, torch.Tensor], steps: int, cf
     for index in batches:
         iql_step(net, q, q_target, optimizers, {k: v[index] for k, v in data.items()}, cfg)
     return steps / (time.perf_counter() - started)
+
+
+def spin() -> None:
+    while True:
+        pass
+
+
+def rates(data: dict[str, torch.Tensor], args, cfg: IQLConfig, cores: int) -> dict[str, float]:
+    measured: dict[int, list[float]] = {1: [], cores: []}
+    for _ in range(args.repeats):
+        for threads in measured:
+            measured[threads].append(steps_per_second(threads, data, args.steps, cfg))
+    one, many = statistics.median(measured[1]), statistics.median(measured[cores])
+    return {"steps_per_s_1_thread": round(one, 1), f"steps_per_s_{cores}_threads": round(many, 1),
+            "speedup_of_1_thread": round(one / many, 2)}
 
 
 def main() -> None:
@@ -68,15 +77,16 @@ def main() -> None:
     cores = os.cpu_count() or 1
     data = dataset(args.runs, args.epochs)
     cfg = IQLConfig()
-    rates: dict[int, list[float]] = {1: [], cores: []}
-    for _ in range(args.repeats):
-        for threads in rates:
-            rates[threads].append(steps_per_second(threads, data, args.steps, cfg))
-    one, many = statistics.median(rates[1]), statistics.median(rates[cores])
-    print(json.dumps({"machine": f"{platform.machine()}, {cores} CPU cores", "torch": torch.__version__,
-                      "transitions": len(data["reward"]), "batch_size": cfg.batch_size, "steps": args.steps,
-                      "steps_per_s_1_thread": round(one, 1), f"steps_per_s_{cores}_threads": round(many, 1),
-                      "speedup_of_1_thread": round(one / many, 2)}))
+    report = {"machine": f"{platform.machine()}, {cores} CPU cores", "torch": torch.__version__,
+              "transitions": len(data["reward"]), "batch_size": cfg.batch_size, "steps": args.steps,
+              "idle": rates(data, args, cfg, cores)}
+    busy = multiprocessing.get_context("spawn").Process(target=spin, daemon=True)
+    busy.start()
+    try:
+        report["one_core_busy"] = rates(data, args, cfg, cores)
+    finally:
+        busy.terminate()
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

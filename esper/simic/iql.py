@@ -122,8 +122,8 @@ def iql_step(net: PolicyNet, q: TwinQ, q_target: TwinQ, optimizers: dict[str, to
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """Train on one CPU thread, then restore the process's setting. The networks are a few 64-wide layers on
-    batches of 256: more intra-op threads only add synchronisation (benchmarks/iql.py: 2 threads ~3× slower
-    than 1 on a 2-core machine, far worse when another process shares the cores)."""
+    batches of 256: more intra-op threads gain nothing and, when another process holds a core, wait on it
+    (benchmarks/iql.py, 2-core machine: one thread 1.1× two when idle, 16.6× with one core busy)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -143,17 +143,8 @@ def check(cfg: IQLConfig) -> None:
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
 
 
-@one_thread()
-def train(
-    cfg: IQLConfig, spec: FeatureSpec, episodes: list[Episode], sink: Sink | None = None,
-    progress: Callable[[str], None] = lambda line: None,
-) -> tuple[PolicyNet, dict[str, Any]]:
-    """Train on `episodes`; a `PolicyUpdated` per `log_every` steps goes to `sink`. Returns the policy."""
-    check(cfg)
-    if not episodes:
-        raise BadInput("no usable runs for IQL: the dataset is empty (check --runs and --task)")
-    data = batch(episodes)
-    n = len(data["reward"])
+def learners(cfg: IQLConfig, spec: FeatureSpec) -> tuple[PolicyNet, TwinQ, TwinQ, dict[str, torch.optim.Optimizer]]:
+    """The policy (V is its critic), twin Q, its target and their optimizers, initialised from `cfg.seed`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         net = PolicyNet(spec, cfg.hidden)
@@ -167,6 +158,21 @@ def train(
         "q": torch.optim.Adam(q.parameters(), lr=cfg.learning_rate),
         "pi": torch.optim.Adam(actor, lr=cfg.learning_rate),
     }
+    return net, q, q_target, optimizers
+
+
+@one_thread()
+def train(
+    cfg: IQLConfig, spec: FeatureSpec, episodes: list[Episode], sink: Sink | None = None,
+    progress: Callable[[str], None] = lambda line: None,
+) -> tuple[PolicyNet, dict[str, Any]]:
+    """Train on `episodes`; a `PolicyUpdated` per `log_every` steps goes to `sink`. Returns the policy."""
+    check(cfg)
+    if not episodes:
+        raise BadInput("no usable runs for IQL: the dataset is empty (check --runs and --task)")
+    data = batch(episodes)
+    n = len(data["reward"])
+    net, q, q_target, optimizers = learners(cfg, spec)
     generator = torch.Generator().manual_seed(cfg.seed)
     progress(f"iql: {len(episodes)} runs, {n} transitions, {cfg.steps} steps "
              f"(expectile {cfg.expectile}, temperature {cfg.temperature})")
