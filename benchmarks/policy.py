@@ -2,7 +2,8 @@
 
 1. datasets: `--dataset-runs` heuristic runs (seeds 100…) and as many random runs (seeds 200…), the two
    controllers in two processes at once; IQL trains on them (`--iql-steps`);
-2. PPO trains on mnist1d (its runs use seeds ≥ 1000) until `--minutes` have passed: from scratch
+2. PPO trains on mnist1d (its runs use seeds ≥ 1000; each update's episodes split over `--workers`
+   processes) until `--minutes` have passed: from scratch
    (`--ppo-init scratch`, the budget starts after IQL) or from the IQL policy (`--ppo-init iql`, the
    budget pays for the dataset and IQL too);
 3. the greedy PPO policy, the same policy sampling (controller `sampled`, seeded by the run), the greedy
@@ -119,6 +120,8 @@ def main() -> None:
     parser.add_argument("--ppo-init", choices=("scratch", "iql"), default="scratch",
                         help="start PPO from a fresh policy, or from the IQL policy trained first")
     parser.add_argument("--n-envs", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="processes that play PPO's episodes (PPOConfig.workers; "
+                        "a run trains on one thread, so the machine's cores)")
     parser.add_argument("--seed", type=int, default=0, help="PPO's seed (its initialisation, sampling and run seeds)")
     parser.add_argument("--shared-baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="advantages relative to the update's other runs at the same epoch (PPOConfig.shared_baseline)")
@@ -158,13 +161,15 @@ def main() -> None:
     ppo_path = ws.root / "ppo.pt"
     cfg = PPOConfig(seed=args.seed, n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr, ent_coef=args.ent_coef,
                     reward=rewards, shared_baseline=args.shared_baseline, critic_warmup=args.critic_warmup,
-                    max_params=args.max_params, select_every=args.select_every, select_runs=args.select_runs)
+                    max_params=args.max_params, select_every=args.select_every, select_runs=args.select_runs,
+                    workers=args.workers)
     ppo_started = time.perf_counter()
     result = train_ppo(cfg, ppo_path, ws, init=init and Path(init), progress=say,
                        deadline=budget_start + args.minutes * 60)
     report["ppo_training"] = {"init": args.ppo_init, "minutes": round((time.perf_counter() - ppo_started) / 60, 2),
                               "minutes_with_iql": round((time.perf_counter() - budget_start) / 60, 2),
                               "episodes": result["episodes"], "updates": result["updates"], "n_envs": args.n_envs,
+                              "workers": args.workers,
                               "shared_baseline": args.shared_baseline,
                               "seed": args.seed, "learning_rate": args.lr, "critic_warmup": args.critic_warmup,
                               "max_params": args.max_params, "select_every": args.select_every,

@@ -22,8 +22,9 @@ from esper.simic.iql import IQLConfig, expectile_loss
 from esper.simic.iql import train as train_iql
 from esper.simic.policy import PolicyController, PolicyNet, load_policy, load_policy_controller, save_policy
 from esper.simic.ppo import (
-    PPOConfig, advantages, centre_per_step, collect, greedy_score, make_net, ppo_loss, read_batch, selection_seed, update,
+    PPOConfig, advantages, centre_per_step, greedy_score, make_net, ppo_loss, read_batch, selection_seed, update,
 )
+from esper.simic.rollout import collect, episode_generators
 from esper.simic import ppo
 from esper.simic.ppo import train as train_ppo
 from esper.simic.rewards import RewardConfig, StepOutcome, components
@@ -192,7 +193,7 @@ def played(data):
     run_ids = ["e0", "e1"]
     vec = VecEnv([config] * 2, [StoreSink(recorder, r) for r in run_ids], data)
     rewards = RewardConfig(accuracy=1.0, contribution=0.7, params=0.3, terminal=0.5)
-    live = collect(vec, net, torch.Generator().manual_seed(0), rewards)
+    live = collect(vec, net, episode_generators(0, 0, range(2)), rewards)
     episodes, batch = read_batch(recorder, run_ids, SPEC, rewards)
     yield net, recorder, run_ids, live, episodes, batch
     recorder.close()
@@ -412,6 +413,37 @@ def test_a_param_budget_charges_only_the_growth_beyond_it():
     assert cost(1000, 1900, 500) == pytest.approx(-math.log(1.9))  # a budget below the host is the host
     path = [1000, 1500, 2600, 2100, 4000]
     assert sum(cost(a, b, budget) for a, b in zip(path, path[1:])) == pytest.approx(-math.log(4000 / budget))
+
+
+def test_worker_processes_change_no_decision(tmp_path):
+    """An update's episodes split over two processes are the episodes one process plays: the same commands
+    and training, its floats equal to rounding (BLAS may sum in another order in another process: the logged
+    values differ in the 7th digit, and the policy learnt from them a little more), and the same policy."""
+    cfg = PPOConfig(epochs=3, episodes=6, n_envs=3, ent_coef=0.5, learning_rate=0.01)
+    out, played, weights = tmp_path / "ppo.pt", {}, {}
+    for workers in (1, 2):
+        ws = Workspace.at(tmp_path / f"workers-{workers}")
+        result = train_ppo(msgspec.structs.replace(cfg, workers=workers), out, ws)
+        with ws.reader() as reader:
+            run_ids = [r for r, in reader.con.execute(
+                "SELECT DISTINCT run_id FROM events WHERE run_id LIKE 'mnist1d-ppo-%' ORDER BY run_id").fetchall()]
+            played[workers] = {r.removeprefix(f"mnist1d-{result['learner']}"):
+                               [msgspec.json.decode(encode(rec.event)) for rec in reader.read_run(r)] for r in run_ids}
+        weights[workers] = load_policy(out)[1]["model"]
+    assert sorted(played[1]) == [f"-u{u:04d}-e{i}" for u in (1, 2) for i in range(3)]
+    assert _close(played[1], played[2])
+    assert all(torch.allclose(weights[1][k], weights[2][k], atol=1e-4) for k in weights[1])
+
+
+def _close(a, b) -> bool:
+    """Equal, floats to rounding, through nested dicts and lists."""
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _selections(ws: Workspace, learner: str) -> dict[int, dict]:

@@ -67,10 +67,11 @@ def test_ppo_resumes_from_its_checkpoint(trained, tmp_path):
     ws, result, _ = trained
     copy = tmp_path / "ppo.pt"
     copy.write_bytes(Path(result["out"]).read_bytes())
-    out = esper("ppo", "--resume", "--episodes", "4", "--out", str(copy), "--json", workspace=tmp_path)
+    out = esper("ppo", "--resume", "--episodes", "4", "--workers", "2", "--out", str(copy), "--json", workspace=tmp_path)
     assert out.returncode == 0, out.stderr
     resumed = json.loads(out.stdout)
     assert resumed["episodes"] == 4 and "resuming" in out.stderr and "update 2/2" in out.stderr
+    assert "split over 2 processes" in out.stderr  # --workers may change on resume: it changes no decision
     seeds = events(tmp_path, "SELECT DISTINCT (payload->>'$.config.seed')::INT FROM events WHERE type = 'RunStarted'")
     assert seeds == [(1001,)], "the resumed job plays the second update's runs"
 
@@ -138,6 +139,7 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
 
 @pytest.mark.parametrize("args, message", [
     (["ppo", "--n-envs", "0", "--out", "x.pt"], "--n-envs"),
+    (["ppo", "--workers", "0", "--out", "x.pt"], "--workers must be at least 1"),
     (["ppo", "--devices", "tpu", "--out", "x.pt"], "device"),
     (["ppo", "--resume", "--out", "missing.pt"], "no checkpoint"),
     (["ppo", "--lr", "-1", "--out", "x.pt"], "--lr"),

@@ -28,8 +28,9 @@ def _rewards(accuracy: float, contribution: float, params: float, terminal: floa
     return RewardConfig(accuracy=accuracy, contribution=contribution, params=params, terminal=terminal, param_budget=budget)
 
 
-RESUME_OPTIONS = {"out", "episodes", "resume", "as_json", "workspace"}
-"""What `esper ppo --resume` takes from the command line; every other setting is the checkpoint's."""
+RESUME_OPTIONS = {"out", "episodes", "workers", "resume", "as_json", "workspace"}
+"""What `esper ppo --resume` takes from the command line (--workers changes no decision); every other setting is the
+checkpoint's."""
 
 
 def _refuse_ignored_settings(ctx: typer.Context) -> None:
@@ -38,7 +39,7 @@ def _refuse_ignored_settings(ctx: typer.Context) -> None:
              if name not in RESUME_OPTIONS and getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
     if given:
         raise BadInput(f"--resume continues with the checkpoint's own settings; drop {', '.join(given)} "
-                       "(only --episodes changes), or start a new job with --init")
+                       "(only --episodes and --workers change), or start a new job with --init")
 
 
 def _output(out: Path) -> Path:
@@ -58,6 +59,8 @@ def ppo(
     epochs: int = typer.Option(0, "--epochs", help="Epochs per episode (default: the task's preset)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the policy and of the runs' seeds."),
     devices: str = typer.Option("cpu", "--devices", help="Comma-separated devices, used round-robin (cpu, cuda, cuda:N)."),
+    workers: int = typer.Option(1, "--workers", help="Processes that play each update's episodes (a CPU run trains "
+                                "on one thread: give the cores you can spare). Changes no decision, only the time."),
     telemetry: str = typer.Option("minimal", "--telemetry", help="Telemetry profile of the runs."),
     lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate."),
     hidden: int = typer.Option(64, "--hidden", help="Width of the policy's hidden layers."),
@@ -99,6 +102,7 @@ def ppo(
         target_kl=target_kl or None, gamma=gamma,
         reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget),
         critic_warmup=critic_warmup, max_params=max_params, select_every=select_every, select_runs=select_runs,
+        workers=workers,
     )
     result = train(cfg, out, Workspace.at(workspace), init=init, resume=resume, progress=say)
     stats = result["stats"]

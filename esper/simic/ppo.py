@@ -3,7 +3,8 @@
 One update, top to bottom:
 1. play `n_envs` episodes in lock-step (`esper.simic.env.VecEnv`), sampling the policy's masked
    heads; every decision is a `CommandIssued` carrying the action's log-probability, the value estimate
-   and the masks, appended to this job's store file;
+   and the masks, appended to this job's store file. With `workers` > 1 the episodes are split over as
+   many processes, which changes no decision (`esper.simic.rollout`);
 2. read those episodes back from the store and build the batch with the dataset projection IQL uses
    (`esper.simic.dataset`): what PPO learns from is exactly what is on disk;
 3. GAE(γ, λ) advantages and returns from the logged values; the runs of one update share their seed,
@@ -40,9 +41,10 @@ from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.events import PolicyUpdated
 from esper.simic.dataset import Episode, batch, replay_episode
 from esper.simic.env import VecEnv, configs_round_robin, play
-from esper.simic.features import ADVANCE, FeatureSpec, action_mask, encode, spec_for_task, to_command
+from esper.simic.features import FeatureSpec, spec_for_task
 from esper.simic.policy import PolicyController, PolicyNet, check_training, load_policy, save_policy
-from esper.simic.rewards import COMPONENTS, RewardConfig, StepOutcome, components, reward
+from esper.simic.rewards import COMPONENTS, RewardConfig
+from esper.simic.rollout import Players, episode_generators
 from esper.store import Recorder, Workspace
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, resolve_config
@@ -111,69 +113,9 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     Updates after the last selection live only in the checkpoint's training state."""
     select_runs: int = 4
     """Runs (seeds of their own, never rollouts') that score the greedy policy for checkpoint selection."""
-
-
-# ---- 1. rollout ----------------------------------------------------------------------------------
-
-
-@attrs.define
-class LiveRollout:
-    """What the agent saw and did while playing, per environment (the test compares it with the log)."""
-
-    obs: list[list[np.ndarray]]
-    mask: list[list[np.ndarray]]
-    action: list[list[np.ndarray]]
-    log_prob: list[list[float]]
-    value: list[list[float]]
-    reward: list[list[float]]
-    steps: int = 0
-
-
-def collect(vec: VecEnv, net: PolicyNet, generator: torch.Generator, rewards: RewardConfig) -> LiveRollout:
-    """Play every environment of `vec` to the end with the stochastic policy."""
-    spec, n = net.spec, len(vec)
-    live = LiveRollout(*([[] for _ in range(n)] for _ in range(6)))
-    previous: list[Any] = [None] * n  # (observation, action) of each env's pending step, for its live reward
-    while not vec.done:
-        observations = vec.step_epoch()
-        ready = [i for i, o in enumerate(observations) if o is not None]
-        masks = [action_mask(observations[i].garden, spec) for i in ready]
-        x = torch.from_numpy(np.stack([encode(observations[i], spec) for i in ready]))
-        m = torch.from_numpy(np.stack([mk.flat() for mk in masks]))
-        with torch.no_grad():
-            actions, log_probs, _ = net.act(x, m, generator=generator)
-            values = net.value(x)
-        commands: list[Any] = [None] * n
-        infos: list[dict[str, Any]] = [{} for _ in range(n)]
-        for k, i in enumerate(ready):
-            obs = observations[i]
-            if previous[i] is not None:
-                live.reward[i].append(_live_reward(*previous[i], obs.val_accuracy, obs.params, False, rewards))
-            op, slot, bp = (int(a) for a in actions[k])
-            commands[i] = to_command(op, slot, bp, obs.garden, spec)
-            infos[i] = {"log_prob": float(log_probs[k]), "value": float(values[k]), "mask": masks[k].to_log(spec)}
-            live.obs[i].append(x[k].numpy())
-            live.mask[i].append(m[k].numpy())
-            live.action[i].append(actions[k].numpy())
-            live.log_prob[i].append(float(log_probs[k]))
-            live.value[i].append(float(values[k]))
-            previous[i] = (obs, (op, slot, bp))
-        live.steps += len(ready)
-        vec.decide(commands, "ppo", infos)
-    for i, result in enumerate(vec.finish()):
-        if result is not None and previous[i] is not None:
-            live.reward[i].append(_live_reward(*previous[i], result.val_accuracy, result.params, True, rewards))
-    return live
-
-
-def _live_reward(obs, action, accuracy: float, params: int, final: bool, rewards: RewardConfig) -> float:
-    """The step's reward from the observations the agent saw (the log's projection must agree)."""
-    op, slot, _ = action
-    view = obs.slots[slot]
-    fossilized = op == ADVANCE and view.stage.value == "BLENDING" and view.contribution is not None
-    outcome = StepOutcome(obs.val_accuracy, accuracy, obs.params, params, obs.host_params,
-                          view.contribution if fossilized else 0.0, final)
-    return reward(components(outcome, rewards.param_budget), rewards)
+    workers: int = 1
+    """Processes that play an update's episodes (split round-robin). Changes no decision, only the wall time:
+    a CPU run trains on one thread, so give as many as there are cores to spare (at most `n_envs` are used)."""
 
 
 # ---- 2.–3. the batch, advantages -------------------------------------------------------------------
@@ -329,10 +271,10 @@ def train(
     learner_id = f"ppo-{tag}"
     store = workspace.store_path(learner_id)
     updates = math.ceil(cfg.episodes / cfg.n_envs)
-    progress(f"ppo {learner_id}: {cfg.task}, {cfg.episodes} episodes, {cfg.n_envs} envs in lock-step on "
-             f"{', '.join(cfg.devices)}; store {store}")
+    where = ", ".join(cfg.devices) + (f", split over {cfg.workers} processes" if cfg.workers > 1 else "")
+    progress(f"ppo {learner_id}: {cfg.task}, {cfg.episodes} episodes, {cfg.n_envs} envs in lock-step on {where}; store {store}")
     stats: dict[str, float] = {}
-    with Recorder(store) as recorder:
+    with Recorder(store) as recorder, Players(cfg.workers, cfg.task, cfg.hidden, data) as players:
         learner = StoreSink(recorder, learner_id)
 
         def save(update: int) -> None:
@@ -348,7 +290,7 @@ def train(
         for u in range(start_update, updates):
             update_started = time.perf_counter()
             n = min(cfg.n_envs, cfg.episodes - episodes_done)
-            stats = learn(u, n, cfg, net, optimizer, generator, recorder, data, tag, out)
+            stats = learn(u, n, cfg, net, optimizer, generator, recorder, players, tag, out)
             episodes_done += n
             stats["episodes"] = float(episodes_done)
             last_update_s = time.perf_counter() - update_started
@@ -373,15 +315,16 @@ def train(
 
 
 def learn(u: int, n: int, cfg: PPOConfig, net: PolicyNet, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-          recorder: Recorder, data, tag: str, out: Path) -> dict[str, float]:
+          recorder: Recorder, players: Players, tag: str, out: Path) -> dict[str, float]:
     """Update u (from 0): play `n` episodes, read them back, update the policy; the update's stats."""
     base = resolve_config(RunConfig(task=cfg.task, controller="ppo", seed=TRAIN_SEEDS + 100_000 * cfg.seed + u,
                                     epochs=cfg.epochs, telemetry=cfg.telemetry, policy=str(out),
                                     lifecycle=LifecycleConfig(max_params=cfg.max_params)))
     run_ids = [f"{cfg.task}-ppo-{tag}-u{u + 1:04d}-e{i}" for i in range(n)]
-    vec = VecEnv(configs_round_robin(base, n, cfg.devices), [StoreSink(recorder, r) for r in run_ids], data)
+    sinks = [StoreSink(recorder, r) for r in run_ids]
     started = time.perf_counter()
-    live = collect(vec, net, generator, cfg.reward)
+    live = players.play(configs_round_robin(base, n, cfg.devices), sinks, net,
+                        episode_generators(cfg.seed, u, range(n)), cfg.reward)
     played = time.perf_counter() - started
     episodes, b = read_batch(recorder, run_ids, net.spec, cfg.reward)
     b["advantages"], b["returns"] = advantages(b, net, cfg.gamma, cfg.gae_lambda)
@@ -431,6 +374,8 @@ def _check(cfg: PPOConfig) -> None:
         raise BadInput(f"--epochs must be positive, got {cfg.epochs}")
     if cfg.minibatches < 1 or cfg.update_epochs < 1:
         raise BadInput("--minibatches and --update-epochs must be at least 1")
+    if cfg.workers < 1:
+        raise BadInput(f"--workers must be at least 1, got {cfg.workers}")
     if cfg.critic_warmup < 0:
         raise BadInput(f"--critic-warmup must not be negative, got {cfg.critic_warmup}")
     if cfg.seed < 0:
@@ -454,14 +399,14 @@ def _check(cfg: PPOConfig) -> None:
 
 
 def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]:
-    """The checkpoint's config (with this call's episode total) and training state."""
+    """The checkpoint's config (with this call's episode total and workers, which change no decision) and training state."""
     _, blob = load_policy(out)
     state = blob.get("train")
     if state is None:
         raise BadInput(f"{out} holds a policy but no training state (it was not written by `esper ppo`)")
     old = msgspec.convert(state["config"], PPOConfig)
     state = dict(state, model=state.get("latest", blob["model"]))
-    return msgspec.structs.replace(old, episodes=max(cfg.episodes, state["episodes"])), state
+    return msgspec.structs.replace(old, episodes=max(cfg.episodes, state["episodes"]), workers=cfg.workers), state
 
 
 

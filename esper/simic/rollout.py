@@ -1,0 +1,167 @@
+"""PPO's rollouts: an update's episodes played with the stochastic policy, in this process or in workers.
+
+Every episode samples its actions from a generator of its own, seeded by (job seed, update, episode),
+each decision is computed for its episode alone, and lock-step changes no event (`esper.simic.env`): so
+an episode is the same whichever process plays it and beside whichever others. That lets `Players` split
+an update's episodes over worker processes (`PPOConfig.workers`) and change only the wall time: on CPU a
+run trains on one thread, so one process leaves the other cores idle. (The same decisions and training;
+the logged log-probabilities and values may differ in their last digits, as BLAS can sum in another order
+in another process.)
+"""
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Sequence
+
+import attrs
+import numpy as np
+import torch
+
+from esper.leyline.config import RunConfig
+from esper.leyline.events import Event
+from esper.simic.env import VecEnv
+from esper.simic.features import ADVANCE, action_mask, encode, spec_for_task, to_command
+from esper.simic.policy import PolicyNet
+from esper.simic.rewards import RewardConfig, StepOutcome, components, reward
+from esper.tolaria.data import TaskData, load_task_data
+from esper.tolaria.loop import ListSink, Sink
+
+
+@attrs.define
+class LiveRollout:
+    """What the agent saw and did while playing, per environment (the test compares it with the log)."""
+
+    obs: list[list[np.ndarray]]
+    mask: list[list[np.ndarray]]
+    action: list[list[np.ndarray]]
+    log_prob: list[list[float]]
+    value: list[list[float]]
+    reward: list[list[float]]
+    steps: int = 0
+
+    @classmethod
+    def empty(cls, n: int) -> "LiveRollout":
+        return cls(*([[] for _ in range(n)] for _ in range(6)))
+
+
+def episode_generators(seed: int, update: int, episodes: Sequence[int]) -> list[torch.Generator]:
+    """The sampling generator of each episode of `update` (from 0) of a job seeded `seed`."""
+    seeds = (np.random.SeedSequence([seed, update, i]).generate_state(1, np.uint64)[0] for i in episodes)
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def collect(vec: VecEnv, net: PolicyNet, generators: Sequence[torch.Generator], rewards: RewardConfig) -> LiveRollout:
+    """Play every environment of `vec` to the end with the stochastic policy, environment i sampling with
+    `generators[i]`. Each decision is computed for its environment alone, so that its numbers do not
+    depend on which other environments share the batch."""
+    spec, n = net.spec, len(vec)
+    live = LiveRollout.empty(n)
+    previous: list[Any] = [None] * n  # (observation, action) of each env's pending step, for its live reward
+    while not vec.done:
+        observations = vec.step_epoch()
+        commands: list[Any] = [None] * n
+        infos: list[dict[str, Any]] = [{} for _ in range(n)]
+        for i, obs in enumerate(observations):
+            if obs is None:
+                continue
+            if previous[i] is not None:
+                live.reward[i].append(_live_reward(*previous[i], obs.val_accuracy, obs.params, False, rewards))
+            mask = action_mask(obs.garden, spec)
+            x = torch.from_numpy(encode(obs, spec))[None]
+            m = torch.from_numpy(mask.flat())[None]
+            with torch.no_grad():
+                action, log_prob, _ = net.act(x, m, generator=generators[i])
+                value = net.value(x)
+            op, slot, bp = (int(a) for a in action[0])
+            commands[i] = to_command(op, slot, bp, obs.garden, spec)
+            infos[i] = {"log_prob": float(log_prob[0]), "value": float(value[0]), "mask": mask.to_log(spec)}
+            live.obs[i].append(x[0].numpy())
+            live.mask[i].append(m[0].numpy())
+            live.action[i].append(action[0].numpy())
+            live.log_prob[i].append(float(log_prob[0]))
+            live.value[i].append(float(value[0]))
+            previous[i] = (obs, (op, slot, bp))
+            live.steps += 1
+        vec.decide(commands, "ppo", infos)
+    for i, result in enumerate(vec.finish()):
+        if result is not None and previous[i] is not None:
+            live.reward[i].append(_live_reward(*previous[i], result.val_accuracy, result.params, True, rewards))
+    return live
+
+
+def _live_reward(obs, action, accuracy: float, params: int, final: bool, rewards: RewardConfig) -> float:
+    """The step's reward from the observations the agent saw (the log's projection must agree)."""
+    op, slot, _ = action
+    view = obs.slots[slot]
+    fossilized = op == ADVANCE and view.stage.value == "BLENDING" and view.contribution is not None
+    outcome = StepOutcome(obs.val_accuracy, accuracy, obs.params, params, obs.host_params,
+                          view.contribution if fossilized else 0.0, final)
+    return reward(components(outcome, rewards.param_budget), rewards)
+
+
+class Players:
+    """Plays an update's episodes: here (`workers` 1), or split round-robin over `workers` processes,
+    each playing its share in lock-step and sending back the events, which are appended to the episodes'
+    sinks here once they finish (an update's episodes are whole or not in the log)."""
+
+    def __init__(self, workers: int, task: str, hidden: int, data: TaskData):
+        self.data, self.hidden = data, hidden
+        self.pool = None
+        if workers > 1:
+            spawn = multiprocessing.get_context("spawn")  # never fork a process that has started torch's threads
+            self.pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=_load_data, initargs=(task,))
+            self._start_all(workers)
+        self.workers = workers
+
+    def _start_all(self, workers: int) -> None:
+        """Wait until every worker has started (imported torch, loaded the data): a few seconds that would
+        otherwise count as the first update's playing time."""
+        started: set[int] = set()
+        while len(started) < workers:
+            started |= {job.result() for job in [self.pool.submit(os.getpid) for _ in range(workers)]}
+
+    def __enter__(self) -> "Players":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def play(self, configs: Sequence[RunConfig], sinks: Sequence[Sink], net: PolicyNet,
+             generators: Sequence[torch.Generator], rewards: RewardConfig) -> LiveRollout:
+        if self.pool is None or len(configs) == 1:
+            return collect(VecEnv(configs, sinks, self.data), net, generators, rewards)
+        groups = [list(range(g, len(configs), self.workers)) for g in range(min(self.workers, len(configs)))]
+        state = {k: v.clone() for k, v in net.state_dict().items()}
+        jobs = [self.pool.submit(_play_share, [configs[i] for i in group], state, self.hidden,
+                                 [generators[i].get_state() for i in group], rewards) for group in groups]
+        merged = LiveRollout.empty(len(configs))
+        for group, job in zip(groups, jobs):
+            events, live = job.result()
+            for k, i in enumerate(group):
+                sinks[i].append(events[k])
+                for field in ("obs", "mask", "action", "log_prob", "value", "reward"):
+                    getattr(merged, field)[i] = getattr(live, field)[k]
+            merged.steps += live.steps
+        return merged
+
+
+_worker_data: dict[str, TaskData] = {}
+
+
+def _load_data(task: str) -> None:
+    _worker_data[task] = load_task_data(task, RunConfig().data_seed)
+
+
+def _play_share(configs: list[RunConfig], state: dict[str, torch.Tensor], hidden: int,
+                generator_states: list[torch.Tensor], rewards: RewardConfig) -> tuple[list[list[Event]], LiveRollout]:
+    """In a worker: play `configs` in lock-step with the policy `state`; each episode's events and the rollout."""
+    net = PolicyNet(spec_for_task(configs[0].task), hidden)
+    net.load_state_dict(state)
+    generators = [torch.Generator() for _ in generator_states]
+    for g, s in zip(generators, generator_states):
+        g.set_state(s)
+    sinks = [ListSink() for _ in configs]
+    live = collect(VecEnv(configs, sinks, _worker_data[configs[0].task]), net, generators, rewards)
+    return [sink.events for sink in sinks], live
