@@ -7,7 +7,8 @@
    (`--ppo-init scratch`, the budget starts after IQL) or from the IQL policy (`--ppo-init iql`, the
    budget pays for the dataset and IQL too);
 3. the greedy PPO policy, the same policy sampling (controller `sampled`, seeded by the run), the greedy
-   IQL policy, the heuristic and static train full runs on `--eval-seeds` (never used in training) and
+   IQL policy, the heuristic and static train full runs on `--eval-seeds` (never used in training; in
+   `--workers` processes) and
    report mean final test and validation accuracy and params. With `--max-params N`, PPO's runs and the
    learned policies' evaluation runs refuse growth beyond N parameters; the heuristic, the target, runs
    without it (and once more with it, as `heuristic_capped`). With `--select-every N`, "PPO" is the policy
@@ -51,10 +52,11 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def evaluate(name: str, controller: str, seeds: list[int], ws: Workspace, data, policy: str | None = None,
+def evaluate(name: str, controller: str, seeds: list[int], root: str, policy: str | None = None,
              max_params: int = 0) -> dict:
-    """Full runs of `controller` (with `policy` for `policy` and `sampled`) on `seeds`, stored as `eval-{name}-…`."""
-    rows = []
+    """Full runs of `controller` (with `policy` for `policy` and `sampled`) on `seeds`, stored as `eval-{name}-…`
+    in the workspace at `root` (a worker process)."""
+    ws, data, rows = Workspace.at(root), load_task_data("mnist1d", RunConfig().data_seed), []
     with Recorder(ws.store_path(f"eval-{name}")) as recorder:
         for seed in seeds:
             config = resolve_config(RunConfig(controller=controller, seed=seed, policy=policy,
@@ -146,7 +148,6 @@ def main() -> None:
     seeds = [int(s) for s in args.eval_seeds.split(",")]
     tmp = tempfile.TemporaryDirectory(prefix="esper-policy-bench-")
     ws = Workspace.at(args.workspace or tmp.name)
-    data = load_task_data("mnist1d", RunConfig().data_seed)
     rewards = RewardConfig(params=args.reward_params, contribution=args.reward_contribution, param_budget=args.param_budget)
     report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "eval_seeds": seeds,
                     "reward": msgspec.to_builtins(rewards)}
@@ -176,17 +177,19 @@ def main() -> None:
                               "select_runs": args.select_runs, "kept_update": result["kept_update"],
                               "last_update": {k: round(v, 4) for k, v in result["stats"].items()}}
 
-    results = {}
     say("evaluating on unseen seeds ...")
-    cap = args.max_params
-    results["ppo"] = evaluate("ppo", "policy", seeds, ws, data, str(ppo_path), cap)
-    results["ppo_sampled"] = evaluate("ppo-sampled", "sampled", seeds, ws, data, str(ppo_path), cap)
-    results["heuristic"] = evaluate("heuristic", "heuristic", seeds, ws, data)
-    if cap:
-        results["heuristic_capped"] = evaluate("heuristic-capped", "heuristic", seeds, ws, data, max_params=cap)
-    results["static"] = evaluate("static", "static", seeds, ws, data)
-    if iql_path:
-        results["iql"] = evaluate("iql", "policy", seeds, ws, data, iql_path, cap)
+    cap, root = args.max_params, str(ws.root)
+    evaluations = {"ppo": ("policy", str(ppo_path), cap), "ppo_sampled": ("sampled", str(ppo_path), cap),
+                   "heuristic": ("heuristic", None, 0), "heuristic_capped": ("heuristic", None, cap),
+                   "static": ("static", None, 0), "iql": ("policy", iql_path, cap)}
+    if not cap:
+        del evaluations["heuristic_capped"]
+    if not iql_path:
+        del evaluations["iql"]
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = {key: pool.submit(evaluate, key.replace("_", "-"), controller, seeds, root, policy, max_params)
+                for key, (controller, policy, max_params) in evaluations.items()}
+        results = {key: job.result() for key, job in jobs.items()}
 
     report["results"] = {k: {m: v[m] for m in ("test_accuracy", "val_accuracy", "params")} for k, v in results.items()}
     report["per_seed"] = {k: v["per_seed"] for k, v in results.items()}
