@@ -1,6 +1,8 @@
 """Simic: masks, the log projection both learners read, the vectorized environment, PPO and IQL updates."""
 
 import math
+import os
+import signal
 import time
 
 import hypothesis.strategies as st
@@ -10,9 +12,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from esper.errors import BadInput
+from esper.errors import BadInput, RunFailed
 from esper.leyline import Advance, Cull, EpochEnded, Germinate, LifecycleConfig, RunConfig, RunStarted, SeedTelemetry, Wait
-from esper.leyline.events import CommandIssued, SeedGerminated, encode
+from esper.leyline.events import CommandIssued, RunFinished, SeedGerminated, encode
 from esper.leyline.garden import Garden, legal_commands
 from esper.nissa.runstate import RunState
 from esper.simic import features as F
@@ -24,7 +26,7 @@ from esper.simic.policy import PolicyController, PolicyNet, load_policy, load_po
 from esper.simic.ppo import (
     PPOConfig, advantages, centre_per_step, greedy_score, make_net, ppo_loss, read_batch, selection_seed, update,
 )
-from esper.simic.rollout import collect, episode_generators
+from esper.simic.rollout import Players, collect, episode_generators
 from esper.simic import ppo
 from esper.simic.ppo import train as train_ppo
 from esper.simic.rewards import RewardConfig, StepOutcome, components
@@ -433,6 +435,27 @@ def test_worker_processes_change_no_decision(tmp_path):
     assert sorted(played[1]) == [f"-u{u:04d}-e{i}" for u in (1, 2) for i in range(3)]
     assert _close(played[1], played[2])
     assert all(torch.allclose(weights[1][k], weights[2][k], atol=1e-4) for k in weights[1])
+
+
+def test_rollout_workers_ignore_ctrl_c_stop_with_the_job_and_a_dead_one_is_a_clear_error(data):
+    net = make_net(SPEC, 64, seed=3)
+    config = resolve_config(RunConfig(controller="ppo", epochs=2, seed=1000, telemetry="minimal"))
+
+    def play(players):
+        sinks = [ListSink() for _ in range(3)]
+        return players.play([config] * 3, sinks, net, episode_generators(0, 0, range(3)), RewardConfig()), sinks
+
+    with Players(2, "mnist1d", 64, data) as players:
+        processes = [w.process for w in players.workers]
+        for process in processes:  # Ctrl-C in a terminal reaches the whole process group: the job handles it
+            os.kill(process.pid, signal.SIGINT)
+        live, sinks = play(players)
+        assert live.steps == 6 and all(isinstance(s.events[-1], RunFinished) for s in sinks)
+        processes[1].kill()
+        processes[1].join()
+        with pytest.raises(RunFailed, match="a rollout worker process died"):
+            play(players)
+    assert not any(p.is_alive() for p in processes)
 
 
 def _close(a, b) -> bool:

@@ -10,14 +10,14 @@ in another process.)
 """
 
 import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Sequence
+import signal
+from typing import Any, NoReturn, Sequence
 
 import attrs
 import numpy as np
 import torch
 
+from esper.errors import RunFailed
 from esper.leyline.config import RunConfig
 from esper.leyline.events import Event
 from esper.simic.env import VecEnv
@@ -101,45 +101,51 @@ def _live_reward(obs, action, accuracy: float, params: int, final: bool, rewards
 
 
 class Players:
-    """Plays an update's episodes: here (`workers` 1), or split round-robin over `workers` processes,
-    each playing its share in lock-step and sending back the events, which are appended to the episodes'
-    sinks here once they finish (an update's episodes are whole or not in the log)."""
+    """Plays an update's episodes: here (`workers` 1), or split round-robin over `workers` processes, each
+    playing its share in lock-step and sending back the events, which are appended to the episodes' sinks
+    here once its share is finished.
+
+    The workers ignore Ctrl-C: the job handles it, and leaving stops them at once (whatever they were
+    playing is not in the log; `esper ppo --resume` plays that update again)."""
 
     def __init__(self, workers: int, task: str, hidden: int, data: TaskData):
         self.data, self.hidden = data, hidden
-        self.pool = None
-        if workers > 1:
-            spawn = multiprocessing.get_context("spawn")  # never fork a process that has started torch's threads
-            self.pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=_load_data, initargs=(task,))
-            self._start_all(workers)
-        self.workers = workers
-
-    def _start_all(self, workers: int) -> None:
-        """Wait until every worker has started (imported torch, loaded the data): a few seconds that would
-        otherwise count as the first update's playing time."""
-        started: set[int] = set()
-        while len(started) < workers:
-            started |= {job.result() for job in [self.pool.submit(os.getpid) for _ in range(workers)]}
+        self.workers: list[_Worker] = []
+        spawn = multiprocessing.get_context("spawn")  # never fork a process that has started torch's threads
+        try:
+            for _ in range(workers if workers > 1 else 0):
+                self.workers.append(_Worker(spawn, task))
+            for worker in self.workers:  # started: torch imported, data loaded (not the first update's time)
+                worker.receive()
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> "Players":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+        self.close()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.process.terminate()
+            worker.process.join()
+            worker.conn.close()
+        self.workers = []
 
     def play(self, configs: Sequence[RunConfig], sinks: Sequence[Sink], net: PolicyNet,
              generators: Sequence[torch.Generator], rewards: RewardConfig) -> LiveRollout:
-        if self.pool is None or len(configs) == 1:
+        if not self.workers or len(configs) == 1:
             return collect(VecEnv(configs, sinks, self.data), net, generators, rewards)
-        groups = [list(range(g, len(configs), self.workers)) for g in range(min(self.workers, len(configs)))]
+        shares = [list(range(w, len(configs), len(self.workers))) for w in range(min(len(self.workers), len(configs)))]
         state = {k: v.clone() for k, v in net.state_dict().items()}
-        jobs = [self.pool.submit(_play_share, [configs[i] for i in group], state, self.hidden,
-                                 [generators[i].get_state() for i in group], rewards) for group in groups]
+        for worker, share in zip(self.workers, shares):
+            worker.send(([configs[i] for i in share], state, self.hidden, [generators[i].get_state() for i in share], rewards))
         merged = LiveRollout.empty(len(configs))
-        for group, job in zip(groups, jobs):
-            events, live = job.result()
-            for k, i in enumerate(group):
+        for worker, share in zip(self.workers, shares):
+            events, live = worker.receive()
+            for k, i in enumerate(share):
                 sinks[i].append(events[k])
                 for field in ("obs", "mask", "action", "log_prob", "value", "reward"):
                     getattr(merged, field)[i] = getattr(live, field)[k]
@@ -147,14 +153,56 @@ class Players:
         return merged
 
 
-_worker_data: dict[str, TaskData] = {}
+class _Worker:
+    """One rollout process and the job's end of its pipe. Every message back is (ok, value)."""
+
+    def __init__(self, context, task: str):
+        self.conn, theirs = context.Pipe()
+        self.process = context.Process(target=_serve, args=(theirs, task), daemon=True, name="esper-rollout")
+        self.process.start()
+        theirs.close()
+
+    def send(self, share: tuple) -> None:
+        try:
+            self.conn.send(share)
+        except (BrokenPipeError, ConnectionResetError):
+            self._died()
+
+    def receive(self) -> Any:
+        try:
+            ok, value = self.conn.recv()
+        except (EOFError, ConnectionResetError):
+            self._died()
+        if not ok:
+            raise value
+        return value
+
+    def _died(self) -> NoReturn:
+        self.process.join(timeout=5)
+        raise RunFailed(f"a rollout worker process died (exit code {self.process.exitcode})") from None
 
 
-def _load_data(task: str) -> None:
-    _worker_data[task] = load_task_data(task, RunConfig().data_seed)
+def _serve(conn, task: str) -> None:
+    """A worker's loop: load the task's data once, then play each share it is sent until the job hangs up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the job's to handle; it stops the workers
+    try:
+        data = load_task_data(task, RunConfig().data_seed)
+    except Exception as exc:
+        conn.send((False, exc))
+        return
+    conn.send((True, None))
+    while True:
+        try:
+            share = conn.recv()
+        except EOFError:  # the job has gone
+            return
+        try:
+            conn.send((True, _play_share(data, *share)))
+        except Exception as exc:
+            conn.send((False, exc))
 
 
-def _play_share(configs: list[RunConfig], state: dict[str, torch.Tensor], hidden: int,
+def _play_share(data: TaskData, configs: list[RunConfig], state: dict[str, torch.Tensor], hidden: int,
                 generator_states: list[torch.Tensor], rewards: RewardConfig) -> tuple[list[list[Event]], LiveRollout]:
     """In a worker: play `configs` in lock-step with the policy `state`; each episode's events and the rollout."""
     net = PolicyNet(spec_for_task(configs[0].task), hidden)
@@ -163,5 +211,5 @@ def _play_share(configs: list[RunConfig], state: dict[str, torch.Tensor], hidden
     for g, s in zip(generators, generator_states):
         g.set_state(s)
     sinks = [ListSink() for _ in configs]
-    live = collect(VecEnv(configs, sinks, _worker_data[configs[0].task]), net, generators, rewards)
+    live = collect(VecEnv(configs, sinks, data), net, generators, rewards)
     return [sink.events for sink in sinks], live
