@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--critic-warmup", type=int, default=0, help="first PPO updates that train only the critic")
     parser.add_argument("--ent-coef", type=float, default=0.01)
+    parser.add_argument("--init-temperature", type=float, default=1.0,
+                        help="with --ppo-init iql: divide the IQL policy's logits by this (PPOConfig.init_temperature)")
     parser.add_argument("--reward-params", type=float, default=RewardConfig().params)
     parser.add_argument("--reward-contribution", type=float, default=RewardConfig().contribution)
     parser.add_argument("--param-budget", type=int, default=RewardConfig().param_budget,
@@ -162,6 +164,7 @@ def main() -> None:
     ppo_path = ws.root / "ppo.pt"
     cfg = PPOConfig(seed=args.seed, n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr, ent_coef=args.ent_coef,
                     reward=rewards, shared_baseline=args.shared_baseline, critic_warmup=args.critic_warmup,
+                    init_temperature=args.init_temperature,
                     max_params=args.max_params, select_every=args.select_every, select_runs=args.select_runs,
                     workers=args.workers)
     ppo_started = time.perf_counter()
@@ -173,6 +176,7 @@ def main() -> None:
                               "workers": args.workers,
                               "shared_baseline": args.shared_baseline,
                               "seed": args.seed, "learning_rate": args.lr, "critic_warmup": args.critic_warmup,
+                              "init_temperature": args.init_temperature,
                               "max_params": args.max_params, "select_every": args.select_every,
                               "select_runs": args.select_runs, "kept_update": result["kept_update"],
                               "last_update": {k: round(v, 4) for k, v in result["stats"].items()}}

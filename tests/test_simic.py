@@ -252,6 +252,24 @@ def test_ppo_update_on_a_fixed_batch_reduces_its_loss(played):
     assert {"approx_kl", "clipfrac", "explained_variance", "entropy"} <= out.keys()
 
 
+def test_softening_a_policy_keeps_its_greedy_choices_and_flattens_its_sampling(played):
+    played_net, _, _, _, _, batch = played
+    net = make_net(SPEC, 64, seed=3)
+    net.load_state_dict(played_net.state_dict())
+    with torch.no_grad():  # sharpen first, so that the policy has choices it all but rules out
+        for head in (net.op_head, net.slot_head, net.blueprint_head):
+            head.weight.mul_(300.0)
+            head.bias.mul_(300.0)
+    obs, mask = batch["obs"], batch["mask"]
+    greedy = lambda: net.act(obs, mask, greedy=True)  # noqa: E731
+    before_action, before_log_prob, before_entropy = greedy()
+    ppo.soften(net, 3.0)
+    after_action, after_log_prob, after_entropy = greedy()
+    assert torch.equal(before_action, after_action)
+    assert (after_entropy >= before_entropy - 1e-6).all() and after_entropy.sum() > before_entropy.sum()
+    assert (after_log_prob <= before_log_prob + 1e-6).all()  # the greedy choice's share went down
+
+
 def test_a_critic_warmup_update_moves_the_critic_and_not_the_actor(played):
     played_net, _, _, _, _, batch = played
     net = make_net(SPEC, 64, seed=3)

@@ -140,6 +140,8 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
 @pytest.mark.parametrize("args, message", [
     (["ppo", "--n-envs", "0", "--out", "x.pt"], "--n-envs"),
     (["ppo", "--workers", "0", "--out", "x.pt"], "--workers must be at least 1"),
+    (["ppo", "--init-temperature", "0", "--out", "x.pt"], "--init-temperature must be positive"),
+    (["ppo", "--init-temperature", "2", "--out", "x.pt"], "give it with --init PATH"),
     (["ppo", "--devices", "tpu", "--out", "x.pt"], "device"),
     (["ppo", "--resume", "--out", "missing.pt"], "no checkpoint"),
     (["ppo", "--lr", "-1", "--out", "x.pt"], "--lr"),

@@ -75,6 +75,8 @@ def ppo(
     reward_terminal: float = RewardTerminal,
     param_budget: int = ParamBudget,
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this policy file (e.g. written by `esper iql`)."),
+    init_temperature: float = typer.Option(1.0, "--init-temperature", help="With --init: divide the starting "
+                                           "policy's logits by this (same greedy choices, flatter sampling: more exploration)."),
     critic_warmup: int = typer.Option(0, "--critic-warmup",
                                       help="First updates that train only the critic (useful with --init)."),
     max_params: int = typer.Option(0, "--max-params", help="Hard cap on the runs' size: germinations that would "
@@ -101,8 +103,8 @@ def ppo(
         learning_rate=lr, hidden=hidden, update_epochs=update_epochs, minibatches=minibatches, ent_coef=ent_coef,
         target_kl=target_kl or None, gamma=gamma,
         reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget),
-        critic_warmup=critic_warmup, max_params=max_params, select_every=select_every, select_runs=select_runs,
-        workers=workers,
+        critic_warmup=critic_warmup, init_temperature=init_temperature, max_params=max_params,
+        select_every=select_every, select_runs=select_runs, workers=workers,
     )
     result = train(cfg, out, Workspace.at(workspace), init=init, resume=resume, progress=say)
     stats = result["stats"]

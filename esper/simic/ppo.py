@@ -103,6 +103,10 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     max_params: int = 0
     """Hard cap on the runs' size (`LifecycleConfig.max_params`): germinations beyond it are masked, so the
     policy learns within it; its file keeps the cap as the default of `esper run` (0: none)."""
+    init_temperature: float = 1.0
+    """With `--init`: divide the starting policy's logits by this. Its greedy choices stay the same and its
+    sampling is flatter: a policy learnt from logs (IQL) gives the choices its data never made a
+    probability near 0, which PPO would then never sample and an entropy bonus lifts too slowly."""
     critic_warmup: int = 0
     """First updates that train only the critic, the actor frozen. For a job that starts from another policy
     (`--init`): that policy's critic (IQL's is an optimistic expectile value) has not learnt these returns,
@@ -236,6 +240,15 @@ def make_net(spec: FeatureSpec, hidden: int, seed: int) -> PolicyNet:
         return PolicyNet(spec, hidden)
 
 
+def soften(net: PolicyNet, temperature: float) -> None:
+    """Divide every head's logits by `temperature` (scale the heads' last layers): the same argmax, a flatter
+    distribution for temperature > 1."""
+    with torch.no_grad():
+        for head in (net.op_head, net.slot_head, net.blueprint_head):
+            head.weight.div_(temperature)
+            head.bias.div_(temperature)
+
+
 def train(
     cfg: PPOConfig, out: Path, workspace: Workspace, init: Path | None = None, resume: bool = False,
     progress: Callable[[str], None] = lambda line: None, deadline: float | None = None,
@@ -249,6 +262,8 @@ def train(
         cfg, state = _resume_state(out, cfg)
         start_update, episodes_done = state["update"], state["episodes"]
     _check(cfg)
+    if cfg.init_temperature != 1.0 and init is None and not resume:
+        raise BadInput("--init-temperature softens a starting policy: give it with --init PATH")
     spec = spec_for_task(cfg.task)
     net = make_net(spec, cfg.hidden, cfg.seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, eps=1e-5)
@@ -265,7 +280,9 @@ def train(
             raise BadInput(f"{init} was trained for another task or width (hidden {start.actor[0].out_features}); "
                            f"this job has {cfg.task}, hidden {cfg.hidden}")
         net.load_state_dict(start.state_dict())
-        progress(f"starting from the policy in {init}")
+        soften(net, cfg.init_temperature)
+        progress(f"starting from the policy in {init}" + (f", its logits divided by {cfg.init_temperature:g}"
+                                                            if cfg.init_temperature != 1.0 else ""))
     data = load_task_data(cfg.task, RunConfig().data_seed)
     tag = secrets.token_hex(3)
     learner_id = f"ppo-{tag}"
@@ -376,6 +393,8 @@ def _check(cfg: PPOConfig) -> None:
         raise BadInput("--minibatches and --update-epochs must be at least 1")
     if cfg.workers < 1:
         raise BadInput(f"--workers must be at least 1, got {cfg.workers}")
+    if not cfg.init_temperature > 0:
+        raise BadInput(f"--init-temperature must be positive, got {cfg.init_temperature}")
     if cfg.critic_warmup < 0:
         raise BadInput(f"--critic-warmup must not be negative, got {cfg.critic_warmup}")
     if cfg.seed < 0:
