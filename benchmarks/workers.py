@@ -27,17 +27,17 @@ from esper.store import Workspace
 
 
 def job(cfg: PPOConfig) -> tuple[float, float]:
-    """Wall seconds of one PPO job and its rollouts' environment-steps/s (mean over its updates)."""
-    rates: list[float] = []
-
-    def progress(line: str) -> None:
-        if "env-steps/s" in line:
-            rates.append(float(line.rsplit(" env-steps/s", 1)[0].rsplit(" ", 1)[1]))
-
+    """Wall seconds of one PPO job and its rollouts' environment-steps/s (mean over its updates' `PolicyUpdated`)."""
     with tempfile.TemporaryDirectory(prefix="esper-workers-bench-") as tmp:
+        ws = Workspace.at(tmp)
         started = time.perf_counter()
-        train(cfg, Path(tmp) / "ppo.pt", Workspace.at(tmp), progress=progress)
-        return time.perf_counter() - started, statistics.mean(rates)
+        result = train(cfg, Path(tmp) / "ppo.pt", ws)
+        wall = time.perf_counter() - started
+        with ws.reader() as reader:
+            rates = reader.con.execute(
+                "SELECT (payload->'$.stats'->>'env_steps_per_s')::DOUBLE FROM events "
+                "WHERE type = 'PolicyUpdated' AND run_id = ?", [result["learner"]]).fetchall()
+        return wall, statistics.mean(rate for rate, in rates)
 
 
 def main() -> None:
