@@ -438,9 +438,10 @@ def test_a_param_budget_charges_only_the_growth_beyond_it():
 def test_worker_processes_change_no_decision(tmp_path):
     """An update's episodes split over two processes are the episodes one process plays: the same commands
     and training, its floats equal to rounding (BLAS may sum in another order in another process: the logged
-    values differ in the 7th digit, and the policy learnt from them a little more), and the same policy."""
-    cfg = PPOConfig(epochs=3, episodes=6, n_envs=3, ent_coef=0.5, learning_rate=0.01)
-    out, played, weights = tmp_path / "ppo.pt", {}, {}
+    values differ in the 7th digit, and the policy learnt from them a little more), and the same policy.
+    The selection runs, split over the workers too, score alike."""
+    cfg = PPOConfig(epochs=3, episodes=6, n_envs=3, ent_coef=0.5, learning_rate=0.01, select_every=1, select_runs=3)
+    out, played, weights, selections = tmp_path / "ppo.pt", {}, {}, {}
     for workers in (1, 2):
         ws = Workspace.at(tmp_path / f"workers-{workers}")
         result = train_ppo(msgspec.structs.replace(cfg, workers=workers), out, ws)
@@ -449,10 +450,15 @@ def test_worker_processes_change_no_decision(tmp_path):
                 "SELECT DISTINCT run_id FROM events WHERE run_id LIKE 'mnist1d-ppo-%' ORDER BY run_id").fetchall()]
             played[workers] = {r.removeprefix(f"mnist1d-{result['learner']}"):
                                [msgspec.json.decode(encode(rec.event)) for rec in reader.read_run(r)] for r in run_ids}
-        weights[workers] = load_policy(out)[1]["model"]
-    assert sorted(played[1]) == [f"-u{u:04d}-e{i}" for u in (1, 2) for i in range(3)]
+        weights[workers] = load_policy(out)[1]["train"]["latest"]
+        selections[workers] = _selections(ws, result["learner"])
+    assert sorted(played[1]) == sorted([f"-u{u:04d}-e{i}" for u in (1, 2) for i in range(3)]
+                                       + [f"-select-u{u:04d}-r{i}" for u in (0, 1, 2) for i in range(3)])
     assert _close(played[1], played[2])
     assert all(torch.allclose(weights[1][k], weights[2][k], atol=1e-4) for k in weights[1])
+    scores = {w: {u: {k: v for k, v in s.items() if k.startswith("select.")} for u, s in selections[w].items()}
+              for w in (1, 2)}
+    assert sorted(scores[1]) == [0, 1, 2] and _close(scores[1], scores[2])
 
 
 def test_rollout_workers_ignore_ctrl_c_stop_with_the_job_and_a_dead_one_is_a_clear_error(data):
@@ -505,7 +511,7 @@ def test_selection_scores_the_greedy_policy_on_fixed_runs_and_changes_no_trainin
     kept = result["kept_update"]
     # the file's policy, scored again on the same selection runs, scores exactly as logged: scores compare
     with Recorder(":memory:") as recorder:
-        again = greedy_score(load_policy(out)[0], cfg, data, recorder, "again", 0)
+        again = greedy_score(load_policy(out)[0], cfg, Players(1, "mnist1d", 64, data), recorder, "again", 0)
         seeds = sorted(recorder.read(r)[0].event.config.seed for r in recorder.run_ids())
     assert again == {k: v for k, v in selections[kept].items() if k != "select.kept_update"}
     assert seeds == [selection_seed(cfg, 0), selection_seed(cfg, 1)]
@@ -521,7 +527,7 @@ def _scripted(monkeypatch, scores: dict[int, float]) -> dict[int, dict]:
     """Make `greedy_score` return `scores[update]`; the weights it was shown, by update."""
     seen = {}
 
-    def scripted(net, cfg, data, recorder, tag, update):
+    def scripted(net, cfg, players, recorder, tag, update):
         seen[update] = {k: v.clone() for k, v in net.state_dict().items()}
         return {"select.return": scores[update]}
 

@@ -15,8 +15,8 @@ One update, top to bottom:
    components and weights, whether the actor was frozen for the critic's warm-up) and write the
    checkpoint, which is also the policy file;
 6. with `select_every`: every that many updates (and once before the first), play the greedy policy on
-   the job's fixed selection runs and keep the best-scoring policy as the file's policy (checkpoint
-   selection); the checkpoint still resumes from the latest weights.
+   the job's fixed selection runs (on the workers too) and keep the best-scoring policy as the file's
+   policy (checkpoint selection); the checkpoint still resumes from the latest weights.
 
 Episodes of update u train with run seed `TRAIN_SEEDS + 100_000 * seed + u`, selection run i with
 `TRAIN_SEEDS + 100_000 * seed + SELECT_OFFSET + i`: seeds below 1000 are never trained on or selected
@@ -40,9 +40,9 @@ from esper.errors import BadInput
 from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.events import PolicyUpdated
 from esper.simic.dataset import Episode, batch, replay_episode
-from esper.simic.env import VecEnv, configs_round_robin, play
+from esper.simic.env import configs_round_robin
 from esper.simic.features import FeatureSpec, spec_for_task
-from esper.simic.policy import PolicyController, PolicyNet, check_training, load_policy, save_policy
+from esper.simic.policy import PolicyNet, check_training, load_policy, save_policy
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.simic.rollout import Players, episode_generators
 from esper.store import Recorder, Workspace
@@ -300,7 +300,7 @@ def train(
         last_update_s = last_select_s = 0.0
         if cfg.select_every and kept is None:  # the starting policy is the first candidate
             select_started = time.perf_counter()
-            kept, selected = select_checkpoint(kept, net, start_update, cfg, data, recorder, tag, progress)
+            kept, selected = select_checkpoint(kept, net, start_update, cfg, players, recorder, tag, progress)
             learner.append([PolicyUpdated(update=start_update, stats=selected)])
             save(start_update)
             last_select_s = time.perf_counter() - select_started
@@ -318,7 +318,7 @@ def train(
                 time.perf_counter() + (due + 1) * last_select_s + last_update_s > deadline)
             if cfg.select_every and (due or time_up or u + 1 == updates):  # the last update is always scored
                 select_started = time.perf_counter()
-                kept, selected = select_checkpoint(kept, net, u + 1, cfg, data, recorder, tag, progress)
+                kept, selected = select_checkpoint(kept, net, u + 1, cfg, players, recorder, tag, progress)
                 stats |= selected
                 last_select_s = time.perf_counter() - select_started
             learner.append([PolicyUpdated(update=u + 1, stats=stats)])
@@ -451,21 +451,19 @@ def selection_seed(cfg: PPOConfig, i: int) -> int:
     return TRAIN_SEEDS + 100_000 * cfg.seed + SELECT_OFFSET + i
 
 
-def greedy_score(net: PolicyNet, cfg: PPOConfig, data, recorder: Recorder, tag: str, update: int) -> dict[str, float]:
+def greedy_score(net: PolicyNet, cfg: PPOConfig, players: Players, recorder: Recorder, tag: str,
+                 update: int) -> dict[str, float]:
     """`select.*` stats of the greedy policy on the job's selection runs: mean return (the score), final
     validation accuracy and params. The runs are the same every time, so two scores compare two policies on
-    equal runs; they are logged like any other run (controller `policy`)."""
-    controller = PolicyController(net, max_params=cfg.max_params)
-    returns, finished = [], []
-    for i in range(cfg.select_runs):
-        config = resolve_config(RunConfig(task=cfg.task, controller="policy", seed=selection_seed(cfg, i), epochs=cfg.epochs,
-                                          telemetry=cfg.telemetry, device=cfg.devices[i % len(cfg.devices)],
-                                          lifecycle=LifecycleConfig(max_params=cfg.max_params)))
-        run_id = f"{cfg.task}-ppo-{tag}-select-u{update:04d}-r{i}"
-        result, = play(VecEnv([config], [StoreSink(recorder, run_id)], data), [controller])
-        returns.append(float(replay_episode(recorder.read(run_id), net.spec, cfg.reward, run_id).reward.sum()))
-        if result is not None:
-            finished.append(result)
+    equal runs; they are logged like any other run (controller `policy`) and played on the job's workers."""
+    configs = [resolve_config(RunConfig(task=cfg.task, controller="policy", seed=selection_seed(cfg, i), epochs=cfg.epochs,
+                                        telemetry=cfg.telemetry, device=cfg.devices[i % len(cfg.devices)],
+                                        lifecycle=LifecycleConfig(max_params=cfg.max_params)))
+               for i in range(cfg.select_runs)]
+    run_ids = [f"{cfg.task}-ppo-{tag}-select-u{update:04d}-r{i}" for i in range(cfg.select_runs)]
+    results = players.play_greedy(configs, [StoreSink(recorder, r) for r in run_ids], net, cfg.max_params)
+    returns = [float(replay_episode(recorder.read(r), net.spec, cfg.reward, r).reward.sum()) for r in run_ids]
+    finished = [r for r in results if r is not None]
     stats = {"select.return": float(np.mean(returns)), "select.failed": float(cfg.select_runs - len(finished))}
     if finished:
         stats["select.val_accuracy"] = float(np.mean([r.val_accuracy for r in finished]))
@@ -473,16 +471,23 @@ def greedy_score(net: PolicyNet, cfg: PPOConfig, data, recorder: Recorder, tag: 
     return stats
 
 
-def select_checkpoint(kept: Kept | None, net: PolicyNet, update: int, cfg: PPOConfig, data, recorder: Recorder,
-                      tag: str, progress: Callable[[str], None]) -> tuple[Kept, dict[str, float]]:
+def select_checkpoint(kept: Kept | None, net: PolicyNet, update: int, cfg: PPOConfig, players: Players,
+                      recorder: Recorder, tag: str, progress: Callable[[str], None]) -> tuple[Kept, dict[str, float]]:
     """Score `net` (the policy after `update`) and keep it if it beats the kept one; the policy kept now,
     and the `select.*` stats for the update's `PolicyUpdated`."""
-    stats = greedy_score(net, cfg, data, recorder, tag, update)
+    stats = greedy_score(net, cfg, players, recorder, tag, update)
     failed, score = int(stats.get("select.failed", 0)), stats["select.return"]
     if kept is None or kept.beaten_by(failed, score):
-        kept = Kept(update, failed, score, copy.deepcopy(net))
+        kept = Kept(update, failed, score, _copy_without_grads(net))
     progress(_select_line(stats, cfg.select_runs, kept))
     return kept, stats | {"select.kept_update": float(kept.update)}
+
+
+def _copy_without_grads(net: PolicyNet) -> PolicyNet:
+    """A copy of the policy to keep: played and saved only, so without the live net's gradients."""
+    kept = copy.deepcopy(net)
+    kept.zero_grad(set_to_none=True)
+    return kept
 
 
 def _select_line(stats: dict[str, float], runs: int, kept: Kept) -> str:

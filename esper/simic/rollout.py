@@ -1,4 +1,5 @@
-"""PPO's rollouts: an update's episodes played with the stochastic policy, in this process or in workers.
+"""PPO's rollouts: an update's episodes played with the stochastic policy, in this process or in workers
+(and checkpoint selection's greedy runs, the same way).
 
 Every episode samples its actions from a generator of its own, seeded by (job seed, update, episode),
 each decision is computed for its episode alone, and lock-step changes no event (`esper.simic.env`): so
@@ -11,7 +12,7 @@ in another process.)
 
 import multiprocessing
 import signal
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import attrs
 import numpy as np
@@ -20,12 +21,12 @@ import torch
 from esper.errors import RunFailed
 from esper.leyline.config import RunConfig
 from esper.leyline.events import Event
-from esper.simic.env import VecEnv
+from esper.simic.env import VecEnv, play
 from esper.simic.features import ADVANCE, action_mask, encode, spec_for_task, to_command
-from esper.simic.policy import PolicyNet
+from esper.simic.policy import PolicyController, PolicyNet
 from esper.simic.rewards import RewardConfig, StepOutcome, components, reward
 from esper.tolaria.data import TaskData, load_task_data
-from esper.tolaria.loop import ListSink, Sink
+from esper.tolaria.loop import ListSink, RunResult, Sink
 
 
 @attrs.define
@@ -136,21 +137,53 @@ class Players:
 
     def play(self, configs: Sequence[RunConfig], sinks: Sequence[Sink], net: PolicyNet,
              generators: Sequence[torch.Generator], rewards: RewardConfig) -> LiveRollout:
+        """Play `configs` to the end in lock-step with the stochastic policy (PPO's rollout)."""
         if not self.workers or len(configs) == 1:
             return collect(VecEnv(configs, sinks, self.data), net, generators, rewards)
-        shares = [list(range(w, len(configs), len(self.workers))) for w in range(min(len(self.workers), len(configs)))]
-        state = {k: v.clone() for k, v in net.state_dict().items()}
-        for worker, share in zip(self.workers, shares):
-            worker.send(([configs[i] for i in share], state, self.hidden, [generators[i].get_state() for i in share], rewards))
+        shares = self._shares(len(configs))
+        state = _weights(net)
+        played = self._on_workers(_play_share, [([configs[i] for i in share], state, self.hidden,
+                                                 [generators[i].get_state() for i in share], rewards) for share in shares])
         merged = LiveRollout.empty(len(configs))
-        for worker, share in zip(self.workers, shares):
-            events, live = worker.receive()
+        for share, (events, live) in zip(shares, played):
             for k, i in enumerate(share):
                 sinks[i].append(events[k])
                 for field in ("obs", "mask", "action", "log_prob", "value", "reward"):
                     getattr(merged, field)[i] = getattr(live, field)[k]
             merged.steps += live.steps
         return merged
+
+    def play_greedy(self, configs: Sequence[RunConfig], sinks: Sequence[Sink], net: PolicyNet,
+                    max_params: int) -> list[RunResult | None]:
+        """Play each of `configs` alone with the greedy policy (checkpoint selection: the runs have seeds of
+        their own, so they cannot share lock-step), one after another here or split over the workers; each
+        run's result (None: it failed)."""
+        if not self.workers or len(configs) == 1:
+            return _play_greedy(self.data, configs, sinks, net, max_params)
+        shares = self._shares(len(configs))
+        state = _weights(net)
+        played = self._on_workers(_play_greedy_share, [([configs[i] for i in share], state, self.hidden, max_params)
+                                                       for share in shares])
+        results: list[RunResult | None] = [None] * len(configs)
+        for share, (events, share_results) in zip(shares, played):
+            for k, i in enumerate(share):
+                sinks[i].append(events[k])
+                results[i] = share_results[k]
+        return results
+
+    def _shares(self, n: int) -> list[list[int]]:
+        """Runs 0..n-1 dealt round-robin over the workers (no empty share)."""
+        return [list(range(w, n, len(self.workers))) for w in range(min(len(self.workers), n))]
+
+    def _on_workers(self, job: Callable, shares: list[tuple]) -> list[Any]:
+        """`job(data, *share)` for each share on a worker of its own, at once; their answers in order."""
+        for worker, share in zip(self.workers, shares):
+            worker.send((job, share))
+        return [worker.receive() for worker, _ in zip(self.workers, shares)]
+
+
+def _weights(net: PolicyNet) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items()}
 
 
 class _Worker:
@@ -183,7 +216,8 @@ class _Worker:
 
 
 def _serve(conn, task: str) -> None:
-    """A worker's loop: load the task's data once, then play each share it is sent until the job hangs up."""
+    """A worker's loop: load the task's data once, then play each share it is sent (a job of this module and
+    its arguments) until the job hangs up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the job's to handle; it stops the workers
     try:
         data = load_task_data(task, RunConfig().data_seed)
@@ -193,11 +227,11 @@ def _serve(conn, task: str) -> None:
     conn.send((True, None))
     while True:
         try:
-            share = conn.recv()
+            job, share = conn.recv()
         except EOFError:  # the job has gone
             return
         try:
-            conn.send((True, _play_share(data, *share)))
+            conn.send((True, job(data, *share)))
         except Exception as exc:
             conn.send((False, exc))
 
@@ -205,11 +239,30 @@ def _serve(conn, task: str) -> None:
 def _play_share(data: TaskData, configs: list[RunConfig], state: dict[str, torch.Tensor], hidden: int,
                 generator_states: list[torch.Tensor], rewards: RewardConfig) -> tuple[list[list[Event]], LiveRollout]:
     """In a worker: play `configs` in lock-step with the policy `state`; each episode's events and the rollout."""
-    net = PolicyNet(spec_for_task(configs[0].task), hidden)
-    net.load_state_dict(state)
+    net = _policy(configs[0].task, state, hidden)
     generators = [torch.Generator() for _ in generator_states]
     for g, s in zip(generators, generator_states):
         g.set_state(s)
     sinks = [ListSink() for _ in configs]
     live = collect(VecEnv(configs, sinks, data), net, generators, rewards)
     return [sink.events for sink in sinks], live
+
+
+def _play_greedy_share(data: TaskData, configs: list[RunConfig], state: dict[str, torch.Tensor], hidden: int,
+                       max_params: int) -> tuple[list[list[Event]], list[RunResult | None]]:
+    """In a worker: play each of `configs` alone with the greedy policy `state`; each run's events and result."""
+    sinks = [ListSink() for _ in configs]
+    results = _play_greedy(data, configs, sinks, _policy(configs[0].task, state, hidden), max_params)
+    return [sink.events for sink in sinks], results
+
+
+def _play_greedy(data: TaskData, configs: Sequence[RunConfig], sinks: Sequence[Sink], net: PolicyNet,
+                 max_params: int) -> list[RunResult | None]:
+    controller = PolicyController(net, max_params=max_params)
+    return [play(VecEnv([config], [sink], data), [controller])[0] for config, sink in zip(configs, sinks)]
+
+
+def _policy(task: str, state: dict[str, torch.Tensor], hidden: int) -> PolicyNet:
+    net = PolicyNet(spec_for_task(task), hidden)
+    net.load_state_dict(state)
+    return net
