@@ -8,6 +8,15 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a cluster scheduler's stop), raised in the main thread where Ctrl-C's
+    `KeyboardInterrupt` would be, so that it stops a job the same way: whole epochs kept, the run ended
+    with `RunFailed`, worker processes stopped. The CLI exits 143 (128 + SIGTERM)."""
+
+    def __init__(self) -> None:
+        super().__init__("terminated")
+
+
 class EsperError(Exception):
     """Base of every error Esper raises on purpose. `exit_code` is what the CLI returns."""
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -108,6 +109,31 @@ def test_cli_run_json_then_replay_verify(tmp_path):
     replay = esper("replay", result["run_id"], "--verify", "--json", workspace=tmp_path)
     assert replay.returncode == 0, replay.stderr
     assert json.loads(replay.stdout)["status"] == "finished"
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
+    """`kill` or a scheduler's stop: one line, exit 143, and the log keeps every whole epoch then `RunFailed`."""
+    env = {**os.environ, "ESPER_WORKSPACE": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "esper", "run", "--epochs", "60", "--seed", "2"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stderr:
+            if line.startswith("[  2/60]"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, code = proc.stderr.read(), proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert code == 143, rest
+    assert rest.strip().splitlines()[-1] == "esper: terminated" and "Traceback" not in rest, rest
+    (store,) = tmp_path.glob("*.duckdb")
+    with Recorder(store) as rec:
+        (run_id,) = rec.run_ids()
+        recorded = rec.read(run_id)
+    state, events = RunState.fold(recorded), [r.event for r in recorded]  # folds: a whole, legal log
+    assert state.status == "failed" and state.failed.error == "terminated" and events[-1] == state.failed
+    epochs = [e.epoch for e in events if type(e).__name__ == "EpochEnded"]
+    assert epochs == list(range(1, len(epochs) + 1)) and 2 <= len(epochs) < 60
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ import math
 import os
 import signal
 import time
+from pathlib import Path
 
 import hypothesis.strategies as st
 import msgspec
@@ -384,6 +385,21 @@ def test_policy_file_runs_greedily_as_a_controller(tmp_path, data):
     issued = [e for e in runs[0].events if isinstance(e, CommandIssued)]
     assert len(issued) == 3 and all(e.mask and e.log_prob is not None and e.value is not None for e in issued)
     assert [encode(e) for e in runs[0].events] == [encode(e) for e in runs[1].events], "greedy is deterministic"
+
+
+def test_an_interrupted_policy_save_leaves_the_old_file_whole_and_no_litter(tmp_path, monkeypatch):
+    path = tmp_path / "policy.pt"
+    save_policy(path, make_net(SPEC, 32, seed=1), "ppo", RewardConfig(), hidden=32)
+    before = path.read_bytes()
+
+    def half_written(blob, file):
+        Path(file).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        save_policy(path, make_net(SPEC, 32, seed=2), "ppo", RewardConfig(), hidden=32)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["policy.pt"]
 
 
 def test_sampled_controller_samples_the_policy_seeded_by_the_run(tmp_path, data):

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from esper.errors import BadInput, EsperError
+from esper.errors import BadInput, EsperError, Terminated
 
 app = typer.Typer(
     name="esper",
@@ -38,6 +38,9 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except EsperError as exc:
             say(f"esper: {exc}")
             raise typer.Exit(exc.exit_code) from None
+        except Terminated:
+            say("esper: terminated")
+            raise typer.Exit(143) from None
         except KeyboardInterrupt:
             say("esper: interrupted")
             raise typer.Exit(130) from None

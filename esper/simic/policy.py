@@ -133,8 +133,11 @@ def save_policy(
     if train is not None:
         blob["train"] = train
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    try:  # the file is whole or untouched: an interrupt mid-write leaves neither half a file nor litter
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_policy_file(path: str | Path) -> dict[str, Any]:
