@@ -13,7 +13,6 @@ A policy file is `torch.save` of a plain dict (loadable with `weights_only=True`
 """
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch import nn
 
 from esper.errors import BadInput, first_line
 from esper.leyline.commands import Command
+from esper.nissa.files import atomic_write
 from esper.simic.features import GERMINATE, OPS, FeatureSpec, action_mask, encode, to_command
 from esper.simic.rewards import RewardConfig
 from esper.tamiyo.observation import Observation
@@ -124,20 +124,13 @@ def save_policy(
 ) -> None:
     """Write the policy file atomically (a reader never sees half a file). `max_params`: the parameter cap
     the policy was trained under, which `esper run` applies by default."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
         "format": FORMAT, "version": VERSION, "algorithm": algorithm, "spec": msgspec.to_builtins(net.spec),
         "hidden": hidden, "reward": msgspec.to_builtins(rewards), "max_params": max_params, "model": net.state_dict(),
     }
     if train is not None:
         blob["train"] = train
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:  # the file is whole or untouched: an interrupt mid-write leaves neither half a file nor litter
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(Path(path), lambda tmp: torch.save(blob, tmp))
 
 
 def read_policy_file(path: str | Path) -> dict[str, Any]:
