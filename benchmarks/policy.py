@@ -1,7 +1,8 @@
 """Learned gardeners vs the rule-based one on mnist1d: PPO within a time budget, IQL from logs.
 
-1. datasets: `--dataset-runs` heuristic runs (seeds 100…) and as many random runs (seeds 200…), the two
-   controllers in two processes at once; IQL trains on them (`--iql-steps`);
+1. datasets: `--dataset-runs` heuristic runs (seeds 100…; its knobs `--dataset-heuristic KEY=VALUE`, default
+   none) and as many random runs (seeds 200…), the two controllers in two processes at once; IQL trains on
+   them (`--iql-steps`);
 2. PPO trains on mnist1d (its runs use seeds ≥ 1000; each update's episodes split over `--workers`
    processes) until `--minutes` have passed: from scratch
    (`--ppo-init scratch`, the budget starts after IQL) or from the IQL policy (`--ppo-init iql`, the
@@ -43,7 +44,8 @@ from esper.simic.ppo import PPOConfig
 from esper.simic.ppo import train as train_ppo
 from esper.simic.rewards import RewardConfig
 from esper.store import Recorder, Workspace
-from esper.tamiyo.controllers import make_controller
+from esper.errors import BadInput
+from esper.tamiyo.controllers import heuristic_config, make_controller
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, execute, resolve_config
 
@@ -75,23 +77,25 @@ def evaluate(name: str, controller: str, seeds: list[int], root: str, policy: st
     }
 
 
-def record_runs(root: str, controller: str, seeds: range) -> None:
-    """Full runs of `controller` on `seeds` into the workspace's `dataset-{controller}` store file (a worker process)."""
-    ws, data = Workspace.at(root), load_task_data("mnist1d", RunConfig().data_seed)
+def record_runs(root: str, controller: str, seeds: range, knobs: list[str]) -> None:
+    """Full runs of `controller` (the heuristic with `knobs`) on `seeds` into the workspace's `dataset-{controller}`
+    store file (a worker process)."""
+    ws, data, heuristic = Workspace.at(root), load_task_data("mnist1d", RunConfig().data_seed), heuristic_config(knobs)
     with Recorder(ws.store_path(f"dataset-{controller}")) as recorder:
         for seed in seeds:
-            config = resolve_config(RunConfig(controller=controller, seed=seed))
-            execute(config, make_controller(controller, seed), StoreSink(recorder, f"data-{controller}-{seed}"), data=data)
+            config = resolve_config(RunConfig(controller=controller, seed=seed, heuristic=heuristic))
+            execute(config, make_controller(controller, seed, heuristic=heuristic),
+                    StoreSink(recorder, f"data-{controller}-{seed}"), data=data)
     say(f"  dataset: {len(seeds)} {controller} runs")
 
 
-def make_dataset(ws: Workspace, runs: int) -> float:
+def make_dataset(ws: Workspace, runs: int, knobs: list[str]) -> float:
     """The heuristic's runs (seeds 100...) and the random controller's (seeds 200...), in two processes at once:
     a mnist1d run trains on one thread, so this takes half the time on two cores."""
     started = time.perf_counter()
     spawn = multiprocessing.get_context("spawn")  # no fork of a process that has started torch's threads
     with ProcessPoolExecutor(max_workers=2, mp_context=spawn) as pool:
-        jobs = [pool.submit(record_runs, str(ws.root), controller, range(base, base + runs))
+        jobs = [pool.submit(record_runs, str(ws.root), controller, range(base, base + runs), knobs)
                 for controller, base in (("heuristic", 100), ("random", 200))]
         for job in jobs:
             job.result()
@@ -101,7 +105,7 @@ def make_dataset(ws: Workspace, runs: int) -> float:
 def train_iql_policy(ws: Workspace, args, rewards: RewardConfig) -> tuple[str, dict]:
     """Record the heuristic and random datasets and train IQL on them; the policy file and a report."""
     say("IQL dataset ...")
-    dataset_s = make_dataset(ws, args.dataset_runs)
+    dataset_s = make_dataset(ws, args.dataset_runs, args.dataset_heuristic)
     spec = spec_for_task("mnist1d")
     with ws.reader() as reader:
         run_ids = select_runs(reader, "controller IN ('heuristic', 'random') AND seed >= 100", "mnist1d")
@@ -112,6 +116,7 @@ def train_iql_policy(ws: Workspace, args, rewards: RewardConfig) -> tuple[str, d
     path = ws.root / "iql.pt"
     save_policy(path, net, "iql", rewards, iql_cfg.hidden)
     return str(path), {"runs": result["runs"], "transitions": result["transitions"], "steps": args.iql_steps,
+                       "dataset_heuristic": msgspec.to_builtins(heuristic_config(args.dataset_heuristic)),
                        "minutes": round((time.perf_counter() - started) / 60, 2), "dataset_minutes": round(dataset_s / 60, 2)}
 
 
@@ -143,10 +148,17 @@ def main() -> None:
     parser.add_argument("--select-runs", type=int, default=4, help="training-range runs that score the greedy policy")
     parser.add_argument("--eval-seeds", default="0,1,2,3,4")
     parser.add_argument("--dataset-runs", type=int, default=20, help="heuristic runs, and as many random runs, for IQL")
+    parser.add_argument("--dataset-heuristic", action="append", default=[], metavar="KEY=VALUE",
+                        help="a knob of the heuristic whose runs join IQL's dataset (repeatable; e.g. min_gain=1.0: "
+                        "germinate once warmed up, not on a plateau). The heuristic evaluated is always the default")
     parser.add_argument("--iql-steps", type=int, default=5000)
     parser.add_argument("--skip-iql", action="store_true", help="with --ppo-init scratch: no IQL at all")
     parser.add_argument("--workspace", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
+    try:
+        heuristic_config(args.dataset_heuristic, "--dataset-heuristic")
+    except BadInput as e:
+        parser.error(str(e))
     seeds = [int(s) for s in args.eval_seeds.split(",")]
     tmp = tempfile.TemporaryDirectory(prefix="esper-policy-bench-")
     ws = Workspace.at(args.workspace or tmp.name)

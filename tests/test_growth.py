@@ -11,7 +11,8 @@ import pytest
 from cli_runner import invoke, one_line_error
 
 from esper.cli.run import _final_architecture
-from esper.leyline import CommandRejected, LifecycleConfig, RunConfig, SeedStage, SeedTransitioned, encode
+from esper.leyline import (CommandRejected, HeuristicConfig, LifecycleConfig, RunConfig, SeedStage, SeedTransitioned,
+                           encode)
 from esper.nissa.runstate import RunState
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
@@ -150,6 +151,10 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--max-params", "-5"), "--max-params must be 0"),
         (("--max-params", "1000"), "below the mnist1d host's own 1,258"),
         (("--anneal-epochs", "-2"), "--anneal-epochs must not be negative"),
+        (("--heuristic", "min_gain=fast"), "min_gain takes float values"),
+        (("--heuristic", "speed=3"), "KEY one of warmup_epochs"),
+        (("--heuristic", "min_gain"), "expected KEY=VALUE"),
+        (("--controller", "static", "--heuristic", "min_gain=1"), "knobs of --controller heuristic only"),
     ],
 )
 def test_cli_run_bad_input(tmp_path, args, message):
@@ -169,3 +174,21 @@ def test_a_capped_heuristic_run_stays_within_max_params_and_replays(tmp_path):
         recorded = rec.read("capped")
         assert not [r for r in recorded if isinstance(r.event, CommandRejected)], "the heuristic asks only for what fits"
         verify_run(recorded)
+
+
+def test_heuristic_knobs_are_recorded_and_change_what_it_grows(tmp_path):
+    """`--heuristic min_gain=1.0` germinates as soon as the host has warmed up (no plateau needed), one seed per
+    epoch up to `max_live_seeds`; the knobs are in `RunStarted`, and the log re-executes exactly."""
+    result = invoke("run", "--epochs", "12", "--seed", "1", "--json", "--heuristic", "min_gain=1.0",
+                    "--heuristic", "warmup-epochs=3", workspace=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    run_id = json.loads(result.stdout)["run_id"]
+    with Recorder(Workspace(tmp_path).store_path(run_id)) as rec:
+        recorded = rec.read(run_id)
+    state = RunState.fold(recorded)
+    assert (state.config.heuristic.min_gain, state.config.heuristic.warmup_epochs) == (1.0, 3)
+    germinated = [r.event.epoch for r in recorded if type(r.event).__name__ == "SeedGerminated"]
+    assert germinated[:2] == [3, 4], germinated
+    verify_run(recorded)
+    default = run_into(Workspace(tmp_path), "default", epochs=3, seed=1)
+    assert default.config.heuristic == HeuristicConfig()

@@ -13,7 +13,7 @@ from esper.errors import BadInput
 from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.stages import SeedStage
 from esper.store import Recorder, Workspace
-from esper.tamiyo.controllers import CONTROLLERS, make_controller
+from esper.tamiyo.controllers import CONTROLLERS, heuristic_config, make_controller
 from esper.tamiyo.observation import ObservationProjection
 from esper.tolaria.loop import StoreSink, execute, resolve_config
 from esper.tolaria.data import load_task_data
@@ -39,6 +39,9 @@ def run(
     anneal_epochs: Optional[int] = typer.Option(
         None, "--anneal-epochs", help="Lower every learning rate towards 0 over the last N epochs "
         "(default: the task's, 5 on mnist1d; 0: constant rates)."),
+    heuristic: Optional[list[str]] = typer.Option(
+        None, "--heuristic", help="A knob of the heuristic gardener, KEY=VALUE (repeatable), e.g. min_gain=1.0 to "
+        "germinate as soon as the host has warmed up instead of on a plateau. Recorded in the run's config."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
@@ -54,13 +57,16 @@ def run(
         raise BadInput("--like only makes sense with --controller scratch")
     if telemetry not in ("minimal", "standard", "diagnostic"):
         raise BadInput(f"unknown telemetry profile {telemetry!r}: use minimal, standard or diagnostic")
-    brain = make_controller(controller, seed, policy)
+    if heuristic and controller != "heuristic":
+        raise BadInput("--heuristic sets the knobs of --controller heuristic only")
+    knobs = heuristic_config(heuristic or [])
+    brain = make_controller(controller, seed, policy, knobs)
     if max_params is None:  # a trained policy brings the cap it learned under
         max_params = getattr(brain, "max_params", 0)
     config = resolve_config(RunConfig(
         task=task, controller=controller, seed=seed, epochs=epochs, device=device, policy=policy, like=like,
         data_dir=data_dir, telemetry=telemetry, architecture=architecture,
-        lifecycle=LifecycleConfig(max_params=max_params), anneal_epochs=anneal_epochs,
+        lifecycle=LifecycleConfig(max_params=max_params), heuristic=knobs, anneal_epochs=anneal_epochs,
     ))
     resolve_device(device)
     data = load_task_data(task, config.data_seed, data_dir, download=download)  # bad input fails before any log exists

@@ -1,7 +1,7 @@
 """Contracts: stages, commands, events, configs. Everything else depends on this, it depends on nothing."""
 
 from esper.leyline.commands import COMMAND_TYPES, Advance, Command, Cull, Germinate, Wait
-from esper.leyline.config import LifecycleConfig, RunConfig
+from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig
 from esper.leyline.events import (
     EVENT_TYPES,
     CheckpointSaved,
@@ -23,8 +23,9 @@ from esper.leyline.events import (
 from esper.leyline.stages import ACTIVE_STAGES, LIVE_STAGES, SeedStage
 
 __all__ = [
-    "ACTIVE_STAGES", "COMMAND_TYPES", "EVENT_TYPES", "LIVE_STAGES", "Advance", "CheckpointSaved", "Command",
-    "CommandIssued", "CommandRejected", "Cull", "EpochEnded", "Event", "Germinate", "LifecycleConfig",
-    "PolicyUpdated", "RunConfig", "RunFailed", "RunFinished", "RunStarted", "SeedGerminated", "SeedStage",
-    "SeedTelemetry", "SeedTransitioned", "Wait", "decode", "encode", "type_name",
+    "ACTIVE_STAGES", "Advance", "COMMAND_TYPES", "CheckpointSaved", "Command", "CommandIssued",
+    "CommandRejected", "Cull", "EVENT_TYPES", "EpochEnded", "Event", "Germinate", "HeuristicConfig",
+    "LIVE_STAGES", "LifecycleConfig", "PolicyUpdated", "RunConfig", "RunFailed", "RunFinished", "RunStarted",
+    "SeedGerminated", "SeedStage", "SeedTelemetry", "SeedTransitioned", "Wait", "decode", "encode",
+    "type_name",
 ]

@@ -27,6 +27,28 @@ class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     this many parameters (0: no cap). A hard budget: the final model can never be larger."""
 
 
+class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The rule-based gardener's knobs (`esper run --heuristic KEY=VALUE`). Recorded in `RunStarted`, so a
+    run's log says which rule grew it."""
+
+    warmup_epochs: int = 2
+    """No germination before the host has trained this many epochs (it must stabilise first)."""
+    plateau_epochs: int = 1
+    """Germinate once validation accuracy has not beaten its best for this many epochs ..."""
+    min_gain: float = 0.05
+    """... or has gained less than this over the last two epochs."""
+    max_live_seeds: int = 2
+    """At most this many seeds germinated, training or blending at once."""
+    finish_epochs: int = 7
+    """No germination when fewer epochs than this remain: the seed could not fossilize in time."""
+    cull_contribution: float = -0.01
+    """Cull a blending seed (α ≥ 0.5) whose contribution falls below this."""
+    max_training_epochs: int = 6
+    """Cull a training seed whose gate has not opened after this many epochs."""
+    cull_penalty_epochs: int = 8
+    """A blueprint culled within this many epochs is skipped when choosing what to germinate."""
+
+
 class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything that determines a run. With the recorded commands it re-executes the run exactly (CPU)."""
 
@@ -49,6 +71,8 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     architecture: list[tuple[str, str]] = []
     """(slot, blueprint) of seeds built into the host before training (the `scratch` baseline)."""
     lifecycle: LifecycleConfig = LifecycleConfig()
+    heuristic: HeuristicConfig = HeuristicConfig()
+    """The knobs of controller `heuristic` (the other controllers ignore them)."""
     anneal_epochs: int | None = None
     """The last N epochs scale every learning rate (host and seeds) down a half cosine towards 0; None
     means the task preset's. Logs written before this field existed ran at constant rates: they read as 0."""

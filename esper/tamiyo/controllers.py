@@ -8,6 +8,7 @@ import msgspec
 
 from esper.errors import BadInput
 from esper.leyline.commands import Advance, Command, Cull, Germinate, Wait
+from esper.leyline.config import HeuristicConfig
 from esper.leyline.events import CommandIssued
 from esper.leyline.garden import legal_commands
 from esper.leyline.stages import SeedStage
@@ -34,27 +35,6 @@ class ScratchController(StaticController):
     `RunConfig.architecture`) and trained from initialisation; nothing grows during the run."""
 
     name = "scratch"
-
-
-class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """The rule-based gardener's knobs."""
-
-    warmup_epochs: int = 2
-    """No germination before the host has trained this many epochs (it must stabilise first)."""
-    plateau_epochs: int = 1
-    """Germinate once validation accuracy has not beaten its best for this many epochs ..."""
-    min_gain: float = 0.05
-    """... or has gained less than this over the last two epochs."""
-    max_live_seeds: int = 2
-    """At most this many seeds germinated, training or blending at once."""
-    finish_epochs: int = 7
-    """No germination when fewer epochs than this remain: the seed could not fossilize in time."""
-    cull_contribution: float = -0.01
-    """Cull a blending seed (α ≥ 0.5) whose contribution falls below this."""
-    max_training_epochs: int = 6
-    """Cull a training seed whose gate has not opened after this many epochs."""
-    cull_penalty_epochs: int = 8
-    """A blueprint culled within this many epochs is skipped when choosing what to germinate."""
 
 
 class HeuristicController:
@@ -154,9 +134,10 @@ class ScriptedController:
 CONTROLLERS = ("heuristic", "static", "scratch", "random", "policy", "sampled")
 
 
-def make_controller(name: str, seed: int, policy: str | None = None) -> Controller:
+def make_controller(name: str, seed: int, policy: str | None = None,
+                    heuristic: HeuristicConfig = HeuristicConfig()) -> Controller:
     if name == "heuristic":
-        return HeuristicController()
+        return HeuristicController(heuristic)
     if name == "static":
         return StaticController()
     if name == "scratch":
@@ -171,3 +152,18 @@ def make_controller(name: str, seed: int, policy: str | None = None) -> Controll
         return load_policy_controller(policy, sample_seed=seed if name == "sampled" else None)
     raise BadInput(f"unknown controller {name!r} (known: {', '.join(CONTROLLERS)})")
 
+
+def heuristic_config(knobs: Iterable[str], flag: str = "--heuristic") -> HeuristicConfig:
+    """`HeuristicConfig` from "KEY=VALUE" strings (`esper run --heuristic min_gain=1.0`); `BadInput` names a bad one."""
+    fields = {f.name: f.type for f in msgspec.structs.fields(HeuristicConfig)}
+    values: dict = {}
+    for knob in knobs:
+        key, sep, value = knob.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise BadInput(f"{flag} {knob!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        try:
+            values[key] = msgspec.convert(value.strip(), fields[key], strict=False)
+        except msgspec.ValidationError:
+            raise BadInput(f"{flag} {knob!r}: {key} takes {fields[key].__name__} values") from None
+    return HeuristicConfig(**values)
