@@ -34,7 +34,8 @@ from pathlib import Path
 
 import msgspec
 
-from esper.leyline import LifecycleConfig, RunConfig
+from esper.errors import BadInput
+from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
 from esper.simic.dataset import select_runs, workspace_episodes
 from esper.simic.features import spec_for_task
 from esper.simic.iql import IQLConfig
@@ -44,7 +45,6 @@ from esper.simic.ppo import PPOConfig
 from esper.simic.ppo import train as train_ppo
 from esper.simic.rewards import RewardConfig
 from esper.store import Recorder, Workspace
-from esper.errors import BadInput
 from esper.tamiyo.controllers import heuristic_config, make_controller
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, execute, resolve_config
@@ -77,10 +77,10 @@ def evaluate(name: str, controller: str, seeds: list[int], root: str, policy: st
     }
 
 
-def record_runs(root: str, controller: str, seeds: range, knobs: list[str]) -> None:
-    """Full runs of `controller` (the heuristic with `knobs`) on `seeds` into the workspace's `dataset-{controller}`
-    store file (a worker process)."""
-    ws, data, heuristic = Workspace.at(root), load_task_data("mnist1d", RunConfig().data_seed), heuristic_config(knobs)
+def record_runs(root: str, controller: str, seeds: range, heuristic: HeuristicConfig) -> None:
+    """Full runs of `controller` (the heuristic with the knobs `heuristic`) on `seeds` into the workspace's
+    `dataset-{controller}` store file (a worker process)."""
+    ws, data = Workspace.at(root), load_task_data("mnist1d", RunConfig().data_seed)
     with Recorder(ws.store_path(f"dataset-{controller}")) as recorder:
         for seed in seeds:
             config = resolve_config(RunConfig(controller=controller, seed=seed, heuristic=heuristic))
@@ -89,13 +89,13 @@ def record_runs(root: str, controller: str, seeds: range, knobs: list[str]) -> N
     say(f"  dataset: {len(seeds)} {controller} runs")
 
 
-def make_dataset(ws: Workspace, runs: int, knobs: list[str]) -> float:
+def make_dataset(ws: Workspace, runs: int, heuristic: HeuristicConfig) -> float:
     """The heuristic's runs (seeds 100...) and the random controller's (seeds 200...), in two processes at once:
     a mnist1d run trains on one thread, so this takes half the time on two cores."""
     started = time.perf_counter()
     spawn = multiprocessing.get_context("spawn")  # no fork of a process that has started torch's threads
     with ProcessPoolExecutor(max_workers=2, mp_context=spawn) as pool:
-        jobs = [pool.submit(record_runs, str(ws.root), controller, range(base, base + runs), knobs)
+        jobs = [pool.submit(record_runs, str(ws.root), controller, range(base, base + runs), heuristic)
                 for controller, base in (("heuristic", 100), ("random", 200))]
         for job in jobs:
             job.result()
@@ -116,7 +116,7 @@ def train_iql_policy(ws: Workspace, args, rewards: RewardConfig) -> tuple[str, d
     path = ws.root / "iql.pt"
     save_policy(path, net, "iql", rewards, iql_cfg.hidden)
     return str(path), {"runs": result["runs"], "transitions": result["transitions"], "steps": args.iql_steps,
-                       "dataset_heuristic": msgspec.to_builtins(heuristic_config(args.dataset_heuristic)),
+                       "dataset_heuristic": msgspec.to_builtins(args.dataset_heuristic),
                        "minutes": round((time.perf_counter() - started) / 60, 2), "dataset_minutes": round(dataset_s / 60, 2)}
 
 
@@ -155,8 +155,8 @@ def main() -> None:
     parser.add_argument("--skip-iql", action="store_true", help="with --ppo-init scratch: no IQL at all")
     parser.add_argument("--workspace", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
-    try:
-        heuristic_config(args.dataset_heuristic, "--dataset-heuristic")
+    try:  # the knobs, parsed once: bad ones stop the benchmark before it records anything
+        args.dataset_heuristic = heuristic_config(args.dataset_heuristic, "--dataset-heuristic")
     except BadInput as e:
         parser.error(str(e))
     seeds = [int(s) for s in args.eval_seeds.split(",")]
