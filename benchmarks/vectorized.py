@@ -1,19 +1,23 @@
 """Lock-step environments vs the same environments one after another: environment-epochs per second.
 
 For each n, the same n runs (same config and seed, one heuristic controller each, events into a real
-DuckDB store) are trained two ways in this process, alternating, `--repeats` times:
+DuckDB store) are trained two ways in this process, back to back, `--repeats` times (the order alternates):
 * lockstep: one `esper.simic.env.VecEnv` of n runs over shared batches (CUDA streams on GPU);
 * sequential: n calls of `esper.tolaria.loop.execute`, one after another.
-Both write exactly the same events (checked). Prints one JSON object: median environment-epochs/s of
-each mode per n (wall clock), the speed-up, and the speed-up in process CPU time (less disturbed by
-other processes on a shared machine). On CPU lock-step should be no slower; on GPU the target is ≥ 3× at n = 8.
+Both write exactly the same events (checked). Prints one JSON object; per n: median environment-epochs/s
+of each mode (wall clock), and the speed-up (sequential time / lock-step time) of each back-to-back pair:
+its median, a bootstrap 95 % interval of that median, and in how many pairs lock-step was at least as fast;
+the same in process CPU time (less disturbed by other processes on a shared machine). Pairing matters on a
+noisy machine: one run's time can swing ±10 % from one minute to the next, and a pair shares the minute.
+On CPU lock-step should be no slower; on GPU the target is ≥ 3× at n = 8.
 
-    .venv/bin/python benchmarks/vectorized.py [--epochs 25] [--repeats 3] [--device cpu|cuda] [--ns 1,2,4]
+    .venv/bin/python benchmarks/vectorized.py [--epochs 10] [--repeats 10] [--device cpu|cuda] [--ns 1,2,4]
 """
 
 import argparse
 import json
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -36,7 +40,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def lockstep(config: RunConfig, n: int, devices: list[str], recorder: Recorder, tag: str, data) -> tuple[float, list]:
+def lockstep(config: RunConfig, n: int, devices: list[str], recorder: Recorder, tag: str, data) -> tuple[float, float, list]:
     sinks = [StoreSink(recorder, f"{tag}-lock-{i}") for i in range(n)]
     sync(devices[0])
     start, cpu = time.perf_counter(), time.process_time()
@@ -46,7 +50,7 @@ def lockstep(config: RunConfig, n: int, devices: list[str], recorder: Recorder, 
     return time.perf_counter() - start, time.process_time() - cpu, [s.run_id for s in sinks]
 
 
-def sequential(config: RunConfig, n: int, devices: list[str], recorder: Recorder, tag: str, data) -> tuple[float, list]:
+def sequential(config: RunConfig, n: int, devices: list[str], recorder: Recorder, tag: str, data) -> tuple[float, float, list]:
     sinks = [StoreSink(recorder, f"{tag}-seq-{i}") for i in range(n)]
     sync(devices[0])
     start, cpu = time.perf_counter(), time.process_time()
@@ -56,10 +60,19 @@ def sequential(config: RunConfig, n: int, devices: list[str], recorder: Recorder
     return time.perf_counter() - start, time.process_time() - cpu, [s.run_id for s in sinks]
 
 
+def paired_speedup(sequential: list[float], lockstep: list[float]) -> dict:
+    """Median of the pairs' speed-ups, its bootstrap 95 % interval, and the pairs lock-step won or tied."""
+    ratios = [s / l for s, l in zip(sequential, lockstep)]
+    draw = random.Random(0)
+    medians = sorted(statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(2000))
+    return {"median": round(statistics.median(ratios), 3), "ci95": [round(medians[50], 3), round(medians[1949], 3)],
+            "lockstep_not_slower": f"{sum(r >= 1 for r in ratios)}/{len(ratios)}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, or a comma-separated list used round-robin")
     parser.add_argument("--ns", default=None, help="environment counts (default 1,2,4 on CPU, 1..8 on GPU)")
     args = parser.parse_args()
@@ -89,12 +102,12 @@ def main() -> None:
                 identical &= left == right
             lock = n * args.epochs / statistics.median(times["lockstep"])
             seq = n * args.epochs / statistics.median(times["sequential"])
-            lock_cpu = n * args.epochs / statistics.median(times["lockstep_cpu"])
-            seq_cpu = n * args.epochs / statistics.median(times["sequential_cpu"])
+            wall = paired_speedup(times["sequential"], times["lockstep"])
+            cpu = paired_speedup(times["sequential_cpu"], times["lockstep_cpu"])
             results.append({"n": n, "lockstep_env_epochs_per_s": round(lock, 2),
-                            "sequential_env_epochs_per_s": round(seq, 2), "speedup": round(lock / seq, 3),
-                            "speedup_cpu_time": round(lock_cpu / seq_cpu, 3)})
-            print(f"n={n}: lockstep {lock:.1f}  sequential {seq:.1f} env-epochs/s  ×{lock / seq:.2f}", file=sys.stderr)
+                            "sequential_env_epochs_per_s": round(seq, 2), "speedup": wall, "speedup_cpu_time": cpu})
+            print(f"n={n}: lockstep {lock:.1f}  sequential {seq:.1f} env-epochs/s  "
+                  f"×{wall['median']:.3f} {wall['ci95']} (CPU time ×{cpu['median']:.3f} {cpu['ci95']})", file=sys.stderr)
     print(json.dumps({
         "device": args.device if not on_gpu else f"{args.device} ({torch.cuda.get_device_name(0)})",
         "cpu": platform.processor() or platform.machine(),
