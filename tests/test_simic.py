@@ -15,7 +15,7 @@ from hypothesis import given, settings
 
 from esper.errors import BadInput, RunFailed
 from esper.leyline import Advance, Cull, EpochEnded, Germinate, LifecycleConfig, RunConfig, RunStarted, SeedTelemetry, Wait
-from esper.leyline.events import CommandIssued, RunFinished, SeedGerminated, encode
+from esper.leyline.events import CommandIssued, RunFinished, SeedGerminated, SeedTransitioned, encode
 from esper.leyline.garden import Garden, legal_commands
 from esper.nissa.runstate import RunState
 from esper.simic import features as F
@@ -33,7 +33,9 @@ from esper.simic.ppo import train as train_ppo
 from esper.simic.rewards import RewardConfig, StepOutcome, components
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
-from esper.tolaria.data import load_task_data
+from esper.tolaria.data import augment, load_task_data
+from esper.tolaria.tasks import BLUEPRINTS, get_task
+from esper.tolaria.trainer import Trainer
 from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
 from esper.tolaria.verify import verify_run
 
@@ -185,6 +187,29 @@ def test_lockstep_changes_no_event(data):
         alone = ListSink()
         execute(config, make_controller(name, i), alone, data=data)
         assert [encode(e) for e in sink.events] == [encode(e) for e in alone.events]
+
+
+@pytest.mark.parametrize("blueprint", BLUEPRINTS)
+def test_a_training_step_draws_nothing_from_the_global_generator(blueprint, data):
+    """Lock-step swaps only the CPU generator around a run's turn, and on GPU the runs share the CUDA one:
+    a training step, with a seed of any blueprint training or blending, must draw from the run's own
+    generator alone (the same code that would draw from the CUDA generator there draws from the CPU one here)."""
+    config = resolve_config(RunConfig(epochs=4, seed=3))
+    trainer = Trainer(config, get_task(config.task), data)
+    slot = trainer.model.slot_names[0]
+    trainer.realize(SeedGerminated(epoch=1, seed_id="s", slot=slot, blueprint=blueprint, params=0))
+    batches = trainer.data.batches("train", 32, trainer.generator)
+    for stage in ("TRAINING", "BLENDING"):
+        trainer.realize(SeedTransitioned(epoch=1, seed_id="s", slot=slot, from_stage="", to_stage=stage, trigger="test"))
+        trainer.begin_epoch(1)
+        before = torch.get_rng_state()
+        for _ in range(2):
+            trainer.train_step(*next(batches))
+        assert torch.equal(before, torch.get_rng_state()), f"a step with a {stage.lower()} {blueprint} seed drew from it"
+    images = torch.rand(4, 3, 8, 8)
+    before = torch.get_rng_state()
+    augment(images, torch.Generator().manual_seed(0))
+    assert torch.equal(before, torch.get_rng_state()), "augmentation drew from the global generator"
 
 
 @pytest.fixture(scope="module")

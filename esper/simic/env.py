@@ -11,7 +11,9 @@ trains the epoch on the same batches, is measured, and then takes its controller
 * On GPU each run steps on its own CUDA stream, so the runs' small kernels overlap; on CPU the same
   code runs them one after another inside the batch loop.
 * Each run owns its global torch RNG state (swapped in around its every call): a seed germinated in one
-  run draws exactly the numbers it would draw in a run of its own, so lock-step changes no event.
+  run draws exactly the numbers it would draw in a run of its own, so lock-step changes no event. Only
+  the CPU generator is swapped: the runs share the CUDA one, which is safe because a training step draws
+  from its run's own generator alone (seeds are built on CPU; a test holds every blueprint to this).
 """
 
 import contextlib
