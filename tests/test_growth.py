@@ -71,7 +71,7 @@ def test_verify_reexecutes_exactly_and_catches_a_changed_log(grown):
     forged = msgspec.structs.replace(recorded[i].event, val_accuracy=0.123)
     tampered = list(recorded)
     tampered[i] = type(recorded[i])(*(getattr(recorded[i], f) for f in ("position", "run_id", "seq", "event_id", "ts")), forged)
-    with pytest.raises(VerificationFailed, match="differs at seq"):
+    with pytest.raises(VerificationFailed, match=r"differs at seq \d+ .*EpochEnded.*in val_accuracy: recorded 0.123, now 0\.\d+$"):
         verify_run(tampered)
 
 

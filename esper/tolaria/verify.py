@@ -32,14 +32,34 @@ def verify_run(recorded: list[Recorded]) -> int:
     for i, (old, new) in enumerate(zip(recorded, sink.events)):
         if encode(old.event) != encode(new):
             raise VerificationFailed(
-                f"re-execution differs at seq {old.seq} (position {old.position}, {type(old.event).__name__}): "
-                f"recorded {_brief(old.event)} vs now {_brief(new)}"
+                f"re-execution differs at seq {old.seq} (position {old.position}, {type(old.event).__name__}), "
+                + _first_difference(msgspec.to_builtins(old.event), msgspec.to_builtins(new))
             )
     if len(sink.events) != len(recorded):
         raise VerificationFailed(f"re-execution wrote {len(sink.events)} events, the log holds {len(recorded)}")
     return len(recorded)
 
 
-def _brief(event) -> str:
-    text = msgspec.json.encode(event).decode()
-    return text if len(text) <= 160 else text[:157] + "..."
+_ABSENT = object()
+
+
+def _first_difference(old, new, path: str = "") -> str:
+    """Where two decoded payloads first differ, as `in PATH: recorded X, now Y` (a whole event is too long
+    for one line, and its start is usually the same)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [*old, *(k for k in new if k not in old)]:
+            a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+            if a != b:
+                return _first_difference(a, b, f"{path}.{key}" if path else key)
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            if a != b:
+                return _first_difference(a, b, f"{path}[{i}]")
+    return f"in {path or 'the event'}: recorded {_brief(old)}, now {_brief(new)}"
+
+
+def _brief(value) -> str:
+    if value is _ABSENT:
+        return "nothing"
+    text = msgspec.json.encode(value).decode()
+    return text if len(text) <= 120 else text[:117] + "..."
