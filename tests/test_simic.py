@@ -189,6 +189,38 @@ def test_lockstep_changes_no_event(data):
         assert [encode(e) for e in sink.events] == [encode(e) for e in alone.events]
 
 
+def test_an_interrupted_lockstep_play_ends_every_unfinished_run_with_run_failed(data):
+    """Ctrl-C (or SIGTERM) during lock-step: as with one run, each log keeps its whole epochs and ends with
+    `RunFailed`, and a run that had already finished keeps its `RunFinished`."""
+    class InterruptsAtEpoch3:
+        name = "heuristic"
+
+        def __init__(self):
+            self.inner = make_controller("heuristic", 0)
+
+        def decide(self, obs):
+            if obs.epoch == 3:
+                raise KeyboardInterrupt
+            return self.inner.decide(obs)
+
+    config = resolve_config(RunConfig(controller="test", epochs=5, seed=2))
+    sinks = [ListSink() for _ in range(3)]
+    vec = VecEnv([config] * 3, sinks, data)
+    with pytest.raises(KeyboardInterrupt):
+        play(vec, [make_controller("heuristic", 0), InterruptsAtEpoch3(), make_controller("heuristic", 0)])
+    for sink in sinks:
+        types = [type(e).__name__ for e in sink.events]
+        assert types[-1] == "RunFailed" and sink.events[-1].error == "interrupted"
+        assert types.count("EpochEnded") == types.count("CommandIssued") == 2, types
+
+    finished = ListSink()
+    vec = VecEnv([resolve_config(RunConfig(controller="test", epochs=2, seed=2))], [finished], data)
+    with pytest.raises(KeyboardInterrupt), vec:
+        play(vec, [make_controller("heuristic", 0)])
+        raise KeyboardInterrupt
+    assert [type(e).__name__ for e in finished.events][-1] == "RunFinished"
+
+
 @pytest.mark.parametrize("blueprint", BLUEPRINTS)
 def test_a_training_step_draws_nothing_from_the_global_generator(blueprint, data):
     """Lock-step swaps only the CPU generator around a run's turn, and on GPU the runs share the CUDA one:

@@ -85,7 +85,11 @@ class Env:
 
 class VecEnv:
     """Lock-step runs sharing task, seed, data seed and epoch budget (they differ only in what their
-    controllers do). `configs[i].device` places run i; build them with `configs_round_robin`."""
+    controllers do). `configs[i].device` places run i; build them with `configs_round_robin`.
+
+    Play them inside `with vec:`, as `execute` plays one run: if the block is interrupted (Ctrl-C,
+    SIGTERM), every unfinished run is ended with `RunFailed` (its whole epochs kept), and however it
+    ends, every run's writer is stopped after writing what it holds."""
 
     def __init__(self, configs: Sequence[RunConfig], sinks: Sequence[Sink], data: TaskData, chunk: int | None = None):
         if not configs or len(configs) != len(sinks):
@@ -106,6 +110,20 @@ class VecEnv:
 
     def __len__(self) -> int:
         return len(self.envs)
+
+    def __enter__(self) -> "VecEnv":
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        try:
+            if kind is not None and issubclass(kind, KeyboardInterrupt):
+                for env in self.envs:
+                    if env.failed is None and env.result is None:
+                        env.failed = str(exc) or "interrupted"
+                        env.session.fail(env.failed)
+        finally:
+            for env in self.envs:
+                env.session.close()
 
     @property
     def done(self) -> bool:
@@ -176,11 +194,12 @@ def configs_round_robin(base: RunConfig, n: int, devices: Sequence[str]) -> list
 
 def play(vec: VecEnv, controllers: Sequence[Controller]) -> list[RunResult | None]:
     """Run every environment to the end, each with its own controller (benchmarks, tests, datasets)."""
-    while not vec.done:
-        observations = vec.step_epoch()
-        commands, infos = [], []
-        for obs, controller in zip(observations, controllers):
-            commands.append(None if obs is None else controller.decide(obs))
-            infos.append(dict(getattr(controller, "decision_info", {})) if obs is not None else {})
-        vec.decide(commands, [c.name for c in controllers], infos)
-    return vec.finish()
+    with vec:
+        while not vec.done:
+            observations = vec.step_epoch()
+            commands, infos = [], []
+            for obs, controller in zip(observations, controllers):
+                commands.append(None if obs is None else controller.decide(obs))
+                infos.append(dict(getattr(controller, "decision_info", {})) if obs is not None else {})
+            vec.decide(commands, [c.name for c in controllers], infos)
+        return vec.finish()

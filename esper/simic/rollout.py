@@ -59,35 +59,36 @@ def collect(vec: VecEnv, net: PolicyNet, generators: Sequence[torch.Generator], 
     spec, n = net.spec, len(vec)
     live = LiveRollout.empty(n)
     previous: list[Any] = [None] * n  # (observation, action) of each env's pending step, for its live reward
-    while not vec.done:
-        observations = vec.step_epoch()
-        commands: list[Any] = [None] * n
-        infos: list[dict[str, Any]] = [{} for _ in range(n)]
-        for i, obs in enumerate(observations):
-            if obs is None:
-                continue
-            if previous[i] is not None:
-                live.reward[i].append(_live_reward(*previous[i], obs.val_accuracy, obs.params, False, rewards))
-            mask = action_mask(obs.garden, spec)
-            x = torch.from_numpy(encode(obs, spec))[None]
-            m = torch.from_numpy(mask.flat())[None]
-            with torch.no_grad():
-                action, log_prob, _ = net.act(x, m, generator=generators[i])
-                value = net.value(x)
-            op, slot, bp = (int(a) for a in action[0])
-            commands[i] = to_command(op, slot, bp, obs.garden, spec)
-            infos[i] = {"log_prob": float(log_prob[0]), "value": float(value[0]), "mask": mask.to_log(spec)}
-            live.obs[i].append(x[0].numpy())
-            live.mask[i].append(m[0].numpy())
-            live.action[i].append(action[0].numpy())
-            live.log_prob[i].append(float(log_prob[0]))
-            live.value[i].append(float(value[0]))
-            previous[i] = (obs, (op, slot, bp))
-            live.steps += 1
-        vec.decide(commands, "ppo", infos)
-    for i, result in enumerate(vec.finish()):
-        if result is not None and previous[i] is not None:
-            live.reward[i].append(_live_reward(*previous[i], result.val_accuracy, result.params, True, rewards))
+    with vec:
+        while not vec.done:
+            observations = vec.step_epoch()
+            commands: list[Any] = [None] * n
+            infos: list[dict[str, Any]] = [{} for _ in range(n)]
+            for i, obs in enumerate(observations):
+                if obs is None:
+                    continue
+                if previous[i] is not None:
+                    live.reward[i].append(_live_reward(*previous[i], obs.val_accuracy, obs.params, False, rewards))
+                mask = action_mask(obs.garden, spec)
+                x = torch.from_numpy(encode(obs, spec))[None]
+                m = torch.from_numpy(mask.flat())[None]
+                with torch.no_grad():
+                    action, log_prob, _ = net.act(x, m, generator=generators[i])
+                    value = net.value(x)
+                op, slot, bp = (int(a) for a in action[0])
+                commands[i] = to_command(op, slot, bp, obs.garden, spec)
+                infos[i] = {"log_prob": float(log_prob[0]), "value": float(value[0]), "mask": mask.to_log(spec)}
+                live.obs[i].append(x[0].numpy())
+                live.mask[i].append(m[0].numpy())
+                live.action[i].append(action[0].numpy())
+                live.log_prob[i].append(float(log_prob[0]))
+                live.value[i].append(float(value[0]))
+                previous[i] = (obs, (op, slot, bp))
+                live.steps += 1
+            vec.decide(commands, "ppo", infos)
+        for i, result in enumerate(vec.finish()):
+            if result is not None and previous[i] is not None:
+                live.reward[i].append(_live_reward(*previous[i], result.val_accuracy, result.params, True, rewards))
     return live
 
 
