@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from esper.errors import BadInput, UnknownRun
-from esper.leyline import EpochEnded, RunConfig, RunStarted
+from esper.leyline import EpochEnded, PolicyUpdated, RunConfig, RunStarted
 from esper.store import Reader, Recorder, Workspace
 
 
@@ -206,6 +206,25 @@ def test_resolve_run_by_unique_prefix(ws: Workspace):
             reader.resolve_run("nope")
         with pytest.raises(UnknownRun):
             reader.resolve_run("2025%")  # a prefix, not a pattern
+
+
+def test_resolve_run_refuses_an_empty_id_and_a_learner_stream_and_says_when_it_lists_only_some(tmp_path):
+    ws = Workspace(tmp_path)
+    for i in range(7):
+        write_run(ws, "s", f"run-{i}", 1)
+    with Recorder(ws.store_path("learner")) as rec:
+        rec.append("ppo-abc123", [PolicyUpdated(update=1, stats={"return": 1.0, "explained_variance": float("nan")})], 0)
+    with ws.reader() as reader:
+        for empty in ("", "  "):
+            with pytest.raises(BadInput, match="an empty run id"):
+                reader.resolve_run(empty)
+        with pytest.raises(BadInput, match=r"matches 7 runs \(run-0, run-1, run-2, run-3, run-4, \.\.\.\)"):
+            reader.resolve_run("run-")
+        with pytest.raises(BadInput, match=r"ppo-abc123 is a learner's stream of updates, not a training run"):
+            reader.resolve_run("ppo-abc")
+        assert reader.resolve_run("ppo-abc", training=False) == "ppo-abc123"
+        stats = reader.read_run("ppo-abc123")[0].event.stats  # JSON has no NaN: an undefined number reads as None
+        assert stats == {"return": 1.0, "explained_variance": None}
 
 
 def test_an_exact_id_wins_over_longer_ids_it_prefixes(tmp_path):

@@ -78,7 +78,7 @@ def export(
     with ws.reader() as reader:
         for note in reader.notes:
             say(f"note: {note}")
-        run_ids = list(dict.fromkeys(reader.resolve_run(r) for r in runs))
+        run_ids = list(dict.fromkeys(reader.resolve_run(r, training=False) for r in runs))
         fmt = format_for(out or Path(""), fmt)
         path = out or Path(f"{_file_name(run_ids[0] if len(run_ids) == 1 else '-'.join(run_ids))}.{fmt}")
         n = export_runs(reader, run_ids, path, fmt)

@@ -102,7 +102,8 @@ class PolicyUpdated(_Event, tag="PolicyUpdated"):
     """One learner update (PPO or IQL) and its health numbers."""
 
     update: int
-    stats: dict[str, float] = {}
+    stats: dict[str, float | None] = {}
+    """None where a number is undefined (JSON has no NaN), e.g. the explained variance of constant returns."""
 
 
 class RunFinished(_Event, tag="RunFinished"):

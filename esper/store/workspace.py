@@ -136,19 +136,27 @@ class Reader:
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
 
-    def resolve_run(self, run: str) -> str:
-        """The full run id for `run`, which may be a unique prefix."""
+    def resolve_run(self, run: str, training: bool = True) -> str:
+        """The full run id for `run`, which may be a unique prefix; with `training`, it must be a training run
+        (not a learner's stream of `PolicyUpdated` events, which only `export` and SQL read)."""
+        if not run.strip():
+            raise BadInput("an empty run id: give a run id or a unique prefix of one (try `esper runs`)")
         rows = self.con.execute(
             "SELECT DISTINCT run_id FROM events WHERE starts_with(run_id, ?) ORDER BY run_id", [run]
         ).fetchall()
         ids = [r[0] for r in rows]
-        if run in ids:
-            return run
-        if len(ids) == 1:
-            return ids[0]
+        if len(ids) > 1 and run not in ids:
+            more = ", ..." if len(ids) > 5 else ""
+            raise BadInput(f"{run!r} matches {len(ids)} runs ({', '.join(ids[:5])}{more}); give more of the id")
         if not ids:
             raise UnknownRun(f"no run {run!r} in this workspace (try `esper runs`)")
-        raise BadInput(f"{run!r} matches {len(ids)} runs ({', '.join(ids[:5])}); give more of the id")
+        run_id = run if run in ids else ids[0]
+        if training and not self.con.execute(
+            "SELECT count(*) FROM events WHERE run_id = ? AND type = 'RunStarted'", [run_id]
+        ).fetchall()[0][0]:
+            raise BadInput(f"{run_id} is a learner's stream of updates, not a training run (`esper runs` lists "
+                           f"those; a PPO job's episodes are named *-{run_id}-u*)")
+        return run_id
 
     def read_run(self, run_id: str) -> list[Recorded]:
         return list(read_events(self.con, run_id, table="events"))
