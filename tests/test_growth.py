@@ -155,6 +155,8 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--heuristic", "speed=3"), "KEY one of warmup_epochs"),
         (("--heuristic", "min_gain"), "expected KEY=VALUE"),
         (("--controller", "static", "--heuristic", "min_gain=1"), "knobs of --controller heuristic only"),
+        (("--heuristic", "min_gain=nan"), "min_gain must be a finite number"),
+        (("--seed", "99999999999999999999"), "--seed 99999999999999999999 does not fit in 64 bits"),
     ],
 )
 def test_cli_run_bad_input(tmp_path, args, message):

@@ -158,8 +158,22 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["iql", "--runs", "controller = = 'x'", "--out", "x.pt"], "bad --runs filter"),
     (["iql", "--runs", "controller = 'nobody'", "--out", "x.pt"], "dataset is empty"),
     (["run", "--controller", "policy", "--policy", "missing.pt"], "no policy file"),
+    (["ppo", "--reward-params", "inf", "--out", "x.pt"], "--reward-params must be a finite number, got inf"),
+    (["ppo", "--ent-coef", "nan", "--out", "x.pt"], "--ent-coef must be a finite number, got nan"),
+    (["iql", "--temperature", "-inf", "--out", "x.pt"], "--temperature must be a finite number"),
 ])
 def test_bad_input_is_one_line_and_exit_2(trained, args, message, tmp_path, monkeypatch):
     ws, _, _ = trained
     monkeypatch.chdir(tmp_path)  # relative --out and --policy paths resolve here, away from the workspace
     assert message in one_line_error(invoke(*args, workspace=ws))
+
+
+@pytest.mark.parametrize("command", [["iql", "--steps", "3"], ["ppo", "--episodes", "1", "--n-envs", "1", "--epochs", "1"]])
+def test_an_out_that_cannot_be_written_is_refused_before_any_training(trained, command, tmp_path, monkeypatch):
+    ws, _, _ = trained
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    stores = sorted(ws.glob("*.duckdb"))
+    error = one_line_error(invoke(*command, "--out", "afile/policy.pt", workspace=ws))
+    assert error == "esper: cannot write afile/policy.pt: afile is a file, not a folder"
+    assert sorted(ws.glob("*.duckdb")) == stores, "nothing may be trained or logged for a policy that cannot be saved"

@@ -1,6 +1,7 @@
 """The `esper` typer app and the one place that turns errors into one line and an exit code."""
 
 import functools
+import math
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _check_numbers(kwargs)
             return func(*args, **kwargs)
         except EsperError as exc:
             say(f"esper: {exc}")
@@ -53,6 +55,17 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _check_numbers(options: dict[str, Any]) -> None:
+    """Every number a command takes is finite and fits 64 bits: NaN and infinity cannot be written to a
+    JSON log (they would come back as null), and torch cannot seed with a larger integer."""
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadInput(f"{flag} must be a finite number, got {value}")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise BadInput(f"{flag} {value} does not fit in 64 bits")
 
 
 def existing_workspace(workspace: Optional[Path]) -> "Workspace":  # noqa: F821 - imported lazily below

@@ -43,9 +43,12 @@ def _refuse_ignored_settings(ctx: typer.Context) -> None:
 
 
 def _output(out: Path) -> Path:
+    """The policy file's path, checked before any training: it must be writable."""
+    from esper.nissa.files import check_writable
+
     if out.is_dir():
         raise BadInput(f"--out {out} is a folder; give the policy file's path, e.g. {out / 'policy.pt'}")
-    return out
+    return check_writable(out)
 
 
 @app.command()

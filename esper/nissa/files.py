@@ -1,9 +1,11 @@
 """Writing output files atomically: a reader never sees half a report or half an export."""
 
+import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from esper.errors import BadInput
 
@@ -16,18 +18,42 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """
     tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from None
+        with _bad_input_if_unwritable(path):
+            tmp = _temporary_beside(path)
+            write(Path(tmp))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+            tmp = None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_writable(path: Path) -> Path:
+    """Fail now, in one line, if `path` could not be written later (a job must not train for an hour and
+    then find its output folder read-only). Creates the missing folders on the way, as the write would."""
+    with _bad_input_if_unwritable(path):
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        os.unlink(_temporary_beside(path))
+    return path
+
+
+def _temporary_beside(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+@contextlib.contextmanager
+def _bad_input_if_unwritable(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else exc.strerror or str(exc)
+        raise BadInput(f"cannot write {path}: {reason}") from None

@@ -1,6 +1,7 @@
 """Controllers: pure `decide(observation) -> Command`. They read signals and emit commands; they know
 no optimizer and no module. Every decision becomes a `CommandIssued` event."""
 
+import math
 import random
 from typing import Iterable, Protocol
 
@@ -166,4 +167,6 @@ def heuristic_config(knobs: Iterable[str], flag: str = "--heuristic") -> Heurist
             values[key] = msgspec.convert(value.strip(), fields[key], strict=False)
         except msgspec.ValidationError:
             raise BadInput(f"{flag} {knob!r}: {key} takes {fields[key].__name__} values") from None
+        if isinstance(values[key], float) and not math.isfinite(values[key]):  # a JSON log has no NaN or infinity
+            raise BadInput(f"{flag} {knob!r}: {key} must be a finite number")
     return HeuristicConfig(**values)
