@@ -87,7 +87,7 @@ def test_replay_json_and_prefix(workspace):
 @pytest.mark.parametrize(
     "args",
     [("replay", "no-such-run"), ("query", "select 1", "--format", "xml"), ("nonsense",), ("query",),
-     ("runs", "--workspace", "/no/such/dir")],
+     ("runs", "--workspace", "/no/such/dir"), ("query", ""), ("query", " ;"), ("replay", ""), ("replay", "missing.jsonl")],
 )
 def test_bad_input_is_one_line_and_exit_2(workspace, args):
     out = esper(*args, workspace=workspace)
@@ -99,3 +99,30 @@ def test_bad_input_is_one_line_and_exit_2(workspace, args):
 def test_empty_workspace_answers_queries(tmp_path):
     out = esper("query", "select count(*) as n from events", "--format", "csv", workspace=tmp_path / "new")
     assert out.returncode == 0 and out.stdout.splitlines() == ["n", "0"]
+
+
+@pytest.mark.parametrize("command", [("run", "--epochs", "1"), ("runs",), ("query", "select 1"), ("schemas", "--out")])
+def test_a_workspace_or_folder_that_is_a_file_is_bad_input(tmp_path, command):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    writes = command[0] in ("run", "schemas")
+    for path in (blocker, blocker / "sub"):
+        args = [*command, str(path)] if command[0] == "schemas" else [*command, "--workspace", str(path)]
+        error = one_line_error(invoke(*args, workspace=tmp_path))
+        if path == blocker:
+            assert error.endswith(f"{blocker} is not a folder") or error.endswith(f"{blocker} is a file, not a folder"), error
+        else:  # under a file: a command that writes says why it cannot create it, one that reads that it is not there
+            assert error.endswith(f"{blocker} is a file, not a folder" if writes else f"{path} does not exist"), error
+    assert blocker.read_text() == "not a folder" and list(tmp_path.iterdir()) == [blocker]
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path):
+    """`esper run --json | true`: the run is logged; stdout's reader has gone, which is no internal error."""
+    env = {**os.environ, "ESPER_WORKSPACE": str(tmp_path)}
+    process = subprocess.Popen([*ESPER, "run", "--epochs", "1", "--json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 141, stderr
+    assert "error" not in stderr and "Traceback" not in stderr, stderr
+    assert esper("runs", "--json", workspace=tmp_path).stdout.count('"finished"') == 1

@@ -156,6 +156,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--heuristic", "min_gain"), "expected KEY=VALUE"),
         (("--controller", "static", "--heuristic", "min_gain=1"), "knobs of --controller heuristic only"),
         (("--heuristic", "min_gain=nan"), "min_gain must be a finite number"),
+        (("--policy", "policy.pt"), "--policy is for --controller policy or sampled"),
         (("--seed", "99999999999999999999"), "--seed 99999999999999999999 does not fit in 64 bits"),
     ],
 )

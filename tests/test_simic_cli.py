@@ -85,6 +85,10 @@ def test_resume_refuses_settings_it_would_not_apply(trained):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "drop --lr, --n-envs" in lines[0], out.stderr  # in the order given
     assert Path(result["out"]).read_bytes() == checkpoint, "nothing trained"
+    stores = sorted(ws.glob("*.duckdb"))
+    error = one_line_error(invoke("ppo", "--resume", "--episodes", "2", "--out", result["out"], workspace=ws))
+    assert "has played 2 episodes already; --episodes is the total to reach, so ask for more than 2" in error
+    assert sorted(ws.glob("*.duckdb")) == stores and Path(result["out"]).read_bytes() == checkpoint
 
 
 def test_iql_learns_from_the_logs_and_its_policy_runs(trained):

@@ -27,7 +27,8 @@ def main() -> None:
     except typer.TyperException as exc:  # usage errors: unknown command, bad option, missing argument
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        print(f"esper: {exc.format_message()}{hint}", file=sys.stderr)
+        if exc.format_message():  # a bare `esper` has printed the help already and has nothing to add
+            print(f"esper: {exc.format_message()}{hint}", file=sys.stderr)
         sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)
 

@@ -48,6 +48,9 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:  # whoever read our output has gone (`esper runs | head`): nothing is lost
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not complain
+            raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports it
         except Exception as exc:  # a bug of ours: still one line, with the way to see more
             if os.environ.get("ESPER_DEBUG"):
                 raise
@@ -73,6 +76,23 @@ def existing_workspace(workspace: Optional[Path]) -> "Workspace":  # noqa: F821 
     from esper.store import Workspace
 
     ws = Workspace.at(workspace)
+    if ws.root.exists() and not ws.root.is_dir():
+        raise BadInput(f"workspace {ws.root} is not a folder")
     if workspace is not None and not ws.root.is_dir():
         raise BadInput(f"workspace {ws.root} does not exist")
+    return ws
+
+
+def writable_workspace(workspace: Optional[Path]) -> "Workspace":  # noqa: F821 - imported lazily below
+    """The workspace to record into, created if missing; a path that cannot be a folder is bad input."""
+    from esper.nissa.files import why_unwritable
+    from esper.store import Workspace
+
+    ws = Workspace.at(workspace)
+    if ws.root.exists() and not ws.root.is_dir():
+        raise BadInput(f"workspace {ws.root} is not a folder")
+    try:
+        ws.root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"cannot create workspace {ws.root}: {why_unwritable(ws.root, exc)}") from None
     return ws

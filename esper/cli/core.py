@@ -43,7 +43,9 @@ def replay(
 def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list]:
     """The events of RUN: from an exported file when RUN names one, else from the workspace."""
     path = Path(run)
-    if path.suffix in (".jsonl", ".parquet") and path.is_file():
+    if path.suffix in (".jsonl", ".parquet") and not path.is_file():
+        raise BadInput(f"no exported file {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.suffix in (".jsonl", ".parquet"):
         from esper.nissa.transfer import recorded_runs
 
         runs = recorded_runs(path)
@@ -90,6 +92,8 @@ def query(
         reader.lock_down()
         try:
             result = reader.con.execute(sql)
+            if result is None:  # only blanks, semicolons or comments
+                raise BadInput("no SQL statement to run, e.g. esper query \"select count(*) from events\"")
             columns = [d[0] for d in result.description or []]
             rows = result.fetchall()
         except duckdb.Error as exc:
@@ -162,5 +166,10 @@ def schemas(
     """Write JSON Schema for every event and command type."""
     from esper.leyline.schemas import write_schemas
 
-    paths = write_schemas(out)
+    from esper.nissa.files import why_unwritable
+
+    try:
+        paths = write_schemas(out)
+    except OSError as exc:
+        raise BadInput(f"cannot write schemas into {out}: {why_unwritable(out / 'schema.json', exc)}") from None
     say(f"wrote {len(paths)} schemas into {out}/")

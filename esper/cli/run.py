@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from esper.cli.app import WorkspaceOption, app, handles_errors, say
+from esper.cli.app import WorkspaceOption, app, handles_errors, say, writable_workspace
 from esper.errors import BadInput
 from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.stages import SeedStage
@@ -57,6 +57,8 @@ def run(
         raise BadInput("--like only makes sense with --controller scratch")
     if telemetry not in ("minimal", "standard", "diagnostic"):
         raise BadInput(f"unknown telemetry profile {telemetry!r}: use minimal, standard or diagnostic")
+    if policy is not None and controller not in ("policy", "sampled"):
+        raise BadInput("--policy is for --controller policy or sampled")
     if heuristic and controller != "heuristic":
         raise BadInput("--heuristic sets the knobs of --controller heuristic only")
     knobs = heuristic_config(heuristic or [])
@@ -70,6 +72,7 @@ def run(
     ))
     resolve_device(device)
     data = load_task_data(task, config.data_seed, data_dir, download=download)  # bad input fails before any log exists
+    ws = writable_workspace(workspace)
     run_id = f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
     cap = f", at most {max_params:,} params" if max_params else ""
     annealed = min(config.anneal_epochs, config.epochs)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
+from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
 from esper.errors import BadInput
 from esper.simic.rewards import RewardConfig
 from esper.store.workspace import RUNS_COLUMNS
@@ -93,7 +93,6 @@ def ppo(
 ) -> None:
     """Train a policy with PPO over vectorized morphogenetic training runs; every episode is logged."""
     from esper.simic.ppo import PPOConfig, train
-    from esper.store import Workspace
 
     out = _output(out)
     if resume and not out.is_file():
@@ -109,7 +108,7 @@ def ppo(
         critic_warmup=critic_warmup, init_temperature=init_temperature, max_params=max_params,
         select_every=select_every, select_runs=select_runs, workers=workers,
     )
-    result = train(cfg, out, Workspace.at(workspace), init=init, resume=resume, progress=say)
+    result = train(cfg, out, writable_workspace(workspace), init=init, resume=resume, progress=say)
     stats = result["stats"]
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k != "stats"} | {"last_update": stats}))

@@ -54,6 +54,10 @@ def _bad_input_if_unwritable(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-        reason = f"{blocker} is a file, not a folder" if blocker is not None else exc.strerror or str(exc)
-        raise BadInput(f"cannot write {path}: {reason}") from None
+        raise BadInput(f"cannot write {path}: {why_unwritable(path, exc)}") from None
+
+
+def why_unwritable(path: Path, exc: OSError) -> str:
+    """`exc`'s reason, or the folder on `path`'s way that is a file (the OS says only "Not a directory")."""
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    return f"{blocker} is a file, not a folder" if blocker is not None else exc.strerror or str(exc)

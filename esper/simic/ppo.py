@@ -423,9 +423,12 @@ def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]
     state = blob.get("train")
     if state is None:
         raise BadInput(f"{out} holds a policy but no training state (it was not written by `esper ppo`)")
+    if cfg.episodes <= state["episodes"]:
+        raise BadInput(f"--resume: {out} has played {state['episodes']} episodes already; --episodes is the total "
+                       f"to reach, so ask for more than {state['episodes']}")
     old = msgspec.convert(state["config"], PPOConfig)
     state = dict(state, model=state.get("latest", blob["model"]))
-    return msgspec.structs.replace(old, episodes=max(cfg.episodes, state["episodes"]), workers=cfg.workers), state
+    return msgspec.structs.replace(old, episodes=cfg.episodes, workers=cfg.workers), state
 
 
 

@@ -39,7 +39,7 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise BadInput(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(f"device {name} asked for, but CUDA is not available here (use --device cpu)")
+        raise BadInput(f"device {name} asked for, but CUDA is not available here (use cpu)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise BadInput(f"device {name} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
     if device.type not in ("cpu", "cuda"):
