@@ -51,7 +51,7 @@ def test_report_out_and_compare(ws, tmp_path):
     "args, message",
     [
         (["report", "nope"], "no run 'nope' in this workspace"),
-        (["report", ""], "'' matches 3 runs"),  # an empty prefix matches every run
+        (["report", ""], "an empty run id"),  # a prefix of every run: refused, not a list of them
         (["report", "heur", "policy"], "one run at a time"),
         (["report", "--compare", "heur"], "--compare needs at least two runs"),
         (["report", "--compare", "heur", HEURISTIC], "needs two different runs"),

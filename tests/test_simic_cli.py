@@ -161,6 +161,7 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["iql", "--expectile", "1.5", "--out", "x.pt"], "--expectile"),
     (["iql", "--runs", "controller = = 'x'", "--out", "x.pt"], "bad --runs filter"),
     (["iql", "--runs", "controller = 'nobody'", "--out", "x.pt"], "dataset is empty"),
+    (["iql", "--runs", "  ", "--out", "x.pt"], "--runs is empty"),
     (["run", "--controller", "policy", "--policy", "missing.pt"], "no policy file"),
     (["ppo", "--reward-params", "inf", "--out", "x.pt"], "--reward-params must be a finite number, got inf"),
     (["ppo", "--ent-coef", "nan", "--out", "x.pt"], "--ent-coef must be a finite number, got nan"),

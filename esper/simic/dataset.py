@@ -183,6 +183,8 @@ def select_runs(reader, where: str | None, task: str) -> list[str]:
     """Run ids of `task` whose row of the reader's `runs` view satisfies the SQL condition `where` (all if None)."""
     import duckdb
 
+    if where is not None and not where.strip():
+        raise BadInput("--runs is empty: give an SQL condition over the runs view, e.g. \"controller = 'heuristic'\"")
     reader.lock_down()
     sql = "SELECT run_id FROM runs WHERE task = $task" + (f" AND ({where})" if where else "") + " ORDER BY run_id"
     try:
