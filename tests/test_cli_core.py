@@ -118,7 +118,7 @@ def test_a_workspace_or_folder_that_is_a_file_is_bad_input(tmp_path, command):
 
 def test_a_reader_that_leaves_early_is_no_error(tmp_path):
     """`esper run --json | true`: the run is logged; stdout's reader has gone, which is no internal error."""
-    env = {**os.environ, "ESPER_WORKSPACE": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"ESPER_WORKSPACE": str(tmp_path)}
     process = subprocess.Popen([*ESPER, "run", "--epochs", "1", "--json"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env)
     process.stdout.close()

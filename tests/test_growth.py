@@ -158,6 +158,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--heuristic", "min_gain=nan"), "min_gain must be a finite number"),
         (("--policy", "policy.pt"), "--policy is for --controller policy or sampled"),
         (("--seed", "99999999999999999999"), "--seed 99999999999999999999 does not fit in 64 bits"),
+        (("--seed", "100000000000000"), "--seed must lie strictly between -1,000,000,000,000 and 1,000,000,000,000"),
     ],
 )
 def test_cli_run_bad_input(tmp_path, args, message):

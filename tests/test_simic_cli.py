@@ -87,7 +87,9 @@ def test_resume_refuses_settings_it_would_not_apply(trained):
     assert Path(result["out"]).read_bytes() == checkpoint, "nothing trained"
     stores = sorted(ws.glob("*.duckdb"))
     error = one_line_error(invoke("ppo", "--resume", "--episodes", "2", "--out", result["out"], workspace=ws))
-    assert "has played 2 episodes already; --episodes is the total to reach, so ask for more than 2" in error
+    assert "has played 2 of its 2 episodes; --episodes is the total to reach, so ask for more than 2" in error
+    error = one_line_error(invoke("ppo", "--resume", "--out", result["out"], workspace=ws))  # to its own total
+    assert "has played 2 of its 2 episodes" in error
     assert sorted(ws.glob("*.duckdb")) == stores and Path(result["out"]).read_bytes() == checkpoint
 
 
@@ -155,7 +157,8 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["ppo", "--max-params", "100", "--out", "x.pt"], "below the mnist1d host's own"),
     (["ppo", "--select-every", "-1", "--out", "x.pt"], "--select-every"),
     (["ppo", "--select-every", "2", "--select-runs", "0", "--out", "x.pt"], "--select-runs must be between"),
-    (["ppo", "--seed", "-1", "--out", "x.pt"], "--seed must not be negative"),
+    (["ppo", "--seed", "-1", "--out", "x.pt"], "--seed must be between 0 and 999,999, got -1"),
+    (["ppo", "--seed", "100000000000000", "--out", "x.pt"], "--seed must be between 0 and 999,999"),
     (["iql", "--param-budget", "-5", "--out", "x.pt"], "--param-budget"),
     (["iql", "--temperature", "0", "--out", "x.pt"], "--temperature"),
     (["iql", "--expectile", "1.5", "--out", "x.pt"], "--expectile"),

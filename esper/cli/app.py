@@ -36,7 +36,9 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             _check_numbers(kwargs)
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            sys.stdout.flush()  # a short result sits in the buffer: a reader that has gone must show here
+            return result
         except EsperError as exc:
             say(f"esper: {exc}")
             raise typer.Exit(exc.exit_code) from None
@@ -48,7 +50,7 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
-        except BrokenPipeError:  # whoever read our output has gone (`esper runs | head`): nothing is lost
+        except BrokenPipeError:  # whoever read our output has gone (`esper runs | head`)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not complain
             raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports it
         except Exception as exc:  # a bug of ours: still one line, with the way to see more
@@ -76,23 +78,21 @@ def existing_workspace(workspace: Optional[Path]) -> "Workspace":  # noqa: F821 
     from esper.store import Workspace
 
     ws = Workspace.at(workspace)
-    if ws.root.exists() and not ws.root.is_dir():
+    if os.path.exists(ws.root) and not os.path.isdir(ws.root):
         raise BadInput(f"workspace {ws.root} is not a folder")
-    if workspace is not None and not ws.root.is_dir():
+    if workspace is not None and not os.path.isdir(ws.root):
         raise BadInput(f"workspace {ws.root} does not exist")
     return ws
 
 
 def writable_workspace(workspace: Optional[Path]) -> "Workspace":  # noqa: F821 - imported lazily below
-    """The workspace to record into, created if missing; a path that cannot be a folder is bad input."""
-    from esper.nissa.files import why_unwritable
+    """The workspace to record into (created by the first store written): a path that cannot become a
+    writable folder is bad input. Creates nothing, so that a command refused later leaves no trace."""
+    from esper.nissa.files import check_writable
     from esper.store import Workspace
 
     ws = Workspace.at(workspace)
-    if ws.root.exists() and not ws.root.is_dir():
+    if os.path.exists(ws.root) and not os.path.isdir(ws.root):
         raise BadInput(f"workspace {ws.root} is not a folder")
-    try:
-        ws.root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInput(f"cannot create workspace {ws.root}: {why_unwritable(ws.root, exc)}") from None
+    check_writable(ws.root / "store.duckdb", what="workspace")
     return ws

@@ -1,6 +1,7 @@
 """`esper ppo` and `esper iql`: train a Tamiyo policy online over vectorized runs, or offline from logs."""
 
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Optional
@@ -46,7 +47,7 @@ def _output(out: Path) -> Path:
     """The policy file's path, checked before any training: it must be writable."""
     from esper.nissa.files import check_writable
 
-    if out.is_dir():
+    if os.path.isdir(out):
         raise BadInput(f"--out {out} is a folder; give the policy file's path, e.g. {out / 'policy.pt'}")
     return check_writable(out)
 
@@ -99,6 +100,8 @@ def ppo(
         raise BadInput(f"--resume: no checkpoint at {out}")
     if resume:
         _refuse_ignored_settings(ctx)
+        if getattr(ctx.get_parameter_source("episodes"), "name", "") != "COMMANDLINE":
+            episodes = 0  # on to the total the job was started with
     cfg = PPOConfig(
         task=task, n_envs=n_envs, episodes=episodes, epochs=epochs, seed=seed,
         devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",), telemetry=telemetry,

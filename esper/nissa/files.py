@@ -1,7 +1,6 @@
 """Writing output files atomically: a reader never sees half a report or half an export."""
 
 import contextlib
-import errno
 import os
 import tempfile
 from pathlib import Path
@@ -32,13 +31,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def check_writable(path: Path) -> Path:
+def check_writable(path: Path, what: str = "") -> Path:
     """Fail now, in one line, if `path` could not be written later (a job must not train for an hour and
-    then find its output folder read-only). Creates the missing folders on the way, as the write would."""
-    with _bad_input_if_unwritable(path):
-        if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "it is a folder")
-        os.unlink(_temporary_beside(path))
+    then find its output folder read-only): the nearest folder on its way that exists must be one we may
+    write into. Creates nothing. With `what`, the message is about creating that folder (`path`'s parent)."""
+    cannot = f"cannot create {what} {path.parent}" if what else f"cannot write {path}"
+    if not what and os.path.isdir(path):
+        raise BadInput(f"{cannot}: it is a folder")
+    folder = next(p for p in (path.parent, *path.parent.parents) if os.path.exists(p))
+    if not os.path.isdir(folder):
+        raise BadInput(f"{cannot}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"{cannot}: {folder} is not writable")
     return path
 
 
@@ -59,5 +63,5 @@ def _bad_input_if_unwritable(path: Path) -> Iterator[None]:
 
 def why_unwritable(path: Path, exc: OSError) -> str:
     """`exc`'s reason, or the folder on `path`'s way that is a file (the OS says only "Not a directory")."""
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    blocker = next((p for p in path.parents if os.path.exists(p) and not os.path.isdir(p)), None)
     return f"{blocker} is a file, not a folder" if blocker is not None else exc.strerror or str(exc)

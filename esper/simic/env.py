@@ -120,7 +120,10 @@ class VecEnv:
                 for env in self.envs:
                     if env.failed is None and env.result is None:
                         env.failed = str(exc) or "interrupted"
-                        env.session.fail(env.failed)
+                        # A run whose store is what failed, or that was interrupted while its RunFinished was
+                        # being written (its writer is closed), cannot take RunFailed: the others still must.
+                        with contextlib.suppress(Exception):
+                            env.session.fail(env.failed)
         finally:
             for env in self.envs:
                 env.session.close()

@@ -53,6 +53,8 @@ from esper.tolaria.trainer import resolve_device
 TRAIN_SEEDS = 1000
 SELECT_OFFSET = 90_000
 """Offset of the selection runs' seeds in a job's block of 100,000 run seeds (the rollouts count up from 0)."""
+MAX_JOB_SEED = 1_000_000
+"""A job's run seeds (`TRAIN_SEEDS + 100_000 * seed + ...`) stay below `esper.tolaria.loop.MAX_SEED`."""
 
 
 class PPOConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -397,8 +399,9 @@ def _check(cfg: PPOConfig) -> None:
         raise BadInput(f"--init-temperature must be positive, got {cfg.init_temperature}")
     if cfg.critic_warmup < 0:
         raise BadInput(f"--critic-warmup must not be negative, got {cfg.critic_warmup}")
-    if cfg.seed < 0:
-        raise BadInput(f"--seed must not be negative, got {cfg.seed} (run seeds below {TRAIN_SEEDS} are for evaluation)")
+    if not 0 <= cfg.seed < MAX_JOB_SEED:
+        raise BadInput(f"--seed must be between 0 and {MAX_JOB_SEED - 1:,}, got {cfg.seed} (run seeds below "
+                       f"{TRAIN_SEEDS} are for evaluation, and a job's run seeds are {TRAIN_SEEDS} + 100,000 × seed + ...)")
     if cfg.select_every < 0:
         raise BadInput(f"--select-every must not be negative, got {cfg.select_every}")
     if cfg.select_every and not 1 <= cfg.select_runs <= 100_000 - SELECT_OFFSET:
@@ -418,17 +421,19 @@ def _check(cfg: PPOConfig) -> None:
 
 
 def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]:
-    """The checkpoint's config (with this call's episode total and workers, which change no decision) and training state."""
+    """The checkpoint's config (with this call's episode total, 0 for the job's own, and workers, which change no
+    decision) and training state."""
     _, blob = load_policy(out)
     state = blob.get("train")
     if state is None:
         raise BadInput(f"{out} holds a policy but no training state (it was not written by `esper ppo`)")
-    if cfg.episodes <= state["episodes"]:
-        raise BadInput(f"--resume: {out} has played {state['episodes']} episodes already; --episodes is the total "
-                       f"to reach, so ask for more than {state['episodes']}")
     old = msgspec.convert(state["config"], PPOConfig)
+    episodes = cfg.episodes or old.episodes  # 0: to the job's own total
+    if episodes <= state["episodes"]:
+        raise BadInput(f"--resume: {out} has played {state['episodes']} of its {old.episodes} episodes; --episodes "
+                       f"is the total to reach, so ask for more than {state['episodes']}")
     state = dict(state, model=state.get("latest", blob["model"]))
-    return msgspec.structs.replace(old, episodes=cfg.episodes, workers=cfg.workers), state
+    return msgspec.structs.replace(old, episodes=episodes, workers=cfg.workers), state
 
 
 

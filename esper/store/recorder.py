@@ -53,10 +53,10 @@ class Recorder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._con = duckdb.connect(str(self.path))
-        except duckdb.Error as exc:
+        except (duckdb.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open store {self.path}: {first_line(exc)}") from None
         self._con.execute(TABLE_DDL)
         # Checkpoint less often than DuckDB's 16MB default: each checkpoint recompresses the table's last,

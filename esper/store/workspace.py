@@ -154,8 +154,9 @@ class Reader:
         if training and not self.con.execute(
             "SELECT count(*) FROM events WHERE run_id = ? AND type = 'RunStarted'", [run_id]
         ).fetchall()[0][0]:
+            episodes = f"; its episodes are named *-{run_id}-u*" if run_id.startswith("ppo-") else ""
             raise BadInput(f"{run_id} is a learner's stream of updates, not a training run (`esper runs` lists "
-                           f"those; a PPO job's episodes are named *-{run_id}-u*)")
+                           f"those{episodes})")
         return run_id
 
     def read_run(self, run_id: str) -> list[Recorded]:

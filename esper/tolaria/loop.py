@@ -69,11 +69,16 @@ class RunResult:
 Progress = Callable[[int, EpochStats, ObservationProjection, CommandIssued], None]
 
 
+MAX_SEED = 10**12
+
+
 def resolve_config(config: RunConfig) -> RunConfig:
     """The config as the run will use it, stored whole in `RunStarted`: the preset's epochs and anneal filled in."""
     preset = get_task(config.task)
     if config.epochs < 0:
         raise BadInput(f"--epochs must be positive, got {config.epochs}")
+    if abs(config.seed) >= MAX_SEED:  # derived seeds (e.g. the sharpness probe's) must still fit 64 bits
+        raise BadInput(f"--seed must lie strictly between -{MAX_SEED:,} and {MAX_SEED:,}, got {config.seed}")
     if config.anneal_epochs is not None and config.anneal_epochs < 0:
         raise BadInput(f"--anneal-epochs must not be negative, got {config.anneal_epochs}")
     _check_cap(config.lifecycle.max_params, config.task, preset)

@@ -49,17 +49,21 @@ def _first_difference(old, new, path: str = "") -> str:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in [*old, *(k for k in new if k not in old)]:
             a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
-            if a != b:
+            if _encoded(a) != _encoded(b):  # as logged: 0.0 == -0.0 and 1 == 1.0 in Python, not in the log
                 return _first_difference(a, b, f"{path}.{key}" if path else key)
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for i, (a, b) in enumerate(zip(old, new)):
-            if a != b:
+            if _encoded(a) != _encoded(b):
                 return _first_difference(a, b, f"{path}[{i}]")
     return f"in {path or 'the event'}: recorded {_brief(old)}, now {_brief(new)}"
+
+
+def _encoded(value) -> bytes:
+    return b"" if value is _ABSENT else msgspec.json.encode(value)
 
 
 def _brief(value) -> str:
     if value is _ABSENT:
         return "nothing"
-    text = msgspec.json.encode(value).decode()
+    text = _encoded(value).decode()
     return text if len(text) <= 120 else text[:117] + "..."
