@@ -78,9 +78,7 @@ def existing_workspace(workspace: Optional[Path]) -> "Workspace":  # noqa: F821 
     from esper.store import Workspace
 
     ws = Workspace.at(workspace)
-    if os.path.exists(ws.root) and not os.path.isdir(ws.root):
-        raise BadInput(f"workspace {ws.root} is not a folder")
-    if workspace is not None and not os.path.isdir(ws.root):
+    if workspace is not None and not os.path.exists(ws.root):  # one that is a file: `Workspace.store_files` says so
         raise BadInput(f"workspace {ws.root} does not exist")
     return ws
 
@@ -92,7 +90,5 @@ def writable_workspace(workspace: Optional[Path]) -> "Workspace":  # noqa: F821 
     from esper.store import Workspace
 
     ws = Workspace.at(workspace)
-    if os.path.exists(ws.root) and not os.path.isdir(ws.root):
-        raise BadInput(f"workspace {ws.root} is not a folder")
     check_writable(ws.root / "store.duckdb", what="workspace")
     return ws

@@ -43,9 +43,9 @@ def replay(
 def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list]:
     """The events of RUN: from an exported file when RUN names one, else from the workspace."""
     path = Path(run)
-    if path.suffix in (".jsonl", ".parquet") and not path.is_file():
-        raise BadInput(f"no exported file {path}" + (" (it is a folder)" if path.is_dir() else ""))
     if path.suffix in (".jsonl", ".parquet"):
+        if not path.is_file():
+            raise BadInput(f"no exported file {path}" + (" (it is a folder)" if path.is_dir() else ""))
         from esper.nissa.transfer import recorded_runs
 
         runs = recorded_runs(path)

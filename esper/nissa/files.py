@@ -36,8 +36,6 @@ def check_writable(path: Path, what: str = "") -> Path:
     then find its output folder read-only): the nearest folder on its way that exists must be one we may
     write into. Creates nothing. With `what`, the message is about creating that folder (`path`'s parent)."""
     cannot = f"cannot create {what} {path.parent}" if what else f"cannot write {path}"
-    if not what and os.path.isdir(path):
-        raise BadInput(f"{cannot}: it is a folder")
     folder = next(p for p in (path.parent, *path.parent.parents) if os.path.exists(p))
     if not os.path.isdir(folder):
         raise BadInput(f"{cannot}: {folder} is a file, not a folder")
