@@ -3,17 +3,34 @@
 import json
 from pathlib import Path
 
-from esper.leyline.schemas import schema_documents
+import msgspec
+
+from esper.leyline.schemas import _normalised, schema_documents, write_schemas
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
 
 def test_committed_schemas_are_fresh():
-    docs = schema_documents()
-    committed = {p.name: p.read_text() for p in SCHEMAS.glob("*.json")}
+    """Compared as JSON (their meaning), not as text."""
+    docs = {name: json.loads(text) for name, text in schema_documents().items()}
+    committed = {p.name: json.loads(p.read_text()) for p in SCHEMAS.glob("*.json")}
     stale = sorted(name for name in docs if committed.get(name) != docs[name])
     extra = sorted(set(committed) - set(docs))
     assert not stale and not extra, f"run `esper schemas` (stale: {stale}, extra: {extra})"
+
+
+def test_descriptions_do_not_depend_on_how_a_docstring_is_indented():
+    class Indented(msgspec.Struct):
+        """First line, and a second
+        line indented as in source."""
+
+    class Flush(msgspec.Struct):
+        """First line, and a second
+line indented as in source."""
+
+    assert _normalised(msgspec.json.schema(Indented))["$defs"]["Indented"]["description"] == \
+        _normalised(msgspec.json.schema(Flush))["$defs"]["Flush"]["description"] == \
+        "First line, and a second line indented as in source."
 
 
 def test_every_event_schema_names_its_tag():
@@ -23,3 +40,16 @@ def test_every_event_schema_names_its_tag():
         definition = schema["$defs"][schema["$ref"].split("/")[-1]]
         tag_field = "type" if "type" in definition["properties"] else "op"
         assert definition["properties"][tag_field]["enum"] == [tag]
+
+
+def test_writing_schemas_removes_only_stale_files_of_its_own(tmp_path):
+    (tmp_path / "my-notes.json").write_text("{}")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    stale = json.loads(schema_documents()["RunStarted.json"])
+    (tmp_path / "RemovedEvent.json").write_text(json.dumps({**stale, "$comment": stale["$comment"].replace(
+        "RunStarted", "RemovedEvent")}))
+    written = write_schemas(tmp_path)
+    assert {p.name for p in written} == set(schema_documents())
+    assert (tmp_path / "my-notes.json").read_text() == "{}"
+    assert (tmp_path / "list.json").exists()
+    assert not (tmp_path / "RemovedEvent.json").exists()
