@@ -42,6 +42,9 @@ from esper.leyline import (
 )
 from esper.leyline.garden import Garden
 from esper.store import Pending, Recorder, Workspace
+from esper.tolaria.tasks import TASKS
+
+MNIST1D = TASKS["mnist1d"]
 
 SLOTS = ["early", "mid", "late"]
 LONG = 600
@@ -99,7 +102,7 @@ def simulate_run(epochs: int) -> list[Event]:
             garden.apply(event)
             events.append(event)
 
-    emit([RunStarted(config=RunConfig(epochs=epochs), host_params=12_288, slots=SLOTS, blueprints=BLUEPRINTS)])
+    emit([RunStarted(preset=MNIST1D, config=RunConfig(epochs=epochs), host_params=12_288, slots=SLOTS, blueprints=BLUEPRINTS)])
     for epoch in range(epochs):
         emit(garden.tick(epoch))
         accuracy = 0.6 + 0.3 * (1 - 1 / (1 + epoch / 10))

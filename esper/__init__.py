@@ -3,6 +3,10 @@
 The handful of names a script or notebook needs; everything else lives in its domain package.
 """
 
+from esper._kernels import pin_cpu_kernels
+
+pin_cpu_kernels()  # before anything computes with torch: see esper/_kernels.py
+
 from esper.errors import BadInput, EsperError, RunFailed
 from esper.kasmina import GrowableModel, build_host
 from esper.leyline import Advance, Cull, Germinate, LifecycleConfig, RunConfig, SeedStage, Wait

@@ -45,6 +45,9 @@ from esper.leyline import (
 )
 from esper.leyline.garden import Garden
 from esper.store import Recorder, Workspace
+from esper.tolaria.tasks import TASKS
+
+MNIST1D = TASKS["mnist1d"]
 
 SLOTS = ["early", "mid", "late"]
 HOST_PARAMS = 12_288
@@ -153,7 +156,7 @@ def plan_run(controller: str = "heuristic", seed: int = 0, epochs: int = 24) -> 
     config = RunConfig(task="mnist1d", controller=controller, seed=seed, epochs=epochs, lifecycle=LIFECYCLE)
     garden = Garden()
     sim = _Sim(controller, seed, garden, random.Random(f"{controller}-{seed}"), plan=list(HEURISTIC_PLAN))
-    started = RunStarted(config=config, host_params=HOST_PARAMS, slots=list(SLOTS), blueprints=sorted(BLUEPRINTS))
+    started = RunStarted(preset=MNIST1D, config=config, host_params=HOST_PARAMS, slots=list(SLOTS), blueprints=sorted(BLUEPRINTS))
     garden.apply(started)
     batches: list[list[Event]] = [[started]]
     for epoch in range(1, epochs + 1):

@@ -9,6 +9,9 @@ from esper.leyline import EpochEnded, Germinate, RunConfig, RunStarted, Wait, de
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.loop import ListSink, Session, execute, resolve_config
 from esper.tolaria.trainer import anneal_scale
+from esper.tolaria.tasks import TASKS
+
+MNIST1D = TASKS["mnist1d"]
 
 
 def test_the_rate_is_full_until_the_last_epochs_then_steps_down_towards_zero():
@@ -71,10 +74,10 @@ def test_the_anneal_changes_only_the_epochs_it_covers():
 
 
 def test_a_log_from_before_the_anneal_reads_as_constant_rates():
-    started = RunStarted(config=resolve_config(RunConfig(seed=4)), host_params=1258)
-    assert started.schema_version == 2 and decode(encode(started)) == started
-    old = json.loads(encode(started))  # as a v1 log wrote it: no anneal field
+    started = RunStarted(preset=MNIST1D, config=resolve_config(RunConfig(seed=4)), host_params=1258)
+    assert decode(encode(started)) == started
+    old = json.loads(encode(started))  # as a v1 log wrote it: no anneal field, no preset
     old["schema_version"] = 1
-    del old["config"]["anneal_epochs"]
+    del old["config"]["anneal_epochs"], old["preset"], old["versions"]
     upcast = decode(json.dumps(old))
     assert upcast.config.anneal_epochs == 0 and upcast.config.seed == 4 and upcast.host_params == 1258

@@ -12,6 +12,9 @@ from cli_runner import invoke, one_line_error
 from esper.leyline import EpochEnded, Germinate, RunConfig, RunFinished, RunStarted
 from esper.leyline.garden import Garden
 from esper.store import Recorder
+from esper.tolaria.tasks import TASKS
+
+MNIST1D = TASKS["mnist1d"]
 
 ESPER = [sys.executable, "-m", "esper"]
 
@@ -23,7 +26,7 @@ def esper(*args: str, workspace: Path) -> subprocess.CompletedProcess:
 
 def write_run(workspace: Path, run_id: str, finished: bool = True) -> None:
     g = Garden()
-    events = [RunStarted(config=RunConfig(seed=3), slots=["mid"], blueprints=["conv_light"])]
+    events = [RunStarted(preset=MNIST1D, config=RunConfig(seed=3), slots=["mid"], blueprints=["conv_light"])]
     g.apply(events[0])
     events += g.handle(Germinate(slot="mid", blueprint="conv_light"), 1)
     events.append(EpochEnded(epoch=1, train_loss=1.0, val_loss=1.1, val_accuracy=0.5, params=100))

@@ -27,6 +27,9 @@ from esper.leyline.garden import Garden
 from esper.leyline.lifecycle import TRANSITIONS
 from esper.nissa.runstate import RunState
 from esper.store import Recorder
+from esper.tolaria.tasks import TASKS
+
+MNIST1D = TASKS["mnist1d"]
 
 S = SeedStage
 EDGES = {(t["source"], t["dest"]) for t in TRANSITIONS}
@@ -56,7 +59,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.seq = 0
         self.transitions_seen = 0
         self.alpha: dict[str, float] = {}
-        self.emit([RunStarted(config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS)])
+        self.emit([RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS)])
 
     def teardown(self):
         self.recorder.close()
@@ -173,7 +176,7 @@ def test_every_stage_is_reachable_under_the_rules():
             g.apply(e)
         events.extend(es)
 
-    emit([RunStarted(config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS)])
+    emit([RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS)])
     emit(g.handle(Germinate(slot="mid", blueprint="conv_light"), 0))
     emit(g.handle(Germinate(slot="late", blueprint="conv_heavy"), 0))
     for epoch, alpha in enumerate([0.0, 0.0, 0.5, 1.0, 1.0], start=1):
@@ -194,7 +197,7 @@ def test_every_stage_is_reachable_under_the_rules():
 
 def test_refused_command_is_logged_with_reason_and_changes_nothing():
     g = Garden()
-    g.apply(RunStarted(config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS))
+    g.apply(RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS))
     for e in g.handle(Germinate(slot="mid", blueprint="conv_light"), 0):
         g.apply(e)
     [rejected] = g.handle(Germinate(slot="mid", blueprint="conv_light"), 0)
@@ -205,7 +208,7 @@ def test_refused_command_is_logged_with_reason_and_changes_nothing():
 
 def test_illegal_transition_in_a_log_is_reported_with_its_position():
     recorder = Recorder(":memory:")
-    start = RunStarted(config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS)
+    start = RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS)
     g = Garden()
     g.apply(start)
     germ = g.handle(Germinate(slot="mid", blueprint="conv_light"), 0)

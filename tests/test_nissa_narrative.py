@@ -6,6 +6,9 @@ from fake_runs import iter_events, plan_run, run_id_for, write_run
 from esper.leyline import CommandRejected, LifecycleConfig, RunConfig, RunStarted, SeedGerminated, SeedTransitioned
 from esper.nissa.narrative import explain_rejection, narrate
 from esper.store import Workspace
+from esper.tolaria.tasks import TASKS
+
+MNIST1D = TASKS["mnist1d"]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +109,6 @@ def test_explain_rejection(reason, told):
 
 
 def test_a_capped_run_says_its_cap():
-    start = RunStarted(config=RunConfig(lifecycle=LifecycleConfig(max_params=6287)), host_params=1258, slots=["mid"])
+    start = RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=LifecycleConfig(max_params=6287)), host_params=1258, slots=["mid"])
     assert "host 1.3k params, at most 6,287 in all; slots mid" in narrate([start])[0]
-    assert "at most" not in narrate([RunStarted(config=RunConfig(), host_params=1258)])[0]
+    assert "at most" not in narrate([RunStarted(preset=MNIST1D, config=RunConfig(), host_params=1258)])[0]

@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 
-SAMPLES = sorted((Path(__file__).resolve().parent.parent / "replays").glob("*.jsonl"))
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = sorted((ROOT / "replays").glob("*.jsonl"))
+OLD_LOGS = sorted((ROOT / "tests" / "data").glob("*-v2.jsonl"))
+"""Logs written by an older Esper (RunStarted v2: no preset recorded), which must keep replaying."""
 
 
 def test_there_is_a_sample():
     assert SAMPLES, "replays/ should hold at least one recorded run"
 
 
-@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("sample", SAMPLES + OLD_LOGS, ids=lambda p: p.name)
 def test_sample_replays(sample, tmp_path):
     out = subprocess.run([sys.executable, "-m", "esper", "replay", str(sample), "--json", "--workspace", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)

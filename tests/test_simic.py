@@ -38,6 +38,9 @@ from esper.tolaria.tasks import BLUEPRINTS, get_task
 from esper.tolaria.trainer import Trainer
 from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
 from esper.tolaria.verify import verify_run
+from esper.tolaria.tasks import TASKS
+
+MNIST1D = TASKS["mnist1d"]
 
 SPEC = F.spec_for_task("mnist1d")
 
@@ -103,7 +106,7 @@ def test_masks_allow_exactly_the_legal_commands(story, max_params):
     """... and with a `max_params` cap the model never outgrows it, whatever is germinated or culled."""
     garden = Garden()
     lifecycle = msgspec.structs.replace(LIFECYCLE, max_params=max_params)
-    garden.apply(RunStarted(config=RunConfig(lifecycle=lifecycle), slots=list(SPEC.slots), blueprints=list(SPEC.blueprints),
+    garden.apply(RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=lifecycle), slots=list(SPEC.slots), blueprints=list(SPEC.blueprints),
                             host_params=HOST_PARAMS, seed_sizes=SEED_SIZES))
     for epoch, (pick, acc, health, loss, contribution) in enumerate(story, start=1):
         for event in garden.tick(epoch):
@@ -278,7 +281,7 @@ def test_a_ppo_episode_replays_and_reexecutes(played):
     assert state.status == "finished" and state.commands == 4
     issued = [r.event for r in recorded if isinstance(r.event, CommandIssued)]
     assert all(e.log_prob is not None and e.value is not None and e.mask for e in issued)
-    assert verify_run(recorded) == len(recorded)
+    assert verify_run(recorded).events == len(recorded)
 
 
 def test_rewards_telescope_to_final_accuracy_and_param_cost(played):

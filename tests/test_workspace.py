@@ -14,10 +14,13 @@ import pytest
 from esper.errors import BadInput, UnknownRun
 from esper.leyline import EpochEnded, PolicyUpdated, RunConfig, RunStarted
 from esper.store import Reader, Recorder, Workspace
+from esper.tolaria.tasks import TASKS
+
+MNIST1D = TASKS["mnist1d"]
 
 
 def started(seed: int = 0) -> RunStarted:
-    return RunStarted(config=RunConfig(seed=seed), slots=["l1"], blueprints=["conv"])
+    return RunStarted(preset=MNIST1D, config=RunConfig(seed=seed), slots=["l1"], blueprints=["conv"])
 
 
 def epochs(n: int) -> list[EpochEnded]:
@@ -122,7 +125,7 @@ LIVE_WRITER = textwrap.dedent(
     from esper.store import Recorder
 
     rec = Recorder(sys.argv[1])
-    last = rec.append("live-run", [RunStarted(config=RunConfig())], 0)
+    last = rec.append("live-run", [RunStarted(preset=MNIST1D, config=RunConfig())], 0)
     rec.append("live-run", [EpochEnded(epoch=0, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, params=10)], last)
     print("ready", flush=True)
     time.sleep(60)

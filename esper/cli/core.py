@@ -13,27 +13,36 @@ import typer
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
 from esper.errors import BadInput, first_line
 from esper.nissa.runstate import RunState
+from esper.tolaria.verify import DEFAULT_TOLERANCE, verify_run
 
 
 @app.command()
 @handles_errors
 def replay(
     run: str = typer.Argument(..., help="Run id (or a unique prefix of it)."),
-    verify: bool = typer.Option(False, "--verify", help="Re-execute the run from its config and commands and compare."),
+    verify: bool = typer.Option(False, "--verify", help="Re-execute the run from its log alone and compare: decisions "
+                                "exactly, numbers within --tolerance."),
+    exact: bool = typer.Option(False, "--exact", help="With --verify: every event bit for bit as logged."),
+    tolerance: float = typer.Option(DEFAULT_TOLERANCE, "--tolerance", help="With --verify: the largest relative "
+                                    "deviation accepted in a logged number."),
     as_json: bool = typer.Option(False, "--json", help="Print the rebuilt state as one JSON object."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Rebuild a run from its log, check every transition was legal, and print its story.
 
     RUN may also be a file written by `esper export` (e.g. one of the samples in replays/)."""
+    if (exact or tolerance != DEFAULT_TOLERANCE) and not verify:
+        raise BadInput("--exact and --tolerance go with --verify")
+    if not 0 <= tolerance < 1:
+        raise BadInput(f"--tolerance is a relative deviation from 0 to 1, got {tolerance}")
     run_id, recorded = _recorded(run, workspace)
     state = RunState.fold(recorded)
     if verify:
-        from esper.tolaria.verify import verify_run
-
-        say(f"verifying {run_id}: re-executing it from its config and {state.commands} recorded commands ...")
-        verify_run(recorded)
-        say(f"verified: re-execution gives the same {len(recorded)} events")
+        say(f"verifying {run_id}: re-executing it from its config, preset and {state.commands} recorded commands ...")
+        verification = verify_run(recorded, exact=exact, tolerance=tolerance)
+        for note in verification.notes:
+            say(f"note: {note}")
+        say(f"verified: {verification.describe()}")
     if as_json:
         print(json.dumps(state.summary()))
         return

@@ -10,7 +10,7 @@ from typing import Any, Union
 import msgspec
 
 from esper.leyline.commands import Command
-from esper.leyline.config import RunConfig
+from esper.leyline.config import RunConfig, TaskPreset
 from esper.leyline.upcast import Mapper, upcaster
 
 
@@ -20,8 +20,13 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class RunStarted(_Event, tag="RunStarted", kw_only=True):
-    schema_version: int = 2
+    schema_version: int = 3
     config: RunConfig
+    preset: TaskPreset
+    """The task preset the run trained with, whole: re-execution trains with this one, not with today's."""
+    versions: dict[str, str] = {}
+    """What computed the run: `esper`, `torch`, and torch's CPU kernel set (`cpu`, e.g. AVX2). Informational:
+    `--verify` reports a difference but does not compare them."""
     host_params: int = 0
     slots: list[str] = []
     blueprints: list[str] = []
@@ -34,6 +39,30 @@ def upcast_run_started_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
     """v2 records the learning-rate anneal; every v1 run trained at constant rates."""
     data["config"] = {**data["config"], "anneal_epochs": 0}
     return data
+
+
+@upcaster("RunStarted", from_version=2)
+def upcast_run_started_v2_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """v3 records the task preset whole. A v2 run trained with its task's preset as it was before v3, a frozen
+    copy of which follows (never today's presets: a changed preset must not change what an old log means)."""
+    data["preset"] = dict(PRESETS_BEFORE_V3[data["config"]["task"]])
+    data["versions"] = {}
+    return data
+
+
+PRESETS_BEFORE_V3: dict[str, dict[str, Any]] = {
+    "mnist1d": {
+        "name": "mnist1d", "host": "cnn1d", "batch_size": 128, "optimizer": "adam", "lr": 3e-3,
+        "weight_decay": 0.0, "seed_lr": 3e-3, "epochs": 25, "momentum": 0.9, "cpu_threads": 1, "augment": False,
+        "anneal_epochs": 5, "blueprints": ["conv_heavy", "conv_light", "depthwise", "attention", "norm"],
+    },
+    "cifar10": {
+        "name": "cifar10", "host": "resnet", "batch_size": 128, "optimizer": "sgd", "lr": 0.05,
+        "weight_decay": 5e-4, "seed_lr": 0.01, "epochs": 30, "momentum": 0.9, "cpu_threads": 0, "augment": True,
+        "anneal_epochs": 0, "blueprints": ["conv_heavy", "conv_light", "depthwise", "attention", "norm"],
+    },
+}
+"""The task presets every RunStarted before v3 was written with (frozen: never edit)."""
 
 
 class SeedTelemetry(msgspec.Struct, frozen=True, kw_only=True):

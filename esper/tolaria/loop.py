@@ -9,6 +9,7 @@ Per epoch, in this order (replay and `--verify` rely on it):
 `Session` exposes these steps so Simic can drive many runs in lock-step; `execute` runs one to the end.
 """
 
+import importlib.metadata
 from typing import Any, Callable, Protocol
 
 import attrs
@@ -72,9 +73,19 @@ Progress = Callable[[int, EpochStats, ObservationProjection, CommandIssued], Non
 MAX_SEED = 10**12
 
 
-def resolve_config(config: RunConfig) -> RunConfig:
-    """The config as the run will use it, stored whole in `RunStarted`: the preset's epochs and anneal filled in."""
-    preset = get_task(config.task)
+def versions() -> dict[str, str]:
+    """What computes a run, as `RunStarted.versions` records it."""
+    try:
+        esper_version = importlib.metadata.version("esper")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        esper_version = "unknown"
+    return {"esper": esper_version, "torch": str(torch.__version__), "cpu": torch.backends.cpu.get_cpu_capability()}
+
+
+def resolve_config(config: RunConfig, preset: TaskPreset | None = None) -> RunConfig:
+    """The config as the run will use it, stored whole in `RunStarted`: the preset's epochs and anneal filled in
+    (`preset`: the task's own, unless a recorded one is given)."""
+    preset = preset or get_task(config.task)
     if config.epochs < 0:
         raise BadInput(f"--epochs must be positive, got {config.epochs}")
     if abs(config.seed) >= MAX_SEED:  # derived seeds (e.g. the sharpness probe's) must still fit 64 bits
@@ -100,9 +111,12 @@ class Session:
     """One run, step by step. Every event goes through `emit`: carried out on the model, folded into
     the observation, and kept for the epoch's batch."""
 
-    def __init__(self, config: RunConfig, sink: Sink, data: TaskData | None = None, download: bool = False):
-        config = self.config = resolve_config(config)  # idempotent: `RunStarted` and the trainer see the values used
-        self.preset = get_task(config.task)
+    def __init__(self, config: RunConfig, sink: Sink, data: TaskData | None = None, download: bool = False,
+                 preset: TaskPreset | None = None):
+        """`preset`: the task preset to train with; the task's current one by default, a recorded one to
+        re-execute a run."""
+        self.preset = preset or get_task(config.task)
+        config = self.config = resolve_config(config, self.preset)  # idempotent: `RunStarted` and the trainer see the values used
         if data is None:
             data = load_task_data(config.task, config.data_seed, config.data_dir, download=download)
         self.trainer = Trainer(config, self.preset, data)
@@ -113,7 +127,8 @@ class Session:
         self.stats: EpochStats | None = None
         self._pending: list[Event] = []
         model = self.trainer.model
-        self._emit([RunStarted(config=config, host_params=model.param_count(), slots=model.slot_names,
+        self._emit([RunStarted(config=config, preset=self.preset, versions=versions(),
+                               host_params=model.param_count(), slots=model.slot_names,
                                blueprints=list(self.preset.blueprints), seed_sizes=model.seed_sizes())])
         try:
             self._flush()
@@ -188,10 +203,10 @@ class Session:
 
 def execute(
     config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None,
-    data: TaskData | None = None,
+    data: TaskData | None = None, preset: TaskPreset | None = None,
 ) -> RunResult:
     """Train one run from `RunStarted` to `RunFinished`; a failure appends `RunFailed` and raises."""
-    session = Session(config, sink, data=data)
+    session = Session(config, sink, data=data, preset=preset)
     try:
         while not session.done:
             session.begin_epoch()

@@ -1,12 +1,46 @@
-"""`esper replay --verify`: re-execute a run from its recorded config and commands, compare the events."""
+"""`esper replay --verify`: re-execute a run from its log alone and compare the events.
 
+The log holds everything re-execution needs: the resolved config and task preset (`RunStarted`) and the
+controller's commands (`CommandIssued`). What is compared:
+
+* decisions exactly: every command, germination, rejection and lifecycle transition (types, stages,
+  triggers, seeds, slots, every integer and string);
+* numbers (losses, accuracies, telemetry, a gate's evidence) within a relative `tolerance`, because
+  another CPU may round differently in the last bits (esper pins torch's CPU kernels to one instruction
+  set, see `esper/_kernels.py`, which removes the usual cause but not every one); the largest relative
+  deviation of each field is reported;
+* with `exact`, every event bit for bit as logged.
+
+Ids, positions, timestamps and `RunStarted.versions` are not compared (a version difference is noted).
+"""
+
+import math
+from typing import Any
+
+import attrs
 import msgspec
 
 from esper.errors import EsperError, IllegalEvent
-from esper.leyline.events import CommandIssued, RunFailed, RunStarted, encode
+from esper.leyline.events import (
+    CommandIssued,
+    CommandRejected,
+    Event,
+    RunFailed,
+    RunStarted,
+    SeedGerminated,
+    SeedTransitioned,
+    encode,
+    type_name,
+)
 from esper.store.recorder import Recorded
 from esper.tamiyo.controllers import ScriptedController
 from esper.tolaria.loop import ListSink, execute
+
+DEFAULT_TOLERANCE = 1e-4
+"""Largest deviation `--verify` accepts in a logged number: relative to its magnitude, absolute below 1
+(decisions are always exact)."""
+
+DECISIONS = (CommandIssued, CommandRejected, SeedGerminated, SeedTransitioned)
 
 
 class VerificationFailed(EsperError):
@@ -15,29 +49,140 @@ class VerificationFailed(EsperError):
     exit_code = 1
 
 
-def verify_run(recorded: list[Recorded]) -> int:
-    """Re-execute and compare event by event (payloads; ids, positions and timestamps are not compared).
-    Returns the number of events compared."""
+@attrs.frozen
+class Verification:
+    """What `verify_run` compared and how close the numbers came."""
+
+    events: int
+    exact: bool
+    tolerance: float
+    deviations: dict[str, float]
+    """`Type.field` → the largest relative deviation seen in it (only fields that deviated at all)."""
+    notes: list[str]
+    """Differences that are reported, not judged (versions of the software that computed the run)."""
+
+    def describe(self) -> str:
+        if self.exact:
+            return f"re-execution gives the same {self.events} events, bit for bit"
+        worst = sorted(self.deviations.items(), key=lambda kv: -kv[1])
+        numbers = ", ".join(f"{field} {dev:.1e}" for field, dev in worst[:6]) + (", ..." if len(worst) > 6 else "")
+        close = f"largest relative deviations: {numbers}" if worst else "every number identical"
+        return (f"re-execution gives the same {self.events} events: decisions identical, numbers within "
+                f"{self.tolerance:.0e} relative ({close})")
+
+
+def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = DEFAULT_TOLERANCE) -> Verification:
+    """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event."""
     if not recorded or not isinstance(recorded[0].event, RunStarted):
         raise IllegalEvent("the log does not start with RunStarted", recorded[0].position if recorded else None)
-    config = recorded[0].event.config
+    started: RunStarted = recorded[0].event
     issued = [r.event for r in recorded if isinstance(r.event, CommandIssued)]
-    controller = ScriptedController(config.controller, issued)
     sink = ListSink()
     try:
-        execute(config, controller, sink)
+        execute(started.config, ScriptedController(started.config.controller, issued), sink, preset=started.preset)
     except EsperError:
         if not isinstance(recorded[-1].event, RunFailed):
             raise
-    for i, (old, new) in enumerate(zip(recorded, sink.events)):
-        if encode(old.event) != encode(new):
-            raise VerificationFailed(
-                f"re-execution differs at seq {old.seq} (position {old.position}, {type(old.event).__name__}), "
-                + _first_difference(msgspec.to_builtins(old.event), msgspec.to_builtins(new))
-            )
+    comparison = _Comparison(exact, tolerance)
+    for old, new in zip(recorded, sink.events):
+        comparison.compare(old, new)
     if len(sink.events) != len(recorded):
         raise VerificationFailed(f"re-execution wrote {len(sink.events)} events, the log holds {len(recorded)}")
-    return len(recorded)
+    return Verification(len(recorded), exact, tolerance, comparison.deviations, comparison.notes)
+
+
+@attrs.define
+class _Comparison:
+    exact: bool
+    tolerance: float
+    deviations: dict[str, float] = attrs.Factory(dict)
+    notes: list[str] = attrs.Factory(list)
+
+    def compare(self, old: Recorded, new: Event) -> None:
+        recorded = old.event
+        if isinstance(recorded, RunStarted) and isinstance(new, RunStarted):
+            if recorded.versions and recorded.versions != new.versions:
+                self.notes.append(f"recorded with {_versions(recorded.versions)}; re-executed with {_versions(new.versions)}")
+            new = msgspec.structs.replace(new, versions=recorded.versions)
+        if encode(recorded) == encode(new):
+            return
+        where = f"re-execution differs at seq {old.seq} (position {old.position}, {type(recorded).__name__})"
+        a, b = msgspec.to_builtins(recorded), msgspec.to_builtins(new)
+        if self.exact or type(recorded) is not type(new) or not _same_shape(a, b):
+            if isinstance(recorded, DECISIONS) or isinstance(new, DECISIONS):
+                self.fail(f"decision differs at epoch {recorded.epoch}: recorded {describe(recorded)}; now {describe(new)}")
+            self.fail(f"{where}, {_first_difference(a, b)}")
+        for path, x, y in _numbers(a, b):
+            deviation = _relative(x, y)
+            if deviation == 0.0:
+                continue
+            field = f"{type_name(recorded)}.{path}"
+            self.deviations[field] = max(self.deviations.get(field, 0.0), deviation)
+            if deviation > self.tolerance:
+                self.fail(f"{where}, in {path}: recorded {x!r}, now {y!r} (relative deviation {deviation:.1e}, "
+                          f"over the tolerance {self.tolerance:.0e})")
+
+    def fail(self, message: str) -> None:
+        """A difference, with what may explain it: the run was recorded by other software or another CPU."""
+        raise VerificationFailed("; ".join([message, *self.notes]))
+
+
+def describe(event: Event) -> str:
+    """A decision in one phrase, with the numbers its gate compared."""
+    if isinstance(event, SeedTransitioned):
+        return f"{event.trigger} {event.seed_id} {event.from_stage} → {event.to_stage} ({_evidence(event.evidence)})"
+    if isinstance(event, CommandRejected):
+        return f"{_command(event.command)} rejected ({event.reason})"
+    if isinstance(event, SeedGerminated):
+        return f"{event.seed_id} germinated: {event.blueprint} in {event.slot}"
+    if isinstance(event, CommandIssued):
+        return f"{event.controller} issued {_command(event.command)}"
+    return f"{type_name(event)} at epoch {event.epoch}"
+
+
+def _command(command: Any) -> str:
+    fields = msgspec.to_builtins(command)
+    op = fields.pop("op", type(command).__name__)
+    return op + (f"({', '.join(f'{k}={v}' for k, v in fields.items())})" if fields else "")
+
+
+def _evidence(evidence: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in evidence.items()) or "no evidence"
+
+
+def _versions(versions: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "unknown versions"
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    """Equal except for the values of floats: same keys, lengths, types, and every non-float value equal."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isfinite(a) == math.isfinite(b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_shape(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same_shape(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _numbers(a: Any, b: Any, path: str = ""):
+    """(field path without list indices, recorded, now) for every float of two same-shaped payloads."""
+    if isinstance(a, float):
+        yield path, a, b
+    elif isinstance(a, dict):
+        for key in a:
+            yield from _numbers(a[key], b[key], f"{path}.{key}" if path else key)
+    elif isinstance(a, list):
+        for x, y in zip(a, b):
+            yield from _numbers(x, y, path)
+
+
+def _relative(x: float, y: float) -> float:
+    """|x - y| relative to the larger magnitude, and absolute below 1: most logged numbers are fractions
+    (accuracies, contributions, α) that may cross zero, where a purely relative measure means nothing."""
+    return 0.0 if x == y else abs(x - y) / max(abs(x), abs(y), 1.0)
 
 
 _ABSENT = object()

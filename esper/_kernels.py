@@ -1,0 +1,42 @@
+"""One instruction set for torch's CPU kernels, so that a run computes the same bits on any x86-64 machine.
+
+Three libraries inside torch pick their kernels by the CPU's instruction set, and kernels for different
+sets round differently: ATen's vectorised operators, oneDNN's convolutions and MKL's matrix products. A
+run recorded on an AVX2 machine and re-executed on an AVX-512 one then differs in the last bits of its
+first epoch (`val_loss: recorded 2.1727325916, now 2.1727328300`), and the differences grow. Capping all
+three at AVX2, which every x86-64 CPU of the last decade has, makes such machines compute alike. On an
+AVX2 machine the cap changes nothing (the same kernels run: measured, identical bits and time); on an
+AVX-512 machine it gives up the wider kernels, which matter little for the small models Esper trains on
+CPU. A machine without AVX2 still differs, and `--verify` compares numbers within a tolerance for that.
+
+Each library reads its setting when it first picks a kernel, so this runs when `esper` is imported,
+before any training. A variable already set by the user wins (`ATEN_CPU_CAPABILITY=default`, say).
+"""
+
+import os
+
+PINNED = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_CBWR": "AVX2",
+}
+
+
+def pin_cpu_kernels() -> None:
+    """Set the caps, only where the CPU has AVX2: ATen takes `avx2` at its word, and AVX2 kernels on a CPU
+    without it would stop the process with an illegal instruction."""
+    if has_avx2():
+        for name, value in PINNED.items():
+            os.environ.setdefault(name, value)
+
+
+def has_avx2() -> bool:
+    """Whether the CPU reports AVX2 (Linux's /proc/cpuinfo; elsewhere unknown, so no)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return "avx2" in line.split()
+    except OSError:
+        pass
+    return False

@@ -1,0 +1,91 @@
+"""A log holds everything re-execution needs, and `--verify` judges decisions exactly, numbers within a tolerance."""
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from esper.leyline import HeuristicConfig, RunConfig, RunStarted, decode
+from esper.leyline.events import PRESETS_BEFORE_V3, EpochEnded, SeedGerminated
+from esper.nissa.transfer import recorded_runs
+from esper.store import Recorded
+from esper.tamiyo.controllers import make_controller
+from esper.tolaria import tasks
+from esper.tolaria.loop import ListSink, execute
+from esper.tolaria.verify import VerificationFailed, verify_run
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "replays" / "mnist1d-heuristic.jsonl"
+V2_LOG = ROOT / "tests" / "data" / "mnist1d-heuristic-v2.jsonl"
+KNOBS = HeuristicConfig(warmup_epochs=1, min_gain=1.0, finish_epochs=0)
+
+
+def _record(config: RunConfig) -> list[Recorded]:
+    sink = ListSink()
+    execute(config, make_controller(config.controller, config.seed, heuristic=config.heuristic), sink)
+    return [Recorded(i + 1, "r", i + 1, None, None, event) for i, event in enumerate(sink.events)]
+
+
+@pytest.fixture(scope="module")
+def grown() -> list[Recorded]:
+    """A short run that germinates early (so it holds decisions to compare)."""
+    return _record(RunConfig(seed=3, epochs=6, heuristic=KNOBS))
+
+
+def _replace(recorded: list[Recorded], i: int, event) -> list[Recorded]:
+    out = list(recorded)
+    out[i] = Recorded(recorded[i].position, recorded[i].run_id, recorded[i].seq, None, None, event)
+    return out
+
+
+def test_a_run_records_its_preset_and_versions(grown):
+    started = grown[0].event
+    assert started.preset == tasks.get_task("mnist1d")
+    assert set(started.versions) == {"esper", "torch", "cpu"} and all(started.versions.values())
+
+
+def test_an_old_log_is_read_with_the_presets_of_its_time(monkeypatch):
+    """Never with today's: a preset changed in code does not change what an old log means."""
+    monkeypatch.setitem(tasks.TASKS, "mnist1d", msgspec.structs.replace(tasks.TASKS["mnist1d"], lr=0.5, batch_size=7))
+    first = json.loads(V2_LOG.read_text().splitlines()[0])
+    assert first["payload"]["schema_version"] == 2 and "preset" not in first["payload"]
+    started = decode(json.dumps(first["payload"]))
+    assert started.preset == msgspec.convert(PRESETS_BEFORE_V3["mnist1d"], type(started.preset))
+    assert (started.preset.lr, started.preset.batch_size) == (3e-3, 128)
+
+
+def test_verify_trains_with_the_recorded_preset_not_todays(grown, monkeypatch):
+    patched = msgspec.structs.replace(tasks.TASKS["mnist1d"], lr=3e-2)
+    monkeypatch.setitem(tasks.TASKS, "mnist1d", patched)
+    today = _record(RunConfig(seed=3, epochs=2))  # the patch does change what a new run computes ...
+    assert today[0].event.preset.lr == 3e-2
+    assert today[1].event.train_loss != grown[1].event.train_loss
+    assert verify_run(grown, exact=True).events == len(grown)  # ... not what the old log re-executes to
+
+
+def test_numbers_within_the_tolerance_pass_and_are_reported(grown):
+    i = next(i for i, r in enumerate(grown) if isinstance(r.event, EpochEnded))
+    nudged = msgspec.structs.replace(grown[i].event, val_loss=grown[i].event.val_loss * (1 + 3e-7))
+    verification = verify_run(_replace(grown, i, nudged))
+    assert 1e-7 < verification.deviations["EpochEnded.val_loss"] < 1e-6
+    assert "EpochEnded.val_loss" in verification.describe()
+    with pytest.raises(VerificationFailed, match=r"in val_loss: recorded .* over the tolerance 1e-08"):
+        verify_run(_replace(grown, i, nudged), tolerance=1e-8)
+    with pytest.raises(VerificationFailed, match=r"differs at seq \d+ .*EpochEnded.*in val_loss"):
+        verify_run(_replace(grown, i, nudged), exact=True)
+
+
+def test_a_different_decision_is_named_with_its_epoch(grown):
+    i = next(i for i, r in enumerate(grown) if isinstance(r.event, SeedGerminated))
+    event = grown[i].event
+    other = "norm" if event.blueprint != "norm" else "conv_light"
+    with pytest.raises(VerificationFailed, match=rf"decision differs at epoch {event.epoch}: recorded .*{other} in "
+                                                 rf"{event.slot}; now .*{event.blueprint} in {event.slot}"):
+        verify_run(_replace(grown, i, msgspec.structs.replace(event, blueprint=other)))
+
+
+def test_the_shipped_sample_reexecutes_exactly():
+    (run_id, recorded), = recorded_runs(SAMPLE).items()
+    assert isinstance(recorded[0].event, RunStarted)
+    assert verify_run(recorded, exact=True).events == len(recorded)
