@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import duckdb
 import typer
 
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
-from esper.errors import BadInput, first_line
+from esper.errors import BadInput
 from esper.nissa.runstate import RunState
 from esper.tolaria.verify import DEFAULT_TOLERANCE, verify_run
 
@@ -98,15 +97,7 @@ def query(
     with ws.reader() as reader:
         for note in reader.notes:
             say(f"note: {note}")
-        reader.lock_down()
-        try:
-            result = reader.con.execute(sql)
-            if result is None:  # only blanks, semicolons or comments
-                raise BadInput("no SQL statement to run, e.g. esper query \"select count(*) from events\"")
-            columns = [d[0] for d in result.description or []]
-            rows = result.fetchall()
-        except duckdb.Error as exc:
-            raise BadInput(f"bad SQL: {first_line(exc)}") from None
+        columns, rows = reader.query(sql)
     sys.stdout.write(render(columns, rows, fmt))
 
 

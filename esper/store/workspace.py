@@ -15,6 +15,7 @@ import attrs
 import duckdb
 
 from esper.errors import BadInput, StoreUnavailable, UnknownRun, first_line
+from esper.store.readonly import reading_statements
 from esper.store.recorder import Recorded, read_events
 
 STORE_SUFFIX = ".duckdb"
@@ -132,9 +133,26 @@ class Reader:
         return bool(row[0])
 
     def lock_down(self) -> None:
-        """From here on no SQL can touch files, load extensions, or change the configuration."""
+        """From here on no SQL can touch files outside the attached stores, load extensions, spill to a temp folder
+        (DuckDB's default is `.tmp` in the working directory) or change the configuration. Attached files stay
+        reachable, so SQL from a user goes through `query`, which runs reading statements only."""
+        self.con.execute("SET temp_directory = ''")
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """Columns and rows of the last statement of `sql`, run one by one after every statement has been checked
+        to only read (`reading_statements`); locks this reader down first. Bad or non-reading SQL is BadInput."""
+        self.lock_down()
+        statements = reading_statements(self.con, sql)
+        if not statements:  # only blanks, semicolons or comments
+            raise BadInput("no SQL statement to run, e.g. esper query \"select count(*) from events\"")
+        try:
+            for statement in statements:
+                result = self.con.execute(statement)
+            return [d[0] for d in result.description or []], result.fetchall()
+        except duckdb.Error as exc:
+            raise BadInput(f"bad SQL: {first_line(exc)}") from None
 
     def resolve_run(self, run: str, training: bool = True) -> str:
         """The full run id for `run`, which may be a unique prefix; with `training`, it must be a training run
