@@ -597,6 +597,7 @@ class Projector:
         self.notes: list[str] = []
         self.altered: dict[str, str] = {}
         """Runs whose log failed its hash-chain check in a catch-up → why; they are in no read model."""
+        self._hashes: dict[str, str | None] = {}  # run → hash of the last event `_fetch` checked
         self.projections = list(projections) if projections is not None else default_projections()
         self._ensure_schema()
 
