@@ -6,6 +6,9 @@ What each number is:
 * `append_<n>_events_per_s`: `Recorder.append` of batches of n events (bare events, as the training loop
   appends them; the store draws their ids). Batch sizes 1 and 100 go to a fresh store file, as a run's
   epochs do; batch size 10,000 builds the million-event store the aggregate then reads.
+* `append_10000_unchained_events_per_s`: the same appends without the hash chain (a benchmark-only switch
+  on the Recorder), interleaved run by run with the chained ones so both see the store at the same sizes;
+  `chain_cost_ratio` is chained / unchained throughput.
 * `append_10000_pending_events_per_s`: the same with `Pending` events (caller-chosen ids), which adds the
   idempotency check against every id already stored; measured on the last batches, as the store nears 1M.
 * `read_events_per_s`: `Recorder.read` of one 100,000-event run: SQL, Python rows, payloads decoded.
@@ -171,17 +174,26 @@ def main() -> None:
         big = Workspace(root / "ws")
         runs, per_run, size = 10, 100_000, 10_000
         with Recorder(big.store_path("million")) as rec:
-            n, took = 0, 0.0
+            timed = {True: (0, 0.0), False: (0, 0.0)}  # sealed → (events, seconds)
             for r in range(runs - 1):
+                sealed = r % 2 == 0
+                rec._seal = sealed  # benchmark-only: what the same appends cost without the chain
                 n_run, took_run = append_timed(rec, f"run-{r:02d}", batches(long_run, LONG, size, per_run // size))
-                n, took = n + n_run, took + took_run
-                log(f"  {(r + 1) * per_run:>9,} events stored")
-            result["append_10000_events_per_s"] = n / took
+                timed[sealed] = (timed[sealed][0] + n_run, timed[sealed][1] + took_run)
+                log(f"  {(r + 1) * per_run:>9,} events stored ({'chained' if sealed else 'unchained'}: "
+                    f"{n_run / took_run:,.0f} events/s)")
+            rec._seal = True
+            n = timed[True][0]
+            result["append_10000_events_per_s"] = rate(timed[True])
+            result["append_10000_unchained_events_per_s"] = rate(timed[False])
+            result["chain_cost_ratio"] = result["append_10000_events_per_s"] / result["append_10000_unchained_events_per_s"]
             # The last run's batches carry caller-chosen ids (`Pending`), checked against every id stored.
             keyed = ([Pending(e) for e in batch] for batch in batches(long_run, LONG, size, per_run // size))
             result["append_10000_pending_events_per_s"] = rate(append_timed(rec, f"run-{runs - 1:02d}", keyed))
             log(f"  {runs * per_run:>9,} events stored")
-            log(f"append, batch 10000:  {result['append_10000_events_per_s']:>12,.0f} events/s ({n:,} events)")
+            log(f"append, batch 10000:  {result['append_10000_events_per_s']:>12,.0f} events/s ({n:,} events, chained)")
+            log(f"  unchained:          {result['append_10000_unchained_events_per_s']:>12,.0f} events/s "
+                f"(chained/unchained = {result['chain_cost_ratio']:.3f})")
             log(f"  with Pending ids:   {result['append_10000_pending_events_per_s']:>12,.0f} events/s (100,000)")
 
             start = time.perf_counter()

@@ -52,3 +52,8 @@ class IllegalEvent(EsperError):
 
 class RunFailed(EsperError):
     """A training run itself failed (diverged, crashed)."""
+
+
+class LogAltered(EsperError):
+    """A log's hash chain does not hold: an event was changed, removed or inserted behind Esper's back, or
+    its tail was cut (the store's head or the export's trailer says more). Exit 1: the log itself is bad."""

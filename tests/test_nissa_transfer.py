@@ -14,7 +14,7 @@ from esper.store import Recorder, Workspace
 
 HEURISTIC = run_id_for("heuristic", 0)
 POLICY = run_id_for("policy", 0)
-ALL_COLUMNS = "position, run_id, seq, event_id, ts, type, epoch, seed_id, slot, payload::VARCHAR"
+ALL_COLUMNS = "position, run_id, seq, event_id, ts, type, epoch, seed_id, slot, payload::VARCHAR, hash"
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,8 @@ def test_round_trip_keeps_every_column(source, tmp_path, fmt):
     assert (result.imported, result.skipped, result.runs) == (70, 0, [HEURISTIC])
     assert [p.name for p in result.stores] == ["imported-heuristic.duckdb"]
     original, imported = rows(source, HEURISTIC), rows(fresh, HEURISTIC)
-    assert imported == original  # position, run_id, seq, event_id, ts (µs), type, epoch, seed_id, slot, payload text
+    assert imported == original  # position, run_id, seq, event_id, ts (µs), type, epoch, seed_id, slot, payload text, hash
+    assert all(r[-1] is not None and len(r[-1]) == 64 for r in imported)
     assert len({r[4] for r in imported}) > 1  # timestamps really differ between batches, and survived
 
 
@@ -114,13 +115,16 @@ def test_jsonl_is_one_readable_line_per_event_with_the_payload_verbatim(source, 
     path = tmp_path / "h.jsonl"
     export(source, [HEURISTIC], path, "jsonl")
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 70
+    assert len(lines) == 71  # 70 events and the trailer
     first = json.loads(lines[0])
-    assert list(first) == ["position", "run_id", "seq", "event_id", "ts", "type", "epoch", "seed_id", "slot", "payload"]
+    assert list(first) == ["position", "run_id", "seq", "event_id", "ts", "type", "epoch", "seed_id", "slot", "payload",
+                           "hash"]
     assert first["type"] == "RunStarted" and first["payload"]["config"]["controller"] == "heuristic"
     assert first["ts"].endswith("+00:00")
-    stored = rows(source, HEURISTIC)[0][-1]
-    assert f'"payload":{stored}}}' in lines[0]  # spliced as stored, not re-encoded
+    stored = rows(source, HEURISTIC)[0][-2]
+    assert f'"payload":{stored},"hash":' in lines[0]  # spliced as stored, not re-encoded
+    last = rows(source, HEURISTIC)[-1]
+    assert json.loads(lines[-1]) == {"trailer": {"heads": {HEURISTIC: {"seq": 70, "hash": last[-1]}}}}
 
 
 def test_parquet_holds_the_store_columns(source, tmp_path):
@@ -157,7 +161,7 @@ def _good_lines(source, tmp_path) -> list[str]:
         (lambda lines: [lines[0].replace('"payload":{"type":"RunStarted"', '"payload":{"type":"Nope"')] + lines[1:],
          r"bad\.jsonl:1: payload is not an Esper event"),
         (lambda lines: lines[:5] + lines[6:], r"gaps or repeats in its seqs"),
-        (lambda lines: lines + [lines[-1]], r"appears twice"),
+        (lambda lines: lines[:-1] + [lines[-2]] + lines[-1:], r"appears twice"),
         (lambda lines: [re.sub(r'"event_id":"[^"]+"', '"event_id":"xyz"', lines[0])] + lines[1:], r"is not a UUID"),
         (lambda lines: [re.sub(r'"ts":"([^"]+)\+00:00"', r'"ts":"\1"', lines[0])] + lines[1:], r"has no time zone"),
         (lambda lines: [], r"no events in this file"),

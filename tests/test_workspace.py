@@ -57,7 +57,8 @@ def test_every_store_is_behind_one_events_view(ws: Workspace):
             ("EpochEnded", 10), ("RunStarted", 4),
         ]
         columns = [r[0] for r in query(reader, "DESCRIBE events")]
-        assert columns == ["position", "run_id", "seq", "event_id", "ts", "type", "epoch", "seed_id", "slot", "payload"]
+        assert columns == ["position", "run_id", "seq", "event_id", "ts", "type", "epoch", "seed_id", "slot", "payload",
+                           "hash"]
         read = reader.read_run("20250101-beta-1")
         assert [r.seq for r in read] == [1, 2, 3, 4, 5]
         assert read[0].event == started()

@@ -27,7 +27,7 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help="Print the rebuilt state as one JSON object."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Rebuild a run from its log, check every transition was legal, and print its story.
+    """Rebuild a run from its log, check its hash chain and every transition, and print its story.
 
     RUN may also be a file written by `esper export` (e.g. one of the samples in replays/)."""
     if (exact or tolerance != DEFAULT_TOLERANCE) and not verify:
@@ -49,22 +49,28 @@ def replay(
 
 
 def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list]:
-    """The events of RUN: from an exported file when RUN names one, else from the workspace."""
+    """The events of RUN: from an exported file when RUN names one, else from the workspace; its hash chain
+    checked first (`LogAltered` names the first altered event)."""
     path = Path(run)
     if path.suffix in (".jsonl", ".parquet"):
         if not path.is_file():
             raise BadInput(f"no exported file {path}" + (" (it is a folder)" if path.is_dir() else ""))
         from esper.nissa.transfer import recorded_runs
 
-        runs = recorded_runs(path)
+        notes: list[str] = []
+        runs = recorded_runs(path, notes)
         if len(runs) != 1:
             raise BadInput(f"{path} holds {len(runs)} runs; import it (`esper import {path}`) and replay one by id")
+        for note in notes:
+            say(f"note: {note}")
         return next(iter(runs.items()))
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
             say(f"note: {note}")
         run_id = reader.resolve_run(run)
+        if note := reader.check_run(run_id):
+            say(f"note: {note}")
         return run_id, reader.read_run(run_id)
 
 

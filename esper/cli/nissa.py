@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
-from esper.errors import BadInput
+from esper.errors import BadInput, LogAltered
 from esper.store import Workspace
 
 
@@ -44,7 +44,12 @@ def report(
         run_ids = list(dict.fromkeys(reader.resolve_run(r) for r in runs))
         if compare and len(run_ids) < 2:
             raise BadInput(f"--compare needs two different runs; {', '.join(runs)} are all {run_ids[0]}")
-        with caught_up(ws, reader) as projector:
+        # The drawn runs' whole hash chains are checked (linear in those runs); an altered one is refused,
+        # and its rows are dropped from the projections so that nothing serves its old values either.
+        with caught_up(ws, reader, check=run_ids) as projector:
+            for run_id in run_ids:
+                if run_id in projector.altered:
+                    raise LogAltered(projector.altered[run_id])
             for note in projector.notes:
                 say(f"note: {note}")
             views = [load_view(projector, reader, run_id) for run_id in run_ids]

@@ -7,8 +7,13 @@ event's `event_id`, and the folded state (JSON) in `nissa_checkpoints`, all in t
 the rows. So it catches up incrementally (it reads only the events after each checkpoint), and a
 rebuild from zero gives the very same tables: the state round-trips through JSON exactly.
 
-If the log under a checkpoint changed (the event at the checkpointed `seq` has another `event_id`, or the
-run is gone from the workspace), that run is folded again from its first event. If a projection's
+If the log under a checkpoint changed (the event at the checkpointed `seq` has another `event_id` or hash,
+or the run is gone from the workspace), that run is folded again from its first event. The events read are
+checked against the run's hash chain (esper.store.chain), continuing from the hash the checkpoint saw, so
+the check costs what the catch-up reads; `catch_up(check=runs)` also checks those runs' whole chains (what
+`esper report` asks for the runs it draws). A run whose check fails is dropped from every read model (its
+rows and checkpoints deleted, a note added, the reason kept in `altered`): the projections never serve an
+altered log, old values or new. If a projection's
 `version` changed, its tables are rebuilt. `blueprint_stats` is not a fold of its own: it aggregates
 `seed_lifecycle` across runs and is recomputed whenever that table changes (so its value never depends
 on the order in which runs were caught up).
@@ -27,7 +32,7 @@ import duckdb
 import msgspec
 import pyarrow as pa
 
-from esper.errors import StoreUnavailable, first_line
+from esper.errors import LogAltered, StoreUnavailable, first_line
 from esper.leyline.commands import Advance, Cull, Germinate
 from esper.leyline.events import (
     CommandIssued,
@@ -41,7 +46,7 @@ from esper.leyline.events import (
     decode,
 )
 from esper.leyline.stages import ACTIVE_STAGES, LIVE_STAGES, SeedStage
-from esper.store import Reader, Recorded, Workspace
+from esper.store import Reader, Recorded, Workspace, chain
 
 PROJECTION_DIR = ".nissa"
 PROJECTION_FILE = "projections.duckdb"
@@ -571,7 +576,8 @@ def default_projections() -> list[Projection]:
 _META_DDL = [
     "CREATE TABLE IF NOT EXISTS nissa_versions (projection VARCHAR, version INTEGER)",
     "CREATE TABLE IF NOT EXISTS nissa_checkpoints"
-    " (projection VARCHAR, run_id VARCHAR, last_seq BIGINT, last_event_id VARCHAR, state JSON)",
+    " (projection VARCHAR, run_id VARCHAR, last_seq BIGINT, last_event_id VARCHAR, state JSON, last_hash VARCHAR)",
+    "ALTER TABLE nissa_checkpoints ADD COLUMN IF NOT EXISTS last_hash VARCHAR",  # a file written before the chain
 ]
 
 
@@ -589,6 +595,9 @@ class Projector:
         self.con = con
         self.path = path
         self.notes: list[str] = []
+        self.altered: dict[str, str] = {}
+        """Runs whose log failed its hash-chain check in a catch-up → why; they are in no read model."""
+        self._hashes: dict[str, str | None] = {}  # run → hash of the last event `_fetch` checked
         self.projections = list(projections) if projections is not None else default_projections()
         self._ensure_schema()
 
@@ -664,16 +673,30 @@ class Projector:
 
     # ---- catching up ----------------------------------------------------------------------------
 
-    def catch_up(self, reader: Reader, max_events: int | None = None) -> int:
-        """Fold the events stored after each checkpoint (at most `max_events`); returns how many were read."""
+    def catch_up(self, reader: Reader, max_events: int | None = None, check: Sequence[str] = ()) -> int:
+        """Fold the events stored after each checkpoint (at most `max_events`); returns how many were read.
+        The runs in `check` have their whole hash chain checked first (cost linear in those runs)."""
         heads = dict(reader.con.execute("SELECT run_id, max(seq) FROM events GROUP BY run_id").fetchall())
+        for run in check:
+            try:
+                note = reader.check_run(run)
+            except LogAltered as exc:
+                self._drop_altered(run, str(exc))
+                continue
+            if note:
+                self.notes.append(note)
+        heads = {run: head for run, head in heads.items() if run not in self.altered}
         checkpoints = self._checkpoints()
         stale = self._stale_runs(reader, checkpoints, heads)
         if stale:
             self._write(stale, {}, [])
             checkpoints = {key: value for key, value in checkpoints.items() if key[1] not in stale}
-        start = {run: min(checkpoints.get((p.name, run), (0, ""))[0] for p in self.projections) for run in heads}
-        todo = sorted(run for run, head in heads.items() if head > start[run])
+        start: dict[str, tuple[int, str | None]] = {}  # run → the checkpoint every projection has passed (seq, hash)
+        for run in heads:
+            marks = [checkpoints.get((p.name, run), (0, "", None)) for p in self.projections]
+            seq, _, hash_ = min(marks, key=lambda m: m[0])
+            start[run] = (seq, hash_)
+        todo = sorted(run for run, head in heads.items() if head > start[run][0])
         folded = 0
         for i in range(0, len(todo), self.RUNS_PER_TRANSACTION):
             budget = None if max_events is None else max_events - folded
@@ -685,36 +708,60 @@ class Projector:
             self._fold_group(events, checkpoints)
         return folded
 
-    def _checkpoints(self) -> dict[tuple[str, str], tuple[int, str]]:
-        rows = self.con.execute("SELECT projection, run_id, last_seq, last_event_id FROM nissa_checkpoints").fetchall()
-        return {(p, run): (int(seq), eid) for p, run, seq, eid in rows}
+    def _drop_altered(self, run: str, why: str) -> None:
+        """A run whose log does not hold its chain: out of every read model, with a note."""
+        self.altered[run] = why
+        self.notes.append(f"{why}; its projections are dropped")
+        self._write({run}, {}, [])
+
+    def _checkpoints(self) -> dict[tuple[str, str], tuple[int, str, str | None]]:
+        rows = self.con.execute(
+            "SELECT projection, run_id, last_seq, last_event_id, last_hash FROM nissa_checkpoints").fetchall()
+        return {(p, run): (int(seq), eid, hash_) for p, run, seq, eid, hash_ in rows}
 
     def _stale_runs(self, reader: Reader, checkpoints: dict, heads: dict[str, int]) -> set[str]:
         """Runs whose log no longer holds the event a checkpoint ended on (changed, shortened or gone)."""
         if not checkpoints:
             return set()
-        keys = sorted({(run, seq, eid) for (_, run), (seq, eid) in checkpoints.items()})
+        keys = sorted({(run, seq, eid, hash_ or "") for (_, run), (seq, eid, hash_) in checkpoints.items()})
         rows = reader.con.execute(
-            "SELECT c.run_id, c.eid, e.event_id::VARCHAR FROM"
+            "SELECT c.run_id, c.eid, e.event_id::VARCHAR, c.hash, coalesce(e.hash, '') FROM"
             " (SELECT unnest($runs::VARCHAR[]) AS run_id, unnest($seqs::BIGINT[]) AS seq,"
-            "  unnest($eids::VARCHAR[]) AS eid) c"
+            "  unnest($eids::VARCHAR[]) AS eid, unnest($hashes::VARCHAR[]) AS hash) c"
             " LEFT JOIN events e ON e.run_id = c.run_id AND e.seq = c.seq",
-            {"runs": [k[0] for k in keys], "seqs": [k[1] for k in keys], "eids": [k[2] for k in keys]},
+            {"runs": [k[0] for k in keys], "seqs": [k[1] for k in keys], "eids": [k[2] for k in keys],
+             "hashes": [k[3] for k in keys]},
         ).fetchall()
-        return {run for run, expected, found in rows if found != expected}
+        return {run for run, expected, found, hash_, found_hash in rows
+                if found != expected or hash_ != found_hash} | {run for (_, run) in checkpoints if run not in heads}
 
-    def _fetch(self, reader: Reader, runs: list[str], start: dict[str, int], limit: int | None) -> dict[str, list[Recorded]]:
+    def _fetch(self, reader: Reader, runs: list[str], start: dict[str, tuple[int, str | None]],
+               limit: int | None) -> dict[str, list[Recorded]]:
+        """The runs' events after `start`, each run's checked to continue the hash its checkpoint saw; a run
+        whose check fails is dropped (`_drop_altered`) and left out."""
         sql = (
-            "SELECT e.position, e.run_id, e.seq, e.event_id, e.ts, e.payload FROM events e"
+            "SELECT e.position, e.run_id, e.seq, e.event_id, e.ts, e.type, e.payload, e.hash FROM events e"
             " JOIN (SELECT unnest($runs::VARCHAR[]) AS run_id, unnest($seqs::BIGINT[]) AS after) c"
             " ON e.run_id = c.run_id AND e.seq > c.after ORDER BY e.run_id, e.seq"
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        rows = reader.con.execute(sql, {"runs": runs, "seqs": [start[r] for r in runs]}).fetchall()
+        rows = reader.con.execute(sql, {"runs": runs, "seqs": [start[r][0] for r in runs]}).fetchall()
         out: dict[str, list[Recorded]] = {}
-        for position, run, seq, event_id, ts, payload in rows:
+        verifiers = {run: chain.Verifier(run, *start[run]) for run in runs}
+        altered: set[str] = set()
+        for position, run, seq, event_id, ts, type_, payload, hash_ in rows:
+            if run in altered:
+                continue
+            try:
+                verifiers[run].feed(seq, type_, payload, hash_)
+            except LogAltered as exc:
+                altered.add(run)
+                out.pop(run, None)
+                self._drop_altered(run, str(exc))
+                continue
             out.setdefault(run, []).append(Recorded(position, run, seq, event_id, ts, decode(payload)))
+        self._hashes = {run: v.hash for run, v in verifiers.items()}
         return out
 
     def _fold_group(self, events: dict[str, list[Recorded]], checkpoints: dict) -> None:
@@ -730,10 +777,10 @@ class Projector:
                     state = p.apply(state, r)
                 last = fresh[-1] if fresh else None
                 if last is None:  # this projection was ahead of the others for this run
-                    last_seq, last_eid = checkpoints[(p.name, run)]
+                    last_seq, last_eid, last_hash = checkpoints[(p.name, run)]
                 else:
-                    last_seq, last_eid = last.seq, str(last.event_id)
-                marks.append((p.name, run, last_seq, last_eid, p.encode(state)))
+                    last_seq, last_eid, last_hash = last.seq, str(last.event_id), self._hashes[run]
+                marks.append((p.name, run, last_seq, last_eid, p.encode(state), last_hash))
                 for table, table_rows in p.rows(state).items():
                     rows.setdefault(table, []).extend(table_rows)
         self._write(set(events), rows, marks)
@@ -766,9 +813,10 @@ class Projector:
                 batch = pa.table({
                     "projection": pa.array(cols[0], pa.string()), "run_id": pa.array(cols[1], pa.string()),
                     "last_seq": pa.array(cols[2], pa.int64()), "last_event_id": pa.array(cols[3], pa.string()),
-                    "state": pa.array(cols[4], pa.string()),
+                    "state": pa.array(cols[4], pa.string()), "last_hash": pa.array(cols[5], pa.string()),
                 })
-                self._insert_arrow("nissa_checkpoints", batch, "projection, run_id, last_seq, last_event_id, state::JSON")
+                self._insert_arrow("nissa_checkpoints (projection, run_id, last_seq, last_event_id, state, last_hash)",
+                                   batch, "projection, run_id, last_seq, last_event_id, state::JSON, last_hash")
             self.con.execute(f"DELETE FROM {BLUEPRINT_STATS.name}")
             stats = blueprint_rows(self.con)
             if stats:
@@ -810,22 +858,22 @@ class Projector:
         return [t.name for p in self.projections for t in p.tables] + [BLUEPRINT_STATS.name, "nissa_checkpoints"]
 
 
-def caught_up(workspace: Workspace, reader: Reader) -> Projector:
-    """The workspace's projector, caught up with `reader`.
+def caught_up(workspace: Workspace, reader: Reader, check: Sequence[str] = ()) -> Projector:
+    """The workspace's projector, caught up with `reader`, the whole chains of the runs in `check` checked.
 
     If the projection file is unusable (written by other code, damaged), the read models are rebuilt in
     memory instead, with a note: projections are disposable, the log is the truth.
     """
     projector = Projector.for_workspace(workspace)
     try:
-        projector.catch_up(reader)
+        projector.catch_up(reader, check=check)
     except duckdb.Error as exc:
         if projector.path is None:
             raise
         projector.close()
         fallback = Projector.memory()
         fallback.notes.append(f"projections {projector.path} unusable ({first_line(exc)}); rebuilt in memory")
-        fallback.catch_up(reader)
+        fallback.catch_up(reader, check=check)
         return fallback
     return projector
 

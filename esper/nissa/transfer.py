@@ -1,15 +1,20 @@
 """Export runs to a file and import them into another workspace, keeping every column exactly.
 
 Two formats hold the same rows (the store's columns: position, run_id, seq, event_id, ts, type, epoch,
-seed_id, slot, payload):
+seed_id, slot, payload, hash) and a trailer with each run's head (last seq and its hash), so that a cut
+tail shows (esper.store.chain):
 
 * **jsonl**: one JSON object per event, the payload embedded verbatim as JSON (not re-encoded, not a
   string), `ts` as ISO 8601 UTC with microseconds. Readable, and a diff of two runs is a diff of lines.
-  This is the format for `replays/` in git.
+  This is the format for `replays/` in git. The trailer is the last line, `{"trailer":{"heads":{run: {"seq":
+  .., "hash": ..}}}}`.
 * **parquet**: the store's Arrow batch schema, zstd-compressed. Several times smaller; for large logs
-  (RL datasets) and for tools that read parquet.
+  (RL datasets) and for tools that read parquet. The trailer is the file's key-value metadata
+  `esper.trailer`.
 
-Import validates every row (a malformed file is one `BadInput` line naming the row), skips events whose
+Import validates every row (a malformed file is one `BadInput` line naming the row; a run id Esper would
+never write is refused too), checks each run's hash chain against the trailer (`LogAltered`, exit 1, names
+the first altered event), skips events whose
 `event_id` the workspace already holds (importing a file twice stores nothing twice), checks that each
 run's new events continue the workspace's copy of it, and writes the rest into a new store file
 `imported-<name>.duckdb`, in one transaction, under a temporary name renamed into place at the end: the
@@ -34,11 +39,11 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from esper.errors import BadInput, first_line
+from esper.errors import BadInput, LogAltered, first_line
 from esper.leyline.events import decode, type_name
 from esper.nissa.files import atomic_write
-from esper.store import Reader, Recorded, Workspace
-from esper.store.schema import COLUMNS, TABLE_DDL
+from esper.store import Reader, Recorded, Workspace, chain
+from esper.store.schema import COLUMNS, HEADS_DDL, TABLE_DDL, run_id_problem
 
 FORMATS = ("jsonl", "parquet")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -56,12 +61,13 @@ EXPORT_SCHEMA = pa.schema([
     ("seed_id", pa.string()),
     ("slot", pa.string()),
     ("payload", pa.string()),
+    ("hash", pa.string()),
 ])
 assert tuple(EXPORT_SCHEMA.names) == COLUMNS, "the export format holds exactly the store's columns"
 
 _INSERT = """
 INSERT INTO events
-SELECT position, run_id, seq, event_id::UUID, ts, type, epoch, seed_id, slot, payload::JSON FROM import_batch
+SELECT position, run_id, seq, event_id::UUID, ts, type, epoch, seed_id, slot, payload::JSON, hash FROM import_batch
 """
 _FORMAT_KEY = b"esper.format"
 _FORMAT_VALUE = b"events/1"
@@ -80,6 +86,25 @@ class _Line(msgspec.Struct, forbid_unknown_fields=True):
     seed_id: str | None
     slot: str | None
     payload: msgspec.Raw
+    hash: str | None = None  # absent in exports written before the hash chain
+
+
+class _Head(msgspec.Struct, forbid_unknown_fields=True):
+    seq: int
+    hash: str | None
+
+
+class _Trailer(msgspec.Struct, forbid_unknown_fields=True):
+    heads: dict[str, _Head]
+
+
+class _TrailerLine(msgspec.Struct, forbid_unknown_fields=True):
+    trailer: _Trailer
+
+
+_trailer_decoder = msgspec.json.Decoder(_TrailerLine)
+_trailer_meta_decoder = msgspec.json.Decoder(_Trailer)
+_TRAILER_START = b'{"trailer"'
 
 
 _encoder = msgspec.json.Encoder()
@@ -103,7 +128,7 @@ def _rows(reader: Reader, run_ids: Sequence[str]) -> list[tuple]:
     for run_id in run_ids:
         rows += reader.con.execute(
             "SELECT position, run_id, seq, event_id::VARCHAR, epoch_us(ts), type, epoch, seed_id, slot,"
-            " payload::VARCHAR FROM events WHERE run_id = ? ORDER BY seq",
+            " payload::VARCHAR, hash FROM events WHERE run_id = ? ORDER BY seq",
             [run_id],
         ).fetchall()
     return rows
@@ -116,13 +141,20 @@ def export_runs(reader: Reader, run_ids: Sequence[str], path: Path, fmt: str) ->
     return len(rows)
 
 
+def _heads(rows: list[tuple]) -> dict[str, dict]:
+    """Each run's last seq and its hash (rows are in seq order per run): the export's trailer."""
+    return {row[1]: {"seq": row[2], "hash": row[10]} for row in rows}
+
+
 def _write_jsonl(rows: list[tuple], path: Path) -> None:
     with open(path, "wb") as f:
-        for position, run_id, seq, event_id, ts_us, type_, epoch, seed_id, slot, payload in rows:
+        for position, run_id, seq, event_id, ts_us, type_, epoch, seed_id, slot, payload, hash_ in rows:
             line = _Line(position, run_id, seq, event_id, _iso(ts_us), type_, epoch, seed_id, slot,
-                         msgspec.Raw(payload.encode()))
+                         msgspec.Raw(payload.encode()), hash_)
             f.write(_encoder.encode(line))
             f.write(b"\n")
+        f.write(chain.trailer_line(_heads(rows)))
+        f.write(b"\n")
 
 
 def _write_parquet(rows: list[tuple], path: Path) -> None:
@@ -134,7 +166,9 @@ def _write_parquet(rows: list[tuple], path: Path) -> None:
             arrays.append(pa.array(values, pa.int64()).cast(field.type))
         else:
             arrays.append(pa.array(values, field.type))
-    table = pa.Table.from_arrays(arrays, schema=EXPORT_SCHEMA.with_metadata({_FORMAT_KEY: _FORMAT_VALUE}))
+    trailer = msgspec.json.encode({"heads": _heads(rows)})
+    metadata = {_FORMAT_KEY: _FORMAT_VALUE, chain.TRAILER_KEY: trailer}
+    table = pa.Table.from_arrays(arrays, schema=EXPORT_SCHEMA.with_metadata(metadata))
     pq.write_table(table, path, compression="zstd")
 
 
@@ -157,44 +191,94 @@ class Row:
     seed_id: str | None
     slot: str | None
     payload: str
+    hash: str | None = None
 
 
-def read_file(path: Path) -> list[Row]:
-    """Every row of an exported file, validated; `BadInput` (one line, naming the row) if anything is off."""
+Heads = dict[str, tuple[int, str | None]]
+
+
+def read_file(path: Path, notes: list[str] | None = None) -> list[Row]:
+    """Every row of an exported file, validated; `BadInput` (one line, naming the row) if anything is off,
+    `LogAltered` if a run's hash chain or the trailer's head of it does not hold. A run written before the
+    chain (no hashes) passes with a note added to `notes`."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
-    rows = _read_parquet(path) if head == _PARQUET_MAGIC else _read_jsonl(path)
+    rows, trailer = _read_parquet(path) if head == _PARQUET_MAGIC else _read_jsonl(path)
     if not rows:
         raise BadInput(f"{path}: no events in this file")
     _check_runs(path, rows)
+    _check_chains(path, rows, trailer, notes if notes is not None else [])
     return rows
 
 
-def _read_jsonl(path: Path) -> list[Row]:
+def _check_chains(path: Path, rows: list[Row], trailer: Heads | None, notes: list[str]) -> None:
+    by_run: dict[str, list[Row]] = {}
+    for r in rows:
+        by_run.setdefault(r.run_id, []).append(r)
+    for run, mine in by_run.items():
+        mine.sort(key=lambda r: r.seq)
+        sealed = chain.verify(run, ((r.seq, r.type, r.payload, r.hash) for r in mine), check_head=False)
+        verifier = chain.Verifier(run, mine[-1].seq, mine[-1].hash, where=f", {path.name}")
+        verifier.sealed = sealed
+        if trailer is None and sealed:
+            raise LogAltered(f"log altered: {path.name} has no trailer with the head of run {run}; the log ends at "
+                             f"seq {mine[-1].seq}")
+        if trailer is not None:
+            verifier.end(trailer.get(run), holder="the export's trailer")
+        if not sealed:
+            notes.append(chain.unsealed_note(run))
+    for run, (seq, _) in sorted((trailer or {}).items()):
+        if run not in by_run:
+            raise LogAltered(f"log altered: the export's trailer says run {run} ends at seq {seq}, the file holds "
+                             f"none of its events ({path.name})")
+
+
+def _read_jsonl(path: Path) -> tuple[list[Row], Heads | None]:
     rows = []
+    trailer: Heads | None = None
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
             where = f"{path}:{number}"
+            if raw.lstrip().startswith(_TRAILER_START):
+                if trailer is not None:
+                    raise BadInput(f"{where}: a second trailer")
+                try:
+                    heads = _trailer_decoder.decode(raw).trailer.heads
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise BadInput(f"{where}: not an export's trailer ({exc})") from None
+                trailer = {run: (h.seq, h.hash) for run, h in heads.items()}
+                continue
             try:
                 line = _line_decoder.decode(raw)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise BadInput(f"{where}: not an exported event ({exc})") from None
             ts = _parse_ts(line.ts, where)
+            if trailer is not None:
+                raise BadInput(f"{where}: an event after the trailer")
             rows.append(_checked(where, line.position, line.run_id, line.seq, line.event_id, ts, line.type,
-                                 line.epoch, line.seed_id, line.slot, bytes(line.payload).decode("utf-8")))
-    return rows
+                                 line.epoch, line.seed_id, line.slot, bytes(line.payload).decode("utf-8"), line.hash))
+    return rows, trailer
 
 
-def _read_parquet(path: Path) -> list[Row]:
+def _read_parquet(path: Path) -> tuple[list[Row], Heads | None]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise BadInput(f"{path}: unreadable parquet ({first_line(exc)})") from None
+    trailer = None
+    text = (table.schema.metadata or {}).get(chain.TRAILER_KEY)
+    if text is not None:
+        try:
+            trailer = {run: (h.seq, h.hash) for run, h in _trailer_meta_decoder.decode(text).heads.items()}
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BadInput(f"{path}: not an export's trailer ({exc})") from None
+    if "hash" not in table.column_names:  # written before the hash chain
+        table = table.append_column("hash", pa.nulls(table.num_rows, pa.string()))
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise BadInput(f"{path}: not an event export (missing columns: {', '.join(missing)})")
@@ -205,18 +289,19 @@ def _read_parquet(path: Path) -> list[Row]:
     rows = []
     for i, r in enumerate(table.to_pylist(), start=1):
         rows.append(_checked(f"{path}: row {i}", r["position"], r["run_id"], r["seq"], r["event_id"], r["ts"],
-                             r["type"], r["epoch"], r["seed_id"], r["slot"], r["payload"]))
-    return rows
+                             r["type"], r["epoch"], r["seed_id"], r["slot"], r["payload"], r["hash"]))
+    return rows, trailer
 
 
 def _checked(where: str, position: Any, run_id: Any, seq: Any, event_id: Any, ts: Any, type_: Any, epoch: Any,
-             seed_id: Any, slot: Any, payload: Any) -> Row:
+             seed_id: Any, slot: Any, payload: Any, hash_: Any = None) -> Row:
     for name, value in (("position", position), ("seq", seq), ("run_id", run_id), ("event_id", event_id),
                         ("ts", ts), ("type", type_), ("payload", payload)):
         if value is None:
             raise BadInput(f"{where}: {name} is missing")
-    if not run_id:
-        raise BadInput(f"{where}: empty run_id")
+    if why := run_id_problem(run_id):
+        raise BadInput(f"{where}: run id {run_id[:60]!r}{'...' if len(run_id) > 60 else ''} is not one Esper "
+                       f"writes: {why}")
     if seq < 1 or position < 1:
         raise BadInput(f"{where}: seq and position start at 1 (seq {seq}, position {position})")
     try:
@@ -237,7 +322,7 @@ def _checked(where: str, position: Any, run_id: Any, seq: Any, event_id: Any, ts
     for key, value in derived.items():
         if given[key] != value:
             raise BadInput(f"{where}: column {key} is {given[key]!r} but the payload says {value!r}")
-    return Row(position, run_id, seq, event_id, ts, type_, epoch, seed_id, slot, payload)
+    return Row(position, run_id, seq, event_id, ts, type_, epoch, seed_id, slot, payload, hash_)
 
 
 def _parse_ts(text: str, where: str) -> dt.datetime:
@@ -297,9 +382,9 @@ def import_file(workspace: Workspace, path: Path) -> ImportResult:
 def _fresh_rows(reader: Reader, rows: list[Row], path: Path) -> list[Row]:
     """The rows the workspace does not hold yet; each run must continue where the workspace's copy ends."""
     stored = {
-        event_id: (run_id, seq)
-        for event_id, run_id, seq in reader.con.execute(
-            "SELECT event_id::VARCHAR, run_id, seq FROM events"
+        event_id: (run_id, seq, hash_)
+        for event_id, run_id, seq, hash_ in reader.con.execute(
+            "SELECT event_id::VARCHAR, run_id, seq, hash FROM events"
             " WHERE event_id::VARCHAR IN (SELECT unnest(?::VARCHAR[]))",
             [[r.event_id for r in rows]],
         ).fetchall()
@@ -307,10 +392,13 @@ def _fresh_rows(reader: Reader, rows: list[Row], path: Path) -> list[Row]:
     fresh = []
     for r in rows:
         if r.event_id in stored:
-            if stored[r.event_id] != (r.run_id, r.seq):
-                run, seq = stored[r.event_id]
+            run, seq, hash_ = stored[r.event_id]
+            if (run, seq) != (r.run_id, r.seq):
                 raise BadInput(f"{path}: event {r.event_id} is stored as run {run} seq {seq}, the file says "
                                f"run {r.run_id} seq {r.seq}")
+            if hash_ != r.hash:
+                raise BadInput(f"{path}: run {run} seq {seq} is not the workspace's copy of that event (another "
+                               "hash); one of the two logs was altered")
             continue
         fresh.append(r)
     runs = sorted({r.run_id for r in fresh})
@@ -407,24 +495,30 @@ def _write_store_file(path: Path, rows: list[Row]) -> None:
         "seed_id": pa.array([r.seed_id for r in rows], pa.string()),
         "slot": pa.array([r.slot for r in rows], pa.string()),
         "payload": pa.array([r.payload for r in rows], pa.string()),
+        "hash": pa.array([r.hash for r in rows], pa.string()),
     }, schema=EXPORT_SCHEMA)
+    heads = {r.run_id: r for r in sorted(rows, key=lambda r: r.seq)}  # each run's last event in this file
     con = duckdb.connect(str(path))
     try:
         con.execute(TABLE_DDL)
+        con.execute(HEADS_DDL)
         con.begin()
         con.register("import_batch", batch)
         con.execute(_INSERT)
         con.unregister("import_batch")
+        for run, r in heads.items():
+            con.execute("INSERT INTO heads VALUES (?, ?, ?)", [run, r.seq, r.hash])
         con.commit()
         con.execute("CHECKPOINT")
     finally:
         con.close()
 
 
-def recorded_runs(path: Path) -> dict[str, list[Recorded]]:
-    """The runs of an exported file as the store would hand them out: run id → events in `seq` order."""
+def recorded_runs(path: Path, notes: list[str] | None = None) -> dict[str, list[Recorded]]:
+    """The runs of an exported file as the store would hand them out: run id → events in `seq` order.
+    Raises `LogAltered` if a run's chain does not hold; notes a run written before the chain."""
     runs: dict[str, list[Recorded]] = {}
-    for row in sorted(read_file(path), key=lambda r: (r.run_id, r.seq)):
+    for row in sorted(read_file(path, notes), key=lambda r: (r.run_id, r.seq)):
         runs.setdefault(row.run_id, []).append(
             Recorded(row.position, row.run_id, row.seq, uuid.UUID(row.event_id), row.ts, decode(row.payload))
         )

@@ -5,7 +5,9 @@ Guarantees, per file:
 * `seq` is 1, 2, 3 … per run with no gaps; an append names the last `seq` it expects
   (optimistic concurrency) and a mismatch raises `AppendConflict` and writes nothing;
 * an event whose `event_id` is already stored is not stored again (idempotent retries);
-* a batch is one transaction: after a crash the file holds a prefix of whole batches.
+* a batch is one transaction: after a crash the file holds a prefix of whole batches;
+* each event's `hash` chains it to the one before it in its run (esper.store.chain), and the `heads` table
+  holds every run's last `seq` and hash, both written in the append's transaction.
 No code path updates or deletes an event.
 
 Appends go through Arrow (one INSERT per batch); DuckDB's row-at-a-time `executemany` is ~500x slower.
@@ -23,9 +25,19 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from esper.errors import AppendConflict, StoreUnavailable, first_line
+from esper.errors import AppendConflict, BadInput, StoreUnavailable, first_line
 from esper.leyline.events import EVENT_TYPES, Event, decode
-from esper.store.schema import BATCH_SCHEMA, INSERT_FROM_BATCH, PAYLOAD_TYPE, TABLE_DDL
+from esper.store import chain
+from esper.store.schema import (
+    BATCH_SCHEMA,
+    HEADS_DDL,
+    INSERT_FROM_BATCH,
+    PAYLOAD_TYPE,
+    SET_HEAD,
+    TABLE_DDL,
+    UPGRADE_DDL,
+    run_id_problem,
+)
 
 
 @attrs.frozen
@@ -59,12 +71,15 @@ class Recorder:
         except (duckdb.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open store {self.path}: {first_line(exc)}") from None
         self._con.execute(TABLE_DDL)
+        self._con.execute(UPGRADE_DDL)  # a store written before the hash chain
+        self._con.execute(HEADS_DDL)
         # Checkpoint less often than DuckDB's 16MB default: each checkpoint recompresses the table's last,
         # partly filled row group, and at 10,000-event batches 64MB appends ~25% faster overall.
         self._con.execute("SET checkpoint_threshold = '64MB'")
         self._state = _file_state(self.path)
         self._lock = self._state.lock
-        self._pending_heads: tuple[str, int, int] | None = None
+        self._pending_heads: tuple[str, int, int, bytes | None] | None = None
+        self._seal = True  # benchmarks/store.py turns it off to measure what the chain costs; nothing else does
 
     def close(self) -> None:
         with self._lock:
@@ -99,40 +114,52 @@ class Recorder:
                 self._con.rollback()
                 raise
             if self._pending_heads is not None:  # committed: move the cached heads on
-                run, seq, position = self._pending_heads
+                run, seq, position, last_hash = self._pending_heads
                 self._state.heads.seq[run] = seq
+                self._state.heads.hash[run] = last_hash
                 self._state.heads.position = position
         return last
 
     def _append_locked(self, run_id: str, batch: list[Pending | Event], expected_seq: int) -> int:
         fresh = self._drop_stored(batch)
-        last_seq, last_position = self._heads(run_id)
+        last_seq, last_position, last_hash = self._heads(run_id)
         if not fresh:
             return int(last_seq)
         if last_seq != expected_seq:
             raise AppendConflict(
                 f"run {run_id}: expected last seq {expected_seq}, store has {last_seq}; nothing was written"
             )
-        self._con.register("batch", _to_arrow(fresh, first_seq=last_seq + 1, first_position=last_position + 1))
+        if last_seq == 0 and (why := run_id_problem(run_id)):
+            raise BadInput(f"run id {run_id!r} cannot be stored: {why}")
+        table, new_hash = _to_arrow(fresh, first_seq=last_seq + 1, first_position=last_position + 1,
+                                    prev_hash=last_hash if self._seal else None)
+        self._con.register("batch", table)
         try:
             self._con.execute(INSERT_FROM_BATCH, {"run_id": run_id, "ts": dt.datetime.now(dt.timezone.utc)}).fetchall()
         finally:
             self._con.unregister("batch")
         new_seq = int(last_seq) + len(fresh)
-        self._pending_heads = (run_id, new_seq, int(last_position) + len(fresh))
+        self._con.execute(SET_HEAD, [run_id, new_seq, None if new_hash is None else new_hash.hex()])
+        self._pending_heads = (run_id, new_seq, int(last_position) + len(fresh), new_hash)
         return new_seq
 
-    def _heads(self, run_id: str) -> tuple[int, int]:
-        """The run's last `seq` and the file's last `position`. Only this process can write the file (DuckDB
-        locks it) and its writers take turns under the file lock, so after one query the values are kept
-        in memory and moved on by each commit."""
+    def _heads(self, run_id: str) -> tuple[int, int, bytes | None]:
+        """The run's last `seq` and hash (raw; None for a run written before the chain, which stays
+        unsealed) and the file's last `position`. Only this process can write the file (DuckDB locks it)
+        and its writers take turns under the file lock, so after one query the values are kept in memory
+        and moved on by each commit."""
         heads = self._state.heads
         if run_id not in heads.seq:
-            heads.seq[run_id] = self._con.execute(
-                "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", [run_id]).fetchall()[0][0]
+            row = self._con.execute(
+                "SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", [run_id]).fetchall()
+            if not row:
+                heads.seq[run_id], heads.hash[run_id] = 0, chain.genesis(run_id)
+            else:
+                heads.seq[run_id] = row[0][0]
+                heads.hash[run_id] = None if row[0][1] is None else bytes.fromhex(row[0][1])
         if heads.position is None:
             heads.position = self._con.execute("SELECT coalesce(max(position), 0) FROM events").fetchall()[0][0]
-        return heads.seq[run_id], heads.position
+        return heads.seq[run_id], heads.position, heads.hash[run_id]
 
     def _drop_stored(self, batch: list[Pending | Event]) -> list[Pending | Event]:
         """Keep what is not stored yet: bare events, and each `Pending` whose id is new (its first copy)."""
@@ -169,6 +196,7 @@ class Recorder:
 @attrs.define
 class _Heads:
     seq: dict[str, int] = attrs.Factory(dict)
+    hash: dict[str, bytes | None] = attrs.Factory(dict)
     position: int | None = None
 
 
@@ -210,8 +238,11 @@ def read_events(con: duckdb.DuckDBPyConnection, run_id: str, after_seq: int = 0,
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
-def _to_arrow(batch: list[Pending | Event], first_seq: int, first_position: int) -> pa.Table:
-    """The batch as Arrow columns, built with one pass per column and no per-row Arrow calls."""
+def _to_arrow(batch: list[Pending | Event], first_seq: int, first_position: int,
+              prev_hash: bytes | None) -> tuple[pa.Table, bytes | None]:
+    """The batch as Arrow columns, built with one pass per column and no per-row Arrow calls, and the hash of
+    its last event. `prev_hash` is the run's last hash (its genesis for a new run); None leaves the hashes
+    NULL (a run written before the chain stays unsealed)."""
     n = len(batch)
     events = [item.event if isinstance(item, Pending) else item for item in batch]
     tags = [_TAGS.get(type(e)) for e in events]
@@ -226,17 +257,27 @@ def _to_arrow(batch: list[Pending | Event], first_seq: int, first_position: int)
         "epoch": pa.array([e.epoch for e in events], pa.int32()),
         "seed_id": pa.array([getattr(e, "seed_id", None) for e in events], pa.string()),
         "slot": pa.array([getattr(e, "slot", None) for e in events], pa.string()),
-        "payload": _payloads(events),
     }
-    return pa.table(columns, schema=BATCH_SCHEMA)
+    payloads, buffer, offsets = _payloads(events)
+    columns["payload"] = payloads
+    if prev_hash is None:
+        columns["hash"], last_hash = pa.nulls(n, pa.string()), None
+    else:
+        links = chain.link_buffer(prev_hash, first_seq, buffer, offsets[:-1], offsets[1:])
+        hexes = b"".join(links).hex().encode()
+        columns["hash"] = pa.StringArray.from_buffers(
+            n, pa.py_buffer(np.arange(0, 64 * (n + 1), 64, dtype=np.int32)), pa.py_buffer(hexes))
+        last_hash = links[-1]
+    return pa.table(columns, schema=BATCH_SCHEMA), last_hash
 
 
 _encoder = msgspec.json.Encoder()
 _TAGS = {cls: cls.__struct_config__.tag for cls in EVENT_TYPES}
 
 
-def _payloads(events: list[Event]) -> pa.Array:
-    """Every event's JSON (exactly what `encode` gives) as one Arrow column of `PAYLOAD_TYPE`.
+def _payloads(events: list[Event]) -> tuple[pa.Array, bytes, np.ndarray]:
+    """Every event's JSON (exactly what `encode` gives) as one Arrow column of `PAYLOAD_TYPE`, with the one
+    buffer holding them back to back and where each starts (offsets[i]) and ends (offsets[i + 1]).
 
     One `encode_lines` call writes them all newline-separated (a newline inside JSON is always
     escaped, so each newline ends one event); dropping the newlines leaves the events back to back,
@@ -246,5 +287,7 @@ def _payloads(events: list[Event]) -> pa.Array:
     newlines = np.flatnonzero(np.frombuffer(lines, np.uint8) == ord("\n"))
     offsets = np.zeros(len(events) + 1, np.int32)
     offsets[1:] = newlines - np.arange(len(events))
-    strings = pa.StringArray.from_buffers(len(events), pa.py_buffer(offsets), pa.py_buffer(lines.replace(b"\n", b"")))
-    return strings if PAYLOAD_TYPE == pa.string() else pa.ExtensionArray.from_storage(PAYLOAD_TYPE, strings)
+    buffer = lines.replace(b"\n", b"")
+    strings = pa.StringArray.from_buffers(len(events), pa.py_buffer(offsets), pa.py_buffer(buffer))
+    array = strings if PAYLOAD_TYPE == pa.string() else pa.ExtensionArray.from_storage(PAYLOAD_TYPE, strings)
+    return array, buffer, offsets

@@ -13,13 +13,41 @@ CREATE TABLE IF NOT EXISTS events (
     epoch    INTEGER,
     seed_id  VARCHAR,
     slot     VARCHAR,
-    payload  JSON USING COMPRESSION zstd NOT NULL
+    payload  JSON USING COMPRESSION zstd NOT NULL,
+    hash     VARCHAR
 )
 """
 # zstd for the payload: DuckDB's default string compression (analysed per checkpoint) made appends of
 # distinct payloads ~40% slower and the file ~2.5x larger.
 
-COLUMNS = ("position", "run_id", "seq", "event_id", "ts", "type", "epoch", "seed_id", "slot", "payload")
+# `hash` links each event to the one before it in its run (esper.store.chain); NULL in logs written before
+# the chain. A store written then gets the column (and the `heads` table) when a Recorder next opens it.
+UPGRADE_DDL = "ALTER TABLE events ADD COLUMN IF NOT EXISTS hash VARCHAR"
+
+HEADS_DDL = "CREATE TABLE IF NOT EXISTS heads (run_id VARCHAR PRIMARY KEY, seq BIGINT NOT NULL, hash VARCHAR)"
+"""Every run's last `seq` and its hash, moved on in the transaction of each append: the anchor that shows a
+cut tail, which a forward chain alone cannot."""
+
+SET_HEAD = "INSERT OR REPLACE INTO heads VALUES (?, ?, ?)"
+
+COLUMNS = ("position", "run_id", "seq", "event_id", "ts", "type", "epoch", "seed_id", "slot", "payload", "hash")
+
+MAX_RUN_ID = 200
+
+
+def run_id_problem(run_id: str) -> str | None:
+    """Why Esper would never write `run_id` (None if it would): run ids name files and appear in paths."""
+    if not run_id:
+        return "it is empty"
+    if len(run_id) > MAX_RUN_ID:
+        return f"it is {len(run_id)} characters long (at most {MAX_RUN_ID})"
+    if "/" in run_id or "\\" in run_id:
+        return "it holds a path separator"
+    if ".." in run_id:
+        return "it holds '..'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in run_id):
+        return "it holds a control character"
+    return None
 
 # msgspec only writes valid JSON. Typed as Arrow's JSON extension (pyarrow >= 19), a payload goes into the
 # JSON column as it is; as a plain string (older pyarrow) DuckDB parses every one to check it (~20% of an insert).
@@ -37,11 +65,12 @@ BATCH_SCHEMA = pa.schema(
         ("seed_id", pa.string()),
         ("slot", pa.string()),
         ("payload", PAYLOAD_TYPE),
+        ("hash", pa.string()),
     ]
 )
 
 INSERT_FROM_BATCH = """
 INSERT INTO events
-SELECT position, $run_id, seq, coalesce(event_id::UUID, uuid()), $ts, type, epoch, seed_id, slot, payload::JSON
+SELECT position, $run_id, seq, coalesce(event_id::UUID, uuid()), $ts, type, epoch, seed_id, slot, payload::JSON, hash
 FROM batch
 """

@@ -15,8 +15,10 @@ import attrs
 import duckdb
 
 from esper.errors import BadInput, StoreUnavailable, UnknownRun, first_line
+from esper.store import chain
 from esper.store.readonly import reading_statements
 from esper.store.recorder import Recorded, read_events
+from esper.store.schema import COLUMNS
 
 STORE_SUFFIX = ".duckdb"
 
@@ -76,20 +78,36 @@ class Reader:
         self.con = duckdb.connect(":memory:")
         self.notes: list[str] = []
         self.live_files: set[str] = set()
+        self.names: dict[str, str] = {}
+        """Store alias → its file's name."""
         self._tmp = tempfile.TemporaryDirectory(prefix="esper-read-")
         attached = [alias for i, path in enumerate(files) if (alias := self._attach(path, f"store{i}"))]
-        union = " UNION ALL ".join(
-            f"SELECT *, '{alias}' AS _store FROM {alias}.events" for alias in attached
-        )
+        self.names = {alias: files[int(alias[5:])].name for alias in attached}
+        self.anchored = {alias for alias in attached if self._has_table(alias, "heads")}
+        """The stores with a `heads` table (written since the hash chain)."""
+        union = " UNION ALL ".join(self._select_events(alias) for alias in attached)
         if not union:
             union = (
                 "SELECT NULL::BIGINT AS position, NULL::VARCHAR AS run_id, NULL::BIGINT AS seq, NULL::UUID AS event_id,"
                 " NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS type, NULL::INTEGER AS epoch, NULL::VARCHAR AS seed_id,"
-                " NULL::VARCHAR AS slot, NULL::JSON AS payload, NULL::VARCHAR AS _store WHERE false"
+                " NULL::VARCHAR AS slot, NULL::JSON AS payload, NULL::VARCHAR AS hash, NULL::VARCHAR AS _store WHERE false"
             )
+        heads = " UNION ALL ".join(
+            f"SELECT run_id, seq, hash, '{alias}' AS _store FROM {alias}.heads" for alias in sorted(self.anchored))
+        if not heads:
+            heads = "SELECT NULL::VARCHAR AS run_id, NULL::BIGINT AS seq, NULL::VARCHAR AS hash, NULL::VARCHAR AS _store WHERE false"
         self.con.execute(f"CREATE TEMP VIEW all_events AS {union}")
         self.con.execute("CREATE TEMP VIEW events AS SELECT * EXCLUDE (_store) FROM all_events")
+        self.con.execute(f"CREATE TEMP VIEW all_heads AS {heads}")
         self.con.execute(RUNS_VIEW)
+
+    def _select_events(self, alias: str) -> str:
+        """The store's events with the columns in one order; a store written before the chain has NULL hashes."""
+        hashed = self.con.execute(
+            "SELECT count(*) FROM duckdb_columns() WHERE database_name = ? AND table_name = 'events'"
+            " AND column_name = 'hash'", [alias]).fetchall()[0][0]
+        cols = ", ".join(c if c != "hash" or hashed else "NULL::VARCHAR AS hash" for c in COLUMNS)
+        return f"SELECT {cols}, '{alias}' AS _store FROM {alias}.events"
 
     def _attach(self, path: Path, alias: str) -> str | None:
         try:
@@ -127,8 +145,11 @@ class Reader:
         return alias
 
     def _has_events(self, alias: str) -> bool:
+        return self._has_table(alias, "events")
+
+    def _has_table(self, alias: str, table: str) -> bool:
         row = self.con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'events'", [alias]
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = ?", [alias, table]
         ).fetchall()[0]
         return bool(row[0])
 
@@ -179,6 +200,29 @@ class Reader:
 
     def read_run(self, run_id: str) -> list[Recorded]:
         return list(read_events(self.con, run_id, table="events"))
+
+    def check_run(self, run_id: str) -> str | None:
+        """Check the run's hash chain and every store's head of it; `LogAltered` names the first event changed,
+        removed or inserted (or the cut tail). Returns a note when the run was written before the chain.
+        Reads the run once: the cost is linear in the run, not in the workspace."""
+        rows = self.con.execute(
+            "SELECT seq, type, payload::VARCHAR, hash, _store FROM all_events WHERE run_id = ? ORDER BY seq, position",
+            [run_id]).fetchall()
+        verifier = chain.Verifier(run_id)
+        last: dict[str, tuple[int, str | None]] = {}  # store → the run's last event there (seq, hash)
+        for seq, type_, payload, hash_, store in rows:
+            verifier.feed(seq, type_, payload, hash_)
+            last[store] = (seq, hash_)
+        heads = {store: (seq, hash_) for seq, hash_, store in self.con.execute(
+            "SELECT seq, hash, _store FROM all_heads WHERE run_id = ?", [run_id]).fetchall()}
+        for store in sorted(set(last) | set(heads)):
+            if store not in self.anchored:  # written before the chain: no heads table (its events are unsealed)
+                continue
+            held = last.get(store, (0, None))
+            mine = chain.Verifier(run_id, held[0], held[1], where=f", {self.names[store]}")
+            mine.sealed = verifier.sealed
+            mine.end(heads.get(store), holder="the store")
+        return None if verifier.sealed else chain.unsealed_note(run_id)
 
     def is_live(self, run_id: str) -> bool:
         row = self.con.execute("SELECT any_value(_store) FROM all_events WHERE run_id = ?", [run_id]).fetchall()[0]

@@ -1,0 +1,311 @@
+"""Tamper evidence (esper.store.chain): a log edited behind Esper's back is named by replay, refused by import,
+and not served by Nissa; logs written before the chain still replay, with a note."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from cli_runner import invoke, one_line_error
+from fake_runs import run_id_for, write_run
+
+from esper.errors import LogAltered
+from esper.leyline import RunConfig, RunStarted, encode
+from esper.nissa.projections import Projector
+from esper.nissa.transfer import export_runs
+from esper.store import Recorder, Workspace, chain
+
+RUN = run_id_for("heuristic", 0)  # 70 events
+
+
+@pytest.fixture
+def ws(tmp_path) -> Workspace:
+    write_run(tmp_path / "ws", "heuristic", 0)
+    return Workspace.at(tmp_path / "ws")
+
+
+def store(ws: Workspace) -> Path:
+    (path,) = ws.store_files()
+    return path
+
+
+def sql(path: Path, statement: str, params=()) -> list[tuple]:
+    con = duckdb.connect(str(path))
+    try:
+        return con.execute(statement, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def epoch_seq(path: Path, epoch: int = 5) -> int:
+    return sql(path, "SELECT seq FROM events WHERE type = 'EpochEnded' AND epoch = ?", [epoch])[0][0]
+
+
+def altered(ws: Workspace, run: str = RUN) -> str:
+    line = one_line_error(invoke("replay", run, workspace=ws.root), code=1)
+    assert "log altered" in line
+    return line
+
+
+def test_the_chain_is_sha256_of_the_previous_hash_the_seq_and_the_payload_as_stored(ws):
+    rows = sql(store(ws), "SELECT seq, payload::VARCHAR, hash FROM events WHERE run_id = ? ORDER BY seq", [RUN])
+    prev = hashlib.sha256(b"esper run " + RUN.encode()).digest()
+    for seq, payload, hash_ in rows:
+        prev = hashlib.sha256(prev + seq.to_bytes(8, "big") + payload.encode()).digest()
+        assert hash_ == prev.hex()
+    assert sql(store(ws), "SELECT run_id, seq, hash FROM heads") == [(RUN, 70, prev.hex())]
+    assert invoke("replay", RUN, workspace=ws.root).exit_code == 0
+
+
+def test_an_updated_payload_is_named_by_replay(ws):
+    path = store(ws)
+    seq = epoch_seq(path)
+    payload = json.loads(sql(path, "SELECT payload::VARCHAR FROM events WHERE seq = ?", [seq])[0][0])
+    payload["val_accuracy"] = 0.99
+    sql(path, "UPDATE events SET payload = ? WHERE seq = ?", [json.dumps(payload, separators=(",", ":")), seq])
+    assert f"log altered at seq {seq} (EpochEnded)" in altered(ws)
+
+
+def test_a_deleted_middle_event_is_named_by_replay(ws):
+    path = store(ws)
+    seq = epoch_seq(path)
+    sql(path, "DELETE FROM events WHERE seq = ?", [seq])
+    assert f"log altered at seq {seq} (missing: the log goes from seq {seq - 1} to seq {seq + 1})" in altered(ws)
+
+
+def test_a_cut_tail_is_caught_by_the_heads_table(ws):
+    sql(store(ws), "DELETE FROM events WHERE seq = 70")
+    assert "log altered: the store's head says seq 70, the log ends at seq 69" in altered(ws)
+
+
+def test_a_cut_tail_with_its_head_removed_too_is_caught(ws):
+    sql(store(ws), "DELETE FROM events WHERE seq = 70")
+    sql(store(ws), "DELETE FROM heads")
+    assert f"the store has no head for run {RUN}, the log ends at seq 69" in altered(ws)
+
+
+def test_an_inserted_event_is_named_by_replay(ws):
+    path = store(ws)
+    seq = epoch_seq(path)
+    # A forged epoch (better accuracy, the real one's hash) pushed in at `seq`, the events after it moved on.
+    sql(path, "UPDATE events SET seq = seq + 1, position = position + 1 WHERE seq >= ?", [seq])
+    sql(path, "INSERT INTO events SELECT position - 1, run_id, seq - 1, uuid(), ts, type, epoch, seed_id, slot,"
+              " replace(payload::VARCHAR, '\"val_accuracy\":', '\"val_accuracy\":0.99,\"was\":')::JSON, hash"
+              " FROM events WHERE seq = ?", [seq + 1])
+    assert f"log altered at seq {seq} (EpochEnded)" in altered(ws)
+
+
+def test_an_event_appended_past_the_head_is_caught_even_with_a_valid_hash(ws):
+    path = store(ws)
+    last, payload = sql(path, "SELECT hash, payload::VARCHAR FROM events WHERE seq = 70")[0]
+    forged = chain.link(bytes.fromhex(last), 71, payload).hex()
+    sql(path, "INSERT INTO events SELECT position + 1, run_id, 71, uuid(), ts, type, epoch, seed_id, slot, payload, ?"
+              " FROM events WHERE seq = 70", [forged])
+    assert "the store's head says seq 70, the log ends at seq 71" in altered(ws)
+
+
+# ---- exports ------------------------------------------------------------------------------------
+
+
+def exported(ws: Workspace, tmp_path: Path, fmt: str = "jsonl") -> Path:
+    path = tmp_path / f"run.{fmt}"
+    with ws.reader() as reader:
+        export_runs(reader, [RUN], path, fmt)
+    return path
+
+
+def edit_epoch(path: Path, epoch: int = 5) -> int:
+    """Change one EpochEnded's val_accuracy in a jsonl export; returns its seq."""
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        row = json.loads(line)
+        if row.get("type") == "EpochEnded" and row["epoch"] == epoch:
+            lines[i] = line.replace('"val_accuracy":', '"val_accuracy":0.99,"was":', 1)
+            path.write_text("\n".join(lines) + "\n")
+            return row["seq"]
+    raise AssertionError("no such epoch")
+
+
+def test_an_edited_export_line_is_named_by_replay(ws, tmp_path):
+    path = exported(ws, tmp_path)
+    assert invoke("replay", path).exit_code == 0
+    seq = edit_epoch(path)
+    line = one_line_error(invoke("replay", path), code=1)
+    assert f"log altered at seq {seq} (EpochEnded)" in line
+
+
+def test_an_export_without_its_trailer_is_altered(ws, tmp_path):
+    path = exported(ws, tmp_path)
+    path.write_text("\n".join(path.read_text().splitlines()[:-1]) + "\n")
+    line = one_line_error(invoke("replay", path), code=1)
+    assert f"has no trailer with the head of run {RUN}; the log ends at seq 70" in line
+
+
+def test_an_export_cut_short_is_caught_by_its_trailer(ws, tmp_path):
+    path = exported(ws, tmp_path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-3] + lines[-1:]) + "\n")
+    line = one_line_error(invoke("replay", path), code=1)
+    assert "the export's trailer's head says seq 70, the log ends at seq 68" in line
+
+
+def test_an_edited_parquet_export_is_named_by_replay(ws, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = exported(ws, tmp_path, "parquet")
+    table = pq.read_table(path)
+    payloads = table.column("payload").to_pylist()
+    seq = epoch_seq(store(ws))
+    payloads[seq - 1] = payloads[seq - 1].replace('"val_accuracy":', '"val_accuracy":0.99,"was":', 1)
+    table = table.set_column(table.column_names.index("payload"), "payload", pa.array(payloads, pa.string()))
+    pq.write_table(table, path)
+    line = one_line_error(invoke("replay", path), code=1)
+    assert f"log altered at seq {seq} (EpochEnded)" in line
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_reseal_export_makes_a_forged_export_chain_again(ws, tmp_path, fmt):
+    path = exported(ws, tmp_path, fmt)
+    if fmt == "jsonl":
+        edit_epoch(path)
+    chain.reseal_export(path)
+    result = invoke("replay", path, "--json")
+    assert result.exit_code == 0, result.stderr
+    if fmt == "jsonl":
+        assert 0.99 in [m["val_accuracy"] for m in json.loads(result.stdout)["metrics"]]
+
+
+def test_import_refuses_a_broken_chain_and_writes_nothing(ws, tmp_path):
+    path = exported(ws, tmp_path)
+    seq = edit_epoch(path)
+    target = tmp_path / "target"
+    line = one_line_error(invoke("import", path, workspace=target), code=1)
+    assert f"log altered at seq {seq} (EpochEnded)" in line
+    assert not target.exists() or not list(target.iterdir())
+
+
+@pytest.mark.parametrize("bad_id", ["../../../tmp/x", "a" * 201, "a\\b", "tab\there", ""])
+def test_import_refuses_a_run_id_esper_would_never_write(ws, tmp_path, bad_id):
+    path = exported(ws, tmp_path)
+    text = path.read_text().replace(json.dumps(RUN), json.dumps(bad_id))
+    path.write_text(text)
+    chain.reseal_export(path)  # a well-formed chain: the run id itself is what is refused
+    target = tmp_path / "target"
+    line = one_line_error(invoke("import", path, workspace=target), code=2)
+    assert "is not one Esper writes" in line
+    assert not target.exists() or not list(target.iterdir())
+
+
+def test_an_imported_run_keeps_its_chain_and_head(ws, tmp_path):
+    path = exported(ws, tmp_path, "parquet")
+    target = Workspace.at(tmp_path / "target")
+    assert invoke("import", path, workspace=target.root).exit_code == 0
+    (imported,) = target.store_files()
+    assert sql(imported, "SELECT seq, hash FROM heads") == sql(store(ws), "SELECT seq, hash FROM heads")
+    sql(imported, "DELETE FROM events WHERE seq = 70")
+    assert "the store's head says seq 70, the log ends at seq 69" in altered(target)
+
+
+# ---- Nissa --------------------------------------------------------------------------------------
+
+
+def summary(projector: Projector) -> dict:
+    return projector.fetch("run_summary", RUN)[0] if projector.fetch("run_summary", RUN) else {}
+
+
+def test_catch_up_does_not_keep_serving_an_updated_value(ws):
+    path = store(ws)
+    last_epoch = sql(path, "SELECT seq, payload::VARCHAR FROM events WHERE type = 'EpochEnded' ORDER BY seq DESC")[0]
+    projector = Projector.for_workspace(ws)
+    with ws.reader() as reader:
+        projector.catch_up(reader)
+    old = summary(projector)["best_val_accuracy"]
+    projector.close()
+    payload = json.loads(last_epoch[1])
+    payload["val_accuracy"] = 0.999
+    sql(path, "UPDATE events SET payload = ? WHERE seq = ?", [json.dumps(payload, separators=(",", ":")), last_epoch[0]])
+    with ws.reader() as reader, Projector.for_workspace(ws) as projector:
+        projector.catch_up(reader, check=[RUN])
+        assert summary(projector).get("best_val_accuracy") != old
+        assert summary(projector) == {}  # its rows are dropped, not rebuilt from the altered log
+        assert any(f"log altered at seq {last_epoch[0]} (EpochEnded)" in note for note in projector.notes)
+    line = one_line_error(invoke("report", RUN, workspace=ws.root), code=1)
+    assert f"log altered at seq {last_epoch[0]} (EpochEnded)" in line
+
+
+def test_catch_up_checks_new_events_continue_the_head_it_saw(ws):
+    path = store(ws)
+    with ws.reader() as reader, Projector.for_workspace(ws) as projector:
+        projector.catch_up(reader, max_events=30)  # folded up to seq 30
+    sql(path, "UPDATE events SET payload = replace(payload::VARCHAR, '\"val_loss\":', '\"val_loss\":9,\"was\":')::JSON"
+              " WHERE seq = (SELECT min(seq) FROM events WHERE seq > 40 AND type = 'EpochEnded')")
+    with ws.reader() as reader, Projector.for_workspace(ws) as projector:
+        projector.catch_up(reader)
+        assert summary(projector) == {}
+        assert any("log altered" in note for note in projector.notes)
+
+
+# ---- logs written before the chain --------------------------------------------------------------
+
+OLD_DDL = """CREATE TABLE events (position BIGINT NOT NULL, run_id VARCHAR NOT NULL, seq BIGINT NOT NULL,
+    event_id UUID NOT NULL, ts TIMESTAMPTZ NOT NULL, type VARCHAR NOT NULL, epoch INTEGER, seed_id VARCHAR,
+    slot VARCHAR, payload JSON NOT NULL)"""
+
+
+def make_old(ws: Workspace) -> Path:
+    """The workspace's store as Esper wrote it before the chain: no hash column, no heads table."""
+    path = store(ws)
+    old = path.with_name("old.duckdb")
+    con = duckdb.connect(str(old))
+    con.execute(OLD_DDL)
+    con.execute(f"ATTACH '{path}' AS src (READ_ONLY)")
+    con.execute("INSERT INTO events SELECT * EXCLUDE (hash) FROM src.events")
+    con.close()
+    path.unlink()
+    return old
+
+
+def test_a_v2_log_without_hashes_replays_with_a_note(ws):
+    old = make_old(ws)
+    result = invoke("replay", RUN, workspace=ws.root)
+    assert result.exit_code == 0, result.stderr
+    assert f"note: run {RUN} is unsealed (written before hash chains); its integrity cannot be checked" in result.stderr
+    # A Recorder opening the old store adds the column and the table; the run stays unsealed, now anchored.
+    with Recorder(old) as rec:
+        assert rec.last_seq(RUN) == 70
+    assert sql(old, "SELECT count(*) FROM events WHERE hash IS NULL") == [(70,)]
+    assert invoke("replay", RUN, workspace=ws.root).exit_code == 0
+
+
+def test_a_v2_export_without_hashes_or_trailer_replays_with_a_note(ws, tmp_path):
+    make_old(ws)
+    path = exported(ws, tmp_path)
+    lines = [line.replace(',"hash":null}', "}") for line in path.read_text().splitlines()[:-1]]
+    path.write_text("\n".join(lines) + "\n")
+    result = invoke("replay", path)
+    assert result.exit_code == 0, result.stderr
+    assert "is unsealed" in result.stderr
+
+
+def test_a_sealed_log_stripped_of_its_hashes_is_tampering(tmp_path):
+    ws = Workspace.at(tmp_path)
+    v3 = RunStarted(config=RunConfig(), slots=["mid"], blueprints=["conv_light"], schema_version=chain.SEALED_SINCE)
+    with Recorder(ws.store_path("v3")) as rec:
+        rec.append("v3", [v3], 0)
+    assert json.loads(sql(ws.store_path("v3"), "SELECT payload::VARCHAR FROM events")[0][0])["schema_version"] == 3
+    sql(ws.store_path("v3"), "UPDATE events SET hash = NULL")
+    sql(ws.store_path("v3"), "UPDATE heads SET hash = NULL")
+    assert "log altered at seq 1 (RunStarted: its hash is missing)" in altered(ws, "v3")
+    # The same log written as v2 is merely unsealed.
+    assert chain.verify("v2", [(1, "RunStarted", encode(RunStarted(config=RunConfig())), None)], (1, None))  is False
+    with pytest.raises(LogAltered, match="its hash is missing"):
+        chain.verify("v3", [(1, "RunStarted", encode(v3), None)], (1, None))
+
+
+def test_the_recorder_refuses_a_run_id_it_would_never_write(tmp_path):
+    from esper.errors import BadInput
+
+    with Recorder(tmp_path / "s.duckdb") as rec, pytest.raises(BadInput, match="path separator"):
+        rec.append("../x", [RunStarted(config=RunConfig())], 0)
