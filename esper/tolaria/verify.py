@@ -3,7 +3,7 @@
 import msgspec
 
 from esper.errors import EsperError, IllegalEvent
-from esper.leyline.events import CommandIssued, RunFailed, RunStarted, encode
+from esper.leyline.events import CommandIssued, RunFailed, RunStarted, SeedTransitioned, encode
 from esper.store.recorder import Recorded
 from esper.tamiyo.controllers import ScriptedController
 from esper.tolaria.loop import ListSink, execute
@@ -24,8 +24,11 @@ def verify_run(recorded: list[Recorded]) -> int:
     issued = [r.event for r in recorded if isinstance(r.event, CommandIssued)]
     controller = ScriptedController(config.controller, issued)
     sink = ListSink()
+    # A scratch run recorded before the `build` transition existed has its architecture built without events:
+    # re-execute it the same way (the weights are drawn in the same order either way).
+    built = any(isinstance(r.event, SeedTransitioned) and r.event.trigger == "build" for r in recorded)
     try:
-        execute(config, controller, sink)
+        execute(config, controller, sink, build_events=built or not config.architecture)
     except EsperError:
         if not isinstance(recorded[-1].event, RunFailed):
             raise
