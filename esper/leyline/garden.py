@@ -276,6 +276,8 @@ def describe_refusal(refusal: dict[str, Any] | None) -> str:
         return f"a cull needs a reason (got {ev.get('reason')!r})"
     if rule == "build":
         return f"build refused: {ev.get('why')}"
+    if rule == "auto_cull":
+        return f"automatic cull not due: {_describe(ev)}"
     return f"gate closed: {_describe(ev)}"
 
 
