@@ -3,7 +3,7 @@
 import msgspec
 
 from esper.errors import EsperError, IllegalEvent
-from esper.leyline.events import CommandIssued, RunFailed, RunStarted, SeedTransitioned, encode
+from esper.leyline.events import CommandIssued, CommandRejected, RunFailed, RunStarted, SeedTransitioned, encode
 from esper.store.recorder import Recorded
 from esper.tamiyo.controllers import ScriptedController
 from esper.tolaria.loop import ListSink, execute
@@ -33,6 +33,8 @@ def verify_run(recorded: list[Recorded]) -> int:
         if not isinstance(recorded[-1].event, RunFailed):
             raise
     for i, (old, new) in enumerate(zip(recorded, sink.events)):
+        if isinstance(old.event, CommandRejected) and isinstance(new, CommandRejected) and not old.event.evidence:
+            new = msgspec.structs.replace(new, evidence={})  # logged before refusals carried their evidence
         if encode(old.event) != encode(new):
             raise VerificationFailed(
                 f"re-execution differs at seq {old.seq} (position {old.position}, {type(old.event).__name__}), "
