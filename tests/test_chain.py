@@ -15,6 +15,9 @@ from esper.leyline import RunConfig, RunStarted, encode
 from esper.nissa.projections import Projector
 from esper.nissa.transfer import export_runs
 from esper.store import Recorder, Workspace, chain
+from esper.tolaria.tasks import TASKS
+
+MNIST1D = TASKS["mnist1d"]
 
 RUN = run_id_for("heuristic", 0)  # 70 events
 
@@ -262,6 +265,10 @@ def make_old(ws: Workspace) -> Path:
     con.execute(OLD_DDL)
     con.execute(f"ATTACH '{path}' AS src (READ_ONLY)")
     con.execute("INSERT INTO events SELECT * EXCLUDE (hash) FROM src.events")
+    payload = json.loads(con.execute("SELECT payload::VARCHAR FROM events WHERE type = 'RunStarted'").fetchone()[0])
+    payload["schema_version"] = 2  # as the Esper of that time wrote it: no preset, no versions
+    del payload["preset"], payload["versions"]
+    con.execute("UPDATE events SET payload = ?::JSON WHERE type = 'RunStarted'", [json.dumps(payload)])
     con.close()
     path.unlink()
     return old
@@ -291,7 +298,7 @@ def test_a_v2_export_without_hashes_or_trailer_replays_with_a_note(ws, tmp_path)
 
 def test_a_sealed_log_stripped_of_its_hashes_is_tampering(tmp_path):
     ws = Workspace.at(tmp_path)
-    v3 = RunStarted(config=RunConfig(), slots=["mid"], blueprints=["conv_light"], schema_version=chain.SEALED_SINCE)
+    v3 = RunStarted(preset=MNIST1D, config=RunConfig(), slots=["mid"], blueprints=["conv_light"], schema_version=chain.SEALED_SINCE)
     with Recorder(ws.store_path("v3")) as rec:
         rec.append("v3", [v3], 0)
     assert json.loads(sql(ws.store_path("v3"), "SELECT payload::VARCHAR FROM events")[0][0])["schema_version"] == 3
@@ -299,7 +306,10 @@ def test_a_sealed_log_stripped_of_its_hashes_is_tampering(tmp_path):
     sql(ws.store_path("v3"), "UPDATE heads SET hash = NULL")
     assert "log altered at seq 1 (RunStarted: its hash is missing)" in altered(ws, "v3")
     # The same log written as v2 is merely unsealed.
-    assert chain.verify("v2", [(1, "RunStarted", encode(RunStarted(config=RunConfig())), None)], (1, None))  is False
+    v2 = json.loads(encode(RunStarted(preset=MNIST1D, config=RunConfig())))
+    v2["schema_version"] = 2
+    del v2["preset"], v2["versions"]
+    assert chain.verify("v2", [(1, "RunStarted", json.dumps(v2).encode(), None)], (1, None)) is False
     with pytest.raises(LogAltered, match="its hash is missing"):
         chain.verify("v3", [(1, "RunStarted", encode(v3), None)], (1, None))
 
@@ -308,4 +318,4 @@ def test_the_recorder_refuses_a_run_id_it_would_never_write(tmp_path):
     from esper.errors import BadInput
 
     with Recorder(tmp_path / "s.duckdb") as rec, pytest.raises(BadInput, match="path separator"):
-        rec.append("../x", [RunStarted(config=RunConfig())], 0)
+        rec.append("../x", [RunStarted(preset=MNIST1D, config=RunConfig())], 0)

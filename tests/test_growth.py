@@ -93,7 +93,9 @@ def test_scratch_builds_the_final_architecture_up_front(grown):
     cfg = resolve_config(RunConfig(controller="scratch", like=like, architecture=architecture, epochs=2))
     result = execute(cfg, make_controller("scratch", 0), sink)
     assert result.params == grows.finished.params  # same modules, trained from initialisation
-    assert result.seeds == {}
+    assert result.seeds == {"FOSSILIZED": len(architecture)}  # built before epoch 1, as events
+    built = [e for e in sink.events if getattr(e, "trigger", None) == "build"]
+    assert [(e.slot, e.epoch) for e in built] == [(slot, 0) for slot, _ in architecture]
 
 
 def esper(*args, workspace):

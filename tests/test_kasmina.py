@@ -83,6 +83,7 @@ def test_germinate_reports_true_param_count(host):
             params = model.seed_parameters("s")
             assert count == sum(p.numel() for p in params) > 0
             assert count == sum(p.numel() for p in model.slots[slot].live.module.parameters())
+            model.start_training("s")
             model.cull("s")
 
 
@@ -96,6 +97,7 @@ def test_seed_sizes_are_what_germination_adds_and_draw_nothing_from_the_rng(host
     for slot in model.slot_names:
         for name in BLUEPRINTS[model.family]:
             assert sizes[slot][name] == model.germinate(slot, "s", name)
+            model.start_training("s")
             model.cull("s")
 
 
@@ -199,6 +201,7 @@ def test_isolated_pass_leaves_downstream_seeds_alone():
     """A blending seed downstream gets no gradient, no buffer change and keeps its cached activation."""
     model, x, y = make("resnet")
     model.germinate("late", "down", "conv_light")
+    model.start_training("down")
     model.start_blending("down", steps=2)
     model.step_blending()
     model.germinate("early", "up", "conv_light")
@@ -245,10 +248,11 @@ def test_cull_restores_the_exact_function(host):
         model.alpha("s")
 
 
-def test_cull_before_training_restores_output_before_germination():
+def test_cull_while_training_restores_output_before_germination():
     model, x, _ = make("cnn1d")
     before = eval_out(model, x)
     model.germinate("late", "s", "attention")
+    model.start_training("s")
     model.cull("s")
     assert torch.equal(eval_out(model, x), before)
     model.germinate("late", "t", "norm")  # the slot is free again
@@ -294,6 +298,7 @@ def test_blending_gradients_flow_both_ways():
     model, x, y = make("cnn1d")
     twin = copy.deepcopy(model)
     model.germinate("mid", "s", "conv_light")
+    model.start_training("s")
     model.start_blending("s", steps=2)
     model.step_blending()
     for m in (model, twin):
@@ -348,8 +353,7 @@ def test_fossilize_keeps_the_function_and_grows_the_host(host):
 def test_fossils_stack_in_a_slot_and_architecture_keeps_order():
     model, x, _ = make("cnn1d")
     for seed_id, slot, blueprint in [("a", "late", "norm"), ("b", "early", "conv_light"), ("c", "late", "attention")]:
-        model.germinate(slot, seed_id, blueprint)
-        model.fossilize(seed_id)
+        model.build(slot, seed_id, blueprint)
     assert model.architecture() == [("late", "norm"), ("early", "conv_light"), ("late", "attention")]
     assert [s.seed_id for s in model.slots["late"].fossils] == ["a", "c"]
     before = eval_out(model, x)
@@ -359,6 +363,7 @@ def test_fossils_stack_in_a_slot_and_architecture_keeps_order():
     model.eval()
     model.cull("d")
     model.germinate("late", "e", "norm")  # after the fossils: at alpha 1 the output is head(h + seed(h))
+    model.start_training("e")
     model.start_blending("e", steps=1)
     model.step_blending()
     with torch.no_grad():
@@ -374,6 +379,7 @@ def test_forced_alpha_is_temporary():
     model, x, _ = make("resnet")
     twin = copy.deepcopy(model)
     model.germinate("mid", "s", "conv_light")
+    model.start_training("s")
     model.start_blending("s", steps=4)
     model.step_blending()
     blended = eval_out(model, x)
@@ -394,14 +400,15 @@ def test_forced_alpha_is_temporary():
 
 def grown(host: str) -> tuple[GrowableModel, torch.Tensor]:
     model, x, _ = make(host)
-    model.germinate("early", "a", "conv_heavy")
-    model.fossilize("a")
+    model.build("early", "a", "conv_heavy")
     model.germinate("late", "b", "attention")
+    model.start_training("b")
     model.start_blending("b", steps=3)
     model.step_blending()
     model.step_blending()
     model.fossilize("b")
     model.germinate("mid", "c", "depthwise")
+    model.start_training("c")
     model.start_blending("c", steps=4)
     model.step_blending()
     model(x)  # train-mode pass: BatchNorm statistics away from their initial values
@@ -435,9 +442,9 @@ def test_grown_model_round_trips_through_state_dict(host):
     # Rebuild the same structure (what a resume does by replaying the log), then load the weights.
     fresh = build_host(HOSTS[host][0], **HOSTS[host][2])
     for i, (slot, blueprint) in enumerate(model.architecture()):
-        fresh.germinate(slot, f"f{i}", blueprint)
-        fresh.fossilize(f"f{i}")
+        fresh.build(slot, f"f{i}", blueprint)
     fresh.germinate("mid", "c", "depthwise")
+    fresh.start_training("c")
     fresh.start_blending("c", steps=99)
     fresh.load_state_dict(state)
     assert fresh.alpha("c") == 0.25  # blending progress travels with the state dict
@@ -464,6 +471,29 @@ def test_bad_requests_raise_clear_value_errors():
         model.start_blending("s", steps=3, schedule="cubic")
     with pytest.raises(ValueError, match="at least one step"):
         model.start_blending("s", steps=0)
+    model.start_training("s")
     model.start_blending("s", steps=3)
-    with pytest.raises(ValueError, match="is BLENDING, expected GERMINATED"):
+    with pytest.raises(ValueError, match="is BLENDING: the lifecycle has no move to TRAINING"):
         model.start_training("s")
+
+
+def test_the_model_refuses_stage_changes_the_lifecycle_does_not_make():
+    """Kasmina never decides a stage: only the machine's moves are carried out (fossilize needs BLENDING,
+    a seed built up front is `build`, DORMANT → FOSSILIZED)."""
+    model, x, _ = make("cnn1d")
+    before = eval_out(model, x)
+    model.germinate("mid", "s", "conv_light")
+    with pytest.raises(ValueError, match="is GERMINATED: the lifecycle has no move to FOSSILIZED"):
+        model.fossilize("s")
+    with pytest.raises(ValueError, match="is GERMINATED: the lifecycle has no move to BLENDING"):
+        model.start_blending("s", steps=2)
+    with pytest.raises(ValueError, match="is GERMINATED: the lifecycle has no move to CULLED"):
+        model.cull("s")
+    assert model.stage("s") is SeedStage.GERMINATED and model.architecture() == []
+    assert torch.equal(eval_out(model, x), before)
+    model.start_training("s")
+    with pytest.raises(ValueError, match="is TRAINING: the lifecycle has no move to FOSSILIZED"):
+        model.fossilize("s")
+    params = model.build("late", "b", "norm")
+    assert model.architecture() == [("late", "norm")] and model.stage("b") is SeedStage.FOSSILIZED
+    assert sum(p.numel() for p in params) == model.seed_sizes()["late"]["norm"]

@@ -232,10 +232,14 @@ def test_a_training_step_draws_nothing_from_the_global_generator(blueprint, data
     config = resolve_config(RunConfig(epochs=4, seed=3))
     trainer = Trainer(config, get_task(config.task), data)
     slot = trainer.model.slot_names[0]
-    trainer.realize(SeedGerminated(epoch=1, seed_id="s", slot=slot, blueprint=blueprint, params=0))
+    size = trainer.model.seed_sizes()[slot][blueprint]
+    trainer.realize(SeedGerminated(epoch=1, seed_id="s", slot=slot, blueprint=blueprint, params=size))
+    trainer.realize(SeedTransitioned(epoch=1, seed_id="s", slot=slot, from_stage="DORMANT", to_stage="GERMINATED",
+                                     trigger="germinate"))
     batches = trainer.data.batches("train", 32, trainer.generator)
-    for stage in ("TRAINING", "BLENDING"):
-        trainer.realize(SeedTransitioned(epoch=1, seed_id="s", slot=slot, from_stage="", to_stage=stage, trigger="test"))
+    for before_stage, stage, trigger in (("GERMINATED", "TRAINING", "start_training"), ("TRAINING", "BLENDING", "advance")):
+        trainer.realize(SeedTransitioned(epoch=1, seed_id="s", slot=slot, from_stage=before_stage, to_stage=stage,
+                                         trigger=trigger))
         trainer.begin_epoch(1)
         before = torch.get_rng_state()
         for _ in range(2):

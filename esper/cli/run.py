@@ -123,10 +123,13 @@ def _final_architecture(ws: Workspace, like: str) -> tuple[str, list[tuple[str, 
         run_id = reader.resolve_run(like)
         state = RunState.fold(reader.read_run(run_id))
     assert state.config is not None
+    # Fossils in the order they fossilized; seeds built up front (epoch 0, `build` events) are among them. A log
+    # written before `build` existed built its config's architecture without events: those come first.
     fossilized = sorted(
-        (epoch, seed.seed_id, seed.slot, seed.blueprint)
-        for seed in state.garden.seeds.values()
+        (epoch, order, seed.slot, seed.blueprint)
+        for order, seed in enumerate(state.garden.seeds.values())
         for epoch, stage in seed.history if stage is SeedStage.FOSSILIZED
     )
-    architecture = list(state.config.architecture) + [(slot, bp) for _, _, slot, bp in fossilized]
+    unlogged = [] if state.garden.built else list(state.config.architecture)
+    architecture = unlogged + [(slot, bp) for _, _, slot, bp in fossilized]
     return run_id, [tuple(a) for a in architecture], state.config.epochs

@@ -1,8 +1,10 @@
 """`GrowableModel`: a host network with slots, and the mechanics of each seed stage.
 
 The host is a chain `stage_0, slot_0, stage_1, slot_1, ..., head`. Kasmina carries out lifecycle
-changes; it does not judge them (the lifecycle machine in `esper.leyline` does). A call that makes no
-mechanical sense (unknown slot or seed, a second live seed in a slot) raises `ValueError`.
+changes; it does not judge them (the lifecycle machine in `esper.leyline` does) and never assigns a stage
+on its own: each stage change is one of the machine's moves (`LIFECYCLE.destination`), and any other
+raises `ValueError`, as does a call that makes no mechanical sense (unknown slot or seed, a second live
+seed in a slot).
 
 A grown model is an ordinary `nn.Module`: print it, `torch.save` it, call it.
 """
@@ -16,6 +18,7 @@ from torch.func import functional_call
 
 from esper.kasmina.blueprints import BLUEPRINTS, blueprint_sizes
 from esper.kasmina.slot import SCHEDULES, Seed, Slot
+from esper.leyline.lifecycle import LIFECYCLE
 from esper.leyline.stages import SeedStage
 
 
@@ -50,8 +53,17 @@ class GrowableModel(nn.Module):
     # ---- lifecycle mechanics -------------------------------------------------------------------
 
     def germinate(self, slot: str, seed_id: str, blueprint: str) -> int:
-        """Build a `blueprint` seed (global torch RNG) into `slot`; it computes nothing that reaches the
-        output yet. Returns its parameter count."""
+        """DORMANT → GERMINATED: build a `blueprint` seed (global torch RNG) into `slot`; it computes nothing
+        that reaches the output yet. Returns its parameter count."""
+        return self._plant(slot, seed_id, blueprint).num_params()
+
+    def build(self, slot: str, seed_id: str, blueprint: str) -> list[nn.Parameter]:
+        """DORMANT → FOSSILIZED (the machine's `build`, the scratch baseline): a `blueprint` seed built into
+        the host before training. Returns its parameters, for the host optimizer."""
+        seed = self._plant(slot, seed_id, blueprint)
+        return self._fossilize(self.slots[slot], seed)
+
+    def _plant(self, slot: str, seed_id: str, blueprint: str) -> Seed:
         if slot not in self.slots:
             raise ValueError(f"unknown slot {slot!r} (slots: {', '.join(self.slots)})")
         factories = BLUEPRINTS[self.family]
@@ -68,11 +80,11 @@ class GrowableModel(nn.Module):
         seed.train(self.training)
         target.live = seed
         target.cache = None
-        return seed.num_params()
+        return seed
 
     def start_training(self, seed_id: str) -> None:
         """GERMINATED → TRAINING: the seed learns on the detached activation (`isolated_logits`)."""
-        seed = self._live(seed_id, SeedStage.GERMINATED)
+        seed = self._move(seed_id, "start_training", SeedStage.TRAINING)
         seed.stage = SeedStage.TRAINING
 
     def start_blending(self, seed_id: str, steps: int, schedule: str = "linear") -> None:
@@ -82,7 +94,7 @@ class GrowableModel(nn.Module):
             raise ValueError(f"blending needs at least one step, got steps={steps}")
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown blending schedule {schedule!r} (schedules: {', '.join(SCHEDULES)})")
-        seed = self._live(seed_id, SeedStage.GERMINATED, SeedStage.TRAINING)
+        seed = self._move(seed_id, "advance", SeedStage.BLENDING)
         seed.stage = SeedStage.BLENDING
         seed.blend_step, seed.blend_steps, seed.schedule = 0, steps, schedule
 
@@ -94,11 +106,16 @@ class GrowableModel(nn.Module):
                 seed.blend_step = min(seed.blend_step + 1, seed.blend_steps)
 
     def fossilize(self, seed_id: str) -> list[nn.Parameter]:
-        """→ FOSSILIZED: alpha is 1 for good and the seed is part of the host. Returns its parameters, for
-        the host optimizer. Fossilizing a seed straight from GERMINATED builds it into the host up front."""
+        """BLENDING → FOSSILIZED: alpha is 1 for good and the seed is part of the host. Returns its parameters,
+        for the host optimizer. Only a blending seed fossilizes (a seed built up front: `build`)."""
         _, slot, seed = self._find(seed_id)
         if seed is not slot.live:
             raise ValueError(f"seed {seed_id} is already fossilized")
+        self._move(seed_id, "advance", SeedStage.FOSSILIZED)
+        return self._fossilize(slot, seed)
+
+    def _fossilize(self, slot: Slot, seed: Seed) -> list[nn.Parameter]:
+        seed_id = seed.seed_id
         slot.live = None
         slot.cache = None
         seed.stage = SeedStage.FOSSILIZED
@@ -111,6 +128,7 @@ class GrowableModel(nn.Module):
         _, slot, seed = self._find(seed_id)
         if seed is not slot.live:
             raise ValueError(f"seed {seed_id} is fossilized; fossilized seeds are part of the host and cannot be culled")
+        self._move(seed_id, "cull", SeedStage.CULLED)
         slot.live = None
         slot.cache = None
 
@@ -212,11 +230,12 @@ class GrowableModel(nn.Module):
             raise ValueError(f"no seed {seed_id!r} in this model (live: {', '.join(self.live_seeds()) or 'none'})")
         return found
 
-    def _live(self, seed_id: str, *stages: SeedStage) -> Seed:
+    def _move(self, seed_id: str, trigger: str, to: SeedStage) -> Seed:
+        """The live seed, if `trigger` takes it from its stage to `to` in the lifecycle machine; else ValueError."""
         _, slot, seed = self._find(seed_id)
-        if seed is not slot.live or seed.stage not in stages:
-            allowed = " or ".join(s.value for s in stages)
-            raise ValueError(f"seed {seed_id} is {seed.stage.value}, expected {allowed}")
+        if seed is not slot.live or LIFECYCLE.destination(seed.stage, trigger) is not to:
+            raise ValueError(f"seed {seed_id} is {seed.stage.value}: the lifecycle has no move to {to.value} "
+                             f"from there ({trigger})")
         return seed
 
     def _live_in(self, stage: SeedStage) -> list[str]:

@@ -101,8 +101,12 @@ class CommandIssued(_Event, tag="CommandIssued"):
 class CommandRejected(_Event, tag="CommandRejected"):
     command: Command
     reason: str
+    """The refusal in words, for people."""
     seed_id: str | None = None
     slot: str | None = None
+    evidence: dict[str, Any] = {}
+    """The refusal as data: `rule` (which rule refused: `unknown_slot`, `max_params`, `training_gate` ...) and
+    the numbers it compared. Readers use this, never the wording of `reason`. Empty in logs written before it existed."""
 
 
 class SeedGerminated(_Event, tag="SeedGerminated"):

@@ -1,11 +1,14 @@
 """The lifecycle state of one run's slots: decides what a command does, and folds events.
 
-`Garden` is an event-sourced aggregate. `handle(command)` and `tick()` only *decide*: they return the
-events that would follow, and change nothing. `apply(event)` is the only way state changes, and it
-moves seeds through the one lifecycle machine, so a live run and a replay of its log go through the
-exact same code. An event the machine refuses raises `IllegalEvent`: it can never be folded silently.
+`Garden` is an event-sourced aggregate. `handle(command)`, `tick()` and `build()` only *decide*: they
+return the events that would follow, and change nothing. `apply(event)` is the only way state changes,
+and it re-judges every event through the one lifecycle machine (the same conditions `handle` asked), so
+a live run and a replay of its log go through the exact same rules. An event the machine refuses, or
+whose recorded evidence differs from what the fold recomputes, raises `IllegalEvent` naming the rule:
+it can never be folded silently.
 """
 
+import copy
 from typing import Any
 
 import attrs
@@ -21,7 +24,7 @@ from esper.leyline.events import (
     SeedGerminated,
     SeedTransitioned,
 )
-from esper.leyline.lifecycle import LIFECYCLE, GateContext, SeedState, auto_cull_check
+from esper.leyline.lifecycle import LIFECYCLE, GateContext, SeedState
 from esper.leyline.stages import ACTIVE_STAGES, LIVE_STAGES, SeedStage
 
 
@@ -37,6 +40,12 @@ class Garden:
     """Slot → blueprint → parameters a seed would add (from `RunStarted`)."""
     epoch: int | None = None
     val_accuracy: float | None = None
+    architecture: list[tuple[str, str]] = attrs.Factory(list)
+    """(slot, blueprint) the run's config builds up front (the `scratch` baseline)."""
+    like: str | None = None
+    """The run whose architecture `architecture` is (`RunConfig.like`)."""
+    built: set[int] = attrs.Factory(set)
+    """Indices of `architecture` built so far."""
 
     # ---- queries -------------------------------------------------------------------------------
 
@@ -59,8 +68,8 @@ class Garden:
     def next_seed_id(self, slot: str) -> str:
         return f"s{len(self.seeds) + 1}-{slot}"
 
-    def gate_context(self) -> GateContext:
-        return GateContext(self.config, self.val_accuracy)
+    def gate_context(self, claim: dict[str, Any] | None = None) -> GateContext:
+        return GateContext(self.config, self.val_accuracy, garden=self, claim=dict(claim or {}))
 
     # ---- decisions (pure) ----------------------------------------------------------------------
 
@@ -72,66 +81,57 @@ class Garden:
             return self._germinate(command, epoch)
         seed = self.seeds.get(command.seed_id)
         if seed is None:
-            return [CommandRejected(epoch=epoch, command=command, reason=f"no seed {command.seed_id!r} in this run")]
+            return [_reject(command, epoch, {"rule": "unknown_seed", "seed_id": command.seed_id})]
         trigger = "advance" if isinstance(command, Advance) else "cull"
-        reject = CommandRejected(epoch=epoch, command=command, reason="", seed_id=seed.seed_id, slot=seed.slot)
-        if not LIFECYCLE.allows(seed.stage, trigger):
-            return [_with_reason(reject, f"{trigger} is not allowed from {seed.stage.value}")]
-        ctx = self.gate_context()
+        ctx = self.gate_context({"reason": command.reason} if isinstance(command, Cull) else {})
         if not LIFECYCLE.evaluate(seed, trigger, ctx):
-            return [_with_reason(reject, f"gate closed: {_describe(ctx.evidence)}")]
-        evidence = ctx.evidence
-        if isinstance(command, Cull):
-            evidence = {"reason": command.reason}
-        return [self._transition(seed, trigger, evidence, epoch)]
+            return [_reject(command, epoch, ctx.refusal, seed)]
+        return [self._transition(seed, trigger, ctx.evidence, epoch)]
 
     def _germinate(self, command: Germinate, epoch: int | None) -> list[Event]:
-        reason = None
-        occupant = self.live_seed(command.slot)
-        if command.slot not in self.slots:
-            reason = f"unknown slot {command.slot!r} (slots: {', '.join(self.slots)})"
-        elif command.blueprint not in self.blueprints:
-            reason = f"unknown blueprint {command.blueprint!r} (blueprints: {', '.join(self.blueprints)})"
-        elif occupant is not None:
-            reason = f"slot {command.slot} holds seed {occupant.seed_id} in {occupant.stage.value}"
-        else:
-            reason = self._over_cap(command)
-        if reason is not None:
-            return [CommandRejected(epoch=epoch, command=command, reason=reason, slot=command.slot)]
-        seed_id = self.next_seed_id(command.slot)
-        return [
-            SeedGerminated(epoch=epoch, seed_id=seed_id, slot=command.slot, blueprint=command.blueprint, params=0),
-            SeedTransitioned(
-                epoch=epoch, seed_id=seed_id, slot=command.slot, from_stage=SeedStage.DORMANT.value,
-                to_stage=SeedStage.GERMINATED.value, trigger="germinate", evidence={"blueprint": command.blueprint},
-            ),
-        ]
+        seed = self.candidate(self.next_seed_id(command.slot), command.slot, command.blueprint)
+        ctx = self.gate_context()
+        if not LIFECYCLE.evaluate(seed, "germinate", ctx):
+            return [_reject(command, epoch, ctx.refusal, slot=command.slot)]
+        return self._germination(seed, "germinate", ctx.evidence, epoch)
 
-    def _over_cap(self, command: Germinate) -> str | None:
-        cap = self.config.max_params
-        if not cap:
-            return None
-        after = self.params() + self.seed_sizes[command.slot][command.blueprint]
-        if after <= cap:
-            return None
-        return f"{command.blueprint} in {command.slot} would grow the model to {after:,} parameters, over max_params {cap:,}"
+    def build(self, index: int, epoch: int = 0) -> list[Event]:
+        """The events that build the config's `architecture[index]` into the host (DORMANT → FOSSILIZED, the
+        `scratch` baseline). Raises `IllegalEvent` naming the rule when the machine refuses it."""
+        slot, blueprint = self.architecture[index]
+        seed = self.candidate(f"built{index + 1}-{slot}", slot, blueprint)
+        ctx = self.gate_context({"architecture_index": index})
+        if not LIFECYCLE.evaluate(seed, "build", ctx):
+            raise IllegalEvent(f"architecture[{index}] ({blueprint} in {slot}) cannot be built: {_ruled(ctx.refusal)}")
+        return self._germination(seed, "build", ctx.evidence, epoch)
+
+    def candidate(self, seed_id: str, slot: str, blueprint: str) -> SeedState:
+        """A DORMANT seed as a germination would create it, with the parameters the garden counts for it."""
+        return SeedState(seed_id, slot, blueprint, params=self.seed_size(slot, blueprint) or 0)
+
+    def seed_size(self, slot: str, blueprint: str) -> int | None:
+        """Parameters a `blueprint` seed adds in `slot` (from `RunStarted.seed_sizes`; None when not recorded)."""
+        return self.seed_sizes.get(slot, {}).get(blueprint)
+
+    def _germination(self, seed: SeedState, trigger: str, evidence: dict[str, Any], epoch: int | None) -> list[Event]:
+        dest = LIFECYCLE.destination(SeedStage.DORMANT, trigger)
+        assert dest is not None
+        return [
+            SeedGerminated(epoch=epoch, seed_id=seed.seed_id, slot=seed.slot, blueprint=seed.blueprint, params=seed.params),
+            SeedTransitioned(epoch=epoch, seed_id=seed.seed_id, slot=seed.slot, from_stage=SeedStage.DORMANT.value,
+                             to_stage=dest.value, trigger=trigger, evidence=evidence),
+        ]
 
     def tick(self, epoch: int | None = None) -> list[Event]:
         """The automatic transitions due before `epoch` trains: start training, cleanup, cooldown, auto-cull."""
         events: list[Event] = []
         for seed in list(self.seeds.values()):
-            ctx = self.gate_context()
-            if seed.stage is SeedStage.GERMINATED:
-                events.append(self._transition(seed, "start_training", {"automatic": True}, epoch))
-            elif seed.stage is SeedStage.CULLED:
-                events.append(self._transition(seed, "cleanup", {"automatic": True}, epoch))
-            elif seed.stage is SeedStage.EMBARGOED:
-                if LIFECYCLE.evaluate(seed, "cooldown_complete", ctx):
-                    events.append(self._transition(seed, "cooldown_complete", ctx.evidence, epoch))
-            else:
-                cull, evidence = auto_cull_check(seed, ctx)
-                if cull:
-                    events.append(self._transition(seed, "cull", evidence, epoch))
+            trigger = _AUTOMATIC.get(seed.stage)
+            if trigger is None:
+                continue
+            ctx = self.gate_context({"automatic": True} if trigger == "cull" else {})
+            if LIFECYCLE.evaluate(seed, trigger, ctx):
+                events.append(self._transition(seed, trigger, ctx.evidence, epoch))
         return events
 
     def _transition(self, seed: SeedState, trigger: str, evidence: dict[str, Any], epoch: int | None) -> SeedTransitioned:
@@ -146,29 +146,44 @@ class Garden:
         """Whether `command` would take effect now (not be rejected)."""
         return not any(isinstance(e, CommandRejected) for e in self.handle(command))
 
+    def snapshot(self) -> "Garden":
+        """A detached deep copy: what a controller may read (and scribble on) without touching the run."""
+        return copy.deepcopy(self)
+
     # ---- fold ----------------------------------------------------------------------------------
 
     def apply(self, event: Event) -> None:
-        """Fold one event. Raises `IllegalEvent` if the lifecycle refuses it."""
+        """Fold one event, re-judging it through the machine. Raises `IllegalEvent` if the lifecycle refuses it."""
         if isinstance(event, RunStarted):
             self.config = event.config.lifecycle
             self.slots = list(event.slots)
             self.blueprints = list(event.blueprints)
             self.host_params = event.host_params
             self.seed_sizes = {slot: dict(sizes) for slot, sizes in event.seed_sizes.items()}
+            self.architecture = [tuple(a) for a in event.config.architecture]
+            self.like = event.config.like
         elif isinstance(event, EpochEnded):
             self._apply_epoch(event)
         elif isinstance(event, SeedGerminated):
-            if event.seed_id in self.seeds:
-                raise IllegalEvent(f"seed {event.seed_id} germinated twice")
-            occupant = self.live_seed(event.slot)
-            if occupant is not None:
-                raise IllegalEvent(f"germination into slot {event.slot} held by {occupant.seed_id}")
-            seed = SeedState(event.seed_id, event.slot, event.blueprint, params=event.params)
-            seed.history.append((event.epoch, SeedStage.DORMANT))
-            self.seeds[event.seed_id] = seed
+            self._apply_germination(event)
         elif isinstance(event, SeedTransitioned):
             self._apply_transition(event)
+        elif isinstance(event, CommandRejected):
+            self._apply_rejection(event)
+
+    def _apply_germination(self, event: SeedGerminated) -> None:
+        if event.seed_id in self.seeds:
+            raise IllegalEvent(f"seed {event.seed_id} germinated twice")
+        size = self.seed_size(event.slot, event.blueprint)
+        if size is not None and event.params != size:
+            raise IllegalEvent(f"rule params: {event.seed_id} records {event.params:,} parameters, "
+                               f"{event.blueprint} in {event.slot} has {size:,}")
+        seed = SeedState(event.seed_id, event.slot, event.blueprint, params=event.params)
+        ctx = self.gate_context()
+        if not LIFECYCLE.evaluate(seed, "germinate", ctx):  # the rules germinate and build share
+            raise IllegalEvent(f"germination of {event.seed_id} refused: {_ruled(ctx.refusal)}")
+        seed.history.append((event.epoch, SeedStage.DORMANT))
+        self.seeds[event.seed_id] = seed
 
     def _apply_epoch(self, event: EpochEnded) -> None:
         self.epoch = event.epoch
@@ -193,19 +208,82 @@ class Garden:
             raise IllegalEvent(f"transition of unknown seed {event.seed_id}")
         if seed.stage.value != event.from_stage:
             raise IllegalEvent(f"{event.seed_id} is {seed.stage.value}, event says {event.from_stage}")
-        if not LIFECYCLE.fire(seed, event.trigger, self.gate_context()):
-            raise IllegalEvent(f"{event.trigger} {event.from_stage} → {event.to_stage} refused for {event.seed_id}")
-        if seed.stage.value != event.to_stage:
-            raise IllegalEvent(f"{event.trigger} led {event.seed_id} to {seed.stage.value}, event says {event.to_stage}")
+        move = f"{event.trigger} {event.from_stage} → {event.to_stage} of {event.seed_id}"
+        dest = LIFECYCLE.destination(seed.stage, event.trigger)
+        if dest is None or dest.value != event.to_stage:
+            raise IllegalEvent(f"{move} refused: rule illegal_move: the lifecycle has no such move")
+        claim = dict(event.evidence)
+        ctx = self.gate_context(claim)
+        if not LIFECYCLE.evaluate(seed, event.trigger, ctx):
+            raise IllegalEvent(f"{move} refused: {_ruled(ctx.refusal)}")
+        if not _same(ctx.evidence, claim):
+            raise IllegalEvent(f"{move} refused: rule evidence: {_difference(claim, ctx.evidence)}")
+        fired = LIFECYCLE.fire(seed, event.trigger, self.gate_context(claim))
+        assert fired and seed.stage is dest
+        if event.trigger == "build":
+            self.built.add(claim["architecture_index"])
         seed.history.append((event.epoch, seed.stage))
         seed.epochs_in_stage = 0
         seed.first_loss_in_stage = None
         seed.epochs_at_full_alpha = 0
         seed.stage_entry_accuracy = self.val_accuracy
 
+    def _apply_rejection(self, event: CommandRejected) -> None:
+        """A recorded refusal is re-judged too: the machine must refuse the command now, by the same rule."""
+        outcome = self.handle(event.command, event.epoch)
+        refused = [e for e in outcome if isinstance(e, CommandRejected)]
+        if not refused:
+            raise IllegalEvent(f"rule rejection: the log refuses {type(event.command).__name__} "
+                               f"({event.reason}), the lifecycle accepts it")
+        rule = event.evidence.get("rule")
+        if rule is not None and rule != refused[0].evidence.get("rule"):
+            raise IllegalEvent(f"rule rejection: the log refuses by rule {rule}, the lifecycle by "
+                               f"{refused[0].evidence.get('rule')}")
 
-def _with_reason(event: CommandRejected, reason: str) -> CommandRejected:
-    return CommandRejected(epoch=event.epoch, command=event.command, reason=reason, seed_id=event.seed_id, slot=event.slot)
+
+_AUTOMATIC = {
+    SeedStage.GERMINATED: "start_training", SeedStage.CULLED: "cleanup", SeedStage.EMBARGOED: "cooldown_complete",
+    SeedStage.TRAINING: "cull", SeedStage.BLENDING: "cull",
+}
+"""The transition `tick` tries for a seed in each stage (a cull with `automatic`: `auto_cull_check`)."""
+
+
+def _reject(command: Command, epoch: int | None, refusal: dict[str, Any] | None, seed: SeedState | None = None,
+            slot: str | None = None) -> CommandRejected:
+    refusal = dict(refusal or {"rule": "unknown"})
+    return CommandRejected(epoch=epoch, command=command, reason=describe_refusal(refusal), evidence=refusal,
+                           seed_id=seed.seed_id if seed else None, slot=seed.slot if seed else slot)
+
+
+def describe_refusal(refusal: dict[str, Any] | None) -> str:
+    """The human line of a refusal (a `CommandRejected.reason`): the rule's own words, else `gate closed: ...`."""
+    ev = dict(refusal or {})
+    rule = ev.pop("rule", "unknown")
+    if rule == "unknown_slot":
+        return f"unknown slot {ev['slot']!r} (slots: {', '.join(ev['slots'])})"
+    if rule == "unknown_blueprint":
+        return f"unknown blueprint {ev['blueprint']!r} (blueprints: {', '.join(ev['blueprints'])})"
+    if rule in ("slot_occupied", "embargo"):
+        return f"slot {ev['slot']} holds seed {ev['seed_id']} in {ev['stage']}"
+    if rule == "max_params":
+        return (f"{ev['blueprint']} in {ev['slot']} would grow the model to {ev['after']:,} parameters, "
+                f"over max_params {ev['max_params']:,}")
+    if rule == "unknown_seed":
+        return f"no seed {ev['seed_id']!r} in this run"
+    if rule == "illegal_move":
+        return f"{ev['trigger']} is not allowed from {ev['stage']}"
+    if rule == "cull_reason":
+        return f"a cull needs a reason (got {ev.get('reason')!r})"
+    if rule == "build":
+        return f"build refused: {ev.get('why')}"
+    if rule == "auto_cull":
+        return f"automatic cull not due: {_describe(ev)}"
+    return f"gate closed: {_describe(ev)}"
+
+
+def _ruled(refusal: dict[str, Any] | None) -> str:
+    """A refusal for an `IllegalEvent`: `rule NAME: ...` with the numbers compared."""
+    return f"rule {(refusal or {}).get('rule', 'unknown')}: {describe_refusal(refusal)}"
 
 
 def _describe(evidence: dict[str, Any]) -> str:
@@ -214,6 +292,25 @@ def _describe(evidence: dict[str, Any]) -> str:
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Evidence equality as a JSON log keeps it (a tuple reads back as a list)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+def _difference(recorded: dict[str, Any], recomputed: dict[str, Any]) -> str:
+    for key in [*recorded, *(k for k in recomputed if k not in recorded)]:
+        a, b = recorded.get(key, "nothing"), recomputed.get(key, "nothing")
+        if not _same(a, b):
+            return f"{key} recorded {_short(a)}, the fold recomputes {_short(b)}"
+    return "the evidence differs"
 
 
 def legal_commands(garden: Garden) -> list[Command]:

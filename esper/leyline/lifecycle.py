@@ -1,9 +1,13 @@
-"""The seed lifecycle as one `transitions` machine shared by every seed.
+"""The seed lifecycle as one `transitions` machine shared by every seed: the one judge.
 
 The machine holds no seeds (`model=None`): each seed keeps its own `stage`, and a transition is fired
-with `machine.events[trigger].trigger(seed, ctx=...)`. Gates are the machine's conditions; each gate is
-a pure function of the seed's folded state, the run's accuracy and the `LifecycleConfig`, and returns
-the evidence it compared, which the caller writes into the `SeedTransitioned` event.
+with `machine.events[trigger].trigger(seed, ctx=...)`. Every rule is one of the machine's conditions:
+the germination rules (the slot exists and is free, the blueprint exists, the size cap), the gates, the
+embargo, automatic culls, a cull's reason and the scratch baseline's build. Each rule is a pure function
+of the seed, the run's folded state (`GateContext.garden`) and what the command or the recorded event
+claims (`GateContext.claim`); it returns whether it holds and its evidence. The evidence of the rules
+that held is the transition's (the caller writes it into `SeedTransitioned`); the first rule that fails
+leaves `GateContext.refusal`: `{"rule": name, ...the numbers it compared}`.
 """
 
 import math
@@ -38,11 +42,18 @@ class SeedState:
 
 @attrs.define
 class GateContext:
-    """What a gate may read besides the seed, and where it leaves its evidence."""
+    """What a rule may read besides the seed, and where it leaves its evidence."""
 
     config: LifecycleConfig
     val_accuracy: float | None
     evidence: dict[str, Any] = attrs.Factory(dict)
+    """The evidence of the rules that held: what the transition records."""
+    garden: Any = None
+    """The run's folded state (`esper.leyline.garden.Garden`): slots, blueprints, sizes, occupants, config."""
+    claim: dict[str, Any] = attrs.Factory(dict)
+    """What the command or the recorded event asserts: a cull's `reason` or `automatic`, a build's index."""
+    refusal: dict[str, Any] | None = None
+    """Set by the first rule that failed: `{"rule": name, ...its evidence}`."""
 
 
 Gate = Callable[[SeedState, GateContext], tuple[bool, dict[str, Any]]]
@@ -115,26 +126,119 @@ def auto_cull_check(seed: SeedState, ctx: GateContext) -> tuple[bool, dict[str, 
     return False, {}
 
 
-def _condition(gate: Gate) -> Callable[[Any], bool]:
+# ---- germination rules (germinate and build) -------------------------------------------------------
+
+
+def slot_known(seed: SeedState, ctx: GateContext) -> tuple[bool, dict[str, Any]]:
+    slots = list(ctx.garden.slots)
+    return seed.slot in slots, {} if seed.slot in slots else {"slot": seed.slot, "slots": slots}
+
+
+def blueprint_known(seed: SeedState, ctx: GateContext) -> tuple[bool, dict[str, Any]]:
+    blueprints = list(ctx.garden.blueprints)
+    if seed.blueprint in blueprints:
+        return True, {"blueprint": seed.blueprint}
+    return False, {"blueprint": seed.blueprint, "blueprints": blueprints}
+
+
+def slot_free(seed: SeedState, ctx: GateContext) -> tuple[bool, dict[str, Any]]:
+    """The slot holds no live seed; one culled or embargoed there is the embargo rule."""
+    occupant = ctx.garden.live_seed(seed.slot)
+    if occupant is None or occupant is seed:
+        return True, {}
+    evidence = {"slot": seed.slot, "seed_id": occupant.seed_id, "stage": occupant.stage.value}
+    if occupant.stage in (S.CULLED, S.EMBARGOED):
+        evidence |= {"rule": "embargo", "epochs_in_stage": occupant.epochs_in_stage,
+                     "embargo_epochs": ctx.config.embargo_epochs}
+    return False, evidence
+
+
+def under_cap(seed: SeedState, ctx: GateContext) -> tuple[bool, dict[str, Any]]:
+    """`max_params` bounds the host, its fossils and its live seeds plus this one (its size from `seed_sizes`)."""
+    cap = ctx.config.max_params
+    if not cap:
+        return True, {}
+    after = ctx.garden.params() + seed.params
+    return after <= cap, {} if after <= cap else {"slot": seed.slot, "blueprint": seed.blueprint, "after": after,
+                                                  "max_params": cap}
+
+
+GERMINATION_RULES: tuple[tuple[str, Gate], ...] = (
+    ("unknown_slot", slot_known), ("unknown_blueprint", blueprint_known), ("slot_occupied", slot_free),
+    ("max_params", under_cap),
+)
+
+
+def built_by_config(seed: SeedState, ctx: GateContext) -> tuple[bool, dict[str, Any]]:
+    """DORMANT → FOSSILIZED at epoch 0, only for the (slot, blueprint) pairs the run's config names, each once."""
+    garden = ctx.garden
+    index = ctx.claim.get("architecture_index")
+    evidence = {"like": garden.like, "architecture_index": index}
+    architecture = [tuple(a) for a in garden.architecture]
+    why = None
+    if not architecture:
+        why = "the run's config names no architecture"
+    elif garden.epoch is not None:
+        why = f"a build after epoch {garden.epoch}: seeds are built before the first epoch only"
+    elif not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(architecture):
+        why = f"architecture_index {index!r} is not one of the config's {len(architecture)}"
+    elif architecture[index] != (seed.slot, seed.blueprint):
+        why = f"the config's architecture[{index}] is {architecture[index]}, not {(seed.slot, seed.blueprint)}"
+    elif index in garden.built:
+        why = f"architecture[{index}] is built already"
+    return why is None, evidence if why is None else {**evidence, "why": why}
+
+
+# ---- cull and automatic transitions -------------------------------------------------------------------
+
+
+def cull_justified(seed: SeedState, ctx: GateContext) -> tuple[bool, dict[str, Any]]:
+    """An automatic cull must be due now (`auto_cull_check`, recomputed); a controller's must give a reason."""
+    if ctx.claim.get("automatic"):
+        due, evidence = auto_cull_check(seed, ctx)
+        return due, evidence if due else {"rule": "auto_cull", **evidence}
+    reason = ctx.claim.get("reason")
+    if isinstance(reason, str) and reason.strip():
+        return True, {"reason": reason}
+    return False, {"reason": reason}
+
+
+def automatic(seed: SeedState, ctx: GateContext) -> tuple[bool, dict[str, Any]]:
+    """start_training and cleanup follow by themselves; their evidence says so."""
+    return True, {"automatic": True}
+
+
+def _condition(gate: Gate, rule: str) -> Callable[[Any], bool]:
     def check(event_data) -> bool:
         ctx: GateContext = event_data.kwargs["ctx"]
         ok, evidence = gate(event_data.model, ctx)
-        ctx.evidence.update(evidence)
+        if ok:
+            ctx.evidence.update(evidence)
+        else:
+            ctx.refusal = {"rule": rule, **evidence}
         return ok
 
     check.__name__ = gate.__name__
     return check
 
 
+_GERMINATION = [_condition(gate, rule) for rule, gate in GERMINATION_RULES]
+
 TRANSITIONS: list[dict[str, Any]] = [
-    {"trigger": "germinate", "source": S.DORMANT, "dest": S.GERMINATED},
-    {"trigger": "start_training", "source": S.GERMINATED, "dest": S.TRAINING},
-    {"trigger": "advance", "source": S.TRAINING, "dest": S.BLENDING, "conditions": [_condition(training_gate)]},
-    {"trigger": "advance", "source": S.BLENDING, "dest": S.FOSSILIZED, "conditions": [_condition(fossilize_gate)]},
-    {"trigger": "cull", "source": S.TRAINING, "dest": S.CULLED},
-    {"trigger": "cull", "source": S.BLENDING, "dest": S.CULLED},
-    {"trigger": "cleanup", "source": S.CULLED, "dest": S.EMBARGOED},
-    {"trigger": "cooldown_complete", "source": S.EMBARGOED, "dest": S.DORMANT, "conditions": [_condition(embargo_gate)]},
+    {"trigger": "germinate", "source": S.DORMANT, "dest": S.GERMINATED, "conditions": _GERMINATION},
+    {"trigger": "start_training", "source": S.GERMINATED, "dest": S.TRAINING,
+     "conditions": [_condition(automatic, "automatic")]},
+    {"trigger": "advance", "source": S.TRAINING, "dest": S.BLENDING,
+     "conditions": [_condition(training_gate, "training_gate")]},
+    {"trigger": "advance", "source": S.BLENDING, "dest": S.FOSSILIZED,
+     "conditions": [_condition(fossilize_gate, "fossilize_gate")]},
+    {"trigger": "cull", "source": S.TRAINING, "dest": S.CULLED, "conditions": [_condition(cull_justified, "cull_reason")]},
+    {"trigger": "cull", "source": S.BLENDING, "dest": S.CULLED, "conditions": [_condition(cull_justified, "cull_reason")]},
+    {"trigger": "cleanup", "source": S.CULLED, "dest": S.EMBARGOED, "conditions": [_condition(automatic, "automatic")]},
+    {"trigger": "cooldown_complete", "source": S.EMBARGOED, "dest": S.DORMANT,
+     "conditions": [_condition(embargo_gate, "embargo_gate")]},
+    {"trigger": "build", "source": S.DORMANT, "dest": S.FOSSILIZED,
+     "conditions": [*_GERMINATION, _condition(built_by_config, "build")]},
 ]
 TRIGGERS = tuple(dict.fromkeys(t["trigger"] for t in TRANSITIONS))
 
@@ -163,8 +267,10 @@ class Lifecycle:
         return None
 
     def evaluate(self, seed: SeedState, trigger: str, ctx: GateContext) -> bool:
-        """Run the gate of `trigger` from the seed's stage without moving it; evidence lands in `ctx`."""
+        """Run the rules of `trigger` from the seed's stage without moving it; evidence (or the refusal)
+        lands in `ctx`."""
         if not self.allows(seed.stage, trigger):
+            ctx.refusal = {"rule": "illegal_move", "trigger": trigger, "stage": seed.stage.value}
             return False
         event = self._machine.events[trigger]
         for transition in event.transitions[seed.stage.name]:
@@ -176,6 +282,7 @@ class Lifecycle:
     def fire(self, seed: SeedState, trigger: str, ctx: GateContext) -> bool:
         """Move the seed through the machine. False (and no change) when illegal or the gate is shut."""
         if not self.allows(seed.stage, trigger):
+            ctx.refusal = {"rule": "illegal_move", "trigger": trigger, "stage": seed.stage.value}
             return False
         return self._machine.events[trigger].trigger(seed, ctx=ctx)
 

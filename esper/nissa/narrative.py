@@ -144,10 +144,12 @@ def _tell(story: _Story, event: Event) -> None:
     elif isinstance(event, CommandIssued):
         story.pending = event
     elif isinstance(event, CommandRejected):
-        story.refuse(event.epoch, _describe_command(event.command), explain_rejection(event.reason))
+        story.refuse(event.epoch, _describe_command(event.command), explain_rejection(event.reason, event.evidence))
         story.pending = None
     elif isinstance(event, SeedGerminated):
         story.seeds[event.seed_id] = _Seed(event.seed_id, event.slot, event.blueprint, event.params)
+        if event.epoch == 0 and story.pending is None:
+            return  # built up front (the scratch baseline): told with its `build` transition
         story.say(event.epoch, f"{_why_germinate(story)} → germinated {event.blueprint} in slot {event.slot} "
                                f"as {event.seed_id} ({count(event.params, sign=True)} params)")
     elif isinstance(event, SeedTransitioned):
@@ -176,7 +178,12 @@ def _tell_transition(story: _Story, e: SeedTransitioned) -> None:
     seed = story.seeds.get(e.seed_id)
     ev = e.evidence or {}
     to = e.to_stage
-    if to == SeedStage.BLENDING.value:
+    if e.trigger == "build":
+        story.fossilized.append(e.seed_id)
+        what = f"{seed.blueprint} in slot {e.slot} ({count(seed.params, sign=True)} params)" if seed else f"slot {e.slot}"
+        like = f" from run {ev['like']}'s final architecture" if ev.get("like") else ""
+        story.say(e.epoch, f"{e.seed_id} built into the host{like}: {what}")
+    elif to == SeedStage.BLENDING.value:
         parts = []
         if "gradient_health" in ev:
             parts.append(f"gradient health {number(ev['gradient_health'])}")
@@ -221,22 +228,18 @@ def _evidence(ev: dict[str, Any]) -> str:
     return ", ".join(out)
 
 
-def explain_rejection(reason: str) -> str:
-    """A closed gate's reason says which numbers it compared; name the comparisons that failed.
+def explain_rejection(reason: str, evidence: dict[str, Any] | None = None) -> str:
+    """A refusal told from its evidence (`CommandRejected.evidence`), never from the wording of its reason.
 
-    The garden writes `gate closed: key=value, ...`. Known pairs (value and threshold) become
-    "gradient health 0.1 < 0.3"; a reason in any other shape is returned as it is.
+    A closed gate names the comparisons that failed: known pairs (value and threshold) become
+    "gradient health 0.1 < 0.3". Any other rule is told by its reason, and so is a refusal logged before
+    refusals carried evidence.
     """
     prefix = "gate closed: "
-    if not reason.startswith(prefix):
+    evidence = evidence or {}
+    if evidence.get("rule") not in ("training_gate", "fossilize_gate"):
         return reason
-    ev: dict[str, float] = {}
-    for part in reason[len(prefix):].split(", "):
-        key, _, value = part.partition("=")
-        try:
-            ev[key.strip()] = float(value)
-        except ValueError:
-            continue
+    ev = {k: float(v) for k, v in evidence.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     failed = []
     if {"gradient_health", "gradient_health_threshold"} <= ev.keys() and ev["gradient_health"] < ev["gradient_health_threshold"]:
         failed.append(f"gradient health {number(ev['gradient_health'])} < {number(ev['gradient_health_threshold'])}")

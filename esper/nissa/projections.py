@@ -423,6 +423,8 @@ class DecisionRow(msgspec.Struct):
     cull_reason: str | None = None
     outcome: str = "applied"
     reason: str | None = None
+    evidence: str | None = None
+    """A rejection's evidence as JSON (`CommandRejected.evidence`: the rule and its numbers)."""
     effect: str | None = None
     log_prob: float | None = None
     value: float | None = None
@@ -447,13 +449,14 @@ class ControllerDecisions(Projection):
     """
 
     name = "controller_decisions"
-    version = 1
+    version = 2
     state_type = DecisionsState
     tables = (
         Table("controller_decisions", (
             ("run_id", "VARCHAR"), ("seq", "BIGINT"), ("epoch", "INTEGER"), ("controller", "VARCHAR"),
             ("command", "VARCHAR"), ("seed_id", "VARCHAR"), ("slot", "VARCHAR"), ("blueprint", "VARCHAR"),
-            ("cull_reason", "VARCHAR"), ("outcome", "VARCHAR"), ("reason", "VARCHAR"), ("effect", "VARCHAR"),
+            ("cull_reason", "VARCHAR"), ("outcome", "VARCHAR"), ("reason", "VARCHAR"), ("evidence", "VARCHAR"),
+            ("effect", "VARCHAR"),
             ("log_prob", "DOUBLE"), ("value", "DOUBLE"),
         ), ("run_id", "seq")),
     )
@@ -490,6 +493,7 @@ class ControllerDecisions(Projection):
         last = self._open(state)
         if last is not None:
             last.outcome, last.reason = "rejected", r.event.reason
+            last.evidence = msgspec.json.encode(r.event.evidence).decode() if r.event.evidence else None
             last.slot = last.slot or r.event.slot
         state.open = False
         return state

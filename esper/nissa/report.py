@@ -6,6 +6,7 @@ gives the same file). Data come from the projections (tables) and the narrative 
 """
 
 import html
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -258,7 +259,8 @@ def decision_rows(view: RunView) -> list[str]:
         target = d["seed_id"] or ""
         if d["command"] == "Germinate":
             target = f"{d['blueprint']} → {d['slot']}" + (f" ({d['seed_id']})" if d["seed_id"] else "")
-        detail = explain_rejection(d["reason"] or "") if d["outcome"] == "rejected" else (d["effect"] or "")
+        evidence = json.loads(d["evidence"]) if d.get("evidence") else None
+        detail = explain_rejection(d["reason"] or "", evidence) if d["outcome"] == "rejected" else (d["effect"] or "")
         if d["cull_reason"] and d["outcome"] != "rejected":
             detail = f"{detail} ({d['cull_reason']})" if detail else d["cull_reason"]
         rows.append(

@@ -50,7 +50,8 @@ class Observation:
     culled_recently: dict[str, int]
     """Blueprint → epoch of its most recent cull."""
     garden: Garden = attrs.field(eq=False, repr=False)
-    """The folded lifecycle state (for masks and legality)."""
+    """A detached copy of the folded lifecycle state (for masks and legality): a controller may ask it
+    anything, even fold into it, without touching the run; it changes the run only through its command."""
 
 
 class ObservationProjection:
@@ -99,7 +100,7 @@ class ObservationProjection:
             slots=tuple(self._slot_view(slot) for slot in self.garden.slots),
             blueprints=tuple(self.garden.blueprints),
             culled_recently=dict(self.culled),
-            garden=self.garden,
+            garden=self.garden.snapshot(),
         )
 
     def _slot_view(self, slot: str) -> SlotView:

@@ -16,7 +16,7 @@ import attrs
 import msgspec
 import torch
 
-from esper.errors import BadInput, RunFailed
+from esper.errors import BadInput, IllegalEvent, RunFailed
 from esper.kasmina import build_host
 from esper.leyline.commands import Command
 from esper.leyline.config import RunConfig
@@ -108,18 +108,22 @@ def _check_cap(cap: int, task: str, preset: TaskPreset) -> None:
 
 
 class Session:
-    """One run, step by step. Every event goes through `emit`: carried out on the model, folded into
-    the observation, and kept for the epoch's batch."""
+    """One run, step by step. Every event goes through `emit`: judged and folded by the lifecycle (the
+    observation's garden), then carried out on the model, and kept for the epoch's batch.
+
+    A config that names an `architecture` (the scratch baseline) has it built before epoch 1 as events
+    (`SeedGerminated` + `SeedTransitioned` trigger `build`); `build_events=False` builds it inside the
+    trainer without events instead, as logs written before `build` existed were (`--verify` of such a log)."""
 
     def __init__(self, config: RunConfig, sink: Sink, data: TaskData | None = None, download: bool = False,
-                 preset: TaskPreset | None = None):
+                 preset: TaskPreset | None = None, build_events: bool = True):
         """`preset`: the task preset to train with; the task's current one by default, a recorded one to
         re-execute a run."""
         self.preset = preset or get_task(config.task)
         config = self.config = resolve_config(config, self.preset)  # idempotent: `RunStarted` and the trainer see the values used
         if data is None:
             data = load_task_data(config.task, config.data_seed, config.data_dir, download=download)
-        self.trainer = Trainer(config, self.preset, data)
+        self.trainer = Trainer(config, self.preset, data, build_up_front=not build_events)
         self.projection = ObservationProjection()
         self.sink = sink
         self._writer = WriteBehind(sink)
@@ -131,11 +135,21 @@ class Session:
                                host_params=model.param_count(), slots=model.slot_names,
                                blueprints=list(self.preset.blueprints), seed_sizes=model.seed_sizes())])
         try:
+            if build_events:
+                self._build(len(config.architecture))
             self._flush()
             self._writer.wait()  # a store that cannot take the run fails it before any training
         except BaseException:
             self._writer.close()
             raise
+
+    def _build(self, n: int) -> None:
+        for i in range(n):
+            try:
+                events = self.projection.garden.build(i, epoch=0)
+            except IllegalEvent as exc:
+                raise BadInput(f"--like's architecture cannot be built here: {exc}") from None
+            self._emit(events)
 
     @property
     def done(self) -> bool:
@@ -183,8 +197,8 @@ class Session:
 
     def _emit(self, events: list[Event]) -> None:
         for event in events:
-            event = self.trainer.realize(event)
-            self.projection.apply(event)
+            self.projection.apply(event)  # the machine judges (and folds) first ...
+            self.trainer.realize(event)  # ... the model carries out only what it accepted
             self._pending.append(event)
 
     def _flush(self) -> None:
@@ -203,10 +217,10 @@ class Session:
 
 def execute(
     config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None,
-    data: TaskData | None = None, preset: TaskPreset | None = None,
+    data: TaskData | None = None, preset: TaskPreset | None = None, build_events: bool = True,
 ) -> RunResult:
     """Train one run from `RunStarted` to `RunFinished`; a failure appends `RunFailed` and raises."""
-    session = Session(config, sink, data=data, preset=preset)
+    session = Session(config, sink, data=data, preset=preset, build_events=build_events)
     try:
         while not session.done:
             session.begin_epoch()

@@ -1,6 +1,7 @@
 """The hands: one model, its optimizers and its data; trains epochs and measures what gates need.
 
-The trainer carries out lifecycle events on the model (`apply`) but never decides them. Each epoch it
+The trainer carries out lifecycle events on the model (`realize`), after the lifecycle machine has
+accepted them, and never decides them. Each epoch it
 measures validation loss/accuracy and, per live seed, gradient health, the seed's own loss and its
 counterfactual contribution (accuracy with the seed minus accuracy with α forced to 0).
 """
@@ -65,7 +66,7 @@ def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_deca
 class Trainer:
     """The model, its optimizers and the epoch loop of one run; `config` is resolved (`resolve_config`)."""
 
-    def __init__(self, config: RunConfig, preset: TaskPreset, data: TaskData):
+    def __init__(self, config: RunConfig, preset: TaskPreset, data: TaskData, build_up_front: bool = False):
         self.config = config
         self.preset = preset
         self.device = resolve_device(config.device)
@@ -78,19 +79,22 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(data.train) / preset.batch_size)
         self.host_optimizer = self._optimizer(self.model.host_parameters(), preset.lr)
         self.seed_optimizers: dict[str, torch.optim.Optimizer] = {}
-        self._build_architecture(config.architecture)
+        self._announced: dict[str, SeedGerminated] = {}
+        """Germinations folded whose transition (germinate or build) the model has not carried out yet."""
+        if build_up_front:
+            self._build_architecture(config.architecture)
 
     def _optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         p = self.preset
         return make_optimizer(p.optimizer, params, lr, p.weight_decay, p.momentum)
 
     def _build_architecture(self, architecture: list[tuple[str, str]]) -> None:
-        """The `scratch` baseline: seeds built into the host before training starts."""
+        """The `scratch` baseline as logs written before its `build` events re-execute (`--verify`): seeds
+        built into the host, without events, before `RunStarted`. New runs build from events (`realize`)."""
         for i, (slot, blueprint) in enumerate(architecture):
             if slot not in self.model.slot_names:
                 raise BadInput(f"architecture names unknown slot {slot!r} (slots: {', '.join(self.model.slot_names)})")
-            self.model.germinate(slot, f"built{i + 1}-{slot}", blueprint)
-            self._join_host(self.model.fossilize(f"built{i + 1}-{slot}"))
+            self._join_host(self.model.build(slot, f"built{i + 1}-{slot}", blueprint))
 
     def _join_host(self, params: list[nn.Parameter]) -> None:
         """A fossilized seed's parameters join the host optimizer's one group (its state starts fresh,
@@ -99,15 +103,28 @@ class Trainer:
 
     # ---- carrying out lifecycle events ---------------------------------------------------------
 
-    def realize(self, event: Event) -> Event:
-        """Carry out `event` on the model; a germination comes back with its true parameter count."""
+    def realize(self, event: Event) -> None:
+        """Carry out on the model an event the lifecycle has accepted. A germination is built at its
+        transition (`germinate`, or `build` straight into the host); its size must be what the garden counted."""
         if isinstance(event, SeedGerminated):
-            params = self.model.germinate(event.slot, event.seed_id, event.blueprint)
-            return SeedGerminated(epoch=event.epoch, seed_id=event.seed_id, slot=event.slot,
-                                  blueprint=event.blueprint, params=params)
-        if isinstance(event, SeedTransitioned):
-            self._transition(event.seed_id, SeedStage(event.to_stage))
-        return event
+            self._announced[event.seed_id] = event
+        elif isinstance(event, SeedTransitioned):
+            if event.trigger in ("germinate", "build"):
+                self._plant(self._announced.pop(event.seed_id), event.trigger)
+            else:
+                self._transition(event.seed_id, SeedStage(event.to_stage))
+
+    def _plant(self, germinated: SeedGerminated, trigger: str) -> None:
+        g = germinated
+        if trigger == "build":
+            params = self.model.build(g.slot, g.seed_id, g.blueprint)
+            self._join_host(params)
+            count = sum(p.numel() for p in params)
+        else:
+            count = self.model.germinate(g.slot, g.seed_id, g.blueprint)
+        if count != g.params:
+            raise RunFailed(f"{g.seed_id}: the lifecycle counted {g.params:,} parameters for {g.blueprint} in "
+                            f"{g.slot}, the model built {count:,}")
 
     def _transition(self, seed_id: str, stage: SeedStage) -> None:
         model = self.model

@@ -78,8 +78,12 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
     started: RunStarted = recorded[0].event
     issued = [r.event for r in recorded if isinstance(r.event, CommandIssued)]
     sink = ListSink()
+    # A scratch run recorded before the `build` transition existed has its architecture built without events:
+    # re-execute it the same way (the weights are drawn in the same order either way).
+    built = any(isinstance(r.event, SeedTransitioned) and r.event.trigger == "build" for r in recorded)
     try:
-        execute(started.config, ScriptedController(started.config.controller, issued), sink, preset=started.preset)
+        execute(started.config, ScriptedController(started.config.controller, issued), sink, preset=started.preset,
+                build_events=built or not started.config.architecture)
     except EsperError:
         if not isinstance(recorded[-1].event, RunFailed):
             raise
@@ -104,6 +108,8 @@ class _Comparison:
             if recorded.versions and recorded.versions != new.versions:
                 self.notes.append(f"recorded with {_versions(recorded.versions)}; re-executed with {_versions(new.versions)}")
             new = msgspec.structs.replace(new, versions=recorded.versions)
+        if isinstance(recorded, CommandRejected) and isinstance(new, CommandRejected) and not recorded.evidence:
+            new = msgspec.structs.replace(new, evidence={})  # logged before refusals carried their evidence
         if encode(recorded) == encode(new):
             return
         where = f"re-execution differs at seq {old.seq} (position {old.position}, {type(recorded).__name__})"
