@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cli_runner import invoke, one_line_error
 
-from esper.leyline import EpochEnded, Germinate, RunConfig, RunFinished, RunStarted
+from esper.leyline import CommandIssued, EpochEnded, Germinate, RunConfig, RunFinished, RunStarted
 from esper.leyline.garden import Garden
 from esper.store import Recorder
 from esper.tolaria.tasks import TASKS
@@ -28,7 +28,8 @@ def write_run(workspace: Path, run_id: str, finished: bool = True) -> None:
     g = Garden()
     events = [RunStarted(preset=MNIST1D, config=RunConfig(seed=3), slots=["mid"], blueprints=["conv_light"])]
     g.apply(events[0])
-    events += g.handle(Germinate(slot="mid", blueprint="conv_light"), 1)
+    command = Germinate(slot="mid", blueprint="conv_light")
+    events += [CommandIssued(epoch=1, command=command, controller="test"), *g.handle(command, 1)]
     events.append(EpochEnded(epoch=1, train_loss=1.0, val_loss=1.1, val_accuracy=0.5, params=100))
     if finished:
         events.append(RunFinished(epoch=1, val_accuracy=0.5, test_accuracy=0.45, params=100))

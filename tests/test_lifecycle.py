@@ -211,11 +211,12 @@ def test_illegal_transition_in_a_log_is_reported_with_its_position():
     start = RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS)
     g = Garden()
     g.apply(start)
-    germ = g.handle(Germinate(slot="mid", blueprint="conv_light"), 0)
+    command = Germinate(slot="mid", blueprint="conv_light")
+    germ = [CommandIssued(epoch=0, command=command, controller="test"), *g.handle(command, 0)]
     forged = SeedTransitioned(epoch=0, seed_id="s1-mid", slot="mid", from_stage="GERMINATED", to_stage="FOSSILIZED",
                               trigger="advance")
     recorder.append("run", [start, *germ, forged], 0)
     with pytest.raises(IllegalEvent) as info:
         RunState.fold(recorder.read("run"))
-    assert info.value.position == 4
+    assert info.value.position == 5
     recorder.close()

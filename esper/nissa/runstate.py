@@ -20,6 +20,8 @@ from esper.leyline.events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    SeedGerminated,
+    SeedTransitioned,
 )
 from esper.leyline.garden import Garden
 from esper.store.recorder import Recorded
@@ -36,6 +38,11 @@ class RunState:
     finished: RunFinished | None = None
     failed: RunFailed | None = None
     last_seq: int = 0
+    owed: list[tuple] = attrs.Factory(list)
+    """What the last `CommandIssued` leads to (`_effect` of each event the garden decides for it) and the log
+    has not shown yet: a command's recorded effects must be exactly what the machine decides for it now."""
+    germinating: str | None = None
+    """A seed just germinated: the next event must be its `germinate` (or `build`) transition."""
 
     @property
     def status(self) -> str:
@@ -83,7 +90,29 @@ class RunState:
             self.finished = event
         elif isinstance(event, RunFailed):
             self.failed = event
-        self.garden.apply(event)
+        self.garden.apply(event)  # the machine's rules first: they name what is wrong most precisely
+        self._settle(event)
+
+    def _settle(self, event: Event) -> None:
+        """Hold the log to its commands: the effects a command leads to follow it, in order, and nothing a
+        controller causes (a germination, an advance, a cull it asked for, a refusal) appears without one."""
+        if self.germinating is not None and not (isinstance(event, SeedTransitioned) and event.seed_id ==
+                                                 self.germinating and event.trigger in ("germinate", "build")):
+            raise IllegalEvent(f"rule command: {self.germinating} germinated without its germinate transition")
+        self.germinating = event.seed_id if isinstance(event, SeedGerminated) else None
+        effect = _effect(event)
+        if effect is not None:
+            if not self.owed:
+                raise IllegalEvent(f"rule command: {_said(effect)} with no command that leads to it")
+            owed = self.owed.pop(0)
+            if effect != owed:
+                raise IllegalEvent(f"rule command: the log records {_said(effect)}, the command issued leads to "
+                                   f"{_said(owed)}")
+            return
+        if self.owed and not isinstance(event, SeedGerminated):  # a germination's own effect is its transition
+            raise IllegalEvent(f"rule command: {_said(self.owed[0])} is missing after its command")
+        if isinstance(event, CommandIssued):
+            self.owed = [e for e in map(_effect, self.garden.handle(event.command, event.epoch)) if e is not None]
 
     def stage_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -123,3 +152,21 @@ class RunState:
             "rejected": self.rejected,
             "error": self.failed.error if self.failed else None,
         }
+
+
+def _effect(event: Event) -> tuple | None:
+    """What identifies `event` as the effect of a command, or None for an event no command causes (a tick's
+    transitions, an automatic cull, a scratch run's build, the epoch's measurements). A germination is told
+    by its `germinate` transition, which must follow its `SeedGerminated`; a build's follows with `build`."""
+    if isinstance(event, SeedTransitioned) and (event.trigger in ("germinate", "advance") or (
+            event.trigger == "cull" and not event.evidence.get("automatic"))):
+        evidence = event.evidence
+        return ("transitioned", event.trigger, event.seed_id, event.slot, evidence.get("blueprint"), evidence.get("reason"))
+    if isinstance(event, CommandRejected):
+        return ("rejected", msgspec.json.encode(event.command).decode())
+    return None
+
+
+def _said(effect: tuple) -> str:
+    kind, *what = effect
+    return f"{kind} {' '.join(str(w) for w in what if w is not None)}"
