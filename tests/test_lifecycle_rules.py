@@ -402,7 +402,7 @@ class Run:
         assert self.garden.params() == self.ledger.params()
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(data=st.data(), epochs=st.integers(5, 25))
 def test_generated_runs_keep_every_rule(data, epochs):
     Run(data).play(epochs)
