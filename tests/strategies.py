@@ -137,3 +137,49 @@ events = st.one_of(*EVENTS_BY_TYPE.values())
 
 pendings = st.builds(Pending, events)
 """An event with a fresh idempotency key."""
+
+# ---- lifecycle runs: configs and telemetry that reach every stage in a few dozen epochs -----------
+
+rule_configs = st.builds(
+    LifecycleConfig,
+    min_training_epochs=st.integers(0, 3),
+    gradient_health_threshold=st.sampled_from([0.0, 0.3, 0.5, 0.9]) | fractions,
+    blend_epochs=st.integers(1, 3),
+    stability_window=st.integers(0, 3),
+    regression_tolerance=st.sampled_from([0.0, 0.01, 0.05, 0.2]),
+    auto_cull_contribution=st.sampled_from([-0.1, -0.02, 0.0]),
+    auto_cull_patience=st.integers(0, 3),
+    embargo_epochs=st.integers(0, 4),
+)
+"""Lifecycle configs whose gates open (and stay shut) often within short generated runs. `max_params` is
+0 here: a cap only means something next to the run's sizes (`caps`)."""
+
+
+def caps(host_params: int, seed_sizes: dict[str, dict[str, int]]) -> st.SearchStrategy[int]:
+    """`max_params` for a run of these sizes: no cap, or one that some germinations fit under and some not."""
+    biggest = max((size for sizes in seed_sizes.values() for size in sizes.values()), default=0)
+    return st.just(0) | st.integers(host_params, host_params + 3 * biggest)
+
+
+host_sizes = st.integers(100, 10_000)
+"""A host's parameter count."""
+
+
+def seed_size_tables(slots: list[str], blueprints: list[str]) -> st.SearchStrategy[dict[str, dict[str, int]]]:
+    """`RunStarted.seed_sizes`: every blueprint's size in every slot."""
+    return st.fixed_dictionaries(
+        {slot: st.fixed_dictionaries({b: st.integers(1, 3_000) for b in blueprints}) for slot in slots}
+    )
+
+
+gradient_healths = st.sampled_from([0.0, 0.3, 0.5, 0.9] + [1.0] * 6) | st.floats(0.01, 1.0)
+"""A seed's gradient health, often exactly on a threshold of `rule_configs`, now and then 0 (an automatic cull)."""
+first_losses = st.sampled_from([1.0, 2.0])
+loss_trends = st.sampled_from([None, 0.5, 0.9, 0.9, 1.0, 1.1])
+"""A seed's next loss as a factor of its last one (None: not measured, as after a divergence): it mostly
+improves, sometimes holds or worsens, so 'improving' is met and missed, strictly, in both directions."""
+contributions = st.sampled_from([None, -0.2, -0.02, 0.0, 0.0, 0.05, 0.05, 0.1])
+"""A seed's contribution: on the floors of `rule_configs` at times, mostly above them."""
+val_accuracies = st.sampled_from([0.4, 0.45, 0.5, 0.51, 0.55, 0.6]) | fractions
+blend_alphas = st.sampled_from([0.0, 0.5, 0.99, 1.0, 1.0, 1.0])
+"""The α a blending seed reports: mostly full, so stability windows fill."""

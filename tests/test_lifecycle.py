@@ -24,7 +24,6 @@ from esper.leyline import (
     Wait,
 )
 from esper.leyline.garden import Garden
-from esper.leyline.lifecycle import TRANSITIONS
 from esper.nissa.runstate import RunState
 from esper.store import Recorder
 from esper.tolaria.tasks import TASKS
@@ -32,7 +31,11 @@ from esper.tolaria.tasks import TASKS
 MNIST1D = TASKS["mnist1d"]
 
 S = SeedStage
-EDGES = {(t["source"], t["dest"]) for t in TRANSITIONS}
+EDGES = {  # DESIGN.md's lifecycle, written out: not read from the machine's own table
+    (S.DORMANT, S.GERMINATED), (S.GERMINATED, S.TRAINING), (S.TRAINING, S.BLENDING), (S.TRAINING, S.CULLED),
+    (S.BLENDING, S.FOSSILIZED), (S.BLENDING, S.CULLED), (S.CULLED, S.EMBARGOED), (S.EMBARGOED, S.DORMANT),
+    (S.DORMANT, S.FOSSILIZED),
+}
 SLOTS = ["early", "mid", "late"]
 BLUEPRINTS = ["conv_light", "conv_heavy"]
 CONFIG = LifecycleConfig(
@@ -62,7 +65,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.emit([RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS)])
 
     def teardown(self):
-        self.recorder.close()
+        try:
+            self.replay_equals_live_and_seq_has_no_gaps()  # once per run: a replay of the whole log
+        finally:
+            self.recorder.close()
 
     def emit(self, events):
         for e in events:
@@ -151,11 +157,10 @@ class LifecycleMachine(RuleBasedStateMachine):
     def one_event_per_transition(self):
         in_histories = sum(len(s.history) - 1 for s in self.garden.seeds.values())
         assert self.transitions_seen == in_histories
-        stored = self.recorder._con.execute("SELECT count(*) FROM events WHERE type = 'SeedTransitioned'").fetchall()[0][0]
-        assert stored == in_histories
 
-    @invariant()
     def replay_equals_live_and_seq_has_no_gaps(self):
+        stored = self.recorder._con.execute("SELECT count(*) FROM events WHERE type = 'SeedTransitioned'").fetchall()[0][0]
+        assert stored == self.transitions_seen
         recorded = self.recorder.read("run")
         assert [r.seq for r in recorded] == list(range(1, len(recorded) + 1))
         replayed = RunState.fold(recorded).garden
@@ -163,7 +168,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
 
 TestLifecycle = LifecycleMachine.TestCase
-TestLifecycle.settings = settings(max_examples=40, stateful_step_count=50, deadline=None)
+TestLifecycle.settings = settings(max_examples=20, stateful_step_count=40, deadline=None)
 
 
 def test_every_stage_is_reachable_under_the_rules():

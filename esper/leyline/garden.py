@@ -224,6 +224,7 @@ class Garden:
             self.built.add(claim["architecture_index"])
         seed.history.append((event.epoch, seed.stage))
         seed.epochs_in_stage = 0
+        seed.telemetry = None  # a stage's rules read what was measured in it (a new blend, not its training)
         seed.first_loss_in_stage = None
         seed.epochs_at_full_alpha = 0
         seed.stage_entry_accuracy = self.val_accuracy
