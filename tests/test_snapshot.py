@@ -202,3 +202,9 @@ def test_a_real_run_snapshots_every_n_epochs_and_reads_the_same_without_them(tmp
                             reader.con.execute("SELECT * EXCLUDE (started) FROM runs").fetchall()))
         answers.append(invoke("runs", "--json", workspace=w.root).stdout)
     assert answers[0] == answers[2] and answers[1] == answers[3]
+
+
+def test_a_negative_snapshot_interval_is_bad_input_before_anything_is_written(tmp_path):
+    line = one_line_error(invoke("run", "--epochs", "1", "--snapshot-every", "-1", workspace=tmp_path / "ws"))
+    assert "--snapshot-every" in line
+    assert not (tmp_path / "ws").exists()
