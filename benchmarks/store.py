@@ -14,6 +14,10 @@ What each number is:
 * `read_events_per_s`: `Recorder.read` of one 100,000-event run: SQL, Python rows, payloads decoded.
 * `fold_events_per_s`: `Garden.apply` over the events of a realistic 150-epoch run (decided by the Garden
   itself: ticks, telemetry, commands; every stage is reached), folded again and again into fresh gardens.
+* `load_from_zero_events_per_s`, `load_from_snapshot_events_per_s`: `load_run_state` of the LONG-epoch run
+  (events of the run / seconds: read, decode, fold) from a store written by a `StoreSink` without snapshots, and
+  from one written with a snapshot every 10 epochs (the latest snapshot decoded, the tail after it folded);
+  `snapshot_load_speedup` is the second over the first. Best of 5 each.
 * `aggregate_1m_s`: `select type, count(*) from events group by 1` through `Workspace(...).reader()` after
   `lock_down()`, over the 1,000,000-event store: the first query on a fresh reader. Opening that reader
   (attach, views, lock-down) is `open_reader_s`.
@@ -44,7 +48,9 @@ from esper.leyline import (
     Wait,
 )
 from esper.leyline.garden import Garden
+from esper.nissa.snapshot import load_run_state
 from esper.store import Pending, Recorder, Workspace
+from esper.tolaria.loop import StoreSink
 from esper.tolaria.tasks import TASKS
 
 MNIST1D = TASKS["mnist1d"]
@@ -149,6 +155,38 @@ def batches(run: list[Event], epochs: int, size: int, count: int) -> Iterator[li
         yield batch
 
 
+def load_rates(root: Path, run: list[Event], every: int = 10, repeats: int = 5) -> tuple[float, float]:
+    """Events/s of `load_run_state` of `run` from zero and from its latest snapshot (see the module docstring)."""
+    rates = []
+    for snapshot_every in (0, every):
+        ws = Workspace(root / f"load-{snapshot_every}")
+        with Recorder(ws.store_path("long")) as rec:
+            sink = StoreSink(rec, "long", snapshot_every=snapshot_every)
+            for batch in epoch_batches(run):
+                sink.append(batch)
+        best = float("inf")
+        with ws.reader() as reader:
+            assert bool(reader.snapshots("long", matching=True)) == bool(snapshot_every)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                state = load_run_state(reader, "long")
+                best = min(best, time.perf_counter() - start)
+            assert state.last_seq == len(run)
+        rates.append(len(run) / best)
+    return rates[0], rates[1]
+
+
+def epoch_batches(run: list[Event]) -> Iterator[list[Event]]:
+    """The run's events as the training loop appends them: RunStarted alone, then one batch per epoch."""
+    batch: list[Event] = []
+    for event in run:
+        if batch and event.epoch != batch[-1].epoch:
+            yield batch
+            batch = []
+        batch.append(event)
+    yield batch
+
+
 def main() -> None:
     t0 = time.perf_counter()
     result: dict[str, float | int | dict] = {}
@@ -210,6 +248,12 @@ def main() -> None:
             folded += len(run)
         result["fold_events_per_s"] = folded / (time.perf_counter() - start)
         log(f"fold (Garden.apply):  {result['fold_events_per_s']:>12,.0f} events/s ({folded:,} events)")
+
+        zero, snap = load_rates(root, long_run)
+        result["load_from_zero_events_per_s"], result["load_from_snapshot_events_per_s"] = zero, snap
+        result["snapshot_load_speedup"] = snap / zero
+        log(f"load_run_state, {len(long_run):,} events: from zero {zero:,.0f} events/s, from a snapshot "
+            f"{snap:,.0f} events/s ({snap / zero:.1f}x)")
 
         start = time.perf_counter()
         reader = big.reader()

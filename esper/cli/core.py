@@ -12,6 +12,7 @@ import typer
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
 from esper.errors import BadInput
 from esper.nissa.runstate import RunState
+from esper.nissa.snapshot import fold_checking
 from esper.tolaria.verify import DEFAULT_TOLERANCE, verify_run
 
 
@@ -27,15 +28,16 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help="Print the rebuilt state as one JSON object."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Rebuild a run from its log, check its hash chain and every transition, and print its story.
+    """Rebuild a run from its log, check its hash chain, every transition and every stored snapshot, and print its
+    story.
 
     RUN may also be a file written by `esper export` (e.g. one of the samples in replays/)."""
     if (exact or tolerance != DEFAULT_TOLERANCE) and not verify:
         raise BadInput("--exact and --tolerance go with --verify")
     if not 0 <= tolerance < 1:
         raise BadInput(f"--tolerance is a relative deviation from 0 to 1, got {tolerance}")
-    run_id, recorded = _recorded(run, workspace)
-    state = RunState.fold(recorded)
+    run_id, recorded, snapshots = _recorded(run, workspace)
+    state = fold_checking(run_id, recorded, snapshots)
     if verify:
         say(f"verifying {run_id}: re-executing it from its config, preset and {state.commands} recorded commands ...")
         verification = verify_run(recorded, exact=exact, tolerance=tolerance)
@@ -48,9 +50,9 @@ def replay(
     _print_story(state)
 
 
-def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list]:
-    """The events of RUN: from an exported file when RUN names one, else from the workspace; its hash chain
-    checked first (`LogAltered` names the first altered event)."""
+def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list]:
+    """The events of RUN and its stored snapshots: from an exported file when RUN names one (which carries no
+    snapshots), else from the workspace; its hash chain checked first (`LogAltered` names the first altered event)."""
     path = Path(run)
     if path.suffix in (".jsonl", ".parquet"):
         if not path.is_file():
@@ -63,7 +65,8 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list]:
             raise BadInput(f"{path} holds {len(runs)} runs; import it (`esper import {path}`) and replay one by id")
         for note in notes:
             say(f"note: {note}")
-        return next(iter(runs.items()))
+        run_id, recorded = next(iter(runs.items()))
+        return run_id, recorded, []
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
@@ -71,7 +74,7 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list]:
         run_id = reader.resolve_run(run)
         if note := reader.check_run(run_id):
             say(f"note: {note}")
-        return run_id, reader.read_run(run_id)
+        return run_id, reader.read_run(run_id), reader.snapshots(run_id)
 
 
 def _print_story(state: RunState) -> None:

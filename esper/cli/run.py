@@ -15,7 +15,7 @@ from esper.leyline.stages import SeedStage
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import CONTROLLERS, heuristic_config, make_controller
 from esper.tamiyo.observation import ObservationProjection
-from esper.tolaria.loop import StoreSink, execute, resolve_config
+from esper.tolaria.loop import SNAPSHOT_EVERY, StoreSink, execute, resolve_config
 from esper.tolaria.data import load_task_data
 from esper.tolaria.trainer import EpochStats, resolve_device
 
@@ -42,6 +42,9 @@ def run(
     heuristic: Optional[list[str]] = typer.Option(
         None, "--heuristic", help="A knob of the heuristic gardener, KEY=VALUE (repeatable), e.g. min_gain=1.0 to "
         "germinate as soon as the host has warmed up instead of on a plateau. Recorded in the run's config."),
+    snapshot_every: int = typer.Option(
+        SNAPSHOT_EVERY, "--snapshot-every", help="Store a snapshot of the run's state every N epochs, beside its "
+        "events, so readers need not fold the log from zero (0: none). Changes no event."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
@@ -59,6 +62,8 @@ def run(
         raise BadInput(f"unknown telemetry profile {telemetry!r}: use minimal, standard or diagnostic")
     if policy is not None and controller not in ("policy", "sampled"):
         raise BadInput("--policy is for --controller policy or sampled")
+    if snapshot_every < 0:
+        raise BadInput(f"--snapshot-every must be 0 (no snapshots) or a number of epochs, got {snapshot_every}")
     if heuristic and controller != "heuristic":
         raise BadInput("--heuristic sets the knobs of --controller heuristic only")
     knobs = heuristic_config(heuristic or [])
@@ -79,7 +84,8 @@ def run(
     anneal = f" (rates annealed over the last {annealed})" if annealed else ""
     say(f"run {run_id}: {task}, controller {controller}, seed {seed}, {config.epochs} epochs{anneal} on {device}{cap}")
     with Recorder(ws.store_path(run_id)) as recorder:
-        result = execute(config, brain, StoreSink(recorder, run_id), progress=_progress(config.epochs), data=data)
+        result = execute(config, brain, StoreSink(recorder, run_id, snapshot_every=snapshot_every),
+                         progress=_progress(config.epochs), data=data)
     table = _closing_table(run_id, result)
     if as_json:
         say(table)
@@ -117,11 +123,11 @@ def _closing_table(run_id: str, result) -> str:
 
 def _final_architecture(ws: Workspace, like: str) -> tuple[str, list[tuple[str, str]], int]:
     """The run id, fossilized (slot, blueprint) in fossilization order, and epoch budget of run `like`."""
-    from esper.nissa.runstate import RunState
+    from esper.nissa.snapshot import load_run_state
 
     with ws.reader() as reader:
         run_id = reader.resolve_run(like)
-        state = RunState.fold(reader.read_run(run_id))
+        state = load_run_state(reader, run_id)
     assert state.config is not None
     # Fossils in the order they fossilized; seeds built up front (epoch 0, `build` events) are among them. A log
     # written before `build` existed built its config's architecture without events: those come first.

@@ -7,7 +7,9 @@ Guarantees, per file:
 * an event whose `event_id` is already stored is not stored again (idempotent retries);
 * a batch is one transaction: after a crash the file holds a prefix of whole batches;
 * each event's `hash` chains it to the one before it in its run (esper.store.chain), and the `heads` table
-  holds every run's last `seq` and hash, both written in the append's transaction.
+  holds every run's last `seq` and hash, both written in the append's transaction;
+* an append may carry a snapshot of the run's state (opaque JSON), stored in the `snapshots` table at the
+  batch's last `seq` and hash, in the same transaction (DESIGN.md, Events).
 No code path updates or deletes an event.
 
 Appends go through Arrow (one INSERT per batch); DuckDB's row-at-a-time `executemany` is ~500x slower.
@@ -34,6 +36,8 @@ from esper.store.schema import (
     INSERT_FROM_BATCH,
     PAYLOAD_TYPE,
     SET_HEAD,
+    SNAPSHOTS_DDL,
+    ADD_SNAPSHOT,
     TABLE_DDL,
     UPGRADE_DDL,
     run_id_problem,
@@ -73,6 +77,7 @@ class Recorder:
         self._con.execute(TABLE_DDL)
         self._con.execute(UPGRADE_DDL)  # a store written before the hash chain
         self._con.execute(HEADS_DDL)
+        self._con.execute(SNAPSHOTS_DDL)
         # Checkpoint less often than DuckDB's 16MB default: each checkpoint recompresses the table's last,
         # partly filled row group, and at 10,000-event batches 64MB appends ~25% faster overall.
         self._con.execute("SET checkpoint_threshold = '64MB'")
@@ -97,18 +102,21 @@ class Recorder:
             row = self._con.execute("SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?", [run_id]).fetchall()
         return int(row[0][0])
 
-    def append(self, run_id: str, batch: Sequence[Pending | Event], expected_seq: int) -> int:
+    def append(self, run_id: str, batch: Sequence[Pending | Event], expected_seq: int,
+               snapshot: str | None = None) -> int:
         """Append `batch` to `run_id` in one transaction; returns the run's new last `seq`.
 
         `expected_seq` is the last `seq` the caller has seen for the run (0 for a new run). A `Pending`
         whose `event_id` is already stored is skipped; if that leaves nothing, the append is a no-op
-        (a retry of a batch that did commit). A bare event gets a fresh `event_id` from the store.
+        (a retry of a batch that did commit) and `snapshot` is not stored either. A bare event gets a fresh
+        `event_id` from the store. `snapshot`: the run's state after the batch, as JSON text the store does not
+        read, stored with the batch's last `seq` and hash.
         """
         with self._lock:
             self._pending_heads = None
             self._con.begin()
             try:
-                last = self._append_locked(run_id, list(batch), expected_seq)
+                last = self._append_locked(run_id, list(batch), expected_seq, snapshot)
                 self._con.commit()
             except BaseException:
                 self._con.rollback()
@@ -120,7 +128,8 @@ class Recorder:
                 self._state.heads.position = position
         return last
 
-    def _append_locked(self, run_id: str, batch: list[Pending | Event], expected_seq: int) -> int:
+    def _append_locked(self, run_id: str, batch: list[Pending | Event], expected_seq: int,
+                       snapshot: str | None = None) -> int:
         fresh = self._drop_stored(batch)
         last_seq, last_position, last_hash = self._heads(run_id)
         if not fresh:
@@ -139,7 +148,10 @@ class Recorder:
         finally:
             self._con.unregister("batch")
         new_seq = int(last_seq) + len(fresh)
-        self._con.execute(SET_HEAD, [run_id, new_seq, None if new_hash is None else new_hash.hex()])
+        head_hash = None if new_hash is None else new_hash.hex()
+        self._con.execute(SET_HEAD, [run_id, new_seq, head_hash])
+        if snapshot is not None:
+            self._con.execute(ADD_SNAPSHOT, [run_id, new_seq, head_hash, snapshot])
         self._pending_heads = (run_id, new_seq, int(last_position) + len(fresh), new_hash)
         return new_seq
 

@@ -30,6 +30,22 @@ cut tail, which a forward chain alone cannot."""
 
 SET_HEAD = "INSERT OR REPLACE INTO heads VALUES (?, ?, ?)"
 
+SNAPSHOTS_DDL = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    run_id VARCHAR NOT NULL,
+    seq    BIGINT NOT NULL,
+    hash   VARCHAR,
+    state  JSON USING COMPRESSION zstd NOT NULL,
+    PRIMARY KEY (run_id, seq)
+)
+"""
+"""A run's state as of `seq` (whose event's hash is `hash`), written in the transaction of the append that ends
+at `seq`. Beside the events, not among them: seq, event counts, exports and the RL datasets never see it. The
+store keeps `state` as opaque JSON; `esper.nissa.snapshot` knows what is inside. A store written before snapshots
+has no such table until a Recorder next opens it, and readers do without."""
+
+ADD_SNAPSHOT = "INSERT INTO snapshots VALUES (?, ?, ?, ?)"
+
 COLUMNS = ("position", "run_id", "seq", "event_id", "ts", "type", "epoch", "seed_id", "slot", "payload", "hash")
 
 MAX_RUN_ID = 200

@@ -71,6 +71,17 @@ HAVING bool_or(type = 'RunStarted')  -- training runs: a learner's stream holds 
 `ended` is the closing event's type (`RunFinished`, `RunFailed`), NULL while a run trains or if it was cut off."""
 
 
+@attrs.frozen
+class StoredSnapshot:
+    """A row of a store's `snapshots` table, and whether its head (seq, hash) is an event of the log."""
+
+    seq: int
+    hash: str | None
+    state: str
+    """JSON, opaque to the store."""
+    matches: bool
+
+
 class Reader:
     """An in-memory DuckDB with every readable store attached read-only behind the `events` and `runs` views."""
 
@@ -99,6 +110,13 @@ class Reader:
         self.con.execute(f"CREATE TEMP VIEW all_events AS {union}")
         self.con.execute("CREATE TEMP VIEW events AS SELECT * EXCLUDE (_store) FROM all_events")
         self.con.execute(f"CREATE TEMP VIEW all_heads AS {heads}")
+        snapshots = " UNION ALL ".join(
+            f"SELECT run_id, seq, hash, state, '{alias}' AS _store FROM {alias}.snapshots"
+            for alias in attached if self._has_table(alias, "snapshots"))
+        if not snapshots:  # stores written before snapshots have no such table
+            snapshots = ("SELECT NULL::VARCHAR AS run_id, NULL::BIGINT AS seq, NULL::VARCHAR AS hash, NULL::JSON AS state,"
+                         " NULL::VARCHAR AS _store WHERE false")
+        self.con.execute(f"CREATE TEMP VIEW all_snapshots AS {snapshots}")
         self.con.execute(RUNS_VIEW)
 
     def _select_events(self, alias: str) -> str:
@@ -198,8 +216,19 @@ class Reader:
                            f"those{episodes})")
         return run_id
 
-    def read_run(self, run_id: str) -> list[Recorded]:
-        return list(read_events(self.con, run_id, table="events"))
+    def read_run(self, run_id: str, after_seq: int = 0) -> list[Recorded]:
+        return list(read_events(self.con, run_id, after_seq, table="events"))
+
+    def snapshots(self, run_id: str, matching: bool = False) -> list["StoredSnapshot"]:
+        """The run's stored snapshots, latest first. With `matching`, only those whose head matches the log (an
+        event at that seq with that hash; NULL for NULL in an unsealed run): a snapshot of an altered or foreign
+        head is left out. What is inside `state` the store neither reads nor checks: `esper replay` does
+        (`esper.nissa.snapshot`)."""
+        rows = self.con.execute(
+            "SELECT s.seq, s.hash, s.state::VARCHAR, EXISTS (SELECT 1 FROM events e WHERE e.run_id = s.run_id"
+            " AND e.seq = s.seq AND e.hash IS NOT DISTINCT FROM s.hash) FROM all_snapshots s WHERE s.run_id = ?"
+            " ORDER BY s.seq DESC", [run_id]).fetchall()
+        return [StoredSnapshot(*row) for row in rows if row[3] or not matching]
 
     def check_run(self, run_id: str) -> str | None:
         """Check the run's hash chain and every store's head of it; `LogAltered` names the first event changed,

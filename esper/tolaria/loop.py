@@ -22,6 +22,8 @@ from esper.leyline.commands import Command
 from esper.leyline.config import RunConfig
 from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, RunStarted
 from esper.leyline.events import RunFailed as RunFailedEvent
+from esper.nissa import snapshot
+from esper.nissa.runstate import RunState
 from esper.tamiyo.controllers import Controller
 from esper.tamiyo.observation import Observation, ObservationProjection
 from esper.tolaria.data import TaskData, load_task_data
@@ -46,16 +48,55 @@ class ListSink:
         self.batches += 1
 
 
+SNAPSHOT_EVERY = 10
+"""Epochs between two snapshots of a run's state (`StoreSink.snapshot_every`)."""
+
+
 @attrs.define
 class StoreSink:
-    """Appends each batch to one run of a store, with the optimistic-concurrency check on `seq`."""
+    """Appends each batch to one run of a store, with the optimistic-concurrency check on `seq`.
+
+    It also folds what it appends into a `RunState` and, with the batch of every `snapshot_every`-th epoch (by
+    `EpochEnded.epoch`; 0: never), stores a snapshot of it in the same transaction (`esper.nissa.snapshot`).
+    A writer setting, not part of `RunConfig`: snapshots change no event. Only a stream this sink starts with
+    `RunStarted` (or continues from a given `state`) is folded; a learner's stream of updates is not a run.
+    After a failed append or a fold the lifecycle refuses, the sink takes no more snapshots (events it still
+    writes; the live loop is their judge)."""
 
     recorder: Any
     run_id: str
     seq: int = 0
+    snapshot_every: int = SNAPSHOT_EVERY
+    state: RunState | None = None
+    """The fold of the stream up to `seq`; None until a `RunStarted` is appended."""
 
     def append(self, batch: list[Event]) -> None:
-        self.seq = self.recorder.append(self.run_id, batch, self.seq)
+        snapshot = self._fold(batch)
+        try:
+            self.seq = self.recorder.append(self.run_id, batch, self.seq, snapshot=snapshot)
+        except BaseException:
+            self.state, self.snapshot_every = None, 0  # the store may or may not hold the batch: stop folding
+            raise
+
+    def _fold(self, batch: list[Event]) -> str | None:
+        """Fold the batch; the snapshot JSON to store with it when one is due."""
+        if self.snapshot_every <= 0 or not batch:
+            return None
+        if self.state is None:
+            if self.seq != 0 or not isinstance(batch[0], RunStarted):
+                self.snapshot_every = 0
+                return None
+            self.state = RunState(run_id=self.run_id)
+        due = False
+        try:
+            for event in batch:
+                self.state.apply(event)
+                due = due or (isinstance(event, EpochEnded) and event.epoch % self.snapshot_every == 0)
+        except IllegalEvent:
+            self.state, self.snapshot_every = None, 0
+            return None
+        self.state.last_seq = self.seq + len(batch)
+        return snapshot.encode(self.state) if due else None
 
 
 @attrs.frozen
