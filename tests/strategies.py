@@ -28,6 +28,7 @@ from esper.leyline import (
     SeedTransitioned,
     Wait,
 )
+from esper.leyline.config import TaskPreset
 from esper.store import Pending
 
 # ---- scalars ----------------------------------------------------------------------------------
@@ -92,8 +93,15 @@ telemetry = st.builds(
     contribution=st.none() | st.floats(-1.0, 1.0),
 )
 
+presets = st.builds(
+    TaskPreset, name=st.sampled_from(["mnist1d", "cifar10"]), host=names, batch_size=st.integers(1, 4096),
+    optimizer=st.sampled_from(["adam", "sgd"]), lr=finite, weight_decay=finite, seed_lr=finite,
+    epochs=st.integers(1, 500), blueprints=st.lists(names, max_size=5).map(tuple), momentum=finite,
+    cpu_threads=st.integers(0, 64), augment=st.booleans(), anneal_epochs=st.integers(0, 50),
+)
 run_started = st.builds(
-    RunStarted, epoch=st.none(), config=run_configs, host_params=counts,
+    RunStarted, epoch=st.none(), config=run_configs, preset=presets, host_params=counts,
+    versions=st.dictionaries(names, texts, max_size=3),
     slots=st.lists(names, max_size=3), blueprints=st.lists(names, max_size=3),
     seed_sizes=st.dictionaries(names, st.dictionaries(names, counts, max_size=3), max_size=3),
 )

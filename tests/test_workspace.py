@@ -124,9 +124,10 @@ LIVE_WRITER = textwrap.dedent(
     import sys, time
     from esper.leyline import EpochEnded, RunConfig, RunStarted
     from esper.store import Recorder
+    from esper.tolaria.tasks import TASKS
 
     rec = Recorder(sys.argv[1])
-    last = rec.append("live-run", [RunStarted(preset=MNIST1D, config=RunConfig())], 0)
+    last = rec.append("live-run", [RunStarted(preset=TASKS["mnist1d"], config=RunConfig())], 0)
     rec.append("live-run", [EpochEnded(epoch=0, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, params=10)], last)
     print("ready", flush=True)
     time.sleep(60)
