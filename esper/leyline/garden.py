@@ -24,7 +24,7 @@ from esper.leyline.events import (
     SeedGerminated,
     SeedTransitioned,
 )
-from esper.leyline.lifecycle import LIFECYCLE, GateContext, SeedState
+from esper.leyline.lifecycle import LIFECYCLE, GateContext, SeedState, short
 from esper.leyline.stages import ACTIVE_STAGES, LIVE_STAGES, SeedStage
 
 
@@ -214,12 +214,10 @@ class Garden:
             raise IllegalEvent(f"{move} refused: rule illegal_move: the lifecycle has no such move")
         claim = dict(event.evidence)
         ctx = self.gate_context(claim)
-        if not LIFECYCLE.evaluate(seed, event.trigger, ctx):
+        ctx.recorded = claim
+        if not LIFECYCLE.fire(seed, event.trigger, ctx):  # every rule, and the evidence as recorded, in one pass
             raise IllegalEvent(f"{move} refused: {_ruled(ctx.refusal)}")
-        if not _same(ctx.evidence, claim):
-            raise IllegalEvent(f"{move} refused: rule evidence: {_difference(claim, ctx.evidence)}")
-        fired = LIFECYCLE.fire(seed, event.trigger, self.gate_context(claim))
-        assert fired and seed.stage is dest
+        assert seed.stage is dest
         if event.trigger == "build":
             self.built.add(claim["architecture_index"])
         seed.history.append((event.epoch, seed.stage))
@@ -277,6 +275,8 @@ def describe_refusal(refusal: dict[str, Any] | None) -> str:
         return f"a cull needs a reason (got {ev.get('reason')!r})"
     if rule == "build":
         return f"build refused: {ev.get('why')}"
+    if rule == "evidence":
+        return ev["why"]
     if rule == "auto_cull":
         return f"automatic cull not due: {_describe(ev)}"
     return f"gate closed: {_describe(ev)}"
@@ -288,30 +288,7 @@ def _ruled(refusal: dict[str, Any] | None) -> str:
 
 
 def _describe(evidence: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_short(v)}" for k, v in evidence.items())
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Evidence equality as a JSON log keeps it (a tuple reads back as a list)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    return a == b
-
-
-def _difference(recorded: dict[str, Any], recomputed: dict[str, Any]) -> str:
-    for key in [*recorded, *(k for k in recomputed if k not in recorded)]:
-        a, b = recorded.get(key, "nothing"), recomputed.get(key, "nothing")
-        if not _same(a, b):
-            return f"{key} recorded {_short(a)}, the fold recomputes {_short(b)}"
-    return "the evidence differs"
+    return ", ".join(f"{k}={short(v)}" for k, v in evidence.items())
 
 
 def legal_commands(garden: Garden) -> list[Command]:

@@ -54,6 +54,9 @@ class GateContext:
     """What the command or the recorded event asserts: a cull's `reason` or `automatic`, a build's index."""
     refusal: dict[str, Any] | None = None
     """Set by the first rule that failed: `{"rule": name, ...its evidence}`."""
+    recorded: dict[str, Any] | None = None
+    """The evidence a recorded transition stores (replay): the machine refuses the move unless the rules'
+    evidence, recomputed from the fold, is exactly this."""
 
 
 Gate = Callable[[SeedState, GateContext], tuple[bool, dict[str, Any]]]
@@ -222,6 +225,38 @@ def _condition(gate: Gate, rule: str) -> Callable[[Any], bool]:
     return check
 
 
+def _as_recorded(event_data) -> bool:
+    """The last condition of every move: in replay, the recorded evidence is what the rules recompute."""
+    ctx: GateContext = event_data.kwargs["ctx"]
+    if ctx.recorded is None or same_evidence(ctx.evidence, ctx.recorded):
+        return True
+    ctx.refusal = {"rule": "evidence", "why": evidence_difference(ctx.recorded, ctx.evidence)}
+    return False
+
+
+def same_evidence(a: Any, b: Any) -> bool:
+    """Evidence equality as a JSON log keeps it (a tuple reads back as a list, True is not 1)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_evidence(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_evidence(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+def evidence_difference(recorded: dict[str, Any], recomputed: dict[str, Any]) -> str:
+    for key in [*recorded, *(k for k in recomputed if k not in recorded)]:
+        a, b = recorded.get(key, "nothing"), recomputed.get(key, "nothing")
+        if not same_evidence(a, b):
+            return f"{key} recorded {short(a)}, the fold recomputes {short(b)}"
+    return "the evidence differs"
+
+
+def short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 _GERMINATION = [_condition(gate, rule) for rule, gate in GERMINATION_RULES]
 
 TRANSITIONS: list[dict[str, Any]] = [
@@ -240,6 +275,8 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "build", "source": S.DORMANT, "dest": S.FOSSILIZED,
      "conditions": [*_GERMINATION, _condition(built_by_config, "build")]},
 ]
+for _move in TRANSITIONS:
+    _move["conditions"] = [*_move["conditions"], _as_recorded]
 TRIGGERS = tuple(dict.fromkeys(t["trigger"] for t in TRANSITIONS))
 
 
@@ -257,14 +294,21 @@ class Lifecycle:
             model_attribute="stage",
         )
 
+        # (stage, trigger) → destination, read once from the machine: asking it (`get_triggers`) walks
+        # every event each time, and replay asks for every event it folds.
+        self._moves = {
+            (S[source], trigger): S[transition.dest]
+            for trigger, event in self._machine.events.items()
+            for source, transitions in event.transitions.items()
+            for transition in transitions
+        }
+
     def allows(self, stage: S, trigger: str) -> bool:
         """Whether `trigger` leaves `stage` at all (gates not evaluated)."""
-        return trigger in self._machine.get_triggers(stage.name)
+        return (stage, trigger) in self._moves
 
     def destination(self, stage: S, trigger: str) -> S | None:
-        for transition in self._machine.events[trigger].transitions.get(stage.name, []):
-            return S[transition.dest]
-        return None
+        return self._moves.get((stage, trigger))
 
     def evaluate(self, seed: SeedState, trigger: str, ctx: GateContext) -> bool:
         """Run the rules of `trigger` from the seed's stage without moving it; evidence (or the refusal)
