@@ -48,7 +48,7 @@ def test_query_groups_events_across_store_files(workspace):
     out = esper("query", "select type, count(*) n from events group by 1 order by 1", "--format", "json", workspace=workspace)
     assert out.returncode == 0, out.stderr
     counts = {row["type"]: row["n"] for row in json.loads(out.stdout)}
-    assert counts == {"EpochEnded": 2, "RunFinished": 1, "RunStarted": 2, "SeedGerminated": 2, "SeedTransitioned": 2}
+    assert counts == {"CommandIssued": 2, "EpochEnded": 2, "RunFinished": 1, "RunStarted": 2, "SeedGerminated": 2, "SeedTransitioned": 2}
 
 
 def test_query_cannot_write_or_touch_files(workspace, tmp_path):
