@@ -11,7 +11,7 @@ from cli_runner import invoke, one_line_error
 from fake_runs import run_id_for, write_run
 
 from esper.errors import LogAltered
-from esper.leyline import RunConfig, RunStarted, encode
+from esper.leyline import PolicyUpdated, RunConfig, RunStarted, encode
 from esper.nissa.projections import Projector
 from esper.nissa.transfer import export_runs
 from esper.store import Recorder, Workspace, chain
@@ -319,3 +319,13 @@ def test_the_recorder_refuses_a_run_id_it_would_never_write(tmp_path):
 
     with Recorder(tmp_path / "s.duckdb") as rec, pytest.raises(BadInput, match="path separator"):
         rec.append("../x", [RunStarted(preset=MNIST1D, config=RunConfig())], 0)
+
+
+def test_a_learners_stream_stripped_of_its_hashes_is_tampering_unless_written_before_the_chain():
+    update = PolicyUpdated(update=1, stats={"loss": 0.5})
+    assert update.schema_version == chain.LEARNER_SEALED_SINCE
+    with pytest.raises(LogAltered, match="its hash is missing"):
+        chain.verify("ppo-0", [(1, "PolicyUpdated", encode(update), None)], (1, None))
+    v1 = json.loads(encode(update))
+    v1["schema_version"] = 1  # as an Esper from before the chain wrote it
+    assert chain.verify("ppo-0", [(1, "PolicyUpdated", json.dumps(v1).encode(), None)], (1, None)) is False

@@ -131,12 +131,19 @@ class CheckpointSaved(_Event, tag="CheckpointSaved"):
     sha256: str
 
 
-class PolicyUpdated(_Event, tag="PolicyUpdated"):
+class PolicyUpdated(_Event, tag="PolicyUpdated", kw_only=True):
     """One learner update (PPO or IQL) and its health numbers."""
 
+    schema_version: int = 2
     update: int
     stats: dict[str, float | None] = {}
     """None where a number is undefined (JSON has no NaN), e.g. the explained variance of constant returns."""
+
+
+@upcaster("PolicyUpdated", from_version=1)
+def upcast_policy_updated_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """v2 has v1's shape: the version marks a learner's stream written with hashes (`esper.store.chain`)."""
+    return data
 
 
 class RunFinished(_Event, tag="RunFinished"):

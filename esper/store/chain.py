@@ -13,7 +13,8 @@ The chain proves integrity against edits, not authorship: it has no key, and any
 
 Logs written before the chain have NULL hashes. A run whose hashes are all NULL is *unsealed* (replayed
 with a note) only if its first event is a `RunStarted` whose stored `schema_version` is below
-`SEALED_SINCE`; otherwise missing hashes are tampering.
+`SEALED_SINCE` (a learner's stream: a `PolicyUpdated` below `LEARNER_SEALED_SINCE`); otherwise missing
+hashes are tampering.
 """
 
 import hashlib
@@ -28,6 +29,8 @@ from esper.errors import LogAltered
 
 SEALED_SINCE = 3
 """The first `RunStarted.schema_version` written with hash chains: from it on, a run without hashes was altered."""
+LEARNER_SEALED_SINCE = 2
+"""The same for a learner's stream of `PolicyUpdated` (v2 has v1's shape: the version only marks the seal)."""
 
 _sha256 = hashlib.sha256
 
@@ -66,13 +69,15 @@ _version_decoder = msgspec.json.Decoder(_Version)
 
 
 def sealed_by_version(first_payload: bytes | str) -> bool:
-    """Whether a run starting with this payload must carry hashes: a `RunStarted` whose stored (raw, not
-    upcast) `schema_version` is at least `SEALED_SINCE`."""
+    """Whether a run starting with this payload must carry hashes. Only a stream begun by an Esper from before
+    the chain may lack them, and the first event's stored (raw, not upcast) version tells: a training run's
+    `RunStarted` below `SEALED_SINCE`, a learner's `PolicyUpdated` below `LEARNER_SEALED_SINCE`."""
     try:
         head = _version_decoder.decode(first_payload)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return True  # not even readable: nothing excuses missing hashes
-    return head.type == "RunStarted" and head.schema_version >= SEALED_SINCE
+    since = {"RunStarted": SEALED_SINCE, "PolicyUpdated": LEARNER_SEALED_SINCE}.get(head.type)
+    return since is None or head.schema_version >= since
 
 
 def unsealed_note(run_id: str) -> str:
