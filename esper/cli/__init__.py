@@ -1,5 +1,7 @@
 """The `esper` command. Each module registers its verbs on the one typer app."""
 
+import io
+import os
 import signal
 import sys
 
@@ -17,20 +19,50 @@ def main() -> None:
     """Entry point: usage errors get one line and exit code 2, like every other bad input; SIGTERM stops
     a command the way Ctrl-C does (the default would kill it before its buffered events are written)."""
     signal.signal(signal.SIGTERM, _terminate)
+    held = _hold_stdout()
+    code = _run()
+    sys.exit(_release(held) or code)
+
+
+def _run() -> int:
     try:
         result = app(standalone_mode=False)
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except typer.Abort:
         print("esper: aborted", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except typer.TyperException as exc:  # usage errors: unknown command, bad option, missing argument
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         if exc.format_message():  # a bare `esper` has printed the help already and has nothing to add
             print(f"esper: {exc.format_message()}{hint}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(result if isinstance(result, int) else 0)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def _hold_stdout() -> io.StringIO | None:
+    """Into a pipe or a file, stdout is held and leaves in one write when the command ends: results are
+    printed at the end anyway, and `esper --help | grep -q run` must not see esper fail because its reader
+    left after the first of the many small writes the help makes (each flushed, PYTHONUNBUFFERED or not)."""
+    if sys.stdout is None or sys.stdout.isatty():
+        return None
+    sys.stdout = io.StringIO()
+    return sys.stdout
+
+
+def _release(held: io.StringIO | None) -> int | None:
+    """Write what was held; 141 (128 + SIGPIPE, as a shell reports it) if the reader has gone."""
+    sys.stdout = sys.__stdout__
+    if held is None or not held.getvalue():
+        return None
+    data, fd = held.getvalue().encode(sys.stdout.encoding or "utf-8", "replace"), sys.stdout.fileno()
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except BrokenPipeError:
+        return 141
+    return None
 
 
 def _terminate(signum: int, frame) -> None:
