@@ -329,3 +329,12 @@ def test_a_learners_stream_stripped_of_its_hashes_is_tampering_unless_written_be
     v1 = json.loads(encode(update))
     v1["schema_version"] = 1  # as an Esper from before the chain wrote it
     assert chain.verify("ppo-0", [(1, "PolicyUpdated", json.dumps(v1).encode(), None)], (1, None)) is False
+
+
+def test_an_export_of_a_cut_log_is_refused(ws, tmp_path):
+    """The trailer is built from the exported rows: without the check, a log cut in the store would export as whole."""
+    path = store(ws)
+    sql(path, "DELETE FROM events WHERE seq = (SELECT max(seq) FROM events)")
+    result = invoke("export", RUN, "--format", "jsonl", "--out", str(tmp_path / "cut.jsonl"), workspace=ws.root)
+    assert "the store's head says seq 70" in one_line_error(result, code=1)
+    assert not (tmp_path / "cut.jsonl").exists()

@@ -130,3 +130,14 @@ def test_a_reader_that_leaves_early_is_no_error(tmp_path):
     assert process.returncode == 141, stderr
     assert "error" not in stderr and "Traceback" not in stderr, stderr
     assert esper("runs", "--json", workspace=tmp_path).stdout.count('"finished"') == 1
+
+
+def test_a_closed_stderr_ends_the_command_with_141_and_no_traceback(workspace):
+    """stdout is held until the end; a stderr whose reader has gone (`esper ... 2>&1 | head -0`) stops the command."""
+    env = {**os.environ, "ESPER_WORKSPACE": str(workspace)}
+    process = subprocess.Popen([*ESPER, "replay", "run-a", "--verify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=env)
+    process.stderr.close()
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 141
+    assert b"Traceback" not in out

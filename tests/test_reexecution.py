@@ -89,3 +89,12 @@ def test_the_shipped_sample_reexecutes_exactly():
     (run_id, recorded), = recorded_runs(SAMPLE).items()
     assert isinstance(recorded[0].event, RunStarted)
     assert verify_run(recorded, exact=True).events == len(recorded)
+
+
+def test_an_old_log_naming_a_task_without_a_frozen_preset_is_one_clear_error():
+    from esper.errors import IllegalEvent
+
+    first = json.loads(V2_LOG.read_text().splitlines()[0])["payload"]
+    first["config"]["task"] = "mnist2d"
+    with pytest.raises(IllegalEvent, match="RunStarted v2 cannot be upcast: KeyError 'mnist2d'"):
+        decode(json.dumps(first))

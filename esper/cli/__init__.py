@@ -20,8 +20,16 @@ def main() -> None:
     a command the way Ctrl-C does (the default would kill it before its buffered events are written)."""
     signal.signal(signal.SIGTERM, _terminate)
     held = _hold_stdout()
-    code = _run()
-    sys.exit(_release(held) or code)
+    code = 1
+    try:
+        code = _run()
+    except BrokenPipeError:  # stderr's reader has gone: nothing more can be said
+        code = 141
+    finally:
+        code = _release(held) or code
+        if code == 141:  # so that the interpreter's own flush at exit does not complain either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stderr__.fileno())
+    sys.exit(code)
 
 
 def _run() -> int:

@@ -37,7 +37,6 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             _check_numbers(kwargs)
             result = func(*args, **kwargs)
-            sys.stdout.flush()  # a short result sits in the buffer: a reader that has gone must show here
             return result
         except EsperError as exc:
             say(f"esper: {exc}")
@@ -50,8 +49,7 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
-        except BrokenPipeError:  # whoever read our output has gone (`esper runs | head`)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not complain
+        except BrokenPipeError:  # the reader of stderr has gone (stdout is held until the end: esper.cli.main)
             raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports it
         except Exception as exc:  # a bug of ours: still one line, with the way to see more
             if os.environ.get("ESPER_DEBUG"):

@@ -122,13 +122,15 @@ def _closing_table(run_id: str, result) -> str:
 
 
 def _final_architecture(ws: Workspace, like: str) -> tuple[str, list[tuple[str, str]], int]:
-    """The run id, fossilized (slot, blueprint) in fossilization order, and epoch budget of run `like`."""
-    from esper.nissa.snapshot import load_run_state
+    """The run id, fossilized (slot, blueprint) in fossilization order, and epoch budget of run `like`. Read
+    with its chain checked and folded from zero (not from a snapshot, whose state no hash covers): the
+    architecture a baseline builds is what the log, re-judged, says grew."""
+    from esper.nissa.runstate import RunState
 
     with ws.reader() as reader:
         run_id = reader.resolve_run(like)
-        state = load_run_state(reader, run_id)
-    assert state.config is not None
+        reader.check_run(run_id)
+        state = RunState.fold(reader.read_run(run_id))
     # Fossils in the order they fossilized; seeds built up front (epoch 0, `build` events) are among them. A log
     # written before `build` existed built its config's architecture without events: those come first.
     fossilized = sorted(

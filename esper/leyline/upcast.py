@@ -83,7 +83,10 @@ class Mapper:
             step = self.upcasters.get((tag, version))
             if step is None:
                 raise IllegalEvent(f"{tag} v{version} cannot be read: no upcaster from v{version} to v{version + 1}")
-            data = step(data)
+            try:
+                data = step(data)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a payload the old shape never had
+                raise IllegalEvent(f"{tag} v{version} cannot be upcast: {type(exc).__name__} {exc}") from None
             version += 1
             data["schema_version"] = version
         return msgspec.convert(data, self.union)

@@ -137,7 +137,10 @@ def _rows(reader: Reader, run_ids: Sequence[str]) -> list[tuple]:
 def export_runs(reader: Reader, run_ids: Sequence[str], path: Path, fmt: str) -> int:
     """Write the events of `run_ids` (each in `seq` order) to `path`; returns how many were written. Snapshots of
     run state (the `snapshots` table) are not exported: they are derived from the events, and an imported run
-    is folded from zero."""
+    is folded from zero. A run whose chain or head does not hold is refused (`LogAltered`): the trailer is taken
+    from the rows, so an export of a cut log would otherwise look whole."""
+    for run_id in run_ids:
+        reader.check_run(run_id)
     rows = _rows(reader, run_ids)
     atomic_write(path, lambda tmp: _write_parquet(rows, tmp) if fmt == "parquet" else _write_jsonl(rows, tmp))
     return len(rows)
