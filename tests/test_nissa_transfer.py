@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from fake_runs import FakeWriter, plan_run, run_id_for, write_comparison, write_run
 
-from esper.errors import BadInput
+from esper.errors import BadInput, LogAltered
 from esper.nissa.transfer import EXPORT_SCHEMA, export_runs, format_for, import_file, read_file
 from esper.store import Recorder, Workspace
 
@@ -160,7 +160,6 @@ def _good_lines(source, tmp_path) -> list[str]:
          r"bad\.jsonl:1: column type is 'EpochEnded' but the payload says 'RunStarted'"),
         (lambda lines: [lines[0].replace('"payload":{"type":"RunStarted"', '"payload":{"type":"Nope"')] + lines[1:],
          r"bad\.jsonl:1: payload is not an Esper event"),
-        (lambda lines: lines[:5] + lines[6:], r"gaps or repeats in its seqs"),
         (lambda lines: lines[:-1] + [lines[-2]] + lines[-1:], r"appears twice"),
         (lambda lines: [re.sub(r'"event_id":"[^"]+"', '"event_id":"xyz"', lines[0])] + lines[1:], r"is not a UUID"),
         (lambda lines: [re.sub(r'"ts":"([^"]+)\+00:00"', r'"ts":"\1"', lines[0])] + lines[1:], r"has no time zone"),
@@ -192,3 +191,11 @@ def test_malformed_parquet_is_bad_input(source, tmp_path):
     with pytest.raises(BadInput, match="wrong type"):
         read_file(wrong)
 
+
+def test_an_export_with_an_event_removed_is_an_altered_log(source, tmp_path):
+    """A sealed run's gap is an alteration (exit 1) wherever it is, as in a store: the chain names the missing seq."""
+    bad = tmp_path / "bad.jsonl"
+    lines = _good_lines(source, tmp_path)
+    bad.write_text("\n".join(lines[:5] + lines[6:]) + "\n", encoding="utf-8")
+    with pytest.raises(LogAltered, match=r"log altered at seq 6 \(missing"):
+        import_file(Workspace.at(tmp_path / "ws"), bad)

@@ -214,8 +214,9 @@ def read_file(path: Path, notes: list[str] | None = None) -> list[Row]:
     rows, trailer = _read_parquet(path) if head == _PARQUET_MAGIC else _read_jsonl(path)
     if not rows:
         raise BadInput(f"{path}: no events in this file")
-    _check_runs(path, rows)
-    _check_chains(path, rows, trailer, notes if notes is not None else [])
+    _check_ids(path, rows)
+    _check_chains(path, rows, trailer, notes if notes is not None else [])  # a sealed run's gap is an alteration
+    _check_seqs(path, rows)
     return rows
 
 
@@ -340,14 +341,20 @@ def _parse_ts(text: str, where: str) -> dt.datetime:
     return ts
 
 
-def _check_runs(path: Path, rows: list[Row]) -> None:
-    """Inside the file: no event twice, and each run's seqs without duplicates or gaps."""
+def _check_ids(path: Path, rows: list[Row]) -> None:
+    """Inside the file: no event twice."""
     ids: set[str] = set()
-    seqs: dict[str, list[int]] = {}
     for r in rows:
         if r.event_id in ids:
             raise BadInput(f"{path}: event {r.event_id} appears twice")
         ids.add(r.event_id)
+
+
+def _check_seqs(path: Path, rows: list[Row]) -> None:
+    """Each run's seqs without duplicates or gaps (what the chain already proved of a sealed run; an unsealed one
+    is held to it here)."""
+    seqs: dict[str, list[int]] = {}
+    for r in rows:
         seqs.setdefault(r.run_id, []).append(r.seq)
     for run, values in seqs.items():
         values = sorted(values)
@@ -402,8 +409,8 @@ def _fresh_rows(reader: Reader, rows: list[Row], path: Path) -> list[Row]:
                 raise BadInput(f"{path}: event {r.event_id} is stored as run {run} seq {seq}, the file says "
                                f"run {r.run_id} seq {r.seq}")
             if hash_ != r.hash:
-                raise BadInput(f"{path}: run {run} seq {seq} is not the workspace's copy of that event (another "
-                               "hash); one of the two logs was altered")
+                raise LogAltered(f"log altered: {path} run {run} seq {seq} is not the workspace's copy of that "
+                                 "event (another hash); one of the two logs was altered")
             continue
         fresh.append(r)
     runs = sorted({r.run_id for r in fresh})
