@@ -132,6 +132,12 @@ def skipped_stage(rows):
     advance["to_stage"] = "FOSSILIZED"
 
 
+def skipped_tick(rows):
+    """An automatic transition the lifecycle's clock decided, removed (nothing later needs the slot it frees)."""
+    cooldown = payloads(rows, "SeedTransitioned", trigger="cooldown_complete")[-1]
+    rows.pop(index_of(rows, cooldown))
+
+
 FORGERIES = {
     "unknown_slot": (unknown_slot, ["unknown slot 'nowhere'"]),
     "unknown_blueprint": (unknown_blueprint, ["unknown blueprint 'tree'"]),
@@ -143,6 +149,7 @@ FORGERIES = {
     "cull_reason": (cull_without_reason, ["a cull needs a reason"]),
     "auto_cull": (automatic_cull_not_due, ["automatic cull not due", "contribution"]),
     "illegal_move": (skipped_stage, ["TRAINING → FOSSILIZED"]),
+    "tick": (skipped_tick, ["cooldown_complete", "the lifecycle's clock"]),
 }
 
 

@@ -41,6 +41,10 @@ class RunState:
     owed: list[tuple] = attrs.Factory(list)
     """What the last `CommandIssued` leads to (`_effect` of each event the garden decides for it) and the log
     has not shown yet: a command's recorded effects must be exactly what the machine decides for it now."""
+    due: list[tuple] = attrs.Factory(list)
+    """The automatic transitions the lifecycle's clock decided for the epoch being read, not yet seen."""
+    ticked: int | None = None
+    """The epoch whose automatic transitions `due` holds."""
     germinating: str | None = None
     """A seed just germinated: the next event must be its `germinate` (or `build`) transition."""
 
@@ -90,8 +94,31 @@ class RunState:
             self.finished = event
         elif isinstance(event, RunFailed):
             self.failed = event
+        self._expect_ticks(event)
         self.garden.apply(event)  # the machine's rules first: they name what is wrong most precisely
+        self._check_tick(event)
         self._settle(event)
+
+    def _expect_ticks(self, event: Event) -> None:
+        """At the first event of a new epoch e, what the lifecycle's clock decides before e trains (`Garden.tick`)."""
+        epoch = event.epoch
+        if isinstance(event, (SeedTransitioned, EpochEnded)) and epoch is not None and epoch >= 1 \
+                and epoch != self.ticked and not (isinstance(event, SeedTransitioned) and event.trigger == "build"):
+            self.due = [_tick(e) for e in self.garden.tick(epoch)]
+            self.ticked = epoch
+
+    def _check_tick(self, event: Event) -> None:
+        """Hold the log to the lifecycle's clock: before epoch e trains, exactly the automatic transitions the
+        clock decided are recorded, in order, and no other (a removed one is named too)."""
+        epoch = event.epoch
+        tick = _tick(event) if isinstance(event, SeedTransitioned) else None
+        if tick is not None:
+            if not self.due or self.due[0] != tick:
+                raise IllegalEvent(f"rule tick: {' '.join(tick)} at epoch {epoch} is not what the lifecycle's "
+                                   f"clock decides ({', '.join(' '.join(d) for d in self.due) or 'nothing due'})")
+            self.due.pop(0)
+        elif isinstance(event, EpochEnded) and self.due:
+            raise IllegalEvent(f"rule tick: {' '.join(self.due[0])} was due before epoch {epoch} trained and is missing")
 
     def _settle(self, event: Event) -> None:
         """Hold the log to its commands: the effects a command leads to follow it, in order, and nothing a
@@ -170,3 +197,10 @@ def _effect(event: Event) -> tuple | None:
 def _said(effect: tuple) -> str:
     kind, *what = effect
     return f"{kind} {' '.join(str(w) for w in what if w is not None)}"
+
+
+def _tick(event: SeedTransitioned) -> tuple | None:
+    """(trigger, seed) of an automatic transition (a tick's: no command causes it), else None."""
+    automatic = event.trigger in ("start_training", "cleanup", "cooldown_complete") or (
+        event.trigger == "cull" and event.evidence.get("automatic"))
+    return (event.trigger, event.seed_id) if automatic else None
