@@ -1,3 +1,4 @@
+import pytest
 """A cifar10 run end to end on a tiny CIFAR-format folder read through the real torchvision loader."""
 
 from cifar_fixture import trust_tiny_cifar10, write_tiny_cifar10
@@ -8,6 +9,8 @@ from esper.store import Recorder
 from esper.tamiyo.controllers import ScriptedController
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, execute, resolve_config
+
+pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
 
 
 def test_cifar10_run_grows_a_resnet(tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ from esper.leyline.garden import Garden
 from esper.store import Recorder
 from esper.tolaria.tasks import TASKS
 
+pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
+
 MNIST1D = TASKS["mnist1d"]
 
 ESPER = [sys.executable, "-m", "esper"]

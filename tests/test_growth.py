@@ -19,6 +19,8 @@ from esper.tamiyo.controllers import make_controller
 from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
 from esper.tolaria.verify import VerificationFailed, verify_run
 
+pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
+
 
 def run_into(ws: Workspace, run_id: str, **config) -> RunState:
     cfg = resolve_config(RunConfig(**config))

@@ -32,6 +32,8 @@ MNIST1D = TASKS["mnist1d"]
 from tests.cli_runner import invoke, one_line_error
 from tests.forge import clone, forge, index_of, one, payloads
 
+pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
+
 # Germinates at epoch 1 and 2, culls every blending seed at alpha 0.5: germinations, gates, culls and an
 # embargo within 8 epochs.
 KNOBS = ["warmup_epochs=1", "min_gain=1.0", "finish_epochs=3", "cull_contribution=1.0"]

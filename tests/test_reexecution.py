@@ -15,6 +15,8 @@ from esper.tolaria import tasks
 from esper.tolaria.loop import ListSink, execute
 from esper.tolaria.verify import VerificationFailed, verify_run
 
+pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "replays" / "mnist1d-heuristic.jsonl"
 V2_LOG = ROOT / "tests" / "data" / "mnist1d-heuristic-v2.jsonl"

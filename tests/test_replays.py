@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "replays").glob("*.jsonl"))
 OLD_LOGS = sorted((ROOT / "tests" / "data").glob("*-v2.jsonl"))

@@ -40,6 +40,8 @@ from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
 from esper.tolaria.verify import verify_run
 from esper.tolaria.tasks import TASKS
 
+pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
+
 MNIST1D = TASKS["mnist1d"]
 
 SPEC = F.spec_for_task("mnist1d")

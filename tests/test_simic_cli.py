@@ -14,6 +14,8 @@ from cli_runner import invoke, one_line_error
 from esper.simic.features import spec_for_task
 from esper.simic.policy import load_policy
 
+pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
+
 ESPER = [sys.executable, "-m", "esper"]
 
 
