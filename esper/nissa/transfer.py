@@ -226,9 +226,10 @@ def _check_chains(path: Path, rows: list[Row], trailer: Heads | None, notes: lis
         by_run.setdefault(r.run_id, []).append(r)
     for run, mine in by_run.items():
         mine.sort(key=lambda r: r.seq)
-        sealed = chain.verify(run, ((r.seq, r.type, r.payload, r.hash) for r in mine), check_head=False)
-        verifier = chain.Verifier(run, mine[-1].seq, mine[-1].hash, where=f", {path.name}")
-        verifier.sealed = sealed
+        verifier = chain.Verifier(run, where=f", {path.name}")
+        for r in mine:
+            verifier.feed(r.seq, r.type, r.payload, r.hash)
+        sealed = bool(verifier.sealed)
         if trailer is None and sealed:
             raise LogAltered(f"log altered: {path.name} has no trailer with the head of run {run}; the log ends at "
                              f"seq {mine[-1].seq}")

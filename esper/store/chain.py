@@ -143,14 +143,13 @@ class Verifier:
 
 
 def verify(run_id: str, rows: Iterable[tuple[int, str, bytes | str, str | None]],
-           head: tuple[int, str | None] | None = None, holder: str = "the store", check_head: bool = True) -> bool:
+           head: tuple[int, str | None] | None = None, holder: str = "the store") -> bool:
     """Check a whole run: rows (seq, type, payload, hash) in seq order, then its recorded head.
     Raises `LogAltered`; returns whether the run is sealed (False: no hashes, written before the chain)."""
     verifier = Verifier(run_id)
     for seq, type_, payload, hash_ in rows:
         verifier.feed(seq, type_, payload, hash_)
-    if check_head:
-        verifier.end(head, holder)
+    verifier.end(head, holder)
     return bool(verifier.sealed)
 
 
