@@ -9,6 +9,10 @@ What each number is:
 * `append_10000_unchained_events_per_s`: the same appends without the hash chain (a benchmark-only switch
   on the Recorder), interleaved run by run with the chained ones so both see the store at the same sizes;
   `chain_cost_ratio` is chained / unchained throughput.
+* `append_10000_duckdb_floor_events_per_s`: DuckDB's own share of the same appends: the Arrow tables built
+  beforehand (untimed), then one INSERT and one commit per batch into a fresh store file with the Recorder's
+  settings, the heads left out. No append through `Recorder.append` can beat it on this machine;
+  `floor_ratio` is the chained append's throughput over it (1.0: Esper's own work costs nothing).
 * `append_10000_pending_events_per_s`: the same with `Pending` events (caller-chosen ids), which adds the
   idempotency check against every id already stored; measured on the last batches, as the store nears 1M.
 * `read_events_per_s`: `Recorder.read` of one 100,000-event run: SQL, Python rows, payloads decoded.
@@ -23,6 +27,7 @@ What each number is:
   (attach, views, lock-down) is `open_reader_s`.
 """
 
+import datetime
 import json
 import sys
 import tempfile
@@ -176,6 +181,30 @@ def load_rates(root: Path, run: list[Event], every: int = 10, repeats: int = 5) 
     return rates[0], rates[1]
 
 
+def duckdb_floor(root: Path, run: list[Event], size: int, count: int) -> tuple[int, float]:
+    """(events, seconds) of inserting and committing prebuilt batches: the floor under `Recorder.append`.
+    Reaches into the Recorder's connection and Arrow builder on purpose: only the database's work is timed."""
+    from esper.store.recorder import _to_arrow
+    from esper.store.schema import INSERT_FROM_BATCH
+
+    tables, first = [], 1
+    for batch in batches(run, LONG, size, count):
+        tables.append(_to_arrow(batch, first_seq=first, first_position=first, prev_hash=None)[0])
+        first += len(batch)
+    with Recorder(root / "floor.duckdb") as rec:
+        con, took = rec._con, 0.0
+        stamp = {"run_id": "floor", "ts": datetime.datetime.now(datetime.timezone.utc)}
+        for table in tables:
+            start = time.perf_counter()
+            con.begin()
+            con.register("batch", table)
+            con.execute(INSERT_FROM_BATCH, stamp).fetchall()
+            con.unregister("batch")
+            con.commit()
+            took += time.perf_counter() - start
+    return first - 1, took
+
+
 def epoch_batches(run: list[Event]) -> Iterator[list[Event]]:
     """The run's events as the training loop appends them: RunStarted alone, then one batch per epoch."""
     batch: list[Event] = []
@@ -233,6 +262,11 @@ def main() -> None:
             log(f"  unchained:          {result['append_10000_unchained_events_per_s']:>12,.0f} events/s "
                 f"(chained/unchained = {result['chain_cost_ratio']:.3f})")
             log(f"  with Pending ids:   {result['append_10000_pending_events_per_s']:>12,.0f} events/s (100,000)")
+        result["append_10000_duckdb_floor_events_per_s"] = rate(duckdb_floor(root, long_run, size, 50))
+        result["floor_ratio"] = result["append_10000_events_per_s"] / result["append_10000_duckdb_floor_events_per_s"]
+        log(f"  DuckDB's floor:     {result['append_10000_duckdb_floor_events_per_s']:>12,.0f} events/s "
+            f"(insert + commit of prebuilt batches; chained/floor = {result['floor_ratio']:.3f})")
+        with Recorder(big.store_path("million")) as rec:
 
             start = time.perf_counter()
             read = rec.read("run-03")
