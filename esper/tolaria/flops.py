@@ -1,0 +1,89 @@
+"""The training compute of a logged run, read from its log.
+
+The log says which architecture trained in every epoch: the host (`RunStarted.preset`), and every seed's
+germination and stage changes. With the task's input shape that fixes what each training step computed:
+the forward and backward pass of the model as it stood, and each training seed's isolated pass. This
+module counts that with torch's `FlopCounterMode` on the meta device (shapes only: no arithmetic, no
+memory, no random draw), once per distinct architecture, so the compute of any run in a workspace is a
+projection of its events like every other number Esper reports.
+
+Not counted: evaluation passes (the validation measurements every controller's run makes alike) and
+optimizer updates (elementwise, a few FLOPs per parameter).
+"""
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from esper.kasmina import GrowableModel, build_host
+from esper.leyline.events import EpochEnded, Event, RunStarted, SeedGerminated, SeedTransitioned
+from esper.leyline.stages import SeedStage
+
+
+def epoch_flops(events: Iterable[Event], example_shape: tuple[int, ...], train_examples: int) -> dict[int, int]:
+    """Epoch → FLOPs of that epoch's training steps, for a run whose events these are; `example_shape` is one
+    input's shape (mnist1d: (1, 40)) and `train_examples` the size of the training split."""
+    out: dict[int, int] = {}
+    counted: dict[tuple, float] = {}
+    model: GrowableModel | None = None
+    announced: dict[str, SeedGerminated] = {}
+    batch_size = 0
+    for event in events:
+        if isinstance(event, RunStarted):
+            with torch.device("meta"):
+                model = build_host(event.preset.host)
+            batch_size = event.preset.batch_size
+        elif model is None:
+            continue
+        elif isinstance(event, SeedGerminated):
+            announced[event.seed_id] = event
+        elif isinstance(event, SeedTransitioned):
+            _carry_out(model, event, announced)
+        elif isinstance(event, EpochEnded):
+            shape = _architecture(model)
+            if shape not in counted:
+                counted[shape] = _step_flops(model, batch_size, example_shape) / batch_size
+            out[event.epoch] = round(counted[shape] * train_examples)
+    return out
+
+
+def _carry_out(model: GrowableModel, event: SeedTransitioned, announced: dict[str, SeedGerminated]) -> None:
+    """What the trainer does to the model for this transition, without optimizers or data."""
+    with torch.device("meta"):
+        if event.trigger == "germinate":
+            g = announced.pop(event.seed_id)
+            model.germinate(g.slot, g.seed_id, g.blueprint)
+        elif event.trigger == "build":
+            g = announced.pop(event.seed_id)
+            model.build(g.slot, g.seed_id, g.blueprint)
+        elif event.to_stage == SeedStage.TRAINING.value:
+            model.start_training(event.seed_id)
+        elif event.to_stage == SeedStage.BLENDING.value:
+            model.start_blending(event.seed_id, steps=1)
+        elif event.to_stage == SeedStage.FOSSILIZED.value:
+            model.fossilize(event.seed_id)
+        elif event.to_stage == SeedStage.CULLED.value:
+            model.cull(event.seed_id)
+
+
+def _architecture(model: GrowableModel) -> tuple:
+    """What a training step's cost depends on: every seed in the model, by slot, blueprint and stage."""
+    return tuple(sorted((slot, seed.blueprint, seed.stage.value)
+                        for slot, holder in model.slots.items() for seed in holder.seeds()))
+
+
+def _step_flops(model: GrowableModel, batch_size: int, example_shape: tuple[int, ...]) -> float:
+    """FLOPs of one training step on a batch, as `Trainer.train_step` computes it."""
+    x = torch.empty(batch_size, *example_shape, device="meta")
+    y = torch.zeros(batch_size, dtype=torch.long, device="meta")
+    model.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        F.cross_entropy(model(x), y).backward()
+        for seed_id in model.training_seeds():
+            params = model.seed_parameters(seed_id)
+            torch.autograd.grad(F.cross_entropy(model.isolated_logits(seed_id), y), params)
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
