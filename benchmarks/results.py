@@ -1,0 +1,288 @@
+"""Generate docs/results.md: every table recorded as runs in a workspace and read back from their logs.
+
+    .venv/bin/python benchmarks/results.py --out docs/results.md              # fast: seeds 0-2, ~5 min on 2 cores
+    .venv/bin/python benchmarks/results.py --full --out docs/results.md       # seeds 0-19, ~40 min on 2 cores
+    .venv/bin/python benchmarks/results.py --policy ppo.pt --policy iql.pt    # add learned policies' table
+
+What it records (one run per controller and seed, `--workers` runs at a time, each in its own store file):
+`static` (the host alone), `heuristic` (the default gardener), `eager` (the heuristic with `min_gain=1.0`:
+germinate as soon as the host has warmed up), `scratch` (each heuristic run's final architecture trained
+from initialisation for the same epochs), and each `--policy` file played greedily. A run already in the
+workspace (`--workspace DIR`, reused) is read, not recorded again, if it finished with the same config and
+preset; so adding a policy to a full workspace records only that policy's runs.
+
+Every number in the output comes from the logs: accuracies and parameters with SQL over the `runs` view,
+training FLOPs as the projection `esper.tolaria.flops` of each run's events. Prints the markdown (also
+written to `--out`), progress on stderr, and a last line of JSON with the same tables.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from esper.cli.run import _final_architecture
+from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
+from esper.leyline.events import RunStarted
+from esper.store import Recorder, Workspace
+from esper.tamiyo.controllers import make_controller
+from esper.tolaria.data import load_task_data
+from esper.tolaria.flops import epoch_flops
+from esper.tolaria.loop import StoreSink, execute, resolve_config
+
+TASK = "mnist1d"
+FAST_SEEDS = [0, 1, 2]
+FULL_SEEDS = list(range(20))
+EAGER = HeuristicConfig(min_gain=1.0)
+BASELINES = ("static", "heuristic", "eager", "scratch")
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# ---- what a run is ------------------------------------------------------------------------------
+
+
+def planned_config(kind: str, seed: int, epochs: int, policy: str | None = None) -> RunConfig:
+    """The config of run `kind` (a baseline, or `policy` with its file) on `seed`, before --like is resolved."""
+    if kind == "eager":
+        return RunConfig(task=TASK, controller="heuristic", seed=seed, epochs=epochs, heuristic=EAGER)
+    if kind == "policy":
+        brain = make_controller("policy", seed, policy)
+        cap = LifecycleConfig(max_params=getattr(brain, "max_params", 0))
+        return RunConfig(task=TASK, controller="policy", seed=seed, epochs=epochs, policy=policy, lifecycle=cap)
+    return RunConfig(task=TASK, controller=kind, seed=seed, epochs=epochs)
+
+
+def run_id_of(kind: str, seed: int, tag: str = "") -> str:
+    return f"results-{kind}{tag}-s{seed}"
+
+
+def record(root: str, run_id: str, config: RunConfig) -> str:
+    """Train one run into its own store file of the workspace at `root` (in a worker process)."""
+    ws = Workspace.at(root)
+    cfg = resolve_config(config)
+    brain = make_controller(cfg.controller, cfg.seed, cfg.policy, cfg.heuristic)
+    started = time.perf_counter()
+    with Recorder(ws.store_path(run_id)) as recorder:
+        result = execute(cfg, brain, StoreSink(recorder, run_id))
+    return (f"  {run_id}: test {result.test_accuracy * 100:5.1f}%  params {result.params:,}  "
+            f"({time.perf_counter() - started:.0f} s)")
+
+
+def recorded_config(ws: Workspace, run_id: str) -> tuple[bool, RunConfig | None]:
+    """(finished, config) of a run already in the workspace; (False, None) if it is not there."""
+    with ws.reader() as reader:
+        rows = reader.con.execute("SELECT finished FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        if not rows:
+            return False, None
+        started = reader.read_run(run_id)[0].event
+    assert isinstance(started, RunStarted)
+    return bool(rows[0][0]), started.config
+
+
+def plan(ws: Workspace, jobs: list[tuple[str, RunConfig]]) -> list[tuple[str, RunConfig]]:
+    """The jobs still to record: a finished run with the same resolved config is reused; a different or
+    unfinished one is in the way (its store file is the run's), which is an error, not something to overwrite."""
+    todo = []
+    for run_id, config in jobs:
+        finished, recorded = recorded_config(ws, run_id)
+        if recorded is None:
+            todo.append((run_id, config))
+        elif not finished or recorded != resolve_config(config):
+            sys.exit(f"results: {run_id} in {ws.root} is {'unfinished' if not finished else 'another config'}; "
+                     "use a fresh --workspace (or delete its store file)")
+    return todo
+
+
+def record_all(ws: Workspace, jobs: list[tuple[str, RunConfig]], workers: int) -> None:
+    todo = plan(ws, jobs)
+    say(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in the workspace; recording {len(todo)}")
+    if not todo:
+        return
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process that has started torch's threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
+        for line in pool.map(record, [str(ws.root)] * len(todo), *zip(*todo)):
+            say(line)
+
+
+# ---- reading the logs back ----------------------------------------------------------------------
+
+RUNS_SQL = """
+SELECT run_id, seed, test_accuracy, params FROM runs
+WHERE finished AND run_id LIKE 'results-%' ORDER BY run_id
+"""
+
+
+def read_back(ws: Workspace) -> dict[str, dict[int, dict]]:
+    """Kind → seed → {test_accuracy, params, gflops}, from the logs alone."""
+    data = load_task_data(TASK, RunConfig().data_seed)
+    shape, examples = tuple(data.train.x.shape[1:]), len(data.train)
+    out: dict[str, dict[int, dict]] = {}
+    with ws.reader() as reader:
+        for run_id, seed, test_accuracy, params in reader.con.execute(RUNS_SQL).fetchall():
+            kind = run_id.removeprefix("results-").rsplit("-s", 1)[0]
+            flops = sum(epoch_flops((r.event for r in reader.read_run(run_id)), shape, examples).values())
+            out.setdefault(kind, {})[seed] = {"test_accuracy": test_accuracy, "params": params, "gflops": flops / 1e9}
+    return out
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def growth_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> list[dict]:
+    rows = []
+    for kind in BASELINES:
+        per_seed = [runs[kind][s] for s in seeds if s in runs.get(kind, {})]
+        acc, sd = mean_sd([r["test_accuracy"] * 100 for r in per_seed])
+        rows.append({"controller": kind, "runs": len(per_seed), "test_accuracy": acc, "sd": sd,
+                     "params": statistics.fmean(r["params"] for r in per_seed),
+                     "gflops": statistics.fmean(r["gflops"] for r in per_seed)})
+    return rows
+
+
+def policy_table(runs: dict[str, dict[int, dict]], policies: dict[str, str], seeds: list[int]) -> list[dict]:
+    """Each policy against the heuristic, seed by seed (the same seed: the same data order and initialisation)."""
+    rows = []
+    heuristic = runs["heuristic"]
+    for tag, path in policies.items():
+        mine = runs[f"policy{tag}"]
+        diffs = [(mine[s]["test_accuracy"] - heuristic[s]["test_accuracy"]) * 100 for s in seeds]
+        diff, sd = mean_sd(diffs)
+        rows.append({"policy": path, "runs": len(seeds),
+                     "test_accuracy": statistics.fmean(mine[s]["test_accuracy"] * 100 for s in seeds),
+                     "params": statistics.fmean(mine[s]["params"] for s in seeds),
+                     "diff": diff, "se": sd / math.sqrt(len(diffs)),
+                     "won": sum(d > 0 for d in diffs), "lost": sum(d < 0 for d in diffs)})
+    return rows
+
+
+# ---- the page -----------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return head + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def render(growth: list[dict], policies: list[dict], seeds: list[int], stamp: dict) -> str:
+    lines = [
+        "# Results",
+        "",
+        f"Generated by `{stamp['command']}` on {stamp['date']} from commit {stamp['commit']}, on {stamp['machine']}, "
+        f"in {stamp['minutes']:.1f} minutes. Every number is read back from the runs' event logs (the workspace "
+        f"`{stamp['workspace']}`); re-run the command to regenerate this page.",
+        "",
+        f"## Does growing pay? ({TASK}, seeds {_seeds(seeds)}, {stamp['epochs']})",
+        "",
+        "Test accuracy (mean ± sd over seeds), final parameters and training compute (forward and backward passes",
+        "of every training step, from the architecture the log says trained each epoch) of: the host alone",
+        "(`static`), the default heuristic gardener, the heuristic germinating as soon as the host has warmed up",
+        "(`eager`, `--heuristic min_gain=1.0`), and each heuristic run's final architecture trained from",
+        "initialisation (`scratch`, `--controller scratch --like RUN`).",
+        "",
+        "| controller | runs | test accuracy % | params | training GFLOPs |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in growth:
+        lines.append(f"| {r['controller']} | {r['runs']} | {r['test_accuracy']:.2f} ± {r['sd']:.2f} | "
+                     f"{r['params']:,.0f} | {r['gflops']:.2f} |")
+    lines += ["", "## Learned policies against the heuristic", ""]
+    if not policies:
+        lines.append("No policy file was given (`--policy FILE`, repeatable), so no policy was compared.")
+    else:
+        lines += [
+            f"Each policy played greedily on seeds {_seeds(seeds)} (with the size cap it was trained under), against",
+            "the default heuristic on the same seeds: the per-seed difference in test accuracy (points, mean ± standard",
+            "error) and the seeds won and lost.",
+            "",
+            "| policy | runs | test accuracy % | params | vs heuristic per seed | won / lost |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in policies:
+            lines.append(f"| `{r['policy']}` | {r['runs']} | {r['test_accuracy']:.2f} | {r['params']:,.0f} | "
+                         f"{r['diff']:+.2f} ± {r['se']:.2f} | {r['won']} / {r['lost']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _seeds(seeds: list[int]) -> str:
+    return f"{seeds[0]}–{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2 else \
+        ", ".join(map(str, seeds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="write the markdown here too (docs/results.md)")
+    parser.add_argument("--workspace", type=Path, default=None, help="record into (and reuse) this workspace")
+    parser.add_argument("--full", action="store_true", help=f"seeds {FULL_SEEDS[0]}–{FULL_SEEDS[-1]} instead of {FAST_SEEDS}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="these seeds instead")
+    parser.add_argument("--policy", action="append", default=[], help="a policy file to compare (repeatable)")
+    parser.add_argument("--epochs", type=int, default=0, help="epochs per run (default: the preset's)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs recorded at once")
+    args = parser.parse_args()
+    seeds = args.seeds or (FULL_SEEDS if args.full else FAST_SEEDS)
+    for path in args.policy:
+        if not Path(path).is_file():
+            sys.exit(f"results: no policy file {path}")
+    started = time.perf_counter()
+    ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-results-")))
+    say(f"workspace {ws.root}")
+    policies = {f"{i}": path for i, path in enumerate(args.policy)}
+
+    first = [(run_id_of(k, s), planned_config(k, s, args.epochs)) for s in seeds for k in ("static", "heuristic", "eager")]
+    first += [(run_id_of("policy", s, tag), planned_config("policy", s, args.epochs, path)) for tag, path in policies.items()
+              for s in seeds]
+    record_all(ws, first, args.workers)
+    scratch = []
+    for s in seeds:  # each heuristic run's final architecture, as `esper run --controller scratch --like` builds it
+        like, architecture, epochs = _final_architecture(ws, run_id_of("heuristic", s))
+        scratch.append((run_id_of("scratch", s), RunConfig(task=TASK, controller="scratch", seed=s, like=like,
+                                                            architecture=architecture, epochs=epochs)))
+    record_all(ws, scratch, args.workers)
+
+    runs = read_back(ws)
+    growth, versus = growth_table(runs, seeds), policy_table(runs, policies, seeds)
+    stamp = {"command": "python benchmarks/results.py " + " ".join(sys.argv[1:]), "commit": commit(),
+             "date": datetime.date.today().isoformat(),
+             "epochs": f"{args.epochs} epochs" if args.epochs else "the preset's epochs", "machine": machine(), "workspace": str(ws.root),
+             "minutes": (time.perf_counter() - started) / 60}
+    page = render(growth, versus, seeds, stamp)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(page, encoding="utf-8")
+        say(f"wrote {args.out}")
+    print(page)
+    print(json.dumps({"seeds": seeds, "growth": growth, "policies": versus, **stamp}))
+
+
+if __name__ == "__main__":
+    main()
