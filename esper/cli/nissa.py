@@ -71,12 +71,15 @@ def report(
 def export(
     runs: List[str] = typer.Argument(..., help="Run id(s) (or unique prefixes) to export."),
     fmt: Optional[str] = typer.Option(
-        None, "--format", "-f", help="jsonl (readable, diffable) or parquet (compact); default from --out, else jsonl."
+        None, "--format", "-f", help="jsonl (readable, diffable), parquet (compact), or tensorboard (a folder of "
+        "TensorBoard event files, one per run); default from --out, else jsonl."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default ./<run>.<format>)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File (folder, for tensorboard) to write "
+                                       "(default ./<run>.<format>)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Write runs' events, every column exactly, to a jsonl or parquet file that `esper import` reads back."""
+    """Write runs' events, every column exactly, to a jsonl or parquet file that `esper import` reads back, or
+    their curves and lifecycle as TensorBoard event files."""
     from esper.nissa.transfer import export_runs, format_for
 
     ws = existing_workspace(workspace)
@@ -84,10 +87,22 @@ def export(
         for note in reader.notes:
             say(f"note: {note}")
         run_ids = list(dict.fromkeys(reader.resolve_run(r, training=False) for r in runs))
+        if fmt == "tensorboard":
+            _export_tensorboard(reader, run_ids, out or Path(f"{_file_name('-'.join(run_ids))}-tensorboard"))
+            return
         fmt = format_for(out or Path(""), fmt)
         path = out or Path(f"{_file_name(run_ids[0] if len(run_ids) == 1 else '-'.join(run_ids))}.{fmt}")
         n = export_runs(reader, run_ids, path, fmt)
     print(f"exported {n} events of {_runs_text(run_ids)} to {path} ({fmt})")
+
+
+def _export_tensorboard(reader, run_ids: list[str], out: Path) -> None:
+    from esper.nissa.tensorboard import export_tensorboard
+
+    for run_id in run_ids:
+        reader.check_run(run_id)  # an altered log is refused here as by every other reader
+    n = export_tensorboard({run_id: (r.event for r in reader.read_run(run_id)) for run_id in run_ids}, out)
+    print(f"exported {n} events of {_runs_text(run_ids)} to {out}/ (tensorboard --logdir {out})")
 
 
 @app.command("import")

@@ -115,7 +115,7 @@ def format_for(path: Path, fmt: str | None) -> str:
     """The format asked for, else the one the file name says, else jsonl."""
     if fmt is not None:
         if fmt not in FORMATS:
-            raise BadInput(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
+            raise BadInput(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)}, and tensorboard for export)")
         return fmt
     return "parquet" if path.suffix.lower() in (".parquet", ".pq") else "jsonl"
 

@@ -1,0 +1,54 @@
+"""TensorBoard event files are a projection of the log: what they hold equals what the events say."""
+
+import builtins
+from pathlib import Path
+
+import pytest
+from cli_runner import invoke, one_line_error
+from fake_runs import plan_run, write_run
+
+from tensorboard.backend.event_processing import event_accumulator
+
+from esper.leyline import EpochEnded, RunFinished, SeedTransitioned
+
+
+def read_back(folder: Path) -> event_accumulator.EventAccumulator:
+    [run_dir] = [p for p in folder.iterdir() if p.is_dir()]
+    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={event_accumulator.SCALARS: 0,
+                                                                           event_accumulator.TENSORS: 0})
+    acc.Reload()
+    return acc
+
+
+def test_exported_scalars_equal_the_logs(tmp_path):
+    run_id = write_run(tmp_path / "ws")
+    events = [e for batch in plan_run() for e in batch]
+    result = invoke("export", run_id, "--format", "tensorboard", "--out", tmp_path / "tb", workspace=tmp_path / "ws")
+    assert result.exit_code == 0, result.stderr
+    acc = read_back(tmp_path / "tb")
+    epochs = [e for e in events if isinstance(e, EpochEnded)]
+    val = {s.step: s.value for s in acc.Scalars("accuracy/val")}
+    assert val == {e.epoch: pytest.approx(e.val_accuracy, rel=1e-6) for e in epochs}
+    assert [s.value for s in acc.Scalars("params")] == [e.params for e in epochs]
+    [test] = acc.Scalars("accuracy/test")
+    finished = next(e for e in events if isinstance(e, RunFinished))
+    assert test.value == pytest.approx(finished.test_accuracy, rel=1e-6)
+    seeds = {seed.seed_id for e in epochs for seed in e.seeds}
+    assert seeds and all(f"seed/{s}/alpha" in acc.Tags()["scalars"] for s in seeds)
+    transitions = [e for e in events if isinstance(e, SeedTransitioned)]
+    assert len(acc.Tensors("lifecycle/text_summary")) == len(transitions)
+
+
+def test_export_without_tensorboard_installed_is_one_line(tmp_path, monkeypatch):
+    run_id = write_run(tmp_path / "ws")
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    result = invoke("export", run_id, "--format", "tensorboard", "--out", tmp_path / "tb", workspace=tmp_path / "ws")
+    assert "pip install -e '.[tensorboard]'" in one_line_error(result)
+    assert not (tmp_path / "tb").exists()
