@@ -8,8 +8,9 @@ What it records (one run per controller and seed, `--workers` runs at a time, ea
 `static` (the host alone), `heuristic` (the default gardener), `eager` (the heuristic with `min_gain=1.0`:
 germinate as soon as the host has warmed up), `scratch` (each heuristic run's final architecture trained
 from initialisation for the same epochs), and each `--policy` file played greedily. A run already in the
-workspace (`--workspace DIR`, reused) is read, not recorded again, if it finished with the same config and
-preset; so adding a policy to a full workspace records only that policy's runs.
+workspace (`--workspace DIR`, reused) is read, not recorded again, if it finished with the same resolved config
+and task preset (what decides its events); so adding a policy to a full workspace records only that policy's
+runs. The page names the commit that ran the command.
 
 Every number in the output comes from the logs: accuracies and parameters with SQL over the `runs` view,
 training FLOPs as the projection `esper.tolaria.flops` of each run's events. Prints the markdown (also
@@ -253,7 +254,7 @@ def main() -> None:
     for path in args.policy:
         if not Path(path).is_file():
             sys.exit(f"results: no policy file {path}")
-    started = time.perf_counter()
+    started, made_by = time.perf_counter(), commit()  # the code that records the runs, not whatever is checked out later
     ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-results-")))
     say(f"workspace {ws.root}")
     policies = {f"{i}": path for i, path in enumerate(args.policy)}
@@ -271,7 +272,7 @@ def main() -> None:
 
     runs = read_back(ws)
     growth, versus = growth_table(runs, seeds), policy_table(runs, policies, seeds)
-    stamp = {"command": "python benchmarks/results.py " + " ".join(sys.argv[1:]), "commit": commit(),
+    stamp = {"command": "python benchmarks/results.py " + " ".join(sys.argv[1:]), "commit": made_by,
              "date": datetime.date.today().isoformat(),
              "epochs": f"{args.epochs} epochs" if args.epochs else "the preset's epochs", "machine": machine(), "workspace": str(ws.root),
              "minutes": (time.perf_counter() - started) / 60}
