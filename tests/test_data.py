@@ -99,6 +99,7 @@ def test_mnist1d_is_standardised_on_train(mnist1d):
         assert abs(split.x.mean().item()) < 0.1 and abs(split.x.std().item() - 1) < 0.1
 
 
+@pytest.mark.slow  # generates the dataset twice more
 def test_mnist1d_generates_offline_deterministically_and_caches_on_disk(tmp_path, monkeypatch, offline, mnist1d):
     monkeypatch.setenv("ESPER_CACHE", str(tmp_path))
     data_module._mnist1d_arrays.cache_clear()
@@ -129,6 +130,7 @@ def test_mnist1d_unreadable_cache_is_ignored(tmp_path, mnist1d):
     assert data_module._read_npz(path) is None
 
 
+@pytest.mark.slow  # generates another dataset
 def test_mnist1d_seed_changes_the_data(mnist1d):
     other = load_task_data("mnist1d", seed=1)
     assert not torch.equal(other.train.x, mnist1d.train.x)

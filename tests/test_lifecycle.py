@@ -4,6 +4,7 @@ import copy
 
 import hypothesis.strategies as st
 import pytest
+from tiers import examples
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -168,7 +169,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
 
 TestLifecycle = LifecycleMachine.TestCase
-TestLifecycle.settings = settings(max_examples=20, stateful_step_count=40, deadline=None)
+TestLifecycle.settings = settings(max_examples=examples(20), stateful_step_count=40, deadline=None)
 
 
 def test_every_stage_is_reachable_under_the_rules():

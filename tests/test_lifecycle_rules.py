@@ -20,6 +20,7 @@ import msgspec
 import pytest
 import torch
 import torch.nn.functional as F
+from tiers import examples
 from hypothesis import HealthCheck, event, given, note, settings
 
 from esper.kasmina import BLUEPRINTS as FAMILIES
@@ -402,7 +403,7 @@ class Run:
         assert self.garden.params() == self.ledger.params()
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(data=st.data(), epochs=st.integers(5, 25))
 def test_generated_runs_keep_every_rule(data, epochs):
     Run(data).play(epochs)
@@ -486,7 +487,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), epochs=st.integers(5, 25))
 def test_the_models_stages_are_the_gardens(one_thread, data, epochs):
     ModelRun(data).play(epochs)

@@ -95,6 +95,7 @@ def test_import_of_a_malformed_or_missing_file_is_one_line(tmp_path):
     assert "no file" in one_line_error(esper("import", str(tmp_path / "absent.jsonl"), "-w", str(tmp_path / "w")))
 
 
+@pytest.mark.slow  # starts the installed command
 def test_the_installed_command_prints_one_line_and_exits_2(ws):
     exe = Path(sys.executable).with_name("esper")
     assert exe.exists(), f"no `esper` console script next to {sys.executable}: install with pip install -e '.[dev]'"

@@ -211,6 +211,7 @@ def run_chromium(binary: str, profile: Path, *args: str) -> subprocess.Completed
     return subprocess.run(command, capture_output=True, text=True, timeout=90)
 
 
+@pytest.mark.slow  # starts a browser
 @pytest.mark.skipif(chromium() is None, reason="chromium not installed: the report was checked with html.parser only "
                                                "(well-formed, one SVG per chart with path data, no external URLs)")
 def test_report_renders_in_headless_chromium(site, tmp_path):

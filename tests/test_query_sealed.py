@@ -122,6 +122,7 @@ def test_reading_sql_still_runs_and_writes_nothing(place, sql, check):
     assert files_under(place) == before
 
 
+@pytest.mark.slow  # starts the installed command
 def test_detach_and_reattach_read_write_is_refused_by_the_real_command(place):
     """The attack that used to delete a whole run, through the installed entry point."""
     ws = place / "ws"

@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import msgspec
 import pytest
+from tiers import examples
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -136,7 +137,7 @@ def check_store(recorder: Recorder, acked: dict, commit_order: list[tuple[str, i
 
 
 TestRecorder = RecorderMachine.TestCase
-TestRecorder.settings = settings(max_examples=30, stateful_step_count=12, deadline=None)
+TestRecorder.settings = settings(max_examples=examples(30), stateful_step_count=12, deadline=None)
 
 
 # ---- smaller promises -------------------------------------------------------------------------
