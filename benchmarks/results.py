@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import math
-import multiprocessing
 import os
 import platform
 import statistics
@@ -29,29 +28,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 from esper.cli.run import _final_architecture
 from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
-from esper.leyline.events import RunStarted
-from esper.store import Recorder, Workspace
+from esper.store import Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import load_task_data
 from esper.tolaria.flops import epoch_flops
-from esper.tolaria.loop import StoreSink, execute, resolve_config
+from recording import Job, record_all, say
 
 TASK = "mnist1d"
 FAST_SEEDS = [0, 1, 2]
 FULL_SEEDS = list(range(20))
 EAGER = HeuristicConfig(min_gain=1.0)
 BASELINES = ("static", "heuristic", "eager", "scratch")
-
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 # ---- what a run is ------------------------------------------------------------------------------
@@ -70,54 +63,6 @@ def planned_config(kind: str, seed: int, epochs: int, policy: str | None = None)
 
 def run_id_of(kind: str, seed: int, tag: str = "") -> str:
     return f"results-{kind}{tag}-s{seed}"
-
-
-def record(root: str, run_id: str, config: RunConfig) -> str:
-    """Train one run into its own store file of the workspace at `root` (in a worker process)."""
-    ws = Workspace.at(root)
-    cfg = resolve_config(config)
-    brain = make_controller(cfg.controller, cfg.seed, cfg.policy, cfg.heuristic)
-    started = time.perf_counter()
-    with Recorder(ws.store_path(run_id)) as recorder:
-        result = execute(cfg, brain, StoreSink(recorder, run_id))
-    return (f"  {run_id}: test {result.test_accuracy * 100:5.1f}%  params {result.params:,}  "
-            f"({time.perf_counter() - started:.0f} s)")
-
-
-def recorded_config(ws: Workspace, run_id: str) -> tuple[bool, RunConfig | None]:
-    """(finished, config) of a run already in the workspace; (False, None) if it is not there."""
-    with ws.reader() as reader:
-        rows = reader.con.execute("SELECT finished FROM runs WHERE run_id = ?", [run_id]).fetchall()
-        if not rows:
-            return False, None
-        started = reader.read_run(run_id)[0].event
-    assert isinstance(started, RunStarted)
-    return bool(rows[0][0]), started.config
-
-
-def plan(ws: Workspace, jobs: list[tuple[str, RunConfig]]) -> list[tuple[str, RunConfig]]:
-    """The jobs still to record: a finished run with the same resolved config is reused; a different or
-    unfinished one is in the way (its store file is the run's), which is an error, not something to overwrite."""
-    todo = []
-    for run_id, config in jobs:
-        finished, recorded = recorded_config(ws, run_id)
-        if recorded is None:
-            todo.append((run_id, config))
-        elif not finished or recorded != resolve_config(config):
-            sys.exit(f"results: {run_id} in {ws.root} is {'unfinished' if not finished else 'another config'}; "
-                     "use a fresh --workspace (or delete its store file)")
-    return todo
-
-
-def record_all(ws: Workspace, jobs: list[tuple[str, RunConfig]], workers: int) -> None:
-    todo = plan(ws, jobs)
-    say(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in the workspace; recording {len(todo)}")
-    if not todo:
-        return
-    spawn = multiprocessing.get_context("spawn")  # no fork of a process that has started torch's threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
-        for line in pool.map(record, [str(ws.root)] * len(todo), *zip(*todo)):
-            say(line)
 
 
 # ---- reading the logs back ----------------------------------------------------------------------
@@ -259,14 +204,14 @@ def main() -> None:
     say(f"workspace {ws.root}")
     policies = {f"{i}": path for i, path in enumerate(args.policy)}
 
-    first = [(run_id_of(k, s), planned_config(k, s, args.epochs)) for s in seeds for k in ("static", "heuristic", "eager")]
-    first += [(run_id_of("policy", s, tag), planned_config("policy", s, args.epochs, path)) for tag, path in policies.items()
-              for s in seeds]
+    first = [Job(run_id_of(k, s), planned_config(k, s, args.epochs)) for s in seeds for k in ("static", "heuristic", "eager")]
+    first += [Job(run_id_of("policy", s, tag), planned_config("policy", s, args.epochs, path))
+              for tag, path in policies.items() for s in seeds]
     record_all(ws, first, args.workers)
     scratch = []
     for s in seeds:  # each heuristic run's final architecture, as `esper run --controller scratch --like` builds it
         like, architecture, epochs = _final_architecture(ws, run_id_of("heuristic", s))
-        scratch.append((run_id_of("scratch", s), RunConfig(task=TASK, controller="scratch", seed=s, like=like,
+        scratch.append(Job(run_id_of("scratch", s), RunConfig(task=TASK, controller="scratch", seed=s, like=like,
                                                             architecture=architecture, epochs=epochs)))
     record_all(ws, scratch, args.workers)
 

@@ -1,0 +1,82 @@
+"""Recording benchmark runs into a workspace, reusing the ones already there (results.py, tune.py, frontier.py).
+
+A run is named by the caller (a stable run id) and fixed by its config and task preset. Recording it again
+is skipped when the workspace already holds it finished with the same resolved config and preset (what
+decides its events), so a long benchmark can be stopped and re-run, or extended, without redoing work;
+a run of that name with anything else is in the way and stops the benchmark rather than being mixed in.
+"""
+
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import NamedTuple
+
+from esper.leyline import RunConfig
+from esper.leyline.config import TaskPreset
+from esper.leyline.events import RunStarted
+from esper.store import Recorder, Workspace
+from esper.tamiyo.controllers import make_controller
+from esper.tolaria.loop import StoreSink, execute, resolve_config
+from esper.tolaria.tasks import get_task
+
+
+class Job(NamedTuple):
+    run_id: str
+    config: RunConfig
+    preset: TaskPreset | None = None
+    """None: the task's preset as it is today."""
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def record(root: str, job: Job) -> str:
+    """Train one run into its own store file of the workspace at `root` (in a worker process)."""
+    ws = Workspace.at(root)
+    preset = job.preset or get_task(job.config.task)
+    cfg = resolve_config(job.config, preset)
+    brain = make_controller(cfg.controller, cfg.seed, cfg.policy, cfg.heuristic)
+    started = time.perf_counter()
+    with Recorder(ws.store_path(job.run_id)) as recorder:
+        result = execute(cfg, brain, StoreSink(recorder, job.run_id), preset=preset)
+    return (f"  {job.run_id}: val {result.val_accuracy * 100:5.1f}%  test {result.test_accuracy * 100:5.1f}%  "
+            f"params {result.params:,}  ({time.perf_counter() - started:.0f} s)")
+
+
+def _recorded(ws: Workspace, run_id: str) -> tuple[bool, RunStarted | None]:
+    """(finished, RunStarted) of a run already in the workspace; (False, None) if it is not there."""
+    with ws.reader() as reader:
+        rows = reader.con.execute("SELECT finished FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        if not rows:
+            return False, None
+        started = reader.read_run(run_id)[0].event
+    assert isinstance(started, RunStarted)
+    return bool(rows[0][0]), started
+
+
+def still_to_record(ws: Workspace, jobs: list[Job]) -> list[Job]:
+    todo = []
+    for job in jobs:
+        finished, started = _recorded(ws, job.run_id)
+        if started is None:
+            todo.append(job)
+            continue
+        preset = job.preset or get_task(job.config.task)
+        if not finished or started.config != resolve_config(job.config, preset) or started.preset != preset:
+            sys.exit(f"{job.run_id} in {ws.root} is {'unfinished' if not finished else 'another config or preset'}; "
+                     "use a fresh --workspace (or delete its store file)")
+    return todo
+
+
+def record_all(ws: Workspace, jobs: list[Job], workers: int) -> None:
+    """Record every job not in the workspace yet, `workers` at a time, one process each."""
+    todo = still_to_record(ws, jobs)
+    say(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in the workspace; recording {len(todo)}")
+    if not todo:
+        return
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process that has started torch's threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
+        for line in pool.map(record, [str(ws.root)] * len(todo), todo):
+            say(line)
