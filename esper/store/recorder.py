@@ -331,9 +331,9 @@ def remove_if_empty(path: Path) -> None:
     except duckdb.Error:
         return
     try:
-        empty = con.execute("SELECT count(*) = 0 FROM events").fetchall()[0][0]
-    except duckdb.Error:  # not an Esper store: not ours to remove
-        empty = False
+        tables = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        # No table at all: stopped while the file was being created. Tables of its own: not ours to remove.
+        empty = not tables or ("events" in tables and not con.execute("SELECT count(*) FROM events").fetchall()[0][0])
     finally:
         con.close()
     if empty:
