@@ -9,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
+import torch
 from cli_runner import invoke
+from torch import nn
 
 import esper.cli  # noqa: F401 - `esper.cli.app` is the typer app there; the module is what this test needs
 from esper.errors import RunFailed, StoreFailed
@@ -24,6 +27,7 @@ from esper.simic.rollout import collect, episode_generators
 from esper.store import Recorder, Workspace
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
+from esper.tolaria.telemetry import LayerGradients
 from esper.tolaria.trainer import Trainer, divergence
 
 pytestmark = pytest.mark.slow  # real training runs and subprocesses of the CLI
@@ -204,6 +208,17 @@ def test_a_non_finite_loss_ends_the_run_and_no_nan_reaches_the_log(data, monkeyp
     for event in sink.events:  # JSON has no NaN: msgspec would have written null
         if isinstance(event, EpochEnded):
             assert all(math.isfinite(x) for x in (event.train_loss, event.val_loss, event.val_accuracy)), event
+
+
+def test_a_layer_whose_gradient_is_not_finite_is_exploding_and_has_no_norm_to_log_as_null():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model(torch.randn(4, 2)).sum().backward()
+    model[0].weight.grad[0, 0] = math.inf
+    meter = LayerGradients(model)
+    meter.add()
+    report = meter.report()
+    assert list(report["grad_norms"]) == ["1"] and report["exploding"] == ["0"]
+    assert "null" not in msgspec.json.encode(report).decode()
 
 
 # ---- progress on a closed stream ---------------------------------------------------------------------

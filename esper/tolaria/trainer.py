@@ -231,7 +231,9 @@ class Trainer:
         out = self._layers.report() if self._layers is not None else {}
         if self.config.telemetry == "diagnostic" and (epoch - 1) % SHARPNESS_EVERY == 0:
             x, y = self.data.train.x[:SHARPNESS_EXAMPLES], self.data.train.y[:SHARPNESS_EXAMPLES]
-            out["sharpness"] = sharpness(self.model, x, y, seed=self.config.seed * 100_003 + epoch)
+            value = sharpness(self.model, x, y, seed=self.config.seed * 100_003 + epoch)
+            if math.isfinite(value):  # JSON has no NaN: a curvature that overflowed is left out, not logged as null
+                out["sharpness"] = value
         return out
 
     @torch.no_grad()
