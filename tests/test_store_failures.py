@@ -272,3 +272,20 @@ def test_a_disk_that_fills_during_esper_run_is_one_line_naming_it_and_the_log_st
                          rf"epochs 1–(\d+); free space and run esper run --resume {run_id}", last)
     assert match, result.stderr
     assert held_epochs(small_filesystem, run_id) == list(range(1, int(match[1]) + 1))
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_esper_ppo_is_one_line_and_every_other_episode_ends(tmp_path, monkeypatch):
+    fail_append(monkeypatch, 4, duckdb.TransactionException(FULL.format(wal="x.wal")))  # an episode's epoch 1
+    result = invoke("ppo", "--episodes", "2", "--n-envs", "2", "--epochs", "2", "--out", str(tmp_path / "p.pt"),
+                    workspace=tmp_path)
+    [path] = tmp_path.glob("*.duckdb")
+    assert store_error(result) == f"esper: no space left on device writing {path}; free space and run it again"
+    with Workspace.at(tmp_path).reader() as reader:
+        episodes = [r[0] for r in reader.con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()]
+        endings = {run: [e.event for e in reader.read_run(run) if isinstance(e.event, (RunFailed, RunFinished))]
+                   for run in episodes}
+    assert len(episodes) == 2
+    cut, ended = sorted(endings.values(), key=len)
+    assert cut == []  # the episode whose write failed: its log ends at its last stored epoch
+    assert [e.error for e in ended] == [f"no space left on device writing {path}"]

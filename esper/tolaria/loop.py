@@ -16,7 +16,7 @@ import attrs
 import msgspec
 import torch
 
-from esper.errors import BadInput, EsperError, IllegalEvent, RunFailed, StoreFailed, first_line
+from esper.errors import BadInput, EsperError, IllegalEvent, StoreFailed, first_line
 from esper.kasmina import build_host
 from esper.leyline.commands import Command
 from esper.leyline.config import RunConfig
@@ -284,7 +284,8 @@ def execute(
     config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None,
     data: TaskData | None = None, preset: TaskPreset | None = None, build_events: bool = True,
 ) -> RunResult:
-    """Train one run from `RunStarted` to `RunFinished`; a failure appends `RunFailed` and raises."""
+    """Train one run from `RunStarted` to `RunFinished`; a failure (a bug included) appends `RunFailed` and raises,
+    unless the store is what failed (`Session.fail`)."""
     session = Session(config, sink, data=data, preset=preset, build_events=build_events)
     try:
         while not session.done:
@@ -313,6 +314,8 @@ def failure_of(exc: BaseException) -> str | None:
     does not end a run (`SystemExit` and the like)."""
     if isinstance(exc, KeyboardInterrupt):
         return str(exc) or "interrupted"
+    if isinstance(exc, StoreFailed):  # what failed, not what the other run's log holds
+        return exc.what
     if isinstance(exc, EsperError):
         return str(exc)
     if isinstance(exc, Exception):
