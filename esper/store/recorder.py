@@ -84,7 +84,8 @@ class Recorder:
         except BaseException:
             self._con.close()
             raise
-        self._opened = None if str(path) == ":memory:" else failures.identity(self.path)
+        self._opened = None if str(path) == ":memory:" else (self.path.absolute(), failures.identity(self.path))
+        """Where the file was opened and which file it was: a removed one is seen before the next append."""
         # Checkpoint less often than DuckDB's 16MB default: each checkpoint recompresses the table's last,
         # partly filled row group, and at 10,000-event batches 64MB appends ~25% faster overall.
         self._con.execute("SET checkpoint_threshold = '64MB'")
@@ -128,7 +129,7 @@ class Recorder:
     def _append(self, run_id: str, batch: Sequence[Pending | Event], expected_seq: int, snapshot: str | None) -> int:
         with self._lock:
             if self._opened is not None:
-                failures.check_in_place(self._con, self.path, self._opened)
+                failures.check_in_place(self._con, *self._opened)
             self._pending_heads = None
             self._con.begin()
             try:
