@@ -37,6 +37,27 @@ class StoreUnavailable(BadInput):
     """A store file cannot be opened (missing, corrupt, or held by a live writer)."""
 
 
+class StoreFailed(EsperError):
+    """The operating system refused a write to a store under a running command: a full disk, a read-only
+    filesystem, the file removed or locked. Exit 1: the command stops, and every batch stored before stays
+    readable. Said in one line, built by those who know each part: the store says what failed (`what`, naming
+    the cause and the file) and what to do about it (`remedy`), the run's sink what its log holds (`held`), the
+    command how to go on (`then`)."""
+
+    def __init__(self, what: str, remedy: str = "", held: str = "", then: str = ""):
+        super().__init__(what, remedy, held, then)  # all in `args`: it crosses process boundaries by pickle
+        self.what, self.remedy, self.held, self.then = what, remedy, held, then
+
+    def __str__(self) -> str:
+        advice = " and ".join(part for part in (self.remedy, self.then) if part)
+        return self.what + (f": {self.held}" if self.held else "") + (f"; {advice}" if advice else "")
+
+    def adding(self, held: str | None = None, then: str | None = None) -> "StoreFailed":
+        """The same failure, said with what its log holds or how to go on."""
+        return StoreFailed(self.what, self.remedy, self.held if held is None else held,
+                           self.then if then is None else then)
+
+
 class AppendConflict(EsperError):
     """An append expected a different last `seq` for its run: someone else wrote first. Nothing was written."""
 

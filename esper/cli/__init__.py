@@ -9,7 +9,7 @@ import typer
 
 from esper.cli import core, run, simic  # noqa: F401 - register their verbs
 from esper.cli import nissa  # noqa: F401
-from esper.cli.app import app
+from esper.cli.app import app, say
 from esper.errors import Terminated
 
 __all__ = ["app", "main"]
@@ -19,16 +19,18 @@ def main() -> None:
     """Entry point: usage errors get one line and exit code 2, like every other bad input; SIGTERM stops
     a command the way Ctrl-C does (the default would kill it before its buffered events are written)."""
     signal.signal(signal.SIGTERM, _terminate)
+    stdout_closed = sys.stdout is None
+    _fill_closed_descriptors()
     held = _hold_stdout()
     code = 1
     try:
         code = _run()
-    except BrokenPipeError:  # stderr's reader has gone: nothing more can be said
+    except BrokenPipeError:  # a pipe's reader has gone where nothing else caught it
         code = 141
     finally:
-        code = _release(held) or code
+        code = _release(held, stdout_closed) or code
         if code == 141:  # so that the interpreter's own flush at exit does not complain either
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stderr__.fileno())
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     sys.exit(code)
 
 
@@ -38,32 +40,50 @@ def _run() -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
-        print("esper: aborted", file=sys.stderr)
+        say("esper: aborted")
         return 130
     except typer.TyperException as exc:  # usage errors: unknown command, bad option, missing argument
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         if exc.format_message():  # a bare `esper` has printed the help already and has nothing to add
-            print(f"esper: {exc.format_message()}{hint}", file=sys.stderr)
+            say(f"esper: {exc.format_message()}{hint}")
         return 2
     return result if isinstance(result, int) else 0
+
+
+def _fill_closed_descriptors() -> None:
+    """A standard stream the shell closed (`2>&-`) leaves its descriptor free, and the next file opened (a
+    store) would take it: whatever a library then writes to "stderr" would land in that file. Such a
+    descriptor is pointed at the null device (Python has already set the stream itself to None)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
 
 
 def _hold_stdout() -> io.StringIO | None:
     """Into a pipe or a file, stdout is held and leaves in one write when the command ends: results are
     printed at the end anyway, and `esper --help | grep -q run` must not see esper fail because its reader
-    left after the first of the many small writes the help makes (each flushed, PYTHONUNBUFFERED or not)."""
-    if sys.stdout is None or sys.stdout.isatty():
+    left after the first of the many small writes the help makes (each flushed, PYTHONUNBUFFERED or not).
+    A closed stdout is held too, so that a result with nowhere to go is seen (`_release`)."""
+    if sys.stdout is not None and sys.stdout.isatty():
         return None
     sys.stdout = io.StringIO()
     return sys.stdout
 
 
-def _release(held: io.StringIO | None) -> int | None:
-    """Write what was held; 141 (128 + SIGPIPE, as a shell reports it) if the reader has gone."""
+def _release(held: io.StringIO | None, closed: bool) -> int | None:
+    """Write what was held; 141 (128 + SIGPIPE, as a shell reports it) if the reader has gone or stdout was
+    closed from the start."""
     sys.stdout = sys.__stdout__
     if held is None or not held.getvalue():
         return None
+    if closed:
+        return 141
     data, fd = held.getvalue().encode(sys.stdout.encoding or "utf-8", "replace"), sys.stdout.fileno()
     try:
         while data:

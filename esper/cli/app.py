@@ -1,5 +1,6 @@
 """The `esper` typer app and the one place that turns errors into one line and an exit code."""
 
+import contextlib
 import functools
 import math
 import os
@@ -9,7 +10,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from esper.errors import BadInput, EsperError, Terminated
+from esper.errors import BadInput, EsperError, Terminated, first_line
 
 app = typer.Typer(
     name="esper",
@@ -24,9 +25,36 @@ WorkspaceOption = typer.Option(
 )
 
 
+_stderr_gone = False
+"""Set when a line could not be written to stderr: every later line is dropped unwritten."""
+
+
 def say(message: str) -> None:
-    """Progress and notes go to stderr; stdout is for results (tables, JSON)."""
-    print(message, file=sys.stderr, flush=True)
+    """Progress and notes go to stderr; stdout is for results (tables, JSON). Best effort: a line stderr cannot
+    take (its reader has gone, as in `esper run 2>&1 >out.json | head -3`, or it was closed, `2>&-`) silences
+    this and every later line, and the command goes on: a run never stops for its progress."""
+    global _stderr_gone
+    if _stderr_gone:
+        return
+    if sys.stderr is None:  # closed when Python started: `print` would write to stdout instead
+        _stderr_gone = True
+        return
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # BrokenPipeError and the like; ValueError: the stream object is closed
+        _stderr_gone = True
+        _discard_stderr()
+
+
+def _discard_stderr() -> None:
+    """Point stderr's descriptor at the null device: what is still buffered for it, the interpreter's flush at
+    exit and any library's warning then go nowhere instead of failing again (at exit, with status 120)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # not a file descriptor (a test's capture)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stderr.fileno())
+        finally:
+            os.close(devnull)
 
 
 def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -49,12 +77,10 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
-        except BrokenPipeError:  # the reader of stderr has gone (stdout is held until the end: esper.cli.main)
-            raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports it
         except Exception as exc:  # a bug of ours: still one line, with the way to see more
             if os.environ.get("ESPER_DEBUG"):
                 raise
-            say(f"esper: internal error: {type(exc).__name__}: {exc} (set ESPER_DEBUG=1 for the traceback)")
+            say(f"esper: internal error: {type(exc).__name__}: {first_line(exc)} (set ESPER_DEBUG=1 for the traceback)")
             raise typer.Exit(1) from None
 
     return wrapper

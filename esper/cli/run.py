@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from esper.cli.app import WorkspaceOption, app, handles_errors, say, writable_workspace
-from esper.errors import BadInput
+from esper.errors import BadInput, StoreFailed
 from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.stages import SeedStage
 from esper.store import Recorder, Workspace
@@ -84,8 +84,12 @@ def run(
     anneal = f" (rates annealed over the last {annealed})" if annealed else ""
     say(f"run {run_id}: {task}, controller {controller}, seed {seed}, {config.epochs} epochs{anneal} on {device}{cap}")
     with Recorder(ws.store_path(run_id)) as recorder:
-        result = execute(config, brain, StoreSink(recorder, run_id, snapshot_every=snapshot_every),
-                         progress=_progress(config.epochs), data=data)
+        sink = StoreSink(recorder, run_id, snapshot_every=snapshot_every)
+        try:
+            result = execute(config, brain, sink, progress=_progress(config.epochs), data=data)
+        except StoreFailed as exc:
+            stored = sink.last_epoch is not None  # its RunStarted at least
+            raise exc.adding(then=f"run esper run --resume {run_id}" if stored else "run it again") from None
     table = _closing_table(run_id, result)
     if as_json:
         say(table)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
-from esper.errors import BadInput
+from esper.errors import BadInput, StoreFailed
 from esper.simic.rewards import RewardConfig
 from esper.store.workspace import RUNS_COLUMNS
 
@@ -111,7 +111,11 @@ def ppo(
         critic_warmup=critic_warmup, init_temperature=init_temperature, max_params=max_params,
         select_every=select_every, select_runs=select_runs, workers=workers,
     )
-    result = train(cfg, out, writable_workspace(workspace), init=init, resume=resume, progress=say)
+    try:
+        result = train(cfg, out, writable_workspace(workspace), init=init, resume=resume, progress=say)
+    except StoreFailed as exc:  # what one episode's log held matters not: --resume plays its update again
+        again = f"run esper ppo --out {out} --resume" if out.is_file() else "run it again"
+        raise exc.adding(held="", then=again) from None
     stats = result["stats"]
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k != "stats"} | {"last_update": stats}))
@@ -158,6 +162,7 @@ def iql(
     from esper.simic.iql import IQLConfig, check, train
     from esper.simic.policy import save_policy
     from esper.store import Recorder
+    from esper.store.recorder import remove_if_empty
     from esper.tolaria.loop import StoreSink
 
     out = _output(out)
@@ -179,8 +184,13 @@ def iql(
                        ": the dataset is empty (check --runs and --task)")
     say(f"iql: dataset of {len(episodes)} runs from {ws.root}" + (f" where {runs}" if runs else ""))
     learner_id = f"iql-{secrets.token_hex(3)}"
-    with Recorder(ws.store_path(learner_id)) as recorder:
-        net, result = train(cfg, spec, episodes, sink=StoreSink(recorder, learner_id), progress=say)
+    store = ws.store_path(learner_id)
+    try:
+        with Recorder(store) as recorder:
+            net, result = train(cfg, spec, episodes, sink=StoreSink(recorder, learner_id), progress=say)
+    except BaseException:  # stopped before its first update was logged: no empty store is left in the workspace
+        remove_if_empty(store)
+        raise
     save_policy(out, net, "iql", cfg.reward, cfg.hidden)
     summary = {"out": str(out), "learner": learner_id, "runs": result["runs"], "transitions": result["transitions"],
                "seconds": result["seconds"], "last": result["stats"]}

@@ -27,7 +27,7 @@ from esper.leyline.config import RunConfig
 from esper.tamiyo.controllers import Controller
 from esper.tamiyo.observation import Observation
 from esper.tolaria.data import TaskData
-from esper.tolaria.loop import RunResult, Session, Sink
+from esper.tolaria.loop import RunResult, Session, Sink, failure_of
 
 
 CPU_CHUNK = 8
@@ -88,8 +88,9 @@ class VecEnv:
     controllers do). `configs[i].device` places run i; build them with `configs_round_robin`.
 
     Play them inside `with vec:`, as `execute` plays one run: if the block is interrupted (Ctrl-C,
-    SIGTERM), every unfinished run is ended with `RunFailed` (its whole epochs kept), and however it
-    ends, every run's writer is stopped after writing what it holds."""
+    SIGTERM) or stopped by an error (a bug of ours: "internal error: ..."), every unfinished run is ended
+    with `RunFailed` (its whole epochs kept), and however it ends, every run's writer is stopped after
+    writing what it holds."""
 
     def __init__(self, configs: Sequence[RunConfig], sinks: Sequence[Sink], data: TaskData, chunk: int | None = None):
         if not configs or len(configs) != len(sinks):
@@ -103,7 +104,13 @@ class VecEnv:
             device = torch.device(c.device)
             if device not in self.data:
                 self.data[device] = data.to(device)
-        self.envs = [Env(c, sink, self.data[torch.device(c.device)]) for c, sink in zip(configs, sinks)]
+        self.envs: list[Env] = []
+        try:
+            for c, sink in zip(configs, sinks):
+                self.envs.append(Env(c, sink, self.data[torch.device(c.device)]))
+        except BaseException as exc:  # the runs already started end as if the block had been entered
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         self.preset = self.envs[0].session.preset
         on_gpu = any(env.stream is not None for env in self.envs)
         self.chunk = chunk or (1 if on_gpu else CPU_CHUNK)
@@ -116,12 +123,13 @@ class VecEnv:
 
     def __exit__(self, kind, exc, traceback) -> None:
         try:
-            if kind is not None and issubclass(kind, KeyboardInterrupt):
+            error = None if exc is None else failure_of(exc)
+            if error is not None:
                 for env in self.envs:
                     if env.failed is None and env.result is None:
-                        env.failed = str(exc) or "interrupted"
-                        # A run whose store is what failed, or that was interrupted while its RunFinished was
-                        # being written (its writer is closed), cannot take RunFailed: the others still must.
+                        env.failed = error
+                        # A run whose own write failed takes no RunFailed (`Session.fail`); when another run's
+                        # append into a shared store fails, so may this one's: the others still must end.
                         with contextlib.suppress(Exception):
                             env.session.fail(env.failed)
         finally:

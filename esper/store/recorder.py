@@ -15,6 +15,7 @@ No code path updates or deletes an event.
 Appends go through Arrow (one INSERT per batch); DuckDB's row-at-a-time `executemany` is ~500x slower.
 """
 
+import contextlib
 import datetime as dt
 import threading
 import uuid
@@ -29,7 +30,7 @@ import pyarrow as pa
 
 from esper.errors import AppendConflict, BadInput, StoreUnavailable, first_line
 from esper.leyline.events import EVENT_TYPES, Event, decode
-from esper.store import chain
+from esper.store import chain, failures
 from esper.store.schema import (
     BATCH_SCHEMA,
     HEADS_DDL,
@@ -74,10 +75,17 @@ class Recorder:
             self._con = duckdb.connect(str(self.path))
         except (duckdb.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open store {self.path}: {first_line(exc)}") from None
-        self._con.execute(TABLE_DDL)
-        self._con.execute(UPGRADE_DDL)  # a store written before the hash chain
-        self._con.execute(HEADS_DDL)
-        self._con.execute(SNAPSHOTS_DDL)
+        try:
+            with failures.refusals(self.path):
+                self._con.execute(TABLE_DDL)
+                self._con.execute(UPGRADE_DDL)  # a store written before the hash chain
+                self._con.execute(HEADS_DDL)
+                self._con.execute(SNAPSHOTS_DDL)
+        except BaseException:
+            self._con.close()
+            raise
+        self._opened = None if str(path) == ":memory:" else (self.path.absolute(), failures.identity(self.path))
+        """Where the file was opened and which file it was: a removed one is seen before the next append."""
         # Checkpoint less often than DuckDB's 16MB default: each checkpoint recompresses the table's last,
         # partly filled row group, and at 10,000-event batches 64MB appends ~25% faster overall.
         self._con.execute("SET checkpoint_threshold = '64MB'")
@@ -111,15 +119,25 @@ class Recorder:
         (a retry of a batch that did commit) and `snapshot` is not stored either. A bare event gets a fresh
         `event_id` from the store. `snapshot`: the run's state after the batch, as JSON text the store does not
         read, stored with the batch's last `seq` and hash.
+
+        A write the operating system refuses (full disk, read-only filesystem, the file removed under us)
+        raises `StoreFailed` and writes nothing (`esper.store.failures`).
         """
+        with failures.refusals(self.path):
+            return self._append(run_id, batch, expected_seq, snapshot)
+
+    def _append(self, run_id: str, batch: Sequence[Pending | Event], expected_seq: int, snapshot: str | None) -> int:
         with self._lock:
+            if self._opened is not None:
+                failures.check_in_place(self._con, *self._opened)
             self._pending_heads = None
             self._con.begin()
             try:
                 last = self._append_locked(run_id, list(batch), expected_seq, snapshot)
                 self._con.commit()
             except BaseException:
-                self._con.rollback()
+                with contextlib.suppress(duckdb.TransactionException):  # a failed commit has ended it already
+                    self._con.rollback()
                 raise
             if self._pending_heads is not None:  # committed: move the cached heads on
                 run, seq, position, last_hash = self._pending_heads
@@ -303,3 +321,22 @@ def _payloads(events: list[Event]) -> tuple[pa.Array, bytes, np.ndarray]:
     strings = pa.StringArray.from_buffers(len(events), pa.py_buffer(offsets), pa.py_buffer(buffer))
     array = strings if PAYLOAD_TYPE == pa.string() else pa.ExtensionArray.from_storage(PAYLOAD_TYPE, strings)
     return array, buffer, offsets
+
+
+def remove_if_empty(path: Path) -> None:
+    """Remove the store file at `path`, and its write-ahead log, if it holds no event: what a writer stopped before
+    its first append leaves behind (a job interrupted while it prepared). Call it once the file's Recorder is
+    closed; a file that cannot be opened (missing, or held by a writer) is left alone."""
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error:
+        return
+    try:
+        tables = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        # No table at all: stopped while the file was being created. Tables of its own: not ours to remove.
+        empty = not tables or ("events" in tables and not con.execute("SELECT count(*) FROM events").fetchall()[0][0])
+    finally:
+        con.close()
+    if empty:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".wal").unlink(missing_ok=True)

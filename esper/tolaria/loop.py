@@ -16,7 +16,7 @@ import attrs
 import msgspec
 import torch
 
-from esper.errors import BadInput, IllegalEvent, RunFailed
+from esper.errors import BadInput, EsperError, IllegalEvent, StoreFailed, first_line
 from esper.kasmina import build_host
 from esper.leyline.commands import Command
 from esper.leyline.config import RunConfig
@@ -69,14 +69,31 @@ class StoreSink:
     snapshot_every: int = SNAPSHOT_EVERY
     state: RunState | None = None
     """The fold of the stream up to `seq`; None until a `RunStarted` is appended."""
+    last_epoch: int | None = None
+    """The last epoch whose `EpochEnded` the store holds (0: none yet; None: not a training run, as far as this
+    sink has seen): what a failed store's message says the log holds."""
 
     def append(self, batch: list[Event]) -> None:
         snapshot = self._fold(batch)
         try:
             self.seq = self.recorder.append(self.run_id, batch, self.seq, snapshot=snapshot)
+        except StoreFailed as exc:
+            self.state, self.snapshot_every = None, 0
+            raise exc.adding(held=self._held()) from exc
         except BaseException:
             self.state, self.snapshot_every = None, 0  # the store may or may not hold the batch: stop folding
             raise
+        for event in batch:
+            if isinstance(event, RunStarted):
+                self.last_epoch = 0
+            elif isinstance(event, EpochEnded):
+                self.last_epoch = event.epoch
+
+    def _held(self) -> str:
+        if self.last_epoch is None:
+            return ""
+        epochs = {0: "no epoch yet", 1: "epoch 1"}.get(self.last_epoch, f"epochs 1–{self.last_epoch}")
+        return f"the log holds {epochs}"
 
     def _fold(self, batch: list[Event]) -> str | None:
         """Fold the batch; the snapshot JSON to store with it when one is due."""
@@ -171,6 +188,7 @@ class Session:
         self.epoch = 0
         self.stats: EpochStats | None = None
         self._pending: list[Event] = []
+        self._ending = False
         model = self.trainer.model
         self._emit([RunStarted(config=config, preset=self.preset, versions=versions(),
                                host_params=model.param_count(), slots=model.slot_names,
@@ -202,7 +220,7 @@ class Session:
         self.trainer.begin_epoch(self.epoch)
 
     def end_epoch(self) -> Observation:
-        stats = self.stats = self.trainer.end_epoch(self.epoch)
+        stats = self.stats = self.trainer.end_epoch(self.epoch, [e.train_loss for e in self.projection.history])
         self._emit([EpochEnded(epoch=self.epoch, train_loss=stats.train_loss, val_loss=stats.val_loss,
                                val_accuracy=stats.val_accuracy, params=stats.params, seeds=stats.seeds,
                                diagnostics=stats.diagnostics)])
@@ -226,7 +244,12 @@ class Session:
         return RunResult(finished.val_accuracy, finished.test_accuracy, finished.params, counts)
 
     def fail(self, error: str) -> None:
-        """Close the log with `RunFailed`; the unfinished epoch is dropped whole (the log keeps whole epochs)."""
+        """Close the log with `RunFailed`; the unfinished epoch is dropped whole (the log keeps whole epochs).
+        A run whose store is what failed cannot take it (its log ends at its last stored epoch), nor a run whose
+        end is already handed to the writer: for those it only stops the writer."""
+        if self._writer.failed or self._ending:
+            self._writer.close()
+            return
         self._pending.clear()
         self._emit([RunFailedEvent(epoch=self.epoch, error=error)])
         self._end_writing()
@@ -249,6 +272,7 @@ class Session:
 
     def _end_writing(self) -> None:
         """Write what is pending and wait until every batch is stored: the run's end is acknowledged."""
+        self._ending = True
         try:
             self._flush()
             self._writer.wait()
@@ -260,7 +284,8 @@ def execute(
     config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None,
     data: TaskData | None = None, preset: TaskPreset | None = None, build_events: bool = True,
 ) -> RunResult:
-    """Train one run from `RunStarted` to `RunFinished`; a failure appends `RunFailed` and raises."""
+    """Train one run from `RunStarted` to `RunFinished`; a failure (a bug included) appends `RunFailed` and raises,
+    unless the store is what failed (`Session.fail`)."""
     session = Session(config, sink, data=data, preset=preset, build_events=build_events)
     try:
         while not session.done:
@@ -274,8 +299,25 @@ def execute(
             if progress is not None:
                 progress(session.epoch, session.stats, session.projection, issued)
         return session.finish()
-    except (RunFailed, KeyboardInterrupt) as exc:
-        session.fail(str(exc) or "interrupted")
+    except BaseException as exc:
+        error = failure_of(exc)
+        if error is not None:
+            session.fail(error)
         raise
     finally:
         session.close()
+
+
+def failure_of(exc: BaseException) -> str | None:
+    """The `RunFailed.error` a run ends with when `exc` stops it: a failure of its own (diverged), an interruption,
+    a failure Esper names (another run's store refused a write), or a bug (an internal error). None for what
+    does not end a run (`SystemExit` and the like)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return str(exc) or "interrupted"
+    if isinstance(exc, StoreFailed):  # what failed, not what the other run's log holds
+        return exc.what
+    if isinstance(exc, EsperError):
+        return str(exc)
+    if isinstance(exc, Exception):
+        return f"internal error: {type(exc).__name__}: {first_line(exc)}"
+    return None

@@ -8,6 +8,7 @@
 Everything lands in `EpochEnded.diagnostics`.
 """
 
+import math
 from collections import defaultdict
 
 import torch
@@ -49,11 +50,13 @@ class LayerGradients:
         if self.steps == 0:
             return {}
         means = (self.sums / self.steps).tolist()
-        norms = {layer: round(value, 8) for layer, value in zip(self.layers, means)}
+        # JSON has no NaN or infinity (they would be logged as null): a layer whose gradient was not finite
+        # (a diverging seed's) has no norm, and is exploding.
+        norms = {layer: round(value, 8) for layer, value in zip(self.layers, means) if math.isfinite(value)}
         return {
             "grad_norms": norms,
             "vanishing": [layer for layer, v in norms.items() if v < VANISHING],
-            "exploding": [layer for layer, v in norms.items() if v > EXPLODING],
+            "exploding": [layer for layer, v in zip(self.layers, means) if not v <= EXPLODING],
             "host_gradient_health": sum(step_health(v) for v in means) / len(means),
         }
 

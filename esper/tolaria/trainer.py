@@ -7,6 +7,8 @@ counterfactual contribution (accuracy with the seed minus accuracy with α force
 """
 
 import math
+import statistics
+from typing import Sequence
 
 import attrs
 import torch
@@ -32,6 +34,26 @@ class EpochStats:
     params: int
     seeds: list[SeedTelemetry]
     diagnostics: dict = attrs.field(factory=dict)
+
+
+DIVERGENCE_FACTOR = 10.0
+"""An epoch whose training loss exceeds this many times the median of the run's earlier epochs' has diverged."""
+DIVERGENCE_AFTER = 3
+"""Epochs before the factor applies: the first epochs' losses fall fast and are no baseline yet."""
+
+
+def divergence(epoch: int, train_loss: float, earlier: Sequence[float]) -> str | None:
+    """Why the host diverged at `epoch`, with the numbers that show it (None: it did not). `earlier`: the run's
+    training losses of epochs 1 .. epoch-1, as its log holds them."""
+    if not math.isfinite(train_loss):
+        return f"training diverged at epoch {epoch}: train loss {train_loss}"
+    if epoch <= DIVERGENCE_AFTER or len(earlier) < DIVERGENCE_AFTER:
+        return None
+    median = statistics.median(earlier)
+    if train_loss <= DIVERGENCE_FACTOR * median:
+        return None
+    return (f"training diverged at epoch {epoch}: train loss {train_loss:.6g} is over {DIVERGENCE_FACTOR:g}× "
+            f"the median {median:.6g} of epochs 1–{len(earlier)}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -191,10 +213,12 @@ class Trainer:
         self._loss_sum += loss.detach() * len(y)
         self._seen += len(y)
 
-    def end_epoch(self, epoch: int) -> EpochStats:
+    def end_epoch(self, epoch: int, earlier_losses: Sequence[float] = ()) -> EpochStats:
+        """The epoch's measurements; `RunFailed` if the host has diverged (`divergence`, judged against
+        `earlier_losses`, the run's training losses so far), before any of it is logged."""
         train_loss = (self._loss_sum / max(self._seen, 1)).item()
-        if not math.isfinite(train_loss):
-            raise RunFailed(f"training diverged at epoch {epoch}: train loss {train_loss}")
+        if (diverged := divergence(epoch, train_loss, earlier_losses)) is not None:
+            raise RunFailed(diverged)
         # JSON has no NaN or infinity: a seed whose own loss blew up is logged with no loss (and, its
         # gradients being non-finite, zero health), which is what the automatic cull looks for.
         self._seed_loss = {sid: v for sid, v in self._seed_loss.items() if math.isfinite(v)}
@@ -207,7 +231,9 @@ class Trainer:
         out = self._layers.report() if self._layers is not None else {}
         if self.config.telemetry == "diagnostic" and (epoch - 1) % SHARPNESS_EVERY == 0:
             x, y = self.data.train.x[:SHARPNESS_EXAMPLES], self.data.train.y[:SHARPNESS_EXAMPLES]
-            out["sharpness"] = sharpness(self.model, x, y, seed=self.config.seed * 100_003 + epoch)
+            value = sharpness(self.model, x, y, seed=self.config.seed * 100_003 + epoch)
+            if math.isfinite(value):  # JSON has no NaN: a curvature that overflowed is left out, not logged as null
+                out["sharpness"] = value
         return out
 
     @torch.no_grad()

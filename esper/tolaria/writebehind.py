@@ -29,6 +29,11 @@ class WriteBehind:
         self._raise_failure()
         self._last = self._writer.submit(self._write, batch)
 
+    @property
+    def failed(self) -> bool:
+        """Whether a write has failed (no later batch is written)."""
+        return self._failure is not None
+
     def wait(self) -> None:
         """Return once every batch handed over is written; raise the first failed write's error."""
         if self._last is not None:

@@ -1,0 +1,308 @@
+"""Every run ends: a bug, a divergence or a lost stderr never leaves a run cut off without its closing event."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+import torch
+from cli_runner import invoke
+from torch import nn
+
+import esper.cli  # noqa: F401 - `esper.cli.app` is the typer app there; the module is what this test needs
+from esper.errors import RunFailed, StoreFailed
+from esper.leyline import EpochEnded, RunConfig, RunFinished, RunStarted, Wait
+from esper.leyline.events import RunFailed as RunFailedEvent
+from esper.simic.env import VecEnv, configs_round_robin, play
+from esper.simic.features import spec_for_task
+from esper.simic.policy import PolicyNet
+from esper.simic.rewards import RewardConfig
+from esper.simic.rollout import collect, episode_generators
+from esper.store import Recorder, Workspace
+from esper.tolaria.data import load_task_data
+from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
+from esper.tolaria.telemetry import LayerGradients
+from esper.tolaria.trainer import Trainer, divergence
+
+pytestmark = pytest.mark.slow  # real training runs and subprocesses of the CLI
+
+ESPER = [sys.executable, "-m", "esper"]
+
+
+class Faulty:
+    """A controller with a bug: it raises at epoch `at` (and waits before)."""
+
+    name = "faulty"
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def decide(self, obs):
+        if obs.epoch == self.at:
+            raise ZeroDivisionError("a bug of ours")
+        return Wait()
+
+
+class Waiting:
+    name = "waiting"
+
+    def decide(self, obs):
+        return Wait()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_task_data("mnist1d", RunConfig().data_seed)
+
+
+def config(epochs: int) -> RunConfig:
+    return resolve_config(RunConfig(epochs=epochs, controller="static", seed=4))
+
+
+def error_line(result, code: int) -> str:
+    """The one `esper: ...` line a command that trained (progress lines first) ended with."""
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    said = [line for line in result.stderr.splitlines() if line.startswith("esper")]
+    assert len(said) == 1 and said[0] == result.stderr.splitlines()[-1], result.stderr
+    return said[0]
+
+
+def closing(events: list) -> list:
+    return [e for e in events if isinstance(e, (RunFinished, RunFailedEvent))]
+
+
+def epochs_of(events: list) -> list[int]:
+    return [e.epoch for e in events if isinstance(e, EpochEnded)]
+
+
+def stored_events(workspace: Path) -> dict[str, list]:
+    with Workspace.at(workspace).reader() as reader:
+        runs = [r[0] for r in reader.con.execute("SELECT DISTINCT run_id FROM events").fetchall()]
+        for run in runs:
+            reader.check_run(run)
+        return {run: [r.event for r in reader.read_run(run)] for run in runs}
+
+
+# ---- a bug ---------------------------------------------------------------------------------------
+
+
+def test_a_bug_inside_a_run_ends_it_with_run_failed_and_keeps_its_whole_epochs(data):
+    sink = ListSink()
+    with pytest.raises(ZeroDivisionError):
+        execute(config(4), Faulty(at=2), sink, data=data)
+    assert epochs_of(sink.events) == [1]  # epoch 2 was not whole: dropped
+    assert closing(sink.events) == [RunFailedEvent(epoch=2, error="internal error: ZeroDivisionError: a bug of ours")]
+
+
+def test_esper_run_reports_a_bug_as_an_internal_error_and_the_run_as_failed(tmp_path, monkeypatch):
+    monkeypatch.delenv("ESPER_DEBUG", raising=False)
+    monkeypatch.setattr("esper.cli.run.make_controller", lambda *args, **kwargs: Faulty(at=2))
+    error = error_line(invoke("run", "--epochs", "3", workspace=tmp_path), code=1)
+    assert error.startswith("esper: internal error: ZeroDivisionError: a bug of ours"), error
+    [events] = stored_events(tmp_path).values()
+    assert epochs_of(events) == [1]
+    assert [type(e).__name__ for e in closing(events)] == ["RunFailed"]
+    assert closing(events)[0].error.startswith("internal error: ZeroDivisionError")
+    runs = invoke("runs", "--json", workspace=tmp_path)
+    assert [r["status"] for r in json.loads(runs.stdout)] == ["failed"]
+
+
+def test_a_bug_in_one_lock_step_run_ends_every_run_it_was_playing(data):
+    sinks = [ListSink() for _ in range(3)]
+    vec = VecEnv(configs_round_robin(config(3), 3, ["cpu"]), sinks, data)
+    with pytest.raises(ZeroDivisionError):
+        play(vec, [Waiting(), Faulty(at=2), Waiting()])
+    for sink in sinks:
+        assert epochs_of(sink.events) == [1]
+        assert [e.error for e in closing(sink.events)] == ["internal error: ZeroDivisionError: a bug of ours"]
+
+
+def test_a_bug_in_a_ppo_rollout_ends_every_episode(data, monkeypatch):
+    calls = []
+
+    def act(self, x, mask, generator=None):
+        calls.append(1)
+        if len(calls) > 2:  # both episodes decided epoch 1; the bug strikes at epoch 2
+            raise RuntimeError("policy bug\nsecond line")
+        return original(self, x, mask, generator=generator)
+
+    original = PolicyNet.act
+    monkeypatch.setattr(PolicyNet, "act", act)
+    sinks = [ListSink(), ListSink()]
+    base = resolve_config(RunConfig(epochs=3, controller="ppo", seed=5))
+    vec = VecEnv(configs_round_robin(base, 2, ["cpu"]), sinks, data)
+    with pytest.raises(RuntimeError):
+        collect(vec, PolicyNet(spec_for_task("mnist1d")), episode_generators(0, 0, range(2)), RewardConfig())
+    for sink in sinks:
+        assert [e.error for e in closing(sink.events)] == ["internal error: RuntimeError: policy bug"]
+
+
+class BrokenStoreSink(ListSink):
+    """Takes `RunStarted`, then the store refuses every write."""
+
+    def append(self, batch):
+        if self.events:
+            raise StoreFailed("no space left on device writing /ws/a.duckdb", "free space")
+        super().append(batch)
+
+
+def test_the_run_whose_store_failed_takes_no_run_failed_and_the_others_still_end(data):
+    sinks = [BrokenStoreSink(), ListSink()]
+    vec = VecEnv(configs_round_robin(config(3), 2, ["cpu"]), sinks, data)
+    with pytest.raises(StoreFailed):
+        play(vec, [Waiting(), Waiting()])
+    assert [type(e) for e in sinks[0].events] == [RunStarted]
+    assert [e.error for e in closing(sinks[1].events)] == ["no space left on device writing /ws/a.duckdb"]
+
+
+# ---- divergence ----------------------------------------------------------------------------------
+
+
+def test_divergence_is_a_non_finite_loss_or_ten_times_the_median_after_the_third_epoch():
+    assert divergence(2, math.nan, [1.0]) == "training diverged at epoch 2: train loss nan"
+    assert divergence(3, 50.0, [1.0, 1.0]) is None  # not before the fourth epoch
+    assert divergence(4, 9.9, [2.0, 1.0, 0.5]) is None  # median 1.0
+    assert divergence(4, 10.5, [2.0, 1.0, 0.5]) == (
+        "training diverged at epoch 4: train loss 10.5 is over 10× the median 1 of epochs 1–3")
+    assert divergence(6, 5.0, [9.0, 0.4, 0.4, 0.45, 0.5]) == (
+        "training diverged at epoch 6: train loss 5 is over 10× the median 0.45 of epochs 1–5")
+
+
+def spike_at(epoch: int, factor: float, monkeypatch) -> None:
+    """The training loss of `epoch` comes out `factor` times what it was."""
+    original = Trainer.end_epoch
+
+    def end_epoch(self, e, earlier_losses=()):
+        if e == epoch:
+            self._loss_sum *= factor
+        return original(self, e, earlier_losses)
+
+    monkeypatch.setattr(Trainer, "end_epoch", end_epoch)
+
+
+def test_a_loss_ten_times_the_median_ends_esper_run_with_the_evidence(tmp_path, monkeypatch):
+    spike_at(4, 100.0, monkeypatch)
+    error = error_line(invoke("run", "--epochs", "5", "--controller", "static", workspace=tmp_path), code=1)
+    assert error.startswith("esper: training diverged at epoch 4: train loss ") and "over 10× the median" in error
+    [events] = stored_events(tmp_path).values()
+    assert epochs_of(events) == [1, 2, 3]
+    [failed] = closing(events)
+    assert failed.error == error.removeprefix("esper: ")
+    median = sorted(e.train_loss for e in events if isinstance(e, EpochEnded))[1]
+    assert f"the median {median:.6g} of epochs 1–3" in failed.error
+
+
+def test_a_non_finite_loss_ends_the_run_and_no_nan_reaches_the_log(data, monkeypatch):
+    spike_at(2, math.nan, monkeypatch)
+    sink = ListSink()
+    with pytest.raises(RunFailed, match="training diverged at epoch 2: train loss nan"):
+        execute(config(3), Waiting(), sink, data=data)
+    assert epochs_of(sink.events) == [1]
+    assert closing(sink.events)[0].error == "training diverged at epoch 2: train loss nan"
+    for event in sink.events:  # JSON has no NaN: msgspec would have written null
+        if isinstance(event, EpochEnded):
+            assert all(math.isfinite(x) for x in (event.train_loss, event.val_loss, event.val_accuracy)), event
+
+
+def test_a_layer_whose_gradient_is_not_finite_is_exploding_and_has_no_norm_to_log_as_null():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model(torch.randn(4, 2)).sum().backward()
+    model[0].weight.grad[0, 0] = math.inf
+    meter = LayerGradients(model)
+    meter.add()
+    report = meter.report()
+    assert list(report["grad_norms"]) == ["1"] and report["exploding"] == ["0"]
+    assert "null" not in msgspec.json.encode(report).decode()
+
+
+# ---- progress on a closed stream ---------------------------------------------------------------------
+
+
+class BrokenStream:
+    writes = 0
+
+    def write(self, text):
+        self.writes += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self):
+        raise OSError("no descriptor")
+
+
+def test_a_progress_line_stderr_cannot_take_silences_progress_and_raises_nothing(monkeypatch):
+    broken = BrokenStream()
+    app = sys.modules["esper.cli.app"]
+    monkeypatch.setattr(sys, "stderr", broken)
+    monkeypatch.setattr(app, "_stderr_gone", False)
+    app.say("first")
+    app.say("second")
+    assert broken.writes == 1 and app._stderr_gone
+
+
+def run_in_shell(script: str, workspace: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ESPER_WORKSPACE": str(workspace), "ESPER": " ".join(ESPER)}
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+def finished_runs(workspace: Path) -> list[str]:
+    return [run for run, events in stored_events(workspace).items() if closing(events) and
+            isinstance(closing(events)[0], RunFinished)]
+
+
+def test_a_run_whose_stderr_reader_left_trains_on_and_finishes(tmp_path):
+    """`esper run --json 2>&1 >result.json | head -1`: progress stops, the run does not."""
+    result = run_in_shell('$ESPER run --epochs 3 --json 2>&1 >result.json | head -1; echo "${PIPESTATUS[0]}" > rc',
+                          tmp_path / "ws", tmp_path)
+    assert (tmp_path / "rc").read_text().strip() == "0", result.stdout
+    assert result.stdout.startswith("run ") and len(result.stdout.splitlines()) == 1
+    printed = json.loads((tmp_path / "result.json").read_text())
+    assert finished_runs(tmp_path / "ws") == [printed["run_id"]]
+
+
+def test_a_run_with_stderr_closed_finishes_and_stdout_holds_only_its_result(tmp_path):
+    result = run_in_shell("$ESPER run --epochs 2 --json 2>&-", tmp_path / "ws", tmp_path)
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()  # no progress line went to stdout instead
+    assert finished_runs(tmp_path / "ws") == [json.loads(line)["run_id"]]
+
+
+def test_a_stderr_pipe_closed_from_the_start_stops_nothing(tmp_path):
+    env = {**os.environ, "ESPER_WORKSPACE": str(tmp_path)}
+    process = subprocess.Popen([*ESPER, "run", "--epochs", "2", "--json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env)
+    process.stderr.close()
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0
+    assert finished_runs(tmp_path) == [json.loads(out)["run_id"]]
+
+
+# ---- an interrupted iql -------------------------------------------------------------------------------
+
+
+def test_an_interrupted_iql_leaves_no_empty_store(tmp_path, data):
+    with Recorder(tmp_path / "a-run.duckdb") as recorder:  # a real run: the learner's dataset
+        execute(config(2), Waiting(), StoreSink(recorder, "a-run"), data=data)
+    before = sorted(p.name for p in tmp_path.glob("*.duckdb"))
+    env = {**os.environ, "ESPER_WORKSPACE": str(tmp_path)}
+    # Steps slow enough that the first update (500 steps) is far off when the interrupt comes.
+    process = subprocess.Popen([*ESPER, "iql", "--steps", "100000", "--batch-size", "8192", "--hidden", "256",
+                                "--out", str(tmp_path / "iql.pt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=env, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("iql-*.duckdb")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    assert list(tmp_path.glob("iql-*.duckdb")), "the learner's store was opened"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "step 500/" not in stderr  # no update was logged: the store was empty
+    assert sorted(p.name for p in tmp_path.glob("*.duckdb*")) == before
