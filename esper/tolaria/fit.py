@@ -7,7 +7,7 @@ model and data came from user code, which the log does not hold: `esper replay -
 """
 
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 import msgspec
@@ -43,7 +43,7 @@ def fit(
     model: GrowableModel, train: Batches, val: Batches, *, test: Batches | None = None,
     loss: Loss = F.cross_entropy, score: Score | None = None, epochs: int = 10, controller: str = "heuristic",
     heuristic: HeuristicConfig | Mapping = HeuristicConfig(), lifecycle: LifecycleConfig = LifecycleConfig(),
-    optimizer: str = "adam", lr: float = 1e-3, seed_lr: float | None = None, weight_decay: float = 0.0,
+    blueprints: Sequence[str] | None = None, optimizer: str = "adam", lr: float = 1e-3, seed_lr: float | None = None, weight_decay: float = 0.0,
     momentum: float = 0.9, seed: int = 0, task: str = "user", device: str | None = None,
     policy: str | None = None, workspace: str | None = None, progress: Progress | None = None,
 ) -> FitResult:
@@ -52,7 +52,8 @@ def fit(
     `train`, `val`, `test`: (x, y) batches, each a collection or a function returning them; `loss(model(x), y)`
     is a batch's mean loss; `score(model(x), y)` the fraction of a batch the model gets right, which the gates
     and controllers read as accuracy (default: top-1 accuracy against class indices). `heuristic`: the knobs
-    of the heuristic controller (a `HeuristicConfig` or a dict of them). `optimizer` ("adam" or "sgd"), `lr`,
+    of the heuristic controller (a `HeuristicConfig` or a dict of them). `blueprints`: what controllers may
+    germinate (default: every blueprint of the slots' families, the largest first). `optimizer` ("adam" or "sgd"), `lr`,
     `weight_decay`, `momentum` train the host; `seed_lr` (default `lr`) the seeds. `task` names the run's
     task in the log; `workspace`: the folder of the event log (default `$ESPER_WORKSPACE`, else `./runs`).
     The model is trained in place. Bad input raises `BadInput` before anything is written.
@@ -60,7 +61,7 @@ def fit(
     if not isinstance(model, GrowableModel):
         raise BadInput("esper.fit trains a grown model: esper.grow(model, slots=[...], example=x) first")
     knobs = _knobs(heuristic)
-    preset = _preset(model, task, epochs, optimizer, lr, seed_lr, weight_decay, momentum)
+    preset = _preset(model, task, epochs, blueprints, optimizer, lr, seed_lr, weight_decay, momentum)
     data = UserData(train, val, val if test is None else test, loss, score)
     first = next(iter(data.batches("val")), None)
     if first is None:
@@ -89,8 +90,8 @@ def _knobs(heuristic: HeuristicConfig | Mapping) -> HeuristicConfig:
         raise BadInput(f"heuristic: {exc} (knobs: {', '.join(HeuristicConfig.__struct_fields__)})") from None
 
 
-def _preset(model: GrowableModel, task: str, epochs: int, optimizer: str, lr: float, seed_lr: float | None,
-            weight_decay: float, momentum: float) -> TaskPreset:
+def _preset(model: GrowableModel, task: str, epochs: int, blueprints: Sequence[str] | None, optimizer: str, lr: float,
+            seed_lr: float | None, weight_decay: float, momentum: float) -> TaskPreset:
     """The run's training settings, recorded whole in `RunStarted` like a built-in task's preset."""
     if task in TASKS:
         raise BadInput(f"task {task!r} is a built-in task's name: name your run's task otherwise (task='...')")
@@ -104,7 +105,10 @@ def _preset(model: GrowableModel, task: str, epochs: int, optimizer: str, lr: fl
                        f"weight_decay={weight_decay})")
     host = type(model.host)
     offered = {b for slot in model.slots.values() for b in FAMILIES[slot.family]}
-    blueprints = [b for b in BLUEPRINTS if b in offered] + sorted(offered - set(BLUEPRINTS))
+    if blueprints is None:
+        blueprints = [b for b in BLUEPRINTS if b in offered] + sorted(offered - set(BLUEPRINTS))
+    elif isinstance(blueprints, str) or not blueprints or not set(blueprints) <= offered:
+        raise BadInput(f"blueprints: a list drawn from {', '.join(sorted(offered))}; got {blueprints!r}")
     return TaskPreset(name=task, host=f"{host.__module__}.{host.__qualname__}", batch_size=0, optimizer=optimizer,
                       lr=lr, weight_decay=weight_decay, seed_lr=seed_lr, epochs=epochs, blueprints=tuple(blueprints),
                       momentum=momentum)

@@ -73,8 +73,8 @@ class Verification:
                 f"{self.tolerance:.0e} relative ({close})")
 
 
-def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = DEFAULT_TOLERANCE) -> Verification:
-    """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event."""
+def reexecutable(recorded: list[Recorded]) -> RunStarted:
+    """The run's `RunStarted`, if its log holds everything re-execution needs; else one line saying why not."""
     if not recorded or not isinstance(recorded[0].event, RunStarted):
         raise IllegalEvent("the log does not start with RunStarted", recorded[0].position if recorded else None)
     started: RunStarted = recorded[0].event
@@ -82,6 +82,12 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
         raise BadInput(f"run {recorded[0].run_id} came from user code (a {started.preset.host} trained by esper.fit): "
                        "its log holds every decision but not the model or the data, so it cannot be re-executed; "
                        "replay it without --verify to check its chain and every decision")
+    return started
+
+
+def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = DEFAULT_TOLERANCE) -> Verification:
+    """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event."""
+    started = reexecutable(recorded)
     issued = [r.event for r in recorded if isinstance(r.event, CommandIssued)]
     sink = ListSink()
     # A scratch run recorded before the `build` transition existed has its architecture built without events:
