@@ -140,6 +140,7 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"optimizer": "lbfgs"}, "optimizer must be 'adam' or 'sgd'"),
     ({"epochs": 0}, "epochs must be at least 1"),
     ({"controller": "oracle"}, "unknown controller 'oracle'"),
+    ({"controller": "scratch"}, "controller 'scratch' rebuilds a built-in run"),
     ({"model": nn.Linear(2, 2)}, r"esper.grow\(model, slots=\[...\], example=x\) first"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, change, message):

@@ -60,6 +60,9 @@ def fit(
     """
     if not isinstance(model, GrowableModel):
         raise BadInput("esper.fit trains a grown model: esper.grow(model, slots=[...], example=x) first")
+    if controller == "scratch":  # it builds another run's final architecture, which only `esper run --like` names
+        raise BadInput("controller 'scratch' rebuilds a built-in run (esper run --like); use heuristic, static, random "
+                       "or policy")
     knobs = _knobs(heuristic)
     preset = _preset(model, task, epochs, blueprints, optimizer, lr, seed_lr, weight_decay, momentum)
     data = UserData(train, val, val if test is None else test, loss, score)

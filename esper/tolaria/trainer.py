@@ -2,10 +2,10 @@
 
 The model is a built-in host (the task preset's) or a user's grown model; the data is a built-in task's
 (`TaskData`) or the user's own batches and loss (`UserData`): either says what the loss and the score of a
-batch are. The trainer carries out lifecycle events on the model (`realize`), after the lifecycle machine has
-accepted them, and never decides them. Each epoch it
-measures validation loss/accuracy and, per live seed, gradient health, the seed's own loss and its
-counterfactual contribution (accuracy with the seed minus accuracy with α forced to 0).
+batch are. The trainer carries out lifecycle events on the model (`realize`), after the lifecycle machine
+has accepted them, and never decides them. Each epoch it measures validation loss/accuracy and, per live
+seed, gradient health, the seed's own loss and its counterfactual contribution (accuracy with the seed
+minus accuracy with α forced to 0).
 """
 
 import math
