@@ -1,12 +1,21 @@
-"""Esper's loop vs a plain PyTorch loop over the same grown model: the cost of the engine.
+"""Esper's loop vs a plain PyTorch loop over the same grown model: the cost of the engine; and the cost of
+a training seed's isolation on a model that is not a chain.
 
-A grown mnist1d model (host + fossilized seeds) trains epochs two ways, alternating:
+Case `mnist1d` (default): a grown mnist1d model (host + fossilized seeds) trains epochs two ways, alternating:
 * plain: `for x, y in batches: loss.backward(); opt.step()` and one validation pass;
 * esper: a `Session` epoch: lifecycle tick, `train_step`s, measurements (`EpochEnded`), a controller
   decision, and the epoch's events appended to a real DuckDB store.
 Prints one JSON object: median epoch seconds of each and their ratio (target ≤ 1.05).
 
+Case `resnet18`: torchvision's resnet18 grown with `esper.grow` (slots after layer1-3) takes training steps
+as the trainer takes them, alternating: the host alone, and the host with a TRAINING seed in layer2, whose
+isolated pass reruns the whole model (resnet18 is no chain). The same again on the built-in `resnet` host (a
+chain) with the shortcut (only the layers after the slot) and without it. Prints one JSON object: median
+step seconds and the ratios `isolation_ratio` (with a training seed / host alone) and `shortcut_ratio`
+(shortcut / whole pass).
+
     .venv/bin/python benchmarks/overhead.py [--epochs 30]
+    .venv/bin/python benchmarks/overhead.py --case resnet18 [--steps 12] [--threads 1]
 """
 
 import argparse
@@ -20,7 +29,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
 
+from esper.kasmina import build_host, grow
 from esper.leyline import RunConfig, Wait
 from esper.store import Recorder
 from esper.tolaria.data import load_task_data
@@ -52,10 +63,71 @@ def esper_epoch(session: Session) -> None:
     session.decide(Wait(), "static")
 
 
+def train_step(model, host_opt, seed_opt, x, y, shortcut: bool = True) -> None:
+    """`Trainer.train_step`'s work: the host's step, and each training seed's isolated pass and step."""
+    loss = F.cross_entropy(model(x), y)
+    host_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for sid in model.training_seeds():
+        params = model.seed_parameters(sid)
+        isolated = F.cross_entropy(model.isolated_output(sid, x, shortcut=shortcut), y)
+        for p, g in zip(params, torch.autograd.grad(isolated, params)):
+            p.grad = g
+        seed_opt.step()
+    host_opt.step()
+
+
+def timed_pair(plain, seeded, x, y, steps: int, shortcut=(True, True)) -> tuple[float, float]:
+    """Median step seconds of two models (each with its optimizers), alternating step by step."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for step in range(steps + 1):
+        for (model, host_opt, seed_opt), cut, out in zip((plain, seeded), shortcut, times):
+            t = time.perf_counter()
+            train_step(model, host_opt, seed_opt, x, y, shortcut=cut)
+            out.append(time.perf_counter() - t)
+    return statistics.median(times[0][1:]), statistics.median(times[1][1:])
+
+
+def with_optimizers(model, seed_id: str | None):
+    if seed_id is not None:
+        model.start_training(seed_id)
+    seed = model.seed_parameters(seed_id) if seed_id is not None else [torch.zeros(1, requires_grad=True)]
+    return model, torch.optim.SGD(model.host_parameters(), lr=0.01, momentum=0.9), torch.optim.SGD(seed, lr=0.01)
+
+
+def resnet18_case(steps: int, batch: int) -> dict:
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    host = grow(torchvision.models.resnet18(num_classes=10), ["layer1", "layer2", "layer3"], example=x[:2])
+    seeded = copy.deepcopy(host)
+    seeded.germinate("layer2", "s", "conv_light")
+    host_s, seed_s = timed_pair(with_optimizers(host, None), with_optimizers(seeded, "s"), x, y, steps)
+    chain = build_host("resnet")
+    chain.germinate("mid", "s", "conv_light")
+    twin = copy.deepcopy(chain)
+    cut_s, whole_s = timed_pair(with_optimizers(chain, "s"), with_optimizers(twin, "s"), x, y, steps, (True, False))
+    return {
+        "case": "resnet18", "batch": batch, "threads": torch.get_num_threads(), "steps_timed": steps,
+        "host_step_s": round(host_s, 4), "training_seed_step_s": round(seed_s, 4),
+        "isolation_ratio": round(seed_s / host_s, 3),
+        "chain_host": "resnet", "chain_shortcut_step_s": round(cut_s, 4), "chain_whole_pass_step_s": round(whole_s, 4),
+        "shortcut_ratio": round(cut_s / whole_s, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=("mnist1d", "resnet18"), default="mnist1d")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=12, help="Timed steps of each model (case resnet18).")
+    parser.add_argument("--batch", type=int, default=32, help="Batch size (case resnet18).")
+    parser.add_argument("--threads", type=int, default=0, help="Torch CPU threads (0: torch's default).")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.case == "resnet18":
+        print(json.dumps(resnet18_case(args.steps, args.batch)))
+        return
     config = resolve_config(RunConfig(controller="static", epochs=args.epochs * 2, architecture=GROWN))
     data = load_task_data(config.task, config.data_seed)
     with tempfile.TemporaryDirectory() as tmp, Recorder(Path(tmp) / "overhead.duckdb") as recorder:

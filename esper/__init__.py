@@ -14,10 +14,11 @@ pin_cpu_kernels()  # before anything computes with torch: see esper/_kernels.py
 
 _HOMES = {
     "esper.errors": ("BadInput", "EsperError", "RunFailed"),
-    "esper.kasmina": ("GrowableModel", "build_host"),
+    "esper.kasmina": ("GrowableModel", "build_host", "grow"),
     "esper.leyline": ("Advance", "Cull", "Germinate", "LifecycleConfig", "RunConfig", "SeedStage", "Wait"),
     "esper.nissa.runstate": ("RunState",),
     "esper.store": ("Recorder", "Workspace"),
+    "esper.tolaria.fit": ("FitResult", "fit"),
     "esper.tolaria.loop": ("ListSink", "RunResult", "Session", "StoreSink", "execute", "resolve_config"),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}

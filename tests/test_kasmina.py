@@ -54,10 +54,11 @@ def eval_out(model: GrowableModel, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def isolated_step(model: GrowableModel, seed_id: str, y: torch.Tensor, lr: float = 0.1) -> list[torch.Tensor]:
-    """What the trainer does for a TRAINING seed: task loss on the isolated logits, gradient for the seed only."""
+def isolated_step(model: GrowableModel, seed_id: str, x: torch.Tensor, y: torch.Tensor, lr: float = 0.1) -> list[torch.Tensor]:
+    """What the trainer does for a TRAINING seed after the forward pass on `x`: task loss on the isolated output,
+    gradient for the seed only."""
     params = model.seed_parameters(seed_id)
-    grads = torch.autograd.grad(F.cross_entropy(model.isolated_logits(seed_id), y), params)
+    grads = torch.autograd.grad(F.cross_entropy(model.isolated_output(seed_id, x), y), params)
     with torch.no_grad():
         for p, g in zip(params, grads):
             p -= lr * g
@@ -77,8 +78,8 @@ def test_blueprint_keeps_shape(family, shape, name):
 @pytest.mark.parametrize("host", HOSTS)
 def test_germinate_reports_true_param_count(host):
     model, x, _ = make(host)
-    for name in BLUEPRINTS[model.family]:
-        for slot in model.slot_names:
+    for slot in model.slot_names:
+        for name in BLUEPRINTS[model.slot(slot).family]:
             count = model.germinate(slot, "s", name)
             params = model.seed_parameters("s")
             assert count == sum(p.numel() for p in params) > 0
@@ -95,7 +96,7 @@ def test_seed_sizes_are_what_germination_adds_and_draw_nothing_from_the_rng(host
     assert torch.equal(rng, torch.random.get_rng_state()), "knowing the sizes must not change a run's initialisation"
     assert set(sizes) == set(model.slot_names)
     for slot in model.slot_names:
-        for name in BLUEPRINTS[model.family]:
+        for name in BLUEPRINTS[model.slot(slot).family]:
             assert sizes[slot][name] == model.germinate(slot, "s", name)
             model.start_training("s")
             model.cull("s")
@@ -106,7 +107,7 @@ def test_host_shapes_and_slots(host):
     model, x, _ = make(host)
     assert model(x).shape == (x.shape[0], 10)
     assert len(model.slot_names) >= 3
-    assert model.family in BLUEPRINTS
+    assert all(slot.family in BLUEPRINTS for slot in model.slots.values())
     assert model.param_count() == sum(p.numel() for p in model.parameters())
 
 
@@ -161,7 +162,7 @@ def test_gradient_isolation_is_bit_identical(host, slot):
         for m, opt in ((model, opt_a), (twin, opt_b)):
             opt.zero_grad()
             F.cross_entropy(m(xs), y).backward()
-        seed_grads = isolated_step(model, "s", y)
+        seed_grads = isolated_step(model, "s", xs, y)
         assert all(torch.isfinite(g).all() for g in seed_grads)
         assert any(g.abs().sum() > 0 for g in seed_grads)
         assert_same_state(host_state(model), host_state(twin))
@@ -179,13 +180,13 @@ def test_isolated_backward_touches_only_the_seed(host):
     model.start_training("s")
     model(x)
     before = host_state(model)
-    F.cross_entropy(model.isolated_logits("s"), y).backward()
+    F.cross_entropy(model.isolated_output("s", x), y).backward()
     assert_same_state(host_state(model), before)
     assert all(p.grad is None for p in model.host_parameters())
     assert all(p.grad is not None for p in model.seed_parameters("s"))
 
 
-def test_isolated_logits_are_the_rest_of_the_network_on_h_plus_seed():
+def test_isolated_output_is_the_rest_of_the_network_on_h_plus_seed():
     model, x, _ = make("cnn1d")
     model.eval()
     model.germinate("mid", "s", "depthwise")
@@ -193,8 +194,8 @@ def test_isolated_logits_are_the_rest_of_the_network_on_h_plus_seed():
     model(x)
     h = model.slots["mid"].cache
     seed = model.slots["mid"].live
-    expected = model.head(model.slots["late"](model.stages[2](h + seed(h))))
-    assert torch.allclose(model.isolated_logits("s"), expected)
+    expected = model.host.head(model.host.stages[2](h + seed(h)))  # stage 2's output passes through slot late
+    assert torch.allclose(model.isolated_output("s", x), expected)
 
 
 def test_isolated_pass_leaves_downstream_seeds_alone():
@@ -210,17 +211,17 @@ def test_isolated_pass_leaves_downstream_seeds_alone():
     down = model.slots["late"]
     cache = down.cache
     buffers = {n: b.clone() for n, b in down.named_buffers()}
-    F.cross_entropy(model.isolated_logits("up"), y).backward()
+    F.cross_entropy(model.isolated_output("up", x), y).backward()
     assert down.cache is cache
     assert all(torch.equal(b, buffers[n]) for n, b in down.named_buffers())
     assert all(p.grad is None for p in model.seed_parameters("down"))
 
 
-def test_isolated_logits_needs_a_forward_first():
+def test_isolated_output_needs_a_forward_first_on_a_chain():
     model, x, _ = make("cnn1d")
     model.germinate("early", "s", "norm")
     with pytest.raises(ValueError, match="run forward first"):
-        model.isolated_logits("s")
+        model.isolated_output("s", x)
 
 
 # ---- cull --------------------------------------------------------------------------------------
@@ -235,7 +236,7 @@ def test_cull_restores_the_exact_function(host):
     model.start_training("s")
     for m in (model, twin):  # identical train-mode forwards: same BatchNorm statistics in both
         m(x)
-    isolated_step(model, "s", y)
+    isolated_step(model, "s", x, y)
     model.start_blending("s", steps=4)
     model.step_blending()
     assert not torch.equal(eval_out(model, x), before)
@@ -305,8 +306,8 @@ def test_blending_gradients_flow_both_ways():
         F.cross_entropy(m(x), y).backward()
     assert all(p.grad is not None for p in model.seed_parameters("s"))
     assert any(p.grad.abs().sum() > 0 for p in model.seed_parameters("s"))
-    upstream = model.stages[0][0].weight.grad
-    assert not torch.equal(upstream, twin.stages[0][0].weight.grad)
+    upstream = model.host.stages[0][0].weight.grad
+    assert not torch.equal(upstream, twin.host.stages[0][0].weight.grad)
 
 
 def test_param_count_counts_blending_seeds_not_training_ones():
@@ -369,7 +370,7 @@ def test_fossils_stack_in_a_slot_and_architecture_keeps_order():
     with torch.no_grad():
         out = model(x)
         h = model.slots["late"].cache
-        assert torch.equal(out, model.head(h + model.slots["late"].live(h)))
+        assert torch.equal(out, model.host.head(h + model.slots["late"].live(h)))
 
 
 # ---- forced alpha ------------------------------------------------------------------------------

@@ -531,7 +531,7 @@ def test_a_culled_slot_computes_the_host_before_germination(one_thread, family, 
     optimizer = torch.optim.SGD(params, lr=0.5)
     for _ in range(2):  # train the seed in isolation, as the trainer does
         model(x)
-        grads = torch.autograd.grad(F.cross_entropy(model.isolated_logits("s"), y), params)
+        grads = torch.autograd.grad(F.cross_entropy(model.isolated_output("s", x), y), params)
         for p, g in zip(params, grads):
             p.grad = g
         optimizer.step()

@@ -53,7 +53,7 @@ def test_layer_gradients_flag_vanishing_layers():
     model(torch.randn(4, 2)).sum().backward()
     model[0].weight.grad.zero_()
     model[0].bias.grad.zero_()
-    meter = LayerGradients(model)
+    meter = LayerGradients(model.named_parameters())
     meter.add()
     report = meter.report()
     assert report["vanishing"] == ["0"] and report["exploding"] == []

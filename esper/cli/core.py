@@ -13,7 +13,7 @@ from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_erro
 from esper.errors import BadInput
 from esper.nissa.runstate import RunState
 from esper.nissa.snapshot import fold_checking
-from esper.tolaria.verify import DEFAULT_TOLERANCE, verify_run
+from esper.tolaria.verify import DEFAULT_TOLERANCE, reexecutable, verify_run
 
 
 @app.command()
@@ -39,6 +39,7 @@ def replay(
     run_id, recorded, snapshots = _recorded(run, workspace)
     state = fold_checking(run_id, recorded, snapshots)
     if verify:
+        reexecutable(recorded)
         say(f"verifying {run_id}: re-executing it from its config, preset and {state.commands} recorded commands ...")
         verification = verify_run(recorded, exact=exact, tolerance=tolerance)
         for note in verification.notes:

@@ -158,8 +158,9 @@ def iql(
 ) -> None:
     """Train a policy offline with IQL from the runs in the workspace (heuristic, random, PPO ...)."""
     from esper.simic.dataset import select_runs, workspace_episodes
-    from esper.simic.features import spec_for_task
+    from esper.simic.features import spec_for_run, spec_for_task
     from esper.simic.iql import IQLConfig, check, train
+    from esper.tolaria.tasks import TASKS
     from esper.simic.policy import save_policy
     from esper.store import Recorder
     from esper.store.recorder import remove_if_empty
@@ -170,12 +171,14 @@ def iql(
                     temperature=temperature, gamma=gamma, hidden=hidden, seed=seed,
                     reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget))
     check(cfg)
-    spec = spec_for_task(task)
+    spec = spec_for_task(task) if task in TASKS else None
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
             say(f"note: {note}")
         run_ids = select_runs(reader, runs, task)
+        if spec is None and run_ids:  # a task of user code (`esper.fit`): its first run says what grew
+            spec = spec_for_run(reader.read_run(run_ids[0])[0].event)
         episodes, notes = workspace_episodes(reader, run_ids, spec, cfg.reward)
     for note in notes:
         say(f"note: skipped {note}")

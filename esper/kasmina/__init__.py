@@ -2,11 +2,12 @@
 fossilize and cull. Knows no controller, optimizer or store."""
 
 from esper.kasmina.blueprints import BLUEPRINTS, param_count
+from esper.kasmina.grow import grow
 from esper.kasmina.hosts import HOSTS, CNN1D, ResNet, build_host
 from esper.kasmina.model import GrowableModel
 from esper.kasmina.slot import SCHEDULES, Seed, Slot, blend_alpha
 
 __all__ = [
     "BLUEPRINTS", "CNN1D", "HOSTS", "SCHEDULES", "GrowableModel", "ResNet", "Seed", "Slot", "blend_alpha",
-    "build_host", "param_count",
+    "build_host", "grow", "param_count",
 ]

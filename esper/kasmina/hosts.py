@@ -1,11 +1,20 @@
-"""The host networks seeds grow in. Each has three slots: "early", "mid" and "late"."""
+"""The built-in host networks seeds grow in: plain chains (`nn.Sequential` of `stages`, then `head`), grown
+like any user's model by `esper.kasmina.grow`, with three slots: "early", "mid" and "late" after the stages.
+"""
 
+from collections import OrderedDict
+
+import torch
 from torch import nn
 
+from esper.kasmina.grow import grow
 from esper.kasmina.model import GrowableModel
 
+SLOTS = {"early": "stages.0", "mid": "stages.1", "late": "stages.2"}
+"""Where the built-in hosts' slots sit: after each of their three stages."""
 
-class CNN1D(GrowableModel):
+
+class CNN1D(nn.Sequential):
     """MNIST-1D host: input (B, 1, 40), 10 classes.
 
     Deliberately small (about 60% test accuracy alone in 25 epochs) so that seeds have something to
@@ -30,7 +39,8 @@ class CNN1D(GrowableModel):
             head = nn.Sequential(nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, num_classes))
         else:
             head = nn.Sequential(nn.Flatten(), nn.Linear(c * ((length + 3) // 4), num_classes))
-        super().__init__("conv1d", stages, [("early", c), ("mid", c), ("late", c)], head)
+        super().__init__(OrderedDict(stages=nn.Sequential(*stages), head=head))
+        self.input_shape = (1, length)
 
 
 class BasicBlock(nn.Module):
@@ -52,7 +62,7 @@ class BasicBlock(nn.Module):
         return (out + self.shortcut(x)).relu()
 
 
-class ResNet(GrowableModel):
+class ResNet(nn.Sequential):
     """CIFAR-10 host: input (B, 3, 32, 32), 10 classes. Three stages of `blocks` basic blocks with
     `width`, 2·`width`, 4·`width` channels (32x32, 16x16, 8x8); a slot after each stage."""
 
@@ -66,14 +76,17 @@ class ResNet(GrowableModel):
             stages.append(nn.Sequential(*(stem if i == 0 else []), *layers))
             cin = cout
         head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w[2], num_classes))
-        super().__init__("conv2d", stages, [("early", w[0]), ("mid", w[1]), ("late", w[2])], head)
+        super().__init__(OrderedDict(stages=nn.Sequential(*stages), head=head))
+        self.input_shape = (3, 32, 32)
 
 
 HOSTS = {"cnn1d": CNN1D, "resnet": ResNet}
 
 
 def build_host(name: str, **kw) -> GrowableModel:
-    """Build a host by name: "cnn1d" (MNIST-1D) or "resnet" (CIFAR-10). Keyword arguments go to its constructor."""
+    """Build a host by name, "cnn1d" (MNIST-1D) or "resnet" (CIFAR-10), and grow it with its three slots.
+    Keyword arguments go to its constructor."""
     if name not in HOSTS:
         raise ValueError(f"unknown host {name!r} (hosts: {', '.join(HOSTS)})")
-    return HOSTS[name](**kw)
+    host = HOSTS[name](**kw)
+    return grow(host, SLOTS, example=torch.zeros(2, *host.input_shape))

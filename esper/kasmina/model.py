@@ -1,54 +1,69 @@
-"""`GrowableModel`: a host network with slots, and the mechanics of each seed stage.
+"""`GrowableModel`: any host network with slots, and the mechanics of each seed stage.
 
-The host is a chain `stage_0, slot_0, stage_1, slot_1, ..., head`. Kasmina carries out lifecycle
-changes; it does not judge them (the lifecycle machine in `esper.leyline` does) and never assigns a stage
-on its own: each stage change is one of the machine's moves (`LIFECYCLE.destination`), and any other
-raises `ValueError`, as does a call that makes no mechanical sense (unknown slot or seed, a second live
-seed in a slot).
+The host is any `nn.Module`. Each slot sits right after one of its submodules: a forward hook passes that
+submodule's output through the slot, so the host's own code and its own parameter names are untouched
+(`esper.kasmina.grow` finds where slots go and what grows in them). Kasmina carries out lifecycle changes;
+it does not judge them (the lifecycle machine in `esper.leyline` does) and never assigns a stage on its
+own: each stage change is one of the machine's moves (`LIFECYCLE.destination`), and any other raises
+`ValueError`, as does a call that makes no mechanical sense (unknown slot or seed, a second live seed in a
+slot).
 
 A grown model is an ordinary `nn.Module`: print it, `torch.save` it, call it.
 """
 
 import contextlib
+from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.nn.utils.stateless import _reparametrize_module
 
 from esper.kasmina.blueprints import BLUEPRINTS, blueprint_sizes
-from esper.kasmina.slot import SCHEDULES, Seed, Slot
+from esper.kasmina.slot import SCHEDULES, Seed, Slot, isolated
 from esper.leyline.lifecycle import LIFECYCLE
 from esper.leyline.stages import SeedStage
 
 
+class SlotHook:
+    """The forward hook that passes a host submodule's output through its slot (an object, not a closure, so
+    that a grown model pickles and deep-copies with its hooks)."""
+
+    def __init__(self, slot: Slot):
+        self.slot = slot
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return self.slot(output)
+
+
 class GrowableModel(nn.Module):
-    """A host network that grows: `stages[i]` is followed by the slot `slot_names[i]`, then `head`.
+    """A host network that grows: `host` is the user's module, `slots` the places seeds grow in, each after
+    the host submodule `slot.after`. Build one with `esper.kasmina.grow`."""
 
-    Subclasses (the hosts in `esper.kasmina.hosts`) build the stages and the head.
-    """
-
-    def __init__(self, family: str, stages: list[nn.Module], slots: list[tuple[str, int]], head: nn.Module):
+    def __init__(self, host: nn.Module, slots: list[Slot]):
         super().__init__()
-        if family not in BLUEPRINTS:
-            raise ValueError(f"unknown blueprint family {family!r} (families: {', '.join(BLUEPRINTS)})")
-        if len(stages) != len(slots):
-            raise ValueError(f"{len(stages)} stages but {len(slots)} slots: every stage is followed by one slot")
-        self.family = family
-        self.stages = nn.ModuleList(stages)
-        self.slots = nn.ModuleDict({name: Slot(channels) for name, channels in slots})
-        self.head = head
+        self.host = host
+        self.slots = nn.ModuleDict({slot_key(slot.name): slot for slot in slots})
+        for slot in slots:
+            host.get_submodule(slot.after).register_forward_hook(SlotHook(slot))
+        self.downstream = {slot.name: chain_after(host, slot.after) for slot in slots}
+        """Slot name → the host's submodules that run after it when the host is a chain there (None elsewhere):
+        the isolated pass's shortcut reruns only those."""
         self.fossil_order: list[str] = []
         """Ids of the fossilized seeds, in the order they were fossilized."""
 
     @property
     def slot_names(self) -> list[str]:
-        return list(self.slots)
+        return [slot.name for slot in self.slots.values()]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage, slot in zip(self.stages, self.slots.values()):
-            x = slot(stage(x))
-        return self.head(x)
+    def slot(self, name: str) -> Slot:
+        key = slot_key(name)
+        if key not in self.slots or self.slots[key].name != name:
+            raise ValueError(f"unknown slot {name!r} (slots: {', '.join(self.slot_names)})")
+        return self.slots[key]
+
+    def forward(self, *inputs, **kwargs):
+        return self.host(*inputs, **kwargs)
 
     # ---- lifecycle mechanics -------------------------------------------------------------------
 
@@ -61,15 +76,13 @@ class GrowableModel(nn.Module):
         """DORMANT → FOSSILIZED (the machine's `build`, the scratch baseline): a `blueprint` seed built into
         the host before training. Returns its parameters, for the host optimizer."""
         seed = self._plant(slot, seed_id, blueprint)
-        return self._fossilize(self.slots[slot], seed)
+        return self._fossilize(self.slot(slot), seed)
 
     def _plant(self, slot: str, seed_id: str, blueprint: str) -> Seed:
-        if slot not in self.slots:
-            raise ValueError(f"unknown slot {slot!r} (slots: {', '.join(self.slots)})")
-        factories = BLUEPRINTS[self.family]
+        target = self.slot(slot)
+        factories = BLUEPRINTS[target.family]
         if blueprint not in factories:
-            raise ValueError(f"unknown blueprint {blueprint!r} for family {self.family} (blueprints: {', '.join(factories)})")
-        target = self.slots[slot]
+            raise ValueError(f"unknown blueprint {blueprint!r} for family {target.family} (blueprints: {', '.join(factories)})")
         if target.live is not None:
             raise ValueError(f"slot {slot} already holds seed {target.live.seed_id} ({target.live.stage.value})")
         if self._lookup(seed_id) is not None:
@@ -83,7 +96,7 @@ class GrowableModel(nn.Module):
         return seed
 
     def start_training(self, seed_id: str) -> None:
-        """GERMINATED → TRAINING: the seed learns on the detached activation (`isolated_logits`)."""
+        """GERMINATED → TRAINING: the seed learns in isolation (`isolated_output`)."""
         seed = self._move(seed_id, "start_training", SeedStage.TRAINING)
         seed.stage = SeedStage.TRAINING
 
@@ -160,9 +173,23 @@ class GrowableModel(nn.Module):
     def host_parameters(self) -> list[nn.Parameter]:
         """What the host optimizer trains: the host's own parameters, then those of each fossilized seed
         in the order they were fossilized. Live seeds are excluded."""
-        in_seeds = {id(p) for slot in self.slots.values() for seed in slot.seeds() for p in seed.parameters()}
-        own = [p for p in self.parameters() if id(p) not in in_seeds]
+        own = list(self.host.parameters())
         return own + [p for seed_id in self.fossil_order for p in self._find(seed_id)[2].parameters()]
+
+    def placed_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Every parameter, named as the user's model names it (no `host.` prefix) and each slot's seeds as
+        `slots.NAME...`, listed with each slot right after the top-level part of the host that holds it (the
+        order data flows through a chain): how telemetry names layers."""
+        slots_in: dict[str, list[tuple[str, Slot]]] = defaultdict(list)
+        for key, slot in self.slots.items():
+            slots_in[slot.after.split(".")[0]].append((key, slot))
+        named = list(self.host.named_parameters(recurse=False))
+        for part, child in self.host.named_children():
+            named += child.named_parameters(prefix=part)
+            for key, slot in slots_in[part]:
+                named += slot.named_parameters(prefix=f"slots.{key}")
+        seen: set[int] = set()
+        return [(n, p) for n, p in named if not (id(p) in seen or seen.add(id(p)))]
 
     def training_seeds(self) -> list[str]:
         return self._live_in(SeedStage.TRAINING)
@@ -172,7 +199,7 @@ class GrowableModel(nn.Module):
 
     def live_seeds(self) -> dict[str, str]:
         """Seed id → slot name of every live seed (GERMINATED, TRAINING, BLENDING)."""
-        return {slot.live.seed_id: name for name, slot in self.slots.items() if slot.live is not None}
+        return {slot.live.seed_id: slot.name for slot in self.slots.values() if slot.live is not None}
 
     def param_count(self) -> int:
         """Parameters that affect the output: host, fossilized seeds and blending seeds."""
@@ -181,7 +208,7 @@ class GrowableModel(nn.Module):
 
     def seed_sizes(self) -> dict[str, dict[str, int]]:
         """Slot → blueprint → the parameters a seed of that blueprint would add there."""
-        return {name: blueprint_sizes(self.family, slot.channels) for name, slot in self.slots.items()}
+        return {slot.name: blueprint_sizes(slot.family, slot.channels) for slot in self.slots.values()}
 
     def architecture(self) -> list[tuple[str, str]]:
         """(slot, blueprint) of each fossilized seed, in the order they were fossilized."""
@@ -193,35 +220,61 @@ class GrowableModel(nn.Module):
 
     # ---- isolated training ---------------------------------------------------------------------
 
-    def isolated_logits(self, seed_id: str) -> torch.Tensor:
-        """Logits of the host with the seed fully in (alpha 1) at its slot, on the activation `h` the slot
-        saw in the latest forward pass: the rest of the network runs on `h + seed(h)` with `h` detached.
+    def isolated_output(self, seed_id: str, *inputs, shortcut: bool = True, **kwargs):
+        """The model's output on `inputs` with the seed fully in (alpha 1) on its slot's input detached, and
+        every other parameter detached: only the seed's parameters get gradients from it, so `backward()` on
+        a loss of it touches the seed's `.grad` only. The host's buffers are copied for the pass (BatchNorm in
+        training mode normalises with the batch's statistics but does not update its running ones), and the
+        pass draws from a fork of the global RNG: the host ends exactly as it would without the seed.
 
-        Only the seed's parameters get gradients from these logits; nothing downstream changes either:
-        the rest of the network runs with its parameters detached and its buffers copied (BatchNorm
-        in training mode normalises with the batch's statistics but does not update its running ones).
-        So `loss.backward()` on these logits touches the seed's `.grad` only.
+        Call it right after `model(*inputs)`: where the host is a chain after the slot (`downstream`), the
+        `shortcut` starts from the activation that pass left in the slot and reruns only the layers after it
+        (the same numbers for a fraction of the cost); elsewhere the whole model runs again.
         """
         name, slot, seed = self._find(seed_id)
         if seed is not slot.live:
             raise ValueError(f"seed {seed_id} is fossilized; it has no isolated pass")
-        if slot.cache is None:
+        after = self.downstream[name] if shortcut else None
+        if after is not None and slot.cache is None:
             raise ValueError(f"slot {name} has seen no activation since seed {seed_id} was planted; run forward first")
-        h = slot.cache
-        x = h + seed(h)
-        index = self.slot_names.index(name)
-        for stage, downstream in list(zip(self.stages, self.slots.values()))[index + 1:]:
-            x = _frozen(stage, x)
-            x = _frozen(downstream, x, record=False)
-        return _frozen(self.head, x)
+        with self._isolating(seed):
+            if after is None:
+                return self.host(*inputs, **kwargs)
+            x = isolated(seed, slot.cache)
+            for path in after:
+                x = self.host.get_submodule(path)(x)
+            return x
+
+    @contextlib.contextmanager
+    def _isolating(self, seed: Seed) -> Iterator[None]:
+        """Within the block: every parameter but the seed's detached, every buffer but the seed's a copy, the
+        global RNG forked, the seed isolated in its slot and no slot recording its activation."""
+        own = {id(t) for t in [*seed.parameters(), *seed.buffers()]}
+        state = {n: p.detach() for n, p in self.named_parameters() if id(p) not in own}
+        state.update({n: b.clone() for n, b in self.named_buffers() if id(b) not in own})
+        device = next(self.parameters()).device
+        forked = [device.index or 0] if device.type == "cuda" else []
+        slots = list(self.slots.values())
+        # The stateless API's own context manager (what `torch.func.functional_call` runs inside): it swaps
+        # the state in for a block of code rather than for one call of `forward`.
+        with torch.random.fork_rng(devices=forked), _reparametrize_module(self, state, tie_weights=True):
+            seed.isolated = True
+            for s in slots:
+                s.recording = False
+            try:
+                yield
+            finally:
+                seed.isolated = False
+                for s in slots:
+                    s.recording = True
 
     # ---- helpers -------------------------------------------------------------------------------
 
     def _lookup(self, seed_id: str) -> tuple[str, Slot, Seed] | None:
-        for name, slot in self.slots.items():
+        for slot in self.slots.values():
             for seed in slot.seeds():
                 if seed.seed_id == seed_id:
-                    return name, slot, seed
+                    return slot.name, slot, seed
         return None
 
     def _find(self, seed_id: str) -> tuple[str, Slot, Seed]:
@@ -242,9 +295,21 @@ class GrowableModel(nn.Module):
         return [s.live.seed_id for s in self.slots.values() if s.live is not None and s.live.stage is stage]
 
 
-def _frozen(module: nn.Module, *args, **kwargs) -> torch.Tensor:
-    """Call `module` with its parameters detached and its buffers copied: gradients flow through it to
-    its input, but it owns nothing that gets a gradient or changes."""
-    state = {n: p.detach() for n, p in module.named_parameters()}
-    state.update({n: b.clone() for n, b in module.named_buffers()})
-    return functional_call(module, state, args, kwargs)
+def slot_key(name: str) -> str:
+    """A slot's key in `GrowableModel.slots` (module names hold no dots; a slot named by a dotted path does)."""
+    return name.replace(".", "_")
+
+
+def chain_after(host: nn.Module, path: str) -> list[str] | None:
+    """The paths of the submodules that run after `path`, in order, when every module from `host` down to
+    `path`'s parent is a plain `nn.Sequential`: the host's output is then those applied in turn to `path`'s
+    output. None when any of them is not (a graph Esper cannot see into)."""
+    levels = []
+    module, prefix = host, ""
+    for part in path.split("."):
+        if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
+            return None
+        names = [n for n, m in module._modules.items() if m is not None]
+        levels.append([prefix + n for n in names[names.index(part) + 1:]])
+        module, prefix = module._modules[part], f"{prefix}{part}."
+    return [p for level in reversed(levels) for p in level]

@@ -1,10 +1,12 @@
 """Seeds and slots: where a host grows.
 
-A `Slot` sits after a stage of the host. It holds any number of fossilized seeds, applied in order as
-residuals (`x = x + seed(x)`), then at most one live seed, whose effect depends on its stage:
+A `Slot` sits right after a submodule of the host (its output passes through the slot). It holds any
+number of fossilized seeds, applied in order as residuals (`x = x + seed(x)`), then at most one live seed,
+whose effect depends on its stage:
 
 * GERMINATED, TRAINING: the slot's output is exactly its input. The slot keeps the activation it
-  saw, detached (`cache`), so the seed can learn on it in isolation (`GrowableModel.isolated_logits`).
+  saw, detached (`cache`), for the chain's shortcut of the isolated pass (`GrowableModel.isolated_output`);
+  inside that pass the seed is fully in, on its input detached (`Seed.isolated`).
 * BLENDING: `x + alpha * seed(x)`, gradients flow both ways; alpha follows a schedule from 0 to 1.
 * FOSSILIZED: `x + seed(x)`; the seed is part of the host.
 """
@@ -56,6 +58,8 @@ class Seed(nn.Module):
         self.schedule = "linear"
         self.forced: float | None = None
         """Set by `GrowableModel.forced_alpha`: overrides alpha, whatever the stage."""
+        self.isolated = False
+        """Set during `GrowableModel.isolated_output`: the seed is fully in, on its input detached."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
@@ -92,24 +96,33 @@ class Seed(nn.Module):
 
 
 class Slot(nn.Module):
-    """A place in the host where seeds grow; identity until something is planted."""
+    """A place in the host where seeds grow, right after the host's submodule `after` (a dotted path); identity
+    until something is planted. `family` names the blueprints that fit its activations, `channels` their width."""
 
-    def __init__(self, channels: int):
+    def __init__(self, name: str, after: str, family: str, channels: int):
         super().__init__()
+        self.name = name
+        self.after = after
+        self.family = family
         self.channels = channels
         self.fossils = nn.ModuleList()
         self.register_module("live", None)  # the live seed (GERMINATED, TRAINING or BLENDING), if any
         self.cache: torch.Tensor | None = None
         """The detached activation the live seed saw in the latest forward pass."""
+        self.recording = True
+        """Whether a forward pass keeps its activation in `cache` (not inside an isolated pass)."""
 
-    def forward(self, x: torch.Tensor, record: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for seed in self.fossils:
             x = _add(x, seed)
-        if self.live is None:
+        live = self.live
+        if live is None:
             return x
-        if record:
+        if live.isolated:
+            return isolated(live, x.detach())
+        if self.recording:
             self.cache = x.detach()
-        return _add(x, self.live)
+        return _add(x, live)
 
     def seeds(self) -> list[Seed]:
         """Fossilized seeds in order, then the live one."""
@@ -122,7 +135,12 @@ class Slot(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}"
+        return f"after={self.after!r}, family={self.family}, channels={self.channels}"
+
+
+def isolated(seed: Seed, h: torch.Tensor) -> torch.Tensor:
+    """The slot's output with `seed` fully in on the detached activation `h`: what its isolated pass learns from."""
+    return h + seed(h)
 
 
 def _add(x: torch.Tensor, seed: Seed) -> torch.Tensor:

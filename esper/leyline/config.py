@@ -87,11 +87,13 @@ class TaskPreset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """How one task trains by default."""
 
     name: str
-    """The task's name, as given to `esper run --task`."""
+    """The task's name, as given to `esper run --task` (or to `esper.fit`)."""
     host: str
-    """Name of the Kasmina host model: `cnn1d` for 1-D signals, `resnet` for images."""
+    """Name of the Kasmina host model: `cnn1d` for 1-D signals, `resnet` for images; for a run of `esper.fit`, the
+    class of the user's model (`module.Class`)."""
     batch_size: int
-    """Examples per training batch (evaluation may use larger batches)."""
+    """Examples per training batch (evaluation may use larger batches); 0 for a run of `esper.fit`, whose batches
+    are the user's."""
     optimizer: str
     """Host optimizer: `adam` or `sgd` (with `momentum`, Nesterov)."""
     lr: float

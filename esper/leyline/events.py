@@ -32,6 +32,9 @@ class RunStarted(_Event, tag="RunStarted", kw_only=True):
     blueprints: list[str] = []
     seed_sizes: dict[str, dict[str, int]] = {}
     """Slot → blueprint → parameters a seed would add: what the lifecycle checks `max_params` against."""
+    user_code: bool = False
+    """The run trained a model and data from user code (`esper.fit`; `preset.host` names the model's class), which
+    the log does not hold: it replays, but cannot be re-executed (`--verify`). False in logs written before it."""
 
 
 @upcaster("RunStarted", from_version=1)

@@ -22,6 +22,7 @@ import numpy as np
 
 from esper.kasmina import build_host
 from esper.leyline.commands import Advance, Command, Cull, Germinate, Wait
+from esper.leyline.events import RunStarted
 from esper.leyline.garden import Garden, legal_commands
 from esper.leyline.stages import SeedStage
 from esper.tamiyo.observation import Observation
@@ -69,6 +70,12 @@ class FeatureSpec(msgspec.Struct, frozen=True, kw_only=True):
 def spec_for_task(task: str) -> FeatureSpec:
     preset = get_task(task)
     return FeatureSpec(slots=tuple(build_host(preset.host).slot_names), blueprints=tuple(preset.blueprints))
+
+
+def spec_for_run(started: RunStarted) -> FeatureSpec:
+    """The spec of the run `started` begins: its slots and blueprints (a task of user code, `esper.fit`, has no
+    preset to build a host from; its runs say what they grew)."""
+    return FeatureSpec(slots=tuple(started.slots), blueprints=tuple(started.blueprints))
 
 
 # ---- observation → vector ----------------------------------------------------------------------

@@ -14,10 +14,13 @@ gives the same batches.
   downloading there when asked. The last 10% of the training set (5,000 images) is the validation
   set; inputs are standardised with the usual per-channel CIFAR-10 statistics.
 
-Every split has `x` float32 of shape `(N, C, L)` or `(N, C, H, W)` and `y` int64 class indices.
+Every split has `x` float32 of shape `(N, C, L)` or `(N, C, H, W)` and `y` int64 class indices. Both tasks
+classify: `TaskData` also says what is measured on a batch (cross-entropy, top-1 accuracy), the interface
+a user's own data and loss provide too (`esper.tolaria.userdata`).
 """
 
 import importlib.metadata
+import math
 import os
 import random
 import zipfile
@@ -29,6 +32,7 @@ from typing import NamedTuple
 import attrs
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from esper.errors import BadInput
 from esper.tolaria.tasks import get_task
@@ -109,6 +113,27 @@ class TaskData:
             order = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
         stop = n - n % batch_size if drop_last else n
         return _slices(x, y, order, batch_size, stop)
+
+    def steps(self, batch_size: int) -> int:
+        """Training batches in one epoch (`batches("train", batch_size, ...)`)."""
+        return math.ceil(len(self.train) / batch_size)
+
+    def examples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `n` training examples, in order (what the sharpness probe measures the loss on)."""
+        return self.train.x[:n], self.train.y[:n]
+
+    # What is measured on a batch of logits and class indices.
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's mean loss: what training minimises."""
+        return F.cross_entropy(output, y)
+
+    def loss_sum(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's summed loss: what evaluation adds up over a split."""
+        return F.cross_entropy(output, y, reduction="sum")
+
+    def correct(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """How many of the batch's examples the model gets right (top-1)."""
+        return (output.argmax(1) == y).sum()
 
 
 def _slices(

@@ -84,6 +84,6 @@ def _step_flops(model: GrowableModel, batch_size: int, example_shape: tuple[int,
         F.cross_entropy(model(x), y).backward()
         for seed_id in model.training_seeds():
             params = model.seed_parameters(seed_id)
-            torch.autograd.grad(F.cross_entropy(model.isolated_logits(seed_id), y), params)
+            torch.autograd.grad(F.cross_entropy(model.isolated_output(seed_id, x), y), params)
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())

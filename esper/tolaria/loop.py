@@ -17,7 +17,7 @@ import msgspec
 import torch
 
 from esper.errors import BadInput, EsperError, IllegalEvent, StoreFailed, first_line
-from esper.kasmina import build_host
+from esper.kasmina import GrowableModel, build_host
 from esper.leyline.commands import Command
 from esper.leyline.config import RunConfig
 from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, RunStarted
@@ -29,6 +29,7 @@ from esper.tamiyo.observation import Observation, ObservationProjection
 from esper.tolaria.data import TaskData, load_task_data
 from esper.tolaria.tasks import TaskPreset, get_task
 from esper.tolaria.trainer import EpochStats, Trainer
+from esper.tolaria.userdata import UserData
 from esper.tolaria.writebehind import WriteBehind
 
 
@@ -140,9 +141,10 @@ def versions() -> dict[str, str]:
     return {"esper": esper_version, "torch": str(torch.__version__), "cpu": torch.backends.cpu.get_cpu_capability()}
 
 
-def resolve_config(config: RunConfig, preset: TaskPreset | None = None) -> RunConfig:
+def resolve_config(config: RunConfig, preset: TaskPreset | None = None, host_params: int | None = None) -> RunConfig:
     """The config as the run will use it, stored whole in `RunStarted`: the preset's epochs and anneal filled in
-    (`preset`: the task's own, unless a recorded one is given)."""
+    (`preset`: the task's own, unless a recorded one is given; `host_params`: the size of the model the run
+    grows when it is not the preset's host, a user's model)."""
     preset = preset or get_task(config.task)
     if config.epochs < 0:
         raise BadInput(f"--epochs must be positive, got {config.epochs}")
@@ -150,17 +152,18 @@ def resolve_config(config: RunConfig, preset: TaskPreset | None = None) -> RunCo
         raise BadInput(f"--seed must lie strictly between -{MAX_SEED:,} and {MAX_SEED:,}, got {config.seed}")
     if config.anneal_epochs is not None and config.anneal_epochs < 0:
         raise BadInput(f"--anneal-epochs must not be negative, got {config.anneal_epochs}")
-    _check_cap(config.lifecycle.max_params, config.task, preset)
+    _check_cap(config.lifecycle.max_params, config.task, preset, host_params)
     anneal = preset.anneal_epochs if config.anneal_epochs is None else config.anneal_epochs
     return msgspec.structs.replace(config, epochs=config.epochs or preset.epochs, anneal_epochs=anneal)
 
 
-def _check_cap(cap: int, task: str, preset: TaskPreset) -> None:
+def _check_cap(cap: int, task: str, preset: TaskPreset, host: int | None) -> None:
     if cap < 0:
         raise BadInput(f"--max-params must be 0 (no cap) or a parameter count, got {cap}")
     if cap:
-        with torch.device("meta"):  # the host's size without memory or a draw from the RNG
-            host = build_host(preset.host).param_count()
+        if host is None:
+            with torch.device("meta"):  # the host's size without memory or a draw from the RNG
+                host = build_host(preset.host).param_count()
         if cap < host:
             raise BadInput(f"--max-params {cap:,} is below the {task} host's own {host:,} parameters")
 
@@ -173,15 +176,17 @@ class Session:
     (`SeedGerminated` + `SeedTransitioned` trigger `build`); `build_events=False` builds it inside the
     trainer without events instead, as logs written before `build` existed were (`--verify` of such a log)."""
 
-    def __init__(self, config: RunConfig, sink: Sink, data: TaskData | None = None, download: bool = False,
-                 preset: TaskPreset | None = None, build_events: bool = True):
+    def __init__(self, config: RunConfig, sink: Sink, data: TaskData | UserData | None = None, download: bool = False,
+                 preset: TaskPreset | None = None, build_events: bool = True, model: GrowableModel | None = None):
         """`preset`: the task preset to train with; the task's current one by default, a recorded one to
-        re-execute a run."""
+        re-execute a run. `model`: a grown model from user code (`esper.fit`, with its `preset` and `data`)
+        instead of the preset's host; `RunStarted` then says the run came from user code."""
         self.preset = preset or get_task(config.task)
-        config = self.config = resolve_config(config, self.preset)  # idempotent: `RunStarted` and the trainer see the values used
+        host_params = None if model is None else model.param_count()
+        config = self.config = resolve_config(config, self.preset, host_params)  # idempotent: `RunStarted` and the trainer see the values used
         if data is None:
             data = load_task_data(config.task, config.data_seed, config.data_dir, download=download)
-        self.trainer = Trainer(config, self.preset, data, build_up_front=not build_events)
+        self.trainer = Trainer(config, self.preset, data, build_up_front=not build_events, model=model)
         self.projection = ObservationProjection()
         self.sink = sink
         self._writer = WriteBehind(sink)
@@ -192,7 +197,8 @@ class Session:
         model = self.trainer.model
         self._emit([RunStarted(config=config, preset=self.preset, versions=versions(),
                                host_params=model.param_count(), slots=model.slot_names,
-                               blueprints=list(self.preset.blueprints), seed_sizes=model.seed_sizes())])
+                               blueprints=list(self.preset.blueprints), seed_sizes=model.seed_sizes(),
+                               user_code=host_params is not None)])
         try:
             if build_events:
                 self._build(len(config.architecture))
@@ -282,11 +288,12 @@ class Session:
 
 def execute(
     config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None,
-    data: TaskData | None = None, preset: TaskPreset | None = None, build_events: bool = True,
+    data: TaskData | UserData | None = None, preset: TaskPreset | None = None, build_events: bool = True,
+    model: GrowableModel | None = None,
 ) -> RunResult:
     """Train one run from `RunStarted` to `RunFinished`; a failure (a bug included) appends `RunFailed` and raises,
     unless the store is what failed (`Session.fail`)."""
-    session = Session(config, sink, data=data, preset=preset, build_events=build_events)
+    session = Session(config, sink, data=data, preset=preset, build_events=build_events, model=model)
     try:
         while not session.done:
             session.begin_epoch()

@@ -10,6 +10,7 @@ Everything lands in `EpochEnded.diagnostics`.
 
 import math
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +27,12 @@ SHARPNESS_EXAMPLES = 512
 
 
 class LayerGradients:
-    """Sums each layer's gradient norm over the steps of an epoch: a few fused ops per step, no device sync."""
+    """Sums each layer's gradient norm over the steps of an epoch: a few fused ops per step, no device sync.
+    `named`: the model's (name, parameter) pairs, e.g. `named_parameters()`; a layer is a name's module part."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, named: Iterable[tuple[str, nn.Parameter]]):
         by_layer: dict[str, list[nn.Parameter]] = defaultdict(list)
-        for name, p in model.named_parameters():
+        for name, p in named:
             if p.requires_grad:
                 by_layer[name.rsplit(".", 1)[0]].append(p)
         self.layers = list(by_layer)
@@ -61,14 +63,16 @@ class LayerGradients:
         }
 
 
-def sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
-    """Top Hessian eigenvalue of the cross-entropy at the current weights (eval mode: no statistics change).
+def sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
+              loss_fn: Callable[..., torch.Tensor] = F.cross_entropy) -> float:
+    """Top Hessian eigenvalue of the loss (`loss_fn(output, y)`, the mean over the batch) at the current weights
+    (eval mode: no statistics change).
     Uses `autograd.grad` only, so no `.grad` is touched; the start vector comes from its own generator."""
     params = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
     model.eval()
     try:
-        loss = F.cross_entropy(model(x), y)
+        loss = loss_fn(model(x), y)
         grads = torch.autograd.grad(loss, params, create_graph=True)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         v = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]

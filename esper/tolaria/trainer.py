@@ -1,9 +1,11 @@
 """The hands: one model, its optimizers and its data; trains epochs and measures what gates need.
 
-The trainer carries out lifecycle events on the model (`realize`), after the lifecycle machine has
-accepted them, and never decides them. Each epoch it
-measures validation loss/accuracy and, per live seed, gradient health, the seed's own loss and its
-counterfactual contribution (accuracy with the seed minus accuracy with α forced to 0).
+The model is a built-in host (the task preset's) or a user's grown model; the data is a built-in task's
+(`TaskData`) or the user's own batches and loss (`UserData`): either says what the loss and the score of a
+batch are. The trainer carries out lifecycle events on the model (`realize`), after the lifecycle machine
+has accepted them, and never decides them. Each epoch it measures validation loss/accuracy and, per live
+seed, gradient health, the seed's own loss and its counterfactual contribution (accuracy with the seed
+minus accuracy with α forced to 0).
 """
 
 import math
@@ -12,7 +14,6 @@ from typing import Sequence
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from esper.errors import BadInput, RunFailed
@@ -24,6 +25,7 @@ from esper.tolaria.data import TaskData, augment
 from esper.tolaria.health import HealthMeter
 from esper.tolaria.telemetry import SHARPNESS_EVERY, SHARPNESS_EXAMPLES, LayerGradients, sharpness
 from esper.tolaria.tasks import TaskPreset
+from esper.tolaria.userdata import UserData
 
 
 @attrs.frozen
@@ -88,17 +90,18 @@ def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_deca
 class Trainer:
     """The model, its optimizers and the epoch loop of one run; `config` is resolved (`resolve_config`)."""
 
-    def __init__(self, config: RunConfig, preset: TaskPreset, data: TaskData, build_up_front: bool = False):
+    def __init__(self, config: RunConfig, preset: TaskPreset, data: TaskData | UserData, build_up_front: bool = False,
+                 model: GrowableModel | None = None):
+        """`model`: a grown model from user code (`esper.fit`); None builds the preset's host."""
         self.config = config
         self.preset = preset
         self.device = resolve_device(config.device)
         if self.device.type == "cpu" and preset.cpu_threads:
             torch.set_num_threads(preset.cpu_threads)
         torch.manual_seed(config.seed)
-        self.model: GrowableModel = build_host(preset.host).to(self.device)
+        self.model: GrowableModel = (build_host(preset.host) if model is None else model).to(self.device)
         self.data = data.to(self.device)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
-        self.steps_per_epoch = math.ceil(len(data.train) / preset.batch_size)
         self.host_optimizer = self._optimizer(self.model.host_parameters(), preset.lr)
         self.seed_optimizers: dict[str, torch.optim.Optimizer] = {}
         self._announced: dict[str, SeedGerminated] = {}
@@ -154,7 +157,7 @@ class Trainer:
             model.start_training(seed_id)
             self.seed_optimizers[seed_id] = self._optimizer(model.seed_parameters(seed_id), self.preset.seed_lr)
         elif stage is SeedStage.BLENDING:
-            steps = max(1, self.config.lifecycle.blend_epochs * self.steps_per_epoch)
+            steps = max(1, self.config.lifecycle.blend_epochs * self.data.steps(self.preset.batch_size))
             model.start_blending(seed_id, steps, self.config.blend_schedule)
         elif stage is SeedStage.FOSSILIZED:
             self._join_host(model.fossilize(seed_id))
@@ -183,22 +186,22 @@ class Trainer:
         self._seed_loss = {sid: 0.0 for sid in self.model.training_seeds()}
         self._loss_sum = torch.zeros((), device=self.device)
         self._seen = 0
-        self._layers = LayerGradients(self.model) if self.config.telemetry != "minimal" else None
+        self._layers = LayerGradients(self.model.placed_parameters()) if self.config.telemetry != "minimal" else None
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step of host and seeds on one batch. Training seeds learn in isolation: their
-        gradients come from `isolated_logits` through `autograd.grad`, so no host `.grad` is touched."""
+        gradients come from `isolated_output` through `autograd.grad`, so no host `.grad` is touched."""
         model = self.model
         if self.preset.augment:
             x = augment(x, self.generator)
-        loss = F.cross_entropy(model(x), y)
+        loss = self.data.loss(model(x), y)
         self.host_optimizer.zero_grad(set_to_none=True)
         for opt in self.seed_optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
         for sid in model.training_seeds():
             params = model.seed_parameters(sid)
-            isolated = F.cross_entropy(model.isolated_logits(sid), y)
+            isolated = self.data.loss(model.isolated_output(sid, x), y)
             for p, g in zip(params, torch.autograd.grad(isolated, params)):
                 p.grad = g
             self._seed_loss[sid] += isolated.item() * len(y)
@@ -230,8 +233,8 @@ class Trainer:
         """What the telemetry profile asks for beyond the gate signals."""
         out = self._layers.report() if self._layers is not None else {}
         if self.config.telemetry == "diagnostic" and (epoch - 1) % SHARPNESS_EVERY == 0:
-            x, y = self.data.train.x[:SHARPNESS_EXAMPLES], self.data.train.y[:SHARPNESS_EXAMPLES]
-            value = sharpness(self.model, x, y, seed=self.config.seed * 100_003 + epoch)
+            x, y = self.data.examples(SHARPNESS_EXAMPLES)
+            value = sharpness(self.model, x, y, seed=self.config.seed * 100_003 + epoch, loss_fn=self.data.loss)
             if math.isfinite(value):  # JSON has no NaN: a curvature that overflowed is left out, not logged as null
                 out["sharpness"] = value
         return out
@@ -268,11 +271,11 @@ class Trainer:
         seed_correct = {sid: torch.zeros((), device=self.device) for sid in isolated}
         n = 0
         for x, y in self.data.batches(split, 1024):
-            logits = model(x)
-            loss += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
+            output = model(x)
+            loss += self.data.loss_sum(output, y)
+            correct += self.data.correct(output, y)
             for sid in isolated:
-                seed_correct[sid] += (model.isolated_logits(sid).argmax(1) == y).sum()
+                seed_correct[sid] += self.data.correct(model.isolated_output(sid, x), y)
             n += len(y)
         model.train()
         return (loss / n).item(), (correct / n).item(), {sid: (c / n).item() for sid, c in seed_correct.items()}

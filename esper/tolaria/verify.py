@@ -12,6 +12,8 @@ controller's commands (`CommandIssued`). What is compared:
 * with `exact`, every event bit for bit as logged.
 
 Ids, positions, timestamps and `RunStarted.versions` are not compared (a version difference is noted).
+A run that came from user code (`esper.fit`, `RunStarted.user_code`) cannot be re-executed: its model and
+data are not in the log. `verify_run` says so (`BadInput`) rather than train something else.
 """
 
 import math
@@ -20,7 +22,7 @@ from typing import Any
 import attrs
 import msgspec
 
-from esper.errors import EsperError, IllegalEvent
+from esper.errors import BadInput, EsperError, IllegalEvent
 from esper.leyline.events import (
     CommandIssued,
     CommandRejected,
@@ -71,11 +73,21 @@ class Verification:
                 f"{self.tolerance:.0e} relative ({close})")
 
 
-def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = DEFAULT_TOLERANCE) -> Verification:
-    """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event."""
+def reexecutable(recorded: list[Recorded]) -> RunStarted:
+    """The run's `RunStarted`, if its log holds everything re-execution needs; else one line saying why not."""
     if not recorded or not isinstance(recorded[0].event, RunStarted):
         raise IllegalEvent("the log does not start with RunStarted", recorded[0].position if recorded else None)
     started: RunStarted = recorded[0].event
+    if started.user_code:
+        raise BadInput(f"run {recorded[0].run_id} came from user code (a {started.preset.host} trained by esper.fit): "
+                       "its log holds every decision but not the model or the data, so it cannot be re-executed; "
+                       "replay it without --verify to check its chain and every decision")
+    return started
+
+
+def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = DEFAULT_TOLERANCE) -> Verification:
+    """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event."""
+    started = reexecutable(recorded)
     issued = [r.event for r in recorded if isinstance(r.event, CommandIssued)]
     sink = ListSink()
     # A scratch run recorded before the `build` transition existed has its architecture built without events:

@@ -1,0 +1,140 @@
+"""`grow`: any `nn.Module` becomes a `GrowableModel`, with slots after the submodules the user names.
+
+One forward pass of an example input finds each slot's activation shape, and the shape picks the blueprint
+family that grows there: `(B, C, H, W)` conv2d; a 3-D activation is `(B, C, L)`, conv1d, when the last layer
+that shaped it is a 1-D convolution, normalisation or pooling (`CHANNELS_FIRST`), else `(B, T, D)`, sequence
+(refused until sequence blueprints exist). The pass runs on the meta device (shapes
+only: no memory, no arithmetic), or for real on the model's own device when some module cannot run on
+meta; either way in eval mode, without gradients, on a copy of the buffers and a fork of the RNG, so
+growing changes nothing about the model or a run's randomness. Bad input is one `BadInput` line.
+"""
+
+import difflib
+import functools
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from esper.errors import BadInput, first_line
+from esper.kasmina.model import GrowableModel, SlotHook, slot_key
+from esper.kasmina.slot import Slot
+
+MESSAGE_CHARS = 200
+"""How much of the model's own error message a bad example quotes."""
+
+CHANNELS_FIRST = (nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.MaxPool1d, nn.AvgPool1d,
+                  nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
+"""Layers whose 3-D output is `(B, C, L)`."""
+CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention, nn.RNNBase)
+"""Layers whose 3-D output is `(B, T, D)`. Layers of neither kind (activations, dropout) keep the layout."""
+
+
+def grow(model: nn.Module, slots: Sequence[str] | Mapping[str, str], example) -> GrowableModel:
+    """`model` with a slot after each submodule in `slots`: dotted paths as `named_modules()` gives them (each
+    slot named by its path), or a mapping slot name → path. `example`: an input the model takes (a tensor, or
+    a tuple of positional inputs); only its shapes matter. The model itself is grown (hooks on its
+    submodules); the returned module wraps it."""
+    paths = _slot_paths(model, slots)
+    activations = _activations(model, list(paths.values()), example)
+    grown = []
+    for name, path in paths.items():
+        family, channels = family_of(path, activations[path])
+        grown.append(Slot(name, path, family, channels))
+    return GrowableModel(model, grown)
+
+
+def family_of(path: str, outputs: list[tuple]) -> tuple[str, int]:
+    """The blueprint family and width of the slot after `path`, from what the submodule returned: one
+    (shape, last layer that shaped it) per call in the example's forward pass."""
+    if len(outputs) != 1:
+        raise BadInput(f"{path} runs {len(outputs)} times in one forward pass: a slot goes after a submodule that runs once")
+    shape, shaped_by = outputs[0]
+    if not isinstance(shape, torch.Size):
+        raise BadInput(f"{path} returns a {shape}, not a tensor: a slot goes after a submodule that returns one tensor")
+    if len(shape) == 4:
+        return "conv2d", shape[1]
+    if len(shape) == 3 and shaped_by is not None and issubclass(shaped_by, CHANNELS_FIRST):
+        return "conv1d", shape[1]
+    if len(shape) == 3:
+        raise BadInput(f"{path} gives (B, T, D) activations {tuple(shape)}: sequence blueprints do not exist yet "
+                       "(conv1d grows (B, C, L), after a 1-D convolution, normalisation or pooling)")
+    raise BadInput(f"{path} gives activations of shape {tuple(shape)}: no blueprint family grows those (conv1d takes "
+                   "(B, C, L), conv2d (B, C, H, W))")
+
+
+def _slot_paths(model: nn.Module, slots: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """Slot name → submodule path, each path checked against the model."""
+    if not isinstance(model, nn.Module):
+        raise BadInput(f"esper.grow takes a torch nn.Module, got {type(model).__name__}")
+    if isinstance(model, GrowableModel) or any(isinstance(h, SlotHook) for m in model.modules()
+                                               for h in m._forward_hooks.values()):
+        raise BadInput("this model is grown already: grow a model once, with all its slots")
+    if next(model.parameters(), None) is None:
+        raise BadInput(f"the {type(model).__name__} has no parameters: there is nothing to train or grow")
+    if isinstance(slots, str) or not slots:
+        raise BadInput("slots: give a list of submodule paths, e.g. ['layer1', 'layer2']")
+    paths = dict(slots) if isinstance(slots, Mapping) else {path: path for path in slots}
+    names = [n for n, _ in model.named_modules() if n]
+    for path in paths.values():
+        if path not in names:
+            near = _nearest(str(path), names)
+            raise BadInput(f"the model has no submodule {path!r} (nearest: {', '.join(near)})")
+    if len(set(paths.values())) != len(paths) or len({slot_key(n) for n in paths}) != len(paths):
+        raise BadInput(f"slots name the same place or name twice: {list(paths.items())}")
+    return paths
+
+
+def _nearest(path: str, names: list[str], n: int = 4) -> list[str]:
+    """The `n` names most like `path`, the best first (ties in the model's order); its first names if none is close."""
+    score = {name: difflib.SequenceMatcher(None, path, name).ratio() for name in names}
+    near = sorted((name for name in names if score[name] >= 0.5), key=lambda name: -score[name])
+    return near[:n] or names[:n]
+
+
+def _activations(model: nn.Module, paths: list[str], example) -> dict[str, list[tuple]]:
+    """Path → (shape, the class of the last layer of `CHANNELS_FIRST` or `CHANNELS_LAST` that ran before) of each
+    output that submodule gave in one forward pass of `example`."""
+    inputs = example if isinstance(example, tuple) else (example,)
+    try:
+        return _trace(model, paths, inputs, meta=True)
+    except Exception:  # no meta kernel for some op, or an op that needs values (`.item()`, data-dependent shapes)
+        pass
+    try:
+        return _trace(model, paths, inputs, meta=False)
+    except Exception as exc:
+        message = first_line(exc)
+        message = message if len(message) <= MESSAGE_CHARS else message[:MESSAGE_CHARS - 3] + "..."
+        raise BadInput(f"the example fails the model's forward pass: {type(exc).__name__}: {message}") from None
+
+
+def _trace(model: nn.Module, paths: list[str], inputs: tuple, meta: bool) -> dict[str, list[tuple]]:
+    outputs: dict[str, list] = {path: [] for path in paths}
+    shaping: list[type] = []  # the layout layers that ran, in order (registered first: they see their output first)
+    handles = [m.register_forward_hook(lambda module, args, output: shaping.append(type(module)))
+               for m in model.modules() if isinstance(m, CHANNELS_FIRST + CHANNELS_LAST)]
+    handles += [model.get_submodule(p).register_forward_hook(functools.partial(_record, outputs[p], shaping))
+                for p in paths]
+    modes = {m: m.training for m in model.modules()}
+    device = torch.device("meta") if meta else next(model.parameters()).device
+    if meta:
+        state = {n: t.to("meta") for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    else:
+        state = {n: b.clone() for n, b in model.named_buffers()}
+    moved = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            functional_call(model, state, moved)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return outputs
+
+
+def _record(outputs: list, shaping: list[type], module: nn.Module, args: tuple, output) -> None:
+    shape = output.shape if isinstance(output, torch.Tensor) else type(output).__name__
+    outputs.append((shape, shaping[-1] if shaping else None))

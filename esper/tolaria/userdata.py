@@ -1,0 +1,93 @@
+"""A user's own batches and loss (`esper.fit`), behind the interface the trainer trains on (`TaskData`'s).
+
+Batches come as the user's iterables give them: their size, their order and their shuffling are the user's
+(a `DataLoader` shuffles with its own generator). Each split is read again every epoch, so it must be a
+collection (a list, a `DataLoader`) or a function returning the batches; a one-shot iterator is refused.
+"""
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import attrs
+import torch
+
+from esper.errors import BadInput
+
+Loss = Callable[[Any, torch.Tensor], torch.Tensor]
+Score = Callable[[Any, torch.Tensor], Any]
+
+
+@attrs.define(eq=False)
+class UserData:
+    """Splits of (x, y) batches; `loss(output, y)` is the batch's mean loss, `score(output, y)` the fraction of
+    the batch the model gets right (default: top-1 accuracy of logits `(B, classes)` against class indices)."""
+
+    train: Iterable | Callable[[], Iterable]
+    val: Iterable | Callable[[], Iterable]
+    test: Iterable | Callable[[], Iterable]
+    loss_fn: Loss
+    score: Score | None = None
+    device: torch.device | None = None
+    train_steps: int | None = None
+    """Batches in one pass over `train`: its `len()`, else counted in the first pass."""
+
+    def __attrs_post_init__(self) -> None:
+        for split in ("train", "val", "test"):
+            source = getattr(self, split)
+            if isinstance(source, Iterator):
+                raise BadInput(f"{split} is an iterator, which runs out after one epoch: pass a list, a DataLoader, or "
+                               "a function that returns the batches")
+        if self.train_steps is None and not callable(self.train) and hasattr(self.train, "__len__"):
+            self.train_steps = len(self.train)
+
+    def to(self, device: torch.device | str) -> "UserData":
+        """The same data, each batch moved to `device` as it is drawn."""
+        return attrs.evolve(self, device=torch.device(device))
+
+    def batches(self, split: str, batch_size: int = 0, generator: torch.Generator | None = None,
+                **_: Any) -> Iterator[tuple[Any, torch.Tensor]]:
+        """The split's batches as the user gives them (`batch_size` and `generator` are the built-in tasks')."""
+        source = getattr(self, split)
+        count = 0
+        for x, y in (source() if callable(source) else source):
+            count += 1
+            yield _to(x, self.device), _to(y, self.device)
+        if split == "train":
+            self.train_steps = count
+
+    def steps(self, batch_size: int = 0) -> int:
+        """Training batches in one epoch (1 until a pass over an unsized `train` has counted them)."""
+        return self.train_steps or 1
+
+    def examples(self, n: int) -> tuple[Any, torch.Tensor]:
+        """The first `n` examples of the first training batch."""
+        x, y = next(iter(self.batches("train")))
+        return x[:n], y[:n]
+
+    def loss(self, output: Any, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(output, y)
+
+    def loss_sum(self, output: Any, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(output, y) * len(y)
+
+    def correct(self, output: Any, y: torch.Tensor) -> torch.Tensor:
+        if self.score is not None:
+            return torch.as_tensor(self.score(output, y), dtype=torch.float32, device=y.device) * len(y)
+        return (output.argmax(1) == y).sum()
+
+
+def check_targets(y: Any, score: Score | None) -> None:
+    """Accuracy, the default score, needs class indices: any other target needs the user's `score`."""
+    if score is None and not (isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex()):
+        raise BadInput(f"y is {_kind(y)}, not class indices: esper.fit measures top-1 accuracy by default; pass "
+                       "score=f(output, y) giving the fraction of a batch the model gets right (0..1)")
+
+
+def _kind(y: Any) -> str:
+    return f"a {y.dtype} tensor" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
+
+
+def _to(value: Any, device: torch.device | None) -> Any:
+    if device is None or not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device, non_blocking=True)

@@ -1,0 +1,303 @@
+"""`esper.grow`: slots in any model, the family each activation picks, isolation for any graph, bad input."""
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from esper.errors import BadInput
+from esper.kasmina import build_host, grow
+
+
+class Branched(nn.Module):
+    """Two paths joined by addition: a graph that is not a chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.left = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.right = nn.Conv2d(8, 8, 1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(self.left(h) + self.right(h))
+
+
+def resnet18() -> nn.Module:
+    return torchvision.models.resnet18(num_classes=10)
+
+
+# name -> (model factory, slots, the slot a seed trains in)
+MODELS = {
+    "resnet18": (resnet18, ["layer1", "layer2", "layer3"], "layer2"),
+    "branched-stem": (Branched, ["stem", "left"], "stem"),
+    "branched-left": (Branched, ["stem", "left"], "left"),
+}
+
+
+def make(name: str) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+    """(grown model, an ungrown copy of the user's model, x, y), BatchNorm statistics warmed up."""
+    factory, slots, _ = MODELS[name]
+    torch.manual_seed(0)
+    model = factory()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(4, 3, 32, 32))
+    plain = copy.deepcopy(model)
+    return grow(model, slots, example=x[:2]), plain, x, y
+
+
+def state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter, gradient and buffer of `module`, cloned."""
+    out = {f"param:{n}": p.detach().clone() for n, p in module.named_parameters()}
+    out |= {f"grad:{n}": p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return out | {f"buffer:{n}": b.clone() for n, b in module.named_buffers()}
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def eval_out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    model.train(was)
+    return out
+
+
+def test_grow_wraps_resnet18_and_changes_nothing_until_a_seed_blends():
+    model, plain, x, _ = make("resnet18")
+    assert isinstance(model, nn.Module) and model.host is not plain
+    assert [(s.name, s.family, s.channels) for s in model.slots.values()] == [
+        ("layer1", "conv2d", 64), ("layer2", "conv2d", 128), ("layer3", "conv2d", 256)]
+    assert model.downstream == {"layer1": None, "layer2": None, "layer3": None}  # not a chain
+    assert torch.equal(eval_out(model, x), eval_out(plain, x))
+    model.germinate("layer2", "s", "conv_light")
+    model.start_training("s")
+    assert torch.equal(model(x), plain(x))  # train mode too: the training seed adds nothing
+    assert model.param_count() == sum(p.numel() for p in plain.parameters())
+
+
+def test_growing_changes_neither_the_model_nor_the_rng():
+    torch.manual_seed(1)
+    model = resnet18()
+    before = copy.deepcopy(model.state_dict())
+    example = torch.randn(2, 3, 32, 32)
+    rng = torch.random.get_rng_state()
+    grow(model, ["layer1"], example=example)
+    assert torch.equal(rng, torch.random.get_rng_state()), "growing must not draw from the RNG"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(m.training for m in model.modules())  # the probe's eval mode is undone
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_gradient_isolation_is_bit_identical_on_any_graph(name):
+    """Host gradients, parameters and BatchNorm statistics of the user's model are identical with a training seed
+    (whose isolated pass reruns the whole model) and without any slots at all, through optimizer steps."""
+    model, plain, x, y = make(name)
+    slot = MODELS[name][2]
+    model.germinate(slot, "s", "conv_heavy")
+    model.start_training("s")
+    opt_a = torch.optim.SGD(model.host_parameters(), lr=0.1, momentum=0.9)
+    opt_b = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
+    seed_before = [p.detach().clone() for p in model.seed_parameters("s")]
+    for step in range(2):
+        xs = x + step
+        for m, opt in ((model, opt_a), (plain, opt_b)):
+            opt.zero_grad()
+            F.cross_entropy(m(xs), y).backward()
+        params = model.seed_parameters("s")
+        grads = torch.autograd.grad(F.cross_entropy(model.isolated_output("s", xs), y), params)
+        assert any(g.abs().sum() > 0 for g in grads), "the seed learned nothing: the test would prove nothing"
+        assert_same(state(model.host), state(plain))
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= 0.1 * g
+        opt_a.step()
+        opt_b.step()
+        assert_same(state(model.host), state(plain))
+    assert not all(torch.equal(a, b) for a, b in zip(seed_before, model.seed_parameters("s")))
+    assert torch.equal(eval_out(model, x), eval_out(plain, x))
+
+
+@pytest.mark.parametrize("name", ["branched-stem", "branched-left"])
+def test_the_isolated_output_is_the_model_with_the_seed_fully_in(name):
+    model, _, x, _ = make(name)
+    slot = MODELS[name][2]
+    model.germinate(slot, "s", "conv_light")
+    model.start_training("s")
+    model.eval()
+    with torch.no_grad():
+        isolated = model.isolated_output("s", x)
+        with model.forced_alpha("s", 1.0):
+            fully_in = model(x)
+        without = model(x)
+    assert torch.equal(isolated, fully_in)
+    assert not torch.equal(isolated, without)
+
+
+@pytest.mark.parametrize("host,shape", [("cnn1d", (8, 1, 40)), ("resnet", (4, 3, 32, 32))])
+@pytest.mark.parametrize("slot", ["early", "mid", "late"])
+@pytest.mark.parametrize("training", [True, False])
+def test_the_chain_shortcut_gives_what_the_whole_pass_gives(host, shape, slot, training):
+    torch.manual_seed(0)
+    model = build_host(host, **({"width": 8} if host == "resnet" else {}))
+    x, y = torch.randn(*shape), torch.randint(0, 10, (shape[0],))
+    model.build("late", "f", "norm")  # a fossil downstream: host parameters the pass must leave alone
+    model.germinate(slot, "s", "conv_light")
+    model.start_training("s")
+    model.train(training)
+    model(x)
+    params = model.seed_parameters("s")
+    assert model.downstream[slot] is not None
+    outputs = [model.isolated_output("s", x, shortcut=shortcut) for shortcut in (True, False)]
+    assert torch.equal(outputs[0], outputs[1])
+    grads = [torch.autograd.grad(F.cross_entropy(out, y), params) for out in outputs]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_the_isolated_pass_draws_nothing_from_the_rng():
+    """Dropout in the host: the extra pass runs on a fork of the RNG, so the host's next masks are its own."""
+    torch.manual_seed(0)
+    model = grow(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout(0.5), nn.Conv2d(4, 4, 3)), ["0"],
+                 example=torch.zeros(1, 3, 8, 8))
+    assert model.downstream["0"] == ["1", "2"]  # a chain: the shortcut reruns dropout too
+    model.germinate("0", "s", "conv_light")
+    model.start_training("s")
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    rng = torch.random.get_rng_state()
+    for shortcut in (True, False):
+        model.isolated_output("s", x, shortcut=shortcut).sum().backward()
+        assert torch.equal(rng, torch.random.get_rng_state())
+
+
+def test_cull_restores_the_users_model_exactly():
+    model, plain, x, y = make("resnet18")
+    before = eval_out(model, x)
+    model.germinate("layer3", "s", "conv_light")
+    model.start_training("s")
+    for m in (model, plain):  # identical train-mode forwards: the same BatchNorm statistics in both
+        m(x)
+    params = model.seed_parameters("s")
+    grads = torch.autograd.grad(F.cross_entropy(model.isolated_output("s", x), y), params)
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p -= 0.5 * g
+    model.start_blending("s", steps=2)
+    model.step_blending()
+    assert not torch.equal(eval_out(model, x), eval_out(plain, x))
+    model.cull("s")
+    assert torch.equal(eval_out(model, x), eval_out(plain, x))
+    assert not torch.equal(eval_out(model, x), before)  # the host did train: the same way as the plain copy
+    assert_same(state(model.host), state(plain))
+
+
+def test_a_grown_user_model_round_trips_through_torch_save():
+    model, _, x, _ = make("branched-stem")
+    model.build("left", "f", "attention")
+    model.germinate("stem", "s", "conv_light")
+    model.start_training("s")
+    model.start_blending("s", steps=4)
+    model.step_blending()
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert torch.equal(eval_out(loaded, x), eval_out(model, x))
+    with loaded.forced_alpha("s", 0.0):  # the hooks came back wired to the loaded slots
+        assert not torch.equal(eval_out(loaded, x), eval_out(model, x))
+
+
+def test_telemetry_names_layers_as_the_user_does_with_slots_where_they_sit():
+    model, _, _, _ = make("resnet18")
+    model.build("layer1", "f", "norm")
+    names = [n for n, _ in model.placed_parameters()]
+    assert names[0] == "conv1.weight" and not any(n.startswith("host.") for n in names)
+    slot = names.index("slots.layer1.fossils.0.module.weight")
+    assert names[slot - 1].startswith("layer1.") and names[slot + 2].startswith("layer2.")
+    assert len(names) == len(list(model.parameters()))
+    # the built-in chains keep the names and order their logs were written with
+    host = build_host("cnn1d")
+    host.build("early", "f", "norm")
+    assert [n.rsplit(".", 1)[0] for n, _ in host.placed_parameters()][::2] == [
+        "stages.0.0", "stages.1.0", "stages.2.0", "slots.early.fossils.0.module", "head.1"]
+
+
+def test_a_3d_activation_is_conv1d_after_a_1d_convolution_else_a_sequence():
+    model = grow(nn.Sequential(nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU()), nn.Flatten(), nn.Linear(4 * 6, 2)),
+                 ["0.1"], example=torch.zeros(1, 1, 8))
+    assert [(s.name, s.family, s.channels) for s in model.slots.values()] == [("0.1", "conv1d", 4)]
+    assert model.downstream["0.1"] == ["1", "2"]
+    model.germinate("0.1", "s", "depthwise")
+    assert model.live_seeds() == {"s": "0.1"}  # a dotted path names its slot
+    bad(r"\(B, T, D\)", nn.Sequential(nn.Conv1d(1, 4, 3), nn.Linear(6, 6), nn.ReLU()), ["2"], torch.zeros(1, 1, 8))
+
+
+def test_a_module_meta_cannot_run_is_probed_on_its_own_device():
+    class Gate(nn.Module):  # needs the values of its input: no meta kernel gives them
+        def forward(self, x):
+            return x * 2 if x.sum().item() >= 0 else x
+
+    model = grow(nn.Sequential(nn.Conv2d(3, 4, 1), Gate()), ["1"], example=torch.ones(1, 3, 4, 4))
+    assert model.slot("1").family == "conv2d"
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+def bad(match: str, model, slots, example) -> None:
+    with pytest.raises(BadInput, match=match) as info:
+        grow(model, slots, example)
+    assert "\n" not in str(info.value)
+
+
+def test_a_slot_path_that_does_not_exist_lists_the_nearest_names():
+    bad(r"no submodule 'layer9' \(nearest: layer1, layer2, layer3, layer4\)", resnet18(), ["layer9"],
+        torch.zeros(1, 3, 32, 32))
+    bad("no submodule 'stem.9'", Branched(), ["stem.9"], torch.zeros(1, 3, 8, 8))
+
+
+def test_an_activation_shape_no_family_handles_is_refused():
+    bad(r"fc gives activations of shape \(2, 10\): no blueprint family", resnet18(), ["fc"], torch.zeros(2, 3, 32, 32))
+    bad(r"\(B, T, D\) activations \(2, 5, 16\): sequence blueprints do not exist yet",
+        nn.Sequential(nn.Linear(16, 16), nn.ReLU()), ["0"], torch.zeros(2, 5, 16))
+
+
+def test_a_model_without_parameters_is_refused():
+    bad("the Sequential has no parameters", nn.Sequential(nn.ReLU(), nn.Identity()), ["0"], torch.zeros(1, 3))
+
+
+def test_an_example_that_fails_the_forward_pass_quotes_the_models_own_error():
+    bad(r"the example fails the model's forward pass: RuntimeError: .*(channels|size|shape)", resnet18(),
+        ["layer1"], torch.zeros(2, 5, 32, 32))
+
+
+def test_other_misuse_is_one_line_too():
+    shared = nn.Conv2d(3, 3, 1)
+    bad("runs 2 times in one forward pass", nn.Sequential(shared, shared), ["0"], torch.zeros(1, 3, 4, 4))
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(4, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    bad("rnn returns a tuple, not a tensor", Recurrent(), ["rnn"], torch.zeros(1, 2, 4))
+    bad("give a list of submodule paths", Recurrent(), [], torch.zeros(1, 2, 4))
+    grown = Branched()
+    grow(grown, ["stem"], torch.zeros(1, 3, 8, 8))
+    bad("grown already", grown, ["left"], torch.zeros(1, 3, 8, 8))
+    bad("give a list of submodule paths", Branched(), "stem", torch.zeros(1, 3, 8, 8))
