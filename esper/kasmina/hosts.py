@@ -2,6 +2,7 @@
 like any user's model by `esper.kasmina.grow`, with three slots: "early", "mid" and "late" after the stages.
 """
 
+import inspect
 from collections import OrderedDict
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from esper.kasmina.grow import grow
 from esper.kasmina.model import GrowableModel
+from esper.leyline.config import TaskPreset
 
 SLOTS = {"early": "stages.0", "mid": "stages.1", "late": "stages.2"}
 """Where the built-in hosts' slots sit: after each of their three stages."""
@@ -80,7 +82,41 @@ class ResNet(nn.Sequential):
         self.input_shape = (3, 32, 32)
 
 
-HOSTS = {"cnn1d": CNN1D, "resnet": ResNet}
+class PaperCNN(nn.Sequential):
+    """The MNIST-1D paper's reference CNN (Greydanus 2020): three convolutions of `channels` channels with
+    stride 2 (kernels 5, 3, 3) and ReLUs, then a linear head on the flattened features; input (B, 1, 40).
+    A strong static baseline of about 5.2k parameters at its 25 channels; a slot after each convolution."""
+
+    def __init__(self, channels: int = 25, length: int = 40, num_classes: int = 10):
+        c = channels
+        stages = [nn.Sequential(nn.Conv1d(1, c, 5, stride=2, padding=1), nn.ReLU()),  # (B, c, 19)
+                  nn.Sequential(nn.Conv1d(c, c, 3, stride=2, padding=1), nn.ReLU()),  # (B, c, 10)
+                  nn.Sequential(nn.Conv1d(c, c, 3, stride=2, padding=1), nn.ReLU())]  # (B, c, 5)
+        out = length
+        for kernel in (5, 3, 3):
+            out = (out + 2 - kernel) // 2 + 1
+        head = nn.Sequential(nn.Flatten(), nn.Linear(c * out, num_classes))
+        super().__init__(OrderedDict(stages=nn.Sequential(*stages), head=head))
+        self.input_shape = (1, length)
+
+
+HOSTS = {"cnn1d": CNN1D, "resnet": ResNet, "paper_cnn": PaperCNN}
+
+
+def preset_host(preset: TaskPreset) -> GrowableModel:
+    """The grown host a task preset names, with its options."""
+    return build_host(preset.host, **preset.host_options)
+
+
+def host_problem(name: str, options: dict) -> str | None:
+    """Why `build_host(name, **options)` would fail (None if it would not): an unknown host or option."""
+    if name not in HOSTS:
+        return f"unknown host {name!r} (hosts: {', '.join(HOSTS)})"
+    known = [p for p in inspect.signature(HOSTS[name]).parameters]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        return f"host {name} has no option {unknown[0]!r} (options: {', '.join(known)})"
+    return None
 
 
 def build_host(name: str, **kw) -> GrowableModel:

@@ -104,6 +104,8 @@ class TaskPreset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Learning rate of the seeds' own optimizer (same kind as the host's) while they train in isolation."""
     epochs: int
     """Default epoch budget, used when a run asks for 0 epochs."""
+    host_options: dict[str, int | float | bool] = {}
+    """Keyword arguments of the host's constructor (`esper run --host-option channels=24`); none: its defaults."""
     blueprints: tuple[str, ...] = BLUEPRINTS
     """Blueprints a controller may germinate on this task."""
     momentum: float = 0.9

@@ -20,7 +20,7 @@ import attrs
 import msgspec
 import numpy as np
 
-from esper.kasmina import build_host
+from esper.kasmina import preset_host
 from esper.leyline.commands import Advance, Command, Cull, Germinate, Wait
 from esper.leyline.events import RunStarted
 from esper.leyline.garden import Garden, legal_commands
@@ -69,7 +69,7 @@ class FeatureSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 def spec_for_task(task: str) -> FeatureSpec:
     preset = get_task(task)
-    return FeatureSpec(slots=tuple(build_host(preset.host).slot_names), blueprints=tuple(preset.blueprints))
+    return FeatureSpec(slots=tuple(preset_host(preset).slot_names), blueprints=tuple(preset.blueprints))
 
 
 def spec_for_run(started: RunStarted) -> FeatureSpec:

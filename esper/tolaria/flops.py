@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from esper.kasmina import GrowableModel, build_host
+from esper.kasmina import GrowableModel, preset_host
 from esper.leyline.events import EpochEnded, Event, RunStarted, SeedGerminated, SeedTransitioned
 from esper.leyline.stages import SeedStage
 
@@ -33,7 +33,7 @@ def epoch_flops(events: Iterable[Event], example_shape: tuple[int, ...], train_e
     for event in events:
         if isinstance(event, RunStarted):
             with torch.device("meta"):
-                model = build_host(event.preset.host)
+                model = preset_host(event.preset)
             batch_size = event.preset.batch_size
         elif model is None:
             continue

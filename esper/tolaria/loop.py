@@ -17,7 +17,7 @@ import msgspec
 import torch
 
 from esper.errors import BadInput, EsperError, IllegalEvent, StoreFailed, first_line
-from esper.kasmina import GrowableModel, build_host
+from esper.kasmina import GrowableModel, preset_host
 from esper.leyline.commands import Command
 from esper.leyline.config import RunConfig
 from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, RunStarted
@@ -163,7 +163,7 @@ def _check_cap(cap: int, task: str, preset: TaskPreset, host: int | None) -> Non
     if cap:
         if host is None:
             with torch.device("meta"):  # the host's size without memory or a draw from the RNG
-                host = build_host(preset.host).param_count()
+                host = preset_host(preset).param_count()
         if cap < host:
             raise BadInput(f"--max-params {cap:,} is below the {task} host's own {host:,} parameters")
 

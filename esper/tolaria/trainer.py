@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from esper.errors import BadInput, RunFailed
-from esper.kasmina import GrowableModel, build_host
+from esper.kasmina import GrowableModel, preset_host
 from esper.leyline.config import RunConfig
 from esper.leyline.events import Event, SeedGerminated, SeedTelemetry, SeedTransitioned
 from esper.leyline.stages import SeedStage
@@ -99,7 +99,7 @@ class Trainer:
         if self.device.type == "cpu" and preset.cpu_threads:
             torch.set_num_threads(preset.cpu_threads)
         torch.manual_seed(config.seed)
-        self.model: GrowableModel = (build_host(preset.host) if model is None else model).to(self.device)
+        self.model: GrowableModel = (preset_host(preset) if model is None else model).to(self.device)
         self.data = data.to(self.device)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.host_optimizer = self._optimizer(self.model.host_parameters(), preset.lr)
