@@ -11,7 +11,9 @@ controller's commands (`CommandIssued`). What is compared:
   deviation of each field is reported;
 * with `exact`, every event bit for bit as logged.
 
-Ids, positions, timestamps and `RunStarted.versions` are not compared (a version difference is noted).
+Ids, positions, timestamps and `RunStarted.versions` are not compared (a version difference is noted). A resumed
+run is re-executed as one uninterrupted run: its checkpoints, `RunResumed` markers and the `RunFailed` of each
+interruption that was resumed are not compared (`as_one_run`).
 """
 
 import math
@@ -32,6 +34,7 @@ from esper.leyline.events import (
     encode,
     type_name,
 )
+from esper.nissa.runstate import as_one_run
 from esper.store.recorder import Recorded
 from esper.tamiyo.controllers import ScriptedController
 from esper.tolaria.loop import ListSink, execute
@@ -73,6 +76,7 @@ class Verification:
 
 def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = DEFAULT_TOLERANCE) -> Verification:
     """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event."""
+    recorded = as_one_run(recorded)
     if not recorded or not isinstance(recorded[0].event, RunStarted):
         raise IllegalEvent("the log does not start with RunStarted", recorded[0].position if recorded else None)
     started: RunStarted = recorded[0].event
@@ -87,7 +91,7 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
     except EsperError:
         if not isinstance(recorded[-1].event, RunFailed):
             raise
-    comparison = _Comparison(exact, tolerance)
+    comparison = Comparison(exact, tolerance)
     for old, new in zip(recorded, sink.events):
         comparison.compare(old, new)
     if len(sink.events) != len(recorded):
@@ -96,7 +100,10 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
 
 
 @attrs.define
-class _Comparison:
+class Comparison:
+    """Recorded events against re-executed ones, one pair at a time: `compare` raises `VerificationFailed` at the
+    first difference it does not accept, and keeps the largest deviation of each number."""
+
     exact: bool
     tolerance: float
     deviations: dict[str, float] = attrs.Factory(dict)
