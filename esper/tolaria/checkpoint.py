@@ -15,6 +15,7 @@ Writing costs the training loop only a copy of the state (`capture`, in the run'
 
 import hashlib
 import io
+import math
 import os
 import pickle
 from pathlib import Path
@@ -82,18 +83,53 @@ def capture(epoch: int, trainer: Trainer, controller: Any, garden: Garden) -> Ca
         "controller_rng": rng_state() if rng_state is not None else None,
         "stages": _stages(garden),
     }
-    return Captured(epoch, _copied(state))
+    return Captured(epoch, _packed(state))
 
 
-def _copied(value: Any) -> Any:
-    """`value` with every tensor copied to the CPU and every container rebuilt: a state dict shares the live
-    tensors (and an optimizer's per-parameter dicts), which the next training step changes in place."""
+_TENSOR = "__tensor__"
+"""A packed state holds `(_TENSOR, i)` where its i-th tensor was."""
+
+
+def _packed(state: dict[str, Any]) -> dict[str, Any]:
+    """The state with its tensors copied into one flat CPU tensor per dtype. The copy is what lets training go on
+    (a state dict shares the live tensors, which the next step changes in place), and a few large tensors
+    serialise about four times faster than the hundred small ones of a model and its optimizers."""
+    tensors: list[torch.Tensor] = []
+    skeleton = _strip(state, tensors)
+    dtypes = [str(t.dtype) for t in tensors]
+    flat = {dtype: torch.cat([t.detach().to("cpu").reshape(-1) for t, d in zip(tensors, dtypes) if d == dtype])
+            for dtype in dict.fromkeys(dtypes)}
+    return {"skeleton": skeleton, "dtypes": dtypes, "shapes": [list(t.shape) for t in tensors], "flat": flat}
+
+
+def _strip(value: Any, tensors: list[torch.Tensor]) -> Any:
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        tensors.append(value)
+        return (_TENSOR, len(tensors) - 1)
     if isinstance(value, dict):
-        return {k: _copied(v) for k, v in value.items()}
+        return {k: _strip(v, tensors) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_copied(v) for v in value)
+        return type(value)(_strip(v, tensors) for v in value)
+    return value
+
+
+def _unpacked(packed: dict[str, Any]) -> dict[str, Any]:
+    tensors: dict[int, torch.Tensor] = {}
+    for dtype, flat in packed["flat"].items():
+        index = [i for i, d in enumerate(packed["dtypes"]) if d == dtype]
+        shapes = [packed["shapes"][i] for i in index]
+        for i, shape, piece in zip(index, shapes, flat.split([math.prod(shape) for shape in shapes])):
+            tensors[i] = piece.view(shape).clone()
+    return _filled(packed["skeleton"], tensors)
+
+
+def _filled(value: Any, tensors: dict[int, torch.Tensor]) -> Any:
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == _TENSOR:
+        return tensors[value[1]]
+    if isinstance(value, dict):
+        return {k: _filled(v, tensors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_filled(v, tensors) for v in value)
     return value
 
 
@@ -156,10 +192,10 @@ def read(folder: Path, saved: CheckpointSaved) -> dict[str, Any]:
     if hashlib.sha256(data).hexdigest() != saved.sha256:
         raise UnusableCheckpoint("damaged (its bytes no longer match their hash)")
     try:
-        state = torch.load(io.BytesIO(data), weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        state = _unpacked(torch.load(io.BytesIO(data), weights_only=True))
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise UnusableCheckpoint(f"unreadable ({first_line(exc)})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if state.get("format") != FORMAT:
         raise UnusableCheckpoint(f"not a checkpoint of format {FORMAT}")
     if state.get("epoch") != saved.epoch:
         raise UnusableCheckpoint(f"holds epoch {state.get('epoch')}, not {saved.epoch}")
