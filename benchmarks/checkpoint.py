@@ -60,8 +60,8 @@ def main() -> None:
                     t = time.perf_counter()
                     esper_epoch(session)
                     times[name].append(time.perf_counter() - t)
-                print(f"plain {times['plain'][-1] * 1000:.1f} ms   checkpointed {times['checkpointed'][-1] * 1000:.1f} ms",
-                      file=sys.stderr)
+                plain_ms, ckpt_ms = times["plain"][-1] * 1000, times["checkpointed"][-1] * 1000
+                print(f"plain {plain_ms:.1f} ms   checkpointed {ckpt_ms:.1f} ms", file=sys.stderr)
             for session in (plain, checkpointed):
                 session.finish()
         files = list(folder_of(root).glob("*.pt"))

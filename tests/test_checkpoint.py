@@ -107,7 +107,7 @@ def test_the_runs_view_and_esper_runs_end_a_resumed_run_with_what_closes_it_last
     ws = write(tmp_path, interrupted(plan, after=5))
     write(tmp_path, interrupted(plan, after=5)[:8], run_id="still-running")  # resumed, cut off again
     with ws.reader() as reader:
-        rows = dict((r[0], r[1:]) for r in reader.con.execute("SELECT run_id, ended, finished, epochs FROM runs").fetchall())
+        rows = {r[0]: r[1:] for r in reader.con.execute("SELECT run_id, ended, finished, epochs FROM runs").fetchall()}
     assert rows == {RUN: ("RunFinished", True, 12), "still-running": (None, False, 6)}
     listed = msgspec.json.decode(invoke("runs", "--json", workspace=tmp_path).stdout)
     assert {r["run_id"]: r["status"] for r in listed} == {RUN: "finished", "still-running": "incomplete"}
@@ -203,8 +203,8 @@ def test_a_missing_damaged_or_misnamed_checkpoint_is_unusable(started):
 def test_epochs_trained_again_are_compared_and_dropped_then_the_rest_follows_the_marker(plan):
     log = recorded(plan)
     sink, resumed = ListSink(), RunResumed(epoch=2, sha256=sha(1), checkpoint_epoch=1)
-    resuming = ResumingSink(RUN, deque(r for r in log if r.event.epoch == 2 and not isinstance(r.event, CheckpointSaved)),
-                            resumed, sink)
+    epoch_2 = deque(r for r in log if r.event.epoch == 2 and not isinstance(r.event, CheckpointSaved))
+    resuming = ResumingSink(RUN, epoch_2, resumed, sink)
     resuming.append(plan[2])  # epoch 2 again, with its checkpoint: as logged
     resuming.append(plan[3])
     assert sink.events == [resumed, *plan[3]]
@@ -223,7 +223,8 @@ def test_a_re_trained_epoch_that_differs_from_the_log_fails_the_resumption(plan)
 
 def test_a_run_stopped_while_it_trains_logged_epochs_again_leaves_the_log_as_it_was(plan):
     sink = ListSink()
-    resuming = ResumingSink(RUN, deque(recorded(plan[2:3])), RunResumed(epoch=2, sha256=sha(1), checkpoint_epoch=1), sink)
+    resumed = RunResumed(epoch=2, sha256=sha(1), checkpoint_epoch=1)
+    resuming = ResumingSink(RUN, deque(recorded(plan[2:3])), resumed, sink)
     resuming.append([RunFailed(epoch=2, error="interrupted")])
     assert sink.events == []
 

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import torch
 
-from esper.errors import first_line
+from esper.errors import EsperError, first_line
 from esper.leyline.events import CheckpointSaved, Event
 from esper.leyline.garden import Garden
 from esper.nissa.files import atomic_write
@@ -65,7 +65,7 @@ class Captured:
     state: dict[str, Any]
 
 
-class UnusableCheckpoint(Exception):
+class UnusableCheckpoint(EsperError):
     """A checkpoint that cannot be resumed from; the message says why (missing, damaged ...)."""
 
 

@@ -190,7 +190,8 @@ class Session:
         self.projection = ObservationProjection()
         self.sink = sink
         self.checkpoints = checkpoints
-        self._writer = WriteBehind(sink if checkpoints is None else checkpoint.CheckpointWriter(sink, checkpoints.folder))
+        writes = sink if checkpoints is None else checkpoint.CheckpointWriter(sink, checkpoints.folder)
+        self._writer = WriteBehind(writes)
         self.epoch = 0
         self.stats: EpochStats | None = None
         self._pending: list[Any] = []

@@ -109,18 +109,21 @@ def open_resumption(ws: Workspace, run: str, checkpoint_every: int, snapshot_eve
     run_id, recorded = _read(ws, run)
     state = RunState.fold(recorded)
     _check_resumable(run_id, state)
-    saved = [r for r in recorded if isinstance(r.event, CheckpointSaved)]
-    if not saved:
+    if not any(isinstance(r.event, CheckpointSaved) for r in recorded):
         raise BadInput(f"run {run_id} has no checkpoint to resume from (it ran with --checkpoint-every 0)")
     config = state.config
     data = load_task_data(config.task, config.data_seed, config.data_dir)
     controller = make_controller(config.controller, config.seed, config.policy, config.heuristic)
+    checkpoints = Checkpoints(checkpoint.folder_of(ws.root), checkpoint_every, controller)
+    last_epoch = state.epochs[-1].epoch if state.epochs else 0
     recorder = Recorder(ws.store_path(run_id))
     try:
-        return _rebuild(ws, run_id, recorded, state, saved, data, controller, recorder, checkpoint_every, snapshot_every)
+        store = StoreSink(recorder, run_id, seq=state.last_seq, snapshot_every=snapshot_every, state=state)
+        session, mark, passed_over = _latest_usable(run_id, recorded, last_epoch, store, data, checkpoints)
     except BaseException:
         recorder.close()
         raise
+    return Resumption(run_id, mark.epoch, last_epoch, passed_over, session, controller, recorder)
 
 
 def _read(ws: Workspace, run: str) -> tuple[str, list[Recorded]]:
@@ -145,31 +148,27 @@ def _check_resumable(run_id: str, state: RunState) -> None:
                        f"failure; only an interrupted or cut-off run resumes")
 
 
-def _rebuild(ws: Workspace, run_id: str, recorded: list[Recorded], state: RunState, saved: list[Recorded],
-             data: TaskData, controller: Controller, recorder: Recorder, checkpoint_every: int,
-             snapshot_every: int) -> Resumption:
-    """The session at the latest checkpoint that reads and fits the log."""
-    folder = checkpoint.folder_of(ws.root)
+def _latest_usable(run_id: str, recorded: list[Recorded], last_epoch: int, store: StoreSink, data: TaskData,
+                   checkpoints: Checkpoints) -> tuple[Session, CheckpointSaved, list[str]]:
+    """The session at the latest checkpoint that reads and fits the log, the checkpoint, and why the later ones
+    were passed over."""
     started: RunStarted = recorded[0].event
     one_run = as_one_run(recorded)
-    last_epoch = state.epochs[-1].epoch if state.epochs else 0
-    store = StoreSink(recorder, run_id, seq=state.last_seq, snapshot_every=snapshot_every, state=state)
     unusable: dict[str, list[int]] = {}
-    for at in reversed(saved):
+    for at in reversed([r for r in recorded if isinstance(r.event, CheckpointSaved)]):
         mark: CheckpointSaved = at.event
         logged = deque(r for r in one_run if r.seq > at.seq and not isinstance(r.event, RunFailed))
         resumed = RunResumed(epoch=last_epoch, sha256=mark.sha256, checkpoint_epoch=mark.epoch)
         try:
-            session = Session.resumed(
-                started, [r.event for r in one_run if r.seq < at.seq], checkpoint.read(folder, mark),
-                ResumingSink(run_id, logged, resumed, store), data, Checkpoints(folder, checkpoint_every, controller))
+            state = checkpoint.read(checkpoints.folder, mark)
+            session = Session.resumed(started, [r.event for r in one_run if r.seq < at.seq], state,
+                                      ResumingSink(run_id, logged, resumed, store), data, checkpoints)
         except UnusableCheckpoint as exc:
             unusable.setdefault(str(exc), []).append(mark.epoch)
             continue
-        passed_over = [f"{_epochs(e)}: {why}" for why, e in unusable.items()]
-        return Resumption(run_id, mark.epoch, last_epoch, passed_over, session, controller, recorder)
+        return session, mark, [f"{_epochs(e)}: {why}" for why, e in unusable.items()]
     reasons = "; ".join(f"{_epochs(e)} {why}" for why, e in unusable.items())
-    raise BadInput(f"run {run_id} has no usable checkpoint in {folder} (the checkpoints of {reasons}); "
+    raise BadInput(f"run {run_id} has no usable checkpoint in {checkpoints.folder} (the checkpoints of {reasons}); "
                    f"nothing was appended")
 
 
