@@ -21,6 +21,7 @@ from esper.leyline import (
     RunConfig,
     RunFailed,
     RunFinished,
+    RunResumed,
     RunStarted,
     SeedGerminated,
     SeedStage,
@@ -123,9 +124,9 @@ seed_transitioned = st.builds(
     SeedTransitioned, epoch=maybe_epoch, seed_id=names, slot=names, from_stage=stage_names, to_stage=stage_names,
     trigger=names, evidence=evidence,
 )
-checkpoint_saved = st.builds(
-    CheckpointSaved, epoch=maybe_epoch, path=texts, sha256=st.text("0123456789abcdef", min_size=64, max_size=64)
-)
+sha256s = st.text("0123456789abcdef", min_size=64, max_size=64)
+checkpoint_saved = st.builds(CheckpointSaved, epoch=epochs, sha256=sha256s, size=counts)
+run_resumed = st.builds(RunResumed, epoch=epochs, sha256=sha256s, checkpoint_epoch=epochs)
 policy_updated = st.builds(
     PolicyUpdated, epoch=maybe_epoch, update=st.integers(0, 10**6), stats=st.dictionaries(names, finite, max_size=4)
 )
@@ -138,7 +139,7 @@ run_failed = st.builds(RunFailed, epoch=maybe_epoch, error=texts)
 EVENTS_BY_TYPE = {
     RunStarted: run_started, EpochEnded: epoch_ended, CommandIssued: command_issued,
     CommandRejected: command_rejected, SeedGerminated: seed_germinated, SeedTransitioned: seed_transitioned,
-    CheckpointSaved: checkpoint_saved, PolicyUpdated: policy_updated, RunFinished: run_finished, RunFailed: run_failed,
+    CheckpointSaved: checkpoint_saved, RunResumed: run_resumed, PolicyUpdated: policy_updated, RunFinished: run_finished, RunFailed: run_failed,
 }
 events = st.one_of(*EVENTS_BY_TYPE.values())
 """Any event of the `Event` union, valid as a value (not necessarily a legal story)."""

@@ -214,7 +214,7 @@ def test_a_layer_whose_gradient_is_not_finite_is_exploding_and_has_no_norm_to_lo
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     model(torch.randn(4, 2)).sum().backward()
     model[0].weight.grad[0, 0] = math.inf
-    meter = LayerGradients(model)
+    meter = LayerGradients(model.named_parameters())
     meter.add()
     report = meter.report()
     assert list(report["grad_norms"]) == ["1"] and report["exploding"] == ["0"]

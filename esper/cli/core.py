@@ -1,4 +1,4 @@
-"""The verbs over the event store: replay, query, runs, schemas."""
+"""The verbs over the event store: replay, query, runs, schemas, gc."""
 
 import csv
 import io
@@ -183,3 +183,25 @@ def schemas(
     except OSError as exc:
         raise BadInput(f"cannot write schemas into {out}: {why_unwritable(out / 'schema.json', exc)}") from None
     say(f"wrote {len(paths)} schemas into {out}/")
+
+
+@app.command()
+@handles_errors
+def gc(workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Delete the checkpoint files no run needs: all but the last of each ended run, never one a run could still
+    resume from."""
+    from esper.tolaria.gc import collect
+
+    collected = collect(existing_workspace(workspace))
+    for note in collected.notes:
+        say(f"note: {note}")
+    print(f"deleted {collected.deleted} checkpoint file{'s' if collected.deleted != 1 else ''}, "
+          f"{_size(collected.freed)} freed; kept {collected.kept}")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"

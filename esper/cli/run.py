@@ -8,21 +8,24 @@ from typing import Optional
 
 import typer
 
-from esper.cli.app import WorkspaceOption, app, handles_errors, say, writable_workspace
+from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
 from esper.errors import BadInput, StoreFailed
 from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.stages import SeedStage
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import CONTROLLERS, heuristic_config, make_controller
 from esper.tamiyo.observation import ObservationProjection
-from esper.tolaria.loop import SNAPSHOT_EVERY, StoreSink, execute, resolve_config
+from esper.tolaria import checkpoint
 from esper.tolaria.data import load_task_data
+from esper.tolaria.loop import SNAPSHOT_EVERY, StoreSink, execute, resolve_config
+from esper.tolaria.resume import open_resumption
 from esper.tolaria.trainer import EpochStats, resolve_device
 
 
 @app.command()
 @handles_errors
 def run(
+    ctx: typer.Context,
     task: str = typer.Option("mnist1d", "--task", help="mnist1d (default) or cifar10."),
     controller: str = typer.Option("heuristic", "--controller", help=f"One of: {', '.join(CONTROLLERS)}."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy file for --controller policy (greedy) or sampled (samples as in training, seeded by --seed)."),
@@ -45,10 +48,25 @@ def run(
     snapshot_every: int = typer.Option(
         SNAPSHOT_EVERY, "--snapshot-every", help="Store a snapshot of the run's state every N epochs, beside its "
         "events, so readers need not fold the log from zero (0: none). Changes no event."),
+    checkpoint_every: int = typer.Option(
+        1, "--checkpoint-every", help="Save the run's whole training state (model, optimizers, every RNG) every N "
+        "epochs into the workspace's checkpoints/ folder, so that --resume can continue it (0: none)."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="Continue an interrupted run (Ctrl-C, SIGTERM, killed, crashed) from its latest "
+        "checkpoint, with its own config: the rest of it is appended to its log."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Train one run on a task, growing it with the chosen controller; every step is an event."""
+    if snapshot_every < 0:
+        raise BadInput(f"--snapshot-every must be 0 (no snapshots) or a number of epochs, got {snapshot_every}")
+    if checkpoint_every < 0:
+        raise BadInput(f"--checkpoint-every must be 0 (no checkpoints) or a number of epochs, got {checkpoint_every}")
+    if resume is not None:
+        _refuse_config_options(ctx)
+        run_id, result = _resume(resume, checkpoint_every, snapshot_every, workspace)
+        _print_result(run_id, result, as_json)
+        return
     ws = Workspace.at(workspace)
     architecture: list[tuple[str, str]] = []
     if controller == "scratch":
@@ -62,8 +80,6 @@ def run(
         raise BadInput(f"unknown telemetry profile {telemetry!r}: use minimal, standard or diagnostic")
     if policy is not None and controller not in ("policy", "sampled"):
         raise BadInput("--policy is for --controller policy or sampled")
-    if snapshot_every < 0:
-        raise BadInput(f"--snapshot-every must be 0 (no snapshots) or a number of epochs, got {snapshot_every}")
     if heuristic and controller != "heuristic":
         raise BadInput("--heuristic sets the knobs of --controller heuristic only")
     knobs = heuristic_config(heuristic or [])
@@ -86,10 +102,35 @@ def run(
     with Recorder(ws.store_path(run_id)) as recorder:
         sink = StoreSink(recorder, run_id, snapshot_every=snapshot_every)
         try:
-            result = execute(config, brain, sink, progress=_progress(config.epochs), data=data)
+            result = execute(config, brain, sink, progress=_progress(config.epochs), data=data,
+                             checkpoint_folder=checkpoint.folder_of(ws.root), checkpoint_every=checkpoint_every)
         except StoreFailed as exc:
             stored = sink.last_epoch is not None  # its RunStarted at least
             raise exc.adding(then=f"run esper run --resume {run_id}" if stored else "run it again") from None
+    _print_result(run_id, result, as_json)
+
+
+RESUME_OPTIONS = ("resume", "checkpoint_every", "snapshot_every", "as_json", "workspace")
+"""What `--resume` takes besides the run: how the rest of it is written and printed, never its config."""
+
+
+def _refuse_config_options(ctx: typer.Context) -> None:
+    given = [f"--{name.replace('_', '-')}" for name in ctx.params if name not in RESUME_OPTIONS
+             and getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]
+    if given:
+        raise BadInput(f"--resume continues the run with its own config: drop {', '.join(given)}")
+
+
+def _resume(run: str, checkpoint_every: int, snapshot_every: int, workspace: Optional[Path]):
+    with open_resumption(existing_workspace(workspace), run, checkpoint_every, snapshot_every) as resumption:
+        for note in resumption.passed_over:
+            say(f"note: passed over the checkpoint of {note}")
+        say(resumption.describe())
+        result = resumption.train(progress=_progress(resumption.session.config.epochs))
+    return resumption.run_id, result
+
+
+def _print_result(run_id: str, result, as_json: bool) -> None:
     table = _closing_table(run_id, result)
     if as_json:
         say(table)

@@ -12,6 +12,7 @@ from esper.leyline.events import (
     PolicyUpdated,
     RunFailed,
     RunFinished,
+    RunResumed,
     RunStarted,
     SeedGerminated,
     SeedTelemetry,
@@ -25,7 +26,7 @@ from esper.leyline.stages import ACTIVE_STAGES, LIVE_STAGES, SeedStage
 __all__ = [
     "ACTIVE_STAGES", "Advance", "COMMAND_TYPES", "CheckpointSaved", "Command", "CommandIssued",
     "CommandRejected", "Cull", "EVENT_TYPES", "EpochEnded", "Event", "Germinate", "HeuristicConfig",
-    "LIVE_STAGES", "LifecycleConfig", "PolicyUpdated", "RunConfig", "RunFailed", "RunFinished", "RunStarted",
+    "LIVE_STAGES", "LifecycleConfig", "PolicyUpdated", "RunConfig", "RunFailed", "RunFinished", "RunResumed", "RunStarted",
     "SeedGerminated", "SeedStage", "SeedTelemetry", "SeedTransitioned", "Wait", "decode", "encode",
     "type_name",
 ]

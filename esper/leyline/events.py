@@ -130,8 +130,25 @@ class SeedTransitioned(_Event, tag="SeedTransitioned"):
 
 
 class CheckpointSaved(_Event, tag="CheckpointSaved"):
-    path: str
+    """The run's state after this epoch (model, optimizers, every RNG) is on disk, in the workspace's content-addressed
+    `checkpoints/<sha256>.pt` (`esper.tolaria.checkpoint`): what `esper run --resume` continues from. Appended in the
+    epoch's own transaction, after the file was written."""
+
+    epoch: int
     sha256: str
+    """Of the file's bytes: it names the file and proves it unchanged."""
+    size: int
+    """The file's size in bytes."""
+
+
+class RunResumed(_Event, tag="RunResumed"):
+    """`esper run --resume` continues the run here, after the last epoch the log holds (`epoch`), from the checkpoint
+    of `checkpoint_epoch`; epochs between the two were trained again and matched the log, so they are not repeated."""
+
+    epoch: int
+    sha256: str
+    """The checkpoint's (`CheckpointSaved.sha256`)."""
+    checkpoint_epoch: int
 
 
 class PolicyUpdated(_Event, tag="PolicyUpdated", kw_only=True):
@@ -160,6 +177,12 @@ class RunFinished(_Event, tag="RunFinished"):
 class RunFailed(_Event, tag="RunFailed"):
     error: str
 
+    @property
+    def interrupted(self) -> bool:
+        """Stopped from outside (Ctrl-C: `interrupted`, SIGTERM: `terminated`), not by a failure of the run itself:
+        the run may be resumed (`RunResumed`)."""
+        return self.error in ("interrupted", "terminated")
+
 
 Event = Union[
     RunStarted,
@@ -169,6 +192,7 @@ Event = Union[
     SeedGerminated,
     SeedTransitioned,
     CheckpointSaved,
+    RunResumed,
     PolicyUpdated,
     RunFinished,
     RunFailed,

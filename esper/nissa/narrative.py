@@ -18,6 +18,7 @@ from esper.leyline.events import (
     Event,
     RunFailed,
     RunFinished,
+    RunResumed,
     RunStarted,
     SeedGerminated,
     SeedTransitioned,
@@ -159,7 +160,12 @@ def _tell(story: _Story, event: Event) -> None:
         _tell_end(story, event)
     elif isinstance(event, RunFailed):
         story.ended = True
-        story.say(event.epoch, f"run failed: {event.error}")
+        story.say(event.epoch, f"run {event.error}" if event.interrupted else f"run failed: {event.error}")
+    elif isinstance(event, RunResumed):
+        story.ended = False
+        again = f" (epochs {event.checkpoint_epoch + 1}-{event.epoch} trained again, as logged)" \
+            if event.checkpoint_epoch < event.epoch else ""
+        story.say(event.epoch, f"resumed from its checkpoint of epoch {event.checkpoint_epoch}{again}")
 
 
 def _why_germinate(story: _Story) -> str:

@@ -40,6 +40,7 @@ from esper.leyline.events import (
     EpochEnded,
     RunFailed,
     RunFinished,
+    RunResumed,
     RunStarted,
     SeedGerminated,
     SeedTransitioned,
@@ -169,7 +170,7 @@ class RunSummary(Projection):
         return {
             RunStarted: "_started", EpochEnded: "_epoch", SeedGerminated: "_germinated",
             SeedTransitioned: "_transitioned", CommandIssued: "_issued", CommandRejected: "_rejected",
-            RunFinished: "_finished", RunFailed: "_failed",
+            RunFinished: "_finished", RunFailed: "_failed", RunResumed: "_resumed",
         }
 
     def apply(self, state: RunSummaryState, recorded: Recorded) -> RunSummaryState:
@@ -217,6 +218,10 @@ class RunSummary(Projection):
 
     def _failed(self, s: RunSummaryState, r: Recorded) -> RunSummaryState:
         s.status, s.error = "failed", r.event.error
+        return s
+
+    def _resumed(self, s: RunSummaryState, r: Recorded) -> RunSummaryState:
+        s.status, s.error = "incomplete", None  # the interruption no longer ends the run
         return s
 
     def rows(self, state: RunSummaryState) -> dict[str, list[dict[str, Any]]]:

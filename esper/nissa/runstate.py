@@ -2,7 +2,7 @@
 
 `RunState.fold(recorded)` checks the log as it goes (seq without gaps, RunStarted first, nothing after
 the end, every transition legal through the one machine) and raises `IllegalEvent` with the position
-of the first event it cannot fold.
+of the first event it cannot fold. A run interrupted from outside and resumed (`RunResumed`) is one run.
 """
 
 from typing import Any, Iterable
@@ -13,12 +13,14 @@ import msgspec
 from esper.errors import IllegalEvent
 from esper.leyline.config import RunConfig
 from esper.leyline.events import (
+    CheckpointSaved,
     CommandIssued,
     CommandRejected,
     EpochEnded,
     Event,
     RunFailed,
     RunFinished,
+    RunResumed,
     RunStarted,
     SeedGerminated,
     SeedTransitioned,
@@ -76,7 +78,9 @@ class RunState:
     def apply(self, event: Event) -> None:
         if self.config is None and not isinstance(event, RunStarted):
             raise IllegalEvent(f"{type(event).__name__} before RunStarted")
-        if self.finished is not None or self.failed is not None:
+        if isinstance(event, RunResumed):
+            self._resume(event)
+        elif self.finished is not None or self.failed is not None:
             raise IllegalEvent(f"{type(event).__name__} after the run ended")
         if isinstance(event, RunStarted):
             if self.config is not None:
@@ -98,6 +102,18 @@ class RunState:
         self.garden.apply(event)  # the machine's rules first: they name what is wrong most precisely
         self._check_tick(event)
         self._settle(event)
+
+    def _resume(self, event: RunResumed) -> None:
+        """One run, continued: a run cut off (no end) or interrupted from outside goes on after its last whole
+        epoch; the interruption's `RunFailed` stays in the log and no longer ends the run."""
+        if self.finished is not None or (self.failed is not None and not self.failed.interrupted):
+            ended = "finished" if self.finished is not None else f"failed ({self.failed.error})"
+            raise IllegalEvent(f"RunResumed after the run {ended}")
+        last = self.epochs[-1].epoch if self.epochs else 0
+        if event.epoch != last or event.checkpoint_epoch > last:
+            raise IllegalEvent(f"RunResumed at epoch {event.epoch} from the checkpoint of epoch "
+                               f"{event.checkpoint_epoch}; the log's last epoch is {last}")
+        self.failed = None
 
     def _expect_ticks(self, event: Event) -> None:
         """At the first event of a new epoch e, what the lifecycle's clock decides before e trains (`Garden.tick`)."""
@@ -179,6 +195,18 @@ class RunState:
             "rejected": self.rejected,
             "error": self.failed.error if self.failed else None,
         }
+
+
+def as_one_run(recorded: Iterable[Recorded]) -> list[Recorded]:
+    """The events an uninterrupted run would have written: without `CheckpointSaved`, `RunResumed` and the
+    `RunFailed` of each interruption a `RunResumed` continued (what re-execution compares a resumed run with)."""
+    out: list[Recorded] = []
+    for r in recorded:
+        if isinstance(r.event, RunResumed) and out and isinstance(out[-1].event, RunFailed):
+            out.pop()
+        if not isinstance(r.event, (CheckpointSaved, RunResumed)):
+            out.append(r)
+    return out
 
 
 def _effect(event: Event) -> tuple | None:

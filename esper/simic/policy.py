@@ -201,6 +201,13 @@ class PolicyController:
         self.decision_info = {"log_prob": float(log_prob[0]), "value": float(value[0]), "mask": mask.to_log(self.spec)}
         return to_command(op, slot, bp, garden, self.spec)
 
+    def rng_state(self) -> torch.Tensor | None:
+        """What a checkpoint saves of this controller (`esper.tolaria.checkpoint`): a sampling policy's generator."""
+        return None if self.generator is None else self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
 
 def load_policy_controller(path: str, sample_seed: int | None = None) -> PolicyController:
     net, blob = load_policy(path)

@@ -58,7 +58,7 @@ SELECT run_id,
        any_value(payload->>'$.config.controller') FILTER (WHERE type = 'RunStarted'),
        any_value((payload->>'$.config.seed')::BIGINT) FILTER (WHERE type = 'RunStarted'),
        count(*) FILTER (WHERE type = 'EpochEnded'),
-       any_value(type) FILTER (WHERE type IN ('RunFinished', 'RunFailed')),
+       nullif(arg_max(type, seq) FILTER (WHERE type IN ('RunFinished', 'RunFailed', 'RunResumed')), 'RunResumed'),
        bool_or(type = 'RunFinished'),
        any_value((payload->>'$.val_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished'),
        any_value((payload->>'$.test_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished'),
@@ -68,7 +68,8 @@ FROM events GROUP BY run_id
 HAVING bool_or(type = 'RunStarted')  -- training runs: a learner's stream holds PolicyUpdated only
 """
 """One row per training run: what `esper runs` lists, what `esper iql --runs` filters, and a view any query can use.
-`ended` is the closing event's type (`RunFinished`, `RunFailed`), NULL while a run trains or if it was cut off."""
+`ended` is the closing event's type (`RunFinished`, `RunFailed`), NULL while a run trains or if it was cut off; a run
+interrupted and resumed (`RunResumed`) is one run, ended by what closes it last."""
 
 
 @attrs.frozen
@@ -252,6 +253,11 @@ class Reader:
             mine.sealed = verifier.sealed
             mine.end(heads.get(store), holder="the store")
         return None if verifier.sealed else chain.unsealed_note(run_id)
+
+    def files_of(self, run_id: str) -> list[str]:
+        """The names of the store files that hold the run's events."""
+        rows = self.con.execute("SELECT DISTINCT _store FROM all_events WHERE run_id = ?", [run_id]).fetchall()
+        return sorted(self.names[row[0]] for row in rows)
 
     def is_live(self, run_id: str) -> bool:
         row = self.con.execute("SELECT any_value(_store) FROM all_events WHERE run_id = ?", [run_id]).fetchall()[0]

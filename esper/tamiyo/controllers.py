@@ -113,6 +113,13 @@ class RandomController:
     def decide(self, obs: Observation) -> Command:
         return self._rng.choice(legal_commands(obs.garden))
 
+    def rng_state(self) -> tuple:
+        """What a checkpoint saves of this controller (`esper.tolaria.checkpoint`): its draws go on from there."""
+        return self._rng.getstate()
+
+    def set_rng_state(self, state: tuple) -> None:
+        self._rng.setstate(state)
+
 
 class ScriptedController:
     """Replays recorded decisions in order (what `esper replay --verify` re-executes with)."""

@@ -6,10 +6,13 @@ Per epoch, in this order (replay and `--verify` rely on it):
 3. `decide`: the controller's command, as `CommandIssued`, then what it led to (`SeedGerminated`,
    `SeedTransitioned`, or `CommandRejected`); the epoch's events are appended in one transaction, by a
    writer thread while the next epoch trains (`esper.tolaria.writebehind`); a run's end waits for it.
-`Session` exposes these steps so Simic can drive many runs in lock-step; `execute` runs one to the end.
+`Session` exposes these steps so Simic can drive many runs in lock-step; `execute` runs one to the end. With
+`checkpoints`, a due epoch's batch also carries the run's state, written to a file before the batch is appended
+(`esper.tolaria.checkpoint`); `Session.resumed` rebuilds a logged run at one of its checkpoints.
 """
 
 import importlib.metadata
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import attrs
@@ -26,6 +29,8 @@ from esper.nissa import snapshot
 from esper.nissa.runstate import RunState
 from esper.tamiyo.controllers import Controller
 from esper.tamiyo.observation import Observation, ObservationProjection
+from esper.tolaria import checkpoint, crashpoints
+from esper.tolaria.checkpoint import Checkpoints
 from esper.tolaria.data import TaskData, load_task_data
 from esper.tolaria.tasks import TaskPreset, get_task
 from esper.tolaria.trainer import EpochStats, Trainer
@@ -177,24 +182,13 @@ class Session:
     trainer without events instead, as logs written before `build` existed were (`--verify` of such a log)."""
 
     def __init__(self, config: RunConfig, sink: Sink, data: TaskData | UserData | None = None, download: bool = False,
-                 preset: TaskPreset | None = None, build_events: bool = True, model: GrowableModel | None = None):
+                 preset: TaskPreset | None = None, build_events: bool = True, model: GrowableModel | None = None,
+                 checkpoints: Checkpoints | None = None):
         """`preset`: the task preset to train with; the task's current one by default, a recorded one to
         re-execute a run. `model`: a grown model from user code (`esper.fit`, with its `preset` and `data`)
         instead of the preset's host; `RunStarted` then says the run came from user code."""
-        self.preset = preset or get_task(config.task)
-        host_params = None if model is None else model.param_count()
-        config = self.config = resolve_config(config, self.preset, host_params)  # idempotent: `RunStarted` and the trainer see the values used
-        if data is None:
-            data = load_task_data(config.task, config.data_seed, config.data_dir, download=download)
-        self.trainer = Trainer(config, self.preset, data, build_up_front=not build_events, model=model)
-        self.projection = ObservationProjection()
-        self.sink = sink
-        self._writer = WriteBehind(sink)
-        self.epoch = 0
-        self.stats: EpochStats | None = None
-        self._pending: list[Event] = []
-        self._ending = False
-        model = self.trainer.model
+        self._prepare(config, sink, data, download, preset, not build_events, checkpoints, model)
+        config, host_params, model = self.config, self.host_params, self.trainer.model
         self._emit([RunStarted(config=config, preset=self.preset, versions=versions(),
                                host_params=model.param_count(), slots=model.slot_names,
                                blueprints=list(self.preset.blueprints), seed_sizes=model.seed_sizes(),
@@ -202,11 +196,53 @@ class Session:
         try:
             if build_events:
                 self._build(len(config.architecture))
+            self._checkpoint()
             self._flush()
             self._writer.wait()  # a store that cannot take the run fails it before any training
         except BaseException:
             self._writer.close()
             raise
+
+    def _prepare(self, config: RunConfig, sink: Sink, data: TaskData | UserData | None, download: bool,
+                 preset: TaskPreset | None, build_up_front: bool, checkpoints: Checkpoints | None,
+                 model: GrowableModel | None = None) -> None:
+        self.preset = preset or get_task(config.task)
+        self.host_params = None if model is None else model.param_count()
+        config = self.config = resolve_config(config, self.preset, self.host_params)  # idempotent: `RunStarted` and the trainer see the values used
+        if data is None:
+            data = load_task_data(config.task, config.data_seed, config.data_dir, download=download)
+        self.trainer = Trainer(config, self.preset, data, build_up_front=build_up_front, model=model)
+        self.projection = ObservationProjection()
+        self.sink = sink
+        self.checkpoints = checkpoints
+        writes = sink if checkpoints is None else checkpoint.CheckpointWriter(sink, checkpoints.folder)
+        self._writer = WriteBehind(writes)
+        self.epoch = 0
+        self.stats: EpochStats | None = None
+        self._pending: list[Any] = []
+        """The events of the batch being gathered (and, last, the checkpoint it carries)."""
+        self._ending = False
+
+    @classmethod
+    def resumed(cls, started: RunStarted, history: list[Event], state: dict[str, Any], sink: Sink,
+                data: TaskData | None = None, checkpoints: Checkpoints | None = None) -> "Session":
+        """The session of a logged run as it stood at a checkpoint, to train on from there: `history`, the run's
+        events up to the checkpoint (its bookkeeping left out), is judged by the lifecycle and carried out on a
+        fresh model as it was live, then the checkpoint's `state` (`checkpoint.read`) sets the weights,
+        optimizers and RNGs. `checkpoint.UnusableCheckpoint` if the state does not fit."""
+        session = cls.__new__(cls)
+        session._prepare(started.config, sink, data, False, started.preset, False, checkpoints)
+        try:
+            for event in history:
+                session.projection.apply(event)
+                session.trainer.realize(event)
+            controller = checkpoints.controller if checkpoints is not None else None
+            checkpoint.restore(state, session.trainer, controller, session.projection.garden)
+        except BaseException:
+            session.close()
+            raise
+        session.epoch = state["epoch"]
+        return session
 
     def _build(self, n: int) -> None:
         for i in range(n):
@@ -235,10 +271,13 @@ class Session:
     def decide(self, command: Command, controller: str, **info: Any) -> CommandIssued:
         issued = CommandIssued(epoch=self.epoch, command=command, controller=controller, **info)
         self._emit([issued, *self.projection.garden.handle(command, self.epoch)])
+        self._checkpoint()
+        crashpoints.reach("trained", self.epoch)
         self._flush()
         return issued
 
     def finish(self) -> RunResult:
+        crashpoints.reach("finishing", self.epoch)
         _, test_accuracy, _ = self.trainer.evaluate("test")
         counts: dict[str, int] = {}
         for seed in self.projection.garden.seeds.values():
@@ -271,6 +310,13 @@ class Session:
             self.trainer.realize(event)  # ... the model carries out only what it accepted
             self._pending.append(event)
 
+    def _checkpoint(self) -> None:
+        """At a due epoch, the run's state (copied now) goes last into the epoch's batch: the writer saves it
+        before it appends the batch (`checkpoint.CheckpointWriter`)."""
+        if self.checkpoints is not None and self.checkpoints.due(self.epoch):
+            self._pending.append(checkpoint.capture(self.epoch, self.trainer, self.checkpoints.controller,
+                                                    self.projection.garden))
+
     def _flush(self) -> None:
         """Hand the events so far to the writer thread as one batch (one transaction)."""
         self._writer.submit(list(self._pending))
@@ -289,17 +335,27 @@ class Session:
 def execute(
     config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None,
     data: TaskData | UserData | None = None, preset: TaskPreset | None = None, build_events: bool = True,
-    model: GrowableModel | None = None,
+    model: GrowableModel | None = None, checkpoint_folder: Path | None = None, checkpoint_every: int = 0,
 ) -> RunResult:
     """Train one run from `RunStarted` to `RunFinished`; a failure (a bug included) appends `RunFailed` and raises,
-    unless the store is what failed (`Session.fail`)."""
-    session = Session(config, sink, data=data, preset=preset, build_events=build_events, model=model)
+    unless the store is what failed (`Session.fail`). With a `checkpoint_folder`, every `checkpoint_every`-th
+    epoch's state is saved there (`CheckpointSaved`)."""
+    checkpoints = None if checkpoint_folder is None else Checkpoints(checkpoint_folder, checkpoint_every, controller)
+    session = Session(config, sink, data=data, preset=preset, build_events=build_events, model=model,
+                      checkpoints=checkpoints)
+    return train(session, controller, progress)
+
+
+def train(session: Session, controller: Controller, progress: Progress | None = None) -> RunResult:
+    """Train a started (or resumed) session to `RunFinished`; a failure (a bug included) appends `RunFailed` and
+    raises, unless the store is what failed (`Session.fail`)."""
     try:
         while not session.done:
             session.begin_epoch()
             trainer = session.trainer
             for x, y in trainer.data.batches("train", trainer.preset.batch_size, trainer.generator):
                 trainer.train_step(x, y)
+                crashpoints.reach("mid-epoch", session.epoch)
             obs = session.end_epoch()
             command = controller.decide(obs)
             issued = session.decide(command, controller.name, **getattr(controller, "decision_info", {}))

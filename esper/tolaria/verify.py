@@ -14,6 +14,8 @@ controller's commands (`CommandIssued`). What is compared:
 Ids, positions, timestamps and `RunStarted.versions` are not compared (a version difference is noted).
 A run that came from user code (`esper.fit`, `RunStarted.user_code`) cannot be re-executed: its model and
 data are not in the log. `verify_run` says so (`BadInput`) rather than train something else.
+A resumed run is re-executed as one uninterrupted run: its checkpoints, `RunResumed` markers and the
+`RunFailed` of each interruption that was resumed are not compared (`as_one_run`).
 """
 
 import math
@@ -34,6 +36,7 @@ from esper.leyline.events import (
     encode,
     type_name,
 )
+from esper.nissa.runstate import as_one_run
 from esper.store.recorder import Recorded
 from esper.tamiyo.controllers import ScriptedController
 from esper.tolaria.loop import ListSink, execute
@@ -87,6 +90,7 @@ def reexecutable(recorded: list[Recorded]) -> RunStarted:
 
 def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = DEFAULT_TOLERANCE) -> Verification:
     """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event."""
+    recorded = as_one_run(recorded)
     started = reexecutable(recorded)
     issued = [r.event for r in recorded if isinstance(r.event, CommandIssued)]
     sink = ListSink()
@@ -99,7 +103,7 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
     except EsperError:
         if not isinstance(recorded[-1].event, RunFailed):
             raise
-    comparison = _Comparison(exact, tolerance)
+    comparison = Comparison(exact, tolerance)
     for old, new in zip(recorded, sink.events):
         comparison.compare(old, new)
     if len(sink.events) != len(recorded):
@@ -108,7 +112,10 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
 
 
 @attrs.define
-class _Comparison:
+class Comparison:
+    """Recorded events against re-executed ones, one pair at a time: `compare` raises `VerificationFailed` at the
+    first difference it does not accept, and keeps the largest deviation of each number."""
+
     exact: bool
     tolerance: float
     deviations: dict[str, float] = attrs.Factory(dict)

@@ -1,0 +1,72 @@
+"""`esper gc`: delete the checkpoint files no run needs any more.
+
+A run that can still resume (cut off, interrupted from outside, or training now) needs every checkpoint its log
+names: resume falls back to an earlier one when a later file is lost. A run that ended (finished, or failed by
+itself) keeps only its last, its final model. A file named by no log (its run was killed between writing it and
+logging it, or trained again on resume) and a temporary file left by a kill mid-write are deleted too, but only
+when every store was read whole: a live writer may be about to log the file it just wrote. Files are shared by
+content, so a file any run needs stays.
+"""
+
+from pathlib import Path
+
+import attrs
+
+from esper.leyline.events import RunFailed, RunFinished, decode
+from esper.store import Workspace
+from esper.tolaria import checkpoint
+
+
+@attrs.frozen
+class Collected:
+    deleted: int
+    freed: int
+    """Bytes."""
+    kept: int
+    notes: list[str]
+
+
+def collect(ws: Workspace) -> Collected:
+    """Delete what no run needs; what was deleted and kept."""
+    folder = checkpoint.folder_of(ws.root)
+    if not folder.is_dir():
+        return Collected(0, 0, 0, [])
+    with ws.reader() as reader:
+        notes = list(reader.notes)
+        whole = not reader.live_files and len(reader.names) == len(ws.store_files())
+        named = reader.con.execute(
+            "SELECT run_id, list(payload->>'$.sha256' ORDER BY seq) FROM events WHERE type = 'CheckpointSaved'"
+            " GROUP BY run_id").fetchall()
+        endings = dict(reader.con.execute(
+            "SELECT run_id, arg_max(payload::VARCHAR, seq) FROM events"
+            " WHERE type IN ('RunFinished', 'RunFailed', 'RunResumed') GROUP BY run_id").fetchall())
+    referenced = {sha for _, shas in named for sha in shas}
+    needed = {sha for run_id, shas in named for sha in (shas[-1:] if _ended(endings.get(run_id)) else shas)}
+    files = list(folder.glob("*.pt"))
+    unnamed = [p for p in files if p.stem not in referenced] + list(folder.glob(".*.tmp"))
+    doomed = [p for p in files if p.stem in referenced and p.stem not in needed]
+    if whole:
+        doomed += unnamed
+    elif unnamed:
+        notes.append(f"kept {len(unnamed)} checkpoint file(s) no log names yet: a store is being written or could "
+                     f"not be read")
+    freed = sum(_delete(p) for p in doomed)
+    return Collected(len(doomed), freed, len(set(files) - set(doomed)), notes)
+
+
+def _ended(closing: str | None) -> bool:
+    """Whether the run's last closing event (`RunFinished`, `RunFailed` or `RunResumed`) ends it for good."""
+    if closing is None:
+        return False
+    event = decode(closing)
+    return isinstance(event, RunFinished) or (isinstance(event, RunFailed) and not event.interrupted)
+
+
+def _delete(path: Path) -> int:
+    """The bytes freed (none when another process deleted the file first)."""
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size
