@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from esper.cli.run import _final_architecture
+from esper.app.runs import final_architecture
 from esper.leyline import RunConfig
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
@@ -65,7 +65,7 @@ def main() -> None:
         for controller in ("static", "heuristic"):
             run_id = f"{controller}-{seed}"
             flops[run_id] = run_one(ws, run_id, RunConfig(controller=controller, seed=seed, epochs=args.epochs))
-        like, architecture, _ = _final_architecture(ws, f"heuristic-{seed}")
+        like, architecture, _ = final_architecture(ws, f"heuristic-{seed}")
         flops[f"scratch-{seed}"] = run_one(ws, f"scratch-{seed}", RunConfig(
             controller="scratch", seed=seed, epochs=args.epochs, like=like, architecture=architecture))
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from esper.cli.run import _final_architecture
+from esper.app.runs import final_architecture
 from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
 from esper.store import Workspace
 from esper.tamiyo.controllers import make_controller
@@ -210,7 +210,7 @@ def main() -> None:
     record_all(ws, first, args.workers)
     scratch = []
     for s in seeds:  # each heuristic run's final architecture, as `esper run --controller scratch --like` builds it
-        like, architecture, epochs = _final_architecture(ws, run_id_of("heuristic", s))
+        like, architecture, epochs = final_architecture(ws, run_id_of("heuristic", s))
         scratch.append(Job(run_id_of("scratch", s), RunConfig(task=TASK, controller="scratch", seed=s, like=like,
                                                             architecture=architecture, epochs=epochs)))
     record_all(ws, scratch, args.workers)

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from cli_runner import invoke, one_line_error
 
-from esper.cli.run import _final_architecture
+from esper.app.runs import final_architecture
 from esper.leyline import (CommandRejected, HeuristicConfig, LifecycleConfig, RunConfig, SeedStage, SeedTransitioned,
                            encode)
 from esper.nissa.runstate import RunState
@@ -88,7 +88,7 @@ def test_same_seed_same_events():
 
 def test_scratch_builds_the_final_architecture_up_front(grown):
     ws, grows, _ = grown
-    like, architecture, epochs = _final_architecture(ws, "grows")
+    like, architecture, epochs = final_architecture(ws, "grows")
     assert like == "grows" and epochs == 12
     assert len(architecture) == grows.stage_counts()["FOSSILIZED"]
     sink = ListSink()
@@ -146,7 +146,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     [
         (("--task", "imagenet"), "unknown task"),
         (("--controller", "oracle"), "unknown controller"),
-        (("--controller", "scratch"), "needs --like"),
+        (("--controller", "scratch"), "needs like = RUN"),
         (("--controller", "policy"), "needs --policy"),
         (("--epochs", "-1"), "must be positive"),
         (("--device", "tpu"), "device"),
@@ -158,9 +158,16 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--heuristic", "min_gain=fast"), "min_gain takes float values"),
         (("--heuristic", "speed=3"), "KEY one of warmup_epochs"),
         (("--heuristic", "min_gain"), "expected KEY=VALUE"),
-        (("--controller", "static", "--heuristic", "min_gain=1"), "knobs of --controller heuristic only"),
+        (("--controller", "static", "--heuristic", "min_gain=1"), "heuristic knobs are for controller heuristic only"),
         (("--heuristic", "min_gain=nan"), "min_gain must be a finite number"),
-        (("--policy", "policy.pt"), "--policy is for --controller policy or sampled"),
+        (("--policy", "policy.pt"), "policy is for controller policy or sampled"),
+        (("--lr", "-0.1"), "lr must be a positive number"),
+        (("--batch-size", "0"), "batch_size must be at least 1"),
+        (("--host", "mlp"), "unknown host 'mlp' (hosts: cnn1d, resnet, paper_cnn)"),
+        (("--host-option", "width=3"), "host cnn1d has no option 'width'"),
+        (("--host-option", "channels=wide"), "the value must be a number or true/false"),
+        (("--config", "absent.toml"), "cannot read config absent.toml"),
+        (("--checkpoint-every", "-1"), "checkpoint_every must be 0"),
         (("--seed", "99999999999999999999"), "--seed 99999999999999999999 does not fit in 64 bits"),
         (("--seed", "100000000000000"), "--seed must lie strictly between -1,000,000,000,000 and 1,000,000,000,000"),
     ],

@@ -1,0 +1,239 @@
+"""Starting a run: everything between what a user asks for and `execute`.
+
+`RunRequest` is every setting of a new run, with its default, in one place: `esper run`'s options and a
+`--config` TOML file both fill it (the command line over the file over the defaults). `plan_run` checks it,
+resolves the config and the task preset (with any override of rates, batch size or host) and names the run;
+`start` records it. The CLI parses and prints; benchmarks and scripts start runs the same way.
+"""
+
+import math
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgspec
+
+from esper.errors import BadInput
+from esper.kasmina import host_problem
+from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset
+from esper.leyline.stages import SeedStage
+from esper.store import Recorder, Workspace
+from esper.tamiyo.controllers import Controller, make_controller
+from esper.tolaria import checkpoint
+from esper.tolaria.data import TaskData, load_task_data
+from esper.tolaria.loop import SNAPSHOT_EVERY, Progress, RunResult, StoreSink, execute, resolve_config
+from esper.tolaria.tasks import get_task
+from esper.tolaria.trainer import resolve_device
+
+TELEMETRY = ("minimal", "standard", "diagnostic")
+
+
+class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every setting of a new run; None: the task preset's (or, for `max_params`, the policy's) value."""
+
+    task: str = "mnist1d"
+    controller: str = "heuristic"
+    policy: str | None = None
+    like: str | None = None
+    epochs: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    data_dir: str | None = None
+    download: bool = False
+    telemetry: str = "standard"
+    max_params: int | None = None
+    anneal_epochs: int | None = None
+    heuristic: dict[str, int | float] = {}
+    lr: float | None = None
+    seed_lr: float | None = None
+    batch_size: int | None = None
+    host: str | None = None
+    host_options: dict[str, int | float | bool] = {}
+    snapshot_every: int = SNAPSHOT_EVERY
+    checkpoint_every: int = 1
+    tensorboard: str | None = None
+
+
+FIELDS = tuple(f.name for f in msgspec.structs.fields(RunRequest))
+
+
+def request_from(file: Path | None, given: dict[str, Any]) -> RunRequest:
+    """The request of a TOML file (if any) with the `given` settings over it; a bad key or value is one line."""
+    settings: dict[str, Any] = {}
+    if file is not None:
+        try:
+            settings = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise BadInput(f"cannot read config {file}: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise BadInput(f"config {file} is not TOML: {exc}") from None
+        unknown = [key for key in settings if key not in FIELDS]
+        if unknown:
+            raise BadInput(f"config {file}: unknown key {unknown[0]!r} (known: {', '.join(FIELDS)})")
+    settings.update(given)
+    try:
+        return msgspec.convert(settings, RunRequest)
+    except msgspec.ValidationError as exc:
+        raise BadInput(f"{'config ' + str(file) if file else 'run settings'}: {exc}") from None
+
+
+@attrs.frozen
+class PlannedRun:
+    """A run checked and resolved, ready to record: nothing is written before `start`."""
+
+    run_id: str
+    request: RunRequest
+    config: RunConfig
+    preset: TaskPreset
+    controller: Controller
+    data: TaskData
+
+
+def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
+    """Check every setting (one `BadInput` line for the first that is wrong) and resolve the run."""
+    r = request
+    architecture: list[tuple[str, str]] = []
+    epochs, like = r.epochs, r.like
+    if r.controller == "scratch":
+        if like is None:
+            raise BadInput("controller scratch needs like = RUN (the run whose final architecture to build)")
+        like, architecture, like_epochs = final_architecture(ws, like)
+        epochs = epochs or like_epochs
+    elif like is not None:
+        raise BadInput("like only makes sense with controller scratch")
+    _check_settings(r)
+    try:
+        knobs = msgspec.convert(r.heuristic, HeuristicConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BadInput(f"heuristic knobs: {exc} (knobs: {', '.join(f.name for f in msgspec.structs.fields(HeuristicConfig))})") from None
+    controller = make_controller(r.controller, r.seed, r.policy, knobs)
+    max_params = r.max_params if r.max_params is not None else getattr(controller, "max_params", 0)
+    preset = preset_for(r)
+    config = resolve_config(RunConfig(
+        task=r.task, controller=r.controller, seed=r.seed, epochs=epochs, device=r.device, policy=r.policy, like=like,
+        data_dir=r.data_dir, telemetry=r.telemetry, architecture=architecture,
+        lifecycle=LifecycleConfig(max_params=max_params), heuristic=knobs, anneal_epochs=r.anneal_epochs,
+    ), preset)
+    resolve_device(r.device)
+    data = load_task_data(r.task, config.data_seed, r.data_dir, download=r.download)  # bad input fails before any log
+    return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data)
+
+
+def _check_settings(r: RunRequest) -> None:
+    if r.telemetry not in TELEMETRY:
+        raise BadInput(f"unknown telemetry profile {r.telemetry!r}: use {', '.join(TELEMETRY)}")
+    if r.policy is not None and r.controller not in ("policy", "sampled"):
+        raise BadInput("policy is for controller policy or sampled")
+    if r.heuristic and r.controller != "heuristic":
+        raise BadInput("heuristic knobs are for controller heuristic only")
+    for name in ("snapshot_every", "checkpoint_every"):
+        if getattr(r, name) < 0:
+            raise BadInput(f"{name} must be 0 (none) or a number of epochs, got {getattr(r, name)}")
+    for name in ("lr", "seed_lr"):
+        value = getattr(r, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise BadInput(f"{name} must be a positive number, got {value}")
+    if r.batch_size is not None and r.batch_size < 1:
+        raise BadInput(f"batch_size must be at least 1, got {r.batch_size}")
+
+
+def preset_for(r: RunRequest) -> TaskPreset:
+    """The task's preset with the request's overrides; the run records it whole (`RunStarted.preset`)."""
+    preset = get_task(r.task)
+    changes: dict[str, Any] = {k: getattr(r, k) for k in ("lr", "seed_lr", "batch_size", "host") if getattr(r, k) is not None}
+    if r.host_options or "host" in changes:
+        changes["host_options"] = dict(r.host_options)
+    preset = msgspec.structs.replace(preset, **changes)
+    if problem := host_problem(preset.host, preset.host_options):
+        raise BadInput(problem)
+    return preset
+
+
+def new_run_id(task: str, controller: str, seed: int) -> str:
+    return f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
+
+
+def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None) -> RunResult:
+    """Record the run into its own store file of the workspace."""
+    from esper.errors import StoreFailed
+
+    r = planned.request
+    with Recorder(ws.store_path(planned.run_id)) as recorder:
+        store = StoreSink(recorder, planned.run_id, snapshot_every=r.snapshot_every)
+        sink, board = _with_tensorboard(store, r.tensorboard, planned.run_id)
+        try:
+            return execute(planned.config, planned.controller, sink, progress=progress, data=planned.data,
+                           preset=planned.preset, checkpoint_folder=checkpoint.folder_of(ws.root),
+                           checkpoint_every=r.checkpoint_every)
+        except StoreFailed as exc:
+            stored = store.last_epoch is not None  # its RunStarted at least
+            raise exc.adding(then=f"run esper run --resume {planned.run_id}" if stored else "run it again") from None
+        finally:
+            if board is not None:
+                board.close()
+
+
+def _with_tensorboard(store: StoreSink, folder: str | None, run_id: str):
+    """The sink the run writes to: the store, and TensorBoard files of each batch once it is stored."""
+    if folder is None:
+        return store, None
+    from esper.nissa.tensorboard import TensorBoardWriter
+
+    board = TensorBoardWriter(Path(folder), run_id)
+
+    class Both:
+        def append(self, batch: list) -> None:
+            store.append(batch)
+            board.write(batch)
+
+    return Both(), board
+
+
+def resolved_toml(planned: PlannedRun) -> str:
+    """The run's settings as a `--config` file that starts the same run: the preset's values filled in."""
+    c, p, r = planned.config, planned.preset, planned.request
+    settings = msgspec.structs.asdict(r) | {
+        "epochs": c.epochs, "anneal_epochs": c.anneal_epochs, "max_params": c.lifecycle.max_params, "like": c.like,
+        "lr": p.lr, "seed_lr": p.seed_lr, "batch_size": p.batch_size, "host": p.host, "host_options": p.host_options,
+        "heuristic": msgspec.to_builtins(c.heuristic) if r.controller == "heuristic" else {},
+    }
+    lines, tables = [], []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            tables.append(f"\n[{key}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in value.items()))
+        elif value is not None:
+            lines.append(f"{key} = {_toml_value(value)}\n")
+    return "".join(lines) + "".join(tables)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return msgspec.json.encode(str(value)).decode()  # a JSON string is a TOML basic string
+
+
+def final_architecture(ws: Workspace, like: str) -> tuple[str, list[tuple[str, str]], int]:
+    """The run id, fossilized (slot, blueprint) in fossilization order, and epoch budget of run `like`. Read
+    with its chain checked and folded from zero (not from a snapshot, whose state no hash covers): the
+    architecture a baseline builds is what the log, re-judged, says grew."""
+    from esper.nissa.runstate import RunState
+
+    with ws.reader() as reader:
+        run_id = reader.resolve_run(like)
+        reader.check_run(run_id)
+        state = RunState.fold(reader.read_run(run_id))
+    # Fossils in the order they fossilized; seeds built up front (epoch 0, `build` events) are among them. A log
+    # written before `build` existed built its config's architecture without events: those come first.
+    fossilized = sorted(
+        (epoch, order, seed.slot, seed.blueprint)
+        for order, seed in enumerate(state.garden.seeds.values())
+        for epoch, stage in seed.history if stage is SeedStage.FOSSILIZED
+    )
+    unlogged = [] if state.garden.built else list(state.config.architecture)
+    architecture = unlogged + [(slot, bp) for _, _, slot, bp in fossilized]
+    return run_id, [tuple(a) for a in architecture], state.config.epochs
+

@@ -1,0 +1,72 @@
+"""`esper run`'s settings: one `RunRequest` with the defaults, filled by a TOML file and the command line."""
+
+import inspect
+import json
+
+import pytest
+from cli_runner import invoke, one_line_error
+from tensorboard.backend.event_processing import event_accumulator
+
+from esper.app import runs
+from esper.cli.run import run as run_command
+from esper.leyline import EpochEnded, RunStarted
+from esper.store import Workspace
+
+OPTION_OF = {"host_options": "host_option"}
+
+
+def test_every_setting_is_an_option_whose_default_lives_in_the_request_only():
+    params = inspect.signature(run_command).parameters
+    for field in runs.FIELDS:
+        option = params[OPTION_OF.get(field, field)]
+        assert option.default.default is None, f"--{field} repeats a default that RunRequest holds"
+
+
+def test_a_printed_config_starts_the_same_run(tmp_path):
+    first = invoke("run", "--print-config", "--seed", "3", "--lr", "0.01", "--heuristic", "min_gain=1.0",
+                   "--host-option", "channels=6", workspace=tmp_path)
+    assert first.exit_code == 0, first.stderr
+    assert 'lr = 0.01' in first.stdout and "[host_options]\nchannels = 6" in first.stdout
+    config = tmp_path / "run.toml"
+    config.write_text(first.stdout)
+    again = invoke("run", "--config", config, "--print-config", workspace=tmp_path)
+    assert again.stdout == first.stdout
+    assert not list(tmp_path.glob("*.duckdb")), "printing the config trains nothing"
+
+
+def test_the_command_line_overrides_the_file(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("seed = 3\nepochs = 4\n[heuristic]\nmin_gain = 1.0\n")
+    printed = invoke("run", "--config", config, "--seed", "4", "--print-config", workspace=tmp_path).stdout
+    assert "seed = 4" in printed and "epochs = 4" in printed and "min_gain = 1.0" in printed
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sede = 3\n", "unknown key 'sede'"),
+    ("seed = 'three'\n", "Expected `int`"),
+    ("seed = \n", "is not TOML"),
+    ("[heuristic]\nspeed = 3\n", "heuristic knobs"),
+])
+def test_a_bad_config_is_one_line(tmp_path, text, message):
+    config = tmp_path / "run.toml"
+    config.write_text(text)
+    assert message in one_line_error(invoke("run", "--config", config, workspace=tmp_path))
+    assert not list(tmp_path.glob("*.duckdb"))
+
+
+@pytest.mark.slow  # trains a short run
+def test_overrides_are_recorded_and_tensorboard_files_follow_the_run(tmp_path):
+    result = invoke("run", "--epochs", "2", "--lr", "0.0137", "--seed-lr", "0.002", "--batch-size", "96",
+                    "--host-option", "channels=6", "--tensorboard", tmp_path / "tb", "--json", workspace=tmp_path / "ws")
+    assert result.exit_code == 0, result.stderr
+    run_id = json.loads(result.stdout)["run_id"]
+    with Workspace(tmp_path / "ws").reader() as reader:
+        events = [r.event for r in reader.read_run(run_id)]
+    started = events[0]
+    assert isinstance(started, RunStarted)
+    preset = started.preset
+    assert (preset.lr, preset.seed_lr, preset.batch_size, preset.host_options) == (0.0137, 0.002, 96, {"channels": 6})
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb" / run_id))
+    acc.Reload()
+    logged = {e.epoch: e.val_accuracy for e in events if isinstance(e, EpochEnded)}
+    assert {s.step: s.value for s in acc.Scalars("accuracy/val")} == pytest.approx(logged)
