@@ -1,0 +1,142 @@
+"""Accuracy per parameter: the strongest static models beside Esper's growth, every number from a log.
+
+    .venv/bin/python benchmarks/frontier.py --workspace runs-frontier          # ~400 runs: ~2 h on 2 cores
+    .venv/bin/python benchmarks/frontier.py --tune-seeds 100 --eval-seeds 0 --epochs 3   # a quick check
+
+Static models (`esper run --controller static --host H --host-option ...`): the cnn1d host at widths 4 to 32
+channels and the MNIST-1D paper's reference CNN (`paper_cnn`) at 12, 25 and 40 channels, about 0.6k-30k
+parameters. Each trains at its best host learning rate of the grid (chosen by mean validation accuracy on the
+tuning seeds 100-109, never the evaluation seeds), then on the evaluation seeds 0-4. Beside them, on the
+evaluation seeds at the task's preset: the heuristic (default and eager, `min_gain=1.0`), the random
+controller and any `--policy` files, uncapped and under three size caps (`--max-params`), tracing Esper's own
+accuracy-per-parameter curve. The cnn1d host has a fixed depth of three stages; depth is not varied.
+
+Prints a markdown table (mean ± sd test accuracy, params, training GFLOPs from each log) and one JSON line;
+`--svg FILE` also writes the accuracy-vs-parameters chart.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from msgspec.structs import replace
+
+from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
+from esper.nissa.charts import Series, line_chart
+from esper.store import Workspace
+from esper.tolaria.data import load_task_data
+from esper.tolaria.flops import epoch_flops
+from esper.tolaria.tasks import get_task
+from recording import Job, record_all, say
+
+TASK = "mnist1d"
+STATIC_MODELS = [("cnn1d", {"channels": c}) for c in (4, 8, 16, 32)] + [("paper_cnn", {"channels": c}) for c in (12, 25, 40)]
+LRS = [3e-3, 1e-2, 2e-2]
+CAPS = [3000, 6000, 12000]
+GROWERS = {"heuristic": HeuristicConfig(), "eager": HeuristicConfig(min_gain=1.0)}
+
+
+def model_name(host: str, options: dict) -> str:
+    return f"{host}-" + "-".join(f"{k}{v}" for k, v in options.items())
+
+
+def static_job(name: str, host: str, options: dict, lr: float, seed: int, epochs: int, stage: str) -> Job:
+    preset = replace(get_task(TASK), host=host, host_options=options, lr=lr)
+    return Job(f"frontier-{stage}-{name}-lr{lr:g}-s{seed}", RunConfig(task=TASK, controller="static", seed=seed, epochs=epochs), preset)
+
+
+def grower_jobs(seeds: list[int], epochs: int, policies: list[str]) -> list[Job]:
+    jobs = []
+    for cap in [0, *CAPS]:
+        life = LifecycleConfig(max_params=cap)
+        for seed in seeds:
+            for label, knobs in GROWERS.items():
+                jobs.append(Job(f"frontier-grow-{label}-cap{cap}-s{seed}", RunConfig(
+                    task=TASK, controller="heuristic", seed=seed, epochs=epochs, heuristic=knobs, lifecycle=life)))
+            jobs.append(Job(f"frontier-grow-random-cap{cap}-s{seed}", RunConfig(
+                task=TASK, controller="random", seed=seed, epochs=epochs, lifecycle=life)))
+            for i, path in enumerate(policies):
+                jobs.append(Job(f"frontier-grow-policy{i}-cap{cap}-s{seed}", RunConfig(
+                    task=TASK, controller="policy", policy=path, seed=seed, epochs=epochs, lifecycle=life)))
+    return jobs
+
+
+def finished(ws: Workspace, prefix: str) -> dict[str, dict]:
+    """Run id → test and validation accuracy, params and training GFLOPs of the finished runs named `prefix...`."""
+    data = load_task_data(TASK, RunConfig().data_seed)
+    shape, examples = tuple(data.train.x.shape[1:]), len(data.train)
+    out = {}
+    with ws.reader() as reader:
+        rows = reader.con.execute("SELECT run_id, val_accuracy, test_accuracy, params FROM runs WHERE finished "
+                                  "AND starts_with(run_id, ?)", [prefix]).fetchall()
+        for run_id, val, test, params in rows:
+            flops = sum(epoch_flops((r.event for r in reader.read_run(run_id)), shape, examples).values())
+            out[run_id] = {"val": val, "test": test, "params": params, "gflops": flops / 1e9}
+    return out
+
+
+def best_lr(tuned: dict[str, dict], name: str, seeds: list[int]) -> float:
+    def mean_val(lr: float) -> float:
+        return statistics.fmean(tuned[f"frontier-tune-{name}-lr{lr:g}-s{s}"]["val"] for s in seeds)
+    return max(LRS, key=mean_val)
+
+
+def row(label: str, runs: list[dict]) -> dict:
+    tests = [r["test"] * 100 for r in runs]
+    return {"model": label, "runs": len(runs), "test_accuracy": statistics.fmean(tests),
+            "sd": statistics.stdev(tests) if len(tests) > 1 else 0.0,
+            "params": statistics.fmean(r["params"] for r in runs), "gflops": statistics.fmean(r["gflops"] for r in runs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=None, help="record into (and reuse) this workspace")
+    parser.add_argument("--tune-seeds", type=int, nargs="+", default=list(range(100, 110)))
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=list(range(5)))
+    parser.add_argument("--epochs", type=int, default=0, help="epochs per run (default: the preset's)")
+    parser.add_argument("--policy", action="append", default=[], help="a policy file to place on the curve (repeatable)")
+    parser.add_argument("--svg", type=Path, default=None, help="write the accuracy-vs-parameters chart here")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args()
+    ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-frontier-")))
+    say(f"workspace {ws.root}")
+    models = {model_name(h, o): (h, o) for h, o in STATIC_MODELS}
+    record_all(ws, [static_job(n, h, o, lr, s, args.epochs, "tune") for n, (h, o) in models.items() for lr in LRS
+                    for s in args.tune_seeds], args.workers)
+    tuned = finished(ws, "frontier-tune-")
+    lr_of = {name: best_lr(tuned, name, args.tune_seeds) for name in models}
+    evaluation = [static_job(n, h, o, lr_of[n], s, args.epochs, "eval") for n, (h, o) in models.items() for s in args.eval_seeds]
+    record_all(ws, evaluation + grower_jobs(args.eval_seeds, args.epochs, args.policy), args.workers)
+    done = finished(ws, "frontier-")
+    rows = [row(f"static {n} (lr {lr_of[n]:g})", [done[j.run_id] for j in evaluation if f"-{n}-" in j.run_id])
+            for n in models]
+    growers = list(GROWERS) + ["random"] + [f"policy{i}" for i in range(len(args.policy))]
+    for label in growers:
+        for cap in [0, *CAPS]:
+            runs = [done[f"frontier-grow-{label}-cap{cap}-s{s}"] for s in args.eval_seeds]
+            rows.append(row(f"{label}" + (f" ≤ {cap:,}" if cap else ""), runs))
+    say("| model | runs | test accuracy % | params | training GFLOPs |\n| --- | --- | --- | --- | --- |")
+    for r in sorted(rows, key=lambda r: r["params"]):
+        say(f"| {r['model']} | {r['runs']} | {r['test_accuracy']:.2f} ± {r['sd']:.2f} | {r['params']:,.0f} | {r['gflops']:.2f} |")
+    if args.svg is not None:
+        args.svg.write_text(chart(rows, growers), encoding="utf-8")
+        say(f"wrote {args.svg}")
+    print(json.dumps({"eval_seeds": args.eval_seeds, "tune_seeds": args.tune_seeds, "lr": lr_of, "rows": rows}))
+
+
+def chart(rows: list[dict], growers: list[str]) -> str:
+    """Test accuracy against parameters: the static models as one line, each grower (its caps) as another."""
+    colours = ["#444444", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    groups = {"static": [r for r in rows if r["model"].startswith("static")]}
+    groups |= {g: [r for r in rows if r["model"].split(" ")[0] == g] for g in growers}
+    series = [Series(label, sorted((r["params"], r["test_accuracy"]) for r in members), colours[i % len(colours)])
+              for i, (label, members) in enumerate(groups.items()) if members]
+    return line_chart("frontier", "Test accuracy against parameters (x: parameters)", series,
+                      y_format=lambda v: f"{v:.0f} %", y_label="test accuracy")
+
+
+if __name__ == "__main__":
+    main()
