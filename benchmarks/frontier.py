@@ -134,8 +134,8 @@ def chart(rows: list[dict], growers: list[str]) -> str:
     groups |= {g: [r for r in rows if r["model"].split(" ")[0] == g] for g in growers}
     series = [Series(label, sorted((r["params"], r["test_accuracy"]) for r in members), colours[i % len(colours)])
               for i, (label, members) in enumerate(groups.items()) if members]
-    return line_chart("frontier", "Test accuracy against parameters (x: parameters)", series,
-                      y_format=lambda v: f"{v:.0f} %", y_label="test accuracy")
+    return line_chart("frontier", "Test accuracy against parameters", series, y_format=lambda v: f"{v:.0f} %",
+                      y_label="test accuracy", x_label="parameters")
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ def line_chart(
     x_range: tuple[float, float] | None = None,
     width: int = 960,
     height: int = 260,
+    x_label: str = "epoch",
 ) -> str:
-    """One `<svg>` chart. X is the epoch; `x_range` defaults to half an epoch around the data."""
+    """One `<svg>` chart. X is the epoch (or what `x_label` names); `x_range` defaults to half a unit around the data."""
     xs = [x for s in series for x, y in s.points if _finite(y)]
     ys = [y for s in series for x, y in s.points if _finite(y)]
     if x_range is None:
@@ -122,7 +123,7 @@ def line_chart(
         f'height="{total_h}" role="img" aria-label="{_e(title)}">',
         f"<title>{_e(title)}</title>",
     ]
-    out += _grid(frame, y_ticks, y_format, y_label)
+    out += _grid(frame, y_ticks, y_format, y_label, x_label)
     for m in markers:
         x = frame.x(m.x)
         out.append(
@@ -130,14 +131,14 @@ def line_chart(
             f'stroke="{m.color}" stroke-dasharray="4 3" stroke-width="1.5"><title>{_e(m.label)}</title></line>'
         )
     for s in series:
-        out += _series(frame, s, y_format)
+        out += _series(frame, s, y_format, x_label)
     if lanes:
         out += _lanes(frame, lanes, bands, height + 4, lane_h, lane_gap)
     out.append("</svg>")
     return "\n".join(out)
 
 
-def _grid(f: _Frame, y_ticks: list[float], y_format: Callable[[float], str], y_label: str) -> list[str]:
+def _grid(f: _Frame, y_ticks: list[float], y_format: Callable[[float], str], y_label: str, x_label: str) -> list[str]:
     out = []
     bottom = f.top + f.plot_h
     right = f.width - f.right
@@ -153,14 +154,14 @@ def _grid(f: _Frame, y_ticks: list[float], y_format: Callable[[float], str], y_l
         out.append(f'<text class="tick" x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{int(round(v))}</text>')
     out.append(f'<line class="axis" x1="{f.left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>')
     out.append(f'<line class="axis" x1="{f.left}" y1="{f.top}" x2="{f.left}" y2="{bottom}"/>')
-    out.append(f'<text class="label" x="{right}" y="{bottom + 30}" text-anchor="end">epoch</text>')
+    out.append(f'<text class="label" x="{right}" y="{bottom + 30}" text-anchor="end">{_e(x_label)}</text>')
     if y_label:
         out.append(f'<text class="label" x="{f.left - 50}" y="{f.top + f.plot_h / 2:.1f}" text-anchor="middle" '
                    f'transform="rotate(-90 {f.left - 50} {f.top + f.plot_h / 2:.1f})">{_e(y_label)}</text>')
     return out
 
 
-def _series(f: _Frame, s: Series, y_format: Callable[[float], str]) -> list[str]:
+def _series(f: _Frame, s: Series, y_format: Callable[[float], str], x_label: str) -> list[str]:
     commands: list[str] = []
     pen_down = False
     previous_y: float | None = None
@@ -186,7 +187,7 @@ def _series(f: _Frame, s: Series, y_format: Callable[[float], str]) -> list[str]
     if len(finite) <= 80:
         for x, y in finite:
             out.append(f'<circle class="point" cx="{f.x(x):.1f}" cy="{f.y(y):.1f}" r="2.5" fill="{s.color}">'
-                       f"<title>{_e(s.label)}, epoch {x:g}: {_e(y_format(y))}</title></circle>")
+                       f"<title>{_e(s.label)}, {_e(x_label)} {x:g}: {_e(y_format(y))}</title></circle>")
     return out
 
 
