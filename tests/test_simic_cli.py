@@ -1,5 +1,6 @@
 """`esper ppo`, `esper iql` and `esper run --controller policy` end to end, with tiny budgets."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -190,3 +191,62 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_training(trained, c
     error = one_line_error(invoke(*command, "--out", "afile/policy.pt", workspace=ws))
     assert error == "esper: cannot write afile/policy.pt: afile is a file, not a folder"
     assert sorted(ws.glob("*.duckdb")) == stores, "nothing may be trained or logged for a policy that cannot be saved"
+
+
+# ---- provenance: which policy file each update wrote, which runs IQL learned from, which file a run played ----
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_each_ppo_update_logs_the_checkpoint_it_wrote(trained):
+    ws, result, _ = trained
+    out = Path(result["out"])
+    (saved,), = events(ws, f"SELECT payload FROM events WHERE type = 'CheckpointSaved' AND run_id = '{result['learner']}'")
+    saved = json.loads(saved)
+    assert (saved["update"], saved["path"], saved["sha256"], saved["size"]) == (
+        1, str(out.resolve()), sha256_of(out), out.stat().st_size)
+
+
+def test_ppo_resume_refuses_a_checkpoint_changed_since_its_job_logged_it(trained):
+    ws, result, _ = trained
+    out = Path(result["out"])
+    original = out.read_bytes()
+    blob = torch.load(out, weights_only=True)
+    blob["train"]["generator"] = torch.Generator().manual_seed(12345).get_state()
+    torch.save(blob, out)
+    try:
+        error = one_line_error(invoke("ppo", "--resume", "--episodes", "4", "--out", out, workspace=ws))
+        assert "is not a checkpoint its job logged" in error
+    finally:
+        out.write_bytes(original)
+
+
+def test_iql_logs_its_policy_file_and_the_runs_it_learned_from(trained, tmp_path):
+    ws, _, _ = trained
+    policy = tmp_path / "iql.pt"
+    out = esper("iql", "--steps", "20", "--batch-size", "8", "--runs", "controller = 'ppo'", "--out", str(policy),
+                "--json", workspace=ws)
+    assert out.returncode == 0, out.stderr
+    learner = json.loads(out.stdout)["learner"]
+    (saved,), = events(ws, f"SELECT payload FROM events WHERE type = 'CheckpointSaved' AND run_id = '{learner}'")
+    saved = json.loads(saved)
+    episodes = {r for r, in events(ws, "SELECT DISTINCT run_id FROM events WHERE run_id LIKE 'mnist1d-ppo-%'")}
+    assert set(saved["sources"]) == episodes and saved["sha256"] == sha256_of(policy)
+
+
+def test_a_policy_run_records_its_file_and_verify_refuses_another(trained, tmp_path):
+    ws, result, _ = trained
+    policy = tmp_path / "policy.pt"
+    policy.write_bytes(Path(result["out"]).read_bytes())
+    ran = invoke("run", "--controller", "policy", "--policy", policy, "--epochs", "2", "--json", workspace=tmp_path)
+    assert ran.exit_code == 0, ran.stderr
+    run_id = json.loads(ran.stdout)["run_id"]
+    (recorded,), = events(tmp_path, "SELECT payload->>'$.config.policy_sha256' FROM events WHERE type = 'RunStarted'")
+    assert recorded == sha256_of(policy)
+    assert invoke("replay", run_id, "--verify", workspace=tmp_path).exit_code == 0
+    blob = torch.load(policy, weights_only=True)
+    blob["max_params"] = 123_456
+    torch.save(blob, policy)
+    assert "is not the one the run played" in one_line_error(invoke("replay", run_id, "--verify", workspace=tmp_path))

@@ -161,7 +161,7 @@ def iql(
     from esper.simic.features import spec_for_run, spec_for_task
     from esper.simic.iql import IQLConfig, check, train
     from esper.tolaria.tasks import TASKS
-    from esper.simic.policy import save_policy
+    from esper.simic.policy import save_policy, saved
     from esper.store import Recorder
     from esper.store.recorder import remove_if_empty
     from esper.tolaria.loop import StoreSink
@@ -190,11 +190,13 @@ def iql(
     store = ws.store_path(learner_id)
     try:
         with Recorder(store) as recorder:
-            net, result = train(cfg, spec, episodes, sink=StoreSink(recorder, learner_id), progress=say)
+            sink = StoreSink(recorder, learner_id)
+            net, result = train(cfg, spec, episodes, sink=sink, progress=say)
+            save_policy(out, net, "iql", cfg.reward, cfg.hidden)
+            sink.append([saved(out, steps, sources=[e.run_id for e in episodes])])  # which file, from which runs
     except BaseException:  # stopped before its first update was logged: no empty store is left in the workspace
         remove_if_empty(store)
         raise
-    save_policy(out, net, "iql", cfg.reward, cfg.hidden)
     summary = {"out": str(out), "learner": learner_id, "runs": result["runs"], "transitions": result["transitions"],
                "seconds": result["seconds"], "last": result["stats"]}
     if as_json:

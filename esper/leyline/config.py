@@ -60,6 +60,9 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     device: str = "cpu"
     policy: str | None = None
     """Path of a trained Simic policy (controller `policy`)."""
+    policy_sha256: str | None = None
+    """The sha256 of that policy file's bytes when the run started (controllers `policy` and `sampled`; filled in by
+    `resolve_config`): re-executing or resuming the run with another file is refused."""
     like: str | None = None
     """Run id whose final architecture the `scratch` controller builds up front."""
     data_dir: str | None = None

@@ -130,15 +130,21 @@ class SeedTransitioned(_Event, tag="SeedTransitioned"):
 
 
 class CheckpointSaved(_Event, tag="CheckpointSaved"):
-    """The run's state after this epoch (model, optimizers, every RNG) is on disk, in the workspace's content-addressed
-    `checkpoints/<sha256>.pt` (`esper.tolaria.checkpoint`): what `esper run --resume` continues from. Appended in the
-    epoch's own transaction, after the file was written."""
+    """A state is on disk, written before this event was appended. In a training run: its state after `epoch`
+    (model, optimizers, every RNG) in the workspace's content-addressed `checkpoints/<sha256>.pt`
+    (`esper.tolaria.checkpoint`), what `esper run --resume` continues from. In a learner's stream (PPO, IQL): the
+    policy file at `path` after `update`, with what `esper ppo --resume` needs, and the runs it learned from."""
 
-    epoch: int
     sha256: str
     """Of the file's bytes: it names the file and proves it unchanged."""
     size: int
     """The file's size in bytes."""
+    update: int | None = None
+    """A learner's update (None in a training run)."""
+    path: str | None = None
+    """A learner's policy file, as written (None in a training run: the file is `checkpoints/<sha256>.pt`)."""
+    sources: list[str] = []
+    """The runs a learner learned from, by id (IQL's dataset; PPO's episodes are in its own store)."""
 
 
 class RunResumed(_Event, tag="RunResumed"):

@@ -12,6 +12,7 @@ A policy file is `torch.save` of a plain dict (loadable with `weights_only=True`
 `load_policy_controller`.
 """
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from torch import nn
 
 from esper.errors import BadInput, first_line
 from esper.leyline.commands import Command
+from esper.leyline.events import CheckpointSaved
 from esper.nissa.files import atomic_write
 from esper.simic.features import GERMINATE, OPS, FeatureSpec, action_mask, encode, to_command
 from esper.simic.rewards import RewardConfig
@@ -131,6 +133,14 @@ def save_policy(
     if train is not None:
         blob["train"] = train
     atomic_write(Path(path), lambda tmp: torch.save(blob, tmp))
+
+
+def saved(path: str | Path, update: int, sources: list[str] = ()) -> CheckpointSaved:
+    """The learner's event for the policy file just written at `path`: its hash and size, so that the log says
+    which file each update produced (and, for IQL, from which runs)."""
+    data = Path(path).read_bytes()
+    return CheckpointSaved(sha256=hashlib.sha256(data).hexdigest(), size=len(data), update=update,
+                           path=str(Path(path).resolve()), sources=list(sources))
 
 
 def read_policy_file(path: str | Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ with, so evaluations on them are on unseen runs.
 """
 
 import copy
+import hashlib
 import math
 import secrets
 import time
@@ -38,11 +39,11 @@ import torch.nn.functional as F
 
 from esper.errors import BadInput
 from esper.leyline.config import LifecycleConfig, RunConfig
-from esper.leyline.events import PolicyUpdated
+from esper.leyline.events import CheckpointSaved, PolicyUpdated
 from esper.simic.dataset import Episode, batch, replay_episode
 from esper.simic.env import configs_round_robin
 from esper.simic.features import FeatureSpec, spec_for_task
-from esper.simic.policy import PolicyNet, check_training, load_policy, save_policy
+from esper.simic.policy import PolicyNet, check_training, load_policy, save_policy, saved
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.simic.rollout import Players, episode_generators
 from esper.store import Recorder, Workspace
@@ -262,6 +263,7 @@ def train(
     start_update, episodes_done, kept = 0, 0, None
     if resume:
         cfg, state = _resume_state(out, cfg)
+        _check_logged(out, workspace)
         start_update, episodes_done = state["update"], state["episodes"]
     _check(cfg)
     if cfg.init_temperature != 1.0 and init is None and not resume:
@@ -296,15 +298,16 @@ def train(
     with Recorder(store) as recorder, Players(cfg.workers, cfg.task, cfg.hidden, data) as players:
         learner = StoreSink(recorder, learner_id)
 
-        def save(update: int) -> None:
+        def save(update: int) -> CheckpointSaved:
+            """Write the checkpoint, then the event that records it (appended with the update's PolicyUpdated)."""
             _save(out, cfg, net, kept, optimizer, generator, store, update, episodes_done)
+            return saved(out, update)
 
         last_update_s = last_select_s = 0.0
         if cfg.select_every and kept is None:  # the starting policy is the first candidate
             select_started = time.perf_counter()
             kept, selected = select_checkpoint(kept, net, start_update, cfg, players, recorder, tag, progress)
-            learner.append([PolicyUpdated(update=start_update, stats=selected)])
-            save(start_update)
+            learner.append([PolicyUpdated(update=start_update, stats=selected), save(start_update)])
             last_select_s = time.perf_counter() - select_started
         for u in range(start_update, updates):
             update_started = time.perf_counter()
@@ -323,8 +326,7 @@ def train(
                 kept, selected = select_checkpoint(kept, net, u + 1, cfg, players, recorder, tag, progress)
                 stats |= selected
                 last_select_s = time.perf_counter() - select_started
-            learner.append([PolicyUpdated(update=u + 1, stats=stats)])
-            save(u + 1)
+            learner.append([PolicyUpdated(update=u + 1, stats=stats), save(u + 1)])
             if time_up and u + 1 < updates:
                 progress(f"time is up after update {u + 1} ({episodes_done} episodes)")
                 break
@@ -418,6 +420,20 @@ def _check(cfg: PPOConfig) -> None:
         resolve_device(device)
     spec_for_task(cfg.task)
     resolve_config(RunConfig(task=cfg.task, lifecycle=LifecycleConfig(max_params=cfg.max_params)))  # the cap's checks
+
+
+def _check_logged(out: Path, workspace: Workspace) -> None:
+    """Resume only from a checkpoint as its job logged it (`CheckpointSaved`): a file whose bytes no learner stream
+    recorded for its path was changed since. A file written before checkpoints were logged has no record to miss."""
+    if not workspace.root.is_dir():
+        return
+    with workspace.reader() as reader:
+        logged = {row[0] for row in reader.con.execute(
+            "SELECT payload->>'$.sha256' FROM events WHERE type = 'CheckpointSaved' AND payload->>'$.path' = ?",
+            [str(out.resolve())]).fetchall()}
+    if logged and hashlib.sha256(out.read_bytes()).hexdigest() not in logged:
+        raise BadInput(f"--resume: {out} is not a checkpoint its job logged (its sha256 is in no CheckpointSaved for "
+                       "this path): it was changed since; resume from an untouched file")
 
 
 def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]:

@@ -11,6 +11,7 @@ Per epoch, in this order (replay and `--verify` rely on it):
 (`esper.tolaria.checkpoint`); `Session.resumed` rebuilds a logged run at one of its checkpoints.
 """
 
+import hashlib
 import importlib.metadata
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -159,7 +160,23 @@ def resolve_config(config: RunConfig, preset: TaskPreset | None = None, host_par
         raise BadInput(f"--anneal-epochs must not be negative, got {config.anneal_epochs}")
     _check_cap(config.lifecycle.max_params, config.task, preset, host_params)
     anneal = preset.anneal_epochs if config.anneal_epochs is None else config.anneal_epochs
-    return msgspec.structs.replace(config, epochs=config.epochs or preset.epochs, anneal_epochs=anneal)
+    return msgspec.structs.replace(config, epochs=config.epochs or preset.epochs, anneal_epochs=anneal,
+                                   policy_sha256=policy_file_sha256(config))
+
+
+def policy_file_sha256(config: RunConfig) -> str | None:
+    """The hash of the policy file a policy-driven run plays, checked against the one it recorded (if any): a run
+    is never re-executed or resumed with a different file. A recorded run whose file is gone keeps its hash."""
+    if config.controller not in ("policy", "sampled") or config.policy is None:
+        return config.policy_sha256
+    try:
+        now = hashlib.sha256(Path(config.policy).read_bytes()).hexdigest()
+    except OSError:
+        return config.policy_sha256
+    if config.policy_sha256 is not None and now != config.policy_sha256:
+        raise BadInput(f"policy file {config.policy} is not the one the run played (sha256 {now[:12]}..., the run "
+                       f"recorded {config.policy_sha256[:12]}...): put that file back to re-execute or resume it")
+    return now
 
 
 def _check_cap(cap: int, task: str, preset: TaskPreset, host: int | None) -> None:

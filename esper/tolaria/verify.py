@@ -39,7 +39,7 @@ from esper.leyline.events import (
 from esper.nissa.runstate import as_one_run
 from esper.store.recorder import Recorded
 from esper.tamiyo.controllers import ScriptedController
-from esper.tolaria.loop import ListSink, execute
+from esper.tolaria.loop import ListSink, execute, policy_file_sha256
 
 DEFAULT_TOLERANCE = 1e-4
 """Largest deviation `--verify` accepts in a logged number: relative to its magnitude, absolute below 1
@@ -85,6 +85,7 @@ def reexecutable(recorded: list[Recorded]) -> RunStarted:
         raise BadInput(f"run {recorded[0].run_id} came from user code (a {started.preset.host} trained by esper.fit): "
                        "its log holds every decision but not the model or the data, so it cannot be re-executed; "
                        "replay it without --verify to check its chain and every decision")
+    policy_file_sha256(started.config)  # a policy run is re-executed only beside the file it played
     return started
 
 
