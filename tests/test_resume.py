@@ -185,7 +185,7 @@ def test_a_finished_run_is_not_resumed(cut):
 
 
 def test_a_run_that_diverged_is_not_resumed(tmp_path, monkeypatch):
-    def diverge(self, epoch):
+    def diverge(self, epoch, earlier_losses=()):
         raise RunFailedError(f"training diverged at epoch {epoch}: train loss nan")
 
     monkeypatch.setattr(Trainer, "end_epoch", diverge)

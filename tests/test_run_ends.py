@@ -102,7 +102,7 @@ def test_a_bug_inside_a_run_ends_it_with_run_failed_and_keeps_its_whole_epochs(d
 
 def test_esper_run_reports_a_bug_as_an_internal_error_and_the_run_as_failed(tmp_path, monkeypatch):
     monkeypatch.delenv("ESPER_DEBUG", raising=False)
-    monkeypatch.setattr("esper.cli.run.make_controller", lambda *args, **kwargs: Faulty(at=2))
+    monkeypatch.setattr("esper.app.runs.make_controller", lambda *args, **kwargs: Faulty(at=2))
     error = error_line(invoke("run", "--epochs", "3", workspace=tmp_path), code=1)
     assert error.startswith("esper: internal error: ZeroDivisionError: a bug of ours"), error
     [events] = stored_events(tmp_path).values()

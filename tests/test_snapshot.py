@@ -207,5 +207,5 @@ def test_a_real_run_snapshots_every_n_epochs_and_reads_the_same_without_them(tmp
 
 def test_a_negative_snapshot_interval_is_bad_input_before_anything_is_written(tmp_path):
     line = one_line_error(invoke("run", "--epochs", "1", "--snapshot-every", "-1", workspace=tmp_path / "ws"))
-    assert "--snapshot-every" in line
+    assert "snapshot_every must be 0" in line
     assert not (tmp_path / "ws").exists()

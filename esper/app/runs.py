@@ -184,6 +184,8 @@ def _with_tensorboard(store: StoreSink, folder: str | None, run_id: str):
     board = TensorBoardWriter(Path(folder), run_id)
 
     class Both:
+        held = store.held
+
         def append(self, batch: list) -> None:
             store.append(batch)
             board.write(batch)

@@ -24,10 +24,10 @@ from typing import Any
 import attrs
 import torch
 
-from esper.errors import EsperError, first_line
+from esper.errors import EsperError, StoreFailed, first_line
 from esper.leyline.events import CheckpointSaved, Event
 from esper.leyline.garden import Garden
-from esper.nissa.files import atomic_write
+from esper.store.failures import refusals
 from esper.tolaria import crashpoints
 from esper.tolaria.trainer import Trainer
 
@@ -144,8 +144,16 @@ def write(folder: Path, captured: Captured) -> CheckpointSaved:
     torch.save(captured.state, buffer)
     data = buffer.getvalue()
     sha256 = hashlib.sha256(data).hexdigest()
-    atomic_write(folder / f"{sha256}.pt", lambda tmp: _write_synced(tmp, data, captured.epoch))
-    _sync_folder(folder)  # the rename itself is durable
+    path = folder / f"{sha256}.pt"
+    with refusals(path):  # a full disk or a read-only workspace is the run's store failing, said as such
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{sha256}.{os.getpid()}.tmp"
+        try:
+            _write_synced(tmp, data, captured.epoch)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _sync_folder(folder)  # the rename itself is durable
     crashpoints.reach("checkpoint-written", captured.epoch)
     return CheckpointSaved(epoch=captured.epoch, sha256=sha256, size=len(data))
 
@@ -175,7 +183,11 @@ class CheckpointWriter:
     folder: Path
 
     def append(self, batch: list[Event | Captured]) -> None:
-        events = [write(self.folder, item) if isinstance(item, Captured) else item for item in batch]
+        try:
+            events = [write(self.folder, item) if isinstance(item, Captured) else item for item in batch]
+        except StoreFailed as exc:
+            held = getattr(self.sink, "held", None)
+            raise exc.adding(held=held() if held else "") from exc
         self.sink.append(events)
         if events:
             crashpoints.reach("appended", events[-1].epoch or 0)

@@ -86,7 +86,7 @@ class StoreSink:
             self.seq = self.recorder.append(self.run_id, batch, self.seq, snapshot=snapshot)
         except StoreFailed as exc:
             self.state, self.snapshot_every = None, 0
-            raise exc.adding(held=self._held()) from exc
+            raise exc.adding(held=self.held()) from exc
         except BaseException:
             self.state, self.snapshot_every = None, 0  # the store may or may not hold the batch: stop folding
             raise
@@ -96,7 +96,8 @@ class StoreSink:
             elif isinstance(event, EpochEnded):
                 self.last_epoch = event.epoch
 
-    def _held(self) -> str:
+    def held(self) -> str:
+        """What the store holds of the run, in words for a failure's message."""
         if self.last_epoch is None:
             return ""
         epochs = {0: "no epoch yet", 1: "epoch 1"}.get(self.last_epoch, f"epochs 1–{self.last_epoch}")

@@ -53,6 +53,11 @@ class ResumingSink:
             return
         self.sink.append(batch)
 
+    def held(self) -> str:
+        """What the store holds of the run, for a failure's message."""
+        held = getattr(self.sink, "held", None)
+        return held() if held else ""
+
     def _compare(self, events: list[Event]) -> None:
         if len(events) == 1 and isinstance(events[0], RunFailed):
             return
