@@ -137,13 +137,19 @@ def test_a_controllers_own_randomness_goes_on_where_it_stopped(tmp_path, referen
     assert as_uninterrupted(logged(tmp_path)) == reference["random"]
 
 
-def test_a_run_killed_at_a_random_moment_resumes_through_the_real_command(tmp_path, reference):
-    env = {**{k: v for k, v in os.environ.items() if k != "ESPER_CRASH_AT"}, "ESPER_WORKSPACE": str(tmp_path)}
+def run_past_epoch_2(workspace: Path) -> subprocess.Popen:
+    """The growing run started by the real command, once it has printed its second epoch."""
+    env = {**{k: v for k, v in os.environ.items() if k != "ESPER_CRASH_AT"}, "ESPER_WORKSPACE": str(workspace)}
     process = subprocess.Popen([*ESPER, "run", *GROWING], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                env=env)
     for line in process.stderr:
         if line.startswith("[  2/"):
             break
+    return process
+
+
+def test_a_run_killed_at_a_random_moment_resumes_through_the_real_command(tmp_path, reference):
+    process = run_past_epoch_2(tmp_path)
     time.sleep(random.uniform(0.0, 0.4))
     process.kill()
     process.wait()
@@ -153,12 +159,7 @@ def test_a_run_killed_at_a_random_moment_resumes_through_the_real_command(tmp_pa
 
 
 def test_an_interrupted_run_keeps_its_run_failed_and_resumes(tmp_path, reference):
-    env = {**{k: v for k, v in os.environ.items() if k != "ESPER_CRASH_AT"}, "ESPER_WORKSPACE": str(tmp_path)}
-    process = subprocess.Popen([*ESPER, "run", *GROWING], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                               env=env)
-    for line in process.stderr:
-        if line.startswith("[  2/"):
-            break
+    process = run_past_epoch_2(tmp_path)
     process.terminate()
     assert process.wait() == 143
     resume(tmp_path, only_run(tmp_path))
