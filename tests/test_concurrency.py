@@ -80,7 +80,7 @@ def test_four_writers_while_readers_poll(tmp_path):
     assert len(episodes) == 2 and {r["status"] for r in runs} == {"finished"}
     assert counts[imported] == exported  # nothing lost in the import
     learner = json.loads(outcomes["ppo"][0])["learner"]
-    assert counts[learner] == 1  # one PolicyUpdated: one update of two episodes
+    assert counts[learner] == 2  # one update of two episodes: its PolicyUpdated and the CheckpointSaved of its file
     for run_id in counts:  # every chain intact, every decision re-judged
         if run_id == learner:
             continue
