@@ -423,6 +423,8 @@ class ModelRun(Run):
         self.model = build_host("cnn1d", channels=4)
         self.x = torch.randn(2, 1, 40)
         self.announced: dict[str, SeedGerminated] = {}
+        self.fossilized: list[str] = []
+        """Seed ids in the order the log fossilized them (not the order they germinated in)."""
         host, sizes = self.model.param_count(), self.model.seed_sizes()
         config = self.draw(gen.rule_configs, "lifecycle")
         config = msgspec.structs.replace(config, max_params=self.draw(gen.caps(host, sizes), "max_params"))
@@ -454,6 +456,7 @@ class ModelRun(Run):
                 model.start_blending(event.seed_id, self.ledger.config.blend_epochs * STEPS_PER_EPOCH)
             elif to is SeedStage.FOSSILIZED:
                 model.fossilize(event.seed_id)
+                self.fossilized.append(event.seed_id)
             elif to is SeedStage.CULLED:
                 model.cull(event.seed_id)
 
@@ -475,7 +478,8 @@ class ModelRun(Run):
             else:
                 with pytest.raises(ValueError, match="no seed"):
                     self.model.stage(seed_id)
-        assert self.model.fossil_order == [sid for sid, s in self.garden.seeds.items() if s.stage.value == "FOSSILIZED"]
+        assert set(self.fossilized) == {sid for sid, s in self.garden.seeds.items() if s.stage.value == "FOSSILIZED"}
+        assert self.model.fossil_order == self.fossilized
 
 
 @pytest.fixture
