@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import msgspec
 
-from esper.errors import BadInput
+from esper.errors import BadInput, StoreFailed
 from esper.kasmina import host_problem
 from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset
 from esper.leyline.stages import SeedStage
@@ -157,8 +157,6 @@ def new_run_id(task: str, controller: str, seed: int) -> str:
 
 def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None) -> RunResult:
     """Record the run into its own store file of the workspace."""
-    from esper.errors import StoreFailed
-
     r = planned.request
     with Recorder(ws.store_path(planned.run_id)) as recorder:
         store = StoreSink(recorder, planned.run_id, snapshot_every=r.snapshot_every)
