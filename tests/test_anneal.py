@@ -27,7 +27,7 @@ def test_the_rate_is_full_until_the_last_epochs_then_steps_down_towards_zero():
 def test_a_run_takes_the_presets_anneal_unless_it_names_its_own():
     assert resolve_config(RunConfig()).anneal_epochs == 5  # mnist1d's
     assert resolve_config(RunConfig(anneal_epochs=0)).anneal_epochs == 0
-    with pytest.raises(BadInput, match="--anneal-epochs must not be negative"):
+    with pytest.raises(BadInput, match="anneal_epochs must not be negative"):
         resolve_config(RunConfig(anneal_epochs=-1))
 
 

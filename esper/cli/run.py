@@ -99,7 +99,7 @@ def _given(ctx: typer.Context) -> dict:
         if name in NOT_SETTINGS or value is None or ctx.get_parameter_source(name).name == "DEFAULT":
             continue
         if name == "heuristic":
-            knobs = heuristic_config(value)
+            knobs = heuristic_config(value, flag="--heuristic")
             keys = [item.partition("=")[0].strip().replace("-", "_") for item in value]
             value = {key: getattr(knobs, key) for key in keys}
         elif name == "host_option":

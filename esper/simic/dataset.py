@@ -185,20 +185,20 @@ def select_runs(reader, where: str | None, task: str) -> list[str]:
     import duckdb
 
     if where is not None and not where.strip():
-        raise BadInput("--runs is empty: give an SQL condition over the runs view, e.g. \"controller = 'heuristic'\"")
+        raise BadInput("the runs filter is empty: give an SQL condition over the runs view, e.g. \"controller = 'heuristic'\"")
     reader.lock_down()
     sql = "SELECT run_id FROM runs WHERE task = $task" + (f" AND ({where})" if where else "") + " ORDER BY run_id"
     try:  # the condition is pasted into SQL: it must leave one reading statement, as `esper query` demands
         statements = reading_statements(reader.con, sql)
     except BadInput as exc:
-        raise BadInput(f"bad --runs filter: {exc}") from None
+        raise BadInput(f"bad runs filter: {exc}") from None
     if len(statements) != 1:
-        raise BadInput(f"bad --runs filter {where!r}: give one SQL condition over the runs view, not statements")
+        raise BadInput(f"bad runs filter {where!r}: give one SQL condition over the runs view, not statements")
     try:
         return [row[0] for row in reader.con.execute(sql, {"task": task}).fetchall()]
     except duckdb.Error as exc:
         raise BadInput(
-            f"bad --runs filter: {first_line(exc)} (columns: {', '.join(RUNS_COLUMNS)})"
+            f"bad runs filter: {first_line(exc)} (columns: {', '.join(RUNS_COLUMNS)})"
         ) from None
 
 

@@ -135,11 +135,11 @@ def one_thread() -> Iterator[None]:
 def check(cfg: IQLConfig) -> None:
     """`BadInput` for settings IQL cannot train with (before any data is read)."""
     if cfg.steps < 1 or cfg.batch_size < 1:
-        raise BadInput(f"--steps and --batch-size must be at least 1 (got {cfg.steps} and {cfg.batch_size})")
+        raise BadInput(f"steps and batch_size must be at least 1 (got {cfg.steps} and {cfg.batch_size})")
     if not 0.0 < cfg.expectile < 1.0:
-        raise BadInput(f"--expectile must be inside (0, 1), got {cfg.expectile}")
+        raise BadInput(f"expectile must be inside (0, 1), got {cfg.expectile}")
     if not cfg.temperature > 0:
-        raise BadInput(f"--temperature must be positive, got {cfg.temperature}")
+        raise BadInput(f"temperature must be positive, got {cfg.temperature}")
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
 
 
@@ -169,7 +169,7 @@ def train(
     """Train on `episodes`; a `PolicyUpdated` per `log_every` steps goes to `sink`. Returns the policy."""
     check(cfg)
     if not episodes:
-        raise BadInput("no usable runs for IQL: the dataset is empty (check --runs and --task)")
+        raise BadInput("no usable runs for IQL: the dataset is empty (check the runs filter and the task)")
     data = batch(episodes)
     n = len(data["reward"])
     net, q, q_target, optimizers = learners(cfg, spec)

@@ -38,11 +38,11 @@ MASKED = -1e8
 def check_training(learning_rate: float, gamma: float, hidden: int) -> None:
     """The settings PPO and IQL share, checked before any work (one line of `BadInput` each)."""
     if not (learning_rate > 0 and math.isfinite(learning_rate)):
-        raise BadInput(f"--lr must be a positive number, got {learning_rate}")
+        raise BadInput(f"learning_rate must be a positive number, got {learning_rate}")
     if not 0.0 < gamma <= 1.0:
-        raise BadInput(f"--gamma must be in (0, 1], got {gamma}")
+        raise BadInput(f"gamma must be in (0, 1], got {gamma}")
     if hidden < 1:
-        raise BadInput(f"--hidden must be at least 1, got {hidden}")
+        raise BadInput(f"hidden must be at least 1, got {hidden}")
 
 
 def _layer(n_in: int, n_out: int, std: float = math.sqrt(2)) -> nn.Linear:

@@ -133,7 +133,7 @@ def read_batch(recorder: Recorder, run_ids: list[str], spec: FeatureSpec, reward
     episodes = [replay_episode(recorder.read(run_id), spec, rewards, run_id) for run_id in run_ids]
     episodes = [e for e in episodes if len(e)]
     if not episodes:
-        raise BadInput("no episode finished a single step: nothing to learn from (are --epochs at least 1?)")
+        raise BadInput("no episode finished a single step: nothing to learn from (are epochs at least 1?)")
     b = batch(episodes)
     b["step"] = torch.from_numpy(np.concatenate([np.arange(len(e)) for e in episodes]))
     b["last"] = b["step"] == torch.from_numpy(np.concatenate([np.full(len(e), len(e) - 1) for e in episodes]))
@@ -267,7 +267,7 @@ def train(
         start_update, episodes_done = state["update"], state["episodes"]
     _check(cfg)
     if cfg.init_temperature != 1.0 and init is None and not resume:
-        raise BadInput("--init-temperature softens a starting policy: give it with --init PATH")
+        raise BadInput("init_temperature softens a starting policy: give one (init)")
     spec = spec_for_task(cfg.task)
     net = make_net(spec, cfg.hidden, cfg.seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, eps=1e-5)
@@ -390,24 +390,24 @@ def _line(u: int, updates: int, s: dict[str, float]) -> str:
 
 def _check(cfg: PPOConfig) -> None:
     if cfg.n_envs < 1 or cfg.episodes < 1:
-        raise BadInput(f"--n-envs and --episodes must be at least 1 (got {cfg.n_envs} and {cfg.episodes})")
+        raise BadInput(f"n_envs and episodes must be at least 1 (got {cfg.n_envs} and {cfg.episodes})")
     if cfg.epochs < 0:
-        raise BadInput(f"--epochs must be positive, got {cfg.epochs}")
+        raise BadInput(f"epochs must be positive, got {cfg.epochs}")
     if cfg.minibatches < 1 or cfg.update_epochs < 1:
-        raise BadInput("--minibatches and --update-epochs must be at least 1")
+        raise BadInput("minibatches and update_epochs must be at least 1")
     if cfg.workers < 1:
-        raise BadInput(f"--workers must be at least 1, got {cfg.workers}")
+        raise BadInput(f"workers must be at least 1, got {cfg.workers}")
     if not cfg.init_temperature > 0:
-        raise BadInput(f"--init-temperature must be positive, got {cfg.init_temperature}")
+        raise BadInput(f"init_temperature must be positive, got {cfg.init_temperature}")
     if cfg.critic_warmup < 0:
-        raise BadInput(f"--critic-warmup must not be negative, got {cfg.critic_warmup}")
+        raise BadInput(f"critic_warmup must not be negative, got {cfg.critic_warmup}")
     if not 0 <= cfg.seed < MAX_JOB_SEED:
-        raise BadInput(f"--seed must be between 0 and {MAX_JOB_SEED - 1:,}, got {cfg.seed} (run seeds below "
+        raise BadInput(f"seed must be between 0 and {MAX_JOB_SEED - 1:,}, got {cfg.seed} (run seeds below "
                        f"{TRAIN_SEEDS} are for evaluation, and a job's run seeds are {TRAIN_SEEDS} + 100,000 × seed + ...)")
     if cfg.select_every < 0:
-        raise BadInput(f"--select-every must not be negative, got {cfg.select_every}")
+        raise BadInput(f"select_every must not be negative, got {cfg.select_every}")
     if cfg.select_every and not 1 <= cfg.select_runs <= 100_000 - SELECT_OFFSET:
-        raise BadInput(f"--select-runs must be between 1 and {100_000 - SELECT_OFFSET:,}, got {cfg.select_runs}")
+        raise BadInput(f"select_runs must be between 1 and {100_000 - SELECT_OFFSET:,}, got {cfg.select_runs}")
     if cfg.select_every and math.ceil(cfg.episodes / cfg.n_envs) > SELECT_OFFSET:
         raise BadInput(f"a selecting job plays at most {SELECT_OFFSET:,} updates (its rollouts' seeds would reach "
                        "its selection runs')")

@@ -46,7 +46,7 @@ class RewardConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     def __post_init__(self) -> None:
         if self.param_budget < 0:
-            raise BadInput(f"--param-budget must be 0 (none) or a parameter count, got {self.param_budget}")
+            raise BadInput(f"param_budget must be 0 (none) or a parameter count, got {self.param_budget}")
 
     def stats(self) -> dict[str, float]:
         """The weights and the budget as `PolicyUpdated.stats` entries (`reward.accuracy`, ..., `reward.param_budget`)."""

@@ -154,14 +154,14 @@ def make_controller(name: str, seed: int, policy: str | None = None,
         return RandomController(seed)
     if name in ("policy", "sampled"):  # a trained policy, greedy or sampling (seeded by the run's seed)
         if not policy:
-            raise BadInput(f"--controller {name} needs --policy PATH (a file written by `esper ppo` or `esper iql`)")
+            raise BadInput(f"controller {name} needs a policy file (written by `esper ppo` or `esper iql`)")
         from esper.simic.policy import load_policy_controller
 
         return load_policy_controller(policy, sample_seed=seed if name == "sampled" else None)
     raise BadInput(f"unknown controller {name!r} (known: {', '.join(CONTROLLERS)})")
 
 
-def heuristic_config(knobs: Iterable[str], flag: str = "--heuristic") -> HeuristicConfig:
+def heuristic_config(knobs: Iterable[str], flag: str = "heuristic") -> HeuristicConfig:
     """`HeuristicConfig` from "KEY=VALUE" strings (`esper run --heuristic min_gain=1.0`); `BadInput` names a bad one."""
     fields = {f.name: f.type for f in msgspec.structs.fields(HeuristicConfig)}
     values: dict = {}

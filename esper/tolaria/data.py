@@ -296,7 +296,7 @@ def _write_npz(path: Path, arrays: tuple[np.ndarray, ...]) -> None:
 def _load_cifar10(data_dir: str | os.PathLike[str] | None, download: bool) -> TaskData:
     if data_dir is None and not download:
         raise BadInput(
-            "cifar10 needs its data: pass --data-dir DIR (the folder holding cifar-10-batches-py) or --download"
+            "cifar10 needs its data: set data_dir to the folder holding cifar-10-batches-py, or set download"
         )
     from torchvision.datasets import CIFAR10
 
@@ -307,11 +307,11 @@ def _load_cifar10(data_dir: str | os.PathLike[str] | None, download: bool) -> Ta
     except RuntimeError:  # torchvision: "Dataset not found or corrupted" (files missing or checksums wrong)
         raise BadInput(
             f"no CIFAR-10 data in {root} (expected {root / CIFAR10.base_folder} with verified checksums): "
-            "pass --data-dir DIR holding it, or --download"
+            "set data_dir to a folder holding it, or set download"
         ) from None
     except OSError as e:  # the download itself failed: offline, refused, disk full
         reason = str(e).replace("\n", " ")
-        raise BadInput(f"could not download CIFAR-10 into {root} ({reason}): pass --data-dir DIR holding it") from None
+        raise BadInput(f"could not download CIFAR-10 into {root} ({reason}): set data_dir to a folder holding it") from None
     x, y = _cifar10_tensors(train)
     n_fit = len(y) - int(len(y) * CIFAR10_VAL_FRACTION)
     return TaskData(

@@ -154,11 +154,11 @@ def resolve_config(config: RunConfig, preset: TaskPreset | None = None, host_par
     grows when it is not the preset's host, a user's model)."""
     preset = preset or get_task(config.task)
     if config.epochs < 0:
-        raise BadInput(f"--epochs must be positive, got {config.epochs}")
+        raise BadInput(f"epochs must be positive, got {config.epochs}")
     if abs(config.seed) >= MAX_SEED:  # derived seeds (e.g. the sharpness probe's) must still fit 64 bits
-        raise BadInput(f"--seed must lie strictly between -{MAX_SEED:,} and {MAX_SEED:,}, got {config.seed}")
+        raise BadInput(f"seed must lie strictly between -{MAX_SEED:,} and {MAX_SEED:,}, got {config.seed}")
     if config.anneal_epochs is not None and config.anneal_epochs < 0:
-        raise BadInput(f"--anneal-epochs must not be negative, got {config.anneal_epochs}")
+        raise BadInput(f"anneal_epochs must not be negative, got {config.anneal_epochs}")
     _check_cap(config.lifecycle.max_params, config.task, preset, host_params)
     anneal = preset.anneal_epochs if config.anneal_epochs is None else config.anneal_epochs
     return msgspec.structs.replace(config, epochs=config.epochs or preset.epochs, anneal_epochs=anneal,
@@ -182,13 +182,13 @@ def policy_file_sha256(config: RunConfig) -> str | None:
 
 def _check_cap(cap: int, task: str, preset: TaskPreset, host: int | None) -> None:
     if cap < 0:
-        raise BadInput(f"--max-params must be 0 (no cap) or a parameter count, got {cap}")
+        raise BadInput(f"max_params must be 0 (no cap) or a parameter count, got {cap}")
     if cap:
         if host is None:
             with torch.device("meta"):  # the host's size without memory or a draw from the RNG
                 host = preset_host(preset).param_count()
         if cap < host:
-            raise BadInput(f"--max-params {cap:,} is below the {task} host's own {host:,} parameters")
+            raise BadInput(f"max_params {cap:,} is below the {task} host's own {host:,} parameters")
 
 
 class Session:
@@ -267,7 +267,7 @@ class Session:
             try:
                 events = self.projection.garden.build(i, epoch=0)
             except IllegalEvent as exc:
-                raise BadInput(f"--like's architecture cannot be built here: {exc}") from None
+                raise BadInput(f"the architecture to copy (like) cannot be built here: {exc}") from None
             self._emit(events)
 
     @property

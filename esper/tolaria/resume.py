@@ -115,7 +115,7 @@ def open_resumption(ws: Workspace, run: str, checkpoint_every: int, snapshot_eve
     state = RunState.fold(recorded)
     _check_resumable(run_id, state)
     if not any(isinstance(r.event, CheckpointSaved) for r in recorded):
-        raise BadInput(f"run {run_id} has no checkpoint to resume from (it ran with --checkpoint-every 0)")
+        raise BadInput(f"run {run_id} has no checkpoint to resume from (it ran with checkpoint_every 0)")
     config = state.config
     data = load_task_data(config.task, config.data_seed, config.data_dir)
     controller = make_controller(config.controller, config.seed, config.policy, config.heuristic)
