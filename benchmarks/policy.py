@@ -34,15 +34,10 @@ from pathlib import Path
 
 import msgspec
 
+from esper.app.learners import iql_job, ppo_job
 from esper.errors import BadInput
 from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
-from esper.simic.dataset import select_runs, workspace_episodes
-from esper.simic.features import spec_for_task
-from esper.simic.iql import IQLConfig
-from esper.simic.iql import train as train_iql
-from esper.simic.policy import save_policy
-from esper.simic.ppo import PPOConfig
-from esper.simic.ppo import train as train_ppo
+from esper.simic.config import IQLConfig, PPOConfig
 from esper.simic.rewards import RewardConfig
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import heuristic_config, make_controller
@@ -106,15 +101,10 @@ def train_iql_policy(ws: Workspace, args, rewards: RewardConfig) -> tuple[str, d
     """Record the heuristic and random datasets and train IQL on them; the policy file and a report."""
     say("IQL dataset ...")
     dataset_s = make_dataset(ws, args.dataset_runs, args.dataset_heuristic)
-    spec = spec_for_task("mnist1d")
-    with ws.reader() as reader:
-        run_ids = select_runs(reader, "controller IN ('heuristic', 'random') AND seed >= 100", "mnist1d")
-        episodes, _ = workspace_episodes(reader, run_ids, spec, rewards)
     iql_cfg = IQLConfig(steps=args.iql_steps, reward=rewards, log_every=1000)
     started = time.perf_counter()
-    net, result = train_iql(iql_cfg, spec, episodes, progress=say)
     path = ws.root / "iql.pt"
-    save_policy(path, net, "iql", rewards, iql_cfg.hidden)
+    result = iql_job(iql_cfg, path, ws, "controller IN ('heuristic', 'random') AND seed >= 100", progress=say)
     return str(path), {"runs": result["runs"], "transitions": result["transitions"], "steps": args.iql_steps,
                        "dataset_heuristic": msgspec.to_builtins(args.dataset_heuristic),
                        "minutes": round((time.perf_counter() - started) / 60, 2), "dataset_minutes": round(dataset_s / 60, 2)}
@@ -180,8 +170,8 @@ def main() -> None:
                     max_params=args.max_params, select_every=args.select_every, select_runs=args.select_runs,
                     workers=args.workers)
     ppo_started = time.perf_counter()
-    result = train_ppo(cfg, ppo_path, ws, init=init and Path(init), progress=say,
-                       deadline=budget_start + args.minutes * 60)
+    result = ppo_job(cfg, ppo_path, ws, init=init and Path(init), progress=say,
+                     deadline=budget_start + args.minutes * 60)
     report["ppo_training"] = {"init": args.ppo_init, "minutes": round((time.perf_counter() - ppo_started) / 60, 2),
                               "minutes_with_iql": round((time.perf_counter() - budget_start) / 60, 2),
                               "episodes": result["episodes"], "updates": result["updates"], "n_envs": args.n_envs,

@@ -19,7 +19,6 @@ import contextlib
 import time
 from typing import Any, Callable, Iterator
 
-import msgspec
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,41 +26,10 @@ from torch import nn
 from esper.errors import BadInput
 from esper.leyline.events import PolicyUpdated
 from esper.simic.dataset import Episode, batch
+from esper.simic.config import IQLConfig
 from esper.simic.features import FeatureSpec
 from esper.simic.policy import PolicyNet, _layer, _trunk, check_training
-from esper.simic.rewards import RewardConfig
 from esper.tolaria.loop import Sink
-
-
-class IQLConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Everything an IQL job depends on."""
-
-    task: str = "mnist1d"
-    """Task whose runs make the dataset (runs of other tasks are skipped)."""
-    steps: int = 10_000
-    """Gradient steps."""
-    batch_size: int = 256
-    """Transitions per gradient step, drawn uniformly with replacement."""
-    learning_rate: float = 3e-4
-    """Adam step size of Q, V and the policy."""
-    gamma: float = 0.99
-    """Discount per epoch."""
-    expectile: float = 0.7
-    """τ of V's expectile regression (0.5: the mean, i.e. SARSA; towards 1: the best action seen)."""
-    temperature: float = 3.0
-    """β of the advantage weights exp(β·A)."""
-    max_weight: float = 100.0
-    """Clip of the advantage weights."""
-    tau: float = 0.005
-    """Polyak rate of the target Q."""
-    hidden: int = 64
-    """Width of every network's two hidden layers."""
-    seed: int = 0
-    """Seed of initialisation and minibatch sampling."""
-    log_every: int = 500
-    """Steps between two `PolicyUpdated` events."""
-    reward: RewardConfig = RewardConfig()
-    """Weights of the reward's components, applied when the dataset is built."""
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:

@@ -44,6 +44,7 @@ from esper.simic.dataset import Episode, batch, replay_episode
 from esper.simic.env import configs_round_robin
 from esper.simic.features import FeatureSpec, spec_for_task
 from esper.simic.policy import PolicyNet, check_training, load_policy, save_policy, saved
+from esper.simic.config import PPOConfig
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.simic.rollout import Players, episode_generators
 from esper.store import Recorder, Workspace
@@ -56,73 +57,6 @@ SELECT_OFFSET = 90_000
 """Offset of the selection runs' seeds in a job's block of 100,000 run seeds (the rollouts count up from 0)."""
 MAX_JOB_SEED = 1_000_000
 """A job's run seeds (`TRAIN_SEEDS + 100_000 * seed + ...`) stay below `esper.tolaria.loop.MAX_SEED`."""
-
-
-class PPOConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Everything a PPO job depends on; stored in its checkpoint."""
-
-    task: str = "mnist1d"
-    """Task of the training runs (one episode = one run of this task)."""
-    n_envs: int = 4
-    """Runs played in lock-step per update (the batch holds n_envs × epochs steps)."""
-    episodes: int = 8
-    """Episodes to play in all; the last update plays fewer runs if n_envs does not divide it."""
-    epochs: int = 0
-    """Epochs per episode (0: the task preset's budget)."""
-    seed: int = 0
-    """Seed of the policy's initialisation, its sampling, the minibatch order, and of the runs' seeds."""
-    devices: tuple[str, ...] = ("cpu",)
-    """Devices of the runs, used round-robin."""
-    telemetry: str = "minimal"
-    """Telemetry profile of the runs (the policy reads none of the extra diagnostics)."""
-    hidden: int = 64
-    """Width of the actor's and the critic's two hidden layers."""
-    learning_rate: float = 5e-4
-    """Adam step size."""
-    gamma: float = 0.99
-    """Discount per epoch."""
-    gae_lambda: float = 0.95
-    """λ of generalized advantage estimation."""
-    update_epochs: int = 4
-    """Passes over each batch."""
-    minibatches: int = 4
-    """Minibatches per pass."""
-    clip_coef: float = 0.2
-    """PPO's ratio clip ε."""
-    ent_coef: float = 0.01
-    """Weight of the entropy bonus (summed over the heads an action uses)."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip."""
-    target_kl: float | None = 0.03
-    """Stop the update's passes once the approximate KL exceeds this (None: never)."""
-    norm_adv: bool = True
-    """Normalise advantages per minibatch."""
-    shared_baseline: bool = True
-    """Centre each step's advantage on the other episodes of its update at the same epoch (`centre_per_step`)."""
-    reward: RewardConfig = RewardConfig()
-    """Weights of the reward's components (also logged in every `PolicyUpdated`)."""
-    max_params: int = 0
-    """Hard cap on the runs' size (`LifecycleConfig.max_params`): germinations beyond it are masked, so the
-    policy learns within it; its file keeps the cap as the default of `esper run` (0: none)."""
-    init_temperature: float = 1.0
-    """With `--init`: divide the starting policy's logits by this. Its greedy choices stay the same and its
-    sampling is flatter: a policy learnt from logs (IQL) gives the choices its data never made a
-    probability near 0, which PPO would then never sample and an entropy bonus lifts too slowly."""
-    critic_warmup: int = 0
-    """First updates that train only the critic, the actor frozen. For a job that starts from another policy
-    (`--init`): that policy's critic (IQL's is an optimistic expectile value) has not learnt these returns,
-    and the actor's first steps would follow its errors."""
-    select_every: int = 0
-    """Checkpoint selection: every this many updates, and once before the first, play the greedy policy on
-    `select_runs` fixed runs; the policy file holds the best by mean return so far (0: the latest update's).
-    Updates after the last selection live only in the checkpoint's training state."""
-    select_runs: int = 4
-    """Runs (seeds of their own, never rollouts') that score the greedy policy for checkpoint selection."""
-    workers: int = 1
-    """Processes that play an update's episodes (split round-robin). Changes no decision, only the wall time:
-    a CPU run trains on one thread, so give as many as there are cores to spare (at most `n_envs` are used)."""
 
 
 # ---- 2.–3. the batch, advantages -------------------------------------------------------------------
