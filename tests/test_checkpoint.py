@@ -14,7 +14,7 @@ from fake_runs import plan_run
 from esper.errors import IllegalEvent
 from esper.leyline import CheckpointSaved, EpochEnded, RunConfig, RunFailed, RunFinished, RunResumed
 from esper.nissa import narrate
-from esper.nissa.projections import Projector
+from esper.nissa.projector import Projector
 from esper.nissa.runstate import RunState, as_one_run
 from esper.store import Recorded, Recorder, Workspace
 from esper.tolaria import checkpoint

@@ -5,13 +5,8 @@ import pytest
 from fake_runs import FakeWriter, plan_run, run_id_for, write_comparison, write_run
 
 from esper.leyline import SeedTransitioned
-from esper.nissa.projections import (
-    PROJECTION_DIR,
-    PROJECTION_FILE,
-    EpochMetrics,
-    Projector,
-    caught_up,
-)
+from esper.nissa.projector import PROJECTION_DIR, PROJECTION_FILE, Projector, caught_up
+from esper.nissa.readmodels import EpochMetrics
 from esper.store import Recorder, Workspace
 
 HEURISTIC = run_id_for("heuristic", 0)
@@ -232,7 +227,7 @@ def test_blueprint_analytics_across_runs(workspace):
 def test_state_round_trips_through_json_exactly(workspace):
     with workspace.reader() as reader, caught_up(workspace, reader) as projector:
         for p in projector.projections:
-            state = p.initial(HEURISTIC)
+            state = p.initial()
             for r in reader.read_run(HEURISTIC):
                 state = p.apply(state, r)
                 assert p.decode(p.encode(state)) == state
