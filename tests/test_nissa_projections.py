@@ -6,7 +6,8 @@ from fake_runs import FakeWriter, plan_run, run_id_for, write_comparison, write_
 
 from esper.leyline import SeedTransitioned
 from esper.nissa.projector import PROJECTION_DIR, PROJECTION_FILE, Projector, caught_up
-from esper.nissa.readmodels import EpochMetrics
+from esper.nissa.readmodels import BlueprintStats, EpochMetrics
+from esper.nissa.tables import Table
 from esper.store import Recorder, Workspace
 
 HEURISTIC = run_id_for("heuristic", 0)
@@ -134,6 +135,52 @@ def test_a_new_projection_version_rebuilds_its_tables(tmp_path):
     with ws.reader() as reader, Projector.open(path, projections) as projector:
         projector.catch_up(reader)
         assert len(projector.fetch("epoch_metrics")) == 24
+
+
+def test_a_new_derived_table_version_rebuilds_and_refills_it_at_once(tmp_path):
+    write_run(tmp_path, "heuristic", 0)
+    ws = Workspace.at(tmp_path)
+    path = tmp_path / PROJECTION_DIR / PROJECTION_FILE
+    with ws.reader() as reader, Projector.open(path) as projector:
+        projector.catch_up(reader)
+        expected = projector.fetch("blueprint_stats")
+        # As an older Esper left it: other columns, an older version.
+        projector.con.execute("DROP TABLE blueprint_stats")
+        projector.con.execute("CREATE TABLE blueprint_stats (blueprint VARCHAR, runs INTEGER)")
+        projector.con.execute("UPDATE nissa_versions SET version = 1 WHERE projection = 'blueprint_stats'")
+    with Projector.open(path) as projector:  # no catch-up: nothing new in the log
+        columns = projector.con.execute("SELECT column_name, data_type FROM duckdb_columns()"
+                                        " WHERE table_name = 'blueprint_stats' ORDER BY column_index").fetchall()
+        assert columns == BlueprintStats.table.columns
+        assert projector.fetch("blueprint_stats") == expected and expected
+
+
+def test_a_tables_columns_are_its_row_structs_fields():
+    class Row(msgspec.Struct):
+        epoch: int
+        loss: float | None
+        name: str
+        kept: bool = False
+
+    assert Table("t", Row, ("epoch",)).columns == [
+        ("run_id", "VARCHAR"), ("epoch", "BIGINT"), ("loss", "DOUBLE"), ("name", "VARCHAR"), ("kept", "BOOLEAN")]
+    assert Table("t", Row, ("epoch",), per_run=False).columns[0] == ("epoch", "BIGINT")
+
+    class Nested(msgspec.Struct):
+        stages: dict[str, int]
+
+    with pytest.raises(TypeError, match="not dict"):
+        Table("t", Nested, ())
+
+
+def test_every_table_in_the_file_has_the_columns_its_row_struct_declares(workspace):
+    with workspace.reader() as reader, caught_up(workspace, reader) as projector:
+        tables = [t for p in projector.projections for t in p.tables] + [d.table for d in projector.derived]
+        for table in tables:
+            found = projector.con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ?"
+                                          " ORDER BY column_index", [table.name]).fetchall()
+            assert found == table.columns, table.name
+    assert {t.name for t in tables} == set(projector.table_names()) - {"nissa_checkpoints"}
 
 
 def test_projection_file_lives_in_dot_nissa_and_is_not_an_event_store(workspace):
