@@ -21,8 +21,9 @@ from esper.store import Recorded
 class Projection:
     """A fold over one run's events into rows of `tables`.
 
-    Subclasses map event types to handler names in `handlers()`. `apply` gets a `Recorded` (the event
-    with its `seq`, which some read models keep) and dispatches on the type of `recorded.event`.
+    Subclasses map event types to the names of their handler methods in `HANDLERS` (as `RunState` does). `apply`
+    gets a `Recorded` (the event with its `seq`, which some read models keep) and dispatches on the type of
+    `recorded.event`.
     Raise `version` whenever the rows or the state change shape: the projector then rebuilds the tables.
     """
 
@@ -30,14 +31,13 @@ class Projection:
     version: ClassVar[int]
     tables: ClassVar[tuple[Table, ...]]
     state_type: ClassVar[type]
+    HANDLERS: ClassVar[dict[type, str]]
+    """Event type → the name of the method that folds it: `method(state, recorded) -> state`."""
 
     def __init__(self) -> None:
         self._handlers: dict[type, Callable[[Any, Recorded], Any]] = {
-            event_type: getattr(self, method) for event_type, method in self.handlers().items()
+            event_type: getattr(self, method) for event_type, method in self.HANDLERS.items()
         }
-
-    def handlers(self) -> dict[type, str]:
-        raise NotImplementedError
 
     def initial(self) -> Any:
         return self.state_type()

@@ -3,6 +3,11 @@
 `RunState.fold(recorded)` checks the log as it goes (seq without gaps, RunStarted first, nothing after
 the end, every transition legal through the one machine) and raises `IllegalEvent` with the position
 of the first event it cannot fold. A run interrupted from outside and resumed (`RunResumed`) is one run.
+
+It folds as the read models do (`esper.nissa.projection`): a handler per event type (`HANDLERS`), the status by
+the rule every reader shares (`esper.leyline.status`). Unlike a projection's state it is no plain data: it holds
+the lifecycle's `Garden`, judges every event as it folds it, and so updates itself in place (`apply(event)`, as
+the Garden does) rather than returning a new state; snapshots (`esper.nissa.snapshot`) are its plain form.
 """
 
 from typing import Any, ClassVar, Iterable
@@ -58,7 +63,7 @@ class RunState:
         RunStarted: "_started", EpochEnded: "_epoch", CommandIssued: "_issued", CommandRejected: "_rejected",
         RunFinished: "_finished", RunFailed: "_failed", RunResumed: "_resumed",
     }
-    """Event type → the method that folds it (dispatched as a projection's `handlers()`); the lifecycle's own
+    """Event type → the method that folds it (as a projection's `HANDLERS`); the lifecycle's own
     events are folded by the garden."""
 
     @classmethod

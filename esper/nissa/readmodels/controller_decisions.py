@@ -51,11 +51,10 @@ class ControllerDecisions(Projection):
     state_type = DecisionsState
     tables = (Table("controller_decisions", DecisionRow, ("run_id", "seq")),)
 
-    def handlers(self) -> dict[type, str]:
-        return {
-            CommandIssued: "_issued", CommandRejected: "_rejected", SeedGerminated: "_germinated",
-            SeedTransitioned: "_transitioned",
-        }
+    HANDLERS = {
+        CommandIssued: "_issued", CommandRejected: "_rejected", SeedGerminated: "_germinated",
+        SeedTransitioned: "_transitioned",
+    }
 
     def otherwise(self, state: DecisionsState, recorded: Recorded) -> DecisionsState:
         state.open = False

@@ -38,8 +38,7 @@ class EpochMetrics(Projection):
     state_type = EpochMetricsState
     tables = (Table("epoch_metrics", EpochRow, ("run_id", "epoch")),)
 
-    def handlers(self) -> dict[type, str]:
-        return {EpochEnded: "_epoch", SeedTransitioned: "_transitioned"}
+    HANDLERS = {EpochEnded: "_epoch", SeedTransitioned: "_transitioned"}
 
     def _transitioned(self, s: EpochMetricsState, r: Recorded) -> EpochMetricsState:
         s.stages[r.event.seed_id] = r.event.to_stage

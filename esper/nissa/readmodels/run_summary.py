@@ -55,12 +55,11 @@ class RunSummary(Projection):
     state_type = RunSummaryRow
     tables = (Table("run_summary", RunSummaryRow, ("run_id",)),)
 
-    def handlers(self) -> dict[type, str]:
-        return {
-            RunStarted: "_started", EpochEnded: "_epoch", SeedGerminated: "_germinated",
-            SeedTransitioned: "_transitioned", CommandIssued: "_issued", CommandRejected: "_rejected",
-            RunFinished: "_finished", RunFailed: "_failed", RunResumed: "_resumed",
-        }
+    HANDLERS = {
+        RunStarted: "_started", EpochEnded: "_epoch", SeedGerminated: "_germinated",
+        SeedTransitioned: "_transitioned", CommandIssued: "_issued", CommandRejected: "_rejected",
+        RunFinished: "_finished", RunFailed: "_failed", RunResumed: "_resumed",
+    }
 
     def apply(self, state: RunSummaryRow, recorded: Recorded) -> RunSummaryRow:
         state.events = recorded.seq

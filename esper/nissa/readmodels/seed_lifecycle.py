@@ -97,8 +97,7 @@ class SeedLifecycle(Projection):
         Table("seed_stages", StageRow, ("run_id", "seed_id", "entered_after", "left_after")),
     )
 
-    def handlers(self) -> dict[type, str]:
-        return {SeedGerminated: "_germinated", SeedTransitioned: "_transitioned", EpochEnded: "_epoch"}
+    HANDLERS = {SeedGerminated: "_germinated", SeedTransitioned: "_transitioned", EpochEnded: "_epoch"}
 
     def _germinated(self, s: SeedLifecycleState, r: Recorded) -> SeedLifecycleState:
         e: SeedGerminated = r.event
