@@ -60,9 +60,10 @@ class Projector:
         self.altered: dict[str, str] = {}
         """Runs whose log failed its hash-chain check in a catch-up → why; they are in no read model."""
         self._hashes: dict[str, str | None] = {}  # run → hash of the last event `_fetch` checked
-        self.projections = list(projections) if projections is not None else default_projections()
-        self.derived = list(derived) if derived is not None else default_derived() if projections is None else []
-        """Tables derived from the projections' (by default, those of the default projections, which they read)."""
+        if projections is None:  # the default read models, and the tables derived from theirs
+            projections, derived = default_projections(), default_derived() if derived is None else derived
+        self.projections = list(projections)
+        self.derived = list(derived or ())
         self._ensure_schema()
 
     @classmethod
@@ -118,7 +119,7 @@ class Projector:
                 self.con.execute(table.ddl)
         for d in self.derived:
             if versions.get(d.name) != d.version:
-                self._reset(d.name, d.version, (d.table,), self._refresh_derived)
+                self._reset(d.name, d.version, (d.table,), lambda: self._refresh(d))
             self.con.execute(d.table.ddl)
 
     def _reset_projection(self, p: Projection) -> None:
@@ -307,10 +308,13 @@ class Projector:
         """Recompute every derived table from the projections' tables as they are now (inside the caller's
         transaction)."""
         for d in self.derived:
-            self.con.execute(f"DELETE FROM {d.table.name}")
-            stats = d.compute(self.con)
-            if stats:
-                self._insert(d.table, d.table.records(None, stats))
+            self._refresh(d)
+
+    def _refresh(self, d: Derived) -> None:
+        self.con.execute(f"DELETE FROM {d.table.name}")
+        rows = d.compute(self.con)
+        if rows:
+            self._insert(d.table, d.table.records(None, rows))
 
     def _insert(self, table: Table, records: list[dict[str, Any]]) -> None:
         self._insert_arrow(table.name, table.arrow(records), "*")
