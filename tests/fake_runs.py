@@ -18,6 +18,7 @@ once blended, `attention` diverges while training. The controllers are tiny rule
 * `static`: never grows anything.
 """
 
+import hashlib
 import math
 import random
 from pathlib import Path
@@ -28,6 +29,7 @@ import msgspec
 
 from esper.leyline import (
     Advance,
+    CheckpointSaved,
     Command,
     CommandIssued,
     Cull,
@@ -36,7 +38,9 @@ from esper.leyline import (
     Germinate,
     LifecycleConfig,
     RunConfig,
+    RunFailed,
     RunFinished,
+    RunResumed,
     RunStarted,
     SeedGerminated,
     SeedStage,
@@ -224,16 +228,43 @@ class FakeWriter:
         return self.written == len(self.batches)
 
 
+def write_batches(workspace: str | Path, batches: list[list[Event]], run_id: str, store: str | None = None) -> Workspace:
+    """Write the batches as run `run_id` into `<workspace>/<store>.duckdb` (the run id by default)."""
+    ws = Workspace.at(workspace)
+    with Recorder(ws.store_path(store or run_id)) as recorder:
+        FakeWriter(recorder, run_id, batches).write()
+    return ws
+
+
 def write_run(
     workspace: str | Path, controller: str = "heuristic", seed: int = 0, epochs: int = 24,
     run_id: str | None = None, store: str | None = None,
 ) -> str:
     """Write one complete fake run into `<workspace>/<store>.duckdb`; returns its run id."""
     run_id = run_id or run_id_for(controller, seed)
-    ws = Workspace.at(workspace)
-    with Recorder(ws.store_path(store or run_id)) as recorder:
-        FakeWriter(recorder, run_id, plan_run(controller, seed, epochs)).write()
+    write_batches(workspace, plan_run(controller, seed, epochs), run_id, store)
     return run_id
+
+
+# ---- interrupted and resumed runs, as `esper run` and `esper run --resume` write them --------------------
+
+
+def sha(epoch: int) -> str:
+    """A made-up checkpoint file's sha256 for `epoch`."""
+    return hashlib.sha256(f"epoch {epoch}".encode()).hexdigest()
+
+
+def checkpointed(batches: list[list[Event]]) -> list[list[Event]]:
+    """A planned run with a `CheckpointSaved` closing each epoch's batch, as `esper run` writes it."""
+    return [batch + [CheckpointSaved(epoch=i, sha256=sha(i), size=100 + i)] if 0 < i < len(batches) - 1 else batch
+            for i, batch in enumerate(batches)]
+
+
+def interrupted(batches: list[list[Event]], after: int, error: str = "interrupted") -> list[list[Event]]:
+    """The run stopped after epoch `after` (`RunFailed`), then resumed from that epoch's checkpoint."""
+    resumed = RunResumed(epoch=after, sha256=sha(after), checkpoint_epoch=after)
+    return [*batches[:after + 1], [RunFailed(epoch=after + 1, error=error)], [resumed, *batches[after + 1]],
+            *batches[after + 2:]]
 
 
 def write_comparison(workspace: str | Path, seed: int = 0) -> list[str]:

@@ -12,7 +12,7 @@ from fake_runs import run_id_for, write_run
 
 from esper.errors import LogAltered
 from esper.leyline import PolicyUpdated, RunConfig, RunStarted, encode
-from esper.nissa.projections import Projector
+from esper.nissa.projector import Projector
 from esper.nissa.transfer import export_runs
 from esper.store import Recorder, Workspace, chain
 from esper.tolaria.tasks import TASKS

@@ -3,18 +3,17 @@ lifecycle fold and every reader take `RunResumed`, what `esper gc` deletes. (`te
 
 import hashlib
 from collections import deque
-from pathlib import Path
 
 import msgspec
 import pytest
 import torch
 from cli_runner import invoke
-from fake_runs import plan_run
+from fake_runs import checkpointed, interrupted, plan_run, sha, write_batches
 
 from esper.errors import IllegalEvent
-from esper.leyline import CheckpointSaved, EpochEnded, RunConfig, RunFailed, RunFinished, RunResumed
+from esper.leyline import CheckpointSaved, EpochEnded, RunConfig, RunFailed, RunResumed
 from esper.nissa import narrate
-from esper.nissa.projections import Projector
+from esper.nissa.projector import Projector
 from esper.nissa.runstate import RunState, as_one_run
 from esper.store import Recorded, Recorder, Workspace
 from esper.tolaria import checkpoint
@@ -25,32 +24,6 @@ from esper.tolaria.resume import ResumingSink
 from esper.tolaria.verify import VerificationFailed
 
 RUN = "heuristic-s0-resumed"
-
-
-def sha(epoch: int) -> str:
-    return hashlib.sha256(f"epoch {epoch}".encode()).hexdigest()
-
-
-def checkpointed(batches: list[list]) -> list[list]:
-    """A planned run with a `CheckpointSaved` closing each epoch's batch, as `esper run` writes it."""
-    return [batch + [CheckpointSaved(epoch=i, sha256=sha(i), size=100 + i)] if 0 < i < len(batches) - 1 else batch
-            for i, batch in enumerate(batches)]
-
-
-def interrupted(batches: list[list], after: int, error: str = "interrupted") -> list[list]:
-    """The run stopped after epoch `after` (`RunFailed`), then resumed from that epoch's checkpoint."""
-    resumed = RunResumed(epoch=after, sha256=sha(after), checkpoint_epoch=after)
-    return [*batches[:after + 1], [RunFailed(epoch=after + 1, error=error)], [resumed, *batches[after + 1]],
-            *batches[after + 2:]]
-
-
-def write(root: Path, batches: list[list], run_id: str = RUN) -> Workspace:
-    ws = Workspace.at(root)
-    with Recorder(ws.store_path(run_id)) as recorder:
-        seq = 0
-        for batch in batches:
-            seq = recorder.append(run_id, batch, seq)
-    return ws
 
 
 def recorded(batches: list[list]) -> list[Recorded]:
@@ -104,8 +77,8 @@ def test_as_one_run_is_the_uninterrupted_log_without_its_bookkeeping(plan):
 
 
 def test_the_runs_view_and_esper_runs_end_a_resumed_run_with_what_closes_it_last(tmp_path, plan):
-    ws = write(tmp_path, interrupted(plan, after=5))
-    write(tmp_path, interrupted(plan, after=5)[:8], run_id="still-running")  # resumed, cut off again
+    ws = write_batches(tmp_path, interrupted(plan, after=5), RUN)
+    write_batches(tmp_path, interrupted(plan, after=5)[:8], "still-running")  # resumed, cut off again
     with ws.reader() as reader:
         rows = {r[0]: r[1:] for r in reader.con.execute("SELECT run_id, ended, finished, epochs FROM runs").fetchall()}
     assert rows == {RUN: ("RunFinished", True, 12), "still-running": (None, False, 6)}
@@ -116,7 +89,7 @@ def test_the_runs_view_and_esper_runs_end_a_resumed_run_with_what_closes_it_last
 def test_projections_and_reports_hold_a_resumed_run_as_the_uninterrupted_one(tmp_path, plan):
     tables = []
     for name, batches in (("whole", plan), ("resumed", interrupted(plan, after=5))):
-        ws = write(tmp_path / name, batches)
+        ws = write_batches(tmp_path / name, batches, RUN)
         with ws.reader() as reader, Projector.memory() as projector:
             projector.rebuild(reader)
             tables.append({t: projector.fetch(t, RUN) for t in ("run_summary", "epoch_metrics", "seed_lifecycle",
@@ -233,9 +206,9 @@ def test_a_run_stopped_while_it_trains_logged_epochs_again_leaves_the_log_as_it_
 
 
 def test_gc_keeps_every_checkpoint_a_run_may_resume_from_and_the_last_of_an_ended_run(tmp_path, plan):
-    write(tmp_path, plan, run_id="finished")
-    write(tmp_path, plan[:5] + [[RunFailed(epoch=5, error="interrupted")]], run_id="interrupted")
-    write(tmp_path, plan[:4] + [[RunFailed(epoch=4, error="training diverged at epoch 4")]], run_id="diverged")
+    write_batches(tmp_path, plan, "finished")
+    write_batches(tmp_path, plan[:5] + [[RunFailed(epoch=5, error="interrupted")]], "interrupted")
+    write_batches(tmp_path, plan[:4] + [[RunFailed(epoch=4, error="training diverged at epoch 4")]], "diverged")
     folder = checkpoint.folder_of(tmp_path)
     folder.mkdir()
     for epoch in range(1, 13):
@@ -250,7 +223,7 @@ def test_gc_keeps_every_checkpoint_a_run_may_resume_from_and_the_last_of_an_ende
 
 
 def test_gc_keeps_files_no_log_names_while_a_store_is_being_written(tmp_path, plan):
-    write(tmp_path, plan, run_id="finished")
+    write_batches(tmp_path, plan, "finished")
     folder = checkpoint.folder_of(tmp_path)
     folder.mkdir()
     (folder / f"{'cd' * 32}.pt").write_bytes(b"x")

@@ -1,17 +1,15 @@
 """Projections: incremental catch-up gives exactly what a rebuild from zero gives, table by table."""
 
+from pathlib import Path
+
 import msgspec
 import pytest
 from fake_runs import FakeWriter, plan_run, run_id_for, write_comparison, write_run
 
 from esper.leyline import SeedTransitioned
-from esper.nissa.projections import (
-    PROJECTION_DIR,
-    PROJECTION_FILE,
-    EpochMetrics,
-    Projector,
-    caught_up,
-)
+from esper.nissa.projector import PROJECTION_DIR, PROJECTION_FILE, Projector, caught_up
+from esper.nissa.readmodels import BlueprintStats, EpochMetrics
+from esper.nissa.tables import Table
 from esper.store import Recorder, Workspace
 
 HEURISTIC = run_id_for("heuristic", 0)
@@ -124,12 +122,24 @@ def test_a_changed_or_vanished_log_is_folded_again(tmp_path):
     assert_same_tables(tables, rebuilt(ws))
 
 
-def test_a_new_projection_version_rebuilds_its_tables(tmp_path):
-    write_run(tmp_path, "heuristic", 0)
-    ws = Workspace.at(tmp_path)
-    path = tmp_path / PROJECTION_DIR / PROJECTION_FILE
+def projected_file(root) -> tuple[Workspace, Path]:
+    """A workspace of one run, and its projection file, caught up."""
+    write_run(root, "heuristic", 0)
+    ws = Workspace.at(root)
+    path = root / PROJECTION_DIR / PROJECTION_FILE
     with ws.reader() as reader, Projector.open(path) as projector:
         projector.catch_up(reader)
+    return ws, path
+
+
+def columns_of(projector: Projector, table: str) -> list[tuple[str, str]]:
+    return projector.con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ?"
+                                 " ORDER BY column_index", [table]).fetchall()
+
+
+def test_a_new_projection_version_rebuilds_its_tables(tmp_path):
+    ws, path = projected_file(tmp_path)
+    with Projector.open(path) as projector:
         projector.con.execute("DELETE FROM epoch_metrics WHERE epoch > 3")  # damage only this projection
 
     class EpochMetricsV2(EpochMetrics):
@@ -139,6 +149,45 @@ def test_a_new_projection_version_rebuilds_its_tables(tmp_path):
     with ws.reader() as reader, Projector.open(path, projections) as projector:
         projector.catch_up(reader)
         assert len(projector.fetch("epoch_metrics")) == 24
+
+
+def test_a_new_derived_table_version_rebuilds_and_refills_it_at_once(tmp_path):
+    _, path = projected_file(tmp_path)
+    with Projector.open(path) as projector:
+        expected = projector.fetch("blueprint_stats")
+        # As an older Esper left it: other columns, an older version.
+        projector.con.execute("DROP TABLE blueprint_stats")
+        projector.con.execute("CREATE TABLE blueprint_stats (blueprint VARCHAR, runs INTEGER)")
+        projector.con.execute("UPDATE nissa_versions SET version = 1 WHERE projection = 'blueprint_stats'")
+    with Projector.open(path) as projector:  # no catch-up: nothing new in the log
+        assert columns_of(projector, "blueprint_stats") == BlueprintStats.table.columns
+        assert projector.fetch("blueprint_stats") == expected and expected
+
+
+def test_a_tables_columns_are_its_row_structs_fields():
+    class Row(msgspec.Struct):
+        epoch: int
+        loss: float | None
+        name: str
+        kept: bool = False
+
+    assert Table("t", Row, ("epoch",)).columns == [
+        ("run_id", "VARCHAR"), ("epoch", "BIGINT"), ("loss", "DOUBLE"), ("name", "VARCHAR"), ("kept", "BOOLEAN")]
+    assert Table("t", Row, ("epoch",), per_run=False).columns[0] == ("epoch", "BIGINT")
+
+    class Nested(msgspec.Struct):
+        stages: dict[str, int]
+
+    with pytest.raises(TypeError, match="not dict"):
+        Table("t", Nested, ())
+
+
+def test_every_table_in_the_file_has_the_columns_its_row_struct_declares(workspace):
+    with workspace.reader() as reader, caught_up(workspace, reader) as projector:
+        tables = [t for p in projector.projections for t in p.tables] + [d.table for d in projector.derived]
+        for table in tables:
+            assert columns_of(projector, table.name) == table.columns, table.name
+    assert {t.name for t in tables} == set(projector.table_names()) - {"nissa_checkpoints"}
 
 
 def test_projection_file_lives_in_dot_nissa_and_is_not_an_event_store(workspace):
@@ -232,7 +281,7 @@ def test_blueprint_analytics_across_runs(workspace):
 def test_state_round_trips_through_json_exactly(workspace):
     with workspace.reader() as reader, caught_up(workspace, reader) as projector:
         for p in projector.projections:
-            state = p.initial(HEURISTIC)
+            state = p.initial()
             for r in reader.read_run(HEURISTIC):
                 state = p.apply(state, r)
                 assert p.decode(p.encode(state)) == state

@@ -17,7 +17,7 @@ import pytest
 from fake_runs import run_id_for, write_comparison
 
 from esper.nissa.charts import RUN_COLORS, STAGE_COLORS, nice_ticks
-from esper.nissa.projections import caught_up
+from esper.nissa.projector import caught_up
 from esper.nissa.report import load_view, render_comparison, render_run, write_text
 from esper.store import Workspace
 

@@ -179,7 +179,8 @@ def test_an_unreadable_snapshot_is_passed_over_by_readers(tmp_path):
     ws = Workspace(tmp_path)
     write_with_sink(ws, every=10)
     (seq,) = store_rows(ws, "SELECT max(seq) FROM snapshots")[0]
-    tamper(ws, "UPDATE snapshots SET state = ? WHERE seq = ?", ['{"format": 1, "state": {"nonsense": 1}}', seq])
+    nonsense = json.dumps({"format": snapshot.FORMAT, "state": {"nonsense": 1}})
+    tamper(ws, "UPDATE snapshots SET state = ? WHERE seq = ?", [nonsense, seq])
     with ws.reader() as reader:
         assert snapshot.load_run_state(reader, RUN) == RunState.fold(reader.read_run(RUN))
     assert "the snapshot at seq" in one_line_error(invoke("replay", RUN, workspace=ws.root), code=1)

@@ -145,13 +145,10 @@ def runs(
         for note in reader.notes:
             say(f"note: {note}")
         rows = reader.con.execute(
-            "SELECT run_id, task, controller, seed, epochs, ended, val_accuracy, test_accuracy, params, started"
+            "SELECT run_id, task, controller, seed, epochs, status, val_accuracy, test_accuracy, params, started"
             " FROM runs ORDER BY started, run_id").fetchall()
         listing = []
-        for run_id, task, controller, seed, epochs, ended, val_acc, test_acc, params, started in rows:
-            status = {"RunFinished": "finished", "RunFailed": "failed"}.get(ended)
-            if status is None:
-                status = "running" if reader.is_live(run_id) else "incomplete"
+        for run_id, task, controller, seed, epochs, status, val_acc, test_acc, params, started in rows:
             listing.append({
                 "run_id": run_id, "status": status, "task": task, "controller": controller, "seed": seed,
                 "epochs": epochs, "val_accuracy": val_acc, "test_accuracy": test_acc, "params": params,

@@ -23,7 +23,7 @@ def report(
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Write a run's story, curves, seed table and controller decisions as one self-contained HTML file."""
-    from esper.nissa.projections import caught_up
+    from esper.nissa.projector import caught_up
     from esper.nissa.report import (
         comparison_summary,
         load_view,

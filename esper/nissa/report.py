@@ -12,11 +12,12 @@ from typing import Any, Sequence
 
 import attrs
 
+from esper.leyline.status import INCOMPLETE, shown
 from esper.nissa.charts import DASHES, RUN_COLORS, STAGE_COLORS, Band, Marker, Series, line_chart
 from esper.nissa.files import atomic_write
 from esper.nissa.fmt import count, pct, points
 from esper.nissa.narrative import explain_rejection, narrate
-from esper.nissa.projections import Projector
+from esper.nissa.projector import Projector
 from esper.store import Reader
 
 
@@ -35,8 +36,7 @@ class RunView:
 
     @property
     def status(self) -> str:
-        status = self.summary.get("status") or "incomplete"
-        return "running" if status == "incomplete" and self.live else status
+        return shown(self.summary.get("status") or INCOMPLETE, self.live)
 
     @property
     def last_epoch(self) -> int:

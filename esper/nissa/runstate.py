@@ -3,9 +3,14 @@
 `RunState.fold(recorded)` checks the log as it goes (seq without gaps, RunStarted first, nothing after
 the end, every transition legal through the one machine) and raises `IllegalEvent` with the position
 of the first event it cannot fold. A run interrupted from outside and resumed (`RunResumed`) is one run.
+
+It folds as the read models do (`esper.nissa.projection`): a handler per event type (`HANDLERS`), the status by
+the rule every reader shares (`esper.leyline.status`). Unlike a projection's state it is no plain data: it holds
+the lifecycle's `Garden`, judges every event as it folds it, and so updates itself in place (`apply(event)`, as
+the Garden does) rather than returning a new state; snapshots (`esper.nissa.snapshot`) are its plain form.
 """
 
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import attrs
 import msgspec
@@ -26,6 +31,7 @@ from esper.leyline.events import (
     SeedTransitioned,
 )
 from esper.leyline.garden import Garden
+from esper.leyline.status import INCOMPLETE, status_after
 from esper.store.recorder import Recorded
 
 
@@ -37,8 +43,11 @@ class RunState:
     epochs: list[EpochEnded] = attrs.Factory(list)
     commands: int = 0
     rejected: int = 0
+    status: str = INCOMPLETE
+    """The run's status (`esper.leyline.status`), folded by the rule every reader shares."""
     finished: RunFinished | None = None
     failed: RunFailed | None = None
+    """The `RunFailed` that ends the run (None once a `RunResumed` continued it)."""
     last_seq: int = 0
     owed: list[tuple] = attrs.Factory(list)
     """What the last `CommandIssued` leads to (`_effect` of each event the garden decides for it) and the log
@@ -50,13 +59,12 @@ class RunState:
     germinating: str | None = None
     """A seed just germinated: the next event must be its `germinate` (or `build`) transition."""
 
-    @property
-    def status(self) -> str:
-        if self.finished is not None:
-            return "finished"
-        if self.failed is not None:
-            return "failed"
-        return "incomplete"
+    HANDLERS: ClassVar[dict[type, str]] = {
+        RunStarted: "_started", EpochEnded: "_epoch", CommandIssued: "_issued", CommandRejected: "_rejected",
+        RunFinished: "_finished", RunFailed: "_failed", RunResumed: "_resumed",
+    }
+    """Event type → the method that folds it (as a projection's `HANDLERS`); the lifecycle's own
+    events are folded by the garden."""
 
     @classmethod
     def fold(cls, recorded: Iterable[Recorded]) -> "RunState":
@@ -76,34 +84,43 @@ class RunState:
         self.last_seq = r.seq
 
     def apply(self, event: Event) -> None:
+        """Fold one event: check the log may hold it here, fold it by its type, then through the lifecycle."""
         if self.config is None and not isinstance(event, RunStarted):
             raise IllegalEvent(f"{type(event).__name__} before RunStarted")
-        if isinstance(event, RunResumed):
-            self._resume(event)
-        elif self.finished is not None or self.failed is not None:
+        if self.status != INCOMPLETE and not isinstance(event, RunResumed):
             raise IllegalEvent(f"{type(event).__name__} after the run ended")
-        if isinstance(event, RunStarted):
-            if self.config is not None:
-                raise IllegalEvent("a second RunStarted")
-            self.config = event.config
-        elif isinstance(event, EpochEnded):
-            if self.epochs and event.epoch <= self.epochs[-1].epoch:
-                raise IllegalEvent(f"epoch {event.epoch} after epoch {self.epochs[-1].epoch}")
-            self.epochs.append(event)
-        elif isinstance(event, CommandIssued):
-            self.commands += 1
-        elif isinstance(event, CommandRejected):
-            self.rejected += 1
-        elif isinstance(event, RunFinished):
-            self.finished = event
-        elif isinstance(event, RunFailed):
-            self.failed = event
+        handler = self.HANDLERS.get(type(event))
+        if handler is not None:
+            getattr(self, handler)(event)
+        self.status = status_after(self.status, event)
         self._expect_ticks(event)
         self.garden.apply(event)  # the machine's rules first: they name what is wrong most precisely
         self._check_tick(event)
         self._settle(event)
 
-    def _resume(self, event: RunResumed) -> None:
+    def _started(self, event: RunStarted) -> None:
+        if self.config is not None:
+            raise IllegalEvent("a second RunStarted")
+        self.config = event.config
+
+    def _epoch(self, event: EpochEnded) -> None:
+        if self.epochs and event.epoch <= self.epochs[-1].epoch:
+            raise IllegalEvent(f"epoch {event.epoch} after epoch {self.epochs[-1].epoch}")
+        self.epochs.append(event)
+
+    def _issued(self, event: CommandIssued) -> None:
+        self.commands += 1
+
+    def _rejected(self, event: CommandRejected) -> None:
+        self.rejected += 1
+
+    def _finished(self, event: RunFinished) -> None:
+        self.finished = event
+
+    def _failed(self, event: RunFailed) -> None:
+        self.failed = event
+
+    def _resumed(self, event: RunResumed) -> None:
         """One run, continued: a run cut off (no end) or interrupted from outside goes on after its last whole
         epoch; the interruption's `RunFailed` stays in the log and no longer ends the run."""
         if self.finished is not None or (self.failed is not None and not self.failed.interrupted):

@@ -31,9 +31,9 @@ from esper.errors import IllegalEvent, LogAltered
 from esper.nissa.runstate import RunState
 from esper.store.recorder import Recorded
 
-FORMAT = 1
+FORMAT = 2
 """The shape of the state inside a snapshot. A snapshot of another format is ignored by readers and by replay,
-so changing `RunState` (or anything in it) means raising this."""
+so changing `RunState` (or anything in it) means raising this. 2: `RunState.status` is a field."""
 
 
 def _is_struct(cls: Any) -> bool:

@@ -10,11 +10,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import attrs
 import duckdb
 
 from esper.errors import BadInput, StoreUnavailable, UnknownRun, first_line
+from esper.leyline.status import CLOSING_TAGS, ENDING_TAGS, FINISHED, sql_in, status_sql
 from esper.store import chain
 from esper.store.readonly import reading_statements
 from esper.store.recorder import Recorded, read_events
@@ -50,26 +52,41 @@ class Workspace:
 
 
 RUNS_COLUMNS = ("run_id", "task", "controller", "seed", "epochs", "ended", "finished", "val_accuracy", "test_accuracy",
-                "params", "started")
-RUNS_VIEW = f"""
+                "params", "started", "status")
+"""The `runs` view's columns: one row per training run, what `esper runs` lists, what `esper iql --runs` filters, and a
+view any query can use. `status` is the run's status (`esper.leyline.status`: finished, failed, incomplete, or running
+while a live writer holds its store); `ended` is the type of the event that ended it (`RunFinished`, `RunFailed`),
+NULL while it trains or if it was cut off, and `finished` whether it finished. A run interrupted and resumed
+(`RunResumed`) is one run, ended by what closes it last."""
+
+
+def runs_view(live_stores: Iterable[str] = ()) -> str:
+    """The DDL of the `runs` view over `all_events`, the stores in `live_stores` (aliases) held by live writers."""
+    live = f"_store IN {sql_in(tuple(sorted(live_stores)))}" if live_stores else "false"
+    return f"""
 CREATE TEMP VIEW runs ({", ".join(RUNS_COLUMNS)}) AS
-SELECT run_id,
-       any_value(payload->>'$.config.task') FILTER (WHERE type = 'RunStarted'),
-       any_value(payload->>'$.config.controller') FILTER (WHERE type = 'RunStarted'),
-       any_value((payload->>'$.config.seed')::BIGINT) FILTER (WHERE type = 'RunStarted'),
-       count(*) FILTER (WHERE type = 'EpochEnded'),
-       nullif(arg_max(type, seq) FILTER (WHERE type IN ('RunFinished', 'RunFailed', 'RunResumed')), 'RunResumed'),
-       bool_or(type = 'RunFinished'),
-       any_value((payload->>'$.val_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished'),
-       any_value((payload->>'$.test_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished'),
-       any_value((payload->>'$.params')::BIGINT) FILTER (WHERE type = 'RunFinished'),
-       min(ts)
-FROM events GROUP BY run_id
-HAVING bool_or(type = 'RunStarted')  -- training runs: a learner's stream holds PolicyUpdated only
+SELECT run_id, task, controller, seed, epochs,
+       CASE WHEN last_closing IN {sql_in(ENDING_TAGS)} THEN last_closing END,
+       status = '{FINISHED}', val_accuracy, test_accuracy, params, started, status
+FROM (
+  SELECT *, {status_sql("last_closing", "live")} AS status
+  FROM (
+    SELECT run_id,
+           any_value(payload->>'$.config.task') FILTER (WHERE type = 'RunStarted') AS task,
+           any_value(payload->>'$.config.controller') FILTER (WHERE type = 'RunStarted') AS controller,
+           any_value((payload->>'$.config.seed')::BIGINT) FILTER (WHERE type = 'RunStarted') AS seed,
+           count(*) FILTER (WHERE type = 'EpochEnded') AS epochs,
+           arg_max(type, seq) FILTER (WHERE type IN {sql_in(CLOSING_TAGS)}) AS last_closing,
+           any_value((payload->>'$.val_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished') AS val_accuracy,
+           any_value((payload->>'$.test_accuracy')::DOUBLE) FILTER (WHERE type = 'RunFinished') AS test_accuracy,
+           any_value((payload->>'$.params')::BIGINT) FILTER (WHERE type = 'RunFinished') AS params,
+           min(ts) AS started,
+           bool_or({live}) AS live
+    FROM all_events GROUP BY run_id
+    HAVING bool_or(type = 'RunStarted')  -- training runs: a learner's stream holds PolicyUpdated only
+  )
+)
 """
-"""One row per training run: what `esper runs` lists, what `esper iql --runs` filters, and a view any query can use.
-`ended` is the closing event's type (`RunFinished`, `RunFailed`), NULL while a run trains or if it was cut off; a run
-interrupted and resumed (`RunResumed`) is one run, ended by what closes it last."""
 
 
 @attrs.frozen
@@ -118,7 +135,7 @@ class Reader:
             snapshots = ("SELECT NULL::VARCHAR AS run_id, NULL::BIGINT AS seq, NULL::VARCHAR AS hash, NULL::JSON AS state,"
                          " NULL::VARCHAR AS _store WHERE false")
         self.con.execute(f"CREATE TEMP VIEW all_snapshots AS {snapshots}")
-        self.con.execute(RUNS_VIEW)
+        self.con.execute(runs_view(self.live_files))
 
     def _select_events(self, alias: str) -> str:
         """The store's events with the columns in one order; a store written before the chain has NULL hashes."""
