@@ -288,6 +288,12 @@ def test_a_stderr_pipe_closed_from_the_start_stops_nothing(tmp_path):
 # ---- an interrupted iql -------------------------------------------------------------------------------
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """A suite started in the background by a non-interactive shell (`pytest &`) ignores SIGINT, and so would the
+    command it starts (Python then installs no Ctrl-C handler): give the command the default a terminal gives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupted_iql_leaves_no_empty_store(tmp_path, data):
     with Recorder(tmp_path / "a-run.duckdb") as recorder:  # a real run: the learner's dataset
         execute(config(2), Waiting(), StoreSink(recorder, "a-run"), data=data)
@@ -296,7 +302,7 @@ def test_an_interrupted_iql_leaves_no_empty_store(tmp_path, data):
     # Steps slow enough that the first update (500 steps) is far off when the interrupt comes.
     process = subprocess.Popen([*ESPER, "iql", "--steps", "100000", "--batch-size", "8192", "--hidden", "256",
                                 "--out", str(tmp_path / "iql.pt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=env, text=True)
+                               env=env, text=True, preexec_fn=_ctrl_c_as_at_a_terminal)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("iql-*.duckdb")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.01)
