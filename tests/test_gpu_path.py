@@ -102,7 +102,7 @@ def test_a_bf16_run_records_its_precision(tmp_path):
     assert done.exit_code == 0, done.stderr
     run_id = msgspec.json.decode(done.stdout.splitlines()[-1])["run_id"]
     with Workspace.at(tmp_path).reader() as reader:
-        started = reader.read_run(run_id)[0]
+        started = reader.read_run(run_id)[0].event
     assert started.config.precision == "bf16" and started.ranks == 1
 
 
