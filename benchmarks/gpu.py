@@ -24,12 +24,12 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(tempfile.gettempdir()) / "esper-gpu-site"
@@ -100,13 +100,23 @@ def timed(part, clock: Clock, needs: float, *args) -> dict:
 
 
 def cuda_tests(timeout: float) -> dict:
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/test_cuda.py"]
-    try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"pytest ran past {timeout:.0f} s"}
-    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)", done.stdout)}
-    out = {"exit_code": done.returncode, **counts}
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "cuda.xml"
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--junitxml={report}",
+                   "tests/test_cuda.py"]
+        try:
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"pytest ran past {timeout:.0f} s"}
+        out: dict = {"exit_code": done.returncode}
+        if report.is_file():
+            suite = ElementTree.parse(report).getroot()
+            suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+            counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+            out.update(counts, passed=counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"])
+            out["not_passed"] = [f"{case.get('name')}: {(child.get('message') or '').splitlines()[0][:200] if child.get('message') else child.tag}"
+                                 for case in suite.iter("testcase") for child in case
+                                 if child.tag in ("failure", "error")]
     if done.returncode not in (0, 5):  # 5: nothing collected
         out["tail"] = done.stdout.strip().splitlines()[-12:]
     return out
