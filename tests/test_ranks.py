@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cli_runner import invoke
-from esper.leyline.events import RunFailed, RunStarted
+from esper.leyline.events import EpochEnded, RunFailed, RunStarted
 from esper.store import Workspace
 from esper.tolaria.ranks import Message, shard_bounds
 
@@ -88,6 +88,14 @@ def test_two_ranks_decide_as_one_process_and_write_one_run(tmp_path):
     assert type(ranked_events[-1]).__name__ == "RunFinished"
     ours = decisions(ranked_events)
     assert ours == decisions(alone_events)
+    ranked_epochs, alone_epochs = ([e for e in events if isinstance(e, EpochEnded)] for events in (ranked_events, alone_events))
+    for a, b in zip(ranked_epochs[:2], alone_epochs):  # no seed yet (the host has no BatchNorm): rounding apart
+        for field in ("train_loss", "val_loss", "val_accuracy"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-4)
+    for a, b in zip(ranked_epochs, alone_epochs):
+        assert [s.seed_id for s in a.seeds] == [s.seed_id for s in b.seeds]
+        for x, y in zip(a.seeds, b.seeds):  # health: from the whole batch's gradient, on every rank alike
+            assert 0.0 <= x.gradient_health <= 1.0 and x.gradient_health == pytest.approx(y.gradient_health, abs=0.05)
     stages = {d[4] for d in ours if d[0] == "SeedTransitioned"}
     assert {"TRAINING", "BLENDING", "FOSSILIZED"} <= stages, "the comparison saw no seed grow"
     result = json.loads(ranked.stdout.strip().splitlines()[-1])

@@ -273,21 +273,22 @@ class Trainer:
 
     def epoch_totals(self) -> tuple[float, dict[str, float], dict[str, float]]:
         """The epoch's training loss and, per seed, gradient health and own loss (means; a seed whose loss is not
-        finite is left out), read from the device in one go. With `ranks`, summed over every process's shards:
-        every rank calls this once per epoch, at the same point (it also makes their buffers rank 0's)."""
+        finite is left out), read from the device in one go. With `ranks`, the losses are summed over every
+        process's shards (every rank calls this once per epoch, at the same point: it also makes their buffers
+        rank 0's); the health needs no sum, every rank measured it on the same all-reduced gradients."""
         seeds, losses = list(self._health), list(self._seed_loss)
-        totals = torch.stack([self._loss_sum.double(), *(self._health[sid].total for sid in seeds),
-                              *(self._seed_loss[sid] for sid in losses)])
+        sums = torch.stack([self._loss_sum.double(), *(self._seed_loss[sid] for sid in losses)])
         if self.ranks is not None:
-            totals = self.ranks.reduce_epoch(totals, self.model)
+            sums = self.ranks.reduce_epoch(sums, self.model)
         seen = max(self._seen, 1)
-        train_loss = totals[:1].float() / seen  # in float32, as the loss itself
-        values = torch.cat([train_loss.double(), totals[1:]]).tolist()
-        health = {sid: v / max(self._health[sid].steps, 1) for sid, v in zip(seeds, values[1:])}
+        train_loss = sums[:1].float() / seen  # in float32, as the loss itself
+        health = [self._health[sid].total for sid in seeds]
+        values = torch.cat([train_loss.double(), sums[1:], *(h.view(1) for h in health)]).tolist()
         # JSON has no NaN or infinity: a seed whose own loss blew up is logged with no loss (and, its
         # gradients being non-finite, zero health), which is what the automatic cull looks for.
-        seed_loss = {sid: v / seen for sid, v in zip(losses, values[1 + len(seeds):]) if math.isfinite(v)}
-        return values[0], health, seed_loss
+        seed_loss = {sid: v / seen for sid, v in zip(losses, values[1:1 + len(losses)]) if math.isfinite(v)}
+        return values[0], {sid: v / max(self._health[sid].steps, 1)
+                           for sid, v in zip(seeds, values[1 + len(losses):])}, seed_loss
 
     def end_epoch(self, epoch: int, earlier_losses: Sequence[float] = ()) -> EpochStats:
         """The epoch's measurements; `RunFailed` if the host has diverged (`divergence`, judged against
