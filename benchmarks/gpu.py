@@ -174,7 +174,7 @@ def precision_epochs(device: str, precisions: list[str], train: int, val: int) -
     import torch
 
     from esper.leyline import Germinate, RunConfig, Wait
-    from esper.tolaria.loop import ListSink, Session, resolve_config
+    from esper.tolaria.loop import ListSink, Session, resolve_config, train_epoch
 
     data = cifar_sized(train, val)
     out = {"train_images": train, "val_images": val}
@@ -188,16 +188,14 @@ def precision_epochs(device: str, precisions: list[str], train: int, val: int) -
                 sync(device)
                 began = time.perf_counter()
                 session.begin_epoch()
-                trainer = session.trainer
-                for x, y in trainer.data.batches("train", trainer.preset.batch_size, trainer.generator):
-                    trainer.train_step(x, y)
+                train_epoch(session)
                 session.end_epoch()
                 sync(device)
                 seconds.append(time.perf_counter() - began)
                 session.decide(Germinate(slot="mid", blueprint="conv_light") if epoch == 1 else Wait(), "static")
             out[precision] = {"epoch_s": round(min(seconds[1:]), 3), "warmup_epoch_s": round(seconds[0], 3),
-                              "channels_last": trainer.channels_last,
-                              "training_seeds": trainer.model.training_seeds()}
+                              "channels_last": session.trainer.channels_last,
+                              "training_seeds": session.trainer.model.training_seeds()}
         finally:
             session.close()
         del session

@@ -122,7 +122,7 @@ def test_the_forward_runs_at_the_precision_on_cuda(precision, dtype):
 def test_a_conv2d_host_is_channels_last_on_cuda_and_so_are_its_seeds():
     from esper.tolaria.data import Split, TaskData
     from esper.leyline import Germinate, Wait
-    from esper.tolaria.loop import Session
+    from esper.tolaria.loop import Session, train_epoch
 
     g = torch.Generator().manual_seed(0)
     split = lambda n: Split(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))  # noqa: E731
@@ -132,9 +132,7 @@ def test_a_conv2d_host_is_channels_last_on_cuda_and_so_are_its_seeds():
     try:
         for epoch, command in ((1, Germinate(slot="mid", blueprint="conv_heavy")), (2, Wait())):
             session.begin_epoch()
-            trainer = session.trainer
-            for x, y in trainer.data.batches("train", trainer.preset.batch_size, trainer.generator):
-                trainer.train_step(x, y)
+            train_epoch(session)
             session.end_epoch()
             session.decide(command, "static")
         model = session.trainer.model

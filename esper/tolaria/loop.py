@@ -422,7 +422,7 @@ def train(session: Session, controller: Controller, progress: Progress | None = 
     try:
         while not session.done:
             session.begin_epoch()
-            _train_epoch(session)
+            train_epoch(session)
             obs = session.end_epoch()
             command = controller.decide(obs)
             issued = session.decide(command, controller.name, **getattr(controller, "decision_info", {}))
@@ -438,7 +438,8 @@ def train(session: Session, controller: Controller, progress: Progress | None = 
         session.close()
 
 
-def _train_epoch(session: Session) -> None:
+def train_epoch(session: Session) -> None:
+    """The training steps of the epoch `begin_epoch` began, over the epoch's shuffled batches."""
     trainer = session.trainer
     for x, y in trainer.data.batches("train", trainer.preset.batch_size, trainer.generator):
         trainer.train_step(x, y)
@@ -463,7 +464,7 @@ def follow(ranks: Ranks, data: TaskData | None = None) -> None:
                 return
             session.epoch = message.number
             session.trainer.begin_epoch(session.epoch)
-            _train_epoch(session)
+            train_epoch(session)
             session.trainer.epoch_totals()
     finally:
         if session is not None:
