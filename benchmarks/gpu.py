@@ -33,8 +33,9 @@ from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(tempfile.gettempdir()) / "esper-gpu-site"
-WHEELS = ("msgspec", "duckdb", "transitions", "cattrs", "attrs", "mnist1d")
-"""What Esper needs beyond the GPU machine's own packages (attrs too: cattrs needs a recent one)."""
+WHEELS = ("msgspec", "duckdb", "transitions", "cattrs", "mnist1d", "attrs", "typer", "click")
+"""What Esper needs beyond the GPU machine's own packages; the last three are there, but perhaps too old for cattrs
+and Esper's command line (which the two-rank part runs)."""
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
@@ -54,7 +55,7 @@ def ensure_dependencies(wheels: Path) -> None:
     """Make Esper importable here and in the subprocesses: the repository on the path, and the missing packages
     installed from `wheels` (pip, no network) into `SITE`. One line and exit 2 when they cannot be."""
     paths = [str(ROOT)]
-    missing = [name for name in WHEELS if importlib.util.find_spec(name) is None]
+    missing = [name for name in WHEELS[:5] if importlib.util.find_spec(name) is None]
     if missing:
         found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
         if not found:

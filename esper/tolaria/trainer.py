@@ -215,13 +215,16 @@ class Trainer:
                            for sid in self.model.training_seeds()}
         self._loss_sum = torch.zeros((), device=self.device)
         self._seen = 0
-        self._layers = LayerGradients(self.model.placed_parameters()) if self.config.telemetry != "minimal" else None
+        measured = self.config.telemetry != "minimal" and (self.ranks is None or self.ranks.leader)  # rank 0 logs
+        self._layers = LayerGradients(self.model.placed_parameters()) if measured else None
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def _input(self, x):
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step of host and seeds on one batch. Training seeds learn in isolation: their
