@@ -25,9 +25,8 @@ from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, Ta
 from esper.leyline.stages import SeedStage
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import Controller, make_controller
-from esper.tolaria import checkpoint
+from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, load_task_data
-from esper.tolaria import loop
 from esper.tolaria.loop import SNAPSHOT_EVERY, Progress, RunResult, StoreSink, execute, resolve_config
 from esper.tolaria.ranks import Ranks, launched
 from esper.tolaria.tasks import get_task
