@@ -75,6 +75,27 @@ class RunFailed(EsperError):
     """A training run itself failed (diverged, crashed)."""
 
 
+class RankStopped(EsperError):
+    """A follower rank of a data-parallel run stopped because rank 0 failed; rank 0 says why in its own line, so
+    the CLI says nothing more and exits with rank 0's code."""
+
+    def __init__(self, error: str, code: int):
+        super().__init__(error, code)
+        self.error, self.exit_code = error, code
+
+    def __str__(self) -> str:
+        return f"rank 0 failed: {self.error}"
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code the CLI returns for `exc`: 143 SIGTERM, 130 Ctrl-C, an Esper error's own, else 1."""
+    if isinstance(exc, Terminated):
+        return 143
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return getattr(exc, "exit_code", 1) if isinstance(exc, EsperError) else 1
+
+
 class LogAltered(EsperError):
     """A log's hash chain does not hold: an event was changed, removed or inserted behind Esper's back, or
     its tail was cut (the store's head or the export's trailer says more). Exit 1: the log itself is bad."""

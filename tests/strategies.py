@@ -74,6 +74,7 @@ run_configs = st.builds(
     epochs=st.integers(0, 500),
     policy=st.none() | texts,
     lifecycle=lifecycle_configs,
+    precision=st.sampled_from([None, "fp32", "bf16", "fp16"]),
 )
 commands = st.one_of(
     st.builds(Germinate, slot=names, blueprint=names),
@@ -105,6 +106,7 @@ run_started = st.builds(
     versions=st.dictionaries(names, texts, max_size=3),
     slots=st.lists(names, max_size=3), blueprints=st.lists(names, max_size=3),
     seed_sizes=st.dictionaries(names, st.dictionaries(names, counts, max_size=3), max_size=3),
+    ranks=st.integers(1, 64), channels_last=st.booleans(),
 )
 epoch_ended = st.builds(
     EpochEnded, epoch=epochs, train_loss=finite, val_loss=finite, val_accuracy=fractions, params=counts,

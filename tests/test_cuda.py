@@ -56,3 +56,109 @@ def test_ppo_trains_on_cuda(tmp_path):
     result = train(cfg, tmp_path / "ppo.pt", Workspace.at(tmp_path))
     assert result["episodes"] == 2 and (tmp_path / "ppo.pt").is_file()
     assert result["stats"]["env_steps_per_s"] > 0
+
+
+# ---- the fast path: precision, channels-last, no host sync ----------------------------------------
+
+
+def cuda_trainer(**config):
+    """A cuda trainer on mnist1d with a training seed and a blending one, ready for an epoch's steps."""
+    from esper.tolaria.data import load_task_data
+    from esper.tolaria.tasks import get_task
+    from esper.tolaria.trainer import Trainer
+    from planted import plant
+
+    trainer = Trainer(resolve_config(RunConfig(epochs=4, seed=5, device="cuda", **config)), get_task("mnist1d"),
+                      load_task_data("mnist1d", 42))
+    plant(trainer, "s1-early", "early", "conv_light", "TRAINING")
+    plant(trainer, "s2-late", "late", "norm", "BLENDING")
+    trainer.begin_epoch(1)
+    return trainer
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_a_training_step_never_waits_for_the_gpu(precision):
+    """With seeds training and blending, telemetry on: no step synchronises host and device (CUDA's sync debug
+    mode raises on any that does); the epoch's end reads the statistics once."""
+    trainer = cuda_trainer(precision=precision, telemetry="standard")
+    batches = trainer.data.batches("train", trainer.preset.batch_size, trainer.generator)
+    trainer.train_step(*next(batches))  # the first step builds the optimizers' state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            trainer.train_step(*next(batches))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    loss, health, seed_loss = trainer.epoch_totals()
+    assert loss > 0 and set(health) == {"s1-early", "s2-late"} and set(seed_loss) == {"s1-early"}
+
+
+@needs_cuda
+def test_bf16_is_the_default_on_cuda_and_the_run_records_it():
+    sink = ListSink()
+    execute(resolve_config(RunConfig(epochs=2, device="cuda", seed=1)), make_controller("heuristic", 1), sink)
+    started = sink.events[0]
+    assert started.config.precision == "bf16" and not started.channels_last  # mnist1d's host is 1-D
+    assert type(sink.events[-1]).__name__ == "RunFinished"
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)])
+def test_the_forward_runs_at_the_precision_on_cuda(precision, dtype):
+    trainer = cuda_trainer(precision=precision)
+    seen = []
+    trainer.model.host.stages[0][0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    batches = trainer.data.batches("train", trainer.preset.batch_size, trainer.generator)
+    for _ in range(3):
+        trainer.train_step(*next(batches))
+    assert set(seen) == {dtype} and (trainer.scaler is not None) == (precision == "fp16")
+    loss, _, _ = trainer.epoch_totals()
+    assert 0 < loss < 10
+
+
+@needs_cuda
+def test_a_conv2d_host_is_channels_last_on_cuda_and_so_are_its_seeds():
+    from esper.tolaria.data import Split, TaskData
+    from esper.leyline import Germinate, Wait
+    from esper.tolaria.loop import Session, train_epoch
+
+    g = torch.Generator().manual_seed(0)
+    split = lambda n: Split(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))  # noqa: E731
+    data = TaskData(task="cifar10", train=split(256), val=split(64), test=split(64), num_classes=10)
+    sink = ListSink()
+    session = Session(resolve_config(RunConfig(task="cifar10", epochs=3, device="cuda")), sink, data=data)
+    try:
+        for epoch, command in ((1, Germinate(slot="mid", blueprint="conv_heavy")), (2, Wait())):
+            session.begin_epoch()
+            train_epoch(session)
+            session.end_epoch()
+            session.decide(command, "static")
+        model = session.trainer.model
+        weights = [p for p in model.parameters() if p.dim() == 4]
+        assert model.training_seeds() == ["s1-mid"]
+        assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    finally:
+        session.close()
+    assert sink.events[0].channels_last and sink.events[0].config.precision == "bf16"
+
+
+@needs_cuda
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_ranks_train_one_run_on_two_gpus(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "esper", "run", "--device", "cuda", "--epochs", "3", "--json", "--workspace", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list(tmp_path.glob("*.duckdb"))) == 1
+    assert 0.0 <= json.loads(done.stdout.strip().splitlines()[-1])["val_accuracy"] <= 1.0

@@ -90,7 +90,7 @@ def test_resume_refuses_settings_it_would_not_apply(trained):
     assert Path(result["out"]).read_bytes() == checkpoint, "nothing trained"
     stores = sorted(ws.glob("*.duckdb"))
     error = one_line_error(invoke("ppo", "--resume", "--episodes", "2", "--out", result["out"], workspace=ws))
-    assert "has played 2 of its 2 episodes; --episodes is the total to reach, so ask for more than 2" in error
+    assert "has played 2 of its 2 episodes; episodes is the total to reach, so ask for more than 2" in error
     error = one_line_error(invoke("ppo", "--resume", "--out", result["out"], workspace=ws))  # to its own total
     assert "has played 2 of its 2 episodes" in error
     assert sorted(ws.glob("*.duckdb")) == stores and Path(result["out"]).read_bytes() == checkpoint

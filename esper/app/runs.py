@@ -4,8 +4,12 @@
 `--config` TOML file both fill it (the command line over the file over the defaults). `plan_run` checks it,
 resolves the config and the task preset (with any override of rates, batch size or host) and names the run;
 `start` records it. The CLI parses and prints; benchmarks and scripts start runs the same way.
+
+Under `torchrun` one run trains data-parallel (`esper.tolaria.ranks`): `join_ranks` finds this process's place,
+rank 0 plans and starts the run inside `leading`, and every other rank `follow`s it.
 """
 
+import contextlib
 import math
 import secrets
 import tomllib
@@ -15,15 +19,16 @@ from typing import Any
 import attrs
 import msgspec
 
-from esper.errors import BadInput, StoreFailed
+from esper.errors import BadInput, StoreFailed, exit_code_of, first_line
 from esper.kasmina import host_problem
 from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset
 from esper.leyline.stages import SeedStage
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import Controller, make_controller
-from esper.tolaria import checkpoint
+from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, load_task_data
 from esper.tolaria.loop import SNAPSHOT_EVERY, Progress, RunResult, StoreSink, execute, resolve_config
+from esper.tolaria.ranks import Ranks, launched
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import resolve_device
 
@@ -40,6 +45,7 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     epochs: int = 0
     seed: int = 0
     device: str = "cpu"
+    precision: str | None = None
     data_dir: str | None = None
     download: bool = False
     telemetry: str = "standard"
@@ -112,7 +118,8 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     max_params = r.max_params if r.max_params is not None else getattr(controller, "max_params", 0)
     preset = preset_for(r)
     config = resolve_config(RunConfig(
-        task=r.task, controller=r.controller, seed=r.seed, epochs=epochs, device=r.device, policy=r.policy, like=like,
+        task=r.task, controller=r.controller, seed=r.seed, epochs=epochs, device=r.device, precision=r.precision,
+        policy=r.policy, like=like,
         data_dir=r.data_dir, telemetry=r.telemetry, architecture=architecture,
         lifecycle=LifecycleConfig(max_params=max_params), heuristic=knobs, anneal_epochs=r.anneal_epochs,
     ), preset)
@@ -155,8 +162,8 @@ def new_run_id(task: str, controller: str, seed: int) -> str:
     return f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
 
 
-def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None) -> RunResult:
-    """Record the run into its own store file of the workspace."""
+def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None, ranks: Ranks | None = None) -> RunResult:
+    """Record the run into its own store file of the workspace (with `ranks`: as rank 0 of a data-parallel run)."""
     r = planned.request
     with Recorder(ws.store_path(planned.run_id)) as recorder:
         store = StoreSink(recorder, planned.run_id, snapshot_every=r.snapshot_every)
@@ -164,13 +171,45 @@ def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None) 
         try:
             return execute(planned.config, planned.controller, sink, progress=progress, data=planned.data,
                            preset=planned.preset, checkpoint_folder=checkpoint.folder_of(ws.root),
-                           checkpoint_every=r.checkpoint_every)
+                           checkpoint_every=r.checkpoint_every, ranks=ranks)
         except StoreFailed as exc:
             stored = store.last_epoch is not None  # its RunStarted at least
             raise exc.adding(then=f"run esper run --resume {planned.run_id}" if stored else "run it again") from None
         finally:
             if board is not None:
                 board.close()
+
+
+def join_ranks(request: RunRequest, resume: bool = False) -> Ranks | None:
+    """This process's place among the ranks `torchrun` started for one data-parallel run; None when it runs alone."""
+    if resume and launched():
+        raise BadInput("--resume continues a run in one process: run it without torchrun")
+    return Ranks.join(request.device)
+
+
+@contextlib.contextmanager
+def leading(ranks: Ranks | None):
+    """The block is rank 0's part of a data-parallel run (nothing more when `ranks` is None): a failure in it,
+    from a bad setting to a crash, stops the other ranks with its exit code; however it ends, the ranks part."""
+    if ranks is None:
+        yield
+        return
+    try:
+        yield
+        ranks.release()
+    except BaseException as exc:
+        ranks.stop(first_line(exc), exit_code_of(exc))
+        raise
+    finally:
+        ranks.close()
+
+
+def follow(ranks: Ranks) -> None:
+    """A rank other than 0: carry out and train what rank 0 decides, until it ends the run."""
+    try:
+        loop.follow(ranks)
+    finally:
+        ranks.close()
 
 
 def _with_tensorboard(store: StoreSink, folder: str | None, run_id: str):
@@ -196,6 +235,7 @@ def resolved_toml(planned: PlannedRun) -> str:
     c, p, r = planned.config, planned.preset, planned.request
     settings = msgspec.structs.asdict(r) | {
         "epochs": c.epochs, "anneal_epochs": c.anneal_epochs, "max_params": c.lifecycle.max_params, "like": c.like,
+        "precision": c.precision,
         "lr": p.lr, "seed_lr": p.seed_lr, "batch_size": p.batch_size, "host": p.host, "host_options": p.host_options,
         "heuristic": msgspec.to_builtins(c.heuristic) if r.controller == "heuristic" else {},
     }

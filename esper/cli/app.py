@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from esper.errors import BadInput, EsperError, Terminated, first_line
+from esper.errors import BadInput, EsperError, RankStopped, Terminated, first_line
 
 app = typer.Typer(
     name="esper",
@@ -66,6 +66,12 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _check_numbers(kwargs)
             result = func(*args, **kwargs)
             return result
+        except RankStopped as exc:  # a follower rank: rank 0 has said why
+            raise typer.Exit(exc.exit_code) from None
+        except BadInput as exc:  # under torchrun every rank reads the same command line: rank 0 says what is wrong
+            if os.environ.get("RANK", "0") == "0":
+                say(f"esper: {exc}")
+            raise typer.Exit(exc.exit_code) from None
         except EsperError as exc:
             say(f"esper: {exc}")
             raise typer.Exit(exc.exit_code) from None

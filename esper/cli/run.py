@@ -28,7 +28,9 @@ def run(
     like: Optional[str] = typer.Option(None, "--like", help="For --controller scratch: the run whose final architecture to train from scratch."),
     epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default: the task's preset, or the --like run's)."),
     seed: int = typer.Option(None, "--seed", help="Seed of initialisation and data order (default 0)."),
-    device: str = typer.Option(None, "--device", help="cpu (default), cuda or cuda:N."),
+    device: str = typer.Option(None, "--device", help="cpu (default), cuda or cuda:N (under torchrun: cpu or cuda)."),
+    precision: str = typer.Option(
+        None, "--precision", help="bf16, fp16 (with a gradient scaler) or fp32 autocast (default: bf16 on CUDA, fp32 on CPU)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where cifar10 lives."),
     download: bool = typer.Option(None, "--download", help="Download cifar10 into --data-dir if missing."),
     telemetry: str = typer.Option(None, "--telemetry", help="minimal, standard (default) or diagnostic."),
@@ -70,22 +72,29 @@ def run(
     if resume is not None:
         _refuse_config_options(ctx)
         request = runs.request_from(None, given)
+        runs.join_ranks(request, resume=True)
         run_id, result = _resume(resume, request.checkpoint_every, request.snapshot_every, workspace)
         _print_result(run_id, result, as_json)
         return
     request = runs.request_from(config_file, given)
-    planned = runs.plan_run(request, Workspace.at(workspace))
-    if print_config:
-        print(runs.resolved_toml(planned), end="")
+    ranks = runs.join_ranks(request)  # under torchrun: rank 0 runs what follows, the other ranks follow it
+    if ranks is not None and not ranks.leader:
+        runs.follow(ranks)
         return
-    ws = writable_workspace(workspace)
-    config = planned.config
-    cap = f", at most {config.lifecycle.max_params:,} params" if config.lifecycle.max_params else ""
-    annealed = min(config.anneal_epochs, config.epochs)
-    anneal = f" (rates annealed over the last {annealed})" if annealed else ""
-    say(f"run {planned.run_id}: {config.task}, controller {config.controller}, seed {config.seed}, {config.epochs} "
-        f"epochs{anneal} on {config.device}{cap}")
-    result = runs.start(planned, ws, progress=_progress(config.epochs))
+    with runs.leading(ranks):
+        planned = runs.plan_run(request, Workspace.at(workspace))
+        if print_config:
+            print(runs.resolved_toml(planned), end="")
+            return
+        ws = writable_workspace(workspace)
+        config = planned.config
+        cap = f", at most {config.lifecycle.max_params:,} params" if config.lifecycle.max_params else ""
+        annealed = min(config.anneal_epochs, config.epochs)
+        anneal = f" (rates annealed over the last {annealed})" if annealed else ""
+        where = f"{ranks.world} ranks on {config.device}" if ranks else config.device
+        say(f"run {planned.run_id}: {config.task}, controller {config.controller}, seed {config.seed}, {config.epochs} "
+            f"epochs{anneal} on {where} ({config.precision}){cap}")
+        result = runs.start(planned, ws, progress=_progress(config.epochs), ranks=ranks)
     _print_result(planned.run_id, result, as_json)
 
 

@@ -79,6 +79,9 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     anneal_epochs: int | None = None
     """The last N epochs scale every learning rate (host and seeds) down a half cosine towards 0; None
     means the task preset's. Logs written before this field existed ran at constant rates: they read as 0."""
+    precision: str | None = None
+    """The forward passes' arithmetic: `bf16` or `fp16` autocast (fp16 with a gradient scaler) or `fp32`; None means
+    the device's default (bf16 on CUDA, fp32 on CPU). Logs written before this field existed ran in fp32."""
 
 
 BLUEPRINTS: tuple[str, ...] = ("conv_heavy", "conv_light", "depthwise", "attention", "norm")

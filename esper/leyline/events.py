@@ -20,7 +20,7 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class RunStarted(_Event, tag="RunStarted", kw_only=True):
-    schema_version: int = 3
+    schema_version: int = 4
     config: RunConfig
     preset: TaskPreset
     """The task preset the run trained with, whole: re-execution trains with this one, not with today's."""
@@ -35,6 +35,11 @@ class RunStarted(_Event, tag="RunStarted", kw_only=True):
     user_code: bool = False
     """The run trained a model and data from user code (`esper.fit`; `preset.host` names the model's class), which
     the log does not hold: it replays, but cannot be re-executed (`--verify`). False in logs written before it."""
+    ranks: int = 1
+    """Processes that trained the run data-parallel (`torchrun`), each on a shard of every batch; 1: one process.
+    Re-execution runs in one process: the same decisions, numbers within a tolerance."""
+    channels_last: bool = False
+    """Whether the model's 2-D convolution weights were stored channels-last (CUDA): a layout, not a setting."""
 
 
 @upcaster("RunStarted", from_version=1)
@@ -50,6 +55,13 @@ def upcast_run_started_v2_v3(data: dict[str, Any]) -> dict[str, Any]:
     copy of which follows (never today's presets: a changed preset must not change what an old log means)."""
     data["preset"] = dict(PRESETS_BEFORE_V3[data["config"]["task"]])
     data["versions"] = {}
+    return data
+
+
+@upcaster("RunStarted", from_version=3)
+def upcast_run_started_v3_v4(data: dict[str, Any]) -> dict[str, Any]:
+    """v4 records the precision; every v3 run computed in float32 (None would now mean bf16 on CUDA)."""
+    data["config"] = {**data["config"], "precision": "fp32"}
     return data
 
 

@@ -347,7 +347,7 @@ def _check(cfg: PPOConfig) -> None:
                        "its selection runs')")
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
     if cfg.ent_coef < 0 or (cfg.target_kl is not None and cfg.target_kl < 0):
-        raise BadInput(f"--ent-coef and --target-kl must not be negative (got {cfg.ent_coef} and {cfg.target_kl})")
+        raise BadInput(f"ent_coef and target_kl must not be negative (got {cfg.ent_coef} and {cfg.target_kl})")
     if cfg.telemetry not in ("minimal", "standard", "diagnostic"):
         raise BadInput(f"unknown telemetry profile {cfg.telemetry!r}: use minimal, standard or diagnostic")
     for device in cfg.devices:
@@ -366,7 +366,7 @@ def _check_logged(out: Path, workspace: Workspace) -> None:
             "SELECT payload->>'$.sha256' FROM events WHERE type = 'CheckpointSaved' AND payload->>'$.path' = ?",
             [str(out.resolve())]).fetchall()}
     if logged and hashlib.sha256(out.read_bytes()).hexdigest() not in logged:
-        raise BadInput(f"--resume: {out} is not a checkpoint its job logged (its sha256 is in no CheckpointSaved for "
+        raise BadInput(f"cannot resume: {out} is not a checkpoint its job logged (its sha256 is in no CheckpointSaved for "
                        "this path): it was changed since; resume from an untouched file")
 
 
@@ -380,7 +380,7 @@ def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]
     old = msgspec.convert(state["config"], PPOConfig)
     episodes = cfg.episodes or old.episodes  # 0: to the job's own total
     if episodes <= state["episodes"]:
-        raise BadInput(f"--resume: {out} has played {state['episodes']} of its {old.episodes} episodes; --episodes "
+        raise BadInput(f"cannot resume: {out} has played {state['episodes']} of its {old.episodes} episodes; episodes "
                        f"is the total to reach, so ask for more than {state['episodes']}")
     state = dict(state, model=state.get("latest", blob["model"]))
     return msgspec.structs.replace(old, episodes=episodes, workers=cfg.workers), state

@@ -3,7 +3,8 @@ continues the run exactly as it would have gone on (DESIGN.md, Replay).
 
 A checkpoint holds what the log cannot give back: the model's weights and buffers (a blending seed's progress
 travels in its `state_dict`), every optimizer's state, every RNG state (torch's global CPU one, which draws a new
-seed's weights; CUDA's on a GPU; the trainer's data-order generator; the controller's own, if it has one), and,
+seed's weights; CUDA's on a GPU; the trainer's data-order generator; the controller's own, if it has one), fp16's
+gradient scale, and,
 to check it against the log, the stage of every seed. The lifecycle and the controller's observation are a fold
 of the log up to the checkpoint's `CheckpointSaved`: resume folds them again (`Session.resumed`).
 
@@ -81,6 +82,7 @@ def capture(epoch: int, trainer: Trainer, controller: Any, garden: Garden) -> Ca
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None,
         "controller_rng": rng_state() if rng_state is not None else None,
+        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
         "stages": _stages(garden),
     }
     return Captured(epoch, _packed(state))
@@ -234,3 +236,5 @@ def restore(state: dict[str, Any], trainer: Trainer, controller: Any, garden: Ga
         torch.cuda.set_rng_state(state["cuda_rng"], trainer.device)
     if state["controller_rng"] is not None:
         controller.set_rng_state(state["controller_rng"])
+    if state.get("scaler") is not None and trainer.scaler is not None:  # files written before fp16 have none
+        trainer.scaler.load_state_dict(state["scaler"])

@@ -110,7 +110,7 @@ class TaskData:
         if split == "train":
             if generator is None:
                 raise ValueError("training batches are shuffled: pass a torch.Generator")
-            order = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
+            order = to_device(torch.randperm(n, generator=generator, device=generator.device), x.device)
         stop = n - n % batch_size if drop_last else n
         return _slices(x, y, order, batch_size, stop)
 
@@ -182,6 +182,14 @@ def cache_dir() -> Path:
     return Path(base) / "esper"
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; a host tensor bound for CUDA goes through pinned memory without waiting for the copy, so
+    a training step that draws on the host (a permutation, augmentation) never makes the host wait for the GPU."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 # ---- augmentation ------------------------------------------------------------------------------
 
 
@@ -193,9 +201,11 @@ def augment(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> to
     """
     n, _, h, w = x.shape
     draw = {"generator": generator, "device": generator.device}
-    top = torch.randint(0, 2 * padding + 1, (n,), **draw).to(x.device)
-    left = torch.randint(0, 2 * padding + 1, (n,), **draw).to(x.device)
-    flip = torch.randint(0, 2, (n,), **draw).to(x.device).bool()
+    top = torch.randint(0, 2 * padding + 1, (n,), **draw)
+    left = torch.randint(0, 2 * padding + 1, (n,), **draw)
+    flip = torch.randint(0, 2, (n,), **draw)
+    top, left, flip = to_device(torch.stack([top, left, flip]), x.device)  # one copy, the same draws as three
+    flip = flip.bool()
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     rows = top[:, None] + torch.arange(h, device=x.device)  # (N, H)
     across = torch.arange(w, device=x.device)

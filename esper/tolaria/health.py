@@ -2,6 +2,8 @@
 
 import math
 
+import torch
+
 VANISHING = 1e-6
 """Below this gradient norm a step teaches the seed nothing."""
 EXPLODING = 1e2
@@ -22,17 +24,23 @@ def step_health(norm: float) -> float:
     return max(0.0, 1.0 - abs(math.log10(norm / bound)) / DECADES)
 
 
-class HealthMeter:
-    """Averages `step_health` over an epoch's steps."""
+def step_health_tensor(norm: torch.Tensor) -> torch.Tensor:
+    """`step_health` of a norm that stays on its device (float64, as the float version computes)."""
+    n = norm.detach().double()
+    bound = torch.where(n < VANISHING, VANISHING, EXPLODING)
+    outside = (1.0 - torch.log10(n / bound).abs() / DECADES).clamp(min=0.0)
+    value = torch.where((n >= VANISHING) & (n <= EXPLODING), 1.0, outside)
+    return torch.where(torch.isfinite(n) & (n > 0), value, 0.0)
 
-    def __init__(self) -> None:
-        self.total = 0.0
+
+class HealthMeter:
+    """Sums `step_health` over an epoch's steps on the device the norms live on: no step waits to read a norm
+    back; the epoch's end reads `total` once (`steps` counts on the host)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
         self.steps = 0
 
-    def add(self, norm: float) -> None:
-        self.total += step_health(norm)
+    def add(self, norm: torch.Tensor) -> None:
+        self.total += step_health_tensor(norm)
         self.steps += 1
-
-    @property
-    def value(self) -> float:
-        return self.total / self.steps if self.steps else 0.0

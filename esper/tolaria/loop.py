@@ -8,7 +8,9 @@ Per epoch, in this order (replay and `--verify` rely on it):
    writer thread while the next epoch trains (`esper.tolaria.writebehind`); a run's end waits for it.
 `Session` exposes these steps so Simic can drive many runs in lock-step; `execute` runs one to the end. With
 `checkpoints`, a due epoch's batch also carries the run's state, written to a file before the batch is appended
-(`esper.tolaria.checkpoint`); `Session.resumed` rebuilds a logged run at one of its checkpoints.
+(`esper.tolaria.checkpoint`); `Session.resumed` rebuilds a logged run at one of its checkpoints. With `ranks`, the
+run trains data-parallel (`esper.tolaria.ranks`): rank 0's session decides and sends each epoch's events to the
+other ranks, which `follow` it.
 """
 
 import hashlib
@@ -20,11 +22,11 @@ import attrs
 import msgspec
 import torch
 
-from esper.errors import BadInput, EsperError, IllegalEvent, StoreFailed, first_line
+from esper.errors import BadInput, EsperError, IllegalEvent, RankStopped, StoreFailed, first_line
 from esper.kasmina import GrowableModel, preset_host
 from esper.leyline.commands import Command
 from esper.leyline.config import RunConfig
-from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, RunStarted
+from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, RunStarted, decode, encode
 from esper.leyline.events import RunFailed as RunFailedEvent
 from esper.nissa import snapshot
 from esper.nissa.runstate import RunState
@@ -33,8 +35,9 @@ from esper.tamiyo.observation import Observation, ObservationProjection
 from esper.tolaria import checkpoint, crashpoints
 from esper.tolaria.checkpoint import Checkpoints
 from esper.tolaria.data import TaskData, load_task_data
+from esper.tolaria.ranks import Message, Ranks
 from esper.tolaria.tasks import TaskPreset, get_task
-from esper.tolaria.trainer import EpochStats, Trainer
+from esper.tolaria.trainer import PRECISIONS, EpochStats, Trainer, default_precision
 from esper.tolaria.userdata import UserData
 from esper.tolaria.writebehind import WriteBehind
 
@@ -53,6 +56,13 @@ class ListSink:
     def append(self, batch: list[Event]) -> None:
         self.events.extend(batch)
         self.batches += 1
+
+
+class Discard:
+    """Keeps nothing: the sink of a follower rank, whose events rank 0 writes."""
+
+    def append(self, batch: list[Event]) -> None:
+        pass
 
 
 SNAPSHOT_EVERY = 10
@@ -159,10 +169,13 @@ def resolve_config(config: RunConfig, preset: TaskPreset | None = None, host_par
         raise BadInput(f"seed must lie strictly between -{MAX_SEED:,} and {MAX_SEED:,}, got {config.seed}")
     if config.anneal_epochs is not None and config.anneal_epochs < 0:
         raise BadInput(f"anneal_epochs must not be negative, got {config.anneal_epochs}")
+    if config.precision not in (None, *PRECISIONS):
+        raise BadInput(f"unknown precision {config.precision!r}: use {', '.join(PRECISIONS)}")
     _check_cap(config.lifecycle.max_params, config.task, preset, host_params)
     anneal = preset.anneal_epochs if config.anneal_epochs is None else config.anneal_epochs
     return msgspec.structs.replace(config, epochs=config.epochs or preset.epochs, anneal_epochs=anneal,
-                                   policy_sha256=policy_file_sha256(config))
+                                   policy_sha256=policy_file_sha256(config),
+                                   precision=config.precision or default_precision(config.device))
 
 
 def policy_file_sha256(config: RunConfig) -> str | None:
@@ -201,16 +214,18 @@ class Session:
 
     def __init__(self, config: RunConfig, sink: Sink, data: TaskData | UserData | None = None, download: bool = False,
                  preset: TaskPreset | None = None, build_events: bool = True, model: GrowableModel | None = None,
-                 checkpoints: Checkpoints | None = None):
+                 checkpoints: Checkpoints | None = None, ranks: Ranks | None = None):
         """`preset`: the task preset to train with; the task's current one by default, a recorded one to
         re-execute a run. `model`: a grown model from user code (`esper.fit`, with its `preset` and `data`)
-        instead of the preset's host; `RunStarted` then says the run came from user code."""
-        self._prepare(config, sink, data, download, preset, not build_events, checkpoints, model)
-        config, host_params, model = self.config, self.host_params, self.trainer.model
+        instead of the preset's host; `RunStarted` then says the run came from user code. `ranks`: this process
+        is rank 0 of a data-parallel run (the others `follow`)."""
+        self._prepare(config, sink, data, download, preset, not build_events, checkpoints, model, ranks)
+        config, host_params, trainer, model = self.config, self.host_params, self.trainer, self.trainer.model
         self._emit([RunStarted(config=config, preset=self.preset, versions=versions(),
                                host_params=model.param_count(), slots=model.slot_names,
                                blueprints=list(self.preset.blueprints), seed_sizes=model.seed_sizes(),
-                               user_code=host_params is not None)])
+                               user_code=host_params is not None, ranks=ranks.world if ranks else 1,
+                               channels_last=trainer.channels_last)])
         try:
             if build_events:
                 self._build(len(config.architecture))
@@ -223,13 +238,17 @@ class Session:
 
     def _prepare(self, config: RunConfig, sink: Sink, data: TaskData | UserData | None, download: bool,
                  preset: TaskPreset | None, build_up_front: bool, checkpoints: Checkpoints | None,
-                 model: GrowableModel | None = None) -> None:
+                 model: GrowableModel | None = None, ranks: Ranks | None = None) -> None:
         self.preset = preset or get_task(config.task)
         self.host_params = None if model is None else model.param_count()
         config = self.config = resolve_config(config, self.preset, self.host_params)  # idempotent: `RunStarted` and the trainer see the values used
         if data is None:
             data = load_task_data(config.task, config.data_seed, config.data_dir, download=download)
-        self.trainer = Trainer(config, self.preset, data, build_up_front=build_up_front, model=model)
+        self.trainer = Trainer(config, self.preset, data, build_up_front=build_up_front, model=model, ranks=ranks)
+        self.ranks = ranks
+        self._outbox: list[Event] = []
+        """Rank 0: the events carried out since the last message to the other ranks."""
+        self._outbox_rng = b""
         self.projection = ObservationProjection()
         self.sink = sink
         self.checkpoints = checkpoints
@@ -262,6 +281,25 @@ class Session:
         session.epoch = state["epoch"]
         return session
 
+    @classmethod
+    def following(cls, started: RunStarted, ranks: Ranks, data: TaskData | None = None) -> "Session":
+        """A follower rank's session of the run rank 0 started (`follow`): the same model, optimizers and lifecycle
+        fold, no writer of its own. It carries out what rank 0 decided (`adopt`), never decides."""
+        session = cls.__new__(cls)
+        session._prepare(started.config, Discard(), data, False, started.preset, False, None, ranks=ranks)
+        return session
+
+    def adopt(self, message: Message) -> list[Event]:
+        """A follower: carry out the events of rank 0's `message`, from rank 0's RNG state (a germination draws
+        the seed's weights from it), through the same fold; returns them."""
+        if message.rng:
+            torch.set_rng_state(torch.frombuffer(bytearray(message.rng), dtype=torch.uint8))
+        events = [decode(e) for e in message.events]
+        for event in events:
+            self.projection.apply(event)
+            self.trainer.realize(event)
+        return events
+
     def _build(self, n: int) -> None:
         for i in range(n):
             try:
@@ -278,6 +316,7 @@ class Session:
         self.epoch += 1
         self._emit(self.projection.garden.tick(self.epoch))
         self.trainer.begin_epoch(self.epoch)
+        self._send("epoch")
 
     def end_epoch(self) -> Observation:
         stats = self.stats = self.trainer.end_epoch(self.epoch, [e.train_loss for e in self.projection.history])
@@ -296,6 +335,7 @@ class Session:
 
     def finish(self) -> RunResult:
         crashpoints.reach("finishing", self.epoch)
+        self._send("finish")  # the other ranks' part ends here; the test split is measured here alone
         _, test_accuracy, _ = self.trainer.evaluate("test")
         counts: dict[str, int] = {}
         for seed in self.projection.garden.seeds.values():
@@ -325,8 +365,19 @@ class Session:
     def _emit(self, events: list[Event]) -> None:
         for event in events:
             self.projection.apply(event)  # the machine judges (and folds) first ...
+            if self.ranks is not None:  # ... the other ranks will carry it out from the same RNG state ...
+                if not self._outbox:
+                    self._outbox_rng = torch.get_rng_state().numpy().tobytes()
+                self._outbox.append(event)
             self.trainer.realize(event)  # ... the model carries out only what it accepted
             self._pending.append(event)
+
+    def _send(self, kind: str) -> None:
+        """Rank 0: the events carried out since the last message, to the other ranks (`follow`)."""
+        if self.ranks is None:
+            return
+        events, self._outbox = [encode(e) for e in self._outbox], []
+        self.ranks.send(Message(kind, self.epoch, events, self._outbox_rng))
 
     def _checkpoint(self) -> None:
         """At a due epoch, the run's state (copied now) goes last into the epoch's batch: the writer saves it
@@ -354,13 +405,14 @@ def execute(
     config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None,
     data: TaskData | UserData | None = None, preset: TaskPreset | None = None, build_events: bool = True,
     model: GrowableModel | None = None, checkpoint_folder: Path | None = None, checkpoint_every: int = 0,
+    ranks: Ranks | None = None,
 ) -> RunResult:
     """Train one run from `RunStarted` to `RunFinished`; a failure (a bug included) appends `RunFailed` and raises,
     unless the store is what failed (`Session.fail`). With a `checkpoint_folder`, every `checkpoint_every`-th
-    epoch's state is saved there (`CheckpointSaved`)."""
+    epoch's state is saved there (`CheckpointSaved`). With `ranks`, as rank 0 of a data-parallel run."""
     checkpoints = None if checkpoint_folder is None else Checkpoints(checkpoint_folder, checkpoint_every, controller)
     session = Session(config, sink, data=data, preset=preset, build_events=build_events, model=model,
-                      checkpoints=checkpoints)
+                      checkpoints=checkpoints, ranks=ranks)
     return train(session, controller, progress)
 
 
@@ -370,10 +422,7 @@ def train(session: Session, controller: Controller, progress: Progress | None = 
     try:
         while not session.done:
             session.begin_epoch()
-            trainer = session.trainer
-            for x, y in trainer.data.batches("train", trainer.preset.batch_size, trainer.generator):
-                trainer.train_step(x, y)
-                crashpoints.reach("mid-epoch", session.epoch)
+            train_epoch(session)
             obs = session.end_epoch()
             command = controller.decide(obs)
             issued = session.decide(command, controller.name, **getattr(controller, "decision_info", {}))
@@ -387,6 +436,39 @@ def train(session: Session, controller: Controller, progress: Progress | None = 
         raise
     finally:
         session.close()
+
+
+def train_epoch(session: Session) -> None:
+    """The training steps of the epoch `begin_epoch` began, over the epoch's shuffled batches."""
+    trainer = session.trainer
+    for x, y in trainer.data.batches("train", trainer.preset.batch_size, trainer.generator):
+        trainer.train_step(x, y)
+        crashpoints.reach("mid-epoch", session.epoch)
+
+
+def follow(ranks: Ranks, data: TaskData | None = None) -> None:
+    """A follower rank's part of a data-parallel run (`esper.tolaria.ranks`): carry out what rank 0 sends and train
+    each epoch on this rank's shards, until rank 0 finishes the run. `RankStopped` if rank 0 failed."""
+    session: Session | None = None
+    try:
+        while True:
+            message = ranks.receive()
+            if message.kind == "stop":
+                raise RankStopped(message.error, message.code)
+            if session is None:
+                if not message.events:  # rank 0 ended before it started a run (`--print-config`)
+                    return
+                session = Session.following(decode(message.events[0]), ranks, data)
+            session.adopt(message)
+            if message.kind == "finish":
+                return
+            session.epoch = message.number
+            session.trainer.begin_epoch(session.epoch)
+            train_epoch(session)
+            session.trainer.epoch_totals()
+    finally:
+        if session is not None:
+            session.close()
 
 
 def failure_of(exc: BaseException) -> str | None:

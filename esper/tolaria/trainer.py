@@ -6,6 +6,13 @@ batch are. The trainer carries out lifecycle events on the model (`realize`), af
 has accepted them, and never decides them. Each epoch it measures validation loss/accuracy and, per live
 seed, gradient health, the seed's own loss and its counterfactual contribution (accuracy with the seed
 minus accuracy with α forced to 0).
+
+The GPU path: the forward passes run under autocast at the run's `precision` (bf16 by default on CUDA; fp16 adds a
+`GradScaler`, whose overflow check reads one flag per optimizer step), a model with 2-D convolutions stores its
+weights channels-last on CUDA, and a step reads nothing back from the device: the epoch's per-seed statistics
+(gradient health, seed loss) and its loss add up on the device and are read once, at the epoch's end. With
+`ranks` (`esper.tolaria.ranks`), each step trains on this process's shard of the batch and the gradients are
+summed across the processes before any optimizer steps.
 """
 
 import math
@@ -23,6 +30,7 @@ from esper.leyline.events import Event, SeedGerminated, SeedTelemetry, SeedTrans
 from esper.leyline.stages import SeedStage
 from esper.tolaria.data import TaskData, augment
 from esper.tolaria.health import HealthMeter
+from esper.tolaria.ranks import Ranks
 from esper.tolaria.telemetry import SHARPNESS_EVERY, SHARPNESS_EXAMPLES, LayerGradients, sharpness
 from esper.tolaria.tasks import TaskPreset
 from esper.tolaria.userdata import UserData
@@ -72,6 +80,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""`RunConfig.precision` → the dtype the forward passes autocast to (None: none, full float32)."""
+
+
+def default_precision(device: str) -> str:
+    """The precision a run on `device` takes when it names none: bf16 autocast on CUDA, float32 on CPU (where
+    bf16 is slower than float32 on most processors)."""
+    try:
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    except RuntimeError:  # an unknown device: `resolve_device` says so
+        return "fp32"
+
+
 def anneal_scale(epoch: int, epochs: int, anneal_epochs: int) -> float:
     """Learning-rate multiplier of `epoch` (1-based) in a run of `epochs`: 1, then over the last
     `anneal_epochs` a half cosine that steps down towards 0 without reaching it (the last epoch still learns)."""
@@ -91,15 +112,22 @@ class Trainer:
     """The model, its optimizers and the epoch loop of one run; `config` is resolved (`resolve_config`)."""
 
     def __init__(self, config: RunConfig, preset: TaskPreset, data: TaskData | UserData, build_up_front: bool = False,
-                 model: GrowableModel | None = None):
-        """`model`: a grown model from user code (`esper.fit`); None builds the preset's host."""
+                 model: GrowableModel | None = None, ranks: Ranks | None = None):
+        """`model`: a grown model from user code (`esper.fit`); None builds the preset's host. `ranks`: the processes
+        this run trains on data-parallel (None: this one alone); the device is then this process's."""
         self.config = config
         self.preset = preset
-        self.device = resolve_device(config.device)
+        self.ranks = ranks
+        self.device = resolve_device(config.device) if ranks is None else ranks.device
         if self.device.type == "cpu" and preset.cpu_threads:
             torch.set_num_threads(preset.cpu_threads)
         torch.manual_seed(config.seed)
         self.model: GrowableModel = (preset_host(preset) if model is None else model).to(self.device)
+        self.channels_last = self.device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        if self.channels_last:
+            self.model.use_channels_last()
+        self.amp_dtype = PRECISIONS[config.precision or default_precision(config.device)]
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype is torch.float16 else None
         self.data = data.to(self.device)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.host_optimizer = self._optimizer(self.model.host_parameters(), preset.lr)
@@ -182,51 +210,96 @@ class Trainer:
     def begin_epoch(self, epoch: int) -> None:
         self._anneal(epoch)
         self.model.train()
-        self._health = {sid: HealthMeter() for sid in self.seed_optimizers}
-        self._seed_loss = {sid: 0.0 for sid in self.model.training_seeds()}
+        self._health = {sid: HealthMeter(self.device) for sid in self.seed_optimizers}
+        self._seed_loss = {sid: torch.zeros((), dtype=torch.float64, device=self.device)
+                           for sid in self.model.training_seeds()}
         self._loss_sum = torch.zeros((), device=self.device)
         self._seen = 0
-        self._layers = LayerGradients(self.model.placed_parameters()) if self.config.telemetry != "minimal" else None
+        measured = self.config.telemetry != "minimal" and (self.ranks is None or self.ranks.leader)  # rank 0 logs
+        self._layers = LayerGradients(self.model.placed_parameters()) if measured else None
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def _input(self, x):
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step of host and seeds on one batch. Training seeds learn in isolation: their
-        gradients come from `isolated_output` through `autograd.grad`, so no host `.grad` is touched."""
+        gradients come from `isolated_output` through `autograd.grad`, so no host `.grad` is touched. Nothing is
+        read back from the device (the loss and the seeds' statistics add up there)."""
         model = self.model
         if self.preset.augment:
             x = augment(x, self.generator)
-        loss = self.data.loss(model(x), y)
+        count, weight = len(y), 1.0
+        self._seen += count  # the whole batch's, on every rank
+        if self.ranks is not None:  # this process's part of the batch, and its share of the batch's gradient
+            x, y, count, weight = self.ranks.shard(x, y)
+        x = self._input(x)
+        with self._autocast():
+            loss = self.data.loss(model(x), y)
         self.host_optimizer.zero_grad(set_to_none=True)
         for opt in self.seed_optimizers.values():
             opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self._scaled(loss).backward()
         for sid in model.training_seeds():
             params = model.seed_parameters(sid)
-            isolated = self.data.loss(model.isolated_output(sid, x), y)
-            for p, g in zip(params, torch.autograd.grad(isolated, params)):
+            with self._autocast():
+                isolated = self.data.loss(model.isolated_output(sid, x), y)
+            for p, g in zip(params, torch.autograd.grad(self._scaled(isolated), params)):
                 p.grad = g
-            self._seed_loss[sid] += isolated.item() * len(y)
+            self._seed_loss[sid] += isolated.detach().double() * count
+        if self.ranks is not None:
+            self.ranks.reduce_gradients(model.parameters(), weight)
+        optimizers = [self.host_optimizer, *self.seed_optimizers.values()]
+        if self.scaler is not None:  # the statistics below measure the true gradients
+            for opt in optimizers:
+                self.scaler.unscale_(opt)
         for sid, meter in self._health.items():
-            meter.add(_grad_norm(model.seed_parameters(sid)))
+            meter.add(_grad_norm(model.seed_parameters(sid), self.device))
         if self._layers is not None:
             self._layers.add()
-        self.host_optimizer.step()
-        for opt in self.seed_optimizers.values():
-            opt.step()
+        if self.scaler is None:
+            for opt in optimizers:
+                opt.step()
+        else:
+            for opt in optimizers:
+                self.scaler.step(opt)
+            self.scaler.update()
         model.step_blending()
-        self._loss_sum += loss.detach() * len(y)
-        self._seen += len(y)
+        self._loss_sum += loss.detach() * count
+
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
+    def epoch_totals(self) -> tuple[float, dict[str, float], dict[str, float]]:
+        """The epoch's training loss and, per seed, gradient health and own loss (means; a seed whose loss is not
+        finite is left out), read from the device in one go. With `ranks`, the losses are summed over every
+        process's shards (every rank calls this once per epoch, at the same point: it also makes their buffers
+        rank 0's); the health needs no sum, every rank measured it on the same all-reduced gradients."""
+        seeds, losses = list(self._health), list(self._seed_loss)
+        sums = torch.stack([self._loss_sum.double(), *(self._seed_loss[sid] for sid in losses)])
+        if self.ranks is not None:
+            sums = self.ranks.reduce_epoch(sums, self.model)
+        seen = max(self._seen, 1)
+        train_loss = sums[:1].float() / seen  # in float32, as the loss itself
+        health = [self._health[sid].total for sid in seeds]
+        values = torch.cat([train_loss.double(), sums[1:], *(h.view(1) for h in health)]).tolist()
+        # JSON has no NaN or infinity: a seed whose own loss blew up is logged with no loss (and, its
+        # gradients being non-finite, zero health), which is what the automatic cull looks for.
+        seed_loss = {sid: v / seen for sid, v in zip(losses, values[1:1 + len(losses)]) if math.isfinite(v)}
+        return values[0], {sid: v / max(self._health[sid].steps, 1)
+                           for sid, v in zip(seeds, values[1 + len(losses):])}, seed_loss
 
     def end_epoch(self, epoch: int, earlier_losses: Sequence[float] = ()) -> EpochStats:
         """The epoch's measurements; `RunFailed` if the host has diverged (`divergence`, judged against
         `earlier_losses`, the run's training losses so far), before any of it is logged."""
-        train_loss = (self._loss_sum / max(self._seen, 1)).item()
+        train_loss, health, seed_loss = self.epoch_totals()
         if (diverged := divergence(epoch, train_loss, earlier_losses)) is not None:
             raise RunFailed(diverged)
-        # JSON has no NaN or infinity: a seed whose own loss blew up is logged with no loss (and, its
-        # gradients being non-finite, zero health), which is what the automatic cull looks for.
-        self._seed_loss = {sid: v for sid, v in self._seed_loss.items() if math.isfinite(v)}
-        stats = self._measure(train_loss, {sid: m.value for sid, m in self._health.items()},
-                              {sid: v / max(self._seen, 1) for sid, v in self._seed_loss.items()})
+        stats = self._measure(train_loss, health, seed_loss)
         return attrs.evolve(stats, diagnostics=self._diagnostics(epoch))
 
     def _diagnostics(self, epoch: int) -> dict:
@@ -271,18 +344,21 @@ class Trainer:
         seed_correct = {sid: torch.zeros((), device=self.device) for sid in isolated}
         n = 0
         for x, y in self.data.batches(split, 1024):
-            output = model(x)
-            loss += self.data.loss_sum(output, y)
-            correct += self.data.correct(output, y)
-            for sid in isolated:
-                seed_correct[sid] += self.data.correct(model.isolated_output(sid, x), y)
+            x = self._input(x)
+            with self._autocast():
+                output = model(x)
+                loss += self.data.loss_sum(output, y)
+                correct += self.data.correct(output, y)
+                for sid in isolated:
+                    seed_correct[sid] += self.data.correct(model.isolated_output(sid, x), y)
             n += len(y)
         model.train()
-        return (loss / n).item(), (correct / n).item(), {sid: (c / n).item() for sid, c in seed_correct.items()}
+        values = (torch.stack([loss, correct, *seed_correct.values()]) / n).tolist()  # one read
+        return values[0], values[1], dict(zip(seed_correct, values[2:]))
 
 
-def _grad_norm(params: list[nn.Parameter]) -> float:
+def _grad_norm(params: list[nn.Parameter], device: torch.device) -> torch.Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return 0.0
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))

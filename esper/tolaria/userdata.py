@@ -12,6 +12,7 @@ import attrs
 import torch
 
 from esper.errors import BadInput
+from esper.tolaria.data import to_device
 
 Loss = Callable[[Any, torch.Tensor], torch.Tensor]
 Score = Callable[[Any, torch.Tensor], Any]
@@ -90,4 +91,4 @@ def _kind(y: Any) -> str:
 def _to(value: Any, device: torch.device | None) -> Any:
     if device is None or not isinstance(value, torch.Tensor):
         return value
-    return value.to(device, non_blocking=True)
+    return to_device(value, device)

@@ -11,7 +11,9 @@ controller's commands (`CommandIssued`). What is compared:
   deviation of each field is reported;
 * with `exact`, every event bit for bit as logged.
 
-Ids, positions, timestamps and `RunStarted.versions` are not compared (a version difference is noted).
+Ids, positions, timestamps and what computed the run (`RunStarted.versions`, `ranks`, `channels_last`) are not
+compared (a difference is noted): re-execution runs in one process. A run trained data-parallel normalised each
+rank's shard of a batch on its own (BatchNorm), so its numbers may need a wider `tolerance`; its decisions not.
 A run that came from user code (`esper.fit`, `RunStarted.user_code`) cannot be re-executed: its model and
 data are not in the log. `verify_run` says so (`BadInput`) rather than train something else.
 A resumed run is re-executed as one uninterrupted run: its checkpoints, `RunResumed` markers and the
@@ -127,7 +129,10 @@ class Comparison:
         if isinstance(recorded, RunStarted) and isinstance(new, RunStarted):
             if recorded.versions and recorded.versions != new.versions:
                 self.notes.append(f"recorded with {_versions(recorded.versions)}; re-executed with {_versions(new.versions)}")
-            new = msgspec.structs.replace(new, versions=recorded.versions)
+            if recorded.ranks != new.ranks:
+                self.notes.append(f"trained by {recorded.ranks} ranks, re-executed by {new.ranks}")
+            new = msgspec.structs.replace(new, versions=recorded.versions, ranks=recorded.ranks,
+                                          channels_last=recorded.channels_last)
         if isinstance(recorded, CommandRejected) and isinstance(new, CommandRejected) and not recorded.evidence:
             new = msgspec.structs.replace(new, evidence={})  # logged before refusals carried their evidence
         if encode(recorded) == encode(new):

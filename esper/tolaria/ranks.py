@@ -1,0 +1,232 @@
+"""One run trained data-parallel by several processes (`torchrun --nproc-per-node N -m esper run ...`).
+
+Rank 0 is the run: it plans it, runs the controller, judges every command and automatic transition in its
+lifecycle, and alone appends events (one run, one stream, one writer). The other ranks follow: rank 0 sends them
+the events it has decided (`Message`, at the start of every epoch and at the end), and each follower carries them
+out on its own model through the same lifecycle fold, as a replay would. Every rank trains each step on its own
+contiguous shard of the same batch (all ranks draw the same permutation and augmentation from the same seed).
+
+How the ranks stay identical. Not with `DistributedDataParallel`: its gradient hooks are fixed when the model is
+wrapped, while a run's parameters change at every germination, fossilization and cull, and a seed in TRAINING gets
+its gradients from an isolated pass outside the model's backward (`torch.autograd.grad`), which DDP's hooks never
+see. Instead, after each step's backward and isolated passes, every gradient the model holds (host, fossils,
+blending and training seeds alike) is scaled by the rank's share of the batch and summed across ranks in one
+all-reduce of one flat buffer (`reduce_gradients`): the sum is the gradient of the whole batch, whatever the
+parameters are at that step. Every rank then holds the same gradients and the same weights, so its optimizers
+(host and seeds) take the same step and their states stay in step without being sent. Seeds are built from the
+global RNG, whose state travels with each message, so a germination builds the same weights on every rank. The
+price against DDP: no overlap of communication with the backward pass.
+
+Buffers (BatchNorm's running statistics) are not gradients: each rank's follow its own shards during an epoch,
+and at the epoch's end every rank takes rank 0's (what DDP does at every forward). Normalisation inside a step
+uses the shard's statistics, as under DDP without SyncBatchNorm: numbers differ from one process by more than
+rounding once a seed with BatchNorm trains, decisions rarely. At each epoch's end the ranks also compare a
+checksum of their parameters' bytes; a difference fails the run on every rank ("ranks diverged").
+
+Errors. Every collective runs under a timeout (`ESPER_RANKS_TIMEOUT` seconds, default 600), and a rank that
+loses the others (a peer died, or timed out) fails with one line instead of waiting forever. A failure on rank 0
+while the followers wait for its next message reaches them as a `Message` of kind `stop`; they end quietly with
+its exit code, so the user reads the reason once, in rank 0's line.
+"""
+
+import os
+from datetime import timedelta
+from typing import Iterable, Sequence
+
+import msgspec
+import torch
+import torch.distributed as dist
+
+from esper.errors import BadInput, RunFailed, first_line
+
+TIMEOUT_S = 600.0
+"""Seconds a rank waits in any collective (`ESPER_RANKS_TIMEOUT` overrides): long enough for rank 0 to evaluate an
+epoch while the followers wait for its next message, short enough that a lost rank is noticed."""
+
+
+class Message(msgspec.Struct, frozen=True):
+    """What rank 0 sends the followers. `epoch`: train epoch `number` after carrying out `events`; `finish`:
+    carry out `events`, the run is over; `stop`: the run failed on rank 0 (`error`, its exit `code`)."""
+
+    kind: str
+    number: int = 0
+    events: list[bytes] = []
+    """Each an encoded event (`esper.leyline.events.encode`), in the order rank 0 carried them out."""
+    rng: bytes = b""
+    """Rank 0's global torch RNG state before it carried out the first of `events` (seeds are built from it)."""
+    error: str = ""
+    code: int = 1
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The slice `[start, stop)` of a batch of `n` that `rank` of `world` trains on: contiguous, sizes within one."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+class Ranks:
+    """This process's place among the processes training one run, and the collectives they train with."""
+
+    def __init__(self, rank: int, world: int, device: torch.device):
+        self.rank = rank
+        self.world = world
+        self.device = device
+        self.comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        """Where the tensors of a collective live: NCCL sends device memory, gloo host memory."""
+        self.listening = True
+        """Whether the followers wait for rank 0's next message (not inside an epoch's steps): only then can a
+        failure on rank 0 be sent to them."""
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def join(cls, device: str) -> "Ranks | None":
+        """This process's place when `torchrun` started it as one of several (None when it runs alone): the process
+        group joined (gloo on CPU, NCCL on CUDA, each rank on `cuda:LOCAL_RANK`). `BadInput` for a device the ranks
+        cannot share, before joining (every rank reads the same command line, so every rank refuses alike)."""
+        if not launched():
+            return None
+        world = int(os.environ["WORLD_SIZE"])
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+        place = _rank_device(device, local)
+        timeout = timedelta(seconds=float(os.environ.get("ESPER_RANKS_TIMEOUT", TIMEOUT_S)))
+        if place.type == "cuda":
+            torch.cuda.set_device(place)
+        try:
+            dist.init_process_group("nccl" if place.type == "cuda" else "gloo", timeout=timeout, rank=rank,
+                                    world_size=world, device_id=place if place.type == "cuda" else None)
+        except (RuntimeError, ValueError) as exc:
+            raise RunFailed(f"rank {rank} could not join the other {world - 1} rank(s): {first_line(exc)}") from None
+        return cls(rank, world, place)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ---- messages from rank 0 --------------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        """Rank 0: the message to every follower (who waits for it in `receive`)."""
+        data = msgspec.msgpack.encode(message)
+        self.listening = False  # until the epoch's end (`reduce_epoch`); after `finish` or `stop`, for good
+        self._collective(self._broadcast_bytes, data)
+
+    def receive(self) -> Message:
+        """A follower: rank 0's next message."""
+        return msgspec.msgpack.decode(self._collective(self._broadcast_bytes, b""), type=Message)
+
+    def release(self) -> None:
+        """Rank 0, at its end: followers still waiting for a first message (rank 0 started no run) end too."""
+        if self.leader and self.listening:
+            self.send(Message("finish"))
+
+    def stop(self, error: str, code: int) -> None:
+        """Rank 0: tell the followers the run failed, if they are listening (inside an epoch's steps they are not:
+        they notice rank 0's end as a lost peer). Never raises: rank 0 is failing already."""
+        if self.leader and self.listening:
+            try:
+                self.send(Message("stop", error=error, code=code))
+            except RunFailed:
+                pass
+
+    def _broadcast_bytes(self, data: bytes) -> bytes:
+        size = torch.tensor([len(data)], dtype=torch.int64, device=self.comm)
+        dist.broadcast(size, src=0)
+        if self.leader:
+            buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.comm)
+        else:
+            buffer = torch.empty(int(size.item()), dtype=torch.uint8, device=self.comm)
+        dist.broadcast(buffer, src=0)
+        return data if self.leader else buffer.cpu().numpy().tobytes()
+
+    # ---- training -------------------------------------------------------------------------------
+
+    def shard(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+        """This rank's part of a batch: `(x, y, count, weight)`, `weight` its share of the batch's gradient. A rank
+        whose part is empty (a batch smaller than the ranks) trains on the whole batch with weight 0, so that it
+        computes the same gradients' shapes and joins the all-reduce with zeros."""
+        n = len(y)
+        start, stop = shard_bounds(n, self.rank, self.world)
+        if stop == start:
+            return x, y, 0, 0.0
+        return x[start:stop], y[start:stop], stop - start, (stop - start) / n
+
+    def reduce_gradients(self, parameters: Iterable[torch.nn.Parameter], weight: float) -> None:
+        """Every gradient, scaled by this rank's `weight` and summed over the ranks in one all-reduce: the gradient
+        of the whole batch, the same on every rank. Parameters without a gradient have none on any rank (the ranks
+        hold the same model in the same stages)."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(weight)
+        self._collective(dist.all_reduce, flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def reduce_epoch(self, totals: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+        """An epoch's end, on every rank: `totals` (float64 sums of this rank's shards) summed over the ranks;
+        every floating buffer set to rank 0's; and the ranks' parameters compared (`RunFailed` on every rank if
+        they differ). One all-reduce; afterwards the followers listen for rank 0's next message."""
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        mine = torch.zeros(self.world, dtype=torch.float64, device=totals.device)
+        mine[self.rank] = _checksum(model.parameters(), totals.device)
+        flat = [totals, mine]
+        if buffers:
+            values = torch.cat([b.detach().reshape(-1).double() for b in buffers])
+            flat.append(values if self.leader else torch.zeros_like(values))
+        summed = torch.cat(flat).to(self.comm)
+        self._collective(dist.all_reduce, summed)
+        summed = summed.to(totals.device)
+        n = len(totals)
+        sums, checksums = summed[:n], summed[n:n + self.world]
+        offset = n + self.world
+        for b in buffers:
+            b.copy_(summed[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
+        if (checksums != checksums[0]).any():  # every rank reads the same sums: all fail together
+            raise RunFailed("ranks diverged: their parameters differ after the epoch (a bug of Esper's)")
+        self.listening = True
+        return sums
+
+    def _collective(self, op, *args):
+        """Run a collective; losing the other ranks (a peer ended, or the timeout passed) is one line, not a hang."""
+        try:
+            return op(*args)
+        except RuntimeError as exc:  # torch.distributed.DistError and its kinds are RuntimeErrors
+            raise RunFailed(f"rank {self.rank} lost the other ranks ({first_line(exc)})") from None
+
+
+def launched() -> bool:
+    """Whether `torchrun` started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _rank_device(device: str, local_rank: int) -> torch.device:
+    try:
+        place = torch.device(device)
+    except RuntimeError:
+        raise BadInput(f"unknown device {device!r}: use cpu or cuda") from None
+    if place.type == "cpu":
+        return place
+    if place.type != "cuda":
+        raise BadInput(f"unsupported device {device!r} under torchrun: use cpu or cuda")
+    if place.index is not None:
+        raise BadInput(f"under torchrun each rank trains on cuda:LOCAL_RANK: pass --device cuda, not {device}")
+    if not torch.cuda.is_available() or local_rank >= torch.cuda.device_count():
+        raise BadInput(f"rank with LOCAL_RANK {local_rank} needs a CUDA device, and this machine has "
+                       f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} (start fewer ranks)")
+    return torch.device("cuda", local_rank)
+
+
+def _checksum(parameters: Sequence[torch.nn.Parameter] | Iterable[torch.nn.Parameter], device: torch.device) -> torch.Tensor:
+    """The sum of every parameter's bytes: any bit that differs between two ranks changes it (almost surely).
+    Exact in float64 for models up to about 35 TB of parameters."""
+    total = torch.zeros((), dtype=torch.int64, device=device)
+    for p in parameters:
+        total += p.detach().reshape(-1).view(torch.uint8).sum(dtype=torch.int64)
+    return total.double()

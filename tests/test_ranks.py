@@ -1,0 +1,208 @@
+"""One run trained data-parallel by two processes (gloo, CPU): the decisions of one process, one stream written by
+rank 0, the same parameters on every rank after every epoch, and no rank left waiting when another fails."""
+
+import hashlib
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cli_runner import invoke
+from esper.leyline.events import EpochEnded, RunFailed, RunStarted
+from esper.store import Workspace
+from esper.tolaria.ranks import Message, shard_bounds
+
+ROOT = Path(__file__).resolve().parents[1]
+GROWING = ("--heuristic", "finish_epochs=3", "--heuristic", "max_live_seeds=1")
+"""A short run in which the heuristic still germinates (by default it starts no seed with fewer than 7 epochs left),
+one seed at a time: its decisions hang on gates, not on how close two accuracies come (BatchNorm sees shards)."""
+
+
+@given(st.integers(0, 1000), st.integers(1, 9))
+def test_the_shards_cover_a_batch_once_in_order(n, world):
+    bounds = [shard_bounds(n, rank, world) for rank in range(world)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    sizes = [stop - start for start, stop in bounds]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_a_message_crosses_as_bytes():
+    message = Message("epoch", 3, [b'{"type":"Wait"}'], rng=bytes(range(7)))
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(message), type=Message) == message
+
+
+# ---- two ranks --------------------------------------------------------------------------------------
+
+
+def decisions(events) -> list[tuple]:
+    """What a run decided, without the numbers behind it: commands, refusals, germinations, transitions."""
+    out = []
+    for e in events:
+        name = type(e).__name__
+        if name == "CommandIssued":
+            out.append((name, e.epoch, msgspec.to_builtins(e.command)))
+        elif name == "CommandRejected":
+            out.append((name, e.epoch, msgspec.to_builtins(e.command), e.evidence.get("rule")))
+        elif name == "SeedGerminated":
+            out.append((name, e.epoch, e.seed_id, e.slot, e.blueprint, e.params))
+        elif name == "SeedTransitioned":
+            out.append((name, e.epoch, e.seed_id, e.from_stage, e.to_stage, e.trigger))
+    return out
+
+
+def runs_in(workspace: Path) -> dict[str, list]:
+    with Workspace.at(workspace).reader() as reader:
+        _, rows = reader.query("select distinct run_id from events")
+        return {run_id: [r.event for r in reader.read_run(run_id)] for (run_id,) in rows}
+
+
+def torchrun(*args: str, workspace: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ESPER_WORKSPACE": str(workspace), "ESPER_RANKS_TIMEOUT": "120"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "esper", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_two_ranks_decide_as_one_process_and_write_one_run(tmp_path):
+    args = ("run", "--epochs", "8", "--seed", "0", *GROWING, "--json")
+    ranked = torchrun(*args, workspace=tmp_path / "ranked")
+    assert ranked.returncode == 0, ranked.stderr[-2000:]
+    alone = invoke(*args, workspace=tmp_path / "alone")
+    assert alone.exit_code == 0, alone.stderr
+    [ranked_events] = runs_in(tmp_path / "ranked").values()  # one run, in one store file: rank 0's
+    [alone_events] = runs_in(tmp_path / "alone").values()
+    assert len(list((tmp_path / "ranked").glob("*.duckdb"))) == 1
+    started = ranked_events[0]
+    assert isinstance(started, RunStarted) and started.ranks == 2
+    assert type(ranked_events[-1]).__name__ == "RunFinished"
+    ours = decisions(ranked_events)
+    assert ours == decisions(alone_events)
+    ranked_epochs, alone_epochs = ([e for e in events if isinstance(e, EpochEnded)] for events in (ranked_events, alone_events))
+    for a, b in zip(ranked_epochs[:2], alone_epochs):  # no seed yet (the host has no BatchNorm): rounding apart
+        for field in ("train_loss", "val_loss", "val_accuracy"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-4)
+    for a, b in zip(ranked_epochs, alone_epochs):
+        assert [s.seed_id for s in a.seeds] == [s.seed_id for s in b.seeds]
+        for x, y in zip(a.seeds, b.seeds):  # health: from the whole batch's gradient, on every rank alike
+            assert 0.0 <= x.gradient_health <= 1.0 and x.gradient_health == pytest.approx(y.gradient_health, abs=0.05)
+    stages = {d[4] for d in ours if d[0] == "SeedTransitioned"}
+    assert {"TRAINING", "BLENDING", "FOSSILIZED"} <= stages, "the comparison saw no seed grow"
+    result = json.loads(ranked.stdout.strip().splitlines()[-1])
+    assert result["run_id"] in runs_in(tmp_path / "ranked")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_main(rank: int, port: int, folder: str, args: list[str], fail_at_step: int | None) -> None:
+    """One rank, as torchrun would start it, running `esper ARGS` in this process: after each epoch's end it
+    notes a digest of its model and optimizers; with `fail_at_step`, rank 1 crashes at that training step."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), ESPER_RANKS_TIMEOUT="60")
+    from esper.cli.app import app
+    from esper.tolaria.trainer import Trainer
+
+    digests: list[str] = []
+    totals, step = Trainer.epoch_totals, Trainer.train_step
+
+    def noting(trainer):
+        out = totals(trainer)
+        digests.append(digest(trainer))
+        Path(folder, f"digests-{rank}.json").write_text(json.dumps(digests))
+        return out
+
+    steps = [0]
+
+    def crashing(trainer, x, y):
+        steps[0] += 1
+        if rank == 1 and steps[0] == fail_at_step:
+            raise RuntimeError("rank 1 broke on purpose")
+        return step(trainer, x, y)
+
+    Trainer.epoch_totals, Trainer.train_step = noting, crashing
+    sys.stderr = open(Path(folder, f"stderr-{rank}.txt"), "w")
+    try:
+        app(args, prog_name="esper")
+    except SystemExit as exc:
+        sys.stderr.flush()
+        os._exit(exc.code or 0)
+    os._exit(0)
+
+
+def digest(trainer) -> str:
+    """Every parameter, buffer and optimizer state tensor of the trainer, hashed bit for bit."""
+    h = hashlib.sha256()
+    states = [trainer.model.state_dict()] + [opt.state for opt in [trainer.host_optimizer, *trainer.seed_optimizers.values()]]
+    for state in states:
+        for key, value in state.items():
+            for part in value.values() if isinstance(value, dict) else [value]:
+                if isinstance(part, torch.Tensor):
+                    h.update(part.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(str(len(state)).encode())
+    return h.hexdigest()
+
+
+def two_ranks(folder: Path, args: list[str], fail_at_step: int | None = None, timeout: float = 300) -> list[int]:
+    """Run both ranks as processes of their own; their exit codes (a rank still running at `timeout` is killed and
+    fails the test: a rank must never wait forever)."""
+    context = multiprocessing.get_context("spawn")
+    port = free_port()
+    ranks = [context.Process(target=rank_main, args=(r, port, str(folder), args, fail_at_step)) for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(timeout)
+    hung = [r for r, p in enumerate(ranks) if p.is_alive()]
+    for p in ranks:
+        if p.is_alive():
+            p.kill()
+    assert not hung, f"rank(s) {hung} still waiting after {timeout} s"
+    return [p.exitcode for p in ranks]
+
+
+@pytest.mark.slow
+def test_the_ranks_hold_the_same_weights_and_optimizer_states_after_every_epoch(tmp_path):
+    codes = two_ranks(tmp_path, ["run", "--epochs", "7", "--seed", "1", *GROWING, "--workspace", str(tmp_path / "ws")])
+    assert codes == [0, 0], [Path(tmp_path, f"stderr-{r}.txt").read_text() for r in range(2)]
+    zero, one = (json.loads(Path(tmp_path, f"digests-{r}.json").read_text()) for r in range(2))
+    assert len(zero) == 7 and zero == one
+    [events] = runs_in(tmp_path / "ws").values()
+    assert {"SeedGerminated", "RunFinished"} <= {type(e).__name__ for e in events}, "no seed grew to compare"
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_stops_the_run_instead_of_hanging(tmp_path):
+    codes = two_ranks(tmp_path, ["run", "--epochs", "4", "--workspace", str(tmp_path / "ws")], fail_at_step=60)
+    assert codes == [1, 1]
+    [events] = runs_in(tmp_path / "ws").values()
+    assert isinstance(events[-1], RunFailed) and "lost the other ranks" in events[-1].error
+    for rank, expected in ((0, "esper: rank 0 lost the other ranks"), (1, "esper: internal error: RuntimeError: rank 1 broke")):
+        lines = Path(tmp_path, f"stderr-{rank}.txt").read_text().strip().splitlines()
+        assert lines[-1].startswith(expected) and "Traceback" not in "".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, says", [
+    (("run", "--task", "nope"), "esper: unknown task 'nope'"),  # found by rank 0, which stops rank 1
+    (("run", "--device", "cuda:1"), "esper: under torchrun each rank trains on cuda:LOCAL_RANK"),  # by each rank
+])
+def test_bad_input_under_torchrun_is_one_line_from_rank_0(tmp_path, args, says):
+    done = torchrun(*args, workspace=tmp_path, timeout=300)
+    assert done.returncode != 0
+    ours = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("esper: ")]
+    assert len(ours) == 1 and ours[0].startswith(says), ours
+    assert not list(tmp_path.glob("*.duckdb"))
