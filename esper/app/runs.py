@@ -27,7 +27,7 @@ from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, load_task_data
-from esper.tolaria.loop import SNAPSHOT_EVERY, Progress, RunResult, StoreSink, execute, resolve_config
+from esper.tolaria.loop import SNAPSHOT_EVERY, Batches, Progress, RunResult, StoreSink, execute, resolve_config
 from esper.tolaria.ranks import Ranks, launched
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import resolve_device
@@ -162,7 +162,8 @@ def new_run_id(task: str, controller: str, seed: int) -> str:
     return f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
 
 
-def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None, ranks: Ranks | None = None) -> RunResult:
+def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None, ranks: Ranks | None = None,
+          batches: Batches | None = None) -> RunResult:
     """Record the run into its own store file of the workspace (with `ranks`: as rank 0 of a data-parallel run)."""
     r = planned.request
     with Recorder(ws.store_path(planned.run_id)) as recorder:
@@ -171,7 +172,7 @@ def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None, 
         try:
             return execute(planned.config, planned.controller, sink, progress=progress, data=planned.data,
                            preset=planned.preset, checkpoint_folder=checkpoint.folder_of(ws.root),
-                           checkpoint_every=r.checkpoint_every, ranks=ranks)
+                           checkpoint_every=r.checkpoint_every, ranks=ranks, batches=batches)
         except StoreFailed as exc:
             stored = store.last_epoch is not None  # its RunStarted at least
             raise exc.adding(then=f"run esper run --resume {planned.run_id}" if stored else "run it again") from None

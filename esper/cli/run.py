@@ -8,6 +8,7 @@ import typer
 
 from esper.app import runs
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
+from esper.cli.progress import EpochBars
 from esper.errors import BadInput
 from esper.leyline.stages import SeedStage
 from esper.store import Workspace
@@ -94,7 +95,7 @@ def run(
         where = f"{ranks.world} ranks on {config.device}" if ranks else config.device
         say(f"run {planned.run_id}: {config.task}, controller {config.controller}, seed {config.seed}, {config.epochs} "
             f"epochs{anneal} on {where} ({config.precision}){cap}")
-        result = runs.start(planned, ws, progress=_progress(config.epochs), ranks=ranks)
+        result = runs.start(planned, ws, progress=_progress(config.epochs), ranks=ranks, batches=EpochBars())
     _print_result(planned.run_id, result, as_json)
 
 
@@ -155,7 +156,7 @@ def _resume(run: str, checkpoint_every: int, snapshot_every: int, workspace: Opt
         for note in resumption.passed_over:
             say(f"note: passed over the checkpoint of {note}")
         say(resumption.describe())
-        result = resumption.train(progress=_progress(resumption.session.config.epochs))
+        result = resumption.train(progress=_progress(resumption.session.config.epochs), batches=EpochBars())
     return resumption.run_id, result
 
 

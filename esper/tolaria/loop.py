@@ -16,7 +16,7 @@ other ranks, which `follow` it.
 import hashlib
 import importlib.metadata
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import attrs
 import msgspec
@@ -144,6 +144,9 @@ class RunResult:
 
 
 Progress = Callable[[int, EpochStats, ObservationProjection, CommandIssued], None]
+Batches = Callable[[int, Iterable, int], Iterable]
+"""Wraps an epoch's training batches (epoch, batches, how many there are) and yields them unchanged: where the
+command shows its bar within long epochs (`esper.cli.progress`)."""
 
 
 MAX_SEED = 10**12
@@ -405,7 +408,7 @@ def execute(
     config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None,
     data: TaskData | UserData | None = None, preset: TaskPreset | None = None, build_events: bool = True,
     model: GrowableModel | None = None, checkpoint_folder: Path | None = None, checkpoint_every: int = 0,
-    ranks: Ranks | None = None,
+    ranks: Ranks | None = None, batches: Batches | None = None,
 ) -> RunResult:
     """Train one run from `RunStarted` to `RunFinished`; a failure (a bug included) appends `RunFailed` and raises,
     unless the store is what failed (`Session.fail`). With a `checkpoint_folder`, every `checkpoint_every`-th
@@ -413,16 +416,17 @@ def execute(
     checkpoints = None if checkpoint_folder is None else Checkpoints(checkpoint_folder, checkpoint_every, controller)
     session = Session(config, sink, data=data, preset=preset, build_events=build_events, model=model,
                       checkpoints=checkpoints, ranks=ranks)
-    return train(session, controller, progress)
+    return train(session, controller, progress, batches)
 
 
-def train(session: Session, controller: Controller, progress: Progress | None = None) -> RunResult:
+def train(session: Session, controller: Controller, progress: Progress | None = None,
+          batches: Batches | None = None) -> RunResult:
     """Train a started (or resumed) session to `RunFinished`; a failure (a bug included) appends `RunFailed` and
     raises, unless the store is what failed (`Session.fail`)."""
     try:
         while not session.done:
             session.begin_epoch()
-            train_epoch(session)
+            train_epoch(session, batches)
             obs = session.end_epoch()
             command = controller.decide(obs)
             issued = session.decide(command, controller.name, **getattr(controller, "decision_info", {}))
@@ -438,10 +442,14 @@ def train(session: Session, controller: Controller, progress: Progress | None = 
         session.close()
 
 
-def train_epoch(session: Session) -> None:
+def train_epoch(session: Session, batches: Batches | None = None) -> None:
     """The training steps of the epoch `begin_epoch` began, over the epoch's shuffled batches."""
     trainer = session.trainer
-    for x, y in trainer.data.batches("train", trainer.preset.batch_size, trainer.generator):
+    size = trainer.preset.batch_size
+    epoch = trainer.data.batches("train", size, trainer.generator)
+    if batches is not None:
+        epoch = batches(session.epoch, epoch, trainer.data.steps(size))
+    for x, y in epoch:
         trainer.train_step(x, y)
         crashpoints.reach("mid-epoch", session.epoch)
 

@@ -26,7 +26,7 @@ from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint
 from esper.tolaria.checkpoint import Checkpoints, UnusableCheckpoint
 from esper.tolaria.data import TaskData, load_task_data
-from esper.tolaria.loop import SNAPSHOT_EVERY, Progress, RunResult, Session, StoreSink, train
+from esper.tolaria.loop import SNAPSHOT_EVERY, Batches, Progress, RunResult, Session, StoreSink, train
 from esper.tolaria.verify import DEFAULT_TOLERANCE, Comparison, VerificationFailed
 
 
@@ -95,8 +95,8 @@ class Resumption:
         return (f"run {self.run_id}: resuming from its checkpoint of epoch {self.checkpoint_epoch} of "
                 f"{self.session.config.epochs}{compared}")
 
-    def train(self, progress: Progress | None = None) -> RunResult:
-        return train(self.session, self.controller, progress)
+    def train(self, progress: Progress | None = None, batches: Batches | None = None) -> RunResult:
+        return train(self.session, self.controller, progress, batches)
 
     def close(self) -> None:
         self.recorder.close()
