@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
+from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
 from esper.errors import BadInput, StoreFailed
 from esper.simic.rewards import RewardConfig
 from esper.store.workspace import RUNS_COLUMNS
@@ -29,7 +29,7 @@ def _rewards(accuracy: float, contribution: float, params: float, terminal: floa
     return RewardConfig(accuracy=accuracy, contribution=contribution, params=params, terminal=terminal, param_budget=budget)
 
 
-RESUME_OPTIONS = {"out", "episodes", "workers", "resume", "as_json", "workspace"}
+RESUME_OPTIONS = {"out", "episodes", "workers", "ray_address", "resume", "as_json", "workspace"}
 """What `esper ppo --resume` takes from the command line (--workers changes no decision); every other setting is the
 checkpoint's."""
 
@@ -63,8 +63,9 @@ def ppo(
     epochs: int = typer.Option(0, "--epochs", help="Epochs per episode (default: the task's preset)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the policy and of the runs' seeds."),
     devices: str = typer.Option("cpu", "--devices", help="Comma-separated devices, used round-robin (cpu, cuda, cuda:N)."),
-    workers: int = typer.Option(1, "--workers", help="Processes that play each update's episodes (a CPU run trains "
+    workers: int = typer.Option(1, "--workers", help="Ray workers that play each update's episodes (a CPU run trains "
                                 "on one thread: give the cores you can spare). Changes no decision, only the time."),
+    ray_address: Optional[str] = RayAddress,
     telemetry: str = typer.Option("minimal", "--telemetry", help="Telemetry profile of the runs."),
     lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate."),
     hidden: int = typer.Option(64, "--hidden", help="Width of the policy's hidden layers."),
@@ -112,7 +113,8 @@ def ppo(
         select_every=select_every, select_runs=select_runs, workers=workers,
     )
     try:
-        result = train(cfg, out, writable_workspace(workspace), init=init, resume=resume, progress=say)
+        result = train(cfg, out, writable_workspace(workspace), init=init, resume=resume, progress=say,
+                       ray_address=ray_address)
     except StoreFailed as exc:  # what one episode's log held matters not: --resume plays its update again
         again = f"run esper ppo --out {out} --resume" if out.is_file() else "run it again"
         raise exc.adding(held="", then=again) from None
@@ -123,7 +125,7 @@ def ppo(
     lines = [f"policy {out}", f"  updates        {result['updates']}", f"  episodes       {result['episodes']}",
              f"  last return    {stats.get('return', float('nan')):+.4f}",
              f"  last val acc   {stats.get('val_accuracy', float('nan')) * 100:6.2f}%",
-             f"  episodes       runs {result['runs']} in {result['store']}"]
+             f"  episodes       runs {result['runs']} in {result['episode_stores']}"]
     if result["kept_update"] is not None:
         lines.append(f"  kept policy    after update {result['kept_update']} (best greedy return on the selection runs)")
         lines.append(f"  selection runs {result['runs'].removesuffix('-u*')}-select-*")

@@ -1,0 +1,162 @@
+"""Runs past one process, on Ray: a local Ray started here by default, a cluster with an address.
+
+Ray is an optional extra and `import ray` happens here only, when a command asks for more than one worker or
+seed: `import esper` and a single `esper run` never load it. What runs on Ray is a task (a function), never a
+long-lived actor: `ray.cancel` stops a running task the way Ctrl-C stops a command (a `KeyboardInterrupt` in it),
+so its runs end with `RunFailed` as they would here. Each task writes a store file of its own in the workspace
+(one writer per file), so on a cluster the workspace must be shared storage every node mounts at the same path;
+`check_shared` refuses one that a node cannot write before anything trains.
+"""
+
+import contextlib
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from esper.errors import BadInput, first_line
+
+INSTALL = "pip install -e '.[ray]'"
+STOP_GRACE_S = 120.0
+"""How long stopped tasks get to append their runs' `RunFailed` (an epoch ends, a batch is written) before the
+command leaves without them; Ray then kills them, and their logs end at their last stored epoch."""
+
+
+def need_ray(what: str) -> Any:
+    """The `ray` module; without it, one line saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise BadInput(f"{what} runs on Ray, which is not installed: {INSTALL} (or run one at a time)") from None
+    return ray
+
+
+@contextlib.contextmanager
+def connected(what: str, address: str | None = None) -> Iterator[Any]:
+    """Ray, started here (every core of this machine) or joined at `address` (else `$RAY_ADDRESS`), for the
+    block; shut down after it if started here. A Ray already started in this process (a test's, a notebook's)
+    is used as it is and left running."""
+    ray = need_ray(what)
+    if ray.is_initialized():
+        yield ray
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning"}  # stdout is for results only
+    if address is None:
+        options |= {"include_dashboard": False}
+    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an exit that would skip RunFailed
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise BadInput(f"cannot start or join Ray at {address or 'this machine'}: {first_line(exc)}") from None
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def cpus(ray: Any) -> int:
+    """The CPUs Ray schedules on (every node's)."""
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+def remote(ray: Any, function: Callable, device: str = "cpu") -> Any:
+    """`function` as a Ray task of one CPU thread (a CPU run trains on one), and a share of a GPU for a CUDA run."""
+    gpus = GPU_SHARE if device.startswith("cuda") else 0
+    return ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(function)
+
+
+GPU_SHARE = 0.25
+"""The fraction of a GPU a CUDA run asks Ray for: small runs share a device four at a time."""
+
+
+def gather(ray: Any, refs: Sequence[Any], on_done: Callable[[int, Any], None] = lambda i, value: None) -> list[Any]:
+    """The tasks' values in order, `on_done(i, value)` as each ends. A task's exception is raised here as its own
+    (the other tasks are stopped). If this is interrupted (Ctrl-C, SIGTERM), every task is cancelled: a running
+    one gets a `KeyboardInterrupt`, ends its runs with `RunFailed` and closes its store, and this waits for that
+    (at most `STOP_GRACE_S`) before raising the interruption."""
+    values: list[Any] = [None] * len(refs)
+    index = {ref: i for i, ref in enumerate(refs)}
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)  # a timeout, so that signals get in
+            for ref in done:
+                values[index[ref]] = _value(ray, ref)
+                on_done(index[ref], values[index[ref]])
+    except BaseException:
+        stop(ray, pending)
+        raise
+    return values
+
+
+def _value(ray: Any, ref: Any) -> Any:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:  # the task's own exception (RunFailed, StoreFailed, a bug ...)
+        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+        raise cause from None
+    except ray.exceptions.RayError as exc:  # the worker or its node died
+        from esper.errors import RunFailed
+
+        raise RunFailed(f"a Ray worker was lost: {first_line(exc)}") from None
+
+
+def stop(ray: Any, refs: Sequence[Any]) -> None:
+    """Cancel the tasks and wait (at most `STOP_GRACE_S`) for them to end; what they raise is theirs to log."""
+    for ref in refs:
+        ray.cancel(ref)
+    deadline = time.monotonic() + STOP_GRACE_S
+    pending = list(refs)
+    while pending and time.monotonic() < deadline:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+
+
+def check_shared(ray: Any, root: Path) -> None:
+    """Refuse, in one line, a workspace some node of the Ray cluster cannot write: a probe task on every node
+    reads a token written here and checks it may write beside it (the same storage, writable)."""
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(8)
+    marker = root / f".esper-probe-{token}"
+    marker.write_text(token)
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+        probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+        problems = ray.get([probe.options(scheduling_strategy=_on(n["NodeID"])).remote(str(marker), token)
+                            for n in nodes])
+    finally:
+        marker.unlink(missing_ok=True)
+    problem = next((p for p in problems if p), None)
+    if problem:
+        if created:
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise BadInput(f"workspace {root} {problem}: on a cluster the workspace must be shared storage that every "
+                       "node mounts at the same path")
+
+
+def _on(node_id: str) -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id, soft=False)
+
+
+def _probe(marker: str, token: str) -> str | None:
+    """On a node: None if the workspace holding `marker` is the driver's and writable here, else what is wrong."""
+    import ray
+
+    node = ray.util.get_node_ip_address()
+    try:
+        if Path(marker).read_text() != token:
+            return f"is another folder on Ray node {node}"
+    except OSError:
+        return f"is not visible from Ray node {node}"
+    if not os.access(Path(marker).parent, os.W_OK | os.X_OK):
+        return f"is not writable from Ray node {node}"
+    return None
