@@ -54,6 +54,8 @@ def plan_seeds(request: RunRequest, seeds: list[int], ws: Workspace) -> list[Pla
     its data: the runs share it (the seed changes neither the task nor the data seed)."""
     if not seeds:
         raise BadInput("--seeds names no seed")
+    if len(seeds) > 1:
+        cluster.need_ray(f"--seeds with {len(seeds)} seeds")  # before anything is written
     planned = [plan_run(msgspec.structs.replace(request, seed=seeds[0]), ws)]
     for seed in seeds[1:]:
         planned.append(attrs.evolve(plan_run(msgspec.structs.replace(request, seed=seed), ws), data=None))
@@ -69,7 +71,7 @@ def train_seeds(planned: list[PlannedRun], ws: Workspace, on_done: Callable[[See
         run = _train(planned[0], None, str(ws.root))
         on_done(run)
         return [run]
-    with cluster.connected(f"--seeds ({len(planned)} runs)", address) as ray:
+    with cluster.connected(f"--seeds with {len(planned)} seeds", address) as ray:
         root = ws.root.absolute()
         cluster.check_shared(ray, root)
         data = ray.put(planned[0].data)  # once: every task reads the same copy

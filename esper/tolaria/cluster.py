@@ -9,6 +9,7 @@ so its runs end with `RunFailed` as they would here. Each task writes a store fi
 """
 
 import contextlib
+import functools
 import os
 import secrets
 import signal
@@ -29,7 +30,7 @@ def need_ray(what: str) -> Any:
     try:
         import ray
     except ImportError:
-        raise BadInput(f"{what} runs on Ray, which is not installed: {INSTALL} (or run one at a time)") from None
+        raise BadInput(f"{what} needs Ray, which is not installed: {INSTALL}") from None
     return ray
 
 
@@ -68,7 +69,21 @@ def cpus(ray: Any) -> int:
 def remote(ray: Any, function: Callable, device: str = "cpu") -> Any:
     """`function` as a Ray task of one CPU thread (a CPU run trains on one), and a share of a GPU for a CUDA run."""
     gpus = GPU_SHARE if device.startswith("cuda") else 0
-    return ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(function)
+    if gpus and not ray.cluster_resources().get("GPU"):
+        raise BadInput(f"--device {device}: the Ray cluster has no GPU")
+    return ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_interruptible(function))
+
+
+def _interruptible(function: Callable) -> Callable:
+    """`function`, made sure that `ray.cancel` interrupts it: the cancel is a simulated SIGINT, which does nothing
+    where SIGINT is ignored, and a command started in the background (`esper run ... &`) passes that on to Ray."""
+
+    @functools.wraps(function)
+    def task(*args: Any) -> Any:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        return function(*args)
+
+    return task
 
 
 GPU_SHARE = 0.25
@@ -85,7 +100,7 @@ def gather(ray: Any, refs: Sequence[Any], on_done: Callable[[int, Any], None] = 
     pending = list(refs)
     try:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)  # a timeout, so that signals get in
+            done, pending = _poll(ray, pending)
             for ref in done:
                 values[index[ref]] = _value(ray, ref)
                 on_done(index[ref], values[index[ref]])
@@ -93,6 +108,18 @@ def gather(ray: Any, refs: Sequence[Any], on_done: Callable[[int, Any], None] = 
         stop(ray, pending)
         raise
     return values
+
+
+def _poll(ray: Any, refs: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The tasks that have ended and the others, after a short sleep if none has. The waiting is Python's: a signal
+    that arrives inside `ray.wait` becomes a plain KeyboardInterrupt, and SIGTERM's `Terminated` would be lost."""
+    done, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+    if not done:
+        time.sleep(POLL_S)
+    return done, pending
+
+
+POLL_S = 0.2
 
 
 def _value(ray: Any, ref: Any) -> Any:
@@ -114,7 +141,7 @@ def stop(ray: Any, refs: Sequence[Any]) -> None:
     deadline = time.monotonic() + STOP_GRACE_S
     pending = list(refs)
     while pending and time.monotonic() < deadline:
-        _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        _, pending = _poll(ray, pending)
 
 
 def check_shared(ray: Any, root: Path) -> None:
