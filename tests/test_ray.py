@@ -202,7 +202,7 @@ def _epochs(ws: Workspace) -> dict[str, int]:
 
 def _ray_processes(temp_dir: str) -> list[str]:
     """The command lines of the processes of the Ray whose temporary folder is `temp_dir`."""
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout  # whole lines
     return [line for line in ps.splitlines() if temp_dir in line]
 
 
@@ -226,7 +226,7 @@ def test_sigterm_ends_every_seeds_run_with_run_failed_and_leaves_no_ray_process(
         process.kill()
     with ws.reader() as reader:
         ends = dict(reader.con.execute("SELECT run_id, ended FROM runs").fetchall())
-        errors = [e for e, in reader.con.execute("SELECT payload->>'$.error' FROM events WHERE type = 'RunFailed'")]
+        errors = [e for e, in reader.con.execute("SELECT payload->>'$.error' FROM events WHERE type = 'RunFailed'").fetchall()]
     assert len(ends) == 2 and set(ends.values()) == {"RunFailed"}
     assert errors == ["interrupted", "interrupted"]  # ray.cancel's KeyboardInterrupt: the runs stopped, not failed
     assert _ray_processes(temp_dir) == []
