@@ -169,7 +169,8 @@ def test_ray_workers_change_no_decision(local_ray, tmp_path):
         weights[workers] = load_policy(out)[1]["train"]["latest"]
         selections[workers] = _selections(ws, result["learner"])
     learner = result["learner"]
-    assert sorted(p.name for p in ws.store_files()) == [f"{learner}-w0.duckdb", f"{learner}-w1.duckdb", f"{learner}.duckdb"]
+    stores = [f"{learner}-w0.duckdb", f"{learner}-w1.duckdb", f"{learner}.duckdb"]  # a file per worker
+    assert sorted(p.name for p in ws.store_files()) == stores
     assert sorted(played[1]) == sorted([f"-u{u:04d}-e{i}" for u in (1, 2) for i in range(3)]
                                        + [f"-select-u{u:04d}-r{i}" for u in (0, 1, 2) for i in range(3)])
     assert _close(played[1], played[2])
@@ -226,7 +227,8 @@ def test_sigterm_ends_every_seeds_run_with_run_failed_and_leaves_no_ray_process(
         process.kill()
     with ws.reader() as reader:
         ends = dict(reader.con.execute("SELECT run_id, ended FROM runs").fetchall())
-        errors = [e for e, in reader.con.execute("SELECT payload->>'$.error' FROM events WHERE type = 'RunFailed'").fetchall()]
+        errors = [e for e, in reader.con.execute(
+            "SELECT payload->>'$.error' FROM events WHERE type = 'RunFailed'").fetchall()]
     assert len(ends) == 2 and set(ends.values()) == {"RunFailed"}
     assert errors == ["interrupted", "interrupted"]  # ray.cancel's KeyboardInterrupt: the runs stopped, not failed
     assert _ray_processes(temp_dir) == []

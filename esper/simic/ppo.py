@@ -337,7 +337,8 @@ def train(
                 break
     episode_stores = str(store) if cfg.workers == 1 else str(workspace.store_path(f"{learner_id}-w*"))
     return {"out": str(out), "store": str(store), "episode_stores": episode_stores, "learner": learner_id,
-            "runs": f"{cfg.task}-ppo-{tag}-u*", "updates": math.ceil(episodes_done / cfg.n_envs), "episodes": episodes_done, "stats": stats,
+            "runs": f"{cfg.task}-ppo-{tag}-u*", "updates": math.ceil(episodes_done / cfg.n_envs),
+            "episodes": episodes_done, "stats": stats,
             "kept_update": kept.update if kept else None}
 
 

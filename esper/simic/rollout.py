@@ -219,8 +219,8 @@ def _weights(net: PolicyNet) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
-def _play_share(data: TaskData, store: str, configs: list[RunConfig], run_ids: list[str], state: dict[str, torch.Tensor],
-                hidden: int, generator_states: list[torch.Tensor],
+def _play_share(data: TaskData, store: str, configs: list[RunConfig], run_ids: list[str],
+                state: dict[str, torch.Tensor], hidden: int, generator_states: list[torch.Tensor],
                 rewards: RewardConfig) -> tuple[LiveRollout, list[list[Recorded]]]:
     """A Ray task: play `configs` in lock-step with the policy `state` into the store file `store`."""
     net = _policy(configs[0].task, state, hidden)
@@ -236,7 +236,8 @@ def _play_greedy_share(data: TaskData, store: str, configs: list[RunConfig], run
                        max_params: int) -> tuple[list[RunResult | None], list[list[Recorded]]]:
     """A Ray task: play each of `configs` alone with the greedy policy `state` into the store file `store`."""
     with Recorder(Path(store)) as recorder:
-        return Players(data, recorder).play_greedy(configs, run_ids, _policy(configs[0].task, state, hidden), max_params)
+        net = _policy(configs[0].task, state, hidden)
+        return Players(data, recorder).play_greedy(configs, run_ids, net, max_params)
 
 
 def _policy(task: str, state: dict[str, torch.Tensor], hidden: int) -> PolicyNet:
