@@ -154,6 +154,8 @@ def check_shared(ray: Any, root: Path) -> None:
     marker.write_text(token)
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+        if not nodes:
+            raise BadInput("the Ray cluster has no live node with a CPU to train on")
         probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
         problems = ray.get([probe.options(scheduling_strategy=_on(n["NodeID"])).remote(str(marker), token)
                             for n in nodes])
