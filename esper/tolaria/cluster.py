@@ -146,9 +146,24 @@ def stop(ray: Any, refs: Sequence[Any]) -> None:
 
 def check_shared(ray: Any, root: Path) -> None:
     """Refuse, in one line, a workspace some node of the Ray cluster cannot write: a probe task on every node
-    reads a token written here and checks it may write beside it (the same storage, writable)."""
+    reads a token written here and checks it may write beside it (the same storage, writable). A workspace this
+    made and then refused is removed again."""
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        problem = _probe_nodes(ray, root)
+        if problem:
+            raise BadInput(f"workspace {root} {problem}: on a cluster the workspace must be shared storage that every "
+                           "node mounts at the same path")
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise
+
+
+def _probe_nodes(ray: Any, root: Path) -> str | None:
+    """What is wrong with `root` on the first node where something is (None: nothing)."""
     token = secrets.token_hex(8)
     marker = root / f".esper-probe-{token}"
     marker.write_text(token)
@@ -161,13 +176,7 @@ def check_shared(ray: Any, root: Path) -> None:
                             for n in nodes])
     finally:
         marker.unlink(missing_ok=True)
-    problem = next((p for p in problems if p), None)
-    if problem:
-        if created:
-            with contextlib.suppress(OSError):
-                root.rmdir()
-        raise BadInput(f"workspace {root} {problem}: on a cluster the workspace must be shared storage that every "
-                       "node mounts at the same path")
+    return next((p for p in problems if p), None)
 
 
 def _on(node_id: str) -> Any:
