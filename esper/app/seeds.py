@@ -7,6 +7,7 @@ everything), and one run that fails leaves the others training. One seed trains 
 """
 
 import statistics
+from pathlib import Path
 from typing import Any, Callable
 
 import attrs
@@ -56,6 +57,8 @@ def plan_seeds(request: RunRequest, seeds: list[int], ws: Workspace) -> list[Pla
         raise BadInput("--seeds names no seed")
     if len(seeds) > 1:
         cluster.need_ray(f"--seeds with {len(seeds)} seeds")  # before anything is written
+    if request.tensorboard is not None:  # written by Ray workers, whose folder is not necessarily this one
+        request = msgspec.structs.replace(request, tensorboard=str(Path(request.tensorboard).absolute()))
     planned = [plan_run(msgspec.structs.replace(request, seed=seeds[0]), ws)]
     for seed in seeds[1:]:
         planned.append(attrs.evolve(plan_run(msgspec.structs.replace(request, seed=seed), ws), data=None))
