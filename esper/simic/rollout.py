@@ -155,6 +155,9 @@ class RayPlayers:
             device = next((d for d in devices if d.startswith("cuda")), "cpu")
             self._play = cluster.remote(self.ray, _play_share, device)
             self._play_greedy = cluster.remote(self.ray, _play_greedy_share, device)
+            # each worker imports torch and this module before the first update, as a process pool's would: the
+            # first update's rollouts are then timed like any other's
+            cluster.gather(self.ray, [cluster.remote(self.ray, _ready).remote() for _ in range(workers)])
         except BaseException:
             self.close()
             raise
@@ -217,6 +220,10 @@ def open_players(workers: int, task: str, hidden: int, data: TaskData, recorder:
 
 def _weights(net: PolicyNet) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def _ready() -> None:
+    """A Ray task that does nothing: running it makes a worker import this module (and torch)."""
 
 
 def _play_share(data: TaskData, store: str, configs: list[RunConfig], run_ids: list[str],
