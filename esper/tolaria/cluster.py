@@ -46,7 +46,9 @@ def connected(what: str, address: str | None = None) -> Iterator[Any]:
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning"}  # stdout is for results only
     if address is None:
-        options |= {"include_dashboard": False}
+        # Ray renices its workers to 15 so that its own daemons stay responsive; here the workers do all the work,
+        # and on a busy machine they would yield to every other process (runs on Ray slower than one alone)
+        options |= {"include_dashboard": False, "_system_config": {"worker_niceness": 0}}
     sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an exit that would skip RunFailed
     try:
         ray.init(address=address, **options)
