@@ -1,13 +1,17 @@
-"""PPO's rollouts in one process vs split over worker processes (`PPOConfig.workers`), on mnist1d.
+"""Ray against one process, on mnist1d: PPO's rollouts (`--workers`) and many seeds at once (`esper run --seeds`).
 
-The same PPO job (`--episodes` episodes of `--epochs` epochs, `--n-envs` in lock-step, one update per
-n-envs episodes) runs with 1 worker and with `--workers` workers, alternating, `--repeats` times, each into
-a fresh workspace. Prints one JSON object: median wall seconds of the whole job (worker start-up included)
-and median environment-steps/s of its rollouts (PPO's own `env_steps_per_s`), per worker count, and the
-speed-ups over one process. A CPU run trains on one thread, so on a machine with c idle cores the rollouts
-should approach min(c, workers, n-envs) times faster.
+Rollouts: the same PPO job (`--episodes` episodes of `--epochs` epochs, `--n-envs` in lock-step, one update per
+n-envs episodes) runs with 1 worker (here, no Ray) and with `--workers` Ray workers, alternating, `--repeats` times,
+each into a fresh workspace. Reported: median wall seconds of the whole job (Ray's start and its workers' first
+torch import included) and median environment-steps/s of its rollouts (PPO's own `env_steps_per_s`, mean over the
+job's updates). Seeds: `--seeds` runs of the task preset (`--seed-epochs`, 0: its budget) trained one after
+another in this process, then fanned out on Ray (`esper.app.seeds`, Ray's start included), `--repeats` times.
+A CPU run trains on one thread, so on a machine with c idle cores both should approach min(c, workers) times
+faster, less Ray's start-up (`ray_start_s`, measured alone). The load average of the machine before and after
+says how idle its cores were. Prints one JSON object.
 
-    .venv/bin/python benchmarks/workers.py [--workers 2] [--episodes 8] [--n-envs 4] [--epochs 10] [--repeats 2]
+    .venv/bin/python benchmarks/workers.py [--workers 2] [--episodes 16] [--n-envs 4] [--epochs 10] [--seeds 4]
+                                           [--seed-epochs 0] [--repeats 2]
 """
 
 import argparse
@@ -20,13 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import attrs
 import msgspec
 
+from esper.app import runs
+from esper.app import seeds as fanout
 from esper.simic.ppo import PPOConfig, train
 from esper.store import Workspace
+from esper.tolaria import cluster
 
 
-def job(cfg: PPOConfig) -> tuple[float, float]:
+def ppo_job(cfg: PPOConfig) -> tuple[float, float]:
     """Wall seconds of one PPO job and its rollouts' environment-steps/s (mean over its updates' `PolicyUpdated`)."""
     with tempfile.TemporaryDirectory(prefix="esper-workers-bench-") as tmp:
         ws = Workspace.at(tmp)
@@ -40,30 +48,80 @@ def job(cfg: PPOConfig) -> tuple[float, float]:
         return wall, statistics.mean(rate for rate, in rates)
 
 
+def seeds_job(seeds: list[int], epochs: int, on_ray: bool) -> float:
+    """Wall seconds to train `seeds` runs of mnist1d: fanned out on Ray, or one after another here."""
+    with tempfile.TemporaryDirectory(prefix="esper-seeds-bench-") as tmp:
+        ws = Workspace.at(tmp)
+        planned = fanout.plan_seeds(runs.RunRequest(epochs=epochs, telemetry="minimal"), seeds, ws)
+        started = time.perf_counter()
+        if on_ray:
+            fanout.train_seeds(planned, ws)
+        else:  # what `esper run --seed S` does for each, in one process (no interpreter start, data loaded once)
+            for p in planned:
+                runs.start(attrs.evolve(p, data=planned[0].data), ws)
+        return time.perf_counter() - started
+
+
+def ray_start_s() -> float:
+    """Seconds to start a local Ray and shut it down again, alone."""
+    started = time.perf_counter()
+    with cluster.connected("the benchmark"):
+        pass
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--episodes", type=int, default=16)
     parser.add_argument("--n-envs", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--seed-epochs", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "load_before": os.getloadavg()[0],
+              "ray_start_s": round(ray_start_s(), 2)}
+    report["rollouts"] = rollouts(args)
+    report["seeds"] = fan_out(args)
+    report["load_after"] = os.getloadavg()[0]
+    print(json.dumps(report))
+
+
+def rollouts(args) -> dict:
     base = PPOConfig(episodes=args.episodes, n_envs=args.n_envs, epochs=args.epochs)
     measured: dict[int, list[tuple[float, float]]] = {1: [], args.workers: []}
     for r in range(args.repeats):
         for workers in measured:
-            wall, rate = job(msgspec.structs.replace(base, workers=workers))
+            wall, rate = ppo_job(msgspec.structs.replace(base, workers=workers))
             measured[workers].append((wall, rate))
-            print(f"repeat {r + 1}: {workers} worker(s) {wall:6.1f} s, {rate:5.2f} env-steps/s", file=sys.stderr, flush=True)
-    report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "episodes": args.episodes,
-              "n_envs": args.n_envs, "epochs": args.epochs, "repeats": args.repeats}
+            say(f"rollouts, repeat {r + 1}: {workers} worker(s) {wall:6.1f} s, {rate:5.2f} env-steps/s")
+    out = {"episodes": args.episodes, "n_envs": args.n_envs, "epochs": args.epochs, "repeats": args.repeats}
     for workers, rows in measured.items():
-        report[f"workers_{workers}"] = {"job_s": round(statistics.median(w for w, _ in rows), 2),
-                                        "env_steps_per_s": round(statistics.median(r for _, r in rows), 3)}
-    one, many = report["workers_1"], report[f"workers_{args.workers}"]
-    report["speedup_job"] = round(one["job_s"] / many["job_s"], 2)
-    report["speedup_rollouts"] = round(many["env_steps_per_s"] / one["env_steps_per_s"], 2)
-    print(json.dumps(report))
+        out[f"workers_{workers}"] = {"job_s": round(statistics.median(w for w, _ in rows), 2),
+                                     "env_steps_per_s": round(statistics.median(r for _, r in rows), 3)}
+    one, many = out["workers_1"], out[f"workers_{args.workers}"]
+    out["speedup_job"] = round(one["job_s"] / many["job_s"], 2)
+    out["speedup_rollouts"] = round(many["env_steps_per_s"] / one["env_steps_per_s"], 2)
+    return out
+
+
+def fan_out(args) -> dict:
+    seeds = list(range(args.seeds))
+    measured: dict[str, list[float]] = {"sequential": [], "ray": []}
+    for r in range(args.repeats):
+        for way in measured:
+            wall = seeds_job(seeds, args.seed_epochs, on_ray=way == "ray")
+            measured[way].append(wall)
+            say(f"seeds 0-{seeds[-1]}, repeat {r + 1}: {way} {wall:6.1f} s")
+    out = {"seeds": f"0-{seeds[-1]}", "epochs": args.seed_epochs or "preset", "repeats": args.repeats}
+    out |= {f"{way}_s": round(statistics.median(walls), 2) for way, walls in measured.items()}
+    out["speedup"] = round(out["sequential_s"] / out["ray_s"], 2)
+    return out
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,6 @@
 """Simic: masks, the log projection both learners read, the vectorized environment, PPO and IQL updates."""
 
 import math
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -13,9 +11,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from esper.errors import BadInput, RunFailed
+from esper.errors import BadInput
 from esper.leyline import Advance, Cull, EpochEnded, Germinate, LifecycleConfig, RunConfig, RunStarted, SeedTelemetry, Wait
-from esper.leyline.events import CommandIssued, RunFinished, SeedGerminated, SeedTransitioned, encode
+from esper.leyline.events import CommandIssued, SeedGerminated, SeedTransitioned, encode
 from esper.leyline.garden import Garden, legal_commands
 from esper.nissa.runstate import RunState
 from esper.simic import features as F
@@ -263,7 +261,7 @@ def played(data):
     vec = VecEnv([config] * 2, [StoreSink(recorder, r) for r in run_ids], data)
     rewards = RewardConfig(accuracy=1.0, contribution=0.7, params=0.3, terminal=0.5)
     live = collect(vec, net, episode_generators(0, 0, range(2)), rewards)
-    episodes, batch = read_batch(recorder, run_ids, SPEC, rewards)
+    episodes, batch = read_batch([(r, recorder.read(r)) for r in run_ids], SPEC, rewards)
     yield net, recorder, run_ids, live, episodes, batch
     recorder.close()
 
@@ -517,64 +515,6 @@ def test_a_param_budget_charges_only_the_growth_beyond_it():
     assert sum(cost(a, b, budget) for a, b in zip(path, path[1:])) == pytest.approx(-math.log(4000 / budget))
 
 
-def test_worker_processes_change_no_decision(tmp_path):
-    """An update's episodes split over two processes are the episodes one process plays: the same commands
-    and training, its floats equal to rounding (BLAS may sum in another order in another process: the logged
-    values differ in the 7th digit, and the policy learnt from them a little more), and the same policy.
-    The selection runs, split over the workers too, score alike."""
-    cfg = PPOConfig(epochs=3, episodes=6, n_envs=3, ent_coef=0.5, learning_rate=0.01, select_every=1, select_runs=3)
-    out, played, weights, selections = tmp_path / "ppo.pt", {}, {}, {}
-    for workers in (1, 2):
-        ws = Workspace.at(tmp_path / f"workers-{workers}")
-        result = train_ppo(msgspec.structs.replace(cfg, workers=workers), out, ws)
-        with ws.reader() as reader:
-            run_ids = [r for r, in reader.con.execute(
-                "SELECT DISTINCT run_id FROM events WHERE run_id LIKE 'mnist1d-ppo-%' ORDER BY run_id").fetchall()]
-            played[workers] = {r.removeprefix(f"mnist1d-{result['learner']}"):
-                               [msgspec.json.decode(encode(rec.event)) for rec in reader.read_run(r)] for r in run_ids}
-        weights[workers] = load_policy(out)[1]["train"]["latest"]
-        selections[workers] = _selections(ws, result["learner"])
-    assert sorted(played[1]) == sorted([f"-u{u:04d}-e{i}" for u in (1, 2) for i in range(3)]
-                                       + [f"-select-u{u:04d}-r{i}" for u in (0, 1, 2) for i in range(3)])
-    assert _close(played[1], played[2])
-    assert all(torch.allclose(weights[1][k], weights[2][k], atol=1e-4) for k in weights[1])
-    scores = {w: {u: {k: v for k, v in s.items() if k.startswith("select.")} for u, s in selections[w].items()}
-              for w in (1, 2)}
-    assert sorted(scores[1]) == [0, 1, 2] and _close(scores[1], scores[2])
-
-
-def test_rollout_workers_ignore_ctrl_c_stop_with_the_job_and_a_dead_one_is_a_clear_error(data):
-    net = make_net(SPEC, 64, seed=3)
-    config = resolve_config(RunConfig(controller="ppo", epochs=2, seed=1000, telemetry="minimal"))
-
-    def play(players):
-        sinks = [ListSink() for _ in range(3)]
-        return players.play([config] * 3, sinks, net, episode_generators(0, 0, range(3)), RewardConfig()), sinks
-
-    with Players(2, "mnist1d", 64, data) as players:
-        processes = [w.process for w in players.workers]
-        for process in processes:  # Ctrl-C in a terminal reaches the whole process group: the job handles it
-            os.kill(process.pid, signal.SIGINT)
-        live, sinks = play(players)
-        assert live.steps == 6 and all(isinstance(s.events[-1], RunFinished) for s in sinks)
-        processes[1].kill()
-        processes[1].join()
-        with pytest.raises(RunFailed, match="a rollout worker process died"):
-            play(players)
-    assert not any(p.is_alive() for p in processes)
-
-
-def _close(a, b) -> bool:
-    """Equal, floats to rounding, through nested dicts and lists."""
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def _selections(ws: Workspace, learner: str) -> dict[int, dict]:
     with ws.reader() as reader:
         rows = reader.con.execute("SELECT payload->>'$.update', payload->>'$.stats' FROM events "
@@ -593,7 +533,7 @@ def test_selection_scores_the_greedy_policy_on_fixed_runs_and_changes_no_trainin
     kept = result["kept_update"]
     # the file's policy, scored again on the same selection runs, scores exactly as logged: scores compare
     with Recorder(":memory:") as recorder:
-        again = greedy_score(load_policy(out)[0], cfg, Players(1, "mnist1d", 64, data), recorder, "again", 0)
+        again = greedy_score(load_policy(out)[0], cfg, Players(data, recorder), "again", 0)
         seeds = sorted(recorder.read(r)[0].event.config.seed for r in recorder.run_ids())
     assert again == {k: v for k, v in selections[kept].items() if k != "select.kept_update"}
     assert seeds == [selection_seed(cfg, 0), selection_seed(cfg, 1)]
@@ -609,7 +549,7 @@ def _scripted(monkeypatch, scores: dict[int, float]) -> dict[int, dict]:
     """Make `greedy_score` return `scores[update]`; the weights it was shown, by update."""
     seen = {}
 
-    def scripted(net, cfg, players, recorder, tag, update):
+    def scripted(net, cfg, players, tag, update):
         seen[update] = {k: v.clone() for k, v in net.state_dict().items()}
         return {"select.return": scores[update]}
 

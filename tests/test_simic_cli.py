@@ -74,7 +74,7 @@ def test_ppo_resumes_from_its_checkpoint(trained, tmp_path):
     assert out.returncode == 0, out.stderr
     resumed = json.loads(out.stdout)
     assert resumed["episodes"] == 4 and "resuming" in out.stderr and "update 2/2" in out.stderr
-    assert "split over 2 processes" in out.stderr  # --workers may change on resume: it changes no decision
+    assert "split over 2 Ray workers" in out.stderr  # --workers may change on resume: it changes no decision
     seeds = events(tmp_path, "SELECT DISTINCT (payload->>'$.config.seed')::INT FROM events WHERE type = 'RunStarted'")
     assert seeds == [(1001,)], "the resumed job plays the second update's runs"
 

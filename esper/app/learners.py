@@ -25,15 +25,18 @@ def policy_path(out: Path) -> Path:
 
 
 def ppo_job(cfg: PPOConfig, out: Path, workspace: Workspace, init: Path | None = None, resume: bool = False,
-            progress: Progress = lambda line: None, deadline: float | None = None) -> dict[str, Any]:
+            progress: Progress = lambda line: None, deadline: float | None = None,
+            ray_address: str | None = None) -> dict[str, Any]:
     """Train with PPO into `out` (also the checkpoint); with `resume`, go on from the checkpoint at `out`;
-    with `deadline` (a `time.perf_counter()` value), stop before an update that would end after it."""
+    with `deadline` (a `time.perf_counter()` value), stop before an update that would end after it; with several
+    workers, on the Ray at `ray_address` (default: a local one)."""
     from esper.simic.ppo import train
 
     out = policy_path(out)
     if resume and not out.is_file():
         raise BadInput(f"no checkpoint to resume at {out}")
-    return train(cfg, out, workspace, init=init, resume=resume, progress=progress, deadline=deadline)
+    return train(cfg, out, workspace, init=init, resume=resume, progress=progress, deadline=deadline,
+                 ray_address=ray_address)
 
 
 def iql_job(cfg: IQLConfig, out: Path, workspace: Workspace, runs: str | None = None,

@@ -24,6 +24,8 @@ WorkspaceOption = typer.Option(
     None, "--workspace", "-w", help="Folder of store files (default $ESPER_WORKSPACE, else ./runs)."
 )
 
+RayAddress = typer.Option(None, "--ray-address", help="Join this Ray cluster (default $RAY_ADDRESS, else start Ray on "
+                          "this machine); the workspace must then be shared storage every node writes.")
 
 _stderr_gone = False
 """Set when a line could not be written to stderr: every later line is dropped unwritten."""

@@ -7,9 +7,9 @@ from typing import Optional
 import typer
 
 from esper.app import runs
-from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
+from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
 from esper.cli.progress import EpochBars
-from esper.errors import BadInput
+from esper.errors import BadInput, RunFailed
 from esper.leyline.stages import SeedStage
 from esper.store import Workspace
 from esper.tamiyo.controllers import CONTROLLERS, heuristic_config
@@ -65,6 +65,10 @@ def run(
         None, "--config", help="A TOML file of these settings (keys as the options, with _ for -; [heuristic] and "
         "[host_options] tables); options given here override it."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved settings as TOML and exit."),
+    seeds: Optional[str] = typer.Option(
+        None, "--seeds", help="Train many seeds of this configuration at once on Ray, e.g. 0-19 or 0,3,5: one line "
+        "per finished run, then mean ± sd of their results (extra: '.[ray]')."),
+    ray_address: Optional[str] = RayAddress,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
@@ -78,6 +82,11 @@ def run(
         _print_result(run_id, result, as_json)
         return
     request = runs.request_from(config_file, given)
+    if seeds is not None:
+        _run_seeds(seeds, request, ctx, as_json, workspace, ray_address)
+        return
+    if ray_address is not None:
+        raise BadInput("--ray-address is for --seeds (a single run trains here)")
     ranks = runs.join_ranks(request)  # under torchrun: rank 0 runs what follows, the other ranks follow it
     if ranks is not None and not ranks.leader:
         runs.follow(ranks)
@@ -99,7 +108,7 @@ def run(
     _print_result(planned.run_id, result, as_json)
 
 
-NOT_SETTINGS = ("ctx", "resume", "config_file", "print_config", "as_json", "workspace")
+NOT_SETTINGS = ("ctx", "resume", "config_file", "print_config", "as_json", "workspace", "seeds", "ray_address")
 
 
 def _given(ctx: typer.Context) -> dict:
@@ -164,10 +173,15 @@ def _print_result(run_id: str, result, as_json: bool) -> None:
     table = _closing_table(run_id, result)
     if as_json:
         say(table)
-        print(json.dumps({"run_id": run_id, "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
-                          "params": result.params, "seeds": result.seeds}))
+        print(json.dumps(_result_json(run_id, result)))
     else:
         print(table)
+
+
+def _result_json(run_id: str, result) -> dict:
+    """What `--json` prints of a finished run (one object per run with --seeds too)."""
+    return {"run_id": run_id, "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
+            "params": result.params, "seeds": result.seeds}
 
 
 def _progress(total: int):
@@ -184,8 +198,12 @@ def _progress(total: int):
     return report
 
 
+def _stages(seeds: dict[str, int]) -> str:
+    return ", ".join(f"{n} {stage.lower()}" for stage, n in sorted(seeds.items())) or "no seeds"
+
+
 def _closing_table(run_id: str, result) -> str:
-    stages = ", ".join(f"{n} {stage.lower()}" for stage, n in sorted(result.seeds.items())) or "no seeds"
+    stages = _stages(result.seeds)
     return (
         f"run {run_id}\n"
         f"  val accuracy   {result.val_accuracy * 100:6.2f}%\n"
@@ -194,3 +212,59 @@ def _closing_table(run_id: str, result) -> str:
         f"  seeds          {stages}\n"
         f"  replay with    esper replay {run_id}"
     )
+
+
+def _run_seeds(text: str, request: runs.RunRequest, ctx: typer.Context, as_json: bool, workspace: Optional[Path],
+               ray_address: Optional[str]) -> None:
+    """`--seeds`: every seed's run, a line (or JSON object) as each ends, then the summary; exit 1 if any failed."""
+    from esper.app import seeds as fanout
+
+    for name in ("seed", "print_config"):
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT":
+            raise BadInput(f"--{name.replace('_', '-')} is for one run: drop it with --seeds")
+    planned = fanout.plan_seeds(request, fanout.parse_seeds(text), Workspace.at(workspace))
+    ws = writable_workspace(workspace)
+    c = planned[0].config
+    where = f"on Ray at {ray_address}" if ray_address else "on Ray" if len(planned) > 1 else "here"
+    say(f"seeds {text}: {len(planned)} run{'s' * (len(planned) > 1)} of {c.task}, controller {c.controller}, {c.epochs} "
+        f"epochs on {c.device}, {where}")
+    done = fanout.train_seeds(planned, ws, lambda run: _print_seed_run(run, as_json), ray_address)
+    summary = fanout.summary(done)
+    if as_json:
+        say(_seeds_table(text, summary))
+        print(json.dumps({"summary": summary}))
+    else:
+        print(_seeds_table(text, summary))
+    if summary["failed"]:
+        raise RunFailed(f"{summary['failed']} of {summary['runs']} runs failed (each log ends with RunFailed)")
+
+
+def _print_seed_run(run, as_json: bool) -> None:
+    if run.result is None:
+        line = f"seed {run.seed:<4} {run.run_id}  failed: {run.error}"
+    else:
+        r = run.result
+        line = (f"seed {run.seed:<4} {run.run_id}  test {r.test_accuracy * 100:6.2f}%  val {r.val_accuracy * 100:6.2f}%  "
+                f"params {r.params:>7,}  {_stages(r.seeds)}")
+    if not as_json:
+        print(line, flush=True)
+        return
+    say(line)
+    print(json.dumps(_result_json(run.run_id, run.result) if run.result else {"run_id": run.run_id, "error": run.error}),
+          flush=True)
+
+
+def _seeds_table(text: str, summary: dict) -> str:
+    failed = f", {summary['failed']} failed" if summary["failed"] else ""
+    return (f"seeds {text}: {summary['finished']} of {summary['runs']} finished{failed}\n"
+            f"  test accuracy  {_mean_sd(summary['test_accuracy'], 100)} %\n"
+            f"  val accuracy   {_mean_sd(summary['val_accuracy'], 100)} %\n"
+            f"  params         {_mean_sd(summary['params'], digits=0)}")
+
+
+def _mean_sd(stats: dict, scale: float = 1.0, digits: int = 2) -> str:
+    """`mean ± sd` of a summary entry, scaled (100: percent); `-` without finished runs."""
+    if stats["mean"] is None:
+        return "-"
+    text = f"{stats['mean'] * scale:,.{digits}f}"
+    return text + (f" ± {stats['sd'] * scale:,.{digits}f}" if stats["sd"] is not None else "")

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
+from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
 from esper.errors import BadInput, StoreFailed
 from esper.simic.config import IQLConfig, PPOConfig
 from esper.simic.rewards import RewardConfig
@@ -31,7 +31,7 @@ def _rewards(accuracy: float, contribution: float, params: float, terminal: floa
     return RewardConfig(accuracy=accuracy, contribution=contribution, params=params, terminal=terminal, param_budget=budget)
 
 
-RESUME_OPTIONS = {"out", "episodes", "workers", "resume", "as_json", "workspace"}
+RESUME_OPTIONS = {"out", "episodes", "workers", "ray_address", "resume", "as_json", "workspace"}
 """What `esper ppo --resume` takes from the command line (--workers changes no decision); every other setting is the
 checkpoint's."""
 
@@ -56,8 +56,9 @@ def ppo(
     epochs: int = typer.Option(PPO.epochs, "--epochs", help="Epochs per episode (default: the task's preset)."),
     seed: int = typer.Option(PPO.seed, "--seed", help="Seed of the policy and of the runs' seeds."),
     devices: str = typer.Option(",".join(PPO.devices), "--devices", help="Comma-separated devices, used round-robin (cpu, cuda, cuda:N)."),
-    workers: int = typer.Option(PPO.workers, "--workers", help="Processes that play each update's episodes (a CPU run trains "
-                                "on one thread: give the cores you can spare). Changes no decision, only the time."),
+    workers: int = typer.Option(PPO.workers, "--workers", help="Ray workers that play each update's episodes (a CPU run "
+                                "trains on one thread: give the cores you can spare). Changes no decision, only the time."),
+    ray_address: Optional[str] = RayAddress,
     telemetry: str = typer.Option(PPO.telemetry, "--telemetry", help="Telemetry profile of the runs."),
     lr: float = typer.Option(PPO.learning_rate, "--lr", help="Adam learning rate."),
     hidden: int = typer.Option(PPO.hidden, "--hidden", help="Width of the policy's hidden layers."),
@@ -102,7 +103,8 @@ def ppo(
         select_every=select_every, select_runs=select_runs, workers=workers,
     )
     try:
-        result = ppo_job(cfg, out, writable_workspace(workspace), init=init, resume=resume, progress=say)
+        result = ppo_job(cfg, out, writable_workspace(workspace), init=init, resume=resume, progress=say,
+                         ray_address=ray_address)
     except StoreFailed as exc:  # what one episode's log held matters not: --resume plays its update again
         again = f"run esper ppo --out {out} --resume" if out.is_file() else "run it again"
         raise exc.adding(held="", then=again) from None
@@ -113,7 +115,7 @@ def ppo(
     lines = [f"policy {out}", f"  updates        {result['updates']}", f"  episodes       {result['episodes']}",
              f"  last return    {stats.get('return', float('nan')):+.4f}",
              f"  last val acc   {stats.get('val_accuracy', float('nan')) * 100:6.2f}%",
-             f"  episodes       runs {result['runs']} in {result['store']}"]
+             f"  episodes       runs {result['runs']} in {result['episode_stores']}"]
     if result["kept_update"] is not None:
         lines.append(f"  kept policy    after update {result['kept_update']} (best greedy return on the selection runs)")
         lines.append(f"  selection runs {result['runs'].removesuffix('-u*')}-select-*")

@@ -4,7 +4,7 @@ One update, top to bottom:
 1. play `n_envs` episodes in lock-step (`esper.simic.env.VecEnv`), sampling the policy's masked
    heads; every decision is a `CommandIssued` carrying the action's log-probability, the value estimate
    and the masks, appended to this job's store file. With `workers` > 1 the episodes are split over as
-   many processes, which changes no decision (`esper.simic.rollout`);
+   many Ray tasks, each writing a store file of its own, which changes no decision (`esper.simic.rollout`);
 2. read those episodes back from the store and build the batch with the dataset projection IQL uses
    (`esper.simic.dataset`): what PPO learns from is exactly what is on disk;
 3. GAE(γ, λ) advantages and returns from the logged values; the runs of one update share their seed,
@@ -29,7 +29,7 @@ import math
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import attrs
 import msgspec
@@ -46,8 +46,10 @@ from esper.simic.features import FeatureSpec, spec_for_task
 from esper.simic.policy import PolicyNet, check_training, load_policy, save_policy, saved
 from esper.simic.config import PPOConfig
 from esper.simic.rewards import COMPONENTS, RewardConfig
-from esper.simic.rollout import Players, episode_generators
+from esper.simic.rollout import Players, RayPlayers, episode_generators, open_players
 from esper.store import Recorder, Workspace
+from esper.store.recorder import Recorded
+from esper.tolaria import cluster
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, resolve_config
 from esper.tolaria.trainer import resolve_device
@@ -62,9 +64,10 @@ MAX_JOB_SEED = 1_000_000
 # ---- 2.–3. the batch, advantages -------------------------------------------------------------------
 
 
-def read_batch(recorder: Recorder, run_ids: list[str], spec: FeatureSpec, rewards: RewardConfig) -> tuple[list[Episode], dict[str, torch.Tensor]]:
-    """The episodes just played, read back from the store through the dataset projection."""
-    episodes = [replay_episode(recorder.read(run_id), spec, rewards, run_id) for run_id in run_ids]
+def read_batch(runs: Sequence[tuple[str, Sequence[Recorded]]], spec: FeatureSpec,
+               rewards: RewardConfig) -> tuple[list[Episode], dict[str, torch.Tensor]]:
+    """The episodes just played, as their stores hold them ((run id, records) each), through the dataset projection."""
+    episodes = [replay_episode(records, spec, rewards, run_id) for run_id, records in runs]
     episodes = [e for e in episodes if len(e)]
     if not episodes:
         raise BadInput("no episode finished a single step: nothing to learn from (are epochs at least 1?)")
@@ -188,9 +191,10 @@ def soften(net: PolicyNet, temperature: float) -> None:
 
 def train(
     cfg: PPOConfig, out: Path, workspace: Workspace, init: Path | None = None, resume: bool = False,
-    progress: Callable[[str], None] = lambda line: None, deadline: float | None = None,
+    progress: Callable[[str], None] = lambda line: None, deadline: float | None = None, ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """Run PPO to `cfg.episodes` episodes, checkpointing into `out` after every update. With `deadline`
+    """Run PPO to `cfg.episodes` episodes, checkpointing into `out` after every update; with `cfg.workers` > 1 the
+    episodes are played on Ray (started here, or joined at `ray_address`). With `deadline`
     (a `time.perf_counter()` value), stop early rather than start an update that would end after it (the
     first update always runs). With `cfg.select_every`, `out`'s policy is the kept one, and the last update
     is always scored; the deadline leaves room for that (the starting policy's score is not counted)."""
@@ -226,10 +230,11 @@ def train(
     learner_id = f"ppo-{tag}"
     store = workspace.store_path(learner_id)
     updates = math.ceil(cfg.episodes / cfg.n_envs)
-    where = ", ".join(cfg.devices) + (f", split over {cfg.workers} processes" if cfg.workers > 1 else "")
+    where = ", ".join(cfg.devices) + (f", split over {cfg.workers} Ray workers" if cfg.workers > 1 else "")
     progress(f"ppo {learner_id}: {cfg.task}, {cfg.episodes} episodes, {cfg.n_envs} envs in lock-step on {where}; store {store}")
     stats: dict[str, float] = {}
-    with Recorder(store) as recorder, Players(cfg.workers, cfg.task, cfg.hidden, data) as players:
+    with Recorder(store) as recorder, open_players(cfg.workers, cfg.task, cfg.hidden, data, recorder, workspace,
+                                                   learner_id, cfg.devices, ray_address) as players:
         learner = StoreSink(recorder, learner_id)
 
         def save(update: int) -> CheckpointSaved:
@@ -240,13 +245,13 @@ def train(
         last_update_s = last_select_s = 0.0
         if cfg.select_every and kept is None:  # the starting policy is the first candidate
             select_started = time.perf_counter()
-            kept, selected = select_checkpoint(kept, net, start_update, cfg, players, recorder, tag, progress)
+            kept, selected = select_checkpoint(kept, net, start_update, cfg, players, tag, progress)
             learner.append([PolicyUpdated(update=start_update, stats=selected), save(start_update)])
             last_select_s = time.perf_counter() - select_started
         for u in range(start_update, updates):
             update_started = time.perf_counter()
             n = min(cfg.n_envs, cfg.episodes - episodes_done)
-            stats = learn(u, n, cfg, net, optimizer, generator, recorder, players, tag, out)
+            stats = learn(u, n, cfg, net, optimizer, generator, players, tag, out)
             episodes_done += n
             stats["episodes"] = float(episodes_done)
             last_update_s = time.perf_counter() - update_started
@@ -257,31 +262,32 @@ def train(
                 time.perf_counter() + (due + 1) * last_select_s + last_update_s > deadline)
             if cfg.select_every and (due or time_up or u + 1 == updates):  # the last update is always scored
                 select_started = time.perf_counter()
-                kept, selected = select_checkpoint(kept, net, u + 1, cfg, players, recorder, tag, progress)
+                kept, selected = select_checkpoint(kept, net, u + 1, cfg, players, tag, progress)
                 stats |= selected
                 last_select_s = time.perf_counter() - select_started
             learner.append([PolicyUpdated(update=u + 1, stats=stats), save(u + 1)])
             if time_up and u + 1 < updates:
                 progress(f"time is up after update {u + 1} ({episodes_done} episodes)")
                 break
-    return {"out": str(out), "store": str(store), "learner": learner_id, "runs": f"{cfg.task}-ppo-{tag}-u*",
-            "updates": math.ceil(episodes_done / cfg.n_envs), "episodes": episodes_done, "stats": stats,
+    episode_stores = str(store) if cfg.workers == 1 else str(workspace.store_path(f"{learner_id}-w*"))
+    return {"out": str(out), "store": str(store), "episode_stores": episode_stores, "learner": learner_id,
+            "runs": f"{cfg.task}-ppo-{tag}-u*", "updates": math.ceil(episodes_done / cfg.n_envs),
+            "episodes": episodes_done, "stats": stats,
             "kept_update": kept.update if kept else None}
 
 
 def learn(u: int, n: int, cfg: PPOConfig, net: PolicyNet, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-          recorder: Recorder, players: Players, tag: str, out: Path) -> dict[str, float]:
+          players: Players | RayPlayers, tag: str, out: Path) -> dict[str, float]:
     """Update u (from 0): play `n` episodes, read them back, update the policy; the update's stats."""
     base = resolve_config(RunConfig(task=cfg.task, controller="ppo", seed=TRAIN_SEEDS + 100_000 * cfg.seed + u,
                                     epochs=cfg.epochs, telemetry=cfg.telemetry, policy=str(out),
                                     lifecycle=LifecycleConfig(max_params=cfg.max_params)))
     run_ids = [f"{cfg.task}-ppo-{tag}-u{u + 1:04d}-e{i}" for i in range(n)]
-    sinks = [StoreSink(recorder, r) for r in run_ids]
     started = time.perf_counter()
-    live = players.play(configs_round_robin(base, n, cfg.devices), sinks, net,
-                        episode_generators(cfg.seed, u, range(n)), cfg.reward)
+    live, records = players.play(configs_round_robin(base, n, cfg.devices), run_ids, net,
+                                 episode_generators(cfg.seed, u, range(n)), cfg.reward)
     played = time.perf_counter() - started
-    episodes, b = read_batch(recorder, run_ids, net.spec, cfg.reward)
+    episodes, b = read_batch(list(zip(run_ids, records)), net.spec, cfg.reward)
     b["advantages"], b["returns"] = advantages(b, net, cfg.gamma, cfg.gae_lambda)
     if cfg.shared_baseline:
         b["advantages"] = centre_per_step(b["advantages"], b["step"])
@@ -331,6 +337,10 @@ def _check(cfg: PPOConfig) -> None:
         raise BadInput("minibatches and update_epochs must be at least 1")
     if cfg.workers < 1:
         raise BadInput(f"workers must be at least 1, got {cfg.workers}")
+    if cfg.workers > 1:
+        cluster.need_ray(f"{cfg.workers} workers")  # before anything is written
+        if any(d.startswith("cuda:") for d in cfg.devices):
+            raise BadInput("with several workers, Ray gives each its share of a GPU: use device cuda, not cuda:N")
     if not cfg.init_temperature > 0:
         raise BadInput(f"init_temperature must be positive, got {cfg.init_temperature}")
     if cfg.critic_warmup < 0:
@@ -409,7 +419,7 @@ def selection_seed(cfg: PPOConfig, i: int) -> int:
     return TRAIN_SEEDS + 100_000 * cfg.seed + SELECT_OFFSET + i
 
 
-def greedy_score(net: PolicyNet, cfg: PPOConfig, players: Players, recorder: Recorder, tag: str,
+def greedy_score(net: PolicyNet, cfg: PPOConfig, players: Players | RayPlayers, tag: str,
                  update: int) -> dict[str, float]:
     """`select.*` stats of the greedy policy on the job's selection runs: mean return (the score), final
     validation accuracy and params. The runs are the same every time, so two scores compare two policies on
@@ -419,8 +429,8 @@ def greedy_score(net: PolicyNet, cfg: PPOConfig, players: Players, recorder: Rec
                                         lifecycle=LifecycleConfig(max_params=cfg.max_params)))
                for i in range(cfg.select_runs)]
     run_ids = [f"{cfg.task}-ppo-{tag}-select-u{update:04d}-r{i}" for i in range(cfg.select_runs)]
-    results = players.play_greedy(configs, [StoreSink(recorder, r) for r in run_ids], net, cfg.max_params)
-    returns = [float(replay_episode(recorder.read(r), net.spec, cfg.reward, r).reward.sum()) for r in run_ids]
+    results, records = players.play_greedy(configs, run_ids, net, cfg.max_params)
+    returns = [float(replay_episode(rows, net.spec, cfg.reward, r).reward.sum()) for r, rows in zip(run_ids, records)]
     finished = [r for r in results if r is not None]
     stats = {"select.return": float(np.mean(returns)), "select.failed": float(cfg.select_runs - len(finished))}
     if finished:
@@ -429,11 +439,11 @@ def greedy_score(net: PolicyNet, cfg: PPOConfig, players: Players, recorder: Rec
     return stats
 
 
-def select_checkpoint(kept: Kept | None, net: PolicyNet, update: int, cfg: PPOConfig, players: Players,
-                      recorder: Recorder, tag: str, progress: Callable[[str], None]) -> tuple[Kept, dict[str, float]]:
+def select_checkpoint(kept: Kept | None, net: PolicyNet, update: int, cfg: PPOConfig, players: Players | RayPlayers,
+                      tag: str, progress: Callable[[str], None]) -> tuple[Kept, dict[str, float]]:
     """Score `net` (the policy after `update`) and keep it if it beats the kept one; the policy kept now,
     and the `select.*` stats for the update's `PolicyUpdated`."""
-    stats = greedy_score(net, cfg, players, recorder, tag, update)
+    stats = greedy_score(net, cfg, players, tag, update)
     failed, score = int(stats.get("select.failed", 0)), stats["select.return"]
     if kept is None or kept.beaten_by(failed, score):
         kept = Kept(update, failed, score, _copy_without_grads(net))

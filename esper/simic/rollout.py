@@ -1,32 +1,33 @@
-"""PPO's rollouts: an update's episodes played with the stochastic policy, in this process or in workers
+"""PPO's rollouts: an update's episodes played with the stochastic policy, in this process or on Ray
 (and checkpoint selection's greedy runs, the same way).
 
 Every episode samples its actions from a generator of its own, seeded by (job seed, update, episode),
 each decision is computed for its episode alone, and lock-step changes no event (`esper.simic.env`): so
-an episode is the same whichever process plays it and beside whichever others. That lets `Players` split
-an update's episodes over worker processes (`PPOConfig.workers`) and change only the wall time: on CPU a
-run trains on one thread, so one process leaves the other cores idle. (The same decisions and training;
-the logged log-probabilities and values may differ in their last digits, as BLAS can sum in another order
-in another process.)
+an episode is the same whichever process plays it and beside whichever others. That lets `RayPlayers` split
+an update's episodes over Ray tasks (`PPOConfig.workers`) and change only the wall time: on CPU a run trains
+on one thread, so one process leaves the other cores idle. (The same decisions and training; the logged
+log-probabilities and values may differ in their last digits, as BLAS can sum in another order in another
+process.) Share k of every update is written to the store file `<job>-w<k>` of the workspace: its one writer.
 """
 
-import multiprocessing
-import signal
-from typing import Any, Callable, NoReturn, Sequence
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import attrs
 import numpy as np
 import torch
 
-from esper.errors import RunFailed
 from esper.leyline.config import RunConfig
-from esper.leyline.events import Event
 from esper.simic.env import VecEnv, play
 from esper.simic.features import ADVANCE, action_mask, encode, spec_for_task, to_command
 from esper.simic.policy import PolicyController, PolicyNet
 from esper.simic.rewards import RewardConfig, StepOutcome, components, reward
-from esper.tolaria.data import TaskData, load_task_data
-from esper.tolaria.loop import ListSink, RunResult, Sink
+from esper.store import Recorder, Workspace
+from esper.store.recorder import Recorded
+from esper.tolaria import cluster
+from esper.tolaria.data import TaskData
+from esper.tolaria.loop import RunResult, StoreSink
 
 
 @attrs.define
@@ -103,25 +104,11 @@ def _live_reward(obs, action, accuracy: float, params: int, final: bool, rewards
 
 
 class Players:
-    """Plays an update's episodes: here (`workers` 1), or split round-robin over `workers` processes, each
-    playing its share in lock-step and sending back the events, which are appended to the episodes' sinks
-    here once its share is finished.
+    """Plays an update's episodes in this process, into the job's own store (`workers` 1). Each call returns
+    what it played and every run's events as the store holds them: what PPO learns from is what is on disk."""
 
-    The workers ignore Ctrl-C: the job handles it, and leaving stops them at once (whatever they were
-    playing is not in the log; `esper ppo --resume` plays that update again)."""
-
-    def __init__(self, workers: int, task: str, hidden: int, data: TaskData):
-        self.data, self.hidden = data, hidden
-        self.workers: list[_Worker] = []
-        spawn = multiprocessing.get_context("spawn")  # never fork a process that has started torch's threads
-        try:
-            for _ in range(workers if workers > 1 else 0):
-                self.workers.append(_Worker(spawn, task))
-            for worker in self.workers:  # started: torch imported, data loaded (not the first update's time)
-                worker.receive()
-        except BaseException:
-            self.close()
-            raise
+    def __init__(self, data: TaskData, recorder: Recorder):
+        self.data, self.recorder = data, recorder
 
     def __enter__(self) -> "Players":
         return self
@@ -130,137 +117,134 @@ class Players:
         self.close()
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.process.terminate()
-            worker.process.join()
-            worker.conn.close()
-        self.workers = []
+        pass
 
-    def play(self, configs: Sequence[RunConfig], sinks: Sequence[Sink], net: PolicyNet,
-             generators: Sequence[torch.Generator], rewards: RewardConfig) -> LiveRollout:
+    def play(self, configs: Sequence[RunConfig], run_ids: Sequence[str], net: PolicyNet,
+             generators: Sequence[torch.Generator], rewards: RewardConfig) -> tuple[LiveRollout, list[list[Recorded]]]:
         """Play `configs` to the end in lock-step with the stochastic policy (PPO's rollout)."""
-        if not self.workers or len(configs) == 1:
-            return collect(VecEnv(configs, sinks, self.data), net, generators, rewards)
+        live = collect(VecEnv(configs, self._sinks(run_ids), self.data), net, generators, rewards)
+        return live, [self.recorder.read(r) for r in run_ids]
+
+    def play_greedy(self, configs: Sequence[RunConfig], run_ids: Sequence[str], net: PolicyNet,
+                    max_params: int) -> tuple[list[RunResult | None], list[list[Recorded]]]:
+        """Play each of `configs` alone with the greedy policy (checkpoint selection: the runs have seeds of
+        their own, so they cannot share lock-step), one after another; each run's result (None: it failed)."""
+        controller = PolicyController(net, max_params=max_params)
+        results = [play(VecEnv([config], [sink], self.data), [controller])[0]
+                   for config, sink in zip(configs, self._sinks(run_ids))]
+        return results, [self.recorder.read(r) for r in run_ids]
+
+    def _sinks(self, run_ids: Sequence[str]) -> list[StoreSink]:
+        return [StoreSink(self.recorder, r) for r in run_ids]
+
+
+class RayPlayers:
+    """Plays an update's episodes split round-robin over `workers` Ray tasks at once (`esper.tolaria.cluster`),
+    share k into the workspace's store file `<name>-w<k>`. Ctrl-C or SIGTERM cancels the tasks: their runs end
+    with `RunFailed` in those files (`esper ppo --resume` plays that update again)."""
+
+    def __init__(self, workers: int, task: str, hidden: int, data: TaskData, workspace: Workspace, name: str,
+                 devices: Sequence[str] = ("cpu",), address: str | None = None):
+        self.hidden, self.workers = hidden, workers
+        self.stores = [str(workspace.store_path(f"{name}-w{k}").absolute()) for k in range(workers)]
+        self._session = contextlib.ExitStack()
+        try:
+            self.ray = self._session.enter_context(cluster.connected(f"--workers {workers}", address))
+            cluster.check_shared(self.ray, workspace.root.absolute())
+            self.data = self.ray.put(data)  # once: every task reads the same copy
+            device = next((d for d in devices if d.startswith("cuda")), "cpu")
+            self._play = cluster.remote(self.ray, _play_share, device)
+            self._play_greedy = cluster.remote(self.ray, _play_greedy_share, device)
+            # each worker imports torch and this module before the first update, as a process pool's would: the
+            # first update's rollouts are then timed like any other's
+            cluster.gather(self.ray, [cluster.remote(self.ray, _ready).remote() for _ in range(workers)])
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "RayPlayers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def play(self, configs: Sequence[RunConfig], run_ids: Sequence[str], net: PolicyNet,
+             generators: Sequence[torch.Generator], rewards: RewardConfig) -> tuple[LiveRollout, list[list[Recorded]]]:
         shares = self._shares(len(configs))
         state = _weights(net)
-        played = self._on_workers(_play_share, [([configs[i] for i in share], state, self.hidden,
-                                                 [generators[i].get_state() for i in share], rewards) for share in shares])
-        merged = LiveRollout.empty(len(configs))
-        for share, (events, live) in zip(shares, played):
+        played = self._on_workers(self._play, shares, lambda share: (
+            [configs[i] for i in share], [run_ids[i] for i in share], state, self.hidden,
+            [generators[i].get_state() for i in share], rewards))
+        merged, records = LiveRollout.empty(len(configs)), [[] for _ in configs]
+        for share, (live, share_records) in zip(shares, played):
             for k, i in enumerate(share):
-                sinks[i].append(events[k])
+                records[i] = share_records[k]
                 for field in ("obs", "mask", "action", "log_prob", "value", "reward"):
                     getattr(merged, field)[i] = getattr(live, field)[k]
             merged.steps += live.steps
-        return merged
+        return merged, records
 
-    def play_greedy(self, configs: Sequence[RunConfig], sinks: Sequence[Sink], net: PolicyNet,
-                    max_params: int) -> list[RunResult | None]:
-        """Play each of `configs` alone with the greedy policy (checkpoint selection: the runs have seeds of
-        their own, so they cannot share lock-step), one after another here or split over the workers; each
-        run's result (None: it failed)."""
-        if not self.workers or len(configs) == 1:
-            return _play_greedy(self.data, configs, sinks, net, max_params)
+    def play_greedy(self, configs: Sequence[RunConfig], run_ids: Sequence[str], net: PolicyNet,
+                    max_params: int) -> tuple[list[RunResult | None], list[list[Recorded]]]:
         shares = self._shares(len(configs))
         state = _weights(net)
-        played = self._on_workers(_play_greedy_share, [([configs[i] for i in share], state, self.hidden, max_params)
-                                                       for share in shares])
+        played = self._on_workers(self._play_greedy, shares, lambda share: (
+            [configs[i] for i in share], [run_ids[i] for i in share], state, self.hidden, max_params))
         results: list[RunResult | None] = [None] * len(configs)
-        for share, (events, share_results) in zip(shares, played):
+        records: list[list[Recorded]] = [[] for _ in configs]
+        for share, (share_results, share_records) in zip(shares, played):
             for k, i in enumerate(share):
-                sinks[i].append(events[k])
-                results[i] = share_results[k]
-        return results
+                results[i], records[i] = share_results[k], share_records[k]
+        return results, records
 
     def _shares(self, n: int) -> list[list[int]]:
         """Runs 0..n-1 dealt round-robin over the workers (no empty share)."""
-        return [list(range(w, n, len(self.workers))) for w in range(min(len(self.workers), n))]
+        return [list(range(w, n, self.workers)) for w in range(min(self.workers, n))]
 
-    def _on_workers(self, job: Callable, shares: list[tuple]) -> list[Any]:
-        """`job(data, *share)` for each share on a worker of its own, at once; their answers in order."""
-        for worker, share in zip(self.workers, shares):
-            worker.send((job, share))
-        return [worker.receive() for worker, _ in zip(self.workers, shares)]
+    def _on_workers(self, job: Any, shares: list[list[int]], arguments: Callable[[list[int]], tuple]) -> list[Any]:
+        """`job(data, store k, *arguments(share k))` for every share at once, as Ray tasks; their answers in order."""
+        refs = [job.remote(self.data, self.stores[k], *arguments(share)) for k, share in enumerate(shares)]
+        return cluster.gather(self.ray, refs)
+
+
+def open_players(workers: int, task: str, hidden: int, data: TaskData, recorder: Recorder, workspace: Workspace,
+                 name: str, devices: Sequence[str] = ("cpu",), address: str | None = None) -> Players | RayPlayers:
+    """Where a job's episodes are played: here with one worker (Ray is never started), else on Ray."""
+    if workers <= 1:
+        return Players(data, recorder)
+    return RayPlayers(workers, task, hidden, data, workspace, name, devices, address)
 
 
 def _weights(net: PolicyNet) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
-class _Worker:
-    """One rollout process and the job's end of its pipe. Every message back is (ok, value)."""
-
-    def __init__(self, context, task: str):
-        self.conn, theirs = context.Pipe()
-        self.process = context.Process(target=_serve, args=(theirs, task), daemon=True, name="esper-rollout")
-        self.process.start()
-        theirs.close()
-
-    def send(self, share: tuple) -> None:
-        try:
-            self.conn.send(share)
-        except (BrokenPipeError, ConnectionResetError):
-            self._died()
-
-    def receive(self) -> Any:
-        try:
-            ok, value = self.conn.recv()
-        except (EOFError, ConnectionResetError):
-            self._died()
-        if not ok:
-            raise value
-        return value
-
-    def _died(self) -> NoReturn:
-        self.process.join(timeout=5)
-        raise RunFailed(f"a rollout worker process died (exit code {self.process.exitcode})") from None
+def _ready() -> None:
+    """A Ray task that does nothing: running it makes a worker import this module (and torch)."""
 
 
-def _serve(conn, task: str) -> None:
-    """A worker's loop: load the task's data once, then play each share it is sent (a job of this module and
-    its arguments) until the job hangs up."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the job's to handle; it stops the workers
-    try:
-        data = load_task_data(task, RunConfig().data_seed)
-    except Exception as exc:
-        conn.send((False, exc))
-        return
-    conn.send((True, None))
-    while True:
-        try:
-            job, share = conn.recv()
-        except EOFError:  # the job has gone
-            return
-        try:
-            conn.send((True, job(data, *share)))
-        except Exception as exc:
-            conn.send((False, exc))
-
-
-def _play_share(data: TaskData, configs: list[RunConfig], state: dict[str, torch.Tensor], hidden: int,
-                generator_states: list[torch.Tensor], rewards: RewardConfig) -> tuple[list[list[Event]], LiveRollout]:
-    """In a worker: play `configs` in lock-step with the policy `state`; each episode's events and the rollout."""
+def _play_share(data: TaskData, store: str, configs: list[RunConfig], run_ids: list[str],
+                state: dict[str, torch.Tensor], hidden: int, generator_states: list[torch.Tensor],
+                rewards: RewardConfig) -> tuple[LiveRollout, list[list[Recorded]]]:
+    """A Ray task: play `configs` in lock-step with the policy `state` into the store file `store`."""
     net = _policy(configs[0].task, state, hidden)
     generators = [torch.Generator() for _ in generator_states]
     for g, s in zip(generators, generator_states):
         g.set_state(s)
-    sinks = [ListSink() for _ in configs]
-    live = collect(VecEnv(configs, sinks, data), net, generators, rewards)
-    return [sink.events for sink in sinks], live
+    with Recorder(Path(store)) as recorder:
+        return Players(data, recorder).play(configs, run_ids, net, generators, rewards)
 
 
-def _play_greedy_share(data: TaskData, configs: list[RunConfig], state: dict[str, torch.Tensor], hidden: int,
-                       max_params: int) -> tuple[list[list[Event]], list[RunResult | None]]:
-    """In a worker: play each of `configs` alone with the greedy policy `state`; each run's events and result."""
-    sinks = [ListSink() for _ in configs]
-    results = _play_greedy(data, configs, sinks, _policy(configs[0].task, state, hidden), max_params)
-    return [sink.events for sink in sinks], results
-
-
-def _play_greedy(data: TaskData, configs: Sequence[RunConfig], sinks: Sequence[Sink], net: PolicyNet,
-                 max_params: int) -> list[RunResult | None]:
-    controller = PolicyController(net, max_params=max_params)
-    return [play(VecEnv([config], [sink], data), [controller])[0] for config, sink in zip(configs, sinks)]
+def _play_greedy_share(data: TaskData, store: str, configs: list[RunConfig], run_ids: list[str],
+                       state: dict[str, torch.Tensor], hidden: int,
+                       max_params: int) -> tuple[list[RunResult | None], list[list[Recorded]]]:
+    """A Ray task: play each of `configs` alone with the greedy policy `state` into the store file `store`."""
+    with Recorder(Path(store)) as recorder:
+        net = _policy(configs[0].task, state, hidden)
+        return Players(data, recorder).play_greedy(configs, run_ids, net, max_params)
 
 
 def _policy(task: str, state: dict[str, torch.Tensor], hidden: int) -> PolicyNet:

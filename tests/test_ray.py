@@ -1,0 +1,234 @@
+"""Past one process on Ray: `esper ppo --workers N` and `esper run --seeds`, which change where runs train and
+nothing they log; without Ray, one line; Ctrl-C or SIGTERM ends every run with `RunFailed` and leaves no Ray behind.
+
+The tests that start Ray share one small local Ray (2 CPUs, no dashboard) and are `slow`: Ray takes seconds to
+start, and a run on it seconds more."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import msgspec
+import pytest
+import torch
+
+from cli_runner import invoke, one_line_error
+from esper.app import runs
+from esper.app import seeds as fanout
+from esper.errors import BadInput
+from esper.leyline.events import CheckpointSaved, encode
+from esper.simic.policy import load_policy
+from esper.simic.ppo import PPOConfig
+from esper.simic.ppo import train as train_ppo
+from esper.store import Workspace
+from esper.tolaria import cluster
+from esper.tolaria.loop import RunResult
+from test_simic import _selections
+
+ESPER = [sys.executable, "-m", "esper"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One small local Ray for the module; the code under test finds it started and leaves it running."""
+    ray = pytest.importorskip("ray")
+    sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    signal.signal(signal.SIGTERM, sigterm)  # ray.init's own handler would end pytest itself
+    yield ray
+    ray.shutdown()
+
+
+# ---- without Ray ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["run", "--seeds", "0-1", "--epochs", "1"],
+                                  ["ppo", "--workers", "2", "--episodes", "2", "--epochs", "1", "--out", "p.pt"]])
+def test_without_ray_more_than_one_worker_or_seed_is_one_line_saying_how_to_install_it(args, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(invoke(*args, workspace=tmp_path / "ws"))
+    assert "pip install -e '.[ray]'" in line
+    assert not (tmp_path / "ws").exists() and not (tmp_path / "p.pt").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_one_seed_and_one_worker_never_load_ray(tmp_path):
+    probe = f"""
+import sys
+from esper.app import runs, seeds
+from esper.simic.ppo import PPOConfig, train
+from esper.store import Workspace
+ws = Workspace.at({str(tmp_path)!r})
+seeds.train_seeds(seeds.plan_seeds(runs.RunRequest(epochs=1), [3], ws), ws)
+train(PPOConfig(episodes=1, n_envs=1, epochs=1), ws.root / "p.pt", ws)
+print("ray" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("0,3,5", [0, 3, 5]), ("0-2,7, 1", [0, 1, 2, 7]),
+                                         ("4", [4])])
+def test_seeds_are_a_range_a_list_or_both(text, seeds):
+    assert fanout.parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "x", "3-1", "-1", "0-", "1,,2", "0-99999"])
+def test_bad_seeds_are_bad_input(text):
+    with pytest.raises(BadInput, match="--seeds"):
+        fanout.parse_seeds(text)
+
+
+@pytest.mark.parametrize("extra, says", [(["--seed", "2"], "--seed is for one run"),
+                                         (["--print-config"], "--print-config is for one run")])
+def test_seeds_refuse_the_options_of_one_run(extra, says, tmp_path):
+    assert says in one_line_error(invoke("run", "--seeds", "0-1", *extra, workspace=tmp_path))
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_the_summary_is_mean_and_sample_sd_of_the_finished_runs():
+    done = [fanout.SeedRun(0, "a", RunResult(0.5, 0.6, 100, {})),
+            fanout.SeedRun(1, "b", RunResult(0.7, 0.8, 300, {})),
+            fanout.SeedRun(2, "c", None, "diverged")]
+    summary = fanout.summary(done)
+    assert summary["runs"] == 3 and summary["finished"] == 2 and summary["failed"] == 1
+    assert summary["test_accuracy"]["mean"] == pytest.approx(0.7)
+    assert summary["test_accuracy"]["sd"] == pytest.approx(math.sqrt(0.02))
+    assert summary["params"] == {"mean": 200.0, "sd": pytest.approx(math.sqrt(20_000))}
+    assert fanout.summary(done[:1])["params"]["sd"] is None  # no spread from one run
+
+
+# ---- on Ray -------------------------------------------------------------------------------------------------
+
+
+def _events(ws: Workspace, run_id: str) -> list[bytes]:
+    """A run's events as stored, but the checkpoints it saved (the files' paths are the workspace's)."""
+    with ws.reader() as reader:
+        return [encode(r.event) for r in reader.read_run(run_id) if not isinstance(r.event, CheckpointSaved)]
+
+
+@pytest.mark.slow
+def test_a_seed_trained_on_ray_logs_the_events_it_logs_trained_here(local_ray, tmp_path):
+    ws = Workspace.at(tmp_path / "ray")
+    planned = fanout.plan_seeds(runs.RunRequest(epochs=4, heuristic={"warmup_epochs": 1, "min_gain": 1.0}), [5, 6], ws)
+    done = fanout.train_seeds(planned, ws)
+    assert [d.seed for d in done] == [5, 6] and all(d.result is not None for d in done)
+    assert sorted(p.name for p in ws.store_files()) == sorted(f"{p.run_id}.duckdb" for p in planned)  # one file each
+    here = Workspace.at(tmp_path / "here")
+    alone = fanout.plan_seeds(runs.RunRequest(epochs=4, heuristic={"warmup_epochs": 1, "min_gain": 1.0}), [6], here)[0]
+    result = runs.start(alone, here)
+    assert _events(ws, done[1].run_id) == _events(here, alone.run_id)
+    assert result == done[1].result
+
+
+@pytest.mark.slow
+def test_seeds_print_a_json_object_per_run_and_a_summary_last(local_ray, tmp_path):
+    result = invoke("run", "--seeds", "0,3", "--epochs", "2", "--json", workspace=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    *per_run, last = lines
+    assert sorted(r["run_id"].split("-")[2] for r in per_run) == ["0", "3"]
+    assert all(set(r) == {"run_id", "val_accuracy", "test_accuracy", "params", "seeds"} for r in per_run)
+    assert set(last) == {"summary"} and last["summary"]["runs"] == 2 and last["summary"]["finished"] == 2
+    mean = sum(r["test_accuracy"] for r in per_run) / 2
+    assert last["summary"]["test_accuracy"]["mean"] == pytest.approx(mean)
+
+
+@pytest.mark.slow
+def test_a_workspace_the_workers_cannot_see_is_refused_and_a_shared_one_keeps_no_probe(local_ray, tmp_path):
+    cluster.check_shared(local_ray, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "marker").write_text("another")
+    assert "is another folder" in cluster._probe(str(tmp_path / "marker"), "token")
+    assert "is not visible" in cluster._probe(str(tmp_path / "missing"), "token")
+
+
+@pytest.mark.slow
+def test_ray_workers_change_no_decision(local_ray, tmp_path):
+    """An update's episodes split over two Ray workers are the episodes one process plays: the same commands
+    and training, its floats equal to rounding (BLAS may sum in another order in another process: the logged
+    values differ in the 7th digit, and the policy learnt from them a little more), and the same policy.
+    The selection runs, split over the workers too, score alike. Each worker writes a store file of its own."""
+    cfg = PPOConfig(epochs=3, episodes=6, n_envs=3, ent_coef=0.5, learning_rate=0.01, select_every=1, select_runs=3)
+    out, played, weights, selections = tmp_path / "ppo.pt", {}, {}, {}
+    for workers in (1, 2):
+        ws = Workspace.at(tmp_path / f"workers-{workers}")
+        result = train_ppo(msgspec.structs.replace(cfg, workers=workers), out, ws)
+        with ws.reader() as reader:
+            run_ids = [r for r, in reader.con.execute(
+                "SELECT DISTINCT run_id FROM events WHERE run_id LIKE 'mnist1d-ppo-%' ORDER BY run_id").fetchall()]
+            played[workers] = {r.removeprefix(f"mnist1d-{result['learner']}"):
+                               [msgspec.json.decode(encode(rec.event)) for rec in reader.read_run(r)] for r in run_ids}
+        weights[workers] = load_policy(out)[1]["train"]["latest"]
+        selections[workers] = _selections(ws, result["learner"])
+    learner = result["learner"]
+    stores = [f"{learner}-w0.duckdb", f"{learner}-w1.duckdb", f"{learner}.duckdb"]  # a file per worker
+    assert sorted(p.name for p in ws.store_files()) == stores
+    assert sorted(played[1]) == sorted([f"-u{u:04d}-e{i}" for u in (1, 2) for i in range(3)]
+                                       + [f"-select-u{u:04d}-r{i}" for u in (0, 1, 2) for i in range(3)])
+    assert _close(played[1], played[2])
+    assert all(torch.allclose(weights[1][k], weights[2][k], atol=1e-4) for k in weights[1])
+    scores = {w: {u: {k: v for k, v in s.items() if k.startswith("select.")} for u, s in selections[w].items()}
+              for w in (1, 2)}
+    assert sorted(scores[1]) == [0, 1, 2] and _close(scores[1], scores[2])
+
+
+def _close(a, b) -> bool:
+    """Equal, floats to rounding, through nested dicts and lists."""
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+# ---- stopping ---------------------------------------------------------------------------------------------------
+
+
+def _epochs(ws: Workspace) -> dict[str, int]:
+    """Epochs each run has logged so far (stores held by their writers are read from copies)."""
+    with ws.reader() as reader:
+        return dict(reader.con.execute(
+            "SELECT run_id, count(*) FILTER (WHERE type = 'EpochEnded') FROM events GROUP BY run_id").fetchall())
+
+
+def _ray_processes(temp_dir: str) -> list[str]:
+    """The command lines of the processes of the Ray whose temporary folder is `temp_dir`."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout  # whole lines
+    return [line for line in ps.splitlines() if temp_dir in line]
+
+
+@pytest.mark.slow
+def test_sigterm_ends_every_seeds_run_with_run_failed_and_leaves_no_ray_process(tmp_path):
+    temp_dir = tempfile.mkdtemp(prefix="esper-ray-")  # short: Ray's sockets live under it
+    env = {**os.environ, "ESPER_WORKSPACE": str(tmp_path), "RAY_TMPDIR": temp_dir}
+    env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen([*ESPER, "run", "--seeds", "0-1", "--epochs", "200"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ws = Workspace.at(tmp_path)
+    try:
+        deadline = time.monotonic() + 600
+        while not (len(epochs := _epochs(ws)) == 2 and min(epochs.values()) >= 1):  # both runs are training
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(1)
+        assert _ray_processes(temp_dir)  # Ray runs under it
+        process.terminate()
+        assert process.wait(timeout=300) == 143, process.stderr.read()
+    finally:
+        process.kill()
+    with ws.reader() as reader:
+        ends = dict(reader.con.execute("SELECT run_id, ended FROM runs").fetchall())
+        errors = [e for e, in reader.con.execute(
+            "SELECT payload->>'$.error' FROM events WHERE type = 'RunFailed'").fetchall()]
+    assert len(ends) == 2 and set(ends.values()) == {"RunFailed"}
+    assert errors == ["interrupted", "interrupted"]  # ray.cancel's KeyboardInterrupt: the runs stopped, not failed
+    assert _ray_processes(temp_dir) == []
