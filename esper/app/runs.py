@@ -14,9 +14,10 @@ from typing import Any
 
 import attrs
 import msgspec
+import torch
 
 from esper.errors import BadInput, StoreFailed
-from esper.kasmina import host_problem
+from esper.kasmina import host_problem, preset_host
 from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset
 from esper.leyline.stages import SeedStage
 from esper.store import Recorder, Workspace
@@ -111,6 +112,10 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     controller = make_controller(r.controller, r.seed, r.policy, knobs)
     max_params = r.max_params if r.max_params is not None else getattr(controller, "max_params", 0)
     preset = preset_for(r)
+    if hasattr(controller, "check_fits"):  # a trained policy: refused before anything is written if it cannot play here
+        with torch.device("meta"):
+            slots = preset_host(preset).slot_names
+        controller.check_fits(slots, list(preset.blueprints), where=f"task {r.task}")
     config = resolve_config(RunConfig(
         task=r.task, controller=r.controller, seed=r.seed, epochs=epochs, device=r.device, policy=r.policy, like=like,
         data_dir=r.data_dir, telemetry=r.telemetry, architecture=architecture,
