@@ -159,10 +159,10 @@ def _corpus(path: str | None) -> tuple[bytes, Corpus]:
 def stdlib_files(root: Path) -> list[str]:
     """The standard library's source files the corpus is cut from, as sorted relative paths."""
     found = []
-    for p in root.rglob("*.py"):
-        relative = p.relative_to(root)
-        if EXCLUDED_FOLDERS.isdisjoint(relative.parts[:-1]) and not p.name.startswith(GENERATED_PREFIX) and p.is_file():
-            found.append(relative.as_posix())
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in EXCLUDED_FOLDERS]  # never walk into site-packages
+        relative = Path(folder).relative_to(root)
+        found += [(relative / n).as_posix() for n in names if n.endswith(".py") and not n.startswith(GENERATED_PREFIX)]
     return sorted(found)
 
 
