@@ -172,4 +172,9 @@ def build_host(name: str, **kw) -> GrowableModel:
 
 def example_input(host: nn.Module, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """A batch of zeros of the kind a built-in host takes (float signals or images; token ids for the transformer)."""
-    return torch.zeros(batch, *host.input_shape, dtype=getattr(host, "input_dtype", torch.float32), device=device)
+    return torch.zeros(batch, *host.input_shape, dtype=input_dtype(host), device=device)
+
+
+def input_dtype(host: nn.Module) -> torch.dtype:
+    """What a built-in host takes: float signals or images, or (the transformer) token ids."""
+    return getattr(host, "input_dtype", torch.float32)
