@@ -122,7 +122,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
         lifecycle=LifecycleConfig(max_params=max_params), heuristic=knobs, anneal_epochs=r.anneal_epochs,
     ), preset)
     resolve_device(r.device)
-    data = load_task_data(r.task, config.data_seed, r.data_dir, download=r.download)  # bad input fails before any log
+    data = load_task_data(r.task, config.data_seed, r.data_dir, download=r.download, preset=preset)  # bad input: no log
     return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data)
 
 

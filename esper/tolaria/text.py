@@ -129,20 +129,11 @@ def _chars(ids: torch.Tensor, context: int) -> int:
     return int(((predicted & 0xC0) != 0x80).sum())
 
 
-@lru_cache(maxsize=4)
 def _corpus(path: str | None) -> tuple[bytes, Corpus]:
-    """The corpus's bytes and its record (cached: the environments of a PPO job share one)."""
+    """The corpus's bytes and its record: the standard library's (cached), or the text at `path` (read each time:
+    a user's file may change between runs of one process)."""
     if path is None:
-        root = Path(sysconfig.get_paths()["stdlib"])
-        files = stdlib_files(root)
-        raw = b"".join(_read(root / f) for f in files)
-        if len(raw) < STDLIB_BYTES:
-            raise BadInput(f"the standard library at {root} holds {len(raw):,} bytes of sources, fewer than the "
-                           f"{STDLIB_BYTES:,} of the text task's corpus: pass --data-dir FILE_OR_DIR")
-        used = _files_within(root, files, STDLIB_BYTES)
-        raw = raw[:STDLIB_BYTES]
-        return raw, Corpus(source="stdlib", path=str(root), files=used, bytes=len(raw),
-                           sha256=hashlib.sha256(raw).hexdigest())
+        return _stdlib_corpus()
     root = Path(path)
     if root.is_dir():
         files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
@@ -154,6 +145,20 @@ def _corpus(path: str | None) -> tuple[bytes, Corpus]:
     raw = b"".join(_text(root / f) for f in files)
     return raw, Corpus(source="data_dir", path=path, files=len(files), bytes=len(raw),
                        sha256=hashlib.sha256(raw).hexdigest())
+
+
+@lru_cache(maxsize=1)
+def _stdlib_corpus() -> tuple[bytes, Corpus]:
+    """The default corpus (the environments of a PPO job share one read)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = stdlib_files(root)
+    raw = b"".join(_read(root / f) for f in files)
+    if len(raw) < STDLIB_BYTES:
+        raise BadInput(f"the standard library at {root} holds {len(raw):,} bytes of sources, fewer than the "
+                       f"{STDLIB_BYTES:,} of the text task's corpus: pass --data-dir FILE_OR_DIR")
+    raw = raw[:STDLIB_BYTES]
+    return raw, Corpus(source="stdlib", path=str(root), files=_files_within(root, files, STDLIB_BYTES),
+                       bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
 
 
 def stdlib_files(root: Path) -> list[str]:

@@ -87,6 +87,8 @@ def reexecutable(recorded: list[Recorded]) -> RunStarted:
                        "its log holds every decision but not the model or the data, so it cannot be re-executed; "
                        "replay it without --verify to check its chain and every decision")
     policy_file_sha256(started.config)  # a policy run is re-executed only beside the file it played
+    if started.corpus is not None:  # a text run only on its own text (reading it is quick: checked up front)
+        recorded_data(started)
     return started
 
 
