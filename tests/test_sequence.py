@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_kasmina import assert_same_state, eval_out, host_state
+from test_kasmina import (assert_isolated_training_changes_no_host_state, assert_same_state, eval_out, host_state,
+                          isolated_step)
 from torch import nn
 
 from esper.kasmina import BLUEPRINTS, GrowableModel, build_host, grow
@@ -95,24 +96,8 @@ def test_the_transformer_host_is_causal_with_three_sequence_slots():
 @pytest.mark.parametrize("blueprint", ["mlp", "attention"])
 def test_gradient_isolation_is_bit_identical_on_the_transformer(slot, blueprint):
     model, x, y = make_transformer()
-    twin = copy.deepcopy(model)
-    model.germinate(slot, "s", blueprint)
-    model.start_training("s")
-    opt_a = torch.optim.Adam(model.host_parameters(), lr=0.01)
-    opt_b = torch.optim.Adam(twin.host_parameters(), lr=0.01)
-    for step in range(3):
-        xs = (x + step) % 256
-        for m, opt in ((model, opt_a), (twin, opt_b)):
-            opt.zero_grad()
-            lm_loss(m(xs), y).backward()
-        params = model.seed_parameters("s")
-        grads = torch.autograd.grad(lm_loss(model.isolated_output("s", xs), y), params)
-        assert any(g.abs().sum() > 0 for g in grads)
-        assert_same_state(host_state(model), host_state(twin))
-        opt_a.step()
-        opt_b.step()
-        assert_same_state(host_state(model), host_state(twin))
-    assert torch.equal(eval_out(model, x), eval_out(twin, x))
+    batches = [(x + step) % 256 for step in range(3)]
+    assert_isolated_training_changes_no_host_state(model, slot, blueprint, batches, y, loss=lm_loss)
 
 
 def test_cull_restores_the_transformers_outputs_bit_identically():
@@ -121,11 +106,7 @@ def test_cull_restores_the_transformers_outputs_bit_identically():
     model.germinate("early", "s", "mlp")
     model.start_training("s")
     model(x)
-    params = model.seed_parameters("s")
-    grads = torch.autograd.grad(lm_loss(model.isolated_output("s", x), y), params)
-    with torch.no_grad():
-        for p, g in zip(params, grads):
-            p -= 0.5 * g
+    isolated_step(model, "s", x, y, lr=0.5, loss=lm_loss)
     model.start_blending("s", steps=2)
     model.step_blending()
     assert not torch.equal(eval_out(model, x), eval_out(twin, x))
