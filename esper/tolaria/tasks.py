@@ -7,7 +7,7 @@ of their time (`esper.leyline.events`), not with these.
 """
 
 from esper.errors import BadInput
-from esper.leyline.config import SEQUENCE_BLUEPRINTS, TaskPreset
+from esper.leyline.config import BLUEPRINTS, SEQUENCE_BLUEPRINTS, TaskPreset  # noqa: F401 - BLUEPRINTS re-exported
 
 TASKS: dict[str, TaskPreset] = {
     preset.name: preset
