@@ -12,7 +12,9 @@ from cifar_fixture import red_value, trust_tiny_cifar10, write_tiny_cifar10
 from esper.errors import BadInput
 from esper.tolaria import data as data_module
 from esper.tolaria.data import CIFAR10_MEAN, CIFAR10_STD, augment, load_task_data
-from esper.tolaria.tasks import BLUEPRINTS, TASKS, TaskPreset, get_task
+from esper.kasmina import BLUEPRINTS as FAMILIES
+from esper.kasmina import preset_host
+from esper.tolaria.tasks import TASKS, TaskPreset, get_task
 
 
 def _no_network(*args, **kwargs):
@@ -63,7 +65,10 @@ def test_presets_name_their_host_optimizer_and_blueprints():
         assert preset.name == name
         assert preset.optimizer in ("adam", "sgd")
         assert preset.lr > 0 and preset.seed_lr > 0 and preset.batch_size > 0 and preset.weight_decay >= 0
-        assert preset.blueprints and set(preset.blueprints) <= set(BLUEPRINTS)
+        with torch.device("meta"):
+            slots = preset_host(preset).slots.values()
+        offered = {b for slot in slots for b in FAMILIES[slot.family]}
+        assert preset.blueprints and set(preset.blueprints) <= offered, name
 
 
 def test_presets_are_frozen():

@@ -241,7 +241,10 @@ def test_a_3d_activation_is_conv1d_after_a_1d_convolution_else_a_sequence():
     assert model.downstream["0.1"] == ["1", "2"]
     model.germinate("0.1", "s", "depthwise")
     assert model.live_seeds() == {"s": "0.1"}  # a dotted path names its slot
-    bad(r"\(B, T, D\)", nn.Sequential(nn.Conv1d(1, 4, 3), nn.Linear(6, 6), nn.ReLU()), ["2"], torch.zeros(1, 1, 8))
+    after_linear = grow(nn.Sequential(nn.Conv1d(1, 4, 3), nn.Linear(6, 6), nn.ReLU()), ["2"], torch.zeros(1, 1, 8))
+    assert after_linear.slot("2").family == "causal_sequence" and after_linear.slot("2").channels == 6
+    encoder = grow(nn.Sequential(nn.Linear(16, 16), nn.ReLU()), ["0"], torch.zeros(2, 5, 16), causal=False)
+    assert encoder.slot("0").family == "sequence"
 
 
 def test_a_module_meta_cannot_run_is_probed_on_its_own_device():
@@ -270,8 +273,8 @@ def test_a_slot_path_that_does_not_exist_lists_the_nearest_names():
 
 def test_an_activation_shape_no_family_handles_is_refused():
     bad(r"fc gives activations of shape \(2, 10\): no blueprint family", resnet18(), ["fc"], torch.zeros(2, 3, 32, 32))
-    bad(r"\(B, T, D\) activations \(2, 5, 16\): sequence blueprints do not exist yet",
-        nn.Sequential(nn.Linear(16, 16), nn.ReLU()), ["0"], torch.zeros(2, 5, 16))
+    bad(r"shape \(2, 3, 4, 4, 4\): no blueprint family.*sequence \(B, T, D\)", nn.Sequential(nn.Conv3d(3, 3, 1)), ["0"],
+        torch.zeros(2, 3, 4, 4, 4))
 
 
 def test_a_model_without_parameters_is_refused():

@@ -163,7 +163,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--policy", "policy.pt"), "policy is for controller policy or sampled"),
         (("--lr", "-0.1"), "lr must be a positive number"),
         (("--batch-size", "0"), "batch_size must be at least 1"),
-        (("--host", "mlp"), "unknown host 'mlp' (hosts: cnn1d, resnet, paper_cnn)"),
+        (("--host", "mlp"), "unknown host 'mlp' (hosts: cnn1d, resnet, paper_cnn, transformer)"),
         (("--host-option", "width=3"), "host cnn1d has no option 'width'"),
         (("--host-option", "channels=wide"), "the value must be a number or true/false"),
         (("--config", "absent.toml"), "cannot read config absent.toml"),

@@ -54,11 +54,12 @@ def eval_out(model: GrowableModel, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def isolated_step(model: GrowableModel, seed_id: str, x: torch.Tensor, y: torch.Tensor, lr: float = 0.1) -> list[torch.Tensor]:
+def isolated_step(model: GrowableModel, seed_id: str, x: torch.Tensor, y: torch.Tensor, lr: float = 0.1,
+                  loss=F.cross_entropy) -> list[torch.Tensor]:
     """What the trainer does for a TRAINING seed after the forward pass on `x`: task loss on the isolated output,
     gradient for the seed only."""
     params = model.seed_parameters(seed_id)
-    grads = torch.autograd.grad(F.cross_entropy(model.isolated_output(seed_id, x), y), params)
+    grads = torch.autograd.grad(loss(model.isolated_output(seed_id, x), y), params)
     with torch.no_grad():
         for p, g in zip(params, grads):
             p -= lr * g
@@ -152,24 +153,31 @@ def test_gradient_isolation_is_bit_identical(host, slot):
     """Host gradients, parameters and BatchNorm statistics are identical with and without a training
     seed, through steps that include the seed's isolated pass."""
     model, x, y = make(host)
+    assert_isolated_training_changes_no_host_state(model, slot, "conv_heavy", [x + step for step in range(3)], y)
+
+
+def assert_isolated_training_changes_no_host_state(model: GrowableModel, slot: str, blueprint: str,
+                                                    batches: list[torch.Tensor], y: torch.Tensor,
+                                                    loss=F.cross_entropy) -> None:
+    """Train `model` with a training `blueprint` seed in `slot`, and a copy without it, on `batches`: every step
+    leaves both hosts' gradients, parameters and buffers identical, and the seed learns."""
     twin = copy.deepcopy(model)
-    model.germinate(slot, "s", "conv_heavy")
+    model.germinate(slot, "s", blueprint)
     model.start_training("s")
     opt_a = torch.optim.SGD(model.host_parameters(), lr=0.1, momentum=0.9)
     opt_b = torch.optim.SGD(twin.host_parameters(), lr=0.1, momentum=0.9)
-    for step in range(3):
-        xs = x + step
+    for xs in batches:
         for m, opt in ((model, opt_a), (twin, opt_b)):
             opt.zero_grad()
-            F.cross_entropy(m(xs), y).backward()
-        seed_grads = isolated_step(model, "s", xs, y)
+            loss(m(xs), y).backward()
+        seed_grads = isolated_step(model, "s", xs, y, loss=loss)
         assert all(torch.isfinite(g).all() for g in seed_grads)
         assert any(g.abs().sum() > 0 for g in seed_grads)
         assert_same_state(host_state(model), host_state(twin))
         opt_a.step()
         opt_b.step()
         assert_same_state(host_state(model), host_state(twin))
-    assert torch.equal(eval_out(model, x), eval_out(twin, x))
+    assert torch.equal(eval_out(model, batches[0]), eval_out(twin, batches[0]))
 
 
 @pytest.mark.parametrize("host", HOSTS)

@@ -250,3 +250,25 @@ def test_a_policy_run_records_its_file_and_verify_refuses_another(trained, tmp_p
     blob["max_params"] = 123_456
     torch.save(blob, policy)
     assert "is not the one the run played" in one_line_error(invoke("replay", run_id, "--verify", workspace=tmp_path))
+
+
+def test_ppo_and_iql_learn_on_text_and_a_policy_of_another_task_is_refused_there(trained, tmp_path):
+    mnist1d_policy = Path(trained[1]["out"])
+    out = esper("ppo", "--task", "text", "--epochs", "2", "--episodes", "2", "--n-envs", "2",
+                "--out", str(tmp_path / "text.pt"), "--json", workspace=tmp_path)
+    assert out.returncode == 0, out.stderr
+    net, _ = load_policy(tmp_path / "text.pt")
+    assert net.spec == spec_for_task("text") and net.spec.blueprints == ("mlp", "attention", "lowrank", "norm")
+    out = esper("iql", "--task", "text", "--steps", "5", "--batch-size", "2", "--out", str(tmp_path / "iql.pt"),
+                "--json", workspace=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["runs"] == 2
+    ran = invoke("run", "--task", "text", "--controller", "policy", "--policy", tmp_path / "iql.pt", "--epochs", "1",
+                 "--json", workspace=tmp_path)
+    assert ran.exit_code == 0, ran.stderr
+    assert json.loads(ran.stdout)["test_bits_per_char"] > 0
+    before = sorted(tmp_path.glob("*.duckdb"))
+    error = one_line_error(invoke("run", "--task", "text", "--controller", "policy", "--policy", mnist1d_policy,
+                                  workspace=tmp_path))
+    assert "the policy was trained for slots" in error and "'conv_heavy'" in error and "task text has" in error
+    assert sorted(tmp_path.glob("*.duckdb")) == before  # refused before anything is written

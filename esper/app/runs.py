@@ -18,9 +18,10 @@ from typing import Any
 
 import attrs
 import msgspec
+import torch
 
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line
-from esper.kasmina import host_problem
+from esper.kasmina import host_problem, preset_host
 from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset
 from esper.leyline.stages import SeedStage
 from esper.store import Recorder, Workspace
@@ -117,6 +118,10 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     controller = make_controller(r.controller, r.seed, r.policy, knobs)
     max_params = r.max_params if r.max_params is not None else getattr(controller, "max_params", 0)
     preset = preset_for(r)
+    if hasattr(controller, "check_fits"):  # a trained policy: refused before anything is written if it cannot play here
+        with torch.device("meta"):
+            slots = preset_host(preset).slot_names
+        controller.check_fits(slots, list(preset.blueprints), where=f"task {r.task}")
     config = resolve_config(RunConfig(
         task=r.task, controller=r.controller, seed=r.seed, epochs=epochs, device=r.device, precision=r.precision,
         policy=r.policy, like=like,
@@ -124,7 +129,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
         lifecycle=LifecycleConfig(max_params=max_params), heuristic=knobs, anneal_epochs=r.anneal_epochs,
     ), preset)
     resolve_device(r.device)
-    data = load_task_data(r.task, config.data_seed, r.data_dir, download=r.download)  # bad input fails before any log
+    data = load_task_data(r.task, config.data_seed, r.data_dir, download=r.download, preset=preset)  # bad input: no log
     return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data)
 
 

@@ -23,7 +23,7 @@ from esper.tolaria.trainer import EpochStats
 @handles_errors
 def run(
     ctx: typer.Context,
-    task: str = typer.Option(None, "--task", help="mnist1d (default) or cifar10."),
+    task: str = typer.Option(None, "--task", help="mnist1d (default), cifar10 or text."),
     controller: str = typer.Option(None, "--controller", help=f"One of: {', '.join(CONTROLLERS)} (default heuristic)."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy file for --controller policy (greedy) or sampled (samples as in training, seeded by --seed)."),
     like: Optional[str] = typer.Option(None, "--like", help="For --controller scratch: the run whose final architecture to train from scratch."),
@@ -32,7 +32,8 @@ def run(
     device: str = typer.Option(None, "--device", help="cpu (default), cuda or cuda:N (under torchrun: cpu or cuda)."),
     precision: str = typer.Option(
         None, "--precision", help="bf16, fp16 (with a gradient scaler) or fp32 autocast (default: bf16 on CUDA, fp32 on CPU)."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where cifar10 lives."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where cifar10 lives; for text, a UTF-8 file or folder "
+                                           "to train on instead of the standard library's sources."),
     download: bool = typer.Option(None, "--download", help="Download cifar10 into --data-dir if missing."),
     telemetry: str = typer.Option(None, "--telemetry", help="minimal, standard (default) or diagnostic."),
     max_params: Optional[int] = typer.Option(
@@ -47,7 +48,7 @@ def run(
     lr: Optional[float] = typer.Option(None, "--lr", help="The host's learning rate (default: the task preset's)."),
     seed_lr: Optional[float] = typer.Option(None, "--seed-lr", help="The seeds' learning rate (default: the preset's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size (default: the preset's)."),
-    host: Optional[str] = typer.Option(None, "--host", help="The host network (default: the task's; cnn1d, resnet, paper_cnn)."),
+    host: Optional[str] = typer.Option(None, "--host", help="The host network (default: the task's; cnn1d, resnet, paper_cnn, transformer)."),
     host_option: Optional[list[str]] = typer.Option(
         None, "--host-option", help="An option of the host's constructor, KEY=VALUE (repeatable), e.g. channels=24."),
     snapshot_every: int = typer.Option(
@@ -180,8 +181,9 @@ def _print_result(run_id: str, result, as_json: bool) -> None:
 
 def _result_json(run_id: str, result) -> dict:
     """What `--json` prints of a finished run (one object per run with --seeds too)."""
+    bits = {f"{split}_bits_per_char": getattr(result, f"{split}_bits_per_char") for split in ("val", "test")}
     return {"run_id": run_id, "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
-            "params": result.params, "seeds": result.seeds}
+            "params": result.params, "seeds": result.seeds} | {k: v for k, v in bits.items() if v is not None}
 
 
 def _progress(total: int):
@@ -203,15 +205,16 @@ def _stages(seeds: dict[str, int]) -> str:
 
 
 def _closing_table(run_id: str, result) -> str:
-    stages = _stages(result.seeds)
-    return (
-        f"run {run_id}\n"
-        f"  val accuracy   {result.val_accuracy * 100:6.2f}%\n"
-        f"  test accuracy  {result.test_accuracy * 100:6.2f}%\n"
-        f"  params         {result.params:,}\n"
-        f"  seeds          {stages}\n"
-        f"  replay with    esper replay {run_id}"
-    )
+    bits = result.test_bits_per_char
+    return "\n".join([
+        f"run {run_id}",
+        f"  val accuracy   {result.val_accuracy * 100:6.2f}%",
+        f"  test accuracy  {result.test_accuracy * 100:6.2f}%",
+        *([f"  test bits/char {bits:6.3f}"] if bits is not None else []),
+        f"  params         {result.params:,}",
+        f"  seeds          {_stages(result.seeds)}",
+        f"  replay with    esper replay {run_id}",
+    ])
 
 
 def _run_seeds(text: str, request: runs.RunRequest, ctx: typer.Context, as_json: bool, workspace: Optional[Path],

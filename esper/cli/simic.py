@@ -119,7 +119,7 @@ def ppo(
     if result["kept_update"] is not None:
         lines.append(f"  kept policy    after update {result['kept_update']} (best greedy return on the selection runs)")
         lines.append(f"  selection runs {result['runs'].removesuffix('-u*')}-select-*")
-    print("\n".join(lines + [f"  run it with    esper run --controller policy --policy {out}"]))
+    print("\n".join(lines + [f"  run it with    {_run_it(task, out)}"]))
 
 
 @app.command()
@@ -159,4 +159,9 @@ def iql(
         print(json.dumps(summary))
         return
     print(f"policy {out}\n  runs           {summary['runs']}\n  transitions    {summary['transitions']}\n"
-          f"  steps          {steps}\n  run it with    esper run --controller policy --policy {out}")
+          f"  steps          {steps}\n  run it with    {_run_it(task, out)}")
+
+
+def _run_it(task: str, out: Path) -> str:
+    """The command that runs a trained policy on its task."""
+    return "esper run " + ("" if task == "mnist1d" else f"--task {task} ") + f"--controller policy --policy {out}"

@@ -2,17 +2,25 @@
 
 A slot adds a seed's output to the activation it sees (`x + alpha * seed(x)`), so a blueprint is the
 residual branch only. `BLUEPRINTS[family][name](channels)` builds one; family "conv1d" works on
-(B, C, L) activations, "conv2d" on (B, C, H, W). Weights are initialised the ordinary way (PyTorch
-defaults): a seed learns in isolation before it is blended, and blending starts at alpha = 0.
+(B, C, L) activations, "conv2d" on (B, C, H, W), "sequence" and "causal_sequence" on (B, T, D) (the same
+blueprints; in the causal family a position attends to itself and earlier ones only). Convolution weights are
+initialised the ordinary way (PyTorch defaults): a seed learns in isolation before it is blended, and blending
+starts at alpha = 0. A sequence blueprint's last layer starts at zero, as in transformers' residual branches
+(and LoRA's up-projection): it contributes nothing until it has learned something, even fully in.
 """
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 EXPANSION = 4
-"""How much `conv_heavy` widens the activation inside its residual."""
+"""How much `conv_heavy` and the sequence `mlp` widen the activation inside their residual."""
+HEAD_WIDTH = 16
+"""Channels per attention head (fewer heads when the width does not divide)."""
+RANK_DIVISOR = 8
+"""The low-rank adapter's rank is the width over this (at least 1)."""
 
 
 class SqueezeExcite(nn.Module):
@@ -70,9 +78,65 @@ def _family(conv: type[nn.Module], norm: type[nn.Module], dw_kernel: int) -> dic
     }
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over (B, T, D): the transformer host's and the `attention` seed's. `causal`: a
+    position attends to itself and earlier ones only."""
+
+    def __init__(self, width: int, causal: bool, heads: int | None = None):
+        super().__init__()
+        self.heads = heads or next(h for h in range(max(1, width // HEAD_WIDTH), 0, -1) if width % h == 0)
+        self.causal = causal
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, causal={self.causal}"
+
+
+def mlp(width: int, hidden: int) -> nn.Sequential:
+    """The position-wise feed-forward block of a transformer (without its norm)."""
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+
+def _zero_last(module: nn.Module) -> nn.Module:
+    """`module` with its last layer's weights (and bias) zero: a residual branch that starts contributing nothing."""
+    last = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.LayerNorm))][-1]
+    nn.init.zeros_(last.weight)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
+    return module
+
+
+def _sequence_family(causal: bool) -> dict[str, Callable[[int], nn.Module]]:
+    """Residual branches over (B, T, D), the largest first; each pre-normalised, as in a pre-LN transformer."""
+
+    def mlp_(d: int) -> nn.Module:
+        return _zero_last(nn.Sequential(nn.LayerNorm(d), *mlp(d, EXPANSION * d)))
+
+    def attention(d: int) -> nn.Module:
+        return _zero_last(nn.Sequential(nn.LayerNorm(d), SelfAttention(d, causal)))
+
+    def lowrank(d: int) -> nn.Module:
+        rank = max(1, d // RANK_DIVISOR)
+        return _zero_last(nn.Sequential(nn.Linear(d, rank, bias=False), nn.Linear(rank, d, bias=False)))
+
+    def norm(d: int) -> nn.Module:
+        return _zero_last(nn.LayerNorm(d))  # x + gain * normalised(x) + bias, gain and bias from zero
+
+    return {"mlp": mlp_, "attention": attention, "lowrank": lowrank, "norm": norm}
+
+
 BLUEPRINTS: dict[str, dict[str, Callable[[int], nn.Module]]] = {
     "conv1d": _family(nn.Conv1d, nn.BatchNorm1d, dw_kernel=5),
     "conv2d": _family(nn.Conv2d, nn.BatchNorm2d, dw_kernel=3),
+    "sequence": _sequence_family(causal=False),
+    "causal_sequence": _sequence_family(causal=True),
 }
 
 

@@ -3,7 +3,8 @@
 One forward pass of an example input finds each slot's activation shape, and the shape picks the blueprint
 family that grows there: `(B, C, H, W)` conv2d; a 3-D activation is `(B, C, L)`, conv1d, when the last layer
 that shaped it is a 1-D convolution, normalisation or pooling (`CHANNELS_FIRST`), else `(B, T, D)`, sequence
-(refused until sequence blueprints exist). The pass runs on the meta device (shapes
+(`causal_sequence` unless `causal=False`: Esper cannot see whether the model lets positions see later ones, and a
+causal seed is safe in any model). The pass runs on the meta device (shapes
 only: no memory, no arithmetic), or for real on the model's own device when some module cannot run on
 meta; either way in eval mode, without gradients, on a copy of the buffers and a fork of the RNG, so
 growing changes nothing about the model or a run's randomness. Bad input is one `BadInput` line.
@@ -31,21 +32,22 @@ CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention, n
 """Layers whose 3-D output is `(B, T, D)`. Layers of neither kind (activations, dropout) keep the layout."""
 
 
-def grow(model: nn.Module, slots: Sequence[str] | Mapping[str, str], example) -> GrowableModel:
+def grow(model: nn.Module, slots: Sequence[str] | Mapping[str, str], example, *, causal: bool = True) -> GrowableModel:
     """`model` with a slot after each submodule in `slots`: dotted paths as `named_modules()` gives them (each
     slot named by its path), or a mapping slot name → path. `example`: an input the model takes (a tensor, or
-    a tuple of positional inputs); only its shapes matter. The model itself is grown (hooks on its
-    submodules); the returned module wraps it."""
+    a tuple of positional inputs); only its shapes matter. `causal`: seeds in (B, T, D) slots attend to earlier
+    positions only (as a decoder's own layers do; False lets them see the whole sequence, for an encoder). The
+    model itself is grown (hooks on its submodules); the returned module wraps it."""
     paths = _slot_paths(model, slots)
     activations = _activations(model, list(paths.values()), example)
     grown = []
     for name, path in paths.items():
-        family, channels = family_of(path, activations[path])
+        family, channels = family_of(path, activations[path], causal)
         grown.append(Slot(name, path, family, channels))
     return GrowableModel(model, grown)
 
 
-def family_of(path: str, outputs: list[tuple]) -> tuple[str, int]:
+def family_of(path: str, outputs: list[tuple], causal: bool = True) -> tuple[str, int]:
     """The blueprint family and width of the slot after `path`, from what the submodule returned: one
     (shape, last layer that shaped it) per call in the example's forward pass."""
     if len(outputs) != 1:
@@ -58,10 +60,9 @@ def family_of(path: str, outputs: list[tuple]) -> tuple[str, int]:
     if len(shape) == 3 and shaped_by is not None and issubclass(shaped_by, CHANNELS_FIRST):
         return "conv1d", shape[1]
     if len(shape) == 3:
-        raise BadInput(f"{path} gives (B, T, D) activations {tuple(shape)}: sequence blueprints do not exist yet "
-                       "(conv1d grows (B, C, L), after a 1-D convolution, normalisation or pooling)")
+        return ("causal_sequence" if causal else "sequence"), shape[2]
     raise BadInput(f"{path} gives activations of shape {tuple(shape)}: no blueprint family grows those (conv1d takes "
-                   "(B, C, L), conv2d (B, C, H, W))")
+                   "(B, C, L), conv2d (B, C, H, W), sequence (B, T, D))")
 
 
 def _slot_paths(model: nn.Module, slots: Sequence[str] | Mapping[str, str]) -> dict[str, str]:

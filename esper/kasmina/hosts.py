@@ -1,5 +1,6 @@
-"""The built-in host networks seeds grow in: plain chains (`nn.Sequential` of `stages`, then `head`), grown
-like any user's model by `esper.kasmina.grow`, with three slots: "early", "mid" and "late" after the stages.
+"""The built-in host networks seeds grow in: plain chains (`nn.Sequential` of `stages`, then `head`; the
+transformer has an `embed` first), grown like any user's model by `esper.kasmina.grow`, with three slots: "early",
+"mid" and "late" after the stages.
 """
 
 import inspect
@@ -8,6 +9,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from esper.kasmina.blueprints import SelfAttention, mlp
 from esper.kasmina.grow import grow
 from esper.kasmina.model import GrowableModel
 from esper.leyline.config import TaskPreset
@@ -100,7 +102,47 @@ class PaperCNN(nn.Sequential):
         self.input_shape = (1, length)
 
 
-HOSTS = {"cnn1d": CNN1D, "resnet": ResNet, "paper_cnn": PaperCNN}
+class Embedding(nn.Module):
+    """Token and learned position embeddings: (B, T) token ids → (B, T, width)."""
+
+    def __init__(self, vocab: int, context: int, width: int):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, width)
+        self.positions = nn.Embedding(context, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x) + self.positions.weight[: x.shape[1]]
+
+
+class Block(nn.Module):
+    """Pre-LN decoder block: causal self-attention, then a position-wise MLP, each a residual."""
+
+    def __init__(self, width: int, mlp_ratio: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attention = SelfAttention(width, causal=True)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = mlp(width, mlp_ratio * width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Sequential):
+    """Text host: a small decoder-only transformer over byte ids, input (B, T) with T ≤ `context`, output logits
+    (B, T, `vocab`) of each next byte. Three blocks of `width` channels with a narrow MLP (`mlp_ratio` × width,
+    a quarter of the usual) so that seeds have capacity to add; a slot after each block."""
+
+    def __init__(self, vocab: int = 256, context: int = 64, width: int = 64, mlp_ratio: int = 1):
+        stages = nn.Sequential(*(Block(width, mlp_ratio) for _ in range(3)))
+        head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, vocab))
+        super().__init__(OrderedDict(embed=Embedding(vocab, context, width), stages=stages, head=head))
+        self.input_shape = (context,)
+        self.input_dtype = torch.long
+
+
+HOSTS = {"cnn1d": CNN1D, "resnet": ResNet, "paper_cnn": PaperCNN, "transformer": Transformer}
 
 
 def preset_host(preset: TaskPreset) -> GrowableModel:
@@ -120,9 +162,19 @@ def host_problem(name: str, options: dict) -> str | None:
 
 
 def build_host(name: str, **kw) -> GrowableModel:
-    """Build a host by name, "cnn1d" (MNIST-1D) or "resnet" (CIFAR-10), and grow it with its three slots.
-    Keyword arguments go to its constructor."""
+    """Build a host by name, "cnn1d" (MNIST-1D), "resnet" (CIFAR-10) or "transformer" (text), and grow it with
+    its three slots. Keyword arguments go to its constructor."""
     if name not in HOSTS:
         raise ValueError(f"unknown host {name!r} (hosts: {', '.join(HOSTS)})")
     host = HOSTS[name](**kw)
-    return grow(host, SLOTS, example=torch.zeros(2, *host.input_shape))
+    return grow(host, SLOTS, example=example_input(host, 2))
+
+
+def example_input(host: nn.Module, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A batch of zeros of the kind a built-in host takes (float signals or images; token ids for the transformer)."""
+    return torch.zeros(batch, *host.input_shape, dtype=input_dtype(host), device=device)
+
+
+def input_dtype(host: nn.Module) -> torch.dtype:
+    """What a built-in host takes: float signals or images, or (the transformer) token ids."""
+    return getattr(host, "input_dtype", torch.float32)

@@ -85,8 +85,10 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 
 BLUEPRINTS: tuple[str, ...] = ("conv_heavy", "conv_light", "depthwise", "attention", "norm")
-"""Every seed blueprint Kasmina offers, in a stable order: the order the heuristic rotates through, the
-highest-capacity seed first (growth pays most when the big seed arrives early)."""
+"""Every convolutional seed blueprint Kasmina offers, in a stable order: the order the heuristic rotates through,
+the highest-capacity seed first (growth pays most when the big seed arrives early)."""
+SEQUENCE_BLUEPRINTS: tuple[str, ...] = ("mlp", "attention", "lowrank", "norm")
+"""The blueprints of (B, T, D) activations, in the same kind of order."""
 
 
 class TaskPreset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -121,6 +123,9 @@ class TaskPreset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     only add synchronisation, and on a busy machine they make each step several times slower."""
     augment: bool = False
     """Whether the trainer applies `esper.tolaria.data.augment` (random crop + flip) to training batches."""
+    epoch_windows: int = 0
+    """Text task: training windows (of the host's `context`) per epoch, at random positions of the corpus; unused
+    by the other tasks, whose epoch is one pass over their training split."""
     anneal_epochs: int = 0
     """Default of `RunConfig.anneal_epochs`: the run's last N epochs lower every learning rate towards 0
     (0: constant). Without it the final accuracy is whatever the last epoch's steps left: on mnist1d it

@@ -19,6 +19,20 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     epoch: int | None = None
 
 
+class Corpus(msgspec.Struct, frozen=True, kw_only=True):
+    """The text a text-task run trained on (`esper.tolaria.text`): re-execution refuses another."""
+
+    source: str
+    """`stdlib` (the running Python's standard-library sources) or `data_dir` (the user's text)."""
+    path: str
+    """The standard library's folder, or the file or folder given."""
+    files: int
+    """How many files the corpus was read from."""
+    bytes: int
+    sha256: str
+    """Of the corpus's bytes, as the run read them."""
+
+
 class RunStarted(_Event, tag="RunStarted", kw_only=True):
     schema_version: int = 4
     config: RunConfig
@@ -40,6 +54,8 @@ class RunStarted(_Event, tag="RunStarted", kw_only=True):
     Re-execution runs in one process: the same decisions, numbers within a tolerance."""
     channels_last: bool = False
     """Whether the model's 2-D convolution weights were stored channels-last (CUDA): a layout, not a setting."""
+    corpus: Corpus | None = None
+    """The text of a text-task run (None for other tasks)."""
 
 
 @upcaster("RunStarted", from_version=1)
@@ -102,6 +118,8 @@ class EpochEnded(_Event, tag="EpochEnded"):
     seeds: list[SeedTelemetry] = []
     diagnostics: dict[str, Any] = {}
     """Extra measurements of the telemetry profile (per-layer gradient norms, sharpness ...)."""
+    val_bits_per_char: float | None = None
+    """Text task: the validation loss in bits per character (None for other tasks)."""
 
 
 class CommandIssued(_Event, tag="CommandIssued"):
@@ -190,6 +208,9 @@ class RunFinished(_Event, tag="RunFinished"):
     params: int
     seeds: dict[str, int] = {}
     """How many seeds ended in each stage."""
+    val_bits_per_char: float | None = None
+    test_bits_per_char: float | None = None
+    """Text task: validation (last epoch) and test loss in bits per character (None for other tasks)."""
 
 
 class RunFailed(_Event, tag="RunFailed"):

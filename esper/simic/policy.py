@@ -194,13 +194,17 @@ class PolicyController:
         self.name = "policy" if sample_seed is None else "sampled"
         self.decision_info: dict[str, Any] = {}
 
-    def decide(self, obs: Observation) -> Command:
-        garden = obs.garden
-        if tuple(garden.slots) != self.spec.slots or tuple(garden.blueprints) != self.spec.blueprints:
+    def check_fits(self, slots: list[str], blueprints: list[str], where: str = "this run") -> None:
+        """`BadInput` unless the policy's heads index these slots and blueprints (a policy of another task)."""
+        if tuple(slots) != self.spec.slots or tuple(blueprints) != self.spec.blueprints:
             raise BadInput(
                 f"the policy was trained for slots {list(self.spec.slots)} and blueprints {list(self.spec.blueprints)}; "
-                f"this run has {garden.slots} and {garden.blueprints}"
+                f"{where} has {list(slots)} and {list(blueprints)}: train a policy on it (esper ppo --task ...)"
             )
+
+    def decide(self, obs: Observation) -> Command:
+        garden = obs.garden
+        self.check_fits(garden.slots, garden.blueprints)
         mask = action_mask(garden, self.spec)
         x = torch.from_numpy(encode(obs, self.spec))[None]
         with torch.no_grad():

@@ -20,6 +20,7 @@ a user's own data and loss provide too (`esper.tolaria.userdata`).
 """
 
 import importlib.metadata
+import inspect
 import math
 import os
 import random
@@ -27,7 +28,7 @@ import zipfile
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
@@ -35,7 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from esper.errors import BadInput
+from esper.kasmina.hosts import Transformer
+from esper.leyline.config import TaskPreset
+from esper.leyline.events import RunStarted
 from esper.tolaria.tasks import get_task
+from esper.tolaria.text import TextData, load_text
+
+TEXT_CONTEXT = inspect.signature(Transformer).parameters["context"].default
+"""The transformer host's context when a preset does not set it: the text task's window length."""
 
 SPLITS = ("train", "val", "test")
 
@@ -154,15 +162,20 @@ def load_task_data(
     download: bool = False,
     *,
     limit: int | None = None,
-) -> TaskData:
+    preset: TaskPreset | None = None,
+) -> "TaskData | TextData":
     """Load `task`'s splits into memory.
 
     `seed` is the generation seed of `mnist1d` (each seed gives a different, reproducible dataset);
-    `cifar10` ignores it. `data_dir` and `download` concern `cifar10` only. `limit` keeps at most
-    that many examples of each split (the first ones), for quick tests.
-    Raises `BadInput` for an unknown task or CIFAR-10 data that is missing and not to be downloaded.
+    the other tasks ignore it. `data_dir` is where `cifar10` lives or the text of `text` (`download`
+    concerns `cifar10` only). `preset`: the task preset the run trains with (the text task's windows follow
+    its host's context), the task's own by default. `limit` keeps at most that many examples of each split
+    (the first ones; not the text task's), for quick tests. Raises `BadInput` for an unknown task or data that is missing or unusable.
     """
+    preset = preset or get_task(task)
     name = get_task(task).name
+    if name == "text":
+        return load_text(name, data_dir, int(preset.host_options.get("context", TEXT_CONTEXT)), preset.epoch_windows)
     if name == "mnist1d":
         data = _load_mnist1d(seed)
     elif name == "cifar10":
@@ -172,6 +185,24 @@ def load_task_data(
     if limit is not None:
         data = attrs.evolve(data, **{s: Split(*(t[:limit].clone() for t in data.split(s))) for s in SPLITS})
     return data
+
+
+def recorded_data(started: RunStarted) -> "TaskData | TextData":
+    """The data of a logged run, loaded with its recorded config and preset to re-execute or resume it; `BadInput`
+    when the text it recorded is not the text found now (another Python's standard library, a changed file)."""
+    config = started.config
+    data = load_task_data(config.task, config.data_seed, config.data_dir, preset=started.preset)
+    was, now = started.corpus, getattr(data, "corpus", None)
+    if was is not None and now is not None and now.sha256 != was.sha256:
+        raise BadInput(f"the text corpus is not the run's: it read {was.files} files, {was.bytes:,} bytes from {was.path} "
+                       f"(sha256 {was.sha256[:12]}...), here {now.path} gives {now.files} files, {now.bytes:,} bytes "
+                       f"(sha256 {now.sha256[:12]}...); re-run where that text is")
+    return data
+
+
+def bits_per_char(data: Any, split: str, loss: float) -> float | None:
+    """`split`'s mean loss in bits per character, for the text task's data (None for any other)."""
+    return data.bits_per_char(split, loss) if isinstance(data, TextData) else None
 
 
 def cache_dir() -> Path:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from esper.errors import BadInput
 from esper.kasmina import BLUEPRINTS as FAMILIES
 from esper.kasmina import GrowableModel
-from esper.leyline.config import BLUEPRINTS, HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset
+from esper.leyline.config import BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
@@ -109,7 +109,8 @@ def _preset(model: GrowableModel, task: str, epochs: int, blueprints: Sequence[s
     host = type(model.host)
     offered = {b for slot in model.slots.values() for b in FAMILIES[slot.family]}
     if blueprints is None:
-        blueprints = [b for b in BLUEPRINTS if b in offered] + sorted(offered - set(BLUEPRINTS))
+        ranked = SEQUENCE_BLUEPRINTS if offered <= set(SEQUENCE_BLUEPRINTS) else BLUEPRINTS
+        blueprints = [b for b in ranked if b in offered] + sorted(offered - set(ranked))
     elif isinstance(blueprints, str) or not blueprints or not set(blueprints) <= offered:
         raise BadInput(f"blueprints: a list drawn from {', '.join(sorted(offered))}; got {blueprints!r}")
     return TaskPreset(name=task, host=f"{host.__module__}.{host.__qualname__}", batch_size=0, optimizer=optimizer,

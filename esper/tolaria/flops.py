@@ -15,16 +15,30 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
-from esper.kasmina import GrowableModel, preset_host
+from esper.kasmina import GrowableModel, input_dtype, preset_host
 from esper.leyline.events import EpochEnded, Event, RunStarted, SeedGerminated, SeedTransitioned
 from esper.leyline.stages import SeedStage
 
 
+# Torch's counter knows the attention kernels of CUDA, not the CPU's, and on the meta device attention runs as
+# matrix products (two forward, four backward). The CPU kernels are counted as those products, so a step counted
+# as it trains on CPU and the same step projected here on meta agree.
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return 2 * sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def epoch_flops(events: Iterable[Event], example_shape: tuple[int, ...], train_examples: int) -> dict[int, int]:
     """Epoch → FLOPs of that epoch's training steps, for a run whose events these are; `example_shape` is one
-    input's shape (mnist1d: (1, 40)) and `train_examples` the size of the training split."""
+    input's shape (mnist1d: (1, 40); text: (context,)) and `train_examples` the examples of an epoch (the size of
+    the training split; text: the preset's `epoch_windows`)."""
     out: dict[int, int] = {}
     counted: dict[tuple, float] = {}
     model: GrowableModel | None = None
@@ -76,14 +90,19 @@ def _architecture(model: GrowableModel) -> tuple:
 
 def _step_flops(model: GrowableModel, batch_size: int, example_shape: tuple[int, ...]) -> float:
     """FLOPs of one training step on a batch, as `Trainer.train_step` computes it."""
-    x = torch.empty(batch_size, *example_shape, device="meta")
-    y = torch.zeros(batch_size, dtype=torch.long, device="meta")
+    x = torch.zeros(batch_size, *example_shape, dtype=input_dtype(model.host), device="meta")
     model.train()
     counter = FlopCounterMode(display=False)
     with counter:
-        F.cross_entropy(model(x), y).backward()
+        _loss(model(x)).backward()
         for seed_id in model.training_seeds():
             params = model.seed_parameters(seed_id)
-            torch.autograd.grad(F.cross_entropy(model.isolated_output(seed_id, x), y), params)
+            torch.autograd.grad(_loss(model.isolated_output(seed_id, x)), params)
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
+
+
+def _loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of class logits (B, C), or of next-byte logits (B, T, 256) at every position."""
+    y = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits.flatten(0, -2), y.flatten())

@@ -34,7 +34,7 @@ from esper.tamiyo.controllers import Controller
 from esper.tamiyo.observation import Observation, ObservationProjection
 from esper.tolaria import checkpoint, crashpoints
 from esper.tolaria.checkpoint import Checkpoints
-from esper.tolaria.data import TaskData, load_task_data
+from esper.tolaria.data import TaskData, bits_per_char, load_task_data
 from esper.tolaria.ranks import Message, Ranks
 from esper.tolaria.tasks import TaskPreset, get_task
 from esper.tolaria.trainer import PRECISIONS, EpochStats, Trainer, default_precision
@@ -141,6 +141,9 @@ class RunResult:
     params: int
     seeds: dict[str, int]
     """How many seeds ended in each stage."""
+    val_bits_per_char: float | None = None
+    test_bits_per_char: float | None = None
+    """Text task only."""
 
 
 Progress = Callable[[int, EpochStats, ObservationProjection, CommandIssued], None]
@@ -228,7 +231,7 @@ class Session:
                                host_params=model.param_count(), slots=model.slot_names,
                                blueprints=list(self.preset.blueprints), seed_sizes=model.seed_sizes(),
                                user_code=host_params is not None, ranks=ranks.world if ranks else 1,
-                               channels_last=trainer.channels_last)])
+                               channels_last=trainer.channels_last, corpus=getattr(trainer.data, "corpus", None))])
         try:
             if build_events:
                 self._build(len(config.architecture))
@@ -246,7 +249,7 @@ class Session:
         self.host_params = None if model is None else model.param_count()
         config = self.config = resolve_config(config, self.preset, self.host_params)  # idempotent: `RunStarted` and the trainer see the values used
         if data is None:
-            data = load_task_data(config.task, config.data_seed, config.data_dir, download=download)
+            data = load_task_data(config.task, config.data_seed, config.data_dir, download=download, preset=self.preset)
         self.trainer = Trainer(config, self.preset, data, build_up_front=build_up_front, model=model, ranks=ranks)
         self.ranks = ranks
         self._outbox: list[Event] = []
@@ -325,7 +328,8 @@ class Session:
         stats = self.stats = self.trainer.end_epoch(self.epoch, [e.train_loss for e in self.projection.history])
         self._emit([EpochEnded(epoch=self.epoch, train_loss=stats.train_loss, val_loss=stats.val_loss,
                                val_accuracy=stats.val_accuracy, params=stats.params, seeds=stats.seeds,
-                               diagnostics=stats.diagnostics)])
+                               diagnostics=stats.diagnostics,
+                               val_bits_per_char=bits_per_char(self.trainer.data, "val", stats.val_loss))])
         return self.projection.observe()
 
     def decide(self, command: Command, controller: str, **info: Any) -> CommandIssued:
@@ -339,15 +343,20 @@ class Session:
     def finish(self) -> RunResult:
         crashpoints.reach("finishing", self.epoch)
         self._send("finish")  # the other ranks' part ends here; the test split is measured here alone
-        _, test_accuracy, _ = self.trainer.evaluate("test")
+        test_loss, test_accuracy, _ = self.trainer.evaluate("test")
         counts: dict[str, int] = {}
         for seed in self.projection.garden.seeds.values():
             counts[seed.stage.value] = counts.get(seed.stage.value, 0) + 1
-        finished = RunFinished(epoch=self.epoch, val_accuracy=self.projection.observe().val_accuracy,
-                               test_accuracy=test_accuracy, params=self.trainer.model.param_count(), seeds=counts)
+        last = self.projection.observe()
+        data = self.trainer.data
+        finished = RunFinished(epoch=self.epoch, val_accuracy=last.val_accuracy, test_accuracy=test_accuracy,
+                               params=self.trainer.model.param_count(), seeds=counts,
+                               val_bits_per_char=bits_per_char(data, "val", last.val_loss),
+                               test_bits_per_char=bits_per_char(data, "test", test_loss))
         self._emit([finished])
         self._end_writing()
-        return RunResult(finished.val_accuracy, finished.test_accuracy, finished.params, counts)
+        return RunResult(finished.val_accuracy, finished.test_accuracy, finished.params, counts,
+                         finished.val_bits_per_char, finished.test_bits_per_char)
 
     def fail(self, error: str) -> None:
         """Close the log with `RunFailed`; the unfinished epoch is dropped whole (the log keeps whole epochs).

@@ -25,7 +25,7 @@ from esper.store import Recorded, Recorder, Workspace
 from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint
 from esper.tolaria.checkpoint import Checkpoints, UnusableCheckpoint
-from esper.tolaria.data import TaskData, load_task_data
+from esper.tolaria.data import TaskData, recorded_data
 from esper.tolaria.loop import SNAPSHOT_EVERY, Batches, Progress, RunResult, Session, StoreSink, train
 from esper.tolaria.verify import DEFAULT_TOLERANCE, Comparison, VerificationFailed
 
@@ -117,7 +117,7 @@ def open_resumption(ws: Workspace, run: str, checkpoint_every: int, snapshot_eve
     if not any(isinstance(r.event, CheckpointSaved) for r in recorded):
         raise BadInput(f"run {run_id} has no checkpoint to resume from (it ran with checkpoint_every 0)")
     config = state.config
-    data = load_task_data(config.task, config.data_seed, config.data_dir)
+    data = recorded_data(recorded[0].event)
     controller = make_controller(config.controller, config.seed, config.policy, config.heuristic)
     checkpoints = Checkpoints(checkpoint.folder_of(ws.root), checkpoint_every, controller)
     last_epoch = state.epochs[-1].epoch if state.epochs else 0

@@ -7,7 +7,7 @@ of their time (`esper.leyline.events`), not with these.
 """
 
 from esper.errors import BadInput
-from esper.leyline.config import BLUEPRINTS, TaskPreset
+from esper.leyline.config import BLUEPRINTS, SEQUENCE_BLUEPRINTS, TaskPreset  # noqa: F401 - BLUEPRINTS re-exported
 
 TASKS: dict[str, TaskPreset] = {
     preset.name: preset
@@ -34,6 +34,21 @@ TASKS: dict[str, TaskPreset] = {
             seed_lr=0.01,
             epochs=30,
             augment=True,
+        ),
+        TaskPreset(  # sized for a run of 1–3 minutes of one CPU thread (40 steps an epoch); growth pays ~0.07 bits/char
+            name="text",
+            host="transformer",
+            host_options={"context": 64},
+            batch_size=32,
+            optimizer="adam",
+            lr=3e-3,
+            weight_decay=0.0,
+            seed_lr=3e-3,
+            epochs=20,
+            epoch_windows=1280,
+            blueprints=SEQUENCE_BLUEPRINTS,
+            cpu_threads=1,
+            anneal_epochs=4,
         ),
     )
 }

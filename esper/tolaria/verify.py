@@ -41,6 +41,7 @@ from esper.leyline.events import (
 from esper.nissa.runstate import as_one_run
 from esper.store.recorder import Recorded
 from esper.tamiyo.controllers import ScriptedController
+from esper.tolaria.data import recorded_data
 from esper.tolaria.loop import ListSink, execute, policy_file_sha256
 
 DEFAULT_TOLERANCE = 1e-4
@@ -88,6 +89,8 @@ def reexecutable(recorded: list[Recorded]) -> RunStarted:
                        "its log holds every decision but not the model or the data, so it cannot be re-executed; "
                        "replay it without --verify to check its chain and every decision")
     policy_file_sha256(started.config)  # a policy run is re-executed only beside the file it played
+    if started.corpus is not None:  # a text run only on its own text (reading it is quick: checked up front)
+        recorded_data(started)
     return started
 
 
@@ -100,9 +103,10 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
     # A scratch run recorded before the `build` transition existed has its architecture built without events:
     # re-execute it the same way (the weights are drawn in the same order either way).
     built = any(isinstance(r.event, SeedTransitioned) and r.event.trigger == "build" for r in recorded)
+    data = recorded_data(started)  # bad input (another corpus) even where the run itself failed
     try:
         execute(started.config, ScriptedController(started.config.controller, issued), sink, preset=started.preset,
-                build_events=built or not started.config.architecture)
+                build_events=built or not started.config.architecture, data=data)
     except EsperError:
         if not isinstance(recorded[-1].event, RunFailed):
             raise

@@ -1,0 +1,72 @@
+"""Real runs of the text task at a test's size: controllers unchanged, bits per character logged, corpus checked."""
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from cli_runner import invoke, one_line_error
+
+pytestmark = pytest.mark.slow  # real training runs
+
+TINY = ("--host-option", "width=16", "--host-option", "context=16", "--batch-size", "128")
+"""A transformer small enough that an epoch of the preset's windows takes a moment."""
+KNOBS = ("--heuristic", "warmup_epochs=1", "--heuristic", "min_gain=1.0", "--heuristic", "finish_epochs=0")
+
+
+def corpus(folder: Path) -> Path:
+    path = folder / "corpus.txt"
+    path.write_text("def grow(model, slots):\n    return esper.grow(model, slots)  # naïve\n" * 400)
+    return path
+
+
+def payloads(ws: Path, kind: str) -> list[dict]:
+    rows = []
+    for store in sorted(ws.glob("*.duckdb")):
+        with duckdb.connect(str(store), read_only=True) as con:
+            rows += [json.loads(p) for p, in con.execute(f"SELECT payload FROM events WHERE type = '{kind}' ORDER BY seq").fetchall()]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("text")
+    data = corpus(ws)
+    ran = invoke("run", "--task", "text", "--data-dir", data, *TINY, *KNOBS, "--epochs", "6", "--json", workspace=ws)
+    assert ran.exit_code == 0, ran.stderr
+    return ws, data, json.loads(ran.stdout)
+
+
+def test_the_heuristic_grows_the_transformer_and_bits_per_char_are_logged(grown):
+    ws, data, result = grown
+    assert result["seeds"] and 0 < result["val_accuracy"] <= 1 and result["test_bits_per_char"] > 0
+    (started,) = payloads(ws, "RunStarted")
+    assert started["corpus"]["source"] == "data_dir" and started["corpus"]["path"] == str(data.resolve())
+    assert started["corpus"]["bytes"] == data.stat().st_size and started["seed_sizes"]["early"]["mlp"] > 0
+    epochs = payloads(ws, "EpochEnded")
+    assert len(epochs) == 6 and all(e["val_bits_per_char"] > 0 for e in epochs)
+    assert epochs[-1]["val_bits_per_char"] < epochs[0]["val_bits_per_char"]
+    (finished,) = payloads(ws, "RunFinished")
+    assert finished["test_bits_per_char"] == result["test_bits_per_char"]
+    germinated = payloads(ws, "SeedGerminated")
+    assert germinated and {g["blueprint"] for g in germinated} <= {"mlp", "attention", "lowrank", "norm"}
+
+
+def test_a_text_run_re_executes_and_verify_refuses_another_corpus(grown):
+    ws, data, result = grown
+    assert invoke("replay", result["run_id"], "--verify", workspace=ws).exit_code == 0
+    original = data.read_bytes()
+    data.write_bytes(original.replace(b"slots", b"stems"))
+    try:
+        error = one_line_error(invoke("replay", result["run_id"], "--verify", workspace=ws))
+    finally:
+        data.write_bytes(original)
+    assert "the text corpus is not the run's" in error and "sha256" in error
+
+
+def test_the_random_controller_runs_on_text_unchanged(tmp_path):
+    ran = invoke("run", "--task", "text", "--data-dir", corpus(tmp_path), *TINY, "--controller", "random",
+                 "--epochs", "4", "--json", workspace=tmp_path)
+    assert ran.exit_code == 0, ran.stderr
+    issued = payloads(tmp_path, "CommandIssued")
+    assert len(issued) == 4 and any(i["command"]["op"] != "Wait" for i in issued)
