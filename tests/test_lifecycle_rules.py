@@ -14,17 +14,19 @@ the events, as the trainer does, and compares the model's stages with the garden
 
 import bisect
 import math
+from collections import OrderedDict
 
 import hypothesis.strategies as st
 import msgspec
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tiers import examples
 from hypothesis import HealthCheck, event, given, note, settings
 
 from esper.kasmina import BLUEPRINTS as FAMILIES
-from esper.kasmina import build_host
+from esper.kasmina import build_host, grow
 from esper.leyline import (
     Advance,
     CommandRejected,
@@ -517,15 +519,32 @@ def test_an_embargo_of_zero_epochs_lasts_one():
 
 # ---- a culled slot computes what the host computed before germination -------------------------------
 
-HOST_OF_FAMILY = {"conv1d": (("cnn1d", {}), (8, 1, 40)), "conv2d": (("resnet", {"width": 4}), (2, 3, 16, 16))}
+def _image_host(host: str, shape: tuple[int, ...], **kw):
+    model = build_host(host, **kw)
+    return model, torch.randn(*shape), torch.randint(0, 10, (shape[0],))
+
+
+def _token_model(causal: bool):
+    """A user's model over token ids grown with one (B, T, D) slot "mid": the sequence families' host."""
+    layers = nn.Sequential(OrderedDict(embed=nn.Embedding(256, 16), mid=nn.Linear(16, 16), head=nn.Linear(16, 10)))
+    x = torch.randint(0, 256, (4, 6))
+    return grow(layers, {"mid": "mid"}, example=x, causal=causal), x, torch.randint(0, 10, (4, 6))
+
+
+HOST_OF_FAMILY = {"conv1d": lambda: _image_host("cnn1d", (8, 1, 40)),
+                  "conv2d": lambda: _image_host("resnet", (2, 3, 16, 16), width=4),
+                  "sequence": lambda: _token_model(causal=False),
+                  "causal_sequence": lambda: _token_model(causal=True)}
+
+
+def _loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(output.flatten(0, -2), y.flatten())
 
 
 @pytest.mark.parametrize("family,blueprint", [(f, b) for f in FAMILIES for b in FAMILIES[f]])
 def test_a_culled_slot_computes_the_host_before_germination(one_thread, family, blueprint):
-    (host, kw), shape = HOST_OF_FAMILY[family]
     torch.manual_seed(0)
-    model = build_host(host, **kw)
-    x, y = torch.randn(*shape), torch.randint(0, 10, (shape[0],))
+    model, x, y = HOST_OF_FAMILY[family]()
     model.eval()  # the host's own BatchNorm statistics stay as they are: its output before is the reference
     with torch.no_grad():
         before = model(x)
@@ -535,7 +554,7 @@ def test_a_culled_slot_computes_the_host_before_germination(one_thread, family, 
     optimizer = torch.optim.SGD(params, lr=0.5)
     for _ in range(2):  # train the seed in isolation, as the trainer does
         model(x)
-        grads = torch.autograd.grad(F.cross_entropy(model.isolated_output("s", x), y), params)
+        grads = torch.autograd.grad(_loss(model.isolated_output("s", x), y), params)
         for p, g in zip(params, grads):
             p.grad = g
         optimizer.step()
