@@ -41,6 +41,7 @@ def test_a_session_records_and_trains_with_the_resolved_config():
     assert (started.config.epochs, started.config.anneal_epochs) == (25, 5)
 
 
+@pytest.mark.slow  # trains a six-epoch run
 def test_every_optimizer_runs_at_the_annealed_rate_of_its_epoch():
     config = resolve_config(RunConfig(epochs=6, anneal_epochs=4, seed=1))
     session, seeds_checked = Session(config, ListSink()), 0
@@ -67,6 +68,7 @@ def _epochs(anneal: int) -> list[EpochEnded]:
     return [e for e in sink.events if isinstance(e, EpochEnded)]
 
 
+@pytest.mark.slow  # trains two runs
 def test_the_anneal_changes_only_the_epochs_it_covers():
     constant, annealed = _epochs(0), _epochs(2)
     assert constant[:2] == annealed[:2]  # same seed, same rates: the same first epochs, bit for bit

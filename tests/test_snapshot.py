@@ -6,6 +6,7 @@ import json
 import shutil
 
 import duckdb
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -186,6 +187,7 @@ def test_an_unreadable_snapshot_is_passed_over_by_readers(tmp_path):
     assert "the snapshot at seq" in one_line_error(invoke("replay", RUN, workspace=ws.root), code=1)
 
 
+@pytest.mark.slow  # trains a run
 def test_a_real_run_snapshots_every_n_epochs_and_reads_the_same_without_them(tmp_path):
     ws = Workspace(tmp_path / "ws")
     config = RunConfig(controller="heuristic", epochs=5)

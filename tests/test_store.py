@@ -278,6 +278,7 @@ def kill_writer_midway(path: Path, rng: random.Random) -> int:
     return max([first + count - 1] + acked)
 
 
+@pytest.mark.slow  # starts and kills writer processes
 def test_a_killed_writer_leaves_whole_batches(tmp_path):
     rng = random.Random()  # the moment of the kill is up to the scheduler anyway
     path = tmp_path / "crash.duckdb"
