@@ -76,7 +76,8 @@ def test_ppo_resumes_from_its_checkpoint(trained, tmp_path):
     assert resumed["episodes"] == 4 and "resuming" in out.stderr and "update 2/2" in out.stderr
     assert "split over 2 Ray workers" in out.stderr  # --workers may change on resume: it changes no decision
     seeds = events(tmp_path, "SELECT DISTINCT (payload->>'$.config.seed')::INT FROM events WHERE type = 'RunStarted'")
-    assert seeds == [(1001,)], "the resumed job plays the second update's runs"
+    assert {seed for seed, in seeds} == {1001}, "the resumed job plays the second update's runs"
+    assert len(seeds) == 2, "each of the two Ray workers logs its share of the update in a store file of its own"
 
 
 def test_resume_refuses_settings_it_would_not_apply(trained):
