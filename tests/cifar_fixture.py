@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torchvision.datasets import CIFAR10
 
 LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -34,7 +33,7 @@ def write_tiny_cifar10(root: Path, n_train: int = 50, n_test: int = 20, seed: in
     `red_value(label)`, its green plane random, its blue plane its index in its split (mod 256).
     Returns the labels written, `{"train": ..., "test": ...}`, in file order.
     """
-    folder = Path(root) / CIFAR10.base_folder
+    folder = Path(root) / _cifar10().base_folder
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
 
@@ -68,6 +67,7 @@ def write_tiny_cifar10(root: Path, n_train: int = 50, n_test: int = 20, seed: in
 
 def trust_tiny_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make torchvision's `CIFAR10` expect the md5s of the files under `root` instead of the real dataset's."""
+    CIFAR10 = _cifar10()
     folder = Path(root) / CIFAR10.base_folder
 
     def md5(name: str) -> str:
@@ -81,3 +81,10 @@ def trust_tiny_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def _dump(path: Path, entry: dict) -> None:
     with open(path, "wb") as f:
         pickle.dump(entry, f, protocol=2)
+
+
+def _cifar10() -> type:
+    """torchvision's `CIFAR10`, imported when a test first needs it (torchvision takes seconds to import)."""
+    from torchvision.datasets import CIFAR10
+
+    return CIFAR10

@@ -18,9 +18,12 @@ once blended, `attention` diverges while training. The controllers are tiny rule
 * `static`: never grows anything.
 """
 
+import atexit
 import hashlib
 import math
 import random
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -229,11 +232,41 @@ class FakeWriter:
 
 
 def write_batches(workspace: str | Path, batches: list[list[Event]], run_id: str, store: str | None = None) -> Workspace:
-    """Write the batches as run `run_id` into `<workspace>/<store>.duckdb` (the run id by default)."""
+    """Write the batches as run `run_id` into `<workspace>/<store>.duckdb` (the run id by default).
+
+    A new store file is a copy of one this process wrote for the same run before (each append commits to disk,
+    ~12 ms, and a fixture writing one run per test spent a quarter of the fast tier there); the copy's
+    timestamps and event ids are the first write's. A run added to an existing store file is appended."""
     ws = Workspace.at(workspace)
-    with Recorder(ws.store_path(store or run_id)) as recorder:
-        FakeWriter(recorder, run_id, batches).write()
+    path = ws.store_path(store or run_id)
+    if path.exists():
+        _write(path, batches, run_id)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_written(batches, run_id), path)
     return ws
+
+
+def _write(path: Path, batches: list[list[Event]], run_id: str) -> None:
+    with Recorder(path) as recorder:
+        FakeWriter(recorder, run_id, batches).write()
+
+
+_WRITTEN: dict[str, Path] = {}
+_WRITTEN_DIR = Path(tempfile.mkdtemp(prefix="esper-fake-runs-"))
+atexit.register(shutil.rmtree, _WRITTEN_DIR, True)
+
+
+def _written(batches: list[list[Event]], run_id: str) -> Path:
+    """The store file holding only `run_id` written from `batches`, written on the first call for them."""
+    key = hashlib.sha256(run_id.encode()
+                         + b"".join(b"\n".join(msgspec.json.encode(e) + type(e).__name__.encode() for e in batch)
+                                    + b"\0" for batch in batches)).hexdigest()
+    if key not in _WRITTEN:
+        path = _WRITTEN_DIR / f"{key}.duckdb"
+        _write(path, batches, run_id)
+        _WRITTEN[key] = path
+    return _WRITTEN[key]
 
 
 def write_run(

@@ -30,21 +30,8 @@ def offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("esper-cache")
-
-
-@pytest.fixture(autouse=True)
-def cache_env(shared_cache, monkeypatch):
-    """Keep every test's cache out of the user's home; tests wanting a cold cache point it elsewhere."""
-    monkeypatch.setenv("ESPER_CACHE", str(shared_cache))
-
-
-@pytest.fixture(scope="module")
-def mnist1d(shared_cache):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ESPER_CACHE", str(shared_cache))
-        return load_task_data("mnist1d", seed=0)
+def mnist1d():
+    return load_task_data("mnist1d", seed=0)  # from the suite's cache (conftest.py) once any run has made it
 
 
 @pytest.fixture

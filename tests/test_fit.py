@@ -20,15 +20,6 @@ from esper.tolaria.userdata import UserData
 KNOBS = {"warmup_epochs": 1, "finish_epochs": 0, "min_gain": 1.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model: more threads only add synchronisation (`TaskPreset.cpu_threads`)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_model() -> esper.GrowableModel:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
@@ -52,7 +43,6 @@ def batches(n: int, seed: int, size: int = 8) -> list[tuple[torch.Tensor, torch.
 def fitted(tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
     with torch.random.fork_rng():
-        torch.set_num_threads(1)
         result = esper.fit(small_model(), train=batches(4, 1), val=batches(2, 2), epochs=6, heuristic=KNOBS,
                            task="tiny", workspace=str(ws))
     return ws, result

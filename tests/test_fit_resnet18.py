@@ -38,15 +38,7 @@ def host_grads_and_buffers(model: esper.GrowableModel) -> dict[str, torch.Tensor
     return out | {f"buffer:{n}": b.clone() for n, b in model.named_buffers() if ".live." not in n}
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on two busy cores make each resnet18 step many times slower
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_resnet18_grows_on_the_users_own_batches(tmp_path, monkeypatch, one_thread):
+def test_resnet18_grows_on_the_users_own_batches(tmp_path, monkeypatch):
     checked = []
     train_step = Trainer.train_step
 

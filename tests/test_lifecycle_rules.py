@@ -484,18 +484,9 @@ class ModelRun(Run):
         assert self.model.fossil_order == self.fossilized
 
 
-@pytest.fixture
-def one_thread():
-    """A tiny model: more threads only add synchronisation (`TaskPreset.cpu_threads`)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), epochs=st.integers(5, 25))
-def test_the_models_stages_are_the_gardens(one_thread, data, epochs):
+def test_the_models_stages_are_the_gardens(data, epochs):
     ModelRun(data).play(epochs)
 
 
@@ -542,7 +533,7 @@ def _loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("family,blueprint", [(f, b) for f in FAMILIES for b in FAMILIES[f]])
-def test_a_culled_slot_computes_the_host_before_germination(one_thread, family, blueprint):
+def test_a_culled_slot_computes_the_host_before_germination(family, blueprint):
     torch.manual_seed(0)
     model, x, y = HOST_OF_FAMILY[family]()
     model.eval()  # the host's own BatchNorm statistics stay as they are: its output before is the reference

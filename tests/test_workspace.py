@@ -2,6 +2,7 @@
 locked down, unreadable or busy files reported and skipped, never waited on."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,15 +33,22 @@ def write_run(ws: Workspace, store: str, run_id: str, n_epochs: int) -> None:
         rec.append(run_id, [started(), *epochs(n_epochs)], rec.last_seq(run_id))
 
 
-@pytest.fixture
-def ws(tmp_path) -> Workspace:
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> Path:
     """Three store files: one run each in two of them, two runs in the third."""
-    ws = Workspace(tmp_path / "runs")
+    ws = Workspace(tmp_path_factory.mktemp("written") / "runs")
     write_run(ws, "alpha", "20250101-alpha-1", 3)
     write_run(ws, "beta", "20250101-beta-1", 4)
     write_run(ws, "gamma", "20250102-gamma-1", 1)
     write_run(ws, "gamma", "20250102-gamma-2", 2)
-    return ws
+    return ws.root
+
+
+@pytest.fixture
+def ws(written, tmp_path) -> Workspace:
+    """A copy of the written stores of its own for each test (some tests try to change them)."""
+    shutil.copytree(written, tmp_path / "runs")
+    return Workspace(tmp_path / "runs")
 
 
 def query(reader: Reader, sql: str) -> list[tuple]:
