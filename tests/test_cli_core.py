@@ -1,13 +1,10 @@
 """`esper replay`, `query`, `runs` from the outside: exit codes, one-line errors, read-only SQL."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cli_runner import invoke, one_line_error
+from cli_runner import environment, esper, invoke, one_line_error, start
 
 from esper.leyline import CommandIssued, EpochEnded, Germinate, RunConfig, RunFinished, RunStarted
 from esper.leyline.garden import Garden
@@ -17,14 +14,6 @@ from esper.tolaria.tasks import TASKS
 pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
 
 MNIST1D = TASKS["mnist1d"]
-
-ESPER = [sys.executable, "-m", "esper"]
-
-
-def esper(*args: str, workspace: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ESPER_WORKSPACE": str(workspace)}
-    return subprocess.run([*ESPER, *args], capture_output=True, text=True, env=env, timeout=120)
-
 
 def write_run(workspace: Path, run_id: str, finished: bool = True) -> None:
     g = Garden()
@@ -124,9 +113,8 @@ def test_a_workspace_or_folder_that_is_a_file_is_bad_input(tmp_path, command):
 
 def test_a_reader_that_leaves_early_is_no_error(tmp_path):
     """`esper run --json | true`: the run is logged; stdout's reader has gone, which is no internal error."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"ESPER_WORKSPACE": str(tmp_path)}
-    process = subprocess.Popen([*ESPER, "run", "--epochs", "1", "--json"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
+    env = {k: v for k, v in environment(tmp_path).items() if k != "PYTHONUNBUFFERED"}
+    process = start("run", "--epochs", "1", "--json", env=env)
     process.stdout.close()
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 141, stderr
@@ -137,11 +125,9 @@ def test_a_reader_that_leaves_early_is_no_error(tmp_path):
 def test_a_closed_stderr_changes_no_exit_code_and_no_output(workspace):
     """Progress and errors on stderr are best effort: a stderr whose reader has gone (`esper ... 2>&1 >out | head
     -0`) only silences them; the command ends as it would have (here a refused --verify, exit 2)."""
-    env = {**os.environ, "ESPER_WORKSPACE": str(workspace)}
-    args = [*ESPER, "replay", "run-a", "--verify"]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process = start("replay", "run-a", "--verify", workspace=workspace)
     process.stderr.close()
     out, _ = process.communicate(timeout=120)
-    heard = subprocess.run(args, capture_output=True, env=env, timeout=120)
+    heard = esper("replay", "run-a", "--verify", workspace=workspace)
     assert process.returncode == heard.returncode == 2
-    assert out == heard.stdout and b"Traceback" not in out
+    assert out == heard.stdout and "Traceback" not in out

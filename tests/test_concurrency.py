@@ -3,14 +3,11 @@ chain intact, and no reader waits on a writer. Each writing process has store fi
 read-only (DESIGN.md, Events)."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from cli_runner import invoke
+from cli_runner import invoke, start
 from fake_runs import write_run
 
 from esper.nissa.transfer import export_runs
@@ -18,18 +15,12 @@ from esper.store import Workspace
 
 pytestmark = pytest.mark.slow  # subprocesses of the CLI that train real runs
 
-ESPER = [sys.executable, "-m", "esper"]
 POLL_EVERY = 0.5
 PATIENCE = 5.0
 """The most one poll may take. A reader that waited on a writer would take as long as the writer (tens of
 seconds); polls here take well under a second unloaded, but this machine is shared."""
 PER_RUN = ("SELECT run_id, count(*) AS n, min(seq) AS first, max(seq) AS last, count(DISTINCT seq) AS seqs "
            "FROM events GROUP BY run_id ORDER BY run_id")
-
-
-def start(*args: str, workspace: Path) -> subprocess.Popen:
-    env = {**os.environ, "ESPER_WORKSPACE": str(workspace)}
-    return subprocess.Popen([*ESPER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def poll(workspace: Path, *args: str) -> tuple[float, object]:

@@ -1,14 +1,11 @@
 """Real runs of the default task: seeds grow through every stage, logs replay and re-execute exactly."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import msgspec
 import pytest
-from cli_runner import invoke, one_line_error
+from cli_runner import esper, invoke, one_line_error, start
 
 from esper.app.runs import final_architecture
 from esper.leyline import (CommandRejected, HeuristicConfig, LifecycleConfig, RunConfig, SeedStage, SeedTransitioned,
@@ -100,11 +97,6 @@ def test_scratch_builds_the_final_architecture_up_front(grown):
     assert [(e.slot, e.epoch) for e in built] == [(slot, 0) for slot, _ in architecture]
 
 
-def esper(*args, workspace):
-    env = {**os.environ, "ESPER_WORKSPACE": str(workspace)}
-    return subprocess.run([sys.executable, "-m", "esper", *args], capture_output=True, text=True, env=env, timeout=300)
-
-
 def test_cli_run_json_then_replay_verify(tmp_path):
     out = esper("run", "--epochs", "3", "--seed", "2", "--json", workspace=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -118,9 +110,7 @@ def test_cli_run_json_then_replay_verify(tmp_path):
 
 def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     """`kill` or a scheduler's stop: one line, exit 143, and the log keeps every whole epoch then `RunFailed`."""
-    env = {**os.environ, "ESPER_WORKSPACE": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "esper", "run", "--epochs", "60", "--seed", "2"],
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = start("run", "--epochs", "60", "--seed", "2", workspace=tmp_path, stdout=None)
     try:
         for line in proc.stderr:
             if line.startswith("[  2/60]"):

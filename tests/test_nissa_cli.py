@@ -21,12 +21,8 @@ def ws(tmp_path_factory) -> Path:
     return root
 
 
-def esper(*args: str):
-    return invoke(*args)
-
-
 def test_report_writes_the_default_file_and_a_summary(ws):
-    result = esper("report", "heur", "--workspace", str(ws))
+    result = invoke("report", "heur", "--workspace", str(ws))
     assert result.exit_code == 0, result.stderr
     path = ws / "reports" / f"{HEURISTIC}.html"
     assert path.is_file() and path.read_text(encoding="utf-8").count("<svg") == 3
@@ -37,10 +33,10 @@ def test_report_writes_the_default_file_and_a_summary(ws):
 
 def test_report_out_and_compare(ws, tmp_path):
     out = tmp_path / "deep" / "one.html"
-    assert esper("report", HEURISTIC, "-w", str(ws), "--out", str(out)).exit_code == 0
+    assert invoke("report", HEURISTIC, "-w", str(ws), "--out", str(out)).exit_code == 0
     assert out.is_file()
     cmp = tmp_path / "cmp.html"
-    result = esper("report", "--compare", "static", "heur", "policy", "-w", str(ws), "--out", str(cmp))
+    result = invoke("report", "--compare", "static", "heur", "policy", "-w", str(ws), "--out", str(cmp))
     assert result.exit_code == 0, result.stderr
     text = cmp.read_text(encoding="utf-8")
     assert text.count("<svg") == 3 and text.count('<tr data-run="') == 3
@@ -60,39 +56,39 @@ def test_report_out_and_compare(ws, tmp_path):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(ws, args, message):
-    line = one_line_error(esper(*args, "--workspace", str(ws)))
+    line = one_line_error(invoke(*args, "--workspace", str(ws)))
     assert message in line
 
 
 def test_report_in_a_missing_workspace_is_bad_input(tmp_path):
-    line = one_line_error(esper("report", "x", "--workspace", str(tmp_path / "missing")))
+    line = one_line_error(invoke("report", "x", "--workspace", str(tmp_path / "missing")))
     assert "does not exist" in line
 
 
 def test_export_then_import_round_trip(ws, tmp_path):
     out = tmp_path / "h.parquet"
-    result = esper("export", "heur", "-w", str(ws), "--out", str(out))
+    result = invoke("export", "heur", "-w", str(ws), "--out", str(out))
     assert result.exit_code == 0 and "exported 70 events" in result.stdout and "(parquet)" in result.stdout
     fresh = tmp_path / "fresh"
-    first = esper("import", str(out), "--workspace", str(fresh))
+    first = invoke("import", str(out), "--workspace", str(fresh))
     assert first.exit_code == 0 and "imported 70 events" in first.stdout
-    again = esper("import", str(out), "--workspace", str(fresh))
+    again = invoke("import", str(out), "--workspace", str(fresh))
     assert again.exit_code == 0 and again.stdout.startswith("nothing to import: all 70 events")
     assert len(Workspace.at(fresh).store_files()) == 1
-    assert esper("report", "heur", "-w", str(fresh)).exit_code == 0
+    assert invoke("report", "heur", "-w", str(fresh)).exit_code == 0
 
 
 def test_export_default_name_is_the_run_id(ws, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert esper("export", "heur", "-w", str(ws)).exit_code == 0
+    assert invoke("export", "heur", "-w", str(ws)).exit_code == 0
     assert (tmp_path / f"{HEURISTIC}.jsonl").is_file()
 
 
 def test_import_of_a_malformed_or_missing_file_is_one_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"position": 1}\n', encoding="utf-8")
-    assert "bad.jsonl:1: not an exported event" in one_line_error(esper("import", str(bad), "-w", str(tmp_path / "w")))
-    assert "no file" in one_line_error(esper("import", str(tmp_path / "absent.jsonl"), "-w", str(tmp_path / "w")))
+    assert "bad.jsonl:1: not an exported event" in one_line_error(invoke("import", str(bad), "-w", str(tmp_path / "w")))
+    assert "no file" in one_line_error(invoke("import", str(tmp_path / "absent.jsonl"), "-w", str(tmp_path / "w")))
 
 
 @pytest.mark.slow  # starts the installed command

@@ -6,14 +6,11 @@ nothing, and leave every file in the workspace, the working directory and beside
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cli_runner import invoke, one_line_error
+from cli_runner import esper, invoke, one_line_error
 from fake_runs import write_run
 
 NOT_READING = "only reading statements may run"
@@ -128,10 +125,8 @@ def test_detach_and_reattach_read_write_is_refused_by_the_real_command(place):
     ws = place / "ws"
     store = sorted(ws.glob("*.duckdb"))[0]
     before = files_under(place)
-    env = {**os.environ, "ESPER_WORKSPACE": str(ws)}
     attack = f"detach store0; attach '{store}' as w; delete from w.events; select 1"
-    out = subprocess.run([sys.executable, "-m", "esper", "query", attack], capture_output=True, text=True, env=env,
-                         timeout=120)
+    out = esper("query", attack, workspace=ws)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [
         f"esper: {NOT_READING} (SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); statement 1 is DETACH (detach store0)"]

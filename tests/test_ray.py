@@ -6,7 +6,6 @@ start, and a run on it seconds more."""
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import msgspec
 import pytest
 import torch
 
-from cli_runner import invoke, one_line_error
+from cli_runner import environment, invoke, one_line_error, start
 from esper.app import runs
 from esper.app import seeds as fanout
 from esper.errors import BadInput
@@ -30,7 +29,6 @@ from esper.tolaria import cluster
 from esper.tolaria.loop import RunResult
 from test_simic import _selections
 
-ESPER = [sys.executable, "-m", "esper"]
 
 
 @pytest.fixture(scope="module")
@@ -210,10 +208,9 @@ def _ray_processes(temp_dir: str) -> list[str]:
 @pytest.mark.slow
 def test_sigterm_ends_every_seeds_run_with_run_failed_and_leaves_no_ray_process(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="esper-ray-")  # short: Ray's sockets live under it
-    env = {**os.environ, "ESPER_WORKSPACE": str(tmp_path), "RAY_TMPDIR": temp_dir}
+    env = environment(tmp_path, RAY_TMPDIR=temp_dir)
     env.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen([*ESPER, "run", "--seeds", "0-1", "--epochs", "200"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = start("run", "--seeds", "0-1", "--epochs", "200", env=env, stdout=subprocess.DEVNULL)
     ws = Workspace.at(tmp_path)
     try:
         deadline = time.monotonic() + 600

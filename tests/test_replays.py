@@ -1,11 +1,10 @@
 """The recorded sample runs in replays/ replay on a fresh clone."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import esper
 
 pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
 
@@ -21,8 +20,7 @@ def test_there_is_a_sample():
 
 @pytest.mark.parametrize("sample", SAMPLES + OLD_LOGS, ids=lambda p: p.name)
 def test_sample_replays(sample, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "esper", "replay", str(sample), "--json", "--workspace", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = esper("replay", sample, "--json", "--workspace", tmp_path)
     assert out.returncode == 0, out.stderr
     state = json.loads(out.stdout)
     assert state["status"] == "finished"

@@ -2,17 +2,15 @@
 `esper run --resume`, with the real command killed by SIGKILL at named points (`esper.tolaria.crashpoints`) and at a
 random moment; what it refuses; and that every reader takes the resumed run as one finished run."""
 
-import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from cli_runner import invoke, one_line_error
+from cli_runner import esper, invoke, one_line_error, start
 
 from esper.errors import RunFailed as RunFailedError
 from esper.leyline import CheckpointSaved, RunFailed, RunResumed, Wait, encode
@@ -26,7 +24,6 @@ from esper.tolaria.trainer import Trainer
 
 pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
 
-ESPER = [sys.executable, "-m", "esper"]
 EPOCHS = 5
 GROWING = ["--seed", "3", "--epochs", str(EPOCHS), "--heuristic", "min_gain=1.0", "--heuristic", "warmup_epochs=1",
            "--heuristic", "finish_epochs=0"]
@@ -35,17 +32,9 @@ RANDOM = ["--controller", "random", "--seed", "4", "--epochs", str(EPOCHS)]
 """A controller with an RNG of its own, which the checkpoint must carry."""
 
 
-def esper(*args: str, workspace: Path, crash_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "ESPER_CRASH_AT"}
-    env["ESPER_WORKSPACE"] = str(workspace)
-    if crash_at is not None:
-        env["ESPER_CRASH_AT"] = crash_at
-    return subprocess.run([*ESPER, *args], capture_output=True, text=True, env=env, timeout=300)
-
-
 def killed(workspace: Path, config: list[str], crash_at: str, *extra: str) -> str:
     """Run `esper run` until SIGKILL at `crash_at`; the run's id."""
-    result = esper("run", *config, *extra, workspace=workspace, crash_at=crash_at)
+    result = esper("run", *config, *extra, workspace=workspace, **({"ESPER_CRASH_AT": crash_at} if crash_at else {}))
     assert result.returncode == -signal.SIGKILL, result.stderr
     return only_run(workspace)
 
@@ -139,9 +128,7 @@ def test_a_controllers_own_randomness_goes_on_where_it_stopped(tmp_path, referen
 
 def run_past_epoch_2(workspace: Path) -> subprocess.Popen:
     """The growing run started by the real command, once it has printed its second epoch."""
-    env = {**{k: v for k, v in os.environ.items() if k != "ESPER_CRASH_AT"}, "ESPER_WORKSPACE": str(workspace)}
-    process = subprocess.Popen([*ESPER, "run", *GROWING], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                               env=env)
+    process = start("run", *GROWING, workspace=workspace, stdout=subprocess.DEVNULL)
     for line in process.stderr:
         if line.startswith("[  2/"):
             break

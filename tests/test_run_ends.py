@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import torch
-from cli_runner import invoke
+from cli_runner import ESPER, environment, invoke, start
 from torch import nn
 
 import esper.cli  # noqa: F401 - `esper.cli.app` is the typer app there; the module is what this test needs
@@ -32,7 +31,6 @@ from esper.tolaria.trainer import Trainer, divergence
 
 pytestmark = pytest.mark.slow  # real training runs and subprocesses of the CLI
 
-ESPER = [sys.executable, "-m", "esper"]
 
 
 class Faulty:
@@ -249,8 +247,8 @@ def test_a_progress_line_stderr_cannot_take_silences_progress_and_raises_nothing
 
 
 def run_in_shell(script: str, workspace: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ESPER_WORKSPACE": str(workspace), "ESPER": " ".join(ESPER)}
-    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env=environment(workspace, ESPER=" ".join(ESPER)))
 
 
 def finished_runs(workspace: Path) -> list[str]:
@@ -276,9 +274,7 @@ def test_a_run_with_stderr_closed_finishes_and_stdout_holds_only_its_result(tmp_
 
 
 def test_a_stderr_pipe_closed_from_the_start_stops_nothing(tmp_path):
-    env = {**os.environ, "ESPER_WORKSPACE": str(tmp_path)}
-    process = subprocess.Popen([*ESPER, "run", "--epochs", "2", "--json"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=env)
+    process = start("run", "--epochs", "2", "--json", workspace=tmp_path)
     process.stderr.close()
     out, _ = process.communicate(timeout=300)
     assert process.returncode == 0
@@ -298,11 +294,9 @@ def test_an_interrupted_iql_leaves_no_empty_store(tmp_path, data):
     with Recorder(tmp_path / "a-run.duckdb") as recorder:  # a real run: the learner's dataset
         execute(config(2), Waiting(), StoreSink(recorder, "a-run"), data=data)
     before = sorted(p.name for p in tmp_path.glob("*.duckdb"))
-    env = {**os.environ, "ESPER_WORKSPACE": str(tmp_path)}
     # Steps slow enough that the first update (500 steps) is far off when the interrupt comes.
-    process = subprocess.Popen([*ESPER, "iql", "--steps", "100000", "--batch-size", "8192", "--hidden", "256",
-                                "--out", str(tmp_path / "iql.pt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env=env, text=True, preexec_fn=_ctrl_c_as_at_a_terminal)
+    process = start("iql", "--steps", "100000", "--batch-size", "8192", "--hidden", "256", "--out", tmp_path / "iql.pt",
+                    workspace=tmp_path, preexec_fn=_ctrl_c_as_at_a_terminal)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("iql-*.duckdb")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.01)

@@ -2,28 +2,17 @@
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 import pytest
 import torch
-from cli_runner import invoke, one_line_error
+from cli_runner import esper, invoke, one_line_error
 
 from esper.simic.features import spec_for_task
 from esper.simic.policy import load_policy
 
 pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
-
-ESPER = [sys.executable, "-m", "esper"]
-
-
-def esper(*args: str, workspace: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ESPER_WORKSPACE": str(workspace)}
-    return subprocess.run([*ESPER, *args], capture_output=True, text=True, env=env, timeout=300)
-
 
 def events(workspace: Path, sql: str) -> list[tuple]:
     rows = []

@@ -6,12 +6,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 import pytest
-from cli_runner import invoke
+from cli_runner import esper, invoke
 
 from esper.errors import StoreFailed
 from esper.leyline import CommandIssued, EpochEnded, RunConfig, RunStarted, Wait
@@ -21,7 +20,6 @@ from esper.store.failures import refusal
 from esper.store.recorder import remove_if_empty
 from esper.tolaria.tasks import TASKS
 
-ESPER = [sys.executable, "-m", "esper"]
 FULL = 'TransactionContext Error: Failed to commit: Could not write file "{wal}": No space left on device'
 """What DuckDB 1.x/2.x says when the disk fills under a commit (seen on a full tmpfs)."""
 
@@ -262,9 +260,7 @@ def small_filesystem(tmp_path):
 
 @pytest.mark.slow
 def test_a_disk_that_fills_during_esper_run_is_one_line_naming_it_and_the_log_stays_readable(small_filesystem):
-    env = {**os.environ, "ESPER_WORKSPACE": str(small_filesystem)}
-    result = subprocess.run([*ESPER, "run", "--epochs", "40", "--controller", "static"], capture_output=True,
-                            text=True, env=env, timeout=600)
+    result = esper("run", "--epochs", "40", "--controller", "static", workspace=small_filesystem, timeout=600)
     assert result.returncode == 1, result.stderr
     run_id, path = the_run(small_filesystem)
     last = result.stderr.splitlines()[-1]
