@@ -11,7 +11,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import torch
 
 from esper.errors import RunFailed
 from esper.kasmina import build_host
@@ -30,7 +29,7 @@ from esper.tolaria.tasks import TASKS
 
 MNIST1D = TASKS["mnist1d"]
 from tests.cli_runner import invoke, one_line_error
-from tests.forge import clone, forge, index_of, one, payloads
+from tests.forge import forge, index_of, one, payloads
 
 pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
 
@@ -207,8 +206,7 @@ class LookAhead(HeuristicController):
         garden = obs.garden
         free = [s for s in garden.slots if garden.live_seed(s) is None]
         if free:  # fold a look-ahead germination into the garden it was given
-            for event in garden._germination(garden.candidate("ahead", free[0], garden.blueprints[0]), "germinate",
-                                             {"blueprint": garden.blueprints[0]}, obs.epoch):
+            for event in garden.handle(Germinate(slot=free[0], blueprint=garden.blueprints[0]), obs.epoch):
                 garden.apply(event)
         for seed in garden.seeds.values():
             seed.stage = SeedStage.FOSSILIZED

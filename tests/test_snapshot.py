@@ -108,7 +108,7 @@ def test_a_retried_append_stores_no_second_snapshot(tmp_path):
         seq = recorder.append(RUN, batches[0], 0, snapshot='{"format":1}')
         assert recorder.append(RUN, batches[0], 0, snapshot='{"format":1}') == seq  # a retry of a committed batch
         recorder.append(RUN, batches[1], seq)
-        rows = recorder._con.execute("SELECT seq, hash = (SELECT hash FROM events WHERE seq = 1) FROM snapshots").fetchall()
+    rows = store_rows(Workspace(tmp_path), "SELECT seq, hash = (SELECT hash FROM events WHERE seq = 1) FROM snapshots", "s")
     assert rows == [(1, True)]
 
 
@@ -119,7 +119,7 @@ def test_a_learners_stream_gets_no_snapshots(tmp_path):
         for batch in batches[1:]:  # no RunStarted: nothing to fold
             sink.append(list(batch))
         assert sink.state is None
-        assert recorder._con.execute("SELECT count(*) FROM snapshots").fetchall() == [(0,)]
+    assert store_rows(Workspace(tmp_path), "SELECT count(*) FROM snapshots", "s") == [(0,)]
 
 
 def test_readers_and_replay_work_on_a_store_without_a_snapshots_table(tmp_path):
