@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/results.py --out docs/results.md              # fast: seeds 0-2, ~5 min on 2 cores
     .venv/bin/python benchmarks/results.py --full --out docs/results.md       # seeds 0-19, ~40 min on 2 cores
     .venv/bin/python benchmarks/results.py --policy ppo.pt --policy iql.pt    # add learned policies' table
+    .venv/bin/python benchmarks/results.py --task text --out docs/results-text.md   # the text task: ~12 min
 
 What it records (one run per controller and seed, `--workers` runs at a time, each in its own store file):
 `static` (the host alone), `heuristic` (the default gardener), `eager` (the heuristic with `min_gain=1.0`:
@@ -12,8 +13,9 @@ workspace (`--workspace DIR`, reused) is read, not recorded again, if it finishe
 and task preset (what decides its events); so adding a policy to a full workspace records only that policy's
 runs. The page names the commit that ran the command.
 
-Every number in the output comes from the logs: accuracies and parameters with SQL over the `runs` view,
-training FLOPs as the projection `esper.tolaria.flops` of each run's events. Prints the markdown (also
+Every number in the output comes from the logs: accuracies and parameters with SQL over the `runs` view (on
+text also test bits per character, from each `RunFinished`), training FLOPs as the projection
+`esper.tolaria.flops` of each run's events. Prints the markdown (also
 written to `--out`), progress on stderr, and a last line of JSON with the same tables.
 """
 
@@ -40,7 +42,6 @@ from esper.tolaria.data import load_task_data
 from esper.tolaria.flops import epoch_flops
 from recording import Job, record_all, say
 
-TASK = "mnist1d"
 FAST_SEEDS = [0, 1, 2]
 FULL_SEEDS = list(range(20))
 EAGER = HeuristicConfig(min_gain=1.0)
@@ -50,39 +51,47 @@ BASELINES = ("static", "heuristic", "eager", "scratch")
 # ---- what a run is ------------------------------------------------------------------------------
 
 
-def planned_config(kind: str, seed: int, epochs: int, policy: str | None = None) -> RunConfig:
+def planned_config(task: str, kind: str, seed: int, epochs: int, policy: str | None = None) -> RunConfig:
     """The config of run `kind` (a baseline, or `policy` with its file) on `seed`, before --like is resolved."""
     if kind == "eager":
-        return RunConfig(task=TASK, controller="heuristic", seed=seed, epochs=epochs, heuristic=EAGER)
+        return RunConfig(task=task, controller="heuristic", seed=seed, epochs=epochs, heuristic=EAGER)
     if kind == "policy":
         brain = make_controller("policy", seed, policy)
         cap = LifecycleConfig(max_params=getattr(brain, "max_params", 0))
-        return RunConfig(task=TASK, controller="policy", seed=seed, epochs=epochs, policy=policy, lifecycle=cap)
-    return RunConfig(task=TASK, controller=kind, seed=seed, epochs=epochs)
+        return RunConfig(task=task, controller="policy", seed=seed, epochs=epochs, policy=policy, lifecycle=cap)
+    return RunConfig(task=task, controller=kind, seed=seed, epochs=epochs)
 
 
-def run_id_of(kind: str, seed: int, tag: str = "") -> str:
-    return f"results-{kind}{tag}-s{seed}"
+def run_prefix(task: str) -> str:
+    """The run ids' start: mnist1d's runs keep the ids of the workspaces recorded before other tasks came."""
+    return "results-" if task == "mnist1d" else f"results-{task}-"
+
+
+def run_id_of(task: str, kind: str, seed: int, tag: str = "") -> str:
+    return f"{run_prefix(task)}{kind}{tag}-s{seed}"
 
 
 # ---- reading the logs back ----------------------------------------------------------------------
 
 RUNS_SQL = """
-SELECT run_id, seed, test_accuracy, params FROM runs
-WHERE finished AND run_id LIKE 'results-%' ORDER BY run_id
+SELECT r.run_id, r.seed, r.test_accuracy, r.params, (f.payload->>'$.test_bits_per_char')::DOUBLE
+FROM runs r JOIN events f ON f.run_id = r.run_id AND f.type = 'RunFinished'
+WHERE r.finished AND r.task = $task AND starts_with(r.run_id, $prefix) ORDER BY r.run_id
 """
 
 
-def read_back(ws: Workspace) -> dict[str, dict[int, dict]]:
-    """Kind → seed → {test_accuracy, params, gflops}, from the logs alone."""
-    data = load_task_data(TASK, RunConfig().data_seed)
-    shape, examples = tuple(data.train.x.shape[1:]), len(data.train)
+def read_back(ws: Workspace, task: str) -> dict[str, dict[int, dict]]:
+    """Kind → seed → {test_accuracy, bits_per_char (text; else None), params, gflops}, from the logs alone."""
+    data = load_task_data(task, RunConfig().data_seed)
+    examples = data.windows if task == "text" else len(data.train)  # what one epoch trains on
     out: dict[str, dict[int, dict]] = {}
     with ws.reader() as reader:
-        for run_id, seed, test_accuracy, params in reader.con.execute(RUNS_SQL).fetchall():
-            kind = run_id.removeprefix("results-").rsplit("-s", 1)[0]
-            flops = sum(epoch_flops((r.event for r in reader.read_run(run_id)), shape, examples).values())
-            out.setdefault(kind, {})[seed] = {"test_accuracy": test_accuracy, "params": params, "gflops": flops / 1e9}
+        rows = reader.con.execute(RUNS_SQL, {"task": task, "prefix": run_prefix(task)}).fetchall()
+        for run_id, seed, test_accuracy, params, bits in rows:
+            kind = run_id.removeprefix(run_prefix(task)).rsplit("-s", 1)[0]
+            flops = sum(epoch_flops((r.event for r in reader.read_run(run_id)), data.input_shape, examples).values())
+            out.setdefault(kind, {})[seed] = {"test_accuracy": test_accuracy, "bits_per_char": bits, "params": params,
+                                              "gflops": flops / 1e9}
     return out
 
 
@@ -95,9 +104,12 @@ def growth_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> list[dic
     for kind in BASELINES:
         per_seed = [runs[kind][s] for s in seeds if s in runs.get(kind, {})]
         acc, sd = mean_sd([r["test_accuracy"] * 100 for r in per_seed])
-        rows.append({"controller": kind, "runs": len(per_seed), "test_accuracy": acc, "sd": sd,
-                     "params": statistics.fmean(r["params"] for r in per_seed),
-                     "gflops": statistics.fmean(r["gflops"] for r in per_seed)})
+        row = {"controller": kind, "runs": len(per_seed), "test_accuracy": acc, "sd": sd,
+               "params": statistics.fmean(r["params"] for r in per_seed),
+               "gflops": statistics.fmean(r["gflops"] for r in per_seed)}
+        if per_seed and per_seed[0]["bits_per_char"] is not None:
+            row["bits_per_char"], row["bits_sd"] = mean_sd([r["bits_per_char"] for r in per_seed])
+        rows.append(row)
     return rows
 
 
@@ -148,7 +160,7 @@ def render(growth: list[dict], policies: list[dict], seeds: list[int], stamp: di
         f"in {stamp['minutes']:.1f} minutes. Every number is read back from the runs' event logs (the workspace "
         f"`{stamp['workspace']}`); re-run the command to regenerate this page.",
         "",
-        f"## Does growing pay? ({TASK}, seeds {_seeds(seeds)}, {stamp['epochs']})",
+        f"## Does growing pay? ({stamp['task']}, seeds {_seeds(seeds)}, {stamp['epochs']})",
         "",
         "Test accuracy (mean ± sd over seeds), final parameters and training compute (forward and backward passes",
         "of every training step, from the architecture the log says trained each epoch) of: the host alone",
@@ -156,11 +168,16 @@ def render(growth: list[dict], policies: list[dict], seeds: list[int], stamp: di
         "(`eager`, `--heuristic min_gain=1.0`), and each heuristic run's final architecture trained from",
         "initialisation (`scratch`, `--controller scratch --like RUN`).",
         "",
-        "| controller | runs | test accuracy % | params | training GFLOPs |",
-        "| --- | --- | --- | --- | --- |",
     ]
+    bits = any("bits_per_char" in r for r in growth)  # text: next-byte accuracy, and what a language model reports
+    if bits:
+        lines += ["| controller | runs | test bits/char | test next-byte accuracy % | params | training GFLOPs |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+    else:
+        lines += ["| controller | runs | test accuracy % | params | training GFLOPs |", "| --- | --- | --- | --- | --- |"]
     for r in growth:
-        lines.append(f"| {r['controller']} | {r['runs']} | {r['test_accuracy']:.2f} ± {r['sd']:.2f} | "
+        per_char = f" {r['bits_per_char']:.3f} ± {r['bits_sd']:.3f} |" if bits else ""
+        lines.append(f"| {r['controller']} | {r['runs']} |{per_char} {r['test_accuracy']:.2f} ± {r['sd']:.2f} | "
                      f"{r['params']:,.0f} | {r['gflops']:.2f} |")
     lines += ["", "## Learned policies against the heuristic", ""]
     if not policies:
@@ -188,6 +205,7 @@ def _seeds(seeds: list[int]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="write the markdown here too (docs/results.md)")
+    parser.add_argument("--task", default="mnist1d", choices=("mnist1d", "text"), help="the task every run trains")
     parser.add_argument("--workspace", type=Path, default=None, help="record into (and reuse) this workspace")
     parser.add_argument("--full", action="store_true", help=f"seeds {FULL_SEEDS[0]}–{FULL_SEEDS[-1]} instead of {FAST_SEEDS}")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="these seeds instead")
@@ -204,20 +222,22 @@ def main() -> None:
     say(f"workspace {ws.root}")
     policies = {f"{i}": path for i, path in enumerate(args.policy)}
 
-    first = [Job(run_id_of(k, s), planned_config(k, s, args.epochs)) for s in seeds for k in ("static", "heuristic", "eager")]
-    first += [Job(run_id_of("policy", s, tag), planned_config("policy", s, args.epochs, path))
+    task = args.task
+    first = [Job(run_id_of(task, k, s), planned_config(task, k, s, args.epochs)) for s in seeds
+             for k in ("static", "heuristic", "eager")]
+    first += [Job(run_id_of(task, "policy", s, tag), planned_config(task, "policy", s, args.epochs, path))
               for tag, path in policies.items() for s in seeds]
     record_all(ws, first, args.workers)
     scratch = []
     for s in seeds:  # each heuristic run's final architecture, as `esper run --controller scratch --like` builds it
-        like, architecture, epochs = final_architecture(ws, run_id_of("heuristic", s))
-        scratch.append(Job(run_id_of("scratch", s), RunConfig(task=TASK, controller="scratch", seed=s, like=like,
+        like, architecture, epochs = final_architecture(ws, run_id_of(task, "heuristic", s))
+        scratch.append(Job(run_id_of(task, "scratch", s), RunConfig(task=task, controller="scratch", seed=s, like=like,
                                                             architecture=architecture, epochs=epochs)))
     record_all(ws, scratch, args.workers)
 
-    runs = read_back(ws)
+    runs = read_back(ws, task)
     growth, versus = growth_table(runs, seeds), policy_table(runs, policies, seeds)
-    stamp = {"command": "python benchmarks/results.py " + " ".join(sys.argv[1:]), "commit": made_by,
+    stamp = {"command": "python benchmarks/results.py " + " ".join(sys.argv[1:]), "commit": made_by, "task": task,
              "date": datetime.date.today().isoformat(),
              "epochs": f"{args.epochs} epochs" if args.epochs else "the preset's epochs", "machine": machine(), "workspace": str(ws.root),
              "minutes": (time.perf_counter() - started) / 60}

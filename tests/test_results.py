@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_runs import write_run
 
 from esper.simic import features
 from esper.simic.policy import save_policy
@@ -45,3 +46,15 @@ def test_results_come_from_the_logs_and_a_workspace_is_reused(tmp_path):
     again, page_again, log_again = generate(tmp_path, "--policy", str(policy))
     assert "recording 0" in log_again and "recording 8" not in log_again
     assert again["growth"] == result["growth"] and again["policies"] == result["policies"]
+
+
+def test_the_text_task_gives_bits_per_char_and_reads_none_of_a_workspaces_mnist1d_runs(tmp_path):
+    write_run(tmp_path / "ws", "static", 0, epochs=3, run_id="results-static-s0")  # an mnist1d run beside
+    result, page, _ = generate(tmp_path, "--task", "text", "--seeds", "0", "--epochs", "1")
+    growth = {row["controller"]: row for row in result["growth"]}
+    assert set(growth) == {"static", "heuristic", "eager", "scratch"} and all(r["runs"] == 1 for r in growth.values())
+    with Workspace(tmp_path / "ws").reader() as reader:
+        [(bits,)] = reader.con.execute("select (payload->>'$.test_bits_per_char')::DOUBLE from events "
+                                       "where run_id = 'results-text-static-s0' and type = 'RunFinished'").fetchall()
+    assert growth["static"]["bits_per_char"] == pytest.approx(bits) and bits > 0
+    assert "## Does growing pay? (text, seeds 0, 1 epochs)" in page and "| test bits/char |" in page
