@@ -1,6 +1,7 @@
 """Accuracy per parameter: the strongest static models beside Esper's growth, every number from a log.
 
-    .venv/bin/python benchmarks/frontier.py --workspace runs-frontier          # ~400 runs: ~2 h on 2 cores
+    .venv/bin/python benchmarks/frontier.py --workspace runs-frontier --out docs/frontier.md --svg docs/frontier.svg
+    .venv/bin/python benchmarks/frontier.py --workspace runs-frontier          # ~300 runs: about an hour on 2 cores
     .venv/bin/python benchmarks/frontier.py --tune-seeds 100 --eval-seeds 0 --epochs 3   # a quick check
 
 Static models (`esper run --controller static --host H --host-option ...`): the cnn1d host at widths 4 to 32
@@ -12,14 +13,18 @@ controller and any `--policy` files, uncapped and under three size caps (`--max-
 accuracy-per-parameter curve. The cnn1d host has a fixed depth of three stages; depth is not varied.
 
 Prints a markdown table (mean ± sd test accuracy, params, training GFLOPs from each log) and one JSON line;
-`--svg FILE` also writes the accuracy-vs-parameters chart.
+`--svg FILE` also writes the accuracy-vs-parameters chart, `--out FILE` a page with both that says which command,
+commit and machine made it.
 """
 
 import argparse
+import datetime
 import json
 import os
 import statistics
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from msgspec.structs import replace
@@ -30,7 +35,7 @@ from esper.store import Workspace
 from esper.tolaria.data import load_task_data
 from esper.tolaria.flops import epoch_flops
 from esper.tolaria.tasks import get_task
-from recording import Job, record_all, say
+from recording import Job, commit, machine, record_all, say
 
 TASK = "mnist1d"
 STATIC_MODELS = [("cnn1d", {"channels": c}) for c in (4, 8, 16, 32)] + [("paper_cnn", {"channels": c}) for c in (12, 25, 40)]
@@ -99,8 +104,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="epochs per run (default: the preset's)")
     parser.add_argument("--policy", action="append", default=[], help="a policy file to place on the curve (repeatable)")
     parser.add_argument("--svg", type=Path, default=None, help="write the accuracy-vs-parameters chart here")
+    parser.add_argument("--out", type=Path, default=None, help="write a page of the table (and chart) here")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
+    started, made_by = time.perf_counter(), commit()
     ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-frontier-")))
     say(f"workspace {ws.root}")
     models = {model_name(h, o): (h, o) for h, o in STATIC_MODELS}
@@ -118,13 +125,82 @@ def main() -> None:
         for cap in [0, *CAPS]:
             runs = [done[f"frontier-grow-{label}-cap{cap}-s{s}"] for s in args.eval_seeds]
             rows.append(row(f"{label}" + (f" ≤ {cap:,}" if cap else ""), runs))
-    say("| model | runs | test accuracy % | params | training GFLOPs |\n| --- | --- | --- | --- | --- |")
-    for r in sorted(rows, key=lambda r: r["params"]):
-        say(f"| {r['model']} | {r['runs']} | {r['test_accuracy']:.2f} ± {r['sd']:.2f} | {r['params']:,.0f} | {r['gflops']:.2f} |")
+    say(table(rows))
     if args.svg is not None:
         args.svg.write_text(chart(rows, growers), encoding="utf-8")
         say(f"wrote {args.svg}")
-    print(json.dumps({"eval_seeds": args.eval_seeds, "tune_seeds": args.tune_seeds, "lr": lr_of, "rows": rows}))
+    if args.out is not None:
+        stamp = {"command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]), "commit": made_by,
+                 "date": datetime.date.today().isoformat(), "machine": machine(), "workspace": str(ws.root),
+                 "minutes": (time.perf_counter() - started) / 60}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(page(rows, args, stamp), encoding="utf-8")
+        say(f"wrote {args.out}")
+    print(json.dumps({"eval_seeds": args.eval_seeds, "tune_seeds": args.tune_seeds, "lr": lr_of, "rows": rows,
+                      "margins": margins(rows)}))
+
+
+def margins(rows: list[dict]) -> list[dict]:
+    """For each cap: the default heuristic under it against the best static model of no more parameters (the
+    target is a margin of at least 2 points of mean test accuracy)."""
+    statics = [r for r in rows if r["model"].startswith("static")]
+    out = []
+    for cap in CAPS:
+        grown = next(r for r in rows if r["model"] == f"heuristic ≤ {cap:,}")
+        rivals = [r for r in statics if r["params"] <= grown["params"]]
+        best = max(rivals, key=lambda r: r["test_accuracy"], default=None)
+        out.append({"cap": cap, "heuristic": grown["test_accuracy"], "params": grown["params"],
+                    "best_static": best and best["model"], "static": best and best["test_accuracy"],
+                    "margin": best and grown["test_accuracy"] - best["test_accuracy"]})
+    return out
+
+
+def margin_table(rows: list[dict]) -> str:
+    lines = ["| cap | heuristic % | its params | best static of no more params | its test accuracy % | margin (points) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for m in margins(rows):
+        static = "none that small" if m["best_static"] is None else m["best_static"]
+        tail = "| - | - |" if m["static"] is None else f"| {m['static']:.2f} | {m['margin']:+.2f} |"
+        lines.append(f"| {m['cap']:,} | {m['heuristic']:.2f} | {m['params']:,.0f} | {static} {tail}")
+    return "\n".join(lines)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | runs | test accuracy % | params | training GFLOPs |", "| --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: r["params"]):
+        lines.append(f"| {r['model']} | {r['runs']} | {r['test_accuracy']:.2f} ± {r['sd']:.2f} | {r['params']:,.0f} | "
+                     f"{r['gflops']:.2f} |")
+    return "\n".join(lines)
+
+
+def page(rows: list[dict], args: argparse.Namespace, stamp: dict) -> str:
+    chart_link = ""
+    if args.svg is not None:
+        chart_link = f"\n![test accuracy against parameters]({os.path.relpath(args.svg, args.out.parent)})\n"
+    return f"""# Accuracy per parameter: growth against the strongest static models ({TASK})
+
+Generated by `{stamp['command']}` on {stamp['date']} from commit {stamp['commit']}, on {stamp['machine']}, in
+{stamp['minutes']:.1f} minutes. Every number is read back from the runs' event logs (the workspace
+`{stamp['workspace']}`); re-run the command to regenerate this page.
+
+Static models (`esper run --controller static --host H --host-option channels=C`) each at its best host learning
+rate of {', '.join(f'{lr:g}' for lr in LRS)}, chosen by mean validation accuracy on the tuning seeds
+{_seeds(args.tune_seeds)}, then trained on the evaluation seeds {_seeds(args.eval_seeds)}. Beside them, on the
+evaluation seeds at the task's preset: the heuristic (default, and eager: `--heuristic min_gain=1.0`), the random
+controller and any policy file, uncapped and under `--max-params` caps of {', '.join(f'{c:,}' for c in CAPS)}.
+Test accuracy is mean ± sd over the evaluation seeds; params and training GFLOPs are means.
+
+{table(rows)}
+{chart_link}
+## The default heuristic under each cap against the best static model of no more parameters
+
+{margin_table(rows)}
+"""
+
+
+def _seeds(seeds: list[int]) -> str:
+    return f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)) else \
+        ", ".join(map(str, seeds))
 
 
 def chart(rows: list[dict], growers: list[str]) -> str:

@@ -7,10 +7,16 @@ a run of that name with anything else is in the way and stops the benchmark rath
 """
 
 import multiprocessing
+import os
+import platform
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import NamedTuple
+
+import torch
 
 from esper.leyline import RunConfig
 from esper.leyline.config import TaskPreset
@@ -80,3 +86,26 @@ def record_all(ws: Workspace, jobs: list[Job], workers: int) -> None:
     with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
         for line in pool.map(record, [str(ws.root)] * len(todo), todo):
             say(line)
+
+
+# ---- where a page of results came from --------------------------------------------------------
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return head + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")

@@ -24,15 +24,11 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 from esper.app.runs import final_architecture
 from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
@@ -40,7 +36,7 @@ from esper.store import Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import load_task_data
 from esper.tolaria.flops import epoch_flops
-from recording import Job, record_all, say
+from recording import Job, commit, machine, record_all, say
 
 FAST_SEEDS = [0, 1, 2]
 FULL_SEEDS = list(range(20))
@@ -130,26 +126,6 @@ def policy_table(runs: dict[str, dict[int, dict]], policies: dict[str, str], see
 
 
 # ---- the page -----------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
-
-
-def commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-
-    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return head + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def render(growth: list[dict], policies: list[dict], seeds: list[int], stamp: dict) -> str:

@@ -11,7 +11,7 @@ faster, less Ray's start-up (`ray_start_s`, measured alone). The load average of
 says how idle its cores were. Prints one JSON object.
 
     .venv/bin/python benchmarks/workers.py [--workers 2] [--episodes 16] [--n-envs 4] [--epochs 10] [--seeds 4]
-                                           [--seed-epochs 0] [--repeats 2]
+                                           [--seed-epochs 0] [--repeats 2] [--only rollouts|seeds]
 """
 
 import argparse
@@ -79,11 +79,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--seed-epochs", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", choices=("rollouts", "seeds"), default=None, help="measure this part alone")
     args = parser.parse_args()
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "load_before": os.getloadavg()[0],
               "ray_start_s": round(ray_start_s(), 2)}
-    report["rollouts"] = rollouts(args)
-    report["seeds"] = fan_out(args)
+    if args.only in (None, "rollouts"):
+        report["rollouts"] = rollouts(args)
+    if args.only in (None, "seeds"):
+        report["seeds"] = fan_out(args)
     report["load_after"] = os.getloadavg()[0]
     print(json.dumps(report))
 
