@@ -7,7 +7,9 @@
 Static models (`esper run --controller static --host H --host-option ...`): the cnn1d host at widths 4 to 32
 channels and the MNIST-1D paper's reference CNN (`paper_cnn`) at 12, 25 and 40 channels, about 0.6k-30k
 parameters. Each trains at its best host learning rate of the grid (chosen by mean validation accuracy on the
-tuning seeds 100-109, never the evaluation seeds), then on the evaluation seeds 0-4. Beside them, on the
+tuning seeds 100-109, never the evaluation seeds), then on the evaluation seeds 0-4. The grid spans the old
+preset's 3e-3, the tuned preset's 1e-2 and two steps beyond (2e-2, 5e-2), so that a static model's best rate is
+not at the edge of what was tried. Beside them, on the
 evaluation seeds at the task's preset: the heuristic (default and eager, `min_gain=1.0`), the random
 controller and any `--policy` files, uncapped and under three size caps (`--max-params`), tracing Esper's own
 accuracy-per-parameter curve. The cnn1d host has a fixed depth of three stages; depth is not varied.
@@ -30,7 +32,7 @@ from pathlib import Path
 from msgspec.structs import replace
 
 from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
-from esper.nissa.charts import Series, line_chart
+from esper.nissa.charts import Series, line_chart, svg_file
 from esper.store import Workspace
 from esper.tolaria.data import load_task_data
 from esper.tolaria.flops import epoch_flops
@@ -39,7 +41,7 @@ from recording import Job, commit, machine, record_all, say
 
 TASK = "mnist1d"
 STATIC_MODELS = [("cnn1d", {"channels": c}) for c in (4, 8, 16, 32)] + [("paper_cnn", {"channels": c}) for c in (12, 25, 40)]
-LRS = [3e-3, 1e-2, 2e-2]
+LRS = [3e-3, 1e-2, 2e-2, 5e-2]
 CAPS = [3000, 6000, 12000]
 GROWERS = {"heuristic": HeuristicConfig(), "eager": HeuristicConfig(min_gain=1.0)}
 
@@ -127,7 +129,7 @@ def main() -> None:
             rows.append(row(f"{label}" + (f" ≤ {cap:,}" if cap else ""), runs))
     say(table(rows))
     if args.svg is not None:
-        args.svg.write_text(chart(rows, growers), encoding="utf-8")
+        args.svg.write_text(svg_file(chart(rows, growers)), encoding="utf-8")
         say(f"wrote {args.svg}")
     if args.out is not None:
         stamp = {"command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]), "commit": made_by,
@@ -136,7 +138,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(page(rows, args, stamp), encoding="utf-8")
         say(f"wrote {args.out}")
-    print(json.dumps({"eval_seeds": args.eval_seeds, "tune_seeds": args.tune_seeds, "lr": lr_of, "rows": rows,
+    print(json.dumps({"eval_seeds": args.eval_seeds, "tune_seeds": args.tune_seeds, "grid": LRS, "lr": lr_of, "rows": rows,
                       "margins": margins(rows)}))
 
 

@@ -21,7 +21,7 @@ import torch
 from esper.leyline import RunConfig
 from esper.leyline.config import TaskPreset
 from esper.leyline.events import RunStarted
-from esper.store import Recorder, Workspace
+from esper.store import Reader, Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.loop import StoreSink, execute, resolve_config
 from esper.tolaria.tasks import get_task
@@ -51,21 +51,22 @@ def record(root: str, job: Job) -> str:
             f"params {result.params:,}  ({time.perf_counter() - started:.0f} s)")
 
 
-def _recorded(ws: Workspace, run_id: str) -> tuple[bool, RunStarted | None]:
+def _recorded(reader: Reader, run_id: str) -> tuple[bool, RunStarted | None]:
     """(finished, RunStarted) of a run already in the workspace; (False, None) if it is not there."""
-    with ws.reader() as reader:
-        rows = reader.con.execute("SELECT finished FROM runs WHERE run_id = ?", [run_id]).fetchall()
-        if not rows:
-            return False, None
-        started = reader.read_run(run_id)[0].event
+    rows = reader.con.execute("SELECT finished FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    if not rows:
+        return False, None
+    started = reader.read_run(run_id)[0].event
     assert isinstance(started, RunStarted)
     return bool(rows[0][0]), started
 
 
 def still_to_record(ws: Workspace, jobs: list[Job]) -> list[Job]:
+    with ws.reader() as reader:  # once: a reader attaches every store file of the workspace
+        recorded = {job.run_id: _recorded(reader, job.run_id) for job in jobs}
     todo = []
     for job in jobs:
-        finished, started = _recorded(ws, job.run_id)
+        finished, started = recorded[job.run_id]
         if started is None:
             todo.append(job)
             continue

@@ -155,7 +155,9 @@ def render(growth: list[dict], policies: list[dict], seeds: list[int], stamp: di
         per_char = f" {r['bits_per_char']:.3f} ± {r['bits_sd']:.3f} |" if bits else ""
         lines.append(f"| {r['controller']} | {r['runs']} |{per_char} {r['test_accuracy']:.2f} ± {r['sd']:.2f} | "
                      f"{r['params']:,.0f} | {r['gflops']:.2f} |")
-    lines += ["", "## Learned policies against the heuristic", ""]
+    lines += ["", "Growth against the strongest static models, each at its best learning rate, and Esper's own",
+              "accuracy-per-parameter curve under size caps: [frontier.md](frontier.md) (`benchmarks/frontier.py`).",
+              "", "## Learned policies against the heuristic", ""]
     if not policies:
         lines.append("No policy file was given (`--policy FILE`, repeatable), so no policy was compared.")
     else:

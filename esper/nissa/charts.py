@@ -216,3 +216,17 @@ def _finite(v: float | None) -> bool:
 
 def _e(text: str) -> str:
     return html.escape(str(text), quote=True)
+
+
+FILE_STYLE = (
+    ".grid { stroke: #e5e7eb; } .axis, .tickmark { stroke: #9ca3af; } "
+    "text { font: 11px system-ui, sans-serif; fill: #6b7280; } .lane-bg { fill: #f3f4f6; }"
+)
+"""The styles a chart takes from the report's page, for a chart that is a file of its own."""
+
+
+def svg_file(chart: str) -> str:
+    """`chart` as a standalone `.svg` file (an image in a markdown page, say): with its namespace and styles."""
+    head, rest = chart.split(">", 1)
+    return f'<?xml version="1.0" encoding="utf-8"?>\n{head} xmlns="http://www.w3.org/2000/svg">' \
+           f"<style>{FILE_STYLE}</style>{rest}\n"
