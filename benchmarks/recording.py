@@ -95,13 +95,19 @@ def record_all(ws: Workspace, jobs: list[Job], workers: int) -> None:
 # ---- reading the runs back ---------------------------------------------------------------------
 
 
-def training_gflops(reader: Reader, task: str, run_ids: list[str]) -> dict[str, float]:
-    """Run id → training GFLOPs, the projection `esper.tolaria.flops` of each run's events (what trained, how many
-    examples an epoch of `task` trains on)."""
+def epoch_gflops(reader: Reader, task: str, run_ids: list[str]) -> dict[str, dict[int, float]]:
+    """Run id → epoch → that epoch's training GFLOPs, the projection `esper.tolaria.flops` of each run's events
+    (what trained, how many examples an epoch of `task` trains on)."""
     data = load_task_data(task, RunConfig().data_seed)
     examples = data.windows if task == "text" else len(data.train)
-    return {run_id: sum(epoch_flops((r.event for r in reader.read_run(run_id)), data.input_shape, examples).values())
-            / 1e9 for run_id in run_ids}
+    return {run_id: {epoch: flops / 1e9 for epoch, flops in
+                     epoch_flops((r.event for r in reader.read_run(run_id)), data.input_shape, examples).items()}
+            for run_id in run_ids}
+
+
+def training_gflops(reader: Reader, task: str, run_ids: list[str]) -> dict[str, float]:
+    """Run id → training GFLOPs of the whole run (`epoch_gflops` summed)."""
+    return {run_id: sum(epochs.values()) for run_id, epochs in epoch_gflops(reader, task, run_ids).items()}
 
 
 def seed_range(seeds: list[int]) -> str:

@@ -20,6 +20,7 @@ written to `--out`), progress on stderr, and a last line of JSON with the same t
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -33,7 +34,7 @@ from esper.app.runs import final_architecture
 from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
 from esper.store import Workspace
 from esper.tamiyo.controllers import make_controller
-from recording import Job, commit, generated_by, record_all, say, seed_range, stamp, training_gflops
+from recording import Job, commit, epoch_gflops, generated_by, record_all, say, seed_range, stamp
 
 FAST_SEEDS = [0, 1, 2]
 FULL_SEEDS = list(range(20))
@@ -72,17 +73,29 @@ FROM runs r JOIN events f ON f.run_id = r.run_id AND f.type = 'RunFinished'
 WHERE r.finished AND r.task = $task AND starts_with(r.run_id, $prefix) ORDER BY r.run_id
 """
 
+VALIDATION_SQL = """
+SELECT run_id, epoch, (payload->>'$.val_accuracy')::DOUBLE FROM events
+WHERE type = 'EpochEnded' AND starts_with(run_id, $prefix)
+"""
+
 
 def read_back(ws: Workspace, task: str) -> dict[str, dict[int, dict]]:
-    """Kind → seed → {test_accuracy, bits_per_char (text; else None), params, gflops}, from the logs alone."""
+    """Kind → seed → {test_accuracy, bits_per_char (text; else None), params, gflops, curve}, from the logs alone;
+    `curve` is epoch by epoch (training GFLOPs spent so far, validation accuracy)."""
     out: dict[str, dict[int, dict]] = {}
     with ws.reader() as reader:
         rows = reader.con.execute(RUNS_SQL, {"task": task, "prefix": run_prefix(task)}).fetchall()
-        gflops = training_gflops(reader, task, [row[0] for row in rows])
+        per_epoch = epoch_gflops(reader, task, [row[0] for row in rows])
+        validation: dict[str, dict[int, float]] = {}
+        for run_id, epoch, accuracy in reader.con.execute(VALIDATION_SQL, {"prefix": run_prefix(task)}).fetchall():
+            validation.setdefault(run_id, {})[epoch] = accuracy
         for run_id, seed, test_accuracy, params, bits in rows:
             kind = run_id.removeprefix(run_prefix(task)).rsplit("-s", 1)[0]
+            epochs = sorted(per_epoch[run_id])
+            spent = itertools.accumulate(per_epoch[run_id][e] for e in epochs)
             out.setdefault(kind, {})[seed] = {"test_accuracy": test_accuracy, "bits_per_char": bits, "params": params,
-                                              "gflops": gflops[run_id]}
+                                              "gflops": sum(per_epoch[run_id].values()),
+                                              "curve": list(zip(spent, (validation[run_id][e] for e in epochs)))}
     return out
 
 
@@ -101,6 +114,33 @@ def growth_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> list[dic
         if per_seed and per_seed[0]["bits_per_char"] is not None:
             row["bits_per_char"], row["bits_sd"] = mean_sd([r["bits_per_char"] for r in per_seed])
         rows.append(row)
+    return rows
+
+
+BUDGET_SHARES = (0.25, 0.5, 0.75, 1.0)
+"""Where the compute table reads each curve: these shares of scratch's whole training compute."""
+
+
+def mean_curve(per_seed: list[dict]) -> list[tuple[float, float]]:
+    """Epoch by epoch, the means over seeds of the training GFLOPs spent so far and of validation accuracy (%)."""
+    return [(statistics.fmean(g for g, _ in points), 100 * statistics.fmean(a for _, a in points))
+            for points in zip(*(r["curve"] for r in per_seed))]
+
+
+def compute_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> list[dict]:
+    """Validation accuracy against training compute: each baseline's mean curve read at `BUDGET_SHARES` of
+    scratch's compute (the last epoch ended within the budget; None if none did), and the GFLOPs its curve spends
+    until it first reaches scratch's final validation accuracy (None: never)."""
+    curves = {kind: mean_curve([runs[kind][s] for s in seeds if s in runs.get(kind, {})]) for kind in BASELINES}
+    if not curves["scratch"]:
+        return []
+    total, target = curves["scratch"][-1]
+    rows = []
+    for kind, curve in curves.items():
+        within = [[a for g, a in curve if g <= share * total * (1 + 1e-9)] for share in BUDGET_SHARES]
+        rows.append({"controller": kind, "budgets": [share * total for share in BUDGET_SHARES],
+                     "val_accuracy": [points[-1] if points else None for points in within],
+                     "target": target, "gflops_to_target": next((g for g, a in curve if a >= target), None)})
     return rows
 
 
@@ -123,7 +163,27 @@ def policy_table(runs: dict[str, dict[int, dict]], policies: dict[str, str], see
 # ---- the page -----------------------------------------------------------------------------------
 
 
-def render(growth: list[dict], policies: list[dict], seeds: list[int], made: dict) -> str:
+def compute_section(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    budgets, target = rows[0]["budgets"], rows[0]["target"]
+    shares = " | ".join(f"val % at {b:.1f} GFLOPs ({s:.0%})" for b, s in zip(budgets, BUDGET_SHARES))
+    lines = [
+        "", "### Accuracy against training compute", "",
+        "Each controller's mean validation accuracy over the seeds, epoch by epoch, read at shares of scratch's",
+        "training GFLOPs (the last epoch ended within the budget), and the GFLOPs its mean spends before it first",
+        f"reaches scratch's final validation accuracy ({target:.2f} %). These are the curves of full-length runs: their",
+        "learning rates anneal over the last epochs only, so a run planned shorter would end above its curve here.",
+        "", f"| controller | {shares} | GFLOPs to {target:.2f} % |", "| --- |" + " --- |" * (len(budgets) + 1),
+    ]
+    for r in rows:
+        cells = " | ".join("—" if a is None else f"{a:.1f}" for a in r["val_accuracy"])
+        reached = "not reached" if r["gflops_to_target"] is None else f"{r['gflops_to_target']:.1f}"
+        lines.append(f"| {r['controller']} | {cells} | {reached} |")
+    return lines
+
+
+def render(growth: list[dict], compute: list[dict], policies: list[dict], seeds: list[int], made: dict) -> str:
     lines = [
         "# Results",
         "",
@@ -148,6 +208,7 @@ def render(growth: list[dict], policies: list[dict], seeds: list[int], made: dic
         per_char = f" {r['bits_per_char']:.3f} ± {r['bits_sd']:.3f} |" if bits else ""
         lines.append(f"| {r['controller']} | {r['runs']} |{per_char} {r['test_accuracy']:.2f} ± {r['sd']:.2f} | "
                      f"{r['params']:,.0f} | {r['gflops']:.2f} |")
+    lines += compute_section(compute)
     lines += ["", "Growth against the strongest static models, each at its best learning rate, and Esper's own",
               "accuracy-per-parameter curve under size caps: [frontier.md](frontier.md) (`benchmarks/frontier.py`).",
               "", "## Learned policies against the heuristic", ""]
@@ -202,16 +263,16 @@ def main() -> None:
     record_all(ws, scratch, args.workers)
 
     runs = read_back(ws, task)
-    growth, versus = growth_table(runs, seeds), policy_table(runs, policies, seeds)
+    growth, compute, versus = growth_table(runs, seeds), compute_table(runs, seeds), policy_table(runs, policies, seeds)
     made = stamp("results.py", ws, started, made_by) | {
         "task": task, "epochs": f"{args.epochs} epochs" if args.epochs else "the preset's epochs"}
-    page = render(growth, versus, seeds, made)
+    page = render(growth, compute, versus, seeds, made)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(page, encoding="utf-8")
         say(f"wrote {args.out}")
     print(page)
-    print(json.dumps({"seeds": seeds, "growth": growth, "policies": versus, **made}))
+    print(json.dumps({"seeds": seeds, "growth": growth, "compute": compute, "policies": versus, **made}))
 
 
 if __name__ == "__main__":
