@@ -210,6 +210,7 @@ def test_sigterm_ends_every_seeds_run_with_run_failed_and_leaves_no_ray_process(
     temp_dir = tempfile.mkdtemp(prefix="esper-ray-")  # short: Ray's sockets live under it
     env = environment(tmp_path, RAY_TMPDIR=temp_dir)
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)  # as a user who never heard of it
     process = start("run", "--seeds", "0-1", "--epochs", "200", env=env, stdout=subprocess.DEVNULL)
     ws = Workspace.at(tmp_path)
     try:
@@ -220,6 +221,7 @@ def test_sigterm_ends_every_seeds_run_with_run_failed_and_leaves_no_ray_process(
         assert _ray_processes(temp_dir)  # Ray runs under it
         process.terminate()
         assert process.wait(timeout=300) == 143, process.stderr.read()
+        assert "Token authentication" not in process.stderr.read()  # Ray's notices stay out of the command's output
     finally:
         process.kill()
     with ws.reader() as reader:

@@ -10,6 +10,7 @@ so its runs end with `RunFailed` as they would here. Each task writes a store fi
 
 import contextlib
 import functools
+import logging
 import os
 import secrets
 import signal
@@ -49,6 +50,10 @@ def connected(what: str, address: str | None = None) -> Iterator[Any]:
         # Ray renices its workers to 15 so that its own daemons stay responsive; here the workers do all the work,
         # and on a busy machine they would yield to every other process (runs on Ray slower than one alone)
         options |= {"include_dashboard": False, "_system_config": {"worker_niceness": 0}}
+        # Newer Rays protect a local cluster with a token by default and say so on stderr, where it reads as a
+        # problem with the command: the notice is silenced, the protection kept (naming the mode instead skips
+        # the token Ray would make, and the cluster then refuses its own workers)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an exit that would skip RunFailed
     try:
         ray.init(address=address, **options)
