@@ -21,7 +21,7 @@ import torch
 
 from esper.leyline import RunConfig
 from esper.leyline.config import TaskPreset
-from esper.leyline.events import RunStarted
+from esper.leyline.events import RunStarted, decode
 from esper.store import Reader, Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import load_task_data
@@ -56,10 +56,11 @@ def record(root: str, job: Job) -> str:
 
 def _recorded(reader: Reader, run_id: str) -> tuple[bool, RunStarted | None]:
     """(finished, RunStarted) of a run already in the workspace; (False, None) if it is not there."""
-    rows = reader.con.execute("SELECT finished FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    rows = reader.con.execute("SELECT r.finished, e.payload FROM runs r JOIN events e ON e.run_id = r.run_id "
+                              "AND e.seq = 1 WHERE r.run_id = ?", [run_id]).fetchall()  # the first event alone
     if not rows:
         return False, None
-    started = reader.read_run(run_id)[0].event
+    started = decode(rows[0][1])
     assert isinstance(started, RunStarted)
     return bool(rows[0][0]), started
 
