@@ -7,12 +7,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def table_rows(markdown: str) -> dict[str, list[str]]:
-    """First cell → the other cells, for every table row of `markdown` (header and rule rows included)."""
+    """First cell → the other cells, for every table row of `markdown` (header and rule rows included); where
+    tables share a first cell, the first table's row (docs/results.md: the growth table comes first)."""
     rows = {}
     for line in markdown.splitlines():
         if line.startswith("| "):
             cells = [c.strip() for c in line.strip("|").split("|")]
-            rows[cells[0]] = cells[1:]
+            rows.setdefault(cells[0], cells[1:])
     return rows
 
 
