@@ -25,7 +25,7 @@ from esper.leyline.events import RunStarted, decode
 from esper.store import Reader, Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import load_task_data
-from esper.tolaria.flops import epoch_flops
+from esper.tolaria.flops import EpochCompute, epoch_flops
 from esper.tolaria.loop import StoreSink, execute, resolve_config
 from esper.tolaria.tasks import get_task
 
@@ -96,19 +96,19 @@ def record_all(ws: Workspace, jobs: list[Job], workers: int) -> None:
 # ---- reading the runs back ---------------------------------------------------------------------
 
 
-def epoch_gflops(reader: Reader, task: str, run_ids: list[str]) -> dict[str, dict[int, float]]:
-    """Run id → epoch → that epoch's training GFLOPs, the projection `esper.tolaria.flops` of each run's events
-    (what trained, how many examples an epoch of `task` trains on)."""
+def epoch_compute(reader: Reader, task: str, run_ids: list[str]) -> dict[str, dict[int, EpochCompute]]:
+    """Run id → epoch → the FLOPs of that epoch's training, the projection `esper.tolaria.flops` of each run's
+    events (what trained, how many examples an epoch of `task` trains on)."""
     data = load_task_data(task, RunConfig().data_seed)
     examples = data.windows if task == "text" else len(data.train)
-    return {run_id: {epoch: flops / 1e9 for epoch, flops in
-                     epoch_flops((r.event for r in reader.read_run(run_id)), data.input_shape, examples).items()}
+    return {run_id: epoch_flops((r.event for r in reader.read_run(run_id)), data.input_shape, examples)
             for run_id in run_ids}
 
 
 def training_gflops(reader: Reader, task: str, run_ids: list[str]) -> dict[str, float]:
-    """Run id → training GFLOPs of the whole run (`epoch_gflops` summed)."""
-    return {run_id: sum(epochs.values()) for run_id, epochs in epoch_gflops(reader, task, run_ids).items()}
+    """Run id → training GFLOPs of the whole run."""
+    return {run_id: sum(c.total for c in epochs.values()) / 1e9
+            for run_id, epochs in epoch_compute(reader, task, run_ids).items()}
 
 
 def seed_range(seeds: list[int]) -> str:

@@ -34,7 +34,7 @@ from esper.app.runs import final_architecture
 from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
 from esper.store import Workspace
 from esper.tamiyo.controllers import make_controller
-from recording import Job, commit, epoch_gflops, generated_by, record_all, say, seed_range, stamp
+from recording import Job, commit, epoch_compute, generated_by, record_all, say, seed_range, stamp
 
 FAST_SEEDS = [0, 1, 2]
 FULL_SEEDS = list(range(20))
@@ -85,16 +85,18 @@ def read_back(ws: Workspace, task: str) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}
     with ws.reader() as reader:
         rows = reader.con.execute(RUNS_SQL, {"task": task, "prefix": run_prefix(task)}).fetchall()
-        per_epoch = epoch_gflops(reader, task, [row[0] for row in rows])
+        per_epoch = epoch_compute(reader, task, [row[0] for row in rows])
         validation: dict[str, dict[int, float]] = {}
         for run_id, epoch, accuracy in reader.con.execute(VALIDATION_SQL, {"prefix": run_prefix(task)}).fetchall():
             validation.setdefault(run_id, {})[epoch] = accuracy
         for run_id, seed, test_accuracy, params, bits in rows:
             kind = run_id.removeprefix(run_prefix(task)).rsplit("-s", 1)[0]
-            epochs = sorted(per_epoch[run_id])
-            spent = itertools.accumulate(per_epoch[run_id][e] for e in epochs)
+            compute = per_epoch[run_id]
+            epochs = sorted(compute)
+            spent = itertools.accumulate(compute[e].total / 1e9 for e in epochs)
             out.setdefault(kind, {})[seed] = {"test_accuracy": test_accuracy, "bits_per_char": bits, "params": params,
-                                              "gflops": sum(per_epoch[run_id].values()),
+                                              "gflops": sum(c.total for c in compute.values()) / 1e9,
+                                              "isolated_gflops": sum(c.isolated for c in compute.values()) / 1e9,
                                               "curve": list(zip(spent, (validation[run_id][e] for e in epochs)))}
     return out
 
@@ -110,7 +112,8 @@ def growth_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> list[dic
         acc, sd = mean_sd([r["test_accuracy"] * 100 for r in per_seed])
         row = {"controller": kind, "runs": len(per_seed), "test_accuracy": acc, "sd": sd,
                "params": statistics.fmean(r["params"] for r in per_seed),
-               "gflops": statistics.fmean(r["gflops"] for r in per_seed)}
+               "gflops": statistics.fmean(r["gflops"] for r in per_seed),
+               "isolated_gflops": statistics.fmean(r["isolated_gflops"] for r in per_seed)}
         if per_seed and per_seed[0]["bits_per_char"] is not None:
             row["bits_per_char"], row["bits_sd"] = mean_sd([r["bits_per_char"] for r in per_seed])
         rows.append(row)
@@ -195,19 +198,21 @@ def render(growth: list[dict], compute: list[dict], policies: list[dict], seeds:
         "of every training step, from the architecture the log says trained each epoch) of: the host alone",
         "(`static`), the default heuristic gardener, the heuristic germinating as soon as the host has warmed up",
         "(`eager`, `--heuristic min_gain=1.0`), and each heuristic run's final architecture trained from",
-        "initialisation (`scratch`, `--controller scratch --like RUN`).",
+        "initialisation (`scratch`, `--controller scratch --like RUN`). Of the compute, `isolated` is what seeds in",
+        "TRAINING cost apart from the host's gradient: each one's isolated pass, every step of its training.",
         "",
     ]
     bits = any("bits_per_char" in r for r in growth)  # text: next-byte accuracy, and what a language model reports
     if bits:
-        lines += ["| controller | runs | test bits/char | test next-byte accuracy % | params | training GFLOPs |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["| controller | runs | test bits/char | test next-byte accuracy % | params | training GFLOPs | "
+                  "of which isolated |", "| --- | --- | --- | --- | --- | --- | --- |"]
     else:
-        lines += ["| controller | runs | test accuracy % | params | training GFLOPs |", "| --- | --- | --- | --- | --- |"]
+        lines += ["| controller | runs | test accuracy % | params | training GFLOPs | of which isolated |",
+                  "| --- | --- | --- | --- | --- | --- |"]
     for r in growth:
         per_char = f" {r['bits_per_char']:.3f} ± {r['bits_sd']:.3f} |" if bits else ""
         lines.append(f"| {r['controller']} | {r['runs']} |{per_char} {r['test_accuracy']:.2f} ± {r['sd']:.2f} | "
-                     f"{r['params']:,.0f} | {r['gflops']:.2f} |")
+                     f"{r['params']:,.0f} | {r['gflops']:.2f} | {r['isolated_gflops']:.2f} |")
     lines += compute_section(compute)
     lines += ["", "Growth against the strongest static models, each at its best learning rate, and Esper's own",
               "accuracy-per-parameter curve under size caps: [frontier.md](frontier.md) (`benchmarks/frontier.py`).",

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from esper.kasmina import GrowableModel
 from esper.leyline import HeuristicConfig, RunConfig, SeedStage, SeedTransitioned
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.flops import epoch_flops
@@ -33,24 +35,42 @@ SHAPES = {"mnist1d": ((1, 40), 3200), "text": ((16,), 96)}
 
 @pytest.fixture(scope="module", params=list(SHAPES))
 def counted_run(request, tmp_path_factory):
-    """A short run that grows, with every training step's FLOPs counted as it trains."""
-    per_epoch: dict[int, float] = {}
-    real_step, real_begin = Trainer.train_step, Trainer.begin_epoch
-    epoch = {"now": 0}
+    """A short run that grows, with every training step's FLOPs counted as it trains: epoch → (the steps, their
+    isolated passes: each training seed's `isolated_output` and the `autograd.grad` that takes its gradient)."""
+    per_epoch: dict[int, list[float]] = {}
+    real_step, real_begin, real_isolated, real_grad = (Trainer.train_step, Trainer.begin_epoch,
+                                                       GrowableModel.isolated_output, torch.autograd.grad)
+    epoch = {"now": 0, "stepping": False}
 
     def begin(self, e):
         epoch["now"] = e
         return real_begin(self, e)
 
-    def step(self, x, y):
-        counter = FlopCounterMode(display=False)
+    def counted(slot, call, *args, **kwargs):
+        counter = FlopCounterMode(display=False)  # nested in a step's counter, which counts the same ops too
         with counter:
-            real_step(self, x, y)
-        per_epoch[epoch["now"]] = per_epoch.get(epoch["now"], 0) + counter.get_total_flops()
+            out = call(*args, **kwargs)
+        per_epoch.setdefault(epoch["now"], [0, 0])[slot] += counter.get_total_flops()
+        return out
+
+    def step(self, x, y):
+        epoch["stepping"] = True
+        try:
+            return counted(0, real_step, self, x, y)
+        finally:
+            epoch["stepping"] = False
+
+    def isolated(*args, **kwargs):  # evaluation also measures seeds this way: not training, not counted
+        return counted(1, real_isolated, *args, **kwargs) if epoch["stepping"] else real_isolated(*args, **kwargs)
+
+    def grad(*args, **kwargs):  # a training step takes gradients this way for its isolated passes only
+        return counted(1, real_grad, *args, **kwargs) if epoch["stepping"] else real_grad(*args, **kwargs)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(Trainer, "train_step", step)
     mp.setattr(Trainer, "begin_epoch", begin)
+    mp.setattr(GrowableModel, "isolated_output", isolated)
+    mp.setattr(torch.autograd, "grad", grad)
     try:
         knobs = HeuristicConfig(warmup_epochs=1, min_gain=1.0, finish_epochs=0)
         preset, data = tiny_text(tmp_path_factory.mktemp("text")) if request.param == "text" else (None, None)
@@ -68,9 +88,11 @@ def test_flops_from_the_log_equal_the_counted_training_steps(counted_run):
     assert SeedStage.TRAINING.value in stages  # isolated passes were part of some epochs
     from_log = epoch_flops(events, example_shape=shape, train_examples=examples)
     assert sorted(from_log) == sorted(counted)
-    for epoch, flops in counted.items():
-        assert from_log[epoch] == pytest.approx(flops, rel=1e-9), epoch
-    assert len(set(from_log.values())) > 1  # growth changed the cost of an epoch
+    for epoch, (flops, isolated) in counted.items():
+        assert from_log[epoch].total == pytest.approx(flops, rel=1e-9), epoch
+        assert from_log[epoch].isolated == pytest.approx(isolated, rel=1e-9), epoch
+    assert len({c.total for c in from_log.values()}) > 1  # growth changed the cost of an epoch
+    assert any(c.isolated for c in from_log.values()) and not all(c.isolated for c in from_log.values())
 
 
 def test_flops_of_a_log_without_a_run_start_are_empty(counted_run):

@@ -23,7 +23,7 @@ def test_the_readmes_results_table_is_the_generated_growth_table():
     shown = {name.split(" (")[0]: cells for name, cells in table_rows(readme).items() if " (" in name}
     assert set(shown) == {"static", "heuristic", "scratch"}
     for controller, (accuracy, params) in shown.items():
-        runs, generated_accuracy, generated_params, _ = generated[controller]
+        runs, generated_accuracy, generated_params, *_ = generated[controller]
         assert (accuracy, params) == (generated_accuracy, generated_params)
         assert f"seeds 0–{int(runs) - 1}" in readme
     numbers = set(re.findall(r"\d+(?:\.\d+)? points", readme))

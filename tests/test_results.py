@@ -41,6 +41,9 @@ def test_results_come_from_the_logs_and_a_workspace_is_reused(tmp_path):
             "select split_part(run_id, '-', 2), 100 * avg(val_accuracy) from runs group by 1").fetchall())
     assert growth["static"]["test_accuracy"] == pytest.approx(100 * sum(runs.values()) / 2)
     assert growth["static"]["gflops"] > 0 and growth["scratch"]["gflops"] >= growth["static"]["gflops"]
+    # no seed of a static or scratch run ever trains apart from the host (scratch builds its seeds fossilized)
+    assert growth["static"]["isolated_gflops"] == growth["scratch"]["isolated_gflops"] == 0
+    assert 0 <= growth["heuristic"]["isolated_gflops"] < growth["heuristic"]["gflops"]
 
     compute = {row["controller"]: row for row in result["compute"]}
     assert set(compute) == set(growth)

@@ -12,6 +12,7 @@ optimizer updates (elementwise, a few FLOPs per parameter).
 """
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +36,21 @@ def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_
     return 2 * sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def epoch_flops(events: Iterable[Event], example_shape: tuple[int, ...], train_examples: int) -> dict[int, int]:
+class EpochCompute(NamedTuple):
+    """The FLOPs of one epoch's training steps."""
+
+    total: int
+    """Every step's forward and backward pass of the model, and each training seed's isolated pass."""
+    isolated: int
+    """Of `total`, the isolated passes: what training seeds apart from the host's gradient costs."""
+
+
+def epoch_flops(events: Iterable[Event], example_shape: tuple[int, ...], train_examples: int) -> dict[int, EpochCompute]:
     """Epoch → FLOPs of that epoch's training steps, for a run whose events these are; `example_shape` is one
     input's shape (mnist1d: (1, 40); text: (context,)) and `train_examples` the examples of an epoch (the size of
     the training split; text: the preset's `epoch_windows`)."""
-    out: dict[int, int] = {}
-    counted: dict[tuple, float] = {}
+    out: dict[int, EpochCompute] = {}
+    counted: dict[tuple, tuple[float, float]] = {}
     model: GrowableModel | None = None
     announced: dict[str, SeedGerminated] = {}
     batch_size = 0
@@ -58,8 +68,9 @@ def epoch_flops(events: Iterable[Event], example_shape: tuple[int, ...], train_e
         elif isinstance(event, EpochEnded):
             shape = _architecture(model)
             if shape not in counted:
-                counted[shape] = _step_flops(model, batch_size, example_shape) / batch_size
-            out[event.epoch] = round(counted[shape] * train_examples)
+                counted[shape] = tuple(f / batch_size for f in _step_flops(model, batch_size, example_shape))
+            total, isolated = counted[shape]
+            out[event.epoch] = EpochCompute(round(total * train_examples), round(isolated * train_examples))
     return out
 
 
@@ -88,18 +99,20 @@ def _architecture(model: GrowableModel) -> tuple:
                         for slot, holder in model.slots.items() for seed in holder.seeds()))
 
 
-def _step_flops(model: GrowableModel, batch_size: int, example_shape: tuple[int, ...]) -> float:
-    """FLOPs of one training step on a batch, as `Trainer.train_step` computes it."""
+def _step_flops(model: GrowableModel, batch_size: int, example_shape: tuple[int, ...]) -> tuple[float, float]:
+    """FLOPs of one training step on a batch, as `Trainer.train_step` computes it: (the whole step, its isolated
+    passes)."""
     x = torch.zeros(batch_size, *example_shape, dtype=input_dtype(model.host), device="meta")
     model.train()
-    counter = FlopCounterMode(display=False)
-    with counter:
+    host, isolated = FlopCounterMode(display=False), FlopCounterMode(display=False)
+    with host:
         _loss(model(x)).backward()
+    with isolated:
         for seed_id in model.training_seeds():
             params = model.seed_parameters(seed_id)
             torch.autograd.grad(_loss(model.isolated_output(seed_id, x)), params)
     model.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
+    return float(host.get_total_flops() + isolated.get_total_flops()), float(isolated.get_total_flops())
 
 
 def _loss(logits: torch.Tensor) -> torch.Tensor:
