@@ -7,6 +7,7 @@ a run of that name with anything else is in the way and stops the benchmark rath
 """
 
 import datetime
+import functools
 import multiprocessing
 import os
 import platform
@@ -15,13 +16,13 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 
 from esper.leyline import RunConfig
 from esper.leyline.config import TaskPreset
-from esper.leyline.events import RunStarted, decode
+from esper.leyline.events import Event, RunStarted, decode
 from esper.store import Reader, Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import load_task_data
@@ -96,19 +97,19 @@ def record_all(ws: Workspace, jobs: list[Job], workers: int) -> None:
 # ---- reading the runs back ---------------------------------------------------------------------
 
 
-def epoch_compute(reader: Reader, task: str, run_ids: list[str]) -> dict[str, dict[int, EpochCompute]]:
-    """Run id → epoch → the FLOPs of that epoch's training, the projection `esper.tolaria.flops` of each run's
-    events (what trained, how many examples an epoch of `task` trains on)."""
+def flops_projection(task: str) -> Callable[[Iterable[Event]], dict[int, EpochCompute]]:
+    """`esper.tolaria.flops.epoch_flops` for the runs of `task`: a run's events → epoch → the FLOPs of that epoch's
+    training (what trained, on as many examples as an epoch of `task` trains on)."""
     data = load_task_data(task, RunConfig().data_seed)
     examples = data.windows if task == "text" else len(data.train)
-    return {run_id: epoch_flops((r.event for r in reader.read_run(run_id)), data.input_shape, examples)
-            for run_id in run_ids}
+    return functools.partial(epoch_flops, example_shape=data.input_shape, train_examples=examples)
 
 
 def training_gflops(reader: Reader, task: str, run_ids: list[str]) -> dict[str, float]:
     """Run id → training GFLOPs of the whole run."""
-    return {run_id: sum(c.total for c in epochs.values()) / 1e9
-            for run_id, epochs in epoch_compute(reader, task, run_ids).items()}
+    flops = flops_projection(task)
+    return {run_id: sum(c.total for c in flops(r.event for r in reader.read_run(run_id)).values()) / 1e9
+            for run_id in run_ids}
 
 
 def seed_range(seeds: list[int]) -> str:

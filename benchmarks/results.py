@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 
 from esper.app.runs import final_architecture
-from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
+from esper.leyline import EpochEnded, HeuristicConfig, LifecycleConfig, RunConfig
 from esper.store import Workspace
 from esper.tamiyo.controllers import make_controller
-from recording import Job, commit, epoch_compute, generated_by, record_all, say, seed_range, stamp
+from recording import Job, commit, flops_projection, generated_by, record_all, say, seed_range, stamp
 
 FAST_SEEDS = [0, 1, 2]
 FULL_SEEDS = list(range(20))
@@ -73,11 +73,6 @@ FROM runs r JOIN events f ON f.run_id = r.run_id AND f.type = 'RunFinished'
 WHERE r.finished AND r.task = $task AND starts_with(r.run_id, $prefix) ORDER BY r.run_id
 """
 
-VALIDATION_SQL = """
-SELECT run_id, epoch, (payload->>'$.val_accuracy')::DOUBLE FROM events
-WHERE type = 'EpochEnded' AND starts_with(run_id, $prefix)
-"""
-
 
 def read_back(ws: Workspace, task: str) -> dict[str, dict[int, dict]]:
     """Kind → seed → {test_accuracy, bits_per_char (text; else None), params, gflops, curve}, from the logs alone;
@@ -85,19 +80,18 @@ def read_back(ws: Workspace, task: str) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}
     with ws.reader() as reader:
         rows = reader.con.execute(RUNS_SQL, {"task": task, "prefix": run_prefix(task)}).fetchall()
-        per_epoch = epoch_compute(reader, task, [row[0] for row in rows])
-        validation: dict[str, dict[int, float]] = {}
-        for run_id, epoch, accuracy in reader.con.execute(VALIDATION_SQL, {"prefix": run_prefix(task)}).fetchall():
-            validation.setdefault(run_id, {})[epoch] = accuracy
+        flops = flops_projection(task)
         for run_id, seed, test_accuracy, params, bits in rows:
             kind = run_id.removeprefix(run_prefix(task)).rsplit("-s", 1)[0]
-            compute = per_epoch[run_id]
+            events = [r.event for r in reader.read_run(run_id)]  # read once: for the compute and the curve
+            compute = flops(events)
+            validation = {e.epoch: e.val_accuracy for e in events if isinstance(e, EpochEnded)}
             epochs = sorted(compute)
             spent = itertools.accumulate(compute[e].total / 1e9 for e in epochs)
             out.setdefault(kind, {})[seed] = {"test_accuracy": test_accuracy, "bits_per_char": bits, "params": params,
                                               "gflops": sum(c.total for c in compute.values()) / 1e9,
                                               "isolated_gflops": sum(c.isolated for c in compute.values()) / 1e9,
-                                              "curve": list(zip(spent, (validation[run_id][e] for e in epochs)))}
+                                              "curve": list(zip(spent, (validation[e] for e in epochs)))}
     return out
 
 
