@@ -5,7 +5,10 @@ n-envs episodes) runs with 1 worker (here, no Ray) and with `--workers` Ray work
 each into a fresh workspace. Reported: median wall seconds of the whole job (Ray's start and its workers' first
 torch import included) and median environment-steps/s of its rollouts (PPO's own `env_steps_per_s`, mean over the
 job's updates). Seeds: `--seeds` runs of the task preset (`--seed-epochs`, 0: its budget) trained one after
-another in this process, then fanned out on Ray (`esper.app.seeds`, Ray's start included), `--repeats` times.
+another in this process, then fanned out on Ray (`esper.app.seeds`, Ray's start included), `--repeats` times
+(`speedup`: no interpreter start or data generation is counted on either side). Then as a user runs them, as
+commands: `esper run --seed S` for each seed one after another, against one `esper run --seeds 0-N`
+(`speedup_commands`: each command starts Python, imports torch and makes its data).
 A CPU run trains on one thread, so on a machine with c idle cores both should approach min(c, workers) times
 faster, less Ray's start-up (`ray_start_s`, measured alone). The load average of the machine before and after
 says how idle its cores were. Prints one JSON object.
@@ -19,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +63,21 @@ def seeds_job(seeds: list[int], epochs: int, on_ray: bool) -> float:
         else:  # what `esper run --seed S` does for each, in one process (no interpreter start, data loaded once)
             for p in planned:
                 runs.start(attrs.evolve(p, data=planned[0].data), ws)
+        return time.perf_counter() - started
+
+
+def commands_job(seeds: list[int], epochs: int, fanned_out: bool) -> float:
+    """Wall seconds of the `esper run` commands that train `seeds`: one per seed in turn, or one `--seeds` command."""
+    budget = ["--epochs", str(epochs)] if epochs else []
+    if fanned_out:
+        commands = [["--seeds", ",".join(map(str, seeds))]]
+    else:
+        commands = [["--seed", str(s)] for s in seeds]
+    with tempfile.TemporaryDirectory(prefix="esper-seeds-bench-") as tmp:
+        started = time.perf_counter()
+        for options in commands:
+            subprocess.run([sys.executable, "-m", "esper", "run", *options, *budget], check=True,
+                           env=os.environ | {"ESPER_WORKSPACE": tmp}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - started
 
 
@@ -111,15 +130,20 @@ def rollouts(args) -> dict:
 
 def fan_out(args) -> dict:
     seeds = list(range(args.seeds))
-    measured: dict[str, list[float]] = {"sequential": [], "ray": []}
+    jobs = {"sequential": lambda: seeds_job(seeds, args.seed_epochs, on_ray=False),
+            "ray": lambda: seeds_job(seeds, args.seed_epochs, on_ray=True),
+            "commands_sequential": lambda: commands_job(seeds, args.seed_epochs, fanned_out=False),
+            "commands_seeds": lambda: commands_job(seeds, args.seed_epochs, fanned_out=True)}
+    measured: dict[str, list[float]] = {way: [] for way in jobs}
     for r in range(args.repeats):
-        for way in measured:
-            wall = seeds_job(seeds, args.seed_epochs, on_ray=way == "ray")
+        for way, job in jobs.items():
+            wall = job()
             measured[way].append(wall)
             say(f"seeds 0-{seeds[-1]}, repeat {r + 1}: {way} {wall:6.1f} s")
     out = {"seeds": f"0-{seeds[-1]}", "epochs": args.seed_epochs or "preset", "repeats": args.repeats}
     out |= {f"{way}_s": round(statistics.median(walls), 2) for way, walls in measured.items()}
     out["speedup"] = round(out["sequential_s"] / out["ray_s"], 2)
+    out["speedup_commands"] = round(out["commands_sequential_s"] / out["commands_seeds_s"], 2)
     return out
 
 

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from cli_runner import invoke
 
 import esper
@@ -62,6 +61,8 @@ def test_resnet18_grows_on_the_users_own_batches(tmp_path, monkeypatch):
         checked.append(model.training_seeds())
 
     monkeypatch.setattr(Trainer, "train_step", checked_step)
+    import torchvision  # here, not at the top: its import costs every test worker ~2 s of collection
+
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)
     grown = esper.grow(model, slots=["layer1", "layer2", "layer3"], example=torch.zeros(2, 3, 32, 32))
