@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/results.py --full --out docs/results.md       # seeds 0-19, ~40 min on 2 cores
     .venv/bin/python benchmarks/results.py --policy ppo.pt --policy iql.pt    # add learned policies' table
     .venv/bin/python benchmarks/results.py --task text --out docs/results-text.md   # the text task: ~12 min
+    .venv/bin/python benchmarks/results.py --epochs 50 --heuristic warmup_epochs=16  # another budget and gardener
 
 What it records (one run per controller and seed, `--workers` runs at a time, each in its own store file):
 `static` (the host alone), `heuristic` (the default gardener), `eager` (the heuristic with `min_gain=1.0`:
@@ -33,7 +34,8 @@ from pathlib import Path
 from esper.app.runs import final_architecture
 from esper.leyline import EpochEnded, HeuristicConfig, LifecycleConfig, RunConfig
 from esper.store import Workspace
-from esper.tamiyo.controllers import make_controller
+from esper.errors import BadInput
+from esper.tamiyo.controllers import heuristic_config, make_controller
 from recording import Job, commit, flops_projection, generated_by, record_all, say, seed_range, stamp
 
 FAST_SEEDS = [0, 1, 2]
@@ -45,8 +47,12 @@ BASELINES = ("static", "heuristic", "eager", "scratch")
 # ---- what a run is ------------------------------------------------------------------------------
 
 
-def planned_config(task: str, kind: str, seed: int, epochs: int, policy: str | None = None) -> RunConfig:
-    """The config of run `kind` (a baseline, or `policy` with its file) on `seed`, before --like is resolved."""
+def planned_config(task: str, kind: str, seed: int, epochs: int, policy: str | None = None,
+                   knobs: HeuristicConfig = HeuristicConfig()) -> RunConfig:
+    """The config of run `kind` (a baseline, or `policy` with its file) on `seed`, before --like is resolved;
+    `knobs`: the `heuristic` runs' gardener (the default one unless `--heuristic` changes it)."""
+    if kind == "heuristic":
+        return RunConfig(task=task, controller="heuristic", seed=seed, epochs=epochs, heuristic=knobs)
     if kind == "eager":
         return RunConfig(task=task, controller="heuristic", seed=seed, epochs=epochs, heuristic=EAGER)
     if kind == "policy":
@@ -190,7 +196,7 @@ def render(growth: list[dict], compute: list[dict], policies: list[dict], seeds:
         "",
         "Test accuracy (mean ± sd over seeds), final parameters and training compute (forward and backward passes",
         "of every training step, from the architecture the log says trained each epoch) of: the host alone",
-        "(`static`), the default heuristic gardener, the heuristic germinating as soon as the host has warmed up",
+        f"(`static`), {made['gardener']}, the heuristic germinating as soon as the host has warmed up",
         "(`eager`, `--heuristic min_gain=1.0`), and each heuristic run's final architecture trained from",
         "initialisation (`scratch`, `--controller scratch --like RUN`). Of the compute, `isolated` is what seeds in",
         "TRAINING cost apart from the host's gradient: each one's isolated pass, every step of its training.",
@@ -237,19 +243,26 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="these seeds instead")
     parser.add_argument("--policy", action="append", default=[], help="a policy file to compare (repeatable)")
     parser.add_argument("--epochs", type=int, default=0, help="epochs per run (default: the preset's)")
+    parser.add_argument("--heuristic", action="append", default=[], metavar="KEY=VALUE",
+                        help="a knob of the `heuristic` runs' gardener (repeatable), e.g. warmup_epochs=16; scratch "
+                             "then trains their architectures")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs recorded at once")
     args = parser.parse_args()
     seeds = args.seeds or (FULL_SEEDS if args.full else FAST_SEEDS)
     for path in args.policy:
         if not Path(path).is_file():
             sys.exit(f"results: no policy file {path}")
+    try:
+        knobs = heuristic_config(args.heuristic, flag="--heuristic")
+    except BadInput as exc:
+        sys.exit(f"results: {exc}")
     started, made_by = time.perf_counter(), commit()  # the code that records the runs, not whatever is checked out later
     ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-results-")))
     say(f"workspace {ws.root}")
     policies = {f"{i}": path for i, path in enumerate(args.policy)}
 
     task = args.task
-    first = [Job(run_id_of(task, k, s), planned_config(task, k, s, args.epochs)) for s in seeds
+    first = [Job(run_id_of(task, k, s), planned_config(task, k, s, args.epochs, knobs=knobs)) for s in seeds
              for k in ("static", "heuristic", "eager")]
     first += [Job(run_id_of(task, "policy", s, tag), planned_config(task, "policy", s, args.epochs, path))
               for tag, path in policies.items() for s in seeds]
@@ -264,7 +277,9 @@ def main() -> None:
     runs = read_back(ws, task)
     growth, compute, versus = growth_table(runs, seeds), compute_table(runs, seeds), policy_table(runs, policies, seeds)
     made = stamp("results.py", ws, started, made_by) | {
-        "task": task, "epochs": f"{args.epochs} epochs" if args.epochs else "the preset's epochs"}
+        "task": task, "epochs": f"{args.epochs} epochs" if args.epochs else "the preset's epochs",
+        "gardener": "the heuristic gardener with `" + " ".join(f"--heuristic {k}" for k in args.heuristic) + "`"
+                    if args.heuristic else "the default heuristic gardener"}
     page = render(growth, compute, versus, seeds, made)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -75,3 +75,19 @@ def test_the_text_task_gives_bits_per_char_and_reads_none_of_a_workspaces_mnist1
                                        "where run_id = 'results-text-static-s0' and type = 'RunFinished'").fetchall()
     assert growth["static"]["bits_per_char"] == pytest.approx(bits) and bits > 0
     assert "## Does growing pay? (text, seeds 0, 1 epochs)" in page and "| test bits/char |" in page
+
+
+def test_heuristic_knobs_reach_the_heuristic_runs_alone_and_the_page_names_them(tmp_path):
+    refused = subprocess.run([sys.executable, str(SCRIPT), "--heuristic", "warmup=1", "--workspace", str(tmp_path / "ws")],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1 and "warmup_epochs" in refused.stderr
+    assert not (tmp_path / "ws").exists()
+
+    _, page, _ = generate(tmp_path, "--seeds", "0", "--epochs", "2", "--heuristic", "warmup_epochs=1",
+                          "--heuristic", "finish_epochs=0")
+    with Workspace(tmp_path / "ws").reader() as reader:
+        knobs = dict(reader.con.execute(
+            "select split_part(run_id, '-', 2), payload->'$.config.heuristic' from events where seq = 1").fetchall())
+    assert json.loads(knobs["heuristic"])["warmup_epochs"] == 1 and json.loads(knobs["heuristic"])["finish_epochs"] == 0
+    assert json.loads(knobs["eager"])["warmup_epochs"] == 2  # eager keeps its own gardener
+    assert "the heuristic gardener with `--heuristic warmup_epochs=1 --heuristic finish_epochs=0`" in page
