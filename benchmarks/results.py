@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 
 from esper.app.runs import final_architecture
+from esper.errors import BadInput
 from esper.leyline import EpochEnded, HeuristicConfig, LifecycleConfig, RunConfig
 from esper.store import Workspace
-from esper.errors import BadInput
 from esper.tamiyo.controllers import heuristic_config, make_controller
 from recording import Job, commit, flops_projection, generated_by, record_all, say, seed_range, stamp
 
