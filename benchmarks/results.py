@@ -10,9 +10,9 @@ What it records (one run per controller and seed, `--workers` runs at a time, ea
 `static` (the host alone), `heuristic` (the default gardener, or the one `--heuristic` sets), `eager` (the
 heuristic with `min_gain=1.0`: germinate as soon as the host has warmed up), `scratch` (each heuristic run's
 final architecture trained from initialisation for the same epochs), and each `--policy` file played greedily.
-A run already in the workspace (`--workspace DIR`, reused) is read, not recorded again, if it finished with the same resolved config
-and task preset (what decides its events); so adding a policy to a full workspace records only that policy's
-runs. The page names the commit that ran the command.
+A run already in the workspace (`--workspace DIR`, reused) is read, not recorded again, if it finished with the
+same resolved config and task preset (what decides its events); so adding a policy to a full workspace records
+only that policy's runs. The page names the commit that ran the command.
 
 Every number in the output comes from the logs: accuracies and parameters with SQL over the `runs` view (on
 text also test bits per character, from each `RunFinished`), training FLOPs as the projection
