@@ -37,10 +37,11 @@ import msgspec
 from esper.app.learners import iql_job, ppo_job
 from esper.errors import BadInput
 from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
+from esper.leyline.config import from_knobs
 from esper.simic.config import IQLConfig, PPOConfig
 from esper.simic.rewards import RewardConfig
 from esper.store import Recorder, Workspace
-from esper.tamiyo.controllers import heuristic_config, make_controller
+from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, execute, resolve_config
 
@@ -146,7 +147,7 @@ def main() -> None:
     parser.add_argument("--workspace", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
     try:  # the knobs, parsed once: bad ones stop the benchmark before it records anything
-        args.dataset_heuristic = heuristic_config(args.dataset_heuristic, "--dataset-heuristic")
+        args.dataset_heuristic = from_knobs(HeuristicConfig, args.dataset_heuristic, "--dataset-heuristic")
     except BadInput as e:
         parser.error(str(e))
     seeds = [int(s) for s in args.eval_seeds.split(",")]

@@ -34,8 +34,9 @@ from pathlib import Path
 from esper.app.runs import final_architecture
 from esper.errors import BadInput
 from esper.leyline import EpochEnded, HeuristicConfig, LifecycleConfig, RunConfig
+from esper.leyline.config import from_knobs
 from esper.store import Workspace
-from esper.tamiyo.controllers import heuristic_config, make_controller
+from esper.tamiyo.controllers import make_controller
 from recording import Job, commit, flops_projection, generated_by, record_all, say, seed_range, stamp
 
 FAST_SEEDS = [0, 1, 2]
@@ -253,7 +254,7 @@ def main() -> None:
         if not Path(path).is_file():
             sys.exit(f"results: no policy file {path}")
     try:
-        knobs = heuristic_config(args.heuristic, flag="--heuristic")
+        knobs = from_knobs(HeuristicConfig, args.heuristic, flag="--heuristic")
     except BadInput as exc:
         sys.exit(f"results: {exc}")
     started, made_by = time.perf_counter(), commit()  # the code that records the runs, not whatever is checked out later

@@ -150,6 +150,12 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--heuristic", "min_gain"), "expected KEY=VALUE"),
         (("--controller", "static", "--heuristic", "min_gain=1"), "heuristic knobs are for controller heuristic only"),
         (("--heuristic", "min_gain=nan"), "min_gain must be a finite number"),
+        (("--heuristic", "warmup_epochs=-2"), "warmup_epochs cannot be negative"),
+        (("--lifecycle", "blend_epochs=-1"), "blend_epochs cannot be negative"),
+        (("--lifecycle", "blend_epochs=two"), "blend_epochs takes int values"),
+        (("--lifecycle", "speed=3"), "KEY one of min_training_epochs"),
+        (("--lifecycle", "max_params=9000"), "set the size cap with max_params (--max-params)"),
+        (("--blend-schedule", "cosine"), "unknown blend schedule 'cosine': use linear, sigmoid"),
         (("--policy", "policy.pt"), "policy is for controller policy or sampled"),
         (("--lr", "-0.1"), "lr must be a positive number"),
         (("--batch-size", "0"), "batch_size must be at least 1"),
@@ -197,3 +203,37 @@ def test_heuristic_knobs_are_recorded_and_change_what_it_grows(tmp_path):
     verify_run(recorded)
     default = run_into(Workspace(tmp_path), "default", epochs=3, seed=1)
     assert default.config.heuristic == HeuristicConfig()
+
+
+def blends(recorded) -> list[tuple[int, int]]:
+    """(epoch a seed began BLENDING, epoch it fossilized) of each fossilized seed of a run."""
+    began = {}
+    spans = []
+    for r in recorded:
+        event = r.event
+        if isinstance(event, SeedTransitioned) and event.to_stage == "BLENDING":
+            began[event.seed_id] = event.epoch
+        elif isinstance(event, SeedTransitioned) and event.to_stage == "FOSSILIZED":
+            spans.append((began[event.seed_id], event.epoch))
+    return spans
+
+
+def test_lifecycle_knobs_are_recorded_judge_the_run_and_change_its_timings(tmp_path):
+    """`--lifecycle blend_epochs=1` fossilizes a seed one epoch after its blend began (two by default) and
+    `--blend-schedule` picks α's curve; both are in `RunStarted`, and replay re-judges and re-executes the run
+    by them."""
+    ws = Workspace(tmp_path)
+    result = invoke("run", "--epochs", "9", "--json", "--lifecycle", "blend_epochs=1", "--lifecycle",
+                    "embargo_epochs=3", "--blend-schedule", "sigmoid", workspace=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    run_id = json.loads(result.stdout)["run_id"]
+    with Recorder(ws.store_path(run_id)) as rec:
+        recorded = rec.read(run_id)
+    config = RunState.fold(recorded).config
+    assert config.lifecycle == LifecycleConfig(blend_epochs=1, embargo_epochs=3) and config.blend_schedule == "sigmoid"
+    assert blends(recorded) and all(end - start == 1 for start, end in blends(recorded)), blends(recorded)
+    verify_run(recorded)
+    with Recorder(ws.store_path("default")) as rec:
+        execute(resolve_config(RunConfig(epochs=9)), make_controller("heuristic", 0), StoreSink(rec, "default"))
+        default = rec.read("default")
+    assert blends(default) and all(end - start == 2 for start, end in blends(default)), blends(default)

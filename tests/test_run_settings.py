@@ -24,9 +24,12 @@ def test_every_setting_is_an_option_whose_default_lives_in_the_request_only():
 
 def test_a_printed_config_starts_the_same_run(tmp_path):
     first = invoke("run", "--print-config", "--seed", "3", "--lr", "0.01", "--heuristic", "min_gain=1.0",
-                   "--host-option", "channels=6", workspace=tmp_path)
+                   "--host-option", "channels=6", "--lifecycle", "blend_epochs=1", "--blend-schedule", "sigmoid",
+                   workspace=tmp_path)
     assert first.exit_code == 0, first.stderr
     assert 'lr = 0.01' in first.stdout and "[host_options]\nchannels = 6" in first.stdout
+    assert "[lifecycle]\nmin_training_epochs = 1" in first.stdout and "blend_epochs = 1\n" in first.stdout
+    assert 'blend_schedule = "sigmoid"' in first.stdout and "max_params = 0\n" in first.stdout  # the cap: top level
     config = tmp_path / "run.toml"
     config.write_text(first.stdout)
     again = invoke("run", "--config", config, "--print-config", workspace=tmp_path)
@@ -46,6 +49,10 @@ def test_the_command_line_overrides_the_file(tmp_path):
     ("seed = 'three'\n", "Expected `int`"),
     ("seed = \n", "is not TOML"),
     ("[heuristic]\nspeed = 3\n", "heuristic knobs"),
+    ("[lifecycle]\nblend_epochs = -1\n", "lifecycle knobs: blend_epochs cannot be negative"),
+    ("[lifecycle]\nregression_tolerance = nan\n", "regression_tolerance must be a finite number"),
+    ("[lifecycle]\nmax_params = 9000\n", "set the size cap with max_params (--max-params)"),
+    ("blend_schedule = 'cosine'\n", "unknown blend schedule 'cosine'"),
 ])
 def test_a_bad_config_is_one_line(tmp_path, text, message):
     config = tmp_path / "run.toml"

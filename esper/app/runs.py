@@ -21,8 +21,8 @@ import msgspec
 import torch
 
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line
-from esper.kasmina import host_problem, preset_host
-from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset
+from esper.kasmina import SCHEDULES, host_problem, preset_host
+from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, from_table
 from esper.leyline.stages import SeedStage
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import Controller, make_controller
@@ -53,6 +53,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     max_params: int | None = None
     anneal_epochs: int | None = None
     heuristic: dict[str, int | float] = {}
+    lifecycle: dict[str, int | float] = {}
+    blend_schedule: str = "linear"
     lr: float | None = None
     seed_lr: float | None = None
     batch_size: int | None = None
@@ -111,12 +113,10 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     elif like is not None:
         raise BadInput("like only makes sense with controller scratch")
     _check_settings(r)
-    try:
-        knobs = msgspec.convert(r.heuristic, HeuristicConfig, strict=False)
-    except msgspec.ValidationError as exc:
-        raise BadInput(f"heuristic knobs: {exc} (knobs: {', '.join(f.name for f in msgspec.structs.fields(HeuristicConfig))})") from None
+    knobs = from_table(HeuristicConfig, r.heuristic, "heuristic knobs")
     controller = make_controller(r.controller, r.seed, r.policy, knobs)
     max_params = r.max_params if r.max_params is not None else getattr(controller, "max_params", 0)
+    lifecycle = msgspec.structs.replace(from_table(LifecycleConfig, r.lifecycle, "lifecycle knobs"), max_params=max_params)
     preset = preset_for(r)
     if hasattr(controller, "check_fits"):  # a trained policy: refused before anything is written if it cannot play here
         with torch.device("meta"):
@@ -125,8 +125,8 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     config = resolve_config(RunConfig(
         task=r.task, controller=r.controller, seed=r.seed, epochs=epochs, device=r.device, precision=r.precision,
         policy=r.policy, like=like,
-        data_dir=r.data_dir, telemetry=r.telemetry, architecture=architecture,
-        lifecycle=LifecycleConfig(max_params=max_params), heuristic=knobs, anneal_epochs=r.anneal_epochs,
+        data_dir=r.data_dir, telemetry=r.telemetry, architecture=architecture, blend_schedule=r.blend_schedule,
+        lifecycle=lifecycle, heuristic=knobs, anneal_epochs=r.anneal_epochs,
     ), preset)
     resolve_device(r.device)
     data = load_task_data(r.task, config.data_seed, r.data_dir, download=r.download, preset=preset)  # bad input: no log
@@ -140,6 +140,10 @@ def _check_settings(r: RunRequest) -> None:
         raise BadInput("policy is for controller policy or sampled")
     if r.heuristic and r.controller != "heuristic":
         raise BadInput("heuristic knobs are for controller heuristic only")
+    if "max_params" in r.lifecycle:
+        raise BadInput("lifecycle knob max_params: set the size cap with max_params (--max-params)")
+    if r.blend_schedule not in SCHEDULES:
+        raise BadInput(f"unknown blend schedule {r.blend_schedule!r}: use {', '.join(SCHEDULES)}")
     for name in ("snapshot_every", "checkpoint_every"):
         if getattr(r, name) < 0:
             raise BadInput(f"{name} must be 0 (none) or a number of epochs, got {getattr(r, name)}")
@@ -244,6 +248,7 @@ def resolved_toml(planned: PlannedRun) -> str:
         "precision": c.precision,
         "lr": p.lr, "seed_lr": p.seed_lr, "batch_size": p.batch_size, "host": p.host, "host_options": p.host_options,
         "heuristic": msgspec.to_builtins(c.heuristic) if r.controller == "heuristic" else {},
+        "lifecycle": {k: v for k, v in msgspec.to_builtins(c.lifecycle).items() if k != "max_params"},
     }
     lines, tables = [], []
     for key, value in settings.items():

@@ -10,9 +10,10 @@ from esper.app import runs
 from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
 from esper.cli.progress import EpochBars
 from esper.errors import BadInput, RunFailed
+from esper.leyline.config import HeuristicConfig, LifecycleConfig, from_knobs
 from esper.leyline.stages import SeedStage
 from esper.store import Workspace
-from esper.tamiyo.controllers import CONTROLLERS, heuristic_config
+from esper.tamiyo.controllers import CONTROLLERS
 from esper.tamiyo.observation import ObservationProjection
 from esper.tolaria.loop import SNAPSHOT_EVERY
 from esper.tolaria.resume import open_resumption
@@ -45,6 +46,11 @@ def run(
     heuristic: Optional[list[str]] = typer.Option(
         None, "--heuristic", help="A knob of the heuristic gardener, KEY=VALUE (repeatable), e.g. min_gain=1.0 to "
         "germinate as soon as the host has warmed up instead of on a plateau. Recorded in the run's config."),
+    lifecycle: Optional[list[str]] = typer.Option(
+        None, "--lifecycle", help="A timing or gate threshold of the seed lifecycle, KEY=VALUE (repeatable), e.g. "
+        "blend_epochs=1. Recorded in the run's config; replay judges the run by it."),
+    blend_schedule: str = typer.Option(None, "--blend-schedule", help="How α rises while a seed blends: linear "
+                                       "(default) or sigmoid."),
     lr: Optional[float] = typer.Option(None, "--lr", help="The host's learning rate (default: the task preset's)."),
     seed_lr: Optional[float] = typer.Option(None, "--seed-lr", help="The seeds' learning rate (default: the preset's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size (default: the preset's)."),
@@ -63,8 +69,8 @@ def run(
         None, "--resume", help="Continue an interrupted run (Ctrl-C, SIGTERM, killed, crashed) from its latest "
         "checkpoint, with its own config: the rest of it is appended to its log."),
     config_file: Optional[Path] = typer.Option(
-        None, "--config", help="A TOML file of these settings (keys as the options, with _ for -; [heuristic] and "
-        "[host_options] tables); options given here override it."),
+        None, "--config", help="A TOML file of these settings (keys as the options, with _ for -; [heuristic], "
+        "[lifecycle] and [host_options] tables); options given here override it."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved settings as TOML and exit."),
     seeds: Optional[str] = typer.Option(
         None, "--seeds", help="Train many seeds of this configuration at once on Ray, e.g. 0-19 or 0,3,5: one line "
@@ -118,8 +124,8 @@ def _given(ctx: typer.Context) -> dict:
     for name, value in ctx.params.items():
         if name in NOT_SETTINGS or value is None or ctx.get_parameter_source(name).name == "DEFAULT":
             continue
-        if name == "heuristic":
-            knobs = heuristic_config(value, flag="--heuristic")
+        if name in ("heuristic", "lifecycle"):
+            knobs = from_knobs(HeuristicConfig if name == "heuristic" else LifecycleConfig, value, flag=f"--{name}")
             keys = [item.partition("=")[0].strip().replace("-", "_") for item in value]
             value = {key: getattr(knobs, key) for key in keys}
         elif name == "host_option":

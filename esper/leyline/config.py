@@ -1,6 +1,14 @@
 """One frozen config per run, stored whole in `RunStarted`, so a run can be reproduced from its log alone."""
 
+import math
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
 import msgspec
+
+from esper.errors import BadInput
+
+Knobs = TypeVar("Knobs", bound=msgspec.Struct)
 
 
 class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -47,6 +55,38 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """Cull a training seed whose gate has not opened after this many epochs."""
     cull_penalty_epochs: int = 8
     """A blueprint culled within this many epochs is skipped when choosing what to germinate."""
+
+
+def from_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> Knobs:
+    """`struct` from "KEY=VALUE" strings (`esper run --heuristic min_gain=1.0`); `BadInput` names a bad one."""
+    fields = {f.name: f.type for f in msgspec.structs.fields(struct)}
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise BadInput(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        try:
+            values[key] = msgspec.convert(text.strip(), fields[key], strict=False)
+        except msgspec.ValidationError:
+            raise BadInput(f"{flag} {item!r}: {key} takes {fields[key].__name__} values") from None
+    return from_table(struct, values, flag)
+
+
+def from_table(struct: type[Knobs], values: dict[str, Any], where: str) -> Knobs:
+    """`struct` from a dict of its fields (a `--config` file's table); `BadInput` names a bad one. Its counts
+    (every int knob: epochs, seeds, parameters) cannot be negative, and a JSON log holds no NaN or infinity."""
+    try:
+        config = msgspec.convert(values, struct, strict=False)
+    except msgspec.ValidationError as exc:
+        names = ", ".join(f.name for f in msgspec.structs.fields(struct))
+        raise BadInput(f"{where}: {exc} (knobs: {names})") from None
+    for key, value in msgspec.structs.asdict(config).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadInput(f"{where}: {key} must be a finite number, got {value}")
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise BadInput(f"{where}: {key} cannot be negative, got {value}")
+    return config
 
 
 class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

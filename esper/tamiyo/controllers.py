@@ -1,11 +1,8 @@
 """Controllers: pure `decide(observation) -> Command`. They read signals and emit commands; they know
 no optimizer and no module. Every decision becomes a `CommandIssued` event."""
 
-import math
 import random
 from typing import Iterable, Protocol
-
-import msgspec
 
 from esper.errors import BadInput
 from esper.leyline.commands import Advance, Command, Cull, Germinate, Wait
@@ -159,21 +156,3 @@ def make_controller(name: str, seed: int, policy: str | None = None,
 
         return load_policy_controller(policy, sample_seed=seed if name == "sampled" else None)
     raise BadInput(f"unknown controller {name!r} (known: {', '.join(CONTROLLERS)})")
-
-
-def heuristic_config(knobs: Iterable[str], flag: str = "heuristic") -> HeuristicConfig:
-    """`HeuristicConfig` from "KEY=VALUE" strings (`esper run --heuristic min_gain=1.0`); `BadInput` names a bad one."""
-    fields = {f.name: f.type for f in msgspec.structs.fields(HeuristicConfig)}
-    values: dict = {}
-    for knob in knobs:
-        key, sep, value = knob.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in fields:
-            raise BadInput(f"{flag} {knob!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
-        try:
-            values[key] = msgspec.convert(value.strip(), fields[key], strict=False)
-        except msgspec.ValidationError:
-            raise BadInput(f"{flag} {knob!r}: {key} takes {fields[key].__name__} values") from None
-        if isinstance(values[key], float) and not math.isfinite(values[key]):  # a JSON log has no NaN or infinity
-            raise BadInput(f"{flag} {knob!r}: {key} must be a finite number")
-    return HeuristicConfig(**values)
