@@ -218,7 +218,7 @@ def blends(recorded) -> list[tuple[int, int]]:
     return spans
 
 
-def test_lifecycle_knobs_are_recorded_judge_the_run_and_change_its_timings(tmp_path):
+def test_lifecycle_knobs_are_recorded_judge_the_run_and_change_its_timings(tmp_path, grown):
     """`--lifecycle blend_epochs=1` fossilizes a seed one epoch after its blend began (two by default) and
     `--blend-schedule` picks α's curve; both are in `RunStarted`, and replay re-judges and re-executes the run
     by them."""
@@ -233,7 +233,6 @@ def test_lifecycle_knobs_are_recorded_judge_the_run_and_change_its_timings(tmp_p
     assert config.lifecycle == LifecycleConfig(blend_epochs=1, embargo_epochs=3) and config.blend_schedule == "sigmoid"
     assert blends(recorded) and all(end - start == 1 for start, end in blends(recorded)), blends(recorded)
     verify_run(recorded)
-    with Recorder(ws.store_path("default")) as rec:
-        execute(resolve_config(RunConfig(epochs=9)), make_controller("heuristic", 0), StoreSink(rec, "default"))
-        default = rec.read("default")
+    with grown[0].reader() as reader:
+        default = list(reader.read_run("grows"))
     assert blends(default) and all(end - start == 2 for start, end in blends(default)), blends(default)
