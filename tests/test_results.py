@@ -65,9 +65,10 @@ def test_results_come_from_the_logs_and_a_workspace_is_reused(tmp_path):
     assert again["growth"] == result["growth"] and again["policies"] == result["policies"]
 
 
-def test_the_text_task_gives_bits_per_char_and_reads_none_of_a_workspaces_mnist1d_runs(tmp_path):
+def test_the_text_task_gives_bits_per_char_reads_none_of_a_workspaces_mnist1d_runs_and_takes_heuristic_knobs(tmp_path):
     write_run(tmp_path / "ws", "static", 0, epochs=3, run_id="results-static-s0")  # an mnist1d run beside
-    result, page, _ = generate(tmp_path, "--task", "text", "--seeds", "0", "--epochs", "1")
+    result, page, _ = generate(tmp_path, "--task", "text", "--seeds", "0", "--epochs", "1",
+                               "--heuristic", "warmup_epochs=1", "--heuristic", "finish_epochs=0")
     growth = {row["controller"]: row for row in result["growth"]}
     assert set(growth) == {"static", "heuristic", "eager", "scratch"} and all(r["runs"] == 1 for r in growth.values())
     with Workspace(tmp_path / "ws").reader() as reader:
@@ -75,19 +76,17 @@ def test_the_text_task_gives_bits_per_char_and_reads_none_of_a_workspaces_mnist1
                                        "where run_id = 'results-text-static-s0' and type = 'RunFinished'").fetchall()
     assert growth["static"]["bits_per_char"] == pytest.approx(bits) and bits > 0
     assert "## Does growing pay? (text, seeds 0, 1 epochs)" in page and "| test bits/char |" in page
+    # the knobs reach the heuristic runs alone, and the page names them
+    with Workspace(tmp_path / "ws").reader() as reader:
+        knobs = dict(reader.con.execute("select split_part(run_id, '-', 3), payload->'$.config.heuristic' from events "
+                                        "where seq = 1 and run_id like 'results-text-%'").fetchall())
+    assert json.loads(knobs["heuristic"])["warmup_epochs"] == 1 and json.loads(knobs["heuristic"])["finish_epochs"] == 0
+    assert json.loads(knobs["eager"])["warmup_epochs"] == 2  # eager keeps its own gardener
+    assert "the heuristic gardener with `--heuristic warmup_epochs=1 --heuristic finish_epochs=0`" in page
 
 
-def test_heuristic_knobs_reach_the_heuristic_runs_alone_and_the_page_names_them(tmp_path):
+def test_a_bad_heuristic_knob_is_one_line_and_records_nothing(tmp_path):
     refused = subprocess.run([sys.executable, str(SCRIPT), "--heuristic", "warmup=1", "--workspace", str(tmp_path / "ws")],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1 and "warmup_epochs" in refused.stderr
     assert not (tmp_path / "ws").exists()
-
-    _, page, _ = generate(tmp_path, "--seeds", "0", "--epochs", "2", "--heuristic", "warmup_epochs=1",
-                          "--heuristic", "finish_epochs=0")
-    with Workspace(tmp_path / "ws").reader() as reader:
-        knobs = dict(reader.con.execute(
-            "select split_part(run_id, '-', 2), payload->'$.config.heuristic' from events where seq = 1").fetchall())
-    assert json.loads(knobs["heuristic"])["warmup_epochs"] == 1 and json.loads(knobs["heuristic"])["finish_epochs"] == 0
-    assert json.loads(knobs["eager"])["warmup_epochs"] == 2  # eager keeps its own gardener
-    assert "the heuristic gardener with `--heuristic warmup_epochs=1 --heuristic finish_epochs=0`" in page
