@@ -127,6 +127,8 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"task": "cifar10"}, "task 'cifar10' is a built-in task's name"),
     ({"blueprints": ["tree"]}, "blueprints: a list drawn from"),
     ({"heuristic": {"warmup": 1}}, "heuristic: .*warmup"),
+    ({"heuristic": {"warmup_epochs": -1}}, "heuristic: warmup_epochs cannot be negative"),
+    ({"heuristic": 3}, "heuristic: a HeuristicConfig or a dict of its knobs, not int"),
     ({"optimizer": "lbfgs"}, "optimizer must be 'adam' or 'sgd'"),
     ({"epochs": 0}, "epochs must be at least 1"),
     ({"controller": "oracle"}, "unknown controller 'oracle'"),

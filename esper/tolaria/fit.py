@@ -10,13 +10,13 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
-import msgspec
 import torch.nn.functional as F
 
 from esper.errors import BadInput
 from esper.kasmina import BLUEPRINTS as FAMILIES
 from esper.kasmina import GrowableModel
-from esper.leyline.config import BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset
+from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset,
+                                  from_table)
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
@@ -87,10 +87,9 @@ def fit(
 def _knobs(heuristic: HeuristicConfig | Mapping) -> HeuristicConfig:
     if isinstance(heuristic, HeuristicConfig):
         return heuristic
-    try:
-        return msgspec.convert(dict(heuristic), HeuristicConfig)
-    except (msgspec.ValidationError, TypeError, ValueError) as exc:
-        raise BadInput(f"heuristic: {exc} (knobs: {', '.join(HeuristicConfig.__struct_fields__)})") from None
+    if not isinstance(heuristic, Mapping):
+        raise BadInput(f"heuristic: a HeuristicConfig or a dict of its knobs, not {type(heuristic).__name__}")
+    return from_table(HeuristicConfig, dict(heuristic), "heuristic")
 
 
 def _preset(model: GrowableModel, task: str, epochs: int, blueprints: Sequence[str] | None, optimizer: str, lr: float,
