@@ -10,7 +10,7 @@ from esper.app import runs
 from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
 from esper.cli.progress import EpochBars
 from esper.errors import BadInput, RunFailed
-from esper.leyline.config import HeuristicConfig, LifecycleConfig, from_knobs
+from esper.leyline.config import HeuristicConfig, LifecycleConfig, from_table, parse_knobs
 from esper.leyline.stages import SeedStage
 from esper.store import Workspace
 from esper.tamiyo.controllers import CONTROLLERS
@@ -125,9 +125,9 @@ def _given(ctx: typer.Context) -> dict:
         if name in NOT_SETTINGS or value is None or ctx.get_parameter_source(name).name == "DEFAULT":
             continue
         if name in ("heuristic", "lifecycle"):
-            knobs = from_knobs(HeuristicConfig if name == "heuristic" else LifecycleConfig, value, flag=f"--{name}")
-            keys = [item.partition("=")[0].strip().replace("-", "_") for item in value]
-            value = {key: getattr(knobs, key) for key in keys}
+            struct = HeuristicConfig if name == "heuristic" else LifecycleConfig
+            value = parse_knobs(struct, value, flag=f"--{name}")
+            from_table(struct, value, f"--{name}")  # refused here, naming the flag, before any file is read
         elif name == "host_option":
             name, value = "host_options", _key_values(value, "--host-option")
         given[name] = value

@@ -59,6 +59,11 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 def from_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> Knobs:
     """`struct` from "KEY=VALUE" strings (`esper run --heuristic min_gain=1.0`); `BadInput` names a bad one."""
+    return from_table(struct, parse_knobs(struct, items, flag), flag)
+
+
+def parse_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> dict[str, Any]:
+    """The fields of `struct` that "KEY=VALUE" strings name, each value of its field's type (no other check)."""
     fields = {f.name: f.type for f in msgspec.structs.fields(struct)}
     values: dict[str, Any] = {}
     for item in items:
@@ -70,7 +75,7 @@ def from_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> Knobs:
             values[key] = msgspec.convert(text.strip(), fields[key], strict=False)
         except msgspec.ValidationError:
             raise BadInput(f"{flag} {item!r}: {key} takes {fields[key].__name__} values") from None
-    return from_table(struct, values, flag)
+    return values
 
 
 def from_table(struct: type[Knobs], values: dict[str, Any], where: str) -> Knobs:
