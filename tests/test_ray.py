@@ -178,6 +178,32 @@ def test_ray_workers_change_no_decision(local_ray, tmp_path):
     assert sorted(scores[1]) == [0, 1, 2] and _close(scores[1], scores[2])
 
 
+@pytest.mark.slow
+def test_a_free_place_takes_the_next_task_and_runs_one_task_at_a_time(local_ray, tmp_path):
+    """Tasks of unequal length even out: while task 0 holds its place (until every other task has ended), the
+    other place runs tasks 1-4 one after another; values come back in task order, `on_done` sees each."""
+    release = tmp_path / "release"
+
+    def hold(i: int, place: int) -> tuple[int, int, float, float]:  # defined here: Ray ships it by value
+        began = time.time()
+        while i == 0 and not release.exists():
+            time.sleep(0.01)
+        time.sleep(0.05)
+        return i, place, began, time.time()
+
+    task, ended = local_ray.remote(num_cpus=1)(hold), []
+
+    def on_done(i, value):
+        ended.append(i)
+        if len(ended) == 4:
+            release.touch()
+
+    spans = cluster.gather(local_ray, 5, lambda i, place: task.remote(i, place), at_once=2, on_done=on_done)
+    assert [i for i, *_ in spans] == [0, 1, 2, 3, 4] and ended == [1, 2, 3, 4, 0]
+    assert [place for _, place, *_ in spans] == [0, 1, 1, 1, 1]
+    assert all(spans[k][3] <= spans[k + 1][2] for k in range(1, 4))  # one task at a time on place 1
+
+
 def _close(a, b) -> bool:
     """Equal, floats to rounding, through nested dicts and lists."""
     if isinstance(a, float) or isinstance(b, float):

@@ -79,8 +79,10 @@ def train_seeds(planned: list[PlannedRun], ws: Workspace, on_done: Callable[[See
         cluster.check_shared(ray, root)
         data = ray.put(planned[0].data)  # once: every task reads the same copy
         task = cluster.remote(ray, _train, planned[0].config.device)
-        refs = [task.remote(attrs.evolve(p, data=None), data, str(root)) for p in planned]
-        return cluster.gather(ray, refs, lambda i, run: on_done(run))
+        # all submitted at once: Ray runs as many as the cluster has CPUs (or GPU shares) for
+        return cluster.gather(ray, len(planned), lambda i, place: task.remote(attrs.evolve(planned[i], data=None),
+                                                                              data, str(root)),
+                              on_done=lambda i, run: on_done(run))
 
 
 def _train(planned: PlannedRun, data: Any, root: str) -> SeedRun:

@@ -69,8 +69,9 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     select_runs: int = 4
     """Runs (seeds of their own, never rollouts') that score the greedy policy for checkpoint selection."""
     workers: int = 1
-    """Ray tasks that play an update's episodes (split round-robin; 1: here, without Ray). Changes no decision, only
-    the wall time: a CPU run trains on one thread, so give as many as there are cores to spare (at most `n_envs`)."""
+    """Ray workers that play an update's episodes, one episode a task, each next one on the first worker free (1: here,
+    without Ray). Changes no decision, only the wall time: a CPU run trains on one thread, so give as many as there
+    are cores to spare (at most `n_envs`)."""
 
 
 class IQLConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

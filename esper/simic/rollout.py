@@ -139,9 +139,11 @@ class Players:
 
 
 class RayPlayers:
-    """Plays an update's episodes split round-robin over `workers` Ray tasks at once (`esper.tolaria.cluster`),
-    share k into the workspace's store file `<name>-w<k>`. Ctrl-C or SIGTERM cancels the tasks: their runs end
-    with `RunFailed` in those files (`esper ppo --resume` plays that update again)."""
+    """Plays an update's episodes as Ray tasks of one episode each, `workers` at a time (`esper.tolaria.cluster`):
+    each next episode starts on the first worker to finish, so an update's episodes, which differ several times
+    over in compute (the policy grows some runs and not others), even out over the workers. The k-th of the
+    `workers` places writes the workspace's store file `<name>-w<k>`. Ctrl-C or SIGTERM cancels the tasks: their
+    runs end with `RunFailed` in those files (`esper ppo --resume` plays that update again)."""
 
     def __init__(self, workers: int, task: str, hidden: int, data: TaskData, workspace: Workspace, name: str,
                  devices: Sequence[str] = ("cpu",), address: str | None = None):
@@ -153,11 +155,12 @@ class RayPlayers:
             cluster.check_shared(self.ray, workspace.root.absolute())
             self.data = self.ray.put(data)  # once: every task reads the same copy
             device = next((d for d in devices if d.startswith("cuda")), "cpu")
-            self._play = cluster.remote(self.ray, _play_share, device)
-            self._play_greedy = cluster.remote(self.ray, _play_greedy_share, device)
+            self._play = cluster.remote(self.ray, _play_episode, device)
+            self._play_greedy = cluster.remote(self.ray, _play_greedy_episode, device)
             # each worker imports torch and this module before the first update, as a process pool's would: the
             # first update's rollouts are then timed like any other's
-            cluster.gather(self.ray, [cluster.remote(self.ray, _ready).remote() for _ in range(workers)])
+            ready = cluster.remote(self.ray, _ready)
+            cluster.gather(self.ray, workers, lambda i, place: ready.remote())
         except BaseException:
             self.close()
             raise
@@ -173,41 +176,29 @@ class RayPlayers:
 
     def play(self, configs: Sequence[RunConfig], run_ids: Sequence[str], net: PolicyNet,
              generators: Sequence[torch.Generator], rewards: RewardConfig) -> tuple[LiveRollout, list[list[Recorded]]]:
-        shares = self._shares(len(configs))
-        state = _weights(net)
-        played = self._on_workers(self._play, shares, lambda share: (
-            [configs[i] for i in share], [run_ids[i] for i in share], state, self.hidden,
-            [generators[i].get_state() for i in share], rewards))
-        merged, records = LiveRollout.empty(len(configs)), [[] for _ in configs]
-        for share, (live, share_records) in zip(shares, played):
-            for k, i in enumerate(share):
-                records[i] = share_records[k]
-                for field in ("obs", "mask", "action", "log_prob", "value", "reward"):
-                    getattr(merged, field)[i] = getattr(live, field)[k]
+        state = self.ray.put(_weights(net))
+        played = self._each(self._play, len(configs), lambda i: (
+            configs[i], run_ids[i], state, self.hidden, generators[i].get_state(), rewards))
+        merged, records = LiveRollout.empty(len(configs)), []
+        for i, (live, episode_records) in enumerate(played):
+            records.append(episode_records)
+            for field in ("obs", "mask", "action", "log_prob", "value", "reward"):
+                getattr(merged, field)[i] = getattr(live, field)[0]
             merged.steps += live.steps
         return merged, records
 
     def play_greedy(self, configs: Sequence[RunConfig], run_ids: Sequence[str], net: PolicyNet,
                     max_params: int) -> tuple[list[RunResult | None], list[list[Recorded]]]:
-        shares = self._shares(len(configs))
-        state = _weights(net)
-        played = self._on_workers(self._play_greedy, shares, lambda share: (
-            [configs[i] for i in share], [run_ids[i] for i in share], state, self.hidden, max_params))
-        results: list[RunResult | None] = [None] * len(configs)
-        records: list[list[Recorded]] = [[] for _ in configs]
-        for share, (share_results, share_records) in zip(shares, played):
-            for k, i in enumerate(share):
-                results[i], records[i] = share_results[k], share_records[k]
-        return results, records
+        state = self.ray.put(_weights(net))
+        played = self._each(self._play_greedy, len(configs), lambda i: (
+            configs[i], run_ids[i], state, self.hidden, max_params))
+        return [result for result, _ in played], [episode_records for _, episode_records in played]
 
-    def _shares(self, n: int) -> list[list[int]]:
-        """Runs 0..n-1 dealt round-robin over the workers (no empty share)."""
-        return [list(range(w, n, self.workers)) for w in range(min(self.workers, n))]
-
-    def _on_workers(self, job: Any, shares: list[list[int]], arguments: Callable[[list[int]], tuple]) -> list[Any]:
-        """`job(data, store k, *arguments(share k))` for every share at once, as Ray tasks; their answers in order."""
-        refs = [job.remote(self.data, self.stores[k], *arguments(share)) for k, share in enumerate(shares)]
-        return cluster.gather(self.ray, refs)
+    def _each(self, job: Any, n: int, arguments: Callable[[int], tuple]) -> list[Any]:
+        """`job(data, store of its place, *arguments(i))` for episodes i = 0..n-1, as Ray tasks, `workers` at a
+        time; their answers in order."""
+        return cluster.gather(self.ray, n, lambda i, place: job.remote(self.data, self.stores[place], *arguments(i)),
+                              at_once=self.workers)
 
 
 def open_players(workers: int, task: str, hidden: int, data: TaskData, recorder: Recorder, workspace: Workspace,
@@ -226,25 +217,25 @@ def _ready() -> None:
     """A Ray task that does nothing: running it makes a worker import this module (and torch)."""
 
 
-def _play_share(data: TaskData, store: str, configs: list[RunConfig], run_ids: list[str],
-                state: dict[str, torch.Tensor], hidden: int, generator_states: list[torch.Tensor],
-                rewards: RewardConfig) -> tuple[LiveRollout, list[list[Recorded]]]:
-    """A Ray task: play `configs` in lock-step with the policy `state` into the store file `store`."""
-    net = _policy(configs[0].task, state, hidden)
-    generators = [torch.Generator() for _ in generator_states]
-    for g, s in zip(generators, generator_states):
-        g.set_state(s)
+def _play_episode(data: TaskData, store: str, config: RunConfig, run_id: str, state: dict[str, torch.Tensor],
+                  hidden: int, generator_state: torch.Tensor,
+                  rewards: RewardConfig) -> tuple[LiveRollout, list[Recorded]]:
+    """A Ray task: play one episode with the stochastic policy `state` into the store file `store`."""
+    net = _policy(config.task, state, hidden)
+    generator = torch.Generator()
+    generator.set_state(generator_state)
     with Recorder(Path(store)) as recorder:
-        return Players(data, recorder).play(configs, run_ids, net, generators, rewards)
+        live, records = Players(data, recorder).play([config], [run_id], net, [generator], rewards)
+    return live, records[0]
 
 
-def _play_greedy_share(data: TaskData, store: str, configs: list[RunConfig], run_ids: list[str],
-                       state: dict[str, torch.Tensor], hidden: int,
-                       max_params: int) -> tuple[list[RunResult | None], list[list[Recorded]]]:
-    """A Ray task: play each of `configs` alone with the greedy policy `state` into the store file `store`."""
+def _play_greedy_episode(data: TaskData, store: str, config: RunConfig, run_id: str, state: dict[str, torch.Tensor],
+                         hidden: int, max_params: int) -> tuple[RunResult | None, list[Recorded]]:
+    """A Ray task: play one run with the greedy policy `state` into the store file `store`."""
+    net = _policy(config.task, state, hidden)
     with Recorder(Path(store)) as recorder:
-        net = _policy(configs[0].task, state, hidden)
-        return Players(data, recorder).play_greedy(configs, run_ids, net, max_params)
+        results, records = Players(data, recorder).play_greedy([config], [run_id], net, max_params)
+    return results[0], records[0]
 
 
 def _policy(task: str, state: dict[str, torch.Tensor], hidden: int) -> PolicyNet:

@@ -97,22 +97,34 @@ GPU_SHARE = 0.25
 """The fraction of a GPU a CUDA run asks Ray for: small runs share a device four at a time."""
 
 
-def gather(ray: Any, refs: Sequence[Any], on_done: Callable[[int, Any], None] = lambda i, value: None) -> list[Any]:
-    """The tasks' values in order, `on_done(i, value)` as each ends. A task's exception is raised here as its own
-    (the other tasks are stopped). If this is interrupted (Ctrl-C, SIGTERM), every task is cancelled: a running
-    one gets a `KeyboardInterrupt`, ends its runs with `RunFailed` and closes its store, and this waits for that
-    (at most `STOP_GRACE_S`) before raising the interruption."""
-    values: list[Any] = [None] * len(refs)
-    index = {ref: i for i, ref in enumerate(refs)}
-    pending = list(refs)
+def gather(ray: Any, n: int, start: Callable[[int, int], Any], at_once: int | None = None,
+           on_done: Callable[[int, Any], None] = lambda i, value: None) -> list[Any]:
+    """Tasks 0..n-1, at most `at_once` (None: all) running at a time: `start(i, place)` submits task i and returns
+    its ref, `place` (0..at_once-1) being the place it takes over from the task that ended there, so that what a
+    place owns (a store file: one writer per file) has one task at a time. Each next task starts as soon as a
+    place is free, so tasks of unequal length even out over the places. The values in order, `on_done(i, value)`
+    as each ends. A task's exception is raised here as its own (the other tasks are stopped). If this is
+    interrupted (Ctrl-C, SIGTERM), every running task is cancelled: it gets a `KeyboardInterrupt`, ends its runs
+    with `RunFailed` and closes its store, and this waits for that (at most `STOP_GRACE_S`) before raising the
+    interruption; the tasks not started yet never start."""
+    values: list[Any] = [None] * n
+    free = list(range(n if at_once is None else at_once))
+    running: dict[Any, tuple[int, int]] = {}  # ref -> (task, place)
+    started = 0
     try:
-        while pending:
-            done, pending = _poll(ray, pending)
+        while started < n or running:
+            while started < n and free:
+                place = free.pop(0)
+                running[start(started, place)] = (started, place)
+                started += 1
+            done, _ = _poll(ray, list(running))
             for ref in done:
-                values[index[ref]] = _value(ray, ref)
-                on_done(index[ref], values[index[ref]])
+                i, place = running.pop(ref)
+                values[i] = _value(ray, ref)
+                on_done(i, values[i])
+                free.append(place)
     except BaseException:
-        stop(ray, pending)
+        stop(ray, list(running))
         raise
     return values
 
@@ -126,7 +138,8 @@ def _poll(ray: Any, refs: list[Any]) -> tuple[list[Any], list[Any]]:
     return done, pending
 
 
-POLL_S = 0.2
+POLL_S = 0.05
+"""A poll is one cheap `ray.wait`; a free place waits at most this long for its next task."""
 
 
 def _value(ray: Any, ref: Any) -> Any:
