@@ -270,7 +270,7 @@ def main() -> None:
     record_all(ws, first, args.workers)
     scratch = []
     for s in seeds:  # each heuristic run's final architecture, as `esper run --controller scratch --like` builds it
-        like, architecture, epochs = final_architecture(ws, run_id_of(task, "heuristic", s))
+        like, architecture, epochs = final_architecture(ws, run_id_of(task, "heuristic", s), task)
         scratch.append(Job(run_id_of(task, "scratch", s), RunConfig(task=task, controller="scratch", seed=s, like=like,
                                                             architecture=architecture, epochs=epochs)))
     record_all(ws, scratch, args.workers)

@@ -7,6 +7,7 @@ import msgspec
 import pytest
 from cli_runner import esper, invoke, one_line_error, start
 
+from esper.app import runs
 from esper.app.runs import final_architecture
 from esper.leyline import (CommandRejected, HeuristicConfig, LifecycleConfig, RunConfig, SeedStage, SeedTransitioned,
                            encode)
@@ -85,7 +86,7 @@ def test_same_seed_same_events():
 
 def test_scratch_builds_the_final_architecture_up_front(grown):
     ws, grows, _ = grown
-    like, architecture, epochs = final_architecture(ws, "grows")
+    like, architecture, epochs = final_architecture(ws, "grows", "mnist1d")
     assert like == "grows" and epochs == 12
     assert len(architecture) == grows.stage_counts()["FOSSILIZED"]
     sink = ListSink()
@@ -162,6 +163,10 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--host", "mlp"), "unknown host 'mlp' (hosts: cnn1d, resnet, paper_cnn, transformer)"),
         (("--host-option", "width=3"), "host cnn1d has no option 'width'"),
         (("--host-option", "channels=wide"), "the value must be a number or true/false"),
+        (("--host-option", "channels=0"), "host cnn1d channels=0 cannot train on task mnist1d: "),
+        (("--host-option", "length=7"), "host cnn1d length=7 cannot train on task mnist1d: "),
+        (("--host-option", "num_classes=3"), "host cnn1d num_classes=3 gives 3 outputs, task mnist1d has 10 classes"),
+        (("--host", "transformer"), "host transformer cannot train on task mnist1d: "),
         (("--config", "absent.toml"), "cannot read config absent.toml"),
         (("--checkpoint-every", "-1"), "checkpoint_every must be 0"),
         (("--seed", "99999999999999999999"), "--seed 99999999999999999999 does not fit in 64 bits"),
@@ -171,6 +176,36 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
 def test_cli_run_bad_input(tmp_path, args, message):
     assert message in one_line_error(invoke("run", *args, workspace=tmp_path))
     assert not list(tmp_path.glob("*.duckdb")), "bad input must not leave a log behind"
+
+
+def test_a_tensorboard_folder_that_cannot_be_made_is_bad_input_before_anything_is_written(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for folder in (tmp_path / "afile", tmp_path / "afile" / "tb"):
+        line = one_line_error(invoke("run", "--tensorboard", folder, workspace=tmp_path / "ws"))
+        assert f"cannot create the TensorBoard folder {folder}: {tmp_path / 'afile'} is a file" in line
+    assert not (tmp_path / "ws").exists() or not list((tmp_path / "ws").glob("*.duckdb"))
+
+
+def test_scratch_is_refused_the_architecture_of_another_tasks_run(grown, tmp_path):
+    ws, _, _ = grown
+    line = one_line_error(invoke("run", "--task", "text", "--controller", "scratch", "--like", "grows",
+                                 workspace=ws.root))
+    assert "like grows: a run of task mnist1d, not text" in line
+    assert not list(ws.root.glob("text-*.duckdb"))
+
+
+def test_a_run_stopped_before_its_first_event_leaves_no_store(tmp_path, monkeypatch):
+    """Ctrl-C while a run starts (its store made, nothing appended yet): no empty store is left in the workspace."""
+    ws = Workspace(tmp_path)
+    planned = runs.plan_run(runs.RunRequest(epochs=1), ws)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runs.start(planned, ws)
+    assert not list(tmp_path.glob("*.duckdb*"))
 
 
 def test_a_capped_heuristic_run_stays_within_max_params_and_replays(tmp_path):

@@ -306,3 +306,19 @@ def test_an_interrupted_iql_leaves_no_empty_store(tmp_path, data):
     assert process.returncode == 130, stderr
     assert "step 500/" not in stderr  # no update was logged: the store was empty
     assert sorted(p.name for p in tmp_path.glob("*.duckdb*")) == before
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Loading `esper` imports torch, seconds in which Ctrl-C must not print a traceback."""
+    import types
+
+    import esper.__main__ as entry
+
+    class Loading(types.ModuleType):
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "esper.cli", Loading("esper.cli"))
+    with pytest.raises(SystemExit) as stopped:
+        entry.main()
+    assert stopped.value.code == 130 and capsys.readouterr().err == "esper: interrupted\n"

@@ -52,3 +52,11 @@ def test_export_without_tensorboard_installed_is_one_line(tmp_path, monkeypatch)
     result = invoke("export", run_id, "--format", "tensorboard", "--out", tmp_path / "tb", workspace=tmp_path / "ws")
     assert "pip install -e '.[tensorboard]'" in one_line_error(result)
     assert not (tmp_path / "tb").exists()
+
+
+def test_export_to_a_folder_that_cannot_be_made_is_one_line(tmp_path):
+    run_id = write_run(tmp_path / "ws")
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "tb"):
+        result = invoke("export", run_id, "--format", "tensorboard", "--out", out, workspace=tmp_path / "ws")
+        assert f"cannot create the TensorBoard folder {out}: {tmp_path / 'afile'} is a file" in one_line_error(result)

@@ -13,6 +13,7 @@ import contextlib
 import math
 import secrets
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from esper.errors import BadInput, StoreFailed, exit_code_of, first_line
 from esper.kasmina import SCHEDULES, host_problem, preset_host
 from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, from_table
 from esper.leyline.stages import SeedStage
+from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
+from esper.store.recorder import remove_if_empty
 from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, load_task_data
@@ -108,7 +111,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     if r.controller == "scratch":
         if like is None:
             raise BadInput("controller scratch needs like = RUN (the run whose final architecture to build)")
-        like, architecture, like_epochs = final_architecture(ws, like)
+        like, architecture, like_epochs = final_architecture(ws, like, r.task)
         epochs = epochs or like_epochs
     elif like is not None:
         raise BadInput("like only makes sense with controller scratch")
@@ -129,7 +132,10 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
         lifecycle=lifecycle, heuristic=knobs, anneal_epochs=r.anneal_epochs,
     ), preset)
     resolve_device(r.device)
+    if r.tensorboard is not None:
+        check_writable(Path(r.tensorboard) / "run", "the TensorBoard folder")
     data = load_task_data(r.task, config.data_seed, r.data_dir, download=r.download, preset=preset)  # bad input: no log
+    _check_host_fits(preset, data, r.task)
     return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data)
 
 
@@ -155,6 +161,24 @@ def _check_settings(r: RunRequest) -> None:
         raise BadInput(f"batch_size must be at least 1, got {r.batch_size}")
 
 
+def _check_host_fits(preset: TaskPreset, data: TaskData, task: str) -> None:
+    """Refuse, before anything is written, a host that cannot train on the task's data: a forward pass and the
+    loss of a few training examples must work and give the task's classes (a host option such as `channels=0`,
+    a `length` or `num_classes` that is not the data's, a host made for another task)."""
+    x, y = data.examples(2)
+    host = f"host {preset.host}" + "".join(f" {k}={v}" for k, v in preset.host_options.items())
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # torch warns before it fails on some sizes (zero channels)
+            output = preset_host(preset)(x)
+            if output.shape[-1] == data.num_classes:
+                data.loss(output, y)
+    except Exception as exc:
+        raise BadInput(f"{host} cannot train on task {task}: {first_line(exc)}") from None
+    if output.shape[-1] != data.num_classes:
+        raise BadInput(f"{host} gives {output.shape[-1]} outputs, task {task} has {data.num_classes} classes")
+
+
 def preset_for(r: RunRequest) -> TaskPreset:
     """The task's preset with the request's overrides; the run records it whole (`RunStarted.preset`)."""
     preset = get_task(r.task)
@@ -174,20 +198,24 @@ def new_run_id(task: str, controller: str, seed: int) -> str:
 def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None, ranks: Ranks | None = None,
           batches: Batches | None = None) -> RunResult:
     """Record the run into its own store file of the workspace (with `ranks`: as rank 0 of a data-parallel run)."""
-    r = planned.request
-    with Recorder(ws.store_path(planned.run_id)) as recorder:
-        store = StoreSink(recorder, planned.run_id, snapshot_every=r.snapshot_every)
-        sink, board = _with_tensorboard(store, r.tensorboard, planned.run_id)
-        try:
-            return execute(planned.config, planned.controller, sink, progress=progress, data=planned.data,
-                           preset=planned.preset, checkpoint_folder=checkpoint.folder_of(ws.root),
-                           checkpoint_every=r.checkpoint_every, ranks=ranks, batches=batches)
-        except StoreFailed as exc:
-            stored = store.last_epoch is not None  # its RunStarted at least
-            raise exc.adding(then=f"run esper run --resume {planned.run_id}" if stored else "run it again") from None
-        finally:
-            if board is not None:
-                board.close()
+    r, path = planned.request, ws.store_path(planned.run_id)
+    try:
+        with Recorder(path) as recorder:
+            store = StoreSink(recorder, planned.run_id, snapshot_every=r.snapshot_every)
+            sink, board = _with_tensorboard(store, r.tensorboard, planned.run_id)
+            try:
+                return execute(planned.config, planned.controller, sink, progress=progress, data=planned.data,
+                               preset=planned.preset, checkpoint_folder=checkpoint.folder_of(ws.root),
+                               checkpoint_every=r.checkpoint_every, ranks=ranks, batches=batches)
+            except StoreFailed as exc:
+                stored = store.last_epoch is not None  # its RunStarted at least
+                raise exc.adding(then=f"run esper run --resume {planned.run_id}" if stored else "run it again") from None
+            finally:
+                if board is not None:
+                    board.close()
+    except BaseException:  # stopped before its RunStarted was stored (Ctrl-C as it started): no empty store is left
+        remove_if_empty(path)
+        raise
 
 
 def join_ranks(request: RunRequest, resume: bool = False) -> Ranks | None:
@@ -267,9 +295,9 @@ def _toml_value(value: Any) -> str:
     return msgspec.json.encode(str(value)).decode()  # a JSON string is a TOML basic string
 
 
-def final_architecture(ws: Workspace, like: str) -> tuple[str, list[tuple[str, str]], int]:
-    """The run id, fossilized (slot, blueprint) in fossilization order, and epoch budget of run `like`. Read
-    with its chain checked and folded from zero (not from a snapshot, whose state no hash covers): the
+def final_architecture(ws: Workspace, like: str, task: str) -> tuple[str, list[tuple[str, str]], int]:
+    """The run id, fossilized (slot, blueprint) in fossilization order, and epoch budget of run `like`, a run of
+    `task`. Read with its chain checked and folded from zero (not from a snapshot, whose state no hash covers): the
     architecture a baseline builds is what the log, re-judged, says grew."""
     from esper.nissa.runstate import RunState
 
@@ -277,6 +305,9 @@ def final_architecture(ws: Workspace, like: str) -> tuple[str, list[tuple[str, s
         run_id = reader.resolve_run(like)
         reader.check_run(run_id)
         state = RunState.fold(reader.read_run(run_id))
+    if state.config.task != task:
+        raise BadInput(f"like {run_id}: a run of task {state.config.task}, not {task} (scratch builds an architecture "
+                       "on the task it grew on)")
     # Fossils in the order they fossilized; seeds built up front (epoch 0, `build` events) are among them. A log
     # written before `build` existed built its config's architecture without events: those come first.
     fossilized = sorted(

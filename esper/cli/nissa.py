@@ -97,8 +97,10 @@ def export(
 
 
 def _export_tensorboard(reader, run_ids: list[str], out: Path) -> None:
+    from esper.nissa.files import check_writable
     from esper.nissa.tensorboard import export_tensorboard
 
+    check_writable(out / "run", "the TensorBoard folder")
     for run_id in run_ids:
         reader.check_run(run_id)  # an altered log is refused here as by every other reader
     n = export_tensorboard({run_id: (r.event for r in reader.read_run(run_id)) for run_id in run_ids}, out)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from esper.errors import BadInput
+from esper.nissa.files import why_unwritable
 from esper.leyline.events import (
     CommandRejected,
     EpochEnded,
@@ -33,7 +34,10 @@ def summary_writer(log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise BadInput(INSTALL_HINT) from None
-    return SummaryWriter(log_dir=str(log_dir))
+    try:
+        return SummaryWriter(log_dir=str(log_dir))
+    except OSError as exc:
+        raise BadInput(f"cannot write TensorBoard files to {log_dir}: {why_unwritable(log_dir, exc)}") from None
 
 
 class TensorBoardWriter:
