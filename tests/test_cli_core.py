@@ -54,6 +54,18 @@ def test_query_cannot_write_or_touch_files(workspace, tmp_path):
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_query_json_is_strict_json_that_keeps_every_column_and_value(workspace):
+    """NaN and infinities are null (JSON has neither); a repeated column name is numbered, not dropped; lists,
+    structs and blobs keep their shape; the table shows NULL as NULL."""
+    sql = "select 'nan'::double as x, 1/0 as y, 1 as a, 2 as a, [1, 2] as l, {'k': 1} as s, '\\xAA'::blob as b"
+    out = esper("query", sql, "--format", "json", workspace=workspace)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == [
+        {"x": None, "y": None, "a": 1, "a:2": 2, "l": [1, 2], "s": {"k": 1}, "b": "aa"}]
+    table = esper("query", "select NULL as n", workspace=workspace).stdout
+    assert table.splitlines()[2] == "NULL"
+
+
 def test_runs_lists_status(workspace):
     out = esper("runs", "--json", workspace=workspace)
     status = {r["run_id"]: r["status"] for r in json.loads(out.stdout)}

@@ -178,6 +178,19 @@ def test_cli_run_bad_input(tmp_path, args, message):
     assert not list(tmp_path.glob("*.duckdb")), "bad input must not leave a log behind"
 
 
+@pytest.mark.parametrize(("toml", "message"), [
+    ("epochs = 99999999999999999999", "epochs 99999999999999999999 does not fit in 64 bits"),
+    ("lr = nan", "lr must be a finite number, got nan"),
+    ("[heuristic]\nmin_gain = inf", "heuristic.min_gain must be a finite number, got inf"),
+    ("[host_options]\nchannels = -99999999999999999999", "host_options.channels -99999999999999999999 does not fit"),
+])
+def test_a_config_file_number_the_log_cannot_hold_is_bad_input(tmp_path, toml, message):
+    (tmp_path / "run.toml").write_text(toml + "\n")
+    line = one_line_error(invoke("run", "--config", tmp_path / "run.toml", workspace=tmp_path / "ws"))
+    assert f"config {tmp_path / 'run.toml'}: {message}" in line
+    assert not list(tmp_path.glob("ws/*.duckdb"))
+
+
 def test_a_tensorboard_folder_that_cannot_be_made_is_bad_input_before_anything_is_written(tmp_path):
     (tmp_path / "afile").write_text("")
     for folder in (tmp_path / "afile", tmp_path / "afile" / "tb"):

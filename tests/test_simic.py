@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from esper.errors import BadInput
+from esper.errors import BadInput, EsperError
 from esper.leyline import Advance, Cull, EpochEnded, Germinate, LifecycleConfig, RunConfig, RunStarted, SeedTelemetry, Wait
 from esper.leyline.events import CommandIssued, SeedGerminated, SeedTransitioned, encode
 from esper.leyline.garden import Garden, legal_commands
@@ -415,6 +415,22 @@ def test_iql_prefers_the_better_action_of_its_data():
     action, _, _ = net.act(torch.from_numpy(episode.obs[:1]), torch.from_numpy(episode.mask[:1]), greedy=True)
     assert action[0].tolist() == list(episode.action[0])
     assert result["stats"]["reward.terminal"] == 1.0
+
+
+def test_iql_that_diverges_fails_in_one_line_before_its_policy_is_kept(monkeypatch):
+    import esper.simic.iql as iql
+
+    step = iql.iql_step
+
+    def diverging(*args):
+        out = step(*args)
+        return out | {"q_loss": float("nan")}
+
+    monkeypatch.setattr(iql, "iql_step", diverging)
+    sink = ListSink()
+    with pytest.raises(EsperError, match=r"IQL diverged at step 1 \(q_loss not finite\); no policy was saved"):
+        train_iql(IQLConfig(steps=4, batch_size=8, log_every=2), SPEC, [toy_episode(8)], sink=sink)
+    assert sink.events == []  # no statistics with a NaN in them reach the log
 
 
 def test_iql_trains_on_one_thread_and_restores_the_process_setting():

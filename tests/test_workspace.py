@@ -118,12 +118,17 @@ def test_a_corrupt_file_is_skipped_with_a_note(ws: Workspace):
     ws.store_path("empty").write_bytes(b"")
     with duckdb.connect(str(ws.store_path("foreign"))) as con:
         con.execute("CREATE TABLE t AS SELECT 1 AS x")
+    whole = ws.store_files()[0].read_bytes()
+    assert len(whole) > 300_000
+    ws.store_path("cut").write_bytes(whole[:300_000])  # a copy stopped part-way: DuckDB opens it, reads fail later
     with ws.reader() as reader:
         notes = "\n".join(reader.notes)
         assert "skipped broken.duckdb: unreadable store" in notes
         assert "skipped empty.duckdb: unreadable store" in notes
         assert "skipped foreign.duckdb: not an Esper store" in notes
-        assert len(reader.notes) == 3
+        assert "skipped cut.duckdb: damaged store (cut short: 300,000 bytes where its blocks in use take" in notes
+        assert len(reader.notes) == 4
+        assert query(reader, "SELECT count(*), count(DISTINCT payload::VARCHAR) FROM events")[0][0] == 14
         assert query(reader, "SELECT count(DISTINCT run_id) FROM events") == [(4,)]
 
 

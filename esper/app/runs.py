@@ -23,7 +23,7 @@ import torch
 
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line
 from esper.kasmina import SCHEDULES, host_problem, preset_host
-from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, from_table
+from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, from_table, number_problem
 from esper.leyline.stages import SeedStage
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
@@ -84,11 +84,22 @@ def request_from(file: Path | None, given: dict[str, Any]) -> RunRequest:
         unknown = [key for key in settings if key not in FIELDS]
         if unknown:
             raise BadInput(f"config {file}: unknown key {unknown[0]!r} (known: {', '.join(FIELDS)})")
+        for key, value in _leaves(settings):
+            if problem := number_problem(key, value):
+                raise BadInput(f"config {file}: {problem}")
     settings.update(given)
     try:
         return msgspec.convert(settings, RunRequest)
     except msgspec.ValidationError as exc:
         raise BadInput(f"{'config ' + str(file) if file else 'run settings'}: {exc}") from None
+
+
+def _leaves(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Every value of a TOML table, its key dotted through the tables it is in (`heuristic.min_gain`)."""
+    out = []
+    for key, value in table.items():
+        out += _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)]
+    return out
 
 
 @attrs.frozen

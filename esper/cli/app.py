@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import json
 import math
 import os
 import sys
@@ -18,6 +19,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: `[heuristic]` and `.[ray]` are words, not markup
 )
 
 WorkspaceOption = typer.Option(
@@ -29,6 +31,26 @@ RayAddress = typer.Option(None, "--ray-address", help="Join this Ray cluster (de
 
 _stderr_gone = False
 """Set when a line could not be written to stderr: every later line is dropped unwritten."""
+
+
+def json_text(value: Any) -> str:
+    """`value` as strict JSON, which every parser reads: NaN and infinities (an explained variance of a constant
+    return, say) become null, nested lists and dicts keep their shape, bytes are hex, anything else its text."""
+    return json.dumps(_strict(value), allow_nan=False)
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    return str(value)
 
 
 def say(message: str) -> None:
@@ -97,12 +119,11 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 def _check_numbers(options: dict[str, Any]) -> None:
     """Every number a command takes is finite and fits 64 bits: NaN and infinity cannot be written to a
     JSON log (they would come back as null), and torch cannot seed with a larger integer."""
+    from esper.leyline.config import number_problem
+
     for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise BadInput(f"{flag} must be a finite number, got {value}")
-        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
-            raise BadInput(f"{flag} {value} does not fit in 64 bits")
+        if problem := number_problem("--" + name.replace("_", "-"), value):
+            raise BadInput(problem)
 
 
 def existing_workspace(workspace: Optional[Path]) -> "Workspace":  # noqa: F821 - imported lazily below

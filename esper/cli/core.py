@@ -2,14 +2,13 @@
 
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
+from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, json_text, say
 from esper.errors import BadInput
 from esper.nissa.runstate import RunState
 from esper.nissa.snapshot import fold_checking
@@ -46,7 +45,7 @@ def replay(
             say(f"note: {note}")
         say(f"verified: {verification.describe()}")
     if as_json:
-        print(json.dumps(state.summary()))
+        print(json_text(state.summary()))
         return
     _print_story(state)
 
@@ -113,18 +112,28 @@ def query(
 
 def render(columns: list[str], rows: list[tuple], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps([dict(zip(columns, map(_plain, row))) for row in rows]) + "\n"
+        return json_text([dict(zip(_distinct(columns), row)) for row in rows]) + "\n"
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows([[_plain(v) for v in row] for row in rows])
         return out.getvalue()
-    cells = [[str(_plain(v)) for v in row] for row in rows]
+    cells = [["NULL" if v is None else str(_plain(v)) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     body = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
     return "\n".join(body) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
+
+
+def _distinct(columns: list[str]) -> list[str]:
+    """Column names as JSON keys, a repeated name numbered (`a`, `a:2`) so that no column's values are lost."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in columns:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}:{seen[name]}")
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -155,7 +164,7 @@ def runs(
                 "started": started.isoformat() if started else None,
             })
     if as_json:
-        print(json.dumps(listing))
+        print(json_text(listing))
         return
     columns = ["run_id", "status", "task", "controller", "seed", "epochs", "val_accuracy", "test_accuracy", "params"]
     sys.stdout.write(render(columns, [tuple(_fmt(r[c]) for c in columns) for r in listing], "table"))

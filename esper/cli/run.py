@@ -1,13 +1,12 @@
 """`esper run`: one morphogenetic training run, logged as events."""
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from esper.app import runs
-from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
+from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text, say, writable_workspace
 from esper.cli.progress import EpochBars
 from esper.errors import BadInput, RunFailed
 from esper.leyline.config import HeuristicConfig, LifecycleConfig, from_table, parse_knobs
@@ -28,7 +27,7 @@ def run(
     controller: str = typer.Option(None, "--controller", help=f"One of: {', '.join(CONTROLLERS)} (default heuristic)."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy file for --controller policy (greedy) or sampled (samples as in training, seeded by --seed)."),
     like: Optional[str] = typer.Option(None, "--like", help="For --controller scratch: the run whose final architecture to train from scratch."),
-    epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default: the task's preset, or the --like run's)."),
+    epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default, or 0: the task's preset, or the --like run's)."),
     seed: int = typer.Option(None, "--seed", help="Seed of initialisation and data order (default 0)."),
     device: str = typer.Option(None, "--device", help="cpu (default), cuda or cuda:N (under torchrun: cpu or cuda)."),
     precision: str = typer.Option(
@@ -180,7 +179,7 @@ def _print_result(run_id: str, result, as_json: bool) -> None:
     table = _closing_table(run_id, result)
     if as_json:
         say(table)
-        print(json.dumps(_result_json(run_id, result)))
+        print(json_text(_result_json(run_id, result)))
     else:
         print(table)
 
@@ -241,7 +240,7 @@ def _run_seeds(text: str, request: runs.RunRequest, ctx: typer.Context, as_json:
     summary = fanout.summary(done)
     if as_json:
         say(_seeds_table(text, summary))
-        print(json.dumps({"summary": summary}))
+        print(json_text({"summary": summary}))
     else:
         print(_seeds_table(text, summary))
     if summary["failed"]:
@@ -259,7 +258,7 @@ def _print_seed_run(run, as_json: bool) -> None:
         print(line, flush=True)
         return
     say(line)
-    print(json.dumps(_result_json(run.run_id, run.result) if run.result else {"run_id": run.run_id, "error": run.error}),
+    print(json_text(_result_json(run.run_id, run.result) if run.result else {"run_id": run.run_id, "error": run.error}),
           flush=True)
 
 

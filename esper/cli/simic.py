@@ -3,13 +3,12 @@
 Every default comes from the learner's config struct (`esper.simic.config`); the jobs themselves are the
 application layer's (`esper.app.learners`): this module parses and prints."""
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, say, writable_workspace
+from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text, say, writable_workspace
 from esper.errors import BadInput, StoreFailed
 from esper.simic.config import IQLConfig, PPOConfig
 from esper.simic.rewards import RewardConfig
@@ -110,7 +109,7 @@ def ppo(
         raise exc.adding(held="", then=again) from None
     stats = result["stats"]
     if as_json:
-        print(json.dumps({k: v for k, v in result.items() if k != "stats"} | {"last_update": stats}))
+        print(json_text({k: v for k, v in result.items() if k != "stats"} | {"last_update": stats}))
         return
     lines = [f"policy {out}", f"  updates        {result['updates']}", f"  episodes       {result['episodes']}",
              f"  last return    {stats.get('return', float('nan')):+.4f}",
@@ -156,7 +155,7 @@ def iql(
                     reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget))
     summary = iql_job(cfg, out, existing_workspace(workspace), runs, progress=say)
     if as_json:
-        print(json.dumps(summary))
+        print(json_text(summary))
         return
     print(f"policy {out}\n  runs           {summary['runs']}\n  transitions    {summary['transitions']}\n"
           f"  steps          {steps}\n  run it with    {_run_it(task, out)}")

@@ -78,6 +78,16 @@ def parse_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> dict[st
     return values
 
 
+def number_problem(name: str, value: Any) -> str | None:
+    """Why `value` cannot be the setting `name` (None if it can): a JSON log holds no NaN or infinity (they would
+    come back as null), and an integer must fit in 64 bits (torch seeds with it, the store holds it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return f"{name} {value} does not fit in 64 bits"
+    return None
+
+
 def from_table(struct: type[Knobs], values: dict[str, Any], where: str) -> Knobs:
     """`struct` from a dict of its fields (a `--config` file's table); `BadInput` names a bad one. Its counts
     (every int knob: epochs, seeds, parameters) cannot be negative, and a JSON log holds no NaN or infinity."""
@@ -87,8 +97,8 @@ def from_table(struct: type[Knobs], values: dict[str, Any], where: str) -> Knobs
         names = ", ".join(f.name for f in msgspec.structs.fields(struct))
         raise BadInput(f"{where}: {exc} (knobs: {names})") from None
     for key, value in msgspec.structs.asdict(config).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise BadInput(f"{where}: {key} must be a finite number, got {value}")
+        if problem := number_problem(key, value):
+            raise BadInput(f"{where}: {problem}")
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise BadInput(f"{where}: {key} cannot be negative, got {value}")
     return config

@@ -16,6 +16,7 @@ Q outputs one value per flat action (`features.joint_index`); the policy is the 
 """
 
 import contextlib
+import math
 import time
 from typing import Any, Callable, Iterator
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esper.errors import BadInput
+from esper.errors import BadInput, EsperError
 from esper.leyline.events import PolicyUpdated
 from esper.simic.dataset import Episode, batch
 from esper.simic.config import IQLConfig
@@ -150,6 +151,9 @@ def train(
     for step in range(1, cfg.steps + 1):
         index = torch.randint(0, n, (cfg.batch_size,), generator=generator)
         out = iql_step(net, q, q_target, optimizers, {k: v[index] for k, v in data.items()}, cfg)
+        if lost := [k for k, v in out.items() if not math.isfinite(v)]:
+            raise EsperError(f"IQL diverged at step {step} ({', '.join(lost)} not finite); no policy was saved: "
+                             f"try a lower --lr (now {cfg.learning_rate:g})")
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + v
         if step % cfg.log_every == 0 or step == cfg.steps:

@@ -157,6 +157,10 @@ class Reader:
             self.notes.append(f"skipped {path.name}: not an Esper store (no events table)")
             self.con.execute(f"DETACH {alias}")
             return None
+        if cut := self._cut_short(alias, path):
+            self.notes.append(f"skipped {path.name}: damaged store ({cut})")
+            self.con.execute(f"DETACH {alias}")
+            return None
         return alias
 
     def _attach_snapshot(self, path: Path, alias: str) -> str | None:
@@ -176,9 +180,22 @@ class Reader:
         if not self._has_events(alias):
             self.notes.append(f"skipped {path.name}: held by a live writer, snapshot has no events yet")
             return None
+        if cut := self._cut_short(alias, copy):
+            self.notes.append(f"skipped {path.name}: held by a live writer, damaged store ({cut})")
+            self.con.execute(f"DETACH {alias}")
+            return None
         self.live_files.add(alias)
         self.notes.append(f"{path.name} is held by a live writer: read from a snapshot taken now")
         return alias
+
+    def _cut_short(self, alias: str, path: Path) -> str | None:
+        """What is missing if the attached file is shorter than its blocks (a copy stopped part-way, say), else
+        None. DuckDB reads a block only when a query needs it: a cut file would otherwise fail the first query
+        that reads it, and with it every query over the workspace."""
+        used, block_size = self.con.execute(  # free blocks may lie past the end of the file; used ones may not
+            "SELECT used_blocks, block_size FROM pragma_database_size() WHERE database_name = ?", [alias]).fetchone()
+        size, needed = path.stat().st_size, used * block_size
+        return f"cut short: {size:,} bytes where its blocks in use take {needed:,}" if size < needed else None
 
     def _has_events(self, alias: str) -> bool:
         return self._has_table(alias, "events")
