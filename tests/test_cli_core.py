@@ -143,3 +143,13 @@ def test_a_closed_stderr_changes_no_exit_code_and_no_output(workspace):
     heard = esper("replay", "run-a", "--verify", workspace=workspace)
     assert process.returncode == heard.returncode == 2
     assert out == heard.stdout and "Traceback" not in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--exact",), "--exact and --tolerance go with --verify"),
+    (("--tolerance", "0.5"), "--exact and --tolerance go with --verify"),
+    (("--verify", "--exact", "--tolerance", "0.5"), "give one of them"),
+    (("--verify", "--tolerance", "1.5"), "--tolerance is a relative deviation from 0 to 1"),
+])
+def test_replay_refuses_verification_options_that_contradict(workspace, args, message):
+    assert message in one_line_error(invoke("replay", "run-a", *args, workspace=workspace))

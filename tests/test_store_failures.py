@@ -148,7 +148,8 @@ def test_only_a_store_without_events_is_removed(tmp_path):
     with Recorder(kept) as recorder:
         recorder.append("a", [started()], 0)
     duckdb.connect(str(foreign)).execute("CREATE TABLE mine (x INT)").close()
-    for path in (empty, kept, foreign, tmp_path / "missing.duckdb"):
+    (tmp_path / "unmade.duckdb").write_bytes(b"")  # its creation failed (a full disk)
+    for path in (empty, kept, foreign, tmp_path / "missing.duckdb", tmp_path / "unmade.duckdb"):
         remove_if_empty(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.duckdb", "kept.duckdb"]
 

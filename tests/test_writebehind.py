@@ -2,13 +2,16 @@
 
 import threading
 
+import attrs
+import msgspec
 import pytest
 
 from esper.errors import StoreUnavailable as StoreError
-from esper.leyline import RunConfig
+from esper.leyline import EpochEnded, RunConfig
 from esper.store import Recorder
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.loop import ListSink, StoreSink, execute
+from esper.tolaria.verify import VerificationFailed, verify_run
 from esper.tolaria.writebehind import WriteBehind
 
 
@@ -90,3 +93,18 @@ def test_an_interrupted_run_keeps_every_whole_epoch_and_ends_with_run_failed(tmp
     assert events[-1].error == "interrupted"
     assert [e.epoch for e in events if type(e).__name__ == "CommandIssued"] == [1, 2, 3]
     assert types.count("EpochEnded") == 3  # epoch 4 never reached its decision: dropped whole
+
+
+def test_an_interrupted_run_verifies_up_to_where_it_was_stopped(tmp_path):
+    """Ctrl-C has no cause to re-execute: replay --verify compares what the run logged before its RunFailed."""
+    with Recorder(tmp_path / "w.duckdb") as recorder:
+        with pytest.raises(KeyboardInterrupt):
+            execute(RunConfig(controller="static", epochs=6), InterruptAt(4), StoreSink(recorder, "r"))
+        recorded = recorder.read("r")
+    checked = verify_run(recorded)
+    assert checked.events == len(recorded) - 1
+    assert f"stopped from outside (interrupted) at seq {recorded[-1].seq}" in " ".join(checked.notes)
+    i = max(k for k, r in enumerate(recorded) if isinstance(r.event, EpochEnded))  # the last epoch before the stop
+    changed = attrs.evolve(recorded[i], event=msgspec.structs.replace(recorded[i].event, val_loss=9.0))
+    with pytest.raises(VerificationFailed, match="val_loss"):
+        verify_run(recorded[:i] + [changed] + recorded[i + 1:])

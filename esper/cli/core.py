@@ -33,6 +33,8 @@ def replay(
     RUN may also be a file written by `esper export` (e.g. one of the samples in replays/)."""
     if (exact or tolerance != DEFAULT_TOLERANCE) and not verify:
         raise BadInput("--exact and --tolerance go with --verify")
+    if exact and tolerance != DEFAULT_TOLERANCE:
+        raise BadInput("--exact compares bit for bit and --tolerance within a deviation: give one of them")
     if not 0 <= tolerance < 1:
         raise BadInput(f"--tolerance is a relative deviation from 0 to 1, got {tolerance}")
     run_id, recorded, snapshots = _recorded(run, workspace)

@@ -326,7 +326,12 @@ def _payloads(events: list[Event]) -> tuple[pa.Array, bytes, np.ndarray]:
 def remove_if_empty(path: Path) -> None:
     """Remove the store file at `path`, and its write-ahead log, if it holds no event: what a writer stopped before
     its first append leaves behind (a job interrupted while it prepared). Call it once the file's Recorder is
-    closed; a file that cannot be opened (missing, or held by a writer) is left alone."""
+    closed; a file that cannot be opened (missing, or held by a writer) is left alone, except one of no bytes at all
+    (its creation failed, on a full disk say)."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0 and not path.with_name(path.name + ".wal").exists():
+            path.unlink()
+            return
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error:
