@@ -108,7 +108,7 @@ def test_empty_workspace_answers_queries(tmp_path):
     assert out.returncode == 0 and out.stdout.splitlines() == ["n", "0"]
 
 
-@pytest.mark.parametrize("command", [("run", "--epochs", "1"), ("runs",), ("query", "select 1"), ("schemas", "--out")])
+@pytest.mark.parametrize("command", [("run", "--epochs", "1"), ("runs",), ("query", "select 1"), ("gc",), ("schemas", "--out")])
 def test_a_workspace_or_folder_that_is_a_file_is_bad_input(tmp_path, command):
     blocker = tmp_path / "afile"
     blocker.write_text("not a folder")

@@ -127,12 +127,13 @@ def _check_numbers(options: dict[str, Any]) -> None:
 
 
 def existing_workspace(workspace: Optional[Path]) -> "Workspace":  # noqa: F821 - imported lazily below
-    """The workspace to read; a missing folder named explicitly is bad input."""
+    """The workspace to read; a missing folder named explicitly, or a file, is bad input."""
     from esper.store import Workspace
 
     ws = Workspace.at(workspace)
-    if workspace is not None and not os.path.exists(ws.root):  # one that is a file: `Workspace.store_files` says so
+    if workspace is not None and not os.path.exists(ws.root):
         raise BadInput(f"workspace {ws.root} does not exist")
+    ws.store_files()  # a file, not a folder: one line
     return ws
 
 
