@@ -83,6 +83,8 @@ def test_resume_refuses_settings_it_would_not_apply(trained):
     assert "has played 2 of its 2 episodes; episodes is the total to reach, so ask for more than 2" in error
     error = one_line_error(invoke("ppo", "--resume", "--out", result["out"], workspace=ws))  # to its own total
     assert "has played 2 of its 2 episodes" in error
+    error = one_line_error(invoke("ppo", "--episodes", "4", "--out", result["out"], workspace=ws))  # --resume forgotten
+    assert f"{result['out']} already holds a policy: --resume continues its job" in error
     assert sorted(ws.glob("*.duckdb")) == stores and Path(result["out"]).read_bytes() == checkpoint
 
 

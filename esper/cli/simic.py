@@ -88,6 +88,9 @@ def ppo(
     """Train a policy with PPO over vectorized morphogenetic training runs; every episode is logged."""
     from esper.app.learners import ppo_job
 
+    if not resume and out.is_file():  # a trained policy is never replaced by a forgotten --resume
+        raise BadInput(f"{out} already holds a policy: --resume continues its job; for a new one give another --out "
+                       "or remove that file")
     if resume:
         _refuse_ignored_settings(ctx)
         if getattr(ctx.get_parameter_source("episodes"), "name", "") != "COMMANDLINE":
