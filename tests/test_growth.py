@@ -155,6 +155,9 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--lifecycle", "blend_epochs=-1"), "blend_epochs cannot be negative"),
         (("--lifecycle", "blend_epochs=two"), "blend_epochs takes int values"),
         (("--lifecycle", "speed=3"), "KEY one of min_training_epochs"),
+        (("--data-dir", "signals"), "mnist1d is generated from the run's seed and reads no files"),
+        (("--download",), "data_dir and download are for cifar10 and text"),
+        (("--task", "text", "--download"), "download is for cifar10"),
         (("--lifecycle", "max_params=9000"), "set the size cap with max_params (--max-params)"),
         (("--blend-schedule", "cosine"), "unknown blend schedule 'cosine': use linear, sigmoid"),
         (("--policy", "policy.pt"), "policy is for controller policy or sampled"),
@@ -176,6 +179,11 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
 def test_cli_run_bad_input(tmp_path, args, message):
     assert message in one_line_error(invoke("run", *args, workspace=tmp_path))
     assert not list(tmp_path.glob("*.duckdb")), "bad input must not leave a log behind"
+
+
+def test_the_knobs_listed_for_a_bad_lifecycle_key_leave_out_the_cap_which_has_an_option_of_its_own(tmp_path):
+    line = one_line_error(invoke("run", "--lifecycle", "speed=3", workspace=tmp_path))
+    assert line.endswith("auto_cull_patience, embargo_epochs") and "max_params" not in line
 
 
 @pytest.mark.parametrize(("toml", "message"), [

@@ -53,6 +53,8 @@ def test_report_out_and_compare(ws, tmp_path):
         (["report", "--compare", "heur", HEURISTIC], "needs two different runs"),
         (["export", "nope"], "no run 'nope'"),
         (["export", "heur", "--format", "csv"], "unknown format 'csv'"),
+        (["export", "heur", "--out", "-", "--format", "parquet"], "--out - writes jsonl to standard output; parquet"),
+        (["export", "heur", "--out", "-", "--format", "tensorboard"], "tensorboard needs a folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(ws, args, message):
@@ -78,6 +80,15 @@ def test_export_then_import_round_trip(ws, tmp_path):
     assert invoke("report", "heur", "-w", str(fresh)).exit_code == 0
 
 
+def test_export_to_standard_output_is_the_file_it_would_write(ws, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    piped = invoke("export", "heur", "-w", str(ws), "--out", "-")
+    assert piped.exit_code == 0 and f"exported 70 events of run {HEURISTIC} to standard output" in piped.stderr
+    assert not (tmp_path / "-").exists()
+    assert invoke("export", "heur", "-w", str(ws), "--out", str(tmp_path / "h.jsonl")).exit_code == 0
+    assert piped.stdout == (tmp_path / "h.jsonl").read_text(encoding="utf-8")
+
+
 def test_export_default_name_is_the_run_id(ws, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert invoke("export", "heur", "-w", str(ws)).exit_code == 0
@@ -89,6 +100,8 @@ def test_import_of_a_malformed_or_missing_file_is_one_line(tmp_path):
     bad.write_text('{"position": 1}\n', encoding="utf-8")
     assert "bad.jsonl:1: not an exported event" in one_line_error(invoke("import", str(bad), "-w", str(tmp_path / "w")))
     assert "no file" in one_line_error(invoke("import", str(tmp_path / "absent.jsonl"), "-w", str(tmp_path / "w")))
+    folder = one_line_error(invoke("import", str(tmp_path), "-w", str(tmp_path / "w")))
+    assert f"{tmp_path} is a folder: import takes one file" in folder
 
 
 @pytest.mark.slow  # starts the installed command

@@ -107,7 +107,6 @@ def test_an_escape_attempt_is_refused_and_changes_nothing(place, sql, says):
     ("explain select type from events where epoch = 1", lambda rows: rows[0]["explain_key"] == "physical_plan"),
     ("explain (format json) select 1", lambda rows: len(rows) == 1),
     ("with x as (select distinct run_id from events) select count(*) as n from x", lambda rows: rows == [{"n": 2}]),
-    ("select 1 as a; select 2 as b", lambda rows: rows == [{"b": 2}]),  # the last statement's rows, as before
     ("/* runs */ from runs select run_id order by 1;", lambda rows: len(rows) == 2),
     ("select * from duckdb_databases()", lambda rows: len(rows) >= 2),  # table functions in a SELECT still run
 ])
@@ -117,6 +116,15 @@ def test_reading_sql_still_runs_and_writes_nothing(place, sql, check):
     assert result.exit_code == 0, result.stderr
     assert check(json.loads(result.stdout))
     assert files_under(place) == before
+
+
+def test_every_statement_shows_its_rows_in_a_table_and_csv_or_json_take_one(place):
+    shown = invoke("query", "select 1 as a; select 'two' as b, 3 as c", workspace=place / "ws")
+    assert shown.exit_code == 0, shown.stderr
+    assert shown.stdout == "a\n-\n1\n(1 row)\n\nb    c\n---  -\ntwo  3\n(1 row)\n"
+    for fmt in ("csv", "json"):
+        line = one_line_error(invoke("query", "select 1; select 2", "--format", fmt, workspace=place / "ws"))
+        assert f"--format {fmt} shows one statement's rows and the SQL has 2" in line
 
 
 @pytest.mark.slow  # starts the installed command

@@ -62,7 +62,7 @@ def decisions(events) -> list[tuple]:
 
 def runs_in(workspace: Path) -> dict[str, list]:
     with Workspace.at(workspace).reader() as reader:
-        _, rows = reader.query("select distinct run_id from events")
+        [(_, rows)] = reader.query("select distinct run_id from events")
         return {run_id: [r.event for r in reader.read_run(run_id)] for (run_id,) in rows}
 
 

@@ -30,7 +30,7 @@ from esper.store import Recorder, Workspace
 from esper.store.recorder import remove_if_empty
 from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint, loop
-from esper.tolaria.data import TaskData, load_task_data
+from esper.tolaria.data import TaskData, data_problem, load_task_data
 from esper.tolaria.loop import SNAPSHOT_EVERY, Batches, Progress, RunResult, StoreSink, execute, resolve_config
 from esper.tolaria.ranks import Ranks, launched
 from esper.tolaria.tasks import get_task
@@ -159,6 +159,8 @@ def _check_settings(r: RunRequest) -> None:
         raise BadInput("heuristic knobs are for controller heuristic only")
     if "max_params" in r.lifecycle:
         raise BadInput("lifecycle knob max_params: set the size cap with max_params (--max-params)")
+    if problem := data_problem(r.task, r.data_dir, r.download):
+        raise BadInput(problem)
     if r.blend_schedule not in SCHEDULES:
         raise BadInput(f"unknown blend schedule {r.blend_schedule!r}: use {', '.join(SCHEDULES)}")
     for name in ("snapshot_every", "checkpoint_every"):

@@ -101,15 +101,17 @@ def query(
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Run read-only SQL over every run in the workspace."""
+    """Run read-only SQL over every run in the workspace; each statement's rows are shown in turn."""
     if fmt not in ("table", "csv", "json"):
         raise BadInput(f"unknown format {fmt!r}: use table, csv or json")
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
             say(f"note: {note}")
-        columns, rows = reader.query(sql)
-    sys.stdout.write(render(columns, rows, fmt))
+        results = reader.query(sql)
+    if len(results) > 1 and fmt != "table":  # one csv header, one JSON document: one table
+        raise BadInput(f"--format {fmt} shows one statement's rows and the SQL has {len(results)}: run them one at a time")
+    sys.stdout.write("\n".join(render(columns, rows, fmt) for columns, rows in results))
 
 
 def render(columns: list[str], rows: list[tuple], fmt: str) -> str:

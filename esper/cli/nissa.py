@@ -75,12 +75,12 @@ def export(
         "TensorBoard event files, one per run); default from --out, else jsonl."
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="File (folder, for tensorboard) to write "
-                                       "(default ./<run>.<format>)."),
+                                       "(default ./<run>.<format>); - writes jsonl to standard output."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Write runs' events, every column exactly, to a jsonl or parquet file that `esper import` reads back, or
     their curves and lifecycle as TensorBoard event files."""
-    from esper.nissa.transfer import export_runs, format_for
+    from esper.nissa.transfer import STDOUT, export_runs, format_for
 
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
@@ -88,12 +88,17 @@ def export(
             say(f"note: {note}")
         run_ids = list(dict.fromkeys(reader.resolve_run(r, training=False) for r in runs))
         if fmt == "tensorboard":
+            if out == STDOUT:
+                raise BadInput("--out - writes jsonl to standard output; tensorboard needs a folder")
             _export_tensorboard(reader, run_ids, out or Path(f"{_file_name('-'.join(run_ids))}-tensorboard"))
             return
         fmt = format_for(out or Path(""), fmt)
         path = out or Path(f"{_file_name(run_ids[0] if len(run_ids) == 1 else '-'.join(run_ids))}.{fmt}")
         n = export_runs(reader, run_ids, path, fmt)
-    print(f"exported {n} events of {_runs_text(run_ids)} to {path} ({fmt})")
+    if path == STDOUT:  # the events went to stdout
+        say(f"exported {n} events of {_runs_text(run_ids)} to standard output ({fmt})")
+    else:
+        print(f"exported {n} events of {_runs_text(run_ids)} to {path} ({fmt})")
 
 
 def _export_tensorboard(reader, run_ids: list[str], out: Path) -> None:

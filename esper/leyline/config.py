@@ -57,6 +57,10 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """A blueprint culled within this many epochs is skipped when choosing what to germinate."""
 
 
+SET_BY_OPTION = ("max_params",)
+"""Fields of a knobs struct that an option of their own sets (`--max-params`), not `KEY=VALUE`: not listed as knobs."""
+
+
 def from_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> Knobs:
     """`struct` from "KEY=VALUE" strings (`esper run --heuristic min_gain=1.0`); `BadInput` names a bad one."""
     return from_table(struct, parse_knobs(struct, items, flag), flag)
@@ -65,12 +69,13 @@ def from_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> Knobs:
 def parse_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> dict[str, Any]:
     """The fields of `struct` that "KEY=VALUE" strings name, each value of its field's type (no other check)."""
     fields = {f.name: f.type for f in msgspec.structs.fields(struct)}
+    listed = [name for name in fields if name not in SET_BY_OPTION]
     values: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in fields:
-            raise BadInput(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+            raise BadInput(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {', '.join(listed)}")
         try:
             values[key] = msgspec.convert(text.strip(), fields[key], strict=False)
         except msgspec.ValidationError:

@@ -25,13 +25,15 @@ several stores gets new positions (1, 2, 3 ... in seq order).
 """
 
 import datetime as dt
+import io
 import os
 import re
 import shutil
 import tempfile
+import sys
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import attrs
 import duckdb
@@ -134,15 +136,27 @@ def _rows(reader: Reader, run_ids: Sequence[str]) -> list[tuple]:
     return rows
 
 
+STDOUT = Path("-")
+"""The `path` that sends a jsonl export to standard output (`esper export RUN --out -`)."""
+
+
 def export_runs(reader: Reader, run_ids: Sequence[str], path: Path, fmt: str) -> int:
-    """Write the events of `run_ids` (each in `seq` order) to `path`; returns how many were written. Snapshots of
+    """Write the events of `run_ids` (each in `seq` order) to `path` (jsonl to standard output for `STDOUT`);
+    returns how many were written. Snapshots of
     run state (the `snapshots` table) are not exported: they are derived from the events, and an imported run
     is folded from zero. A run whose chain or head does not hold is refused (`LogAltered`): the trailer is taken
     from the rows, so an export of a cut log would otherwise look whole."""
+    if path == STDOUT and fmt != "jsonl":
+        raise BadInput(f"--out - writes jsonl to standard output; {fmt} needs a file")
     for run_id in run_ids:
         reader.check_run(run_id)
     rows = _rows(reader, run_ids)
-    atomic_write(path, lambda tmp: _write_parquet(rows, tmp) if fmt == "parquet" else _write_jsonl(rows, tmp))
+    if path == STDOUT:  # as text: the command holds stdout and writes it when it ends (esper.cli)
+        lines = io.BytesIO()
+        _jsonl(rows, lines)
+        sys.stdout.write(lines.getvalue().decode())
+    else:
+        atomic_write(path, lambda tmp: _write_parquet(rows, tmp) if fmt == "parquet" else _write_jsonl(rows, tmp))
     return len(rows)
 
 
@@ -153,13 +167,17 @@ def _heads(rows: list[tuple]) -> dict[str, dict]:
 
 def _write_jsonl(rows: list[tuple], path: Path) -> None:
     with open(path, "wb") as f:
-        for position, run_id, seq, event_id, ts_us, type_, epoch, seed_id, slot, payload, hash_ in rows:
-            line = _Line(position, run_id, seq, event_id, _iso(ts_us), type_, epoch, seed_id, slot,
-                         msgspec.Raw(payload.encode()), hash_)
-            f.write(_encoder.encode(line))
-            f.write(b"\n")
-        f.write(chain.trailer_line(_heads(rows)))
+        _jsonl(rows, f)
+
+
+def _jsonl(rows: list[tuple], f: BinaryIO) -> None:
+    for position, run_id, seq, event_id, ts_us, type_, epoch, seed_id, slot, payload, hash_ in rows:
+        line = _Line(position, run_id, seq, event_id, _iso(ts_us), type_, epoch, seed_id, slot,
+                     msgspec.Raw(payload.encode()), hash_)
+        f.write(_encoder.encode(line))
         f.write(b"\n")
+    f.write(chain.trailer_line(_heads(rows)))
+    f.write(b"\n")
 
 
 def _write_parquet(rows: list[tuple], path: Path) -> None:
@@ -378,6 +396,8 @@ class ImportResult:
 
 def import_file(workspace: Workspace, path: Path) -> ImportResult:
     """Import an exported file into `workspace` (created if missing). Idempotent by `event_id`."""
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder: import takes one file written by `esper export` (jsonl or parquet)")
     if not path.is_file():
         raise BadInput(f"no file {path}")
     rows = read_file(path)

@@ -214,19 +214,21 @@ class Reader:
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
 
-    def query(self, sql: str) -> tuple[list[str], list[tuple]]:
-        """Columns and rows of the last statement of `sql`, run one by one after every statement has been checked
-        to only read (`reading_statements`); locks this reader down first. Bad or non-reading SQL is BadInput."""
+    def query(self, sql: str) -> list[tuple[list[str], list[tuple]]]:
+        """Columns and rows of each statement of `sql`, run one by one after every statement has been checked to only
+        read (`reading_statements`); locks this reader down first. Bad or non-reading SQL is BadInput."""
         self.lock_down()
         statements = reading_statements(self.con, sql)
         if not statements:  # only blanks, semicolons or comments
             raise BadInput("no SQL statement to run, e.g. esper query \"select count(*) from events\"")
+        results = []
         try:
             for statement in statements:
                 result = self.con.execute(statement)
-            return [d[0] for d in result.description or []], result.fetchall()
+                results.append(([d[0] for d in result.description or []], result.fetchall()))
         except duckdb.Error as exc:
             raise BadInput(f"bad SQL: {first_line(exc)}") from None
+        return results
 
     def resolve_run(self, run: str, training: bool = True) -> str:
         """The full run id for `run`, which may be a unique prefix; with `training`, it must be a training run

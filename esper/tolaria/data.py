@@ -155,6 +155,17 @@ def _slices(
             yield x[index], y[index]
 
 
+def data_problem(task: str, data_dir: object, download: bool) -> str | None:
+    """Why a new run of `task` should not be given `data_dir` or `download` (None if it may): a setting the task would
+    ignore is refused rather than silently dropped."""
+    name = get_task(task).name
+    if name == "mnist1d" and (data_dir is not None or download):
+        return "mnist1d is generated from the run's seed and reads no files: data_dir and download are for cifar10 and text"
+    if name == "text" and download:
+        return "download is for cifar10: the text task reads a file or folder given as data_dir, else the standard library's sources"
+    return None
+
+
 def load_task_data(
     task: str,
     seed: int,
