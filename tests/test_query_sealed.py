@@ -46,7 +46,7 @@ ESCAPES = [
     ("checkpoint", "statement 1 is CALL"),
     ("vacuum", "statement 1 is VACUUM"),
     ("export database 'd'", "statement 1 is EXPORT"),
-    ("import database 'd'", ""),  # duckdb 2 parses it as PRAGMA; 1.x reads d/schema.sql while parsing (no access)
+    ("import database 'd'", ""),  # DuckDB parses it as PRAGMA
     ("copy (select 1) to 'x.csv'", "statement 1 is COPY"),
     ("copy (select 1) to '.tmp/x.csv'", "statement 1 is COPY"),
     ("copy (select 1) to '{store}.wal'", "statement 1 is COPY"),  # on DuckDB's allowed paths

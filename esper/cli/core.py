@@ -18,7 +18,7 @@ from esper.tolaria.verify import DEFAULT_TOLERANCE, reexecutable, verify_run
 @app.command()
 @handles_errors
 def replay(
-    run: str = typer.Argument(..., help="Run id (or a unique prefix of it)."),
+    run: str = typer.Argument(..., metavar="RUN", help="Run id (or a unique prefix of it)."),
     verify: bool = typer.Option(False, "--verify", help="Re-execute the run from its log alone and compare: decisions "
                                 "exactly, numbers within --tolerance."),
     exact: bool = typer.Option(False, "--exact", help="With --verify: every event bit for bit as logged."),
@@ -97,7 +97,7 @@ def _print_story(state: RunState) -> None:
 @app.command()
 @handles_errors
 def query(
-    sql: str = typer.Argument(..., help="SQL over the `events` view of every run in the workspace."),
+    sql: str = typer.Argument(..., metavar="SQL", help="SQL over the `events` view of every run in the workspace."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:

@@ -15,7 +15,7 @@ from esper.store import Workspace
 @app.command()
 @handles_errors
 def report(
-    runs: List[str] = typer.Argument(..., help="Run id (or a unique prefix); several with --compare."),
+    runs: List[str] = typer.Argument(..., metavar="RUN", help="Run id (or a unique prefix); several with --compare."),
     compare: bool = typer.Option(False, "--compare", help="Overlay the curves of several runs in one report."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="HTML file to write (default <workspace>/reports/<run>.html)."
@@ -69,7 +69,7 @@ def report(
 @app.command("export")
 @handles_errors
 def export(
-    runs: List[str] = typer.Argument(..., help="Run id(s) (or unique prefixes) to export."),
+    runs: List[str] = typer.Argument(..., metavar="RUN", help="Run id(s) (or unique prefixes) to export."),
     fmt: Optional[str] = typer.Option(
         None, "--format", "-f", help="jsonl (readable, diffable), parquet (compact), or tensorboard (a folder of "
         "TensorBoard event files, one per run); default from --out, else jsonl."
@@ -115,7 +115,7 @@ def _export_tensorboard(reader, run_ids: list[str], out: Path) -> None:
 @app.command("import")
 @handles_errors
 def import_(
-    file: Path = typer.Argument(..., help="A file written by `esper export` (jsonl or parquet)."),
+    file: Path = typer.Argument(..., metavar="FILE", help="A file written by `esper export` (jsonl or parquet)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Add the runs of an exported file to the workspace (events already there are skipped)."""

@@ -373,7 +373,7 @@ def _check_logged(out: Path, workspace: Workspace) -> None:
         return
     with workspace.reader() as reader:
         logged = {row[0] for row in reader.con.execute(
-            "SELECT payload->>'$.sha256' FROM events WHERE type = 'CheckpointSaved' AND payload->>'$.path' = ?",
+            "SELECT payload->>'$.sha256' FROM events WHERE type = 'CheckpointSaved' AND (payload->>'$.path') = ?",
             [str(out.resolve())]).fetchall()}
     if logged and hashlib.sha256(out.read_bytes()).hexdigest() not in logged:
         raise BadInput(f"cannot resume: {out} is not a checkpoint its job logged (its sha256 is in no CheckpointSaved for "

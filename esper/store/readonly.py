@@ -20,13 +20,9 @@ def reading_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list:
     does not.
 
     DESCRIBE, SHOW and SUMMARIZE parse as SELECT. EXPLAIN is allowed of a SELECT only, and never EXPLAIN ANALYZE,
-    which executes its statement. DuckDB 1.x rewrites a PRAGMA into a SELECT of a pragma function while parsing,
-    so a statement the user began with PRAGMA is refused by its first word."""
+    which executes its statement."""
     try:
         statements = con.extract_statements(sql)
-        for number, first in enumerate(_first_words(sql), 1):
-            if first == "pragma":
-                raise BadInput(f"{READING}; statement {number} is PRAGMA")
         for number, st in enumerate(statements, 1):
             kind = _kind(st)
             if kind == "EXPLAIN":
@@ -42,9 +38,9 @@ def reading_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list:
 def _kind(statement) -> str:
     try:
         name = statement.type.name
-    except ValueError:  # a kind this duckdb's Python enum does not name (e.g. UPDATE EXTENSIONS on 2.0)
+    except ValueError:  # a kind this duckdb's Python enum does not name (e.g. UPDATE EXTENSIONS)
         return "UNKNOWN"
-    return name if name.replace("_", "").isalnum() else "UNKNOWN"  # duckdb 1.2 names it "???"
+    return name
 
 
 def _explained_kind(con: duckdb.DuckDBPyConnection, text: str) -> str:
@@ -81,18 +77,6 @@ def _words(text: str) -> list[tuple[int, str]]:
         if match:
             out.append((offset, match.group(0).lower()))
     return out
-
-
-def _first_words(sql: str) -> list[str]:
-    """The first word of each `;`-separated statement of `sql` (DuckDB's tokenizer: no `;` in strings or comments)."""
-    firsts, start = [], True
-    for _, word in _words(sql):
-        if word == ";":
-            start = True
-        elif start:
-            firsts.append(word)
-            start = False
-    return firsts
 
 
 def _excerpt(text: str, limit: int = 60) -> str:
