@@ -7,6 +7,7 @@ import msgspec
 import pytest
 import torch
 from hypothesis import given
+from torch.utils._python_dispatch import TorchDispatchMode
 from hypothesis import strategies as st
 
 from cli_runner import invoke, one_line_error
@@ -132,6 +133,34 @@ def test_a_training_step_reads_nothing_back_from_the_device(data, monkeypatch):
     monkeypatch.undo()
     loss, health, _ = trainer.epoch_totals()
     assert loss > 0 and all(0.0 <= h <= 1.0 for h in health.values())
+
+
+class _LiftLog(TorchDispatchMode):
+    """Which of Esper's modules made a tensor from Python numbers or lists (`torch.tensor`, `new_tensor`): on CUDA each
+    is a copy from the host that the step waits for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.makers: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.lift_fresh.default:
+            frame = sys._getframe(1)
+            while frame is not None and not frame.f_globals.get("__name__", "").startswith("esper."):
+                frame = frame.f_back
+            if frame is not None:
+                self.makers.append(f"{frame.f_globals['__name__']}:{frame.f_lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("telemetry", ["standard", "diagnostic"])
+def test_a_training_step_copies_nothing_from_the_host(data, telemetry):
+    """No tensor is built from Python values inside a step (the batch's own copy is made before it)."""
+    trainer = trainer_with_seeds(data, telemetry=telemetry)
+    steps(trainer, 1)
+    with _LiftLog() as log:
+        steps(trainer, 3)
+    assert log.makers == []
 
 
 @given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(1e-12, 1e8)))

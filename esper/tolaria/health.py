@@ -27,7 +27,8 @@ def step_health(norm: float) -> float:
 def step_health_tensor(norm: torch.Tensor) -> torch.Tensor:
     """`step_health` of a norm that stays on its device (float64, as the float version computes)."""
     n = norm.detach().double()
-    bound = torch.where(n < VANISHING, n.new_tensor(VANISHING), n.new_tensor(EXPLODING))  # float64, not where's float32
+    # made on the device (a tensor built from Python numbers is copied there, and the step waits for the copy)
+    bound = torch.full_like(n, EXPLODING).masked_fill_(n < VANISHING, VANISHING)
     outside = (1.0 - torch.log10(n / bound).abs() / DECADES).clamp(min=0.0)
     value = torch.where((n >= VANISHING) & (n <= EXPLODING), 1.0, outside)
     return torch.where(torch.isfinite(n) & (n > 0), value, 0.0)
