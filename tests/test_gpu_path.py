@@ -7,12 +7,13 @@ import msgspec
 import pytest
 import torch
 from hypothesis import given
-from torch.utils._python_dispatch import TorchDispatchMode
 from hypothesis import strategies as st
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cli_runner import invoke, one_line_error
 from esper.errors import BadInput
-from esper.kasmina import build_host
+from esper.kasmina import build_host, grow
 from esper.leyline import RunConfig
 from esper.leyline.events import RunStarted, decode, encode
 from esper.leyline.garden import Garden
@@ -183,6 +184,32 @@ def test_a_channels_last_model_plants_channels_last_seeds_and_computes_the_same(
     model.germinate("mid", "s1-mid", "conv_heavy")
     seed = [p for p in model.seed_parameters("s1-mid") if p.dim() == 4]
     assert seed and all(p.is_contiguous(memory_format=torch.channels_last) for p in seed)
+
+
+class _PlanesThenVolume(nn.Module):
+    """A user's model with a 2-D convolution (a slot after it) and a 3-D one, whose 5-D weight has no channels-last."""
+
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()))
+        self.volume = nn.Conv3d(1, 2, 3, padding=1)
+        self.head = nn.Linear(2 * 4 * 6 * 6, 10)
+
+    def forward(self, x):
+        return self.head(self.volume(self.stages(x).unsqueeze(1)).flatten(1))
+
+
+def test_channels_last_converts_the_4d_tensors_and_leaves_a_3d_convolution_as_it_is():
+    torch.manual_seed(0)
+    model = grow(_PlanesThenVolume(), {"early": "stages.0"}, example=torch.zeros(2, 3, 6, 6)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x)
+    model.use_channels_last()
+    model.germinate("early", "s1-early", "conv_light")
+    planes = [p for p in model.parameters() if p.dim() == 4]
+    assert len(planes) == 3 and all(p.is_contiguous(memory_format=torch.channels_last) for p in planes)
+    assert model.host.volume.weight.is_contiguous()
+    torch.testing.assert_close(model(x), expected)
 
 
 def test_channels_last_is_for_2d_convolutions_on_cuda_only(data):

@@ -12,6 +12,7 @@ A grown model is an ordinary `nn.Module`: print it, `torch.save` it, call it.
 """
 
 import contextlib
+import itertools
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -71,7 +72,7 @@ class GrowableModel(nn.Module):
         """Store every 4-D weight and buffer (2-D convolutions') channels-last, now and in every seed planted from
         here on: the layout CUDA's convolutions run fastest in under mixed precision. The numbers are the same."""
         self.channels_last = True
-        self.to(memory_format=torch.channels_last)
+        _to_channels_last(self)
 
     # ---- lifecycle mechanics -------------------------------------------------------------------
 
@@ -97,8 +98,9 @@ class GrowableModel(nn.Module):
             raise ValueError(f"seed id {seed_id!r} is already in use")
         module = factories[blueprint](target.channels)  # built on CPU: the same weights on every device
         ref = next(self.parameters())
-        layout = torch.channels_last if getattr(self, "channels_last", False) else torch.preserve_format
-        seed = Seed(seed_id, blueprint, module).to(device=ref.device, dtype=ref.dtype, memory_format=layout)
+        seed = Seed(seed_id, blueprint, module).to(device=ref.device, dtype=ref.dtype)
+        if getattr(self, "channels_last", False):
+            _to_channels_last(seed)
         seed.train(self.training)
         target.live = seed
         target.cache = None
@@ -322,3 +324,11 @@ def chain_after(host: nn.Module, path: str) -> list[str] | None:
         levels.append([prefix + n for n in names[names.index(part) + 1:]])
         module, prefix = module._modules[part], f"{prefix}{part}."
     return [p for level in reversed(levels) for p in level]
+
+
+def _to_channels_last(module: nn.Module) -> None:
+    """Every 4-D parameter and buffer of `module` channels-last, in place. `Module.to(memory_format=...)` would also
+    convert 5-D ones (a user's Conv3d), which have no channels-last layout, and fail."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
