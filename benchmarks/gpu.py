@@ -1,18 +1,21 @@
 """The GPU check, prepared for a borrowed one-GPU machine: one script, under 4 minutes, one JSON summary on stdout.
 
-Parts, in order, each bounded in time (a part that would start past the deadline is reported as skipped):
+Parts, in order, each bounded in time from the moment the script starts (a part that would start past the deadline is
+reported as skipped; one that runs out of time inside stops and says so). Each part's result is also printed on
+stderr as it ends (`gpu.py: <part> {json}`), so a run cut short keeps what it measured:
 1. `pytest tests/test_cuda.py`: the CUDA tests (no host sync inside a step, bf16 by default, fp16's scaler,
    channels-last, lock-step streams, PPO on CUDA); counts of passed, failed and skipped.
 2. Lock-step vs sequential at n = 1, 2, 4, 8 environments (`benchmarks/vectorized.py`'s two modes, heuristic runs
    of mnist1d, bf16): environment-epochs per second of each and the speed-up; whether both wrote the same events.
 3. bf16 vs fp32: seconds per epoch of the cifar10 preset (ResNet host, augmentation, a seed in TRAINING, its
-   validation) on CIFAR-10-sized synthetic data (45,000 + 5,000 images of 3×32×32).
+   validation) on CIFAR-10-sized synthetic data (45,000 + 5,000 images of 3×32×32). "fp32" is PyTorch's default
+   on CUDA, where cuDNN's convolutions may use TF32: the summary says which (`fp32_convolutions`).
 4. With 2 GPUs or more: one run trained by 2 ranks under torchrun (NCCL); its time and that it wrote one run.
 
     python3 benchmarks/gpu.py                 # on the GPU machine, from the repository's root
     python3 benchmarks/gpu.py --cpu --quick   # every part on CPU, tiny (what tests/test_gpu_script.py runs)
 
-The GPU machine has Python 3.12 and torch, but not msgspec, duckdb, transitions, cattrs or mnist1d: the script
+The GPU machine has Python 3.12 and torch, but not msgspec, duckdb, transitions, cattrs, mnist1d or pydantic: the script
 installs them from the wheels in `--wheels` (default `.whl`) into a folder of its own before importing Esper.
 Fetch them here, where the network is, once: `python benchmarks/gpu.py --fetch-wheels` (the versions this
 environment runs; `.whl/` must be ignored by git: `echo /.whl/ >> .git/info/exclude`). The device tool then runs
@@ -31,11 +34,15 @@ import time
 from pathlib import Path
 from xml.etree import ElementTree
 
+STARTED = time.perf_counter()
+"""The script's clock starts here: installing the wheels and importing torch count against its budget."""
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(tempfile.gettempdir()) / "esper-gpu-site"
-WHEELS = ("msgspec", "duckdb", "transitions", "cattrs", "mnist1d", "attrs", "typer", "click")
-"""What Esper needs beyond the GPU machine's own packages; the last three are there, but perhaps too old for cattrs
-and Esper's command line (which the two-rank part runs)."""
+WHEELS = ("msgspec", "duckdb", "transitions", "cattrs", "mnist1d", "attrs", "typer", "click", "pydantic", "pydantic-core",
+          "annotated-types", "typing-inspection", "typing-extensions")
+"""What Esper needs beyond the GPU machine's own packages. The first five are missing there; attrs, typer, click and
+typing-extensions are there but perhaps too old for cattrs and Esper's command line (which the two-rank part runs);
+typer needs pydantic (and pydantic its three), which is not there."""
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
@@ -73,10 +80,10 @@ def ensure_dependencies(wheels: Path) -> None:
 
 
 class Clock:
-    """The script's deadline: a part starts only if it can still end before it."""
+    """The script's deadline, counted from its start: a part starts only if it can still end before it."""
 
     def __init__(self, budget: float):
-        self.start = time.perf_counter()
+        self.start = STARTED
         self.budget = budget
 
     def left(self) -> float:
@@ -93,8 +100,13 @@ def timed(part, clock: Clock, needs: float, *args) -> dict:
     except Exception as exc:  # a part that breaks is reported, the others still run
         out = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
     out["seconds"] = round(time.perf_counter() - began, 1)
-    print(f"gpu.py: {part.__name__} done in {out['seconds']} s", file=sys.stderr)
+    print(f"gpu.py: {part.__name__} {json.dumps(out)}", file=sys.stderr, flush=True)
     return out
+
+
+def fits(clock: Clock, last_s: float, scale: float) -> bool:
+    """Whether a step that should take `scale` times the `last_s` seconds of the one before still ends in time."""
+    return last_s * scale < clock.left() - 5
 
 
 # ---- 1. the CUDA tests ---------------------------------------------------------------------------
@@ -103,8 +115,8 @@ def timed(part, clock: Clock, needs: float, *args) -> dict:
 def cuda_tests(timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "cuda.xml"
-        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--junitxml={report}",
-                   "tests/test_cuda.py"]
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "0", f"--junitxml={report}",
+                   "tests/test_cuda.py"]  # one process: xdist's workers would each import torch for one file
         try:
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -119,14 +131,14 @@ def cuda_tests(timeout: float) -> dict:
                                  for case in suite.iter("testcase") for child in case
                                  if child.tag in ("failure", "error")]
     if done.returncode not in (0, 5):  # 5: nothing collected
-        out["tail"] = done.stdout.strip().splitlines()[-12:]
+        out["tail"] = done.stdout.strip().splitlines()[-12:] + done.stderr.strip().splitlines()[-6:]
     return out
 
 
 # ---- 2. lock-step vs sequential ------------------------------------------------------------------
 
 
-def lockstep_vs_sequential(device: str, ns: list[int], epochs: int) -> dict:
+def lockstep_vs_sequential(device: str, ns: list[int], epochs: int, clock: Clock) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from vectorized import lockstep, sequential  # the benchmark's own two modes
 
@@ -138,10 +150,15 @@ def lockstep_vs_sequential(device: str, ns: list[int], epochs: int) -> dict:
 
     config = resolve_config(RunConfig(controller="heuristic", epochs=epochs, seed=7, device=device))
     data = load_task_data(config.task, config.data_seed)
-    results, identical = [], True
+    results, identical, out = [], True, {}
     with tempfile.TemporaryDirectory() as tmp, Recorder(Path(tmp) / "lockstep.duckdb") as recorder:
         lockstep(config, 1, [device], recorder, "warmup", data)  # CUDA context, kernels, caches
+        last_n, last_s = 1, 0.0
         for n in ns:
+            if results and not fits(clock, last_s, n / last_n):
+                out["stopped"] = f"out of time before n = {n}"
+                break
+            began = time.perf_counter()
             lock_s, _, lock_runs = lockstep(config, n, [device], recorder, f"n{n}", data)
             seq_s, _, seq_runs = sequential(config, n, [device], recorder, f"n{n}", data)
             for a, b in zip(lock_runs, seq_runs):
@@ -149,7 +166,9 @@ def lockstep_vs_sequential(device: str, ns: list[int], epochs: int) -> dict:
             results.append({"n": n, "lockstep_env_epochs_per_s": round(n * epochs / lock_s, 2),
                             "sequential_env_epochs_per_s": round(n * epochs / seq_s, 2),
                             "speedup": round(seq_s / lock_s, 3)})
-    return {"epochs_per_env": epochs, "precision": config.precision, "events_identical": identical, "results": results}
+            last_n, last_s = n, time.perf_counter() - began
+    return {"epochs_per_env": epochs, "precision": config.precision, "events_identical": identical, "results": results,
+            **out}
 
 
 # ---- 3. bf16 vs fp32 epochs ----------------------------------------------------------------------
@@ -169,8 +188,8 @@ def cifar_sized(train: int, val: int):
     return TaskData(task="cifar10", train=split(train), val=split(val), test=split(min(val, 1000)), num_classes=10)
 
 
-def precision_epochs(device: str, precisions: list[str], train: int, val: int) -> dict:
-    """Seconds per epoch of the cifar10 preset at each precision: epoch 1 warms up (cuDNN picks its kernels), a
+def precision_epochs(device: str, precisions: list[str], train: int, val: int, clock: Clock) -> dict:
+    """Seconds per epoch of the cifar10 preset at each precision: epoch 1 warms up (CUDA loads its kernels), a
     seed germinates, then epochs 2 and 3 are timed with it in TRAINING (its isolated pass in every step)."""
     import torch
 
@@ -178,8 +197,16 @@ def precision_epochs(device: str, precisions: list[str], train: int, val: int) -
     from esper.tolaria.loop import ListSink, Session, resolve_config, train_epoch
 
     data = cifar_sized(train, val)
-    out = {"train_images": train, "val_images": val}
+    out: dict = {"train_images": train, "val_images": val}
+    if device.startswith("cuda"):  # what "fp32" means there: TF32 convolutions unless turned off
+        out["fp32_convolutions"] = "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+        out["fp32_matmul"] = torch.get_float32_matmul_precision()
+    last_s = 0.0
     for precision in precisions:
+        if last_s and not fits(clock, last_s, 2.0):  # fp32 may take twice bf16's time
+            out["stopped"] = f"out of time before {precision}"
+            break
+        began = time.perf_counter()
         config = resolve_config(RunConfig(task="cifar10", epochs=3, seed=0, device=device, precision=precision,
                                           telemetry="minimal"))
         session = Session(config, ListSink(), data=data)
@@ -202,6 +229,7 @@ def precision_epochs(device: str, precisions: list[str], train: int, val: int) -
         del session
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        last_s = time.perf_counter() - began
     if "bf16" in out and "fp32" in out:
         out["bf16_speedup"] = round(out["fp32"]["epoch_s"] / out["bf16"]["epoch_s"], 3)
     return out
@@ -261,9 +289,10 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0) if gpus else "cpu", "gpus": gpus, "torch": torch.__version__,
         "python": sys.version.split()[0], "quick": quick,
         "cuda_tests": timed(cuda_tests, clock, 30, min(150.0, max(clock.left() - 60, 30))),
-        "lockstep": timed(lockstep_vs_sequential, clock, 20, device, [1, 2] if quick else [1, 2, 4, 8], 1 if quick else 3),
+        "lockstep": timed(lockstep_vs_sequential, clock, 20, device, [1, 2] if quick else [1, 2, 4, 8], 1 if quick else 3,
+                          clock),
         "precision": timed(precision_epochs, clock, 20, device, ["bf16", "fp32"],
-                           64 if quick else 45_000, 32 if quick else 5_000),
+                           64 if quick else 45_000, 32 if quick else 5_000, clock),
     }
     if gpus >= 2 or args.cpu:
         summary["two_ranks"] = timed(two_ranks, clock, 30, device, 1 if quick else 3, max(clock.left() - 5, 30))

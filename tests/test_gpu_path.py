@@ -22,7 +22,7 @@ from esper.tolaria.data import load_task_data
 from esper.tolaria.health import step_health, step_health_tensor
 from esper.tolaria.loop import resolve_config
 from esper.tolaria.tasks import get_task
-from esper.tolaria.trainer import Trainer
+from esper.tolaria.trainer import Trainer, settle_kernels
 from planted import plant
 
 
@@ -210,6 +210,15 @@ def test_channels_last_converts_the_4d_tensors_and_leaves_a_3d_convolution_as_it
     assert len(planes) == 3 and all(p.is_contiguous(memory_format=torch.channels_last) for p in planes)
     assert model.host.volume.weight.is_contiguous()
     torch.testing.assert_close(model(x), expected)
+
+
+def test_a_cuda_run_asks_cudnn_for_the_same_kernels_every_time(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    settle_kernels(torch.device("cpu"))
+    assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.benchmark  # CPU runs leave them alone
+    settle_kernels(torch.device("cuda", 0))  # only sets torch's flags: no GPU needed
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
 
 
 def test_channels_last_is_for_2d_convolutions_on_cuda_only(data):

@@ -80,6 +80,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def settle_kernels(device: torch.device) -> None:
+    """On CUDA, have cuDNN run the same convolution kernels every time: its autotuner and its fastest backward
+    kernels may differ from run to run in the last bits, and a run's events must come out the same when it is
+    re-executed (`esper replay --verify`). A process-wide setting of torch's, like the thread count on CPU."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """`RunConfig.precision` → the dtype the forward passes autocast to (None: none, full float32)."""
 
@@ -119,6 +128,7 @@ class Trainer:
         self.preset = preset
         self.ranks = ranks
         self.device = resolve_device(config.device) if ranks is None else ranks.device
+        settle_kernels(self.device)
         if self.device.type == "cpu" and preset.cpu_threads:
             torch.set_num_threads(preset.cpu_threads)
         torch.manual_seed(config.seed)
