@@ -194,7 +194,10 @@ class Ranks:
         return sums
 
     def _collective(self, op, *args):
-        """Run a collective; losing the other ranks (a peer ended, or the timeout passed) is one line, not a hang."""
+        """Run a collective; losing the other ranks (a peer ended, or the timeout passed) is one line, not a hang.
+        That holds for gloo (CPU), whose collectives raise here. NCCL's return at once and fail later, in torch's
+        NCCL watchdog, which may end the process itself after the timeout: on GPUs a lost rank can then stop the others
+        with NCCL's message rather than this one, and the log end without `RunFailed` (`esper runs`: incomplete)."""
         try:
             return op(*args)
         except RuntimeError as exc:  # torch.distributed.DistError and its kinds are RuntimeErrors
