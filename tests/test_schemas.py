@@ -19,6 +19,20 @@ def test_committed_schemas_are_fresh():
     assert not stale and not extra, f"run `esper schemas` (stale: {stale}, extra: {extra})"
 
 
+def test_the_alternatives_of_an_optional_field_come_in_one_order_whatever_msgspec_gives():
+    class Part(msgspec.Struct):
+        n: int
+
+    class Whole(msgspec.Struct):
+        part: Part | None = None
+
+    schema = msgspec.json.schema(Whole)
+    alternatives = schema["$defs"]["Whole"]["properties"]["part"]["anyOf"]
+    flipped = json.loads(json.dumps(schema))
+    flipped["$defs"]["Whole"]["properties"]["part"]["anyOf"] = alternatives[::-1]
+    assert len(alternatives) == 2 and _normalised(schema) == _normalised(flipped)
+
+
 def test_descriptions_do_not_depend_on_how_a_docstring_is_indented():
     class Indented(msgspec.Struct):
         """First line, and a second

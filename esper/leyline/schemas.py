@@ -25,12 +25,16 @@ def schema_documents() -> dict[str, str]:
 
 
 def _normalised(node: Any) -> Any:
-    """The schema with every description's whitespace collapsed to single spaces. Descriptions come from
-    docstrings, and how a docstring's indentation reaches the schema is msgspec's choice (it changed between
-    releases); the committed files must not depend on it."""
+    """The schema with every description's whitespace collapsed to single spaces, and the alternatives of each
+    `anyOf` in one order. Descriptions come from docstrings: how a docstring's indentation reaches the schema is
+    msgspec's choice, and so is where `null` goes among an optional field's alternatives (both changed between
+    releases); the committed files must depend on neither."""
     if isinstance(node, dict):
-        return {k: re.sub(r"\s+", " ", v).strip() if k == "description" and isinstance(v, str) else _normalised(v)
-                for k, v in node.items()}
+        out = {k: re.sub(r"\s+", " ", v).strip() if k == "description" and isinstance(v, str) else _normalised(v)
+               for k, v in node.items()}
+        if isinstance(out.get("anyOf"), list):  # alternatives are a set: their order means nothing
+            out["anyOf"] = sorted(out["anyOf"], key=lambda alternative: json.dumps(alternative, sort_keys=True))
+        return out
     if isinstance(node, list):
         return [_normalised(v) for v in node]
     return node
