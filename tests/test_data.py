@@ -7,11 +7,13 @@ import msgspec
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from cifar_fixture import red_value, trust_tiny_cifar10, write_tiny_cifar10
 
 from esper.errors import BadInput
 from esper.tolaria import data as data_module
-from esper.tolaria.data import CIFAR10_MEAN, CIFAR10_STD, augment, load_task_data
+from esper.tolaria.data import CIFAR10_MEAN, CIFAR10_STD, augment, exact_moments, load_task_data
 from esper.kasmina import BLUEPRINTS as FAMILIES
 from esper.kasmina import preset_host
 from esper.tolaria.tasks import TASKS, TaskPreset, get_task
@@ -224,3 +226,15 @@ def test_cifar10_checksums_are_still_verified(tiny_cifar, monkeypatch):
     (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"tampered")
     with pytest.raises(BadInput):
         load_task_data("cifar10", seed=0, data_dir=root)
+
+
+@given(st.lists(st.floats(-1e3, 1e3, width=32), min_size=2, max_size=300), st.randoms())
+def test_exact_moments_are_the_same_bits_in_any_order(values, rnd):
+    """What a numpy version or a CPU's vector width changes is the order values are added in: exact moments do not
+    depend on it (numpy's float32 ones do)."""
+    shuffled = list(values)
+    rnd.shuffle(shuffled)
+    mean, std = exact_moments(np.array(values, np.float32))
+    assert (mean, std) == exact_moments(np.array(shuffled, np.float32))
+    assert mean == pytest.approx(np.mean(values, dtype=np.float64), rel=1e-9, abs=1e-9) and std >= 0.0
+

@@ -5,13 +5,16 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import torch
 
 from esper.leyline import HeuristicConfig, RunConfig, RunStarted, decode
 from esper.leyline.events import PRESETS_BEFORE_V3, EpochEnded, SeedGerminated
+from esper.nissa.runstate import as_one_run
 from esper.nissa.transfer import recorded_runs
 from esper.store import Recorded
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria import tasks
+from esper.tolaria.data import MNIST1D_VAL_FRACTION, _mnist1d_arrays, load_task_data, recorded_data
 from esper.tolaria.loop import ListSink, execute
 from esper.tolaria.verify import VerificationFailed, verify_run
 
@@ -20,6 +23,7 @@ pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "replays" / "mnist1d-heuristic.jsonl"
 V2_LOG = ROOT / "tests" / "data" / "mnist1d-heuristic-v2.jsonl"
+V3_LOG = ROOT / "tests" / "data" / "mnist1d-heuristic-v3.jsonl"
 KNOBS = HeuristicConfig(warmup_epochs=1, min_gain=1.0, finish_epochs=0)
 
 
@@ -88,9 +92,26 @@ def test_a_different_decision_is_named_with_its_epoch(grown):
 
 
 def test_the_shipped_sample_reexecutes_exactly():
+    """With any numpy: its data is standardised with exact moments (CheckpointSaved events are not re-executed)."""
     (run_id, recorded), = recorded_runs(SAMPLE).items()
-    assert isinstance(recorded[0].event, RunStarted)
-    assert verify_run(recorded, exact=True).events == len(recorded)
+    assert isinstance(recorded[0].event, RunStarted) and recorded[0].event.preset.standardise == "exact"
+    assert verify_run(recorded, exact=True).events == len(as_one_run(recorded))
+
+
+def test_a_log_from_before_exact_moments_re_executes_with_numpys_float32_ones():
+    """Its logged preset has no `standardise`: it trains again on the data it trained on, whose last bits are numpy's
+    float32 reductions' (the same within the tolerance anywhere, bit for bit with the numpy it was recorded with)."""
+    (run_id, recorded), = recorded_runs(V3_LOG).items()
+    started = recorded[0].event
+    assert json.loads(V3_LOG.read_text().splitlines()[0])["payload"]["schema_version"] == 3
+    assert started.preset.standardise == "float32"
+    seed = started.config.data_seed
+    x, y, _, _ = _mnist1d_arrays(seed)
+    fit = x[:len(y) - int(len(y) * MNIST1D_VAL_FRACTION)]
+    data = recorded_data(started)
+    assert torch.equal(data.train.x[:, 0], (torch.tensor(fit) - float(fit.mean())) / float(fit.std()))
+    assert not torch.equal(data.train.x, load_task_data("mnist1d", seed).train.x)  # today's runs: exact moments
+    assert verify_run(recorded).events == len(recorded)
 
 
 def test_an_old_log_naming_a_task_without_a_frozen_preset_is_one_clear_error():

@@ -186,6 +186,11 @@ class TaskPreset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     epoch_windows: int = 0
     """Text task: training windows (of the host's `context`) per epoch, at random positions of the corpus; unused
     by the other tasks, whose epoch is one pass over their training split."""
+    standardise: str = "float32"
+    """How mnist1d's signals are standardised (unused by the other tasks): "exact", with the training split's mean
+    and deviation from correctly rounded sums, the same bits with any numpy on any machine; or "float32", with
+    numpy's float32 reductions, whose last bits change with numpy's version: how runs logged before "exact" were
+    made, and how they re-execute (their logged presets have no such field)."""
     anneal_epochs: int = 0
     """Default of `RunConfig.anneal_epochs`: the run's last N epochs lower every learning rate towards 0
     (0: constant). Without it the final accuracy is whatever the last epoch's steps left: on mnist1d it

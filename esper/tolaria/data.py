@@ -188,7 +188,7 @@ def load_task_data(
     if name == "text":
         return load_text(name, data_dir, int(preset.host_options.get("context", TEXT_CONTEXT)), preset.epoch_windows)
     if name == "mnist1d":
-        data = _load_mnist1d(seed)
+        data = _load_mnist1d(seed, exact=preset.standardise == "exact")
     elif name == "cifar10":
         data = _load_cifar10(data_dir, download)
     else:  # a preset without a loader is a bug here, not bad input
@@ -260,11 +260,13 @@ def augment(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> to
 # ---- mnist1d -----------------------------------------------------------------------------------
 
 
-def _load_mnist1d(seed: int) -> TaskData:
+def _load_mnist1d(seed: int, exact: bool = True) -> TaskData:
+    """The splits, standardised with the training split's moments: `exact` ones, or numpy's float32 ones (the
+    preset's `standardise`)."""
     x, y, x_test, y_test = _mnist1d_arrays(seed)
     n_fit = len(y) - int(len(y) * MNIST1D_VAL_FRACTION)
     fit = x[:n_fit]
-    mean, std = float(fit.mean()), float(fit.std())
+    mean, std = exact_moments(fit) if exact else (float(fit.mean()), float(fit.std()))
 
     def split(xs: np.ndarray, ys: np.ndarray) -> Split:
         inputs = (torch.tensor(xs, dtype=torch.float32) - mean) / std
@@ -277,6 +279,15 @@ def _load_mnist1d(seed: int) -> TaskData:
         test=split(x_test, y_test),
         num_classes=10,
     )
+
+
+def exact_moments(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of `values`, each sum rounded once (`math.fsum`): the same bits whatever order
+    a numpy version or a CPU's vector width adds them in. numpy's own reductions differ in the last bits between
+    releases (1.26 and 2.x give float32 means 1e-9 apart), and so would every number a run computes from them."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    mean = math.fsum(flat.tolist()) / flat.size
+    return mean, math.sqrt(math.fsum(np.square(flat - mean).tolist()) / flat.size)
 
 
 @lru_cache(maxsize=8)

@@ -23,6 +23,7 @@ TASKS: dict[str, TaskPreset] = {
             epochs=25,
             cpu_threads=1,
             anneal_epochs=5,
+            standardise="exact",
         ),
         TaskPreset(
             name="cifar10",
