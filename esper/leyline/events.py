@@ -39,7 +39,7 @@ class RunStarted(_Event, tag="RunStarted", kw_only=True):
     preset: TaskPreset
     """The task preset the run trained with, whole: re-execution trains with this one, not with today's."""
     versions: dict[str, str] = {}
-    """What computed the run: `esper`, `torch`, and torch's CPU kernel set (`cpu`, e.g. AVX2). Informational:
+    """What computed the run: `esper`, `torch`, torch's CPU kernel set (`cpu`, e.g. AVX2) and `numpy`. Informational:
     `--verify` reports a difference but does not compare them."""
     host_params: int = 0
     slots: list[str] = []

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import attrs
 import msgspec
+import numpy as np
 import torch
 
 from esper.errors import BadInput, EsperError, IllegalEvent, RankStopped, StoreFailed, first_line
@@ -161,7 +162,8 @@ def versions() -> dict[str, str]:
         esper_version = importlib.metadata.version("esper")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
         esper_version = "unknown"
-    return {"esper": esper_version, "torch": str(torch.__version__), "cpu": torch.backends.cpu.get_cpu_capability()}
+    return {"esper": esper_version, "torch": str(torch.__version__), "cpu": torch.backends.cpu.get_cpu_capability(),
+            "numpy": np.__version__}  # numpy makes mnist1d's signals (and standardised them, before exact moments)
 
 
 def resolve_config(config: RunConfig, preset: TaskPreset | None = None, host_params: int | None = None) -> RunConfig:
