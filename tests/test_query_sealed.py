@@ -125,6 +125,9 @@ def test_every_statement_shows_its_rows_in_a_table_and_csv_or_json_take_one(plac
     for fmt in ("csv", "json"):
         line = one_line_error(invoke("query", "select 1; select 2", "--format", fmt, workspace=place / "ws"))
         assert f"--format {fmt} shows one statement's rows and the SQL has 2" in line
+    # refused before any statement runs: the missing table's error would come from running the second
+    line = one_line_error(invoke("query", "select 1; select * from nowhere", "--format", "json", workspace=place / "ws"))
+    assert "shows one statement's rows and the SQL has 2" in line
 
 
 @pytest.mark.slow  # starts the installed command

@@ -108,9 +108,11 @@ def query(
     with ws.reader() as reader:
         for note in reader.notes:
             say(f"note: {note}")
-        results = reader.query(sql)
-    if len(results) > 1 and fmt != "table":  # one csv header, one JSON document: one table
-        raise BadInput(f"--format {fmt} shows one statement's rows and the SQL has {len(results)}: run them one at a time")
+        statements = reader.reading(sql)
+        if len(statements) > 1 and fmt != "table":  # one csv header, one JSON document: one table
+            raise BadInput(f"--format {fmt} shows one statement's rows and the SQL has {len(statements)}: "
+                           "run them one at a time")
+        results = reader.execute(statements)
     sys.stdout.write("\n".join(render(columns, rows, fmt) for columns, rows in results))
 
 

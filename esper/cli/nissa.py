@@ -82,14 +82,15 @@ def export(
     their curves and lifecycle as TensorBoard event files."""
     from esper.nissa.transfer import STDOUT, export_runs, format_for
 
+    if out == STDOUT and fmt in ("parquet", "tensorboard"):
+        needs = "a folder" if fmt == "tensorboard" else "a file"
+        raise BadInput(f"--out - writes jsonl to standard output; {fmt} needs {needs}")
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
             say(f"note: {note}")
         run_ids = list(dict.fromkeys(reader.resolve_run(r, training=False) for r in runs))
         if fmt == "tensorboard":
-            if out == STDOUT:
-                raise BadInput("--out - writes jsonl to standard output; tensorboard needs a folder")
             _export_tensorboard(reader, run_ids, out or Path(f"{_file_name('-'.join(run_ids))}-tensorboard"))
             return
         fmt = format_for(out or Path(""), fmt)

@@ -215,12 +215,20 @@ class Reader:
         self.con.execute("SET lock_configuration = true")
 
     def query(self, sql: str) -> list[tuple[list[str], list[tuple]]]:
-        """Columns and rows of each statement of `sql`, run one by one after every statement has been checked to only
-        read (`reading_statements`); locks this reader down first. Bad or non-reading SQL is BadInput."""
+        """Columns and rows of each statement of `sql` (`execute` of `reading`)."""
+        return self.execute(self.reading(sql))
+
+    def reading(self, sql: str) -> list:
+        """The statements of `sql`, parsed, not run, once every one has been checked to only read
+        (`reading_statements`); locks this reader down first. Bad, empty or non-reading SQL is BadInput."""
         self.lock_down()
         statements = reading_statements(self.con, sql)
         if not statements:  # only blanks, semicolons or comments
             raise BadInput("no SQL statement to run, e.g. esper query \"select count(*) from events\"")
+        return statements
+
+    def execute(self, statements: list) -> list[tuple[list[str], list[tuple]]]:
+        """Columns and rows of each of `statements` (from `reading`), run one by one; a failing one is BadInput."""
         results = []
         try:
             for statement in statements:
