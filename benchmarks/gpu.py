@@ -262,7 +262,11 @@ def two_ranks(device: str, epochs: int, timeout: float) -> dict:
         except ValueError:
             continue
     ours = [line for line in done.stderr.splitlines() if line.startswith("esper: ")]
-    return {"exit_code": done.returncode, "stores": stores, "epochs": epochs, "result": result, **({"said": ours} if ours else {})}
+    out = {"exit_code": done.returncode, "stores": stores, "epochs": epochs, "result": result,
+           **({"said": ours} if ours else {})}
+    if done.returncode != 0:  # torchrun's own failures (rendezvous, a rank's crash) say nothing that starts with esper:
+        out["tail"] = done.stderr.strip().splitlines()[-12:]
+    return out
 
 
 def main() -> None:

@@ -31,4 +31,4 @@ def test_the_gpu_script_runs_every_part_on_cpu():
         assert precision[name]["epoch_s"] > 0 and precision[name]["training_seeds"] == ["s1-mid"]
     assert precision["bf16_speedup"] > 0
     ranks = summary["two_ranks"]
-    assert ranks["exit_code"] == 0 and ranks["stores"] == 1 and 0.0 <= ranks["result"]["val_accuracy"] <= 1.0
+    assert ranks["exit_code"] == 0 and ranks["stores"] == 1 and 0.0 <= ranks["result"]["val_accuracy"] <= 1.0, ranks
