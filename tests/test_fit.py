@@ -106,10 +106,71 @@ def test_any_loss_and_score_from_a_function_of_batches(tmp_path):
     result = esper.fit(small_model(), train=train, val=batches(1, 2), epochs=2, controller="static", loss=loss,
                        score=lambda output, y: 0.25, workspace=str(tmp_path))
     assert len(calls) >= 2 * 3
-    assert result.val_accuracy == result.test_accuracy == 0.25
+    assert result.val_accuracy == 0.25
+    assert result.test_accuracy is None  # no test batches: no test score, rather than the validation one again
     with Workspace(tmp_path).reader() as reader:
         state = RunState.fold(reader.read_run(result.run_id))
     assert [e.val_accuracy for e in state.epochs] == [0.25, 0.25]
+    assert state.finished.test_accuracy is None
+    tested = esper.fit(small_model(), train=train, val=batches(1, 2), test=batches(1, 3), epochs=1, controller="static",
+                       score=lambda output, y: 0.5 if len(y) == 8 else 0.0, workspace=str(tmp_path))
+    assert tested.test_accuracy == 0.5
+
+
+def test_an_mlp_of_the_users_grows_on_feature_vectors(tmp_path):
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    g = torch.Generator().manual_seed(0)
+    data = [(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()) for x in torch.randn(6, 8, 6, generator=g)]
+    result = esper.fit(esper.grow(mlp, ["1", "3"], example=torch.zeros(1, 6)), train=data[:4], val=data[4:],
+                       epochs=6, heuristic=KNOBS, workspace=str(tmp_path))
+    assert sum(result.seeds.values()) >= 1 and result.params > 0
+    with Workspace(tmp_path).reader() as reader:
+        started = reader.read_run(result.run_id)[0].event
+    assert set(started.seed_sizes["1"]) == {"mlp", "lowrank", "norm"}
+
+
+def test_a_size_cap_and_lifecycle_timings_come_as_a_dict_too(tmp_path):
+    result = esper.fit(small_model(), train=batches(1, 1), val=batches(1, 2), epochs=1, controller="static",
+                       lifecycle={"max_params": 5000, "blend_epochs": 3}, workspace=str(tmp_path))
+    with Workspace(tmp_path).reader() as reader:
+        lifecycle = reader.read_run(result.run_id)[0].event.config.lifecycle
+    assert (lifecycle.max_params, lifecycle.blend_epochs) == (5000, 3)
+
+
+def test_a_heuristic_that_cannot_germinate_in_the_epochs_given_is_warned_about(tmp_path):
+    with pytest.warns(UserWarning, match="a 3-epoch run grows nothing"):
+        result = esper.fit(small_model(), train=batches(1, 1), val=batches(1, 2), epochs=3, workspace=str(tmp_path))
+    assert result.seeds == {}
+
+
+def test_an_error_of_the_users_code_mid_run_is_not_called_esper_s(tmp_path):
+    calls = []
+
+    def loss(output, y):
+        calls.append(1)
+        if len(calls) > 3:
+            raise ValueError("my loss broke")
+        return F.cross_entropy(output, y)
+
+    with pytest.raises(ValueError, match="my loss broke"):
+        esper.fit(small_model(), train=batches(4, 1), val=batches(1, 2), epochs=2, controller="static", loss=loss,
+                  workspace=str(tmp_path))
+    with Workspace(tmp_path).reader() as reader:
+        run_id = reader.resolve_run("user")
+        state = RunState.fold(reader.read_run(run_id))
+    assert state.failed.error == "error: ValueError: my loss broke"
+
+
+def seeded_model() -> esper.GrowableModel:
+    model = small_model()
+    model.germinate("1", "s1-1", "conv_light")
+    return model
+
+
+def sequence_model() -> esper.GrowableModel:
+    """Per-position logits (B, classes, L): what the default score, top-1 of (B, classes), cannot read."""
+    return esper.grow(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(2)), ["0"], example=torch.zeros(1, 3, 8, 8))
 
 
 def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
@@ -134,6 +195,20 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"controller": "oracle"}, "unknown controller 'oracle'"),
     ({"controller": "scratch"}, "controller 'scratch' rebuilds a built-in run"),
     ({"model": nn.Linear(2, 2)}, r"esper.grow\(model, slots=\[...\], example=x\) first"),
+    ({"model": seeded_model()}, r"already holds seeds \(s1-1 in slot 1 \(GERMINATED\)\).*esper.grow"),
+    ({"train": []}, "train holds no batches"),
+    ({"test": lambda: []}, "test holds no batches"),
+    ({"device": "cuda:7" if torch.cuda.is_available() else "cuda"}, "device cuda.* asked for, but"),
+    ({"lifecycle": {"max_params": 10}}, "max_params 10 is below the model's own"),
+    ({"lifecycle": 3}, "lifecycle: a LifecycleConfig or a dict of its knobs, not int"),
+    ({"score": lambda output, y: 1.5}, r"score\(output, y\) gave 1.5 on a validation batch: .* 0..1"),
+    ({"score": lambda output, y: float("nan")}, r"score\(output, y\) gave nan"),
+    ({"loss": lambda output, y: F.cross_entropy(output, y, reduction="none")},
+     r"loss\(output, y\) gave a torch.float32 tensor of shape \(8,\) .* a finite scalar"),
+    ({"model": sequence_model(), "val": [(torch.zeros(2, 3, 8, 8), torch.zeros(2, 64, dtype=torch.long))]},
+     r"the model gives a torch.float32 tensor of shape \(2, 4, 64\) for targets of shape \(2, 64\)"),
+    ({"val": [(torch.zeros(2, 5, 8, 8), torch.zeros(2, dtype=torch.long))]},
+     "the model, loss or score fails on a validation batch: RuntimeError"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, change, message):
     args = {"model": small_model(), "train": batches(2, 1), "val": batches(1, 2), "epochs": 1,

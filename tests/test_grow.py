@@ -235,6 +235,36 @@ def test_telemetry_names_layers_as_the_user_does_with_slots_where_they_sit():
         "stages.0.0", "stages.1.0", "stages.2.0", "slots.early.fossils.0.module", "head.1"]
 
 
+def mlp_and_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    return model, torch.randn(8, 6), torch.randint(0, 3, (8,))
+
+
+def test_an_mlps_hidden_layers_grow_features_seeds_isolated_and_culled_exactly():
+    model, x, y = mlp_and_batch()
+    plain = copy.deepcopy(model)
+    grown = grow(model, ["1", "3"], example=x[:2])
+    assert {grown.slot(s).family for s in ("1", "3")} == {"features"}
+    assert grown.slot("1").channels == 16
+    grown.germinate("1", "s", "mlp")
+    grown.start_training("s")
+    params = grown.seed_parameters("s")
+    for m in (grown, plain):
+        F.cross_entropy(m(x), y).backward()
+    grads = torch.autograd.grad(F.cross_entropy(grown.isolated_output("s", x), y), params)
+    assert any(g.abs().sum() > 0 for g in grads), "the seed learned nothing: the test would prove nothing"
+    assert_same(state(grown.host), state(plain))  # host gradients untouched by the training seed
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p -= 0.5 * g
+    grown.start_blending("s", steps=2)
+    grown.step_blending()
+    assert not torch.equal(eval_out(grown, x), eval_out(plain, x))
+    grown.cull("s")
+    assert torch.equal(eval_out(grown, x), eval_out(plain, x))
+
+
 def test_a_3d_activation_is_conv1d_after_a_1d_convolution_else_a_sequence():
     model = grow(nn.Sequential(nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU()), nn.Flatten(), nn.Linear(4 * 6, 2)),
                  ["0.1"], example=torch.zeros(1, 1, 8))
@@ -273,7 +303,8 @@ def test_a_slot_path_that_does_not_exist_lists_the_nearest_names():
 
 
 def test_an_activation_shape_no_family_handles_is_refused():
-    bad(r"fc gives activations of shape \(2, 10\): no blueprint family", resnet18(), ["fc"], torch.zeros(2, 3, 32, 32))
+    bad(r"1 gives activations of shape \(2,\): no blueprint family.*features take \(B, D\)",
+        nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)), ["1"], torch.zeros(2, 3))
     bad(r"shape \(2, 3, 4, 4, 4\): no blueprint family.*sequence \(B, T, D\)", nn.Sequential(nn.Conv3d(3, 3, 1)), ["0"],
         torch.zeros(2, 3, 4, 4, 4))
 

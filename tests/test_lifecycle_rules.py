@@ -522,10 +522,18 @@ def _token_model(causal: bool):
     return grow(layers, {"mid": "mid"}, example=x, causal=causal), x, torch.randint(0, 10, (4, 6))
 
 
+def _mlp():
+    """A user's MLP grown with one (B, D) slot "mid": the features family's host."""
+    layers = nn.Sequential(OrderedDict(inp=nn.Linear(6, 16), mid=nn.ReLU(), head=nn.Linear(16, 10)))
+    x = torch.randn(4, 6)
+    return grow(layers, {"mid": "mid"}, example=x), x, torch.randint(0, 10, (4,))
+
+
 HOST_OF_FAMILY = {"conv1d": lambda: _image_host("cnn1d", (8, 1, 40)),
                   "conv2d": lambda: _image_host("resnet", (2, 3, 16, 16), width=4),
                   "sequence": lambda: _token_model(causal=False),
-                  "causal_sequence": lambda: _token_model(causal=True)}
+                  "causal_sequence": lambda: _token_model(causal=True),
+                  "features": _mlp}
 
 
 def _loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from esper.errors import BadInput, RunFailed
 from esper.leyline.config import HeuristicConfig, LifecycleConfig, from_table, parse_knobs
 from esper.leyline.stages import SeedStage
 from esper.store import Workspace
-from esper.tamiyo.controllers import CONTROLLERS
+from esper.tamiyo.controllers import CONTROLLERS, idle_heuristic
 from esper.tamiyo.observation import ObservationProjection
 from esper.tolaria.loop import SNAPSHOT_EVERY
 from esper.tolaria.resume import open_resumption
@@ -110,6 +110,7 @@ def run(
         where = f"{ranks.world} ranks on {config.device}" if ranks else config.device
         say(f"run {planned.run_id}: {config.task}, controller {config.controller}, seed {config.seed}, {config.epochs} "
             f"epochs{anneal} on {where} ({config.precision}){cap}")
+        _note_idle(config)
         result = runs.start(planned, ws, progress=_progress(config.epochs), ranks=ranks, batches=EpochBars())
     _print_result(planned.run_id, result, as_json)
 
@@ -175,6 +176,12 @@ def _resume(run: str, checkpoint_every: int, snapshot_every: int, workspace: Opt
     return resumption.run_id, result
 
 
+def _note_idle(config) -> None:
+    """A heuristic run too short to germinate anything is not refused (a baseline may want it), but said."""
+    if config.controller == "heuristic" and (idle := idle_heuristic(config.heuristic, config.epochs)):
+        say(f"note: {idle} (--heuristic warmup_epochs=N, --heuristic finish_epochs=N)")
+
+
 def _print_result(run_id: str, result, as_json: bool) -> None:
     table = _closing_table(run_id, result)
     if as_json:
@@ -236,6 +243,7 @@ def _run_seeds(text: str, request: runs.RunRequest, ctx: typer.Context, as_json:
     where = f"on Ray at {ray_address}" if ray_address else "on Ray" if len(planned) > 1 else "here"
     say(f"seeds {text}: {len(planned)} run{'s' * (len(planned) > 1)} of {c.task}, controller {c.controller}, {c.epochs} "
         f"epochs on {c.device}, {where}")
+    _note_idle(c)
     done = fanout.train_seeds(planned, ws, lambda run: _print_seed_run(run, as_json), ray_address)
     summary = fanout.summary(done)
     if as_json:

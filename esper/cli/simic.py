@@ -13,6 +13,7 @@ from esper.errors import BadInput, StoreFailed
 from esper.simic.config import IQLConfig, PPOConfig
 from esper.simic.rewards import RewardConfig
 from esper.store.workspace import RUNS_COLUMNS
+from esper.tolaria.tasks import TASKS
 
 PPO, IQL, REWARD = PPOConfig(), IQLConfig(), RewardConfig()
 RewardAccuracy = typer.Option(REWARD.accuracy, "--reward-accuracy", help="Weight of the change in validation accuracy.")
@@ -132,7 +133,7 @@ def iql(
     runs: Optional[str] = typer.Option(
         None, "--runs",
         help=f"SQL condition choosing runs, over the columns of the `runs` view ({', '.join(RUNS_COLUMNS)}); "
-             "e.g. \"controller IN ('heuristic', 'random')\". Default: every run of --task.",
+             "e.g. \"controller IN ('heuristic', 'random')\"; it narrows the runs of --task. Default: every run of it.",
     ),
     task: str = typer.Option(IQL.task, "--task", help="Task whose runs make the dataset."),
     batch_size: int = typer.Option(IQL.batch_size, "--batch-size", help="Transitions per gradient step."),
@@ -165,5 +166,7 @@ def iql(
 
 
 def _run_it(task: str, out: Path) -> str:
-    """The command that runs a trained policy on its task."""
+    """The command (or, for a task of the user's own model, the call) that runs a trained policy on its task."""
+    if task not in TASKS:
+        return f"esper.fit(..., task={task!r}, controller='policy', policy={str(out)!r})"
     return "esper run " + ("" if task == "mnist1d" else f"--task {task} ") + f"--controller policy --policy {out}"

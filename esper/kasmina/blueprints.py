@@ -3,7 +3,8 @@
 A slot adds a seed's output to the activation it sees (`x + alpha * seed(x)`), so a blueprint is the
 residual branch only. `BLUEPRINTS[family][name](channels)` builds one; family "conv1d" works on
 (B, C, L) activations, "conv2d" on (B, C, H, W), "sequence" and "causal_sequence" on (B, T, D) (the same
-blueprints; in the causal family a position attends to itself and earlier ones only). Convolution weights are
+blueprints; in the causal family a position attends to itself and earlier ones only), "features" on (B, D) (an
+MLP's hidden layers: the sequence blueprints that need no positions). Convolution weights are
 initialised the ordinary way (PyTorch defaults): a seed learns in isolation before it is blended, and blending
 starts at alpha = 0. A sequence blueprint's last layer starts at zero, as in transformers' residual branches
 (and LoRA's up-projection): it contributes nothing until it has learned something, even fully in.
@@ -132,11 +133,19 @@ def _sequence_family(causal: bool) -> dict[str, Callable[[int], nn.Module]]:
     return {"mlp": mlp_, "attention": attention, "lowrank": lowrank, "norm": norm}
 
 
+def _features_family() -> dict[str, Callable[[int], nn.Module]]:
+    """Residual branches over (B, D): the sequence family's, which act on the last dimension, less attention."""
+    family = _sequence_family(causal=False)
+    del family["attention"]
+    return family
+
+
 BLUEPRINTS: dict[str, dict[str, Callable[[int], nn.Module]]] = {
     "conv1d": _family(nn.Conv1d, nn.BatchNorm1d, dw_kernel=5),
     "conv2d": _family(nn.Conv2d, nn.BatchNorm2d, dw_kernel=3),
     "sequence": _sequence_family(causal=False),
     "causal_sequence": _sequence_family(causal=True),
+    "features": _features_family(),
 }
 
 

@@ -4,7 +4,7 @@ One forward pass of an example input finds each slot's activation shape, and the
 family that grows there: `(B, C, H, W)` conv2d; a 3-D activation is `(B, C, L)`, conv1d, when the last layer
 that shaped it is a 1-D convolution, normalisation or pooling (`CHANNELS_FIRST`), else `(B, T, D)`, sequence
 (`causal_sequence` unless `causal=False`: Esper cannot see whether the model lets positions see later ones, and a
-causal seed is safe in any model). The pass runs on the meta device (shapes
+causal seed is safe in any model); `(B, D)` features, an MLP's hidden layer. The pass runs on the meta device (shapes
 only: no memory, no arithmetic), or for real on the model's own device when some module cannot run on
 meta; either way in eval mode, without gradients, on a copy of the buffers and a fork of the RNG, so
 growing changes nothing about the model or a run's randomness. Bad input is one `BadInput` line.
@@ -61,8 +61,10 @@ def family_of(path: str, outputs: list[tuple], causal: bool = True) -> tuple[str
         return "conv1d", shape[1]
     if len(shape) == 3:
         return ("causal_sequence" if causal else "sequence"), shape[2]
-    raise BadInput(f"{path} gives activations of shape {tuple(shape)}: no blueprint family grows those (conv1d takes "
-                   "(B, C, L), conv2d (B, C, H, W), sequence (B, T, D))")
+    if len(shape) == 2:
+        return "features", shape[1]
+    raise BadInput(f"{path} gives activations of shape {tuple(shape)}: no blueprint family grows those (features "
+                   "take (B, D), conv1d (B, C, L), conv2d (B, C, H, W), sequence (B, T, D))")
 
 
 def _slot_paths(model: nn.Module, slots: Sequence[str] | Mapping[str, str]) -> dict[str, str]:

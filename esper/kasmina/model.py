@@ -39,7 +39,7 @@ class SlotHook:
 
 class GrowableModel(nn.Module):
     """A host network that grows: `host` is the user's module, `slots` the places seeds grow in, each after
-    the host submodule `slot.after`. Build one with `esper.kasmina.grow`."""
+    the host submodule `slot.after`. Build one with `esper.grow`."""
 
     def __init__(self, host: nn.Module, slots: list[Slot]):
         super().__init__()

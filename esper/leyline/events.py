@@ -204,7 +204,8 @@ def upcast_policy_updated_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
 
 class RunFinished(_Event, tag="RunFinished"):
     val_accuracy: float
-    test_accuracy: float
+    test_accuracy: float | None
+    """None for a user's run (`esper.fit`) given no test batches."""
     params: int
     seeds: dict[str, int] = {}
     """How many seeds ended in each stage."""

@@ -71,7 +71,7 @@ class TensorBoardWriter:
                                     f"({event.trigger})", event.epoch)
         elif isinstance(event, CommandRejected):
             w.add_text("rejected", event.reason, event.epoch)
-        elif isinstance(event, RunFinished):
+        elif isinstance(event, RunFinished) and event.test_accuracy is not None:
             w.add_scalar("accuracy/test", event.test_accuracy, event.epoch)
         elif isinstance(event, RunFailed):
             w.add_text("run", f"failed: {event.error}", event.epoch)

@@ -99,6 +99,16 @@ class HeuristicController:
         return None
 
 
+def idle_heuristic(config: HeuristicConfig, epochs: int) -> str | None:
+    """Why the heuristic cannot germinate at all in a run of `epochs` (None when it can): it decides after each
+    epoch from `warmup_epochs` on, and not when fewer than `finish_epochs` remain."""
+    first, last = max(config.warmup_epochs, 1), epochs - config.finish_epochs
+    if last >= first:
+        return None
+    return (f"the heuristic germinates from epoch {first} until {config.finish_epochs} epochs before the end, so a "
+            f"{epochs}-epoch run grows nothing")
+
+
 class RandomController:
     """Uniform over the commands the lifecycle would accept now; seeded. Makes exploratory datasets."""
 

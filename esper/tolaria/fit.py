@@ -7,6 +7,7 @@ model and data came from user code, which the log does not hold: `esper replay -
 """
 
 import secrets
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
@@ -19,10 +20,11 @@ from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConf
                                   from_table)
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
-from esper.tamiyo.controllers import make_controller
+from esper.tamiyo.controllers import idle_heuristic, make_controller
 from esper.tolaria.loop import Progress, StoreSink, execute, resolve_config
 from esper.tolaria.tasks import TASKS
-from esper.tolaria.userdata import Loss, Score, UserData, check_targets
+from esper.tolaria.trainer import resolve_device
+from esper.tolaria.userdata import Loss, Score, UserData, check_first_batch
 
 Batches = Iterable | Callable[[], Iterable]
 
@@ -32,8 +34,9 @@ class FitResult:
     run_id: str
     """The run's id in the workspace: `esper replay RUN_ID`, `esper report RUN_ID`."""
     val_accuracy: float
-    test_accuracy: float
-    """The score on `test` (on `val` when no test batches were given), 0..1."""
+    """The score on `val` after the last epoch, 0..1."""
+    test_accuracy: float | None
+    """The score on `test` at the end, 0..1; None when no test batches were given."""
     params: int
     seeds: dict[str, int]
     """How many seeds ended in each stage."""
@@ -42,7 +45,7 @@ class FitResult:
 def fit(
     model: GrowableModel, train: Batches, val: Batches, *, test: Batches | None = None,
     loss: Loss = F.cross_entropy, score: Score | None = None, epochs: int = 10, controller: str = "heuristic",
-    heuristic: HeuristicConfig | Mapping = HeuristicConfig(), lifecycle: LifecycleConfig = LifecycleConfig(),
+    heuristic: HeuristicConfig | Mapping = HeuristicConfig(), lifecycle: LifecycleConfig | Mapping = LifecycleConfig(),
     blueprints: Sequence[str] | None = None, optimizer: str = "adam", lr: float = 1e-3, seed_lr: float | None = None, weight_decay: float = 0.0,
     momentum: float = 0.9, seed: int = 0, task: str = "user", device: str | None = None,
     policy: str | None = None, workspace: str | None = None, progress: Progress | None = None,
@@ -51,30 +54,46 @@ def fit(
 
     `train`, `val`, `test`: (x, y) batches, each a collection or a function returning them; `loss(model(x), y)`
     is a batch's mean loss; `score(model(x), y)` the fraction of a batch the model gets right, which the gates
-    and controllers read as accuracy (default: top-1 accuracy against class indices). `heuristic`: the knobs
-    of the heuristic controller (a `HeuristicConfig` or a dict of them). `blueprints`: what controllers may
+    and controllers read as accuracy (default: top-1 accuracy of logits `(B, classes)` against class indices).
+    `controller`: heuristic, static, random or policy (then `policy`: the file `esper ppo`/`esper iql` saved).
+    `heuristic`: the knobs of the heuristic controller, `lifecycle` the lifecycle's timings, thresholds and size
+    cap (`max_params`): each a config struct or a dict of its fields. `blueprints`: what controllers may
     germinate (default: every blueprint of the slots' families, the largest first). `optimizer` ("adam" or "sgd"), `lr`,
-    `weight_decay`, `momentum` train the host; `seed_lr` (default `lr`) the seeds. `task` names the run's
-    task in the log; `workspace`: the folder of the event log (default `$ESPER_WORKSPACE`, else `./runs`).
-    The model is trained in place. Bad input raises `BadInput` before anything is written.
+    `weight_decay`, `momentum` train the host; `seed_lr` (default `lr`) the seeds. `seed` seeds the run's
+    randomness; `device` (default: the model's) is where it trains; `progress(epoch, stats, projection, issued)`
+    is called after each epoch's decision. `task` names the run's task in the log; `workspace`: the folder of
+    the event log (default `$ESPER_WORKSPACE`, else `./runs`).
+
+    The model is trained in place and keeps its seeds as the run leaves them: fossilized seeds are part of it,
+    a seed still blending adds its output at the α it reached, and a seed still training adds nothing. Bad
+    input raises `BadInput` before anything is written; a heuristic that cannot germinate in `epochs` (see its
+    `warmup_epochs` and `finish_epochs`) is warned about.
     """
     if not isinstance(model, GrowableModel):
         raise BadInput("esper.fit trains a grown model: esper.grow(model, slots=[...], example=x) first")
     if controller == "scratch":  # it builds another run's final architecture, which only `esper run --like` names
         raise BadInput("controller 'scratch' rebuilds a built-in run (esper run --like); use heuristic, static, random "
                        "or policy")
-    knobs = _knobs(heuristic)
+    if grown := [f"{seed.seed_id} in slot {slot.name} ({seed.stage.value})" for slot in model.slots.values()
+                 for seed in slot.seeds()]:
+        raise BadInput(f"the model already holds seeds ({', '.join(grown)}): esper.fit grows a model from its host "
+                       "alone; grow a fresh one with esper.grow")
+    knobs = _knobs(HeuristicConfig, heuristic, "heuristic")
+    lifecycle = _knobs(LifecycleConfig, lifecycle, "lifecycle")
     preset = _preset(model, task, epochs, blueprints, optimizer, lr, seed_lr, weight_decay, momentum)
-    data = UserData(train, val, val if test is None else test, loss, score)
-    first = next(iter(data.batches("val")), None)
-    if first is None:
-        raise BadInput("val holds no batches: the gates and controllers need a validation score")
-    check_targets(first[1], score)
+    data = UserData(train, val, test, loss, score)
+    firsts = {split: next(iter(data.batches(split)), None) for split in ("train", "val", "test")[:3 if test else 2]}
+    if empty := [split for split, first in firsts.items() if first is None]:
+        raise BadInput(f"{empty[0]} holds no batches")
     device = device or str(next(model.parameters()).device)
+    resolve_device(device)
+    check_first_batch(model, firsts["val"], loss, score)
     config = resolve_config(RunConfig(task=task, controller=controller, seed=seed, epochs=epochs, device=device,
                                       policy=policy, heuristic=knobs, lifecycle=lifecycle, anneal_epochs=0),
                             preset, model.param_count())
     brain = make_controller(controller, seed, policy, knobs)
+    if controller == "heuristic" and (idle := idle_heuristic(knobs, epochs)):
+        warnings.warn(f"{idle} (lower the knobs warmup_epochs or finish_epochs)", stacklevel=2)
     ws = Workspace.at(workspace)
     check_writable(ws.root / "store.duckdb", what="workspace")
     run_id = f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
@@ -84,12 +103,13 @@ def fit(
     return FitResult(run_id, result.val_accuracy, result.test_accuracy, result.params, result.seeds)
 
 
-def _knobs(heuristic: HeuristicConfig | Mapping) -> HeuristicConfig:
-    if isinstance(heuristic, HeuristicConfig):
-        return heuristic
-    if not isinstance(heuristic, Mapping):
-        raise BadInput(f"heuristic: a HeuristicConfig or a dict of its knobs, not {type(heuristic).__name__}")
-    return from_table(HeuristicConfig, dict(heuristic), "heuristic")
+def _knobs(struct: type, given, name: str):
+    """`given` as the config struct `struct`: itself, or built from a dict of its fields."""
+    if isinstance(given, struct):
+        return given
+    if not isinstance(given, Mapping):
+        raise BadInput(f"{name}: a {struct.__name__} or a dict of its knobs, not {type(given).__name__}")
+    return from_table(struct, dict(given), name)
 
 
 def _preset(model: GrowableModel, task: str, epochs: int, blueprints: Sequence[str] | None, optimizer: str, lr: float,

@@ -138,7 +138,8 @@ class StoreSink:
 @attrs.frozen
 class RunResult:
     val_accuracy: float
-    test_accuracy: float
+    test_accuracy: float | None
+    """None for a user's run (`esper.fit`) given no test batches."""
     params: int
     seeds: dict[str, int]
     """How many seeds ended in each stage."""
@@ -205,11 +206,12 @@ def _check_cap(cap: int, task: str, preset: TaskPreset, host: int | None) -> Non
     if cap < 0:
         raise BadInput(f"max_params must be 0 (no cap) or a parameter count, got {cap}")
     if cap:
+        whose = f"the {task} host's" if host is None else "the model's"  # a user's model (esper.fit) is no task's host
         if host is None:
             with torch.device("meta"):  # the host's size without memory or a draw from the RNG
                 host = preset_host(preset).param_count()
         if cap < host:
-            raise BadInput(f"max_params {cap:,} is below the {task} host's own {host:,} parameters")
+            raise BadInput(f"max_params {cap:,} is below {whose} own {host:,} parameters")
 
 
 class Session:
@@ -345,12 +347,13 @@ class Session:
     def finish(self) -> RunResult:
         crashpoints.reach("finishing", self.epoch)
         self._send("finish")  # the other ranks' part ends here; the test split is measured here alone
-        test_loss, test_accuracy, _ = self.trainer.evaluate("test")
+        data = self.trainer.data
+        measured = not isinstance(data, UserData) or data.test is not None
+        test_loss, test_accuracy, _ = self.trainer.evaluate("test") if measured else (None, None, {})
         counts: dict[str, int] = {}
         for seed in self.projection.garden.seeds.values():
             counts[seed.stage.value] = counts.get(seed.stage.value, 0) + 1
         last = self.projection.observe()
-        data = self.trainer.data
         finished = RunFinished(epoch=self.epoch, val_accuracy=last.val_accuracy, test_accuracy=test_accuracy,
                                params=self.trainer.model.param_count(), seeds=counts,
                                val_bits_per_char=bits_per_char(data, "val", last.val_loss),
@@ -445,7 +448,7 @@ def train(session: Session, controller: Controller, progress: Progress | None = 
                 progress(session.epoch, session.stats, session.projection, issued)
         return session.finish()
     except BaseException as exc:
-        error = failure_of(exc)
+        error = failure_of(exc, user_code=session.host_params is not None)
         if error is not None:
             session.fail(error)
         raise
@@ -490,10 +493,11 @@ def follow(ranks: Ranks, data: TaskData | None = None) -> None:
             session.close()
 
 
-def failure_of(exc: BaseException) -> str | None:
+def failure_of(exc: BaseException, user_code: bool = False) -> str | None:
     """The `RunFailed.error` a run ends with when `exc` stops it: a failure of its own (diverged), an interruption,
-    a failure Esper names (another run's store refused a write), or a bug (an internal error). None for what
-    does not end a run (`SystemExit` and the like)."""
+    a failure Esper names (another run's store refused a write), or a bug (an internal error). In a run of the
+    user's own model, data and loss (`user_code`) an exception may as well be theirs: it is not called Esper's.
+    None for what does not end a run (`SystemExit` and the like)."""
     if isinstance(exc, KeyboardInterrupt):
         return str(exc) or "interrupted"
     if isinstance(exc, StoreFailed):  # what failed, not what the other run's log holds
@@ -501,5 +505,5 @@ def failure_of(exc: BaseException) -> str | None:
     if isinstance(exc, EsperError):
         return str(exc)
     if isinstance(exc, Exception):
-        return f"internal error: {type(exc).__name__}: {first_line(exc)}"
+        return f"{'error' if user_code else 'internal error'}: {type(exc).__name__}: {first_line(exc)}"
     return None

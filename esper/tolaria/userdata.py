@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import torch
 
-from esper.errors import BadInput
+from esper.errors import BadInput, first_line
 from esper.tolaria.data import to_device
 
 Loss = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -25,7 +25,8 @@ class UserData:
 
     train: Iterable | Callable[[], Iterable]
     val: Iterable | Callable[[], Iterable]
-    test: Iterable | Callable[[], Iterable]
+    test: Iterable | Callable[[], Iterable] | None
+    """None: the run measures no test score (`RunFinished.test_accuracy` is None)."""
     loss_fn: Loss
     score: Score | None = None
     device: torch.device | None = None
@@ -77,15 +78,49 @@ class UserData:
         return (output.argmax(1) == y).sum()
 
 
-def check_targets(y: Any, score: Score | None) -> None:
-    """Accuracy, the default score, needs class indices: any other target needs the user's `score`."""
+def check_first_batch(model: torch.nn.Module, batch: tuple[Any, Any], loss: Loss, score: Score | None) -> None:
+    """Refuse, before anything is written, what would make the run's numbers wrong: the model's output on a
+    validation batch (in eval mode, without gradients: nothing about the model changes) must give a finite scalar
+    loss and a score between 0 and 1; the default score needs logits `(B, classes)` and class indices `(B,)`."""
+    x, y = batch
     if score is None and not (isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex()):
-        raise BadInput(f"y is {_kind(y)}, not class indices: esper.fit measures top-1 accuracy by default; pass "
-                       "score=f(output, y) giving the fraction of a batch the model gets right (0..1)")
+        raise BadInput(f"y is {_kind(y)}, not class indices: esper.fit measures top-1 accuracy by default; {_PASS_SCORE}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(_to(x, device))
+            y = _to(y, device)
+            if score is None and not (isinstance(output, torch.Tensor) and output.dim() == 2 and y.dim() == 1
+                                      and len(output) == len(y)):
+                raise BadInput(f"the model gives {_kind(output, shape=True)} for targets of shape {tuple(y.shape)}: the "
+                               f"default score is top-1 accuracy of logits (B, classes) against class indices (B,); "
+                               f"{_PASS_SCORE}")
+            value = loss(output, y)
+            if not (isinstance(value, torch.Tensor) and value.dim() == 0 and torch.isfinite(value)):
+                raise BadInput(f"loss(output, y) gave {_kind(value, shape=True)} on a validation batch: it must be the "
+                               "batch's mean loss, a finite scalar tensor")
+            right = float(torch.as_tensor(score(output, y) if score else (output.argmax(1) == y).float().mean()))
+    except BadInput:
+        raise
+    except Exception as exc:  # the user's model, loss or score: their own message, traceback chained
+        raise BadInput(f"the model, loss or score fails on a validation batch: {type(exc).__name__}: "
+                       f"{first_line(exc)}") from exc
+    finally:
+        model.train(was_training)
+    if not 0.0 <= right <= 1.0:
+        raise BadInput(f"score(output, y) gave {right:.6g} on a validation batch: it must be the fraction of the batch "
+                       "the model gets right, 0..1")
 
 
-def _kind(y: Any) -> str:
-    return f"a {y.dtype} tensor" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
+_PASS_SCORE = "pass score=f(output, y) giving the fraction of a batch the model gets right (0..1)"
+
+
+def _kind(value: Any, shape: bool = False) -> str:
+    if not isinstance(value, torch.Tensor):
+        return f"a {type(value).__name__}"
+    return f"a {value.dtype} tensor" + (f" of shape {tuple(value.shape)}" if shape else "")
 
 
 def _to(value: Any, device: torch.device | None) -> Any:
