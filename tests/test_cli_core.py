@@ -1,6 +1,8 @@
 """`esper replay`, `query`, `runs` from the outside: exit codes, one-line errors, read-only SQL."""
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,14 @@ def test_a_closed_stderr_changes_no_exit_code_and_no_output(workspace):
 ])
 def test_replay_refuses_verification_options_that_contradict(workspace, args, message):
     assert message in one_line_error(invoke("replay", "run-a", *args, workspace=workspace))
+
+
+def test_a_bare_esper_prints_its_help_and_version_prints_the_versions(monkeypatch, capsys):
+    import esper.cli
+
+    monkeypatch.setattr(sys, "argv", ["esper"])
+    assert esper.cli._run() == 0
+    shown = capsys.readouterr()
+    assert shown.out.startswith("Usage: ") and "Commands:" in shown.out and shown.err == ""
+    version = invoke("--version")
+    assert version.exit_code == 0 and re.fullmatch(r"esper \S+ torch \S+ numpy \S+\n", version.stdout), version.stdout

@@ -123,10 +123,12 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     finally:
         proc.kill()
     assert code == 143, rest
-    assert rest.strip().splitlines()[-1] == "esper: terminated" and "Traceback" not in rest, rest
     (store,) = tmp_path.glob("*.duckdb")
     with Recorder(store) as rec:
         (run_id,) = rec.run_ids()
+    assert rest.strip().splitlines()[-2:] == [f"note: esper run --resume {run_id} continues the run",
+                                              "esper: terminated"] and "Traceback" not in rest, rest
+    with Recorder(store) as rec:
         recorded = rec.read(run_id)
     state, events = RunState.fold(recorded), [r.event for r in recorded]  # folds: a whole, legal log
     assert state.status == "failed" and state.failed.error == "terminated" and events[-1] == state.failed
@@ -139,7 +141,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     [
         (("--task", "imagenet"), "unknown task"),
         (("--controller", "oracle"), "unknown controller"),
-        (("--controller", "scratch"), "needs like = RUN"),
+        (("--controller", "scratch"), "needs --like RUN"),
         (("--controller", "policy"), "needs a policy file"),
         (("--epochs", "-1"), "must be positive"),
         (("--device", "tpu"), "device"),
@@ -164,6 +166,8 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--blend-schedule", "cosine"), "unknown blend schedule 'cosine': use linear, sigmoid"),
         (("--policy", "policy.pt"), "policy is for controller policy or sampled"),
         (("--lr", "-0.1"), "lr must be a positive number"),
+        (("--lr", "1e38"), "lr must be a positive number up to 1000, got 1e+38"),  # Adam's step would overflow
+        (("--seed-lr", "2000"), "seed_lr must be a positive number up to 1000, got 2000"),
         (("--batch-size", "0"), "batch_size must be at least 1"),
         (("--host", "mlp"), "unknown host 'mlp' (hosts: cnn1d, resnet, paper_cnn, transformer)"),
         (("--host-option", "width=3"), "host cnn1d has no option 'width'"),
@@ -229,6 +233,9 @@ def test_a_run_stopped_before_its_first_event_leaves_no_store(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         runs.start(planned, ws)
     assert not list(tmp_path.glob("*.duckdb*"))
+    stopped = invoke("run", "--epochs", "1", workspace=tmp_path)
+    assert stopped.exit_code == 130 and stopped.stderr.strip().splitlines()[-1] == "esper: interrupted"
+    assert "--resume" not in stopped.stderr  # nothing was logged: nothing to continue
 
 
 def test_a_capped_heuristic_run_stays_within_max_params_and_replays(tmp_path):

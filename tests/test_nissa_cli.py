@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_runner import invoke, one_line_error
+from cli_runner import invoke, one_line_error, start
 from fake_runs import run_id_for, write_comparison
 
 from esper.store import Workspace
@@ -87,6 +87,15 @@ def test_export_to_standard_output_is_the_file_it_would_write(ws, tmp_path, monk
     assert not (tmp_path / "-").exists()
     assert invoke("export", "heur", "-w", str(ws), "--out", str(tmp_path / "h.jsonl")).exit_code == 0
     assert piped.stdout == (tmp_path / "h.jsonl").read_text(encoding="utf-8")
+
+
+def test_an_export_to_a_reader_that_left_says_no_success(ws):
+    """`esper export RUN --out - | head -c 100`: exit 141, and no line on stderr claims the events were exported."""
+    process = start("export", "heur", "--out", "-", workspace=ws)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 141, stderr
+    assert "exported" not in stderr and "error" not in stderr, stderr
 
 
 def test_export_default_name_is_the_run_id(ws, tmp_path, monkeypatch):

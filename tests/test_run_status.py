@@ -1,6 +1,6 @@
 """A run's status is one rule (`esper.leyline.status`), and every reader of it says the same on the same logs:
-the `runs` view (and `esper runs`, which lists it), the run summary projection, the replayed `RunState`, and a
-report's `RunView`."""
+the `runs` view (and `esper runs`, which lists it), the run summary projection, the replayed `RunState` (and
+`esper replay`, which prints it), and a report's `RunView`."""
 
 import msgspec
 import pytest
@@ -39,6 +39,10 @@ def read_statuses(ws: Workspace) -> dict[str, dict[str, str]]:
     """Run → reader → the status that reader gives."""
     out: dict[str, dict[str, str]] = {}
     listed = msgspec.json.decode(invoke("runs", "--json", workspace=ws.root).stdout)
+    replayed = {}
+    for run_id in logs() | {LIVE: None}:
+        replay = invoke("replay", run_id, "--json", workspace=ws.root)
+        replayed[run_id] = msgspec.json.decode(replay.stdout)["status"] if replay.exit_code == 0 else replay.stderr
     with ws.reader() as reader, Projector.memory() as projector:
         projector.rebuild(reader)
         view = dict(reader.con.execute("SELECT run_id, status FROM runs").fetchall())
@@ -50,6 +54,7 @@ def read_statuses(ws: Workspace) -> dict[str, dict[str, str]]:
                 "run summary": shown(projector.fetch("run_summary", run_id)[0]["status"], live),
                 "RunState": shown(RunState.fold(reader.read_run(run_id)).status, live),
                 "RunView": load_view(projector, reader, run_id).status,
+                "esper replay": replayed[run_id],
             }
     return out
 

@@ -35,6 +35,11 @@ def test_exported_scalars_equal_the_logs(tmp_path):
     assert test.value == pytest.approx(finished.test_accuracy, rel=1e-6)
     seeds = {seed.seed_id for e in epochs for seed in e.seeds}
     assert seeds and all(f"seed/{s}/alpha" in acc.Tags()["scalars"] for s in seeds)
+    # a second export into the same folder would put every curve in it twice: refused, the first left as it is
+    files = sorted((tmp_path / "tb" / run_id).iterdir())
+    again = invoke("export", run_id, "--format", "tensorboard", "--out", tmp_path / "tb", workspace=tmp_path / "ws")
+    assert "already holds TensorBoard event files" in one_line_error(again)
+    assert sorted((tmp_path / "tb" / run_id).iterdir()) == files
     transitions = [e for e in events if isinstance(e, SeedTransitioned)]
     assert len(acc.Tensors("lifecycle/text_summary")) == len(transitions)
 

@@ -10,7 +10,6 @@ rank 0 plans and starts the run inside `leading`, and every other rank `follow`s
 """
 
 import contextlib
-import math
 import secrets
 import tomllib
 import warnings
@@ -23,7 +22,7 @@ import torch
 
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line
 from esper.kasmina import SCHEDULES, host_problem, preset_host
-from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, from_table, number_problem
+from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, from_table, number_problem, rate_problem
 from esper.leyline.stages import SeedStage
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
@@ -121,11 +120,12 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     epochs, like = r.epochs, r.like
     if r.controller == "scratch":
         if like is None:
-            raise BadInput("controller scratch needs like = RUN (the run whose final architecture to build)")
+            raise BadInput("controller scratch needs --like RUN (like = RUN in a --config file): the run whose final "
+                           "architecture to build")
         like, architecture, like_epochs = final_architecture(ws, like, r.task)
         epochs = epochs or like_epochs
     elif like is not None:
-        raise BadInput("like only makes sense with controller scratch")
+        raise BadInput("--like (like) only makes sense with --controller scratch")
     _check_settings(r)
     knobs = from_table(HeuristicConfig, r.heuristic, "heuristic knobs")
     controller = make_controller(r.controller, r.seed, r.policy, knobs)
@@ -167,9 +167,8 @@ def _check_settings(r: RunRequest) -> None:
         if getattr(r, name) < 0:
             raise BadInput(f"{name} must be 0 (none) or a number of epochs, got {getattr(r, name)}")
     for name in ("lr", "seed_lr"):
-        value = getattr(r, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise BadInput(f"{name} must be a positive number, got {value}")
+        if getattr(r, name) is not None and (problem := rate_problem(name, getattr(r, name))):
+            raise BadInput(problem)
     if r.batch_size is not None and r.batch_size < 1:
         raise BadInput(f"batch_size must be at least 1, got {r.batch_size}")
 

@@ -44,6 +44,9 @@ def _run() -> int:
         return 130
     except typer.TyperException as exc:  # usage errors: unknown command, bad option, missing argument
         ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # a bare `esper`: its help, as asked
+            print(ctx.get_help())
+            return 0
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         if exc.format_message():  # a bare `esper` has printed the help already and has nothing to add
             say(f"esper: {exc.format_message()}{hint}")

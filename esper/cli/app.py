@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import io
 import json
 import math
 import os
@@ -21,6 +22,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts are plain: `[heuristic]` and `.[ray]` are words, not markup
 )
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from esper.tolaria.loop import versions
+
+        print(" ".join(f"{name} {version}" for name, version in versions().items() if name != "cpu"))
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the versions of Esper, torch and numpy, and exit."),
+) -> None:
+    """Morphogenetic neural networks on an event-sourced lifecycle engine."""
+
 
 WorkspaceOption = typer.Option(
     None, "--workspace", "-w", help="Folder of store files (default $ESPER_WORKSPACE, else ./runs)."
@@ -105,6 +122,8 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             say("esper: interrupted")
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # stdout's reader has gone (`| head`): 128 + SIGPIPE, as a shell says it
+            raise typer.Exit(141) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # a bug of ours: still one line, with the way to see more
@@ -114,6 +133,23 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def deliver_stdout() -> None:
+    """Write now what the command has printed so far, which `esper.cli.main` holds until the command ends: a reader
+    that has gone is then seen here (`BrokenPipeError`, exit 141) before the command says what it delivered."""
+    held = sys.stdout
+    if not isinstance(held, io.StringIO):  # a terminal: nothing is held
+        held.flush()
+        return
+    if sys.__stdout__ is None:  # closed before the command started
+        raise BrokenPipeError("standard output is closed")
+    data = held.getvalue().encode(sys.__stdout__.encoding or "utf-8", "replace")
+    held.seek(0)
+    held.truncate()
+    fd = sys.__stdout__.fileno()
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def _check_numbers(options: dict[str, Any]) -> None:

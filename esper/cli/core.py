@@ -10,7 +10,7 @@ import typer
 
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, json_text, say
 from esper.errors import BadInput
-from esper.nissa.runstate import RunState
+from esper.leyline.status import shown
 from esper.nissa.snapshot import fold_checking
 from esper.tolaria.verify import DEFAULT_TOLERANCE, reexecutable, verify_run
 
@@ -37,7 +37,7 @@ def replay(
         raise BadInput("--exact compares bit for bit and --tolerance within a deviation: give one of them")
     if not 0 <= tolerance < 1:
         raise BadInput(f"--tolerance is a relative deviation from 0 to 1, got {tolerance}")
-    run_id, recorded, snapshots = _recorded(run, workspace)
+    run_id, recorded, snapshots, live = _recorded(run, workspace)
     state = fold_checking(run_id, recorded, snapshots)
     if verify:
         reexecutable(recorded)
@@ -46,15 +46,18 @@ def replay(
         for note in verification.notes:
             say(f"note: {note}")
         say(f"verified: {verification.describe()}")
+    summary = state.summary()
+    summary["status"] = shown(summary["status"], live)  # as `esper runs` says it: an incomplete run being written runs
     if as_json:
-        print(json_text(state.summary()))
+        print(json_text(summary))
         return
-    _print_story(state)
+    _print_story(summary)
 
 
-def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list]:
-    """The events of RUN and its stored snapshots: from an exported file when RUN names one (which carries no
-    snapshots), else from the workspace; its hash chain checked first (`LogAltered` names the first altered event)."""
+def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list, bool]:
+    """The events of RUN, its stored snapshots and whether a writer holds it now: from an exported file when RUN
+    names one (which carries no snapshots), else from the workspace; its hash chain checked first (`LogAltered` names
+    the first altered event)."""
     path = Path(run)
     if path.suffix in (".jsonl", ".parquet"):
         if not path.is_file():
@@ -68,7 +71,7 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list]:
         for note in notes:
             say(f"note: {note}")
         run_id, recorded = next(iter(runs.items()))
-        return run_id, recorded, []
+        return run_id, recorded, [], False
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
@@ -76,11 +79,10 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list]:
         run_id = reader.resolve_run(run)
         if note := reader.check_run(run_id):
             say(f"note: {note}")
-        return run_id, reader.read_run(run_id), reader.snapshots(run_id)
+        return run_id, reader.read_run(run_id), reader.snapshots(run_id), reader.is_live(run_id)
 
 
-def _print_story(state: RunState) -> None:
-    s = state.summary()
+def _print_story(s: dict) -> None:
     cfg = s["config"] or {}
     print(f"run {s['run_id']}  {s['status']}  task={cfg.get('task')} controller={cfg.get('controller')} seed={cfg.get('seed')}")
     print(f"{s['events']} events, {s['epochs']} epochs, {s['commands']} commands ({s['rejected']} rejected); every transition legal")
@@ -97,7 +99,8 @@ def _print_story(state: RunState) -> None:
 @app.command()
 @handles_errors
 def query(
-    sql: str = typer.Argument(..., metavar="SQL", help="SQL over the `events` view of every run in the workspace."),
+    sql: str = typer.Argument(..., metavar="SQL", help="SQL over the views `events` (every event of every run in the "
+                              "workspace) and `runs` (one row per run: its status, accuracies, params)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, say
+from esper.cli.app import WorkspaceOption, app, deliver_stdout, existing_workspace, handles_errors, say
 from esper.errors import BadInput, LogAltered
 from esper.store import Workspace
 
@@ -75,7 +75,8 @@ def export(
         "TensorBoard event files, one per run); default from --out, else jsonl."
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="File (folder, for tensorboard) to write "
-                                       "(default ./<run>.<format>); - writes jsonl to standard output."),
+                                       "(default ./<run>.<format>, for tensorboard ./<run>-tensorboard/); - writes "
+                                       "jsonl to standard output."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Write runs' events, every column exactly, to a jsonl or parquet file that `esper import` reads back, or
@@ -96,7 +97,8 @@ def export(
         fmt = format_for(out or Path(""), fmt)
         path = out or Path(f"{_file_name(run_ids[0] if len(run_ids) == 1 else '-'.join(run_ids))}.{fmt}")
         n = export_runs(reader, run_ids, path, fmt)
-    if path == STDOUT:  # the events went to stdout
+    if path == STDOUT:  # the events went to stdout: delivered first, so that a reader that left is no success
+        deliver_stdout()
         say(f"exported {n} events of {_runs_text(run_ids)} to standard output ({fmt})")
     else:
         print(f"exported {n} events of {_runs_text(run_ids)} to {path} ({fmt})")
@@ -107,6 +109,10 @@ def _export_tensorboard(reader, run_ids: list[str], out: Path) -> None:
     from esper.nissa.tensorboard import export_tensorboard
 
     check_writable(out / "run", "the TensorBoard folder")
+    for run_id in run_ids:  # TensorBoard would read an earlier export's files beside the new ones: each curve twice
+        if any((out / run_id).glob("*tfevents*")):
+            raise BadInput(f"{out / run_id} already holds TensorBoard event files (an earlier export?): remove that "
+                           "folder or export to another --out")
     for run_id in run_ids:
         reader.check_run(run_id)  # an altered log is refused here as by every other reader
     n = export_tensorboard({run_id: (r.event for r in reader.read_run(run_id)) for run_id in run_ids}, out)

@@ -1,7 +1,8 @@
 """`esper run`: one morphogenetic training run, logged as events."""
 
+import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -11,6 +12,8 @@ from esper.cli.progress import EpochBars
 from esper.errors import BadInput, RunFailed
 from esper.leyline.config import HeuristicConfig, LifecycleConfig, from_table, parse_knobs
 from esper.leyline.stages import SeedStage
+from esper.nissa.fmt import plural
+from esper.nissa.narrative import describe_command
 from esper.store import Workspace
 from esper.tamiyo.controllers import CONTROLLERS, idle_heuristic
 from esper.tamiyo.observation import ObservationProjection
@@ -106,12 +109,13 @@ def run(
         config = planned.config
         cap = f", at most {config.lifecycle.max_params:,} params" if config.lifecycle.max_params else ""
         annealed = min(config.anneal_epochs, config.epochs)
-        anneal = f" (rates annealed over the last {annealed})" if annealed else ""
+        anneal = f" (rates annealed over the last {plural(annealed, 'epoch')})" if annealed else ""
         where = f"{ranks.world} ranks on {config.device}" if ranks else config.device
-        say(f"run {planned.run_id}: {config.task}, controller {config.controller}, seed {config.seed}, {config.epochs} "
-            f"epochs{anneal} on {where} ({config.precision}){cap}")
+        say(f"run {planned.run_id}: {config.task}, controller {config.controller}, seed {config.seed}, "
+            f"{plural(config.epochs, 'epoch')}{anneal} on {where} ({config.precision}){cap}")
         _note_idle(config)
-        result = runs.start(planned, ws, progress=_progress(config.epochs), ranks=ranks, batches=EpochBars())
+        with _says_how_to_resume(planned.run_id, ws.store_path(planned.run_id), request.checkpoint_every > 0):
+            result = runs.start(planned, ws, progress=_progress(config.epochs), ranks=ranks, batches=EpochBars())
     _print_result(planned.run_id, result, as_json)
 
 
@@ -172,8 +176,21 @@ def _resume(run: str, checkpoint_every: int, snapshot_every: int, workspace: Opt
         for note in resumption.passed_over:
             say(f"note: passed over the checkpoint of {note}")
         say(resumption.describe())
-        result = resumption.train(progress=_progress(resumption.session.config.epochs), batches=EpochBars())
+        with _says_how_to_resume(resumption.run_id, None, checkpoint_every > 0):
+            result = resumption.train(progress=_progress(resumption.session.config.epochs), batches=EpochBars())
     return resumption.run_id, result
+
+
+@contextlib.contextmanager
+def _says_how_to_resume(run_id: str, store: Optional[Path], checkpoints: bool) -> Iterator[None]:
+    """Ctrl-C or SIGTERM stops a run that `--resume` can continue (it keeps checkpoints, and its log exists: a
+    run stopped before its first event leaves no store): say so before the command's last line."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if checkpoints and (store is None or store.exists()):
+            say(f"note: esper run --resume {run_id} continues the run")
+        raise
 
 
 def _note_idle(config) -> None:
@@ -205,24 +222,32 @@ def _progress(total: int):
             f"{s.seed_id}:{s.blueprint} {s.stage.value.lower()}" + (f" α={s.telemetry.alpha:.2f}" if s.stage is SeedStage.BLENDING and s.telemetry else "")
             for s in live
         ) or "-"
-        cmd = type(issued.command).__name__
         say(f"[{epoch:>3}/{total}] val {stats.val_accuracy * 100:5.1f}%  loss {stats.train_loss:.3f}  "
-            f"params {stats.params:>7,}  seeds {seeds}  → {cmd}")
+            f"params {stats.params:>7,}  seeds {seeds}  → {describe_command(issued.command)}")
 
     return report
 
 
+CULLED_BY_NOW = ("CULLED", "EMBARGOED", "DORMANT")
+"""A culled seed's stage as the run ends: its slot under embargo, or free again."""
+
+
 def _stages(seeds: dict[str, int]) -> str:
-    return ", ".join(f"{n} {stage.lower()}" for stage, n in sorted(seeds.items())) or "no seeds"
+    """How the seeds ended, a culled seed called culled whatever its slot has moved on to since."""
+    ended: dict[str, int] = {}
+    for stage, n in sorted(seeds.items()):
+        word = "culled" if stage in CULLED_BY_NOW else stage.lower()
+        ended[word] = ended.get(word, 0) + n
+    return ", ".join(f"{n} {word}" for word, n in ended.items()) or "no seeds"
 
 
 def _closing_table(run_id: str, result) -> str:
     bits = result.test_bits_per_char
     return "\n".join([
         f"run {run_id}",
-        f"  val accuracy   {result.val_accuracy * 100:6.2f}%",
-        f"  test accuracy  {result.test_accuracy * 100:6.2f}%",
-        *([f"  test bits/char {bits:6.3f}"] if bits is not None else []),
+        f"  val accuracy   {result.val_accuracy * 100:.2f}%",
+        f"  test accuracy  {result.test_accuracy * 100:.2f}%",
+        *([f"  test bits/char {bits:.3f}"] if bits is not None else []),
         f"  params         {result.params:,}",
         f"  seeds          {_stages(result.seeds)}",
         f"  replay with    esper replay {run_id}",

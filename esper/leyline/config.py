@@ -44,7 +44,8 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     plateau_epochs: int = 1
     """Germinate once validation accuracy has not beaten its best for this many epochs ..."""
     min_gain: float = 0.05
-    """... or has gained less than this over the last two epochs."""
+    """... or has gained less than this over the last two epochs (before three epochs are measured no gain is
+    known, so the first germination comes as soon as `warmup_epochs` have passed)."""
     max_live_seeds: int = 2
     """At most this many seeds germinated, training or blending at once."""
     finish_epochs: int = 7
@@ -90,6 +91,18 @@ def number_problem(name: str, value: Any) -> str | None:
         return f"{name} must be a finite number, got {value}"
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
         return f"{name} {value} does not fit in 64 bits"
+    return None
+
+
+MAX_RATE = 1e3
+"""The largest learning rate a run takes. Past it no training learns anything, and near float32's limit the
+optimizer's step overflows (a crash, not the divergence a merely too-large rate is reported as)."""
+
+
+def rate_problem(name: str, value: float) -> str | None:
+    """Why `value` cannot be the learning rate `name` (None if it can)."""
+    if not (math.isfinite(value) and 0 < value <= MAX_RATE):
+        return f"{name} must be a positive number up to {MAX_RATE:g}, got {value}"
     return None
 
 

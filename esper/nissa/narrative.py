@@ -145,7 +145,7 @@ def _tell(story: _Story, event: Event) -> None:
     elif isinstance(event, CommandIssued):
         story.pending = event
     elif isinstance(event, CommandRejected):
-        story.refuse(event.epoch, _describe_command(event.command), explain_rejection(event.reason, event.evidence))
+        story.refuse(event.epoch, describe_command(event.command), explain_rejection(event.reason, event.evidence))
         story.pending = None
     elif isinstance(event, SeedGerminated):
         story.seeds[event.seed_id] = _Seed(event.seed_id, event.slot, event.blueprint, event.params)
@@ -281,7 +281,8 @@ def _tell_end(story: _Story, e: RunFinished) -> None:
                        f"{count(e.params)} params{growth}; seeds: {seeds}")
 
 
-def _describe_command(command: Command) -> str:
+def describe_command(command: Command) -> str:
+    """A command in words, with what it names: `germinate conv_light in slot mid`, `cull s2-mid`."""
     if isinstance(command, Germinate):
         return f"germinate {command.blueprint} in slot {command.slot}"
     if isinstance(command, Advance):

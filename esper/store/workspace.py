@@ -31,7 +31,9 @@ def default_workspace() -> Path:
 
 @attrs.define
 class Workspace:
-    root: Path
+    """A folder of store files, one per writing process; `Workspace("runs")` or `Workspace.at(None)` (the default)."""
+
+    root: Path = attrs.field(converter=Path)
 
     @classmethod
     def at(cls, root: str | Path | None) -> "Workspace":

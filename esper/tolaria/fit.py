@@ -17,7 +17,7 @@ from esper.errors import BadInput
 from esper.kasmina import BLUEPRINTS as FAMILIES
 from esper.kasmina import GrowableModel
 from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset,
-                                  from_table)
+                                  from_table, rate_problem)
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import idle_heuristic, make_controller
@@ -122,9 +122,10 @@ def _preset(model: GrowableModel, task: str, epochs: int, blueprints: Sequence[s
     if optimizer not in ("adam", "sgd"):
         raise BadInput(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     seed_lr = lr if seed_lr is None else seed_lr
-    if not (lr > 0 and seed_lr > 0 and weight_decay >= 0):
-        raise BadInput(f"learning rates must be positive and weight decay not negative (lr={lr}, seed_lr={seed_lr}, "
-                       f"weight_decay={weight_decay})")
+    if problem := rate_problem("lr", lr) or rate_problem("seed_lr", seed_lr):
+        raise BadInput(problem)
+    if not weight_decay >= 0:
+        raise BadInput(f"weight_decay must not be negative, got {weight_decay}")
     host = type(model.host)
     offered = {b for slot in model.slots.values() for b in FAMILIES[slot.family]}
     if blueprints is None:
