@@ -1,5 +1,7 @@
-"""`import esper.leyline` (the contracts) loads neither torch nor duckdb; `esper`'s public names resolve lazily."""
+"""`import esper.leyline` (the contracts) loads neither torch nor duckdb, the `esper` command loads torch only for the
+verbs that train or re-execute; `esper`'s public names resolve lazily."""
 
+import os
 import subprocess
 import sys
 
@@ -13,6 +15,16 @@ def test_the_contracts_load_neither_torch_nor_duckdb():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["runs", "--json"], ["query", "select 1"]])
+def test_the_command_reads_without_loading_torch(argv, tmp_path):
+    """torch takes seconds to import: `esper runs`, `query`, `replay` and help start without it."""
+    probe = ("import sys; from esper.cli import _run; sys.argv = ['esper', *sys.argv[1:]]; code = _run(); "
+             "print('torch' in sys.modules, code, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "ESPER_WORKSPACE": str(tmp_path)})
+    assert done.stderr.strip().splitlines()[-1] == "False 0", done.stderr
 
 
 @pytest.mark.parametrize("name", esper.__all__)

@@ -22,7 +22,7 @@ import torch
 
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line
 from esper.kasmina import SCHEDULES, host_problem, preset_host
-from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, from_table, number_problem, rate_problem
+from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, from_table, number_problem, rate_problem
 from esper.leyline.stages import SeedStage
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
@@ -30,7 +30,7 @@ from esper.store.recorder import remove_if_empty
 from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, data_problem, load_task_data
-from esper.tolaria.loop import SNAPSHOT_EVERY, Batches, Progress, RunResult, StoreSink, execute, resolve_config
+from esper.tolaria.loop import Batches, Progress, RunResult, StoreSink, execute, resolve_config
 from esper.tolaria.ranks import Ranks, launched
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import resolve_device

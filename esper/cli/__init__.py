@@ -1,4 +1,8 @@
-"""The `esper` command. Each module registers its verbs on the one typer app."""
+"""The `esper` command. Each module registers its verbs on the one typer app.
+
+torch takes seconds to import, so these modules do not load it: a verb that trains or re-executes imports what
+needs torch inside its body, and reading a workspace (`runs`, `query`, `replay`, help) starts in about a second.
+"""
 
 import io
 import os

@@ -12,7 +12,7 @@ from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_erro
 from esper.errors import BadInput
 from esper.leyline.status import shown
 from esper.nissa.snapshot import fold_checking
-from esper.tolaria.verify import DEFAULT_TOLERANCE, reexecutable, verify_run
+from esper.leyline.config import VERIFY_TOLERANCE
 
 
 @app.command()
@@ -22,7 +22,7 @@ def replay(
     verify: bool = typer.Option(False, "--verify", help="Re-execute the run from its log alone and compare: decisions "
                                 "exactly, numbers within --tolerance."),
     exact: bool = typer.Option(False, "--exact", help="With --verify: every event bit for bit as logged."),
-    tolerance: float = typer.Option(DEFAULT_TOLERANCE, "--tolerance", help="With --verify: the largest relative "
+    tolerance: float = typer.Option(VERIFY_TOLERANCE, "--tolerance", help="With --verify: the largest relative "
                                     "deviation accepted in a logged number."),
     as_json: bool = typer.Option(False, "--json", help="Print the rebuilt state as one JSON object."),
     workspace: Optional[Path] = WorkspaceOption,
@@ -31,15 +31,17 @@ def replay(
     story.
 
     RUN may also be a file written by `esper export` (e.g. one of the samples in replays/)."""
-    if (exact or tolerance != DEFAULT_TOLERANCE) and not verify:
+    if (exact or tolerance != VERIFY_TOLERANCE) and not verify:
         raise BadInput("--exact and --tolerance go with --verify")
-    if exact and tolerance != DEFAULT_TOLERANCE:
+    if exact and tolerance != VERIFY_TOLERANCE:
         raise BadInput("--exact compares bit for bit and --tolerance within a deviation: give one of them")
     if not 0 <= tolerance < 1:
         raise BadInput(f"--tolerance is a relative deviation from 0 to 1, got {tolerance}")
     run_id, recorded, snapshots, live = _recorded(run, workspace)
     state = fold_checking(run_id, recorded, snapshots)
     if verify:
+        from esper.tolaria.verify import reexecutable, verify_run  # torch: only a re-execution loads it
+
         reexecutable(recorded)
         say(f"verifying {run_id}: re-executing it from its config, preset and {state.commands} recorded commands ...")
         verification = verify_run(recorded, exact=exact, tolerance=tolerance)

@@ -2,24 +2,24 @@
 
 import contextlib
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 
-from esper.app import runs
 from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text, say, writable_workspace
 from esper.cli.progress import EpochBars
 from esper.errors import BadInput, RunFailed
-from esper.leyline.config import HeuristicConfig, LifecycleConfig, from_table, parse_knobs
+from esper.leyline.config import SNAPSHOT_EVERY, HeuristicConfig, LifecycleConfig, from_table, parse_knobs
 from esper.leyline.stages import SeedStage
 from esper.nissa.fmt import plural
 from esper.nissa.narrative import describe_command
 from esper.store import Workspace
 from esper.tamiyo.controllers import CONTROLLERS, idle_heuristic
 from esper.tamiyo.observation import ObservationProjection
-from esper.tolaria.loop import SNAPSHOT_EVERY
-from esper.tolaria.resume import open_resumption
-from esper.tolaria.trainer import EpochStats
+
+if TYPE_CHECKING:
+    from esper.app.runs import RunRequest
+    from esper.tolaria.trainer import EpochStats
 
 
 @app.command()
@@ -82,6 +82,8 @@ def run(
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Train one run on a task, growing it with the chosen controller; every step is an event."""
+    from esper.app import runs  # torch: loaded when a run is asked for, not by every command
+
     given = _given(ctx)
     if resume is not None:
         _refuse_config_options(ctx)
@@ -172,6 +174,8 @@ def _refuse_config_options(ctx: typer.Context) -> None:
 
 
 def _resume(run: str, checkpoint_every: int, snapshot_every: int, workspace: Optional[Path]):
+    from esper.tolaria.resume import open_resumption
+
     with open_resumption(existing_workspace(workspace), run, checkpoint_every, snapshot_every) as resumption:
         for note in resumption.passed_over:
             say(f"note: passed over the checkpoint of {note}")
@@ -216,7 +220,7 @@ def _result_json(run_id: str, result) -> dict:
 
 
 def _progress(total: int):
-    def report(epoch: int, stats: EpochStats, projection: ObservationProjection, issued) -> None:
+    def report(epoch: int, stats: "EpochStats", projection: ObservationProjection, issued) -> None:
         live = [s for s in projection.garden.seeds.values() if s.stage.value in ("GERMINATED", "TRAINING", "BLENDING")]
         seeds = ", ".join(
             f"{s.seed_id}:{s.blueprint} {s.stage.value.lower()}" + (f" α={s.telemetry.alpha:.2f}" if s.stage is SeedStage.BLENDING and s.telemetry else "")
@@ -254,7 +258,7 @@ def _closing_table(run_id: str, result) -> str:
     ])
 
 
-def _run_seeds(text: str, request: runs.RunRequest, ctx: typer.Context, as_json: bool, workspace: Optional[Path],
+def _run_seeds(text: str, request: "RunRequest", ctx: typer.Context, as_json: bool, workspace: Optional[Path],
                ray_address: Optional[str]) -> None:
     """`--seeds`: every seed's run, a line (or JSON object) as each ends, then the summary; exit 1 if any failed."""
     from esper.app import seeds as fanout

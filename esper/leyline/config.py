@@ -94,6 +94,13 @@ def number_problem(name: str, value: Any) -> str | None:
     return None
 
 
+SNAPSHOT_EVERY = 10
+"""Epochs between two snapshots of a run's state (`StoreSink.snapshot_every`, `esper run --snapshot-every`)."""
+
+VERIFY_TOLERANCE = 1e-4
+"""Largest deviation `--verify` accepts in a logged number: relative to its magnitude, absolute below 1
+(decisions are always exact)."""
+
 MAX_RATE = 1e3
 """The largest learning rate a run takes. Past it no training learns anything, and near float32's limit the
 optimizer's step overflows (a crash, not the divergence a merely too-large rate is reported as)."""

@@ -26,7 +26,7 @@ import torch
 from esper.errors import BadInput, EsperError, IllegalEvent, RankStopped, StoreFailed, first_line
 from esper.kasmina import GrowableModel, preset_host
 from esper.leyline.commands import Command
-from esper.leyline.config import RunConfig
+from esper.leyline.config import SNAPSHOT_EVERY, RunConfig
 from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, RunStarted, decode, encode
 from esper.leyline.events import RunFailed as RunFailedEvent
 from esper.nissa import snapshot
@@ -66,8 +66,6 @@ class Discard:
         pass
 
 
-SNAPSHOT_EVERY = 10
-"""Epochs between two snapshots of a run's state (`StoreSink.snapshot_every`)."""
 
 
 @attrs.define

@@ -26,8 +26,9 @@ from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint
 from esper.tolaria.checkpoint import Checkpoints, UnusableCheckpoint
 from esper.tolaria.data import TaskData, recorded_data
-from esper.tolaria.loop import SNAPSHOT_EVERY, Batches, Progress, RunResult, Session, StoreSink, train
-from esper.tolaria.verify import DEFAULT_TOLERANCE, Comparison, VerificationFailed
+from esper.leyline.config import SNAPSHOT_EVERY, VERIFY_TOLERANCE
+from esper.tolaria.loop import Batches, Progress, RunResult, Session, StoreSink, train
+from esper.tolaria.verify import Comparison, VerificationFailed
 
 
 @attrs.define
@@ -41,7 +42,7 @@ class ResumingSink:
     logged: deque[Recorded]
     resumed: RunResumed | None
     sink: Any
-    comparison: Comparison = attrs.Factory(lambda: Comparison(exact=False, tolerance=DEFAULT_TOLERANCE))
+    comparison: Comparison = attrs.Factory(lambda: Comparison(exact=False, tolerance=VERIFY_TOLERANCE))
 
     def append(self, batch: list[Event]) -> None:
         if self.logged:

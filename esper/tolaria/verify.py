@@ -27,6 +27,7 @@ import attrs
 import msgspec
 
 from esper.errors import BadInput, EsperError, IllegalEvent
+from esper.leyline.config import VERIFY_TOLERANCE
 from esper.leyline.events import (
     CommandIssued,
     CommandRejected,
@@ -44,9 +45,6 @@ from esper.tamiyo.controllers import ScriptedController
 from esper.tolaria.data import recorded_data
 from esper.tolaria.loop import ListSink, execute, policy_file_sha256
 
-DEFAULT_TOLERANCE = 1e-4
-"""Largest deviation `--verify` accepts in a logged number: relative to its magnitude, absolute below 1
-(decisions are always exact)."""
 
 DECISIONS = (CommandIssued, CommandRejected, SeedGerminated, SeedTransitioned)
 
@@ -94,7 +92,7 @@ def reexecutable(recorded: list[Recorded]) -> RunStarted:
     return started
 
 
-def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = DEFAULT_TOLERANCE) -> Verification:
+def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = VERIFY_TOLERANCE) -> Verification:
     """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event."""
     recorded = as_one_run(recorded)
     started = reexecutable(recorded)
