@@ -247,13 +247,18 @@ def test_sigterm_ends_every_seeds_run_with_run_failed_and_leaves_no_ray_process(
         assert _ray_processes(temp_dir)  # Ray runs under it
         process.terminate()
         assert process.wait(timeout=300) == 143, process.stderr.read()
-        assert "Token authentication" not in process.stderr.read()  # Ray's notices stay out of the command's output
+        said = process.stderr.read()
+        assert "Token authentication" not in said  # Ray's notices stay out of the command's output
     finally:
         process.kill()
     with ws.reader() as reader:
         ends = dict(reader.con.execute("SELECT run_id, ended FROM runs").fetchall())
         errors = [e for e, in reader.con.execute(
             "SELECT payload->>'$.error' FROM events WHERE type = 'RunFailed'").fetchall()]
+    left = sorted(ends, key=lambda run_id: run_id.split("-")[2])  # in seed order, as planned
+    assert said.strip().splitlines()[-2:] == [
+        f"note: esper run --resume RUN continues each run left unfinished: {', '.join(left)}",
+        "esper: terminated"], said
     assert len(ends) == 2 and set(ends.values()) == {"RunFailed"}
     assert errors == ["interrupted", "interrupted"]  # ray.cancel's KeyboardInterrupt: the runs stopped, not failed
     assert _ray_processes(temp_dir) == []

@@ -116,7 +116,7 @@ def run(
         say(f"run {planned.run_id}: {config.task}, controller {config.controller}, seed {config.seed}, "
             f"{plural(config.epochs, 'epoch')}{anneal} on {where} ({config.precision}){cap}")
         _note_idle(config)
-        with _says_how_to_resume(planned.run_id, ws.store_path(planned.run_id), request.checkpoint_every > 0):
+        with _says_how_to_resume({planned.run_id: ws.store_path(planned.run_id)}, request.checkpoint_every > 0):
             result = runs.start(planned, ws, progress=_progress(config.epochs), ranks=ranks, batches=EpochBars())
     _print_result(planned.run_id, result, as_json)
 
@@ -180,20 +180,26 @@ def _resume(run: str, checkpoint_every: int, snapshot_every: int, workspace: Opt
         for note in resumption.passed_over:
             say(f"note: passed over the checkpoint of {note}")
         say(resumption.describe())
-        with _says_how_to_resume(resumption.run_id, None, checkpoint_every > 0):
+        with _says_how_to_resume({resumption.run_id: None}, checkpoint_every > 0):
             result = resumption.train(progress=_progress(resumption.session.config.epochs), batches=EpochBars())
     return resumption.run_id, result
 
 
 @contextlib.contextmanager
-def _says_how_to_resume(run_id: str, store: Optional[Path], checkpoints: bool) -> Iterator[None]:
-    """Ctrl-C or SIGTERM stops a run that `--resume` can continue (it keeps checkpoints, and its log exists: a
-    run stopped before its first event leaves no store): say so before the command's last line."""
+def _says_how_to_resume(stores: dict[str, Optional[Path]], checkpoints: bool,
+                        finished: frozenset[str] | set[str] = frozenset()) -> Iterator[None]:
+    """Ctrl-C or SIGTERM stops runs (run id → its store file; None: known to exist) that `--resume` can continue
+    if they keep checkpoints and their logs exist (a run stopped before its first event leaves no store): say how,
+    before the command's last line. `finished`: those that ended before the stop (filled in as they do)."""
     try:
         yield
     except KeyboardInterrupt:
-        if checkpoints and (store is None or store.exists()):
-            say(f"note: esper run --resume {run_id} continues the run")
+        left = [run_id for run_id, store in stores.items()
+                if run_id not in finished and (store is None or store.exists())]
+        if checkpoints and len(left) == 1:
+            say(f"note: esper run --resume {left[0]} continues the run")
+        elif checkpoints and left:
+            say(f"note: esper run --resume RUN continues each run left unfinished: {', '.join(left)}")
         raise
 
 
@@ -273,7 +279,16 @@ def _run_seeds(text: str, request: "RunRequest", ctx: typer.Context, as_json: bo
     say(f"seeds {text}: {len(planned)} run{'s' * (len(planned) > 1)} of {c.task}, controller {c.controller}, {c.epochs} "
         f"epochs on {c.device}, {where}")
     _note_idle(c)
-    done = fanout.train_seeds(planned, ws, lambda run: _print_seed_run(run, as_json), ray_address)
+    finished: set[str] = set()
+
+    def on_done(run) -> None:
+        if run.result is not None:
+            finished.add(run.run_id)
+        _print_seed_run(run, as_json)
+
+    with _says_how_to_resume({p.run_id: ws.store_path(p.run_id) for p in planned}, request.checkpoint_every > 0,
+                             finished):
+        done = fanout.train_seeds(planned, ws, on_done, ray_address)
     summary = fanout.summary(done)
     if as_json:
         say(_seeds_table(text, summary))
