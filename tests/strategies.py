@@ -177,10 +177,11 @@ host_sizes = st.integers(100, 10_000)
 
 
 def seed_size_tables(slots: list[str], blueprints: list[str]) -> st.SearchStrategy[dict[str, dict[str, int]]]:
-    """`RunStarted.seed_sizes`: every blueprint's size in every slot."""
-    return st.fixed_dictionaries(
-        {slot: st.fixed_dictionaries({b: st.integers(1, 3_000) for b in blueprints}) for slot in slots}
-    )
+    """`RunStarted.seed_sizes`: each slot's blueprints and their sizes there. The first blueprint fits every slot;
+    the others may not, as in a user's model whose slots are of several families (a convolution's, an MLP's)."""
+    sizes = st.integers(1, 3_000)
+    return st.fixed_dictionaries({slot: st.fixed_dictionaries({blueprints[0]: sizes}, optional={
+        b: sizes for b in blueprints[1:]}) for slot in slots})
 
 
 gradient_healths = st.sampled_from([0.0, 0.3, 0.5, 0.9] + [1.0] * 6) | st.floats(0.01, 1.0)

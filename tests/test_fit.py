@@ -130,6 +130,21 @@ def test_an_mlp_of_the_users_grows_on_feature_vectors(tmp_path):
     assert set(started.seed_sizes["1"]) == {"mlp", "lowrank", "norm"}
 
 
+def test_slots_of_two_families_each_grow_only_their_own_blueprints(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 16), nn.ReLU(),
+                          nn.Linear(16, 4))
+    grown = esper.grow(model, ["1", "4"], example=torch.zeros(1, 3, 8, 8))
+    assert (grown.slot("1").family, grown.slot("4").family) == ("conv2d", "features")
+    result = esper.fit(grown, train=batches(2, 1), val=batches(1, 2), epochs=4, controller="random",
+                       workspace=str(tmp_path))
+    with Workspace(tmp_path).reader() as reader:
+        state = RunState.fold(reader.read_run(result.run_id))
+    offered = {"1": set(esper.kasmina.BLUEPRINTS["conv2d"]), "4": set(esper.kasmina.BLUEPRINTS["features"])}
+    assert {s.slot for s in state.garden.seeds.values()} == {"1", "4"}, "both slots must grow: the test proves little"
+    assert all(s.blueprint in offered[s.slot] for s in state.garden.seeds.values())
+
+
 def test_a_size_cap_and_lifecycle_timings_come_as_a_dict_too(tmp_path):
     result = esper.fit(small_model(), train=batches(1, 1), val=batches(1, 2), epochs=1, controller="static",
                        lifecycle={"max_params": 5000, "blend_epochs": 3}, workspace=str(tmp_path))
@@ -173,6 +188,25 @@ def sequence_model() -> esper.GrowableModel:
     return esper.grow(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(2)), ["0"], example=torch.zeros(1, 3, 8, 8))
 
 
+def test_checking_for_batches_draws_none_from_a_sized_split_and_an_unsized_test_split_is_read():
+    class Stream(torch.utils.data.IterableDataset):  # no length: its DataLoader's len() raises TypeError
+        def __iter__(self):
+            return iter(batches(1, 3))
+
+    drawn = []
+
+    class Counted(list):
+        def __iter__(self):
+            drawn.append(1)
+            return super().__iter__()
+
+    loader = torch.utils.data.DataLoader(Stream(), batch_size=None)
+    data = UserData(Counted(batches(2, 1)), batches(1, 2), loader, F.cross_entropy)
+    assert not data.holds_nothing("train") and drawn == []  # its len() said so: nothing drawn, nothing shuffled
+    assert not data.holds_nothing("test")
+    assert UserData([], [], lambda: [], F.cross_entropy).holds_nothing("test")
+
+
 def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     data = UserData(lambda: iter(batches(3, 1)), batches(1, 2), batches(1, 2), F.cross_entropy)
     assert data.steps() == 1  # not known yet
@@ -201,6 +235,7 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"model": seeded_model()}, r"already holds seeds \(s1-1 in slot 1 \(GERMINATED\)\).*esper.grow"),
     ({"train": []}, "train holds no batches"),
     ({"test": lambda: []}, "test holds no batches"),
+    ({"test": []}, "test holds no batches"),
     ({"device": "cuda:7" if torch.cuda.is_available() else "cuda"}, "device cuda.* asked for, but"),
     ({"lifecycle": {"max_params": 10}}, "max_params 10 is below the model's own"),
     ({"lifecycle": 3}, "lifecycle: a LifecycleConfig or a dict of its knobs, not int"),

@@ -185,7 +185,8 @@ class Ledger:
         """The rule a Germinate breaks, in DESIGN.md's order, or None when it must be accepted."""
         if slot not in self.start.slots:
             return "unknown_slot"
-        if blueprint not in self.start.blueprints:
+        offered = self.start.seed_sizes.get(slot)  # what the slot's family holds, when the run recorded it
+        if blueprint not in self.start.blueprints or (offered is not None and blueprint not in offered):
             return "unknown_blueprint"
         holder = [s for s in self.seeds.values() if s.slot == slot and s.stage in OCCUPYING]
         if holder:

@@ -98,6 +98,18 @@ def test_an_export_to_a_reader_that_left_says_no_success(ws):
     assert "exported" not in stderr and "error" not in stderr, stderr
 
 
+def test_an_export_to_standard_output_stays_in_a_callers_own_capture(ws, monkeypatch):
+    import contextlib
+    import io
+
+    import esper.cli
+
+    monkeypatch.setattr(sys, "argv", ["esper", "export", "heur", "--out", "-", "-w", str(ws)])
+    with contextlib.redirect_stdout(io.StringIO()) as captured:
+        assert esper.cli._run() == 0
+    assert captured.getvalue().count("\n") == 71  # 70 events and the trailer, none of them on the real stdout
+
+
 def test_export_default_name_is_the_run_id(ws, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert invoke("export", "heur", "-w", str(ws)).exit_code == 0

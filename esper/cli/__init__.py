@@ -13,7 +13,7 @@ import typer
 
 from esper.cli import core, run, simic  # noqa: F401 - register their verbs
 from esper.cli import nissa  # noqa: F401
-from esper.cli.app import app, say
+from esper.cli.app import app, hold_stdout, say
 from esper.errors import Terminated
 
 __all__ = ["app", "main"]
@@ -25,7 +25,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     stdout_closed = sys.stdout is None
     _fill_closed_descriptors()
-    held = _hold_stdout()
+    held = hold_stdout()
     code = 1
     try:
         code = _run()
@@ -71,16 +71,6 @@ def _fill_closed_descriptors() -> None:
                 os.dup2(devnull, fd)
                 os.close(devnull)
 
-
-def _hold_stdout() -> io.StringIO | None:
-    """Into a pipe or a file, stdout is held and leaves in one write when the command ends: results are
-    printed at the end anyway, and `esper --help | grep -q run` must not see esper fail because its reader
-    left after the first of the many small writes the help makes (each flushed, PYTHONUNBUFFERED or not).
-    A closed stdout is held too, so that a result with nowhere to go is seen (`_release`)."""
-    if sys.stdout is not None and sys.stdout.isatty():
-        return None
-    sys.stdout = io.StringIO()
-    return sys.stdout
 
 
 def _release(held: io.StringIO | None, closed: bool) -> int | None:

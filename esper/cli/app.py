@@ -122,8 +122,6 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             say("esper: interrupted")
             raise typer.Exit(130) from None
-        except BrokenPipeError:  # stdout's reader has gone (`| head`): 128 + SIGPIPE, as a shell says it
-            raise typer.Exit(141) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # a bug of ours: still one line, with the way to see more
@@ -135,21 +133,40 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+held_stdout: io.StringIO | None = None
+"""Where `esper.cli.main` holds what a command prints until it ends (None: stdout is a terminal, or no command runs)."""
+
+
+def hold_stdout() -> io.StringIO | None:
+    """Into a pipe or a file, stdout is held and leaves in one write when the command ends (`esper.cli.main`):
+    results are printed at the end anyway, and `esper --help | grep -q run` must not see esper fail because its
+    reader left after the first of the many small writes the help makes (each flushed, PYTHONUNBUFFERED or not).
+    A closed stdout is held too, so that a result with nowhere to go is seen. `deliver_stdout` writes it sooner."""
+    global held_stdout
+    if sys.stdout is not None and sys.stdout.isatty():
+        return None
+    sys.stdout = held_stdout = io.StringIO()
+    return held_stdout
+
+
 def deliver_stdout() -> None:
     """Write now what the command has printed so far, which `esper.cli.main` holds until the command ends: a reader
     that has gone is then seen here (`BrokenPipeError`, exit 141) before the command says what it delivered."""
     held = sys.stdout
-    if not isinstance(held, io.StringIO):  # a terminal: nothing is held
+    if held_stdout is None or held is not held_stdout:  # a terminal, or a caller's own capture: nothing is held
         held.flush()
         return
-    if sys.__stdout__ is None:  # closed before the command started
-        raise BrokenPipeError("standard output is closed")
-    data = held.getvalue().encode(sys.__stdout__.encoding or "utf-8", "replace")
+    data = held.getvalue().encode(getattr(sys.__stdout__, "encoding", None) or "utf-8", "replace")
     held.seek(0)
     held.truncate()
-    fd = sys.__stdout__.fileno()
-    while data:
-        data = data[os.write(fd, data):]
+    try:
+        if sys.__stdout__ is None:  # closed before the command started
+            raise BrokenPipeError("standard output is closed")
+        fd = sys.__stdout__.fileno()
+        while data:
+            data = data[os.write(fd, data):]
+    except BrokenPipeError:  # stdout's reader has gone (`| head`): 128 + SIGPIPE, as a shell says it
+        raise typer.Exit(141) from None
 
 
 def _check_numbers(options: dict[str, Any]) -> None:

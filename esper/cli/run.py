@@ -185,6 +185,10 @@ def _resume(run: str, checkpoint_every: int, snapshot_every: int, workspace: Opt
     return resumption.run_id, result
 
 
+STOPPED = ("interrupted", "terminated")
+"""The `RunFailed.error` of a run stopped from outside, which `--resume` continues (`RunFailed.interrupted`)."""
+
+
 @contextlib.contextmanager
 def _says_how_to_resume(stores: dict[str, Optional[Path]], checkpoints: bool,
                         finished: frozenset[str] | set[str] = frozenset()) -> Iterator[None]:
@@ -282,7 +286,7 @@ def _run_seeds(text: str, request: "RunRequest", ctx: typer.Context, as_json: bo
     finished: set[str] = set()
 
     def on_done(run) -> None:
-        if run.result is not None:
+        if run.result is not None or run.error not in STOPPED:  # finished, or failed: nothing to resume
             finished.add(run.run_id)
         _print_seed_run(run, as_json)
 

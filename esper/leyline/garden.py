@@ -261,7 +261,8 @@ def describe_refusal(refusal: dict[str, Any] | None) -> str:
     if rule == "unknown_slot":
         return f"unknown slot {ev['slot']!r} (slots: {', '.join(ev['slots'])})"
     if rule == "unknown_blueprint":
-        return f"unknown blueprint {ev['blueprint']!r} (blueprints: {', '.join(ev['blueprints'])})"
+        where = f" in slot {ev['slot']}" if "slot" in ev else ""  # one its family does not offer
+        return f"unknown blueprint {ev['blueprint']!r}{where} (blueprints: {', '.join(ev['blueprints'])})"
     if rule in ("slot_occupied", "embargo"):
         return f"slot {ev['slot']} holds seed {ev['seed_id']} in {ev['stage']}"
     if rule == "max_params":

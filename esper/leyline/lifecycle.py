@@ -138,10 +138,16 @@ def slot_known(seed: SeedState, ctx: GateContext) -> tuple[bool, dict[str, Any]]
 
 
 def blueprint_known(seed: SeedState, ctx: GateContext) -> tuple[bool, dict[str, Any]]:
+    """The run offers the blueprint, and so does the slot's family: a user's model may hold slots of several
+    families (a convolution's, an MLP head's), and `RunStarted.seed_sizes` lists what each slot can hold (a log
+    written before it has no such list: the run's blueprints alone decide)."""
     blueprints = list(ctx.garden.blueprints)
-    if seed.blueprint in blueprints:
-        return True, {"blueprint": seed.blueprint}
-    return False, {"blueprint": seed.blueprint, "blueprints": blueprints}
+    if seed.blueprint not in blueprints:
+        return False, {"blueprint": seed.blueprint, "blueprints": blueprints}
+    offered = ctx.garden.seed_sizes.get(seed.slot)
+    if offered is not None and seed.blueprint not in offered:
+        return False, {"blueprint": seed.blueprint, "slot": seed.slot, "blueprints": sorted(offered)}
+    return True, {"blueprint": seed.blueprint}
 
 
 def slot_free(seed: SeedState, ctx: GateContext) -> tuple[bool, dict[str, Any]]:

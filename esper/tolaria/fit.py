@@ -82,12 +82,12 @@ def fit(
     lifecycle = _knobs(LifecycleConfig, lifecycle, "lifecycle")
     preset = _preset(model, task, epochs, blueprints, optimizer, lr, seed_lr, weight_decay, momentum)
     data = UserData(train, val, test, loss, score)
-    firsts = {split: next(iter(data.batches(split)), None) for split in ("train", "val", "test")[:3 if test else 2]}
-    if empty := [split for split, first in firsts.items() if first is None]:
-        raise BadInput(f"{empty[0]} holds no batches")
+    for split in ("train", "val") if test is None else ("train", "val", "test"):
+        if data.holds_nothing(split):
+            raise BadInput(f"{split} holds no batches")
     device = device or str(next(model.parameters()).device)
     resolve_device(device)
-    check_first_batch(model, firsts["val"], loss, score)
+    check_first_batch(model, next(iter(data.batches("val"))), loss, score)
     config = resolve_config(RunConfig(task=task, controller=controller, seed=seed, epochs=epochs, device=device,
                                       policy=policy, heuristic=knobs, lifecycle=lifecycle, anneal_epochs=0),
                             preset, model.param_count())

@@ -57,6 +57,17 @@ class UserData:
         if split == "train":
             self.train_steps = count
 
+    def holds_nothing(self, split: str) -> bool:
+        """Whether `split` gives no batch: its `len()` when it has one (drawing a batch would move a shuffling
+        DataLoader's generator on), else whether a first batch comes."""
+        source = getattr(self, split)
+        if not callable(source):
+            try:
+                return len(source) == 0
+            except TypeError:  # no length: a generator's DataLoader, an IterableDataset's
+                pass
+        return next(iter(self.batches(split)), None) is None
+
     def steps(self, batch_size: int = 0) -> int:
         """Training batches in one epoch (1 until a pass over an unsized `train` has counted them)."""
         return self.train_steps or 1
