@@ -183,6 +183,18 @@ def test_the_isolated_pass_draws_nothing_from_the_rng():
         assert torch.equal(rng, torch.random.get_rng_state())
 
 
+def train_in_isolation_then_blend(model, seed_id: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One isolated step of a training seed (as the trainer takes it, at a large rate), then half-way into blending."""
+    params = model.seed_parameters(seed_id)
+    grads = torch.autograd.grad(F.cross_entropy(model.isolated_output(seed_id, x), y), params)
+    assert any(g.abs().sum() > 0 for g in grads), "the seed learned nothing: the test would prove nothing"
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p -= 0.5 * g
+    model.start_blending(seed_id, steps=2)
+    model.step_blending()
+
+
 def test_cull_restores_the_users_model_exactly():
     model, plain, x, y = make("resnet18")
     before = eval_out(model, x)
@@ -190,13 +202,7 @@ def test_cull_restores_the_users_model_exactly():
     model.start_training("s")
     for m in (model, plain):  # identical train-mode forwards: the same BatchNorm statistics in both
         m(x)
-    params = model.seed_parameters("s")
-    grads = torch.autograd.grad(F.cross_entropy(model.isolated_output("s", x), y), params)
-    with torch.no_grad():
-        for p, g in zip(params, grads):
-            p -= 0.5 * g
-    model.start_blending("s", steps=2)
-    model.step_blending()
+    train_in_isolation_then_blend(model, "s", x, y)
     assert not torch.equal(eval_out(model, x), eval_out(plain, x))
     model.cull("s")
     assert torch.equal(eval_out(model, x), eval_out(plain, x))
@@ -249,17 +255,10 @@ def test_an_mlps_hidden_layers_grow_features_seeds_isolated_and_culled_exactly()
     assert grown.slot("1").channels == 16
     grown.germinate("1", "s", "mlp")
     grown.start_training("s")
-    params = grown.seed_parameters("s")
     for m in (grown, plain):
         F.cross_entropy(m(x), y).backward()
-    grads = torch.autograd.grad(F.cross_entropy(grown.isolated_output("s", x), y), params)
-    assert any(g.abs().sum() > 0 for g in grads), "the seed learned nothing: the test would prove nothing"
+    train_in_isolation_then_blend(grown, "s", x, y)
     assert_same(state(grown.host), state(plain))  # host gradients untouched by the training seed
-    with torch.no_grad():
-        for p, g in zip(params, grads):
-            p -= 0.5 * g
-    grown.start_blending("s", steps=2)
-    grown.step_blending()
     assert not torch.equal(eval_out(grown, x), eval_out(plain, x))
     grown.cull("s")
     assert torch.equal(eval_out(grown, x), eval_out(plain, x))
