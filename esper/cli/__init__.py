@@ -13,7 +13,7 @@ import typer
 
 from esper.cli import core, run, simic  # noqa: F401 - register their verbs
 from esper.cli import nissa  # noqa: F401
-from esper.cli.app import app, hold_stdout, say
+from esper.cli.app import app, hold_stdout, say, write_held
 from esper.errors import Terminated
 
 __all__ = ["app", "main"]
@@ -81,13 +81,7 @@ def _release(held: io.StringIO | None, closed: bool) -> int | None:
         return None
     if closed:
         return 141
-    data, fd = held.getvalue().encode(sys.stdout.encoding or "utf-8", "replace"), sys.stdout.fileno()
-    try:
-        while data:
-            data = data[os.write(fd, data):]
-    except BrokenPipeError:
-        return 141
-    return None
+    return None if write_held(held) else 141
 
 
 def _terminate(signum: int, frame) -> None:

@@ -156,17 +156,25 @@ def deliver_stdout() -> None:
     if held_stdout is None or held is not held_stdout:  # a terminal, or a caller's own capture: nothing is held
         held.flush()
         return
+    if not write_held(held):  # stdout's reader has gone (`| head`): 128 + SIGPIPE, as a shell says it
+        raise typer.Exit(141)
+
+
+def write_held(held: io.StringIO) -> bool:
+    """Write what `held` holds to the process's stdout, and empty it; False if stdout was closed before the command
+    started or its reader has gone."""
     data = held.getvalue().encode(getattr(sys.__stdout__, "encoding", None) or "utf-8", "replace")
     held.seek(0)
     held.truncate()
+    if sys.__stdout__ is None:
+        return False
+    fd = sys.__stdout__.fileno()
     try:
-        if sys.__stdout__ is None:  # closed before the command started
-            raise BrokenPipeError("standard output is closed")
-        fd = sys.__stdout__.fileno()
         while data:
             data = data[os.write(fd, data):]
-    except BrokenPipeError:  # stdout's reader has gone (`| head`): 128 + SIGPIPE, as a shell says it
-        raise typer.Exit(141) from None
+    except BrokenPipeError:
+        return False
+    return True
 
 
 def _check_numbers(options: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, 
 from esper.cli.progress import EpochBars
 from esper.errors import BadInput, RunFailed
 from esper.leyline.config import SNAPSHOT_EVERY, HeuristicConfig, LifecycleConfig, from_table, parse_knobs
+from esper.leyline.events import STOPPED
 from esper.leyline.stages import SeedStage
 from esper.nissa.fmt import plural
 from esper.nissa.narrative import describe_command
@@ -183,10 +184,6 @@ def _resume(run: str, checkpoint_every: int, snapshot_every: int, workspace: Opt
         with _says_how_to_resume({resumption.run_id: None}, checkpoint_every > 0):
             result = resumption.train(progress=_progress(resumption.session.config.epochs), batches=EpochBars())
     return resumption.run_id, result
-
-
-STOPPED = ("interrupted", "terminated")
-"""The `RunFailed.error` of a run stopped from outside, which `--resume` continues (`RunFailed.interrupted`)."""
 
 
 @contextlib.contextmanager

@@ -214,6 +214,10 @@ class RunFinished(_Event, tag="RunFinished"):
     """Text task: validation (last epoch) and test loss in bits per character (None for other tasks)."""
 
 
+STOPPED = ("interrupted", "terminated")
+"""The `RunFailed.error` of a run stopped from outside (Ctrl-C, SIGTERM), which `esper run --resume` continues."""
+
+
 class RunFailed(_Event, tag="RunFailed"):
     error: str
 
@@ -221,7 +225,7 @@ class RunFailed(_Event, tag="RunFailed"):
     def interrupted(self) -> bool:
         """Stopped from outside (Ctrl-C: `interrupted`, SIGTERM: `terminated`), not by a failure of the run itself:
         the run may be resumed (`RunResumed`)."""
-        return self.error in ("interrupted", "terminated")
+        return self.error in STOPPED
 
 
 Event = Union[
