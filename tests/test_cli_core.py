@@ -105,6 +105,14 @@ def test_bad_input_is_one_line_and_exit_2(workspace, args):
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+def test_runs_of_an_empty_workspace_says_where_it_looked(tmp_path):
+    for args in (("runs",), ("runs", "--json")):
+        out = invoke(*args, workspace=tmp_path / "new")
+        assert out.exit_code == 0 and f"no runs in {tmp_path / 'new'} yet" in out.stderr
+        assert json.loads(out.stdout) == [] if "--json" in args else "(0 rows)" in out.stdout
+    assert not (tmp_path / "new").exists()
+
+
 def test_empty_workspace_answers_queries(tmp_path):
     out = esper("query", "select count(*) as n from events", "--format", "csv", workspace=tmp_path / "new")
     assert out.returncode == 0 and out.stdout.splitlines() == ["n", "0"]

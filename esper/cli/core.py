@@ -174,6 +174,9 @@ def runs(
                 "epochs": epochs, "val_accuracy": val_acc, "test_accuracy": test_acc, "params": params,
                 "started": started.isoformat() if started else None,
             })
+    if not listing:
+        say(f"note: no runs in {ws.root} yet: `esper run` records one there (another workspace: --workspace or "
+            "$ESPER_WORKSPACE)")
     if as_json:
         print(json_text(listing))
         return
