@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cli_runner import invoke
-from esper.leyline.events import EpochEnded, RunFailed, RunStarted
+from esper.leyline.events import CheckpointSaved, EpochEnded, RunFailed, RunResumed, RunStarted, encode
 from esper.store import Workspace
 from esper.tolaria.ranks import Message, shard_bounds
 
@@ -66,8 +66,9 @@ def runs_in(workspace: Path) -> dict[str, list]:
         return {run_id: [r.event for r in reader.read_run(run_id)] for (run_id,) in rows}
 
 
-def torchrun(*args: str, workspace: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ESPER_WORKSPACE": str(workspace), "ESPER_RANKS_TIMEOUT": "120"}
+def torchrun(*args: str, workspace: Path, timeout: int = 600, **extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ESPER_WORKSPACE": str(workspace), "ESPER_RANKS_TIMEOUT": "120",
+           **extra}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "esper", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
@@ -100,6 +101,32 @@ def test_two_ranks_decide_as_one_process_and_write_one_run(tmp_path):
     assert {"TRAINING", "BLENDING", "FOSSILIZED"} <= stages, "the comparison saw no seed grow"
     result = json.loads(ranked.stdout.strip().splitlines()[-1])
     assert result["run_id"] in runs_in(tmp_path / "ranked")
+    # one process re-executes it shard by shard as the ranks trained it: every number the same, to the bit
+    verified = invoke("replay", result["run_id"], "--verify", "--exact", workspace=tmp_path / "ranked")
+    assert verified.exit_code == 0, verified.stderr
+    assert "trained by 2 ranks, re-executed here as their 2 shards" in verified.stderr
+    assert "events, bit for bit" in verified.stderr
+
+
+@pytest.mark.slow
+def test_a_ranked_run_killed_mid_epoch_resumes_alone_to_the_events_its_ranks_would_have_written(tmp_path):
+    args = ("run", "--epochs", "6", "--seed", "1", *GROWING)
+    whole = torchrun(*args, workspace=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    cut = torchrun(*args, workspace=tmp_path / "cut", timeout=300, ESPER_CRASH_AT="mid-epoch@4")  # SIGKILL, each rank
+    assert cut.returncode != 0
+    [run_id] = runs_in(tmp_path / "cut")
+    resumed = invoke("run", "--resume", run_id, workspace=tmp_path / "cut")  # one process, as the README says
+    assert resumed.exit_code == 0, resumed.stderr
+    [alone] = runs_in(tmp_path / "whole").values()
+    [continued] = runs_in(tmp_path / "cut").values()
+    assert any(isinstance(e, RunResumed) for e in continued)
+    assert as_left_alone(continued) == as_left_alone(alone)
+
+
+def as_left_alone(events: list) -> list[bytes]:
+    """The events a run left alone writes: without checkpoints, resumption markers and the resumed interruption."""
+    return [encode(e) for e in events if not isinstance(e, (CheckpointSaved, RunResumed, RunFailed))]
 
 
 def free_port() -> int:

@@ -222,12 +222,13 @@ class Session:
 
     def __init__(self, config: RunConfig, sink: Sink, data: TaskData | UserData | None = None, download: bool = False,
                  preset: TaskPreset | None = None, build_events: bool = True, model: GrowableModel | None = None,
-                 checkpoints: Checkpoints | None = None, ranks: Ranks | None = None):
+                 checkpoints: Checkpoints | None = None, ranks: Ranks | None = None, shards: int = 1):
         """`preset`: the task preset to train with; the task's current one by default, a recorded one to
         re-execute a run. `model`: a grown model from user code (`esper.fit`, with its `preset` and `data`)
         instead of the preset's host; `RunStarted` then says the run came from user code. `ranks`: this process
-        is rank 0 of a data-parallel run (the others `follow`)."""
-        self._prepare(config, sink, data, download, preset, not build_events, checkpoints, model, ranks)
+        is rank 0 of a data-parallel run (the others `follow`). `shards`: re-execute a run that many ranks trained,
+        here alone, as they trained it (`Trainer`)."""
+        self._prepare(config, sink, data, download, preset, not build_events, checkpoints, model, ranks, shards)
         config, host_params, trainer, model = self.config, self.host_params, self.trainer, self.trainer.model
         self._emit([RunStarted(config=config, preset=self.preset, versions=versions(),
                                host_params=model.param_count(), slots=model.slot_names,
@@ -246,13 +247,14 @@ class Session:
 
     def _prepare(self, config: RunConfig, sink: Sink, data: TaskData | UserData | None, download: bool,
                  preset: TaskPreset | None, build_up_front: bool, checkpoints: Checkpoints | None,
-                 model: GrowableModel | None = None, ranks: Ranks | None = None) -> None:
+                 model: GrowableModel | None = None, ranks: Ranks | None = None, shards: int = 1) -> None:
         self.preset = preset or get_task(config.task)
         self.host_params = None if model is None else model.param_count()
         config = self.config = resolve_config(config, self.preset, self.host_params)  # idempotent: `RunStarted` and the trainer see the values used
         if data is None:
             data = load_task_data(config.task, config.data_seed, config.data_dir, download=download, preset=self.preset)
-        self.trainer = Trainer(config, self.preset, data, build_up_front=build_up_front, model=model, ranks=ranks)
+        self.trainer = Trainer(config, self.preset, data, build_up_front=build_up_front, model=model, ranks=ranks,
+                               shards=shards)
         self.ranks = ranks
         self._outbox: list[Event] = []
         """Rank 0: the events carried out since the last message to the other ranks."""
@@ -274,9 +276,10 @@ class Session:
         """The session of a logged run as it stood at a checkpoint, to train on from there: `history`, the run's
         events up to the checkpoint (its bookkeeping left out), is judged by the lifecycle and carried out on a
         fresh model as it was live, then the checkpoint's `state` (`checkpoint.read`) sets the weights,
-        optimizers and RNGs. `checkpoint.UnusableCheckpoint` if the state does not fit."""
+        optimizers and RNGs. `checkpoint.UnusableCheckpoint` if the state does not fit. A run that several ranks
+        trained goes on here as they trained it (`shards`)."""
         session = cls.__new__(cls)
-        session._prepare(started.config, sink, data, False, started.preset, False, checkpoints)
+        session._prepare(started.config, sink, data, False, started.preset, False, checkpoints, shards=started.ranks)
         try:
             for event in history:
                 session.projection.apply(event)
@@ -420,14 +423,15 @@ def execute(
     config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None,
     data: TaskData | UserData | None = None, preset: TaskPreset | None = None, build_events: bool = True,
     model: GrowableModel | None = None, checkpoint_folder: Path | None = None, checkpoint_every: int = 0,
-    ranks: Ranks | None = None, batches: Batches | None = None,
+    ranks: Ranks | None = None, batches: Batches | None = None, shards: int = 1,
 ) -> RunResult:
     """Train one run from `RunStarted` to `RunFinished`; a failure (a bug included) appends `RunFailed` and raises,
     unless the store is what failed (`Session.fail`). With a `checkpoint_folder`, every `checkpoint_every`-th
-    epoch's state is saved there (`CheckpointSaved`). With `ranks`, as rank 0 of a data-parallel run."""
+    epoch's state is saved there (`CheckpointSaved`). With `ranks`, as rank 0 of a data-parallel run; with
+    `shards`, here alone as that many ranks trained it (re-execution)."""
     checkpoints = None if checkpoint_folder is None else Checkpoints(checkpoint_folder, checkpoint_every, controller)
     session = Session(config, sink, data=data, preset=preset, build_events=build_events, model=model,
-                      checkpoints=checkpoints, ranks=ranks)
+                      checkpoints=checkpoints, ranks=ranks, shards=shards)
     return train(session, controller, progress, batches)
 
 

@@ -12,7 +12,8 @@ its gradients from an isolated pass outside the model's backward (`torch.autogra
 see. Instead, after each step's backward and isolated passes, every gradient the model holds (host, fossils,
 blending and training seeds alike) is scaled by the rank's share of the batch and summed across ranks in one
 all-reduce of one flat buffer (`reduce_gradients`): the sum is the gradient of the whole batch, whatever the
-parameters are at that step. Every rank then holds the same gradients and the same weights, so its optimizers
+parameters are at that step. The sum is taken in float64 and rounded once to float32, so that it does not depend
+on the order in which the all-reduce adds the ranks' parts. Every rank then holds the same gradients and the same weights, so its optimizers
 (host and seeds) take the same step and their states stay in step without being sent. Seeds are built from the
 global RNG, whose state travels with each message, so a germination builds the same weights on every rank. The
 price against DDP: no overlap of communication with the backward pass.
@@ -22,6 +23,14 @@ and at the epoch's end every rank takes rank 0's (what DDP does at every forward
 uses the shard's statistics, as under DDP without SyncBatchNorm: numbers differ from one process by more than
 rounding once a seed with BatchNorm trains, decisions rarely. At each epoch's end the ranks also compare a
 checksum of their parameters' bytes; a difference fails the run on every rank ("ranks diverged").
+
+Re-executed in one process. A sum of shards' gradients is not the whole batch's gradient to the last bit, and Adam
+turns such last-bit differences into visibly different weights within an epoch (a 2-rank run's first validation
+loss differed by 4e-4 from one process's). So `esper replay --verify` and `--resume` train a run recorded with
+`RunStarted.ranks` = N the way its ranks did, one shard after another in this one process (`Trainer`'s `shards`):
+each shard's passes, its gradient scaled by its share (`scaled_gradients`), the parts summed in float64 as the
+all-reduce sums them, and normalisation buffers as rank 0's (the ones every rank takes at the epoch's end). On CPU
+that gives the ranks' numbers bit for bit.
 
 Errors. Every collective runs under a timeout (`ESPER_RANKS_TIMEOUT` seconds, default 600), and a rank that
 loses the others (a peer died, or timed out) fails with one line instead of waiting forever. A failure on rank 0
@@ -63,6 +72,35 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     base, extra = divmod(n, world)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)
+
+
+def shard(x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """`rank`'s part of a batch: `(x, y, count, weight)`, `weight` its share of the batch's gradient. A rank whose
+    part is empty (a batch smaller than the ranks) trains on the whole batch with weight 0, so that it computes the
+    same gradients' shapes and joins the all-reduce with zeros."""
+    n = len(y)
+    start, stop = shard_bounds(n, rank, world)
+    if stop == start:
+        return x, y, 0, 0.0
+    return x[start:stop], y[start:stop], stop - start, (stop - start) / n
+
+
+def scaled_gradients(parameters: Iterable[torch.nn.Parameter], weight: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every gradient the parameters hold, and all of them scaled by `weight` (in float32, as computed) in one flat
+    float64 buffer: a rank's part of the sum. Parameters without a gradient have none on any rank (the ranks hold
+    the same model in the same stages)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return grads, torch.zeros(0, dtype=torch.float64)
+    return grads, torch.cat([g.reshape(-1) for g in grads]).mul_(weight).double()
+
+
+def set_gradients(grads: Sequence[torch.Tensor], summed: torch.Tensor) -> None:
+    """The ranks' summed parts (`scaled_gradients`), rounded once to each gradient's dtype, into the gradients."""
+    offset = 0
+    for g in grads:
+        g.copy_(summed[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 class Ranks:
@@ -145,28 +183,18 @@ class Ranks:
     # ---- training -------------------------------------------------------------------------------
 
     def shard(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, float]:
-        """This rank's part of a batch: `(x, y, count, weight)`, `weight` its share of the batch's gradient. A rank
-        whose part is empty (a batch smaller than the ranks) trains on the whole batch with weight 0, so that it
-        computes the same gradients' shapes and joins the all-reduce with zeros."""
-        n = len(y)
-        start, stop = shard_bounds(n, self.rank, self.world)
-        if stop == start:
-            return x, y, 0, 0.0
-        return x[start:stop], y[start:stop], stop - start, (stop - start) / n
+        """This rank's part of a batch (`shard`)."""
+        return shard(x, y, self.rank, self.world)
 
     def reduce_gradients(self, parameters: Iterable[torch.nn.Parameter], weight: float) -> None:
-        """Every gradient, scaled by this rank's `weight` and summed over the ranks in one all-reduce: the gradient
-        of the whole batch, the same on every rank. Parameters without a gradient have none on any rank (the ranks
-        hold the same model in the same stages)."""
-        grads = [p.grad for p in parameters if p.grad is not None]
+        """Every gradient, scaled by this rank's `weight` and summed over the ranks in one all-reduce (in float64):
+        the gradient of the whole batch, the same on every rank."""
+        grads, flat = scaled_gradients(parameters, weight)
         if not grads:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(weight)
+        flat = flat.to(self.comm)
         self._collective(dist.all_reduce, flat)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        set_gradients(grads, flat.to(grads[0].device))
 
     def reduce_epoch(self, totals: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
         """An epoch's end, on every rank: `totals` (float64 sums of this rank's shards) summed over the ranks;

@@ -12,7 +12,8 @@ The GPU path: the forward passes run under autocast at the run's `precision` (bf
 weights channels-last on CUDA, and a step reads nothing back from the device: the epoch's per-seed statistics
 (gradient health, seed loss) and its loss add up on the device and are read once, at the epoch's end. With
 `ranks` (`esper.tolaria.ranks`), each step trains on this process's shard of the batch and the gradients are
-summed across the processes before any optimizer steps.
+summed across the processes before any optimizer steps; with `shards` = N, a run that N ranks trained is trained
+here as they did, one shard after another (re-execution and resume of that run).
 """
 
 import math
@@ -30,7 +31,7 @@ from esper.leyline.events import Event, SeedGerminated, SeedTelemetry, SeedTrans
 from esper.leyline.stages import SeedStage
 from esper.tolaria.data import TaskData, augment
 from esper.tolaria.health import HealthMeter
-from esper.tolaria.ranks import Ranks
+from esper.tolaria.ranks import Ranks, scaled_gradients, set_gradients, shard
 from esper.tolaria.telemetry import SHARPNESS_EVERY, SHARPNESS_EXAMPLES, LayerGradients, sharpness
 from esper.tolaria.tasks import TaskPreset
 from esper.tolaria.userdata import UserData
@@ -121,12 +122,15 @@ class Trainer:
     """The model, its optimizers and the epoch loop of one run; `config` is resolved (`resolve_config`)."""
 
     def __init__(self, config: RunConfig, preset: TaskPreset, data: TaskData | UserData, build_up_front: bool = False,
-                 model: GrowableModel | None = None, ranks: Ranks | None = None):
+                 model: GrowableModel | None = None, ranks: Ranks | None = None, shards: int = 1):
         """`model`: a grown model from user code (`esper.fit`); None builds the preset's host. `ranks`: the processes
-        this run trains on data-parallel (None: this one alone); the device is then this process's."""
+        this run trains on data-parallel (None: this one alone); the device is then this process's. `shards`: the
+        ranks that trained this run (`RunStarted.ranks`), when this one process trains it again as they did."""
         self.config = config
         self.preset = preset
         self.ranks = ranks
+        self.shards = shards if ranks is None else 1
+        """The shards of each batch this process passes through the model, one after another."""
         self.device = resolve_device(config.device) if ranks is None else ranks.device
         settle_kernels(self.device)
         if self.device.type == "cpu" and preset.cpu_threads:
@@ -221,9 +225,10 @@ class Trainer:
         self._anneal(epoch)
         self.model.train()
         self._health = {sid: HealthMeter(self.device) for sid in self.seed_optimizers}
-        self._seed_loss = {sid: torch.zeros((), dtype=torch.float64, device=self.device)
+        # per shard: a rank's sums are its own until the epoch's end adds them up
+        self._loss_sum = torch.zeros(self.shards, device=self.device)
+        self._seed_loss = {sid: torch.zeros(self.shards, dtype=torch.float64, device=self.device)
                            for sid in self.model.training_seeds()}
-        self._loss_sum = torch.zeros((), device=self.device)
         self._seen = 0
         measured = self.config.telemetry != "minimal" and (self.ranks is None or self.ranks.leader)  # rank 0 logs
         self._layers = LayerGradients(self.model.placed_parameters()) if measured else None
@@ -243,26 +248,15 @@ class Trainer:
         model = self.model
         if self.preset.augment:
             x = augment(x, self.generator)
-        count, weight = len(y), 1.0
-        self._seen += count  # the whole batch's, on every rank
-        if self.ranks is not None:  # this process's part of the batch, and its share of the batch's gradient
+        self._seen += len(y)  # the whole batch's, on every rank
+        if self.ranks is not None:  # this process's part of the batch, its gradient summed with the other ranks'
             x, y, count, weight = self.ranks.shard(x, y)
-        x = self._input(x)
-        with self._autocast():
-            loss = self.data.loss(model(x), y)
-        self.host_optimizer.zero_grad(set_to_none=True)
-        for opt in self.seed_optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        self._scaled(loss).backward()
-        for sid in model.training_seeds():
-            params = model.seed_parameters(sid)
-            with self._autocast():
-                isolated = self.data.loss(model.isolated_output(sid, x), y)
-            for p, g in zip(params, torch.autograd.grad(self._scaled(isolated), params)):
-                p.grad = g
-            self._seed_loss[sid] += isolated.detach().double() * count
-        if self.ranks is not None:
+            self._passes(x, y, count)
             self.ranks.reduce_gradients(model.parameters(), weight)
+        elif self.shards > 1:
+            self._passes_as_ranks(x, y)
+        else:
+            self._passes(x, y, len(y))
         optimizers = [self.host_optimizer, *self.seed_optimizers.values()]
         if self.scaler is not None:  # the statistics below measure the true gradients
             for opt in optimizers:
@@ -279,7 +273,42 @@ class Trainer:
                 self.scaler.step(opt)
             self.scaler.update()
         model.step_blending()
-        self._loss_sum += loss.detach() * count
+
+    def _passes(self, x: torch.Tensor, y: torch.Tensor, count: int, part: int = 0) -> None:
+        """The backward pass of the model and the isolated pass of each training seed on `count` examples (the
+        batch, or one shard of it), into fresh gradients; their losses add to shard `part`'s sums."""
+        model = self.model
+        x = self._input(x)
+        with self._autocast():
+            loss = self.data.loss(model(x), y)
+        self.host_optimizer.zero_grad(set_to_none=True)
+        for opt in self.seed_optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self._scaled(loss).backward()
+        for sid in model.training_seeds():
+            params = model.seed_parameters(sid)
+            with self._autocast():
+                isolated = self.data.loss(model.isolated_output(sid, x), y)
+            for p, g in zip(params, torch.autograd.grad(self._scaled(isolated), params)):
+                p.grad = g
+            self._seed_loss[sid][part] += isolated.detach().double() * count
+        self._loss_sum[part] += loss.detach() * count
+
+    def _passes_as_ranks(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The step's passes as `shards` ranks made them (`esper.tolaria.ranks`, re-executed in one process): each
+        rank's shard in turn, the parts of the gradient summed as their all-reduce sums them, and the
+        normalisation buffers rank 0's: the other shards' passes leave them as rank 0's passes left them."""
+        model, summed, grads, rank0_buffers = self.model, None, [], []
+        for rank in range(self.shards):
+            xs, ys, count, weight = shard(x, y, rank, self.shards)
+            self._passes(xs, ys, count, part=rank)
+            grads, part = scaled_gradients(model.parameters(), weight)
+            summed = part if summed is None else summed.add_(part)
+            if rank == 0:
+                rank0_buffers = [(b, b.clone()) for b in model.buffers()]
+        for b, kept in rank0_buffers:
+            b.copy_(kept)
+        set_gradients(grads, summed)
 
     def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
         return loss if self.scaler is None else self.scaler.scale(loss)
@@ -290,7 +319,7 @@ class Trainer:
         process's shards (every rank calls this once per epoch, at the same point: it also makes their buffers
         rank 0's); the health needs no sum, every rank measured it on the same all-reduced gradients."""
         seeds, losses = list(self._health), list(self._seed_loss)
-        sums = torch.stack([self._loss_sum.double(), *(self._seed_loss[sid] for sid in losses)])
+        sums = torch.stack([self._loss_sum.double(), *(self._seed_loss[sid] for sid in losses)]).sum(dim=1)
         if self.ranks is not None:
             sums = self.ranks.reduce_epoch(sums, self.model)
         seen = max(self._seen, 1)

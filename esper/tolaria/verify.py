@@ -12,8 +12,8 @@ controller's commands (`CommandIssued`). What is compared:
 * with `exact`, every event bit for bit as logged.
 
 Ids, positions, timestamps and what computed the run (`RunStarted.versions`, `ranks`, `channels_last`) are not
-compared (a difference is noted): re-execution runs in one process. A run trained data-parallel normalised each
-rank's shard of a batch on its own (BatchNorm), so its numbers may need a wider `tolerance`; its decisions not.
+compared (a difference is noted): re-execution runs in one process. A run that N ranks trained data-parallel is
+re-executed as they trained it, shard by shard (`esper.tolaria.ranks`): on CPU its numbers come out bit for bit.
 A run that came from user code (`esper.fit`, `RunStarted.user_code`) cannot be re-executed: its model and
 data are not in the log. `verify_run` says so (`BadInput`) rather than train something else.
 A resumed run is re-executed as one uninterrupted run: its checkpoints, `RunResumed` markers and the
@@ -104,7 +104,7 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
     data = recorded_data(started)  # bad input (another corpus) even where the run itself failed
     try:
         execute(started.config, ScriptedController(started.config.controller, issued), sink, preset=started.preset,
-                build_events=built or not started.config.architecture, data=data)
+                build_events=built or not started.config.architecture, data=data, shards=started.ranks)
     except EsperError:
         if not isinstance(recorded[-1].event, RunFailed):
             raise
@@ -140,7 +140,8 @@ class Comparison:
             if recorded.versions and recorded.versions != new.versions:
                 self.notes.append(f"recorded with {_versions(recorded.versions)}; re-executed with {_versions(new.versions)}")
             if recorded.ranks != new.ranks:
-                self.notes.append(f"trained by {recorded.ranks} ranks, re-executed by {new.ranks}")
+                self.notes.append(f"trained by {recorded.ranks} ranks, re-executed here as their {recorded.ranks} "
+                                  "shards of each batch, one after another")
             new = msgspec.structs.replace(new, versions=recorded.versions, ranks=recorded.ranks,
                                           channels_last=recorded.channels_last)
         if isinstance(recorded, CommandRejected) and isinstance(new, CommandRejected) and not recorded.evidence:
