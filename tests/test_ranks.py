@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from cli_runner import invoke
 from esper.leyline.events import CheckpointSaved, EpochEnded, RunFailed, RunResumed, RunStarted, encode
 from esper.store import Workspace
+from esper.tolaria import launch
 from esper.tolaria.ranks import Message, shard_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,24 @@ def test_the_shards_cover_a_batch_once_in_order(n, world):
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
     sizes = [stop - start for start, stop in bounds]
     assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("args, refused", [
+    (["run", "--epochs", "2", "--seed", "3"], None),
+    (["run", "--seeds", "0-3"], "esper run --seeds"),
+    (["run", "--seeds=0-3"], "esper run --seeds"),
+    (["run", "--workspace", "w", "--resume", "r"], "esper run --resume"),
+    (["run", "--print-config"], "esper run --print-config"),
+    (["ppo", "--out", "p.pt"], "esper ppo"),
+    (["replay", "RUN", "--verify"], "esper replay"),
+    (["--help"], "esper"),
+])
+def test_under_torchrun_only_a_plain_run_is_shared_by_the_ranks(monkeypatch, args, refused):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert launch.refusal(args) is None  # alone, every command line runs
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    why = launch.refusal(args)
+    assert why is None if refused is None else f"run `{refused}` without torchrun" in why
 
 
 def test_a_message_crosses_as_bytes():
@@ -226,6 +245,11 @@ def test_a_rank_that_fails_stops_the_run_instead_of_hanging(tmp_path):
 @pytest.mark.parametrize("args, says", [
     (("run", "--task", "nope"), "esper: unknown task 'nope'"),  # found by rank 0, which stops rank 1
     (("run", "--device", "cuda:1"), "esper: under torchrun each rank trains on cuda:LOCAL_RANK"),  # by each rank
+    (("ppo", "--out", "p.pt"), "esper: under torchrun only `esper run` trains, one run shared by the ranks: run "
+                               "`esper ppo` without torchrun"),  # by each rank, said by rank 0 alone
+    (("run", "--seeds", "0-1"), "esper: under torchrun only `esper run` trains"),
+    pytest.param(("run", "--device", "cuda"), "esper: device cuda asked for, but CUDA is not available here (use cpu)",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="where CUDA exists, the ranks train")),
 ])
 def test_bad_input_under_torchrun_is_one_line_from_rank_0(tmp_path, args, says):
     done = torchrun(*args, workspace=tmp_path, timeout=300)

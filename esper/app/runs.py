@@ -31,7 +31,7 @@ from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, data_problem, load_task_data
 from esper.tolaria.loop import Batches, Progress, RunResult, StoreSink, execute, resolve_config
-from esper.tolaria.ranks import Ranks, launched
+from esper.tolaria.ranks import Ranks
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import resolve_device
 
@@ -230,10 +230,8 @@ def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None, 
         raise
 
 
-def join_ranks(request: RunRequest, resume: bool = False) -> Ranks | None:
+def join_ranks(request: RunRequest) -> Ranks | None:
     """This process's place among the ranks `torchrun` started for one data-parallel run; None when it runs alone."""
-    if resume and launched():
-        raise BadInput("--resume continues a run in one process: run it without torchrun")
     return Ranks.join(request.device)
 
 

@@ -15,6 +15,7 @@ from esper.cli import core, run, simic  # noqa: F401 - register their verbs
 from esper.cli import nissa  # noqa: F401
 from esper.cli.app import app, hold_stdout, say, write_held
 from esper.errors import Terminated
+from esper.tolaria import launch
 
 __all__ = ["app", "main"]
 
@@ -39,6 +40,10 @@ def main() -> None:
 
 
 def _run() -> int:
+    if (why := launch.refusal(sys.argv[1:])) is not None:  # every rank refuses; rank 0 says why, once
+        if launch.leading():
+            say(f"esper: {why}")
+        return 2
     try:
         result = app(standalone_mode=False)
     except typer.Exit as exc:

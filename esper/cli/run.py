@@ -89,7 +89,6 @@ def run(
     if resume is not None:
         _refuse_config_options(ctx)
         request = runs.request_from(None, given)
-        runs.join_ranks(request, resume=True)
         run_id, result = _resume(resume, request.checkpoint_every, request.snapshot_every, workspace)
         _print_result(run_id, result, as_json)
         return

@@ -47,6 +47,7 @@ import torch
 import torch.distributed as dist
 
 from esper.errors import BadInput, RunFailed, first_line
+from esper.tolaria.launch import launched
 
 TIMEOUT_S = 600.0
 """Seconds a rank waits in any collective (`ESPER_RANKS_TIMEOUT` overrides): long enough for rank 0 to evaluate an
@@ -232,11 +233,6 @@ class Ranks:
             raise RunFailed(f"rank {self.rank} lost the other ranks ({first_line(exc)})") from None
 
 
-def launched() -> bool:
-    """Whether `torchrun` started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def _rank_device(device: str, local_rank: int) -> torch.device:
     try:
         place = torch.device(device)
@@ -248,9 +244,11 @@ def _rank_device(device: str, local_rank: int) -> torch.device:
         raise BadInput(f"unsupported device {device!r} under torchrun: use cpu or cuda")
     if place.index is not None:
         raise BadInput(f"under torchrun each rank trains on cuda:LOCAL_RANK: pass --device cuda, not {device}")
-    if not torch.cuda.is_available() or local_rank >= torch.cuda.device_count():
-        raise BadInput(f"rank with LOCAL_RANK {local_rank} needs a CUDA device, and this machine has "
-                       f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} (start fewer ranks)")
+    if not torch.cuda.is_available():
+        raise BadInput("device cuda asked for, but CUDA is not available here (use cpu)")
+    if local_rank >= torch.cuda.device_count():
+        raise BadInput(f"the rank with LOCAL_RANK {local_rank} needs cuda:{local_rank}, and this machine has "
+                       f"{torch.cuda.device_count()} CUDA device(s): start at most that many ranks per node")
     return torch.device("cuda", local_rank)
 
 
