@@ -2,12 +2,14 @@
 
 import hashlib
 import json
+import math
+import signal
 from pathlib import Path
 
 import duckdb
 import pytest
 import torch
-from cli_runner import esper, invoke, one_line_error
+from cli_runner import esper, invoke, one_line_error, start
 
 from esper.simic.features import spec_for_task
 from esper.simic.policy import load_policy
@@ -67,6 +69,36 @@ def test_ppo_resumes_from_its_checkpoint(trained, tmp_path):
     seeds = events(tmp_path, "SELECT DISTINCT (payload->>'$.config.seed')::INT FROM events WHERE type = 'RunStarted'")
     assert {seed for seed, in seeds} == {1001}, "the resumed job plays the second update's runs"
     assert len(seeds) == 2, "each of the two Ray workers logs its share of the update in a store file of its own"
+
+
+def test_a_job_resumed_after_a_partial_update_plays_the_episodes_left(trained, tmp_path):
+    ws, result, _ = trained
+    copy = tmp_path / "ppo.pt"
+    copy.write_bytes(Path(result["out"]).read_bytes())
+    for total, update in ((3, 2), (4, 3)):  # two envs: update 2 plays one episode, and so does update 3
+        out = invoke("ppo", "--resume", "--episodes", str(total), "--out", str(copy), "--json", workspace=tmp_path)
+        assert out.exit_code == 0, out.stderr
+        done = json.loads(out.stdout)
+        assert done["episodes"] == total and done["updates"] == update and f"update {update}/{update}" in out.stderr
+        assert done["last_update"] and all(math.isfinite(v) for v in done["last_update"].values())
+    runs = [n for n, in events(tmp_path, "SELECT count(*) FROM events WHERE type = 'RunStarted'")]
+    assert runs == [1, 1], "one episode in each resumed job's store, and no empty store"
+
+
+@pytest.mark.slow
+def test_an_interrupted_job_says_how_to_go_on_and_goes_on(tmp_path):
+    out = tmp_path / "ppo.pt"
+    job = start("ppo", "--epochs", "1", "--n-envs", "1", "--episodes", "40", "--out", str(out), workspace=tmp_path)
+    for line in job.stderr:  # the second update's line: the first one's checkpoint is written
+        if line.startswith("update 2/"):
+            break
+    job.send_signal(signal.SIGINT)
+    rest = job.stderr.read()
+    assert job.wait() == 130, rest
+    assert f"note: esper ppo --out {out} --resume continues the job" in rest
+    resumed = invoke("ppo", "--resume", "--episodes", "3", "--out", str(out), "--json", workspace=tmp_path)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["episodes"] == 3
 
 
 def test_resume_refuses_settings_it_would_not_apply(trained):
@@ -149,6 +181,8 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["ppo", "--gamma", "1.5", "--out", "x.pt"], "gamma must be in (0, 1]"),
     (["ppo", "--param-budget", "-5", "--out", "x.pt"], "param_budget must be 0"),
     (["ppo", "--critic-warmup", "-1", "--out", "x.pt"], "critic_warmup must not be negative"),
+    (["ppo", "--critic-warmup", "2", "--out", "x.pt"], "critic_warmup 2 freezes the actor for every update of this "
+                                                       "job (2: 8 episodes, 4 at a time), so it would learn nothing"),
     (["ppo", "--max-params", "100", "--out", "x.pt"], "below the mnist1d host's own"),
     (["ppo", "--select-every", "-1", "--out", "x.pt"], "select_every must not be negative"),
     (["ppo", "--select-every", "2", "--select-runs", "0", "--out", "x.pt"], "select_runs must be between"),

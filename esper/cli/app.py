@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from esper.errors import BadInput, EsperError, RankStopped, Terminated, first_line
+from esper.tolaria import launch
 
 app = typer.Typer(
     name="esper",
@@ -110,7 +111,7 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except RankStopped as exc:  # a follower rank: rank 0 has said why
             raise typer.Exit(exc.exit_code) from None
         except BadInput as exc:  # under torchrun every rank reads the same command line: rank 0 says what is wrong
-            if os.environ.get("RANK", "0") == "0":
+            if launch.leading():
                 say(f"esper: {exc}")
             raise typer.Exit(exc.exit_code) from None
         except EsperError as exc:

@@ -111,6 +111,10 @@ def ppo(
     except StoreFailed as exc:  # what one episode's log held matters not: --resume plays its update again
         again = f"run esper ppo --out {out} --resume" if out.is_file() else "run it again"
         raise exc.adding(held="", then=again) from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the checkpoint of the last whole update is there to go on from
+        if out.is_file():
+            say(f"note: esper ppo --out {out} --resume continues the job (its update under way is played again)")
+        raise
     stats = result["stats"]
     if as_json:
         print(json_text({k: v for k, v in result.items() if k != "stats"} | {"last_update": stats}))

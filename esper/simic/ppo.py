@@ -205,7 +205,7 @@ def train(
         start_update, episodes_done = state["update"], state["episodes"]
     _check(cfg)
     if cfg.init_temperature != 1.0 and init is None and not resume:
-        raise BadInput("init_temperature softens a starting policy: give one (init)")
+        raise BadInput("init_temperature softens a starting policy: give one to start from (--init)")
     spec = spec_for_task(cfg.task)
     net = make_net(spec, cfg.hidden, cfg.seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, eps=1e-5)
@@ -229,7 +229,7 @@ def train(
     tag = secrets.token_hex(3)
     learner_id = f"ppo-{tag}"
     store = workspace.store_path(learner_id)
-    updates = math.ceil(cfg.episodes / cfg.n_envs)
+    updates = start_update + math.ceil((cfg.episodes - episodes_done) / cfg.n_envs)  # after a partial one too
     where = ", ".join(cfg.devices) + (f", split over {cfg.workers} Ray workers" if cfg.workers > 1 else "")
     progress(f"ppo {learner_id}: {cfg.task}, {cfg.episodes} episodes, {cfg.n_envs} envs in lock-step on {where}; store {store}")
     stats: dict[str, float] = {}
@@ -248,6 +248,7 @@ def train(
             kept, selected = select_checkpoint(kept, net, start_update, cfg, players, tag, progress)
             learner.append([PolicyUpdated(update=start_update, stats=selected), save(start_update)])
             last_select_s = time.perf_counter() - select_started
+        updates_done = start_update
         for u in range(start_update, updates):
             update_started = time.perf_counter()
             n = min(cfg.n_envs, cfg.episodes - episodes_done)
@@ -266,12 +267,13 @@ def train(
                 stats |= selected
                 last_select_s = time.perf_counter() - select_started
             learner.append([PolicyUpdated(update=u + 1, stats=stats), save(u + 1)])
+            updates_done = u + 1
             if time_up and u + 1 < updates:
                 progress(f"time is up after update {u + 1} ({episodes_done} episodes)")
                 break
     episode_stores = str(store) if cfg.workers == 1 else str(workspace.store_path(f"{learner_id}-w*"))
     return {"out": str(out), "store": str(store), "episode_stores": episode_stores, "learner": learner_id,
-            "runs": f"{cfg.task}-ppo-{tag}-u*", "updates": math.ceil(episodes_done / cfg.n_envs),
+            "runs": f"{cfg.task}-ppo-{tag}-u*", "updates": updates_done,
             "episodes": episodes_done, "stats": stats,
             "kept_update": kept.update if kept else None}
 
@@ -332,7 +334,7 @@ def _check(cfg: PPOConfig) -> None:
     if cfg.n_envs < 1 or cfg.episodes < 1:
         raise BadInput(f"n_envs and episodes must be at least 1 (got {cfg.n_envs} and {cfg.episodes})")
     if cfg.epochs < 0:
-        raise BadInput(f"epochs must be positive, got {cfg.epochs}")
+        raise BadInput(f"epochs must not be negative (0: the task preset's), got {cfg.epochs}")
     if cfg.minibatches < 1 or cfg.update_epochs < 1:
         raise BadInput("minibatches and update_epochs must be at least 1")
     if cfg.workers < 1:
@@ -345,6 +347,10 @@ def _check(cfg: PPOConfig) -> None:
         raise BadInput(f"init_temperature must be positive, got {cfg.init_temperature}")
     if cfg.critic_warmup < 0:
         raise BadInput(f"critic_warmup must not be negative, got {cfg.critic_warmup}")
+    if cfg.critic_warmup and cfg.critic_warmup >= (updates := math.ceil(cfg.episodes / cfg.n_envs)):
+        raise BadInput(f"critic_warmup {cfg.critic_warmup} freezes the actor for every update of this job "
+                       f"({updates}: {cfg.episodes} episodes, {cfg.n_envs} at a time), so it would learn nothing: "
+                       f"ask for more than {cfg.critic_warmup * cfg.n_envs} episodes")
     if not 0 <= cfg.seed < MAX_JOB_SEED:
         raise BadInput(f"seed must be between 0 and {MAX_JOB_SEED - 1:,}, got {cfg.seed} (run seeds below "
                        f"{TRAIN_SEEDS} are for evaluation, and a job's run seeds are {TRAIN_SEEDS} + 100,000 × seed + ...)")
