@@ -120,6 +120,26 @@ def test_resume_refuses_settings_it_would_not_apply(trained):
     assert sorted(ws.glob("*.duckdb")) == stores and Path(result["out"]).read_bytes() == checkpoint
 
 
+def test_iql_refuses_an_altered_run_by_name_and_learns_without_it(trained, tmp_path):
+    ws, _, _ = trained
+    for store in ws.glob("ppo-*.duckdb"):
+        (tmp_path / store.name).write_bytes(store.read_bytes())
+    [store] = tmp_path.glob("ppo-*.duckdb")
+    with duckdb.connect(str(store)) as con:  # one epoch's accuracy edited behind Esper's back
+        run_id, seq = con.execute("SELECT run_id, min(seq) FROM events WHERE type = 'EpochEnded' GROUP BY 1 "
+                                  "ORDER BY 1 LIMIT 1").fetchall()[0]
+        con.execute("UPDATE events SET payload = json_merge_patch(payload, '{\"val_accuracy\": 0.99}') "
+                    "WHERE run_id = ? AND seq = ?", [run_id, seq])
+    args = ("iql", "--steps", "5", "--batch-size", "4", "--out", str(tmp_path / "iql.pt"))
+    error = one_line_error(invoke(*args, workspace=tmp_path), code=1)
+    assert f"log altered at seq {seq} (EpochEnded) in run {run_id}" in error
+    assert f"leave it out of the dataset with --runs \"run_id <> '{run_id}'\"" in error
+    assert not (tmp_path / "iql.pt").exists()
+    learnt = invoke(*args, "--runs", f"run_id <> '{run_id}'", "--json", workspace=tmp_path)
+    assert learnt.exit_code == 0, learnt.stderr
+    assert json.loads(learnt.stdout)["runs"] == 1
+
+
 def test_iql_learns_from_the_logs_and_its_policy_runs(trained):
     ws, result, _ = trained
     out = esper("iql", "--steps", "40", "--batch-size", "8", "--runs", "controller = 'ppo'",

@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 import torch
 
-from esper.errors import BadInput, first_line
+from esper.errors import BadInput, LogAltered, first_line
 from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, RunStarted, SeedTransitioned
 from esper.leyline.stages import SeedStage
 from esper.simic.features import ActionMask, FeatureSpec, action_mask, encode, from_command, joint_index
@@ -203,9 +203,14 @@ def select_runs(reader, where: str | None, task: str) -> list[str]:
 
 
 def workspace_episodes(reader, run_ids: list[str], spec: FeatureSpec, rewards: RewardConfig) -> tuple[list[Episode], list[str]]:
-    """The episodes of `run_ids`, and a note for each run left out (other slots or blueprints, no steps)."""
+    """The episodes of `run_ids`, and a note for each run left out (other slots or blueprints, no steps). Each run's
+    hash chain is checked first: a policy learnt from an altered log is in doubt, so `LogAltered` names the run."""
     episodes, notes = [], []
     for run_id in run_ids:
+        try:
+            reader.check_run(run_id)
+        except LogAltered as exc:
+            raise LogAltered(f"{exc}: leave it out of the dataset with --runs \"run_id <> '{run_id}'\"") from None
         try:
             episode = replay_episode(reader.read_run(run_id), spec, rewards, run_id)
         except IncompatibleRun as exc:
