@@ -146,7 +146,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--epochs", "-1"), "must be positive"),
         (("--device", "tpu"), "device"),
         (("--telemetry", "loud"), "telemetry"),
-        (("--task", "cifar10"), "data_dir"),
+        (("--task", "cifar10"), "cifar10 needs its data: give --data-dir"),
         (("--max-params", "-5"), "max_params must be 0"),
         (("--max-params", "1000"), "below the mnist1d host's own 1,258"),
         (("--anneal-epochs", "-2"), "anneal_epochs must not be negative"),
@@ -160,11 +160,12 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--lifecycle", "blend_epochs=two"), "blend_epochs takes int values"),
         (("--lifecycle", "speed=3"), "KEY one of min_training_epochs"),
         (("--data-dir", "signals"), "mnist1d is generated from the run's seed and reads no files"),
-        (("--download",), "data_dir and download are for cifar10 and text"),
+        (("--download",), "--data-dir and --download are for cifar10 and text"),
         (("--task", "text", "--download"), "download is for cifar10"),
         (("--lifecycle", "max_params=9000"), "set the size cap with max_params (--max-params)"),
         (("--blend-schedule", "cosine"), "unknown blend schedule 'cosine': use linear, sigmoid"),
-        (("--policy", "policy.pt"), "policy is for controller policy or sampled"),
+        (("--policy", "policy.pt"), "--policy is for --controller policy or sampled"),
+        (("--seed", "-1"), "seed must be between 0 and 999,999,999,999, got -1"),
         (("--lr", "-0.1"), "lr must be a positive number"),
         (("--lr", "1e38"), "lr must be a positive number up to 1000, got 1e+38"),  # Adam's step would overflow
         (("--seed-lr", "2000"), "seed_lr must be a positive number up to 1000, got 2000"),
@@ -179,7 +180,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--config", "absent.toml"), "cannot read config absent.toml"),
         (("--checkpoint-every", "-1"), "checkpoint_every must be 0"),
         (("--seed", "99999999999999999999"), "--seed 99999999999999999999 does not fit in 64 bits"),
-        (("--seed", "100000000000000"), "seed must lie strictly between -1,000,000,000,000 and 1,000,000,000,000"),
+        (("--seed", "100000000000000"), "seed must be between 0 and 999,999,999,999, got 100000000000000"),
     ],
 )
 def test_cli_run_bad_input(tmp_path, args, message):

@@ -201,6 +201,7 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["ppo", "--gamma", "1.5", "--out", "x.pt"], "gamma must be in (0, 1]"),
     (["ppo", "--param-budget", "-5", "--out", "x.pt"], "param_budget must be 0"),
     (["ppo", "--critic-warmup", "-1", "--out", "x.pt"], "critic_warmup must not be negative"),
+    (["ppo", "--task", "cifar10", "--out", "x.pt"], "cifar10 needs --data-dir, which ppo does not take"),
     (["ppo", "--critic-warmup", "2", "--out", "x.pt"], "critic_warmup 2 freezes the actor for every update of this "
                                                        "job (2: 8 episodes, 4 at a time), so it would learn nothing"),
     (["ppo", "--max-params", "100", "--out", "x.pt"], "below the mnist1d host's own"),

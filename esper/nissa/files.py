@@ -60,6 +60,9 @@ def _bad_input_if_unwritable(path: Path) -> Iterator[None]:
 
 
 def why_unwritable(path: Path, exc: OSError) -> str:
-    """`exc`'s reason, or the folder on `path`'s way that is a file (the OS says only "Not a directory")."""
+    """`exc`'s reason, or the folder on `path`'s way that is a file (the OS says only "Not a directory"), or `path`
+    itself being a folder (the OS says "Is a directory", or "Device or resource busy" for `.`)."""
+    if os.path.isdir(path):
+        return "it is a folder: give the path of a file"
     blocker = next((p for p in path.parents if os.path.exists(p) and not os.path.isdir(p)), None)
     return f"{blocker} is a file, not a folder" if blocker is not None else exc.strerror or str(exc)

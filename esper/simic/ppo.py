@@ -52,6 +52,7 @@ from esper.store.recorder import Recorded
 from esper.tolaria import cluster
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, resolve_config
+from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import resolve_device
 
 TRAIN_SEEDS = 1000
@@ -369,6 +370,9 @@ def _check(cfg: PPOConfig) -> None:
     for device in cfg.devices:
         resolve_device(device)
     spec_for_task(cfg.task)
+    if get_task(cfg.task).name == "cifar10":
+        raise BadInput("esper ppo plays its episodes on data Esper makes or ships (mnist1d, text): cifar10 needs "
+                       "--data-dir, which ppo does not take")
     resolve_config(RunConfig(task=cfg.task, lifecycle=LifecycleConfig(max_params=cfg.max_params)))  # the cap's checks
 
 

@@ -160,9 +160,10 @@ def data_problem(task: str, data_dir: object, download: bool) -> str | None:
     ignore is refused rather than silently dropped."""
     name = get_task(task).name
     if name == "mnist1d" and (data_dir is not None or download):
-        return "mnist1d is generated from the run's seed and reads no files: data_dir and download are for cifar10 and text"
+        return "mnist1d is generated from the run's seed and reads no files: --data-dir and --download are for cifar10 and text"
     if name == "text" and download:
-        return "download is for cifar10: the text task reads a file or folder given as data_dir, else the standard library's sources"
+        return ("--download is for cifar10: the text task reads the file or folder given with --data-dir, else the "
+                "standard library's sources")
     return None
 
 
@@ -359,7 +360,7 @@ def _write_npz(path: Path, arrays: tuple[np.ndarray, ...]) -> None:
 def _load_cifar10(data_dir: str | os.PathLike[str] | None, download: bool) -> TaskData:
     if data_dir is None and not download:
         raise BadInput(
-            "cifar10 needs its data: set data_dir to the folder holding cifar-10-batches-py, or set download"
+            "cifar10 needs its data: give --data-dir, the folder holding cifar-10-batches-py, or --download"
         )
     from torchvision.datasets import CIFAR10
 
