@@ -216,7 +216,7 @@ def test_cifar10_without_data_is_bad_input(tmp_path, offline):
         with pytest.raises(BadInput) as err:
             load_task_data("cifar10", seed=0, data_dir=data_dir, download=download)
         message = str(err.value)
-        assert "data_dir" in message and "\n" not in message
+        assert "--data-dir" in message and "\n" not in message
         if not download:
             assert "download" in message
 

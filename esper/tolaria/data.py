@@ -371,11 +371,11 @@ def _load_cifar10(data_dir: str | os.PathLike[str] | None, download: bool) -> Ta
     except RuntimeError:  # torchvision: "Dataset not found or corrupted" (files missing or checksums wrong)
         raise BadInput(
             f"no CIFAR-10 data in {root} (expected {root / CIFAR10.base_folder} with verified checksums): "
-            "set data_dir to a folder holding it, or set download"
+            "give --data-dir, a folder holding it, or --download"
         ) from None
     except OSError as e:  # the download itself failed: offline, refused, disk full
         reason = str(e).replace("\n", " ")
-        raise BadInput(f"could not download CIFAR-10 into {root} ({reason}): set data_dir to a folder holding it") from None
+        raise BadInput(f"could not download CIFAR-10 into {root} ({reason}): give --data-dir, a folder holding it") from None
     x, y = _cifar10_tensors(train)
     n_fit = len(y) - int(len(y) * CIFAR10_VAL_FRACTION)
     return TaskData(
