@@ -155,6 +155,7 @@ def test_iql_learns_from_the_logs_and_its_policy_runs(trained):
                     "--critic-warmup", "1", "--out", str(ws / "from-iql.pt"), workspace=ws)
     assert started.returncode == 0, started.stderr
     assert "critic warm-up: actor frozen" in started.stderr
+    assert "note: the critic warm-up (1 update) covers every update of this job (1), so the actor stays" in started.stderr
     (iql_net, _), (ppo_net, _) = load_policy(ws / "iql.pt"), load_policy(ws / "from-iql.pt")
     before, after = iql_net.state_dict(), ppo_net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith("critic."))
@@ -202,8 +203,6 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["ppo", "--param-budget", "-5", "--out", "x.pt"], "param_budget must be 0"),
     (["ppo", "--critic-warmup", "-1", "--out", "x.pt"], "critic_warmup must not be negative"),
     (["ppo", "--task", "cifar10", "--out", "x.pt"], "cifar10 needs --data-dir, which ppo does not take"),
-    (["ppo", "--critic-warmup", "2", "--out", "x.pt"], "critic_warmup 2 freezes the actor for every update of this "
-                                                       "job (2: 8 episodes, 4 at a time), so it would learn nothing"),
     (["ppo", "--max-params", "100", "--out", "x.pt"], "below the mnist1d host's own"),
     (["ppo", "--select-every", "-1", "--out", "x.pt"], "select_every must not be negative"),
     (["ppo", "--select-every", "2", "--select-runs", "0", "--out", "x.pt"], "select_runs must be between"),
@@ -227,6 +226,15 @@ def test_bad_input_is_one_line_and_exit_2(trained, args, message, tmp_path, monk
     ws, _, _ = trained
     monkeypatch.chdir(tmp_path)  # relative --out and --policy paths resolve here, away from the workspace
     assert message in one_line_error(invoke(*args, workspace=ws))
+
+
+def test_iql_replaces_no_file_a_ppo_job_could_resume_from(trained, tmp_path):
+    ws, result, _ = trained
+    checkpoint = tmp_path / "ppo.pt"
+    checkpoint.write_bytes(Path(result["out"]).read_bytes())
+    error = one_line_error(invoke("iql", "--steps", "3", "--out", str(checkpoint), workspace=ws))
+    assert error.endswith(f"{checkpoint} already exists: give another --out, or remove that file")
+    assert checkpoint.read_bytes() == Path(result["out"]).read_bytes()
 
 
 @pytest.mark.parametrize("command", [["iql", "--steps", "3"], ["ppo", "--episodes", "1", "--n-envs", "1", "--epochs", "1"]])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from cli_runner import invoke, one_line_error
 
 from esper.errors import BadInput, UnknownRun
 from esper.leyline import EpochEnded, PolicyUpdated, RunConfig, RunStarted
@@ -243,6 +244,10 @@ def test_resolve_run_refuses_an_empty_id_and_a_learner_stream_and_says_when_it_l
         assert reader.resolve_run("ppo-abc", training=False) == "ppo-abc123"
         stats = reader.read_run("ppo-abc123")[0].event.stats  # JSON has no NaN: an undefined number reads as None
         assert stats == {"return": 1.0, "explained_variance": None}
+    exported = tmp_path / "learner.jsonl"  # an export of the stream: replay refuses it alike
+    assert invoke("export", "ppo-abc123", "--out", str(exported), workspace=tmp_path).exit_code == 0
+    error = one_line_error(invoke("replay", str(exported), workspace=tmp_path))
+    assert "ppo-abc123 is a learner's stream of updates, not a training run" in error
 
 
 def test_an_exact_id_wins_over_longer_ids_it_prefixes(tmp_path):

@@ -10,7 +10,9 @@ import typer
 
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, json_text, say
 from esper.errors import BadInput
+from esper.leyline.events import PolicyUpdated
 from esper.leyline.status import shown
+from esper.store.workspace import not_a_training_run
 from esper.nissa.snapshot import fold_checking
 from esper.leyline.config import VERIFY_TOLERANCE
 
@@ -73,6 +75,8 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list, boo
         for note in notes:
             say(f"note: {note}")
         run_id, recorded = next(iter(runs.items()))
+        if recorded and isinstance(recorded[0].event, PolicyUpdated):
+            raise not_a_training_run(run_id)
         return run_id, recorded, [], False
     ws = existing_workspace(workspace)
     with ws.reader() as reader:

@@ -158,6 +158,8 @@ def iql(
     """Train a policy offline with IQL from the runs in the workspace (heuristic, random, PPO ...)."""
     from esper.app.learners import iql_job
 
+    if out.is_file():  # as for ppo: a policy (or a PPO job's checkpoint, which resumes it) is never replaced
+        raise BadInput(f"{out} already exists: give another --out, or remove that file")
     cfg = IQLConfig(task=task, steps=steps, batch_size=batch_size, learning_rate=lr, expectile=expectile,
                     temperature=temperature, gamma=gamma, hidden=hidden, seed=seed,
                     reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget))

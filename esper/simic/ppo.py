@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from esper.errors import BadInput
 from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.events import CheckpointSaved, PolicyUpdated
+from esper.nissa.fmt import plural
 from esper.simic.dataset import Episode, batch, replay_episode
 from esper.simic.env import configs_round_robin
 from esper.simic.features import FeatureSpec, spec_for_task
@@ -233,6 +234,10 @@ def train(
     updates = start_update + math.ceil((cfg.episodes - episodes_done) / cfg.n_envs)  # after a partial one too
     where = ", ".join(cfg.devices) + (f", split over {cfg.workers} Ray workers" if cfg.workers > 1 else "")
     progress(f"ppo {learner_id}: {cfg.task}, {cfg.episodes} episodes, {cfg.n_envs} envs in lock-step on {where}; store {store}")
+    if cfg.critic_warmup >= updates:
+        progress(f"note: the critic warm-up ({plural(cfg.critic_warmup, 'update')}) covers every update of this job ({updates}), "
+                 f"so the actor stays as it started: more than {cfg.critic_warmup * cfg.n_envs} episodes train it "
+                 "(--episodes, or --resume later)")
     stats: dict[str, float] = {}
     with Recorder(store) as recorder, open_players(cfg.workers, cfg.task, cfg.hidden, data, recorder, workspace,
                                                    learner_id, cfg.devices, ray_address) as players:
@@ -348,10 +353,6 @@ def _check(cfg: PPOConfig) -> None:
         raise BadInput(f"init_temperature must be positive, got {cfg.init_temperature}")
     if cfg.critic_warmup < 0:
         raise BadInput(f"critic_warmup must not be negative, got {cfg.critic_warmup}")
-    if cfg.critic_warmup and cfg.critic_warmup >= (updates := math.ceil(cfg.episodes / cfg.n_envs)):
-        raise BadInput(f"critic_warmup {cfg.critic_warmup} freezes the actor for every update of this job "
-                       f"({updates}: {cfg.episodes} episodes, {cfg.n_envs} at a time), so it would learn nothing: "
-                       f"ask for more than {cfg.critic_warmup * cfg.n_envs} episodes")
     if not 0 <= cfg.seed < MAX_JOB_SEED:
         raise BadInput(f"seed must be between 0 and {MAX_JOB_SEED - 1:,}, got {cfg.seed} (run seeds below "
                        f"{TRAIN_SEEDS} are for evaluation, and a job's run seeds are {TRAIN_SEEDS} + 100,000 × seed + ...)")

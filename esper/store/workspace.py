@@ -102,6 +102,12 @@ class StoredSnapshot:
     matches: bool
 
 
+def not_a_training_run(run_id: str) -> BadInput:
+    """What replaying (or reporting, resuming) a learner's stream of `PolicyUpdated` events is: bad input."""
+    episodes = f"; its episodes are named *-{run_id}-u*" if run_id.startswith("ppo-") else ""
+    return BadInput(f"{run_id} is a learner's stream of updates, not a training run (`esper runs` lists those{episodes})")
+
+
 class Reader:
     """An in-memory DuckDB with every readable store attached read-only behind the `events` and `runs` views."""
 
@@ -258,9 +264,7 @@ class Reader:
         if training and not self.con.execute(
             "SELECT count(*) FROM events WHERE run_id = ? AND type = 'RunStarted'", [run_id]
         ).fetchall()[0][0]:
-            episodes = f"; its episodes are named *-{run_id}-u*" if run_id.startswith("ppo-") else ""
-            raise BadInput(f"{run_id} is a learner's stream of updates, not a training run (`esper runs` lists "
-                           f"those{episodes})")
+            raise not_a_training_run(run_id)
         return run_id
 
     def read_run(self, run_id: str, after_seq: int = 0) -> list[Recorded]:
