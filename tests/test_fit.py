@@ -154,7 +154,7 @@ def test_a_size_cap_and_lifecycle_timings_come_as_a_dict_too(tmp_path):
 
 
 def test_a_heuristic_that_cannot_germinate_in_the_epochs_given_is_warned_about(tmp_path):
-    with pytest.warns(UserWarning, match="a 3-epoch run grows nothing"):
+    with pytest.warns(UserWarning, match="a run of 3 epochs grows nothing"):
         result = esper.fit(small_model(), train=batches(1, 1), val=batches(1, 2), epochs=3, workspace=str(tmp_path))
     assert result.seeds == {}
 

@@ -104,7 +104,7 @@ def test_cli_run_json_then_replay_verify(tmp_path):
     result = json.loads(out.stdout)
     assert set(result) == {"run_id", "val_accuracy", "test_accuracy", "params", "seeds"}
     assert "[  3/3]" in out.stderr
-    assert "note: the heuristic germinates from epoch 2 until 7 epochs before the end, so a 3-epoch run grows nothing" \
+    assert "note: the heuristic germinates from epoch 2 until 7 epochs before the end, so a run of 3 epochs grows nothing" \
         in out.stderr
     replay = esper("replay", result["run_id"], "--verify", "--json", workspace=tmp_path)
     assert replay.returncode == 0, replay.stderr

@@ -62,6 +62,14 @@ def test_a_text_run_re_executes_and_verify_refuses_another_corpus(grown):
     finally:
         data.write_bytes(original)
     assert "the text corpus is not the run's" in error and "sha256" in error
+    moved = data.with_name("moved.txt")
+    data.rename(moved)
+    try:
+        error = one_line_error(invoke("replay", result["run_id"], "--verify", workspace=ws))
+    finally:
+        moved.rename(data)
+    assert error.startswith(f"esper: the run's data is not here: it was recorded with --data-dir {data.resolve()}")
+    assert error.endswith("re-run where that data is")
 
 
 def test_the_random_controller_runs_on_text_unchanged(tmp_path):

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from esper.errors import BadInput
 from esper.nissa.files import check_writable
+from esper.nissa.fmt import plural
 from esper.simic.config import IQLConfig, PPOConfig
 from esper.store import Workspace
 
@@ -74,7 +75,7 @@ def _dataset(cfg: IQLConfig, workspace: Workspace, runs: str | None, progress: P
     if not episodes:
         raise BadInput(f"no usable runs of {cfg.task} in {workspace.root}{where}: the dataset is empty "
                        "(check the runs filter and the task)")
-    progress(f"iql: dataset of {len(episodes)} runs from {workspace.root}{where}")
+    progress(f"iql: dataset of {plural(len(episodes), 'run')} from {workspace.root}{where}")
     return spec, episodes
 
 

@@ -277,7 +277,7 @@ def _run_seeds(text: str, request: "RunRequest", ctx: typer.Context, as_json: bo
     c = planned[0].config
     where = f"on Ray at {ray_address}" if ray_address else "on Ray" if len(planned) > 1 else "here"
     say(f"seeds {text}: {len(planned)} run{'s' * (len(planned) > 1)} of {c.task}, controller {c.controller}, {c.epochs} "
-        f"epochs on {c.device}, {where}")
+        f"epoch{'s' * (c.epochs != 1)} on {c.device}, {where}")
     _note_idle(c)
     finished: set[str] = set()
 

@@ -122,7 +122,7 @@ def ppo(
     lines = [f"policy {out}", f"  updates        {result['updates']}", f"  episodes       {result['episodes']}",
              f"  last return    {stats.get('return', float('nan')):+.4f}",
              f"  last val acc   {stats.get('val_accuracy', float('nan')) * 100:6.2f}%",
-             f"  episodes       runs {result['runs']} in {result['episode_stores']}"]
+             f"  episode runs   {result['runs']} in {result['episode_stores']}"]
     if result["kept_update"] is not None:
         lines.append(f"  kept policy    after update {result['kept_update']} (best greedy return on the selection runs)")
         lines.append(f"  selection runs {result['runs'].removesuffix('-u*')}-select-*")

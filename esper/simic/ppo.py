@@ -233,7 +233,8 @@ def train(
     store = workspace.store_path(learner_id)
     updates = start_update + math.ceil((cfg.episodes - episodes_done) / cfg.n_envs)  # after a partial one too
     where = ", ".join(cfg.devices) + (f", split over {cfg.workers} Ray workers" if cfg.workers > 1 else "")
-    progress(f"ppo {learner_id}: {cfg.task}, {cfg.episodes} episodes, {cfg.n_envs} envs in lock-step on {where}; store {store}")
+    progress(f"ppo {learner_id}: {cfg.task}, {plural(cfg.episodes, 'episode')}, {plural(min(cfg.n_envs, cfg.episodes), 'env')} "
+             f"in lock-step on {where}; store {store}")
     if cfg.critic_warmup >= updates:
         progress(f"note: the critic warm-up ({plural(cfg.critic_warmup, 'update')}) covers every update of this job ({updates}), "
                  f"so the actor stays as it started: more than {cfg.critic_warmup * cfg.n_envs} episodes train it "
@@ -471,7 +472,7 @@ def _copy_without_grads(net: PolicyNet) -> PolicyNet:
 
 def _select_line(stats: dict[str, float], runs: int, kept: Kept) -> str:
     failed = int(stats.get("select.failed", 0))
-    return (f"  greedy on {runs} selection runs: return {stats['select.return']:+.3f}  "
+    return (f"  greedy on {plural(runs, 'selection run')}: return {stats['select.return']:+.3f}  "
             + (f"({failed} failed)  " if failed else "") +
             f"val {stats.get('select.val_accuracy', float('nan')) * 100:5.1f}%  "
             f"params {stats.get('select.params', float('nan')):,.0f}  -> keeping update {kept.update}")

@@ -106,7 +106,7 @@ def idle_heuristic(config: HeuristicConfig, epochs: int) -> str | None:
     if last >= first:
         return None
     return (f"the heuristic germinates from epoch {first} until {config.finish_epochs} epochs before the end, so a "
-            f"{epochs}-epoch run grows nothing")
+            f"run of {epochs} epoch{'s' * (epochs != 1)} grows nothing")
 
 
 class RandomController:

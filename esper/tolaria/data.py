@@ -39,6 +39,7 @@ from esper.errors import BadInput
 from esper.kasmina.hosts import Transformer
 from esper.leyline.config import TaskPreset
 from esper.leyline.events import RunStarted
+from esper.nissa.fmt import plural
 from esper.tolaria.tasks import get_task
 from esper.tolaria.text import TextData, load_text
 
@@ -203,11 +204,17 @@ def recorded_data(started: RunStarted) -> "TaskData | TextData":
     """The data of a logged run, loaded with its recorded config and preset to re-execute or resume it; `BadInput`
     when the text it recorded is not the text found now (another Python's standard library, a changed file)."""
     config = started.config
-    data = load_task_data(config.task, config.data_seed, config.data_dir, preset=started.preset)
+    try:
+        data = load_task_data(config.task, config.data_seed, config.data_dir, preset=started.preset)
+    except BadInput as exc:
+        if config.data_dir is None:
+            raise
+        raise BadInput(f"the run's data is not here: it was recorded with --data-dir {config.data_dir}, and now {exc}; "
+                       "re-run where that data is") from None
     was, now = started.corpus, getattr(data, "corpus", None)
     if was is not None and now is not None and now.sha256 != was.sha256:
-        raise BadInput(f"the text corpus is not the run's: it read {was.files} files, {was.bytes:,} bytes from {was.path} "
-                       f"(sha256 {was.sha256[:12]}...), here {now.path} gives {now.files} files, {now.bytes:,} bytes "
+        raise BadInput(f"the text corpus is not the run's: it read {plural(was.files, 'file')}, {was.bytes:,} bytes from {was.path} "
+                       f"(sha256 {was.sha256[:12]}...), here {now.path} gives {plural(now.files, 'file')}, {now.bytes:,} bytes "
                        f"(sha256 {now.sha256[:12]}...); re-run where that text is")
     return data
 
