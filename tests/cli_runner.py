@@ -17,10 +17,11 @@ ESPER = [sys.executable, "-m", "esper"]
 """The command line of `esper` in a subprocess: this interpreter, so the checkout under test."""
 
 
-def invoke(*args: str, workspace: Path | None = None):
-    """Run `esper ARGS` (in `workspace`, through ESPER_WORKSPACE, if given); nothing may escape as a traceback."""
+def invoke(*args: str, workspace: Path | None = None, input: bytes | str | None = None):
+    """Run `esper ARGS` (in `workspace`, through ESPER_WORKSPACE, if given; `input` on standard input); nothing may
+    escape as a traceback."""
     env = {"ESPER_WORKSPACE": str(workspace)} if workspace is not None else None
-    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    result = CliRunner().invoke(app, [str(a) for a in args], env=env, input=input)
     assert "Traceback" not in result.stdout + result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result

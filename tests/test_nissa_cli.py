@@ -89,6 +89,13 @@ def test_export_to_standard_output_is_the_file_it_would_write(ws, tmp_path, monk
     assert not (tmp_path / "-").exists()
     assert invoke("export", "heur", "-w", str(ws), "--out", str(tmp_path / "h.jsonl")).exit_code == 0
     assert piped.stdout == (tmp_path / "h.jsonl").read_text(encoding="utf-8")
+    imported = invoke("import", "-", "--workspace", str(tmp_path / "fresh"), input=piped.stdout)  # export ... | import -
+    assert imported.exit_code == 0 and "imported 70 events" in imported.stdout
+    assert invoke("replay", "heur", "-w", str(tmp_path / "fresh")).exit_code == 0
+    cut = "".join(piped.stdout.splitlines(keepends=True)[:10])
+    error = one_line_error(invoke("import", "-", "--workspace", str(tmp_path / "other"), input=cut), code=1)
+    assert error.startswith("esper: log altered: standard input has no trailer") and "a file cut short" in error
+    assert not (tmp_path / "other").exists()
 
 
 def test_an_export_to_a_reader_that_left_says_no_success(ws):

@@ -2,13 +2,15 @@
 
 import hashlib
 import re
+import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from esper.cli.app import WorkspaceOption, app, deliver_stdout, existing_workspace, handles_errors, say
-from esper.errors import BadInput, LogAltered
+from esper.errors import BadInput, EsperError, LogAltered
 from esper.store import Workspace
 
 
@@ -122,13 +124,23 @@ def _export_tensorboard(reader, run_ids: list[str], out: Path) -> None:
 @app.command("import")
 @handles_errors
 def import_(
-    file: Path = typer.Argument(..., metavar="FILE", help="A file written by `esper export` (jsonl or parquet)."),
+    file: Path = typer.Argument(..., metavar="FILE",
+                                help="A file written by `esper export` (jsonl or parquet); - reads standard input."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Add the runs of an exported file to the workspace (events already there are skipped)."""
     from esper.nissa.transfer import import_file
 
-    result = import_file(Workspace.at(workspace), file)
+    if str(file) == "-":  # `esper export RUN --out - | esper import -`: the stream is read whole, then imported
+        with tempfile.TemporaryDirectory(prefix="esper-import-") as folder:
+            received = Path(folder) / "standard input"
+            received.write_bytes(sys.stdin.buffer.read())
+            try:
+                result = import_file(Workspace.at(workspace), received)
+            except EsperError as exc:  # named as the user named it, not by the file it was read into
+                raise type(exc)(str(exc).replace(str(received), "standard input")) from None
+    else:
+        result = import_file(Workspace.at(workspace), file)
     if not result.stores:
         print(f"nothing to import: all {result.skipped} events of {_runs_text(result.runs)} are already in the workspace")
         return

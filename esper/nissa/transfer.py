@@ -248,7 +248,7 @@ def _check_chains(path: Path, rows: list[Row], trailer: Heads | None, notes: lis
         sealed = bool(verifier.sealed)
         if trailer is None and sealed:
             raise LogAltered(f"log altered: {path.name} has no trailer with the head of run {run}; the log ends at "
-                             f"seq {mine[-1].seq}")
+                             f"seq {mine[-1].seq} (a file cut short, or its tail removed: export the run again)")
         if trailer is not None:
             verifier.end(trailer.get(run), holder="the export's trailer")
         if not sealed:
