@@ -218,6 +218,7 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["iql", "--runs", "controller = 'nobody'", "--out", "x.pt"], "dataset is empty"),
     (["iql", "--runs", "  ", "--out", "x.pt"], "the runs filter is empty"),
     (["run", "--controller", "policy", "--policy", "missing.pt"], "no policy file"),
+    (["run", "--controller", "policy", "--policy", "."], ". is a folder: give the path of a policy file"),
     (["ppo", "--reward-params", "inf", "--out", "x.pt"], "--reward-params must be a finite number, got inf"),
     (["ppo", "--ent-coef", "nan", "--out", "x.pt"], "--ent-coef must be a finite number, got nan"),
     (["iql", "--temperature", "-inf", "--out", "x.pt"], "--temperature must be a finite number"),
@@ -326,4 +327,8 @@ def test_ppo_and_iql_learn_on_text_and_a_policy_of_another_task_is_refused_there
     error = one_line_error(invoke("run", "--task", "text", "--controller", "policy", "--policy", mnist1d_policy,
                                   workspace=tmp_path))
     assert "the policy was trained for slots" in error and "'conv_heavy'" in error and "task text has" in error
+    assert "it is mnist1d's: add --task mnist1d" in error
+    error = one_line_error(invoke("ppo", "--task", "text", "--init", mnist1d_policy, "--out", tmp_path / "p.pt",
+                                  workspace=tmp_path))
+    assert "was trained for task mnist1d, hidden" in error and "this job has task text" in error
     assert sorted(tmp_path.glob("*.duckdb")) == before  # refused before anything is written

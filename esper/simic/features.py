@@ -26,7 +26,7 @@ from esper.leyline.events import RunStarted
 from esper.leyline.garden import Garden, legal_commands
 from esper.leyline.stages import SeedStage
 from esper.tamiyo.observation import Observation
-from esper.tolaria.tasks import get_task
+from esper.tolaria.tasks import TASKS, get_task
 
 OPS = ("wait", "germinate", "advance", "cull")
 WAIT, GERMINATE, ADVANCE, CULL = range(4)
@@ -70,6 +70,11 @@ class FeatureSpec(msgspec.Struct, frozen=True, kw_only=True):
 def spec_for_task(task: str) -> FeatureSpec:
     preset = get_task(task)
     return FeatureSpec(slots=tuple(preset_host(preset).slot_names), blueprints=tuple(preset.blueprints))
+
+
+def task_of(spec: FeatureSpec) -> str | None:
+    """The built-in task whose slots and blueprints `spec` has (None: none, e.g. a user's own model's)."""
+    return next((name for name in TASKS if spec_for_task(name) == spec), None)
 
 
 def spec_for_run(started: RunStarted) -> FeatureSpec:

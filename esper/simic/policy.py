@@ -25,7 +25,7 @@ from esper.errors import BadInput, first_line
 from esper.leyline.commands import Command
 from esper.leyline.events import CheckpointSaved
 from esper.nissa.files import atomic_write
-from esper.simic.features import GERMINATE, OPS, FeatureSpec, action_mask, encode, to_command
+from esper.simic.features import GERMINATE, OPS, FeatureSpec, action_mask, encode, task_of, to_command
 from esper.simic.rewards import RewardConfig
 from esper.tamiyo.observation import Observation
 
@@ -145,6 +145,8 @@ def saved(path: str | Path, update: int, sources: list[str] = ()) -> CheckpointS
 
 def read_policy_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder: give the path of a policy file")
     if not path.is_file():
         raise BadInput(f"no policy file {path} (write one with `esper ppo --out` or `esper iql --out`)")
     try:
@@ -197,9 +199,11 @@ class PolicyController:
     def check_fits(self, slots: list[str], blueprints: list[str], where: str = "this run") -> None:
         """`BadInput` unless the policy's heads index these slots and blueprints (a policy of another task)."""
         if tuple(slots) != self.spec.slots or tuple(blueprints) != self.spec.blueprints:
+            task = task_of(self.spec)
+            fix = f"it is {task}'s: add --task {task}, or train" if task else "train"
             raise BadInput(
                 f"the policy was trained for slots {list(self.spec.slots)} and blueprints {list(self.spec.blueprints)}; "
-                f"{where} has {list(slots)} and {list(blueprints)}: train a policy on it (esper ppo --task ...)"
+                f"{where} has {list(slots)} and {list(blueprints)}: {fix} a policy on it (esper ppo --task ...)"
             )
 
     def decide(self, obs: Observation) -> Command:

@@ -43,7 +43,7 @@ from esper.leyline.events import CheckpointSaved, PolicyUpdated
 from esper.nissa.fmt import plural
 from esper.simic.dataset import Episode, batch, replay_episode
 from esper.simic.env import configs_round_robin
-from esper.simic.features import FeatureSpec, spec_for_task
+from esper.simic.features import FeatureSpec, spec_for_task, task_of
 from esper.simic.policy import PolicyNet, check_training, load_policy, save_policy, saved
 from esper.simic.config import PPOConfig
 from esper.simic.rewards import COMPONENTS, RewardConfig
@@ -221,8 +221,9 @@ def train(
     elif init is not None:
         start, _ = load_policy(init)
         if start.spec != spec or start.actor[0].out_features != cfg.hidden:
-            raise BadInput(f"{init} was trained for another task or width (hidden {start.actor[0].out_features}); "
-                           f"this job has {cfg.task}, hidden {cfg.hidden}")
+            trained = f"task {task}" if (task := task_of(start.spec)) else "a model of your own"
+            raise BadInput(f"{init} was trained for {trained}, hidden {start.actor[0].out_features}; this job has task "
+                           f"{cfg.task}, hidden {cfg.hidden}")
         net.load_state_dict(start.state_dict())
         soften(net, cfg.init_temperature)
         progress(f"starting from the policy in {init}" + (f", its logits divided by {cfg.init_temperature:g}"
