@@ -166,10 +166,14 @@ def refused(workspace: Path, run_id: str, code: int = 2, *extra: str) -> str:
     return line
 
 
-def test_a_finished_run_is_not_resumed(cut):
+def test_a_finished_run_is_not_resumed(cut, tmp_path):
     workspace, run_id = cut
     resume(workspace, run_id)
     assert "finished: there is nothing to resume" in refused(workspace, run_id)
+    exported = tmp_path / "run.jsonl"  # imported, it is still a finished run before it is an imported one
+    assert invoke("export", run_id, "--out", exported, workspace=workspace).exit_code == 0
+    assert invoke("import", exported, workspace=tmp_path / "other").exit_code == 0
+    assert "finished: there is nothing to resume" in refused(tmp_path / "other", run_id)
 
 
 def test_a_run_that_diverged_is_not_resumed(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from cli_runner import invoke, one_line_error
+from fake_runs import write_run
 
 pytestmark = pytest.mark.slow  # real training runs
 
@@ -70,6 +71,16 @@ def test_a_text_run_re_executes_and_verify_refuses_another_corpus(grown):
         moved.rename(data)
     assert error.startswith(f"esper: the run's data is not here: it was recorded with --data-dir {data.resolve()}")
     assert error.endswith("re-run where that data is")
+
+
+def test_a_comparison_across_tasks_is_drawn_with_a_note(grown, tmp_path):
+    ws, _, result = grown
+    for store in ws.glob("*.duckdb"):
+        (tmp_path / store.name).write_bytes(store.read_bytes())
+    other = write_run(tmp_path, "static", 0, epochs=3)  # an mnist1d run beside the text one
+    compared = invoke("report", "--compare", result["run_id"], other, "--out", tmp_path / "c.html", workspace=tmp_path)
+    assert compared.exit_code == 0, compared.stderr
+    assert "note: these runs are of different tasks (mnist1d, text): their curves are not comparable" in compared.stderr
 
 
 def test_the_random_controller_runs_on_text_unchanged(tmp_path):

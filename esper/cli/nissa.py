@@ -45,7 +45,8 @@ def report(
             say(f"note: {note}")
         run_ids = list(dict.fromkeys(reader.resolve_run(r) for r in runs))
         if compare and len(run_ids) < 2:
-            raise BadInput(f"--compare needs two different runs; {', '.join(runs)} are all {run_ids[0]}")
+            named = " and ".join(runs) if len(runs) == 2 else ", ".join(runs)
+            raise BadInput(f"--compare needs two different runs; {named} are all {run_ids[0]}")
         # The drawn runs' whole hash chains are checked (linear in those runs); an altered one is refused,
         # and its rows are dropped from the projections so that nothing serves its old values either.
         with caught_up(ws, reader, check=run_ids) as projector:
@@ -57,6 +58,9 @@ def report(
             views = [load_view(projector, reader, run_id) for run_id in run_ids]
             blueprints = projector.fetch("blueprint_stats")
     if compare:
+        if len(tasks := {view.summary.get("task") for view in views}) > 1:  # accuracies of different tasks
+            say(f"note: these runs are of different tasks ({', '.join(sorted(map(str, tasks)))}): their curves are "
+                "not comparable")
         html, lines = render_comparison(views), comparison_summary(views)
         name = "compare-" + "-vs-".join(run_ids)
     else:

@@ -132,12 +132,18 @@ def open_resumption(ws: Workspace, run: str, checkpoint_every: int, snapshot_eve
     return Resumption(run_id, mark.epoch, last_epoch, passed_over, session, controller, recorder)
 
 
+FINISHED = "run {run_id} finished: there is nothing to resume"
+
+
 def _read(ws: Workspace, run: str) -> tuple[str, list[Recorded]]:
     """The run's id and events, from its own store file, its chain checked."""
     with ws.reader() as reader:
         run_id = reader.resolve_run(run)
         files, own = reader.files_of(run_id), ws.store_path(run_id).name
         if files != [own]:
+            if reader.con.execute("SELECT count(*) FROM events WHERE run_id = ? AND type = 'RunFinished'",
+                                  [run_id]).fetchall()[0][0]:
+                raise BadInput(FINISHED.format(run_id=run_id))
             raise BadInput(f"run {run_id} is not in a store file of its own ({', '.join(files)}): an imported run "
                            f"cannot resume (an export carries no checkpoint files), only one `esper run` recorded here")
         if reader.is_live(run_id):
@@ -148,7 +154,7 @@ def _read(ws: Workspace, run: str) -> tuple[str, list[Recorded]]:
 
 def _check_resumable(run_id: str, state: RunState) -> None:
     if state.finished is not None:
-        raise BadInput(f"run {run_id} finished: there is nothing to resume")
+        raise BadInput(FINISHED.format(run_id=run_id))
     if state.failed is not None and not state.failed.interrupted:
         raise BadInput(f"run {run_id} failed by itself ({state.failed.error}): resuming would train into the same "
                        f"failure; only an interrupted or cut-off run resumes")
