@@ -121,3 +121,19 @@ def test_an_old_log_naming_a_task_without_a_frozen_preset_is_one_clear_error():
     first["config"]["task"] = "mnist2d"
     with pytest.raises(IllegalEvent, match="RunStarted v2 cannot be upcast: KeyError 'mnist2d'"):
         decode(json.dumps(first))
+
+
+def test_a_run_that_trained_on_its_machines_threads_re_executes_on_as_many(monkeypatch):
+    """A preset that fixes no thread count (cifar10's) trains on torch's; re-execution must use as many, because a
+    reduction split over other threads rounds otherwise (a run of N ranks had one thread each under torchrun)."""
+    monkeypatch.setitem(tasks.TASKS, "mnist1d", msgspec.structs.replace(tasks.TASKS["mnist1d"], cpu_threads=0))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        recorded = _record(RunConfig(seed=3, epochs=4, heuristic=KNOBS))
+        assert recorded[0].event.threads == 1
+        torch.set_num_threads(2)  # this machine's default, here: the recorded count must win
+        assert verify_run(recorded, exact=True).exact
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

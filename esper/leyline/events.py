@@ -51,7 +51,10 @@ class RunStarted(_Event, tag="RunStarted", kw_only=True):
     the log does not hold: it replays, but cannot be re-executed (`--verify`). False in logs written before it."""
     ranks: int = 1
     """Processes that trained the run data-parallel (`torchrun`), each on a shard of every batch; 1: one process.
-    Re-execution runs in one process: the same decisions, numbers within a tolerance."""
+    Re-execution and `--resume` run in one process, shard by shard as the ranks trained (`esper.tolaria.ranks`)."""
+    threads: int = 0
+    """The CPU threads torch computed with (each rank's, under `torchrun`); 0: not on CPU, or a log written before it.
+    Re-execution and `--resume` on CPU use as many: a sum split over other threads rounds otherwise."""
     channels_last: bool = False
     """Whether the model's 2-D convolution weights were stored channels-last (CUDA): a layout, not a setting."""
     corpus: Corpus | None = None

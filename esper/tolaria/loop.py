@@ -38,7 +38,7 @@ from esper.tolaria.checkpoint import Checkpoints
 from esper.tolaria.data import TaskData, bits_per_char, load_task_data
 from esper.tolaria.ranks import Message, Ranks
 from esper.tolaria.tasks import TaskPreset, get_task
-from esper.tolaria.trainer import PRECISIONS, EpochStats, Trainer, default_precision
+from esper.tolaria.trainer import PRECISIONS, Computed, EpochStats, Trainer, default_precision
 from esper.tolaria.userdata import UserData
 from esper.tolaria.writebehind import WriteBehind
 
@@ -222,18 +222,20 @@ class Session:
 
     def __init__(self, config: RunConfig, sink: Sink, data: TaskData | UserData | None = None, download: bool = False,
                  preset: TaskPreset | None = None, build_events: bool = True, model: GrowableModel | None = None,
-                 checkpoints: Checkpoints | None = None, ranks: Ranks | None = None, shards: int = 1):
+                 checkpoints: Checkpoints | None = None, ranks: Ranks | None = None,
+                 computed: Computed = Computed()):
         """`preset`: the task preset to train with; the task's current one by default, a recorded one to
         re-execute a run. `model`: a grown model from user code (`esper.fit`, with its `preset` and `data`)
         instead of the preset's host; `RunStarted` then says the run came from user code. `ranks`: this process
-        is rank 0 of a data-parallel run (the others `follow`). `shards`: re-execute a run that many ranks trained,
-        here alone, as they trained it (`Trainer`)."""
-        self._prepare(config, sink, data, download, preset, not build_events, checkpoints, model, ranks, shards)
+        is rank 0 of a data-parallel run (the others `follow`). `computed`: re-execute a recorded run here as it
+        was computed (`Trainer`)."""
+        self._prepare(config, sink, data, download, preset, not build_events, checkpoints, model, ranks, computed)
         config, host_params, trainer, model = self.config, self.host_params, self.trainer, self.trainer.model
         self._emit([RunStarted(config=config, preset=self.preset, versions=versions(),
                                host_params=model.param_count(), slots=model.slot_names,
                                blueprints=list(self.preset.blueprints), seed_sizes=model.seed_sizes(),
                                user_code=host_params is not None, ranks=ranks.world if ranks else 1,
+                               threads=torch.get_num_threads() if trainer.device.type == "cpu" else 0,
                                channels_last=trainer.channels_last, corpus=getattr(trainer.data, "corpus", None))])
         try:
             if build_events:
@@ -247,14 +249,15 @@ class Session:
 
     def _prepare(self, config: RunConfig, sink: Sink, data: TaskData | UserData | None, download: bool,
                  preset: TaskPreset | None, build_up_front: bool, checkpoints: Checkpoints | None,
-                 model: GrowableModel | None = None, ranks: Ranks | None = None, shards: int = 1) -> None:
+                 model: GrowableModel | None = None, ranks: Ranks | None = None,
+                 computed: Computed = Computed()) -> None:
         self.preset = preset or get_task(config.task)
         self.host_params = None if model is None else model.param_count()
         config = self.config = resolve_config(config, self.preset, self.host_params)  # idempotent: `RunStarted` and the trainer see the values used
         if data is None:
             data = load_task_data(config.task, config.data_seed, config.data_dir, download=download, preset=self.preset)
         self.trainer = Trainer(config, self.preset, data, build_up_front=build_up_front, model=model, ranks=ranks,
-                               shards=shards)
+                               computed=computed)
         self.ranks = ranks
         self._outbox: list[Event] = []
         """Rank 0: the events carried out since the last message to the other ranks."""
@@ -277,9 +280,10 @@ class Session:
         events up to the checkpoint (its bookkeeping left out), is judged by the lifecycle and carried out on a
         fresh model as it was live, then the checkpoint's `state` (`checkpoint.read`) sets the weights,
         optimizers and RNGs. `checkpoint.UnusableCheckpoint` if the state does not fit. A run that several ranks
-        trained goes on here as they trained it (`shards`)."""
+        trained goes on here as they trained it (`Computed`)."""
         session = cls.__new__(cls)
-        session._prepare(started.config, sink, data, False, started.preset, False, checkpoints, shards=started.ranks)
+        session._prepare(started.config, sink, data, False, started.preset, False, checkpoints,
+                         computed=Computed.of(started))
         try:
             for event in history:
                 session.projection.apply(event)
@@ -423,15 +427,15 @@ def execute(
     config: RunConfig, controller: Controller, sink: Sink, progress: Progress | None = None,
     data: TaskData | UserData | None = None, preset: TaskPreset | None = None, build_events: bool = True,
     model: GrowableModel | None = None, checkpoint_folder: Path | None = None, checkpoint_every: int = 0,
-    ranks: Ranks | None = None, batches: Batches | None = None, shards: int = 1,
+    ranks: Ranks | None = None, batches: Batches | None = None, computed: Computed = Computed(),
 ) -> RunResult:
     """Train one run from `RunStarted` to `RunFinished`; a failure (a bug included) appends `RunFailed` and raises,
     unless the store is what failed (`Session.fail`). With a `checkpoint_folder`, every `checkpoint_every`-th
     epoch's state is saved there (`CheckpointSaved`). With `ranks`, as rank 0 of a data-parallel run; with
-    `shards`, here alone as that many ranks trained it (re-execution)."""
+    `computed`, here alone as a recorded run was computed (re-execution)."""
     checkpoints = None if checkpoint_folder is None else Checkpoints(checkpoint_folder, checkpoint_every, controller)
     session = Session(config, sink, data=data, preset=preset, build_events=build_events, model=model,
-                      checkpoints=checkpoints, ranks=ranks, shards=shards)
+                      checkpoints=checkpoints, ranks=ranks, computed=computed)
     return train(session, controller, progress, batches)
 
 

@@ -12,7 +12,7 @@ The GPU path: the forward passes run under autocast at the run's `precision` (bf
 weights channels-last on CUDA, and a step reads nothing back from the device: the epoch's per-seed statistics
 (gradient health, seed loss) and its loss add up on the device and are read once, at the epoch's end. With
 `ranks` (`esper.tolaria.ranks`), each step trains on this process's shard of the batch and the gradients are
-summed across the processes before any optimizer steps; with `shards` = N, a run that N ranks trained is trained
+summed across the processes before any optimizer steps; a recorded run that N ranks trained (`Computed`) is trained
 here as they did, one shard after another (re-execution and resume of that run).
 """
 
@@ -118,23 +118,36 @@ def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_deca
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
 
 
+@attrs.frozen
+class Computed:
+    """How a recorded run was computed (`RunStarted.ranks`, `threads`), to train it again the same way in this one
+    process: re-execution (`--verify`) and `--resume`. The default: a new run, as this process computes."""
+
+    ranks: int = 1
+    threads: int = 0
+
+    @classmethod
+    def of(cls, started) -> "Computed":
+        return cls(started.ranks, started.threads)
+
+
 class Trainer:
     """The model, its optimizers and the epoch loop of one run; `config` is resolved (`resolve_config`)."""
 
     def __init__(self, config: RunConfig, preset: TaskPreset, data: TaskData | UserData, build_up_front: bool = False,
-                 model: GrowableModel | None = None, ranks: Ranks | None = None, shards: int = 1):
+                 model: GrowableModel | None = None, ranks: Ranks | None = None, computed: Computed = Computed()):
         """`model`: a grown model from user code (`esper.fit`); None builds the preset's host. `ranks`: the processes
-        this run trains on data-parallel (None: this one alone); the device is then this process's. `shards`: the
-        ranks that trained this run (`RunStarted.ranks`), when this one process trains it again as they did."""
+        this run trains on data-parallel (None: this one alone); the device is then this process's. `computed`: how a
+        recorded run was computed, when this process trains it again: as its ranks did, on as many threads."""
         self.config = config
         self.preset = preset
         self.ranks = ranks
-        self.shards = shards if ranks is None else 1
+        self.shards = computed.ranks if ranks is None else 1
         """The shards of each batch this process passes through the model, one after another."""
         self.device = resolve_device(config.device) if ranks is None else ranks.device
         settle_kernels(self.device)
-        if self.device.type == "cpu" and preset.cpu_threads:
-            torch.set_num_threads(preset.cpu_threads)
+        if self.device.type == "cpu" and (threads := preset.cpu_threads or computed.threads):
+            torch.set_num_threads(threads)
         torch.manual_seed(config.seed)
         self.model: GrowableModel = (preset_host(preset) if model is None else model).to(self.device)
         self.channels_last = self.device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in self.model.modules())

@@ -11,9 +11,10 @@ controller's commands (`CommandIssued`). What is compared:
   deviation of each field is reported;
 * with `exact`, every event bit for bit as logged.
 
-Ids, positions, timestamps and what computed the run (`RunStarted.versions`, `ranks`, `channels_last`) are not
-compared (a difference is noted): re-execution runs in one process. A run that N ranks trained data-parallel is
-re-executed as they trained it, shard by shard (`esper.tolaria.ranks`): on CPU its numbers come out bit for bit.
+Ids, positions, timestamps and what computed the run (`RunStarted.versions`, `ranks`, `threads`, `channels_last`)
+are not compared (a difference is noted): re-execution runs in one process, computing as the run was computed
+(`Computed`): a run that N ranks trained data-parallel shard by shard as they did (`esper.tolaria.ranks`), on CPU on
+as many threads as it had. On CPU its numbers then come out bit for bit on the same machine.
 A run that came from user code (`esper.fit`, `RunStarted.user_code`) cannot be re-executed: its model and
 data are not in the log. `verify_run` says so (`BadInput`) rather than train something else.
 A resumed run is re-executed as one uninterrupted run: its checkpoints, `RunResumed` markers and the
@@ -44,6 +45,7 @@ from esper.store.recorder import Recorded
 from esper.tamiyo.controllers import ScriptedController
 from esper.tolaria.data import recorded_data
 from esper.tolaria.loop import ListSink, execute, policy_file_sha256
+from esper.tolaria.trainer import Computed
 
 
 DECISIONS = (CommandIssued, CommandRejected, SeedGerminated, SeedTransitioned)
@@ -104,7 +106,7 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
     data = recorded_data(started)  # bad input (another corpus) even where the run itself failed
     try:
         execute(started.config, ScriptedController(started.config.controller, issued), sink, preset=started.preset,
-                build_events=built or not started.config.architecture, data=data, shards=started.ranks)
+                build_events=built or not started.config.architecture, data=data, computed=Computed.of(started))
     except EsperError:
         if not isinstance(recorded[-1].event, RunFailed):
             raise
@@ -143,7 +145,7 @@ class Comparison:
                 self.notes.append(f"trained by {recorded.ranks} ranks, re-executed here as their {recorded.ranks} "
                                   "shards of each batch, one after another")
             new = msgspec.structs.replace(new, versions=recorded.versions, ranks=recorded.ranks,
-                                          channels_last=recorded.channels_last)
+                                          threads=recorded.threads, channels_last=recorded.channels_last)
         if isinstance(recorded, CommandRejected) and isinstance(new, CommandRejected) and not recorded.evidence:
             new = msgspec.structs.replace(new, evidence={})  # logged before refusals carried their evidence
         if encode(recorded) == encode(new):
