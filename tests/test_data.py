@@ -211,7 +211,8 @@ def test_cifar10_limit(tiny_cifar):
     assert (len(data.train), len(data.val), len(data.test)) == (4, 4, 4)
 
 
-def test_cifar10_without_data_is_bad_input(tmp_path, offline):
+def test_cifar10_without_data_is_bad_input(tmp_path, offline, monkeypatch):
+    monkeypatch.setenv("ESPER_CACHE", str(tmp_path / "cache"))  # nothing downloaded before either
     for data_dir, download in ((None, False), (tmp_path / "nothing-here", False), (tmp_path / "empty", True)):
         with pytest.raises(BadInput) as err:
             load_task_data("cifar10", seed=0, data_dir=data_dir, download=download)
@@ -219,6 +220,15 @@ def test_cifar10_without_data_is_bad_input(tmp_path, offline):
         assert "--data-dir" in message and "\n" not in message
         if not download:
             assert "download" in message
+
+
+def test_cifar10_given_no_folder_reads_what_a_download_left_in_the_cache(tmp_path, offline, monkeypatch):
+    """A run made with --download records no --data-dir: re-executing or resuming it reads the cached copy."""
+    monkeypatch.setenv("ESPER_CACHE", str(tmp_path / "cache"))
+    write_tiny_cifar10(tmp_path / "cache" / "cifar10", n_train=50, n_test=20)
+    trust_tiny_cifar10(tmp_path / "cache" / "cifar10", monkeypatch)
+    data = load_task_data("cifar10", seed=0, data_dir=None, download=False)
+    assert len(data.test) == 20
 
 
 def test_cifar10_checksums_are_still_verified(tiny_cifar, monkeypatch):

@@ -133,7 +133,7 @@ def test_iql_refuses_an_altered_run_by_name_and_learns_without_it(trained, tmp_p
     args = ("iql", "--steps", "5", "--batch-size", "4", "--out", str(tmp_path / "iql.pt"))
     error = one_line_error(invoke(*args, workspace=tmp_path), code=1)
     assert f"log altered at seq {seq} (EpochEnded) in run {run_id}" in error
-    assert f"leave it out of the dataset with --runs \"run_id <> '{run_id}'\"" in error
+    assert f"leave it out of the dataset by adding run_id <> '{run_id}' to --runs" in error
     assert not (tmp_path / "iql.pt").exists()
     learnt = invoke(*args, "--runs", f"run_id <> '{run_id}'", "--json", workspace=tmp_path)
     assert learnt.exit_code == 0, learnt.stderr
@@ -206,6 +206,8 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["ppo", "--max-params", "100", "--out", "x.pt"], "below the mnist1d host's own"),
     (["ppo", "--select-every", "-1", "--out", "x.pt"], "select_every must not be negative"),
     (["ppo", "--select-every", "2", "--select-runs", "0", "--out", "x.pt"], "select_runs must be between"),
+    (["ppo", "--select-every", "1", "--n-envs", "1", "--episodes", "90001", "--out", "x.pt"],
+     "a selecting job plays at most 90,000 updates"),
     (["ppo", "--seed", "-1", "--out", "x.pt"], "seed must be between 0 and 999,999, got -1"),
     (["ppo", "--seed", "100000000000000", "--out", "x.pt"], "seed must be between 0 and 999,999"),
     (["iql", "--param-budget", "-5", "--out", "x.pt"], "param_budget must be 0"),

@@ -210,7 +210,8 @@ def workspace_episodes(reader, run_ids: list[str], spec: FeatureSpec, rewards: R
         try:
             reader.check_run(run_id)
         except LogAltered as exc:
-            raise LogAltered(f"{exc}: leave it out of the dataset with --runs \"run_id <> '{run_id}'\"") from None
+            raise LogAltered(f"{exc}: leave it out of the dataset by adding run_id <> '{run_id}' to --runs "
+                             f"(with AND to a filter of your own)") from None
         try:
             episode = replay_episode(reader.read_run(run_id), spec, rewards, run_id)
         except IncompatibleRun as exc:

@@ -206,6 +206,10 @@ def train(
         _check_logged(out, workspace)
         start_update, episodes_done = state["update"], state["episodes"]
     _check(cfg)
+    updates = start_update + math.ceil((cfg.episodes - episodes_done) / cfg.n_envs)  # after a partial one too
+    if cfg.select_every and updates > SELECT_OFFSET:  # as played: a resumed job's partial update adds one
+        raise BadInput(f"a selecting job plays at most {SELECT_OFFSET:,} updates (its rollouts' seeds would reach "
+                       "its selection runs')")
     if cfg.init_temperature != 1.0 and init is None and not resume:
         raise BadInput("init_temperature softens a starting policy: give one to start from (--init)")
     spec = spec_for_task(cfg.task)
@@ -232,9 +236,9 @@ def train(
     tag = secrets.token_hex(3)
     learner_id = f"ppo-{tag}"
     store = workspace.store_path(learner_id)
-    updates = start_update + math.ceil((cfg.episodes - episodes_done) / cfg.n_envs)  # after a partial one too
     where = ", ".join(cfg.devices) + (f", split over {cfg.workers} Ray workers" if cfg.workers > 1 else "")
-    progress(f"ppo {learner_id}: {cfg.task}, {plural(cfg.episodes, 'episode')}, {plural(min(cfg.n_envs, cfg.episodes), 'env')} "
+    progress(f"ppo {learner_id}: {cfg.task}, {plural(cfg.episodes, 'episode')}, "
+             f"{plural(min(cfg.n_envs, cfg.episodes - episodes_done), 'env')} "
              f"in lock-step on {where}; store {store}")
     if cfg.critic_warmup >= updates:
         progress(f"note: the critic warm-up ({plural(cfg.critic_warmup, 'update')}) covers every update of this job ({updates}), "
@@ -362,9 +366,6 @@ def _check(cfg: PPOConfig) -> None:
         raise BadInput(f"select_every must not be negative, got {cfg.select_every}")
     if cfg.select_every and not 1 <= cfg.select_runs <= 100_000 - SELECT_OFFSET:
         raise BadInput(f"select_runs must be between 1 and {100_000 - SELECT_OFFSET:,}, got {cfg.select_runs}")
-    if cfg.select_every and math.ceil(cfg.episodes / cfg.n_envs) > SELECT_OFFSET:
-        raise BadInput(f"a selecting job plays at most {SELECT_OFFSET:,} updates (its rollouts' seeds would reach "
-                       "its selection runs')")
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
     if cfg.ent_coef < 0 or (cfg.target_kl is not None and cfg.target_kl < 0):
         raise BadInput(f"ent_coef and target_kl must not be negative (got {cfg.ent_coef} and {cfg.target_kl})")

@@ -206,11 +206,11 @@ def recorded_data(started: RunStarted) -> "TaskData | TextData":
     config = started.config
     try:
         data = load_task_data(config.task, config.data_seed, config.data_dir, preset=started.preset)
-    except BadInput as exc:
+    except BadInput:
         if config.data_dir is None:
             raise
-        raise BadInput(f"the run's data is not here: it was recorded with --data-dir {config.data_dir}, and now {exc}; "
-                       "re-run where that data is") from None
+        raise BadInput(f"the run's data is not here: it was recorded with --data-dir {config.data_dir}, which cannot "
+                       "be read now; re-run where that data is") from None
     was, now = started.corpus, getattr(data, "corpus", None)
     if was is not None and now is not None and now.sha256 != was.sha256:
         raise BadInput(f"the text corpus is not the run's: it read {plural(was.files, 'file')}, {was.bytes:,} bytes from {was.path} "
@@ -364,8 +364,14 @@ def _write_npz(path: Path, arrays: tuple[np.ndarray, ...]) -> None:
 # ---- cifar10 -----------------------------------------------------------------------------------
 
 
+CIFAR10_FOLDER = "cifar-10-batches-py"
+"""The folder torchvision's CIFAR10 reads inside its root."""
+
+
 def _load_cifar10(data_dir: str | os.PathLike[str] | None, download: bool) -> TaskData:
-    if data_dir is None and not download:
+    # A run given neither trains on what an earlier --download left in the cache: the run that downloaded it records
+    # no --data-dir, and re-executing or resuming it must find the same data.
+    if data_dir is None and not download and not (cache_dir() / "cifar10" / CIFAR10_FOLDER).is_dir():
         raise BadInput(
             "cifar10 needs its data: give --data-dir, the folder holding cifar-10-batches-py, or --download"
         )

@@ -484,7 +484,7 @@ def follow(ranks: Ranks, data: TaskData | None = None) -> None:
             if message.kind == "stop":
                 raise RankStopped(message.error, message.code)
             if session is None:
-                if not message.events:  # rank 0 ended before it started a run (`--print-config`)
+                if not message.events:  # rank 0 ended before it started a run
                     return
                 session = Session.following(decode(message.events[0]), ranks, data)
             session.adopt(message)
