@@ -75,7 +75,8 @@ def test_a_job_resumed_after_a_partial_update_plays_the_episodes_left(trained, t
     copy = tmp_path / "ppo.pt"
     copy.write_bytes(Path(result["out"]).read_bytes())
     for total, update in ((3, 2), (4, 3)):  # two envs: update 2 plays one episode, and so does update 3
-        out = invoke("ppo", "--resume", "--episodes", str(total), "--out", str(copy), "--json", workspace=tmp_path)
+        out = invoke("ppo", "--epochs", "3", "--n-envs", "2", "--episodes", str(total), "--out", str(copy), "--json",
+                     "--resume", workspace=tmp_path)  # the job's first command again, with --resume: its own settings
         assert out.exit_code == 0, out.stderr
         done = json.loads(out.stdout)
         assert done["episodes"] == total and done["updates"] == update and f"update {update}/{update}" in out.stderr
@@ -103,11 +104,11 @@ def test_an_interrupted_job_says_how_to_go_on_and_goes_on(tmp_path):
 def test_resume_refuses_settings_it_would_not_apply(trained):
     ws, result, _ = trained
     checkpoint = Path(result["out"]).read_bytes()
-    out = esper("ppo", "--resume", "--episodes", "4", "--lr", "1e-3", "--n-envs", "2", "--out", result["out"],
-                workspace=ws)
+    out = esper("ppo", "--resume", "--episodes", "4", "--lr", "1e-3", "--epochs", "3", "--n-envs", "3",
+                "--out", result["out"], workspace=ws)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "drop --lr, --n-envs" in lines[0], out.stderr  # in the order given
+    assert len(lines) == 1 and "drop --lr, --n-envs" in lines[0], out.stderr  # in the order given; --epochs 3 is the job's
     assert Path(result["out"]).read_bytes() == checkpoint, "nothing trained"
     stores = sorted(ws.glob("*.duckdb"))
     error = one_line_error(invoke("ppo", "--resume", "--episodes", "2", "--out", result["out"], workspace=ws))

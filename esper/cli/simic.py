@@ -36,13 +36,30 @@ RESUME_OPTIONS = {"out", "episodes", "workers", "ray_address", "resume", "as_jso
 checkpoint's."""
 
 
-def _refuse_ignored_settings(ctx: typer.Context) -> None:
-    """A setting given with --resume would silently not apply: say so rather than train on without it."""
-    given = [f"--{name.replace('_', '-')}" for name in ctx.params  # by the source's name: typer may bundle its click
+def _refuse_changed_settings(ctx: typer.Context, cfg: PPOConfig, out: Path) -> None:
+    """A setting given with --resume that is not the checkpoint's would silently not apply: say so rather than train
+    on without it. One the job already has (the first command again, with --resume) is no change."""
+    from esper.simic.ppo import checkpoint_config
+
+    given = [name for name in ctx.params  # by the source's name: typer may bundle its click
              if name not in RESUME_OPTIONS and getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
-    if given:
-        raise BadInput(f"--resume continues with the checkpoint's own settings; drop {', '.join(given)} "
+    if not given or not out.is_file():  # no checkpoint: the job says so
+        return
+    job = checkpoint_config(out)
+    changed = [f"--{name.replace('_', '-')}" for name in given if _setting(cfg, name) != _setting(job, name)]
+    if changed:
+        raise BadInput(f"--resume continues with the checkpoint's own settings; drop {', '.join(changed)} "
                        "(only --episodes and --workers change), or start a new job with --init")
+
+
+def _setting(cfg: PPOConfig, name: str) -> object:
+    """What the ppo option `name` sets in a job's config (an option that sets none, such as --init, is never the
+    job's own)."""
+    if name == "lr":
+        return cfg.learning_rate
+    if name == "param_budget" or name.startswith("reward_"):
+        return getattr(cfg.reward, name.removeprefix("reward_"))
+    return getattr(cfg, name, object())
 
 
 @app.command()
@@ -92,10 +109,8 @@ def ppo(
     if not resume and out.is_file():  # a trained policy is never replaced by a forgotten --resume
         raise BadInput(f"{out} already holds a policy: --resume continues its job; for a new one give another --out "
                        "or remove that file")
-    if resume:
-        _refuse_ignored_settings(ctx)
-        if getattr(ctx.get_parameter_source("episodes"), "name", "") != "COMMANDLINE":
-            episodes = 0  # on to the total the job was started with
+    if resume and getattr(ctx.get_parameter_source("episodes"), "name", "") != "COMMANDLINE":
+        episodes = 0  # on to the total the job was started with
     cfg = PPOConfig(
         task=task, n_envs=n_envs, episodes=episodes, epochs=epochs, seed=seed,
         devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",), telemetry=telemetry,
@@ -105,6 +120,8 @@ def ppo(
         critic_warmup=critic_warmup, init_temperature=init_temperature, max_params=max_params,
         select_every=select_every, select_runs=select_runs, workers=workers,
     )
+    if resume:
+        _refuse_changed_settings(ctx, cfg, out)
     try:
         result = ppo_job(cfg, out, writable_workspace(workspace), init=init, resume=resume, progress=say,
                          ray_address=ray_address)

@@ -394,13 +394,24 @@ def _check_logged(out: Path, workspace: Workspace) -> None:
                        "this path): it was changed since; resume from an untouched file")
 
 
-def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]:
-    """The checkpoint's config (with this call's episode total, 0 for the job's own, and workers, which change no
-    decision) and training state."""
+def checkpoint_config(out: Path) -> PPOConfig:
+    """The config of the job whose checkpoint `out` is."""
+    return msgspec.convert(_training_state(out)[0]["config"], PPOConfig)
+
+
+def _training_state(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint's training state and the whole file; `BadInput` for a policy file that holds none."""
     _, blob = load_policy(out)
     state = blob.get("train")
     if state is None:
         raise BadInput(f"{out} holds a policy but no training state (it was not written by `esper ppo`)")
+    return state, blob
+
+
+def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]:
+    """The checkpoint's config (with this call's episode total, 0 for the job's own, and workers, which change no
+    decision) and training state."""
+    state, blob = _training_state(out)
     old = msgspec.convert(state["config"], PPOConfig)
     episodes = cfg.episodes or old.episodes  # 0: to the job's own total
     if episodes <= state["episodes"]:
