@@ -241,8 +241,8 @@ def train(
              f"{plural(min(cfg.n_envs, cfg.episodes - episodes_done), 'env')} "
              f"in lock-step on {where}; store {store}")
     if cfg.critic_warmup >= updates:
-        progress(f"note: the critic warm-up ({plural(cfg.critic_warmup, 'update')}) covers every update of this job ({updates}), "
-                 f"so the actor stays as it started: more than {cfg.critic_warmup * cfg.n_envs} episodes train it "
+        progress(f"note: the critic warm-up ({plural(cfg.critic_warmup, 'update')}) covers every update of this job "
+                 f"({updates}), so the actor stays as it started: more than {cfg.critic_warmup * cfg.n_envs} episodes train it "
                  "(--episodes, or --resume later)")
     stats: dict[str, float] = {}
     with Recorder(store) as recorder, open_players(cfg.workers, cfg.task, cfg.hidden, data, recorder, workspace,

@@ -161,7 +161,8 @@ def data_problem(task: str, data_dir: object, download: bool) -> str | None:
     ignore is refused rather than silently dropped."""
     name = get_task(task).name
     if name == "mnist1d" and (data_dir is not None or download):
-        return "mnist1d is generated from the run's seed and reads no files: --data-dir and --download are for cifar10 and text"
+        return ("mnist1d is generated from the run's seed and reads no files: --data-dir and --download are for "
+                "cifar10 and text")
     if name == "text" and download:
         return ("--download is for cifar10: the text task reads the file or folder given with --data-dir, else the "
                 "standard library's sources")
@@ -213,9 +214,9 @@ def recorded_data(started: RunStarted) -> "TaskData | TextData":
                        "be read now; re-run where that data is") from None
     was, now = started.corpus, getattr(data, "corpus", None)
     if was is not None and now is not None and now.sha256 != was.sha256:
-        raise BadInput(f"the text corpus is not the run's: it read {plural(was.files, 'file')}, {was.bytes:,} bytes from {was.path} "
-                       f"(sha256 {was.sha256[:12]}...), here {now.path} gives {plural(now.files, 'file')}, {now.bytes:,} bytes "
-                       f"(sha256 {now.sha256[:12]}...); re-run where that text is")
+        raise BadInput(f"the text corpus is not the run's: it read {plural(was.files, 'file')}, {was.bytes:,} bytes "
+                       f"from {was.path} (sha256 {was.sha256[:12]}...), here {now.path} gives {plural(now.files, 'file')}, "
+                       f"{now.bytes:,} bytes (sha256 {now.sha256[:12]}...); re-run where that text is")
     return data
 
 
@@ -369,21 +370,19 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 
 
 def _load_cifar10(data_dir: str | os.PathLike[str] | None, download: bool) -> TaskData:
+    root = Path(data_dir).expanduser() if data_dir is not None else cache_dir() / "cifar10"
     # A run given neither trains on what an earlier --download left in the cache: the run that downloaded it records
     # no --data-dir, and re-executing or resuming it must find the same data.
-    if data_dir is None and not download and not (cache_dir() / "cifar10" / CIFAR10_FOLDER).is_dir():
-        raise BadInput(
-            "cifar10 needs its data: give --data-dir, the folder holding cifar-10-batches-py, or --download"
-        )
+    if data_dir is None and not download and not (root / CIFAR10_FOLDER).is_dir():
+        raise BadInput(f"cifar10 needs its data: give --data-dir, the folder holding {CIFAR10_FOLDER}, or --download")
     from torchvision.datasets import CIFAR10
 
-    root = Path(data_dir).expanduser() if data_dir is not None else cache_dir() / "cifar10"
     try:
         train = CIFAR10(root, train=True, download=download)
         test = CIFAR10(root, train=False, download=download)
     except RuntimeError:  # torchvision: "Dataset not found or corrupted" (files missing or checksums wrong)
         raise BadInput(
-            f"no CIFAR-10 data in {root} (expected {root / CIFAR10.base_folder} with verified checksums): "
+            f"no CIFAR-10 data in {root} (expected {root / CIFAR10_FOLDER} with verified checksums): "
             "give --data-dir, a folder holding it, or --download"
         ) from None
     except OSError as e:  # the download itself failed: offline, refused, disk full

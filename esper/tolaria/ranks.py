@@ -14,11 +14,12 @@ blending and training seeds alike) is scaled by the rank's share of the batch an
 all-reduce of one flat buffer (`reduce_gradients`): the sum is the gradient of the whole batch, whatever the
 parameters are at that step. The sum is taken in float64 and rounded once to float32, so that it does not depend
 on the order in which the all-reduce adds the ranks' parts (float64 holds a sum of a few float32 parts exactly
-unless their magnitudes lie ~2^29 apart, and then only a tie in the last rounding could tell the orders apart). Every rank then holds the same gradients and the same weights, so its optimizers
-(host and seeds) take the same step and their states stay in step without being sent. Seeds are built from the
-global RNG, whose state travels with each message, so a germination builds the same weights on every rank. The
-price against DDP: no overlap of communication with the backward pass, and twice the bytes of a float32 all-reduce
-(a resnet18's 11M gradients: 88 MB a step instead of 44).
+unless their magnitudes lie ~2^29 apart, and then only a tie in the last rounding could tell the orders apart).
+Every rank then holds the same gradients and the same weights, so its optimizers (host and seeds) take the same
+step and their states stay in step without being sent. Seeds are built from the global RNG, whose state travels
+with each message, so a germination builds the same weights on every rank. The price against DDP: no overlap of
+communication with the backward pass, and twice the bytes of a float32 all-reduce (a resnet18's 11M gradients:
+88 MB a step instead of 44).
 
 Buffers (BatchNorm's running statistics) are not gradients: each rank's follow its own shards during an epoch,
 and at the epoch's end every rank takes rank 0's (what DDP does at every forward). Normalisation inside a step
@@ -29,7 +30,7 @@ checksum of their parameters' bytes; a difference fails the run on every rank ("
 Re-executed in one process. A sum of shards' gradients is not the whole batch's gradient to the last bit, and Adam
 turns such last-bit differences into visibly different weights within an epoch (a 2-rank run's first validation
 loss differed by 4e-4 from one process's). So `esper replay --verify` and `--resume` train a run recorded with
-`RunStarted.ranks` = N the way its ranks did, one shard after another in this one process (`Trainer`'s `shards`):
+`RunStarted.ranks` = N the way its ranks did, one shard after another in this one process (`trainer.Computed`):
 each shard's passes, its gradient scaled by its share (`scaled_gradients`), the parts summed in float64 as the
 all-reduce sums them, and normalisation buffers as rank 0's (the ones every rank takes at the epoch's end). On CPU
 that gives the ranks' numbers bit for bit.
@@ -88,7 +89,8 @@ def shard(x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> tuple[torc
     return x[start:stop], y[start:stop], stop - start, (stop - start) / n
 
 
-def scaled_gradients(parameters: Iterable[torch.nn.Parameter], weight: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+def scaled_gradients(parameters: Iterable[torch.nn.Parameter],
+                     weight: float) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every gradient the parameters hold, and all of them scaled by `weight` (in float32, as computed) in one flat
     float64 buffer: a rank's part of the sum. Parameters without a gradient have none on any rank (the ranks hold
     the same model in the same stages)."""
