@@ -114,11 +114,13 @@ def main() -> None:
     done = finished(ws, "frontier-")
     rows = [row(f"static {n} (lr {lr_of[n]:g})", [done[j.run_id] for j in evaluation if f"-{n}-" in j.run_id])
             for n in models]
-    growers = list(GROWERS) + ["random"] + [f"policy{i}" for i in range(len(args.policy))]
-    for label in growers:
+    # a policy's runs are named by its place on the command line; its rows by its file
+    labels = {g: g for g in [*GROWERS, "random"]} | {f"policy{i}": f"policy:{Path(p).stem}" for i, p in enumerate(args.policy)}
+    for key, label in labels.items():
         for cap in [0, *CAPS]:
-            runs = [done[f"frontier-grow-{label}-cap{cap}-s{s}"] for s in args.eval_seeds]
-            rows.append(row(f"{label}" + (f" ≤ {cap:,}" if cap else ""), runs))
+            runs = [done[f"frontier-grow-{key}-cap{cap}-s{s}"] for s in args.eval_seeds]
+            rows.append(row(label + (f" ≤ {cap:,}" if cap else ""), runs))
+    growers = list(labels.values())
     say(table(rows))
     if args.svg is not None:
         args.svg.write_text(svg_file(chart(rows, growers)), encoding="utf-8")
