@@ -1,4 +1,5 @@
-"""Every number in the README's results table is one that `benchmarks/results.py` wrote into docs/results.md."""
+"""Every number in the README's results is one that `benchmarks/results.py` wrote into docs/results.md, or
+`benchmarks/frontier.py` into docs/frontier.md."""
 
 import re
 from pathlib import Path
@@ -28,6 +29,13 @@ def test_the_readmes_results_table_is_the_generated_growth_table():
         assert f"seeds 0–{int(runs) - 1}" in readme
     numbers = set(re.findall(r"\d+(?:\.\d+)? points", readme))
     heuristic, static, scratch = (float(shown[k][0].split(" ± ")[0]) for k in ("heuristic", "static", "scratch"))
-    assert numbers == {f"{round(heuristic - static)} points", f"{scratch - heuristic:.1f} points"}
+    # the frontier's margins: the heuristic under each cap against the best static model of no more parameters
+    caps = {int(cap.replace(",", "")): float(cells[-1])
+            for cap, cells in table_rows((ROOT / "docs" / "frontier.md").read_text(encoding="utf-8")).items()
+            if cap.replace(",", "").isdigit()}
+    low, high = min(caps.values()), max(caps.values())
+    assert f"caps ({min(caps) // 1000}k–{max(caps) // 1000}k params)" in readme
+    assert f"by {low:.1f}–{high:.1f} points" in readme
+    assert numbers == {f"{round(heuristic - static)} points", f"{scratch - heuristic:.1f} points", f"{high:.1f} points"}
     more = float(generated["scratch"][3]) / float(generated["heuristic"][3]) - 1
     assert f"{round(100 * more)}% more compute" in readme
