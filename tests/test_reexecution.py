@@ -1,12 +1,14 @@
 """A log holds everything re-execution needs, and `--verify` judges decisions exactly, numbers within a tolerance."""
 
 import json
+import re
 from pathlib import Path
 
 import msgspec
 import pytest
 import torch
 
+from esper._kernels import cpu_model
 from esper.leyline import HeuristicConfig, RunConfig, RunStarted, decode
 from esper.leyline.events import PRESETS_BEFORE_V3, EpochEnded, SeedGerminated
 from esper.nissa.runstate import as_one_run
@@ -48,7 +50,7 @@ def _replace(recorded: list[Recorded], i: int, event) -> list[Recorded]:
 def test_a_run_records_its_preset_and_versions(grown):
     started = grown[0].event
     assert started.preset == tasks.get_task("mnist1d")
-    assert set(started.versions) == {"esper", "torch", "cpu", "numpy"} and all(started.versions.values())
+    assert set(started.versions) == {"esper", "torch", "cpu", "cpu_model", "numpy"} and all(started.versions.values())
 
 
 def test_an_old_log_is_read_with_the_presets_of_its_time(monkeypatch):
@@ -82,6 +84,16 @@ def test_numbers_within_the_tolerance_pass_and_are_reported(grown):
         verify_run(_replace(grown, i, nudged), exact=True)
 
 
+def test_a_run_recorded_on_another_cpu_model_that_differs_names_both_cpus(grown):
+    started = grown[0].event
+    elsewhere = msgspec.structs.replace(started, versions=started.versions | {"cpu_model": "Some Other CPU"})
+    i = next(i for i, r in enumerate(grown) if isinstance(r.event, EpochEnded))
+    nudged = msgspec.structs.replace(grown[i].event, val_loss=grown[i].event.val_loss * (1 + 3e-7))
+    with pytest.raises(VerificationFailed, match=rf"in val_loss: .*recorded with .*cpu_model Some Other CPU.*; "
+                                                 rf"re-executed with .*cpu_model {re.escape(cpu_model())}"):
+        verify_run(_replace(_replace(grown, 0, elsewhere), i, nudged), exact=True)
+
+
 def test_a_different_decision_is_named_with_its_epoch(grown):
     i = next(i for i, r in enumerate(grown) if isinstance(r.event, SeedGerminated))
     event = grown[i].event
@@ -91,11 +103,21 @@ def test_a_different_decision_is_named_with_its_epoch(grown):
         verify_run(_replace(grown, i, msgspec.structs.replace(event, blueprint=other)))
 
 
-def test_the_shipped_sample_reexecutes_exactly():
-    """With any numpy: its data is standardised with exact moments (CheckpointSaved events are not re-executed)."""
+def test_the_shipped_sample_reexecutes_exactly_on_its_cpu_and_elsewhere_names_both():
+    """With any numpy: its data is standardised with exact moments (CheckpointSaved events are not re-executed).
+    On the CPU model that recorded it, bit for bit; on another (an AMD EPYC against an Intel Xeon, say) the kernels
+    oneDNN and MKL choose may round otherwise (esper/_kernels.py), and then the failure names both CPUs."""
     (run_id, recorded), = recorded_runs(SAMPLE).items()
-    assert isinstance(recorded[0].event, RunStarted) and recorded[0].event.preset.standardise == "exact"
-    assert verify_run(recorded, exact=True).events == len(as_one_run(recorded))
+    started = recorded[0].event
+    assert isinstance(started, RunStarted) and started.preset.standardise == "exact"
+    if started.versions["cpu_model"] == cpu_model():
+        assert verify_run(recorded, exact=True).events == len(as_one_run(recorded))
+        return
+    try:
+        verify_run(recorded, exact=True)
+    except VerificationFailed as failed:
+        assert f"cpu_model {started.versions['cpu_model']}" in str(failed)
+        assert f"cpu_model {cpu_model()}" in str(failed)
 
 
 def test_a_log_from_before_exact_moments_re_executes_with_numpys_float32_ones():
