@@ -28,7 +28,7 @@ def _print_version(asked: bool) -> None:
     if asked:
         from esper.tolaria.loop import versions
 
-        print(" ".join(f"{name} {version}" for name, version in versions().items() if name != "cpu"))
+        print(" ".join(f"{name} {version}" for name, version in versions().items() if not name.startswith("cpu")))
         raise typer.Exit(0)
 
 
