@@ -36,13 +36,8 @@ def pin_cpu_kernels() -> None:
 
 def cpu_model() -> str:
     """The CPU's model name (Linux's /proc/cpuinfo), else what the platform says, else "unknown"."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    if (model := _cpuinfo("model name")) is not None:
+        return model
     import platform
 
     return platform.processor() or "unknown"
@@ -50,11 +45,16 @@ def cpu_model() -> str:
 
 def has_avx2() -> bool:
     """Whether the CPU reports AVX2 (Linux's /proc/cpuinfo; elsewhere unknown, so no)."""
+    return "avx2" in (_cpuinfo("flags") or "").split()
+
+
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first CPU's `key` in Linux's /proc/cpuinfo; None where there is no such file or line."""
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("flags"):
-                    return "avx2" in line.split()
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return False
+    return None

@@ -72,26 +72,30 @@ def test_verify_trains_with_the_recorded_preset_not_todays(grown, monkeypatch):
     assert verify_run(grown, exact=True).events == len(grown)  # ... not what the old log re-executes to
 
 
+def _nudged_val_loss(recorded: list[Recorded]) -> list[Recorded]:
+    """The run with its first epoch's `val_loss` 3e-7 (relative) off: a last-digits difference."""
+    i = next(i for i, r in enumerate(recorded) if isinstance(r.event, EpochEnded))
+    epoch = recorded[i].event
+    return _replace(recorded, i, msgspec.structs.replace(epoch, val_loss=epoch.val_loss * (1 + 3e-7)))
+
+
 def test_numbers_within_the_tolerance_pass_and_are_reported(grown):
-    i = next(i for i, r in enumerate(grown) if isinstance(r.event, EpochEnded))
-    nudged = msgspec.structs.replace(grown[i].event, val_loss=grown[i].event.val_loss * (1 + 3e-7))
-    verification = verify_run(_replace(grown, i, nudged))
+    nudged = _nudged_val_loss(grown)
+    verification = verify_run(nudged)
     assert 1e-7 < verification.deviations["EpochEnded.val_loss"] < 1e-6
     assert "EpochEnded.val_loss" in verification.describe()
     with pytest.raises(VerificationFailed, match=r"in val_loss: recorded .* over the tolerance 1e-08"):
-        verify_run(_replace(grown, i, nudged), tolerance=1e-8)
+        verify_run(nudged, tolerance=1e-8)
     with pytest.raises(VerificationFailed, match=r"differs at seq \d+ .*EpochEnded.*in val_loss"):
-        verify_run(_replace(grown, i, nudged), exact=True)
+        verify_run(nudged, exact=True)
 
 
 def test_a_run_recorded_on_another_cpu_model_that_differs_names_both_cpus(grown):
     started = grown[0].event
     elsewhere = msgspec.structs.replace(started, versions=started.versions | {"cpu_model": "Some Other CPU"})
-    i = next(i for i, r in enumerate(grown) if isinstance(r.event, EpochEnded))
-    nudged = msgspec.structs.replace(grown[i].event, val_loss=grown[i].event.val_loss * (1 + 3e-7))
     with pytest.raises(VerificationFailed, match=rf"in val_loss: .*recorded with .*cpu_model Some Other CPU.*; "
                                                  rf"re-executed with .*cpu_model {re.escape(cpu_model())}"):
-        verify_run(_replace(_replace(grown, 0, elsewhere), i, nudged), exact=True)
+        verify_run(_nudged_val_loss(_replace(grown, 0, elsewhere)), exact=True)
 
 
 def test_a_different_decision_is_named_with_its_epoch(grown):
