@@ -1,11 +1,12 @@
-"""What pinning torch's CPU kernels to AVX2 (esper/_kernels.py) costs: epoch time with and without it.
+"""What the portable CPU kernel set (esper/_kernels.py) costs against the fast one: time per training step of
+each task's host at its preset's batch size, and per epoch of the default mnist1d run.
 
-Each measurement is a fresh process (the libraries read their setting once, at their first kernel), running
-the same short mnist1d run; pinned and unpinned alternate, and each pair's ratio is taken, because this
-machine's speed drifts minute to minute. Also reports whether both computed the same bits (the final
-validation loss), which they do where the CPU's own best kernels are AVX2. Prints one JSON object.
+Each measurement is a fresh process (the libraries read their setting once, at their first kernel); portable
+and fast alternate, and each pair's ratio is taken, because this machine's speed drifts minute to minute. Also
+reports whether each set computed the same bits (every epoch's validation loss) when oneDNN is told to pick
+other kernels, as on another CPU. Prints one JSON object.
 
-    .venv/bin/python benchmarks/kernels.py [--epochs 6] [--pairs 4]
+    .venv/bin/python benchmarks/kernels.py [--pairs 3]
 """
 
 import argparse
@@ -15,9 +16,33 @@ import statistics
 import subprocess
 import sys
 
-from esper._kernels import PINNED, has_avx2
+from esper._kernels import KERNEL_SETS
 
-CHILD = """
+STEPS = """
+import json, sys, time
+import torch
+from esper.kasmina import preset_host
+from esper.tolaria.tasks import get_task
+from esper.tolaria.trainer import settle_kernels
+preset, steps = get_task(sys.argv[1]), int(sys.argv[2])
+settle_kernels(torch.device("cpu"))
+torch.manual_seed(0)
+model = preset_host(preset)
+shape = model.host.input_shape
+x = torch.randint(0, 64, (preset.batch_size, *shape)) if preset.host == "transformer" else torch.randn(preset.batch_size, *shape)
+optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+def step():
+    optimizer.zero_grad()
+    model(x).float().pow(2).mean().backward()
+    optimizer.step()
+step()
+start = time.perf_counter()
+for _ in range(steps):
+    step()
+print(json.dumps({"seconds": (time.perf_counter() - start) / steps}))
+"""
+
+EPOCHS = """
 import json, sys, time
 from esper.leyline import RunConfig
 from esper.tamiyo.controllers import make_controller
@@ -26,39 +51,42 @@ config = RunConfig(seed=0, epochs=int(sys.argv[1]))
 sink = ListSink()
 start = time.perf_counter()
 execute(config, make_controller("heuristic", 0), sink)
-seconds = time.perf_counter() - start
-last = [e for e in sink.events if type(e).__name__ == "EpochEnded"][-1]
-print(json.dumps({"epoch_s": seconds / config.epochs, "val_loss": repr(last.val_loss)}))
+losses = [repr(e.val_loss) for e in sink.events if type(e).__name__ == "EpochEnded"]
+print(json.dumps({"seconds": (time.perf_counter() - start) / config.epochs, "val_losses": losses}))
 """
 
+MEASURES = {  # name: (child, its arguments)
+    "mnist1d epoch (the default run)": (EPOCHS, ["6"]),
+    "cnn1d step (mnist1d)": (STEPS, ["mnist1d", "200"]),
+    "transformer step (text)": (STEPS, ["text", "20"]),
+    "resnet step (cifar10)": (STEPS, ["cifar10", "3"]),
+}
 
-UNPINNED = {"ATEN_CPU_CAPABILITY": "", "ONEDNN_MAX_CPU_ISA": "ALL", "MKL_CBWR": "AUTO"}
-"""Values that leave each library its own choice (set, so that importing esper does not pin them; torch warns
-that it ignores the empty value, on the child's stderr)."""
 
-
-def measure(epochs: int, pinned: bool) -> dict:
-    env = {**os.environ, **(PINNED if pinned else UNPINNED)}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(epochs)], env=env, capture_output=True, text=True, check=True)
+def measure(child: str, args: list[str], kernels: str, **variables: str) -> dict:
+    env = {**os.environ, **KERNEL_SETS[kernels], "ESPER_CPU_KERNELS": kernels, **variables}
+    out = subprocess.run([sys.executable, "-c", child, *args], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
-    ratios, same = [], True
+    ratios: dict[str, list[float]] = {name: [] for name in MEASURES}
     for i in range(args.pairs):
-        order = (True, False) if i % 2 == 0 else (False, True)
-        runs = {pinned: measure(args.epochs, pinned) for pinned in order}
-        ratios.append(runs[True]["epoch_s"] / runs[False]["epoch_s"])
-        same = same and runs[True]["val_loss"] == runs[False]["val_loss"]
+        for name, (child, child_args) in MEASURES.items():
+            order = ("portable", "fast") if i % 2 == 0 else ("fast", "portable")
+            seconds = {kernels: measure(child, child_args, kernels)["seconds"] for kernels in order}
+            ratios[name].append(seconds["portable"] / seconds["fast"])
+    child, child_args = MEASURES["mnist1d epoch (the default run)"]
     print(json.dumps({
-        "cpu_has_avx2": has_avx2(), "epochs": args.epochs, "pairs": args.pairs,
-        "pinned_over_unpinned_epoch_time": {"median": round(statistics.median(ratios), 3),
-                                            "all": [round(r, 3) for r in ratios]},
-        "same_bits": same,
+        "pairs": args.pairs,
+        "portable_over_fast_time": {name: {"median": round(statistics.median(r), 2), "all": [round(x, 2) for x in r]}
+                                    for name, r in ratios.items()},
+        "same_bits_when_onednn_picks_other_kernels": {
+            kernels: measure(child, child_args, kernels, ONEDNN_MAX_CPU_ISA="SSE41")["val_losses"] ==
+            measure(child, child_args, kernels)["val_losses"] for kernels in ("portable", "fast")},
     }))
 
 

@@ -1,37 +1,77 @@
-"""One instruction set for torch's CPU kernels, so that a run computes the same bits on any x86-64 machine.
+"""Which CPU kernels torch computes with, so that a run computes the same bits on any x86-64 machine.
 
-Three libraries inside torch pick their kernels by the CPU's instruction set, and kernels for different
-sets round differently: ATen's vectorised operators, oneDNN's convolutions and MKL's matrix products. A
-run recorded on an AVX2 machine and re-executed on an AVX-512 one then differs in the last bits of its
-first epoch (`val_loss: recorded 2.1727325916, now 2.1727328300`), and the differences grow. Capping all
-three at AVX2, which every x86-64 CPU of the last decade has, removes that one cause. On an AVX2 machine the
-cap changes nothing (the same kernels run: measured, identical bits and time); on an AVX-512 machine it gives
-up the wider kernels, which matter little for the small models Esper trains on CPU.
+Three libraries inside torch pick their kernels by the CPU, and different kernels round differently: ATen's
+vectorised operators (by instruction set), oneDNN's convolutions (by instruction set and cache sizes) and MKL's
+matrix products (by instruction set and maker: MKL's AVX2 branch exists on Intel CPUs only, an AMD one takes
+its own). A run recorded on one CPU and re-executed on another then differs in the last bits of its first
+epoch (`val_loss: recorded 2.1727325916, now 2.1727328300`), and the differences grow until a validation
+example, and then a decision, goes the other way.
 
-It is not enough across CPU makers: the shipped sample, recorded on an AMD EPYC, re-executes on an Intel Xeon
-with the first epoch's `val_loss` a bit off and, by the 10th epoch, a validation example decided the other way.
-Within a maker's libraries the kernel a size gets also depends on the CPU (oneDNN and MKL choose by it), so
-`RunStarted.versions` records the CPU's model (`cpu_model`) and `--verify` names both when they differ.
+`ESPER_CPU_KERNELS` chooses one of two kernel sets, for the whole process:
 
-Each library reads its setting when it first picks a kernel, so this runs when `esper` is imported,
-before any training. A variable already set by the user wins (`ATEN_CPU_CAPABILITY=default`, say).
+* `portable` (the default): ATen's AVX2 kernels, MKL's COMPATIBLE branch (the one MKL keeps identical on
+  Intel and AMD CPUs), and neither oneDNN nor NNPACK (torch's own convolutions then multiply through MKL).
+  A run re-executes bit for bit on any x86-64 CPU with AVX2, with the same torch and thread count. It costs
+  little on mnist1d's small convolutions (an epoch ×1.1, measured on an AMD EPYC) and more for the bigger hosts
+  on CPU: a training step of the transformer ×1.4, of the ResNet ×3 (`benchmarks/kernels.py`).
+* `fast`: the same ATen kernels, MKL's AVX2 branch and oneDNN capped at AVX2 (Esper's kernels before the
+  portable set existed: older logs were computed with these). Bit for bit only on the same CPU model.
+
+Each library reads its setting when it first picks a kernel, so `pin_cpu_kernels` runs when `esper` is
+imported, before any training; a variable the user already set wins (`MKL_CBWR=AUTO`, say), and the kernel set
+a run records (`RunStarted.versions["cpu_kernels"]`) then names it. oneDNN and NNPACK are torch flags, set when
+a CPU run starts (`use_cpu_kernels`).
 """
 
 import os
 
-PINNED = {
-    "ATEN_CPU_CAPABILITY": "avx2",
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "MKL_CBWR": "AVX2",
+from esper.errors import BadInput
+
+KERNEL_SETS: dict[str, dict[str, str]] = {
+    "portable": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"},
+    "fast": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
 }
+"""Each kernel set's library settings (environment variables). Only `fast` lets torch use oneDNN and NNPACK (so
+`portable` has no setting for oneDNN)."""
+
+DEFAULT_KERNELS = "portable"
+
+
+def kernel_set() -> str:
+    """The kernel set `ESPER_CPU_KERNELS` names (default `portable`); one line for a name Esper does not know."""
+    name = os.environ.get("ESPER_CPU_KERNELS") or DEFAULT_KERNELS
+    if name not in KERNEL_SETS:
+        raise BadInput(f"ESPER_CPU_KERNELS={name}: not a kernel set (use {' or '.join(KERNEL_SETS)})")
+    return name
 
 
 def pin_cpu_kernels() -> None:
-    """Set the caps, only where the CPU has AVX2: ATen takes `avx2` at its word, and AVX2 kernels on a CPU
-    without it would stop the process with an illegal instruction."""
-    if has_avx2():
-        for name, value in PINNED.items():
-            os.environ.setdefault(name, value)
+    """Set the kernel set's variables, only where the CPU has AVX2: ATen takes `avx2` at its word, and AVX2
+    kernels on a CPU without it would stop the process with an illegal instruction. An unknown set pins nothing
+    here (importing esper does not fail): the first run says what is wrong (`use_cpu_kernels`)."""
+    name = os.environ.get("ESPER_CPU_KERNELS") or DEFAULT_KERNELS
+    if has_avx2() and name in KERNEL_SETS:
+        for variable, value in KERNEL_SETS[name].items():
+            os.environ.setdefault(variable, value)
+
+
+def use_cpu_kernels() -> None:
+    """Turn torch's oneDNN and NNPACK on or off as the kernel set says; call it before a CPU run computes.
+    Process-wide torch flags, like the thread count."""
+    import torch
+
+    native = kernel_set() == "fast"
+    torch.backends.mkldnn.enabled = native
+    torch.backends.nnpack.set_flags(native)
+
+
+def cpu_kernels() -> str:
+    """What this process computes with on CPU, as a run records it: the kernel set's name, followed by each of its
+    variables set otherwise (`portable (MKL_CBWR=AUTO)`)."""
+    name = kernel_set()
+    changed = [f"{variable}={os.environ.get(variable, '')}" for variable, value in KERNEL_SETS[name].items()
+               if os.environ.get(variable) != value]
+    return f"{name} ({', '.join(changed)})" if changed else name
 
 
 def cpu_model() -> str:

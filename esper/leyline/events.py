@@ -39,8 +39,9 @@ class RunStarted(_Event, tag="RunStarted", kw_only=True):
     preset: TaskPreset
     """The task preset the run trained with, whole: re-execution trains with this one, not with today's."""
     versions: dict[str, str] = {}
-    """What computed the run: `esper`, `torch`, torch's CPU kernel set (`cpu`, e.g. AVX2), the CPU (`cpu_model`) and
-    `numpy`. Informational: `--verify` reports a difference but does not compare them."""
+    """What computed the run: `esper`, `torch`, torch's CPU instruction set (`cpu`, e.g. AVX2), Esper's CPU kernel
+    set (`cpu_kernels`, e.g. portable: `esper/_kernels.py`), the CPU (`cpu_model`) and `numpy`. Informational:
+    `--verify` reports a difference, and refuses up front to re-execute a CPU run in another kernel set."""
     host_params: int = 0
     slots: list[str] = []
     blueprints: list[str] = []

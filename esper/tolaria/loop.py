@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 import torch
 
-from esper._kernels import cpu_model
+from esper._kernels import cpu_kernels, cpu_model
 from esper.errors import BadInput, EsperError, IllegalEvent, RankStopped, StoreFailed, first_line
 from esper.kasmina import GrowableModel, preset_host
 from esper.leyline.commands import Command
@@ -163,7 +163,7 @@ def versions() -> dict[str, str]:
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
         esper_version = "unknown"
     return {"esper": esper_version, "torch": str(torch.__version__), "cpu": torch.backends.cpu.get_cpu_capability(),
-            "cpu_model": cpu_model(),  # oneDNN and MKL choose kernels by it: another model may round otherwise
+            "cpu_kernels": cpu_kernels(), "cpu_model": cpu_model(),
             "numpy": np.__version__}  # numpy makes mnist1d's signals (and standardised them, before exact moments)
 
 

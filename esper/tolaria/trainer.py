@@ -24,6 +24,7 @@ import attrs
 import torch
 from torch import nn
 
+from esper._kernels import cpu_kernels, kernel_set, use_cpu_kernels
 from esper.errors import BadInput, RunFailed
 from esper.kasmina import GrowableModel, preset_host
 from esper.leyline.config import RunConfig
@@ -78,13 +79,18 @@ def resolve_device(name: str) -> torch.device:
         raise BadInput(f"device {name} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
     if device.type not in ("cpu", "cuda"):
         raise BadInput(f"unsupported device {name!r}: use cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        kernel_set()  # an ESPER_CPU_KERNELS Esper does not know: one line, before anything is written
     return device
 
 
 def settle_kernels(device: torch.device) -> None:
-    """On CUDA, have cuDNN run the same convolution kernels every time: its autotuner and its fastest backward
-    kernels may differ from run to run in the last bits, and a run's events must come out the same when it is
-    re-executed (`esper replay --verify`). A process-wide setting of torch's, like the thread count on CPU."""
+    """Have torch compute a run's events the same way every time it is re-executed (`esper replay --verify`). On
+    CPU, with the kernel set `ESPER_CPU_KERNELS` names (`esper/_kernels.py`). On CUDA, with the same cuDNN
+    convolution kernels every time: its autotuner and its fastest backward kernels may differ from run to run in
+    the last bits. Process-wide settings of torch's, like the thread count on CPU."""
+    if device.type == "cpu":
+        use_cpu_kernels()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
@@ -128,6 +134,14 @@ class Computed:
 
     @classmethod
     def of(cls, started) -> "Computed":
+        """One line (`BadInput`) for a CPU run computed with another CPU kernel set than this process's: its numbers
+        would come out otherwise (re-execution) or mixed (a resumed run); the kernel set is the process's to choose.
+        A log from before kernel sets were recorded is computed with this process's (`--verify` notes the change)."""
+        recorded = started.versions.get("cpu_kernels")
+        if recorded is not None and started.config.device.startswith("cpu"):
+            if recorded != (here := cpu_kernels()):
+                raise BadInput(f"the run was computed with the {recorded} CPU kernels, this process computes with the "
+                               f"{here} ones: set ESPER_CPU_KERNELS (and any variable named) as the run had them")
         return cls(started.ranks, started.threads)
 
 

@@ -6,15 +6,15 @@ controller's commands (`CommandIssued`). What is compared:
 * decisions exactly: every command, germination, rejection and lifecycle transition (types, stages,
   triggers, seeds, slots, every integer and string);
 * numbers (losses, accuracies, telemetry, a gate's evidence) within a relative `tolerance`, because
-  another CPU may round differently in the last bits (esper pins torch's CPU kernels to one instruction
-  set, see `esper/_kernels.py`, which removes the usual cause but not every one); the largest relative
-  deviation of each field is reported;
+  another machine may round differently in the last bits (a GPU, another torch, or on CPU the `fast` kernel
+  set on another CPU model: `esper/_kernels.py`); the largest relative deviation of each field is reported;
 * with `exact`, every event bit for bit as logged.
 
 Ids, positions, timestamps and what computed the run (`RunStarted.versions`, `ranks`, `threads`, `channels_last`)
 are not compared (a difference is noted): re-execution runs in one process, computing as the run was computed
 (`Computed`): a run that N ranks trained data-parallel shard by shard as they did (`esper.tolaria.ranks`), on CPU on
-as many threads as it had. On CPU its numbers then come out bit for bit on the same machine.
+as many threads as it had, with the CPU kernel set it had (else one line, before anything runs). On CPU its numbers
+then come out bit for bit on any x86-64 CPU with AVX2 (the portable set) or on the same CPU model (the fast one).
 A run that came from user code (`esper.fit`, `RunStarted.user_code`) cannot be re-executed: its model and
 data are not in the log. `verify_run` says so (`BadInput`) rather than train something else.
 A resumed run is re-executed as one uninterrupted run: its checkpoints, `RunResumed` markers and the
@@ -88,6 +88,7 @@ def reexecutable(recorded: list[Recorded]) -> RunStarted:
         raise BadInput(f"run {recorded[0].run_id} came from user code (a {started.preset.host} trained by esper.fit): "
                        "its log holds every decision but not the model or the data, so it cannot be re-executed; "
                        "replay it without --verify to check its chain and every decision")
+    Computed.of(started)  # a CPU run computed with another kernel set than this process's: one line, up front
     policy_file_sha256(started.config)  # a policy run is re-executed only beside the file it played
     if started.corpus is not None:  # a text run only on its own text (reading it is quick: checked up front)
         recorded_data(started)
