@@ -201,6 +201,13 @@ def test_config_options_are_refused_with_resume(cut):
         workspace, run_id, 2, "--seed", "3", "--epochs", "9")
 
 
+def test_a_run_is_not_resumed_with_another_cpu_kernel_set(cut, monkeypatch):
+    """Its epochs after the checkpoint would be computed otherwise than those before (esper/_kernels.py)."""
+    workspace, run_id = cut
+    monkeypatch.setenv("ESPER_CPU_KERNELS", "fast")
+    assert "computed with the portable CPU kernels, this process computes with the fast" in refused(workspace, run_id)
+
+
 def test_without_a_usable_checkpoint_nothing_is_appended_and_the_line_says_why(cut):
     workspace, run_id = cut
     folder = checkpoint.folder_of(workspace)
