@@ -39,8 +39,7 @@ DEFAULT_KERNELS = "portable"
 
 def kernel_set() -> str:
     """The kernel set `ESPER_CPU_KERNELS` names (default `portable`); one line for a name Esper does not know."""
-    name = os.environ.get("ESPER_CPU_KERNELS") or DEFAULT_KERNELS
-    if name not in KERNEL_SETS:
+    if (name := _named()) not in KERNEL_SETS:
         raise BadInput(f"ESPER_CPU_KERNELS={name}: not a kernel set (use {' or '.join(KERNEL_SETS)})")
     return name
 
@@ -48,9 +47,8 @@ def kernel_set() -> str:
 def pin_cpu_kernels() -> None:
     """Set the kernel set's variables, only where the CPU has AVX2: ATen takes `avx2` at its word, and AVX2
     kernels on a CPU without it would stop the process with an illegal instruction. An unknown set pins nothing
-    here (importing esper does not fail): the first run says what is wrong (`use_cpu_kernels`)."""
-    name = os.environ.get("ESPER_CPU_KERNELS") or DEFAULT_KERNELS
-    if has_avx2() and name in KERNEL_SETS:
+    here (importing esper does not fail): a run says what is wrong before it starts (`kernel_set`)."""
+    if has_avx2() and (name := _named()) in KERNEL_SETS:
         for variable, value in KERNEL_SETS[name].items():
             os.environ.setdefault(variable, value)
 
@@ -72,6 +70,10 @@ def cpu_kernels() -> str:
     changed = [f"{variable}={os.environ.get(variable, '')}" for variable, value in KERNEL_SETS[name].items()
                if os.environ.get(variable) != value]
     return f"{name} ({', '.join(changed)})" if changed else name
+
+
+def _named() -> str:
+    return os.environ.get("ESPER_CPU_KERNELS") or DEFAULT_KERNELS
 
 
 def cpu_model() -> str:

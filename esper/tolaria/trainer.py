@@ -79,8 +79,7 @@ def resolve_device(name: str) -> torch.device:
         raise BadInput(f"device {name} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
     if device.type not in ("cpu", "cuda"):
         raise BadInput(f"unsupported device {name!r}: use cpu, cuda or cuda:N")
-    if device.type == "cpu":
-        kernel_set()  # an ESPER_CPU_KERNELS Esper does not know: one line, before anything is written
+    kernel_set()  # an ESPER_CPU_KERNELS Esper does not know: one line, before anything is written (a run records it)
     return device
 
 
