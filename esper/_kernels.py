@@ -1,4 +1,4 @@
-"""Which CPU kernels torch computes with, so that a run computes the same bits on any x86-64 machine.
+"""Which CPU kernels torch computes with, so that a run computes the same bits on any x86-64 CPU with AVX2.
 
 Three libraries inside torch pick their kernels by the CPU, and different kernels round differently: ATen's
 vectorised operators (by instruction set), oneDNN's convolutions (by instruction set and cache sizes) and MKL's
@@ -36,6 +36,9 @@ KERNEL_SETS: dict[str, dict[str, str]] = {
 
 DEFAULT_KERNELS = "portable"
 
+RECORDED_BEFORE_KERNEL_SETS = "fast"
+"""The kernel set of a run logged with versions but before runs recorded their set: `fast`'s were Esper's settings."""
+
 
 def kernel_set() -> str:
     """The kernel set `ESPER_CPU_KERNELS` names (default `portable`); one line for a name Esper does not know."""
@@ -61,6 +64,12 @@ def use_cpu_kernels() -> None:
     native = kernel_set() == "fast"
     torch.backends.mkldnn.enabled = native
     torch.backends.nnpack.set_flags(native)
+
+
+def kernel_environment() -> dict[str, str]:
+    """The variables that give another process (a Ray worker on another machine) this one's kernel set."""
+    name = kernel_set()
+    return {"ESPER_CPU_KERNELS": name} | {v: os.environ[v] for v in KERNEL_SETS[name] if v in os.environ}
 
 
 def cpu_kernels() -> str:

@@ -215,6 +215,7 @@ def test_channels_last_converts_the_4d_tensors_and_leaves_a_3d_convolution_as_it
 def test_a_cuda_run_asks_cudnn_for_the_same_kernels_every_time(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", torch.backends.mkldnn.enabled)  # a CPU run sets it
     settle_kernels(torch.device("cpu"))
     assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.benchmark  # CPU runs leave them alone
     settle_kernels(torch.device("cuda", 0))  # only sets torch's flags: no GPU needed

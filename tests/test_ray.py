@@ -45,6 +45,39 @@ def local_ray():
 # ---- without Ray ------------------------------------------------------------------------------------------
 
 
+class _RecordingRay:
+    """Stands in for the `ray` module: records how it was started."""
+
+    def __init__(self):
+        self.started: dict = {}
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **options) -> None:
+        self.started = options
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("address", [None, "ray://head:10001"])
+def test_a_clusters_workers_are_given_this_processs_cpu_kernel_set(address, monkeypatch):
+    """A local Ray's workers inherit this process's environment; a cluster's nodes start workers in their own, so
+    the kernel set (esper/_kernels.py) travels with the job: a run records the set it computed with either way."""
+    ray = _RecordingRay()
+    monkeypatch.setattr(cluster, "need_ray", lambda what: ray)
+    monkeypatch.setenv("ESPER_CPU_KERNELS", "fast")
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
+    with cluster.connected("test", address):
+        pass
+    if address is None:
+        assert "runtime_env" not in ray.started
+    else:
+        assert ray.started["runtime_env"]["env_vars"]["ESPER_CPU_KERNELS"] == "fast"
+        assert ray.started["runtime_env"]["env_vars"]["MKL_CBWR"] == "AUTO"
+
+
 @pytest.mark.parametrize("args", [["run", "--seeds", "0-1", "--epochs", "1"],
                                   ["ppo", "--workers", "2", "--episodes", "2", "--epochs", "1", "--out", "p.pt"]])
 def test_without_ray_more_than_one_worker_or_seed_is_one_line_saying_how_to_install_it(args, tmp_path, monkeypatch):

@@ -122,7 +122,8 @@ def test_the_shipped_sample_reexecutes_bit_for_bit_on_any_cpu():
 def test_a_log_from_before_exact_moments_re_executes_with_numpys_float32_ones():
     """Its logged preset has no `standardise`: it trains again on data standardised as it was, with numpy's float32
     moments, whose last bits are the numpy's that computes them. So it re-executes as recorded with the numpy it was
-    recorded with (2.x); with another (1.26), contributions measured on a few examples move past the tolerance."""
+    recorded with (2.x), and its kernel set (`ESPER_CPU_KERNELS=fast`, see test_kernels.py); with another numpy
+    (1.26), contributions measured on a few examples move past the tolerance."""
     (run_id, recorded), = recorded_runs(V3_LOG).items()
     started = recorded[0].event
     assert json.loads(V3_LOG.read_text().splitlines()[0])["payload"]["schema_version"] == 3

@@ -26,9 +26,9 @@ app = typer.Typer(
 
 def _print_version(asked: bool) -> None:
     if asked:
-        from esper.tolaria.loop import versions
+        from esper.tolaria.loop import software_versions
 
-        print(" ".join(f"{name} {version}" for name, version in versions().items() if not name.startswith("cpu")))
+        print(" ".join(f"{name} {version}" for name, version in software_versions().items()))
         raise typer.Exit(0)
 
 

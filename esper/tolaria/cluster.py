@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from esper._kernels import kernel_environment
 from esper.errors import BadInput, first_line
 
 INSTALL = "pip install -e '.[ray]'"
@@ -46,7 +47,9 @@ def connected(what: str, address: str | None = None) -> Iterator[Any]:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning"}  # stdout is for results only
-    if address is None:
+    if address is not None:  # a local Ray's workers inherit this environment; a cluster's are given the kernel set
+        options["runtime_env"] = {"env_vars": kernel_environment()}
+    else:
         # Ray renices its workers to 15 so that its own daemons stay responsive; here the workers do all the work,
         # and on a busy machine they would yield to every other process (runs on Ray slower than one alone)
         options |= {"include_dashboard": False, "_system_config": {"worker_niceness": 0}}

@@ -156,15 +156,20 @@ command shows its bar within long epochs (`esper.cli.progress`)."""
 MAX_SEED = 10**12
 
 
-def versions() -> dict[str, str]:
-    """What computes a run, as `RunStarted.versions` records it."""
+def software_versions() -> dict[str, str]:
+    """The software that computes a run (`esper --version`): Esper, torch and numpy, which makes mnist1d's signals
+    (and standardised them, before exact moments)."""
     try:
         esper_version = importlib.metadata.version("esper")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
         esper_version = "unknown"
-    return {"esper": esper_version, "torch": str(torch.__version__), "cpu": torch.backends.cpu.get_cpu_capability(),
-            "cpu_kernels": cpu_kernels(), "cpu_model": cpu_model(),
-            "numpy": np.__version__}  # numpy makes mnist1d's signals (and standardised them, before exact moments)
+    return {"esper": esper_version, "torch": str(torch.__version__), "numpy": np.__version__}
+
+
+def versions() -> dict[str, str]:
+    """What computes a run, as `RunStarted.versions` records it: the software and the CPU's side of it."""
+    return software_versions() | {"cpu": torch.backends.cpu.get_cpu_capability(), "cpu_kernels": cpu_kernels(),
+                                  "cpu_model": cpu_model()}
 
 
 def resolve_config(config: RunConfig, preset: TaskPreset | None = None, host_params: int | None = None) -> RunConfig:

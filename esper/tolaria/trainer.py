@@ -24,7 +24,7 @@ import attrs
 import torch
 from torch import nn
 
-from esper._kernels import cpu_kernels, kernel_set, use_cpu_kernels
+from esper._kernels import RECORDED_BEFORE_KERNEL_SETS, cpu_kernels, has_avx2, kernel_set, use_cpu_kernels
 from esper.errors import BadInput, RunFailed
 from esper.kasmina import GrowableModel, preset_host
 from esper.leyline.config import RunConfig
@@ -135,9 +135,11 @@ class Computed:
     def of(cls, started) -> "Computed":
         """One line (`BadInput`) for a CPU run computed with another CPU kernel set than this process's: its numbers
         would come out otherwise (re-execution) or mixed (a resumed run); the kernel set is the process's to choose.
-        A log from before kernel sets were recorded is computed with this process's (`--verify` notes the change)."""
-        recorded = started.versions.get("cpu_kernels")
-        if recorded is not None and started.config.device.startswith("cpu"):
+        A log that records versions but no kernel set was computed with the `fast` one (its settings were Esper's
+        then); one that records no versions, with settings unknown. Where this CPU cannot take a kernel set (no
+        AVX2: nothing is pinned) there is nothing to choose, and re-execution says how far it differs."""
+        recorded = started.versions.get("cpu_kernels", RECORDED_BEFORE_KERNEL_SETS if started.versions else None)
+        if recorded is not None and started.config.device.startswith("cpu") and has_avx2():
             if recorded != (here := cpu_kernels()):
                 raise BadInput(f"the run was computed with the {recorded} CPU kernels, this process computes with the "
                                f"{here} ones: set ESPER_CPU_KERNELS (and any variable named) as the run had them")

@@ -6,8 +6,9 @@ controller's commands (`CommandIssued`). What is compared:
 * decisions exactly: every command, germination, rejection and lifecycle transition (types, stages,
   triggers, seeds, slots, every integer and string);
 * numbers (losses, accuracies, telemetry, a gate's evidence) within a relative `tolerance`, because
-  another machine may round differently in the last bits (a GPU, another torch, or on CPU the `fast` kernel
-  set on another CPU model: `esper/_kernels.py`); the largest relative deviation of each field is reported;
+  another machine may round differently in the last bits (a GPU, another torch, a CPU that takes no kernel set
+  for lack of AVX2, or the `fast` set on another CPU model: `esper/_kernels.py`); the largest relative deviation
+  of each field is reported;
 * with `exact`, every event bit for bit as logged.
 
 Ids, positions, timestamps and what computed the run (`RunStarted.versions`, `ranks`, `threads`, `channels_last`)
