@@ -139,10 +139,10 @@ class Computed:
         then); one that records no versions, with settings unknown. Where this CPU cannot take a kernel set (no
         AVX2: nothing is pinned) there is nothing to choose, and re-execution says how far it differs."""
         recorded = started.versions.get("cpu_kernels", RECORDED_BEFORE_KERNEL_SETS if started.versions else None)
-        if recorded is not None and started.config.device.startswith("cpu") and has_avx2():
-            if recorded != (here := cpu_kernels()):
-                raise BadInput(f"the run was computed with the {recorded} CPU kernels, this process computes with the "
-                               f"{here} ones: set ESPER_CPU_KERNELS (and any variable named) as the run had them")
+        on_cpu = started.config.device.startswith("cpu") and has_avx2()
+        if on_cpu and recorded is not None and recorded != (here := cpu_kernels()):
+            raise BadInput(f"the run was computed with the {recorded} CPU kernels, this process computes with the "
+                           f"{here} ones: set ESPER_CPU_KERNELS (and any variable named) as the run had them")
         return cls(started.ranks, started.threads)
 
 
