@@ -96,7 +96,8 @@ def test_replay_json_and_prefix(workspace):
 @pytest.mark.parametrize(
     "args",
     [("replay", "no-such-run"), ("query", "select 1", "--format", "xml"), ("nonsense",), ("query",),
-     ("runs", "--workspace", "/no/such/dir"), ("query", ""), ("query", " ;"), ("replay", ""), ("replay", "missing.jsonl")],
+     ("runs", "--workspace", "/no/such/dir"), ("query", ""), ("query", " ;"), ("replay", ""), ("replay", "missing.jsonl"),
+     ("runs", "--workspace", ""), ("schemas", "--out", "")],
 )
 def test_bad_input_is_one_line_and_exit_2(workspace, args):
     out = esper(*args, workspace=workspace)

@@ -1,11 +1,15 @@
 """`esper ppo` and `esper iql` take every default from their learner's config struct: none is written twice."""
 
+import inspect
+from pathlib import Path
+from typing import Optional
+
 import msgspec
 import pytest
 import typer.main
 
 import esper.cli  # noqa: F401 - registers the commands
-from esper.cli.app import app
+from esper.cli.app import app, nonempty_path, path_value
 from esper.simic.config import IQLConfig, PPOConfig
 
 ALIASES = {"lr": "learning_rate", "reward_accuracy": "reward.accuracy", "reward_contribution": "reward.contribution",
@@ -38,3 +42,40 @@ def test_every_option_that_sets_a_field_defaults_to_the_field(command, config):
         assert value == _field(config, path), f"esper {command} --{name.replace('_', '-')} defaults to {default!r}"
         checked += 1
     assert checked >= (20 if command == "ppo" else 13), f"only {checked} options of esper {command} map to its config"
+
+
+
+def _parameters():
+    """(command, its name on the command line, each of its parameters' name and typer info) for every command."""
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__.replace("_", "-")
+        params = {k: p.default for k, p in inspect.signature(command.callback).parameters.items()
+                  if isinstance(p.default, (typer.models.OptionInfo, typer.models.ArgumentInfo))}
+        yield name, params, {k: p.annotation for k, p in inspect.signature(command.callback).parameters.items()}
+
+
+def _given(info: typer.models.ParameterInfo, value: str) -> list[str]:
+    return [value] if isinstance(info, typer.models.ArgumentInfo) else [info.param_decls[0], value]
+
+
+def test_an_empty_path_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    """`-w ""`, `--out ""`, `--tensorboard ""` ...: a path given empty would quietly mean the current folder
+    (records, schemas, event files written there). Each is refused when the command line is read, and nothing is
+    written. A `Path` parameter declared without `path_option` is caught here too."""
+    from cli_runner import invoke
+
+    monkeypatch.chdir(tmp_path)
+    checked = 0
+    for name, params, annotations in _parameters():
+        for pname, info in params.items():
+            if annotations[pname] in (Path, Optional[Path]):
+                assert info.parser is path_value, f"esper {name} {pname}: declare it with path_option"
+            if info.parser not in (path_value, nonempty_path):
+                continue
+            required = [a for other, o in params.items() if o is not info and o.default is ... for a in _given(o, "x")]
+            result = invoke(name, *required, *_given(info, ""))
+            assert result.exit_code == 2, (name, pname, result.output)
+            assert "an empty path" in result.stderr, (name, pname, result.stderr)
+            checked += 1
+    assert checked >= 19, f"only {checked} path parameters found"
+    assert list(tmp_path.iterdir()) == []

@@ -40,9 +40,24 @@ def _root(
     """Morphogenetic neural networks on an event-sourced lifecycle engine."""
 
 
-WorkspaceOption = typer.Option(
-    None, "--workspace", "-w", help="Folder of store files (default $ESPER_WORKSPACE, else ./runs)."
-)
+def nonempty_path(text: str) -> str:
+    """A path given on the command line, as given. An empty one is refused: it would quietly mean the current
+    folder (`-w ""` recording into it, say)."""
+    if not text.strip():
+        raise typer.BadParameter("an empty path (give a file or folder name)")
+    return text
+
+
+def path_value(text: str) -> Path:
+    return Path(nonempty_path(text))
+
+
+def path_option(default: Any, *names: str, help: str, as_text: bool = False) -> Any:
+    """An option naming a file or folder (never empty); `as_text` keeps its value a string."""
+    return typer.Option(default, *names, parser=nonempty_path if as_text else path_value, metavar="<path>", help=help)
+
+
+WorkspaceOption = path_option(None, "--workspace", "-w", help="Folder of store files (default $ESPER_WORKSPACE, else ./runs).")
 
 RayAddress = typer.Option(None, "--ray-address", help="Join this Ray cluster (default $RAY_ADDRESS, else start Ray on "
                           "this machine); the workspace must then be shared storage every node writes.")

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, json_text, say
+from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, json_text, path_option, say
 from esper.errors import BadInput
 from esper.leyline.events import PolicyUpdated
 from esper.leyline.status import shown
@@ -195,7 +195,7 @@ def _fmt(value: Any) -> Any:
 @app.command()
 @handles_errors
 def schemas(
-    out: Path = typer.Option(Path("schemas"), "--out", help="Folder to write the JSON Schemas into."),
+    out: Path = path_option(Path("schemas"), "--out", help="Folder to write the JSON Schemas into."),
 ) -> None:
     """Write JSON Schema for every event and command type."""
     from esper.leyline.schemas import write_schemas

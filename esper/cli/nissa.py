@@ -9,7 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from esper.cli.app import WorkspaceOption, app, deliver_stdout, existing_workspace, handles_errors, say
+from esper.cli.app import (WorkspaceOption, app, deliver_stdout, existing_workspace, handles_errors, path_option,
+                           path_value, say)
 from esper.errors import BadInput, EsperError, LogAltered
 from esper.store import Workspace
 
@@ -19,7 +20,7 @@ from esper.store import Workspace
 def report(
     runs: List[str] = typer.Argument(..., metavar="RUN", help="Run id (or a unique prefix); several with --compare."),
     compare: bool = typer.Option(False, "--compare", help="Overlay the curves of several runs in one report."),
-    out: Optional[Path] = typer.Option(
+    out: Optional[Path] = path_option(
         None, "--out", "-o", help="HTML file to write (default <workspace>/reports/<run>.html)."
     ),
     workspace: Optional[Path] = WorkspaceOption,
@@ -80,7 +81,7 @@ def export(
         None, "--format", "-f", help="jsonl (readable, diffable), parquet (compact), or tensorboard (a folder of "
         "TensorBoard event files, one per run); default from --out, else jsonl."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File (folder, for tensorboard) to write "
+    out: Optional[Path] = path_option(None, "--out", "-o", help="File (folder, for tensorboard) to write "
                                        "(default ./<run>.<format>, for tensorboard ./<run>-tensorboard/); - writes "
                                        "jsonl to standard output."),
     workspace: Optional[Path] = WorkspaceOption,
@@ -128,7 +129,7 @@ def _export_tensorboard(reader, run_ids: list[str], out: Path) -> None:
 @app.command("import")
 @handles_errors
 def import_(
-    file: Path = typer.Argument(..., metavar="FILE",
+    file: Path = typer.Argument(..., metavar="FILE", parser=path_value,
                                 help="A file written by `esper export` (jsonl or parquet); - reads standard input."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:

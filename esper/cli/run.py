@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 
-from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text, say, writable_workspace
+from esper.cli.app import (RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text, path_option,
+                           say, writable_workspace)
 from esper.cli.progress import EpochBars
 from esper.errors import BadInput, RunFailed
 from esper.leyline.config import SNAPSHOT_EVERY, HeuristicConfig, LifecycleConfig, from_table, parse_knobs
@@ -29,14 +30,14 @@ def run(
     ctx: typer.Context,
     task: str = typer.Option(None, "--task", help="mnist1d (default), cifar10 or text."),
     controller: str = typer.Option(None, "--controller", help=f"One of: {', '.join(CONTROLLERS)} (default heuristic)."),
-    policy: Optional[str] = typer.Option(None, "--policy", help="Policy file for --controller policy (greedy) or sampled (samples as in training, seeded by --seed)."),
+    policy: Optional[str] = path_option(None, "--policy", as_text=True, help="Policy file for --controller policy (greedy) or sampled (samples as in training, seeded by --seed)."),
     like: Optional[str] = typer.Option(None, "--like", help="For --controller scratch: the run whose final architecture to train from scratch."),
     epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default, or 0: the task's preset, or the --like run's)."),
     seed: int = typer.Option(None, "--seed", help="Seed of initialisation and data order (default 0)."),
     device: str = typer.Option(None, "--device", help="cpu (default), cuda or cuda:N (under torchrun: cpu or cuda)."),
     precision: str = typer.Option(
         None, "--precision", help="bf16, fp16 (with a gradient scaler) or fp32 autocast (default: bf16 on CUDA, fp32 on CPU)."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where cifar10 lives; for text, a UTF-8 file or folder "
+    data_dir: Optional[str] = path_option(None, "--data-dir", as_text=True, help="Where cifar10 lives; for text, a UTF-8 file or folder "
                                            "to train on instead of the standard library's sources."),
     download: bool = typer.Option(None, "--download", help="Download cifar10 into --data-dir if missing."),
     telemetry: str = typer.Option(None, "--telemetry", help="minimal, standard (default) or diagnostic."),
@@ -66,12 +67,12 @@ def run(
     checkpoint_every: int = typer.Option(
         None, "--checkpoint-every", help="Save the run's whole training state (model, optimizers, every RNG) every N "
         "epochs (default 1) into the workspace's checkpoints/ folder, so that --resume can continue it (0: none)."),
-    tensorboard: Optional[str] = typer.Option(
-        None, "--tensorboard", help="Also write TensorBoard event files into this folder as the run trains."),
+    tensorboard: Optional[str] = path_option(
+        None, "--tensorboard", as_text=True, help="Also write TensorBoard event files into this folder as the run trains."),
     resume: Optional[str] = typer.Option(
         None, "--resume", help="Continue an interrupted run (Ctrl-C, SIGTERM, killed, crashed) from its latest "
         "checkpoint, with its own config: the rest of it is appended to its log."),
-    config_file: Optional[Path] = typer.Option(
+    config_file: Optional[Path] = path_option(
         None, "--config", help="A TOML file of these settings (keys as the options, with _ for -; [heuristic], "
         "[lifecycle] and [host_options] tables); options given here override it."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved settings as TOML and exit."),

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from esper.cli.app import RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text, say, writable_workspace
+from esper.cli.app import (RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text, path_option,
+                           say, writable_workspace)
 from esper.errors import BadInput, StoreFailed
 from esper.simic.config import IQLConfig, PPOConfig
 from esper.simic.rewards import RewardConfig
@@ -66,7 +67,7 @@ def _setting(cfg: PPOConfig, name: str) -> object:
 @handles_errors
 def ppo(
     ctx: typer.Context,
-    out: Path = typer.Option(..., "--out", help="Policy file to write (also the checkpoint, after every update)."),
+    out: Path = path_option(..., "--out", help="Policy file to write (also the checkpoint, after every update)."),
     task: str = typer.Option(PPO.task, "--task", help="Task of the training runs."),
     n_envs: int = typer.Option(PPO.n_envs, "--n-envs", help="Runs in lock-step per update."),
     episodes: int = typer.Option(PPO.episodes, "--episodes", help="Episodes (training runs) in all."),
@@ -89,7 +90,7 @@ def ppo(
     reward_params: float = RewardParams,
     reward_terminal: float = RewardTerminal,
     param_budget: int = ParamBudget,
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this policy file (e.g. written by `esper iql`)."),
+    init: Optional[Path] = path_option(None, "--init", help="Start from this policy file (e.g. written by `esper iql`)."),
     init_temperature: float = typer.Option(PPO.init_temperature, "--init-temperature", help="With --init: divide the starting "
                                            "policy's logits by this (same greedy choices, flatter sampling: more exploration)."),
     critic_warmup: int = typer.Option(PPO.critic_warmup, "--critic-warmup",
@@ -149,7 +150,7 @@ def ppo(
 @app.command()
 @handles_errors
 def iql(
-    out: Path = typer.Option(..., "--out", help="Policy file to write."),
+    out: Path = path_option(..., "--out", help="Policy file to write."),
     steps: int = typer.Option(IQL.steps, "--steps", help="Gradient steps."),
     runs: Optional[str] = typer.Option(
         None, "--runs",
