@@ -218,6 +218,7 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
      "bad runs filter: only reading statements may run"),
     (["iql", "--runs", "true); select 1 where (true", "--out", "x.pt"], "give one SQL condition"),
     (["iql", "--runs", "controller = 'nobody'", "--out", "x.pt"], "dataset is empty"),
+    (["iql", "--task", "mnist1dd", "--out", "x.pt"], "its runs are of mnist1d (--task)"),
     (["iql", "--runs", "  ", "--out", "x.pt"], "the runs filter is empty"),
     (["run", "--controller", "policy", "--policy", "missing.pt"], "no policy file"),
     (["run", "--controller", "policy", "--policy", "."], ". is a folder: give the path of a policy file"),

@@ -66,12 +66,17 @@ def _dataset(cfg: IQLConfig, workspace: Workspace, runs: str | None, progress: P
         for note in reader.notes:
             progress(f"note: {note}")
         run_ids = select_runs(reader, runs, cfg.task)
+        tasks = [] if run_ids else [row[0] for row in reader.con.execute(
+            "SELECT DISTINCT task FROM runs ORDER BY task").fetchall()]
         if spec is None and run_ids:  # a task of user code (`esper.fit`): its first run says what grew
             spec = spec_for_run(reader.read_run(run_ids[0])[0].event)
         episodes, notes = workspace_episodes(reader, run_ids, spec, cfg.reward)
     for note in notes:
         progress(f"note: skipped {note}")
     where = f" where {runs}" if runs else ""
+    if not run_ids and cfg.task not in tasks:  # a misspelt task: say which ones the workspace holds runs of
+        holds = f"its runs are of {', '.join(tasks)}" if tasks else "it holds no runs"
+        raise BadInput(f"no runs of task {cfg.task} in {workspace.root}: {holds} (--task)")
     if not episodes:
         raise BadInput(f"no usable runs of {cfg.task} in {workspace.root}{where}: the dataset is empty "
                        "(check the runs filter and the task)")
