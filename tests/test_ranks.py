@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cli_runner import invoke
+from esper.errors import BadInput
 from esper.leyline.events import CheckpointSaved, EpochEnded, RunFailed, RunResumed, RunStarted, encode
 from esper.store import Workspace
 from esper.tolaria import launch
@@ -53,6 +54,52 @@ def test_under_torchrun_only_a_plain_run_is_shared_by_the_ranks(monkeypatch, arg
     monkeypatch.setenv("WORLD_SIZE", "2")
     why = launch.refusal(args)
     assert why is None if refused is None else f"run `{refused}` without torchrun" in why
+
+
+TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ESPER_RANKS_TIMEOUT")
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' must be a whole number, at least 1"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' must be a whole number, at least 1"),
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE is set but RANK is not"),
+    ({"WORLD_SIZE": "2", "RANK": "x"}, "RANK='x' must be a whole number, at least 0"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 is not below WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "-1"}, "LOCAL_RANK='-1' must be a whole number, at least 0"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "ESPER_RANKS_TIMEOUT": "abc"}, "ESPER_RANKS_TIMEOUT='abc' must be a positive"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "ESPER_RANKS_TIMEOUT": "0"}, "ESPER_RANKS_TIMEOUT='0' must be a positive"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "ESPER_RANKS_TIMEOUT": "nan"}, "ESPER_RANKS_TIMEOUT='nan' must be a positive"),
+])
+def test_torchrun_variables_no_torchrun_would_set_are_one_line(monkeypatch, env, says):
+    for name in TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert launch.problem().startswith(says), launch.problem()
+    with pytest.raises(BadInput):
+        launch.place()
+
+
+def test_torchrun_variables_give_the_place_or_none(monkeypatch):
+    for name in TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert launch.place() is None and launch.problem() is None
+    monkeypatch.setenv("WORLD_SIZE", "")  # empty: unset
+    assert launch.place() is None
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert launch.place() == launch.Place(rank=3, world=4, local=3, timeout_s=launch.TIMEOUT_S)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("ESPER_RANKS_TIMEOUT", "2.5")
+    assert launch.place() == launch.Place(rank=3, world=4, local=1, timeout_s=2.5)
+
+
+def test_a_bad_world_size_is_one_line_for_every_command(tmp_path):
+    """Every command reads torchrun's variables first (even --version): a bad one is one line, not a traceback."""
+    done = subprocess.run([sys.executable, "-m", "esper", "--version"], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES} | {"WORLD_SIZE": "abc"})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == "esper: WORLD_SIZE='abc' must be a whole number, at least 1", done.stderr
 
 
 def test_a_message_crosses_as_bytes():

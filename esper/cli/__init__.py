@@ -40,6 +40,9 @@ def main() -> None:
 
 
 def _run() -> int:
+    if (why := launch.problem()) is not None:  # torchrun's variables, as this rank sees them
+        say(f"esper: {why}")
+        return 2
     if (why := launch.refusal(sys.argv[1:])) is not None:  # every rank refuses; rank 0 says why, once
         if launch.leading():
             say(f"esper: {why}")

@@ -1,17 +1,89 @@
 """Whether `torchrun` started this process as one of several ranks, read from the environment it sets: torch-free,
 so that the command line can refuse what ranks cannot share before anything loads torch."""
 
+import math
 import os
+
+import attrs
+
+from esper.errors import BadInput
+
+TIMEOUT_S = 600.0
+"""Seconds a rank waits in any collective (`ESPER_RANKS_TIMEOUT` overrides): long enough for rank 0 to evaluate an
+epoch while the followers wait for its next message, short enough that a lost rank is noticed."""
+
+
+@attrs.frozen
+class Place:
+    """Where torchrun put this process: its rank among `world`, its rank on this machine, the collectives' timeout."""
+
+    rank: int
+    world: int
+    local: int
+    timeout_s: float
+
+
+def _variable(name: str) -> str | None:
+    """The variable's value; None if unset or empty (`WORLD_SIZE= esper ...` means no torchrun)."""
+    return os.environ.get(name) or None
+
+
+def _whole(name: str, least: int, default: int | None = None) -> int:
+    text = _variable(name)
+    if text is None:
+        if default is None:
+            raise BadInput(f"WORLD_SIZE is set but {name} is not: start the ranks with torchrun, which sets both")
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise BadInput(f"{name}={text!r} must be a whole number, at least {least}")
+    return value
+
+
+def place() -> Place | None:
+    """This process's place when torchrun started it as one of several (None: it runs alone). A variable torchrun
+    sets (or ESPER_RANKS_TIMEOUT) that no torchrun would have set is `BadInput` naming it."""
+    world = _whole("WORLD_SIZE", 1, default=1)
+    if world == 1:
+        return None
+    rank = _whole("RANK", 0)
+    if rank >= world:
+        raise BadInput(f"RANK={rank} is not below WORLD_SIZE={world}")
+    local = _whole("LOCAL_RANK", 0, default=rank)
+    timeout = _variable("ESPER_RANKS_TIMEOUT")
+    try:
+        timeout_s = TIMEOUT_S if timeout is None else float(timeout)
+    except ValueError:
+        timeout_s = math.nan
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise BadInput(f"ESPER_RANKS_TIMEOUT={timeout!r} must be a positive number of seconds")
+    return Place(rank, world, local, timeout_s)
 
 
 def launched() -> bool:
-    """Whether `torchrun` started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether `torchrun` started this process as one of several (`place` says what is wrong with its variables)."""
+    try:
+        return place() is not None
+    except BadInput:
+        return True  # the variables say torchrun, but wrongly: `refusal` reports it
 
 
 def leading() -> bool:
     """Whether this process is rank 0 (or runs alone): the one that speaks for all."""
-    return os.environ.get("RANK", "0") == "0"
+    return (_variable("RANK") or "0") == "0"
+
+
+def problem() -> str | None:
+    """What is wrong with torchrun's variables as this process sees them (None: nothing). Each rank's are its own,
+    so every rank says it."""
+    try:
+        place()
+    except BadInput as exc:
+        return str(exc)
+    return None
 
 
 def refusal(args: list[str]) -> str | None:

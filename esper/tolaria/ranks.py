@@ -41,7 +41,6 @@ while the followers wait for its next message reaches them as a `Message` of kin
 its exit code, so the user reads the reason once, in rank 0's line.
 """
 
-import os
 from datetime import timedelta
 from typing import Iterable, Sequence
 
@@ -50,11 +49,7 @@ import torch
 import torch.distributed as dist
 
 from esper.errors import BadInput, RunFailed, first_line
-from esper.tolaria.launch import launched
-
-TIMEOUT_S = 600.0
-"""Seconds a rank waits in any collective (`ESPER_RANKS_TIMEOUT` overrides): long enough for rank 0 to evaluate an
-epoch while the followers wait for its next message, short enough that a lost rank is noticed."""
+from esper.tolaria import launch
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -130,12 +125,11 @@ class Ranks:
         """This process's place when `torchrun` started it as one of several (None when it runs alone): the process
         group joined (gloo on CPU, NCCL on CUDA, each rank on `cuda:LOCAL_RANK`). `BadInput` for a device the ranks
         cannot share, before joining (every rank reads the same command line, so every rank refuses alike)."""
-        if not launched():
+        if (where := launch.place()) is None:
             return None
-        world = int(os.environ["WORLD_SIZE"])
-        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
-        place = _rank_device(device, local)
-        timeout = timedelta(seconds=float(os.environ.get("ESPER_RANKS_TIMEOUT", TIMEOUT_S)))
+        rank, world = where.rank, where.world
+        place = _rank_device(device, where.local)
+        timeout = timedelta(seconds=where.timeout_s)
         if place.type == "cuda":
             torch.cuda.set_device(place)
         try:
