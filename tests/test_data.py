@@ -124,6 +124,18 @@ def test_mnist1d_unreadable_cache_is_ignored(tmp_path, mnist1d):
     assert data_module._read_npz(path) is None
 
 
+def test_a_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, mnist1d):
+    """A cache path under a file (ESPER_CACHE=/etc/passwd, say) or a cache folder that is a file: writing is best
+    effort, so the data is still returned and nothing is raised."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    arrays = tuple(np.asarray(t) for t in (mnist1d.train.x[:, 0], mnist1d.train.y, mnist1d.test.x[:, 0], mnist1d.test.y))
+    for path in (blocker / "mnist1d.npz", blocker / "sub" / "mnist1d.npz"):
+        data_module._write_npz(path, arrays)
+        assert data_module._read_npz(path) is None
+    assert blocker.read_text() == "not a folder" and sorted(tmp_path.iterdir()) == [blocker]
+
+
 @pytest.mark.slow  # generates another dataset
 def test_mnist1d_seed_changes_the_data(mnist1d):
     other = load_task_data("mnist1d", seed=1)

@@ -19,6 +19,7 @@ classify: `TaskData` also says what is measured on a batch (cross-entropy, top-1
 a user's own data and loss provide too (`esper.tolaria.userdata`).
 """
 
+import contextlib
 import importlib.metadata
 import inspect
 import math
@@ -358,8 +359,9 @@ def _write_npz(path: Path, arrays: tuple[np.ndarray, ...]) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **dict(zip(_KEYS, arrays)))
         os.replace(tmp, path)
-    except OSError:  # a read-only or full disk only costs the next process a regeneration
-        tmp.unlink(missing_ok=True)
+    except OSError:  # a read-only or full disk, or a cache path under a file, only costs the next process a regeneration
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 # ---- cifar10 -----------------------------------------------------------------------------------
