@@ -22,7 +22,6 @@ from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, 
 from esper.leyline.stages import SeedStage
 from esper.simic.features import ActionMask, FeatureSpec, action_mask, encode, from_command, joint_index
 from esper.simic.rewards import COMPONENTS, RewardConfig, StepOutcome, components, reward
-from esper.store.readonly import reading_statements
 from esper.store.workspace import RUNS_COLUMNS
 from esper.tamiyo.observation import Observation, ObservationProjection
 
@@ -187,19 +186,14 @@ def select_runs(reader, where: str | None, task: str) -> list[str]:
     if where is not None and not where.strip():
         raise BadInput("the runs filter is empty: give an SQL condition over the runs view, e.g. \"controller = 'heuristic'\"")
     reader.lock_down()
-    sql = "SELECT run_id FROM runs WHERE task = $task" + (f" AND ({where})" if where else "") + " ORDER BY run_id"
-    try:  # the condition is pasted into SQL: it must leave one reading statement, as `esper query` demands
-        statements = reading_statements(reader.con, sql)
-    except BadInput as exc:
-        raise BadInput(f"bad runs filter: {exc}") from None
-    if len(statements) != 1:
-        raise BadInput(f"bad runs filter {where!r}: give one SQL condition over the runs view, not statements")
-    try:
-        return [row[0] for row in reader.con.execute(sql, {"task": task}).fetchall()]
+    runs = reader.con.sql("SELECT * FROM runs").filter(duckdb.ColumnExpression("task") == duckdb.ConstantExpression(task))
+    try:  # parsed as one expression, never pasted into SQL: it cannot close the condition and add to the query
+        if where:
+            runs = runs.filter(where)
+        return [row[0] for row in runs.project("run_id").order("run_id").fetchall()]
     except duckdb.Error as exc:
-        raise BadInput(
-            f"bad runs filter: {first_line(exc)} (columns: {', '.join(RUNS_COLUMNS)})"
-        ) from None
+        raise BadInput(f"bad runs filter {where!r}: {first_line(exc)} (give one SQL condition over the columns "
+                       f"{', '.join(RUNS_COLUMNS)})") from None
 
 
 def workspace_episodes(reader, run_ids: list[str], spec: FeatureSpec, rewards: RewardConfig) -> tuple[list[Episode], list[str]]:
