@@ -198,15 +198,33 @@ def test_projection_file_lives_in_dot_nissa_and_is_not_an_event_store(workspace)
     assert len(workspace.store_files()) == 3
 
 
-def test_an_unusable_projection_file_falls_back_to_memory_with_a_note(tmp_path):
+def test_an_unusable_projection_path_falls_back_to_memory_with_a_note(tmp_path):
+    write_run(tmp_path, "heuristic", 0)
+    ws = Workspace.at(tmp_path)
+    bad = tmp_path / PROJECTION_DIR / PROJECTION_FILE
+    bad.mkdir(parents=True)  # not a file: nothing of ours to replace
+    with ws.reader() as reader, caught_up(ws, reader) as projector:
+        assert projector.path is None
+        assert any("projecting in memory" in note for note in projector.notes)
+        assert len(projector.fetch("epoch_metrics")) == 24
+    assert bad.is_dir()
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a duckdb file" * 100])
+def test_a_projection_file_that_is_no_database_is_made_again(tmp_path, content):
+    """An empty file (its creation cut short by a full disk) or garbage: the projections are derived, so the file is
+    made again, once, with a note; it does not send every later command to memory."""
     write_run(tmp_path, "heuristic", 0)
     ws = Workspace.at(tmp_path)
     bad = tmp_path / PROJECTION_DIR / PROJECTION_FILE
     bad.parent.mkdir()
-    bad.write_bytes(b"this is not a duckdb file" * 100)
+    bad.write_bytes(content)
     with ws.reader() as reader, caught_up(ws, reader) as projector:
-        assert projector.path is None
-        assert any("projecting in memory" in note for note in projector.notes)
+        assert projector.path == bad
+        assert [note for note in projector.notes if "made again" in note], projector.notes
+        assert len(projector.fetch("epoch_metrics")) == 24
+    with ws.reader() as reader, caught_up(ws, reader) as projector:
+        assert projector.path == bad and projector.notes == []
         assert len(projector.fetch("epoch_metrics")) == 24
 
 

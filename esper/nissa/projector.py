@@ -73,13 +73,26 @@ class Projector:
     @classmethod
     def open(cls, path: str | Path, projections: Sequence[Projection] | None = None) -> "Projector":
         path = Path(path)
+        notes = []
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(str(path))
+            try:
+                con = duckdb.connect(str(path))
+            except duckdb.Error as exc:
+                if not _no_database(path, exc):
+                    raise
+                # Derived from the stores, so made again: a file that is no database (its creation cut short by a
+                # full disk, say) would otherwise send every later command to memory, and never be repaired.
+                path.unlink()
+                path.with_name(path.name + ".wal").unlink(missing_ok=True)
+                con = duckdb.connect(str(path))
+                notes.append(f"projections {path} were no database ({first_line(exc)}): made again")
         except (OSError, duckdb.Error) as exc:
             raise StoreUnavailable(f"cannot open projections {path}: {first_line(exc)}") from None
         try:
-            return cls(con, projections, path)
+            projector = cls(con, projections, path)
+            projector.notes += notes
+            return projector
         except duckdb.Error as exc:
             con.close()
             raise StoreUnavailable(f"cannot use projections {path}: {first_line(exc)}") from None
@@ -368,4 +381,10 @@ def caught_up(workspace: Workspace, reader: Reader, check: Sequence[str] = ()) -
     return projector
 
 
+def _no_database(path: Path, exc: duckdb.Error) -> bool:
+    """Whether the projection file at `path` is a file but no DuckDB database (not one held by another process)."""
+    return path.is_file() and (path.stat().st_size == 0 or "not a valid DuckDB database file" in str(exc))
+
+
 __all__ = ["PROJECTION_DIR", "PROJECTION_FILE", "Projector", "caught_up"]
+
