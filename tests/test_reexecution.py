@@ -90,6 +90,18 @@ def test_numbers_within_the_tolerance_pass_and_are_reported(grown):
         verify_run(nudged, exact=True)
 
 
+def test_a_killed_run_re_executes_what_it_logged(grown):
+    """A run whose process was killed (SIGKILL, a crash) ends without RunFinished or RunFailed: its log up to there
+    is re-executed and compared, though the re-execution asks for decisions the log never recorded."""
+    killed = [r for r in grown if r.event.epoch is None or r.event.epoch <= 3]
+    assert not any(type(r.event).__name__ in ("RunFinished", "RunFailed") for r in killed)
+    verification = verify_run(killed, exact=True)
+    assert verification.events == len(killed)
+    assert any("without RunFinished or RunFailed" in note for note in verification.notes)
+    with pytest.raises(VerificationFailed, match="in val_loss"):
+        verify_run(_nudged_val_loss(killed), exact=True)
+
+
 def test_a_run_recorded_on_another_cpu_model_that_differs_names_both_cpus(grown):
     started = grown[0].event
     elsewhere = msgspec.structs.replace(started, versions=started.versions | {"cpu_model": "Some Other CPU"})

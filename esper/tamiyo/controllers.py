@@ -128,6 +128,10 @@ class RandomController:
         self._rng.setstate(state)
 
 
+class ScriptEnded(BadInput):
+    """The re-execution asks for a decision after the last one recorded."""
+
+
 class ScriptedController:
     """Replays recorded decisions in order (what `esper replay --verify` re-executes with)."""
 
@@ -139,7 +143,7 @@ class ScriptedController:
 
     def decide(self, obs: Observation) -> Command:
         if self._next >= len(self._issued):
-            raise BadInput("the recorded run issued fewer commands than the re-execution asks for")
+            raise ScriptEnded("the recorded run issued fewer commands than the re-execution asks for")
         issued = self._issued[self._next]
         self._next += 1
         self.decision_info = {"log_prob": issued.log_prob, "value": issued.value, "mask": issued.mask}

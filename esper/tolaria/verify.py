@@ -35,6 +35,7 @@ from esper.leyline.events import (
     CommandRejected,
     Event,
     RunFailed,
+    RunFinished,
     RunStarted,
     SeedGerminated,
     SeedTransitioned,
@@ -43,7 +44,7 @@ from esper.leyline.events import (
 )
 from esper.nissa.runstate import as_one_run
 from esper.store.recorder import Recorded
-from esper.tamiyo.controllers import ScriptedController
+from esper.tamiyo.controllers import ScriptedController, ScriptEnded
 from esper.tolaria.data import recorded_data
 from esper.tolaria.loop import ListSink, execute, policy_file_sha256
 from esper.tolaria.trainer import Computed
@@ -106,25 +107,33 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
     # re-execute it the same way (the weights are drawn in the same order either way).
     built = any(isinstance(r.event, SeedTransitioned) and r.event.trigger == "build" for r in recorded)
     data = recorded_data(started)  # bad input (another corpus) even where the run itself failed
+    last = recorded[-1].event
+    ended = isinstance(last, (RunFinished, RunFailed))  # else its process was killed: the log is what it wrote
     try:
         execute(started.config, ScriptedController(started.config.controller, issued), sink, preset=started.preset,
                 build_events=built or not started.config.architecture, data=data, computed=Computed.of(started))
+    except ScriptEnded:
+        if ended:
+            raise
     except EsperError:
-        if not isinstance(recorded[-1].event, RunFailed):
+        if not isinstance(last, RunFailed):
             raise
     # A run stopped from outside (Ctrl-C, SIGTERM) has no recorded cause to re-execute: what it logged before its
     # RunFailed is compared, and the re-execution, which runs on until the recorded commands end, may hold more.
-    last = recorded[-1].event
+    # So is the whole log of a killed run, which ends without either.
     stopped = isinstance(last, RunFailed) and last.interrupted
     compared = recorded[:-1] if stopped else recorded
     comparison = Comparison(exact, tolerance)
     for old, new in zip(compared, sink.events):
         comparison.compare(old, new)
-    if len(sink.events) < len(compared) or (not stopped and len(sink.events) != len(recorded)):
+    if len(sink.events) < len(compared) or (ended and not stopped and len(sink.events) != len(recorded)):
         raise VerificationFailed(f"re-execution wrote {len(sink.events)} events, the log holds {len(recorded)}")
     if stopped:
         comparison.notes.append(f"the run was stopped from outside ({last.error}) at seq {recorded[-1].seq}: its "
                                 f"{len(compared)} events before that were re-executed")
+    elif not ended:
+        comparison.notes.append(f"the run's log ends at seq {recorded[-1].seq} without RunFinished or RunFailed (its "
+                                f"process was killed): its {len(compared)} events were re-executed")
     return Verification(len(compared), exact, tolerance, comparison.deviations, comparison.notes)
 
 
