@@ -81,6 +81,15 @@ def test_export_then_import_round_trip(ws, tmp_path):
     assert invoke("report", "heur", "-w", str(fresh)).exit_code == 0
 
 
+@pytest.mark.parametrize("name", ["h.PARQUET", "h.JSONL", "h", "h.log"])
+def test_replay_reads_any_exported_file_by_its_content(ws, tmp_path, name):
+    """What `esper export --out` wrote, under any name, replays as `esper import` reads it: by content."""
+    out = tmp_path / name
+    assert invoke("export", "heur", "-w", str(ws), "--out", str(out)).exit_code == 0
+    replayed = invoke("replay", str(out), "-w", str(tmp_path / "elsewhere"))
+    assert replayed.exit_code == 0 and replayed.stdout.startswith(f"run {HEURISTIC}  finished"), replayed.stderr
+
+
 def test_export_to_standard_output_is_the_file_it_would_write(ws, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     piped = invoke("export", "heur", "-w", str(ws), "--out", "-")

@@ -60,10 +60,11 @@ def replay(
 
 def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list, bool]:
     """The events of RUN, its stored snapshots and whether a writer holds it now: from an exported file when RUN
-    names one (which carries no snapshots), else from the workspace; its hash chain checked first (`LogAltered` names
-    the first altered event)."""
+    names one (an export's suffix in any case, or any file that exists: its content says its format, as for `esper
+    import`; an export carries no snapshots), else from the workspace; its hash chain checked first (`LogAltered`
+    names the first altered event)."""
     path = Path(run)
-    if path.suffix in (".jsonl", ".parquet"):
+    if path.suffix.lower() in (".jsonl", ".parquet") or path.is_file():
         if not path.is_file():
             raise BadInput(f"no exported file {path}" + (" (it is a folder)" if path.is_dir() else ""))
         from esper.nissa.transfer import recorded_runs
