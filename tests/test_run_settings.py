@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import tomllib
 
 import pytest
 from cli_runner import invoke, one_line_error
@@ -35,6 +36,16 @@ def test_a_printed_config_starts_the_same_run(tmp_path):
     again = invoke("run", "--config", config, "--print-config", workspace=tmp_path)
     assert again.stdout == first.stdout
     assert not list(tmp_path.glob("*.duckdb")), "printing the config trains nothing"
+
+
+def test_a_printed_config_as_json_holds_what_the_toml_holds(tmp_path):
+    args = ("run", "--print-config", "--seed", "3", "--host-option", "channels=6", "--lifecycle", "blend_epochs=1")
+    toml = tomllib.loads(invoke(*args, workspace=tmp_path).stdout)
+    printed = invoke(*args, "--json", workspace=tmp_path)
+    assert printed.exit_code == 0, printed.stderr
+    settings = json.loads(printed.stdout)
+    assert {k: v for k, v in settings.items() if v is not None} == toml
+    assert settings["seed"] == 3 and settings["host_options"] == {"channels": 6}
 
 
 def test_the_command_line_overrides_the_file(tmp_path):

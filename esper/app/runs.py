@@ -280,18 +280,22 @@ def _with_tensorboard(store: StoreSink, folder: str | None, run_id: str):
     return Both(), board
 
 
-def resolved_toml(planned: PlannedRun) -> str:
-    """The run's settings as a `--config` file that starts the same run: the preset's values filled in."""
+def resolved_settings(planned: PlannedRun) -> dict[str, Any]:
+    """The run's settings, the preset's values filled in: the keys of a `--config` file (None: not set)."""
     c, p, r = planned.config, planned.preset, planned.request
-    settings = msgspec.structs.asdict(r) | {
+    return msgspec.structs.asdict(r) | {
         "epochs": c.epochs, "anneal_epochs": c.anneal_epochs, "max_params": c.lifecycle.max_params, "like": c.like,
         "precision": c.precision,
         "lr": p.lr, "seed_lr": p.seed_lr, "batch_size": p.batch_size, "host": p.host, "host_options": p.host_options,
         "heuristic": msgspec.to_builtins(c.heuristic) if r.controller == "heuristic" else {},
         "lifecycle": {k: v for k, v in msgspec.to_builtins(c.lifecycle).items() if k != "max_params"},
     }
+
+
+def resolved_toml(planned: PlannedRun) -> str:
+    """The run's settings as a `--config` file that starts the same run: the preset's values filled in."""
     lines, tables = [], []
-    for key, value in settings.items():
+    for key, value in resolved_settings(planned).items():
         if isinstance(value, dict):
             tables.append(f"\n[{key}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in value.items()))
         elif value is not None:

@@ -75,7 +75,8 @@ def run(
     config_file: Optional[Path] = path_option(
         None, "--config", help="A TOML file of these settings (keys as the options, with _ for -; [heuristic], "
         "[lifecycle] and [host_options] tables); options given here override it."),
-    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved settings as TOML and exit."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved settings as TOML (with "
+                                      "--json: one JSON object, the same keys) and exit."),
     seeds: Optional[str] = typer.Option(
         None, "--seeds", help="Train many seeds of this configuration at once on Ray, e.g. 0-19 or 0,3,5: one line "
         "per finished run, then mean ± sd of their results (extra: '.[ray]')."),
@@ -106,7 +107,7 @@ def run(
     with runs.leading(ranks):
         planned = runs.plan_run(request, Workspace.at(workspace))
         if print_config:
-            print(runs.resolved_toml(planned), end="")
+            print(json_text(runs.resolved_settings(planned)) if as_json else runs.resolved_toml(planned).rstrip("\n"))
             return
         ws = writable_workspace(workspace)
         config = planned.config
