@@ -108,8 +108,8 @@ def ppo(
     from esper.app.learners import ppo_job
 
     if not resume and out.is_file():  # a trained policy is never replaced by a forgotten --resume
-        raise BadInput(f"{out} already holds a policy: --resume continues its job; for a new one give another --out "
-                       "or remove that file")
+        raise BadInput(f"{out} already exists: --resume continues the PPO job whose checkpoint it is; for a new job "
+                       "give another --out or remove that file")
     if resume and getattr(ctx.get_parameter_source("episodes"), "name", "") != "COMMANDLINE":
         episodes = 0  # on to the total the job was started with
     cfg = PPOConfig(
@@ -123,6 +123,8 @@ def ppo(
     )
     if resume:
         _refuse_changed_settings(ctx, cfg, out)
+    if ray_address is not None and workers <= 1:
+        raise BadInput("--ray-address is for --workers N with N > 1 (one worker plays here, without Ray)")
     try:
         result = ppo_job(cfg, out, writable_workspace(workspace), init=init, resume=resume, progress=say,
                          ray_address=ray_address)

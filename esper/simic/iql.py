@@ -109,6 +109,8 @@ def check(cfg: IQLConfig) -> None:
         raise BadInput(f"expectile must be inside (0, 1), got {cfg.expectile}")
     if not cfg.temperature > 0:
         raise BadInput(f"temperature must be positive, got {cfg.temperature}")
+    if cfg.seed < 0:
+        raise BadInput(f"seed must not be negative, got {cfg.seed}")
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
 
 

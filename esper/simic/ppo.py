@@ -364,7 +364,7 @@ def _check(cfg: PPOConfig) -> None:
                        f"{TRAIN_SEEDS} are for evaluation, and a job's run seeds are {TRAIN_SEEDS} + 100,000 × seed + ...)")
     if cfg.select_every < 0:
         raise BadInput(f"select_every must not be negative, got {cfg.select_every}")
-    if cfg.select_every and not 1 <= cfg.select_runs <= 100_000 - SELECT_OFFSET:
+    if not 1 <= cfg.select_runs <= 100_000 - SELECT_OFFSET:  # checked with selection off too: a typo is a typo
         raise BadInput(f"select_runs must be between 1 and {100_000 - SELECT_OFFSET:,}, got {cfg.select_runs}")
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
     if cfg.ent_coef < 0 or (cfg.target_kl is not None and cfg.target_kl < 0):
@@ -390,8 +390,9 @@ def _check_logged(out: Path, workspace: Workspace) -> None:
             "SELECT payload->>'$.sha256' FROM events WHERE type = 'CheckpointSaved' AND (payload->>'$.path') = ?",
             [str(out.resolve())]).fetchall()}
     if logged and hashlib.sha256(out.read_bytes()).hexdigest() not in logged:
-        raise BadInput(f"cannot resume: {out} is not a checkpoint its job logged (its sha256 is in no CheckpointSaved for "
-                       "this path): it was changed since; resume from an untouched file")
+        raise BadInput(f"cannot resume: {out} is not a checkpoint its job logged in {workspace.root} (its sha256 is in no "
+                       "CheckpointSaved for this path): it was changed since, or a job resumed in another workspace "
+                       "wrote it (resume with that one's --workspace)")
 
 
 def checkpoint_config(out: Path) -> PPOConfig:
