@@ -4,6 +4,7 @@ transformer has an `embed` first), grown like any user's model by `esper.kasmina
 """
 
 import inspect
+import json
 from collections import OrderedDict
 
 import torch
@@ -151,14 +152,27 @@ def preset_host(preset: TaskPreset) -> GrowableModel:
 
 
 def host_problem(name: str, options: dict) -> str | None:
-    """Why `build_host(name, **options)` would fail (None if it would not): an unknown host or option."""
+    """Why `build_host(name, **options)` would fail (None if it would not): an unknown host or option, or a value
+    of another kind than the option's (a number for a true/false option, true or 1.5 for a whole number)."""
     if name not in HOSTS:
         return f"unknown host {name!r} (hosts: {', '.join(HOSTS)})"
-    known = [p for p in inspect.signature(HOSTS[name]).parameters]
+    known = inspect.signature(HOSTS[name]).parameters
     unknown = [k for k in options if k not in known]
     if unknown:
         return f"host {name} has no option {unknown[0]!r} (options: {', '.join(known)})"
+    for key, value in options.items():
+        kind = known[key].annotation
+        if kind in _KINDS and not _KINDS[kind][1](value):
+            return f"host {name} option {key} takes {_KINDS[kind][0]}, got {json.dumps(value)}"
     return None
+
+
+_KINDS = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+}
+"""What a host option of each annotated type accepts, as said and as checked (bool is an int to Python, not here)."""
 
 
 def build_host(name: str, **kw) -> GrowableModel:
