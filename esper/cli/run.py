@@ -81,7 +81,8 @@ def run(
         None, "--seeds", help="Train many seeds of this configuration at once on Ray, e.g. 0-19 or 0,3,5: one line "
         "per finished run, then mean ± sd of their results (extra: '.[ray]')."),
     ray_address: Optional[str] = RayAddress,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object on stdout (with --seeds: "
+                                 "one line per run as it ends, then a summary line)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Train one run on a task, growing it with the chosen controller; every step is an event."""
