@@ -141,7 +141,7 @@ def _poll(ray: Any, refs: list[Any]) -> tuple[list[Any], list[Any]]:
     return done, pending
 
 
-POLL_S = 0.05
+POLL_S = 0.01
 """A poll is one cheap `ray.wait`; a free place waits at most this long for its next task."""
 
 
