@@ -58,6 +58,17 @@ def _given(info: typer.models.ParameterInfo, value: str) -> list[str]:
     return [value] if isinstance(info, typer.models.ArgumentInfo) else [info.param_decls[0], value]
 
 
+def test_every_command_reads_its_own_defaults():
+    """Each command's line, with placeholders for what it requires, is read (defaults through their parsers: a
+    default path goes through `path_option`'s) without running the command."""
+    commands = typer.main.get_command(app).commands
+    for name, params, _ in _parameters():
+        required = [a for o in params.values() if o.default is ... for a in _given(o, "x")]
+        with commands[name].make_context(name, required) as ctx:
+            assert set(ctx.params) == set(params), name
+    assert len(commands) >= 11
+
+
 def test_an_empty_path_is_refused_before_anything_runs(tmp_path, monkeypatch):
     """`-w ""`, `--out ""`, `--tensorboard ""` ...: a path given empty would quietly mean the current folder
     (records, schemas, event files written there). Each is refused when the command line is read, and nothing is

@@ -40,15 +40,16 @@ def _root(
     """Morphogenetic neural networks on an event-sourced lifecycle engine."""
 
 
-def nonempty_path(text: str) -> str:
-    """A path given on the command line, as given. An empty one is refused: it would quietly mean the current
-    folder (`-w ""` recording into it, say)."""
+def nonempty_path(text: str | Path) -> str:
+    """A path given on the command line, as given (typer passes an option's default through here too). An empty or
+    blank one is refused: it would quietly mean the current folder (`-w ""` recording into it, say)."""
+    text = str(text)
     if not text.strip():
-        raise typer.BadParameter("an empty path (give a file or folder name)")
+        raise typer.BadParameter(f"{'an empty' if not text else 'a blank'} path (give a file or folder name)")
     return text
 
 
-def path_value(text: str) -> Path:
+def path_value(text: str | Path) -> Path:
     return Path(nonempty_path(text))
 
 
