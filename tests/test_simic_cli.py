@@ -218,7 +218,9 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["iql", "--expectile", "1.5", "--out", "x.pt"], "expectile must be inside (0, 1)"),
     (["iql", "--runs", "controller = = 'x'", "--out", "x.pt"], "bad runs filter"),
     (["iql", "--runs", "true); delete from events; select 1 where (true", "--out", "x.pt"], "syntax error"),
-    (["iql", "--runs", "true); select 1 where (true", "--out", "x.pt"], "give one SQL condition"),
+    (["iql", "--runs", "true); select 1 where (true", "--out", "x.pt"], "syntax error"),
+    (["iql", "--runs", "runs.controller = 'nobody'", "--out", "x.pt"], "dataset is empty"),  # the view's name reads
+    (["iql", "--runs", "nosuch = 1", "--out", "x.pt"], 'column "nosuch" not found'),
     (["iql", "--runs", "true) union select null --", "--out", "x.pt"], "syntax error"),  # was an internal error
     (["iql", "--runs", "1) or (1=1", "--out", "x.pt"], "syntax error"),  # escaped the task's runs
     (["iql", "--runs", "true; delete from events", "--out", "x.pt"], "bad runs filter"),

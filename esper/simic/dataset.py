@@ -186,11 +186,12 @@ def select_runs(reader, where: str | None, task: str) -> list[str]:
     if where is not None and not where.strip():
         raise BadInput("the runs filter is empty: give an SQL condition over the runs view, e.g. \"controller = 'heuristic'\"")
     reader.lock_down()
-    runs = reader.con.sql("SELECT * FROM runs").filter(duckdb.ColumnExpression("task") == duckdb.ConstantExpression(task))
-    try:  # parsed as one expression, never pasted into SQL: it cannot close the condition and add to the query
-        if where:
-            runs = runs.filter(where)
+    runs = reader.con.table("runs")  # named runs, so a condition may say runs.controller or correlate a subquery
+    runs = runs.filter(duckdb.ColumnExpression("task") == duckdb.ConstantExpression(task))
+    if where is None:
         return [row[0] for row in runs.project("run_id").order("run_id").fetchall()]
+    try:  # parsed as one expression, never pasted into SQL: it cannot close the condition and add to the query
+        return [row[0] for row in runs.filter(where).project("run_id").order("run_id").fetchall()]
     except duckdb.Error as exc:
         raise BadInput(f"bad runs filter {where!r}: {first_line(exc)} (give one SQL condition over the columns "
                        f"{', '.join(RUNS_COLUMNS)})") from None
