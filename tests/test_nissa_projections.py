@@ -1,5 +1,7 @@
 """Projections: incremental catch-up gives exactly what a rebuild from zero gives, table by table."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -208,6 +210,26 @@ def test_an_unusable_projection_path_falls_back_to_memory_with_a_note(tmp_path):
         assert any("projecting in memory" in note for note in projector.notes)
         assert len(projector.fetch("epoch_metrics")) == 24
     assert bad.is_dir()
+
+
+def test_a_projection_file_another_process_holds_is_left_alone(tmp_path):
+    """Held by another process (a second esper creating it, say): projected in memory, the file never removed."""
+    write_run(tmp_path, "heuristic", 0)
+    ws = Workspace.at(tmp_path)
+    held = tmp_path / PROJECTION_DIR / PROJECTION_FILE
+    held.parent.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(60)", str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        inode = held.stat().st_ino
+        with ws.reader() as reader, caught_up(ws, reader) as projector:
+            assert projector.path is None
+            assert any("projecting in memory" in note for note in projector.notes)
+        assert held.stat().st_ino == inode
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.parametrize("content", [b"", b"this is not a duckdb file" * 100])

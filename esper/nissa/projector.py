@@ -382,8 +382,9 @@ def caught_up(workspace: Workspace, reader: Reader, check: Sequence[str] = ()) -
 
 
 def _no_database(path: Path, exc: duckdb.Error) -> bool:
-    """Whether the projection file at `path` is a file but no DuckDB database (not one held by another process)."""
-    return path.is_file() and (path.stat().st_size == 0 or "not a valid DuckDB database file" in str(exc))
+    """Whether the projection file at `path` is a file but no DuckDB database. An empty or garbage file says so; one
+    another process holds (creating it, say) says it could not be locked, and is left alone."""
+    return path.is_file() and "not a valid DuckDB database file" in str(exc)
 
 
 __all__ = ["PROJECTION_DIR", "PROJECTION_FILE", "Projector", "caught_up"]
