@@ -90,6 +90,13 @@ def test_replay_reads_any_exported_file_by_its_content(ws, tmp_path, name):
     assert replayed.exit_code == 0 and replayed.stdout.startswith(f"run {HEURISTIC}  finished"), replayed.stderr
 
 
+def test_a_file_that_is_no_export_leaves_replay_a_run_id(ws, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path(HEURISTIC).write_text("notes of mine\n")  # a file of the run's name in the current folder
+    replayed = invoke("replay", HEURISTIC, "-w", str(ws))
+    assert replayed.exit_code == 0 and replayed.stdout.startswith(f"run {HEURISTIC}  finished"), replayed.stderr
+
+
 def test_export_to_standard_output_is_the_file_it_would_write(ws, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     piped = invoke("export", "heur", "-w", str(ws), "--out", "-")

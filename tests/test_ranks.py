@@ -69,6 +69,7 @@ TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ESPER_RANKS_TIMEOUT")
     ({"WORLD_SIZE": "2", "RANK": "1", "ESPER_RANKS_TIMEOUT": "abc"}, "ESPER_RANKS_TIMEOUT='abc' must be a positive"),
     ({"WORLD_SIZE": "2", "RANK": "0", "ESPER_RANKS_TIMEOUT": "0"}, "ESPER_RANKS_TIMEOUT='0' must be a positive"),
     ({"WORLD_SIZE": "2", "RANK": "0", "ESPER_RANKS_TIMEOUT": "nan"}, "ESPER_RANKS_TIMEOUT='nan' must be a positive"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "ESPER_RANKS_TIMEOUT": "1e14"}, "ESPER_RANKS_TIMEOUT='1e14' must be a positive"),
 ])
 def test_torchrun_variables_no_torchrun_would_set_are_one_line(monkeypatch, env, says):
     for name in TORCHRUN_VARIABLES:
@@ -78,6 +79,14 @@ def test_torchrun_variables_no_torchrun_would_set_are_one_line(monkeypatch, env,
     assert launch.problem().startswith(says), launch.problem()
     with pytest.raises(BadInput):
         launch.place()
+
+
+def test_bad_input_is_said_by_a_process_that_runs_alone_whatever_its_rank_variable(tmp_path):
+    """RANK=1 without WORLD_SIZE is no torchrun: the process runs alone and says what is wrong with its command."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES} | {"RANK": "1"}
+    done = subprocess.run([sys.executable, "-m", "esper", "runs", "-w", str(tmp_path / "missing")], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 2 and "does not exist" in done.stderr, done.stderr
 
 
 def test_torchrun_variables_give_the_place_or_none(monkeypatch):

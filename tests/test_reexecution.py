@@ -97,7 +97,9 @@ def test_a_killed_run_re_executes_what_it_logged(grown):
     assert not any(type(r.event).__name__ in ("RunFinished", "RunFailed") for r in killed)
     verification = verify_run(killed, exact=True)
     assert verification.events == len(killed)
-    assert any("without RunFinished or RunFailed" in note for note in verification.notes)
+    assert any("without RunFinished or RunFailed (its process was killed)" in note for note in verification.notes)
+    running = verify_run(killed, exact=True, running=True)
+    assert any("without RunFinished or RunFailed (it is still being written)" in n for n in running.notes)
     with pytest.raises(VerificationFailed, match="in val_loss"):
         verify_run(_nudged_val_loss(killed), exact=True)
 

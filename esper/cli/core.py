@@ -46,7 +46,7 @@ def replay(
 
         reexecutable(recorded)
         say(f"verifying {run_id}: re-executing it from its config, preset and {state.commands} recorded commands ...")
-        verification = verify_run(recorded, exact=exact, tolerance=tolerance)
+        verification = verify_run(recorded, exact=exact, tolerance=tolerance, running=live)
         for note in verification.notes:
             say(f"note: {note}")
         say(f"verified: {verification.describe()}")
@@ -60,11 +60,10 @@ def replay(
 
 def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list, bool]:
     """The events of RUN, its stored snapshots and whether a writer holds it now: from an exported file when RUN
-    names one (an export's suffix in any case, or any file that exists: its content says its format, as for `esper
-    import`; an export carries no snapshots), else from the workspace; its hash chain checked first (`LogAltered`
-    names the first altered event)."""
+    names one (`_names_export`; an export carries no snapshots), else from the workspace; its hash chain checked first
+    (`LogAltered` names the first altered event)."""
     path = Path(run)
-    if path.suffix.lower() in (".jsonl", ".parquet") or path.is_file():
+    if _names_export(path):
         if not path.is_file():
             raise BadInput(f"no exported file {path}" + (" (it is a folder)" if path.is_dir() else ""))
         from esper.nissa.transfer import recorded_runs
@@ -87,6 +86,21 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list, boo
         if note := reader.check_run(run_id):
             say(f"note: {note}")
         return run_id, reader.read_run(run_id), reader.snapshots(run_id), reader.is_live(run_id)
+
+
+def _names_export(path: Path) -> bool:
+    """Whether RUN names an exported file: an export's suffix (in any case), or a file that begins as an export does
+    (parquet's magic, or a JSON line), whatever its name. Any other file leaves RUN a run id."""
+    if path.suffix.lower() in (".jsonl", ".parquet"):
+        return True
+    if not path.is_file():
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except OSError:
+        return True  # the reader says why it cannot be read
+    return head.startswith(b"PAR1") or head.lstrip()[:1] == b"{"
 
 
 def _print_story(s: dict) -> None:

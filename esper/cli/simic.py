@@ -108,8 +108,8 @@ def ppo(
     from esper.app.learners import ppo_job
 
     if not resume and out.is_file():  # a trained policy is never replaced by a forgotten --resume
-        raise BadInput(f"{out} already exists: --resume continues the PPO job whose checkpoint it is; for a new job "
-                       "give another --out or remove that file")
+        raise BadInput(f"{out} already exists: if it is an esper ppo checkpoint, --resume continues its job; for a new "
+                       "job give another --out or remove that file")
     if resume and getattr(ctx.get_parameter_source("episodes"), "name", "") != "COMMANDLINE":
         episodes = 0  # on to the total the job was started with
     cfg = PPOConfig(

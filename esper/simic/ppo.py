@@ -364,7 +364,7 @@ def _check(cfg: PPOConfig) -> None:
                        f"{TRAIN_SEEDS} are for evaluation, and a job's run seeds are {TRAIN_SEEDS} + 100,000 × seed + ...)")
     if cfg.select_every < 0:
         raise BadInput(f"select_every must not be negative, got {cfg.select_every}")
-    if not 1 <= cfg.select_runs <= 100_000 - SELECT_OFFSET:  # checked with selection off too: a typo is a typo
+    if cfg.select_every and not 1 <= cfg.select_runs <= 100_000 - SELECT_OFFSET:
         raise BadInput(f"select_runs must be between 1 and {100_000 - SELECT_OFFSET:,}, got {cfg.select_runs}")
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
     if cfg.ent_coef < 0 or (cfg.target_kl is not None and cfg.target_kl < 0):

@@ -11,6 +11,8 @@ from esper.errors import BadInput
 TIMEOUT_S = 600.0
 """Seconds a rank waits in any collective (`ESPER_RANKS_TIMEOUT` overrides): long enough for rank 0 to evaluate an
 epoch while the followers wait for its next message, short enough that a lost rank is noticed."""
+MAX_TIMEOUT_S = 1e9
+"""About 30 years: longer than any collective, and well inside what a timedelta holds."""
 
 
 @attrs.frozen
@@ -58,8 +60,8 @@ def place() -> Place | None:
         timeout_s = TIMEOUT_S if timeout is None else float(timeout)
     except ValueError:
         timeout_s = math.nan
-    if not (math.isfinite(timeout_s) and timeout_s > 0):
-        raise BadInput(f"ESPER_RANKS_TIMEOUT={timeout!r} must be a positive number of seconds")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:  # NaN fails too
+        raise BadInput(f"ESPER_RANKS_TIMEOUT={timeout!r} must be a positive number of seconds, at most {MAX_TIMEOUT_S:.0e}")
     return Place(rank, world, local, timeout_s)
 
 
@@ -72,8 +74,13 @@ def launched() -> bool:
 
 
 def leading() -> bool:
-    """Whether this process is rank 0 (or runs alone): the one that speaks for all."""
-    return (_variable("RANK") or "0") == "0"
+    """Whether this process is rank 0 (or runs alone): the one that speaks for all. With torchrun's variables wrong,
+    every process speaks (`problem` says what is wrong)."""
+    try:
+        where = place()
+    except BadInput:
+        return True
+    return where is None or where.rank == 0
 
 
 def problem() -> str | None:

@@ -97,8 +97,10 @@ def reexecutable(recorded: list[Recorded]) -> RunStarted:
     return started
 
 
-def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = VERIFY_TOLERANCE) -> Verification:
-    """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event."""
+def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = VERIFY_TOLERANCE,
+               running: bool = False) -> Verification:
+    """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event.
+    `running`: a writer holds the run now (its log so far is compared, as a killed run's is)."""
     recorded = as_one_run(recorded)
     started = reexecutable(recorded)
     issued = [r.event for r in recorded if isinstance(r.event, CommandIssued)]
@@ -132,8 +134,9 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
         comparison.notes.append(f"the run was stopped from outside ({last.error}) at seq {recorded[-1].seq}: its "
                                 f"{len(compared)} events before that were re-executed")
     elif not ended:
-        comparison.notes.append(f"the run's log ends at seq {recorded[-1].seq} without RunFinished or RunFailed (its "
-                                f"process was killed): its {len(compared)} events were re-executed")
+        why = "it is still being written" if running else "its process was killed"
+        comparison.notes.append(f"the run's log ends at seq {recorded[-1].seq} without RunFinished or RunFailed ({why}): "
+                                f"its {len(compared)} events were re-executed")
     return Verification(len(compared), exact, tolerance, comparison.deviations, comparison.notes)
 
 
