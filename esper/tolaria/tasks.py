@@ -36,13 +36,14 @@ TASKS: dict[str, TaskPreset] = {
             epochs=30,
             augment=True,
         ),
-        TaskPreset(  # sized for a run of 1–3 minutes of one CPU thread (40 steps an epoch); growth pays ~0.07 bits/char
+        TaskPreset(  # sized for a run of 1–3 minutes of one CPU thread (40 steps an epoch); the host's rate: the
+            # heuristic's best point of `benchmarks/tune.py --task text` (a small grid on seeds 100-102, docs/notes/growth.md)
             name="text",
             host="transformer",
             host_options={"context": 64},
             batch_size=32,
             optimizer="adam",
-            lr=3e-3,
+            lr=1e-2,
             weight_decay=0.0,
             seed_lr=3e-3,
             epochs=20,
