@@ -46,12 +46,13 @@ def test_every_option_that_sets_a_field_defaults_to_the_field(command, config):
 
 
 def _parameters():
-    """(command, its name on the command line, each of its parameters' name and typer info) for every command."""
+    """For every command: its name on the command line, its parameters' typer infos and their annotations, by name."""
     for command in app.registered_commands:
         name = command.name or command.callback.__name__.replace("_", "-")
-        params = {k: p.default for k, p in inspect.signature(command.callback).parameters.items()
+        signature = inspect.signature(command.callback).parameters
+        params = {k: p.default for k, p in signature.items()
                   if isinstance(p.default, (typer.models.OptionInfo, typer.models.ArgumentInfo))}
-        yield name, params, {k: p.annotation for k, p in inspect.signature(command.callback).parameters.items()}
+        yield name, params, {k: p.annotation for k, p in signature.items()}
 
 
 def _given(info: typer.models.ParameterInfo, value: str) -> list[str]:

@@ -95,12 +95,14 @@ def _names_export(path: Path) -> bool:
         return True
     if not path.is_file():
         return False
+    from esper.nissa.transfer import begins_as_export
+
     try:
         with path.open("rb") as f:
             head = f.read(64)
     except OSError:
         return True  # the reader says why it cannot be read
-    return head.startswith(b"PAR1") or head.lstrip()[:1] == b"{"
+    return begins_as_export(head)
 
 
 def _print_story(s: dict) -> None:

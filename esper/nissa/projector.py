@@ -388,4 +388,3 @@ def _no_database(path: Path, exc: duckdb.Error) -> bool:
 
 
 __all__ = ["PROJECTION_DIR", "PROJECTION_FILE", "Projector", "caught_up"]
-

@@ -218,6 +218,11 @@ class Row:
 Heads = dict[str, tuple[int, str | None]]
 
 
+def begins_as_export(head: bytes) -> bool:
+    """Whether a file's first bytes are those of an export: parquet's magic, or a jsonl line's opening brace."""
+    return head.startswith(_PARQUET_MAGIC) or head.lstrip()[:1] == b"{"
+
+
 def read_file(path: Path, notes: list[str] | None = None) -> list[Row]:
     """Every row of an exported file, validated; `BadInput` (one line, naming the row) if anything is off,
     `LogAltered` if a run's hash chain or the trailer's head of it does not hold. A run written before the

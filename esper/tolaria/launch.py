@@ -65,32 +65,32 @@ def place() -> Place | None:
     return Place(rank, world, local, timeout_s)
 
 
-def launched() -> bool:
-    """Whether `torchrun` started this process as one of several (`place` says what is wrong with its variables)."""
+def _checked() -> tuple[Place | None, str | None]:
+    """`place()`, and what is wrong with torchrun's variables instead (None: nothing)."""
     try:
-        return place() is not None
-    except BadInput:
-        return True  # the variables say torchrun, but wrongly: `refusal` reports it
+        return place(), None
+    except BadInput as exc:
+        return None, str(exc)
+
+
+def launched() -> bool:
+    """Whether `torchrun` started this process as one of several; variables that say so wrongly count too
+    (`problem` says what is wrong with them)."""
+    where, wrong = _checked()
+    return where is not None or wrong is not None
 
 
 def leading() -> bool:
     """Whether this process is rank 0 (or runs alone): the one that speaks for all. With torchrun's variables wrong,
-    every process speaks (`problem` says what is wrong)."""
-    try:
-        where = place()
-    except BadInput:
-        return True
-    return where is None or where.rank == 0
+    every process speaks."""
+    where, wrong = _checked()
+    return wrong is not None or where is None or where.rank == 0
 
 
 def problem() -> str | None:
     """What is wrong with torchrun's variables as this process sees them (None: nothing). Each rank's are its own,
     so every rank says it."""
-    try:
-        place()
-    except BadInput as exc:
-        return str(exc)
-    return None
+    return _checked()[1]
 
 
 def refusal(args: list[str]) -> str | None:
