@@ -29,6 +29,10 @@ class BadInput(EsperError):
     exit_code = 2
 
 
+class RankBadInput(BadInput):
+    """Bad input only one rank of a torchrun launch finds (its own LOCAL_RANK): that rank says it, not rank 0."""
+
+
 class UnknownRun(BadInput):
     """No store in the workspace holds the requested run."""
 

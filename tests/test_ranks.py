@@ -5,9 +5,11 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -87,6 +89,24 @@ def test_bad_input_is_said_by_a_process_that_runs_alone_whatever_its_rank_variab
     done = subprocess.run([sys.executable, "-m", "esper", "runs", "-w", str(tmp_path / "missing")], capture_output=True,
                           text=True, timeout=120, env=env)
     assert done.returncode == 2 and "does not exist" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["ppo", "--out", "p.pt"], ["run", "--device", "cuda:1"]])
+def test_a_refusing_follower_waits_for_torchrun_to_stop_it_and_says_nothing(tmp_path, args):
+    """torchrun stops every rank once one ends in error: a follower that ended first could have rank 0 stopped before
+    it said why. The follower stays, silent, until it is stopped (SIGTERM, as torchrun sends), then ends with 2."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES} | {"WORLD_SIZE": "2", "RANK": "1"}
+    follower = subprocess.Popen([sys.executable, "-m", "esper", *args, "--workspace", str(tmp_path)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(12)  # long enough to reach the refusal (torch imported); stopped before, it would end with 143
+        assert follower.poll() is None, follower.communicate()
+        follower.send_signal(signal.SIGTERM)
+        out, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert follower.returncode == 2 and out == "" and err == "", (follower.returncode, out, err)
 
 
 def test_torchrun_variables_give_the_place_or_none(monkeypatch):

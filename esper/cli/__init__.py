@@ -46,6 +46,7 @@ def _run() -> int:
     if (why := launch.refusal(sys.argv[1:])) is not None:  # every rank refuses; rank 0 says why, once
         if launch.leading():
             say(f"esper: {why}")
+        launch.defer_to_rank_0()
         return 2
     try:
         result = app(standalone_mode=False)

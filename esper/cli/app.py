@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from esper.errors import BadInput, EsperError, RankStopped, Terminated, first_line
+from esper.errors import BadInput, EsperError, RankBadInput, RankStopped, Terminated, first_line
 from esper.tolaria import launch
 
 app = typer.Typer(
@@ -127,18 +127,19 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except RankStopped as exc:  # a follower rank: rank 0 has said why
             raise typer.Exit(exc.exit_code) from None
         except BadInput as exc:  # under torchrun every rank reads the same command line: rank 0 says what is wrong
-            if launch.leading():
+            if launch.leading() or isinstance(exc, RankBadInput):
                 say(f"esper: {exc}")
+            else:
+                launch.defer_to_rank_0()
             raise typer.Exit(exc.exit_code) from None
         except EsperError as exc:
             say(f"esper: {exc}")
             raise typer.Exit(exc.exit_code) from None
-        except Terminated:
-            say("esper: terminated")
-            raise typer.Exit(143) from None
-        except KeyboardInterrupt:
-            say("esper: interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (`Terminated`): under torchrun rank 0 says it for all
+            stopped = isinstance(exc, Terminated)
+            if launch.leading():
+                say("esper: terminated" if stopped else "esper: interrupted")
+            raise typer.Exit(143 if stopped else 130) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # a bug of ours: still one line, with the way to see more

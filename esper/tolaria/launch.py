@@ -3,16 +3,19 @@ so that the command line can refuse what ranks cannot share before anything load
 
 import math
 import os
+import time
 
 import attrs
 
-from esper.errors import BadInput
+from esper.errors import BadInput, Terminated
 
 TIMEOUT_S = 600.0
 """Seconds a rank waits in any collective (`ESPER_RANKS_TIMEOUT` overrides): long enough for rank 0 to evaluate an
 epoch while the followers wait for its next message, short enough that a lost rank is noticed."""
 MAX_TIMEOUT_S = 1e9
 """About 30 years: longer than any collective, and well inside what a timedelta holds."""
+DEFER_S = 60.0
+"""Longest a follower refusing a command line waits for rank 0 to say why (`defer_to_rank_0`)."""
 
 
 @attrs.frozen
@@ -85,6 +88,18 @@ def leading() -> bool:
     every process speaks."""
     where, wrong = _checked()
     return wrong is not None or where is None or where.rank == 0
+
+
+def defer_to_rank_0() -> None:
+    """A follower refusing what every rank refuses alike stays until torchrun stops it (at most `DEFER_S`): torchrun
+    stops every rank as soon as one ends in error, so a follower that ended first could have rank 0 stopped before
+    it said why. Rank 0 (or a process alone) returns at once."""
+    if leading():
+        return
+    try:
+        time.sleep(DEFER_S)
+    except Terminated:  # torchrun's stop, once rank 0 has ended
+        pass
 
 
 def problem() -> str | None:

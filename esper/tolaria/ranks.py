@@ -48,7 +48,7 @@ import msgspec
 import torch
 import torch.distributed as dist
 
-from esper.errors import BadInput, RunFailed, first_line
+from esper.errors import BadInput, RankBadInput, RunFailed, first_line
 from esper.tolaria import launch
 
 
@@ -245,7 +245,7 @@ def _rank_device(device: str, local_rank: int) -> torch.device:
     if not torch.cuda.is_available():
         raise BadInput("device cuda asked for, but CUDA is not available here (use cpu)")
     if local_rank >= torch.cuda.device_count():
-        raise BadInput(f"the rank with LOCAL_RANK {local_rank} needs cuda:{local_rank}, and this machine has "
+        raise RankBadInput(f"the rank with LOCAL_RANK {local_rank} needs cuda:{local_rank}, and this machine has "
                        f"{torch.cuda.device_count()} CUDA device(s): start at most that many ranks per node")
     return torch.device("cuda", local_rank)
 
