@@ -157,10 +157,10 @@ class RayPlayers:
             device = next((d for d in devices if d.startswith("cuda")), "cpu")
             self._play = cluster.remote(self.ray, _play_episode, device)
             self._play_greedy = cluster.remote(self.ray, _play_greedy_episode, device)
-            # each worker imports torch and this module before the first update, as a process pool's would: the
+            # each worker loads what an episode needs before the first update, as a process pool's would: the
             # first update's rollouts are then timed like any other's
             ready = cluster.remote(self.ray, _ready)
-            cluster.gather(self.ray, workers, lambda i, place: ready.remote())
+            cluster.gather(self.ray, workers, lambda i, place: ready.remote(task))
         except BaseException:
             self.close()
             raise
@@ -213,8 +213,10 @@ def _weights(net: PolicyNet) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
-def _ready() -> None:
-    """A Ray task that does nothing: running it makes a worker import this module (and torch)."""
+def _ready(task: str) -> None:
+    """A Ray task that readies a worker for episodes of `task`: it imports this module (and torch) and builds the
+    policy's spec, which traces the task's host (its first trace imports much of torch, ~3 s)."""
+    spec_for_task(task)
 
 
 def _play_episode(data: TaskData, store: str, config: RunConfig, run_id: str, state: dict[str, torch.Tensor],
