@@ -8,10 +8,14 @@ job's updates). Seeds: `--seeds` runs of the task preset (`--seed-epochs`, 0: it
 another in this process, then fanned out on Ray (`esper.app.seeds`, Ray's start included), `--repeats` times
 (`speedup`: no interpreter start or data generation is counted on either side). Then as a user runs them, as
 commands: `esper run --seed S` for each seed one after another, against one `esper run --seeds 0-N`
-(`speedup_commands`: each command starts Python, imports torch and makes its data).
+(`speedup_commands`: each command starts Python, imports torch and makes its data). Every speedup is the median
+over the repeats of each repeat's own ratio: its two jobs ran back to back, on the machine as it was then.
 A CPU run trains on one thread, so on a machine with c idle cores both should approach min(c, workers) times
-faster, less Ray's start-up (`ray_start_s`, measured alone). The load average of the machine before and after
-says how idle its cores were. Prints one JSON object.
+faster, less Ray's start-up (`ray_start_s`, measured alone). What the cores give is measured too: `core_scaling` is
+how many times the throughput of one process `--workers` processes reach on the same small convolution loop, with no
+Ray and no Esper (on cores that share a physical core, or a host that lends its cores to others, well below
+`--workers`); `*_of_core_scaling` is a speedup over it, the share of the machine's parallelism Ray turns into
+speed. The load average of the machine before and after says how idle its cores were. Prints one JSON object.
 
     .venv/bin/python benchmarks/workers.py [--workers 2] [--episodes 16] [--n-envs 4] [--epochs 10] [--seeds 4]
                                            [--seed-epochs 0] [--repeats 2] [--only rollouts|seeds]
@@ -19,6 +23,7 @@ says how idle its cores were. Prints one JSON object.
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -81,6 +86,32 @@ def commands_job(seeds: list[int], epochs: int, fanned_out: bool) -> float:
         return time.perf_counter() - started
 
 
+def convolution_loop_s(steps: int = 1500) -> float:
+    """Seconds of `steps` forward and backward passes of a small 1-D convolution on one thread: CPU work like a run's."""
+    import torch
+
+    torch.set_num_threads(1)
+    x, conv = torch.randn(128, 32, 40), torch.nn.Conv1d(32, 32, 5, padding=2)
+    for _ in range(50):  # warm-up
+        conv(x).relu().sum().backward()
+    started = time.perf_counter()
+    for _ in range(steps):
+        conv(x).relu().sum().backward()
+    return time.perf_counter() - started
+
+
+def core_scaling(processes: int, repeats: int) -> float:
+    """How many times one process's throughput `processes` processes reach on `convolution_loop_s` together
+    (median over `repeats`, each alone then together)."""
+    ratios = []
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        for _ in range(repeats):
+            alone = pool.apply(convolution_loop_s)
+            together = pool.map(convolution_loop_s, [1500] * processes, chunksize=1)
+            ratios.append(processes * alone / max(together))
+    return round(statistics.median(ratios), 2)
+
+
 def ray_start_s() -> float:
     """Seconds to start a local Ray and shut it down again, alone."""
     started = time.perf_counter()
@@ -101,11 +132,15 @@ def main() -> None:
     parser.add_argument("--only", choices=("rollouts", "seeds"), default=None, help="measure this part alone")
     args = parser.parse_args()
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "load_before": os.getloadavg()[0],
-              "ray_start_s": round(ray_start_s(), 2)}
+              "ray_start_s": round(ray_start_s(), 2), "core_scaling": core_scaling(args.workers, args.repeats)}
+    say(f"{args.workers} processes reach {report['core_scaling']} times one's throughput on a convolution loop")
     if args.only in (None, "rollouts"):
         report["rollouts"] = rollouts(args)
+        report["rollouts"]["speedup_rollouts_of_core_scaling"] = round(
+            report["rollouts"]["speedup_rollouts"] / report["core_scaling"], 2)
     if args.only in (None, "seeds"):
         report["seeds"] = fan_out(args)
+        report["seeds"]["speedup_of_core_scaling"] = round(report["seeds"]["speedup"] / report["core_scaling"], 2)
     report["load_after"] = os.getloadavg()[0]
     print(json.dumps(report))
 
@@ -122,9 +157,9 @@ def rollouts(args) -> dict:
     for workers, rows in measured.items():
         out[f"workers_{workers}"] = {"job_s": round(statistics.median(w for w, _ in rows), 2),
                                      "env_steps_per_s": round(statistics.median(r for _, r in rows), 3)}
-    one, many = out["workers_1"], out[f"workers_{args.workers}"]
-    out["speedup_job"] = round(one["job_s"] / many["job_s"], 2)
-    out["speedup_rollouts"] = round(many["env_steps_per_s"] / one["env_steps_per_s"], 2)
+    pairs = list(zip(measured[1], measured[args.workers]))  # each repeat's two jobs ran back to back
+    out["speedup_job"] = round(statistics.median(a[0] / b[0] for a, b in pairs), 2)
+    out["speedup_rollouts"] = round(statistics.median(b[1] / a[1] for a, b in pairs), 2)
     return out
 
 
@@ -142,9 +177,14 @@ def fan_out(args) -> dict:
             say(f"seeds 0-{seeds[-1]}, repeat {r + 1}: {way} {wall:6.1f} s")
     out = {"seeds": f"0-{seeds[-1]}", "epochs": args.seed_epochs or "preset", "repeats": args.repeats}
     out |= {f"{way}_s": round(statistics.median(walls), 2) for way, walls in measured.items()}
-    out["speedup"] = round(out["sequential_s"] / out["ray_s"], 2)
-    out["speedup_commands"] = round(out["commands_sequential_s"] / out["commands_seeds_s"], 2)
+    out["speedup"] = paired_speedup(measured["sequential"], measured["ray"])
+    out["speedup_commands"] = paired_speedup(measured["commands_sequential"], measured["commands_seeds"])
     return out
+
+
+def paired_speedup(baseline: list[float], faster: list[float]) -> float:
+    """The median over repeats of baseline / faster seconds, each repeat's pair measured back to back."""
+    return round(statistics.median(a / b for a, b in zip(baseline, faster)), 2)
 
 
 def say(line: str) -> None:
