@@ -197,6 +197,8 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["ppo", "--init-temperature", "0", "--out", "x.pt"], "init_temperature must be positive"),
     (["ppo", "--init-temperature", "2", "--out", "x.pt"], "softens a starting policy"),
     (["ppo", "--devices", "tpu", "--out", "x.pt"], "device"),
+    (["ppo", "--devices", "", "--out", "x.pt"], "--devices '' names an empty device"),
+    (["ppo", "--devices", "cpu,,cpu", "--out", "x.pt"], "--devices 'cpu,,cpu' names an empty device"),
     (["ppo", "--resume", "--out", "missing.pt"], "no checkpoint"),
     (["ppo", "--lr", "-1", "--out", "x.pt"], "learning_rate must be a positive number"),
     (["ppo", "--gamma", "1.5", "--out", "x.pt"], "gamma must be in (0, 1]"),

@@ -28,6 +28,14 @@ ParamBudget = typer.Option(REWARD.param_budget, "--param-budget",
                                 "beyond them (0: no budget).")
 
 
+def _devices(text: str) -> tuple[str, ...]:
+    """The devices of `--devices`, in order; an empty name (`--devices ''`, `cpu,,cuda`) is bad input, not cpu."""
+    devices = tuple(d.strip() for d in text.split(","))
+    if not all(devices):
+        raise BadInput(f"--devices {text!r} names an empty device: give comma-separated devices, e.g. cpu or cuda:0,cuda:1")
+    return devices
+
+
 def _rewards(accuracy: float, contribution: float, params: float, terminal: float, budget: int) -> RewardConfig:
     return RewardConfig(accuracy=accuracy, contribution=contribution, params=params, terminal=terminal, param_budget=budget)
 
@@ -114,7 +122,7 @@ def ppo(
         episodes = 0  # on to the total the job was started with
     cfg = PPOConfig(
         task=task, n_envs=n_envs, episodes=episodes, epochs=epochs, seed=seed,
-        devices=tuple(d.strip() for d in devices.split(",") if d.strip()) or ("cpu",), telemetry=telemetry,
+        devices=_devices(devices), telemetry=telemetry,
         learning_rate=lr, hidden=hidden, update_epochs=update_epochs, minibatches=minibatches, ent_coef=ent_coef,
         target_kl=target_kl or None, gamma=gamma,
         reward=_rewards(reward_accuracy, reward_contribution, reward_params, reward_terminal, param_budget),
