@@ -64,11 +64,14 @@ def test_the_command_line_overrides_the_file(tmp_path):
     ("[lifecycle]\nregression_tolerance = nan\n", "regression_tolerance must be a finite number"),
     ("[lifecycle]\nmax_params = 9000\n", "set the size cap with max_params (--max-params)"),
     ("blend_schedule = 'cosine'\n", "unknown blend schedule 'cosine'"),
+    ("epochs = -3\n", "epochs must be positive, got -3"),
+    ("controller = 'scratch'\n", "controller scratch needs --like RUN"),
 ])
-def test_a_bad_config_is_one_line(tmp_path, text, message):
+def test_a_bad_config_is_one_line_naming_the_file(tmp_path, text, message):
     config = tmp_path / "run.toml"
     config.write_text(text)
-    assert message in one_line_error(invoke("run", "--config", config, workspace=tmp_path))
+    said = one_line_error(invoke("run", "--config", config, workspace=tmp_path))
+    assert message in said and str(config) in said, said
     assert not list(tmp_path.glob("*.duckdb"))
 
 

@@ -97,16 +97,18 @@ def run(
         return
     request = runs.request_from(config_file, given)
     if seeds is not None:
-        _run_seeds(seeds, request, ctx, as_json, workspace, ray_address)
+        _run_seeds(seeds, request, ctx, as_json, workspace, ray_address, config_file)
         return
     if ray_address is not None:
         raise BadInput("--ray-address is for --seeds (a single run trains here)")
-    ranks = runs.join_ranks(request)  # under torchrun: rank 0 runs what follows, the other ranks follow it
+    with _naming(config_file):
+        ranks = runs.join_ranks(request)  # under torchrun: rank 0 runs what follows, the other ranks follow it
     if ranks is not None and not ranks.leader:
         runs.follow(ranks)
         return
     with runs.leading(ranks):
-        planned = runs.plan_run(request, Workspace.at(workspace))
+        with _naming(config_file):
+            planned = runs.plan_run(request, Workspace.at(workspace))
         if print_config:
             print(json_text(runs.resolved_settings(planned)) if as_json else runs.resolved_toml(planned).rstrip("\n"))
             return
@@ -125,6 +127,17 @@ def run(
 
 
 NOT_SETTINGS = ("ctx", "resume", "config_file", "print_config", "as_json", "workspace", "seeds", "ray_address")
+
+
+@contextlib.contextmanager
+def _naming(config_file: Optional[Path]) -> Iterator[None]:
+    """A setting refused in the block names the config file it may have come from (nothing without a file)."""
+    try:
+        yield
+    except BadInput as exc:
+        if config_file is None:
+            raise
+        raise type(exc)(f"{exc} (settings from config {config_file} and the command line)") from None
 
 
 def _given(ctx: typer.Context) -> dict:
@@ -268,14 +281,15 @@ def _closing_table(run_id: str, result) -> str:
 
 
 def _run_seeds(text: str, request: "RunRequest", ctx: typer.Context, as_json: bool, workspace: Optional[Path],
-               ray_address: Optional[str]) -> None:
+               ray_address: Optional[str], config_file: Optional[Path]) -> None:
     """`--seeds`: every seed's run, a line (or JSON object) as each ends, then the summary; exit 1 if any failed."""
     from esper.app import seeds as fanout
 
     for name in ("seed", "print_config"):
         if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT":
             raise BadInput(f"--{name.replace('_', '-')} is for one run: drop it with --seeds")
-    planned = fanout.plan_seeds(request, fanout.parse_seeds(text), Workspace.at(workspace))
+    with _naming(config_file):
+        planned = fanout.plan_seeds(request, fanout.parse_seeds(text), Workspace.at(workspace))
     ws = writable_workspace(workspace)
     c = planned[0].config
     where = f"on Ray at {ray_address}" if ray_address else "on Ray" if len(planned) > 1 else "here"
