@@ -42,11 +42,10 @@ def replay(
     run_id, recorded, snapshots, live = _recorded(run, workspace)
     state = fold_checking(run_id, recorded, snapshots)
     if verify:
-        from esper.tolaria.verify import reexecutable, verify_run  # torch: only a re-execution loads it
+        from esper.tolaria.verify import verify_run  # torch: only a re-execution loads it
 
-        reexecutable(recorded)
-        say(f"verifying {run_id}: re-executing it from its config, preset and {state.commands} recorded commands ...")
-        verification = verify_run(recorded, exact=exact, tolerance=tolerance, running=live)
+        verification = verify_run(recorded, exact=exact, tolerance=tolerance, running=live, starting=lambda: say(
+            f"verifying {run_id}: re-executing it from its config, preset and {state.commands} recorded commands ..."))
         for note in verification.notes:
             say(f"note: {note}")
         say(f"verified: {verification.describe()}")

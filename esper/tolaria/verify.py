@@ -23,7 +23,7 @@ A resumed run is re-executed as one uninterrupted run: its checkpoints, `RunResu
 """
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import msgspec
@@ -81,8 +81,9 @@ class Verification:
                 f"{self.tolerance:.0e} relative ({close})")
 
 
-def reexecutable(recorded: list[Recorded]) -> RunStarted:
-    """The run's `RunStarted`, if its log holds everything re-execution needs; else one line saying why not."""
+def reexecutable(recorded: list[Recorded]) -> tuple[RunStarted, Any]:
+    """The run's `RunStarted` and its data, if its log holds everything re-execution needs; else one line saying why
+    not (checked before the data is loaded, except that a text run's corpus must be the one it read)."""
     if not recorded or not isinstance(recorded[0].event, RunStarted):
         raise IllegalEvent("the log does not start with RunStarted", recorded[0].position if recorded else None)
     started: RunStarted = recorded[0].event
@@ -92,23 +93,22 @@ def reexecutable(recorded: list[Recorded]) -> RunStarted:
                        "replay it without --verify to check its chain and every decision")
     Computed.of(started)  # a CPU run computed with another kernel set than this process's: one line, up front
     policy_file_sha256(started.config)  # a policy run is re-executed only beside the file it played
-    if started.corpus is not None:  # a text run only on its own text (reading it is quick: checked up front)
-        recorded_data(started)
-    return started
+    return started, recorded_data(started)  # bad input (another corpus) even where the run itself failed
 
 
 def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = VERIFY_TOLERANCE,
-               running: bool = False) -> Verification:
+               running: bool = False, starting: Callable[[], None] = lambda: None) -> Verification:
     """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event.
-    `running`: a writer holds the run now (its log so far is compared, as a killed run's is)."""
+    `running`: a writer holds the run now (its log so far is compared, as a killed run's is). `starting` is called
+    once the log is found re-executable and its data loaded, before the re-execution."""
     recorded = as_one_run(recorded)
-    started = reexecutable(recorded)
+    started, data = reexecutable(recorded)
+    starting()
     issued = [r.event for r in recorded if isinstance(r.event, CommandIssued)]
     sink = ListSink()
     # A scratch run recorded before the `build` transition existed has its architecture built without events:
     # re-execute it the same way (the weights are drawn in the same order either way).
     built = any(isinstance(r.event, SeedTransitioned) and r.event.trigger == "build" for r in recorded)
-    data = recorded_data(started)  # bad input (another corpus) even where the run itself failed
     last = recorded[-1].event
     ended = isinstance(last, (RunFinished, RunFailed))  # else its process was killed: the log is what it wrote
     try:
