@@ -211,6 +211,10 @@ class TaskPreset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     and deviation from correctly rounded sums, the same bits with any numpy on any machine; or "float32", with
     numpy's float32 reductions, whose last bits change with numpy's version: how runs logged before "exact" were
     made, and how they re-execute (their logged presets have no such field)."""
+    fossils_keep_state: bool = True
+    """Whether a fossilized seed's parameters keep their seed optimizer's state (Adam's moments, SGD's momentum)
+    when they join the host optimizer. False: they start afresh there, as every run logged before this field
+    trained (RunStarted v4 and older read as False)."""
     anneal_epochs: int = 0
     """Default of `RunConfig.anneal_epochs`: the run's last N epochs lower every learning rate towards 0
     (0: constant). Without it the final accuracy is whatever the last epoch's steps left: on mnist1d it

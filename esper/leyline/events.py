@@ -34,7 +34,7 @@ class Corpus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RunStarted(_Event, tag="RunStarted", kw_only=True):
-    schema_version: int = 4
+    schema_version: int = 5
     config: RunConfig
     preset: TaskPreset
     """The task preset the run trained with, whole: re-execution trains with this one, not with today's."""
@@ -82,6 +82,13 @@ def upcast_run_started_v2_v3(data: dict[str, Any]) -> dict[str, Any]:
 def upcast_run_started_v3_v4(data: dict[str, Any]) -> dict[str, Any]:
     """v4 records the precision; every v3 run computed in float32 (None would now mean bf16 on CUDA)."""
     data["config"] = {**data["config"], "precision": "fp32"}
+    return data
+
+
+@upcaster("RunStarted", from_version=4)
+def upcast_run_started_v4_v5(data: dict[str, Any]) -> dict[str, Any]:
+    """v5 records whether fossils keep their optimizer state; every v4 run started them afresh."""
+    data["preset"] = {**data["preset"], "fossils_keep_state": False}
     return data
 
 

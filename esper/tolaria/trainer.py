@@ -191,10 +191,18 @@ class Trainer:
                 raise BadInput(f"architecture names unknown slot {slot!r} (slots: {', '.join(self.model.slot_names)})")
             self._join_host(self.model.build(slot, f"built{i + 1}-{slot}", blueprint))
 
-    def _join_host(self, params: list[nn.Parameter]) -> None:
-        """A fossilized seed's parameters join the host optimizer's one group (its state starts fresh,
-        lazily): one group keeps the optimizer's step a single fused update however much the host grew."""
+    def _join_host(self, params: list[nn.Parameter], seed_optimizer: torch.optim.Optimizer | None = None) -> None:
+        """A seed's parameters join the host optimizer's one group: one group keeps the optimizer's step a single
+        fused update however much the host grew. A fossilized seed's keep the state its own optimizer built (Adam's
+        moments and step count, SGD's momentum) when the preset says so (`fossils_keep_state`); otherwise, and for a
+        seed built straight into the host, their state starts fresh. Started afresh, Adam's first steps move every
+        weight by about the full learning rate whatever its gradient: a jolt to the network the seed has just
+        joined (docs/notes/growth.md measures what it costs the grown model)."""
         self.host_optimizer.param_groups[0]["params"].extend(params)
+        if seed_optimizer is not None and self.preset.fossils_keep_state:
+            for p in params:
+                if p in seed_optimizer.state:
+                    self.host_optimizer.state[p] = seed_optimizer.state[p]
 
     # ---- carrying out lifecycle events ---------------------------------------------------------
 
@@ -230,8 +238,7 @@ class Trainer:
             steps = max(1, self.config.lifecycle.blend_epochs * self.data.steps(self.preset.batch_size))
             model.start_blending(seed_id, steps, self.config.blend_schedule)
         elif stage is SeedStage.FOSSILIZED:
-            self._join_host(model.fossilize(seed_id))
-            self.seed_optimizers.pop(seed_id, None)
+            self._join_host(model.fossilize(seed_id), self.seed_optimizers.pop(seed_id, None))
         elif stage is SeedStage.CULLED:
             model.cull(seed_id)
             self.seed_optimizers.pop(seed_id, None)
