@@ -13,8 +13,17 @@ class Terminated(KeyboardInterrupt):
     `KeyboardInterrupt` would be, so that it stops a job the same way: whole epochs kept, the run ended
     with `RunFailed`, worker processes stopped. The CLI exits 143 (128 + SIGTERM)."""
 
+    received = False
+    """Set by the CLI's handler as it raises: a library that turns what is raised inside its own wait into a plain
+    `KeyboardInterrupt` (Ray does: a SIGTERM inside `ray.wait` came out as Ctrl-C) loses the type, not the fact."""
+
     def __init__(self) -> None:
         super().__init__("terminated")
+
+
+def is_termination(exc: BaseException) -> bool:
+    """Whether `exc` is SIGTERM's stop, however a library in between passed it on."""
+    return isinstance(exc, Terminated) or (isinstance(exc, KeyboardInterrupt) and Terminated.received)
 
 
 class EsperError(Exception):
@@ -93,7 +102,7 @@ class RankStopped(EsperError):
 
 def exit_code_of(exc: BaseException) -> int:
     """The exit code the CLI returns for `exc`: 143 SIGTERM, 130 Ctrl-C, an Esper error's own, else 1."""
-    if isinstance(exc, Terminated):
+    if is_termination(exc):
         return 143
     if isinstance(exc, KeyboardInterrupt):
         return 130

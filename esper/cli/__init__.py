@@ -95,4 +95,5 @@ def _release(held: io.StringIO | None, closed: bool) -> int | None:
 
 def _terminate(signum: int, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut short the clean stop
+    Terminated.received = True
     raise Terminated

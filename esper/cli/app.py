@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from esper.errors import BadInput, EsperError, RankBadInput, RankStopped, Terminated, first_line
+from esper.errors import BadInput, EsperError, RankBadInput, RankStopped, first_line, is_termination
 from esper.tolaria import launch
 
 app = typer.Typer(
@@ -136,7 +136,7 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             say(f"esper: {exc}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (`Terminated`): under torchrun rank 0 says it for all
-            stopped = isinstance(exc, Terminated)
+            stopped = is_termination(exc)
             if launch.leading():
                 say("esper: terminated" if stopped else "esper: interrupted")
             raise typer.Exit(143 if stopped else 130) from None

@@ -133,8 +133,9 @@ def gather(ray: Any, n: int, start: Callable[[int, int], Any], at_once: int | No
 
 
 def _poll(ray: Any, refs: list[Any]) -> tuple[list[Any], list[Any]]:
-    """The tasks that have ended and the others, after a short sleep if none has. The waiting is Python's: a signal
-    that arrives inside `ray.wait` becomes a plain KeyboardInterrupt, and SIGTERM's `Terminated` would be lost."""
+    """The tasks that have ended and the others, after a short sleep if none has. The waiting is mostly Python's,
+    where a signal's exception keeps its type: one raised inside `ray.wait` comes out as a plain KeyboardInterrupt
+    (the CLI still knows a SIGTERM from `Terminated.received`)."""
     done, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
     if not done:
         time.sleep(POLL_S)
