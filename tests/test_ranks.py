@@ -162,8 +162,10 @@ def runs_in(workspace: Path) -> dict[str, list]:
 
 
 def torchrun(*args: str, workspace: Path, timeout: int = 600, **extra: str) -> subprocess.CompletedProcess:
+    temp = workspace.parent / f"{workspace.name}-tmp"  # torchrun's own folder, with the test's rather than in /tmp
+    temp.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ESPER_WORKSPACE": str(workspace), "ESPER_RANKS_TIMEOUT": "120",
-           **extra}
+           "TMPDIR": str(temp), **extra}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "esper", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)

@@ -6,6 +6,7 @@ start, and a run on it seconds more."""
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,9 +265,17 @@ def _ray_processes(temp_dir: str) -> list[str]:
     return [line for line in ps.splitlines() if temp_dir in line]
 
 
+@pytest.fixture
+def ray_temp_dir():
+    """A folder for a Ray of its own, removed afterwards: under /tmp, as Ray's socket paths must stay short."""
+    path = tempfile.mkdtemp(prefix="esper-ray-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_sigterm_ends_every_seeds_run_with_run_failed_and_leaves_no_ray_process(tmp_path):
-    temp_dir = tempfile.mkdtemp(prefix="esper-ray-")  # short: Ray's sockets live under it
+def test_sigterm_ends_every_seeds_run_with_run_failed_and_leaves_no_ray_process(tmp_path, ray_temp_dir):
+    temp_dir = ray_temp_dir
     env = environment(tmp_path, RAY_TMPDIR=temp_dir)
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_MODE", None)  # as a user who never heard of it
