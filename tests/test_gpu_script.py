@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_the_gpu_script_runs_every_part_on_cpu():
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ESPER_RANKS_TIMEOUT": "120"}
+def test_the_gpu_script_runs_every_part_on_cpu(tmp_path):
+    # TMPDIR: what the script and its torchrun put in a temporary folder stays with the test
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ESPER_RANKS_TIMEOUT": "120", "TMPDIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "benchmarks/gpu.py", "--cpu", "--quick", "--budget", "1200"], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=1500)
     assert done.returncode == 0, done.stderr[-2000:]
