@@ -21,7 +21,7 @@ from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConf
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import idle_heuristic, make_controller
-from esper.tolaria.loop import Progress, StoreSink, execute, resolve_config
+from esper.tolaria.loop import MAX_SEED, Progress, StoreSink, execute, resolve_config
 from esper.tolaria.tasks import TASKS
 from esper.tolaria.trainer import resolve_device
 from esper.tolaria.userdata import Loss, Score, UserData, check_first_batch
@@ -80,6 +80,7 @@ def fit(
                        "alone; grow a fresh one with esper.grow")
     knobs = _knobs(HeuristicConfig, heuristic, "heuristic")
     lifecycle = _knobs(LifecycleConfig, lifecycle, "lifecycle")
+    _check_numbers(epochs=epochs, seed=seed, lr=lr, seed_lr=seed_lr, weight_decay=weight_decay, momentum=momentum)
     preset = _preset(model, task, epochs, blueprints, optimizer, lr, seed_lr, weight_decay, momentum)
     data = UserData(train, val, test, loss, score)
     for split in ("train", "val") if test is None else ("train", "val", "test"):
@@ -103,6 +104,19 @@ def fit(
     return FitResult(run_id, result.val_accuracy, result.test_accuracy, result.params, result.seeds)
 
 
+def _check_numbers(**given) -> None:
+    """Every count a whole number (epochs, seed: a seed from 0 as `esper run --seed` takes) and every rate a
+    number, before anything compares them: a float of epochs or a text rate would otherwise be recorded or reach
+    torch."""
+    for name, value in given.items():
+        whole = name in ("epochs", "seed")
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            if not (name == "seed_lr" and value is None):
+                raise BadInput(f"{name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
+    if not 0 <= given["seed"] < MAX_SEED:
+        raise BadInput(f"seed must be from 0 to {MAX_SEED - 1:,}, got {given['seed']}")
+
+
 def _knobs(struct: type, given, name: str):
     """`given` as the config struct `struct`: itself, or built from a dict of its fields."""
     if isinstance(given, struct):
@@ -115,6 +129,8 @@ def _knobs(struct: type, given, name: str):
 def _preset(model: GrowableModel, task: str, epochs: int, blueprints: Sequence[str] | None, optimizer: str, lr: float,
             seed_lr: float | None, weight_decay: float, momentum: float) -> TaskPreset:
     """The run's training settings, recorded whole in `RunStarted` like a built-in task's preset."""
+    if not isinstance(task, str) or not task:
+        raise BadInput(f"task names the run's task in the log: a non-empty text, got {task!r}")
     if task in TASKS:
         raise BadInput(f"task {task!r} is a built-in task's name: name your run's task otherwise (task='...')")
     if epochs < 1:
@@ -126,6 +142,8 @@ def _preset(model: GrowableModel, task: str, epochs: int, blueprints: Sequence[s
         raise BadInput(problem)
     if not weight_decay >= 0:
         raise BadInput(f"weight_decay must not be negative, got {weight_decay}")
+    if optimizer == "sgd" and not 0 < momentum < 1:  # Nesterov's momentum, which torch requires above 0
+        raise BadInput(f"momentum must be above 0 and below 1 for sgd, got {momentum}")
     host = type(model.host)
     offered = {b for slot in model.slots.values() for b in FAMILIES[slot.family]}
     if blueprints is None:
