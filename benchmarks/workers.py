@@ -11,11 +11,12 @@ commands: `esper run --seed S` for each seed one after another, against one `esp
 (`speedup_commands`: each command starts Python, imports torch and makes its data). Every speedup is the median
 over the repeats of each repeat's own ratio: its two jobs ran back to back, on the machine as it was then.
 A CPU run trains on one thread, so on a machine with c idle cores both should approach min(c, workers) times
-faster, less Ray's start-up (`ray_start_s`, measured alone). What the cores give is measured too: `core_scaling` is
-how many times the throughput of one process `--workers` processes reach on the same small convolution loop, with no
-Ray and no Esper (on cores that share a physical core, or a host that lends its cores to others, well below
-`--workers`); `*_of_core_scaling` is a speedup over it, the share of the machine's parallelism Ray turns into
-speed. The load average of the machine before and after says how idle its cores were. Prints one JSON object.
+faster, less Ray's start-up (`ray_start_s`, measured alone). What the cores give this work is measured too:
+`run_scaling` is how many times one process's throughput `--workers` plain processes reach (spawned, no Ray), each
+training one run of the preset (`--seed-epochs`) at once, against one such run alone. It is the ceiling of both
+speedups here: below `--workers` where the cores share caches, memory bandwidth or a clock that drops when both are
+busy, or where the host lends its cores to others. `*_of_run_scaling` is a speedup over it, the share of the
+machine's parallelism Ray turns into speed. The load average of the machine before and after says how idle its cores were. Prints one JSON object.
 
     .venv/bin/python benchmarks/workers.py [--workers 2] [--episodes 16] [--n-envs 4] [--epochs 10] [--seeds 4]
                                            [--seed-epochs 0] [--repeats 2] [--only rollouts|seeds]
@@ -86,28 +87,25 @@ def commands_job(seeds: list[int], epochs: int, fanned_out: bool) -> float:
         return time.perf_counter() - started
 
 
-def convolution_loop_s(steps: int = 1500) -> float:
-    """Seconds of `steps` forward and backward passes of a small 1-D convolution on one thread: CPU work like a run's."""
-    import torch
-
-    torch.set_num_threads(1)
-    x, conv = torch.randn(128, 32, 40), torch.nn.Conv1d(32, 32, 5, padding=2)
-    for _ in range(50):  # warm-up
-        conv(x).relu().sum().backward()
-    started = time.perf_counter()
-    for _ in range(steps):
-        conv(x).relu().sum().backward()
-    return time.perf_counter() - started
+def one_run_s(seed: int, epochs: int) -> float:
+    """Seconds one run of the preset trains in this process (planned first, untimed), as one `--seeds` task does."""
+    with tempfile.TemporaryDirectory(prefix="esper-seeds-bench-") as tmp:
+        ws = Workspace.at(tmp)
+        planned = fanout.plan_seeds(runs.RunRequest(epochs=epochs, telemetry="minimal", seed=seed), [seed], ws)[0]
+        started = time.perf_counter()
+        runs.start(planned, ws)
+        return time.perf_counter() - started
 
 
-def core_scaling(processes: int, repeats: int) -> float:
-    """How many times one process's throughput `processes` processes reach on `convolution_loop_s` together
-    (median over `repeats`, each alone then together)."""
+def run_scaling(processes: int, epochs: int, repeats: int) -> float:
+    """How many times one process's throughput `processes` processes reach, each training one run at once (median
+    over `repeats`, each alone then together; the processes warm up on a first run, untimed)."""
     ratios = []
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.starmap(one_run_s, [(seed, 1) for seed in range(processes)], chunksize=1)
         for _ in range(repeats):
-            alone = pool.apply(convolution_loop_s)
-            together = pool.map(convolution_loop_s, [1500] * processes, chunksize=1)
+            alone = pool.apply(one_run_s, (0, epochs))
+            together = pool.starmap(one_run_s, [(seed, epochs) for seed in range(processes)], chunksize=1)
             ratios.append(processes * alone / max(together))
     return round(statistics.median(ratios), 2)
 
@@ -132,15 +130,17 @@ def main() -> None:
     parser.add_argument("--only", choices=("rollouts", "seeds"), default=None, help="measure this part alone")
     args = parser.parse_args()
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "load_before": os.getloadavg()[0],
-              "ray_start_s": round(ray_start_s(), 2), "core_scaling": core_scaling(args.workers, args.repeats)}
-    say(f"{args.workers} processes reach {report['core_scaling']} times one's throughput on a convolution loop")
+              "ray_start_s": round(ray_start_s(), 2),
+              "run_scaling": run_scaling(args.workers, args.seed_epochs, args.repeats)}
+    say(f"{args.workers} processes reach {report['run_scaling']} times one's throughput, each training a run")
     if args.only in (None, "rollouts"):
         report["rollouts"] = rollouts(args)
-        report["rollouts"]["speedup_rollouts_of_core_scaling"] = round(
-            report["rollouts"]["speedup_rollouts"] / report["core_scaling"], 2)
+        report["rollouts"]["speedup_rollouts_of_run_scaling"] = round(
+            report["rollouts"]["speedup_rollouts"] / report["run_scaling"], 2)
     if args.only in (None, "seeds"):
         report["seeds"] = fan_out(args)
-        report["seeds"]["speedup_of_core_scaling"] = round(report["seeds"]["speedup"] / report["core_scaling"], 2)
+        for key in ("speedup", "speedup_commands"):
+            report["seeds"][f"{key}_of_run_scaling"] = round(report["seeds"][key] / report["run_scaling"], 2)
     report["load_after"] = os.getloadavg()[0]
     print(json.dumps(report))
 
