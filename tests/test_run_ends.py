@@ -27,6 +27,7 @@ from esper.store import Recorder, Workspace
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
 from esper.tolaria.telemetry import LayerGradients
+from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import Trainer, divergence
 
 pytestmark = pytest.mark.slow  # real training runs and subprocesses of the CLI
@@ -172,28 +173,57 @@ def test_divergence_is_a_non_finite_loss_or_ten_times_the_median_after_the_third
         "training diverged at epoch 6: train loss 5 is over 10× the median 0.45 of epochs 1–5")
 
 
-def spike_at(epoch: int, factor: float, monkeypatch) -> None:
-    """The training loss of `epoch` comes out `factor` times what it was."""
+def test_a_finite_loss_diverges_only_after_the_epochs_in_a_row_the_preset_asks_for():
+    calm = [2.0, 1.0, 0.5, 0.1, 0.1]  # epochs 1-5; epoch 6 is over 10x their median 0.5
+    assert divergence(6, 6.0, calm, in_a_row=3) is None
+    assert divergence(7, 8.0, [*calm, 6.0], in_a_row=3) is None  # two epochs over
+    assert divergence(8, 12.0, [*calm, 6.0, 8.0], in_a_row=3) == (
+        "training diverged at epoch 8: train loss 12 is over 10× the median 1 of epochs 1–7, and has been over 10× "
+        "the median of the epochs before it for 3 epochs in a row")
+    assert divergence(8, 12.0, [*calm, 6.0, 0.2], in_a_row=3) is None  # the spike ended: the count starts again
+    assert divergence(8, 9.0, [*calm, 6.0, 8.0], in_a_row=3) is None  # the median rose with the spike: 9 is under 10
+    assert divergence(6, math.inf, calm, in_a_row=3) == "training diverged at epoch 6: train loss inf"  # at once
+    assert divergence(4, 60.0, [2.0, 1.0, 0.5], in_a_row=0) == divergence(4, 60.0, [2.0, 1.0, 0.5]) is not None
+
+
+def spike_at(epochs: int | tuple[int, ...], factor: float, monkeypatch) -> None:
+    """The training loss of `epochs` comes out `factor` times what it was."""
     original = Trainer.end_epoch
+    spiked = {epochs} if isinstance(epochs, int) else set(epochs)
 
     def end_epoch(self, e, earlier_losses=()):
-        if e == epoch:
+        if e in spiked:
             self._loss_sum *= factor
         return original(self, e, earlier_losses)
 
     monkeypatch.setattr(Trainer, "end_epoch", end_epoch)
 
 
-def test_a_loss_ten_times_the_median_ends_esper_run_with_the_evidence(tmp_path, monkeypatch):
-    spike_at(4, 100.0, monkeypatch)
-    error = error_line(invoke("run", "--epochs", "5", "--controller", "static", workspace=tmp_path), code=1)
-    assert error.startswith("esper: training diverged at epoch 4: train loss ") and "over 10× the median" in error
+def test_a_loss_ten_times_the_median_for_three_epochs_ends_esper_run_with_the_evidence(tmp_path, monkeypatch):
+    spike_at((4, 5, 6), 100.0, monkeypatch)
+    error = error_line(invoke("run", "--epochs", "7", "--controller", "static", workspace=tmp_path), code=1)
+    assert error.startswith("esper: training diverged at epoch 6: train loss ") and "for 3 epochs in a row" in error
     [events] = stored_events(tmp_path).values()
-    assert epochs_of(events) == [1, 2, 3]
+    assert epochs_of(events) == [1, 2, 3, 4, 5]  # the spike's first two epochs are logged: they might have passed
     [failed] = closing(events)
     assert failed.error == error.removeprefix("esper: ")
-    median = sorted(e.train_loss for e in events if isinstance(e, EpochEnded))[1]
-    assert f"the median {median:.6g} of epochs 1–3" in failed.error
+    median = sorted(e.train_loss for e in events if isinstance(e, EpochEnded))[2]
+    assert f"the median {median:.6g} of epochs 1–5" in failed.error
+
+
+def test_a_one_epoch_spike_ends_a_run_only_under_a_preset_of_one_epoch_in_a_row(data, monkeypatch):
+    """As every run logged before `divergence_epochs` (RunStarted v5 and older) was judged, and re-executes."""
+    spike_at(4, 100.0, monkeypatch)
+    sink = ListSink()
+    execute(config(6), Waiting(), sink, data=data)
+    assert epochs_of(sink.events) == [1, 2, 3, 4, 5, 6] and isinstance(closing(sink.events)[0], RunFinished)
+    losses = [e.train_loss for e in sink.events if isinstance(e, EpochEnded)]
+    assert losses[3] > 10 * sorted(losses[:3])[1]  # the spike was there, over the bound
+    strict = msgspec.structs.replace(get_task("mnist1d"), divergence_epochs=1)
+    sink = ListSink()
+    with pytest.raises(RunFailed, match="training diverged at epoch 4: train loss .* is over 10× the median"):
+        execute(config(6), Waiting(), sink, data=data, preset=strict)
+    assert epochs_of(sink.events) == [1, 2, 3]
 
 
 def test_a_non_finite_loss_ends_the_run_and_no_nan_reaches_the_log(data, monkeypatch):

@@ -215,6 +215,11 @@ class TaskPreset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Whether a fossilized seed's parameters keep their seed optimizer's state (Adam's moments, SGD's momentum)
     when they join the host optimizer. False: they start afresh there, as every run logged before this field
     trained (RunStarted v4 and older read as False)."""
+    divergence_epochs: int = 3
+    """Epochs in a row a finite training loss must stay over 10 times the median of the epochs before it for the run
+    to fail as diverged (`esper.tolaria.trainer.divergence`; a loss that is not finite fails it at once). One such
+    epoch alone is a spike the run may recover from. Runs logged before this field (RunStarted v5
+    and older) failed at the first such epoch, and re-execute so (1)."""
     anneal_epochs: int = 0
     """Default of `RunConfig.anneal_epochs`: the run's last N epochs lower every learning rate towards 0
     (0: constant). Without it the final accuracy is whatever the last epoch's steps left: on mnist1d it

@@ -34,7 +34,7 @@ class Corpus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RunStarted(_Event, tag="RunStarted", kw_only=True):
-    schema_version: int = 5
+    schema_version: int = 6
     config: RunConfig
     preset: TaskPreset
     """The task preset the run trained with, whole: re-execution trains with this one, not with today's."""
@@ -89,6 +89,13 @@ def upcast_run_started_v3_v4(data: dict[str, Any]) -> dict[str, Any]:
 def upcast_run_started_v4_v5(data: dict[str, Any]) -> dict[str, Any]:
     """v5 records whether fossils keep their optimizer state; every v4 run started them afresh."""
     data["preset"] = {**data["preset"], "fossils_keep_state": False}
+    return data
+
+
+@upcaster("RunStarted", from_version=5)
+def upcast_run_started_v5_v6(data: dict[str, Any]) -> dict[str, Any]:
+    """v6 records how many epochs in a row a loss must stay over the divergence bound; every v5 run failed at the first."""
+    data["preset"] = {**data["preset"], "divergence_epochs": 1}
     return data
 
 
