@@ -14,9 +14,9 @@ width, and at each growth epoch the host is replaced by a wider one computing th
   weights, and `--noise` (relative, Gaussian) on the outgoing weights breaks their symmetry;
 * `fresh`: the new channels are initialised as a new layer's are, with zero outgoing weights.
 
-Adam's moments are carried over to the wider host (a copy's scaled as its gradients are, new units' at zero). Compute is the forward
-multiply-adds per example summed over the epochs (training's passes are a fixed multiple of it), and `saved` is
-the share below the widest host trained for every epoch. Runs on the tuning seeds 100–109 by default: the
+Adam's moments are carried over to the wider host (a copy's scaled as its gradients are, new units' at zero).
+Compute is the forward multiply-adds per example summed over the epochs (training's passes are a fixed multiple of
+it), and `saved` is the share below the widest host trained for every epoch. Runs on the tuning seeds 100–109 by default: the
 evaluation seeds stay untouched. Prints one JSON line per growth plan (the last one the static widest host).
 """
 
@@ -152,8 +152,9 @@ def summary(name: str, runs: list[dict[str, float]], widest: int, epochs: int) -
     def pct(key: str) -> list[float]:
         return [round(100 * run[key], 2) for run in runs]
 
+    saved = 1 - runs[0]["macs"] / (epochs * macs(widest))
     return {"plan": name, "val": round(statistics.fmean(pct("val")), 2), "val_sd": round(statistics.stdev(pct("val")), 2),
-            "test": round(statistics.fmean(pct("test")), 2), "saved": round(1 - runs[0]["macs"] / (epochs * macs(widest)), 3),
+            "test": round(statistics.fmean(pct("test")), 2), "saved": round(saved, 3),
             "val_per_seed": pct("val")}
 
 

@@ -94,7 +94,7 @@ def upcast_run_started_v4_v5(data: dict[str, Any]) -> dict[str, Any]:
 
 @upcaster("RunStarted", from_version=5)
 def upcast_run_started_v5_v6(data: dict[str, Any]) -> dict[str, Any]:
-    """v6 records how many epochs in a row a loss must stay over the divergence bound; every v5 run failed at the first."""
+    """v6 records how many epochs in a row a loss must stay over the divergence bound; a v5 run failed at the first."""
     data["preset"] = {**data["preset"], "divergence_epochs": 1}
     return data
 

@@ -49,7 +49,8 @@ class EpochStats:
 
 
 DIVERGENCE_FACTOR = 10.0
-"""An epoch whose training loss exceeds this many times the median of the run's earlier epochs' has diverged."""
+"""An epoch whose training loss exceeds this many times the median of the run's earlier epochs' is over the bound:
+for `TaskPreset.divergence_epochs` epochs in a row, the run has diverged."""
 DIVERGENCE_AFTER = 3
 """Epochs before the factor applies: the first epochs' losses fall fast and are no baseline yet."""
 
@@ -67,15 +68,15 @@ def divergence(epoch: int, train_loss: float, earlier: Sequence[float], in_a_row
         return f"training diverged at epoch {epoch}: train loss {train_loss}"
     losses = [*earlier, train_loss]
     in_a_row = max(in_a_row, 1)
-    if epoch <= DIVERGENCE_AFTER or len(losses) < in_a_row or not all(_over_bound(losses, i) for i in range(len(losses) - in_a_row, len(losses))):
+    streak = range(len(losses) - in_a_row, len(losses))  # this epoch and the in_a_row - 1 before it
+    if epoch <= DIVERGENCE_AFTER or len(losses) < in_a_row or not all(_over_bound(losses, i) for i in streak):
         return None
-    median = statistics.median(earlier)
-    if in_a_row == 1:
-        return (f"training diverged at epoch {epoch}: train loss {train_loss:.6g} is over {DIVERGENCE_FACTOR:g}× "
-                f"the median {median:.6g} of epochs 1–{len(earlier)}")
-    return (f"training diverged at epoch {epoch}: train loss {train_loss:.6g} is over {DIVERGENCE_FACTOR:g}× the "
-            f"median {median:.6g} of epochs 1–{len(earlier)}, and has been over {DIVERGENCE_FACTOR:g}× the median "
-            f"of the epochs before it for {in_a_row} epochs in a row")
+    why = (f"training diverged at epoch {epoch}: train loss {train_loss:.6g} is over {DIVERGENCE_FACTOR:g}× "
+           f"the median {statistics.median(earlier):.6g} of epochs 1–{len(earlier)}")
+    if in_a_row == 1:  # the message of every run logged before the streak (RunStarted v5 and older), word for word
+        return why
+    return (f"{why}, and has been over {DIVERGENCE_FACTOR:g}× the median of the epochs before it "
+            f"for {in_a_row} epochs in a row")
 
 
 def _over_bound(losses: Sequence[float], i: int) -> bool:
