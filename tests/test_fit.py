@@ -231,7 +231,7 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"epochs": 0}, "epochs must be at least 1"),
     ({"epochs": 2.5}, "epochs must be a whole number, got 2.5"),
     ({"epochs": True}, "epochs must be a whole number, got True"),
-    ({"seed": -1}, "seed must be from 0 to 999,999,999,999, got -1"),
+    ({"seed": -1}, "seed must be between 0 and 999,999,999,999, got -1"),
     ({"lr": "0.1"}, "lr must be a number, got '0.1'"),
     ({"optimizer": "sgd", "momentum": -1.0}, "momentum must be above 0 and below 1 for sgd, got -1.0"),
     ({"optimizer": "sgd", "momentum": 0}, "momentum must be above 0 and below 1 for sgd, got 0"),

@@ -30,7 +30,7 @@ from esper.store.recorder import remove_if_empty
 from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, data_problem, load_task_data
-from esper.tolaria.loop import MAX_SEED, Batches, Progress, RunResult, StoreSink, execute, resolve_config
+from esper.tolaria.loop import Batches, Progress, RunResult, StoreSink, check_seed, execute, resolve_config
 from esper.tolaria.ranks import Ranks
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import resolve_device
@@ -153,8 +153,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
 def _check_settings(r: RunRequest) -> None:
     if r.telemetry not in TELEMETRY:
         raise BadInput(f"unknown telemetry profile {r.telemetry!r}: use {', '.join(TELEMETRY)}")
-    if not 0 <= r.seed < MAX_SEED:
-        raise BadInput(f"seed must be between 0 and {MAX_SEED - 1:,}, got {r.seed}")
+    check_seed(r.seed)
     if r.policy is not None and r.controller not in ("policy", "sampled"):
         raise BadInput("--policy is for --controller policy or sampled")
     if r.heuristic and r.controller != "heuristic":

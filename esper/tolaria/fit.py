@@ -21,7 +21,7 @@ from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConf
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import idle_heuristic, make_controller
-from esper.tolaria.loop import MAX_SEED, Progress, StoreSink, execute, resolve_config
+from esper.tolaria.loop import Progress, StoreSink, check_seed, execute, resolve_config
 from esper.tolaria.tasks import TASKS
 from esper.tolaria.trainer import resolve_device
 from esper.tolaria.userdata import Loss, Score, UserData, check_first_batch
@@ -113,8 +113,7 @@ def _check_numbers(**given) -> None:
         if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
             if not (name == "seed_lr" and value is None):
                 raise BadInput(f"{name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
-    if not 0 <= given["seed"] < MAX_SEED:
-        raise BadInput(f"seed must be from 0 to {MAX_SEED - 1:,}, got {given['seed']}")
+    check_seed(given["seed"])
 
 
 def _knobs(struct: type, given, name: str):

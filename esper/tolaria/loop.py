@@ -156,6 +156,12 @@ command shows its bar within long epochs (`esper.cli.progress`)."""
 MAX_SEED = 10**12
 
 
+def check_seed(seed: int) -> None:
+    """A seed as a user gives it (`esper run --seed`, `esper.fit(seed=...)`): from 0 to `MAX_SEED` - 1."""
+    if not 0 <= seed < MAX_SEED:
+        raise BadInput(f"seed must be between 0 and {MAX_SEED - 1:,}, got {seed}")
+
+
 def software_versions() -> dict[str, str]:
     """The software that computes a run (`esper --version`): Esper, torch and numpy, which makes mnist1d's signals
     (and standardised them, before exact moments)."""
