@@ -15,31 +15,35 @@ width, and at each growth epoch the host is replaced by a wider one computing th
 * `fresh`: the new channels are initialised as a new layer's are, with zero outgoing weights.
 
 Adam's moments are carried over to the wider host (a copy's scaled as its gradients are, new units' at zero).
-Compute is the forward multiply-adds per example summed over the epochs (training's passes are a fixed multiple of
-it), and `saved` is the share below the widest host trained for every epoch. Runs on the tuning seeds 100–109 by default: the
-evaluation seeds stay untouched. Prints one JSON line per growth plan (the last one the static widest host).
+Compute is each epoch's training FLOPs as Esper counts a run's (`esper.tolaria.flops`: a step's forward and
+backward pass), summed over the epochs, and `saved` is the share below the widest host trained for every epoch.
+Runs on the tuning seeds 100–109 by default: the evaluation seeds stay untouched. Prints one JSON line per growth plan (the last one the static widest host).
 """
 
 import argparse
+import functools
 import json
 import statistics
 
 import torch
 from torch import nn
 
-from esper.kasmina.hosts import CNN1D
-from esper.tolaria.data import Split, load_task_data
+from esper.kasmina.hosts import CNN1D, build_host
+from esper.tolaria.data import Split, TaskData, load_task_data
+from esper.tolaria.flops import _step_flops
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import anneal_scale
 
 TUNING_SEEDS = list(range(100, 110))
-LENGTH = 40
 
 
-def macs(channels: int) -> int:
-    """Forward multiply-adds per example of the cnn1d host with `channels` channels (convolutions and head)."""
-    c = channels
-    return LENGTH * c * 5 + (LENGTH // 2) * c * c * 3 + (LENGTH // 4) * c * c * 3 + (LENGTH // 4) * c * 10
+@functools.cache
+def step_flops(channels: int) -> float:
+    """FLOPs of one training step of a batch of the preset's size on the cnn1d host with `channels` channels, counted
+    as Esper counts a run's (on the meta device: nothing is computed)."""
+    with torch.device("meta"):
+        host = build_host("cnn1d", channels=channels)
+    return _step_flops(host, get_task("mnist1d").batch_size, host.host.input_shape)[0]
 
 
 def convs(host: CNN1D) -> list[nn.Conv1d]:
@@ -108,10 +112,10 @@ def _place(new: torch.Tensor, old: torch.Tensor, rows: torch.Tensor | None, cols
     new[tuple(slice(0, n) for n in t.shape)] = t
 
 
-def accuracy(host: nn.Module, split: Split) -> float:
+def accuracy(host: nn.Module, data: TaskData, split: Split) -> float:
     host.eval()
     with torch.no_grad():
-        return (host(split.x).argmax(1) == split.y).float().mean().item()
+        return data.correct(host(split.x), split.y).item() / len(split)
 
 
 def train(seed: int, widths: dict[int, int], init: str, noise: float) -> dict[str, float]:
@@ -130,12 +134,12 @@ def train(seed: int, widths: dict[int, int], init: str, noise: float) -> dict[st
             group["lr"] = preset.lr * anneal_scale(epoch, preset.epochs, preset.anneal_epochs)
         host.train()
         for x, y in data.batches("train", preset.batch_size, generator):
-            loss = nn.functional.cross_entropy(host(x), y)
+            loss = data.loss(host(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        spent += macs(convs(host)[0].out_channels)
-    return {"val": accuracy(host, data.val), "test": accuracy(host, data.test), "macs": spent}
+        spent += step_flops(convs(host)[0].out_channels)
+    return {"val": accuracy(host, data, data.val), "test": accuracy(host, data, data.test), "flops": spent}
 
 
 def plan(text: str) -> dict[int, int]:
@@ -152,10 +156,10 @@ def summary(name: str, runs: list[dict[str, float]], widest: int, epochs: int) -
     def pct(key: str) -> list[float]:
         return [round(100 * run[key], 2) for run in runs]
 
-    saved = 1 - runs[0]["macs"] / (epochs * macs(widest))
-    return {"plan": name, "val": round(statistics.fmean(pct("val")), 2), "val_sd": round(statistics.stdev(pct("val")), 2),
-            "test": round(statistics.fmean(pct("test")), 2), "saved": round(saved, 3),
-            "val_per_seed": pct("val")}
+    saved = 1 - runs[0]["flops"] / (epochs * step_flops(widest))
+    spread = round(statistics.stdev(pct("val")), 2) if len(runs) > 1 else None
+    return {"plan": name, "val": round(statistics.fmean(pct("val")), 2), "val_sd": spread,
+            "test": round(statistics.fmean(pct("test")), 2), "saved": round(saved, 3), "val_per_seed": pct("val")}
 
 
 def main() -> None:

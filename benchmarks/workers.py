@@ -16,7 +16,8 @@ faster, less Ray's start-up (`ray_start_s`, measured alone). What the cores give
 training one run of the preset (`--seed-epochs`) at once, against one such run alone. It is the ceiling of both
 speedups here: below `--workers` where the cores share caches, memory bandwidth or a clock that drops when both are
 busy, or where the host lends its cores to others. `*_of_run_scaling` is a speedup over it, the share of the
-machine's parallelism Ray turns into speed. The load average of the machine before and after says how idle its cores were. Prints one JSON object.
+machine's parallelism Ray turns into speed. The load average of the machine before and after says how idle its
+cores were. Prints one JSON object.
 
     .venv/bin/python benchmarks/workers.py [--workers 2] [--episodes 16] [--n-envs 4] [--epochs 10] [--seeds 4]
                                            [--seed-epochs 0] [--repeats 2] [--only rollouts|seeds]
@@ -88,13 +89,8 @@ def commands_job(seeds: list[int], epochs: int, fanned_out: bool) -> float:
 
 
 def one_run_s(seed: int, epochs: int) -> float:
-    """Seconds one run of the preset trains in this process (planned first, untimed), as one `--seeds` task does."""
-    with tempfile.TemporaryDirectory(prefix="esper-seeds-bench-") as tmp:
-        ws = Workspace.at(tmp)
-        planned = fanout.plan_seeds(runs.RunRequest(epochs=epochs, telemetry="minimal", seed=seed), [seed], ws)[0]
-        started = time.perf_counter()
-        runs.start(planned, ws)
-        return time.perf_counter() - started
+    """Seconds one run of the preset trains in this process, as one `--seeds` task does."""
+    return seeds_job([seed], epochs, on_ray=False)
 
 
 def run_scaling(processes: int, epochs: int, repeats: int) -> float:
