@@ -286,6 +286,17 @@ def test_a_v2_log_without_hashes_replays_with_a_note(ws):
     assert invoke("replay", RUN, workspace=ws.root).exit_code == 0
 
 
+def test_appending_to_a_run_of_a_store_written_before_heads_anchors_it_then_moves_its_head(ws):
+    old = make_old(ws)
+    with Recorder(old) as rec:
+        last = rec.read(RUN)[-1].event  # appended again: the store does not judge what it holds
+        rec.append(RUN, [last], 70)
+    assert sql(old, "SELECT run_id, seq, hash FROM heads") == [(RUN, 71, None)]  # added: unsealed, anchored
+    with Recorder(old) as rec:
+        rec.append(RUN, [last], 71)
+    assert sql(old, "SELECT run_id, seq, hash FROM heads") == [(RUN, 72, None)]  # moved, still one row
+
+
 def test_a_v2_export_without_hashes_or_trailer_replays_with_a_note(ws, tmp_path):
     make_old(ws)
     path = exported(ws, tmp_path)

@@ -36,7 +36,8 @@ from esper.store.schema import (
     HEADS_DDL,
     INSERT_FROM_BATCH,
     PAYLOAD_TYPE,
-    SET_HEAD,
+    ADD_HEAD,
+    MOVE_HEAD,
     SNAPSHOTS_DDL,
     ADD_SNAPSHOT,
     TABLE_DDL,
@@ -167,7 +168,8 @@ class Recorder:
             self._con.unregister("batch")
         new_seq = int(last_seq) + len(fresh)
         head_hash = None if new_hash is None else new_hash.hex()
-        self._con.execute(SET_HEAD, [run_id, new_seq, head_hash])
+        if not self._con.execute(MOVE_HEAD, [new_seq, head_hash, run_id]).fetchone()[0]:
+            self._con.execute(ADD_HEAD, [run_id, new_seq, head_hash])
         if snapshot is not None:
             self._con.execute(ADD_SNAPSHOT, [run_id, new_seq, head_hash, snapshot])
         self._pending_heads = (run_id, new_seq, int(last_position) + len(fresh), new_hash)
