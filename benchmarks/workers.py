@@ -4,12 +4,15 @@ Rollouts: the same PPO job (`--episodes` episodes of `--epochs` epochs, `--n-env
 n-envs episodes) runs with 1 worker (here, no Ray) and with `--workers` Ray workers, alternating, `--repeats` times,
 each into a fresh workspace. Reported: median wall seconds of the whole job (Ray's start and its workers' first
 torch import included) and median environment-steps/s of its rollouts (PPO's own `env_steps_per_s`, mean over the
-job's updates). Seeds: `--seeds` runs of the task preset (`--seed-epochs`, 0: its budget) trained one after
-another in this process, then fanned out on Ray (`esper.app.seeds`, Ray's start included), `--repeats` times
-(`speedup`: no interpreter start or data generation is counted on either side). Then as a user runs them, as
-commands: `esper run --seed S` for each seed one after another, against one `esper run --seeds 0-N`
-(`speedup_commands`: each command starts Python, imports torch and makes its data). Every speedup is the median
-over the repeats of each repeat's own ratio: its two jobs ran back to back, on the machine as it was then.
+job's updates). `busy_share` says where the Ray job's rollouts lose time: the share of each update the workers
+spend playing episodes (from the episodes' event timestamps); an update waits for its last episode, so with
+`--n-envs` episodes of unequal length over `--workers` workers some worker idles at the end of most updates.
+Seeds: `--seeds` runs of the task preset (`--seed-epochs`, 0: its budget) trained one after another in this
+process, then fanned out on Ray (`esper.app.seeds`, Ray's start included), `--repeats` times (`speedup`: no
+interpreter start or data generation is counted on either side). Then as a user runs them, as commands: `esper run
+--seed S` for each seed one after another, against one `esper run --seeds 0-N` (`speedup_commands`: each command
+starts Python, imports torch and makes its data). Every speedup is the median over the repeats of each repeat's own
+ratio: its two jobs ran back to back, on the machine as it was then.
 A CPU run trains on one thread, so on a machine with c idle cores both should approach min(c, workers) times
 faster, less Ray's start-up (`ray_start_s`, measured alone). What the cores give this work is measured too:
 `run_scaling` is how many times one process's throughput `--workers` plain processes reach (spawned, no Ray), each
@@ -45,8 +48,9 @@ from esper.store import Workspace
 from esper.tolaria import cluster
 
 
-def ppo_job(cfg: PPOConfig) -> tuple[float, float]:
-    """Wall seconds of one PPO job and its rollouts' environment-steps/s (mean over its updates' `PolicyUpdated`)."""
+def ppo_job(cfg: PPOConfig) -> tuple[float, float, float | None]:
+    """Wall seconds of one PPO job, its rollouts' environment-steps/s (mean over its updates' `PolicyUpdated`) and,
+    on Ray, its workers' busy share (`busy_share`)."""
     with tempfile.TemporaryDirectory(prefix="esper-workers-bench-") as tmp:
         ws = Workspace.at(tmp)
         started = time.perf_counter()
@@ -56,7 +60,24 @@ def ppo_job(cfg: PPOConfig) -> tuple[float, float]:
             rates = reader.con.execute(
                 "SELECT (payload->'$.stats'->>'env_steps_per_s')::DOUBLE FROM events "
                 "WHERE type = 'PolicyUpdated' AND run_id = ?", [result["learner"]]).fetchall()
-        return wall, statistics.mean(rate for rate, in rates)
+            spans = reader.con.execute(
+                "SELECT regexp_extract(run_id, '-u([0-9]+)-e', 1), epoch_us(min(ts)), epoch_us(max(ts)) FROM events "
+                "WHERE regexp_matches(run_id, ?) GROUP BY run_id", ["^" + result["runs"].removesuffix("*") + "[0-9]+-e[0-9]+$"]).fetchall()
+        busy = busy_share(spans, cfg.workers) if cfg.workers > 1 else None
+        return wall, statistics.mean(rate for rate, in rates), busy
+
+
+def busy_share(spans: list[tuple[str, int, int]], workers: int) -> float:
+    """How much of each update's rollout time the workers spent playing episodes: the episodes' own spans (first to
+    last event, microseconds) summed, over `workers` times each update's span (its first episode's start to its last
+    one's end). 1.0: no worker waited; below it, the share lost to workers idling while an update's last episodes
+    finish (an update waits for all of them) and between one episode and the next."""
+    updates: dict[str, list[tuple[int, int]]] = {}
+    for update, first, last in spans:
+        updates.setdefault(update, []).append((first, last))
+    episodes = sum(last - first for runs in updates.values() for first, last in runs)
+    windows = sum(max(last for _, last in runs) - min(first for first, _ in runs) for runs in updates.values())
+    return episodes / (workers * windows)
 
 
 def seeds_job(seeds: list[int], epochs: int, on_ray: bool) -> float:
@@ -144,11 +165,14 @@ def main() -> None:
 def rollouts(args) -> dict:
     base = PPOConfig(episodes=args.episodes, n_envs=args.n_envs, epochs=args.epochs)
     measured: dict[int, list[tuple[float, float]]] = {1: [], args.workers: []}
+    busy: list[float] = []
     for r in range(args.repeats):
         for workers in measured:
-            wall, rate = ppo_job(msgspec.structs.replace(base, workers=workers))
+            wall, rate, share = ppo_job(msgspec.structs.replace(base, workers=workers))
             measured[workers].append((wall, rate))
-            say(f"rollouts, repeat {r + 1}: {workers} worker(s) {wall:6.1f} s, {rate:5.2f} env-steps/s")
+            busy += [share] if share is not None else []
+            say(f"rollouts, repeat {r + 1}: {workers} worker(s) {wall:6.1f} s, {rate:5.2f} env-steps/s"
+                + (f", workers busy {share:.0%} of each update" if share is not None else ""))
     out = {"episodes": args.episodes, "n_envs": args.n_envs, "epochs": args.epochs, "repeats": args.repeats}
     for workers, rows in measured.items():
         out[f"workers_{workers}"] = {"job_s": round(statistics.median(w for w, _ in rows), 2),
@@ -156,6 +180,7 @@ def rollouts(args) -> dict:
     pairs = list(zip(measured[1], measured[args.workers]))  # each repeat's two jobs ran back to back
     out["speedup_job"] = round(statistics.median(a[0] / b[0] for a, b in pairs), 2)
     out["speedup_rollouts"] = round(statistics.median(b[1] / a[1] for a, b in pairs), 2)
+    out["busy_share"] = round(statistics.median(busy), 3)
     return out
 
 
