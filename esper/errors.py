@@ -71,6 +71,11 @@ class StoreFailed(EsperError):
                            self.then if then is None else then)
 
 
+class StoreDamaged(EsperError):
+    """A store file holds a block that does not read back as it was written (its checksum does not match): the
+    file was damaged on disk. Exit 1, as for an altered log."""
+
+
 class AppendConflict(EsperError):
     """An append expected a different last `seq` for its run: someone else wrote first. Nothing was written."""
 

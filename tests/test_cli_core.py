@@ -145,6 +145,17 @@ def test_a_reader_that_leaves_early_is_no_error(tmp_path):
     assert esper("runs", "--json", workspace=tmp_path).stdout.count('"finished"') == 1
 
 
+@pytest.mark.parametrize("args", [("runs",), ("query", "select 1"), ("--help",), ("replay", "run-a", "--json")])
+def test_output_that_cannot_be_written_is_one_line_and_exit_1(workspace, args):
+    """`esper runs > /dev/full`: the write of the results fails (no space left), which is said in one line."""
+    with open("/dev/full", "w") as full:
+        process = start(*args, workspace=workspace, stdout=full)
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    assert stderr.strip().splitlines()[-1] == "esper: cannot write the output: No space left on device", stderr
+    assert "Traceback" not in stderr, stderr
+
+
 def test_a_closed_stderr_changes_no_exit_code_and_no_output(workspace):
     """Progress and errors on stderr are best effort: a stderr whose reader has gone (`esper ... 2>&1 >out | head
     -0`) only silences them; the command ends as it would have (here a refused --verify, exit 2)."""

@@ -1,6 +1,7 @@
 """Reading a workspace (esper.store.workspace): every store behind one `events` view, read-only and
 locked down, unreadable or busy files reported and skipped, never waited on."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -112,6 +113,42 @@ def test_lock_down_refuses_what_could_touch_files_or_settings(ws: Workspace, tmp
     assert sorted(p.name for p in ws.root.iterdir()) == before
     with ws.reader() as reader:
         assert query(reader, "SELECT count(*) FROM events") == [(14,)]
+
+
+def test_a_file_of_another_engine_is_skipped_without_loading_an_extension(ws: Workspace, tmp_path, monkeypatch):
+    """DuckDB reads a SQLite file through an extension it would download and load: Esper never lets it."""
+    import sqlite3
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # where DuckDB keeps the extensions it installs
+    with contextlib.closing(sqlite3.connect(ws.store_path("lite"))) as con:
+        con.execute("CREATE TABLE t (x)")
+        con.commit()
+    with ws.reader() as reader:
+        assert len(reader.notes) == 1 and "skipped lite.duckdb: unreadable store" in reader.notes[0]
+        assert "download" not in reader.notes[0]
+        assert query(reader, "SELECT count(*) FROM events") == [(14,)]
+    assert list(home.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [("runs",), ("query", "select count(*) from events"), ("report", "heur"),
+                                     ("replay", "heur")])
+def test_a_damaged_block_in_a_store_is_named_in_one_line(tmp_path, command):
+    """A store whose header reads but one of its blocks does not (a checksum that does not match): not a bug of
+    Esper's, nor bad SQL, but damage on disk, and the file is named."""
+    from fake_runs import write_comparison
+
+    write_comparison(tmp_path)
+    damaged = next(tmp_path.glob("static-*.duckdb"))  # another run's store than the one the commands name
+    data = bytearray(damaged.read_bytes())
+    data[300_000:300_004] = b"\xff" * 4  # inside a block of the events table, past the file's header
+    damaged.write_bytes(bytes(data))
+    line = one_line_error(invoke(*command, "--workspace", str(tmp_path)), 1)
+    assert line.startswith(f"esper: store {damaged.name} is damaged (Corrupt database file: "), line
+    assert line.endswith(f"move it out of workspace {tmp_path} to read the rest"), line
+    damaged.rename(tmp_path / "aside.bak")
+    assert invoke(*command, "--workspace", str(tmp_path)).exit_code == 0
 
 
 def test_a_corrupt_file_is_skipped_with_a_note(ws: Workspace):

@@ -83,14 +83,14 @@ def _fill_closed_descriptors() -> None:
 
 
 def _release(held: io.StringIO | None, closed: bool) -> int | None:
-    """Write what was held; 141 (128 + SIGPIPE, as a shell reports it) if the reader has gone or stdout was
-    closed from the start."""
+    """Write what was held; 141 (128 + SIGPIPE, as a shell reports it) if stdout was closed from the start, else
+    what `write_held` says of the write (None: written)."""
     sys.stdout = sys.__stdout__
     if held is None or not held.getvalue():
         return None
     if closed:
         return 141
-    return None if write_held(held) else 141
+    return write_held(held)
 
 
 def _terminate(signum: int, frame) -> None:

@@ -143,6 +143,12 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # a bug of ours: still one line, with the way to see more
+            from esper.store.workspace import is_damaged_block, store_damaged
+
+            if is_damaged_block(exc):  # met in a query of any command: the file's fault, named
+                damage = store_damaged(exc, kwargs.get("workspace"))
+                say(f"esper: {damage}")
+                raise typer.Exit(damage.exit_code) from None
             if os.environ.get("ESPER_DEBUG"):
                 raise
             say(f"esper: internal error: {type(exc).__name__}: {first_line(exc)} (set ESPER_DEBUG=1 for the traceback)")
@@ -174,25 +180,29 @@ def deliver_stdout() -> None:
     if held_stdout is None or held is not held_stdout:  # a terminal, or a caller's own capture: nothing is held
         held.flush()
         return
-    if not write_held(held):  # stdout's reader has gone (`| head`): 128 + SIGPIPE, as a shell says it
-        raise typer.Exit(141)
+    if (code := write_held(held)) is not None:
+        raise typer.Exit(code)
 
 
-def write_held(held: io.StringIO) -> bool:
-    """Write what `held` holds to the process's stdout, and empty it; False if stdout was closed before the command
-    started or its reader has gone."""
+def write_held(held: io.StringIO) -> int | None:
+    """Write what `held` holds to the process's stdout, and empty it. None when written; else the exit code:
+    141 (128 + SIGPIPE, as a shell says it) if stdout was closed before the command started or its reader has
+    gone (`| head`), 1 if the write failed (a full disk: `> /dev/full`), said in one line."""
     data = held.getvalue().encode(getattr(sys.__stdout__, "encoding", None) or "utf-8", "replace")
     held.seek(0)
     held.truncate()
     if sys.__stdout__ is None:
-        return False
+        return 141
     fd = sys.__stdout__.fileno()
     try:
         while data:
             data = data[os.write(fd, data):]
     except BrokenPipeError:
-        return False
-    return True
+        return 141
+    except OSError as exc:
+        say(f"esper: cannot write the output: {exc.strerror or exc}")
+        return 1
+    return None
 
 
 def _check_numbers(options: dict[str, Any]) -> None:

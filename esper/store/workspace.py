@@ -15,7 +15,7 @@ from typing import Iterable
 import attrs
 import duckdb
 
-from esper.errors import BadInput, StoreUnavailable, UnknownRun, first_line
+from esper.errors import BadInput, StoreDamaged, UnknownRun, first_line
 from esper.leyline.status import CLOSING_TAGS, ENDING_TAGS, FINISHED, sql_in, status_sql
 from esper.store import chain
 from esper.store.readonly import reading_statements
@@ -112,7 +112,7 @@ class Reader:
     """An in-memory DuckDB with every readable store attached read-only behind the `events` and `runs` views."""
 
     def __init__(self, files: list[Path]):
-        self.con = duckdb.connect(":memory:")
+        self.con = duckdb.connect(":memory:", config=NO_EXTENSION_LOADING)
         self.notes: list[str] = []
         self.live_files: set[str] = set()
         self.names: dict[str, str] = {}
@@ -243,6 +243,8 @@ class Reader:
                 result = self.con.execute(statement)
                 results.append(([d[0] for d in result.description or []], result.fetchall()))
         except duckdb.Error as exc:
+            if is_damaged_block(exc):  # the file's fault, not the SQL's
+                raise
             raise BadInput(f"bad SQL: {first_line(exc)}") from None
         return results
 
@@ -324,12 +326,45 @@ class Reader:
         self.close()
 
 
-def open_store(path: Path) -> duckdb.DuckDBPyConnection:
-    """Open one store file read-only (for tools that want a single file)."""
-    try:
-        return duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as exc:
-        raise StoreUnavailable(f"cannot open {path}: {first_line(exc)}") from None
+NO_EXTENSION_LOADING = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+"""A reader's connection never loads a DuckDB extension on its own. Given a file of another engine's format (a SQLite
+database named *.duckdb, say), ATTACH would load the extension that reads it, downloading it first: a read-only
+command would reach the network and run native code Esper never shipped. With loading off such a file is one more
+unreadable store, skipped with a note. (Only readers' in-memory connections: DuckDB refuses a second connection to a
+file with another configuration than the first, so a Recorder's stays as a user's own `duckdb.connect` opens it.)"""
+
+
+def is_damaged_block(exc: BaseException) -> bool:
+    """Whether `exc` is DuckDB finding a block of a file whose checksum does not match what was written."""
+    return isinstance(exc, duckdb.Error) and "Corrupt database file" in str(exc)
+
+
+def store_damaged(exc: BaseException, root: str | Path | None) -> StoreDamaged:
+    """What `exc` (`is_damaged_block`) means for workspace `root`: the damaged store files named, each found by
+    reading every table of every store whole (only once a command has met the damage)."""
+    ws = Workspace.at(root)
+    names = damaged_stores(ws)
+    which = f"store {', '.join(names)} is" if names else "a store file is"
+    return StoreDamaged(f"{which} damaged ({first_line(exc)}): move it out of workspace {ws.root} to read the rest")
+
+
+def damaged_stores(ws: Workspace) -> list[str]:
+    """The names of `ws`'s store files in which DuckDB meets a damaged block reading every table whole. A file held
+    by a live writer is not read."""
+    found = []
+    for path in ws.store_files():
+        con = duckdb.connect(":memory:", config=NO_EXTENSION_LOADING)
+        try:
+            con.execute(f"ATTACH '{_quote(path)}' AS store (READ_ONLY)")
+            tables = con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'store'").fetchall()
+            for (table,) in tables:
+                con.execute(f'SELECT sum(hash(COLUMNS(*))) FROM store."{table}"').fetchall()
+        except duckdb.Error as exc:
+            if is_damaged_block(exc):
+                found.append(path.name)
+        finally:
+            con.close()
+    return found
 
 
 def _quote(path: Path) -> str:
