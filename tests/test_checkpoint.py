@@ -2,12 +2,14 @@
 lifecycle fold and every reader take `RunResumed`, what `esper gc` deletes. (`test_resume` kills real runs.)"""
 
 import hashlib
+import os
 from collections import deque
+from pathlib import Path
 
 import msgspec
 import pytest
 import torch
-from cli_runner import invoke
+from cli_runner import invoke, one_line_error
 from fake_runs import checkpointed, interrupted, plan_run, sha, write_batches
 
 from esper.errors import IllegalEvent
@@ -220,6 +222,27 @@ def test_gc_keeps_every_checkpoint_a_run_may_resume_from_and_the_last_of_an_ende
     # Epochs 1-4 are the interrupted run's (and 1-3 the diverged run's too): all stay; 12 is the finished run's last.
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{sha(e)}.pt" for e in (1, 2, 3, 4, 12))
     assert result.stdout.strip() == "deleted 9 checkpoint files, 90 bytes freed; kept 5"
+
+
+def test_gc_that_may_not_delete_says_so_in_one_line(tmp_path, plan, monkeypatch):
+    write_batches(tmp_path, plan, "finished")
+    folder = checkpoint.folder_of(tmp_path)
+    folder.mkdir()
+    for epoch in range(1, 13):
+        (folder / f"{sha(epoch)}.pt").write_bytes(b"x")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != folder and real_access(path, mode))
+    assert one_line_error(invoke("gc", workspace=tmp_path)) == f"esper: cannot delete checkpoint files in {folder}: " \
+                                                                "it is not writable"
+    monkeypatch.setattr(os, "access", real_access)  # permissions say yes, the filesystem no (a read-only mount)
+
+    def refuse(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    error = one_line_error(invoke("gc", workspace=tmp_path))
+    assert error.startswith(f"esper: cannot delete {folder}/") and error.endswith(".pt: Permission denied"), error
+    assert len(list(folder.iterdir())) == 12
 
 
 def test_gc_keeps_files_no_log_names_while_a_store_is_being_written(tmp_path, plan):

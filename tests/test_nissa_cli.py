@@ -63,6 +63,30 @@ def test_bad_input_is_one_line_and_exit_2(ws, args, message):
     assert message in line
 
 
+@pytest.mark.parametrize("command", ["export", "report"])
+def test_an_output_never_replaces_a_store_or_a_checkpoint(tmp_path, command):
+    """`esper export RUN -o <another run's store>` would replace that run's log: refused, nothing written."""
+    ws = tmp_path / "ws"
+    write_comparison(ws)
+    store = sorted(ws.glob("*.duckdb"))[0]
+    checkpoint = tmp_path / "policy.pt"
+    checkpoint.write_bytes(b"PK\x03\x04" + os.urandom(100))  # a zip archive, as torch.save writes
+    for target, kind in ((store, "a DuckDB database (an event store?)"), (checkpoint, "a zip archive")):
+        kept = target.read_bytes()
+        line = one_line_error(invoke(command, "heur", "-o", str(target), "--workspace", str(ws)))
+        assert line.startswith(f"esper: {target} is {kind}") and "never replaces one" in line, line
+        assert target.read_bytes() == kept
+    assert not (ws / ".nissa").exists()  # refused before the projections were brought up to date
+
+
+def test_a_report_to_an_unwritable_place_leaves_no_projections(tmp_path):
+    ws = tmp_path / "ws"
+    write_comparison(ws)
+    line = one_line_error(invoke("report", "heur", "-o", str(tmp_path), "--workspace", str(ws)))
+    assert line.endswith("it is a folder: give the path of a file"), line
+    assert not (ws / ".nissa").exists()
+
+
 def test_report_in_a_missing_workspace_is_bad_input(tmp_path):
     line = one_line_error(invoke("report", "x", "--workspace", str(tmp_path / "missing")))
     assert "does not exist" in line

@@ -72,6 +72,15 @@ def test_runs_of_one_store_go_into_one_file(tmp_path):
     assert rows(fresh, "a", "b") == rows(src, "a", "b")
 
 
+def test_a_long_file_name_gives_a_store_name_the_filesystem_takes(source, tmp_path):
+    path = tmp_path / f"{'x' * 240}.jsonl"
+    export(source, [HEURISTIC], path, "jsonl")
+    fresh = Workspace.at(tmp_path / "fresh")
+    result = import_file(fresh, path)
+    assert [p.name for p in result.stores] == [f"imported-{'x' * 100}.duckdb"]
+    assert result.imported == 70 and [p.name for p in fresh.root.iterdir()] == [f"imported-{'x' * 100}.duckdb"]
+
+
 def test_import_twice_stores_nothing_twice(source, tmp_path):
     path = tmp_path / "h.jsonl"
     export(source, [HEURISTIC], path, "jsonl")

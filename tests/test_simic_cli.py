@@ -343,3 +343,26 @@ def test_ppo_and_iql_learn_on_text_and_a_policy_of_another_task_is_refused_there
                                   workspace=tmp_path))
     assert "was trained for task mnist1d, hidden" in error and "this job has task text" in error
     assert sorted(tmp_path.glob("*.duckdb")) == before  # refused before anything is written
+
+
+def test_an_out_the_system_will_not_write_is_found_before_any_episode(tmp_path, monkeypatch):
+    """Permissions can say yes where a write fails (a read-only mount, a kernel folder, for root too): a file made
+    and removed in the folder finds it before anything trains or is logged."""
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+    blocked = tmp_path / "mount"
+    blocked.mkdir()
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == blocked:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    out = blocked / "p.pt"
+    line = one_line_error(invoke("ppo", "--out", str(out), "--episodes", "1", "--n-envs", "1", "--epochs", "1",
+                                 "--workspace", str(tmp_path / "ws")))
+    assert line == f"esper: cannot write {out}: {blocked} is not writable (Read-only file system)", line
+    assert not (tmp_path / "ws").exists() and list(blocked.iterdir()) == []

@@ -36,10 +36,14 @@ def report(
         write_text,
     )
 
+    from esper.nissa.files import check_output
+
     if compare and len(runs) < 2:
         raise BadInput("--compare needs at least two runs (esper report --compare RUN RUN ...)")
     if not compare and len(runs) > 1:
         raise BadInput(f"one run at a time, got {len(runs)}; add --compare to compare them in one report")
+    if out is not None:  # before the projections are brought up to date: a refused --out leaves nothing behind
+        check_output(out)
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
@@ -88,11 +92,14 @@ def export(
 ) -> None:
     """Write runs' events, every column exactly, to a jsonl or parquet file that `esper import` reads back, or
     their curves and lifecycle as TensorBoard event files."""
+    from esper.nissa.files import check_output
     from esper.nissa.transfer import STDOUT, export_runs, format_for
 
     if out == STDOUT and fmt in ("parquet", "tensorboard"):
         needs = "a folder" if fmt == "tensorboard" else "a file"
         raise BadInput(f"--out - writes jsonl to standard output; {fmt} needs {needs}")
+    if out is not None and out != STDOUT and fmt != "tensorboard":
+        check_output(out)
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:

@@ -34,19 +34,53 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 def check_writable(path: Path, what: str = "") -> Path:
     """Fail now, in one line, if `path` could not be written later (a job must not train for an hour and
     then find its output folder read-only): the nearest folder on its way that exists must be one we may
-    write into. Creates nothing. With `what`, the message is about creating that folder (`path`'s parent)."""
+    write into. A file is made there and removed again, which finds what permissions alone do not (a read-only
+    mount, a kernel folder, a full disk); nothing else is created. With `what`, the message is about creating
+    that folder (`path`'s parent)."""
     cannot = f"cannot create {what} {path.parent}" if what else f"cannot write {path}"
     folder = next(p for p in (path.parent, *path.parent.parents) if os.path.exists(p))
     if not os.path.isdir(folder):
         raise BadInput(f"{cannot}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise BadInput(f"{cannot}: {folder} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".esper-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInput(f"{cannot}: {folder} is not writable ({exc.strerror or exc})") from None
     return path
+
+
+def check_output(path: Path) -> Path:
+    """Fail now, in one line, if an output file (an export, a report) could not be written at `path`, or would
+    replace what Esper keeps there: a DuckDB database (an event store, the projections) or a zip archive (a
+    checkpoint, a policy)."""
+    if os.path.isdir(path):
+        raise BadInput(f"cannot write {path}: it is a folder: give the path of a file")
+    if (kept := _kept_in(path)) is not None:
+        raise BadInput(f"{path} is {kept}: an export or a report never replaces one; give another path")
+    return check_writable(path)
+
+
+def _kept_in(path: Path) -> str | None:
+    """What `path` holds, if it is data an output must not replace (by the file's first bytes)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if head[8:12] == b"DUCK":
+        return "a DuckDB database (an event store?)"
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive (a checkpoint or a policy?)"
+    return None
 
 
 def _temporary_beside(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the name's start only: a name that fits in 255 bytes would not with the temporary's dot and suffix added
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return tmp
 

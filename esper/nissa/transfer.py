@@ -488,14 +488,14 @@ def _write_stores(workspace: Workspace, source: Path, groups: list[tuple[str, li
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInput(f"cannot create workspace {root}: {exc.strerror or exc}") from None
-    stem = _safe(source.name.split(".")[0]) or "events"
+    stem = _safe(source.name.split(".")[0])[:NAME_PART_CHARS] or "events"
     written: list[tuple[Path, Path]] = []
     taken: set[Path] = set()
     try:
         for suffix, rows in groups:
-            tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=root)) / "store.tmp"
-            target = _free_name(workspace, f"imported-{stem}" + (f"-{_safe(suffix)}" if suffix else ""), taken)
+            target = _free_name(workspace, f"imported-{stem}" + (f"-{_safe(suffix)[:NAME_PART_CHARS]}" if suffix else ""), taken)
             taken.add(target)
+            tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=root)) / "store.tmp"
             written.append((tmp, target))
             _write_store_file(tmp, rows)
         for tmp, target in written:
@@ -506,6 +506,11 @@ def _write_stores(workspace: Workspace, source: Path, groups: list[tuple[str, li
         for tmp, _ in written:
             shutil.rmtree(tmp.parent, ignore_errors=True)
     return [target for _, target in written]
+
+
+NAME_PART_CHARS = 100
+"""How much of the imported file's name, and of a run id, an imported store's name keeps: a file name has at most
+255 bytes."""
 
 
 def _free_name(workspace: Workspace, name: str, taken: set[Path]) -> Path:

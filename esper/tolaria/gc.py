@@ -8,10 +8,12 @@ when every store was read whole: a live writer may be about to log the file it j
 content, so a file any run needs stays.
 """
 
+import os
 from pathlib import Path
 
 import attrs
 
+from esper.errors import BadInput
 from esper.leyline.events import RunFailed, RunFinished, decode
 from esper.store import Workspace
 from esper.tolaria import checkpoint
@@ -50,6 +52,8 @@ def collect(ws: Workspace) -> Collected:
     elif unnamed:
         notes.append(f"kept {len(unnamed)} checkpoint file(s) no log names yet: a store is being written or could "
                      f"not be read")
+    if doomed and not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot delete checkpoint files in {folder}: it is not writable")
     freed = sum(_delete(p) for p in doomed)
     return Collected(len(doomed), freed, len(set(files) - set(doomed)), notes)
 
@@ -69,4 +73,6 @@ def _delete(path: Path) -> int:
         path.unlink()
     except FileNotFoundError:
         return 0
+    except OSError as exc:
+        raise BadInput(f"cannot delete {path}: {exc.strerror or exc}") from None
     return size
