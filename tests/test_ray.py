@@ -304,3 +304,13 @@ def test_sigterm_ends_every_seeds_run_with_run_failed_and_leaves_no_ray_process(
     assert len(ends) == 2 and set(ends.values()) == {"RunFailed"}
     assert errors == ["interrupted", "interrupted"]  # ray.cancel's KeyboardInterrupt: the runs stopped, not failed
     assert _ray_processes(temp_dir) == []
+
+
+@pytest.mark.parametrize("command", [["run", "--epochs", "1", "--seeds", "0,1"],
+                                     ["ppo", "--workers", "2", "--episodes", "1", "--epochs", "1", "--out", "p.pt"]])
+def test_a_ray_address_where_nothing_answers_is_one_line_at_once(tmp_path, command):
+    """Ray would retry for about a minute, silently; nothing listens on port 1."""
+    started = time.monotonic()
+    line = one_line_error(invoke(*command, "--ray-address", "127.0.0.1:1", "--workspace", str(tmp_path / "ws")))
+    assert line.startswith("esper: cannot reach Ray at 127.0.0.1:1: Connection refused"), line
+    assert time.monotonic() - started < 60 and not (tmp_path / "ws").exists()

@@ -199,6 +199,9 @@ def test_config_options_are_refused_with_resume(cut):
     workspace, run_id = cut
     assert "continues the run with its own config: drop --seed, --epochs" in refused(
         workspace, run_id, 2, "--seed", "3", "--epochs", "9")
+    config = workspace / "run.toml"
+    config.write_text("epochs = 9\n")
+    assert refused(workspace, run_id, 2, "--config", str(config)).endswith("its own config: drop --config")
 
 
 def test_a_run_is_not_resumed_with_another_cpu_kernel_set(cut, monkeypatch):

@@ -183,7 +183,8 @@ RESUME_OPTIONS = ("ctx", "resume", "checkpoint_every", "snapshot_every", "as_jso
 
 
 def _refuse_config_options(ctx: typer.Context) -> None:
-    given = [f"--{name.replace('_', '-')}" for name in ctx.params if name not in RESUME_OPTIONS
+    flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}  # as typed: config_file is --config
+    given = [flags[name] for name in ctx.params if name not in RESUME_OPTIONS
              and getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]
     if given:
         raise BadInput(f"--resume continues the run with its own config: drop {', '.join(given)}")
@@ -284,12 +285,15 @@ def _run_seeds(text: str, request: "RunRequest", ctx: typer.Context, as_json: bo
                ray_address: Optional[str], config_file: Optional[Path]) -> None:
     """`--seeds`: every seed's run, a line (or JSON object) as each ends, then the summary; exit 1 if any failed."""
     from esper.app import seeds as fanout
+    from esper.tolaria import cluster
 
     for name in ("seed", "print_config"):
         if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT":
             raise BadInput(f"--{name.replace('_', '-')} is for one run: drop it with --seeds")
     with _naming(config_file):
         planned = fanout.plan_seeds(request, fanout.parse_seeds(text), Workspace.at(workspace))
+    if len(planned) > 1:
+        cluster.check_reachable(ray_address)
     ws = writable_workspace(workspace)
     c = planned[0].config
     where = f"on Ray at {ray_address}" if ray_address else "on Ray" if len(planned) > 1 else "here"

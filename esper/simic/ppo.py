@@ -206,6 +206,8 @@ def train(
         _check_logged(out, workspace)
         start_update, episodes_done = state["update"], state["episodes"]
     _check(cfg)
+    if cfg.workers > 1:
+        cluster.check_reachable(ray_address)  # before the learner's store is made
     updates = start_update + math.ceil((cfg.episodes - episodes_done) / cfg.n_envs)  # after a partial one too
     if cfg.select_every and updates > SELECT_OFFSET:  # as played: a resumed job's partial update adds one
         raise BadInput(f"a selecting job plays at most {SELECT_OFFSET:,} updates (its rollouts' seeds would reach "

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -57,6 +58,7 @@ def connected(what: str, address: str | None = None) -> Iterator[Any]:
         # problem with the command: the notice is silenced, the protection kept (naming the mode instead skips
         # the token Ray would make, and the cluster then refuses its own workers)
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    check_reachable(address)
     sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an exit that would skip RunFailed
     try:
         ray.init(address=address, **options)
@@ -69,6 +71,29 @@ def connected(what: str, address: str | None = None) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+REACH_TIMEOUT_S = 5.0
+"""How long joining a cluster waits for its address to answer before saying it cannot (Ray itself retries for
+about a minute, silently)."""
+
+
+def check_reachable(address: str | None) -> None:
+    """Bad input, in one line, if nothing answers at a `HOST:PORT` address (else `$RAY_ADDRESS`; none: a local Ray
+    is started; Ray's other forms, `auto` or `ray://...`, are Ray's to resolve). Commands call it before they write
+    anything, `connected` again."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        return
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or "/" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else getattr(exc, "strerror", None) or str(exc)
+        raise BadInput(f"cannot reach Ray at {address}: {why} (is a Ray cluster running there? `ray start --head` "
+                       "starts one)") from None
 
 
 def cpus(ray: Any) -> int:
