@@ -240,6 +240,14 @@ def test_bad_input_is_one_line_and_exit_2(trained, args, message, tmp_path, monk
     assert message in one_line_error(invoke(*args, workspace=ws))
 
 
+def test_a_file_torch_cannot_load_as_a_policy_says_why(trained, tmp_path):
+    ws, _, _ = trained
+    text = tmp_path / "notes.pt"
+    text.write_text("not a pickle")
+    error = one_line_error(invoke("run", "--controller", "policy", "--policy", str(text), workspace=ws))
+    assert error.startswith(f"esper: {text} is not a policy file (torch cannot load it: UnpicklingError: "), error
+
+
 def test_iql_replaces_no_file_a_ppo_job_could_resume_from(trained, tmp_path):
     ws, result, _ = trained
     checkpoint = tmp_path / "ppo.pt"

@@ -143,6 +143,10 @@ def saved(path: str | Path, update: int, sources: list[str] = ()) -> CheckpointS
                            path=str(Path(path).resolve()), sources=list(sources))
 
 
+MESSAGE_CHARS = 120
+"""How much of torch's own reason a refused policy file's line quotes."""
+
+
 def read_policy_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
@@ -151,8 +155,11 @@ def read_policy_file(path: str | Path) -> dict[str, Any]:
         raise BadInput(f"no policy file {path} (write one with `esper ppo --out` or `esper iql --out`)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:  # the file itself: unreadable, a disk error
+        raise BadInput(f"cannot read policy file {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # torch raises many kinds for a file that is not one of its pickles
-        raise BadInput(f"{path} is not a policy file ({type(exc).__name__})") from None
+        raise BadInput(f"{path} is not a policy file (torch cannot load it: {type(exc).__name__}: "
+                       f"{first_line(exc)[:MESSAGE_CHARS]})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise BadInput(f"{path} is not an Esper policy file")
     if blob.get("version") != VERSION:
