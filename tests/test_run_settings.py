@@ -60,6 +60,8 @@ def test_the_command_line_overrides_the_file(tmp_path):
     ("seed = 'three'\n", "Expected `int`"),
     ("seed = \n", "is not TOML"),
     ("[heuristic]\nspeed = 3\n", "heuristic knobs"),
+    ("[heuristic]\nwarmup_epochs = 3\nmin_gain = 'x'\n", "got `str` - at `$.heuristic.min_gain`"),  # the key named
+    ("[host_options]\nchannels = [8]\n", "at `$.host_options.channels`"),
     ("[lifecycle]\nblend_epochs = -1\n", "lifecycle knobs: blend_epochs cannot be negative"),
     ("[lifecycle]\nregression_tolerance = nan\n", "regression_tolerance must be a finite number"),
     ("[lifecycle]\nmax_params = 9000\n", "set the size cap with max_params (--max-params)"),

@@ -10,6 +10,7 @@ rank 0 plans and starts the run inside `leading`, and every other rank `follow`s
 """
 
 import contextlib
+import re
 import secrets
 import tomllib
 import warnings
@@ -90,7 +91,23 @@ def request_from(file: Path | None, given: dict[str, Any]) -> RunRequest:
     try:
         return msgspec.convert(settings, RunRequest)
     except msgspec.ValidationError as exc:
-        raise BadInput(f"{'config ' + str(file) if file else 'run settings'}: {exc}") from None
+        raise BadInput(f"{'config ' + str(file) if file else 'run settings'}: {_naming_entry(exc, settings)}") from None
+
+
+def _naming_entry(exc: msgspec.ValidationError, settings: dict[str, Any]) -> str:
+    """msgspec's message, with the key of a table's bad entry named: it says `$.heuristic[...]` for any of them."""
+    text = str(exc)
+    match = re.search(r"\$\.(\w+)\[\.\.\.\]", text)
+    table = settings.get(match.group(1)) if match else None
+    if not isinstance(table, dict):
+        return text
+    kind = next(f.type for f in msgspec.structs.fields(RunRequest) if f.name == match.group(1))
+    for key, value in table.items():
+        try:
+            msgspec.convert({key: value}, kind)
+        except msgspec.ValidationError:
+            return text.replace(match.group(0), f"$.{match.group(1)}.{key}")
+    return text
 
 
 def _leaves(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
