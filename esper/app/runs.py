@@ -15,14 +15,14 @@ import secrets
 import tomllib
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import msgspec
 import torch
 
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line
-from esper.kasmina import SCHEDULES, host_problem, preset_host
+from esper.kasmina import HOSTS, SCHEDULES, build_host, host_problem, preset_host
 from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, from_table, number_problem, rate_problem
 from esper.leyline.stages import SeedStage
 from esper.nissa.files import check_writable
@@ -195,18 +195,35 @@ def _check_host_fits(preset: TaskPreset, data: TaskData, task: str) -> None:
     """Refuse, before anything is written, a host that cannot train on the task's data: a forward pass and the
     loss of a few training examples must work and give the task's classes (a host option such as `channels=0`,
     a `length` or `num_classes` that is not the data's, a host made for another task)."""
-    x, y = data.examples(2)
     host = f"host {preset.host}" + "".join(f" {k}={v}" for k, v in preset.host_options.items())
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # torch warns before it fails on some sizes (zero channels)
-            output = preset_host(preset)(x)
-            if output.shape[-1] == data.num_classes:
-                data.loss(output, y)
+        outputs = _outputs(lambda: preset_host(preset), data)
     except Exception as exc:
-        raise BadInput(f"{host} cannot train on task {task}: {first_line(exc)}") from None
-    if output.shape[-1] != data.num_classes:
-        raise BadInput(f"{host} gives {output.shape[-1]} outputs, task {task} has {data.num_classes} classes")
+        fit = [name for name in HOSTS if _trains_on(name, data)]
+        hint = f" (hosts that do, with their default options: {', '.join(fit)})" if fit else ""
+        raise BadInput(f"{host} cannot train on task {task}: {first_line(exc)}{hint}") from None
+    if outputs != data.num_classes:
+        raise BadInput(f"{host} gives {outputs} outputs, task {task} has {data.num_classes} classes")
+
+
+def _outputs(build: Callable[[], torch.nn.Module], data: TaskData) -> int:
+    """How many outputs the model `build` makes gives for a few training examples (raises what building it, the
+    model or the loss raises)."""
+    x, y = data.examples(2)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch warns before it fails on some sizes (zero channels)
+        output = build()(x)
+        if output.shape[-1] == data.num_classes:
+            data.loss(output, y)
+    return output.shape[-1]
+
+
+def _trains_on(host: str, data: TaskData) -> bool:
+    """Whether built-in `host`, with its default options, takes the task's data and gives its classes."""
+    try:
+        return _outputs(lambda: build_host(host), data) == data.num_classes
+    except Exception:
+        return False
 
 
 def preset_for(r: RunRequest) -> TaskPreset:
