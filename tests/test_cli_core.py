@@ -74,6 +74,17 @@ def test_runs_lists_status(workspace):
     assert status == {"run-a": "finished", "run-b": "incomplete"}
 
 
+def test_query_tables_show_control_characters_as_escapes_and_other_formats_keep_them(workspace):
+    """A stored string with ESC or BEL would act on the terminal, a newline break the row: the table writes them as
+    escapes; csv and json are data and keep the string as stored."""
+    sql = "select 'a' || chr(27) || '[31mred' || chr(10) || 'b' as s, chr(7) || chr(9) as bell"
+    table = invoke("query", sql, workspace=workspace).stdout
+    assert table.splitlines()[2].split() == ["a\\x1b[31mred\\nb", "\\x07\\t"], table
+    assert not any(ord(c) < 32 and c != "\n" for c in table)
+    assert json.loads(invoke("query", sql, "--format", "json", workspace=workspace).stdout)[0]["s"] == \
+        "a\x1b[31mred\nb"
+
+
 def test_query_sees_one_row_per_run_in_the_runs_view(workspace):
     out = esper("query", "select run_id, ended, finished, epochs, test_accuracy from runs order by run_id",
                 "--format", "json", workspace=workspace)

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -150,11 +151,21 @@ def render(columns: list[str], rows: list[tuple], fmt: str) -> str:
         writer.writerow(columns)
         writer.writerows([[_plain(v) for v in row] for row in rows])
         return out.getvalue()
-    cells = [["NULL" if v is None else str(_plain(v)) for v in row] for row in rows]
+    columns = [_visible(c) for c in columns]
+    cells = [["NULL" if v is None else _visible(str(_plain(v))) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     body = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
     return "\n".join(body) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _visible(text: str) -> str:
+    """A table cell as a terminal can show it: each control character written as its escape (`\\x1b`, `\\n`), not
+    sent, so that a stored string cannot move the cursor, recolour the terminal or break the row."""
+    return _CONTROL.sub(lambda match: match.group(0).encode("unicode_escape").decode(), text)
 
 
 def _distinct(columns: list[str]) -> list[str]:
