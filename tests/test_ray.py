@@ -6,12 +6,14 @@ start, and a run on it seconds more."""
 
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -180,6 +182,18 @@ def test_a_workspace_the_workers_cannot_see_is_refused_and_a_shared_one_keeps_no
     (tmp_path / "marker").write_text("another")
     assert "is another folder" in cluster._probe(str(tmp_path / "marker"), "token")
     assert "is not visible" in cluster._probe(str(tmp_path / "missing"), "token")
+
+
+@pytest.mark.slow
+def test_a_ray_of_this_machine_alone_is_checked_here_without_a_task(local_ray, tmp_path, monkeypatch):
+    """Its workers see this machine's folders: the probe runs in this process (a task cost ~0.3 s per command)."""
+    monkeypatch.setattr(local_ray, "remote", lambda *a, **k: pytest.fail("a probe task on a Ray of this machine"))
+    cluster.check_shared(local_ray, tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and real_access(path, mode))
+    with pytest.raises(BadInput, match="is not writable from Ray node"):
+        cluster.check_shared(local_ray, tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -220,6 +220,8 @@ def _probe_nodes(ray: Any, root: Path) -> str | None:
         nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
         if not nodes:
             raise BadInput("the Ray cluster has no live node with a CPU to train on")
+        if {n.get("NodeManagerAddress") for n in nodes} == {ray.util.get_node_ip_address()}:
+            return _probe(str(marker), token)  # every node is this machine (a Ray started here): no task needed
         probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
         problems = ray.get([probe.options(scheduling_strategy=_on(n["NodeID"])).remote(str(marker), token)
                             for n in nodes])
