@@ -17,7 +17,8 @@ width, and at each growth epoch the host is replaced by a wider one computing th
 Adam's moments are carried over to the wider host (a copy's scaled as its gradients are, new units' at zero).
 Compute is each epoch's training FLOPs as Esper counts a run's (`esper.tolaria.flops`: a step's forward and
 backward pass), summed over the epochs, and `saved` is the share below the widest host trained for every epoch.
-Runs on the tuning seeds 100–109 by default: the evaluation seeds stay untouched. Prints one JSON line per growth plan (the last one the static widest host).
+Runs on the tuning seeds 100–109 by default: the evaluation seeds stay untouched. Prints one JSON line per growth
+plan (the last one the static widest host).
 """
 
 import argparse

@@ -62,7 +62,8 @@ def ppo_job(cfg: PPOConfig) -> tuple[float, float, float | None]:
                 "WHERE type = 'PolicyUpdated' AND run_id = ?", [result["learner"]]).fetchall()
             spans = reader.con.execute(
                 "SELECT regexp_extract(run_id, '-u([0-9]+)-e', 1), epoch_us(min(ts)), epoch_us(max(ts)) FROM events "
-                "WHERE regexp_matches(run_id, ?) GROUP BY run_id", ["^" + result["runs"].removesuffix("*") + "[0-9]+-e[0-9]+$"]).fetchall()
+                "WHERE regexp_matches(run_id, ?) GROUP BY run_id",
+                ["^" + result["runs"].removesuffix("*") + "[0-9]+-e[0-9]+$"]).fetchall()
         busy = busy_share(spans, cfg.workers) if cfg.workers > 1 else None
         return wall, statistics.mean(rate for rate, in rates), busy
 

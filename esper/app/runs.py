@@ -207,8 +207,8 @@ def _check_host_fits(preset: TaskPreset, data: TaskData, task: str) -> None:
 
 
 def _outputs(build: Callable[[], torch.nn.Module], data: TaskData) -> int:
-    """How many outputs the model `build` makes gives for a few training examples (raises what building it, the
-    model or the loss raises)."""
+    """How many outputs the model that `build` makes gives for a few training examples (raises what building it,
+    the model or the loss raises)."""
     x, y = data.examples(2)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch warns before it fails on some sizes (zero channels)

@@ -35,7 +35,6 @@ def report(
         terminal_summary,
         write_text,
     )
-
     from esper.nissa.files import check_output
 
     if compare and len(runs) < 2:

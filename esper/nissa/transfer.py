@@ -493,7 +493,8 @@ def _write_stores(workspace: Workspace, source: Path, groups: list[tuple[str, li
     taken: set[Path] = set()
     try:
         for suffix, rows in groups:
-            target = _free_name(workspace, f"imported-{stem}" + (f"-{_safe(suffix)[:NAME_PART_CHARS]}" if suffix else ""), taken)
+            run = f"-{_safe(suffix)[:NAME_PART_CHARS]}" if suffix else ""
+            target = _free_name(workspace, f"imported-{stem}{run}", taken)
             taken.add(target)
             tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=root)) / "store.tmp"
             written.append((tmp, target))
