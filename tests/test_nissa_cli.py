@@ -56,6 +56,7 @@ def test_report_out_and_compare(ws, tmp_path):
         (["export", "heur", "--out", "-", "--format", "parquet"], "--out - writes jsonl to standard output; parquet"),
         (["export", "heur", "--out", "-", "--format", "tensorboard"], "tensorboard needs a folder"),
         (["export", "heur", "--out", "."], "cannot write .: it is a folder: give the path of a file"),
+        (["export", "heur", "-f", "jsonl", "--out", "h.parquet"], "--format jsonl but --out h.parquet names a parquet"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(ws, args, message):

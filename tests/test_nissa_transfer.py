@@ -149,9 +149,15 @@ def test_format_for():
     assert format_for(Path("a.parquet"), None) == "parquet"
     assert format_for(Path("a.jsonl"), None) == "jsonl"
     assert format_for(Path("a"), None) == "jsonl"
-    assert format_for(Path("a.jsonl"), "parquet") == "parquet"
+    assert format_for(Path("a.PQ"), None) == "parquet"
+    assert format_for(Path("a"), "parquet") == "parquet"
+    assert format_for(Path("a.json"), "jsonl") == "jsonl"
+    assert format_for(Path("a.txt"), "parquet") == "parquet"  # a name that says no format contradicts none
     with pytest.raises(BadInput, match="unknown format"):
         format_for(Path("a"), "csv")
+    for path, fmt in (("a.jsonl", "parquet"), ("a.parquet", "jsonl"), ("a.ndjson", "parquet")):
+        with pytest.raises(BadInput, match=f"--format {fmt} but --out {path} names a"):
+            format_for(Path(path), fmt)
 
 
 def _good_lines(source, tmp_path) -> list[str]:

@@ -114,12 +114,20 @@ _line_decoder = msgspec.json.Decoder(_Line)
 
 
 def format_for(path: Path, fmt: str | None) -> str:
-    """The format asked for, else the one the file name says, else jsonl."""
-    if fmt is not None:
-        if fmt not in FORMATS:
-            raise BadInput(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)}, and tensorboard for export)")
-        return fmt
-    return "parquet" if path.suffix.lower() in (".parquet", ".pq") else "jsonl"
+    """The format asked for, else the one the file name says, else jsonl. A format the file name contradicts
+    (`-f jsonl -o runs.parquet`) is refused: the file would read back, but its name would mislead."""
+    named = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        return named or "jsonl"
+    if fmt not in FORMATS:
+        raise BadInput(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)}, and tensorboard for export)")
+    if named is not None and named != fmt:
+        raise BadInput(f"--format {fmt} but --out {path} names a {named} file: drop --format (the name decides) or "
+                       "give a name that agrees")
+    return fmt
+
+
+_SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
 # ---- export -------------------------------------------------------------------------------------
