@@ -136,6 +136,34 @@ def test_a_message_crosses_as_bytes():
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(message), type=Message) == message
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.parametrize("last, parting", [("finish", ["barrier", "destroy"]), ("stop", ["destroy"]),
+                                           ("epoch", ["destroy"])])
+def test_the_ranks_of_a_finished_run_wait_for_each_other_before_they_part(monkeypatch, rank, last, parting):
+    """A follower that leaves while rank 0 still measures the test split can abort at its interpreter's end (gloo
+    lets go of the last message's tensors late): after `finish` the ranks meet in a barrier first. A run that failed
+    (`stop`) or broke off mid-run parts at once: its ranks may be inside different collectives."""
+    from torch import distributed as dist
+
+    from esper.tolaria.ranks import Ranks
+
+    calls = []
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    ranks = Ranks(rank, 2, torch.device("cpu"))
+    wire = msgspec.msgpack.encode(Message(last, 1, [], error="x" if last == "stop" else ""))
+    monkeypatch.setattr(ranks, "_broadcast_bytes", lambda data: wire)  # what rank 0 sends is what a follower gets
+    if ranks.leader:
+        ranks.send(Message("epoch", 1))
+        ranks.send(msgspec.msgpack.decode(wire, type=Message))
+    else:
+        assert ranks.receive().kind == last
+    ranks.close()
+    assert calls == parting
+
+
 # ---- two ranks --------------------------------------------------------------------------------------
 
 

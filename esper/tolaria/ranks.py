@@ -41,6 +41,7 @@ while the followers wait for its next message reaches them as a `Message` of kin
 its exit code, so the user reads the reason once, in rank 0's line.
 """
 
+import contextlib
 from datetime import timedelta
 from typing import Iterable, Sequence
 
@@ -115,6 +116,8 @@ class Ranks:
         self.listening = True
         """Whether the followers wait for rank 0's next message (not inside an epoch's steps): only then can a
         failure on rank 0 be sent to them."""
+        self.finished = False
+        """Whether rank 0 has sent, or this follower received, the run's `finish`: the ranks then part together."""
 
     @property
     def leader(self) -> bool:
@@ -140,8 +143,19 @@ class Ranks:
         return cls(rank, world, place)
 
     def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the process group. After a finished run the ranks first wait for each other (a barrier): a follower
+        would otherwise reach the end of its interpreter while rank 0 still measures the test split, and gloo's
+        worker thread, which lets go of the `finish` message's tensors only after the broadcast has returned, can
+        be that late on a busy machine; releasing a Python tensor then needs the GIL of an interpreter shutting down,
+        and the follower aborts ("terminate called without an active exception": a finished run that torchrun
+        reports failed). Blocked in the barrier, the follower frees the GIL and that thread finishes; the barrier's
+        own work holds no tensor. A failed run parts at once: its ranks may be inside different collectives."""
+        if not dist.is_initialized():
+            return
+        if self.finished:
+            with contextlib.suppress(RuntimeError):  # a peer already gone: the run is over all the same
+                dist.barrier()
+        dist.destroy_process_group()
 
     # ---- messages from rank 0 --------------------------------------------------------------------
 
@@ -150,10 +164,13 @@ class Ranks:
         data = msgspec.msgpack.encode(message)
         self.listening = False  # until the epoch's end (`reduce_epoch`); after `finish` or `stop`, for good
         self._collective(self._broadcast_bytes, data)
+        self.finished = message.kind == "finish"
 
     def receive(self) -> Message:
         """A follower: rank 0's next message."""
-        return msgspec.msgpack.decode(self._collective(self._broadcast_bytes, b""), type=Message)
+        message = msgspec.msgpack.decode(self._collective(self._broadcast_bytes, b""), type=Message)
+        self.finished = message.kind == "finish"
+        return message
 
     def release(self) -> None:
         """Rank 0, at its end: followers still waiting for a first message (rank 0 started no run) end too."""
