@@ -208,7 +208,7 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["ppo", "--max-params", "100", "--out", "x.pt"], "below the mnist1d host's own"),
     (["ppo", "--select-every", "-1", "--out", "x.pt"], "select_every must not be negative"),
     (["ppo", "--select-every", "2", "--select-runs", "0", "--out", "x.pt"], "select_runs must be between"),
-    (["ppo", "--select-runs", "8", "--out", "x.pt"], "turn selection on with select_every (--select-every N)"),
+    (["ppo", "--select-runs", "8", "--out", "x.pt"], "--select-runs is how many runs checkpoint selection plays: turn"),
     (["ppo", "--select-every", "1", "--n-envs", "1", "--episodes", "90001", "--out", "x.pt"],
      "a selecting job plays at most 90,000 updates"),
     (["ppo", "--seed", "-1", "--out", "x.pt"], "seed must be between 0 and 999,999, got -1"),

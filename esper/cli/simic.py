@@ -133,6 +133,10 @@ def ppo(
         _refuse_changed_settings(ctx, cfg, out)
     if ray_address is not None and workers <= 1:
         raise BadInput("--ray-address is for --workers N with N > 1 (one worker plays here, without Ray)")
+    given = getattr(ctx.get_parameter_source("select_runs"), "name", "") == "COMMANDLINE"
+    if given and not select_every and not resume:  # (with --resume, the checkpoint's settings are checked above)
+        raise BadInput("--select-runs is how many runs checkpoint selection plays: turn selection on with "
+                       "--select-every N")
     try:
         result = ppo_job(cfg, out, writable_workspace(workspace), init=init, resume=resume, progress=say,
                          ray_address=ray_address)

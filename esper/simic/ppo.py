@@ -214,9 +214,6 @@ def train(
                        "its selection runs')")
     if cfg.init_temperature != 1.0 and init is None and not resume:
         raise BadInput("init_temperature softens a starting policy: give one to start from (--init)")
-    if cfg.select_runs != PPOConfig().select_runs and not cfg.select_every and not resume:
-        raise BadInput("select_runs is how many runs checkpoint selection plays: turn selection on with "
-                       "select_every (--select-every N)")
     spec = spec_for_task(cfg.task)
     net = make_net(spec, cfg.hidden, cfg.seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, eps=1e-5)
