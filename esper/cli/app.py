@@ -58,6 +58,12 @@ def path_option(default: Any, *names: str, help: str, as_text: bool = False) -> 
     return typer.Option(default, *names, parser=nonempty_path if as_text else path_value, metavar="<path>", help=help)
 
 
+def option_source(ctx: typer.Context, name: str) -> str:
+    """Where option `name`'s value came from: the name of click's source (COMMANDLINE, ENVIRONMENT, DEFAULT ...;
+    DEFAULT when click names none). Compared by name, as typer may bundle a click of its own."""
+    return getattr(ctx.get_parameter_source(name), "name", "DEFAULT")
+
+
 WorkspaceOption = path_option(None, "--workspace", "-w", help="Folder of store files (default $ESPER_WORKSPACE, else ./runs).")
 
 RayAddress = typer.Option(None, "--ray-address", help="Join this Ray cluster (default $RAY_ADDRESS, else start Ray on "

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 
-from esper.cli.app import (RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text, path_option,
-                           say, writable_workspace)
+from esper.cli.app import (RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text,
+                           option_source, path_option, say, writable_workspace)
 from esper.cli.progress import EpochBars
 from esper.errors import BadInput, RunFailed
 from esper.leyline.config import SNAPSHOT_EVERY, HeuristicConfig, LifecycleConfig, from_table, parse_knobs
@@ -144,7 +144,7 @@ def _given(ctx: typer.Context) -> dict:
     """The settings named on the command line, as `RunRequest` keys and values."""
     given = {}
     for name, value in ctx.params.items():
-        if name in NOT_SETTINGS or value is None or ctx.get_parameter_source(name).name == "DEFAULT":
+        if name in NOT_SETTINGS or value is None or option_source(ctx, name) == "DEFAULT":
             continue
         if name in ("heuristic", "lifecycle"):
             struct = HeuristicConfig if name == "heuristic" else LifecycleConfig
@@ -185,7 +185,7 @@ RESUME_OPTIONS = ("ctx", "resume", "checkpoint_every", "snapshot_every", "as_jso
 def _refuse_config_options(ctx: typer.Context) -> None:
     flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}  # as typed: config_file is --config
     given = [flags[name] for name in ctx.params if name not in RESUME_OPTIONS
-             and getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]
+             and option_source(ctx, name) != "DEFAULT"]
     if given:
         raise BadInput(f"--resume continues the run with its own config: drop {', '.join(given)}")
 
@@ -288,7 +288,7 @@ def _run_seeds(text: str, request: "RunRequest", ctx: typer.Context, as_json: bo
     from esper.tolaria import cluster
 
     for name in ("seed", "print_config"):
-        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT":
+        if option_source(ctx, name) != "DEFAULT":
             raise BadInput(f"--{name.replace('_', '-')} is for one run: drop it with --seeds")
     with _naming(config_file):
         planned = fanout.plan_seeds(request, fanout.parse_seeds(text), Workspace.at(workspace))

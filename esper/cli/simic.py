@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from esper.cli.app import (RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text, path_option,
-                           say, writable_workspace)
+from esper.cli.app import (RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text,
+                           option_source, path_option, say, writable_workspace)
 from esper.errors import BadInput, StoreFailed
 from esper.simic.config import IQLConfig, PPOConfig
 from esper.simic.rewards import RewardConfig
@@ -50,8 +50,7 @@ def _refuse_changed_settings(ctx: typer.Context, cfg: PPOConfig, out: Path) -> N
     on without it. One the job already has (the first command again, with --resume) is no change."""
     from esper.simic.ppo import checkpoint_config
 
-    given = [name for name in ctx.params  # by the source's name: typer may bundle its click
-             if name not in RESUME_OPTIONS and getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
+    given = [name for name in ctx.params if name not in RESUME_OPTIONS and option_source(ctx, name) == "COMMANDLINE"]
     if not given or not out.is_file():  # no checkpoint: the job says so
         return
     job = checkpoint_config(out)
@@ -118,7 +117,7 @@ def ppo(
     if not resume and out.is_file():  # a trained policy is never replaced by a forgotten --resume
         raise BadInput(f"{out} already exists: if it is an esper ppo checkpoint, --resume continues its job; for a new "
                        "job give another --out or remove that file")
-    if resume and getattr(ctx.get_parameter_source("episodes"), "name", "") != "COMMANDLINE":
+    if resume and option_source(ctx, "episodes") != "COMMANDLINE":
         episodes = 0  # on to the total the job was started with
     cfg = PPOConfig(
         task=task, n_envs=n_envs, episodes=episodes, epochs=epochs, seed=seed,
@@ -133,8 +132,7 @@ def ppo(
         _refuse_changed_settings(ctx, cfg, out)
     if ray_address is not None and workers <= 1:
         raise BadInput("--ray-address is for --workers N with N > 1 (one worker plays here, without Ray)")
-    given = getattr(ctx.get_parameter_source("select_runs"), "name", "") == "COMMANDLINE"
-    if given and not select_every and not resume:  # (with --resume, the checkpoint's settings are checked above)
+    if option_source(ctx, "select_runs") == "COMMANDLINE" and not select_every and not resume:  # (with --resume, the checkpoint's settings are checked above)
         raise BadInput("--select-runs is how many runs checkpoint selection plays: turn selection on with "
                        "--select-every N")
     try:
