@@ -80,6 +80,28 @@ def test_an_output_never_replaces_a_store_or_a_checkpoint(tmp_path, command):
     assert not (ws / ".nissa").exists()  # refused before the projections were brought up to date
 
 
+@pytest.mark.parametrize("command", ["export", "report"])
+def test_an_output_is_never_moved_over_a_device_or_a_pipe_and_goes_through_a_link(tmp_path, command):
+    """A file moved over `-o /dev/null` would replace the device itself; a pipe opened to look inside would wait
+    for a writer. Both refused, in one line. A symbolic link is written through, as the shell's `>` does."""
+    ws = tmp_path / "ws"
+    write_comparison(ws)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    line = one_line_error(invoke(command, "heur", "-o", str(pipe), "--workspace", str(ws)))
+    assert line.endswith("is not a regular file (a device, a pipe or a socket): give the path of a file"), line
+    assert pipe.is_fifo()
+    if os.path.exists("/dev/null") and os.getuid() == 0:  # only root could replace it, so only root can see it kept
+        assert invoke(command, "heur", "-o", "/dev/null", "--workspace", str(ws)).exit_code == 2
+        assert Path("/dev/null").is_char_device()
+    target, link = tmp_path / "target.txt", tmp_path / "link.out"
+    target.write_text("before")
+    link.symlink_to(target.name)
+    assert invoke(command, "heur", "-o", str(link), "--workspace", str(ws)).exit_code == 0
+    assert link.is_symlink() and target.read_text() != "before"
+    assert HEURISTIC in target.read_text()
+
+
 def test_a_report_to_an_unwritable_place_leaves_no_projections(tmp_path):
     ws = tmp_path / "ws"
     write_comparison(ws)

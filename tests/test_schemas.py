@@ -1,10 +1,13 @@
 """The committed JSON Schemas must match the event and command types."""
 
 import json
+import os
 from pathlib import Path
 
 import msgspec
+import pytest
 
+from esper.errors import BadInput
 from esper.leyline.schemas import _normalised, schema_documents, write_schemas
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -54,6 +57,21 @@ def test_every_event_schema_names_its_tag():
         definition = schema["$defs"][schema["$ref"].split("/")[-1]]
         tag_field = "type" if "type" in definition["properties"] else "op"
         assert definition["properties"][tag_field]["enum"] == [tag]
+
+
+def test_a_schema_name_taken_by_no_file_is_refused_before_anything_is_written(tmp_path):
+    folder = tmp_path / "out"
+    (folder / "RunFailed.json").mkdir(parents=True)
+    with pytest.raises(BadInput, match=r"RunFailed.json is not a file"):
+        write_schemas(folder)
+    assert [p.name for p in folder.iterdir()] == ["RunFailed.json"]
+
+
+def test_writing_schemas_never_opens_a_pipe(tmp_path):
+    """A pipe named like a stale schema would block the check of whether it is ours until someone wrote to it."""
+    os.mkfifo(tmp_path / "Waiting.json")
+    assert {p.name for p in write_schemas(tmp_path)} == set(schema_documents())
+    assert (tmp_path / "Waiting.json").is_fifo()
 
 
 def test_writing_schemas_removes_only_stale_files_of_its_own(tmp_path):

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from esper.errors import BadInput
 from esper.leyline.commands import COMMAND_TYPES
 from esper.leyline.events import EVENT_TYPES
 
@@ -51,11 +52,16 @@ def is_ours(path: Path) -> bool:
 
 def write_schemas(folder: Path) -> list[Path]:
     """Write every schema into `folder`, removing stale schema files of ours (never another file); returns
-    the paths written."""
-    folder.mkdir(parents=True, exist_ok=True)
+    the paths written. A name of ours taken by something that is not a file (a folder, a device, a pipe) is
+    bad input, found before anything is written."""
     docs = schema_documents()
+    for name in docs:
+        if (folder / name).exists() and not (folder / name).is_file():
+            raise BadInput(f"cannot write schemas into {folder}: {folder / name} is not a file (a folder, a device "
+                           "or a pipe?): move it away")
+    folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.json"):
-        if old.name not in docs and is_ours(old):
+        if old.name not in docs and old.is_file() and is_ours(old):  # a pipe would wait for a writer
             old.unlink()
     written = []
     for name, text in docs.items():

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -12,18 +13,23 @@ from esper.errors import BadInput
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then move it into place.
 
-    The file gets the permissions a plainly created file would (umask respected). A path that cannot
-    be written is bad input, one line.
+    The file gets the permissions a plainly created file would (umask respected). A symbolic link is written
+    through, as the shell's `>` does: the file it names is replaced and the link stays. A path that cannot
+    be written, or that names something other than a file (a folder, a device, a pipe), is bad input, one line:
+    moving a file over `/dev/null` would replace the device itself.
     """
+    if why := not_a_file(path):
+        raise BadInput(f"cannot write {path}: {why}")
+    target = _written_through(path)
     tmp: str | None = None
     try:
         with _bad_input_if_unwritable(path):
-            tmp = _temporary_beside(path)
+            tmp = _temporary_beside(target)
             write(Path(tmp))
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
+            os.replace(tmp, target)
             tmp = None
     finally:
         if tmp is not None and os.path.exists(tmp):
@@ -38,6 +44,9 @@ def check_writable(path: Path, what: str = "") -> Path:
     mount, a kernel folder, a full disk); nothing else is created. With `what`, the message is about creating
     that folder (`path`'s parent)."""
     cannot = f"cannot create {what} {path.parent}" if what else f"cannot write {path}"
+    if not what and (why := not_a_file(path)):
+        raise BadInput(f"{cannot}: {why}")
+    path = _written_through(path)
     folder = next(p for p in (path.parent, *path.parent.parents) if os.path.exists(p))
     if not os.path.isdir(folder):
         raise BadInput(f"{cannot}: {folder} is a file, not a folder")
@@ -56,15 +65,35 @@ def check_output(path: Path) -> Path:
     """Fail now, in one line, if an output file (an export, a report) could not be written at `path`, or would
     replace what Esper keeps there: a DuckDB database (an event store, the projections) or a zip archive (a
     checkpoint, a policy)."""
-    if os.path.isdir(path):
-        raise BadInput(f"cannot write {path}: it is a folder: give the path of a file")
+    if why := not_a_file(path):
+        raise BadInput(f"cannot write {path}: {why}")
     if (kept := _kept_in(path)) is not None:
         raise BadInput(f"{path} is {kept}: an export or a report never replaces one; give another path")
     return check_writable(path)
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be written as a file, if what is there (a link followed) is not one: a folder, or a
+    device, a pipe or a socket (opening a pipe to look inside would wait for a writer)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there (or a dangling link): a file can be made
+        return None
+    if stat.S_ISDIR(mode):
+        return "it is a folder: give the path of a file"
+    if not stat.S_ISREG(mode):
+        return "it is not a regular file (a device, a pipe or a socket): give the path of a file"
+    return None
+
+
+def _written_through(path: Path) -> Path:
+    """Where writing `path` lands: the file a symbolic link names (the link stays), else `path` itself."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
+
+
 def _kept_in(path: Path) -> str | None:
-    """What `path` holds, if it is data an output must not replace (by the file's first bytes)."""
+    """What `path` holds, if it is data an output must not replace (by the file's first bytes). Only called on
+    a regular file."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
