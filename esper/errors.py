@@ -26,6 +26,13 @@ def is_termination(exc: BaseException) -> bool:
     return isinstance(exc, Terminated) or (isinstance(exc, KeyboardInterrupt) and Terminated.received)
 
 
+def is_interruption(exc: BaseException) -> bool:
+    """Whether `exc` is Ctrl-C or SIGTERM met inside a DuckDB query: DuckDB stops the query and raises an error of
+    its own (`RuntimeError: Query interrupted`, or its `InterruptException`), and the KeyboardInterrupt is gone.
+    `Terminated.received` still says which of the two it was."""
+    return type(exc).__name__ == "InterruptException" or (isinstance(exc, RuntimeError) and str(exc) == "Query interrupted")
+
+
 class EsperError(Exception):
     """Base of every error Esper raises on purpose. `exit_code` is what the CLI returns."""
 

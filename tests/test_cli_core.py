@@ -2,7 +2,9 @@
 
 import json
 import re
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +125,21 @@ def test_runs_of_an_empty_workspace_says_where_it_looked(tmp_path):
         assert out.exit_code == 0 and f"no runs in {tmp_path / 'new'} yet" in out.stderr
         assert json.loads(out.stdout) == [] if "--json" in args else "(0 rows)" in out.stdout
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_long_query_stops_at_once_when_interrupted(tmp_path, signum, code, said):
+    """DuckDB looks for a signal only between the tasks of a query, and one task of this cross join runs for
+    minutes: Ctrl-C used to wait for it, or came out as an internal error (DuckDB's `Query interrupted`)."""
+    process = start("query", "select sum(a * b) from range(1000000) t(a), range(1000000) u(b)",
+                    workspace=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(4)  # torch imported, the query running (were it not, the stop would still be answered as below)
+    process.send_signal(signum)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()  # one that did not stop would spin on for hours
+    assert process.returncode == code and stderr.strip() == f"esper: {said}", stderr
 
 
 def test_empty_workspace_answers_queries(tmp_path):

@@ -12,7 +12,16 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from esper.errors import BadInput, EsperError, RankBadInput, RankStopped, first_line, is_termination
+from esper.errors import (
+    BadInput,
+    EsperError,
+    RankBadInput,
+    RankStopped,
+    Terminated,
+    first_line,
+    is_interruption,
+    is_termination,
+)
 from esper.tolaria import launch
 
 app = typer.Typer(
@@ -142,14 +151,14 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             say(f"esper: {exc}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (`Terminated`): under torchrun rank 0 says it for all
-            stopped = is_termination(exc)
-            if launch.leading():
-                say("esper: terminated" if stopped else "esper: interrupted")
-            raise typer.Exit(143 if stopped else 130) from None
+            raise typer.Exit(_stopped(is_termination(exc))) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # a bug of ours: still one line, with the way to see more
             from esper.store.workspace import is_damaged_block, store_damaged
+
+            if is_interruption(exc):  # Ctrl-C or SIGTERM, met inside a query: DuckDB says it in its own words
+                raise typer.Exit(_stopped(Terminated.received)) from None
 
             if is_damaged_block(exc):  # met in a query of any command: the file's fault, named
                 damage = store_damaged(exc, kwargs.get("workspace"))
@@ -209,6 +218,14 @@ def write_held(held: io.StringIO) -> int | None:
         say(f"esper: cannot write the output: {exc.strerror or exc}")
         return 1
     return None
+
+
+def _stopped(terminated: bool) -> int:
+    """Say how the command was stopped (under torchrun rank 0 says it for all) and return its exit code: 143 for
+    SIGTERM, 130 for Ctrl-C, as a shell reports them."""
+    if launch.leading():
+        say("esper: terminated" if terminated else "esper: interrupted")
+    return 143 if terminated else 130
 
 
 def _check_numbers(options: dict[str, Any]) -> None:

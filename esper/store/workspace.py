@@ -9,8 +9,9 @@ each such file is reported in `notes`, never waited on.
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import attrs
 import duckdb
@@ -236,17 +237,47 @@ class Reader:
         return statements
 
     def execute(self, statements: list) -> list[tuple[list[str], list[tuple]]]:
-        """Columns and rows of each of `statements` (from `reading`), run one by one; a failing one is BadInput."""
+        """Columns and rows of each of `statements` (from `reading`), run one by one; a failing one is BadInput.
+        Ctrl-C or SIGTERM stops the query at once (`_stoppable`)."""
         results = []
-        try:
+
+        def run() -> None:
             for statement in statements:
                 result = self.con.execute(statement)
                 results.append(([d[0] for d in result.description or []], result.fetchall()))
+
+        try:
+            self._stoppable(run)
         except duckdb.Error as exc:
             if is_damaged_block(exc):  # the file's fault, not the SQL's
                 raise
             raise BadInput(f"bad SQL: {first_line(exc)}") from None
         return results
+
+    def _stoppable(self, run: Callable[[], None]) -> None:
+        """`run()`, DuckDB work on this reader's connection, in a thread of its own while this one waits. DuckDB
+        looks for a signal only between the tasks of a query, and one task of a large join can run for minutes:
+        Ctrl-C would wait for it. Waiting here, the signal arrives at once, and `interrupt()` stops the query."""
+        failed: list[BaseException] = []
+        done = threading.Event()  # not Thread.join: a join cut short by a signal can report a running thread ended
+
+        def work() -> None:
+            try:
+                run()
+            except BaseException as exc:  # handed to the waiting thread, which raises it
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="esper-query", daemon=True).start()
+        try:
+            done.wait()
+        except BaseException:  # KeyboardInterrupt, Terminated
+            self.con.interrupt()
+            done.wait()
+            raise
+        if failed:
+            raise failed[0]
 
     def resolve_run(self, run: str, training: bool = True) -> str:
         """The full run id for `run`, which may be a unique prefix; with `training`, it must be a training run
