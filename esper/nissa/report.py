@@ -15,7 +15,7 @@ import attrs
 from esper.leyline.status import INCOMPLETE, shown
 from esper.nissa.charts import DASHES, RUN_COLORS, STAGE_COLORS, Band, Marker, Series, line_chart
 from esper.nissa.files import atomic_write
-from esper.nissa.fmt import count, pct, points
+from esper.nissa.fmt import count, pct, plural, points
 from esper.nissa.narrative import explain_rejection, narrate
 from esper.nissa.projector import Projector
 from esper.store import Reader
@@ -382,7 +382,7 @@ def terminal_summary(view: RunView) -> list[str]:
     best = f" (best {pct(s.get('best_val_accuracy'))} at epoch {s.get('best_epoch')})" if s.get("best_epoch") else ""
     growth = f" ({_growth(s)})" if _growth(s) else ""
     lines = [
-        f"run {view.run_id}: {view.status}, {s.get('epochs', 0)} epochs, task {s.get('task')}, controller {s.get('controller')}",
+        f"run {view.run_id}: {view.status}, {plural(s.get('epochs', 0), 'epoch')}, task {s.get('task')}, controller {s.get('controller')}",
         f"  validation accuracy {pct(s.get('val_accuracy'))}{best}, test {pct(s.get('test_accuracy'))}",
         f"  params {count(s.get('params'))}{growth}; seeds: {s.get('germinated', 0)} germinated, "
         f"{s.get('fossilized', 0)} fossilized, {s.get('culled', 0)} culled",
