@@ -516,6 +516,24 @@ def test_a_file_that_is_not_a_policy_is_bad_input(tmp_path):
         load_policy_controller(str(bad))
 
 
+def test_a_policy_whose_weights_are_not_finite_is_bad_input(tmp_path):
+    """Greedy, such a policy chose `wait` at every epoch without a word; sampling, it crashed torch."""
+    net = make_net(SPEC, 32, seed=1)
+    with torch.no_grad():
+        next(net.parameters())[0, 0] = float("nan")
+    save_policy(tmp_path / "nan.pt", net, "ppo", RewardConfig(), hidden=32)
+    with pytest.raises(BadInput, match="weights are not all finite numbers: the training that wrote it diverged"):
+        load_policy_controller(str(tmp_path / "nan.pt"))
+
+
+def test_ppo_that_diverges_fails_in_one_line_and_saves_no_policy(tmp_path):
+    """A reward weight past float32's range makes every reward infinite, and the first update's weights NaN."""
+    cfg = PPOConfig(epochs=2, episodes=2, n_envs=2, reward=RewardConfig(accuracy=1e308))
+    with pytest.raises(EsperError, match=r"PPO diverged at update 1 \(the policy's weights are not finite\)"):
+        train_ppo(cfg, tmp_path / "ppo.pt", Workspace.at(tmp_path))
+    assert not (tmp_path / "ppo.pt").exists()
+
+
 def test_a_param_budget_charges_only_the_growth_beyond_it():
     host, budget = 1000, 2000
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from esper.errors import BadInput, first_line
 from esper.leyline.commands import Command
+from esper.leyline.config import rate_problem
 from esper.leyline.events import CheckpointSaved
 from esper.nissa.files import atomic_write
 from esper.simic.features import GERMINATE, OPS, FeatureSpec, action_mask, encode, task_of, to_command
@@ -37,8 +38,8 @@ MASKED = -1e8
 
 def check_training(learning_rate: float, gamma: float, hidden: int) -> None:
     """The settings PPO and IQL share, checked before any work (one line of `BadInput` each)."""
-    if not (learning_rate > 0 and math.isfinite(learning_rate)):
-        raise BadInput(f"learning_rate must be a positive number, got {learning_rate}")
+    if problem := rate_problem("learning_rate", learning_rate):  # past it Adam's step overflows: a crash, late
+        raise BadInput(problem)
     if not 0.0 < gamma <= 1.0:
         raise BadInput(f"gamma must be in (0, 1], got {gamma}")
     if hidden < 1:
@@ -176,8 +177,15 @@ def load_policy(path: str | Path) -> tuple[PolicyNet, dict[str, Any]]:
         net.load_state_dict(blob["model"])
     except (KeyError, RuntimeError, msgspec.ValidationError) as exc:
         raise BadInput(f"{path} is a damaged policy file ({type(exc).__name__}: {first_line(exc)})") from None
+    if not weights_finite(net):  # a greedy policy of NaNs waits forever; a sampling one crashes
+        raise BadInput(f"{path} holds a policy whose weights are not all finite numbers: the training that wrote "
+                       "it diverged")
     net.eval()
     return net, blob
+
+
+def weights_finite(net: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in net.parameters())
 
 
 def rewards_of(blob: dict[str, Any]) -> RewardConfig:

@@ -37,14 +37,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from esper.errors import BadInput
+from esper.errors import BadInput, EsperError
 from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.events import CheckpointSaved, PolicyUpdated
 from esper.nissa.fmt import plural
 from esper.simic.dataset import Episode, batch, replay_episode
 from esper.simic.env import configs_round_robin
 from esper.simic.features import FeatureSpec, spec_for_task, task_of
-from esper.simic.policy import PolicyNet, check_training, load_policy, save_policy, saved
+from esper.simic.policy import PolicyNet, check_training, load_policy, save_policy, saved, weights_finite
 from esper.simic.config import PPOConfig
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.simic.rollout import Players, RayPlayers, episode_generators, open_players
@@ -309,6 +309,9 @@ def learn(u: int, n: int, cfg: PPOConfig, net: PolicyNet, optimizer: torch.optim
         b["advantages"] = centre_per_step(b["advantages"], b["step"])
     frozen = u < cfg.critic_warmup
     stats = update(net, optimizer, b, cfg, generator, actor=not frozen)
+    if not weights_finite(net):  # the file keeps the last finite policy (or none): a NaN one would decide nothing
+        raise EsperError(f"PPO diverged at update {u + 1} (the policy's weights are not finite); its policy was not "
+                         f"saved: try a lower --lr (now {cfg.learning_rate:g}) or smaller --reward-* weights")
     stats |= _episode_stats(episodes)
     return stats | {"env_steps_per_s": live.steps / played, "learning_rate": cfg.learning_rate,
                     "actor_frozen": float(frozen)} | cfg.reward.stats()
