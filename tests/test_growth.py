@@ -1,6 +1,7 @@
 """Real runs of the default task: seeds grow through every stage, logs replay and re-execute exactly."""
 
 import json
+import re
 import signal
 
 import msgspec
@@ -9,8 +10,9 @@ from cli_runner import esper, invoke, one_line_error, start
 
 from esper.app import runs
 from esper.app.runs import final_architecture
-from esper.leyline import (CommandRejected, HeuristicConfig, LifecycleConfig, RunConfig, SeedStage, SeedTransitioned,
-                           encode)
+from esper.errors import BadInput
+from esper.leyline import (CommandRejected, HeuristicConfig, LifecycleConfig, RunConfig, RunFailed, RunFinished, SeedStage,
+                           SeedTransitioned, encode)
 from esper.nissa.runstate import RunState
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
@@ -98,6 +100,24 @@ def test_scratch_builds_the_final_architecture_up_front(grown):
     assert [(e.slot, e.epoch) for e in built] == [(slot, 0) for slot, _ in architecture]
 
 
+@pytest.mark.parametrize("ending, said", [(None, "incomplete after epoch 11 of 12; scratch builds the architecture "
+                                                   "of a finished run: finish it first (esper run --resume cut)"),
+                                           (RunFailed(error="interrupted"), "failed after epoch 11 of 12; scratch "
+                                            "builds the architecture of a finished run: finish it first"),
+                                           (RunFailed(error="training diverged"), "failed after epoch 11 of 12; scratch "
+                                            "builds the architecture of a finished run")])
+def test_scratch_refuses_to_build_like_a_run_that_did_not_finish(grown, tmp_path, ending, said):
+    """What had fossilized when a run stopped would pass for the architecture it grew."""
+    ws, _, _ = grown
+    with ws.reader() as reader:
+        events = [r.event for r in reader.read_run("grows")]
+    cut = [e for e in events if not isinstance(e, RunFinished) and (e.epoch is None or e.epoch <= 11)]
+    with Recorder(tmp_path / "cut.duckdb") as recorder:
+        recorder.append("cut", cut + ([ending] if ending else []), 0)
+    with pytest.raises(BadInput, match=re.escape(f"like cut: the run is {said}")):
+        final_architecture(Workspace(tmp_path), "cut", "mnist1d")
+
+
 def test_cli_run_json_then_replay_verify(tmp_path):
     out = esper("run", "--epochs", "3", "--seed", "2", "--json", workspace=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -141,6 +161,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     [
         (("--task", "imagenet"), "unknown task"),
         (("--controller", "oracle"), "unknown controller"),
+        (("--controller", "Policy", "--policy", "p.pt"), "unknown controller 'Policy'"),  # not "--policy is for..."
         (("--controller", "scratch"), "needs --like RUN"),
         (("--controller", "policy"), "needs a policy file"),
         (("--epochs", "-1"), "must be positive"),

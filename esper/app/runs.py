@@ -23,12 +23,14 @@ import torch
 
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line
 from esper.kasmina import HOSTS, SCHEDULES, build_host, host_problem, preset_host
-from esper.leyline.config import HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, from_table, number_problem, rate_problem
+from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, every_problem,
+                                  from_table, number_problem, rate_problem)
 from esper.leyline.stages import SeedStage
+from esper.leyline.status import FINISHED
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.store.recorder import remove_if_empty
-from esper.tamiyo.controllers import Controller, make_controller
+from esper.tamiyo.controllers import CONTROLLERS, Controller, make_controller
 from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, data_problem, load_task_data
 from esper.tolaria.loop import Batches, Progress, RunResult, StoreSink, check_seed, execute, resolve_config
@@ -162,12 +164,16 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     resolve_device(r.device)
     if r.tensorboard is not None:
         check_writable(Path(r.tensorboard) / "run", "the TensorBoard folder")
+    if r.checkpoint_every:
+        checkpoint.check_folder(ws.root)
     data = load_task_data(r.task, config.data_seed, r.data_dir, download=r.download, preset=preset)  # bad input: no log
     _check_host_fits(preset, data, r.task)
     return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data)
 
 
 def _check_settings(r: RunRequest) -> None:
+    if r.controller not in CONTROLLERS:  # first: the checks below name controllers, and would blame another option
+        raise BadInput(f"unknown controller {r.controller!r} (known: {', '.join(CONTROLLERS)})")
     if r.telemetry not in TELEMETRY:
         raise BadInput(f"unknown telemetry profile {r.telemetry!r}: use {', '.join(TELEMETRY)}")
     check_seed(r.seed)
@@ -182,8 +188,8 @@ def _check_settings(r: RunRequest) -> None:
     if r.blend_schedule not in SCHEDULES:
         raise BadInput(f"unknown blend schedule {r.blend_schedule!r}: use {', '.join(SCHEDULES)}")
     for name in ("snapshot_every", "checkpoint_every"):
-        if getattr(r, name) < 0:
-            raise BadInput(f"{name} must be 0 (none) or a number of epochs, got {getattr(r, name)}")
+        if problem := every_problem(name, getattr(r, name)):
+            raise BadInput(problem)
     for name in ("lr", "seed_lr"):
         if getattr(r, name) is not None and (problem := rate_problem(name, getattr(r, name))):
             raise BadInput(problem)
@@ -354,6 +360,12 @@ def final_architecture(ws: Workspace, like: str, task: str) -> tuple[str, list[t
         run_id = reader.resolve_run(like)
         reader.check_run(run_id)
         state = RunState.fold(reader.read_run(run_id))
+    if state.status != FINISHED:  # what had fossilized by its end would pass for an architecture that grew
+        done = state.epochs[-1].epoch if state.epochs else 0
+        fix = ("" if state.failed is not None and not state.failed.interrupted
+               else f": finish it first (esper run --resume {run_id})")
+        raise BadInput(f"like {run_id}: the run is {state.status} after epoch {done} of {state.config.epochs}; scratch "
+                       f"builds the architecture of a finished run{fix}")
     if state.config.task != task:
         raise BadInput(f"like {run_id}: a run of task {state.config.task}, not {task} (scratch builds an architecture "
                        "on the task it grew on)")
