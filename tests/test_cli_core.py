@@ -119,6 +119,21 @@ def test_bad_input_is_one_line_and_exit_2(workspace, args):
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+def test_a_resumed_run_checks_its_intervals_and_checkpoint_folder_as_a_new_one_does(tmp_path):
+    """--resume took --checkpoint-every -1 as 0 without a word; a `checkpoints` file in the workspace stopped a run
+    at its first checkpoint with an internal error. Both refused before anything is read or written."""
+    for args in (("--checkpoint-every", "-1"), ("--snapshot-every", "-2")):
+        line = one_line_error(invoke("run", "--resume", "any", *args, workspace=tmp_path))
+        assert line.endswith(f"{args[0][2:].replace('-', '_')} must be 0 (none) or a number of epochs, got {args[1]}")
+    (tmp_path / "checkpoints").write_text("not a folder")
+    for args in (("--epochs", "1"), ("--resume", "any")):
+        line = one_line_error(invoke("run", *args, workspace=tmp_path))
+        assert line.endswith(f"cannot create the checkpoint folder {tmp_path / 'checkpoints'}: "
+                             f"{tmp_path / 'checkpoints'} is a file, not a folder"), line
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoints"]
+    assert invoke("run", "--epochs", "1", "--checkpoint-every", "0", workspace=tmp_path).exit_code == 0
+
+
 def test_runs_of_an_empty_workspace_says_where_it_looked(tmp_path):
     for args in (("runs",), ("runs", "--json")):
         out = invoke(*args, workspace=tmp_path / "new")

@@ -28,6 +28,7 @@ import torch
 from esper.errors import EsperError, StoreFailed, first_line
 from esper.leyline.events import CheckpointSaved, Event
 from esper.leyline.garden import Garden
+from esper.nissa.files import check_writable
 from esper.store.failures import refusals
 from esper.tolaria import crashpoints
 from esper.tolaria.trainer import Trainer
@@ -41,6 +42,11 @@ FOLDER = "checkpoints"
 
 def folder_of(workspace_root: Path) -> Path:
     return Path(workspace_root) / FOLDER
+
+
+def check_folder(workspace_root: Path) -> None:
+    """`BadInput` now, not at the first checkpoint, if the workspace's checkpoint folder cannot be made or written."""
+    check_writable(folder_of(workspace_root) / "checkpoint", "the checkpoint folder")
 
 
 @attrs.frozen

@@ -26,7 +26,7 @@ from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint
 from esper.tolaria.checkpoint import Checkpoints, UnusableCheckpoint
 from esper.tolaria.data import TaskData, recorded_data
-from esper.leyline.config import SNAPSHOT_EVERY, VERIFY_TOLERANCE
+from esper.leyline.config import SNAPSHOT_EVERY, VERIFY_TOLERANCE, every_problem
 from esper.tolaria.loop import Batches, Progress, RunResult, Session, StoreSink, train
 from esper.tolaria.verify import Comparison, VerificationFailed
 
@@ -112,6 +112,11 @@ class Resumption:
 def open_resumption(ws: Workspace, run: str, checkpoint_every: int, snapshot_every: int = SNAPSHOT_EVERY) -> Resumption:
     """Rebuild RUN at its latest usable checkpoint; it writes checkpoints every `checkpoint_every` epochs from
     there on. `BadInput` (nothing written) when the run cannot be resumed."""
+    for name, every in (("checkpoint_every", checkpoint_every), ("snapshot_every", snapshot_every)):
+        if problem := every_problem(name, every):
+            raise BadInput(problem)
+    if checkpoint_every:
+        checkpoint.check_folder(ws.root)
     run_id, recorded = _read(ws, run)
     state = RunState.fold(recorded)
     _check_resumable(run_id, state)
