@@ -328,3 +328,6 @@ def test_a_ray_address_where_nothing_answers_is_one_line_at_once(tmp_path, comma
     line = one_line_error(invoke(*command, "--ray-address", "127.0.0.1:1", "--workspace", str(tmp_path / "ws")))
     assert line.startswith("esper: cannot reach Ray at 127.0.0.1:1: Connection refused"), line
     assert time.monotonic() - started < 60 and not (tmp_path / "ws").exists()
+    line = one_line_error(invoke(*command, "--ray-address", "garbage", "--workspace", str(tmp_path / "ws")))
+    assert line == "esper: Ray address 'garbage': give HOST:PORT, ray://HOST:PORT, auto or local", line
+    assert not (tmp_path / "ws").exists()  # Ray refused it only after the learner's store was made

@@ -79,15 +79,15 @@ about a minute, silently)."""
 
 
 def check_reachable(address: str | None) -> None:
-    """Bad input, in one line, if nothing answers at a `HOST:PORT` address (else `$RAY_ADDRESS`; none: a local Ray
-    is started; Ray's other forms, `auto` or `ray://...`, are Ray's to resolve). Commands call it before they write
-    anything, `connected` again."""
+    """Bad input, in one line, if `address` (else `$RAY_ADDRESS`; none: a local Ray is started) is none of Ray's
+    forms, or nothing answers at a `HOST:PORT` one (Ray's others, `auto`, `local` or `ray://...`, are Ray's to
+    resolve). Commands call it before they write anything, `connected` again."""
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
+    if address is None or address in ("auto", "local") or "://" in address:
         return
     host, colon, port = address.rpartition(":")
-    if not colon or not port.isdigit() or "/" in address:
-        return
+    if not (colon and host and port.isdigit()):
+        raise BadInput(f"Ray address {address!r}: give HOST:PORT, ray://HOST:PORT, auto or local")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
     except (OSError, ValueError) as exc:
