@@ -57,6 +57,8 @@ def test_report_out_and_compare(ws, tmp_path):
         (["export", "heur", "--out", "-", "--format", "tensorboard"], "tensorboard needs a folder"),
         (["export", "heur", "--out", "."], "cannot write .: it is a folder: give the path of a file"),
         (["export", "heur", "-f", "jsonl", "--out", "h.parquet"], "--format jsonl but --out h.parquet names a parquet"),
+        (["export", "heur", "--out", "new.duckdb"], "cannot write new.duckdb: .duckdb names an event store"),
+        (["report", "heur", "--out", "r.DuckDB"], "cannot write r.DuckDB: .duckdb names an event store"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(ws, args, message):

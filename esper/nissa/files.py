@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from esper.errors import BadInput
+from esper.store.workspace import STORE_SUFFIX
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -64,11 +65,14 @@ def check_writable(path: Path, what: str = "") -> Path:
 def check_output(path: Path) -> Path:
     """Fail now, in one line, if an output file (an export, a report) could not be written at `path`, or would
     replace what Esper keeps there: a DuckDB database (an event store, the projections) or a zip archive (a
-    checkpoint, a policy)."""
+    checkpoint, a policy). Nor is one named as a store is: in a workspace every reader would skip it as a damaged
+    store."""
     if why := not_a_file(path):
         raise BadInput(f"cannot write {path}: {why}")
     if (kept := _kept_in(path)) is not None:
         raise BadInput(f"{path} is {kept}: an export or a report never replaces one; give another path")
+    if path.suffix.lower() == STORE_SUFFIX:
+        raise BadInput(f"cannot write {path}: {STORE_SUFFIX} names an event store; give the file another name")
     return check_writable(path)
 
 
