@@ -14,6 +14,7 @@ from esper.errors import BadInput
 from esper.leyline.events import PolicyUpdated
 from esper.leyline.status import shown
 from esper.store.workspace import not_a_training_run
+from esper.nissa.fmt import plural
 from esper.nissa.snapshot import fold_checking
 from esper.leyline.config import VERIFY_TOLERANCE
 
@@ -108,7 +109,8 @@ def _names_export(path: Path) -> bool:
 def _print_story(s: dict) -> None:
     cfg = s["config"] or {}
     print(f"run {s['run_id']}  {s['status']}  task={cfg.get('task')} controller={cfg.get('controller')} seed={cfg.get('seed')}")
-    print(f"{s['events']} events, {s['epochs']} epochs, {s['commands']} commands ({s['rejected']} rejected); every transition legal")
+    print(f"{plural(s['events'], 'event')}, {plural(s['epochs'], 'epoch')}, {plural(s['commands'], 'command')} "
+          f"({s['rejected']} rejected); every transition legal")
     for seed_id, seed in s["seeds"].items():
         path = " → ".join(f"{stage}@{epoch}" for epoch, stage in seed["history"])
         print(f"  {seed_id:<12} {seed['blueprint']:<11} {seed['params']:>7} params  {path}")

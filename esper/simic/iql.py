@@ -26,6 +26,7 @@ from torch import nn
 
 from esper.errors import BadInput, EsperError
 from esper.leyline.events import PolicyUpdated
+from esper.nissa.fmt import plural
 from esper.simic.dataset import Episode, batch
 from esper.simic.config import IQLConfig
 from esper.simic.features import FeatureSpec
@@ -145,7 +146,7 @@ def train(
     n = len(data["reward"])
     net, q, q_target, optimizers = learners(cfg, spec)
     generator = torch.Generator().manual_seed(cfg.seed)
-    progress(f"iql: {len(episodes)} runs, {n} transitions, {cfg.steps} steps "
+    progress(f"iql: {plural(len(episodes), 'run')}, {plural(n, 'transition')}, {plural(cfg.steps, 'step')} "
              f"(expectile {cfg.expectile}, temperature {cfg.temperature})")
     sums: dict[str, float] = {}
     started = last_log = time.perf_counter()
