@@ -338,6 +338,22 @@ def test_an_interrupted_iql_leaves_no_empty_store(tmp_path, data):
     assert sorted(p.name for p in tmp_path.glob("*.duckdb*")) == before
 
 
+def test_a_signal_after_the_command_has_ended_is_ignored(monkeypatch):
+    """A Ctrl-C as the interpreter exits broke torch's exit hooks: a traceback after `esper: interrupted`."""
+    import esper.cli as cli
+
+    monkeypatch.setattr(cli, "_run", lambda: 130)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as ended:
+            cli.main()
+        assert ended.value.code == 130
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(monkeypatch, capsys):
     """Loading `esper` imports torch, seconds in which Ctrl-C must not print a traceback."""
     import types

@@ -33,6 +33,10 @@ def main() -> None:
     except BrokenPipeError:  # a pipe's reader has gone where nothing else caught it
         code = 141
     finally:
+        # The command has ended, its stop (if any) with it: a Ctrl-C from here on would only break the interpreter's
+        # exit, where torch's exit hooks print a traceback and the process dies of the signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         code = _release(held, stdout_closed) or code
         if code == 141:  # so that the interpreter's own flush at exit does not complain either
             os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
