@@ -285,6 +285,28 @@ def test_each_ppo_update_logs_the_checkpoint_it_wrote(trained):
         1, str(out.resolve()), sha256_of(out), out.stat().st_size)
 
 
+@pytest.mark.parametrize("damage", ["config", "optimizer", "generator", "update", "hidden"])
+def test_ppo_resume_refuses_a_damaged_training_state_in_one_line(trained, tmp_path, damage):
+    """In a workspace that never logged the file no checksum guards it: each of these was an internal error."""
+    blob = torch.load(Path(trained[1]["out"]), weights_only=True)
+    train = blob["train"]
+    if damage == "config":
+        train["config"] = "not a config"
+    elif damage == "optimizer":
+        del train["optimizer"]
+    elif damage == "generator":
+        train["generator"] = torch.zeros(3, dtype=torch.uint8)
+    elif damage == "update":
+        train["update"] = "x"
+    else:  # a config whose network is not the file's
+        train["config"]["hidden"] = 32
+    out = tmp_path / "damaged.pt"
+    torch.save(blob, out)
+    error = one_line_error(invoke("ppo", "--resume", "--episodes", "4", "--out", out, workspace=tmp_path / "ws"))
+    assert error.startswith(f"esper: {out} holds a damaged training state, which cannot be resumed ("), error
+    assert not (tmp_path / "ws").exists()
+
+
 def test_ppo_resume_refuses_a_checkpoint_changed_since_its_job_logged_it(trained):
     ws, result, _ = trained
     out = Path(result["out"])

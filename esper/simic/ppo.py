@@ -23,13 +23,14 @@ Episodes of update u train with run seed `TRAIN_SEEDS + 100_000 * seed + u`, sel
 with, so evaluations on them are on unseen runs.
 """
 
+import contextlib
 import copy
 import hashlib
 import math
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import attrs
 import msgspec
@@ -37,14 +38,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from esper.errors import BadInput, EsperError
+from esper.errors import BadInput, EsperError, first_line
 from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.events import CheckpointSaved, PolicyUpdated
 from esper.nissa.fmt import plural
 from esper.simic.dataset import Episode, batch, replay_episode
 from esper.simic.env import configs_round_robin
 from esper.simic.features import FeatureSpec, spec_for_task, task_of
-from esper.simic.policy import PolicyNet, check_training, load_policy, save_policy, saved, weights_finite
+from esper.simic.policy import MESSAGE_CHARS, PolicyNet, check_training, load_policy, save_policy, saved, weights_finite
 from esper.simic.config import PPOConfig
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.simic.rollout import Players, RayPlayers, episode_generators, open_players
@@ -204,7 +205,8 @@ def train(
     if resume:
         cfg, state = _resume_state(out, cfg)
         _check_logged(out, workspace)
-        start_update, episodes_done = state["update"], state["episodes"]
+        with _restoring(out):
+            start_update, episodes_done = int(state["update"]), int(state["episodes"])
     _check(cfg)
     if cfg.workers > 1:
         cluster.check_reachable(ray_address)  # before the learner's store is made
@@ -219,10 +221,11 @@ def train(
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, eps=1e-5)
     generator = torch.Generator().manual_seed(cfg.seed)
     if resume:
-        net.load_state_dict(state["model"])
-        kept = _kept_state(out, state)
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        with _restoring(out):
+            net.load_state_dict(state["model"])
+            kept = _kept_state(out, state)
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
         progress(f"resuming {out} after update {start_update} ({episodes_done} episodes)")
     elif init is not None:
         start, _ = load_policy(init)
@@ -402,7 +405,19 @@ def _check_logged(out: Path, workspace: Workspace) -> None:
 
 def checkpoint_config(out: Path) -> PPOConfig:
     """The config of the job whose checkpoint `out` is."""
-    return msgspec.convert(_training_state(out)[0]["config"], PPOConfig)
+    with _restoring(out):
+        return msgspec.convert(_training_state(out)[0]["config"], PPOConfig)
+
+
+@contextlib.contextmanager
+def _restoring(out: Path) -> Iterator[None]:
+    """A training state that cannot be read back (a key missing, a value of another type or shape) is the file's
+    fault, one line: its checksum guards it only in the workspace whose log recorded the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, msgspec.ValidationError) as exc:
+        raise BadInput(f"{out} holds a damaged training state, which cannot be resumed ({type(exc).__name__}: "
+                       f"{first_line(exc)[:MESSAGE_CHARS]})") from None
 
 
 def _training_state(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -418,12 +433,14 @@ def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]
     """The checkpoint's config (with this call's episode total, 0 for the job's own, and workers, which change no
     decision) and training state."""
     state, blob = _training_state(out)
-    old = msgspec.convert(state["config"], PPOConfig)
+    with _restoring(out):
+        old = msgspec.convert(state["config"], PPOConfig)
+        played = int(state["episodes"])
+        state = dict(state, model=state.get("latest", blob["model"]))
     episodes = cfg.episodes or old.episodes  # 0: to the job's own total
-    if episodes <= state["episodes"]:
-        raise BadInput(f"cannot resume: {out} has played {state['episodes']} of its {old.episodes} episodes; episodes "
-                       f"is the total to reach, so ask for more than {state['episodes']}")
-    state = dict(state, model=state.get("latest", blob["model"]))
+    if episodes <= played:
+        raise BadInput(f"cannot resume: {out} has played {played} of its {old.episodes} episodes; episodes "
+                       f"is the total to reach, so ask for more than {played}")
     return msgspec.structs.replace(old, episodes=episodes, workers=cfg.workers), state
 
 
