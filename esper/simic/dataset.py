@@ -145,6 +145,8 @@ class EpisodeProjection:
             if not all_steps[i].done:
                 next_obs[row] = all_steps[i + 1].obs
         parts = np.asarray([[s.parts[c] for c in COMPONENTS] for s in steps], np.float32).reshape(-1, len(COMPONENTS))
+        with np.errstate(over="ignore"):  # a reward past float32's range is infinite; the learner says it diverged
+            rewards = np.asarray([reward(s.parts, self.rewards) for s in steps], np.float32)
         return Episode(
             run_id=self.run_id,
             observations=[s.observation for s in steps],
@@ -156,7 +158,7 @@ class EpisodeProjection:
             log_prob=np.asarray([np.nan if s.log_prob is None else s.log_prob for s in steps], np.float32),
             value=np.asarray([np.nan if s.value is None else s.value for s in steps], np.float32),
             components=parts,
-            reward=np.asarray([reward(s.parts, self.rewards) for s in steps], np.float32),
+            reward=rewards,
             done=np.asarray([s.done for s in steps], bool),
             final_val_accuracy=self.finished.val_accuracy if self.finished else None,
             final_params=self.finished.params if self.finished else None,
