@@ -13,6 +13,9 @@ import pytest
 from cli_runner import esper, invoke, one_line_error
 from fake_runs import write_run
 
+from esper.errors import BadInput, EsperError
+from esper.store import Workspace
+
 NOT_READING = "only reading statements may run"
 
 # (sql, what the one-line error must say); {store} is a store file, {outside} a file beside the workspace.
@@ -142,3 +145,13 @@ def test_detach_and_reattach_read_write_is_refused_by_the_real_command(place):
     assert out.stderr.strip().splitlines() == [
         f"esper: {NOT_READING} (SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); statement 1 is DETACH (detach store0)"]
     assert files_under(place) == before
+
+
+def test_a_query_that_runs_out_of_memory_is_no_bad_sql(tmp_path):
+    """The SQL is fine; the machine's memory is not enough: a failure (exit 1), not a mistake to correct (exit 2)."""
+    ws = Workspace.at(tmp_path)
+    with ws.reader() as reader:
+        reader.con.execute("SET memory_limit = '20MB'")  # before the lock: a small machine, cheaply
+        with pytest.raises(EsperError, match="the query ran out of memory: Out of Memory Error") as raised:
+            reader.query("select list(range) from range(20000000)")
+    assert not isinstance(raised.value, BadInput)

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import attrs
 import duckdb
 
-from esper.errors import BadInput, StoreDamaged, UnknownRun, first_line
+from esper.errors import BadInput, EsperError, StoreDamaged, UnknownRun, first_line
 from esper.leyline.status import CLOSING_TAGS, ENDING_TAGS, FINISHED, sql_in, status_sql
 from esper.store import chain
 from esper.store.readonly import reading_statements
@@ -248,6 +248,8 @@ class Reader:
 
         try:
             self._stoppable(run)
+        except duckdb.OutOfMemoryException as exc:  # the machine's limit, not a mistake in the SQL
+            raise EsperError(f"the query ran out of memory: {first_line(exc)}") from None
         except duckdb.Error as exc:
             if is_damaged_block(exc):  # the file's fault, not the SQL's
                 raise
