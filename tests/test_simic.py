@@ -1,6 +1,8 @@
 """Simic: masks, the log projection both learners read, the vectorized environment, PPO and IQL updates."""
 
 import math
+import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from esper.errors import BadInput, EsperError
+from esper.errors import BadInput, EsperError, Terminated
 from esper.leyline import Advance, Cull, EpochEnded, Germinate, LifecycleConfig, RunConfig, RunStarted, SeedTelemetry, Wait
 from esper.leyline.events import CommandIssued, SeedGerminated, SeedTransitioned, encode
 from esper.leyline.garden import Garden, legal_commands
@@ -643,3 +645,27 @@ def test_reward_config_is_in_the_update_stats():
     stats = config.stats()  # every stat is a float: the budget comes back as one
     assert stats["reward.accuracy"] == 2.0 and stats["reward.param_budget"] == 6000.0 and msgspec.convert(
         {k.removeprefix("reward."): v for k, v in stats.items()}, RewardConfig, strict=False) == config
+
+
+@pytest.mark.parametrize("signum, stop", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_a_stop_during_a_checkpoint_and_its_event_waits_for_both(signum, stop):
+    """PPO writes its one checkpoint file, then the event with its sha256: stopped between the two, the file was one
+    its log did not know, and resuming was refused. The stop now comes after the step, as it would have."""
+    from esper.cli import _terminate
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    steps = []
+    try:
+        with pytest.raises(stop):
+            with ppo.signals_held():
+                steps.append("file")
+                os.kill(os.getpid(), signum)
+                time.sleep(0.05)  # where the signal would have landed
+                steps.append("event")
+        assert steps == ["file", "event"]
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        Terminated.received = False

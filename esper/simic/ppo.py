@@ -28,6 +28,8 @@ import copy
 import hashlib
 import math
 import secrets
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -40,7 +42,7 @@ import torch.nn.functional as F
 
 from esper.errors import BadInput, EsperError, first_line
 from esper.leyline.config import LifecycleConfig, RunConfig
-from esper.leyline.events import CheckpointSaved, PolicyUpdated
+from esper.leyline.events import PolicyUpdated
 from esper.nissa.fmt import plural
 from esper.simic.dataset import Episode, batch, replay_episode
 from esper.simic.env import configs_round_robin
@@ -254,16 +256,19 @@ def train(
                                                    learner_id, cfg.devices, ray_address) as players:
         learner = StoreSink(recorder, learner_id)
 
-        def save(update: int) -> CheckpointSaved:
-            """Write the checkpoint, then the event that records it (appended with the update's PolicyUpdated)."""
-            _save(out, cfg, net, kept, optimizer, generator, store, update, episodes_done)
-            return saved(out, update)
+        def save_and_log(update: int, stats: dict[str, float]) -> None:
+            """Write the checkpoint, then append the event that records it with the update's PolicyUpdated, as one
+            step: a stop between the two would leave a file its log does not know, which no resume accepts, in
+            place of the one the log knew."""
+            with signals_held():
+                _save(out, cfg, net, kept, optimizer, generator, store, update, episodes_done)
+                learner.append([PolicyUpdated(update=update, stats=stats), saved(out, update)])
 
         last_update_s = last_select_s = 0.0
         if cfg.select_every and kept is None:  # the starting policy is the first candidate
             select_started = time.perf_counter()
             kept, selected = select_checkpoint(kept, net, start_update, cfg, players, tag, progress)
-            learner.append([PolicyUpdated(update=start_update, stats=selected), save(start_update)])
+            save_and_log(start_update, selected)
             last_select_s = time.perf_counter() - select_started
         updates_done = start_update
         for u in range(start_update, updates):
@@ -283,7 +288,7 @@ def train(
                 kept, selected = select_checkpoint(kept, net, u + 1, cfg, players, tag, progress)
                 stats |= selected
                 last_select_s = time.perf_counter() - select_started
-            learner.append([PolicyUpdated(update=u + 1, stats=stats), save(u + 1)])
+            save_and_log(u + 1, stats)
             updates_done = u + 1
             if time_up and u + 1 < updates:
                 progress(f"time is up after update {u + 1} ({episodes_done} episodes)")
@@ -293,6 +298,26 @@ def train(
             "runs": f"{cfg.task}-ppo-{tag}-u*", "updates": updates_done,
             "episodes": episodes_done, "stats": stats,
             "kept_update": kept.update if kept else None}
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back while the block runs and acted on after it, as they would have been: for a step
+    that must happen whole. Off the main thread, where no signal handler runs, the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held and callable(handler := previous[held[0]]):  # one ignored (SIG_IGN) stays ignored
+            handler(held[0], None)
 
 
 def learn(u: int, n: int, cfg: PPOConfig, net: PolicyNet, optimizer: torch.optim.Optimizer, generator: torch.Generator,
