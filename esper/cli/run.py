@@ -163,6 +163,8 @@ def _key_values(items: list[str], flag: str) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise BadInput(f"{flag} {item!r}: expected KEY=VALUE")
+        if key.strip() in out:  # the last would win without a word
+            raise BadInput(f"{flag} {key.strip()} is given twice: give it once")
         text = text.strip()
         if text.lower() in ("true", "false"):
             out[key.strip()] = text.lower() == "true"

@@ -77,6 +77,8 @@ def parse_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> dict[st
         key = key.strip().replace("-", "_")
         if not sep or key not in fields:
             raise BadInput(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {', '.join(listed)}")
+        if key in values:  # the last would win without a word
+            raise BadInput(f"{flag} {key} is given twice: give it once")
         try:
             values[key] = msgspec.convert(text.strip(), fields[key], strict=False)
         except msgspec.ValidationError:
