@@ -30,7 +30,7 @@ from esper.leyline.status import FINISHED
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.store.recorder import remove_if_empty
-from esper.tamiyo.controllers import CONTROLLERS, Controller, make_controller
+from esper.tamiyo.controllers import Controller, check_controller, make_controller
 from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, data_problem, load_task_data
 from esper.tolaria.loop import Batches, Progress, RunResult, StoreSink, check_seed, execute, resolve_config
@@ -172,8 +172,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
 
 
 def _check_settings(r: RunRequest) -> None:
-    if r.controller not in CONTROLLERS:  # first: the checks below name controllers, and would blame another option
-        raise BadInput(f"unknown controller {r.controller!r} (known: {', '.join(CONTROLLERS)})")
+    check_controller(r.controller)  # first: the checks below name controllers, and would blame another option
     if r.telemetry not in TELEMETRY:
         raise BadInput(f"unknown telemetry profile {r.telemetry!r}: use {', '.join(TELEMETRY)}")
     check_seed(r.seed)

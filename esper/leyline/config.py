@@ -104,6 +104,7 @@ def every_problem(name: str, value: int) -> str | None:
     """Why `value` cannot be `name`, a number of epochs between two snapshots or checkpoints (None if it can)."""
     return f"{name} must be 0 (none) or a number of epochs, got {value}" if value < 0 else None
 
+
 VERIFY_TOLERANCE = 1e-4
 """Largest deviation `--verify` accepts in a logged number: relative to its magnitude, absolute below 1
 (decisions are always exact)."""

@@ -207,8 +207,7 @@ def train(
     if resume:
         cfg, state = _resume_state(out, cfg)
         _check_logged(out, workspace)
-        with _restoring(out):
-            start_update, episodes_done = int(state["update"]), int(state["episodes"])
+        start_update, episodes_done = state["update"], state["episodes"]
     _check(cfg)
     if cfg.workers > 1:
         cluster.check_reachable(ray_address)  # before the learner's store is made
@@ -456,16 +455,16 @@ def _training_state(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _resume_state(out: Path, cfg: PPOConfig) -> tuple[PPOConfig, dict[str, Any]]:
     """The checkpoint's config (with this call's episode total, 0 for the job's own, and workers, which change no
-    decision) and training state."""
+    decision) and training state (its counts read as integers, its model the latest weights)."""
     state, blob = _training_state(out)
     with _restoring(out):
         old = msgspec.convert(state["config"], PPOConfig)
-        played = int(state["episodes"])
-        state = dict(state, model=state.get("latest", blob["model"]))
+        state = dict(state, model=state.get("latest", blob["model"]), update=int(state["update"]),
+                     episodes=int(state["episodes"]))
     episodes = cfg.episodes or old.episodes  # 0: to the job's own total
-    if episodes <= played:
-        raise BadInput(f"cannot resume: {out} has played {played} of its {old.episodes} episodes; episodes "
-                       f"is the total to reach, so ask for more than {played}")
+    if episodes <= state["episodes"]:
+        raise BadInput(f"cannot resume: {out} has played {state['episodes']} of its {old.episodes} episodes; episodes "
+                       f"is the total to reach, so ask for more than {state['episodes']}")
     return msgspec.structs.replace(old, episodes=episodes, workers=cfg.workers), state
 
 

@@ -153,8 +153,14 @@ class ScriptedController:
 CONTROLLERS = ("heuristic", "static", "scratch", "random", "policy", "sampled")
 
 
+def check_controller(name: str) -> None:
+    if name not in CONTROLLERS:
+        raise BadInput(f"unknown controller {name!r} (known: {', '.join(CONTROLLERS)})")
+
+
 def make_controller(name: str, seed: int, policy: str | None = None,
                     heuristic: HeuristicConfig = HeuristicConfig()) -> Controller:
+    check_controller(name)
     if name == "heuristic":
         return HeuristicController(heuristic)
     if name == "static":
@@ -163,10 +169,9 @@ def make_controller(name: str, seed: int, policy: str | None = None,
         return ScratchController()
     if name == "random":
         return RandomController(seed)
-    if name in ("policy", "sampled"):  # a trained policy, greedy or sampling (seeded by the run's seed)
-        if not policy:
-            raise BadInput(f"controller {name} needs a policy file (written by `esper ppo` or `esper iql`)")
-        from esper.simic.policy import load_policy_controller
+    # policy or sampled: a trained policy, greedy or sampling (seeded by the run's seed)
+    if not policy:
+        raise BadInput(f"controller {name} needs a policy file (written by `esper ppo` or `esper iql`)")
+    from esper.simic.policy import load_policy_controller
 
-        return load_policy_controller(policy, sample_seed=seed if name == "sampled" else None)
-    raise BadInput(f"unknown controller {name!r} (known: {', '.join(CONTROLLERS)})")
+    return load_policy_controller(policy, sample_seed=seed if name == "sampled" else None)
