@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from esper.leyline import RunConfig
+from esper.leyline.config import HeuristicConfig
 from esper.leyline.events import encode
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.loop import ListSink, execute, resolve_config
@@ -11,10 +12,13 @@ from esper.tolaria.loop import ListSink, execute, resolve_config
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@needs_cuda
-def test_a_run_grows_on_cuda():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_a_run_grows(device):
+    """Eight epochs leave the default gardener no time to grow (`finish_epochs`); an eager one grows at once."""
     sink = ListSink()
-    result = execute(resolve_config(RunConfig(epochs=8, device="cuda", seed=1)), make_controller("heuristic", 1), sink)
+    eager = HeuristicConfig(min_gain=1.0, finish_epochs=4)
+    result = execute(resolve_config(RunConfig(epochs=8, device=device, seed=1)),
+                     make_controller("heuristic", 1, heuristic=eager), sink)
     kinds = {type(e).__name__ for e in sink.events}
     assert {"SeedGerminated", "SeedTransitioned", "RunFinished"} <= kinds
     assert 0.0 <= result.test_accuracy <= 1.0 and result.params > 1258
@@ -64,14 +68,14 @@ def test_ppo_trains_on_cuda(tmp_path):
 # ---- the fast path: precision, channels-last, no host sync ----------------------------------------
 
 
-def cuda_trainer(**config):
-    """A cuda trainer on mnist1d with a training seed and a blending one, ready for an epoch's steps."""
+def cuda_trainer(device="cuda", **config):
+    """A trainer (on cuda unless told) on mnist1d with a training seed and a blending one, ready for an epoch's steps."""
     from esper.tolaria.data import load_task_data
     from esper.tolaria.tasks import get_task
     from esper.tolaria.trainer import Trainer
     from planted import plant
 
-    trainer = Trainer(resolve_config(RunConfig(epochs=4, seed=5, device="cuda", **config)), get_task("mnist1d"),
+    trainer = Trainer(resolve_config(RunConfig(epochs=4, seed=5, device=device, **config)), get_task("mnist1d"),
                       load_task_data("mnist1d", 42))
     plant(trainer, "s1-early", "early", "conv_light", "TRAINING")
     plant(trainer, "s2-late", "late", "norm", "BLENDING")
@@ -96,6 +100,19 @@ def test_a_training_step_never_waits_for_the_gpu(precision):
         torch.cuda.set_sync_debug_mode("default")
     loss, health, seed_loss = trainer.epoch_totals()
     assert loss > 0 and set(health) == {"s1-early", "s2-late"} and set(seed_loss) == {"s1-early"}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_optimizers_are_fused_on_cuda_only(device):
+    """Fused on CUDA (fewer kernel launches per step); on CPU the default implementation, whose numbers runs
+    recorded on CPU were computed with."""
+    trainer = cuda_trainer(device)
+    optimizers = [trainer.host_optimizer, *trainer.seed_optimizers.values()]
+    assert len(optimizers) == 3
+    assert all(bool(opt.defaults["fused"]) == (device == "cuda") for opt in optimizers)
+    batches = trainer.data.batches("train", trainer.preset.batch_size, trainer.generator)
+    trainer.train_step(*next(batches))
+    assert 0 < trainer.epoch_totals()[0] < 10
 
 
 @needs_cuda

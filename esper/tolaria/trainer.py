@@ -137,9 +137,13 @@ def anneal_scale(epoch: int, epochs: int, anneal_epochs: int) -> float:
 
 
 def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """On CUDA the fused implementation: one kernel per step instead of several per group of tensors, which counts
+    where the hosts are small and a step is bound by kernel launches (measured on an H200: 5-20 % off an epoch of
+    the cifar10 and mnist1d presets). On CPU the default one, so that runs recorded on CPU re-execute bit for bit."""
+    fused = True if params and all(p.is_cuda for p in params) else None
     if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True, fused=fused)
 
 
 @attrs.frozen
