@@ -1,11 +1,30 @@
 """One small hierarchy of errors; the CLI maps each to a one-line message and an exit code."""
 
+import re
+
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none): what a one-line
     error on stderr quotes of a library's multi-line message."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+_TRIED = re.compile(r"tried to allocate (\d+) bytes|tried to allocate ([\d.]+ [KMGTP]i?B)", re.IGNORECASE)
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """`exc` in one line when it is an allocation that failed (Python's, or torch's on CPU or CUDA), else None: a
+    model or batch too big for the machine is the user's to shrink, not a bug of ours."""
+    text = str(exc)
+    if not (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))):
+        return None
+    size = _TRIED.search(text)
+    if size is None:
+        return "out of memory"
+    amount = f"{int(size[1]) / 2**30:,.1f} GiB" if size[1] else size[2]
+    return f"out of memory: {amount} could not be allocated (a smaller model or batch needs less)"
 
 
 class Terminated(KeyboardInterrupt):

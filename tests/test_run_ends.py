@@ -112,6 +112,31 @@ def test_esper_run_reports_a_bug_as_an_internal_error_and_the_run_as_failed(tmp_
     assert [r["status"] for r in json.loads(runs.stdout)] == ["failed"]
 
 
+def test_a_run_out_of_memory_says_so_in_one_line_and_ends_failed(tmp_path, monkeypatch):
+    """A model or batch too big for the machine is no bug of Esper's: the run ends with `RunFailed` saying what
+    could not be allocated, and the command says the same in one line (exit 1)."""
+    monkeypatch.delenv("ESPER_DEBUG", raising=False)
+    original = Trainer.train_step
+
+    def step(self, x, y):
+        if self._seen >= 3 * len(y):  # the fourth step of the first epoch
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity")
+        return original(self, x, y)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    error = error_line(invoke("run", "--epochs", "3", workspace=tmp_path), code=1)
+    assert error == "esper: out of memory: 20.00 GiB could not be allocated (a smaller model or batch needs less)"
+    [events] = stored_events(tmp_path).values()
+    assert epochs_of(events) == [] and closing(events)[0].error == error.removeprefix("esper: ")
+
+
+def test_a_policy_too_big_for_the_machine_is_refused_in_one_line(tmp_path):
+    result = invoke("ppo", "--hidden", "1000000000", "--episodes", "1", "--epochs", "2",
+                    "--out", str(tmp_path / "p.pt"), workspace=tmp_path / "ws")
+    assert error_line(result, code=1).startswith("esper: out of memory: ") and "GiB could not be allocated" in result.stderr
+    assert not (tmp_path / "p.pt").exists() and not list((tmp_path / "ws").glob("*.duckdb"))
+
+
 def test_a_bug_in_one_lock_step_run_ends_every_run_it_was_playing(data):
     sinks = [ListSink() for _ in range(3)]
     vec = VecEnv(configs_round_robin(config(3), 3, ["cpu"]), sinks, data)

@@ -21,6 +21,7 @@ from esper.errors import (
     first_line,
     is_interruption,
     is_termination,
+    out_of_memory,
 )
 from esper.tolaria import launch
 
@@ -160,6 +161,9 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if is_interruption(exc):  # Ctrl-C or SIGTERM, met inside a query: DuckDB says it in its own words
                 raise typer.Exit(_stopped(Terminated.received)) from None
 
+            if (memory := out_of_memory(exc)) is not None:  # the machine's limit, met by a model or batch too big
+                say(f"esper: {memory}")
+                raise typer.Exit(1) from None
             if is_damaged_block(exc):  # met in a query of any command: the file's fault, named
                 damage = store_damaged(exc, kwargs.get("workspace"))
                 say(f"esper: {damage}")

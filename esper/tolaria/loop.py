@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from esper._kernels import cpu_kernels, cpu_model
-from esper.errors import BadInput, EsperError, IllegalEvent, RankStopped, StoreFailed, first_line
+from esper.errors import BadInput, EsperError, IllegalEvent, RankStopped, StoreFailed, first_line, out_of_memory
 from esper.kasmina import GrowableModel, preset_host
 from esper.leyline.commands import Command
 from esper.leyline.config import SNAPSHOT_EVERY, RunConfig
@@ -523,6 +523,8 @@ def failure_of(exc: BaseException, user_code: bool = False) -> str | None:
         return exc.what
     if isinstance(exc, EsperError):
         return str(exc)
+    if (memory := out_of_memory(exc)) is not None:
+        return memory
     if isinstance(exc, Exception):
         return f"{'error' if user_code else 'internal error'}: {type(exc).__name__}: {first_line(exc)}"
     return None
