@@ -70,6 +70,25 @@ def test_an_updated_payload_is_named_by_replay(ws):
     assert f"log altered at seq {seq} (EpochEnded)" in altered(ws)
 
 
+COLUMN_EDITS = {  # a column the store derives from the payload, edited alone: (SET clause, WHERE clause, what is said)
+    "epoch": ("epoch = 99", "type = 'EpochEnded' AND epoch = 5", "its epoch column says 99, its payload 5"),
+    "epoch erased": ("epoch = NULL", "type = 'EpochEnded' AND epoch = 5", "its epoch column says None, its payload 5"),
+    "type": ("type = 'RunFailed'", "type = 'RunFinished'", "its type column says 'RunFailed', its payload 'RunFinished'"),
+    "seed_id": ("seed_id = 's9-late'", "type = 'SeedGerminated'", "its seed_id column says 's9-late'"),
+    "slot": ("slot = 'nowhere'", "type = 'SeedGerminated'", "its slot column says 'nowhere'"),
+}
+
+
+@pytest.mark.parametrize("edit", COLUMN_EDITS)
+def test_an_edited_column_is_named_by_replay_though_the_payload_is_untouched(ws, edit):
+    """SQL over `events` reads these columns, not the payload: an edit of one alone is an alteration."""
+    setting, where, said = COLUMN_EDITS[edit]
+    path = store(ws)
+    seq = sql(path, f"SELECT min(seq) FROM events WHERE {where}")[0][0]
+    sql(path, f"UPDATE events SET {setting} WHERE seq = ?", [seq])
+    assert f"log altered at seq {seq} (" in altered(ws) and said in altered(ws)
+
+
 def test_a_deleted_middle_event_is_named_by_replay(ws):
     path = store(ws)
     seq = epoch_seq(path)
@@ -189,6 +208,19 @@ def test_import_refuses_a_broken_chain_and_writes_nothing(ws, tmp_path):
     assert not target.exists() or not list(target.iterdir())
 
 
+def test_import_refuses_an_export_whose_epoch_field_was_edited(ws, tmp_path):
+    path = exported(ws, tmp_path)
+    lines = path.read_text().splitlines()
+    i, row = next((i, json.loads(line)) for i, line in enumerate(lines) if '"type":"EpochEnded"' in line)
+    lines[i] = lines[i].replace(f'"epoch":{row["epoch"]},', '"epoch":42,', 1)
+    assert lines[i] != path.read_text().splitlines()[i]
+    path.write_text("\n".join(lines) + "\n")
+    target = tmp_path / "target"
+    line = one_line_error(invoke("import", path, workspace=target), code=1)
+    assert f"log altered at seq {row['seq']} (EpochEnded: its epoch column says 42, its payload {row['epoch']})" in line
+    assert not target.exists() or not list(target.iterdir())
+
+
 @pytest.mark.parametrize("bad_id", ["../../../tmp/x", "a" * 201, "a\\b", "tab\there", ""])
 def test_import_refuses_a_run_id_esper_would_never_write(ws, tmp_path, bad_id):
     path = exported(ws, tmp_path)
@@ -236,6 +268,19 @@ def test_catch_up_does_not_keep_serving_an_updated_value(ws):
         assert any(f"log altered at seq {last_epoch[0]} (EpochEnded)" in note for note in projector.notes)
     line = one_line_error(invoke("report", RUN, workspace=ws.root), code=1)
     assert f"log altered at seq {last_epoch[0]} (EpochEnded)" in line
+
+
+def test_catch_up_drops_a_run_whose_epoch_column_was_edited(ws):
+    path = store(ws)
+    with ws.reader() as reader, Projector.for_workspace(ws) as projector:
+        projector.catch_up(reader)
+        assert summary(projector)
+    seq = epoch_seq(path)
+    sql(path, "UPDATE events SET epoch = 99 WHERE seq = ?", [seq])
+    with ws.reader() as reader, Projector.for_workspace(ws) as projector:
+        projector.catch_up(reader, check=[RUN])
+        assert summary(projector) == {}
+        assert any(f"log altered at seq {seq} (EpochEnded: its epoch column says 99" in n for n in projector.notes)
 
 
 def test_catch_up_checks_new_events_continue_the_head_it_saw(ws):
@@ -320,9 +365,9 @@ def test_a_sealed_log_stripped_of_its_hashes_is_tampering(tmp_path):
     v2 = json.loads(encode(RunStarted(preset=MNIST1D, config=RunConfig())))
     v2["schema_version"] = 2
     del v2["preset"], v2["versions"]
-    assert chain.verify("v2", [(1, "RunStarted", json.dumps(v2).encode(), None)], (1, None)) is False
+    assert chain.verify("v2", [(1, "RunStarted", json.dumps(v2).encode(), None, (None, None, None))], (1, None)) is False
     with pytest.raises(LogAltered, match="its hash is missing"):
-        chain.verify("v3", [(1, "RunStarted", encode(v3), None)], (1, None))
+        chain.verify("v3", [(1, "RunStarted", encode(v3), None, (None, None, None))], (1, None))
 
 
 def test_the_recorder_refuses_a_run_id_it_would_never_write(tmp_path):
@@ -336,10 +381,11 @@ def test_a_learners_stream_stripped_of_its_hashes_is_tampering_unless_written_be
     update = PolicyUpdated(update=1, stats={"loss": 0.5})
     assert update.schema_version == chain.LEARNER_SEALED_SINCE
     with pytest.raises(LogAltered, match="its hash is missing"):
-        chain.verify("ppo-0", [(1, "PolicyUpdated", encode(update), None)], (1, None))
+        chain.verify("ppo-0", [(1, "PolicyUpdated", encode(update), None, (None, None, None))], (1, None))
     v1 = json.loads(encode(update))
     v1["schema_version"] = 1  # as an Esper from before the chain wrote it
-    assert chain.verify("ppo-0", [(1, "PolicyUpdated", json.dumps(v1).encode(), None)], (1, None)) is False
+    v1_row = (1, "PolicyUpdated", json.dumps(v1).encode(), None, (None, None, None))
+    assert chain.verify("ppo-0", [v1_row], (1, None)) is False
 
 
 def test_an_export_of_a_cut_log_is_refused(ws, tmp_path):

@@ -233,7 +233,8 @@ class Projector:
         """The runs' events after `start`, each run's checked to continue the hash its checkpoint saw; a run
         whose check fails is dropped (`_drop_altered`) and left out."""
         sql = (
-            "SELECT e.position, e.run_id, e.seq, e.event_id, e.ts, e.type, e.payload, e.hash FROM events e"
+            "SELECT e.position, e.run_id, e.seq, e.event_id, e.ts, e.type, e.payload, e.hash, e.epoch, e.seed_id, e.slot"
+            " FROM events e"
             " JOIN (SELECT unnest($runs::VARCHAR[]) AS run_id, unnest($seqs::BIGINT[]) AS after) c"
             " ON e.run_id = c.run_id AND e.seq > c.after ORDER BY e.run_id, e.seq"
         )
@@ -243,11 +244,11 @@ class Projector:
         out: dict[str, list[Recorded]] = {}
         verifiers = {run: chain.Verifier(run, *start[run]) for run in runs}
         altered: set[str] = set()
-        for position, run, seq, event_id, ts, type_, payload, hash_ in rows:
+        for position, run, seq, event_id, ts, type_, payload, hash_, *columns in rows:
             if run in altered:
                 continue
             try:
-                verifiers[run].feed(seq, type_, payload, hash_)
+                verifiers[run].feed(seq, type_, payload, hash_, columns)
             except LogAltered as exc:
                 altered.add(run)
                 out.pop(run, None)

@@ -7,6 +7,8 @@ Each event's `hash` column holds the hex of its link; the first event links to t
 chain is bound to its run id and to the position of every event in it (seq). Changing, removing or
 inserting an event breaks the link of the first event touched; a cut tail leaves a shorter valid chain,
 which is why every store keeps each run's head (`heads` table) and every export a trailer with the same.
+The columns the store derives from the payload for SQL (`type`, `epoch`, `seed_id`, `slot`) are not hashed
+but checked against it: an edited one is an alteration too. `ts` and `event_id` lie outside the chain.
 
 The chain proves integrity against edits, not authorship: it has no key, and anyone can recompute it
 (`reseal`, `reseal_export` do exactly that, for tests that forge logs).
@@ -60,6 +62,32 @@ def link_buffer(prev: bytes, first_seq: int, buffer: bytes, starts, ends) -> lis
     return out
 
 
+class _Columns(msgspec.Struct):
+    """The fields of a payload that the store copies into columns of their own (`esper.store.recorder`)."""
+
+    type: str = ""
+    epoch: int | None = None
+    seed_id: str | None = None
+    slot: str | None = None
+
+
+_columns_decoder = msgspec.json.Decoder(_Columns)
+
+
+def column_mismatch(type_: str, epoch: int | None, seed_id: str | None, slot: str | None,
+                    payload: bytes | str) -> str | None:
+    """What differs between an event's derived columns and its payload (None: nothing)."""
+    try:
+        said = _columns_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "its payload is not an event"
+    for name, column, value in (("type", type_, said.type), ("epoch", epoch, said.epoch),
+                                ("seed_id", seed_id, said.seed_id), ("slot", slot, said.slot)):
+        if column != value:
+            return f"its {name} column says {column!r}, its payload {value!r}"
+    return None
+
+
 class _Version(msgspec.Struct):
     type: str = ""
     schema_version: int = 1
@@ -104,7 +132,10 @@ class Verifier:
     def altered(self, seq: int, what: str) -> LogAltered:
         return LogAltered(f"log altered at seq {seq} ({what}) in run {self.run_id}{self.where}")
 
-    def feed(self, seq: int, type_: str, payload: bytes | str, hash_: str | None) -> None:
+    def feed(self, seq: int, type_: str, payload: bytes | str, hash_: str | None,
+             columns: tuple[int | None, str | None, str | None]) -> None:
+        """Check the next event: its seq, type, payload and hash, and its `columns` (epoch, seed_id, slot) as
+        the store holds them."""
         expected = self.seq + 1
         if seq < expected:
             raise self.altered(seq, f"{type_}: a second event at this seq")
@@ -124,6 +155,8 @@ class Verifier:
             if mine.hex() != hash_:
                 raise self.altered(seq, type_)
             self._prev = mine
+        if mismatch := column_mismatch(type_, *columns, payload):
+            raise self.altered(seq, f"{type_}: {mismatch}")
         self.seq, self.hash = seq, hash_
 
     def end(self, head: tuple[int, str | None] | None, holder: str = "the store") -> None:
@@ -142,13 +175,13 @@ class Verifier:
                              f"(run {self.run_id}{self.where})")
 
 
-def verify(run_id: str, rows: Iterable[tuple[int, str, bytes | str, str | None]],
+def verify(run_id: str, rows: Iterable[tuple[int, str, bytes | str, str | None, tuple]],
            head: tuple[int, str | None] | None = None, holder: str = "the store") -> bool:
-    """Check a whole run: rows (seq, type, payload, hash) in seq order, then its recorded head.
-    Raises `LogAltered`; returns whether the run is sealed (False: no hashes, written before the chain)."""
+    """Check a whole run: rows (seq, type, payload, hash, (epoch, seed_id, slot)) in seq order, then its recorded
+    head. Raises `LogAltered`; returns whether the run is sealed (False: no hashes, written before the chain)."""
     verifier = Verifier(run_id)
-    for seq, type_, payload, hash_ in rows:
-        verifier.feed(seq, type_, payload, hash_)
+    for seq, type_, payload, hash_, columns in rows:
+        verifier.feed(seq, type_, payload, hash_, columns)
     verifier.end(head, holder)
     return bool(verifier.sealed)
 

@@ -321,12 +321,12 @@ class Reader:
         removed or inserted (or the cut tail). Returns a note when the run was written before the chain.
         Reads the run once: the cost is linear in the run, not in the workspace."""
         rows = self.con.execute(
-            "SELECT seq, type, payload::VARCHAR, hash, _store FROM all_events WHERE run_id = ? ORDER BY seq, position",
-            [run_id]).fetchall()
+            "SELECT seq, type, payload::VARCHAR, hash, _store, epoch, seed_id, slot FROM all_events WHERE run_id = ?"
+            " ORDER BY seq, position", [run_id]).fetchall()
         verifier = chain.Verifier(run_id)
         last: dict[str, tuple[int, str | None]] = {}  # store → the run's last event there (seq, hash)
-        for seq, type_, payload, hash_, store in rows:
-            verifier.feed(seq, type_, payload, hash_)
+        for seq, type_, payload, hash_, store, *columns in rows:
+            verifier.feed(seq, type_, payload, hash_, columns)
             last[store] = (seq, hash_)
         heads = {store: (seq, hash_) for seq, hash_, store in self.con.execute(
             "SELECT seq, hash, _store FROM all_heads WHERE run_id = ?", [run_id]).fetchall()}
