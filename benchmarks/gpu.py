@@ -10,7 +10,10 @@ stderr as it ends (`gpu.py: <part> {json}`), so a run cut short keeps what it me
 3. bf16 vs fp32: seconds per epoch of the cifar10 preset (ResNet host, augmentation, a seed in TRAINING, its
    validation) on CIFAR-10-sized synthetic data (45,000 + 5,000 images of 3×32×32). "fp32" is PyTorch's default
    on CUDA, where cuDNN's convolutions may use TF32: the summary says which (`fp32_convolutions`).
-4. With 2 GPUs or more: one run trained by 2 ranks under torchrun (NCCL); its time and that it wrote one run.
+4. The command line on the device, as a user runs it: `esper run --device cuda` (a heuristic run that grows),
+   `esper replay RUN --verify --exact` (re-executed from its log alone, every event bit for bit), and the same run
+   killed mid-epoch (SIGKILL) and continued with `esper run --resume`: its result must equal the uninterrupted one.
+5. With 2 GPUs or more: one run trained by 2 ranks under torchrun (NCCL); its time and that it wrote one run.
 
     python3 benchmarks/gpu.py                 # on the GPU machine, from the repository's root
     python3 benchmarks/gpu.py --cpu --quick   # every part on CPU, tiny (what tests/test_gpu_script.py runs)
@@ -242,7 +245,59 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-# ---- 4. two ranks ------------------------------------------------------------------------------
+# ---- 4. the command line ------------------------------------------------------------------------
+
+
+def command_line(device: str, epochs: int, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        def esper(*args: str, crash_at: str | None = None, workspace: str = "whole") -> subprocess.CompletedProcess:
+            env = {**os.environ, **({"ESPER_CRASH_AT": crash_at} if crash_at else {})}
+            return subprocess.run([sys.executable, "-m", "esper", *args, "--workspace", str(Path(tmp) / workspace)],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+        run = ["run", "--device", device, "--epochs", str(epochs), "--seed", "3", "--heuristic", "min_gain=1.0",
+               "--heuristic", f"finish_epochs={epochs // 2}", "--json"]
+        began = time.perf_counter()
+        whole = esper(*run)
+        out: dict = {"run": _command(whole, began)}
+        if whole.returncode != 0:
+            return out
+        began = time.perf_counter()
+        verified = esper("replay", out["run"]["result"]["run_id"], "--verify", "--exact")
+        out["verify"] = _command(verified, began)
+        crash = f"mid-epoch@{epochs // 2 + 1}"
+        killed = esper(*run, crash_at=crash, workspace="killed")
+        listed = esper("runs", "--json", workspace="killed")
+        run_id = next((r["run_id"] for r in json.loads(listed.stdout or "[]")), None)
+        out["resume"] = {"killed_at": crash, "killed_exit_code": killed.returncode}
+        if run_id is None:
+            return out
+        began = time.perf_counter()
+        resumed = esper("run", "--resume", run_id, "--json", workspace="killed")
+        out["resume"].update(_command(resumed, began))
+        same = {k: v for k, v in out["resume"].get("result", {}).items() if k != "run_id"}
+        out["resume"]["same_result"] = same == {k: v for k, v in out["run"]["result"].items() if k != "run_id"}
+    return out
+
+
+def _command(done: subprocess.CompletedProcess, began: float) -> dict:
+    """A command's exit code, the JSON object it printed last (if any), what it said on stderr as `esper: ...`."""
+    out: dict = {"exit_code": done.returncode, "seconds": round(time.perf_counter() - began, 1)}
+    for line in reversed(done.stdout.strip().splitlines()):
+        try:
+            out["result"] = json.loads(line)
+            break
+        except ValueError:
+            continue
+    said = [line for line in done.stderr.splitlines() if line.startswith("esper: ") or line.startswith("verified")]
+    if said:
+        out["said"] = said[-3:]
+    if done.returncode != 0:
+        out["tail"] = done.stderr.strip().splitlines()[-8:]
+    return out
+
+
+# ---- 5. two ranks ------------------------------------------------------------------------------
 
 
 def two_ranks(device: str, epochs: int, timeout: float) -> dict:
@@ -298,6 +353,7 @@ def main() -> None:
         "precision": timed(precision_epochs, clock, 20, device, ["bf16", "fp32"],
                            64 if quick else 45_000, 32 if quick else 5_000, clock),
     }
+    summary["command_line"] = timed(command_line, clock, 40, device, 6 if quick else 12, max(clock.left() - 30, 30))
     if gpus >= 2 or args.cpu:
         summary["two_ranks"] = timed(two_ranks, clock, 30, device, 1 if quick else 3, max(clock.left() - 5, 30))
     else:
