@@ -23,8 +23,18 @@ def out_of_memory(exc: BaseException) -> str | None:
     size = _TRIED.search(text)
     if size is None:
         return "out of memory"
-    amount = f"{int(size[1]) / 2**30:,.1f} GiB" if size[1] else size[2]
+    amount = _binary_size(int(size[1])) if size[1] else size[2]
     return f"out of memory: {amount} could not be allocated (a smaller model or batch needs less)"
+
+
+def _binary_size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            break
+        n /= 1024
+    else:
+        unit = "PiB"
+    return f"{n:.1f} {unit}"
 
 
 class Terminated(KeyboardInterrupt):

@@ -15,6 +15,10 @@ CPU = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't
      "out of memory: 2.50 GiB could not be allocated (a smaller model or batch needs less)"),
     (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), "out of memory"),
     (MemoryError(), "out of memory"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1200000000000000 bytes."),
+     "out of memory: 1.1 PiB could not be allocated (a smaller model or batch needs less)"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3000 bytes."),
+     "out of memory: 2.9 KiB could not be allocated (a smaller model or batch needs less)"),
 ])
 def test_a_failed_allocation_is_said_in_one_line(exc, said):
     assert out_of_memory(exc) == said

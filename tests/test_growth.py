@@ -203,6 +203,9 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--host-option", "channels=1.5"), "host cnn1d option channels takes a whole number, got 1.5"),
         (("--host-option", "channels=0"), "host cnn1d channels=0 cannot train on task mnist1d: "),
         (("--host-option", "length=7"), "host cnn1d length=7 cannot train on task mnist1d: "),
+        # past any machine's address space (no overcommit lets it through): refused, not an internal error
+        (("--host-option", "channels=10000000"), "host cnn1d channels=10000000 is too big for this machine: out of "
+                                                 "memory: 1.1 PiB could not be allocated"),
         (("--host-option", "length=7"), "(hosts that do, with their default options: cnn1d, paper_cnn)"),
         (("--host", "transformer"), "(hosts that do, with their default options: cnn1d, paper_cnn)"),
         (("--host-option", "num_classes=3"), "host cnn1d num_classes=3 gives 3 outputs, task mnist1d has 10 classes"),

@@ -21,7 +21,7 @@ import attrs
 import msgspec
 import torch
 
-from esper.errors import BadInput, StoreFailed, exit_code_of, first_line
+from esper.errors import BadInput, StoreFailed, exit_code_of, first_line, out_of_memory
 from esper.kasmina import HOSTS, SCHEDULES, build_host, host_problem, preset_host
 from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, every_problem,
                                   from_table, number_problem, rate_problem)
@@ -204,6 +204,8 @@ def _check_host_fits(preset: TaskPreset, data: TaskData, task: str) -> None:
     try:
         outputs = _outputs(lambda: preset_host(preset), data)
     except Exception as exc:
+        if (memory := out_of_memory(exc)) is not None:  # the host can, this machine cannot
+            raise BadInput(f"{host} is too big for this machine: {memory}") from None
         fit = [name for name in HOSTS if _trains_on(name, data)]
         hint = f" (hosts that do, with their default options: {', '.join(fit)})" if fit else ""
         raise BadInput(f"{host} cannot train on task {task}: {first_line(exc)}{hint}") from None
