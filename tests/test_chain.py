@@ -56,8 +56,10 @@ def test_the_chain_is_sha256_of_the_previous_hash_the_seq_and_the_payload_as_sto
     prev = hashlib.sha256(b"esper run " + RUN.encode()).digest()
     for seq, payload, hash_ in rows:
         prev = hashlib.sha256(prev + seq.to_bytes(8, "big") + payload.encode()).digest()
-        assert hash_ == prev.hex()
+        assert hash_ == prev  # the store keeps the 32 bytes
     assert sql(store(ws), "SELECT run_id, seq, hash FROM heads") == [(RUN, 70, prev.hex())]
+    with ws.reader() as reader:  # what users' SQL sees: lowercase hex
+        assert reader.con.execute("SELECT hash FROM events WHERE seq = 70").fetchall() == [(prev.hex(),)]
     assert invoke("replay", RUN, workspace=ws.root).exit_code == 0
 
 
@@ -121,7 +123,7 @@ def test_an_inserted_event_is_named_by_replay(ws):
 def test_an_event_appended_past_the_head_is_caught_even_with_a_valid_hash(ws):
     path = store(ws)
     last, payload = sql(path, "SELECT hash, payload::VARCHAR FROM events WHERE seq = 70")[0]
-    forged = chain.link(bytes.fromhex(last), 71, payload).hex()
+    forged = chain.link(last, 71, payload)
     sql(path, "INSERT INTO events SELECT position + 1, run_id, 71, uuid(), ts, type, epoch, seed_id, slot, payload, ?"
               " FROM events WHERE seq = 70", [forged])
     assert "the store's head says seq 70, the log ends at seq 71" in altered(ws)
@@ -317,6 +319,45 @@ def make_old(ws: Workspace) -> Path:
     con.close()
     path.unlink()
     return old
+
+
+def make_hex_hashed(ws: Workspace) -> Path:
+    """The workspace's store as Esper wrote it when it kept hashes as 64 hex characters (VARCHAR)."""
+    path = store(ws)
+    old = path.with_name("hex.duckdb")
+    con = duckdb.connect(str(old))
+    con.execute(OLD_DDL)
+    con.execute("ALTER TABLE events ADD COLUMN hash VARCHAR")
+    con.execute(f"ATTACH '{path}' AS src (READ_ONLY)")
+    con.execute("INSERT INTO events SELECT * EXCLUDE (hash), lower(hex(hash)) FROM src.events")
+    con.execute("CREATE TABLE heads AS SELECT * FROM src.heads")
+    con.close()
+    path.unlink()
+    return old
+
+
+def test_a_store_with_hex_hashes_is_read_checked_and_appended_to_in_its_own_way(ws, tmp_path):
+    old = make_hex_hashed(ws)
+    assert invoke("replay", RUN, workspace=ws.root).exit_code == 0
+    with Recorder(old) as rec:
+        last = rec.read(RUN)[-1].event  # appended again: the store does not judge what it holds
+        rec.append(RUN, [last], 70)
+    (stored,) = sql(old, "SELECT hash FROM events WHERE seq = 71")[0]
+    assert isinstance(stored, str) and len(stored) == 64  # the store keeps its way
+    with ws.reader() as reader:
+        assert reader.check_run(RUN) is None  # the chain goes on across the two appends
+        assert reader.con.execute("SELECT hash FROM events WHERE seq = 71").fetchall() == [(stored,)]
+    # exported and imported, the run lands in a new store, which keeps bytes; its chain still holds
+    path = exported(ws, tmp_path)
+    target = Workspace.at(tmp_path / "target")
+    assert invoke("import", path, workspace=target.root).exit_code == 0
+    (imported,) = target.store_files()
+    assert sql(imported, "SELECT hash FROM events WHERE seq = 71") == [(bytes.fromhex(stored),)]
+    with target.reader() as reader:
+        assert reader.check_run(RUN) is None
+    sql(old, "UPDATE events SET payload = replace(payload::VARCHAR, '\"val_loss\":', '\"val_loss\":9,\"was\":')::JSON"
+             " WHERE seq = ?", [epoch_seq(old)])
+    assert f"log altered at seq {epoch_seq(old)} (EpochEnded)" in altered(ws)
 
 
 def test_a_v2_log_without_hashes_replays_with_a_note(ws):

@@ -77,7 +77,7 @@ def tamper(ws: Workspace, sql: str, params: list, run_id: str = RUN) -> None:
 def test_the_sink_snapshots_every_n_epochs_at_the_batch_head(tmp_path):
     ws = Workspace(tmp_path)
     write_with_sink(ws, every=5)
-    snaps = store_rows(ws, "SELECT s.seq, s.hash = e.hash, e.type, e.epoch FROM snapshots s JOIN events e USING (run_id, seq)"
+    snaps = store_rows(ws, "SELECT s.seq, s.hash = lower(hex(e.hash)), e.type, e.epoch FROM snapshots s JOIN events e USING (run_id, seq)"
                            " ORDER BY s.seq")
     # each at the last event of the batch of epochs 5, 10, 15, 20: that epoch's command or what followed it
     assert [epoch for _, _, _, epoch in snaps] == [5, 10, 15, 20]
@@ -108,7 +108,7 @@ def test_a_retried_append_stores_no_second_snapshot(tmp_path):
         seq = recorder.append(RUN, batches[0], 0, snapshot='{"format":1}')
         assert recorder.append(RUN, batches[0], 0, snapshot='{"format":1}') == seq  # a retry of a committed batch
         recorder.append(RUN, batches[1], seq)
-    rows = store_rows(Workspace(tmp_path), "SELECT seq, hash = (SELECT hash FROM events WHERE seq = 1) FROM snapshots", "s")
+    rows = store_rows(Workspace(tmp_path), "SELECT seq, hash = (SELECT lower(hex(hash)) FROM events WHERE seq = 1) FROM snapshots", "s")
     assert rows == [(1, True)]
 
 

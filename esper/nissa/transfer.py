@@ -69,7 +69,7 @@ assert tuple(EXPORT_SCHEMA.names) == COLUMNS, "the export format holds exactly t
 
 _INSERT = """
 INSERT INTO events
-SELECT position, run_id, seq, event_id::UUID, ts, type, epoch, seed_id, slot, payload::JSON, hash FROM import_batch
+SELECT position, run_id, seq, event_id::UUID, ts, type, epoch, seed_id, slot, payload::JSON, unhex(hash) FROM import_batch
 """
 _FORMAT_KEY = b"esper.format"
 _FORMAT_VALUE = b"events/1"

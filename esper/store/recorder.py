@@ -34,6 +34,7 @@ from esper.store import chain, failures
 from esper.store.schema import (
     BATCH_SCHEMA,
     HEADS_DDL,
+    TEXT_HASH_BATCH_SCHEMA,
     INSERT_FROM_BATCH,
     PAYLOAD_TYPE,
     ADD_HEAD,
@@ -42,6 +43,7 @@ from esper.store.schema import (
     ADD_SNAPSHOT,
     TABLE_DDL,
     UPGRADE_DDL,
+    hash_as_text,
     run_id_problem,
 )
 
@@ -82,6 +84,10 @@ class Recorder:
                 self._con.execute(UPGRADE_DDL)  # a store written before the hash chain
                 self._con.execute(HEADS_DDL)
                 self._con.execute(SNAPSHOTS_DDL)
+                self._hash_type = self._con.execute(
+                    "SELECT data_type FROM duckdb_columns() WHERE database_name = current_database()"
+                    " AND table_name = 'events' AND column_name = 'hash'").fetchall()[0][0]
+                """`BLOB`, or `VARCHAR` in a store written when hashes were kept as hex: appends keep its way."""
         except BaseException:
             self._con.close()
             raise
@@ -160,7 +166,7 @@ class Recorder:
         if last_seq == 0 and (why := run_id_problem(run_id)):
             raise BadInput(f"run id {run_id!r} cannot be stored: {why}")
         table, new_hash = _to_arrow(fresh, first_seq=last_seq + 1, first_position=last_position + 1,
-                                    prev_hash=last_hash if self._seal else None)
+                                    prev_hash=last_hash if self._seal else None, as_bytes=self._hash_type == "BLOB")
         self._con.register("batch", table)
         try:
             self._con.execute(INSERT_FROM_BATCH, {"run_id": run_id, "ts": dt.datetime.now(dt.timezone.utc)}).fetchall()
@@ -182,8 +188,8 @@ class Recorder:
         and moved on by each commit."""
         heads = self._state.heads
         if run_id not in heads.seq:
-            row = self._con.execute(
-                "SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", [run_id]).fetchall()
+            row = self._con.execute(f"SELECT seq, {hash_as_text(self._hash_type)} FROM events WHERE run_id = ?"
+                                    " ORDER BY seq DESC LIMIT 1", [run_id]).fetchall()
             if not row:
                 heads.seq[run_id], heads.hash[run_id] = 0, chain.genesis(run_id)
             else:
@@ -271,10 +277,11 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def _to_arrow(batch: list[Pending | Event], first_seq: int, first_position: int,
-              prev_hash: bytes | None) -> tuple[pa.Table, bytes | None]:
+              prev_hash: bytes | None, as_bytes: bool = True) -> tuple[pa.Table, bytes | None]:
     """The batch as Arrow columns, built with one pass per column and no per-row Arrow calls, and the hash of
     its last event. `prev_hash` is the run's last hash (its genesis for a new run); None leaves the hashes
-    NULL (a run written before the chain stays unsealed)."""
+    NULL (a run written before the chain stays unsealed). The hashes are bytes, or hex text (`as_bytes`
+    False) for a store that keeps them so."""
     n = len(batch)
     events = [item.event if isinstance(item, Pending) else item for item in batch]
     tags = [_TAGS.get(type(e)) for e in events]
@@ -292,15 +299,20 @@ def _to_arrow(batch: list[Pending | Event], first_seq: int, first_position: int,
     }
     payloads, buffer, offsets = _payloads(events)
     columns["payload"] = payloads
+    schema = BATCH_SCHEMA if as_bytes else TEXT_HASH_BATCH_SCHEMA
     if prev_hash is None:
-        columns["hash"], last_hash = pa.nulls(n, pa.string()), None
+        columns["hash"], last_hash = pa.nulls(n, schema.field("hash").type), None
     else:
         links = chain.link_buffer(prev_hash, first_seq, buffer, offsets[:-1], offsets[1:])
-        hexes = b"".join(links).hex().encode()
-        columns["hash"] = pa.StringArray.from_buffers(
-            n, pa.py_buffer(np.arange(0, 64 * (n + 1), 64, dtype=np.int32)), pa.py_buffer(hexes))
         last_hash = links[-1]
-    return pa.table(columns, schema=BATCH_SCHEMA), last_hash
+        joined = b"".join(links)
+        if as_bytes:
+            columns["hash"] = pa.BinaryArray.from_buffers(
+                pa.binary(), n, [None, pa.py_buffer(np.arange(0, 32 * (n + 1), 32, dtype=np.int32)), pa.py_buffer(joined)])
+        else:
+            columns["hash"] = pa.StringArray.from_buffers(
+                n, pa.py_buffer(np.arange(0, 64 * (n + 1), 64, dtype=np.int32)), pa.py_buffer(joined.hex().encode()))
+    return pa.table(columns, schema=schema), last_hash
 
 
 _encoder = msgspec.json.Encoder()

@@ -21,7 +21,7 @@ from esper.leyline.status import CLOSING_TAGS, ENDING_TAGS, FINISHED, sql_in, st
 from esper.store import chain
 from esper.store.readonly import reading_statements
 from esper.store.recorder import Recorded, read_events
-from esper.store.schema import COLUMNS
+from esper.store.schema import COLUMNS, hash_as_text
 
 STORE_SUFFIX = ".duckdb"
 
@@ -147,11 +147,13 @@ class Reader:
         self.con.execute(runs_view(self.live_files))
 
     def _select_events(self, alias: str) -> str:
-        """The store's events with the columns in one order; a store written before the chain has NULL hashes."""
-        hashed = self.con.execute(
-            "SELECT count(*) FROM duckdb_columns() WHERE database_name = ? AND table_name = 'events'"
-            " AND column_name = 'hash'", [alias]).fetchall()[0][0]
-        cols = ", ".join(c if c != "hash" or hashed else "NULL::VARCHAR AS hash" for c in COLUMNS)
+        """The store's events with the columns in one order, the hashes as hex (NULL in a store written before
+        the chain)."""
+        stored = self.con.execute(
+            "SELECT data_type FROM duckdb_columns() WHERE database_name = ? AND table_name = 'events'"
+            " AND column_name = 'hash'", [alias]).fetchall()
+        hash_column = hash_as_text(stored[0][0] if stored else None)
+        cols = ", ".join(hash_column if c == "hash" else c for c in COLUMNS)
         return f"SELECT {cols}, '{alias}' AS _store FROM {alias}.events"
 
     def _attach(self, path: Path, alias: str) -> str | None:
