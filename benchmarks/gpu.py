@@ -9,7 +9,9 @@ stderr as it ends (`gpu.py: <part> {json}`), so a run cut short keeps what it me
    of mnist1d, bf16): environment-epochs per second of each and the speed-up; whether both wrote the same events.
 3. bf16 vs fp32: seconds per epoch of the cifar10 preset (ResNet host, augmentation, a seed in TRAINING, its
    validation) on CIFAR-10-sized synthetic data (45,000 + 5,000 images of 3×32×32). "fp32" is PyTorch's default
-   on CUDA, where cuDNN's convolutions may use TF32: the summary says which (`fp32_convolutions`).
+   on CUDA, where cuDNN's convolutions may use TF32: the summary says which (`fp32_convolutions`). Then a few steps
+   under torch.profiler: milliseconds of GPU kernels and of wall clock per step, and kernel launches per step
+   (`steps`: a `kernel_share` far below 1 means the step waits on Python and the launches, not on the GPU).
 4. The command line on the device, as a user runs it: `esper run --device cuda` (a heuristic run that grows),
    `esper replay RUN --verify --exact` (re-executed from its log alone, every event bit for bit), and the same run
    killed mid-epoch (SIGKILL) and continued with `esper run --resume`: its result must equal the uninterrupted one.
@@ -226,7 +228,8 @@ def precision_epochs(device: str, precisions: list[str], train: int, val: int, c
                 session.decide(Germinate(slot="mid", blueprint="conv_light") if epoch == 1 else Wait(), "static")
             out[precision] = {"epoch_s": round(min(seconds[1:]), 3), "warmup_epoch_s": round(seconds[0], 3),
                               "channels_last": session.trainer.channels_last,
-                              "training_seeds": session.trainer.model.training_seeds()}
+                              "training_seeds": session.trainer.model.training_seeds(),
+                              "steps": profiled_steps(session.trainer, device, 2 if train < 1000 else 20)}
         finally:
             session.close()
         del session
@@ -235,6 +238,38 @@ def precision_epochs(device: str, precisions: list[str], train: int, val: int, c
         last_s = time.perf_counter() - began
     if "bf16" in out and "fp32" in out:
         out["bf16_speedup"] = round(out["fp32"]["epoch_s"] / out["bf16"]["epoch_s"], 3)
+    return out
+
+
+def profiled_steps(trainer, device: str, steps: int) -> dict:
+    """`steps` training steps of `trainer` (after its last epoch, outside any) under torch.profiler: wall and
+    kernel milliseconds per step and kernel launches per step (kernels only on CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def batches():  # as many as asked for, however few the training set holds
+        while True:
+            yield from trainer.data.batches("train", trainer.preset.batch_size, trainer.generator)
+
+    trainer.begin_epoch(trainer.config.epochs + 1)
+    batches = batches()
+    trainer.train_step(*next(batches))  # the profiler's own first-call costs stay out of the window
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        began = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(*next(batches))
+        sync(device)
+        wall = time.perf_counter() - began
+    events = prof.key_averages()
+    out = {"profiled": steps, "wall_ms_per_step": round(wall * 1e3 / steps, 3)}
+    if cuda:
+        kernel_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events)
+        out["kernel_ms_per_step"] = round(kernel_us / 1e3 / steps, 3)
+        out["kernel_share"] = round(kernel_us / 1e6 / wall, 3)
+        out["launches_per_step"] = round(sum(e.count for e in events if "LaunchKernel" in e.key
+                                             or "LaunchCooperativeKernel" in e.key) / steps, 1)
     return out
 
 

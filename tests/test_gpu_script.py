@@ -31,6 +31,7 @@ def test_the_gpu_script_runs_every_part_on_cpu(tmp_path):
     precision = summary["precision"]
     for name in ("bf16", "fp32"):
         assert precision[name]["epoch_s"] > 0 and precision[name]["training_seeds"] == ["s1-mid"]
+        assert precision[name]["steps"]["profiled"] == 2 and precision[name]["steps"]["wall_ms_per_step"] > 0
     assert precision["bf16_speedup"] > 0
     cli = summary["command_line"]
     assert cli["run"]["exit_code"] == 0 and cli["run"]["result"]["params"] > 1258, cli  # it grew
