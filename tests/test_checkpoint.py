@@ -255,3 +255,25 @@ def test_gc_keeps_files_no_log_names_while_a_store_is_being_written(tmp_path, pl
         collected = collect(Workspace.at(tmp_path))
     assert collected.deleted == 0 and (folder / f"{'cd' * 32}.pt").exists()
     assert any("no log names yet" in note for note in collected.notes)
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_a_restored_optimizer_keeps_the_implementation_chosen_here(kind):
+    """A checkpoint's optimizer state written with another implementation (CUDA's before it was fused) must not
+    switch this one's: a fused optimizer restored as unfused crashed its first fp16 step under the scaler."""
+    from esper.tolaria.trainer import load_optimizer_state, make_optimizer
+
+    weight = torch.nn.Parameter(torch.randn(4))
+    written = make_optimizer(kind, [weight], 0.1, 0.0, 0.9)  # on CPU: not fused
+    (weight * weight).sum().backward()
+    written.step()
+    fused = type(written)([weight], lr=0.1, **({"momentum": 0.9, "nesterov": True} if kind == "sgd" else {}), fused=True)
+    load_optimizer_state(fused, written.state_dict())
+    assert all(group["fused"] for group in fused.param_groups)
+    assert fused.state_dict()["state"][0].keys() == written.state_dict()["state"][0].keys()  # the state came along
+    scaler = torch.amp.GradScaler("cpu")
+    weight.grad = None
+    scaler.scale((weight * weight).sum()).backward()
+    before = weight.detach().clone()
+    scaler.step(fused)
+    assert not torch.equal(weight.detach(), before)

@@ -31,7 +31,7 @@ from esper.leyline.garden import Garden
 from esper.nissa.files import check_writable
 from esper.store.failures import refusals
 from esper.tolaria import crashpoints
-from esper.tolaria.trainer import Trainer
+from esper.tolaria.trainer import Trainer, load_optimizer_state
 
 FORMAT = 1
 """What a checkpoint file holds; a file of another format is not used."""
@@ -231,9 +231,9 @@ def restore(state: dict[str, Any], trainer: Trainer, controller: Any, garden: Ga
         raise UnusableCheckpoint("its seed optimizers are not those of the log's training seeds")
     try:
         trainer.model.load_state_dict(state["model"])
-        trainer.host_optimizer.load_state_dict(state["host_optimizer"])
+        load_optimizer_state(trainer.host_optimizer, state["host_optimizer"])
         for sid, optimizer in trainer.seed_optimizers.items():
-            optimizer.load_state_dict(state["seed_optimizers"][sid])
+            load_optimizer_state(optimizer, state["seed_optimizers"][sid])
     except (RuntimeError, KeyError, ValueError) as exc:
         raise UnusableCheckpoint(f"does not fit the model the log grew ({first_line(exc)})") from None
     trainer.generator.set_state(state["generator"])

@@ -146,6 +146,17 @@ def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_deca
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True, fused=fused)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict(state)`, keeping the implementation `make_optimizer` chose here (`fused`,
+    `foreach`): torch takes each saved group's settings whole, so a checkpoint written where another was chosen (on
+    CPU, or before CUDA's were fused) would bring its own, and a fused optimizer told it is not crashes under fp16's
+    gradient scaler ("Expected grad_scale and found_inf to be None")."""
+    chosen = [{key: group.get(key) for key in ("fused", "foreach")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, chosen):
+        group.update(kept)
+
+
 @attrs.frozen
 class Computed:
     """How a recorded run was computed (`RunStarted.ranks`, `threads`), to train it again the same way in this one
