@@ -1,5 +1,6 @@
 """One small hierarchy of errors; the CLI maps each to a one-line message and an exit code."""
 
+import errno
 import re
 
 
@@ -10,7 +11,7 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-_TRIED = re.compile(r"tried to allocate (\d+) bytes|tried to allocate ([\d.]+ [KMGTP]i?B)", re.IGNORECASE)
+_TRIED = re.compile(r"tried to allocate (\d+) bytes|(?:tried|unable) to allocate ([\d.]+ [KMGTPE]i?B)", re.IGNORECASE)
 
 
 def out_of_memory(exc: BaseException) -> str | None:
@@ -18,7 +19,9 @@ def out_of_memory(exc: BaseException) -> str | None:
     model or batch too big for the machine is the user's to shrink, not a bug of ours."""
     text = str(exc)
     if not (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-            or (isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))):
+            or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
+            or (isinstance(exc, RuntimeError)
+                and ("can't allocate memory" in text or "out of memory" in text or "_ALLOC_FAILED" in text))):
         return None
     size = _TRIED.search(text)
     if size is None:
