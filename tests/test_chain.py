@@ -3,6 +3,7 @@ and not served by Nissa; logs written before the chain still replay, with a note
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -10,7 +11,7 @@ import pytest
 from cli_runner import invoke, one_line_error
 from fake_runs import run_id_for, write_run
 
-from esper.errors import LogAltered
+from esper.errors import BadInput, LogAltered
 from esper.leyline import PolicyUpdated, RunConfig, RunStarted, encode
 from esper.nissa.projector import Projector
 from esper.nissa.transfer import export_runs
@@ -358,6 +359,28 @@ def test_a_store_with_hex_hashes_is_read_checked_and_appended_to_in_its_own_way(
     sql(old, "UPDATE events SET payload = replace(payload::VARCHAR, '\"val_loss\":', '\"val_loss\":9,\"was\":')::JSON"
              " WHERE seq = ?", [epoch_seq(old)])
     assert f"log altered at seq {epoch_seq(old)} (EpochEnded)" in altered(ws)
+
+
+def events_comment(path: Path) -> str | None:
+    return sql(path, "SELECT comment FROM duckdb_tables() WHERE table_name = 'events'")[0][0]
+
+
+def test_a_store_says_its_format_and_one_of_a_newer_esper_is_refused_not_taken_for_tampering(ws, tmp_path):
+    path = store(ws)
+    assert events_comment(path) == "esper store format 2"
+    imported = Workspace.at(tmp_path / "target")
+    assert invoke("import", exported(ws, tmp_path), workspace=imported.root).exit_code == 0
+    assert [events_comment(p) for p in imported.store_files()] == ["esper store format 2"]
+    sql(path, "COMMENT ON TABLE events IS 'esper store format 3'")  # as a later Esper would mark its own
+    newer = "written by a newer Esper (store format 3; this one reads formats up to 2): upgrade Esper to read it"
+    with ws.reader() as reader:
+        assert reader.con.execute("SELECT count(*) FROM events").fetchall() == [(0,)]
+        assert reader.notes == [f"skipped {path.name}: {newer}"]
+    result = invoke("replay", RUN, workspace=ws.root)
+    assert result.exit_code == 2 and newer in result.stderr and "altered" not in result.stderr
+    with pytest.raises(BadInput, match=re.escape(f"store {path.name} was {newer}")):
+        Recorder(path)
+    assert events_comment(path) == "esper store format 3"  # left as it was
 
 
 def test_a_v2_log_without_hashes_replays_with_a_note(ws):

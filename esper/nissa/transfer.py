@@ -45,7 +45,7 @@ from esper.errors import BadInput, LogAltered, first_line
 from esper.leyline.events import decode
 from esper.nissa.files import atomic_write
 from esper.store import Reader, Recorded, Workspace, chain
-from esper.store.schema import COLUMNS, HEADS_DDL, TABLE_DDL, run_id_problem
+from esper.store.schema import COLUMNS, FORMAT_COMMENT, HEADS_DDL, TABLE_DDL, run_id_problem
 
 FORMATS = ("jsonl", "parquet")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -546,6 +546,7 @@ def _write_store_file(path: Path, rows: list[Row]) -> None:
     con = duckdb.connect(str(path))
     try:
         con.execute(TABLE_DDL)
+        con.execute(f"COMMENT ON TABLE events IS '{FORMAT_COMMENT}'")
         con.execute(HEADS_DDL)
         con.begin()
         con.register("import_batch", batch)

@@ -33,6 +33,7 @@ from esper.leyline.events import EVENT_TYPES, Event, decode
 from esper.store import chain, failures
 from esper.store.schema import (
     BATCH_SCHEMA,
+    FORMAT_COMMENT,
     HEADS_DDL,
     TEXT_HASH_BATCH_SCHEMA,
     INSERT_FROM_BATCH,
@@ -43,6 +44,7 @@ from esper.store.schema import (
     ADD_SNAPSHOT,
     TABLE_DDL,
     UPGRADE_DDL,
+    format_problem,
     hash_as_text,
     run_id_problem,
 )
@@ -88,6 +90,7 @@ class Recorder:
                     "SELECT data_type FROM duckdb_columns() WHERE database_name = current_database()"
                     " AND table_name = 'events' AND column_name = 'hash'").fetchall()[0][0]
                 """`BLOB`, or `VARCHAR` in a store written when hashes were kept as hex: appends keep its way."""
+                self._mark_format()
         except BaseException:
             self._con.close()
             raise
@@ -100,6 +103,15 @@ class Recorder:
         self._lock = self._state.lock
         self._pending_heads: tuple[str, int, int, bytes | None] | None = None
         self._seal = True  # benchmarks/store.py turns it off to measure what the chain costs; nothing else does
+
+    def _mark_format(self) -> None:
+        """Refuse a store a newer Esper wrote; mark one that keeps hashes as bytes with this Esper's format."""
+        (comment,) = self._con.execute("SELECT comment FROM duckdb_tables() WHERE database_name = current_database()"
+                                       " AND table_name = 'events'").fetchone()
+        if problem := format_problem(comment):
+            raise BadInput(f"store {self.path.name} was {problem}")
+        if self._hash_type == "BLOB" and comment != FORMAT_COMMENT:
+            self._con.execute(f"COMMENT ON TABLE events IS '{FORMAT_COMMENT}'")
 
     def close(self) -> None:
         with self._lock:

@@ -1,5 +1,7 @@
 """The one table of a store file. Users' SQL relies on these column names (DESIGN.md, Events)."""
 
+import re
+
 import pyarrow as pa
 
 TABLE_DDL = """
@@ -51,6 +53,22 @@ store keeps `state` as opaque JSON; `esper.nissa.snapshot` knows what is inside.
 has no such table until a Recorder next opens it, and readers do without."""
 
 ADD_SNAPSHOT = "INSERT INTO snapshots VALUES (?, ?, ?, ?)"
+
+STORE_FORMAT = 2
+"""The layout of the store files this Esper writes, and the newest it reads: 2 keeps hashes as bytes. Recorded as the
+`events` table's comment (`FORMAT_COMMENT`); a store without one is older (hashes as hex text, or none)."""
+FORMAT_COMMENT = f"esper store format {STORE_FORMAT}"
+
+
+def format_problem(comment: str | None) -> str | None:
+    """Why a store whose `events` table bears `comment` cannot be read here (None if it can): a newer Esper wrote it,
+    in a layout this one would misread (an older Esper took the hashes of format 2 for tampering)."""
+    match = re.fullmatch(r"esper store format (\d+)", comment or "")
+    if match and int(match[1]) > STORE_FORMAT:
+        return (f"written by a newer Esper (store format {match[1]}; this one reads formats up to {STORE_FORMAT}): "
+                "upgrade Esper to read it")
+    return None
+
 
 def hash_as_text(stored_type: str | None) -> str:
     """The SQL that reads a store's `hash` column as users and the chain check see it, lowercase hex (NULL

@@ -21,7 +21,7 @@ from esper.leyline.status import CLOSING_TAGS, ENDING_TAGS, FINISHED, sql_in, st
 from esper.store import chain
 from esper.store.readonly import reading_statements
 from esper.store.recorder import Recorded, read_events
-from esper.store.schema import COLUMNS, hash_as_text
+from esper.store.schema import COLUMNS, format_problem, hash_as_text
 
 STORE_SUFFIX = ".duckdb"
 
@@ -168,8 +168,8 @@ class Reader:
             self.notes.append(f"skipped {path.name}: not an Esper store (no events table)")
             self.con.execute(f"DETACH {alias}")
             return None
-        if cut := self._cut_short(alias, path):
-            self.notes.append(f"skipped {path.name}: damaged store ({cut})")
+        if problem := self._unreadable(alias, path):
+            self.notes.append(f"skipped {path.name}: {problem}")
             self.con.execute(f"DETACH {alias}")
             return None
         return alias
@@ -191,13 +191,21 @@ class Reader:
         if not self._has_events(alias):
             self.notes.append(f"skipped {path.name}: held by a live writer, snapshot has no events yet")
             return None
-        if cut := self._cut_short(alias, copy):
-            self.notes.append(f"skipped {path.name}: held by a live writer, damaged store ({cut})")
+        if problem := self._unreadable(alias, copy):
+            self.notes.append(f"skipped {path.name}: held by a live writer, {problem}")
             self.con.execute(f"DETACH {alias}")
             return None
         self.live_files.add(alias)
         self.notes.append(f"{path.name} is held by a live writer: read from a snapshot taken now")
         return alias
+
+    def _unreadable(self, alias: str, path: Path) -> str | None:
+        """Why the attached store cannot be read (None if it can): damaged, or written by a newer Esper."""
+        if cut := self._cut_short(alias, path):
+            return f"damaged store ({cut})"
+        (comment,) = self.con.execute(
+            "SELECT comment FROM duckdb_tables() WHERE database_name = ? AND table_name = 'events'", [alias]).fetchone()
+        return format_problem(comment)
 
     def _cut_short(self, alias: str, path: Path) -> str | None:
         """What is missing if the attached file is shorter than its blocks (a copy stopped part-way, say), else
