@@ -68,7 +68,7 @@ def test_ppo_trains_on_cuda(tmp_path):
 # ---- the fast path: precision, channels-last, no host sync ----------------------------------------
 
 
-def cuda_trainer(device="cuda", **config):
+def planted_trainer(device="cuda", **config):
     """A trainer (on cuda unless told) on mnist1d with a training seed and a blending one, ready for an epoch's steps."""
     from esper.tolaria.data import load_task_data
     from esper.tolaria.tasks import get_task
@@ -88,7 +88,7 @@ def cuda_trainer(device="cuda", **config):
 def test_a_training_step_never_waits_for_the_gpu(precision):
     """With seeds training and blending, telemetry on: no step synchronises host and device (CUDA's sync debug
     mode raises on any that does); the epoch's end reads the statistics once."""
-    trainer = cuda_trainer(precision=precision, telemetry="standard")
+    trainer = planted_trainer(precision=precision, telemetry="standard")
     batches = trainer.data.batches("train", trainer.preset.batch_size, trainer.generator)
     trainer.train_step(*next(batches))  # the first step builds the optimizers' state
     torch.cuda.synchronize()
@@ -106,7 +106,7 @@ def test_a_training_step_never_waits_for_the_gpu(precision):
 def test_optimizers_are_fused_on_cuda_only(device):
     """Fused on CUDA (fewer kernel launches per step); on CPU the default implementation, whose numbers runs
     recorded on CPU were computed with."""
-    trainer = cuda_trainer(device)
+    trainer = planted_trainer(device)
     optimizers = [trainer.host_optimizer, *trainer.seed_optimizers.values()]
     assert len(optimizers) == 3
     assert all(bool(opt.defaults["fused"]) == (device == "cuda") for opt in optimizers)
@@ -127,7 +127,7 @@ def test_bf16_is_the_default_on_cuda_and_the_run_records_it():
 @needs_cuda
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)])
 def test_the_forward_runs_at_the_precision_on_cuda(precision, dtype):
-    trainer = cuda_trainer(precision=precision)
+    trainer = planted_trainer(precision=precision)
     seen = []
     trainer.model.host.stages[0][0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     batches = trainer.data.batches("train", trainer.preset.batch_size, trainer.generator)

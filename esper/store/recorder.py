@@ -44,8 +44,10 @@ from esper.store.schema import (
     ADD_SNAPSHOT,
     TABLE_DDL,
     UPGRADE_DDL,
+    format_comment,
     format_problem,
     hash_as_text,
+    stored_hash_type,
     run_id_problem,
 )
 
@@ -86,11 +88,10 @@ class Recorder:
                 self._con.execute(UPGRADE_DDL)  # a store written before the hash chain
                 self._con.execute(HEADS_DDL)
                 self._con.execute(SNAPSHOTS_DDL)
-                self._hash_type = self._con.execute(
-                    "SELECT data_type FROM duckdb_columns() WHERE database_name = current_database()"
-                    " AND table_name = 'events' AND column_name = 'hash'").fetchall()[0][0]
+                database = self._con.execute("SELECT current_database()").fetchone()[0]
+                self._hash_type = stored_hash_type(self._con, database)
                 """`BLOB`, or `VARCHAR` in a store written when hashes were kept as hex: appends keep its way."""
-                self._mark_format()
+                self._mark_format(format_comment(self._con, database))
         except BaseException:
             self._con.close()
             raise
@@ -104,10 +105,8 @@ class Recorder:
         self._pending_heads: tuple[str, int, int, bytes | None] | None = None
         self._seal = True  # benchmarks/store.py turns it off to measure what the chain costs; nothing else does
 
-    def _mark_format(self) -> None:
+    def _mark_format(self, comment: str | None) -> None:
         """Refuse a store a newer Esper wrote; mark one that keeps hashes as bytes with this Esper's format."""
-        (comment,) = self._con.execute("SELECT comment FROM duckdb_tables() WHERE database_name = current_database()"
-                                       " AND table_name = 'events'").fetchone()
         if problem := format_problem(comment):
             raise BadInput(f"store {self.path.name} was {problem}")
         if self._hash_type == "BLOB" and comment != FORMAT_COMMENT:

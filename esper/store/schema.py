@@ -2,6 +2,7 @@
 
 import re
 
+import duckdb
 import pyarrow as pa
 
 TABLE_DDL = """
@@ -68,6 +69,21 @@ def format_problem(comment: str | None) -> str | None:
         return (f"written by a newer Esper (store format {match[1]}; this one reads formats up to {STORE_FORMAT}): "
                 "upgrade Esper to read it")
     return None
+
+
+def stored_hash_type(con: duckdb.DuckDBPyConnection, database: str) -> str | None:
+    """The DuckDB type of the `hash` column of `database`'s events (`BLOB`; `VARCHAR` in a store written when
+    hashes were hex text); None in a store written before the chain, which has no such column."""
+    row = con.execute("SELECT data_type FROM duckdb_columns() WHERE database_name = ? AND table_name = 'events'"
+                      " AND column_name = 'hash'", [database]).fetchone()
+    return None if row is None else row[0]
+
+
+def format_comment(con: duckdb.DuckDBPyConnection, database: str) -> str | None:
+    """The comment of `database`'s events table: its format (`FORMAT_COMMENT`), None in a store older than that."""
+    (comment,) = con.execute("SELECT comment FROM duckdb_tables() WHERE database_name = ? AND table_name = 'events'",
+                             [database]).fetchone()
+    return comment
 
 
 def hash_as_text(stored_type: str | None) -> str:

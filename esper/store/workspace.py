@@ -21,7 +21,7 @@ from esper.leyline.status import CLOSING_TAGS, ENDING_TAGS, FINISHED, sql_in, st
 from esper.store import chain
 from esper.store.readonly import reading_statements
 from esper.store.recorder import Recorded, read_events
-from esper.store.schema import COLUMNS, format_problem, hash_as_text
+from esper.store.schema import COLUMNS, format_comment, format_problem, hash_as_text, stored_hash_type
 
 STORE_SUFFIX = ".duckdb"
 
@@ -149,10 +149,7 @@ class Reader:
     def _select_events(self, alias: str) -> str:
         """The store's events with the columns in one order, the hashes as hex (NULL in a store written before
         the chain)."""
-        stored = self.con.execute(
-            "SELECT data_type FROM duckdb_columns() WHERE database_name = ? AND table_name = 'events'"
-            " AND column_name = 'hash'", [alias]).fetchall()
-        hash_column = hash_as_text(stored[0][0] if stored else None)
+        hash_column = hash_as_text(stored_hash_type(self.con, alias))
         cols = ", ".join(hash_column if c == "hash" else c for c in COLUMNS)
         return f"SELECT {cols}, '{alias}' AS _store FROM {alias}.events"
 
@@ -203,9 +200,7 @@ class Reader:
         """Why the attached store cannot be read (None if it can): damaged, or written by a newer Esper."""
         if cut := self._cut_short(alias, path):
             return f"damaged store ({cut})"
-        (comment,) = self.con.execute(
-            "SELECT comment FROM duckdb_tables() WHERE database_name = ? AND table_name = 'events'", [alias]).fetchone()
-        return format_problem(comment)
+        return format_problem(format_comment(self.con, alias))
 
     def _cut_short(self, alias: str, path: Path) -> str | None:
         """What is missing if the attached file is shorter than its blocks (a copy stopped part-way, say), else
