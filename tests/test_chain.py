@@ -110,6 +110,15 @@ def test_a_cut_tail_with_its_head_removed_too_is_caught(ws):
     assert f"the store has no head for run {RUN}, the log ends at seq 69" in altered(ws)
 
 
+def test_a_cut_tail_with_the_heads_table_dropped_is_caught(ws):
+    # a store without a heads table reads as one written before the chain, but a run with hashes never was
+    sql(store(ws), "DELETE FROM events WHERE seq = 70")
+    sql(store(ws), "DROP TABLE heads")
+    assert f"the store has no head for run {RUN}, the log ends at seq 69" in altered(ws)
+    assert one_line_error(invoke("export", RUN, "--out", str(store(ws).parent / "x.jsonl"), workspace=ws.root),
+                          code=1).startswith("esper: log altered")
+
+
 def test_an_inserted_event_is_named_by_replay(ws):
     path = store(ws)
     seq = epoch_seq(path)
@@ -271,6 +280,24 @@ def test_catch_up_does_not_keep_serving_an_updated_value(ws):
         assert any(f"log altered at seq {last_epoch[0]} (EpochEnded)" in note for note in projector.notes)
     line = one_line_error(invoke("report", RUN, workspace=ws.root), code=1)
     assert f"log altered at seq {last_epoch[0]} (EpochEnded)" in line
+
+
+def test_a_drawn_run_is_folded_again_from_its_log_not_served_from_edited_projections(ws):
+    with ws.reader() as reader, Projector.for_workspace(ws) as projector:
+        projector.catch_up(reader)
+        true = summary(projector)["test_accuracy"]
+    con = duckdb.connect(str(ws.root / ".nissa" / "projections.duckdb"))
+    con.execute("UPDATE run_summary SET test_accuracy = 0.999")
+    con.execute("UPDATE epoch_metrics SET val_accuracy = 0.95")
+    con.close()
+    with ws.reader() as reader, Projector.for_workspace(ws) as projector:
+        projector.catch_up(reader)  # no run drawn: the file is trusted, as a cache
+        assert summary(projector)["test_accuracy"] == 0.999
+        projector.catch_up(reader, check=[RUN])
+        assert summary(projector)["test_accuracy"] == true
+        assert 0.95 not in {row["val_accuracy"] for row in projector.fetch("epoch_metrics", RUN)}
+    result = invoke("report", RUN, workspace=ws.root)
+    assert result.exit_code == 0 and "99.9" not in result.output
 
 
 def test_catch_up_drops_a_run_whose_epoch_column_was_edited(ws):

@@ -168,19 +168,23 @@ class Projector:
 
     def catch_up(self, reader: Reader, max_events: int | None = None, check: Sequence[str] = ()) -> int:
         """Fold the events stored after each checkpoint (at most `max_events`); returns how many were read.
-        The runs in `check` have their whole hash chain checked first (cost linear in those runs)."""
+        The runs in `check` have their whole hash chain checked first and are folded again from their first event
+        (cost linear in those runs): what is drawn from them is then what their checked log says, whatever the
+        projection file (derived data, which no hash covers) was made to hold."""
         heads = dict(reader.con.execute("SELECT run_id, max(seq) FROM events GROUP BY run_id").fetchall())
+        checked = set()
         for run in check:
             try:
                 note = reader.check_run(run)
             except LogAltered as exc:
                 self._drop_altered(run, str(exc))
                 continue
+            checked.add(run)
             if note:
                 self.notes.append(note)
         heads = {run: head for run, head in heads.items() if run not in self.altered}
         checkpoints = self._checkpoints()
-        stale = self._stale_runs(reader, checkpoints, heads)
+        stale = self._stale_runs(reader, checkpoints, heads) | (checked & set(heads))
         if stale:
             self._write(stale, {}, [])
             checkpoints = {key: value for key, value in checkpoints.items() if key[1] not in stale}

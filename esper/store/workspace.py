@@ -336,8 +336,8 @@ class Reader:
         heads = {store: (seq, hash_) for seq, hash_, store in self.con.execute(
             "SELECT seq, hash, _store FROM all_heads WHERE run_id = ?", [run_id]).fetchall()}
         for store in sorted(set(last) | set(heads)):
-            if store not in self.anchored:  # written before the chain: no heads table (its events are unsealed)
-                continue
+            if store not in self.anchored and not verifier.sealed:  # written before the chain: no heads table
+                continue  # (a sealed run's store without one has lost it: its tail could have been cut unseen)
             held = last.get(store, (0, None))
             mine = chain.Verifier(run_id, held[0], held[1], where=f", {self.names[store]}")
             mine.sealed = verifier.sealed
