@@ -441,6 +441,9 @@ def test_a_v2_export_without_hashes_or_trailer_replays_with_a_note(ws, tmp_path)
     result = invoke("replay", path)
     assert result.exit_code == 0, result.stderr
     assert "is unsealed" in result.stderr
+    result = invoke("import", path, workspace=tmp_path / "elsewhere")
+    assert result.exit_code == 0, result.stderr
+    assert f"note: run {RUN} is unsealed" in result.stderr
 
 
 def test_a_sealed_log_stripped_of_its_hashes_is_tampering(tmp_path):
@@ -459,6 +462,20 @@ def test_a_sealed_log_stripped_of_its_hashes_is_tampering(tmp_path):
     assert chain.verify("v2", [(1, "RunStarted", json.dumps(v2).encode(), None, (None, None, None))], (1, None)) is False
     with pytest.raises(LogAltered, match="its hash is missing"):
         chain.verify("v3", [(1, "RunStarted", encode(v3), None, (None, None, None))], (1, None))
+
+
+@pytest.mark.parametrize("recorded_since_v3", ["preset", "versions"])
+def test_a_sealed_log_whose_version_was_edited_down_is_still_tampering(ws, recorded_since_v3):
+    # hashes stripped and the version written down to one from before the chain: the payload still has what only
+    # sealed versions record
+    path = store(ws)
+    start = json.loads(sql(path, "SELECT payload::VARCHAR FROM events WHERE seq = 1")[0][0])
+    start["schema_version"] = 2
+    start.pop("preset" if recorded_since_v3 == "versions" else "versions")
+    sql(path, "UPDATE events SET payload = ? WHERE seq = 1", [json.dumps(start, separators=(",", ":"))])
+    sql(path, "UPDATE events SET hash = NULL")
+    sql(path, "DROP TABLE heads")
+    assert "log altered at seq 1 (RunStarted: its hash is missing)" in altered(ws)
 
 
 def test_the_recorder_refuses_a_run_id_it_would_never_write(tmp_path):

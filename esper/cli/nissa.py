@@ -152,6 +152,8 @@ def import_(
                 raise type(exc)(str(exc).replace(str(received), "standard input")) from None
     else:
         result = import_file(Workspace.at(workspace), file)
+    for note in result.notes:
+        say(f"note: {note}")
     if not result.stores:
         print(f"nothing to import: all {result.skipped} events of {_runs_text(result.runs)} are already in the workspace")
         return

@@ -398,6 +398,8 @@ class ImportResult:
     imported: int
     skipped: int
     runs: list[str]
+    notes: list[str] = attrs.field(factory=list)
+    """Runs written before the chain, imported unsealed."""
 
 
 def import_file(workspace: Workspace, path: Path) -> ImportResult:
@@ -406,16 +408,17 @@ def import_file(workspace: Workspace, path: Path) -> ImportResult:
         raise BadInput(f"{path} is a folder: import takes one file written by `esper export` (jsonl or parquet)")
     if not path.is_file():
         raise BadInput(f"no file {path}")
-    rows = read_file(path)
+    notes: list[str] = []
+    rows = read_file(path, notes)
     if workspace.root.exists() and not workspace.root.is_dir():
         raise BadInput(f"workspace {workspace.root} is not a folder")
     with workspace.reader() as reader:
         fresh = _fresh_rows(reader, rows, path)
     runs = list(dict.fromkeys(r.run_id for r in rows))
     if not fresh:
-        return ImportResult([], 0, len(rows), runs)
+        return ImportResult([], 0, len(rows), runs, notes)
     stores = _write_stores(workspace, path, store_groups(fresh))
-    return ImportResult(stores, len(fresh), len(rows) - len(fresh), runs)
+    return ImportResult(stores, len(fresh), len(rows) - len(fresh), runs, notes)
 
 
 def _fresh_rows(reader: Reader, rows: list[Row], path: Path) -> list[Row]:

@@ -16,7 +16,9 @@ The chain proves integrity against edits, not authorship: it has no key, and any
 Logs written before the chain have NULL hashes. A run whose hashes are all NULL is *unsealed* (replayed
 with a note) only if its first event is a `RunStarted` whose stored `schema_version` is below
 `SEALED_SINCE` (a learner's stream: a `PolicyUpdated` below `LEARNER_SEALED_SINCE`); otherwise missing
-hashes are tampering.
+hashes are tampering. A `RunStarted` claiming a version from before the chain must also have that version's
+shape: one that carries what only sealed versions record (`preset`, `versions`) had its version edited down.
+`position` (where the event lies in its store file) lies outside the chain too.
 """
 
 import hashlib
@@ -91,6 +93,8 @@ def column_mismatch(type_: str, epoch: int | None, seed_id: str | None, slot: st
 class _Version(msgspec.Struct):
     type: str = ""
     schema_version: int = 1
+    preset: msgspec.Raw = msgspec.Raw()  # empty: the payload has no such key
+    versions: msgspec.Raw = msgspec.Raw()
 
 
 _version_decoder = msgspec.json.Decoder(_Version)
@@ -105,6 +109,8 @@ def sealed_by_version(first_payload: bytes | str) -> bool:
     except (msgspec.DecodeError, msgspec.ValidationError):
         return True  # not even readable: nothing excuses missing hashes
     since = {"RunStarted": SEALED_SINCE, "PolicyUpdated": LEARNER_SEALED_SINCE}.get(head.type)
+    if head.type == "RunStarted" and (len(head.preset) or len(head.versions)):
+        return True  # recorded since v3, with the chain: a version below it was written in by hand
     return since is None or head.schema_version >= since
 
 
