@@ -105,6 +105,13 @@ def flops_projection(task: str) -> Callable[[Iterable[Event]], dict[int, EpochCo
     return functools.partial(epoch_flops, example_shape=data.input_shape, train_examples=examples)
 
 
+def check_chains(reader: Reader, run_ids: Iterable[str]) -> None:
+    """Check each run's hash chain and head before a number is read from it (`LogAltered` names the first altered
+    event): a table generated from a workspace is only as good as its logs."""
+    for run_id in run_ids:
+        reader.check_run(run_id)
+
+
 def training_gflops(reader: Reader, task: str, run_ids: list[str]) -> dict[str, float]:
     """Run id → training GFLOPs of the whole run."""
     flops = flops_projection(task)

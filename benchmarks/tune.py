@@ -25,7 +25,7 @@ from msgspec.structs import replace
 from esper.leyline import RunConfig
 from esper.store import Workspace
 from esper.tolaria.tasks import get_task
-from recording import Job, record_all, say
+from recording import Job, check_chains, record_all, say
 
 TUNING_SEEDS = list(range(100, 110))
 
@@ -58,6 +58,8 @@ GROUP BY ALL ORDER BY r.controller, val DESC
 
 def read_points(ws: Workspace, task: str, seeds: list[int]) -> list[dict]:
     with ws.reader() as reader:
+        check_chains(reader, [run_id for run_id, in reader.con.execute(
+            "SELECT run_id FROM runs WHERE run_id LIKE 'tune-%' AND task = ?", [task]).fetchall()])
         cur = reader.con.execute(POINTS_SQL.format(seeds=", ".join(map(str, seeds))), [task])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 from fake_runs import write_run
 
@@ -63,6 +64,20 @@ def test_results_come_from_the_logs_and_a_workspace_is_reused(tmp_path):
     again, page_again, log_again = generate(tmp_path, "--policy", str(policy))
     assert "recording 0" in log_again and "recording 8" not in log_again
     assert again["growth"] == result["growth"] and again["policies"] == result["policies"]
+
+    # a log edited behind Esper's back makes no table
+    ws = Workspace(tmp_path / "ws")
+    with ws.reader() as reader:
+        (name,) = reader.files_of(next(iter(runs)))
+    con = duckdb.connect(str(ws.root / name))
+    con.execute("UPDATE events SET payload = json_merge_patch(payload, '{\"test_accuracy\": 0.999}')"
+                " WHERE type = 'RunFinished' AND run_id = ?", [next(iter(runs))])
+    con.close()
+    out = tmp_path / "results.md"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "0", "1", "--epochs", "3", "--workspace",
+                           str(tmp_path / "ws"), "--out", str(out), "--policy", str(policy)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "log altered at seq" in done.stderr and next(iter(runs)) in done.stderr
 
 
 def test_the_text_task_gives_bits_per_char_reads_none_of_a_workspaces_mnist1d_runs_and_takes_heuristic_knobs(tmp_path):
