@@ -112,6 +112,12 @@ def test_a_report_to_an_unwritable_place_leaves_no_projections(tmp_path):
     assert not (ws / ".nissa").exists()
 
 
+def test_a_report_to_standard_output_is_refused_not_written_to_a_file_named_dash(ws, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "a report is one HTML file" in one_line_error(invoke("report", "heur", "-w", str(ws), "-o", "-"), code=2)
+    assert not Path("-").exists()
+
+
 def test_report_in_a_missing_workspace_is_bad_input(tmp_path):
     line = one_line_error(invoke("report", "x", "--workspace", str(tmp_path / "missing")))
     assert "does not exist" in line
@@ -144,6 +150,17 @@ def test_a_file_that_is_no_export_leaves_replay_a_run_id(ws, tmp_path, monkeypat
     Path(HEURISTIC).write_text("notes of mine\n")  # a file of the run's name in the current folder
     replayed = invoke("replay", HEURISTIC, "-w", str(ws))
     assert replayed.exit_code == 0 and replayed.stdout.startswith(f"run {HEURISTIC}  finished"), replayed.stderr
+
+
+def test_an_export_named_as_a_run_of_the_workspace_is_ambiguous(ws, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    other = run_id_for("static", 0)
+    assert invoke("export", other, "-w", str(ws), "--out", "other.jsonl").exit_code == 0
+    Path("heur").write_bytes(Path("other.jsonl").read_bytes())  # another run's export, named as this one's prefix
+    line = one_line_error(invoke("replay", "heur", "-w", str(ws)), code=2)
+    assert "names both a file in this folder and a run in the workspace" in line
+    assert invoke("replay", "heur", "-w", str(tmp_path / "elsewhere")).stdout.startswith(f"run {other}  finished")
+    assert "is a folder" in one_line_error(invoke("replay", str(tmp_path) + "/", "-w", str(ws)), code=2)
 
 
 def test_export_to_standard_output_is_the_file_it_would_write(ws, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, json_text, path_option, say
-from esper.errors import BadInput
+from esper.errors import BadInput, EsperError
 from esper.leyline.events import PolicyUpdated
 from esper.leyline.status import shown
 from esper.store.workspace import not_a_training_run
@@ -65,6 +65,9 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list, boo
     (`LogAltered` names the first altered event)."""
     path = Path(run)
     if _names_export(path):
+        if path.suffix.lower() not in EXPORT_SUFFIXES and _is_a_run(run, workspace):
+            raise BadInput(f"{run} names both a file in this folder and a run in the workspace: name the file with "
+                           f"its suffix (.jsonl or .parquet) to replay it, or replay the run from another folder")
         if not path.is_file():
             raise BadInput(f"no exported file {path}" + (" (it is a folder)" if path.is_dir() else ""))
         from esper.nissa.transfer import recorded_runs
@@ -79,6 +82,8 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list, boo
         if recorded and isinstance(recorded[0].event, PolicyUpdated):
             raise not_a_training_run(run_id)
         return run_id, recorded, [], False
+    if path.is_dir() and ("/" in run or run in (".", "..")):
+        raise BadInput(f"{run} is a folder: replay takes a run id or a file written by `esper export`")
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
@@ -89,10 +94,23 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list, boo
         return run_id, reader.read_run(run_id), reader.snapshots(run_id), reader.is_live(run_id)
 
 
+EXPORT_SUFFIXES = (".jsonl", ".parquet")
+
+
+def _is_a_run(run: str, workspace: Optional[Path]) -> bool:
+    """Whether RUN is also the id (or a unique prefix) of a run in the workspace."""
+    try:
+        with existing_workspace(workspace).reader() as reader:
+            reader.resolve_run(run)
+    except EsperError:
+        return False
+    return True
+
+
 def _names_export(path: Path) -> bool:
     """Whether RUN names an exported file: an export's suffix (in any case), or a file that begins as an export does
     (parquet's magic, or a JSON line), whatever its name. Any other file leaves RUN a run id."""
-    if path.suffix.lower() in (".jsonl", ".parquet"):
+    if path.suffix.lower() in EXPORT_SUFFIXES:
         return True
     if not path.is_file():
         return False

@@ -41,6 +41,9 @@ def report(
         raise BadInput("--compare needs at least two runs (esper report --compare RUN RUN ...)")
     if not compare and len(runs) > 1:
         raise BadInput(f"one run at a time, got {len(runs)}; add --compare to compare them in one report")
+    if out is not None and str(out) == "-":
+        raise BadInput("--out -: a report is one HTML file, not a stream; give a file name (its summary lines are "
+                       "printed on standard output already)")
     if out is not None:  # before the projections are brought up to date: a refused --out leaves nothing behind
         check_output(out)
     ws = existing_workspace(workspace)
