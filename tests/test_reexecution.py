@@ -4,13 +4,14 @@ import json
 import re
 from pathlib import Path
 
+import attrs
 import msgspec
 import pytest
 import torch
 
 from esper._kernels import cpu_model, has_avx2
 from esper.leyline import HeuristicConfig, RunConfig, RunStarted, decode
-from esper.leyline.events import PRESETS_BEFORE_V3, EpochEnded, SeedGerminated
+from esper.leyline.events import PRESETS_BEFORE_V3, CheckpointSaved, EpochEnded, SeedGerminated
 from esper.nissa.runstate import as_one_run
 from esper.nissa.transfer import recorded_runs
 from esper.store import Recorded
@@ -110,6 +111,10 @@ def test_a_killed_run_re_executes_what_it_logged(grown):
     assert any("without RunFinished or RunFailed (its process was killed)" in note for note in verification.notes)
     running = verify_run(killed, exact=True, running=True)
     assert any("without RunFinished or RunFailed (it is still being written)" in n for n in running.notes)
+    last = killed[-1]  # a checkpoint is the last event its process wrote: the note names where the log ends
+    saved = attrs.evolve(last, seq=last.seq + 1, event=CheckpointSaved(epoch=3, sha256="0" * 64, size=1))
+    noted = verify_run([*killed, saved], exact=True).notes
+    assert any(f"the run's log ends at seq {last.seq + 1} without" in note for note in noted), noted
     with pytest.raises(VerificationFailed, match="in val_loss"):
         verify_run(_nudged_val_loss(killed), exact=True)
 

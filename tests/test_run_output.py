@@ -2,7 +2,7 @@
 
 import pytest
 
-from esper.cli.run import _closing_table, _progress, _stages
+from esper.cli.run import _closing_table, _progress, _result_json, _stages
 from esper.leyline import Advance, CommandIssued, Cull, Germinate, Wait
 from esper.tamiyo.observation import ObservationProjection
 from esper.tolaria.loop import RunResult
@@ -28,6 +28,9 @@ def test_a_culled_seed_counts_as_culled_whatever_its_slot_moved_on_to():
     assert _stages({"DORMANT": 1, "EMBARGOED": 1, "CULLED": 1, "FOSSILIZED": 3}) == "3 culled, 3 fossilized"
     assert _stages({"BLENDING": 1}) == "1 blending"
     assert _stages({}) == "no seeds"
+    result = RunResult(val_accuracy=0.9, test_accuracy=0.9, params=6_000, seeds={"DORMANT": 2, "EMBARGOED": 1,
+                                                                                "FOSSILIZED": 3})
+    assert _result_json("r", result)["seeds"] == {"CULLED": 3, "FOSSILIZED": 3}  # as the closing table says
 
 
 def test_the_closing_tables_values_start_in_one_column():

@@ -241,7 +241,7 @@ def _result_json(run_id: str, result) -> dict:
     """What `--json` prints of a finished run (one object per run with --seeds too)."""
     bits = {f"{split}_bits_per_char": getattr(result, f"{split}_bits_per_char") for split in ("val", "test")}
     return {"run_id": run_id, "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
-            "params": result.params, "seeds": result.seeds} | {k: v for k, v in bits.items() if v is not None}
+            "params": result.params, "seeds": ended(result.seeds)} | {k: v for k, v in bits.items() if v is not None}
 
 
 def _progress(total: int):
@@ -261,13 +261,18 @@ CULLED_BY_NOW = ("CULLED", "EMBARGOED", "DORMANT")
 """A culled seed's stage as the run ends: its slot under embargo, or free again."""
 
 
-def _stages(seeds: dict[str, int]) -> str:
-    """How the seeds ended, a culled seed called culled whatever its slot has moved on to since."""
-    ended: dict[str, int] = {}
+def ended(seeds: dict[str, int]) -> dict[str, int]:
+    """How many seeds ended in each stage, a culled seed counted as CULLED whatever its slot has moved on to since
+    (the closing table and `--json` alike)."""
+    out: dict[str, int] = {}
     for stage, n in sorted(seeds.items()):
-        word = "culled" if stage in CULLED_BY_NOW else stage.lower()
-        ended[word] = ended.get(word, 0) + n
-    return ", ".join(f"{n} {word}" for word, n in ended.items()) or "no seeds"
+        stage = "CULLED" if stage in CULLED_BY_NOW else stage
+        out[stage] = out.get(stage, 0) + n
+    return out
+
+
+def _stages(seeds: dict[str, int]) -> str:
+    return ", ".join(f"{n} {stage.lower()}" for stage, n in ended(seeds).items()) or "no seeds"
 
 
 def _closing_table(run_id: str, result) -> str:

@@ -101,6 +101,7 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
     """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event.
     `running`: a writer holds the run now (its log so far is compared, as a killed run's is). `starting` is called
     once the log is found re-executable and its data loaded, before the re-execution."""
+    log_ends_at = recorded[-1].seq if recorded else 0  # before the checkpoints and resumptions are set aside
     recorded = as_one_run(recorded)
     started, data = reexecutable(recorded)
     starting()
@@ -135,7 +136,7 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
                                 f"{len(compared)} events before that were re-executed")
     elif not ended:
         why = "it is still being written" if running else "its process was killed"
-        comparison.notes.append(f"the run's log ends at seq {recorded[-1].seq} without RunFinished or RunFailed ({why}): "
+        comparison.notes.append(f"the run's log ends at seq {log_ends_at} without RunFinished or RunFailed ({why}): "
                                 f"its {len(compared)} events were re-executed")
     return Verification(len(compared), exact, tolerance, comparison.deviations, comparison.notes)
 
