@@ -247,6 +247,8 @@ def test_a_file_torch_cannot_load_as_a_policy_says_why(trained, tmp_path):
     text.write_text("not a pickle")
     error = one_line_error(invoke("run", "--controller", "policy", "--policy", str(text), workspace=ws))
     assert error.startswith(f"esper: {text} is not a policy file (torch cannot load it: UnpicklingError: "), error
+    reason = error.split("UnpicklingError: ", 1)[1]  # torch's first sentence, not a cut through its paragraph
+    assert reason.endswith(")") and ". " not in reason and len(reason) <= 125, error
 
 
 def test_iql_replaces_no_file_a_ppo_job_could_resume_from(trained, tmp_path):

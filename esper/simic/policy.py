@@ -148,6 +148,14 @@ MESSAGE_CHARS = 120
 """How much of torch's own reason a refused policy file's line quotes."""
 
 
+def _first_sentence(text: str) -> str:
+    """What torch says up to its first full stop, and never more than `MESSAGE_CHARS` (cut at a word, marked …)."""
+    sentence = text.split(". ", 1)[0].rstrip(".")
+    if len(sentence) <= MESSAGE_CHARS:
+        return sentence
+    return sentence[:MESSAGE_CHARS].rsplit(" ", 1)[0] + " …"
+
+
 def read_policy_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
@@ -160,7 +168,7 @@ def read_policy_file(path: str | Path) -> dict[str, Any]:
         raise BadInput(f"cannot read policy file {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # torch raises many kinds for a file that is not one of its pickles
         raise BadInput(f"{path} is not a policy file (torch cannot load it: {type(exc).__name__}: "
-                       f"{first_line(exc)[:MESSAGE_CHARS]})") from None
+                       f"{_first_sentence(first_line(exc))})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise BadInput(f"{path} is not an Esper policy file")
     if blob.get("version") != VERSION:
