@@ -306,6 +306,7 @@ def test_ppo_resume_refuses_a_damaged_training_state_in_one_line(trained, tmp_pa
     torch.save(blob, out)
     error = one_line_error(invoke("ppo", "--resume", "--episodes", "4", "--out", out, workspace=tmp_path / "ws"))
     assert error.startswith(f"esper: {out} holds a damaged training state, which cannot be resumed ("), error
+    assert ". " not in error.split("cannot be resumed (", 1)[1], error  # the library's first sentence only
     assert not (tmp_path / "ws").exists()
 
 

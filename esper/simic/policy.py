@@ -148,9 +148,10 @@ MESSAGE_CHARS = 120
 """How much of torch's own reason a refused policy file's line quotes."""
 
 
-def _first_sentence(text: str) -> str:
-    """What torch says up to its first full stop, and never more than `MESSAGE_CHARS` (cut at a word, marked …)."""
-    sentence = text.split(". ", 1)[0].rstrip(".")
+def reason(exc: BaseException) -> str:
+    """What a library (torch, msgspec) said to refuse a file, to quote in one line: its first sentence, never more
+    than `MESSAGE_CHARS` (cut at a word, marked …)."""
+    sentence = first_line(exc).split(". ", 1)[0].rstrip(".")
     if len(sentence) <= MESSAGE_CHARS:
         return sentence
     return sentence[:MESSAGE_CHARS].rsplit(" ", 1)[0] + " …"
@@ -168,7 +169,7 @@ def read_policy_file(path: str | Path) -> dict[str, Any]:
         raise BadInput(f"cannot read policy file {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # torch raises many kinds for a file that is not one of its pickles
         raise BadInput(f"{path} is not a policy file (torch cannot load it: {type(exc).__name__}: "
-                       f"{_first_sentence(first_line(exc))})") from None
+                       f"{reason(exc)})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise BadInput(f"{path} is not an Esper policy file")
     if blob.get("version") != VERSION:

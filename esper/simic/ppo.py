@@ -40,14 +40,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from esper.errors import BadInput, EsperError, first_line
+from esper.errors import BadInput, EsperError
 from esper.leyline.config import LifecycleConfig, RunConfig
 from esper.leyline.events import PolicyUpdated
 from esper.nissa.fmt import plural
 from esper.simic.dataset import Episode, batch, replay_episode
 from esper.simic.env import configs_round_robin
 from esper.simic.features import FeatureSpec, spec_for_task, task_of
-from esper.simic.policy import MESSAGE_CHARS, PolicyNet, check_training, load_policy, save_policy, saved, weights_finite
+from esper.simic.policy import PolicyNet, reason, check_training, load_policy, save_policy, saved, weights_finite
 from esper.simic.config import PPOConfig
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.simic.rollout import Players, RayPlayers, episode_generators, open_players
@@ -441,7 +441,7 @@ def _restoring(out: Path) -> Iterator[None]:
         yield
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, msgspec.ValidationError) as exc:
         raise BadInput(f"{out} holds a damaged training state, which cannot be resumed ({type(exc).__name__}: "
-                       f"{first_line(exc)[:MESSAGE_CHARS]})") from None
+                       f"{reason(exc)})") from None
 
 
 def _training_state(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
