@@ -91,3 +91,17 @@ def test_an_empty_path_is_refused_before_anything_runs(tmp_path, monkeypatch):
             checked += 1
     assert checked >= 19, f"only {checked} path parameters found"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["runs"], ["run", "--epochs", "1"]])
+def test_a_blank_workspace_variable_is_refused_and_an_empty_one_is_unset(tmp_path, monkeypatch, command):
+    """ESPER_WORKSPACE=" " would record into a folder named by a space, as `-w " "` would: refused, nothing written.
+    ESPER_WORKSPACE="" is unset, as the shell's convention has it: ./runs."""
+    from cli_runner import invoke, one_line_error
+
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(invoke(*command, workspace=" "))
+    assert line == "esper: ESPER_WORKSPACE is blank: set it to a folder, or unset it for ./runs"
+    assert list(tmp_path.iterdir()) == []
+    unset = invoke("runs", workspace="")
+    assert unset.exit_code == 0 and "no runs in runs yet" in unset.stderr, unset.stderr

@@ -145,6 +145,13 @@ def test_replay_reads_any_exported_file_by_its_content(ws, tmp_path, name):
     assert replayed.exit_code == 0 and replayed.stdout.startswith(f"run {HEURISTIC}  finished"), replayed.stderr
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".NDJSON", ".json", ".parquet", ".pq"])
+def test_replay_of_a_missing_export_says_the_file_is_missing(ws, tmp_path, suffix):
+    """A name with any suffix `esper export` writes by is a file, not a run id: its absence is said as such."""
+    missing = tmp_path / f"h{suffix}"
+    assert one_line_error(invoke("replay", str(missing), "-w", str(ws)), code=2) == f"esper: no exported file {missing}"
+
+
 def test_a_file_that_is_no_export_leaves_replay_a_run_id(ws, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path(HEURISTIC).write_text("notes of mine\n")  # a file of the run's name in the current folder

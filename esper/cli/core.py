@@ -14,6 +14,7 @@ from esper.errors import BadInput, EsperError
 from esper.leyline.events import PolicyUpdated
 from esper.leyline.status import shown
 from esper.store.workspace import not_a_training_run
+from esper.nissa.files import EXPORT_SUFFIXES
 from esper.nissa.fmt import plural
 from esper.nissa.snapshot import fold_checking
 from esper.leyline.config import VERIFY_TOLERANCE
@@ -66,8 +67,9 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list, boo
     path = Path(run)
     if _names_export(path):
         if path.suffix.lower() not in EXPORT_SUFFIXES and _is_a_run(run, workspace):
-            raise BadInput(f"{run} names both a file in this folder and a run in the workspace: name the file with "
-                           f"its suffix (.jsonl or .parquet) to replay it, or replay the run from another folder")
+            raise BadInput(f"{run} names both a file in this folder and a run in the workspace: name the file with an "
+                           f"export's suffix ({', '.join(EXPORT_SUFFIXES)}) to replay it, or replay the run from "
+                           "another folder")
         if not path.is_file():
             raise BadInput(f"no exported file {path}" + (" (it is a folder)" if path.is_dir() else ""))
         from esper.nissa.transfer import recorded_runs
@@ -92,9 +94,6 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list, boo
         if note := reader.check_run(run_id):
             say(f"note: {note}")
         return run_id, reader.read_run(run_id), reader.snapshots(run_id), reader.is_live(run_id)
-
-
-EXPORT_SUFFIXES = (".jsonl", ".parquet")
 
 
 def _is_a_run(run: str, workspace: Optional[Path]) -> bool:

@@ -10,6 +10,10 @@ from typing import Callable, Iterator
 from esper.errors import BadInput
 from esper.store.workspace import STORE_SUFFIX
 
+EXPORT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+"""The format each suffix of an exported file names (in any case): `esper export` writes by it, `esper replay` reads a
+file by it."""
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then move it into place.

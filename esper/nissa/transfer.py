@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from esper.errors import BadInput, LogAltered, first_line
 from esper.leyline.events import decode
-from esper.nissa.files import atomic_write
+from esper.nissa.files import EXPORT_SUFFIXES, atomic_write
 from esper.store import Reader, Recorded, Workspace, chain
 from esper.store.schema import COLUMNS, FORMAT_COMMENT, HEADS_DDL, TABLE_DDL, run_id_problem
 
@@ -114,9 +114,10 @@ _line_decoder = msgspec.json.Decoder(_Line)
 
 
 def format_for(path: Path, fmt: str | None) -> str:
-    """The format asked for, else the one the file name says, else jsonl. A format the file name contradicts
-    (`-f jsonl -o runs.parquet`) is refused: the file would read back, but its name would mislead."""
-    named = _SUFFIX_FORMATS.get(path.suffix.lower())
+    """The format asked for, else the one the file name says, else jsonl (the line `esper export` prints names it).
+    A format the file name contradicts (`-f jsonl -o runs.parquet`) is refused: the file would read back, but its
+    name would mislead."""
+    named = EXPORT_SUFFIXES.get(path.suffix.lower())
     if fmt is None:
         return named or "jsonl"
     if fmt not in FORMATS:
@@ -125,9 +126,6 @@ def format_for(path: Path, fmt: str | None) -> str:
         raise BadInput(f"--format {fmt} but --out {path} names a {named} file: drop --format (the name decides) or "
                        "give a name that agrees")
     return fmt
-
-
-_SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
 # ---- export -------------------------------------------------------------------------------------

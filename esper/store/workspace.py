@@ -27,7 +27,12 @@ STORE_SUFFIX = ".duckdb"
 
 
 def default_workspace() -> Path:
-    return Path(os.environ.get("ESPER_WORKSPACE") or "runs")
+    """$ESPER_WORKSPACE, else ./runs (an empty variable counts as unset). A blank one is refused, as `-w " "` is:
+    it would quietly record into a folder named by spaces."""
+    named = os.environ.get("ESPER_WORKSPACE", "")
+    if named and not named.strip():
+        raise BadInput("ESPER_WORKSPACE is blank: set it to a folder, or unset it for ./runs")
+    return Path(named or "runs")
 
 
 @attrs.define
