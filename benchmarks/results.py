@@ -271,9 +271,10 @@ def main() -> None:
     record_all(ws, first, args.workers)
     scratch = []
     for s in seeds:  # each heuristic run's final architecture, as `esper run --controller scratch --like` builds it
-        like, architecture, epochs = final_architecture(ws, run_id_of(task, "heuristic", s), task)
-        scratch.append(Job(run_id_of(task, "scratch", s), RunConfig(task=task, controller="scratch", seed=s, like=like,
-                                                            architecture=architecture, epochs=epochs)))
+        grew = final_architecture(ws, run_id_of(task, "heuristic", s), task)
+        scratch.append(Job(run_id_of(task, "scratch", s), RunConfig(task=task, controller="scratch", seed=s,
+                                                            like=grew.run_id, architecture=grew.architecture,
+                                                            epochs=grew.epochs)))
     record_all(ws, scratch, args.workers)
 
     runs = read_back(ws, task)

@@ -503,3 +503,16 @@ def test_an_export_of_a_cut_log_is_refused(ws, tmp_path):
     result = invoke("export", RUN, "--format", "jsonl", "--out", str(tmp_path / "cut.jsonl"), workspace=ws.root)
     assert "the store's head says seq 70" in one_line_error(result, code=1)
     assert not (tmp_path / "cut.jsonl").exists()
+
+
+@pytest.mark.parametrize("command, code", [
+    (["run", "--controller", "scratch", "--like", RUN, "--print-config"], 0),
+    (["iql", "--steps", "3", "--batch-size", "4", "--out", "p.pt"], 2),  # the fake run's blueprints are no policy's
+])
+def test_what_reads_an_unsealed_run_says_so_as_replay_does(ws, tmp_path, monkeypatch, command, code):
+    """A baseline built like an old run, or a policy learnt from old runs, rests on events no hash covers."""
+    monkeypatch.chdir(tmp_path)
+    make_old(ws)
+    result = invoke(*command, workspace=ws.root)
+    assert result.exit_code == code, result.stderr
+    assert f"note: run {RUN} is unsealed (written before hash chains); its integrity cannot be checked" in result.stderr

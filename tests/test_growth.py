@@ -88,8 +88,9 @@ def test_same_seed_same_events():
 
 def test_scratch_builds_the_final_architecture_up_front(grown):
     ws, grows, _ = grown
-    like, architecture, epochs = final_architecture(ws, "grows", "mnist1d")
-    assert like == "grows" and epochs == 12
+    grew = final_architecture(ws, "grows", "mnist1d")
+    like, architecture = grew.run_id, grew.architecture
+    assert like == "grows" and grew.epochs == 12 and grew.unsealed is None
     assert len(architecture) == grows.stage_counts()["FOSSILIZED"]
     sink = ListSink()
     cfg = resolve_config(RunConfig(controller="scratch", like=like, architecture=architecture, epochs=2))

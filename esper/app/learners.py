@@ -72,7 +72,7 @@ def _dataset(cfg: IQLConfig, workspace: Workspace, runs: str | None, progress: P
             spec = spec_for_run(reader.read_run(run_ids[0])[0].event)
         episodes, notes = workspace_episodes(reader, run_ids, spec, cfg.reward)
     for note in notes:
-        progress(f"note: skipped {note}")
+        progress(f"note: {note}")
     where = f" where {runs}" if runs else ""
     if not run_ids and cfg.task not in tasks:  # a misspelt task: say which ones the workspace holds runs of
         holds = f"its runs are of {', '.join(tasks)}" if tasks else "it holds no runs"

@@ -130,19 +130,22 @@ class PlannedRun:
     preset: TaskPreset
     controller: Controller
     data: TaskData
+    notes: tuple[str, ...] = ()
+    """What the caller should say before it records (the unsealed `--like` run whose architecture it builds)."""
 
 
 def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     """Check every setting (one `BadInput` line for the first that is wrong) and resolve the run."""
     r = request
     architecture: list[tuple[str, str]] = []
-    epochs, like = r.epochs, r.like
+    epochs, like, notes = r.epochs, r.like, ()
     if r.controller == "scratch":
         if like is None:
             raise BadInput("controller scratch needs --like RUN (like = RUN in a --config file): the run whose final "
                            "architecture to build")
-        like, architecture, like_epochs = final_architecture(ws, like, r.task)
-        epochs = epochs or like_epochs
+        grew = final_architecture(ws, like, r.task)
+        like, architecture, epochs = grew.run_id, grew.architecture, epochs or grew.epochs
+        notes = (grew.unsealed,) if grew.unsealed else ()
     elif like is not None:
         raise BadInput("--like (like) only makes sense with --controller scratch")
     _check_settings(r)
@@ -168,7 +171,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
         checkpoint.check_folder(ws.root)
     data = load_task_data(r.task, config.data_seed, r.data_dir, download=r.download, preset=preset)  # bad input: no log
     _check_host_fits(preset, data, r.task)
-    return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data)
+    return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data, notes)
 
 
 def _check_settings(r: RunRequest) -> None:
@@ -351,15 +354,28 @@ def _toml_value(value: Any) -> str:
     return msgspec.json.encode(str(value)).decode()  # a JSON string is a TOML basic string
 
 
-def final_architecture(ws: Workspace, like: str, task: str) -> tuple[str, list[tuple[str, str]], int]:
-    """The run id, fossilized (slot, blueprint) in fossilization order, and epoch budget of run `like`, a run of
-    `task`. Read with its chain checked and folded from zero (not from a snapshot, whose state no hash covers): the
-    architecture a baseline builds is what the log, re-judged, says grew."""
+@attrs.frozen
+class FinalArchitecture:
+    """What a finished run grew: the architecture `--controller scratch --like RUN` builds up front."""
+
+    run_id: str
+    architecture: list[tuple[str, str]]
+    """(slot, blueprint) of every fossil, in the order they fossilized."""
+    epochs: int
+    """The run's epoch budget, the baseline's default."""
+    unsealed: str | None
+    """The note to say when the run was written before hash chains (`Reader.check_run`)."""
+
+
+def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture:
+    """What run `like`, a finished run of `task`, grew. Read with its chain checked and folded from zero (not from a
+    snapshot, whose state no hash covers): the architecture a baseline builds is what the log, re-judged, says
+    grew."""
     from esper.nissa.runstate import RunState
 
     with ws.reader() as reader:
         run_id = reader.resolve_run(like)
-        reader.check_run(run_id)
+        unsealed = reader.check_run(run_id)
         state = RunState.fold(reader.read_run(run_id))
     if state.status != FINISHED:  # what had fossilized by its end would pass for an architecture that grew
         done = state.epochs[-1].epoch if state.epochs else 0
@@ -379,5 +395,5 @@ def final_architecture(ws: Workspace, like: str, task: str) -> tuple[str, list[t
     )
     unlogged = [] if state.garden.built else list(state.config.architecture)
     architecture = unlogged + [(slot, bp) for _, _, slot, bp in fossilized]
-    return run_id, [tuple(a) for a in architecture], state.config.epochs
+    return FinalArchitecture(run_id, [tuple(a) for a in architecture], state.config.epochs, unsealed)
 

@@ -109,6 +109,8 @@ def run(
     with runs.leading(ranks):
         with _naming(config_file):
             planned = runs.plan_run(request, Workspace.at(workspace))
+        for note in planned.notes:
+            say(f"note: {note}")
         if print_config:
             print(json_text(runs.resolved_settings(planned)) if as_json else runs.resolved_toml(planned).rstrip("\n"))
             return
@@ -303,6 +305,8 @@ def _run_seeds(text: str, request: "RunRequest", ctx: typer.Context, as_json: bo
         cluster.check_reachable(ray_address)
     ws = writable_workspace(workspace)
     c = planned[0].config
+    for note in planned[0].notes:  # every seed's run builds the same --like architecture
+        say(f"note: {note}")
     where = f"on Ray at {ray_address}" if ray_address else "on Ray" if len(planned) > 1 else "here"
     say(f"seeds {text}: {len(planned)} run{'s' * (len(planned) > 1)} of {c.task}, controller {c.controller}, {c.epochs} "
         f"epoch{'s' * (c.epochs != 1)} on {c.device}, {where}")

@@ -200,22 +200,24 @@ def select_runs(reader, where: str | None, task: str) -> list[str]:
 
 
 def workspace_episodes(reader, run_ids: list[str], spec: FeatureSpec, rewards: RewardConfig) -> tuple[list[Episode], list[str]]:
-    """The episodes of `run_ids`, and a note for each run left out (other slots or blueprints, no steps). Each run's
-    hash chain is checked first: a policy learnt from an altered log is in doubt, so `LogAltered` names the run."""
+    """The episodes of `run_ids`, and a note for each run left out (other slots or blueprints, no steps) or
+    unsealed. Each run's hash chain is checked first: a policy learnt from an altered log is in doubt, so
+    `LogAltered` names the run."""
     episodes, notes = [], []
     for run_id in run_ids:
         try:
-            reader.check_run(run_id)
+            if unsealed := reader.check_run(run_id):
+                notes.append(unsealed)
         except LogAltered as exc:
             raise LogAltered(f"{exc}: leave it out of the dataset by adding run_id <> '{run_id}' to --runs "
                              f"(with AND to a filter of your own)") from None
         try:
             episode = replay_episode(reader.read_run(run_id), spec, rewards, run_id)
         except IncompatibleRun as exc:
-            notes.append(str(exc))
+            notes.append(f"skipped {exc}")
             continue
         if len(episode) == 0:
-            notes.append(f"run {run_id} has no complete step")
+            notes.append(f"skipped run {run_id}: it has no complete step")
             continue
         episodes.append(episode)
     return episodes, notes
