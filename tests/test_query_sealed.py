@@ -58,6 +58,9 @@ ESCAPES = [
     ("select 1; Pragma version", "statement 2 is PRAGMA"),
     ("prepare p as delete from events", "statement 1 is PREPARE"),
     ("update extensions", "statement 1 is UNKNOWN"),
+    ("pivot events on type using count(*)", "statement 1 is MULTI (pivot events on type using count(*)): DuckDB runs "
+     "it as several statements, one of which creates a type; a PIVOT does so when it has to find its columns' values, "
+     "so name them (PIVOT ... ON col IN ('a', 'b') ...)"),
     ("select * from query('delete from events')", "bad SQL"),
     ("select * from read_csv('{outside}')", "bad SQL"),
     ("select * from read_text('{outside}')", "bad SQL"),
@@ -112,6 +115,8 @@ def test_an_escape_attempt_is_refused_and_changes_nothing(place, sql, says):
     ("with x as (select distinct run_id from events) select count(*) as n from x", lambda rows: rows == [{"n": 2}]),
     ("/* runs */ from runs select run_id order by 1;", lambda rows: len(rows) == 2),
     ("select * from duckdb_databases()", lambda rows: len(rows) >= 2),  # table functions in a SELECT still run
+    ("pivot (select controller from runs) on controller in ('heuristic', 'static') using count(*)",
+     lambda rows: rows == [{"heuristic": 1, "static": 1}]),
 ])
 def test_reading_sql_still_runs_and_writes_nothing(place, sql, check):
     before = files_under(place)

@@ -29,10 +29,15 @@ def reading_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list:
                 kind = _explained_kind(con, st.query)
             if kind != "SELECT":
                 shown = _excerpt(st.query)
-                raise BadInput(f"{READING}; statement {number} is {kind}" + (f" ({shown})" if shown else ""))
+                raise BadInput(f"{READING}; statement {number} is {kind}" + (f" ({shown})" if shown else "")
+                               + (_MULTI_HINT if kind == "MULTI" else ""))
     except duckdb.Error as exc:
         raise BadInput(f"bad SQL: {first_line(exc)}") from None
     return statements
+
+
+_MULTI_HINT = (": DuckDB runs it as several statements, one of which creates a type; a PIVOT does so when it has to"
+               " find its columns' values, so name them (PIVOT ... ON col IN ('a', 'b') ...)")
 
 
 def _kind(statement) -> str:
