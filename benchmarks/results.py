@@ -5,11 +5,13 @@
     .venv/bin/python benchmarks/results.py --policy ppo.pt --policy iql.pt    # add learned policies' table
     .venv/bin/python benchmarks/results.py --task text --out docs/results-text.md   # the text task: ~12 min
     .venv/bin/python benchmarks/results.py --epochs 50 --heuristic warmup_epochs=16  # another budget and gardener
+    .venv/bin/python benchmarks/results.py --full --scratch-epochs 17 21     # scratch at the grown runs' compute
 
 What it records (one run per controller and seed, `--workers` runs at a time, each in its own store file):
 `static` (the host alone), `heuristic` (the default gardener, or the one `--heuristic` sets), `eager` (the
 heuristic with `min_gain=1.0`: germinate as soon as the host has warmed up), `scratch` (each heuristic run's
-final architecture trained from initialisation for the same epochs), and each `--policy` file played greedily.
+final architecture trained from initialisation for the same epochs; with `--scratch-epochs E`, for E epochs too:
+a run planned shorter, its rates annealed over its own last epochs), and each `--policy` file played greedily.
 A run already in the workspace (`--workspace DIR`, reused) is read, not recorded again, if it finished with the
 same resolved config and task preset (what decides its events); so adding a policy to a full workspace records
 only that policy's runs. The page names the commit that ran the command.
@@ -75,21 +77,21 @@ def run_id_of(task: str, kind: str, seed: int, tag: str = "") -> str:
 # ---- reading the logs back ----------------------------------------------------------------------
 
 RUNS_SQL = """
-SELECT r.run_id, r.seed, r.test_accuracy, r.params, (f.payload->>'$.test_bits_per_char')::DOUBLE
+SELECT r.run_id, r.seed, r.test_accuracy, r.params, (f.payload->>'$.test_bits_per_char')::DOUBLE, r.epochs
 FROM runs r JOIN events f ON f.run_id = r.run_id AND f.type = 'RunFinished'
 WHERE r.finished AND r.task = $task AND starts_with(r.run_id, $prefix) ORDER BY r.run_id
 """
 
 
 def read_back(ws: Workspace, task: str) -> dict[str, dict[int, dict]]:
-    """Kind → seed → {test_accuracy, bits_per_char (text; else None), params, gflops, curve}, from the logs alone;
+    """Kind → seed → {test_accuracy, bits_per_char (text; else None), params, epochs, gflops, curve}, from the logs;
     `curve` is epoch by epoch (training GFLOPs spent so far, validation accuracy)."""
     out: dict[str, dict[int, dict]] = {}
     with ws.reader() as reader:
         rows = reader.con.execute(RUNS_SQL, {"task": task, "prefix": run_prefix(task)}).fetchall()
         check_chains(reader, [row[0] for row in rows])
         flops = flops_projection(task)
-        for run_id, seed, test_accuracy, params, bits in rows:
+        for run_id, seed, test_accuracy, params, bits, trained in rows:
             kind = run_id.removeprefix(run_prefix(task)).rsplit("-s", 1)[0]
             events = [r.event for r in reader.read_run(run_id)]  # read once: for the compute and the curve
             compute = flops(events)
@@ -97,6 +99,7 @@ def read_back(ws: Workspace, task: str) -> dict[str, dict[int, dict]]:
             epochs = sorted(compute)
             spent = itertools.accumulate(compute[e].total / 1e9 for e in epochs)
             out.setdefault(kind, {})[seed] = {"test_accuracy": test_accuracy, "bits_per_char": bits, "params": params,
+                                              "epochs": trained,
                                               "gflops": sum(c.total for c in compute.values()) / 1e9,
                                               "isolated_gflops": sum(c.isolated for c in compute.values()) / 1e9,
                                               "curve": list(zip(spent, (validation[e] for e in epochs)))}
@@ -149,6 +152,26 @@ def compute_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> list[di
     return rows
 
 
+def shorter_scratch_table(runs: dict[str, dict[int, dict]], seeds: list[int], budgets: list[int]) -> list[dict]:
+    """The heuristic against scratch of each one's final architecture, trained for the same epochs and for each of
+    `budgets`, seed by seed: what it would take a run of the final architecture from initialisation to match growth."""
+    grown = runs["heuristic"]
+    rows = []
+    for kind in ["scratch"] + [f"scratch-e{e}" for e in budgets]:
+        mine = runs.get(kind, {})
+        paired = [s for s in seeds if s in mine and s in grown]
+        if not paired:
+            continue
+        diffs = [(grown[s]["test_accuracy"] - mine[s]["test_accuracy"]) * 100 for s in paired]
+        diff, sd = mean_sd(diffs)
+        rows.append({"epochs": mine[paired[0]]["epochs"], "runs": len(paired),
+                     "test_accuracy": statistics.fmean(mine[s]["test_accuracy"] * 100 for s in paired),
+                     "gflops": statistics.fmean(mine[s]["gflops"] for s in paired),
+                     "grown_gflops": statistics.fmean(grown[s]["gflops"] for s in paired),
+                     "diff": diff, "se": sd / math.sqrt(len(diffs)), "level_or_ahead": sum(d >= 0 for d in diffs)})
+    return rows
+
+
 def policy_table(runs: dict[str, dict[int, dict]], policies: dict[str, str], seeds: list[int]) -> list[dict]:
     """Each policy against the heuristic, seed by seed (the same seed: the same data order and initialisation)."""
     rows = []
@@ -188,7 +211,25 @@ def compute_section(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render(growth: list[dict], compute: list[dict], policies: list[dict], seeds: list[int], made: dict) -> str:
+def shorter_scratch_section(rows: list[dict]) -> list[str]:
+    if len(rows) < 2:  # scratch at the same epochs only: the growth table above has it
+        return []
+    lines = ["", "### Growth against scratch run for fewer epochs", "",
+             "Each heuristic run's final architecture trained from initialisation for the heuristic's epochs and for",
+             "fewer (`--controller scratch --like RUN --epochs E`: a run planned shorter, its rates annealed over its own",
+             "last epochs). Heuristic minus scratch in test accuracy, seed by seed (points, mean ± standard error), and",
+             "the seeds where the heuristic is level or ahead; compute as the share of the heuristic's.",
+             "", "| scratch epochs | runs | scratch test % | scratch GFLOPs | of the heuristic's | heuristic − scratch "
+             "per seed | heuristic level or ahead |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['epochs']} | {r['runs']} | {r['test_accuracy']:.2f} | {r['gflops']:.2f} | "
+                     f"{r['gflops'] / r['grown_gflops']:.0%} | {r['diff']:+.2f} ± {r['se']:.2f} | "
+                     f"{r['level_or_ahead']} of {r['runs']} |")
+    return lines
+
+
+def render(growth: list[dict], compute: list[dict], policies: list[dict], seeds: list[int], made: dict,
+           shorter: list[dict] = ()) -> str:
     lines = [
         "# Results",
         "",
@@ -216,6 +257,7 @@ def render(growth: list[dict], compute: list[dict], policies: list[dict], seeds:
         lines.append(f"| {r['controller']} | {r['runs']} |{per_char} {r['test_accuracy']:.2f} ± {r['sd']:.2f} | "
                      f"{r['params']:,.0f} | {r['gflops']:.2f} | {r['isolated_gflops']:.2f} |")
     lines += compute_section(compute)
+    lines += shorter_scratch_section(list(shorter))
     lines += ["", "Growth against the strongest static models, each at its best learning rate, and Esper's own",
               "accuracy-per-parameter curve under size caps: [frontier.md](frontier.md) (`benchmarks/frontier.py`).",
               "", "## Learned policies against the heuristic", ""]
@@ -248,9 +290,14 @@ def main() -> None:
     parser.add_argument("--heuristic", action="append", default=[], metavar="KEY=VALUE",
                         help="a knob of the `heuristic` runs' gardener (repeatable), e.g. warmup_epochs=16; scratch "
                              "then trains their architectures")
+    parser.add_argument("--scratch-epochs", type=int, nargs="+", default=[], metavar="E",
+                        help="also train each heuristic run's final architecture from initialisation for E epochs "
+                             "(a run planned shorter), and compare")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs recorded at once")
     args = parser.parse_args()
     seeds = args.seeds or (FULL_SEEDS if args.full else FAST_SEEDS)
+    if any(e < 1 for e in args.scratch_epochs):
+        sys.exit(f"results: --scratch-epochs takes epoch counts of at least 1, got {args.scratch_epochs}")
     for path in args.policy:
         if not Path(path).is_file():
             sys.exit(f"results: no policy file {path}")
@@ -272,24 +319,27 @@ def main() -> None:
     scratch = []
     for s in seeds:  # each heuristic run's final architecture, as `esper run --controller scratch --like` builds it
         grew = final_architecture(ws, run_id_of(task, "heuristic", s), task)
-        scratch.append(Job(run_id_of(task, "scratch", s), RunConfig(task=task, controller="scratch", seed=s,
-                                                            like=grew.run_id, architecture=grew.architecture,
-                                                            epochs=grew.epochs)))
+        for tag, epochs in [("", grew.epochs)] + [(f"-e{e}", e) for e in args.scratch_epochs]:
+            scratch.append(Job(run_id_of(task, "scratch", s, tag), RunConfig(
+                task=task, controller="scratch", seed=s, like=grew.run_id, architecture=grew.architecture,
+                epochs=epochs)))
     record_all(ws, scratch, args.workers)
 
     runs = read_back(ws, task)
     growth, compute, versus = growth_table(runs, seeds), compute_table(runs, seeds), policy_table(runs, policies, seeds)
+    shorter = shorter_scratch_table(runs, seeds, args.scratch_epochs)
     made = stamp("results.py", ws, started, made_by) | {
         "task": task, "epochs": f"{args.epochs} epochs" if args.epochs else "the preset's epochs",
         "gardener": "the heuristic gardener with `" + " ".join(f"--heuristic {k}" for k in args.heuristic) + "`"
                     if args.heuristic else "the default heuristic gardener"}
-    page = render(growth, compute, versus, seeds, made)
+    page = render(growth, compute, versus, seeds, made, shorter)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(page, encoding="utf-8")
         say(f"wrote {args.out}")
     print(page)
-    print(json.dumps({"seeds": seeds, "growth": growth, "compute": compute, "policies": versus, **made}))
+    print(json.dumps({"seeds": seeds, "growth": growth, "compute": compute, "policies": versus,
+                      "shorter_scratch": shorter, **made}))
 
 
 if __name__ == "__main__":
