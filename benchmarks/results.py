@@ -157,7 +157,7 @@ def shorter_scratch_table(runs: dict[str, dict[int, dict]], seeds: list[int], bu
     `budgets`, seed by seed: what it would take a run of the final architecture from initialisation to match growth."""
     grown = runs["heuristic"]
     rows = []
-    for kind in ["scratch"] + [f"scratch-e{e}" for e in budgets]:
+    for kind in ["scratch"] + [f"scratch-e{e}" for e in sorted(set(budgets), reverse=True)]:
         mine = runs.get(kind, {})
         paired = [s for s in seeds if s in mine and s in grown]
         if not paired:
