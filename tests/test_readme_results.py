@@ -27,6 +27,7 @@ def test_the_readmes_results_table_is_the_generated_growth_table():
         runs, generated_accuracy, generated_params, *_ = generated[controller]
         assert (accuracy, params) == (generated_accuracy, generated_params)
         assert f"seeds 0–{int(runs) - 1}" in readme
+    readme = " ".join(readme.split())  # the prose below, whatever its line breaks
     numbers = set(re.findall(r"\d+(?:\.\d+)? points", readme))
     heuristic, static, scratch = (float(shown[k][0].split(" ± ")[0]) for k in ("heuristic", "static", "scratch"))
     # the frontier's margins: the heuristic under each cap against the best static model of no more parameters
@@ -39,3 +40,20 @@ def test_the_readmes_results_table_is_the_generated_growth_table():
     assert numbers == {f"{round(heuristic - static)} points", f"{scratch - heuristic:.1f} points", f"{high:.1f} points"}
     more = float(generated["scratch"][3]) / float(generated["heuristic"][3]) - 1
     assert f"{round(100 * more)}% more compute" in readme
+
+
+def test_the_readmes_shorter_scratch_claim_is_the_generated_budget_where_scratch_matches_growth():
+    """"matches growth in E epochs of N (P% of its compute)": of the budgets docs/results.md trained scratch for,
+    E is the one whose difference from growth lies within its standard error, and P its share of growth's compute."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    claim = re.search(r"matches growth in (\d+) epochs of (\d+) \((\d+)% of its compute\)", " ".join(readme.split()))
+    assert claim, "the README's results no longer say where scratch matches growth"
+    epochs, budget, share = claim.groups()
+    generated = (ROOT / "docs" / "results.md").read_text(encoding="utf-8").split("### Growth against scratch run")[1]
+    level = {}
+    for first, cells in table_rows(generated.split("\n## ", 1)[0]).items():
+        if first.isdigit():
+            diff, se = (float(x) for x in cells[4].split(" ± "))
+            level[first] = (abs(diff) <= se, cells[3])
+    assert budget in level and [e for e, (matched, _) in level.items() if matched] == [epochs]
+    assert level[epochs][1] == f"{share}%"
