@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/results.py --policy ppo.pt --policy iql.pt    # add learned policies' table
     .venv/bin/python benchmarks/results.py --task text --out docs/results-text.md   # the text task: ~12 min
     .venv/bin/python benchmarks/results.py --epochs 50 --heuristic warmup_epochs=16  # another budget and gardener
-    .venv/bin/python benchmarks/results.py --full --scratch-epochs 17 21     # scratch at the grown runs' compute
+    .venv/bin/python benchmarks/results.py --full --scratch-epochs 15 17     # scratch for fewer epochs, too
 
 What it records (one run per controller and seed, `--workers` runs at a time, each in its own store file):
 `static` (the host alone), `heuristic` (the default gardener, or the one `--heuristic` sets), `eager` (the
@@ -39,6 +39,7 @@ from esper.leyline import EpochEnded, HeuristicConfig, LifecycleConfig, RunConfi
 from esper.leyline.config import from_knobs
 from esper.store import Workspace
 from esper.tamiyo.controllers import make_controller
+from esper.tolaria.tasks import TASKS
 from recording import Job, check_chains, commit, flops_projection, generated_by, record_all, say, seed_range, stamp
 
 FAST_SEEDS = [0, 1, 2]
@@ -154,10 +155,11 @@ def compute_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> list[di
 
 def shorter_scratch_table(runs: dict[str, dict[int, dict]], seeds: list[int], budgets: list[int]) -> list[dict]:
     """The heuristic against scratch of each one's final architecture, trained for the same epochs and for each of
-    `budgets`, seed by seed: what it would take a run of the final architecture from initialisation to match growth."""
+    `budgets` (fewer epochs, longest first), seed by seed: what a run of the final architecture from initialisation
+    needs to match growth."""
     grown = runs["heuristic"]
     rows = []
-    for kind in ["scratch"] + [f"scratch-e{e}" for e in sorted(set(budgets), reverse=True)]:
+    for kind in ["scratch"] + [f"scratch-e{e}" for e in budgets]:
         mine = runs.get(kind, {})
         paired = [s for s in seeds if s in mine and s in grown]
         if not paired:
@@ -216,11 +218,11 @@ def shorter_scratch_section(rows: list[dict]) -> list[str]:
         return []
     lines = ["", "### Growth against scratch run for fewer epochs", "",
              "Each heuristic run's final architecture trained from initialisation for the heuristic's epochs and for",
-             "fewer (`--controller scratch --like RUN --epochs E`: a run planned shorter, its rates annealed over its own",
-             "last epochs). Heuristic minus scratch in test accuracy, seed by seed (points, mean ± standard error), and",
-             "the seeds where the heuristic is level or ahead; compute as the share of the heuristic's.",
-             "", "| scratch epochs | runs | scratch test % | scratch GFLOPs | of the heuristic's | heuristic − scratch "
-             "per seed | heuristic level or ahead |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "fewer (`--controller scratch --like RUN --epochs E`: a run planned shorter, its rates annealed over its",
+             "own last epochs). Heuristic minus scratch in test accuracy, seed by seed (points, mean ± standard",
+             "error), and the seeds where the heuristic is level or ahead; compute as the share of the heuristic's.",
+             "", "| scratch epochs | runs | scratch test % | scratch GFLOPs | of the heuristic's | "
+             "heuristic − scratch per seed | heuristic level or ahead |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['epochs']} | {r['runs']} | {r['test_accuracy']:.2f} | {r['gflops']:.2f} | "
                      f"{r['gflops'] / r['grown_gflops']:.0%} | {r['diff']:+.2f} ± {r['se']:.2f} | "
@@ -296,8 +298,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs recorded at once")
     args = parser.parse_args()
     seeds = args.seeds or (FULL_SEEDS if args.full else FAST_SEEDS)
-    if any(e < 1 for e in args.scratch_epochs):
-        sys.exit(f"results: --scratch-epochs takes epoch counts of at least 1, got {args.scratch_epochs}")
+    budget = args.epochs or TASKS[args.task].epochs
+    if not all(1 <= e < budget for e in args.scratch_epochs):
+        sys.exit(f"results: --scratch-epochs takes fewer epochs than the runs' {budget}, at least 1 each; got "
+                 f"{' '.join(map(str, args.scratch_epochs))}")
+    args.scratch_epochs = sorted(set(args.scratch_epochs), reverse=True)
     for path in args.policy:
         if not Path(path).is_file():
             sys.exit(f"results: no policy file {path}")

@@ -231,3 +231,18 @@ def test_the_installed_command_prints_one_line_and_exits_2(ws):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["esper: no run 'no-such-run' in this workspace (try `esper runs`)"]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("package.json", '{"name": "x", "version": "1"}\n', ":1: not an exported event (Object contains unknown field `name`"
+                                                       "); is it a file esper export wrote?"),
+    ("pretty.json", '{\n  "name": "x"\n}\n', ":1: not an exported event (Input data was truncated); is it a file esper "
+                                             "export wrote?"),
+    ("junk.pq", "{}\n", " is named as parquet but is not a parquet file"),
+])
+def test_a_file_that_is_no_export_is_said_to_be_one_not_a_run(tmp_path, name, content, says):
+    path = tmp_path / name
+    path.write_text(content)
+    for command in ("replay", "import"):
+        line = one_line_error(invoke(command, str(path), "-w", str(tmp_path / "ws")))
+        assert line == f"esper: {path}{says}", line

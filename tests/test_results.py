@@ -64,8 +64,9 @@ def test_results_come_from_the_logs_and_a_workspace_is_reused(tmp_path):
     assert [row["epochs"] for row in result["shorter_scratch"]] == [3]  # scratch at the same epochs only
     assert "### Growth against scratch run for fewer epochs" not in page
 
-    # again with scratch at a shorter budget: only those runs are recorded, the rest is read back as it was
-    again, page_again, log_again = generate(tmp_path, "--policy", str(policy), "--scratch-epochs", "2")
+    # again with scratch at a shorter budget (given twice: trained once): only those runs are recorded, the rest is
+    # read back as it was
+    again, page_again, log_again = generate(tmp_path, "--policy", str(policy), "--scratch-epochs", "2", "2")
     assert "8 of 8 runs already in the workspace; recording 0" in log_again, log_again
     assert "2 of 4 runs already in the workspace; recording 2" in log_again, log_again
     assert again["growth"] == result["growth"] and again["policies"] == result["policies"]
@@ -112,6 +113,16 @@ def test_the_text_task_gives_bits_per_char_reads_none_of_a_workspaces_mnist1d_ru
     assert json.loads(knobs["heuristic"])["warmup_epochs"] == 1 and json.loads(knobs["heuristic"])["finish_epochs"] == 0
     assert json.loads(knobs["eager"])["warmup_epochs"] == 2  # eager keeps its own gardener
     assert "the heuristic gardener with `--heuristic warmup_epochs=1 --heuristic finish_epochs=0`" in page
+
+
+@pytest.mark.parametrize("budgets", [["3"], ["2", "4"], ["0"]])
+def test_scratch_epochs_must_be_fewer_than_the_runs_and_nothing_is_recorded_otherwise(tmp_path, budgets):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "0", "--epochs", "3", "--workspace",
+                           str(tmp_path / "ws"), "--scratch-epochs", *budgets], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"results: --scratch-epochs takes fewer epochs than the runs' 3, at least 1 each; got " \
+                                  f"{' '.join(budgets)}"
+    assert not (tmp_path / "ws").exists()
 
 
 def test_a_bad_heuristic_knob_is_one_line_and_records_nothing(tmp_path):

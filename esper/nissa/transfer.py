@@ -238,6 +238,8 @@ def read_file(path: Path, notes: list[str] | None = None) -> list[Row]:
             head = f.read(4)
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head != _PARQUET_MAGIC and EXPORT_SUFFIXES.get(path.suffix.lower()) == "parquet":
+        raise BadInput(f"{path} is named as parquet but is not a parquet file")
     rows, trailer = _read_parquet(path) if head == _PARQUET_MAGIC else _read_jsonl(path)
     if not rows:
         raise BadInput(f"{path}: no events in this file")
@@ -290,7 +292,9 @@ def _read_jsonl(path: Path) -> tuple[list[Row], Heads | None]:
             try:
                 line = _line_decoder.decode(raw)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise BadInput(f"{where}: not an exported event ({exc})") from None
+                first = not rows and trailer is None  # most likely some other file altogether
+                raise BadInput(f"{where}: not an exported event ({exc})"
+                               + ("; is it a file esper export wrote?" if first else "")) from None
             ts = _parse_ts(line.ts, where)
             if trailer is not None:
                 raise BadInput(f"{where}: an event after the trailer")
