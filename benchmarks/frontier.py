@@ -106,12 +106,14 @@ def main() -> None:
     ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-frontier-")))
     say(f"workspace {ws.root}")
     models = {model_name(h, o): (h, o) for h, o in STATIC_MODELS}
-    record_all(ws, [static_job(n, h, o, lr, s, args.epochs, "tune") for n, (h, o) in models.items() for lr in LRS
-                    for s in args.tune_seeds], args.workers)
+    tuning = [static_job(n, h, o, lr, s, args.epochs, "tune") for n, (h, o) in models.items() for lr in LRS
+              for s in args.tune_seeds]
+    recorded = record_all(ws, tuning, args.workers)
     tuned = finished(ws, "frontier-tune-")
     lr_of = {name: best_lr(tuned, name, args.tune_seeds) for name in models}
     evaluation = [static_job(n, h, o, lr_of[n], s, args.epochs, "eval") for n, (h, o) in models.items() for s in args.eval_seeds]
-    record_all(ws, evaluation + grower_jobs(args.eval_seeds, args.epochs, args.policy), args.workers)
+    evaluated = evaluation + grower_jobs(args.eval_seeds, args.epochs, args.policy)
+    recorded += record_all(ws, evaluated, args.workers)
     done = finished(ws, "frontier-")
     rows = [row(f"static {n} (lr {lr_of[n]:g})", [done[j.run_id] for j in evaluation if f"-{n}-" in j.run_id])
             for n in models]
@@ -128,7 +130,8 @@ def main() -> None:
         say(f"wrote {args.svg}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(page(rows, growers, args, stamp("frontier.py", ws, started, made_by)), encoding="utf-8")
+        made = stamp("frontier.py", ws, started, made_by, recorded, len(tuning) + len(evaluated))
+        args.out.write_text(page(rows, growers, args, made), encoding="utf-8")
         say(f"wrote {args.out}")
     print(json.dumps({"eval_seeds": args.eval_seeds, "tune_seeds": args.tune_seeds, "grid": LRS, "lr": lr_of, "rows": rows,
                       "margins": margins(rows)}))

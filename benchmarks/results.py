@@ -320,7 +320,7 @@ def main() -> None:
              for k in ("static", "heuristic", "eager")]
     first += [Job(run_id_of(task, "policy", s, tag), planned_config(task, "policy", s, args.epochs, path))
               for tag, path in policies.items() for s in seeds]
-    record_all(ws, first, args.workers)
+    recorded = record_all(ws, first, args.workers)
     scratch = []
     for s in seeds:  # each heuristic run's final architecture, as `esper run --controller scratch --like` builds it
         grew = final_architecture(ws, run_id_of(task, "heuristic", s), task)
@@ -328,12 +328,12 @@ def main() -> None:
             scratch.append(Job(run_id_of(task, "scratch", s, tag), RunConfig(
                 task=task, controller="scratch", seed=s, like=grew.run_id, architecture=grew.architecture,
                 epochs=epochs)))
-    record_all(ws, scratch, args.workers)
+    recorded += record_all(ws, scratch, args.workers)
 
     runs = read_back(ws, task)
     growth, compute, versus = growth_table(runs, seeds), compute_table(runs, seeds), policy_table(runs, policies, seeds)
     shorter = shorter_scratch_table(runs, seeds, args.scratch_epochs)
-    made = stamp("results.py", ws, started, made_by) | {
+    made = stamp("results.py", ws, started, made_by, recorded, len(first) + len(scratch)) | {
         "task": task, "epochs": f"{args.epochs} epochs" if args.epochs else "the preset's epochs",
         "gardener": "the heuristic gardener with `" + " ".join(f"--heuristic {k}" for k in args.heuristic) + "`"
                     if args.heuristic else "the default heuristic gardener"}
