@@ -336,3 +336,24 @@ def test_lifecycle_knobs_are_recorded_judge_the_run_and_change_its_timings(tmp_p
     with grown[0].reader() as reader:
         default = list(reader.read_run("grows"))
     assert blends(default) and all(end - start == 2 for start, end in blends(default)), blends(default)
+
+
+def test_scratch_builds_the_like_runs_architecture_on_its_host_and_trains_it_with_its_recipe(tmp_path):
+    """A run grown on another host (its options) with another recipe: scratch --like takes both from its log, as
+    the architecture that grew is the host's too. It used to build the preset's host with the fossils on it."""
+    ws = tmp_path / "ws"
+    grew = json.loads(invoke("run", "--epochs", "7", "--heuristic", "warmup_epochs=1", "--heuristic", "min_gain=1.0",
+                             "--heuristic", "finish_epochs=0", "--host-option", "channels=4", "--lr", "0.003",
+                             "--batch-size", "64", "--json", workspace=ws).stdout)
+    assert grew["seeds"].get("FOSSILIZED", 0) >= 1
+    line = one_line_error(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--host-option",
+                                 "channels=8", workspace=ws))
+    assert line == (f"esper: like {grew['run_id']}: it grew on host cnn1d (channels=4); scratch builds its architecture "
+                    "on that host: drop --host and --host-option (host, host_options)")
+    assert len(list(ws.glob("*.duckdb"))) == 1
+    built = json.loads(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--epochs", "1",
+                              "--batch-size", "100", "--json", workspace=ws).stdout)
+    assert built["params"] == grew["params"]
+    with Workspace(ws).reader() as reader:
+        preset = reader.read_run(built["run_id"])[0].event.preset
+    assert (preset.host, preset.host_options, preset.lr, preset.batch_size) == ("cnn1d", {"channels": 4}, 0.003, 100)

@@ -146,6 +146,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
         grew = final_architecture(ws, like, r.task)
         like, architecture, epochs = grew.run_id, grew.architecture, epochs or grew.epochs
         notes = (grew.unsealed,) if grew.unsealed else ()
+        r = _as_grown(r, grew)
     elif like is not None:
         raise BadInput("--like (like) only makes sense with --controller scratch")
     _check_settings(r)
@@ -172,6 +173,21 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     data = load_task_data(r.task, config.data_seed, r.data_dir, download=r.download, preset=preset)  # bad input: no log
     _check_host_fits(preset, data, r.task)
     return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data, notes)
+
+
+def _as_grown(r: RunRequest, grew: "FinalArchitecture") -> RunRequest:
+    """The request with the host `grew` grew on, and its recipe (rates, batch size) wherever the request leaves them
+    to the preset: the same architecture trained the same way. Another host is refused: the fossils were built for
+    this one's shapes, and what scratch built would not be the architecture that grew."""
+    p = grew.preset
+    if (r.host is not None or r.host_options) and ((r.host or p.host), dict(r.host_options)) != (p.host, p.host_options):
+        options = ", ".join(f"{k}={v}" for k, v in p.host_options.items())
+        raise BadInput(f"like {grew.run_id}: it grew on host {p.host}{f' ({options})' if options else ''}; scratch "
+                       "builds its architecture on that host: drop --host and --host-option (host, host_options)")
+    return msgspec.structs.replace(
+        r, host=p.host, host_options=dict(p.host_options), lr=p.lr if r.lr is None else r.lr,
+        seed_lr=p.seed_lr if r.seed_lr is None else r.seed_lr,
+        batch_size=p.batch_size if r.batch_size is None else r.batch_size)
 
 
 def _check_settings(r: RunRequest) -> None:
@@ -363,6 +379,8 @@ class FinalArchitecture:
     """(slot, blueprint) of every fossil, in the order they fossilized."""
     epochs: int
     """The run's epoch budget, the baseline's default."""
+    preset: TaskPreset
+    """The preset it trained with: its host (and options) and recipe, the baseline's."""
     unsealed: str | None
     """The note to say when the run was written before hash chains (`Reader.check_run`)."""
 
@@ -376,7 +394,8 @@ def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture
     with ws.reader() as reader:
         run_id = reader.resolve_run(like)
         unsealed = reader.check_run(run_id)
-        state = RunState.fold(reader.read_run(run_id))
+        recorded = reader.read_run(run_id)
+        state = RunState.fold(recorded)  # RunStarted first, or it raises
     if state.status != FINISHED:  # what had fossilized by its end would pass for an architecture that grew
         done = state.epochs[-1].epoch if state.epochs else 0
         fix = ("" if state.failed is not None and not state.failed.interrupted
@@ -395,5 +414,6 @@ def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture
     )
     unlogged = [] if state.garden.built else list(state.config.architecture)
     architecture = unlogged + [(slot, bp) for _, _, slot, bp in fossilized]
-    return FinalArchitecture(run_id, [tuple(a) for a in architecture], state.config.epochs, unsealed)
+    return FinalArchitecture(run_id, [tuple(a) for a in architecture], state.config.epochs, recorded[0].event.preset,
+                             unsealed)
 
