@@ -153,6 +153,13 @@ def compute_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> list[di
     return rows
 
 
+def per_seed(minuend: dict[int, dict], subtrahend: dict[int, dict], seeds: list[int]) -> dict:
+    """`minuend` − `subtrahend` in test accuracy (points), seed by seed: mean, standard error, and the differences."""
+    diffs = [(minuend[s]["test_accuracy"] - subtrahend[s]["test_accuracy"]) * 100 for s in seeds]
+    diff, sd = mean_sd(diffs)
+    return {"diff": diff, "se": sd / math.sqrt(len(diffs)), "diffs": diffs}
+
+
 def shorter_scratch_table(runs: dict[str, dict[int, dict]], seeds: list[int], budgets: list[int]) -> list[dict]:
     """The heuristic against scratch of each one's final architecture, trained for the same epochs and for each of
     `budgets` (fewer epochs, longest first), seed by seed: what a run of the final architecture from initialisation
@@ -164,13 +171,13 @@ def shorter_scratch_table(runs: dict[str, dict[int, dict]], seeds: list[int], bu
         paired = [s for s in seeds if s in mine and s in grown]
         if not paired:
             continue
-        diffs = [(grown[s]["test_accuracy"] - mine[s]["test_accuracy"]) * 100 for s in paired]
-        diff, sd = mean_sd(diffs)
+        versus = per_seed(grown, mine, paired)
         rows.append({"epochs": mine[paired[0]]["epochs"], "runs": len(paired),
                      "test_accuracy": statistics.fmean(mine[s]["test_accuracy"] * 100 for s in paired),
                      "gflops": statistics.fmean(mine[s]["gflops"] for s in paired),
                      "grown_gflops": statistics.fmean(grown[s]["gflops"] for s in paired),
-                     "diff": diff, "se": sd / math.sqrt(len(diffs)), "level_or_ahead": sum(d >= 0 for d in diffs)})
+                     "diff": versus["diff"], "se": versus["se"],
+                     "level_or_ahead": sum(d >= 0 for d in versus["diffs"])})
     return rows
 
 
@@ -180,13 +187,12 @@ def policy_table(runs: dict[str, dict[int, dict]], policies: dict[str, str], see
     heuristic = runs["heuristic"]
     for tag, path in policies.items():
         mine = runs[f"policy{tag}"]
-        diffs = [(mine[s]["test_accuracy"] - heuristic[s]["test_accuracy"]) * 100 for s in seeds]
-        diff, sd = mean_sd(diffs)
+        versus = per_seed(mine, heuristic, seeds)
         rows.append({"policy": path, "runs": len(seeds),
                      "test_accuracy": statistics.fmean(mine[s]["test_accuracy"] * 100 for s in seeds),
                      "params": statistics.fmean(mine[s]["params"] for s in seeds),
-                     "diff": diff, "se": sd / math.sqrt(len(diffs)),
-                     "won": sum(d > 0 for d in diffs), "lost": sum(d < 0 for d in diffs)})
+                     "diff": versus["diff"], "se": versus["se"],
+                     "won": sum(d > 0 for d in versus["diffs"]), "lost": sum(d < 0 for d in versus["diffs"])})
     return rows
 
 
@@ -230,8 +236,8 @@ def shorter_scratch_section(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render(growth: list[dict], compute: list[dict], policies: list[dict], seeds: list[int], made: dict,
-           shorter: list[dict] = ()) -> str:
+def render(growth: list[dict], compute: list[dict], shorter: list[dict], policies: list[dict], seeds: list[int],
+           made: dict) -> str:
     lines = [
         "# Results",
         "",
@@ -259,7 +265,7 @@ def render(growth: list[dict], compute: list[dict], policies: list[dict], seeds:
         lines.append(f"| {r['controller']} | {r['runs']} |{per_char} {r['test_accuracy']:.2f} ± {r['sd']:.2f} | "
                      f"{r['params']:,.0f} | {r['gflops']:.2f} | {r['isolated_gflops']:.2f} |")
     lines += compute_section(compute)
-    lines += shorter_scratch_section(list(shorter))
+    lines += shorter_scratch_section(shorter)
     lines += ["", "Growth against the strongest static models, each at its best learning rate, and Esper's own",
               "accuracy-per-parameter curve under size caps: [frontier.md](frontier.md) (`benchmarks/frontier.py`).",
               "", "## Learned policies against the heuristic", ""]
@@ -337,7 +343,7 @@ def main() -> None:
         "task": task, "epochs": f"{args.epochs} epochs" if args.epochs else "the preset's epochs",
         "gardener": "the heuristic gardener with `" + " ".join(f"--heuristic {k}" for k in args.heuristic) + "`"
                     if args.heuristic else "the default heuristic gardener"}
-    page = render(growth, compute, versus, seeds, made, shorter)
+    page = render(growth, compute, shorter, versus, seeds, made)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(page, encoding="utf-8")
