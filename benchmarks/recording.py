@@ -114,9 +114,9 @@ def check_chains(reader: Reader, run_ids: Iterable[str]) -> None:
 
 
 def training_gflops(reader: Reader, task: str, run_ids: list[str]) -> dict[str, float]:
-    """Run id → training GFLOPs of the whole run."""
+    """Run id → training GFLOPs of the whole run, read from its checked log (`LogAltered` names an altered one)."""
     flops = flops_projection(task)
-    return {run_id: sum(c.total for c in flops(r.event for r in reader.read_run(run_id)).values()) / 1e9
+    return {run_id: sum(c.total for c in flops(r.event for r in reader.read_checked(run_id).recorded).values()) / 1e9
             for run_id in run_ids}
 
 

@@ -64,6 +64,23 @@ def test_the_chain_is_sha256_of_the_previous_hash_the_seq_and_the_payload_as_sto
     assert invoke("replay", RUN, workspace=ws.root).exit_code == 0
 
 
+def test_a_checked_read_returns_the_events_read_run_returns_and_refuses_an_altered_log(ws):
+    """`read_checked` decodes the rows it checked: the events are those an unchecked read gives, and an edit that
+    the unchecked read would serve is refused."""
+    with ws.reader() as reader:
+        checked = reader.read_checked(RUN)
+        assert checked.recorded == reader.read_run(RUN) and len(checked.recorded) == 70
+        assert checked.unsealed is None
+    path = store(ws)
+    seq = epoch_seq(path)
+    sql(path, "UPDATE events SET payload = replace(payload::VARCHAR, '\"val_loss\":', '\"val_loss\":9,\"x\":')::JSON"
+              " WHERE seq = ?", [seq])
+    with ws.reader() as reader:
+        assert len(reader.read_run(RUN)) == 70
+        with pytest.raises(LogAltered, match=f"log altered at seq {seq} "):
+            reader.read_checked(RUN)
+
+
 def test_an_updated_payload_is_named_by_replay(ws):
     path = store(ws)
     seq = epoch_seq(path)

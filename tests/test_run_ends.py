@@ -83,9 +83,7 @@ def epochs_of(events: list) -> list[int]:
 def stored_events(workspace: Path) -> dict[str, list]:
     with Workspace.at(workspace).reader() as reader:
         runs = [r[0] for r in reader.con.execute("SELECT DISTINCT run_id FROM events").fetchall()]
-        for run in runs:
-            reader.check_run(run)
-        return {run: [r.event for r in reader.read_run(run)] for run in runs}
+        return {run: [r.event for r in reader.read_checked(run).recorded] for run in runs}
 
 
 # ---- a bug ---------------------------------------------------------------------------------------

@@ -36,8 +36,7 @@ def epoch(n: int) -> list:
 def stored(workspace: Path, run_id: str) -> list:
     """The run's events as a reader sees them, after its chain and heads are checked."""
     with Workspace.at(workspace).reader() as reader:
-        reader.check_run(run_id)
-        return [r.event for r in reader.read_run(run_id)]
+        return [r.event for r in reader.read_checked(run_id).recorded]
 
 
 # ---- the words -------------------------------------------------------------------------------------

@@ -382,7 +382,7 @@ class FinalArchitecture:
     preset: TaskPreset
     """The preset it trained with: its host (and options) and recipe, the baseline's."""
     unsealed: str | None
-    """The note to say when the run was written before hash chains (`Reader.check_run`)."""
+    """The note to say when the run was written before hash chains (`Reader.read_checked`)."""
 
 
 def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture:
@@ -393,8 +393,8 @@ def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture
 
     with ws.reader() as reader:
         run_id = reader.resolve_run(like)
-        unsealed = reader.check_run(run_id)
-        recorded = reader.read_run(run_id)
+        checked = reader.read_checked(run_id)
+        recorded, unsealed = checked.recorded, checked.unsealed
         state = RunState.fold(recorded)  # RunStarted first, or it raises
     if state.status != FINISHED:  # what had fossilized by its end would pass for an architecture that grew
         done = state.epochs[-1].epoch if state.epochs else 0

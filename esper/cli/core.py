@@ -91,9 +91,10 @@ def _recorded(run: str, workspace: Optional[Path]) -> tuple[str, list, list, boo
         for note in reader.notes:
             say(f"note: {note}")
         run_id = reader.resolve_run(run)
-        if note := reader.check_run(run_id):
-            say(f"note: {note}")
-        return run_id, reader.read_run(run_id), reader.snapshots(run_id), reader.is_live(run_id)
+        checked = reader.read_checked(run_id)
+        if checked.unsealed:
+            say(f"note: {checked.unsealed}")
+        return run_id, checked.recorded, reader.snapshots(run_id), reader.is_live(run_id)
 
 
 def _is_a_run(run: str, workspace: Optional[Path]) -> bool:

@@ -129,9 +129,9 @@ def _export_tensorboard(reader, run_ids: list[str], out: Path) -> None:
         if any((out / run_id).glob("*tfevents*")):
             raise BadInput(f"{out / run_id} already holds TensorBoard event files (an earlier export?): remove that "
                            "folder or export to another --out")
-    for run_id in run_ids:
-        reader.check_run(run_id)  # an altered log is refused here as by every other reader
-    n = export_tensorboard({run_id: (r.event for r in reader.read_run(run_id)) for run_id in run_ids}, out)
+    # Every run read and checked before anything is written: an altered log is refused as by every other reader
+    checked = {run_id: reader.read_checked(run_id).recorded for run_id in run_ids}
+    n = export_tensorboard({run_id: (r.event for r in recorded) for run_id, recorded in checked.items()}, out)
     print(f"exported {n} events of {_runs_text(run_ids)} to {out}/ (tensorboard --logdir {out})")
 
 

@@ -206,13 +206,14 @@ def workspace_episodes(reader, run_ids: list[str], spec: FeatureSpec, rewards: R
     episodes, notes = [], []
     for run_id in run_ids:
         try:
-            if unsealed := reader.check_run(run_id):
-                notes.append(unsealed)
+            checked = reader.read_checked(run_id)
         except LogAltered as exc:
             raise LogAltered(f"{exc}: leave it out of the dataset by adding run_id <> '{run_id}' to --runs "
                              f"(with AND to a filter of your own)") from None
+        if checked.unsealed:
+            notes.append(checked.unsealed)
         try:
-            episode = replay_episode(reader.read_run(run_id), spec, rewards, run_id)
+            episode = replay_episode(checked.recorded, spec, rewards, run_id)
         except IncompatibleRun as exc:
             notes.append(f"skipped {exc}")
             continue

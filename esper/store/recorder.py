@@ -20,7 +20,7 @@ import datetime as dt
 import threading
 import uuid
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import attrs
 import duckdb
@@ -276,8 +276,13 @@ def read_events(con: duckdb.DuckDBPyConnection, run_id: str, after_seq: int = 0,
         f"SELECT position, seq, event_id, epoch_us(ts), payload FROM {table} WHERE run_id = ? AND seq > ? ORDER BY seq",
         [run_id, after_seq],
     ).fetchall()
+    return decode_rows(run_id, rows)
+
+
+def decode_rows(run_id: str, rows: Iterable[tuple]) -> Iterator[Recorded]:
+    """`Recorded` events of one run from rows that begin (position, seq, event_id, epoch_us(ts), payload)."""
     stamps: dict[int, dt.datetime] = {}  # a batch shares one ts: build each datetime once, not once per row
-    for position, seq, event_id, ts_us, payload in rows:
+    for position, seq, event_id, ts_us, payload, *_ in rows:
         ts = stamps.get(ts_us)
         if ts is None:
             ts = stamps[ts_us] = _EPOCH + dt.timedelta(microseconds=ts_us)

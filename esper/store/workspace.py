@@ -20,7 +20,7 @@ from esper.errors import BadInput, EsperError, StoreDamaged, UnknownRun, first_l
 from esper.leyline.status import CLOSING_TAGS, ENDING_TAGS, FINISHED, sql_in, status_sql
 from esper.store import chain
 from esper.store.readonly import reading_statements
-from esper.store.recorder import Recorded, read_events
+from esper.store.recorder import Recorded, decode_rows, read_events
 from esper.store.schema import COLUMNS, format_comment, format_problem, hash_as_text, stored_hash_type
 
 STORE_SUFFIX = ".duckdb"
@@ -106,6 +106,15 @@ class StoredSnapshot:
     state: str
     """JSON, opaque to the store."""
     matches: bool
+
+
+@attrs.frozen
+class CheckedRun:
+    """A run's events read with its hash chain and heads checked (`Reader.read_checked`)."""
+
+    recorded: list[Recorded]
+    unsealed: str | None
+    """The note to say when the run was written before hash chains (None: sealed)."""
 
 
 def not_a_training_run(run_id: str) -> BadInput:
@@ -330,12 +339,22 @@ class Reader:
         """Check the run's hash chain and every store's head of it; `LogAltered` names the first event changed,
         removed or inserted (or the cut tail). Returns a note when the run was written before the chain.
         Reads the run once: the cost is linear in the run, not in the workspace."""
+        return self._checked_rows(run_id)[1]
+
+    def read_checked(self, run_id: str) -> "CheckedRun":
+        """The run's events once its chain and heads are checked (`check_run`), read and checked in one pass."""
+        rows, unsealed = self._checked_rows(run_id)
+        return CheckedRun(list(decode_rows(run_id, rows)), unsealed)
+
+    def _checked_rows(self, run_id: str) -> tuple[list[tuple], str | None]:
+        """The run's rows (position, seq, event_id, epoch_us(ts), payload, ...) in seq order, its chain and heads
+        checked, and the unsealed note (`check_run`)."""
         rows = self.con.execute(
-            "SELECT seq, type, payload::VARCHAR, hash, _store, epoch, seed_id, slot FROM all_events WHERE run_id = ?"
-            " ORDER BY seq, position", [run_id]).fetchall()
+            "SELECT position, seq, event_id, epoch_us(ts), payload::VARCHAR, type, hash, _store, epoch, seed_id, slot"
+            " FROM all_events WHERE run_id = ? ORDER BY seq, position", [run_id]).fetchall()
         verifier = chain.Verifier(run_id)
         last: dict[str, tuple[int, str | None]] = {}  # store → the run's last event there (seq, hash)
-        for seq, type_, payload, hash_, store, *columns in rows:
+        for _, seq, _, _, payload, type_, hash_, store, *columns in rows:
             verifier.feed(seq, type_, payload, hash_, columns)
             last[store] = (seq, hash_)
         heads = {store: (seq, hash_) for seq, hash_, store in self.con.execute(
@@ -347,7 +366,7 @@ class Reader:
             mine = chain.Verifier(run_id, held[0], held[1], where=f", {self.names[store]}")
             mine.sealed = verifier.sealed
             mine.end(heads.get(store), holder="the store")
-        return None if verifier.sealed else chain.unsealed_note(run_id)
+        return rows, None if verifier.sealed else chain.unsealed_note(run_id)
 
     def files_of(self, run_id: str) -> list[str]:
         """The names of the store files that hold the run's events."""

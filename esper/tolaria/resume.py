@@ -153,8 +153,7 @@ def _read(ws: Workspace, run: str) -> tuple[str, list[Recorded]]:
                            f"cannot resume (an export carries no checkpoint files), only one `esper run` recorded here")
         if reader.is_live(run_id):
             raise BadInput(f"run {run_id} is still being written by a live process ({own}): stop it first")
-        reader.check_run(run_id)
-        return run_id, reader.read_run(run_id)
+        return run_id, reader.read_checked(run_id).recorded
 
 
 def _check_resumable(run_id: str, state: RunState) -> None:
