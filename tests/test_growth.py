@@ -339,12 +339,13 @@ def test_lifecycle_knobs_are_recorded_judge_the_run_and_change_its_timings(tmp_p
 
 
 def test_scratch_builds_the_like_runs_architecture_on_its_host_and_trains_it_with_its_recipe(tmp_path):
-    """A run grown on another host (its options) with another recipe: scratch --like takes both from its log, as
-    the architecture that grew is the host's too. It used to build the preset's host with the fossils on it."""
+    """A run grown on another host (its options) with another recipe and seed: scratch --like takes them from its
+    log, as the architecture that grew is the host's too, and the baseline is paired with the run. It used to build
+    the preset's host with the fossils on it, and train seed 0 whatever the run's."""
     ws = tmp_path / "ws"
     grew = json.loads(invoke("run", "--epochs", "7", "--heuristic", "warmup_epochs=1", "--heuristic", "min_gain=1.0",
                              "--heuristic", "finish_epochs=0", "--host-option", "channels=4", "--lr", "0.003",
-                             "--batch-size", "64", "--json", workspace=ws).stdout)
+                             "--batch-size", "64", "--seed", "3", "--json", workspace=ws).stdout)
     assert grew["seeds"].get("FOSSILIZED", 0) >= 1
     line = one_line_error(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--host-option",
                                  "channels=8", workspace=ws))
@@ -354,6 +355,11 @@ def test_scratch_builds_the_like_runs_architecture_on_its_host_and_trains_it_wit
     built = json.loads(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--epochs", "1",
                               "--batch-size", "100", "--json", workspace=ws).stdout)
     assert built["params"] == grew["params"]
+    seeded = json.loads(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--epochs", "1",
+                               "--seed", "5", "--json", workspace=ws).stdout)
     with Workspace(ws).reader() as reader:
-        preset = reader.read_run(built["run_id"])[0].event.preset
+        started = reader.read_run(built["run_id"])[0].event
+        seed_given = reader.read_run(seeded["run_id"])[0].event.config.seed
+    preset = started.preset
     assert (preset.host, preset.host_options, preset.lr, preset.batch_size) == ("cnn1d", {"channels": 4}, 0.003, 100)
+    assert (started.config.seed, seed_given) == (3, 5)

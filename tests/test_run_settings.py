@@ -57,7 +57,7 @@ def test_the_command_line_overrides_the_file(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("sede = 3\n", "unknown key 'sede'"),
-    ("seed = 'three'\n", "Expected `int`"),
+    ("seed = 'three'\n", "Expected `int | null`, got `str` - at `$.seed`"),
     ("seed = \n", "is not TOML"),
     ("[heuristic]\nspeed = 3\n", "heuristic knobs"),
     ("[heuristic]\nwarmup_epochs = 3\nmin_gain = 'x'\n", "got `str` - at `$.heuristic.min_gain`"),  # the key named

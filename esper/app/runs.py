@@ -49,7 +49,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     policy: str | None = None
     like: str | None = None
     epochs: int = 0
-    seed: int = 0
+    seed: int | None = None
+    """None: 0, or with `like` the like run's seed (a baseline paired with the run it is like)."""
     device: str = "cpu"
     precision: str | None = None
     data_dir: str | None = None
@@ -149,6 +150,8 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
         r = _as_grown(r, grew)
     elif like is not None:
         raise BadInput("--like (like) only makes sense with --controller scratch")
+    if r.seed is None:
+        r = msgspec.structs.replace(r, seed=0)
     _check_settings(r)
     knobs = from_table(HeuristicConfig, r.heuristic, "heuristic knobs")
     controller = make_controller(r.controller, r.seed, r.policy, knobs)
@@ -176,8 +179,8 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
 
 
 def _as_grown(r: RunRequest, grew: "FinalArchitecture") -> RunRequest:
-    """The request with the host `grew` grew on, and its recipe (rates, batch size) wherever the request leaves them
-    to the preset: the same architecture trained the same way. Another host is refused: the fossils were built for
+    """The request with the host `grew` grew on, and its recipe (rates, batch size) and seed wherever the request
+    leaves them to the preset: the same architecture trained the same way, paired with the run. Another host is refused: the fossils were built for
     this one's shapes, and what scratch built would not be the architecture that grew."""
     p = grew.preset
     if (r.host is not None or r.host_options) and ((r.host or p.host), dict(r.host_options)) != (p.host, p.host_options):
@@ -187,7 +190,8 @@ def _as_grown(r: RunRequest, grew: "FinalArchitecture") -> RunRequest:
     return msgspec.structs.replace(
         r, host=p.host, host_options=dict(p.host_options), lr=p.lr if r.lr is None else r.lr,
         seed_lr=p.seed_lr if r.seed_lr is None else r.seed_lr,
-        batch_size=p.batch_size if r.batch_size is None else r.batch_size)
+        batch_size=p.batch_size if r.batch_size is None else r.batch_size,
+        seed=grew.seed if r.seed is None else r.seed)
 
 
 def _check_settings(r: RunRequest) -> None:
@@ -379,6 +383,8 @@ class FinalArchitecture:
     """(slot, blueprint) of every fossil, in the order they fossilized."""
     epochs: int
     """The run's epoch budget, the baseline's default."""
+    seed: int
+    """The run's seed, the baseline's default."""
     preset: TaskPreset
     """The preset it trained with: its host (and options) and recipe, the baseline's."""
     unsealed: str | None
@@ -414,6 +420,6 @@ def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture
     )
     unlogged = [] if state.garden.built else list(state.config.architecture)
     architecture = unlogged + [(slot, bp) for _, _, slot, bp in fossilized]
-    return FinalArchitecture(run_id, [tuple(a) for a in architecture], state.config.epochs, recorded[0].event.preset,
-                             unsealed)
+    return FinalArchitecture(run_id, [tuple(a) for a in architecture], state.config.epochs, state.config.seed,
+                             recorded[0].event.preset, unsealed)
 

@@ -32,10 +32,10 @@ def run(
     controller: str = typer.Option(None, "--controller", help=f"One of: {', '.join(CONTROLLERS)} (default heuristic)."),
     policy: Optional[str] = path_option(None, "--policy", as_text=True, help="Policy file for --controller policy (greedy) or sampled (samples as in training, seeded by --seed)."),
     like: Optional[str] = typer.Option(None, "--like", help="For --controller scratch: the run whose final "
-                                       "architecture to train from scratch, on its host, with its rates and batch size "
-                                       "unless given."),
+                                       "architecture to train from scratch, on its host, with its rates, batch size and "
+                                       "seed unless given."),
     epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default, or 0: the task's preset, or the --like run's)."),
-    seed: int = typer.Option(None, "--seed", help="Seed of initialisation and data order (default 0)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of initialisation and data order (default 0, or the --like run's)."),
     device: str = typer.Option(None, "--device", help="cpu (default), cuda or cuda:N (under torchrun: cpu or cuda)."),
     precision: str = typer.Option(
         None, "--precision", help="bf16, fp16 (with a gradient scaler) or fp32 autocast (default: bf16 on CUDA, fp32 on CPU)."),
