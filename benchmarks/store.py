@@ -25,6 +25,9 @@ What each number is:
   (events of the run / seconds: read, decode, fold) from a store written by a `StoreSink` without snapshots, and
   from one written with a snapshot every 10 epochs (the latest snapshot decoded, the tail after it folded);
   `snapshot_load_speedup` is the second over the first. Best of 5 each.
+* `checked_read_events_per_s`: `Reader.read_checked` of one sealed 100,000-event run of the million-event
+  store (hash chain and heads checked, payloads decoded, one pass); `checked_read_speedup` is it over the two
+  passes it replaced (`check_run`, then `read_run`), best of 3 each, alternated.
 * `aggregate_1m_s`: `select type, count(*) from events group by 1` through `Workspace(...).reader()` after
   `lock_down()`, over the 1,000,000-event store: the first query on a fresh reader. Opening that reader
   (attach, views, lock-down) is `open_reader_s`.
@@ -214,6 +217,21 @@ def duckdb_floor(root: Path, run: list[Event], size: int, count: int) -> tuple[i
     return first - 1, took
 
 
+def checked_read_rates(reader, run_id: str, events: int, repeats: int = 3) -> tuple[float, float]:
+    """Events/s of `Reader.read_checked` of a sealed run, and of the two passes it replaces (`check_run`, then
+    `read_run`), alternated, best of `repeats` each."""
+    one, two = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        assert len(reader.read_checked(run_id).recorded) == events
+        one.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        reader.check_run(run_id)
+        assert len(reader.read_run(run_id)) == events
+        two.append(time.perf_counter() - start)
+    return events / min(one), events / min(two)
+
+
 def epoch_batches(run: list[Event]) -> Iterator[list[Event]]:
     """The run's events as the training loop appends them: RunStarted alone, then one batch per epoch."""
     batch: list[Event] = []
@@ -316,7 +334,11 @@ def main() -> None:
             counts = reader.con.execute("select type, count(*) from events group by 1").fetchall()
             result["aggregate_1m_s"] = time.perf_counter() - start
             assert sum(n for _, n in counts) == runs * per_run, counts
-        log(f"aggregate over 1M:    {result['aggregate_1m_s']:>12.3f} s (reader opened in {result['open_reader_s']:.3f} s)")
+            log(f"aggregate over 1M:    {result['aggregate_1m_s']:>12.3f} s (reader opened in {result['open_reader_s']:.3f} s)")
+            checked, twice = checked_read_rates(reader, "run-00", per_run)
+        result["checked_read_events_per_s"], result["checked_read_speedup"] = checked, checked / twice
+        log(f"checked read:         {checked:>12,.0f} events/s in one pass, {twice:,.0f} checking and then reading "
+            f"({checked / twice:.2f}x)")
 
     result["store_events"] = runs * per_run
     result["targets_met"] = {k: result[k] >= v for k, v in TARGETS.items()} | {
