@@ -55,6 +55,35 @@ def test_the_command_line_overrides_the_file(tmp_path):
     assert "seed = 4" in printed and "epochs = 4" in printed and "min_gain = 1.0" in printed
 
 
+def test_a_table_on_the_command_line_adds_to_the_files_key_by_key(tmp_path):
+    """`--heuristic K=V` (and `--lifecycle`, `--host-option`) over a file's table sets K: the file's other keys stay.
+    It used to replace the whole table, silently dropping what the file set."""
+    config = tmp_path / "run.toml"
+    config.write_text("[heuristic]\nmin_gain = 1.0\nwarmup_epochs = 4\n[host_options]\nchannels = 24\n"
+                      "[lifecycle]\nblend_epochs = 1\nembargo_epochs = 5\n")
+    printed = tomllib.loads(invoke("run", "--config", config, "--heuristic", "warmup_epochs=1", "--host-option",
+                                   "batchnorm=false", "--lifecycle", "embargo_epochs=3", "--print-config",
+                                   workspace=tmp_path).stdout)
+    assert (printed["heuristic"]["min_gain"], printed["heuristic"]["warmup_epochs"]) == (1.0, 1)
+    assert printed["host_options"] == {"channels": 24, "batchnorm": False}
+    assert (printed["lifecycle"]["blend_epochs"], printed["lifecycle"]["embargo_epochs"]) == (1, 3)
+
+
+def test_a_config_files_paths_are_relative_to_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "run.toml").write_text('tensorboard = "board"\n')
+    monkeypatch.chdir(tmp_path)  # the file is run from its parent folder
+    printed = tomllib.loads(invoke("run", "--config", "configs/run.toml", "--print-config", workspace=tmp_path).stdout)
+    assert printed["tensorboard"] == str(tmp_path / "configs" / "board")
+    (folder / "run.toml").write_text(f'tensorboard = "{tmp_path / "elsewhere"}"\n')
+    printed = tomllib.loads(invoke("run", "--config", "configs/run.toml", "--print-config", workspace=tmp_path).stdout)
+    assert printed["tensorboard"] == str(tmp_path / "elsewhere")  # an absolute path stays
+    given = tomllib.loads(invoke("run", "--config", "configs/run.toml", "--tensorboard", "here", "--print-config",
+                                 workspace=tmp_path).stdout)
+    assert given["tensorboard"] == "here"  # the command line's, as typed: relative to where it runs
+
+
 @pytest.mark.parametrize("text, message", [
     ("sede = 3\n", "unknown key 'sede'"),
     ("seed = 'three'\n", "Expected `int | null`, got `str` - at `$.seed`"),

@@ -90,11 +90,29 @@ def request_from(file: Path | None, given: dict[str, Any]) -> RunRequest:
         for key, value in _leaves(settings):
             if problem := number_problem(key, value):
                 raise BadInput(f"config {file}: {problem}")
-    settings.update(given)
+        settings = _paths_from(Path(file).absolute().parent, settings)
+    for key, value in given.items():  # a table given (--heuristic K=V, ...) adds to the file's, key by key
+        both = isinstance(value, dict) and isinstance(settings.get(key), dict)
+        settings[key] = {**settings[key], **value} if both else value
     try:
         return msgspec.convert(settings, RunRequest)
     except msgspec.ValidationError as exc:
         raise BadInput(f"{'config ' + str(file) if file else 'run settings'}: {_naming_entry(exc, settings)}") from None
+
+
+PATH_KEYS = ("policy", "data_dir", "tensorboard")
+"""The settings that name a file or folder: in a config file, relative to the file's folder."""
+
+
+def _paths_from(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with each relative path (`PATH_KEYS`) made relative to `folder` instead of the working folder, so
+    that a config file names the files beside it wherever it is run from; `~` is the home folder, as in a shell."""
+    resolved = dict(settings)
+    for key in PATH_KEYS:
+        if isinstance(resolved.get(key), str) and resolved[key].strip():
+            path = Path(resolved[key]).expanduser()
+            resolved[key] = str(path if path.is_absolute() else folder / path)
+    return resolved
 
 
 def _naming_entry(exc: msgspec.ValidationError, settings: dict[str, Any]) -> str:

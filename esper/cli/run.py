@@ -76,7 +76,8 @@ def run(
         "checkpoint, with its own config: the rest of it is appended to its log."),
     config_file: Optional[Path] = path_option(
         None, "--config", help="A TOML file of these settings (keys as the options, with _ for -; [heuristic], "
-        "[lifecycle] and [host_options] tables); options given here override it."),
+        "[lifecycle] and [host_options] tables; paths relative to the file's folder); options given here override it, "
+        "a table's key by key."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved settings as TOML (with "
                                       "--json: one JSON object, the same keys) and exit."),
     seeds: Optional[str] = typer.Option(
