@@ -330,7 +330,7 @@ def main() -> None:
     scratch = []
     for s in seeds:  # each heuristic run's final architecture, as `esper run --controller scratch --like` builds it
         grew = final_architecture(ws, run_id_of(task, "heuristic", s), task)
-        for tag, epochs in [("", grew.epochs)] + [(f"-e{e}", e) for e in args.scratch_epochs]:
+        for tag, epochs in [("", grew.config.epochs)] + [(f"-e{e}", e) for e in args.scratch_epochs]:
             scratch.append(Job(run_id_of(task, "scratch", s, tag), RunConfig(
                 task=task, controller="scratch", seed=s, like=grew.run_id, architecture=grew.architecture,
                 epochs=epochs)))

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from cli_runner import invoke, one_line_error
 
 from esper.errors import BadInput
 from esper.leyline import EpochEnded, Germinate, RunConfig, RunStarted, Wait, decode, encode
@@ -29,6 +30,21 @@ def test_a_run_takes_the_presets_anneal_unless_it_names_its_own():
     assert resolve_config(RunConfig(anneal_epochs=0)).anneal_epochs == 0
     with pytest.raises(BadInput, match="anneal_epochs must not be negative"):
         resolve_config(RunConfig(anneal_epochs=-1))
+
+
+def test_a_run_shorter_than_the_presets_anneal_anneals_over_all_of_it_and_a_longer_one_asked_for_is_refused(tmp_path):
+    """A 1-epoch run used to take the preset's 5-epoch anneal and train at 7 % of its rate (the cosine's fifth
+    step), its header saying "annealed over the last 1 epoch". A recorded config keeps its anneal: old logs
+    re-execute as they trained."""
+    assert [resolve_config(RunConfig(epochs=e)).anneal_epochs for e in (1, 3, 5, 25)] == [1, 3, 5, 5]
+    assert anneal_scale(1, 1, 1) == pytest.approx(0.5)  # not anneal_scale(1, 1, 5), 0.067
+    recorded = RunConfig(epochs=2, anneal_epochs=5)
+    assert resolve_config(recorded) == resolve_config(resolve_config(recorded))
+    assert resolve_config(recorded).anneal_epochs == 5
+    result = invoke("run", "--epochs", "2", "--anneal-epochs", "3", workspace=tmp_path)
+    assert one_line_error(result) == ("esper: anneal_epochs 3 is longer than the run's 2 epochs: give at most 2 "
+                                      "(the whole run)")
+    assert not list(tmp_path.glob("*.duckdb"))
 
 
 def test_a_session_records_and_trains_with_the_resolved_config():

@@ -9,7 +9,7 @@ import pytest
 from cli_runner import esper, invoke, one_line_error, start
 
 from esper.app import runs
-from esper.app.runs import final_architecture
+from esper.app.runs import FinalArchitecture, RunRequest, _as_grown, final_architecture
 from esper.errors import BadInput
 from esper.leyline import (CommandRejected, HeuristicConfig, LifecycleConfig, RunConfig, RunFailed, RunFinished, SeedStage,
                            SeedTransitioned, encode)
@@ -17,6 +17,7 @@ from esper.nissa.runstate import RunState
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
+from esper.tolaria.tasks import TASKS
 from esper.tolaria.verify import VerificationFailed, verify_run
 
 pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
@@ -90,7 +91,7 @@ def test_scratch_builds_the_final_architecture_up_front(grown):
     ws, grows, _ = grown
     grew = final_architecture(ws, "grows", "mnist1d")
     like, architecture = grew.run_id, grew.architecture
-    assert like == "grows" and grew.epochs == 12 and grew.unsealed is None
+    assert like == "grows" and grew.config.epochs == 12 and grew.unsealed is None
     assert len(architecture) == grows.stage_counts()["FOSSILIZED"]
     sink = ListSink()
     cfg = resolve_config(RunConfig(controller="scratch", like=like, architecture=architecture, epochs=2))
@@ -117,6 +118,18 @@ def test_scratch_refuses_to_build_like_a_run_that_did_not_finish(grown, tmp_path
         recorder.append("cut", cut + ([ending] if ending else []), 0)
     with pytest.raises(BadInput, match=re.escape(f"like cut: the run is {said}")):
         final_architecture(Workspace(tmp_path), "cut", "mnist1d")
+
+
+def test_scratch_sends_no_one_to_resume_a_cut_run_that_cannot_resume(grown, tmp_path):
+    """An imported run (in another run's store) cannot resume: the refusal does not say to."""
+    ws, _, _ = grown
+    with ws.reader() as reader:
+        cut = [r.event for r in reader.read_run("grows") if not isinstance(r.event, RunFinished)]
+    with Recorder(tmp_path / "imported.duckdb") as recorder:
+        recorder.append("cut", cut, 0)
+    with pytest.raises(BadInput) as refused:
+        final_architecture(Workspace(tmp_path), "cut", "mnist1d")
+    assert str(refused.value).endswith("scratch builds the architecture of a finished run")
 
 
 def test_cli_run_json_then_replay_verify(tmp_path):
@@ -338,6 +351,15 @@ def test_lifecycle_knobs_are_recorded_judge_the_run_and_change_its_timings(tmp_p
     assert blends(default) and all(end - start == 2 for start, end in blends(default)), blends(default)
 
 
+def test_scratch_reads_the_like_runs_data_as_it_did():
+    """A text run trained on a corpus of the user's: its scratch baseline trains on that corpus, not the default."""
+    grew = FinalArchitecture("text-heuristic-3-abc", [], RunConfig(task="text", seed=3, epochs=10, anneal_epochs=5,
+                                                                   data_dir="/data/corpus.txt"), TASKS["text"], None)
+    request = RunRequest(task="text", controller="scratch", like=grew.run_id)
+    assert _as_grown(request, grew, 10).data_dir == "/data/corpus.txt"
+    assert _as_grown(msgspec.structs.replace(request, data_dir="other.txt"), grew, 10).data_dir == "other.txt"
+
+
 def test_scratch_builds_the_like_runs_architecture_on_its_host_and_trains_it_with_its_recipe(tmp_path):
     """A run grown on another host (its options) with another recipe and seed: scratch --like takes them from its
     log, as the architecture that grew is the host's too, and the baseline is paired with the run. It used to build
@@ -345,21 +367,22 @@ def test_scratch_builds_the_like_runs_architecture_on_its_host_and_trains_it_wit
     ws = tmp_path / "ws"
     grew = json.loads(invoke("run", "--epochs", "7", "--heuristic", "warmup_epochs=1", "--heuristic", "min_gain=1.0",
                              "--heuristic", "finish_epochs=0", "--host-option", "channels=4", "--lr", "0.003",
-                             "--batch-size", "64", "--seed", "3", "--json", workspace=ws).stdout)
+                             "--batch-size", "64", "--seed", "3", "--anneal-epochs", "2", "--json", workspace=ws).stdout)
     assert grew["seeds"].get("FOSSILIZED", 0) >= 1
     line = one_line_error(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--host-option",
                                  "channels=8", workspace=ws))
     assert line == (f"esper: like {grew['run_id']}: it grew on host cnn1d (channels=4); scratch builds its architecture "
                     "on that host: drop --host and --host-option (host, host_options)")
     assert len(list(ws.glob("*.duckdb"))) == 1
-    built = json.loads(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--epochs", "1",
+    built = json.loads(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--epochs", "3",
                               "--batch-size", "100", "--json", workspace=ws).stdout)
     assert built["params"] == grew["params"]
     seeded = json.loads(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--epochs", "1",
                                "--seed", "5", "--json", workspace=ws).stdout)
     with Workspace(ws).reader() as reader:
         started = reader.read_run(built["run_id"])[0].event
-        seed_given = reader.read_run(seeded["run_id"])[0].event.config.seed
+        seed_given = reader.read_run(seeded["run_id"])[0].event.config
     preset = started.preset
     assert (preset.host, preset.host_options, preset.lr, preset.batch_size) == ("cnn1d", {"channels": 4}, 0.003, 100)
-    assert (started.config.seed, seed_given) == (3, 5)
+    assert (started.config.seed, seed_given.seed) == (3, 5)
+    assert (started.config.anneal_epochs, seed_given.anneal_epochs) == (2, 1)  # the run's, at most the epochs

@@ -27,6 +27,7 @@ from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, T
                                   from_table, number_problem, rate_problem)
 from esper.leyline.stages import SeedStage
 from esper.leyline.status import FINISHED
+from esper.nissa.fmt import plural
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.store.recorder import remove_if_empty
@@ -163,9 +164,9 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
             raise BadInput("controller scratch needs --like RUN (like = RUN in a --config file): the run whose final "
                            "architecture to build")
         grew = final_architecture(ws, like, r.task)
-        like, architecture, epochs = grew.run_id, grew.architecture, epochs or grew.epochs
+        like, architecture, epochs = grew.run_id, grew.architecture, epochs or grew.config.epochs
         notes = (grew.unsealed,) if grew.unsealed else ()
-        r = _as_grown(r, grew)
+        r = _as_grown(r, grew, epochs)
     elif like is not None:
         raise BadInput("--like (like) only makes sense with --controller scratch")
     if r.seed is None:
@@ -186,6 +187,9 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
         data_dir=r.data_dir, telemetry=r.telemetry, architecture=architecture, blend_schedule=r.blend_schedule,
         lifecycle=lifecycle, heuristic=knobs, anneal_epochs=r.anneal_epochs,
     ), preset)
+    if config.anneal_epochs > config.epochs:  # the cosine would start part-way down: its first epochs barely learn
+        raise BadInput(f"anneal_epochs {config.anneal_epochs} is longer than the run's {plural(config.epochs, 'epoch')}:"
+                       f" give at most {config.epochs} (the whole run)")
     resolve_device(r.device)
     if r.tensorboard is not None:
         check_writable(Path(r.tensorboard) / "run", "the TensorBoard folder")
@@ -196,11 +200,13 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data, notes)
 
 
-def _as_grown(r: RunRequest, grew: "FinalArchitecture") -> RunRequest:
-    """The request with the host `grew` grew on, and its recipe (rates, batch size) and seed wherever the request
-    leaves them to the preset: the same architecture trained the same way, paired with the run. Another host is refused: the fossils were built for
-    this one's shapes, and what scratch built would not be the architecture that grew."""
-    p = grew.preset
+def _as_grown(r: RunRequest, grew: "FinalArchitecture", epochs: int) -> RunRequest:
+    """The request with the host `grew` grew on, and its recipe (rates, batch size, anneal: at most the `epochs`
+    scratch trains), seed and data wherever the request leaves them to the preset: the same architecture trained the
+    same way on the same data, paired with the run. Another host is refused: the fossils were built for this one's
+    shapes, and what scratch built would not be the architecture that grew."""
+    p, c = grew.preset, grew.config
+    anneal = c.anneal_epochs if c.anneal_epochs is None else min(c.anneal_epochs, epochs)  # None: an old log's
     if (r.host is not None or r.host_options) and ((r.host or p.host), dict(r.host_options)) != (p.host, p.host_options):
         options = ", ".join(f"{k}={v}" for k, v in p.host_options.items())
         raise BadInput(f"like {grew.run_id}: it grew on host {p.host}{f' ({options})' if options else ''}; scratch "
@@ -209,7 +215,8 @@ def _as_grown(r: RunRequest, grew: "FinalArchitecture") -> RunRequest:
         r, host=p.host, host_options=dict(p.host_options), lr=p.lr if r.lr is None else r.lr,
         seed_lr=p.seed_lr if r.seed_lr is None else r.seed_lr,
         batch_size=p.batch_size if r.batch_size is None else r.batch_size,
-        seed=grew.seed if r.seed is None else r.seed)
+        seed=c.seed if r.seed is None else r.seed, data_dir=c.data_dir if r.data_dir is None else r.data_dir,
+        anneal_epochs=anneal if r.anneal_epochs is None else r.anneal_epochs)
 
 
 def _check_settings(r: RunRequest) -> None:
@@ -399,10 +406,8 @@ class FinalArchitecture:
     run_id: str
     architecture: list[tuple[str, str]]
     """(slot, blueprint) of every fossil, in the order they fossilized."""
-    epochs: int
-    """The run's epoch budget, the baseline's default."""
-    seed: int
-    """The run's seed, the baseline's default."""
+    config: RunConfig
+    """The run's config: its epochs, seed, anneal and data are the baseline's defaults."""
     preset: TaskPreset
     """The preset it trained with: its host (and options) and recipe, the baseline's."""
     unsealed: str | None
@@ -420,15 +425,16 @@ def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture
         checked = reader.read_checked(run_id)
         recorded, unsealed = checked.recorded, checked.unsealed
         state = RunState.fold(recorded)  # RunStarted first, or it raises
+        resumable = reader.files_of(run_id) == [ws.store_path(run_id).name]  # not an imported run
     if state.status != FINISHED:  # what had fossilized by its end would pass for an architecture that grew
         done = state.epochs[-1].epoch if state.epochs else 0
-        fix = ("" if state.failed is not None and not state.failed.interrupted
+        fix = ("" if state.failed is not None and not state.failed.interrupted or not resumable
                else f": finish it first (esper run --resume {run_id})")
         raise BadInput(f"like {run_id}: the run is {state.status} after epoch {done} of {state.config.epochs}; scratch "
                        f"builds the architecture of a finished run{fix}")
     if state.config.task != task:
         raise BadInput(f"like {run_id}: a run of task {state.config.task}, not {task} (scratch builds an architecture "
-                       "on the task it grew on)")
+                       f"on the task it grew on): add --task {state.config.task}")
     # Fossils in the order they fossilized; seeds built up front (epoch 0, `build` events) are among them. A log
     # written before `build` existed built its config's architecture without events: those come first.
     fossilized = sorted(
@@ -438,6 +444,6 @@ def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture
     )
     unlogged = [] if state.garden.built else list(state.config.architecture)
     architecture = unlogged + [(slot, bp) for _, _, slot, bp in fossilized]
-    return FinalArchitecture(run_id, [tuple(a) for a in architecture], state.config.epochs, state.config.seed,
-                             recorded[0].event.preset, unsealed)
+    return FinalArchitecture(run_id, [tuple(a) for a in architecture], state.config, recorded[0].event.preset,
+                             unsealed)
 

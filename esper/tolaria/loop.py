@@ -192,8 +192,11 @@ def resolve_config(config: RunConfig, preset: TaskPreset | None = None, host_par
     if config.precision not in (None, *PRECISIONS):
         raise BadInput(f"unknown precision {config.precision!r}: use {', '.join(PRECISIONS)}")
     _check_cap(config.lifecycle.max_params, config.task, preset, host_params)
-    anneal = preset.anneal_epochs if config.anneal_epochs is None else config.anneal_epochs
-    return msgspec.structs.replace(config, epochs=config.epochs or preset.epochs, anneal_epochs=anneal,
+    epochs = config.epochs or preset.epochs
+    # The preset's anneal, in a run shorter than it, is the whole run: longer, the run would start part-way down
+    # the cosine (a 1-epoch run at 7 % of its rate). A recorded config holds its anneal and keeps it.
+    anneal = min(preset.anneal_epochs, epochs) if config.anneal_epochs is None else config.anneal_epochs
+    return msgspec.structs.replace(config, epochs=epochs, anneal_epochs=anneal,
                                    policy_sha256=policy_file_sha256(config),
                                    precision=config.precision or default_precision(config.device))
 
