@@ -48,7 +48,7 @@ def run(
         "(default: no cap; with --controller policy or sampled, the cap the policy was trained under)."),
     anneal_epochs: Optional[int] = typer.Option(
         None, "--anneal-epochs", help="Lower every learning rate towards 0 over the last N epochs "
-        "(default: the task's, 5 on mnist1d; 0: constant rates)."),
+        "(default: the task's, 5 on mnist1d, or all of a shorter run; 0: constant rates)."),
     heuristic: Optional[list[str]] = typer.Option(
         None, "--heuristic", help="A knob of the heuristic gardener, KEY=VALUE (repeatable), e.g. min_gain=1.0 to "
         "germinate as soon as the host has warmed up instead of on a plateau. Recorded in the run's config."),
