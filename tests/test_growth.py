@@ -354,7 +354,7 @@ def test_lifecycle_knobs_are_recorded_judge_the_run_and_change_its_timings(tmp_p
 def test_scratch_reads_the_like_runs_data_as_it_did():
     """A text run trained on a corpus of the user's: its scratch baseline trains on that corpus, not the default."""
     grew = FinalArchitecture("text-heuristic-3-abc", [], RunConfig(task="text", seed=3, epochs=10, anneal_epochs=5,
-                                                                   data_dir="/data/corpus.txt"), TASKS["text"], None)
+                                                                   data_dir="/data/corpus.txt"), 0, TASKS["text"], None)
     request = RunRequest(task="text", controller="scratch", like=grew.run_id)
     assert _as_grown(request, grew, 10).data_dir == "/data/corpus.txt"
     assert _as_grown(msgspec.structs.replace(request, data_dir="other.txt"), grew, 10).data_dir == "other.txt"
@@ -373,6 +373,10 @@ def test_scratch_builds_the_like_runs_architecture_on_its_host_and_trains_it_wit
                                  "channels=8", workspace=ws))
     assert line == (f"esper: like {grew['run_id']}: it grew on host cnn1d (channels=4); scratch builds its architecture "
                     "on that host: drop --host and --host-option (host, host_options)")
+    capped = one_line_error(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--max-params",
+                                   str(grew["params"] - 1), workspace=ws))  # one line: no run header before it
+    assert capped.endswith(f"has {grew['params']:,} parameters, over max_params {grew['params'] - 1:,}: drop "
+                           "--max-params or raise it")
     assert len(list(ws.glob("*.duckdb"))) == 1
     built = json.loads(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--epochs", "3",
                               "--batch-size", "100", "--json", workspace=ws).stdout)

@@ -175,6 +175,9 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     knobs = from_table(HeuristicConfig, r.heuristic, "heuristic knobs")
     controller = make_controller(r.controller, r.seed, r.policy, knobs)
     max_params = r.max_params if r.max_params is not None else getattr(controller, "max_params", 0)
+    if r.controller == "scratch" and 0 < max_params < grew.params:  # refused before the run's header is printed
+        raise BadInput(f"like {grew.run_id}: its architecture has {grew.params:,} parameters, over max_params "
+                       f"{max_params:,}: drop --max-params or raise it")
     lifecycle = msgspec.structs.replace(from_table(LifecycleConfig, r.lifecycle, "lifecycle knobs"), max_params=max_params)
     preset = preset_for(r)
     if hasattr(controller, "check_fits"):  # a trained policy: refused before anything is written if it cannot play here
@@ -408,6 +411,8 @@ class FinalArchitecture:
     """(slot, blueprint) of every fossil, in the order they fossilized."""
     config: RunConfig
     """The run's config: its epochs, seed, anneal and data are the baseline's defaults."""
+    params: int
+    """The grown model's size, the architecture's."""
     preset: TaskPreset
     """The preset it trained with: its host (and options) and recipe, the baseline's."""
     unsealed: str | None
@@ -444,6 +449,6 @@ def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture
     )
     unlogged = [] if state.garden.built else list(state.config.architecture)
     architecture = unlogged + [(slot, bp) for _, _, slot, bp in fossilized]
-    return FinalArchitecture(run_id, [tuple(a) for a in architecture], state.config, recorded[0].event.preset,
-                             unsealed)
+    return FinalArchitecture(run_id, [tuple(a) for a in architecture], state.config, state.finished.params,
+                             recorded[0].event.preset, unsealed)
 
