@@ -133,6 +133,14 @@ def test_a_missing_workspace_from_the_environment_is_bad_input_as_from_the_optio
     assert result.exit_code == 0 and "no runs in runs yet" in result.stderr, result.stderr
 
 
+def test_a_file_given_where_a_run_id_goes_is_pointed_at_import(ws, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("h.jsonl").write_text("{}\n")
+    line = one_line_error(invoke("report", "h.jsonl", "-w", str(ws)))
+    assert line == ("esper: no run 'h.jsonl' in this workspace (try `esper runs`); h.jsonl is a file: "
+                    "`esper import h.jsonl` adds an exported file's runs")
+
+
 def test_export_then_import_round_trip(ws, tmp_path):
     out = tmp_path / "h.parquet"
     result = invoke("export", "heur", "-w", str(ws), "--out", str(out))

@@ -313,7 +313,8 @@ class Reader:
             more = ", ..." if len(ids) > 5 else ""
             raise BadInput(f"{run!r} matches {len(ids)} runs ({', '.join(ids[:5])}{more}); give more of the id")
         if not ids:
-            raise UnknownRun(f"no run {run!r} in this workspace (try `esper runs`)")
+            file = f"; {run} is a file: `esper import {run}` adds an exported file's runs" if os.path.isfile(run) else ""
+            raise UnknownRun(f"no run {run!r} in this workspace (try `esper runs`){file}")
         run_id = run if run in ids else ids[0]
         if training and not self.con.execute(
             "SELECT count(*) FROM events WHERE run_id = ? AND type = 'RunStarted'", [run_id]
