@@ -120,6 +120,11 @@ def test_bad_seeds_are_bad_input(text):
         fanout.parse_seeds(text)
 
 
+def test_a_range_written_backwards_says_so():
+    with pytest.raises(BadInput, match=": 3-1 runs backwards: write 1-3$"):
+        fanout.parse_seeds("0,3-1")
+
+
 @pytest.mark.parametrize("extra, says", [(["--seed", "2"], "--seed is for one run"),
                                          (["--print-config"], "--print-config is for one run")])
 def test_seeds_refuse_the_options_of_one_run(extra, says, tmp_path):

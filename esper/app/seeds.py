@@ -32,6 +32,8 @@ def parse_seeds(text: str) -> list[int]:
             low, high = int(first), int(last if dash else first)
         except ValueError:
             raise BadInput(f"--seeds {text!r}: expected seeds such as 0-19 or 0,3,5") from None
+        if 0 <= high < low:
+            raise BadInput(f"--seeds {text!r}: {part.strip()} runs backwards: write {high}-{low}")
         if not 0 <= low <= high < MAX_SEED:
             raise BadInput(f"--seeds {text!r}: {part.strip()} is not a range of seeds from 0 to {MAX_SEED - 1:,}")
         if len(seeds) + high - low + 1 > MAX_SEEDS:

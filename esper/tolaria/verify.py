@@ -42,6 +42,7 @@ from esper.leyline.events import (
     encode,
     type_name,
 )
+from esper.nissa.fmt import plural
 from esper.nissa.runstate import as_one_run
 from esper.store.recorder import Recorded
 from esper.tamiyo.controllers import ScriptedController, ScriptEnded
@@ -73,11 +74,11 @@ class Verification:
 
     def describe(self) -> str:
         if self.exact:
-            return f"re-execution gives the same {self.events} events, bit for bit"
+            return f"re-execution gives the same {plural(self.events, 'event')}, bit for bit"
         worst = sorted(self.deviations.items(), key=lambda kv: -kv[1])
         numbers = ", ".join(f"{field} {dev:.1e}" for field, dev in worst[:6]) + (", ..." if len(worst) > 6 else "")
         close = f"largest relative deviations: {numbers}" if worst else "every number identical"
-        return (f"re-execution gives the same {self.events} events: decisions identical, numbers within "
+        return (f"re-execution gives the same {plural(self.events, 'event')}: decisions identical, numbers within "
                 f"{self.tolerance:.0e} relative ({close})")
 
 
