@@ -123,16 +123,6 @@ def test_report_in_a_missing_workspace_is_bad_input(tmp_path):
     assert "does not exist" in line
 
 
-def test_a_missing_workspace_from_the_environment_is_bad_input_as_from_the_option(tmp_path, monkeypatch):
-    """A typo in $ESPER_WORKSPACE used to read as a workspace with no runs (exit 0); a missing ./runs still does."""
-    line = one_line_error(invoke("runs", workspace=tmp_path / "mising"))
-    assert line == f"esper: workspace {tmp_path / 'mising'} ($ESPER_WORKSPACE) does not exist"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ESPER_WORKSPACE", raising=False)
-    result = invoke("runs")
-    assert result.exit_code == 0 and "no runs in runs yet" in result.stderr, result.stderr
-
-
 def test_a_file_given_where_a_run_id_goes_is_pointed_at_import(ws, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("h.jsonl").write_text("{}\n")

@@ -243,16 +243,12 @@ def _check_numbers(options: dict[str, Any]) -> None:
 
 
 def existing_workspace(workspace: Optional[Path]) -> "Workspace":  # noqa: F821 - imported lazily below
-    """The workspace to read; a missing folder named explicitly (`-w` or $ESPER_WORKSPACE: a typo there would
-    otherwise read as an empty workspace), or a file, is bad input. A missing ./runs is a workspace with no runs yet."""
+    """The workspace to read; a missing folder named explicitly, or a file, is bad input."""
     from esper.store import Workspace
 
     ws = Workspace.at(workspace)
-    if not os.path.exists(ws.root):
-        if workspace is not None:
-            raise BadInput(f"workspace {ws.root} does not exist")
-        if os.environ.get("ESPER_WORKSPACE"):
-            raise BadInput(f"workspace {ws.root} ($ESPER_WORKSPACE) does not exist")
+    if workspace is not None and not os.path.exists(ws.root):
+        raise BadInput(f"workspace {ws.root} does not exist")
     ws.store_files()  # a file, not a folder: one line
     return ws
 
