@@ -164,6 +164,9 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
             raise BadInput("controller scratch needs --like RUN (like = RUN in a --config file): the run whose final "
                            "architecture to build")
         grew = final_architecture(ws, like, r.task)
+        if r.max_params is not None and 0 < r.max_params < grew.params:  # refused before the run's header is printed
+            raise BadInput(f"like {grew.run_id}: its architecture has {grew.params:,} parameters, over max_params "
+                           f"{r.max_params:,}: drop --max-params or raise it")
         like, architecture, epochs = grew.run_id, grew.architecture, epochs or grew.config.epochs
         notes = (grew.unsealed,) if grew.unsealed else ()
         r = _as_grown(r, grew, epochs)
@@ -175,9 +178,6 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     knobs = from_table(HeuristicConfig, r.heuristic, "heuristic knobs")
     controller = make_controller(r.controller, r.seed, r.policy, knobs)
     max_params = r.max_params if r.max_params is not None else getattr(controller, "max_params", 0)
-    if r.controller == "scratch" and 0 < max_params < grew.params:  # refused before the run's header is printed
-        raise BadInput(f"like {grew.run_id}: its architecture has {grew.params:,} parameters, over max_params "
-                       f"{max_params:,}: drop --max-params or raise it")
     lifecycle = msgspec.structs.replace(from_table(LifecycleConfig, r.lifecycle, "lifecycle knobs"), max_params=max_params)
     preset = preset_for(r)
     if hasattr(controller, "check_fits"):  # a trained policy: refused before anything is written if it cannot play here
