@@ -1,6 +1,7 @@
 """One run trained data-parallel by two processes (gloo, CPU): the decisions of one process, one stream written by
 rank 0, the same parameters on every rank after every epoch, and no rank left waiting when another fails."""
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -275,6 +276,7 @@ def rank_main(rank: int, port: int, folder: str, args: list[str], fail_at_step: 
         out = totals(trainer)
         digests.append(digest(trainer))
         Path(folder, f"digests-{rank}.json").write_text(json.dumps(digests))
+        Path(folder, f"threads-during-{rank}.json").write_text(json.dumps(thread_names()))
         return out
 
     steps = [0]
@@ -287,12 +289,23 @@ def rank_main(rank: int, port: int, folder: str, args: list[str], fail_at_step: 
 
     Trainer.epoch_totals, Trainer.train_step = noting, crashing
     sys.stderr = open(Path(folder, f"stderr-{rank}.txt"), "w")
+    code = 0
     try:
         app(args, prog_name="esper")
     except SystemExit as exc:
-        sys.stderr.flush()
-        os._exit(exc.code or 0)
-    os._exit(0)
+        code = exc.code or 0
+    Path(folder, f"threads-after-{rank}.json").write_text(json.dumps(thread_names()))
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def thread_names() -> list[str]:
+    """The names of this process's threads, as the kernel knows them (C++ threads included)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended while listed
+            names.append((task / "comm").read_text().strip())
+    return names
 
 
 def digest(trainer) -> str:
@@ -334,6 +347,18 @@ def test_the_ranks_hold_the_same_weights_and_optimizer_states_after_every_epoch(
     assert len(zero) == 7 and zero == one
     [events] = runs_in(tmp_path / "ws").values()
     assert {"SeedGerminated", "RunFinished"} <= {type(e).__name__ for e in events}, "no seed grew to compare"
+
+
+@pytest.mark.slow
+def test_a_finished_ranked_run_ends_its_process_group_threads_before_the_interpreter_ends(tmp_path):
+    """gloo's threads still running while Python finalizes can abort a finished rank (`ranks._import_before_the_group`)."""
+    codes = two_ranks(tmp_path, ["run", "--epochs", "1", "--seed", "2", "--workspace", str(tmp_path / "ws")])
+    assert codes == [0, 0], [Path(tmp_path, f"stderr-{r}.txt").read_text() for r in range(2)]
+    for rank in range(2):
+        during, after = (json.loads(Path(tmp_path, f"threads-{when}-{rank}.json").read_text())
+                         for when in ("during", "after"))
+        assert any("gloo" in name for name in during), during
+        assert not any("gloo" in name for name in after), after
 
 
 @pytest.mark.slow

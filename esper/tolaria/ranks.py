@@ -135,6 +135,7 @@ class Ranks:
         timeout = timedelta(seconds=where.timeout_s)
         if place.type == "cuda":
             torch.cuda.set_device(place)
+        _import_before_the_group()
         try:
             dist.init_process_group("nccl" if place.type == "cuda" else "gloo", timeout=timeout, rank=rank,
                                     world_size=world, device_id=place if place.type == "cuda" else None)
@@ -143,13 +144,12 @@ class Ranks:
         return cls(rank, world, place)
 
     def close(self) -> None:
-        """Leave the process group. After a finished run the ranks first wait for each other (a barrier): a follower
-        would otherwise reach the end of its interpreter while rank 0 still measures the test split, and gloo's
-        worker thread, which lets go of the `finish` message's tensors only after the broadcast has returned, can
-        be that late on a busy machine; releasing a Python tensor then needs the GIL of an interpreter shutting down,
-        and the follower aborts ("terminate called without an active exception": a finished run that torchrun
-        reports failed). Blocked in the barrier, the follower frees the GIL and that thread finishes; the barrier's
-        own work holds no tensor. A failed run parts at once: its ranks may be inside different collectives."""
+        """Leave the process group, and end it: its gloo threads are joined here, while the interpreter is whole
+        (`_import_before_the_group` says why that matters). After a finished run the ranks first wait for each
+        other (a barrier): gloo's worker thread lets go of the `finish` message's tensors only after the broadcast
+        has returned, and releasing a tensor Python made takes the GIL; blocked in the barrier, the rank frees the
+        GIL and that thread finishes before the group is ended. A failed run parts at once: its ranks may be inside
+        different collectives."""
         if not dist.is_initialized():
             return
         if self.finished:
@@ -246,6 +246,16 @@ class Ranks:
             return op(*args)
         except RuntimeError as exc:  # torch.distributed.DistError and its kinds are RuntimeErrors
             raise RunFailed(f"rank {self.rank} lost the other ranks ({first_line(exc)})") from None
+
+
+def _import_before_the_group() -> None:
+    """Import torch's compiler (torch._dynamo) before the process group exists. The first optimizer imports it
+    otherwise, and it then keeps references to the group that `destroy_process_group` cannot drop: the group and
+    gloo's threads outlive `Ranks.close` into the interpreter's teardown. There a gloo thread that lets go of a
+    tensor Python made must take the GIL, which a thread cannot do while the interpreter finalizes: the process
+    aborts ("terminate called without an active exception", SIGABRT), and torchrun reports a finished run failed.
+    Imported first, it holds no group, and `close` ends the group for good: its threads are joined there."""
+    import torch._dynamo  # noqa: F401
 
 
 def _rank_device(device: str, local_rank: int) -> torch.device:
