@@ -1,5 +1,6 @@
 """`esper replay`, `query`, `runs` from the outside: exit codes, one-line errors, read-only SQL."""
 
+import csv
 import json
 import re
 import signal
@@ -68,6 +69,22 @@ def test_query_json_is_strict_json_that_keeps_every_column_and_value(workspace):
         {"x": None, "y": None, "a": 1, "a:2": 2, "l": [1, 2], "s": {"k": 1}, "b": "aa"}]
     table = esper("query", "select NULL as n", workspace=workspace).stdout
     assert table.splitlines()[2] == "NULL"
+
+
+def test_query_text_formats_write_values_as_duckdb_casts_them_to_text(workspace):
+    """csv and the table show booleans, blobs and intervals as `CAST(v AS VARCHAR)` does, not as Python reprs."""
+    values = ["true", "false", f"from_hex('{bytes(range(256)).hex()}')", "interval 3 day", "interval 1 day",
+              "interval 90 minute + interval 2 day + interval 1 microsecond", "interval '-1 day 2 hours'",
+              "interval 0 second"]
+    sql = "select " + ", ".join(f"{v} as v{i}, ({v})::varchar as t{i}" for i, v in enumerate(values))
+    for fmt in ("csv", "table"):
+        out = invoke("query", sql, "--format", fmt, workspace=workspace)
+        assert out.exit_code == 0, out.stderr
+        row = next(csv.reader([out.stdout.splitlines()[1]])) if fmt == "csv" else None
+        if row is not None:
+            assert row[0::2] == row[1::2], row
+    table = invoke("query", "select true as b, interval 3 day as i", workspace=workspace).stdout
+    assert table.splitlines()[2].split() == ["true", "3", "days"], table
 
 
 def test_runs_lists_status(workspace):

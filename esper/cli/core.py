@@ -4,6 +4,7 @@ import csv
 import io
 import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
@@ -199,9 +200,34 @@ def _distinct(columns: list[str]) -> list[str]:
 
 
 def _plain(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """A value as DuckDB writes it in text (`CAST(v AS VARCHAR)`): booleans `true`/`false`, blobs with `\\xNN`
+    escapes, intervals as `2 days 01:30:00`; csv readers and people who know SQL read it as written."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or isinstance(value, (int, float, str)):
         return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _blob_text(bytes(value))
+    if isinstance(value, timedelta):
+        return _interval_text(value)
     return str(value)
+
+
+def _blob_text(data: bytes) -> str:
+    """Printable ASCII as itself, every other byte (quotes and the backslash too) as `\\xNN`, as DuckDB prints a
+    blob."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F and chr(b) not in "\"'\\" else f"\\x{b:02X}" for b in data)
+
+
+def _interval_text(interval: timedelta) -> str:
+    """An interval as DuckDB prints one: `3 days`, `2 days 01:30:00.000001`, `00:00:00`. The driver hands months
+    over as 30 days each, so `interval 14 month` reads `420 days`."""
+    days = f"{interval.days} day{'s' if abs(interval.days) != 1 else ''}" if interval.days else ""
+    seconds, micros = interval.seconds, interval.microseconds
+    if days and not (seconds or micros):
+        return days
+    clock = f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" + (f".{micros:06d}" if micros else "")
+    return f"{days} {clock}" if days else clock
 
 
 @app.command()
