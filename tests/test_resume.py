@@ -202,6 +202,8 @@ def test_config_options_are_refused_with_resume(cut):
     config = workspace / "run.toml"
     config.write_text("epochs = 9\n")
     assert refused(workspace, run_id, 2, "--config", str(config)).endswith("its own config: drop --config")
+    assert refused(workspace, run_id, 2, "--tensorboard", str(workspace / "tb")).endswith(
+        "drop --tensorboard; its TensorBoard files come from its log: esper export RUN --format tensorboard --out DIR")
 
 
 def test_a_run_is_not_resumed_with_another_cpu_kernel_set(cut, monkeypatch):

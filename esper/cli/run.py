@@ -194,7 +194,9 @@ def _refuse_config_options(ctx: typer.Context) -> None:
     given = [flags[name] for name in ctx.params if name not in RESUME_OPTIONS
              and option_source(ctx, name) != "DEFAULT"]
     if given:
-        raise BadInput(f"--resume continues the run with its own config: drop {', '.join(given)}")
+        board = ("; its TensorBoard files come from its log: esper export RUN --format tensorboard --out DIR"
+                 if "--tensorboard" in given else "")
+        raise BadInput(f"--resume continues the run with its own config: drop {', '.join(given)}{board}")
 
 
 def _resume(run: str, checkpoint_every: int, snapshot_every: int, workspace: Optional[Path]):
