@@ -269,7 +269,7 @@ def test_replay_and_verify_take_a_resumed_run_as_one_run(resumed):
 def test_the_runs_view_lists_a_resumed_run_as_finished(resumed):
     workspace, run_id = resumed
     result = invoke("query", "select ended, finished, epochs from runs", "--format", "csv", workspace=workspace)
-    assert result.stdout.splitlines()[1] == f"RunFinished,True,{EPOCHS}"
+    assert result.stdout.splitlines()[1] == f"RunFinished,true,{EPOCHS}"
 
 
 def test_iql_reads_the_resumed_run_as_the_episode_of_the_run_left_alone(resumed, tmp_path):
