@@ -430,7 +430,7 @@ def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture
         checked = reader.read_checked(run_id)
         recorded, unsealed = checked.recorded, checked.unsealed
         state = RunState.fold(recorded)  # RunStarted first, or it raises
-        resumable = reader.files_of(run_id) == [ws.store_path(run_id).name]  # not an imported run
+        resumable = reader.in_own_store(run_id)  # not an imported run
     if state.status != FINISHED:  # what had fossilized by its end would pass for an architecture that grew
         done = state.epochs[-1].epoch if state.epochs else 0
         fix = ("" if state.failed is not None and not state.failed.interrupted or not resumable

@@ -374,6 +374,11 @@ class Reader:
         rows = self.con.execute("SELECT DISTINCT _store FROM all_events WHERE run_id = ?", [run_id]).fetchall()
         return sorted(self.names[row[0]] for row in rows)
 
+    def in_own_store(self, run_id: str) -> bool:
+        """Whether the run's events are all in the store file named after it: the file one `esper run` writes,
+        next to its checkpoints (an imported run shares the file it was imported into)."""
+        return self.files_of(run_id) == [f"{run_id}{STORE_SUFFIX}"]
+
     def is_live(self, run_id: str) -> bool:
         row = self.con.execute("SELECT any_value(_store) FROM all_events WHERE run_id = ?", [run_id]).fetchall()[0]
         return row[0] in self.live_files

@@ -144,15 +144,16 @@ def _read(ws: Workspace, run: str) -> tuple[str, list[Recorded]]:
     """The run's id and events, from its own store file, its chain checked."""
     with ws.reader() as reader:
         run_id = reader.resolve_run(run)
-        files, own = reader.files_of(run_id), ws.store_path(run_id).name
-        if files != [own]:
+        if not reader.in_own_store(run_id):
             if reader.con.execute("SELECT count(*) FROM events WHERE run_id = ? AND type = 'RunFinished'",
                                   [run_id]).fetchall()[0][0]:
                 raise BadInput(FINISHED.format(run_id=run_id))
-            raise BadInput(f"run {run_id} is not in a store file of its own ({', '.join(files)}): an imported run "
-                           f"cannot resume (an export carries no checkpoint files), only one `esper run` recorded here")
+            files = ", ".join(reader.files_of(run_id))
+            raise BadInput(f"run {run_id} is not in a store file of its own ({files}): an imported run cannot resume "
+                           "(an export carries no checkpoint files), only one `esper run` recorded here")
         if reader.is_live(run_id):
-            raise BadInput(f"run {run_id} is still being written by a live process ({own}): stop it first")
+            raise BadInput(f"run {run_id} is still being written by a live process ({ws.store_path(run_id).name}): "
+                           "stop it first")
         return run_id, reader.read_checked(run_id).recorded
 
 
