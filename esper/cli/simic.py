@@ -88,7 +88,8 @@ def ppo(
     lr: float = typer.Option(PPO.learning_rate, "--lr", help="Adam learning rate."),
     hidden: int = typer.Option(PPO.hidden, "--hidden", help="Width of the policy's hidden layers."),
     update_epochs: int = typer.Option(PPO.update_epochs, "--update-epochs", help="Passes over each batch."),
-    minibatches: int = typer.Option(PPO.minibatches, "--minibatches", help="Minibatches per pass over the collected transitions (at most one per transition)."),
+    minibatches: int = typer.Option(PPO.minibatches, "--minibatches", help="Minibatches per pass over the collected "
+                                    "transitions (at most one per transition)."),
     ent_coef: float = typer.Option(PPO.ent_coef, "--ent-coef", help="Entropy bonus."),
     target_kl: float = typer.Option(PPO.target_kl or 0.0, "--target-kl", help="Early-stop KL per update (0: none)."),
     gamma: float = typer.Option(PPO.gamma, "--gamma", help="Discount per epoch."),
