@@ -130,6 +130,21 @@ def test_germinate_is_deterministic_and_follows_device_and_dtype():
     model(x.double())
 
 
+def test_a_state_dict_with_a_live_seed_does_not_load_silently_into_a_model_without_it():
+    """torch ignores keys under a child that is None: without the slot's check, strict loading would drop the seed
+    and report every key matched."""
+    grown, _, _ = make("cnn1d")
+    grown.germinate("mid", "a", "conv_heavy")
+    fresh, _, _ = make("cnn1d")
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*slots\.mid\.live\."):
+        fresh.load_state_dict(grown.state_dict())
+    result = fresh.load_state_dict(grown.state_dict(), strict=False)
+    assert any(key.startswith("slots.mid.live.") for key in result.unexpected_keys)
+    twin, _, _ = make("cnn1d")
+    twin.germinate("mid", "a", "conv_heavy")
+    assert not twin.load_state_dict(grown.state_dict()).unexpected_keys  # a model with the seed takes it
+
+
 # ---- germinated and training: the seed changes nothing -----------------------------------------
 
 

@@ -124,6 +124,16 @@ class Slot(nn.Module):
             self.cache = x.detach()
         return _add(x, live)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # torch skips a child that is None without a word, keys and all: a state dict with a live seed, loaded into a
+        # slot without one, would drop that seed and report every key matched. Its keys are unexpected, as a
+        # fossil's are (the seed is not rebuilt from weights: torch.save the whole grown model to keep its seeds).
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if self.live is None:
+            unexpected_keys.extend(key for key in state_dict if key.startswith(f"{prefix}live."))
+
     def seeds(self) -> list[Seed]:
         """Fossilized seeds in order, then the live one."""
         return list(self.fossils) + ([self.live] if self.live is not None else [])
