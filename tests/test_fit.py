@@ -246,14 +246,27 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"device": "cuda:7" if torch.cuda.is_available() else "cuda"}, "device cuda.* asked for, but"),
     ({"lifecycle": {"max_params": 10}}, "max_params 10 is below the model's own"),
     ({"lifecycle": 3}, "lifecycle: a LifecycleConfig or a dict of its knobs, not int"),
-    ({"score": lambda output, y: 1.5}, r"score\(output, y\) gave 1.5 on a validation batch: .* 0..1"),
+    ({"score": lambda output, y: 1.5}, r"score\(output, y\) gave 1.5 on the first training batch: .* 0..1"),
     ({"score": lambda output, y: float("nan")}, r"score\(output, y\) gave nan"),
     ({"loss": lambda output, y: F.cross_entropy(output, y, reduction="none")},
      r"loss\(output, y\) gave a torch.float32 tensor of shape \(8,\) .* a finite scalar"),
-    ({"model": sequence_model(), "val": [(torch.zeros(2, 3, 8, 8), torch.zeros(2, 64, dtype=torch.long))]},
+    ({"model": sequence_model(), "train": [(torch.zeros(2, 3, 8, 8), torch.zeros(2, 64, dtype=torch.long))]},
      r"the model gives a torch.float32 tensor of shape \(2, 4, 64\) for targets of shape \(2, 64\)"),
+    ({"val": lambda: [torch.zeros(3, 3, 8, 8)]}, r"the first validation batch is not a pair \(x, y\): too many values"),
     ({"val": [(torch.zeros(2, 5, 8, 8), torch.zeros(2, dtype=torch.long))]},
-     "the model, loss or score fails on a validation batch: RuntimeError"),
+     "the model, loss or score fails on the first validation batch: RuntimeError"),
+    ({"train": [(torch.zeros(2, 5, 8, 8), torch.zeros(2, dtype=torch.long))]},
+     "the model, loss or score fails on the first training batch: RuntimeError"),
+    ({"train": [(torch.zeros(2, 3, 8, 8), torch.full((2,), 7))]},
+     "the model, loss or score fails on the first training batch: IndexError"),
+    ({"train": [(torch.zeros(2, 3, 8, 8, dtype=torch.float64), torch.zeros(2, dtype=torch.long))]},
+     "the model, loss or score fails on the first training batch: RuntimeError"),
+    ({"test": [(torch.zeros(2, 5, 8, 8), torch.zeros(2, dtype=torch.long))]},
+     "the model, loss or score fails on the first test batch: RuntimeError"),
+    ({"val": [torch.zeros(3, 3, 8, 8)]}, r"the first validation batch is not a pair \(x, y\): too many values"),
+    ({"model": small_model().double()}, "the model has float64 parameters and esper.fit trains float32 weights"),
+    ({"task": "../escaped"}, r"task '../escaped' cannot name a run \(../escaped-heuristic-0-\w+\): it holds a path"),
+    ({"task": "a/b c"}, r"task 'a/b c' cannot name a run .*: it holds a path separator"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, change, message):
     args = {"model": small_model(), "train": batches(2, 1), "val": batches(1, 2), "epochs": 1,
@@ -261,4 +274,4 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, change, message):
     with pytest.raises(BadInput, match=message) as info:
         esper.fit(args.pop("model"), args.pop("train"), args.pop("val"), **args)
     assert "\n" not in str(info.value)
-    assert not (tmp_path / "ws").exists()
+    assert list(tmp_path.iterdir()) == []  # no workspace, no store file, no folder

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
+import torch
 import torch.nn.functional as F
 
 from esper.errors import BadInput
@@ -20,11 +21,12 @@ from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConf
                                   from_table, rate_problem)
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
+from esper.store.schema import run_id_problem
 from esper.tamiyo.controllers import idle_heuristic, make_controller
 from esper.tolaria.loop import Progress, StoreSink, check_seed, execute, resolve_config
 from esper.tolaria.tasks import TASKS
 from esper.tolaria.trainer import resolve_device
-from esper.tolaria.userdata import Loss, Score, UserData, check_first_batch
+from esper.tolaria.userdata import Loss, Score, UserData, check_first_batch, first_batch
 
 Batches = Iterable | Callable[[], Iterable]
 
@@ -81,6 +83,10 @@ def fit(
     knobs = _knobs(HeuristicConfig, heuristic, "heuristic")
     lifecycle = _knobs(LifecycleConfig, lifecycle, "lifecycle")
     _check_numbers(epochs=epochs, seed=seed, lr=lr, seed_lr=seed_lr, weight_decay=weight_decay, momentum=momentum)
+    run_id = f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
+    if why := run_id_problem(run_id):  # the run's store file is named after it: checked before it is made
+        raise BadInput(f"task {task!r} cannot name a run ({run_id}): {why}")
+    _check_dtypes(model)
     preset = _preset(model, task, epochs, blueprints, optimizer, lr, seed_lr, weight_decay, momentum)
     data = UserData(train, val, test, loss, score)
     for split in ("train", "val") if test is None else ("train", "val", "test"):
@@ -88,7 +94,8 @@ def fit(
             raise BadInput(f"{split} holds no batches")
     device = device or str(next(model.parameters()).device)
     resolve_device(device)
-    check_first_batch(model, next(iter(data.batches("val"))), loss, score)
+    for split in ("train", "val") if test is None else ("train", "val", "test"):
+        check_first_batch(model, first_batch(data, split), loss, score, split)
     config = resolve_config(RunConfig(task=task, controller=controller, seed=seed, epochs=epochs, device=device,
                                       policy=policy, heuristic=knobs, lifecycle=lifecycle, anneal_epochs=0),
                             preset, model.param_count())
@@ -97,11 +104,20 @@ def fit(
         warnings.warn(f"{idle} (lower the knobs warmup_epochs or finish_epochs)", stacklevel=2)
     ws = Workspace.at(workspace)
     check_writable(ws.root / "store.duckdb", what="workspace")
-    run_id = f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
     with Recorder(ws.store_path(run_id)) as recorder:
         result = execute(config, brain, StoreSink(recorder, run_id), progress=progress, data=data, preset=preset,
                          model=model)
     return FitResult(run_id, result.val_accuracy, result.test_accuracy, result.params, result.seeds)
+
+
+def _check_dtypes(model: GrowableModel) -> None:
+    """Esper trains float32 weights (lower precision comes from autocast, `device`'s default); its seeds and
+    telemetry are float32 too."""
+    others = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                     if p.is_floating_point() and p.dtype != torch.float32})
+    if others:
+        raise BadInput(f"the model has {', '.join(others)} parameters and esper.fit trains float32 weights: "
+                       "model.float() converts them (and pass float32 inputs)")
 
 
 def _check_numbers(**given) -> None:

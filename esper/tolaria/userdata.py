@@ -66,7 +66,7 @@ class UserData:
                 return len(source) == 0
             except TypeError:  # no length: a generator's DataLoader, an IterableDataset's
                 pass
-        return next(iter(self.batches(split)), None) is None
+        return next(iter(source() if callable(source) else source), None) is None
 
     def steps(self, batch_size: int = 0) -> int:
         """Training batches in one epoch (1 until a pass over an unsized `train` has counted them)."""
@@ -89,10 +89,21 @@ class UserData:
         return (output.argmax(1) == y).sum()
 
 
-def check_first_batch(model: torch.nn.Module, batch: tuple[Any, Any], loss: Loss, score: Score | None) -> None:
-    """Refuse, before anything is written, what would make the run's numbers wrong: the model's output on a
-    validation batch (in eval mode, without gradients: nothing about the model changes) must give a finite scalar
-    loss and a score between 0 and 1; the default score needs logits `(B, classes)` and class indices `(B,)`."""
+def first_batch(data: UserData, split: str) -> tuple[Any, torch.Tensor]:
+    """The first (x, y) of `split`; `BadInput` when its batches are not pairs."""
+    try:
+        return next(iter(data.batches(split)))
+    except (TypeError, ValueError) as exc:  # unpacking an item into x, y
+        raise BadInput(f"the first {SPLIT_NAMES[split]} batch is not a pair (x, y): {first_line(exc)}") from exc
+
+
+def check_first_batch(model: torch.nn.Module, batch: tuple[Any, Any], loss: Loss, score: Score | None,
+                      split: str = "val") -> None:
+    """Refuse, before anything is written, what would make the run's numbers wrong or fail it later: the model's
+    output on the first batch of `split` (in eval mode, without gradients: nothing about the model changes) must
+    give a finite scalar loss and a score between 0 and 1; the default score needs logits `(B, classes)` and class
+    indices `(B,)`."""
+    where = f"the first {SPLIT_NAMES[split]} batch"
     x, y = batch
     if score is None and not (isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex()):
         raise BadInput(f"y is {_kind(y)}, not class indices: esper.fit measures top-1 accuracy by default; {_PASS_SCORE}")
@@ -110,20 +121,22 @@ def check_first_batch(model: torch.nn.Module, batch: tuple[Any, Any], loss: Loss
                                f"{_PASS_SCORE}")
             value = loss(output, y)
             if not (isinstance(value, torch.Tensor) and value.dim() == 0 and torch.isfinite(value)):
-                raise BadInput(f"loss(output, y) gave {_kind(value, shape=True)} on a validation batch: it must be the "
+                raise BadInput(f"loss(output, y) gave {_kind(value, shape=True)} on {where}: it must be the "
                                "batch's mean loss, a finite scalar tensor")
             right = float(torch.as_tensor(score(output, y) if score else (output.argmax(1) == y).float().mean()))
     except BadInput:
         raise
     except Exception as exc:  # the user's model, loss or score: their own message, traceback chained
-        raise BadInput(f"the model, loss or score fails on a validation batch: {type(exc).__name__}: "
+        raise BadInput(f"the model, loss or score fails on {where}: {type(exc).__name__}: "
                        f"{first_line(exc)}") from exc
     finally:
         model.train(was_training)
     if not 0.0 <= right <= 1.0:
-        raise BadInput(f"score(output, y) gave {right:.6g} on a validation batch: it must be the fraction of the batch "
+        raise BadInput(f"score(output, y) gave {right:.6g} on {where}: it must be the fraction of the batch "
                        "the model gets right, 0..1")
 
+
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 _PASS_SCORE = "pass score=f(output, y) giving the fraction of a batch the model gets right (0..1)"
 
