@@ -9,7 +9,7 @@ from cli_runner import invoke, one_line_error
 from torch import nn
 
 import esper
-from esper.errors import BadInput
+from esper.errors import BadInput, RunFailed
 from esper.leyline import RunStarted
 from esper.nissa.runstate import RunState
 from esper.simic.dataset import replay_episode
@@ -275,3 +275,31 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, change, message):
         esper.fit(args.pop("model"), args.pop("train"), args.pop("val"), **args)
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []  # no workspace, no store file, no folder
+
+
+def failed_runs(ws) -> list[tuple[str, str]]:
+    """Each run of the workspace that ended failed: its id, and the error it recorded."""
+    with Workspace(ws).reader() as reader:
+        return reader.con.execute("SELECT run_id, payload->>'$.error' FROM events WHERE type = 'RunFailed'").fetchall()
+
+
+def test_training_data_that_runs_out_fails_the_run_instead_of_passing_empty_epochs_for_trained_ones(tmp_path):
+    used = iter(batches(6, 1))  # a function that returns the same iterator: each draw takes from what is left
+    with pytest.raises(RunFailed, match="drew no training batch"):
+        esper.fit(small_model(), lambda: used, batches(1, 2), epochs=4, controller="static", workspace=str(tmp_path))
+    [(_, error)] = failed_runs(tmp_path)
+    assert "drew no training batch" in error
+
+
+def test_a_score_that_leaves_0_to_1_after_the_first_batch_fails_the_run_instead_of_being_stored(tmp_path):
+    calls = []
+
+    def score(output, y):
+        calls.append(1)
+        return 0.5 if len(calls) <= 2 else 5.0  # the checks of the first batches see 0.5
+
+    with pytest.raises(RunFailed, match="accuracy came out 5: score"):
+        esper.fit(small_model(), batches(2, 1), batches(1, 2), epochs=1, score=score, controller="static",
+                  workspace=str(tmp_path))
+    [(_, error)] = failed_runs(tmp_path)
+    assert "must give the fraction" in error

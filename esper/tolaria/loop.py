@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from esper._kernels import cpu_kernels, cpu_model
-from esper.errors import BadInput, EsperError, IllegalEvent, RankStopped, StoreFailed, first_line, out_of_memory
+from esper.errors import (BadInput, EsperError, IllegalEvent, RankStopped, RunFailed, StoreFailed, first_line,
+                          out_of_memory)
 from esper.kasmina import GrowableModel, preset_host
 from esper.leyline.commands import Command
 from esper.leyline.config import SNAPSHOT_EVERY, RunConfig
@@ -485,9 +486,14 @@ def train_epoch(session: Session, batches: Batches | None = None) -> None:
     epoch = trainer.data.batches("train", size, trainer.generator)
     if batches is not None:
         epoch = batches(session.epoch, epoch, trainer.data.steps(size))
+    steps = 0
     for x, y in epoch:
         trainer.train_step(x, y)
+        steps += 1
         crashpoints.reach("mid-epoch", session.epoch)
+    if steps == 0:  # a user's training data that ran out (esper.fit): an epoch of nothing would pass for one
+        raise RunFailed(f"epoch {session.epoch} drew no training batch: train gave none this time (a function that "
+                        "returns the same iterator each epoch gives it once)")
 
 
 def follow(ranks: Ranks, data: TaskData | None = None) -> None:

@@ -462,6 +462,9 @@ class Trainer:
             n += len(y)
         model.train()
         values = (torch.stack([loss, correct, *seed_correct.values()]) / n).tolist()  # one read
+        if not 0.0 <= values[1] <= 1.0:  # a user's score (esper.fit) that is not the fraction right on every batch
+            raise RunFailed(f"the {split} accuracy came out {values[1]:.6g}: score(output, y) must give the fraction of "
+                            "each batch the model gets right, 0..1")
         return values[0], values[1], dict(zip(seed_correct, values[2:]))
 
 
