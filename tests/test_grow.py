@@ -335,3 +335,5 @@ def test_other_misuse_is_one_line_too():
     grow(grown, ["stem"], torch.zeros(1, 3, 8, 8))
     bad("grown already", grown, ["left"], torch.zeros(1, 3, 8, 8))
     bad("give a list of submodule paths", Branched(), "stem", torch.zeros(1, 3, 8, 8))
+    bad("a non-empty text like 'layer1'; got 1$", Branched(), [1], torch.zeros(1, 3, 8, 8))
+    bad("a non-empty text like 'layer1'; got '': 'stem'", Branched(), {"": "stem"}, torch.zeros(1, 3, 8, 8))

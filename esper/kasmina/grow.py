@@ -79,6 +79,10 @@ def _slot_paths(model: nn.Module, slots: Sequence[str] | Mapping[str, str]) -> d
     if isinstance(slots, str) or not slots:
         raise BadInput("slots: give a list of submodule paths, e.g. ['layer1', 'layer2']")
     paths = dict(slots) if isinstance(slots, Mapping) else {path: path for path in slots}
+    for name, path in paths.items():
+        if not (isinstance(name, str) and name and isinstance(path, str) and path):
+            shown = repr(path) if name == path else f"{name!r}: {path!r}"
+            raise BadInput(f"slots: each slot names a submodule by its path, a non-empty text like 'layer1'; got {shown}")
     names = [n for n, _ in model.named_modules() if n]
     for path in paths.values():
         if path not in names:
