@@ -26,7 +26,7 @@ from esper.tamiyo.controllers import idle_heuristic, make_controller
 from esper.tolaria.loop import Progress, StoreSink, check_seed, execute, resolve_config
 from esper.tolaria.tasks import TASKS
 from esper.tolaria.trainer import resolve_device
-from esper.tolaria.userdata import Loss, Score, UserData, check_first_batch, first_batch
+from esper.tolaria.userdata import Loss, Score, UserData, check_first_batch
 
 Batches = Iterable | Callable[[], Iterable]
 
@@ -89,13 +89,14 @@ def fit(
     _check_dtypes(model)
     preset = _preset(model, task, epochs, blueprints, optimizer, lr, seed_lr, weight_decay, momentum)
     data = UserData(train, val, test, loss, score)
-    for split in ("train", "val") if test is None else ("train", "val", "test"):
+    splits = ("train", "val") if test is None else ("train", "val", "test")
+    for split in splits:
         if data.holds_nothing(split):
             raise BadInput(f"{split} holds no batches")
     device = device or str(next(model.parameters()).device)
     resolve_device(device)
-    for split in ("train", "val") if test is None else ("train", "val", "test"):
-        check_first_batch(model, first_batch(data, split), loss, score, split)
+    for split in splits:
+        check_first_batch(model, data, split)
     config = resolve_config(RunConfig(task=task, controller=controller, seed=seed, epochs=epochs, device=device,
                                       policy=policy, heuristic=knobs, lifecycle=lifecycle, anneal_epochs=0),
                             preset, model.param_count())

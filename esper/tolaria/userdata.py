@@ -49,9 +49,8 @@ class UserData:
     def batches(self, split: str, batch_size: int = 0, generator: torch.Generator | None = None,
                 **_: Any) -> Iterator[tuple[Any, torch.Tensor]]:
         """The split's batches as the user gives them (`batch_size` and `generator` are the built-in tasks')."""
-        source = getattr(self, split)
         count = 0
-        for x, y in (source() if callable(source) else source):
+        for x, y in self._pass(split):
             count += 1
             yield _to(x, self.device), _to(y, self.device)
         if split == "train":
@@ -66,7 +65,12 @@ class UserData:
                 return len(source) == 0
             except TypeError:  # no length: a generator's DataLoader, an IterableDataset's
                 pass
-        return next(iter(source() if callable(source) else source), None) is None
+        return next(iter(self._pass(split)), None) is None
+
+    def _pass(self, split: str) -> Iterable:
+        """The items of one pass over `split`, as the user gives them: a function's result, drawn anew."""
+        source = getattr(self, split)
+        return source() if callable(source) else source
 
     def steps(self, batch_size: int = 0) -> int:
         """Training batches in one epoch (1 until a pass over an unsized `train` has counted them)."""
@@ -89,22 +93,17 @@ class UserData:
         return (output.argmax(1) == y).sum()
 
 
-def first_batch(data: UserData, split: str) -> tuple[Any, torch.Tensor]:
-    """The first (x, y) of `split`; `BadInput` when its batches are not pairs."""
-    try:
-        return next(iter(data.batches(split)))
-    except (TypeError, ValueError) as exc:  # unpacking an item into x, y
-        raise BadInput(f"the first {SPLIT_NAMES[split]} batch is not a pair (x, y): {first_line(exc)}") from exc
-
-
-def check_first_batch(model: torch.nn.Module, batch: tuple[Any, Any], loss: Loss, score: Score | None,
-                      split: str = "val") -> None:
-    """Refuse, before anything is written, what would make the run's numbers wrong or fail it later: the model's
-    output on the first batch of `split` (in eval mode, without gradients: nothing about the model changes) must
-    give a finite scalar loss and a score between 0 and 1; the default score needs logits `(B, classes)` and class
-    indices `(B,)`."""
+def check_first_batch(model: torch.nn.Module, data: UserData, split: str) -> None:
+    """Refuse, before anything is written, what would make the run's numbers wrong or fail it later: the first
+    batch of `split` must be a pair (x, y), and the model's output on it (in eval mode, without gradients: nothing
+    about the model changes) must give a finite scalar loss and a score between 0 and 1; the default score needs
+    logits `(B, classes)` and class indices `(B,)`."""
     where = f"the first {SPLIT_NAMES[split]} batch"
-    x, y = batch
+    try:
+        x, y = next(iter(data.batches(split)))
+    except (TypeError, ValueError) as exc:  # unpacking an item into x, y
+        raise BadInput(f"{where} is not a pair (x, y): {first_line(exc)}") from exc
+    loss, score = data.loss_fn, data.score
     if score is None and not (isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex()):
         raise BadInput(f"y is {_kind(y)}, not class indices: esper.fit measures top-1 accuracy by default; {_PASS_SCORE}")
     device = next(model.parameters()).device
