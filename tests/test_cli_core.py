@@ -77,12 +77,11 @@ def test_query_text_formats_write_values_as_duckdb_casts_them_to_text(workspace)
               "interval 90 minute + interval 2 day + interval 1 microsecond", "interval '-1 day 2 hours'",
               "interval 0 second"]
     sql = "select " + ", ".join(f"{v} as v{i}, ({v})::varchar as t{i}" for i, v in enumerate(values))
-    for fmt in ("csv", "table"):
-        out = invoke("query", sql, "--format", fmt, workspace=workspace)
-        assert out.exit_code == 0, out.stderr
-        row = next(csv.reader([out.stdout.splitlines()[1]])) if fmt == "csv" else None
-        if row is not None:
-            assert row[0::2] == row[1::2], row
+    out = invoke("query", sql, "--format", "csv", workspace=workspace)
+    assert out.exit_code == 0, out.stderr
+    row = next(csv.reader([out.stdout.splitlines()[1]]))
+    assert row[0::2] == row[1::2], row
+    assert invoke("query", sql, workspace=workspace).exit_code == 0  # the table renders it too
     table = invoke("query", "select true as b, interval 3 day as i", workspace=workspace).stdout
     assert table.splitlines()[2].split() == ["true", "3", "days"], table
 
