@@ -303,3 +303,46 @@ def test_a_score_that_leaves_0_to_1_after_the_first_batch_fails_the_run_instead_
                   workspace=str(tmp_path))
     [(_, error)] = failed_runs(tmp_path)
     assert "must give the fraction" in error
+
+
+class ImageAndFeatures(nn.Module):
+    """A model of two inputs: images and a feature vector per example, each read by its own layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.image = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(nn.Linear(2, 8), nn.ReLU())
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, image, features):
+        return self.head(torch.cat([self.image(image), self.features(features)], 1))
+
+
+def two_input_batches(n: int, seed: int) -> list:
+    """((images, features), y): the images' first channel says the class's high bit, the features its low bit."""
+    out = []
+    for x, y in batches(n, seed):
+        features = torch.stack([(y % 2).float() - 0.5, torch.zeros(len(y))], 1)
+        x[:, 0] = 0.3 * torch.randn_like(x[:, 0]) + (y // 2).float()[:, None, None] - 0.5
+        out.append(((x, features), y))
+    return out
+
+
+def test_a_model_of_several_inputs_takes_each_batch_s_x_as_its_arguments(tmp_path):
+    torch.manual_seed(0)
+    model = esper.grow(ImageAndFeatures(), ["image.1", "features.1"], example=(torch.zeros(1, 3, 8, 8), torch.zeros(1, 2)))
+    result = esper.fit(model, train=two_input_batches(6, 1), val=two_input_batches(2, 2), test=two_input_batches(2, 3),
+                       epochs=8, heuristic=KNOBS, lr=1e-2, workspace=str(tmp_path))
+    # each input says half the class: one alone gets at most half the examples right
+    assert result.val_accuracy > 0.8 and result.test_accuracy > 0.8
+    assert sum(result.seeds.values()) >= 1, "the heuristic germinated nothing: no seed trained on two inputs"
+    with Workspace(tmp_path).reader() as reader:
+        state = RunState.fold(reader.read_run(result.run_id))
+    assert state.finished is not None and len(state.epochs) == 8
+
+
+def test_a_model_of_several_inputs_given_one_is_refused_naming_what_it_misses(tmp_path):
+    model = esper.grow(ImageAndFeatures(), ["image.1"], example=(torch.zeros(1, 3, 8, 8), torch.zeros(1, 2)))
+    with pytest.raises(BadInput, match="fails on the first training batch: TypeError: .*features"):
+        esper.fit(model, batches(2, 1), two_input_batches(1, 2), epochs=1, workspace=str(tmp_path / "ws"))
+    assert not (tmp_path / "ws").exists()

@@ -54,7 +54,8 @@ def fit(
 ) -> FitResult:
     """Grow `model` (from `esper.grow`) for `epochs` on `train`, deciding with `controller` after each epoch.
 
-    `train`, `val`, `test`: (x, y) batches, each a collection or a function returning them; `loss(model(x), y)`
+    `train`, `val`, `test`: (x, y) batches, each a collection or a function returning them; `x` is the model's
+    input, or a tuple of its inputs (`model(*x)`, as `esper.grow` takes a tuple example); `loss(model(x), y)`
     is a batch's mean loss; `score(model(x), y)` the fraction of a batch the model gets right, which the gates
     and controllers read as accuracy (default: top-1 accuracy of logits `(B, classes)` against class indices).
     `controller`: heuristic, static, random or policy (then `policy`: the file `esper ppo`/`esper iql` saved).

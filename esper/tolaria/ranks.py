@@ -51,6 +51,7 @@ import torch.distributed as dist
 
 from esper.errors import BadInput, RankBadInput, RunFailed, first_line
 from esper.tolaria import launch
+from esper.tolaria.inputs import rows
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -82,7 +83,7 @@ def shard(x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> tuple[torc
     start, stop = shard_bounds(n, rank, world)
     if stop == start:
         return x, y, 0, 0.0
-    return x[start:stop], y[start:stop], stop - start, (stop - start) / n
+    return rows(x, start, stop), y[start:stop], stop - start, (stop - start) / n
 
 
 def scaled_gradients(parameters: Iterable[torch.nn.Parameter],

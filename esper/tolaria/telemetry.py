@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from esper.tolaria.health import EXPLODING, VANISHING, step_health
+from esper.tolaria.inputs import positional
 
 PROFILES = ("minimal", "standard", "diagnostic")
 SHARPNESS_EVERY = 5
@@ -72,7 +73,7 @@ def sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
     was_training = model.training
     model.eval()
     try:
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(model(*positional(x)), y)
         grads = torch.autograd.grad(loss, params, create_graph=True)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         v = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]

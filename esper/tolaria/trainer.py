@@ -32,6 +32,7 @@ from esper.leyline.events import Event, SeedGerminated, SeedTelemetry, SeedTrans
 from esper.leyline.stages import SeedStage
 from esper.tolaria.data import TaskData, augment
 from esper.tolaria.health import HealthMeter
+from esper.tolaria.inputs import positional
 from esper.tolaria.ranks import Ranks, scaled_gradients, set_gradients, shard
 from esper.tolaria.telemetry import SHARPNESS_EVERY, SHARPNESS_EXAMPLES, LayerGradients, sharpness
 from esper.tolaria.tasks import TaskPreset
@@ -305,10 +306,11 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def _input(self, x):
-        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+    def _inputs(self, x) -> tuple:
+        """The model's positional arguments for a batch's `x`, images in the channels-last layout where it runs."""
+        return tuple(t.contiguous(memory_format=torch.channels_last)
+                     if self.channels_last and isinstance(t, torch.Tensor) and t.dim() == 4 else t
+                     for t in positional(x))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step of host and seeds on one batch. Training seeds learn in isolation: their
@@ -347,9 +349,9 @@ class Trainer:
         """The backward pass of the model and the isolated pass of each training seed on `count` examples (the
         batch, or one shard of it), into fresh gradients; their losses add to shard `part`'s sums."""
         model = self.model
-        x = self._input(x)
+        inputs = self._inputs(x)
         with self._autocast():
-            loss = self.data.loss(model(x), y)
+            loss = self.data.loss(model(*inputs), y)
         self.host_optimizer.zero_grad(set_to_none=True)
         for opt in self.seed_optimizers.values():
             opt.zero_grad(set_to_none=True)
@@ -357,7 +359,7 @@ class Trainer:
         for sid in model.training_seeds():
             params = model.seed_parameters(sid)
             with self._autocast():
-                isolated = self.data.loss(model.isolated_output(sid, x), y)
+                isolated = self.data.loss(model.isolated_output(sid, *inputs), y)
             for p, g in zip(params, torch.autograd.grad(self._scaled(isolated), params)):
                 p.grad = g
             self._seed_loss[sid][part] += isolated.detach().double() * count
@@ -452,13 +454,13 @@ class Trainer:
         seed_correct = {sid: torch.zeros((), device=self.device) for sid in isolated}
         n = 0
         for x, y in self.data.batches(split, 1024):
-            x = self._input(x)
+            inputs = self._inputs(x)
             with self._autocast():
-                output = model(x)
+                output = model(*inputs)
                 loss += self.data.loss_sum(output, y)
                 correct += self.data.correct(output, y)
                 for sid in isolated:
-                    seed_correct[sid] += self.data.correct(model.isolated_output(sid, x), y)
+                    seed_correct[sid] += self.data.correct(model.isolated_output(sid, *inputs), y)
             n += len(y)
         model.train()
         values = (torch.stack([loss, correct, *seed_correct.values()]) / n).tolist()  # one read

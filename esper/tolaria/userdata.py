@@ -12,7 +12,7 @@ import attrs
 import torch
 
 from esper.errors import BadInput, first_line
-from esper.tolaria.data import to_device
+from esper.tolaria.inputs import moved, positional, rows
 
 Loss = Callable[[Any, torch.Tensor], torch.Tensor]
 Score = Callable[[Any, torch.Tensor], Any]
@@ -52,7 +52,7 @@ class UserData:
         count = 0
         for x, y in self._pass(split):
             count += 1
-            yield _to(x, self.device), _to(y, self.device)
+            yield moved(x, self.device), moved(y, self.device)
         if split == "train":
             self.train_steps = count
 
@@ -79,7 +79,7 @@ class UserData:
     def examples(self, n: int) -> tuple[Any, torch.Tensor]:
         """The first `n` examples of the first training batch."""
         x, y = next(iter(self.batches("train")))
-        return x[:n], y[:n]
+        return rows(x, 0, n), y[:n]
 
     def loss(self, output: Any, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(output, y)
@@ -111,8 +111,8 @@ def check_first_batch(model: torch.nn.Module, data: UserData, split: str) -> Non
     model.eval()
     try:
         with torch.no_grad():
-            output = model(_to(x, device))
-            y = _to(y, device)
+            output = model(*positional(moved(x, device)))
+            y = moved(y, device)
             if score is None and not (isinstance(output, torch.Tensor) and output.dim() == 2 and y.dim() == 1
                                       and len(output) == len(y)):
                 raise BadInput(f"the model gives {_kind(output, shape=True)} for targets of shape {tuple(y.shape)}: the "
@@ -145,8 +145,3 @@ def _kind(value: Any, shape: bool = False) -> str:
         return f"a {type(value).__name__}"
     return f"a {value.dtype} tensor" + (f" of shape {tuple(value.shape)}" if shape else "")
 
-
-def _to(value: Any, device: torch.device | None) -> Any:
-    if device is None or not isinstance(value, torch.Tensor):
-        return value
-    return to_device(value, device)
