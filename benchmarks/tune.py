@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/tune.py --workspace runs-tune          # ~180 runs: ~30 min on 2 cores
     .venv/bin/python benchmarks/tune.py --seeds 100 101 --lr 0.003 0.01  # a smaller sweep
+    .venv/bin/python benchmarks/tune.py --lr 0.01 --seed-lr 0.003 --batch-size 100 --weight-decay 0 0.001 0.01
 
 The grid (why these points): the host's Adam rate around the preset's 3e-3 up to the 1e-2 of the MNIST-1D
 paper's own recipe and one step beyond (2e-2); the seeds' rate at the host's old and new values (a seed
 trains alone on a detached activation, so it may want its own); batch size 100 (the paper's) and 128 (the
-preset's). Every grid point trains the `heuristic` (the default controller, which picks the preset) and
+preset's); the optimizers' L2 weight decay only when asked (`--weight-decay`; default: the preset's). Every grid point trains the `heuristic` (the default controller, which picks the preset) and
 `static` (the host alone; it has no seeds, so one run per host rate and batch size) on the tuning seeds
 100–109, never the evaluation seeds 0–19 of the other benchmarks. Every run is recorded in the workspace
 (reused when re-run) and every number is read back from the logs: the table ranks grid points by the mean
@@ -30,16 +31,21 @@ from recording import Job, check_chains, record_all, say
 TUNING_SEEDS = list(range(100, 110))
 
 
-def grid_jobs(task: str, lrs: list[float], seed_lrs: list[float], batches: list[int], seeds: list[int]) -> list[Job]:
+def grid_jobs(task: str, lrs: list[float], seed_lrs: list[float], batches: list[int], seeds: list[int],
+              decays: list[float] | None = None) -> list[Job]:
+    """A heuristic run per grid point and seed, and a static one per host rate, batch size, decay and seed.
+    `decays` (default: the preset's alone) name their point only when not the preset's, so the runs of a sweep
+    without them keep their ids."""
     base, jobs = get_task(task), []
-    for lr, seed_lr, batch in itertools.product(lrs, seed_lrs, batches):
-        preset = replace(base, lr=lr, seed_lr=seed_lr, batch_size=batch)
-        point = f"lr{lr:g}-slr{seed_lr:g}-b{batch}"
+    for lr, seed_lr, batch, decay in itertools.product(lrs, seed_lrs, batches, decays or [base.weight_decay]):
+        preset = replace(base, lr=lr, seed_lr=seed_lr, batch_size=batch, weight_decay=decay)
+        tag = "" if decay == base.weight_decay else f"-wd{decay:g}"
+        point = f"lr{lr:g}-slr{seed_lr:g}-b{batch}{tag}"
         for seed in seeds:
             jobs.append(Job(f"tune-heuristic-{point}-s{seed}", RunConfig(task=task, controller="heuristic", seed=seed), preset))
             if seed_lr == seed_lrs[0]:  # the static host never uses the seeds' rate
-                jobs.append(Job(f"tune-static-lr{lr:g}-b{batch}-s{seed}", RunConfig(task=task, controller="static", seed=seed),
-                                replace(base, lr=lr, batch_size=batch)))
+                jobs.append(Job(f"tune-static-lr{lr:g}-b{batch}{tag}-s{seed}",
+                                RunConfig(task=task, controller="static", seed=seed), replace(preset, seed_lr=base.seed_lr)))
     return jobs
 
 
@@ -48,6 +54,7 @@ SELECT r.controller,
        (s.payload->>'$.preset.lr')::DOUBLE AS lr,
        (s.payload->>'$.preset.seed_lr')::DOUBLE AS seed_lr,
        (s.payload->>'$.preset.batch_size')::INT AS batch_size,
+       (s.payload->>'$.preset.weight_decay')::DOUBLE AS weight_decay,
        count(*) AS runs, avg(r.val_accuracy) AS val, stddev_samp(r.val_accuracy) AS val_sd,
        avg(r.test_accuracy) AS test, avg(r.params) AS params
 FROM runs r JOIN events s ON s.run_id = r.run_id AND s.type = 'RunStarted'
@@ -73,24 +80,28 @@ def main() -> None:
     parser.add_argument("--lr", type=float, nargs="+", default=[3e-3, 1e-2, 2e-2], help="host learning rates")
     parser.add_argument("--seed-lr", type=float, nargs="+", default=[3e-3, 1e-2], help="seed learning rates")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[100, 128])
+    parser.add_argument("--weight-decay", type=float, nargs="+", default=None,
+                        help="L2 weight decays of the optimizers (default: the preset's)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
     if set(args.seeds) & set(range(20)):
         parser.error("seeds 0-19 are the evaluation seeds of the other benchmarks: tune on others (default 100-109)")
     ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-tune-")))
     say(f"workspace {ws.root}")
-    record_all(ws, grid_jobs(args.task, args.lr, args.seed_lr, args.batch_size, args.seeds), args.workers)
+    record_all(ws, grid_jobs(args.task, args.lr, args.seed_lr, args.batch_size, args.seeds, args.weight_decay), args.workers)
     points = read_points(ws, args.task, args.seeds)
-    say(f"{'controller':<10} {'lr':>7} {'seed lr':>8} {'batch':>5} {'runs':>4} {'val %':>13} {'test %':>7} {'params':>7}")
+    say(f"{'controller':<10} {'lr':>7} {'seed lr':>8} {'batch':>5} {'decay':>6} {'runs':>4} {'val %':>13} {'test %':>7} "
+        f"{'params':>7}")
     for p in points:
         seed_lr = f"{p['seed_lr']:g}" if p["controller"] == "heuristic" else "-"
-        say(f"{p['controller']:<10} {p['lr']:>7g} {seed_lr:>8} {p['batch_size']:>5} {p['runs']:>4} "
+        say(f"{p['controller']:<10} {p['lr']:>7g} {seed_lr:>8} {p['batch_size']:>5} {p['weight_decay']:>6g} {p['runs']:>4} "
             f"{p['val'] * 100:6.2f} ± {(p['val_sd'] or 0) * 100:4.2f} {p['test'] * 100:7.2f} {p['params']:>7,.0f}")
     best = {c: next(p for p in points if p["controller"] == c) for c in ("heuristic", "static") if
             any(p["controller"] == c for p in points)}
     for controller, p in best.items():
         seed_lr = f", seed lr {p['seed_lr']:g}" if controller == "heuristic" else ""
-        say(f"best {controller}: lr {p['lr']:g}{seed_lr}, batch {p['batch_size']} (val {p['val'] * 100:.2f} %)")
+        say(f"best {controller}: lr {p['lr']:g}{seed_lr}, batch {p['batch_size']}, weight decay {p['weight_decay']:g} "
+            f"(val {p['val'] * 100:.2f} %)")
     print(json.dumps({"task": args.task, "seeds": args.seeds, "workspace": str(ws.root), "preset": best.get("heuristic"),
                       "static_best": best.get("static"), "points": points}))
 

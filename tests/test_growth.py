@@ -207,6 +207,9 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--lr", "-0.1"), "lr must be a positive number"),
         (("--lr", "1e38"), "lr must be a positive number up to 1000, got 1e+38"),  # Adam's step would overflow
         (("--seed-lr", "2000"), "seed_lr must be a positive number up to 1000, got 2000"),
+        (("--weight-decay", "-0.1"), "weight_decay must be 0 or a positive number up to 1000, got -0.1"),
+        (("--weight-decay", "nan"), "--weight-decay must be a finite number, got nan"),
+        (("--weight-decay", "2000"), "weight_decay must be 0 or a positive number up to 1000, got 2000"),
         (("--batch-size", "0"), "batch_size must be at least 1"),
         (("--host", "mlp"), "unknown host 'mlp' (hosts: cnn1d, resnet, paper_cnn, transformer)"),
         (("--host-option", "width=3"), "host cnn1d has no option 'width'"),
@@ -367,7 +370,7 @@ def test_scratch_builds_the_like_runs_architecture_on_its_host_and_trains_it_wit
     ws = tmp_path / "ws"
     grew = json.loads(invoke("run", "--epochs", "7", "--heuristic", "warmup_epochs=1", "--heuristic", "min_gain=1.0",
                              "--heuristic", "finish_epochs=0", "--host-option", "channels=4", "--lr", "0.003",
-                             "--batch-size", "64", "--seed", "3", "--anneal-epochs", "2", "--json", workspace=ws).stdout)
+                             "--weight-decay", "0.0001", "--batch-size", "64", "--seed", "3", "--anneal-epochs", "2", "--json", workspace=ws).stdout)
     assert grew["seeds"].get("FOSSILIZED", 0) >= 1
     line = one_line_error(invoke("run", "--controller", "scratch", "--like", grew["run_id"], "--host-option",
                                  "channels=8", workspace=ws))
@@ -387,6 +390,7 @@ def test_scratch_builds_the_like_runs_architecture_on_its_host_and_trains_it_wit
         started = reader.read_run(built["run_id"])[0].event
         seed_given = reader.read_run(seeded["run_id"])[0].event.config
     preset = started.preset
-    assert (preset.host, preset.host_options, preset.lr, preset.batch_size) == ("cnn1d", {"channels": 4}, 0.003, 100)
+    assert (preset.host, preset.host_options, preset.lr, preset.weight_decay, preset.batch_size) == (
+        "cnn1d", {"channels": 4}, 0.003, 1e-4, 100)
     assert (started.config.seed, seed_given.seed) == (3, 5)
     assert (started.config.anneal_epochs, seed_given.anneal_epochs) == (2, 1)  # the run's, at most the epochs

@@ -108,7 +108,8 @@ def test_a_bad_config_is_one_line_naming_the_file(tmp_path, text, message):
 
 @pytest.mark.slow  # trains a short run
 def test_overrides_are_recorded_and_tensorboard_files_follow_the_run(tmp_path):
-    result = invoke("run", "--epochs", "2", "--lr", "0.0137", "--seed-lr", "0.002", "--batch-size", "96",
+    result = invoke("run", "--epochs", "2", "--lr", "0.0137", "--seed-lr", "0.002", "--weight-decay", "0.0005",
+                    "--batch-size", "96",
                     "--host-option", "channels=6", "--tensorboard", tmp_path / "tb", "--json", workspace=tmp_path / "ws")
     assert result.exit_code == 0, result.stderr
     run_id = json.loads(result.stdout)["run_id"]
@@ -117,7 +118,8 @@ def test_overrides_are_recorded_and_tensorboard_files_follow_the_run(tmp_path):
     started = events[0]
     assert isinstance(started, RunStarted)
     preset = started.preset
-    assert (preset.lr, preset.seed_lr, preset.batch_size, preset.host_options) == (0.0137, 0.002, 96, {"channels": 6})
+    assert (preset.lr, preset.seed_lr, preset.weight_decay, preset.batch_size, preset.host_options) == (
+        0.0137, 0.002, 0.0005, 96, {"channels": 6})
     acc = event_accumulator.EventAccumulator(str(tmp_path / "tb" / run_id))
     acc.Reload()
     logged = {e.epoch: e.val_accuracy for e in events if isinstance(e, EpochEnded)}

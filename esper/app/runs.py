@@ -24,7 +24,7 @@ import torch
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line, out_of_memory
 from esper.kasmina import HOSTS, SCHEDULES, build_host, host_problem, preset_host
 from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, every_problem,
-                                  from_table, number_problem, rate_problem)
+                                  decay_problem, from_table, number_problem, rate_problem)
 from esper.leyline.stages import SeedStage
 from esper.leyline.status import FINISHED
 from esper.nissa.fmt import plural
@@ -64,6 +64,7 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     blend_schedule: str = "linear"
     lr: float | None = None
     seed_lr: float | None = None
+    weight_decay: float | None = None
     batch_size: int | None = None
     host: str | None = None
     host_options: dict[str, int | float | bool] = {}
@@ -204,8 +205,8 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
 
 
 def _as_grown(r: RunRequest, grew: "FinalArchitecture", epochs: int) -> RunRequest:
-    """The request with the host `grew` grew on, and its recipe (rates, batch size, anneal: at most the `epochs`
-    scratch trains), seed and data wherever the request leaves them to the preset: the same architecture trained the
+    """The request with the host `grew` grew on, and its recipe (rates, weight decay, batch size, anneal: at most
+    the `epochs` scratch trains), seed and data wherever the request leaves them to the preset: the same architecture trained the
     same way on the same data, paired with the run. Another host is refused: the fossils were built for this one's
     shapes, and what scratch built would not be the architecture that grew."""
     p, c = grew.preset, grew.config
@@ -217,6 +218,7 @@ def _as_grown(r: RunRequest, grew: "FinalArchitecture", epochs: int) -> RunReque
     return msgspec.structs.replace(
         r, host=p.host, host_options=dict(p.host_options), lr=p.lr if r.lr is None else r.lr,
         seed_lr=p.seed_lr if r.seed_lr is None else r.seed_lr,
+        weight_decay=p.weight_decay if r.weight_decay is None else r.weight_decay,
         batch_size=p.batch_size if r.batch_size is None else r.batch_size,
         seed=c.seed if r.seed is None else r.seed, data_dir=c.data_dir if r.data_dir is None else r.data_dir,
         anneal_epochs=anneal if r.anneal_epochs is None else r.anneal_epochs)
@@ -243,6 +245,8 @@ def _check_settings(r: RunRequest) -> None:
     for name in ("lr", "seed_lr"):
         if getattr(r, name) is not None and (problem := rate_problem(name, getattr(r, name))):
             raise BadInput(problem)
+    if r.weight_decay is not None and (problem := decay_problem(r.weight_decay)):
+        raise BadInput(problem)
     if r.batch_size is not None and r.batch_size < 1:
         raise BadInput(f"batch_size must be at least 1, got {r.batch_size}")
 
@@ -287,7 +291,8 @@ def _trains_on(host: str, data: TaskData) -> bool:
 def preset_for(r: RunRequest) -> TaskPreset:
     """The task's preset with the request's overrides; the run records it whole (`RunStarted.preset`)."""
     preset = get_task(r.task)
-    changes: dict[str, Any] = {k: getattr(r, k) for k in ("lr", "seed_lr", "batch_size", "host") if getattr(r, k) is not None}
+    changes: dict[str, Any] = {k: getattr(r, k) for k in ("lr", "seed_lr", "weight_decay", "batch_size", "host")
+                               if getattr(r, k) is not None}
     if r.host_options or "host" in changes:
         changes["host_options"] = dict(r.host_options)
     preset = msgspec.structs.replace(preset, **changes)
@@ -377,7 +382,7 @@ def resolved_settings(planned: PlannedRun) -> dict[str, Any]:
     return msgspec.structs.asdict(r) | {
         "epochs": c.epochs, "anneal_epochs": c.anneal_epochs, "max_params": c.lifecycle.max_params, "like": c.like,
         "precision": c.precision,
-        "lr": p.lr, "seed_lr": p.seed_lr, "batch_size": p.batch_size, "host": p.host, "host_options": p.host_options,
+        "lr": p.lr, "seed_lr": p.seed_lr, "weight_decay": p.weight_decay, "batch_size": p.batch_size, "host": p.host, "host_options": p.host_options,
         "heuristic": msgspec.to_builtins(c.heuristic) if r.controller == "heuristic" else {},
         "lifecycle": {k: v for k, v in msgspec.to_builtins(c.lifecycle).items() if k != "max_params"},
     }

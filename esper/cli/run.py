@@ -32,8 +32,8 @@ def run(
     controller: str = typer.Option(None, "--controller", help=f"One of: {', '.join(CONTROLLERS)} (default heuristic)."),
     policy: Optional[str] = path_option(None, "--policy", as_text=True, help="Policy file for --controller policy (greedy) or sampled (samples as in training, seeded by --seed)."),
     like: Optional[str] = typer.Option(None, "--like", help="For --controller scratch: the run whose final "
-                                       "architecture to train from scratch, on its host, with its rates, batch size and "
-                                       "seed unless given."),
+                                       "architecture to train from scratch, on its host, with its rates, weight decay, "
+                                       "batch size and seed unless given."),
     epochs: int = typer.Option(None, "--epochs", help="Epoch budget (default, or 0: the task's preset, or the --like run's)."),
     seed: int = typer.Option(None, "--seed", help="Seed of initialisation and data order (default 0, or the --like run's)."),
     device: str = typer.Option(None, "--device", help="cpu (default), cuda or cuda:N (under torchrun: cpu or cuda)."),
@@ -59,6 +59,9 @@ def run(
                                        "(default) or sigmoid."),
     lr: Optional[float] = typer.Option(None, "--lr", help="The host's learning rate (default: the task preset's)."),
     seed_lr: Optional[float] = typer.Option(None, "--seed-lr", help="The seeds' learning rate (default: the preset's)."),
+    weight_decay: Optional[float] = typer.Option(
+        None, "--weight-decay", help="L2 weight decay of the host's and the seeds' optimizers (default: the preset's, 0 on "
+        "mnist1d)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size (default: the preset's)."),
     host: Optional[str] = typer.Option(None, "--host", help="The host network (default: the task's; cnn1d, resnet, paper_cnn, transformer)."),
     host_option: Optional[list[str]] = typer.Option(

@@ -121,6 +121,13 @@ def rate_problem(name: str, value: float) -> str | None:
     return None
 
 
+def decay_problem(value: float) -> str | None:
+    """Why `value` cannot be the optimizers' L2 weight decay (None if it can); bounded as rates are."""
+    if not (math.isfinite(value) and 0 <= value <= MAX_RATE):
+        return f"weight_decay must be 0 or a positive number up to {MAX_RATE:g}, got {value}"
+    return None
+
+
 def from_table(struct: type[Knobs], values: dict[str, Any], where: str) -> Knobs:
     """`struct` from a dict of its fields (a `--config` file's table); `BadInput` names a bad one. Its counts
     (every int knob: epochs, seeds, parameters) cannot be negative, and a JSON log holds no NaN or infinity."""
