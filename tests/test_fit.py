@@ -342,6 +342,17 @@ def test_a_model_of_several_inputs_takes_each_batch_s_x_as_its_arguments(tmp_pat
     assert state.finished is not None and len(state.epochs) == 8
 
 
+def test_a_dataloader_s_batches_of_several_inputs_come_collated_as_lists_and_train_alike(tmp_path):
+    examples = [((x[i], f[i]), y[i]) for (x, f), y in two_input_batches(6, 1) for i in range(len(y))]
+    loader = torch.utils.data.DataLoader(examples, batch_size=8)
+    assert isinstance(next(iter(loader))[0], list)  # torch's collation: the dataset's tuple (x, f) becomes a list
+    torch.manual_seed(0)
+    model = esper.grow(ImageAndFeatures(), ["image.1"], example=[torch.zeros(1, 3, 8, 8), torch.zeros(1, 2)])
+    result = esper.fit(model, loader, two_input_batches(2, 2), epochs=8, controller="static", lr=1e-2,
+                       workspace=str(tmp_path))
+    assert result.val_accuracy > 0.8  # each input says half the class: both were read
+
+
 def test_a_model_of_several_inputs_given_one_is_refused_naming_what_it_misses(tmp_path):
     model = esper.grow(ImageAndFeatures(), ["image.1"], example=(torch.zeros(1, 3, 8, 8), torch.zeros(1, 2)))
     with pytest.raises(BadInput, match="fails on the first training batch: TypeError: .*features"):

@@ -22,16 +22,17 @@ class Sum(nn.Module):
         return self.linear(torch.tanh(a + b))
 
 
-def test_a_tuple_is_the_models_arguments_and_a_tensor_its_only_one():
+def test_a_tuple_or_list_is_the_models_arguments_and_a_tensor_its_only_one():
     a, b = torch.ones(2, 3), torch.zeros(2, 3)
     assert positional((a, b)) == (a, b)
+    assert positional([a, b]) == (a, b)  # as a DataLoader collates a dataset's (a, b)
     assert positional(a)[0] is a and len(positional(a)) == 1
-    assert positional([a, b])[0] == [a, b]  # a list is one argument: grow's example is a tuple too
 
 
 def test_rows_and_shards_slice_every_input_alike():
     a, b, y = torch.arange(10), torch.arange(10, 20), torch.arange(20, 30)
     assert [t.tolist() for t in rows((a, b), 2, 4)] == [[2, 3], [12, 13]]
+    assert [t.tolist() for t in rows([a, b], 2, 4)] == [[2, 3], [12, 13]]
     (xa, xb), ys, count, weight = shard((a, b), y, 1, 3)
     assert (xa.tolist(), xb.tolist(), ys.tolist(), count) == ([4, 5, 6], [14, 15, 16], [24, 25, 26], 3)
     assert weight == 0.3

@@ -32,10 +32,20 @@ CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention, n
 """Layers whose 3-D output is `(B, T, D)`. Layers of neither kind (activations, dropout) keep the layout."""
 
 
+SEVERAL_INPUTS = (tuple, list)
+"""An example, or a batch's x, of these types holds a model's positional inputs: `model(*x)` (a DataLoader collates
+a dataset's tuples into lists)."""
+
+
+def positional(x) -> tuple:
+    """The model's positional arguments for an example or a batch's x."""
+    return tuple(x) if isinstance(x, SEVERAL_INPUTS) else (x,)
+
+
 def grow(model: nn.Module, slots: Sequence[str] | Mapping[str, str], example, *, causal: bool = True) -> GrowableModel:
     """`model` with a slot after each submodule in `slots`: dotted paths as `named_modules()` gives them (each
     slot named by its path), or a mapping slot name → path. `example`: an input the model takes (a tensor, or
-    a tuple of positional inputs); only its shapes matter. `causal`: seeds in (B, T, D) slots attend to earlier
+    a tuple or list of its positional inputs); only its shapes matter. `causal`: seeds in (B, T, D) slots attend to earlier
     positions only (as a decoder's own layers do; False lets them see the whole sequence, for an encoder). The
     model itself is grown (hooks on its submodules); the returned module wraps it."""
     paths = _slot_paths(model, slots)
@@ -103,7 +113,7 @@ def _nearest(path: str, names: list[str], n: int = 4) -> list[str]:
 def _activations(model: nn.Module, paths: list[str], example) -> dict[str, list[tuple]]:
     """Path → (shape, the class of the last layer of `CHANNELS_FIRST` or `CHANNELS_LAST` that ran before) of each
     output that submodule gave in one forward pass of `example`."""
-    inputs = example if isinstance(example, tuple) else (example,)
+    inputs = positional(example)
     try:
         return _trace(model, paths, inputs, meta=True)
     except Exception:  # no meta kernel for some op, or an op that needs values (`.item()`, data-dependent shapes)

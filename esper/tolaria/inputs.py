@@ -1,28 +1,26 @@
-"""A batch's inputs: the `x` of `(x, y)` is one tensor, or a tuple of a model's positional inputs (a model of
-several inputs, called `model(*x)`, as `esper.grow` calls it on a tuple example)."""
+"""A batch's inputs: the `x` of `(x, y)` is one tensor, or a tuple or list of a model's positional inputs (a model
+of several inputs, called `model(*x)` as `esper.grow` calls it on its example)."""
 
 from typing import Any
 
 import torch
 
+from esper.kasmina.grow import SEVERAL_INPUTS, positional
 from esper.tolaria.data import to_device
 
-
-def positional(x: Any) -> tuple:
-    """The model's positional arguments for `x`."""
-    return x if isinstance(x, tuple) else (x,)
+__all__ = ["moved", "positional", "rows"]
 
 
 def rows(x: Any, start: int, stop: int) -> Any:
-    """Examples `[start, stop)` of `x`: of each of its tensors when it is a tuple."""
-    if isinstance(x, tuple):
+    """Examples `[start, stop)` of `x`: of each of its inputs when it holds several."""
+    if isinstance(x, SEVERAL_INPUTS):
         return tuple(t[start:stop] for t in x)
     return x[start:stop]
 
 
 def moved(x: Any, device: torch.device | None) -> Any:
     """`x` with its tensors on `device` (None: where they are); anything else as it is."""
-    if isinstance(x, tuple):
+    if isinstance(x, SEVERAL_INPUTS):
         return tuple(moved(t, device) for t in x)
     if device is None or not isinstance(x, torch.Tensor):
         return x
