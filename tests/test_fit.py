@@ -358,3 +358,55 @@ def test_a_model_of_several_inputs_given_one_is_refused_naming_what_it_misses(tm
     with pytest.raises(BadInput, match="fails on the first training batch: TypeError: .*features"):
         esper.fit(model, batches(2, 1), two_input_batches(1, 2), epochs=1, workspace=str(tmp_path / "ws"))
     assert not (tmp_path / "ws").exists()
+
+
+class ClassAndSize(nn.Module):
+    """A model of two outputs: each image's class (logits) and the size of its first channel (a number)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classes, self.size = nn.Linear(8, 4), nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return self.classes(h), self.size(h).squeeze(1)
+
+
+def two_target_batches(sizes: list[int], seed: int) -> list:
+    """(x, (class, size)) in batches of the given sizes."""
+    return [(x, (y, x[:, 0].mean((1, 2)))) for size in sizes for x, y in batches(1, seed + size, size)]
+
+
+def two_losses(output, y):
+    return F.cross_entropy(output[0], y[0]) + F.mse_loss(output[1], y[1])
+
+
+def class_score(output, y):
+    return (output[0].argmax(1) == y[0]).float().mean()
+
+
+def test_a_model_of_several_outputs_takes_a_tuple_of_targets_and_its_batches_weigh_by_their_examples(tmp_path):
+    torch.manual_seed(0)
+    model = esper.grow(ClassAndSize(), ["trunk.1"], example=torch.zeros(1, 3, 8, 8))
+    val = two_target_batches([8, 3], 2)  # uneven: a batch's loss weighs by its examples, not by its targets
+    result = esper.fit(model, two_target_batches([8, 8, 8, 5], 1), val, loss=two_losses, score=class_score,
+                       epochs=6, heuristic=KNOBS, lr=1e-2, workspace=str(tmp_path))
+    assert result.val_accuracy > 0.6 and sum(result.seeds.values()) >= 1
+    with Workspace(tmp_path).reader() as reader:
+        last = RunState.fold(reader.read_run(result.run_id)).epochs[-1]
+    model.eval()
+    with torch.no_grad():
+        losses = [(two_losses(model(x), y).item(), len(x)) for x, y in val]
+        right = [(class_score(model(x), y).item(), len(x)) for x, y in val]
+    assert last.val_loss == pytest.approx(sum(v * n for v, n in losses) / 11, rel=1e-5)
+    assert last.val_accuracy == pytest.approx(sum(v * n for v, n in right) / 11, rel=1e-5)
+
+
+def test_a_batch_whose_inputs_and_targets_differ_in_examples_is_refused_before_anything_is_written(tmp_path):
+    model = esper.grow(ClassAndSize(), ["trunk.1"], example=torch.zeros(1, 3, 8, 8))
+    short = [(x, (y, y[:-1].float())) for x, y in batches(1, 1)]
+    with pytest.raises(BadInput, match=r"first training batch hold different numbers of examples \(7, 8\)"):
+        esper.fit(model, short, two_target_batches([8], 2), loss=two_losses, score=class_score,
+                  workspace=str(tmp_path / "ws"))
+    assert not (tmp_path / "ws").exists()

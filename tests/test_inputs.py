@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esper.tolaria.inputs import moved, positional, rows
+from esper.tolaria.inputs import examples_in, moved, positional, rows
 from esper.tolaria.ranks import shard
 from esper.tolaria.telemetry import sharpness
 from esper.tolaria.userdata import UserData
@@ -59,3 +59,12 @@ def test_sharpness_of_a_two_input_model_is_that_of_its_inputs_added():
     added = nn.Sequential(nn.Tanh(), model.linear)
     expected = sharpness(added, a + b, y, seed=1)
     assert abs(sharpness(model, (a, b), y, seed=1) - expected) <= 1e-4 * abs(expected)
+
+
+def test_targets_of_several_tensors_are_counted_sliced_and_sharded_by_their_rows():
+    x, y = torch.arange(10), (torch.arange(10, 20), torch.arange(20, 30).float())
+    assert examples_in(y) == 10 and examples_in(x) == 10
+    _, (ya, yb), count, weight = shard(x, y, 2, 3)
+    assert (ya.tolist(), yb.tolist(), count, weight) == ([17, 18, 19], [27.0, 28.0, 29.0], 3, 0.3)
+    _, (ya, yb) = UserData([(x, y)], [(x, y)], None, F.mse_loss).examples(2)
+    assert (ya.tolist(), yb.tolist()) == ([10, 11], [20.0, 21.0])

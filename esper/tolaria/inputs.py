@@ -1,5 +1,6 @@
-"""A batch's inputs: the `x` of `(x, y)` is one tensor, or a tuple or list of a model's positional inputs (a model
-of several inputs, called `model(*x)` as `esper.grow` calls it on its example)."""
+"""A batch's parts: the `x` of `(x, y)` is one tensor, or a tuple or list of a model's positional inputs (a model
+of several inputs, called `model(*x)` as `esper.grow` calls it on its example); `y` likewise one tensor, or a
+tuple or list of several targets (a model of several outputs, whose loss and score take them as they come)."""
 
 from typing import Any
 
@@ -8,7 +9,17 @@ import torch
 from esper.kasmina.grow import SEVERAL_INPUTS, positional
 from esper.tolaria.data import to_device
 
-__all__ = ["moved", "positional", "rows"]
+__all__ = ["examples_in", "first_part", "moved", "positional", "rows"]
+
+
+def first_part(part: Any) -> Any:
+    """A batch's `x` or `y` when it is one tensor, else the first of the several it holds."""
+    return part[0] if isinstance(part, SEVERAL_INPUTS) else part
+
+
+def examples_in(part: Any) -> int:
+    """How many examples a batch's `x` or `y` holds (the rows of the first tensor when it holds several)."""
+    return len(first_part(part))
 
 
 def rows(x: Any, start: int, stop: int) -> Any:

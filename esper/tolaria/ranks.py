@@ -51,7 +51,7 @@ import torch.distributed as dist
 
 from esper.errors import BadInput, RankBadInput, RunFailed, first_line
 from esper.tolaria import launch
-from esper.tolaria.inputs import rows
+from esper.tolaria.inputs import examples_in, rows
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -79,11 +79,11 @@ def shard(x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> tuple[torc
     """`rank`'s part of a batch: `(x, y, count, weight)`, `weight` its share of the batch's gradient. A rank whose
     part is empty (a batch smaller than the ranks) trains on the whole batch with weight 0, so that it computes the
     same gradients' shapes and joins the all-reduce with zeros."""
-    n = len(y)
+    n = examples_in(y)
     start, stop = shard_bounds(n, rank, world)
     if stop == start:
         return x, y, 0, 0.0
-    return rows(x, start, stop), y[start:stop], stop - start, (stop - start) / n
+    return rows(x, start, stop), rows(y, start, stop), stop - start, (stop - start) / n
 
 
 def scaled_gradients(parameters: Iterable[torch.nn.Parameter],

@@ -32,7 +32,7 @@ from esper.leyline.events import Event, SeedGerminated, SeedTelemetry, SeedTrans
 from esper.leyline.stages import SeedStage
 from esper.tolaria.data import TaskData, augment
 from esper.tolaria.health import HealthMeter
-from esper.tolaria.inputs import positional
+from esper.tolaria.inputs import examples_in, positional
 from esper.tolaria.ranks import Ranks, scaled_gradients, set_gradients, shard
 from esper.tolaria.telemetry import SHARPNESS_EVERY, SHARPNESS_EXAMPLES, LayerGradients, sharpness
 from esper.tolaria.tasks import TaskPreset
@@ -319,7 +319,7 @@ class Trainer:
         model = self.model
         if self.preset.augment:
             x = augment(x, self.generator)
-        self._seen += len(y)  # the whole batch's, on every rank
+        self._seen += examples_in(y)  # the whole batch's, on every rank
         if self.ranks is not None:  # this process's part of the batch, its gradient summed with the other ranks'
             x, y, count, weight = self.ranks.shard(x, y)
             self._passes(x, y, count)
@@ -327,7 +327,7 @@ class Trainer:
         elif self.shards > 1:
             self._passes_as_ranks(x, y)
         else:
-            self._passes(x, y, len(y))
+            self._passes(x, y, examples_in(y))
         optimizers = [self.host_optimizer, *self.seed_optimizers.values()]
         if self.scaler is not None:  # the statistics below measure the true gradients
             for opt in optimizers:
@@ -461,7 +461,7 @@ class Trainer:
                 correct += self.data.correct(output, y)
                 for sid in isolated:
                     seed_correct[sid] += self.data.correct(model.isolated_output(sid, *inputs), y)
-            n += len(y)
+            n += examples_in(y)
         model.train()
         values = (torch.stack([loss, correct, *seed_correct.values()]) / n).tolist()  # one read
         if not 0.0 <= values[1] <= 1.0:  # a user's score (esper.fit) that is not the fraction right on every batch

@@ -12,7 +12,7 @@ import attrs
 import torch
 
 from esper.errors import BadInput, first_line
-from esper.tolaria.inputs import moved, positional, rows
+from esper.tolaria.inputs import examples_in, first_part, moved, positional, rows
 
 Loss = Callable[[Any, torch.Tensor], torch.Tensor]
 Score = Callable[[Any, torch.Tensor], Any]
@@ -79,23 +79,24 @@ class UserData:
     def examples(self, n: int) -> tuple[Any, torch.Tensor]:
         """The first `n` examples of the first training batch."""
         x, y = next(iter(self.batches("train")))
-        return rows(x, 0, n), y[:n]
+        return rows(x, 0, n), rows(y, 0, n)
 
     def loss(self, output: Any, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(output, y)
 
     def loss_sum(self, output: Any, y: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(output, y) * len(y)
+        return self.loss_fn(output, y) * examples_in(y)
 
-    def correct(self, output: Any, y: torch.Tensor) -> torch.Tensor:
+    def correct(self, output: Any, y: Any) -> torch.Tensor:
         if self.score is not None:
-            return torch.as_tensor(self.score(output, y), dtype=torch.float32, device=y.device) * len(y)
+            right = torch.as_tensor(self.score(output, y), dtype=torch.float32, device=first_part(y).device)
+            return right * examples_in(y)
         return (output.argmax(1) == y).sum()
 
 
 def check_first_batch(model: torch.nn.Module, data: UserData, split: str) -> None:
     """Refuse, before anything is written, what would make the run's numbers wrong or fail it later: the first
-    batch of `split` must be a pair (x, y), and the model's output on it (in eval mode, without gradients: nothing
+    batch of `split` must be a pair (x, y) whose tensors hold one row per example, and the model's output on it (in eval mode, without gradients: nothing
     about the model changes) must give a finite scalar loss and a score between 0 and 1; the default score needs
     logits `(B, classes)` and class indices `(B,)`."""
     where = f"the first {SPLIT_NAMES[split]} batch"
@@ -103,6 +104,10 @@ def check_first_batch(model: torch.nn.Module, data: UserData, split: str) -> Non
         x, y = next(iter(data.batches(split)))
     except (TypeError, ValueError) as exc:  # unpacking an item into x, y
         raise BadInput(f"{where} is not a pair (x, y): {first_line(exc)}") from exc
+    counts = sorted({len(t) for t in (*positional(x), *positional(y)) if isinstance(t, torch.Tensor) and t.dim()})
+    if len(counts) > 1:  # slicing a batch into shards or examples takes the same rows of each part
+        raise BadInput(f"the tensors of {where} hold different numbers of examples ({', '.join(map(str, counts))}): "
+                       "each input and target has one row per example")
     loss, score = data.loss_fn, data.score
     if score is None and not (isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex()):
         raise BadInput(f"y is {_kind(y)}, not class indices: esper.fit measures top-1 accuracy by default; {_PASS_SCORE}")
