@@ -64,6 +64,7 @@ def test_results_come_from_the_logs_and_a_workspace_is_reused(tmp_path):
 
     assert [row["epochs"] for row in result["shorter_scratch"]] == [3]  # scratch at the same epochs only
     assert "### Growth against scratch run for fewer epochs" not in page
+    assert page.startswith("# Results\n") and "[frontier.md](frontier.md)" in page
 
     # again with scratch at a shorter budget (given twice: trained once): only those runs are recorded, the rest is
     # read back as it was
@@ -108,6 +109,7 @@ def test_the_text_task_gives_bits_per_char_reads_none_of_a_workspaces_mnist1d_ru
                                        "where run_id = 'results-text-static-s0' and type = 'RunFinished'").fetchall()
     assert growth["static"]["bits_per_char"] == pytest.approx(bits) and bits > 0
     assert "## Does growing pay? (text, seeds 0, 1 epochs)" in page and "| test bits/char |" in page
+    assert page.startswith("# Results: the text task") and "frontier.md" not in page  # the frontier is mnist1d's
     # the knobs reach the heuristic runs alone, and the page names them
     with Workspace(tmp_path / "ws").reader() as reader:
         knobs = dict(reader.con.execute("select split_part(run_id, '-', 3), payload->'$.config.heuristic' from events "
