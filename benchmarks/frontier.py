@@ -6,10 +6,12 @@
 
 Static models (`esper run --controller static --host H --host-option ...`): the cnn1d host at widths 4 to 32
 channels and the MNIST-1D paper's reference CNN (`paper_cnn`) at 12, 25 and 40 channels, about 0.6k-30k
-parameters. Each trains at its best host learning rate of the grid (chosen by mean validation accuracy on the
-tuning seeds 100-109, never the evaluation seeds), then on the evaluation seeds 0-4. The grid spans the old
-preset's 3e-3, the tuned preset's 1e-2 and two steps beyond (2e-2, 5e-2), so that a static model's best rate is
-not at the edge of what was tried. Beside them, on the
+parameters. Each trains at its best recipe of the grid, host learning rate × L2 weight decay (chosen by mean
+validation accuracy on the tuning seeds 100-109, never the evaluation seeds), then on the evaluation seeds 0-4. The
+rates span the old preset's 3e-3, the tuned preset's 1e-2 and two steps beyond (2e-2, 5e-2), so that a static
+model's best rate is not at the edge of what was tried; the decays are the preset's none and 1e-3, which gave the
+host alone its best validation accuracy in `benchmarks/tune.py --weight-decay 0 0.0001 0.001 0.01` (1e-2 cost it
+13 points). Beside them, on the
 evaluation seeds at the task's preset: the heuristic (default and eager, `min_gain=1.0`), the random
 controller and any `--policy` files, uncapped and under three size caps (`--max-params`), tracing Esper's own
 accuracy-per-parameter curve. The cnn1d host has a fixed depth of three stages; depth is not varied.
@@ -38,6 +40,7 @@ from recording import Job, commit, generated_by, record_all, say, seed_range, st
 TASK = "mnist1d"
 STATIC_MODELS = [("cnn1d", {"channels": c}) for c in (4, 8, 16, 32)] + [("paper_cnn", {"channels": c}) for c in (12, 25, 40)]
 LRS = [3e-3, 1e-2, 2e-2, 5e-2]
+DECAYS = [0.0, 1e-3]
 CAPS = [3000, 6000, 12000]
 GROWERS = {"heuristic": HeuristicConfig(), "eager": HeuristicConfig(min_gain=1.0)}
 
@@ -46,9 +49,23 @@ def model_name(host: str, options: dict) -> str:
     return f"{host}-" + "-".join(f"{k}{v}" for k, v in options.items())
 
 
-def static_job(name: str, host: str, options: dict, lr: float, seed: int, epochs: int, stage: str) -> Job:
-    preset = replace(get_task(TASK), host=host, host_options=options, lr=lr)
-    return Job(f"frontier-{stage}-{name}-lr{lr:g}-s{seed}", RunConfig(task=TASK, controller="static", seed=seed, epochs=epochs), preset)
+def static_job(name: str, host: str, options: dict, recipe: tuple[float, float], seed: int, epochs: int,
+               stage: str) -> Job:
+    lr, decay = recipe
+    preset = replace(get_task(TASK), host=host, host_options=options, lr=lr, weight_decay=decay)
+    config = RunConfig(task=TASK, controller="static", seed=seed, epochs=epochs)
+    return Job(f"frontier-{stage}-{name}-{recipe_tag(recipe)}-s{seed}", config, preset)
+
+
+def recipe_tag(recipe: tuple[float, float]) -> str:
+    """A recipe in a run id: `lr0.01`, and `-wd0.001` where it decays (so runs without decay keep their ids)."""
+    lr, decay = recipe
+    return f"lr{lr:g}" + (f"-wd{decay:g}" if decay else "")
+
+
+def recipe_label(recipe: tuple[float, float]) -> str:
+    lr, decay = recipe
+    return f"lr {lr:g}, decay {decay:g}"
 
 
 def grower_jobs(seeds: list[int], epochs: int, policies: list[str]) -> list[Job]:
@@ -77,10 +94,10 @@ def finished(ws: Workspace, prefix: str) -> dict[str, dict]:
             for run_id, val, test, params in rows}
 
 
-def best_lr(tuned: dict[str, dict], name: str, seeds: list[int]) -> float:
-    def mean_val(lr: float) -> float:
-        return statistics.fmean(tuned[f"frontier-tune-{name}-lr{lr:g}-s{s}"]["val"] for s in seeds)
-    return max(LRS, key=mean_val)
+def best_recipe(tuned: dict[str, dict], name: str, grid: list[tuple[float, float]], seeds: list[int]) -> tuple[float, float]:
+    def mean_val(recipe: tuple[float, float]) -> float:
+        return statistics.fmean(tuned[f"frontier-tune-{name}-{recipe_tag(recipe)}-s{s}"]["val"] for s in seeds)
+    return max(grid, key=mean_val)
 
 
 def row(label: str, runs: list[dict]) -> dict:
@@ -96,6 +113,8 @@ def main() -> None:
     parser.add_argument("--tune-seeds", type=int, nargs="+", default=list(range(100, 110)))
     parser.add_argument("--eval-seeds", type=int, nargs="+", default=list(range(5)))
     parser.add_argument("--epochs", type=int, default=0, help="epochs per run (default: the preset's)")
+    parser.add_argument("--weight-decay", type=float, nargs="+", default=DECAYS, metavar="D",
+                        help=f"the static models' L2 weight decays to try (default: {' '.join(f'{d:g}' for d in DECAYS)})")
     parser.add_argument("--policy", action="append", default=[], help="a policy file to place on the curve (repeatable)")
     parser.add_argument("--svg", type=Path, default=None, help="write the accuracy-vs-parameters chart here")
     parser.add_argument("--out", type=Path, default=None, help="write a page of the table (and chart) here")
@@ -105,16 +124,18 @@ def main() -> None:
     ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-frontier-")))
     say(f"workspace {ws.root}")
     models = {model_name(h, o): (h, o) for h, o in STATIC_MODELS}
-    tuning = [static_job(n, h, o, lr, s, args.epochs, "tune") for n, (h, o) in models.items() for lr in LRS
+    grid = [(lr, decay) for lr in LRS for decay in args.weight_decay]
+    tuning = [static_job(n, h, o, recipe, s, args.epochs, "tune") for n, (h, o) in models.items() for recipe in grid
               for s in args.tune_seeds]
     recorded = record_all(ws, tuning, args.workers)
     tuned = finished(ws, "frontier-tune-")
-    lr_of = {name: best_lr(tuned, name, args.tune_seeds) for name in models}
-    evaluation = [static_job(n, h, o, lr_of[n], s, args.epochs, "eval") for n, (h, o) in models.items() for s in args.eval_seeds]
+    recipe_of = {name: best_recipe(tuned, name, grid, args.tune_seeds) for name in models}
+    evaluation = [static_job(n, h, o, recipe_of[n], s, args.epochs, "eval") for n, (h, o) in models.items()
+                  for s in args.eval_seeds]
     evaluated = evaluation + grower_jobs(args.eval_seeds, args.epochs, args.policy)
     recorded += record_all(ws, evaluated, args.workers)
     done = finished(ws, "frontier-")
-    rows = [row(f"static {n} (lr {lr_of[n]:g})", [done[j.run_id] for j in evaluation if f"-{n}-" in j.run_id])
+    rows = [row(f"static {n} ({recipe_label(recipe_of[n])})", [done[j.run_id] for j in evaluation if f"-{n}-" in j.run_id])
             for n in models]
     # a policy's runs are named by its place on the command line; its rows by its file
     labels = {g: g for g in [*GROWERS, "random"]} | {f"policy{i}": f"policy:{Path(p).stem}" for i, p in enumerate(args.policy)}
@@ -132,8 +153,9 @@ def main() -> None:
         made = stamp("frontier.py", ws, started, made_by, recorded, len(tuning) + len(evaluated))
         args.out.write_text(page(rows, growers, args, made), encoding="utf-8")
         say(f"wrote {args.out}")
-    print(json.dumps({"eval_seeds": args.eval_seeds, "tune_seeds": args.tune_seeds, "grid": LRS, "lr": lr_of, "rows": rows,
-                      "margins": margins(rows)}))
+    recipes = {n: {"lr": lr, "weight_decay": decay} for n, (lr, decay) in recipe_of.items()}
+    print(json.dumps({"eval_seeds": args.eval_seeds, "tune_seeds": args.tune_seeds, "grid": grid, "recipe": recipes,
+                      "rows": rows, "margins": margins(rows)}))
 
 
 def margins(rows: list[dict]) -> list[dict]:
@@ -178,8 +200,8 @@ def page(rows: list[dict], growers: list[str], args: argparse.Namespace, made: d
 
 {generated_by(made)}
 
-Static models (`esper run --controller static --host H --host-option channels=C`) each at its best host learning
-rate of {', '.join(f'{lr:g}' for lr in LRS)}, chosen by mean validation accuracy on the tuning seeds
+Static models (`esper run --controller static --host H --host-option channels=C`) each at its best recipe of host
+learning rate ({', '.join(f'{lr:g}' for lr in LRS)}) and L2 weight decay ({', '.join(f'{d:g}' for d in args.weight_decay)}), chosen by mean validation accuracy on the tuning seeds
 {seed_range(args.tune_seeds)}, then trained on the evaluation seeds {seed_range(args.eval_seeds)}. Beside them, on the
 evaluation seeds at the task's preset: the heuristic (default, and eager: `--heuristic min_gain=1.0`), the random
 controller and any policy file, uncapped and under `--max-params` caps of {', '.join(f'{c:,}' for c in CAPS)}.

@@ -15,7 +15,7 @@ from esper.simic.ppo import make_net
 from esper.simic.rewards import RewardConfig
 from esper.store import Workspace
 
-pytestmark = pytest.mark.slow  # records ~40 real runs in subprocesses
+pytestmark = pytest.mark.slow  # records ~80 real runs in subprocesses
 
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "frontier.py"
 
@@ -37,11 +37,19 @@ def test_the_frontier_comes_from_the_logs_and_picks_each_static_models_rate_on_t
                      .fetchall())
         evaluated = dict(reader.con.execute("select run_id, test_accuracy from runs where run_id like 'frontier-eval-%'")
                          .fetchall())
-    for name, lr in result["lr"].items():  # the best validation accuracy of its grid on the tuning seed
-        grid = {float(run.split("-lr")[1].split("-s")[0]): val for run, val in tuned.items() if f"-{name}-lr" in run}
-        assert len(grid) == len(result["grid"]) and grid[lr] == max(grid.values())
-        assert statics[f"static {name} (lr {lr:g})"]["test_accuracy"] == \
-            pytest.approx(100 * evaluated[f"frontier-eval-{name}-lr{lr:g}-s0"])
+    assert len(result["grid"]) == 8  # four rates, each without decay and with 1e-3
+    for name, recipe in result["recipe"].items():  # the best validation accuracy of its grid on the tuning seed
+        grid = {run.split(f"-{name}-")[1].rsplit("-s", 1)[0]: val for run, val in tuned.items() if f"-{name}-lr" in run}
+        lr, decay = recipe["lr"], recipe["weight_decay"]
+        best = f"lr{lr:g}" + (f"-wd{decay:g}" if decay else "")
+        assert len(grid) == len(result["grid"]) and grid[best] == max(grid.values())
+        assert statics[f"static {name} (lr {lr:g}, decay {decay:g})"]["test_accuracy"] == \
+            pytest.approx(100 * evaluated[f"frontier-eval-{name}-{best}-s0"])
+    with Workspace(tmp_path / "ws").reader() as reader:  # each recipe trained as its run id says
+        decays = dict(reader.con.execute("select run_id, (payload->>'$.preset.weight_decay')::DOUBLE from events "
+                                         "where type = 'RunStarted' and run_id like 'frontier-tune-%'").fetchall())
+    assert {run: decay for run, decay in decays.items() if "-wd" in run} == \
+        {run: 0.001 for run in decays if "-wd0.001-" in run} and sum(d == 0 for d in decays.values()) == 28
     for margin in result["margins"]:
         grown = rows[f"heuristic ≤ {margin['cap']:,}"]
         smaller = [r for r in statics.values() if r["params"] <= grown["params"]]
@@ -53,3 +61,13 @@ def test_the_frontier_comes_from_the_logs_and_picks_each_static_models_rate_on_t
     assert {f"policy:little-gardener{f' ≤ {c:,}' if c else ''}" for c in (0, 3000, 6000, 12000)} <= set(rows)
     assert "policy:little-gardener purple" in page
     assert ET.fromstring((tmp_path / "frontier.svg").read_bytes()).tag == "{http://www.w3.org/2000/svg}svg"
+
+
+@pytest.mark.parametrize("script, flags", [("frontier.py", ["--weight-decay", "0", "-1"]),
+                                           ("tune.py", ["--weight-decay", "nan"]), ("tune.py", ["--lr", "0"])])
+def test_a_grid_point_no_run_can_train_at_is_one_line_before_anything_is_recorded(tmp_path, script, flags):
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / script), "--workspace", str(tmp_path / "ws"), *flags],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f"{script[:-3]}: ") and "must be" in done.stderr
+    assert not (tmp_path / "ws").exists()
