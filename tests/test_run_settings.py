@@ -81,7 +81,7 @@ def test_a_config_files_paths_are_relative_to_its_folder(tmp_path, monkeypatch):
     assert printed["tensorboard"] == str(tmp_path / "elsewhere")  # an absolute path stays
     given = tomllib.loads(invoke("run", "--config", "configs/run.toml", "--tensorboard", "here", "--print-config",
                                  workspace=tmp_path).stdout)
-    assert given["tensorboard"] == "here"  # the command line's, as typed: relative to where it runs
+    assert given["tensorboard"] == str(tmp_path / "here")  # the command line's: relative to where it runs
 
 
 @pytest.mark.parametrize("text, message", [

@@ -89,3 +89,17 @@ def test_the_random_controller_runs_on_text_unchanged(tmp_path):
     assert ran.exit_code == 0, ran.stderr
     issued = payloads(tmp_path, "CommandIssued")
     assert len(issued) == 4 and any(i["command"]["op"] != "Wait" for i in issued)
+
+
+def test_a_relative_data_dir_is_recorded_absolute_so_the_run_re_executes_from_any_folder(tmp_path, monkeypatch):
+    corpus(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    ran = invoke("run", "--task", "text", "--data-dir", "corpus.txt", *TINY, "--controller", "static", "--epochs", "1",
+                 "--json", workspace=tmp_path / "ws")
+    assert ran.exit_code == 0, ran.stderr
+    (started,) = payloads(tmp_path / "ws", "RunStarted")
+    assert started["config"]["data_dir"] == str(tmp_path / "corpus.txt")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    verified = invoke("replay", json.loads(ran.stdout)["run_id"], "--verify", workspace=tmp_path / "ws")
+    assert verified.exit_code == 0, verified.stderr

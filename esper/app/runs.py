@@ -96,6 +96,8 @@ def request_from(file: Path | None, given: dict[str, Any]) -> RunRequest:
     for key, value in given.items():  # a table given (--heuristic K=V, ...) adds to the file's, key by key
         both = isinstance(value, dict) and isinstance(settings.get(key), dict)
         settings[key] = {**settings[key], **value} if both else value
+    # the log names its files absolutely: replay --verify, --like and --resume find them from any folder
+    settings = _paths_from(Path.cwd(), settings)
     try:
         return msgspec.convert(settings, RunRequest)
     except msgspec.ValidationError as exc:
@@ -103,7 +105,8 @@ def request_from(file: Path | None, given: dict[str, Any]) -> RunRequest:
 
 
 PATH_KEYS = ("policy", "data_dir", "tensorboard")
-"""The settings that name a file or folder: in a config file, relative to the file's folder."""
+"""The settings that name a file or folder: in a config file, relative to the file's folder; given as a flag,
+relative to the working folder. A request holds them absolute."""
 
 
 def _paths_from(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
