@@ -216,9 +216,13 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--host-option", "channels=wide"), "the value must be a number or true/false"),
         (("--host-option", "batchnorm=5"), "host cnn1d option batchnorm takes true or false, got 5"),
         (("--host-option", "global_pool=1.5"), "host cnn1d option global_pool takes true or false, got 1.5"),
-        (("--host-option", "channels=true"), "host cnn1d option channels takes a whole number, got true"),
-        (("--host-option", "channels=1.5"), "host cnn1d option channels takes a whole number, got 1.5"),
-        (("--host-option", "channels=0"), "host cnn1d channels=0 cannot train on task mnist1d: "),
+        (("--host-option", "channels=true"), "host cnn1d option channels takes a whole number, at least 1, got true"),
+        (("--host-option", "channels=1.5"), "host cnn1d option channels takes a whole number, at least 1, got 1.5"),
+        (("--host-option", "channels=0"), "host cnn1d option channels takes a whole number, at least 1, got 0"),
+        (("--task", "text", "--host-option", "context=0"), "host transformer option context takes a whole number, at "
+                                                           "least 1, got 0"),
+        (("--task", "text", "--host-option", "width=-2"), "host transformer option width takes a whole number, at "
+                                                          "least 1, got -2"),
         (("--host-option", "length=7"), "host cnn1d length=7 cannot train on task mnist1d: "),
         # past any machine's address space (no overcommit lets it through): refused, not an internal error
         (("--host-option", "channels=10000000"), "host cnn1d channels=10000000 is too big for this machine: out of "

@@ -169,10 +169,11 @@ def host_problem(name: str, options: dict) -> str | None:
 
 _KINDS = {
     bool: ("true or false", lambda v: isinstance(v, bool)),
-    int: ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    int: ("a whole number, at least 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
 }
-"""What a host option of each annotated type accepts, as said and as checked (bool is an int to Python, not here)."""
+"""What a host option of each annotated type accepts, as said and as checked (bool is an int to Python, not here;
+every whole-number option is a size or a count, of which none can be 0)."""
 
 
 def build_host(name: str, **kw) -> GrowableModel:
