@@ -143,6 +143,9 @@ def test_cli_run_json_then_replay_verify(tmp_path):
     replay = esper("replay", result["run_id"], "--verify", "--json", workspace=tmp_path)
     assert replay.returncode == 0, replay.stderr
     assert json.loads(replay.stdout)["status"] == "finished"
+    # the re-execution shows its epochs as the run showed them: the same lines, on stderr
+    ran_lines = [line for line in out.stderr.splitlines() if line.startswith("[")]
+    assert len(ran_lines) == 3 and [line for line in replay.stderr.splitlines() if line.startswith("[")] == ran_lines
 
 
 def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):

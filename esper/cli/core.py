@@ -11,6 +11,7 @@ from typing import Any, Optional
 import typer
 
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, json_text, path_option, say
+from esper.cli.progress import EpochBars, epoch_lines
 from esper.errors import BadInput, EsperError
 from esper.leyline.events import PolicyUpdated
 from esper.leyline.status import shown
@@ -49,7 +50,8 @@ def replay(
         from esper.tolaria.verify import verify_run  # torch: only a re-execution loads it
 
         verification = verify_run(recorded, exact=exact, tolerance=tolerance, running=live, starting=lambda: say(
-            f"verifying {run_id}: re-executing it from its config, preset and {state.commands} recorded commands ..."))
+            f"verifying {run_id}: re-executing it from its config, preset and {state.commands} recorded commands ..."),
+            progress=epoch_lines(state.config.epochs), batches=EpochBars())
         for note in verification.notes:
             say(f"note: {note}")
         say(f"verified: {verification.describe()}")

@@ -1,14 +1,22 @@
-"""A progress bar within long epochs, for a person at a terminal.
+"""Progress of a training run, for a person watching: a line per epoch, and a bar within long epochs.
 
-`esper run` prints one line per epoch; a cifar10 or text epoch can take minutes, so on a terminal a bar
-(batches done, rate, time left) shows how the current epoch goes and vanishes when it ends, leaving the
-epoch's line. On a pipe or in a log nothing changes: no bar, no control characters.
+`esper run` and `esper replay --verify` (re-executing) print one line per epoch; a cifar10 or text epoch can take
+minutes, so on a terminal a bar (batches done, rate, time left) shows how the current epoch goes and vanishes when it
+ends, leaving the epoch's line. On a pipe or in a log nothing changes: no bar, no control characters.
 """
 
-from typing import Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from esper.cli.app import say
+from esper.leyline.stages import SeedStage
+from esper.nissa.narrative import describe_command
+
+if TYPE_CHECKING:
+    from esper.tamiyo.observation import ObservationProjection
+    from esper.tolaria.trainer import EpochStats
 
 Batch = TypeVar("Batch")
 
@@ -34,3 +42,20 @@ class EpochBars:
                 yield batch
                 speed = bar.tasks[0].speed  # None until rich has seen a few steps
                 bar.update(task, advance=1, rate=f"{speed:.1f} batches/s" if speed else "")
+
+
+def epoch_lines(total: int) -> Callable[..., None]:
+    """A line per epoch on stderr (of `total`): the epoch's numbers, the live seeds as the epoch left them and the
+    command the controller then issued."""
+
+    def report(epoch: int, stats: "EpochStats", projection: "ObservationProjection", issued) -> None:
+        live = [s for s in projection.garden.seeds.values() if s.stage.value in ("GERMINATED", "TRAINING", "BLENDING")]
+        seeds = ", ".join(
+            f"{s.seed_id}:{s.blueprint} {s.stage.value.lower()}"
+            + (f" α={s.telemetry.alpha:.2f}" if s.stage is SeedStage.BLENDING and s.telemetry else "")
+            for s in live
+        ) or "-"
+        say(f"[{epoch:>3}/{total}] val {stats.val_accuracy * 100:5.1f}%  loss {stats.train_loss:.3f}  "
+            f"params {stats.params:>7,}  seeds {seeds}  → {describe_command(issued.command)}")
+
+    return report

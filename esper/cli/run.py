@@ -8,20 +8,16 @@ import typer
 
 from esper.cli.app import (RayAddress, WorkspaceOption, app, existing_workspace, handles_errors, json_text,
                            option_source, path_option, say, writable_workspace)
-from esper.cli.progress import EpochBars
+from esper.cli.progress import EpochBars, epoch_lines
 from esper.errors import BadInput, RunFailed
 from esper.leyline.config import SNAPSHOT_EVERY, HeuristicConfig, LifecycleConfig, from_table, parse_knobs
 from esper.leyline.events import STOPPED
-from esper.leyline.stages import SeedStage
 from esper.nissa.fmt import plural
-from esper.nissa.narrative import describe_command
 from esper.store import Workspace
 from esper.tamiyo.controllers import CONTROLLERS, idle_heuristic
-from esper.tamiyo.observation import ObservationProjection
 
 if TYPE_CHECKING:
     from esper.app.runs import RunRequest
-    from esper.tolaria.trainer import EpochStats
 
 
 @app.command()
@@ -130,7 +126,7 @@ def run(
             f"{plural(config.epochs, 'epoch')}{anneal} on {where} ({config.precision}){cap}")
         _note_idle(config)
         with _says_how_to_resume({planned.run_id: ws.store_path(planned.run_id)}, request.checkpoint_every > 0):
-            result = runs.start(planned, ws, progress=_progress(config.epochs), ranks=ranks, batches=EpochBars())
+            result = runs.start(planned, ws, progress=epoch_lines(config.epochs), ranks=ranks, batches=EpochBars())
     _print_result(planned.run_id, result, as_json)
 
 
@@ -210,7 +206,7 @@ def _resume(run: str, checkpoint_every: int, snapshot_every: int, workspace: Opt
             say(f"note: passed over the checkpoint of {note}")
         say(resumption.describe())
         with _says_how_to_resume({resumption.run_id: None}, checkpoint_every > 0):
-            result = resumption.train(progress=_progress(resumption.session.config.epochs), batches=EpochBars())
+            result = resumption.train(progress=epoch_lines(resumption.session.config.epochs), batches=EpochBars())
     return resumption.run_id, result
 
 
@@ -252,19 +248,6 @@ def _result_json(run_id: str, result) -> dict:
     bits = {f"{split}_bits_per_char": getattr(result, f"{split}_bits_per_char") for split in ("val", "test")}
     return {"run_id": run_id, "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
             "params": result.params, "seeds": ended(result.seeds)} | {k: v for k, v in bits.items() if v is not None}
-
-
-def _progress(total: int):
-    def report(epoch: int, stats: "EpochStats", projection: ObservationProjection, issued) -> None:
-        live = [s for s in projection.garden.seeds.values() if s.stage.value in ("GERMINATED", "TRAINING", "BLENDING")]
-        seeds = ", ".join(
-            f"{s.seed_id}:{s.blueprint} {s.stage.value.lower()}" + (f" α={s.telemetry.alpha:.2f}" if s.stage is SeedStage.BLENDING and s.telemetry else "")
-            for s in live
-        ) or "-"
-        say(f"[{epoch:>3}/{total}] val {stats.val_accuracy * 100:5.1f}%  loss {stats.train_loss:.3f}  "
-            f"params {stats.params:>7,}  seeds {seeds}  → {describe_command(issued.command)}")
-
-    return report
 
 
 CULLED_BY_NOW = ("CULLED", "EMBARGOED", "DORMANT")

@@ -47,7 +47,7 @@ from esper.nissa.runstate import as_one_run
 from esper.store.recorder import Recorded
 from esper.tamiyo.controllers import ScriptedController, ScriptEnded
 from esper.tolaria.data import recorded_data
-from esper.tolaria.loop import ListSink, execute, policy_file_sha256
+from esper.tolaria.loop import Batches, ListSink, Progress, execute, policy_file_sha256
 from esper.tolaria.trainer import Computed
 
 
@@ -98,10 +98,12 @@ def reexecutable(recorded: list[Recorded]) -> tuple[RunStarted, Any]:
 
 
 def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float = VERIFY_TOLERANCE,
-               running: bool = False, starting: Callable[[], None] = lambda: None) -> Verification:
+               running: bool = False, starting: Callable[[], None] = lambda: None, progress: Progress | None = None,
+               batches: Batches | None = None) -> Verification:
     """Re-execute the run from its `RunStarted` (config and preset) and its commands, and compare event by event.
     `running`: a writer holds the run now (its log so far is compared, as a killed run's is). `starting` is called
-    once the log is found re-executable and its data loaded, before the re-execution."""
+    once the log is found re-executable and its data loaded, before the re-execution; `progress` and `batches` follow
+    it as they follow a run (`esper.tolaria.loop.execute`)."""
     log_ends_at = recorded[-1].seq if recorded else 0  # before the checkpoints and resumptions are set aside
     recorded = as_one_run(recorded)
     started, data = reexecutable(recorded)
@@ -114,8 +116,9 @@ def verify_run(recorded: list[Recorded], exact: bool = False, tolerance: float =
     last = recorded[-1].event
     ended = isinstance(last, (RunFinished, RunFailed))  # else its process was killed: the log is what it wrote
     try:
-        execute(started.config, ScriptedController(started.config.controller, issued), sink, preset=started.preset,
-                build_events=built or not started.config.architecture, data=data, computed=Computed.of(started))
+        execute(started.config, ScriptedController(started.config.controller, issued), sink, progress,
+                preset=started.preset, build_events=built or not started.config.architecture, data=data,
+                computed=Computed.of(started), batches=batches)
     except ScriptEnded:  # the log's decisions end before the re-execution's: only a finished run's may not
         if isinstance(last, RunFinished):
             raise
