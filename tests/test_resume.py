@@ -118,6 +118,16 @@ def test_epochs_past_the_checkpoint_are_trained_again_compared_and_not_logged_tw
     assert as_uninterrupted(events) == reference["growing"]
     (marker,) = [e for e in events if isinstance(e, RunResumed)]
     assert (marker.epoch, marker.checkpoint_epoch) == (3, 2)
+    # the run's own interval goes on, as its checkpoints recorded it: every 2 epochs, not the flag's default
+    assert [(e.epoch, e.every) for e in events if isinstance(e, CheckpointSaved)] == [(0, 2), (2, 2), (4, 2)]
+
+
+def test_a_checkpoint_interval_given_with_resume_replaces_the_runs(cut):
+    workspace, run_id = cut
+    resume(workspace, run_id, "--checkpoint-every", "1")
+    events = logged(workspace)
+    after = events[next(i for i, e in enumerate(events) if isinstance(e, RunResumed)):]
+    assert [(e.epoch, e.every) for e in after if isinstance(e, CheckpointSaved)] == [(4, 1), (5, 1)]
 
 
 def test_a_controllers_own_randomness_goes_on_where_it_stopped(tmp_path, reference):

@@ -67,7 +67,8 @@ def run(
         "beside its events, so readers need not fold the log from zero (0: none). Changes no event."),
     checkpoint_every: int = typer.Option(
         None, "--checkpoint-every", help="Save the run's whole training state (model, optimizers, every RNG) every N "
-        "epochs (default 1) into the workspace's checkpoints/ folder, so that --resume can continue it (0: none)."),
+        "epochs (default 1; with --resume, the run's own) into the workspace's checkpoints/ folder, so that --resume can "
+        "continue it (0: none)."),
     tensorboard: Optional[str] = path_option(
         None, "--tensorboard", as_text=True, help="Also write TensorBoard event files into this folder as the run trains."),
     resume: Optional[str] = typer.Option(
@@ -94,7 +95,8 @@ def run(
     if resume is not None:
         _refuse_config_options(ctx)
         request = runs.request_from(None, given)
-        run_id, result = _resume(resume, request.checkpoint_every, request.snapshot_every, workspace)
+        every = request.checkpoint_every if "checkpoint_every" in given else None  # None: as the run did
+        run_id, result = _resume(resume, every, request.snapshot_every, workspace)
         _print_result(run_id, result, as_json)
         return
     request = runs.request_from(config_file, given)
@@ -198,14 +200,14 @@ def _refuse_config_options(ctx: typer.Context) -> None:
         raise BadInput(f"--resume continues the run with its own config: drop {', '.join(given)}{board}")
 
 
-def _resume(run: str, checkpoint_every: int, snapshot_every: int, workspace: Optional[Path]):
+def _resume(run: str, checkpoint_every: Optional[int], snapshot_every: int, workspace: Optional[Path]):
     from esper.tolaria.resume import open_resumption
 
     with open_resumption(existing_workspace(workspace), run, checkpoint_every, snapshot_every) as resumption:
         for note in resumption.passed_over:
             say(f"note: passed over the checkpoint of {note}")
         say(resumption.describe())
-        with _says_how_to_resume({resumption.run_id: None}, checkpoint_every > 0):
+        with _says_how_to_resume({resumption.run_id: None}, resumption.session.checkpoints.every > 0):
             result = resumption.train(progress=epoch_lines(resumption.session.config.epochs), batches=EpochBars())
     return resumption.run_id, result
 

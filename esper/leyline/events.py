@@ -193,6 +193,9 @@ class CheckpointSaved(_Event, tag="CheckpointSaved"):
     """A learner's policy file, as written (None in a training run: the file is `checkpoints/<sha256>.pt`)."""
     sources: list[str] = []
     """The runs a learner learned from, by id (IQL's dataset; PPO's episodes are in its own store)."""
+    every: int | None = None
+    """A training run's checkpoint interval (`--checkpoint-every`), which `--resume` keeps unless told otherwise;
+    None in a learner's stream and in runs logged before it was recorded."""
 
 
 class RunResumed(_Event, tag="RunResumed"):

@@ -70,13 +70,15 @@ class Captured:
 
     epoch: int
     state: dict[str, Any]
+    every: int | None = None
+    """The run's checkpoint interval, which its `CheckpointSaved` records (`Checkpoints.every`)."""
 
 
 class UnusableCheckpoint(EsperError):
     """A checkpoint that cannot be resumed from; the message says why (missing, damaged ...)."""
 
 
-def capture(epoch: int, trainer: Trainer, controller: Any, garden: Garden) -> Captured:
+def capture(epoch: int, trainer: Trainer, controller: Any, garden: Garden, every: int | None = None) -> Captured:
     rng_state = getattr(controller, "rng_state", None)
     state = {
         "format": FORMAT,
@@ -91,7 +93,7 @@ def capture(epoch: int, trainer: Trainer, controller: Any, garden: Garden) -> Ca
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
         "stages": _stages(garden),
     }
-    return Captured(epoch, _packed(state))
+    return Captured(epoch, _packed(state), every)
 
 
 _TENSOR = "__tensor__"
@@ -163,7 +165,7 @@ def write(folder: Path, captured: Captured) -> CheckpointSaved:
             tmp.unlink(missing_ok=True)
         _sync_folder(folder)  # the rename itself is durable
     crashpoints.reach("checkpoint-written", captured.epoch)
-    return CheckpointSaved(epoch=captured.epoch, sha256=sha256, size=len(data))
+    return CheckpointSaved(epoch=captured.epoch, sha256=sha256, size=len(data), every=captured.every)
 
 
 def _write_synced(path: Path, data: bytes, epoch: int) -> None:

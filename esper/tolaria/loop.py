@@ -423,7 +423,7 @@ class Session:
         before it appends the batch (`checkpoint.CheckpointWriter`)."""
         if self.checkpoints is not None and self.checkpoints.due(self.epoch):
             self._pending.append(checkpoint.capture(self.epoch, self.trainer, self.checkpoints.controller,
-                                                    self.projection.garden))
+                                                    self.projection.garden, self.checkpoints.every))
 
     def _flush(self) -> None:
         """Hand the events so far to the writer thread as one batch (one transaction)."""

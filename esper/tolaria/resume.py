@@ -109,19 +109,24 @@ class Resumption:
         self.close()
 
 
-def open_resumption(ws: Workspace, run: str, checkpoint_every: int, snapshot_every: int = SNAPSHOT_EVERY) -> Resumption:
+def open_resumption(ws: Workspace, run: str, checkpoint_every: int | None = None,
+                    snapshot_every: int = SNAPSHOT_EVERY) -> Resumption:
     """Rebuild RUN at its latest usable checkpoint; it writes checkpoints every `checkpoint_every` epochs from
-    there on. `BadInput` (nothing written) when the run cannot be resumed."""
-    for name, every in (("checkpoint_every", checkpoint_every), ("snapshot_every", snapshot_every)):
+    there on (None: as the run did, by its last `CheckpointSaved`; 1 where that does not say). `BadInput` (nothing
+    written) when the run cannot be resumed."""
+    for name, every in (("checkpoint_every", checkpoint_every or 0), ("snapshot_every", snapshot_every)):
         if problem := every_problem(name, every):
             raise BadInput(problem)
-    if checkpoint_every:
-        checkpoint.check_folder(ws.root)
     run_id, recorded = _read(ws, run)
     state = RunState.fold(recorded)
     _check_resumable(run_id, state)
-    if not any(isinstance(r.event, CheckpointSaved) for r in recorded):
+    saved = [r.event for r in recorded if isinstance(r.event, CheckpointSaved)]
+    if not saved:
         raise BadInput(f"run {run_id} has no checkpoint to resume from (it ran with checkpoint_every 0)")
+    if checkpoint_every is None:
+        checkpoint_every = saved[-1].every or 1
+    if checkpoint_every:
+        checkpoint.check_folder(ws.root)
     config = state.config
     data = recorded_data(recorded[0].event)
     controller = make_controller(config.controller, config.seed, config.policy, config.heuristic)
