@@ -47,9 +47,25 @@ def epoch_seq(path: Path, epoch: int = 5) -> int:
 
 
 def altered(ws: Workspace, run: str = RUN) -> str:
+    """What replay says of the altered run; `esper runs` must list it as altered, with the same words."""
     line = one_line_error(invoke("replay", run, workspace=ws.root), code=1)
     assert "log altered" in line
+    listed = invoke("runs", "--json", workspace=ws.root)
+    assert listed.exit_code == 0, listed.stderr
+    status = {r["run_id"]: r["status"] for r in json.loads(listed.stdout)}
+    assert status.get(run, "altered") == "altered"  # a run the runs view still lists (not one whose RunStarted went)
+    if run in status:
+        assert f"note: {line.removeprefix('esper: ')}" in listed.stderr.splitlines()
     return line
+
+
+def test_runs_lists_an_untouched_run_beside_an_altered_one_as_it_ended(ws):
+    write_run(ws.root, "static", 1)
+    path = next(p for p in ws.store_files() if RUN in p.name)
+    sql(path, "DELETE FROM events WHERE seq = ?", [epoch_seq(path)])
+    listed = invoke("runs", "--json", workspace=ws.root)
+    status = {r["run_id"]: r["status"] for r in json.loads(listed.stdout)}
+    assert status == {RUN: "altered", run_id_for("static", 1): "finished"}
 
 
 def test_the_chain_is_sha256_of_the_previous_hash_the_seq_and_the_payload_as_stored(ws):

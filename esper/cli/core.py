@@ -238,7 +238,8 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="One JSON array on stdout."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """The runs in the workspace, with their status: running, finished, failed or incomplete."""
+    """The runs in the workspace, with their status: running, finished, failed or incomplete; altered where the
+    log's hash chain says it was changed (its numbers are then not the run's)."""
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
@@ -246,10 +247,13 @@ def runs(
         rows = reader.con.execute(
             "SELECT run_id, task, controller, seed, epochs, status, val_accuracy, test_accuracy, params, started"
             " FROM runs ORDER BY started, run_id").fetchall()
+        altered = reader.altered_runs()
         listing = []
         for run_id, task, controller, seed, epochs, status, val_acc, test_acc, params, started in rows:
+            if run_id in altered:
+                say(f"note: {altered[run_id]}")
             listing.append({
-                "run_id": run_id, "status": status, "task": task, "controller": controller, "seed": seed,
+                "run_id": run_id, "status": "altered" if run_id in altered else status, "task": task, "controller": controller, "seed": seed,
                 "epochs": epochs, "val_accuracy": val_acc, "test_accuracy": test_acc, "params": params,
                 "started": started.isoformat() if started else None,
             })

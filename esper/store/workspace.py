@@ -6,17 +6,18 @@ snapshot copy (so a user can watch a run that is training); a file that cannot b
 each such file is reported in `notes`, never waited on.
 """
 
+import itertools
 import os
 import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import attrs
 import duckdb
 
-from esper.errors import BadInput, EsperError, StoreDamaged, UnknownRun, first_line
+from esper.errors import BadInput, EsperError, LogAltered, StoreDamaged, UnknownRun, first_line
 from esper.leyline.status import CLOSING_TAGS, ENDING_TAGS, FINISHED, sql_in, status_sql
 from esper.store import chain
 from esper.store.readonly import reading_statements
@@ -347,19 +348,38 @@ class Reader:
         rows, unsealed = self._checked_rows(run_id)
         return CheckedRun(list(decode_rows(run_id, rows)), unsealed)
 
+    def altered_runs(self) -> dict[str, str]:
+        """Each run whose log `check_run` refuses, with what it says: every run's chain and heads checked in one
+        pass over the workspace's events (a listing of every run costs one read, not one per run)."""
+        heads: dict[str, dict[str, tuple[int, str | None]]] = {}
+        for run_id, seq, hash_, store in self.con.execute("SELECT run_id, seq, hash, _store FROM all_heads").fetchall():
+            heads.setdefault(run_id, {})[store] = (seq, hash_)
+        result = self.con.execute(f"SELECT run_id, {ROW_COLUMNS} FROM all_events ORDER BY run_id, seq, position")
+        altered = {}
+        for run_id, rows in itertools.groupby(_fetched(result), key=lambda row: row[0]):
+            try:
+                self._check_chain(run_id, [row[1:] for row in rows], heads.get(run_id, {}))
+            except LogAltered as exc:
+                altered[run_id] = str(exc)
+        return altered
+
     def _checked_rows(self, run_id: str) -> tuple[list[tuple], str | None]:
         """The run's rows (position, seq, event_id, epoch_us(ts), payload, ...) in seq order, its chain and heads
         checked, and the unsealed note (`check_run`)."""
-        rows = self.con.execute(
-            "SELECT position, seq, event_id, epoch_us(ts), payload::VARCHAR, type, hash, _store, epoch, seed_id, slot"
-            " FROM all_events WHERE run_id = ? ORDER BY seq, position", [run_id]).fetchall()
+        rows = self.con.execute(f"SELECT {ROW_COLUMNS} FROM all_events WHERE run_id = ? ORDER BY seq, position",
+                                [run_id]).fetchall()
+        heads = {store: (seq, hash_) for seq, hash_, store in self.con.execute(
+            "SELECT seq, hash, _store FROM all_heads WHERE run_id = ?", [run_id]).fetchall()}
+        return rows, self._check_chain(run_id, rows, heads)
+
+    def _check_chain(self, run_id: str, rows: list[tuple], heads: dict[str, tuple[int, str | None]]) -> str | None:
+        """`check_run` of the run's `rows` (`ROW_COLUMNS`, in seq order) and its `heads` (store → seq, hash); the
+        unsealed note."""
         verifier = chain.Verifier(run_id)
         last: dict[str, tuple[int, str | None]] = {}  # store → the run's last event there (seq, hash)
         for _, seq, _, _, payload, type_, hash_, store, *columns in rows:
             verifier.feed(seq, type_, payload, hash_, columns)
             last[store] = (seq, hash_)
-        heads = {store: (seq, hash_) for seq, hash_, store in self.con.execute(
-            "SELECT seq, hash, _store FROM all_heads WHERE run_id = ?", [run_id]).fetchall()}
         for store in sorted(set(last) | set(heads)):
             if store not in self.anchored and not verifier.sealed:  # written before the chain: no heads table
                 continue  # (a sealed run's store without one has lost it: its tail could have been cut unseen)
@@ -367,7 +387,7 @@ class Reader:
             mine = chain.Verifier(run_id, held[0], held[1], where=f", {self.names[store]}")
             mine.sealed = verifier.sealed
             mine.end(heads.get(store), holder="the store")
-        return rows, None if verifier.sealed else chain.unsealed_note(run_id)
+        return None if verifier.sealed else chain.unsealed_note(run_id)
 
     def files_of(self, run_id: str) -> list[str]:
         """The names of the store files that hold the run's events."""
@@ -400,6 +420,16 @@ database named *.duckdb, say), ATTACH would load the extension that reads it, do
 command would reach the network and run native code Esper never shipped. With loading off such a file is one more
 unreadable store, skipped with a note. (Only readers' in-memory connections: DuckDB refuses a second connection to a
 file with another configuration than the first, so a Recorder's stays as a user's own `duckdb.connect` opens it.)"""
+
+
+ROW_COLUMNS = "position, seq, event_id, epoch_us(ts), payload::VARCHAR, type, hash, _store, epoch, seed_id, slot"
+"""A run's rows as `Reader` checks and decodes them (`decode_rows` reads the first five)."""
+
+
+def _fetched(result: duckdb.DuckDBPyConnection, size: int = 10_000) -> Iterator[tuple]:
+    """The rows of an executed query, a few thousand in memory at a time."""
+    while rows := result.fetchmany(size):
+        yield from rows
 
 
 def is_damaged_block(exc: BaseException) -> bool:
