@@ -117,6 +117,8 @@ def open_resumption(ws: Workspace, run: str, checkpoint_every: int | None = None
     for name, every in (("checkpoint_every", checkpoint_every or 0), ("snapshot_every", snapshot_every)):
         if problem := every_problem(name, every):
             raise BadInput(problem)
+    if checkpoint_every != 0:  # None: the run's interval, never 0 (a run without checkpoints is not resumed)
+        checkpoint.check_folder(ws.root)
     run_id, recorded = _read(ws, run)
     state = RunState.fold(recorded)
     _check_resumable(run_id, state)
@@ -125,8 +127,6 @@ def open_resumption(ws: Workspace, run: str, checkpoint_every: int | None = None
         raise BadInput(f"run {run_id} has no checkpoint to resume from (it ran with checkpoint_every 0)")
     if checkpoint_every is None:
         checkpoint_every = saved[-1].every or 1
-    if checkpoint_every:
-        checkpoint.check_folder(ws.root)
     config = state.config
     data = recorded_data(recorded[0].event)
     controller = make_controller(config.controller, config.seed, config.policy, config.heuristic)
