@@ -1,7 +1,7 @@
 """Accuracy per parameter: the strongest static models beside Esper's growth, every number from a log.
 
     .venv/bin/python benchmarks/frontier.py --workspace runs-frontier --out docs/frontier.md --svg docs/frontier.svg
-    .venv/bin/python benchmarks/frontier.py --workspace runs-frontier          # ~400 runs: ~15 minutes on 2 cores
+    .venv/bin/python benchmarks/frontier.py --workspace runs-frontier          # ~680 runs: ~35 minutes on 2 cores
     .venv/bin/python benchmarks/frontier.py --tune-seeds 100 --eval-seeds 0 --epochs 3   # a quick check
 
 Static models (`esper run --controller static --host H --host-option ...`): the cnn1d host at widths 4 to 32
