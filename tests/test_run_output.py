@@ -2,7 +2,8 @@
 
 import pytest
 
-from esper.cli.run import _closing_table, _progress, _result_json, _stages
+from esper.cli.progress import epoch_lines
+from esper.cli.run import _closing_table, _result_json, _stages
 from esper.leyline import Advance, CommandIssued, Cull, Germinate, Wait
 from esper.tamiyo.observation import ObservationProjection
 from esper.tolaria.loop import RunResult
@@ -16,7 +17,7 @@ from esper.tolaria.trainer import EpochStats
     (Wait(), "→ wait"),
 ])
 def test_each_epochs_line_names_what_the_command_acts_on(capsys, command, said):
-    report = _progress(25)
+    report = epoch_lines(25)
     report(16, EpochStats(train_loss=0.5, val_loss=0.6, val_accuracy=0.9, params=6_000, seeds=[]),
            ObservationProjection(), CommandIssued(epoch=16, command=command, controller="heuristic"))
     line = capsys.readouterr().err.strip()

@@ -230,7 +230,7 @@ def test_ppo_with_max_params_masks_what_does_not_fit_and_its_policy_keeps_the_ca
     (["iql", "--task", "mnist1dd", "--out", "x.pt"], "its runs are of mnist1d (--task)"),
     (["iql", "--runs", "  ", "--out", "x.pt"], "the runs filter is empty"),
     (["run", "--controller", "policy", "--policy", "missing.pt"], "no policy file"),
-    (["run", "--controller", "policy", "--policy", "."], ". is a folder: give the path of a policy file"),
+    (["run", "--controller", "policy", "--policy", "."], " is a folder: give the path of a policy file"),
     (["ppo", "--reward-params", "inf", "--out", "x.pt"], "--reward-params must be a finite number, got inf"),
     (["ppo", "--ent-coef", "nan", "--out", "x.pt"], "--ent-coef must be a finite number, got nan"),
     (["iql", "--temperature", "-inf", "--out", "x.pt"], "--temperature must be a finite number"),

@@ -215,7 +215,7 @@ def test_a_read_only_filesystem_under_esper_run_is_one_line(tmp_path, monkeypatc
 def test_a_store_removed_under_esper_run_is_written_back_and_said(tmp_path, monkeypatch):
     from esper.cli import run as run_module
 
-    report = run_module._progress
+    report = run_module.epoch_lines
 
     def removing(total):
         shown = report(total)
@@ -227,7 +227,7 @@ def test_a_store_removed_under_esper_run_is_written_back_and_said(tmp_path, monk
 
         return progress
 
-    monkeypatch.setattr(run_module, "_progress", removing)
+    monkeypatch.setattr(run_module, "epoch_lines", removing)
     error = store_error(invoke("run", "--epochs", "5", "--controller", "static", workspace=tmp_path))
     run_id, path = the_run(tmp_path)
     held = held_epochs(tmp_path, run_id)
