@@ -103,3 +103,17 @@ def test_a_relative_data_dir_is_recorded_absolute_so_the_run_re_executes_from_an
     monkeypatch.chdir(tmp_path / "elsewhere")
     verified = invoke("replay", json.loads(ran.stdout)["run_id"], "--verify", workspace=tmp_path / "ws")
     assert verified.exit_code == 0, verified.stderr
+
+
+def test_scratch_like_a_text_run_takes_its_task_without_being_told(grown, tmp_path):
+    ws, _, result = grown
+    for store in ws.glob("*.duckdb"):
+        (tmp_path / store.name).write_bytes(store.read_bytes())
+    ran = invoke("run", "--controller", "scratch", "--like", result["run_id"], "--epochs", "1", "--print-config",
+                 workspace=tmp_path)
+    assert ran.exit_code == 0, ran.stderr
+    assert 'task = "text"' in ran.stdout.splitlines()
+    built = invoke("run", "--controller", "scratch", "--like", result["run_id"], "--epochs", "1", "--json",
+                   workspace=tmp_path)
+    assert built.exit_code == 0, built.stderr
+    assert json.loads(built.stdout)["run_id"].startswith("text-scratch-")

@@ -45,7 +45,8 @@ TELEMETRY = ("minimal", "standard", "diagnostic")
 class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every setting of a new run; None: the task preset's (or, for `max_params`, the policy's) value."""
 
-    task: str = "mnist1d"
+    task: str | None = None
+    """None: mnist1d, or for controller scratch the task of the run it is like."""
     controller: str = "heuristic"
     policy: str | None = None
     like: str | None = None
@@ -176,6 +177,8 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
         r = _as_grown(r, grew, epochs)
     elif like is not None:
         raise BadInput("--like (like) only makes sense with --controller scratch")
+    if r.task is None:
+        r = msgspec.structs.replace(r, task="mnist1d")
     if r.seed is None:
         r = msgspec.structs.replace(r, seed=0)
     _check_settings(r)
@@ -208,9 +211,9 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
 
 
 def _as_grown(r: RunRequest, grew: "FinalArchitecture", epochs: int) -> RunRequest:
-    """The request with the host `grew` grew on, and its recipe (rates, weight decay, batch size, anneal: at most
-    the `epochs` scratch trains), seed and data wherever the request leaves them to the preset: the same architecture trained the
-    same way on the same data, paired with the run. Another host is refused: the fossils were built for this one's
+    """The request with the task and host `grew` grew on, and its recipe (rates, weight decay, batch size, anneal: at
+    most the `epochs` scratch trains), seed and data wherever the request leaves them to the preset: the same
+    architecture trained the same way on the same data, paired with the run. Another host is refused: the fossils were built for this one's
     shapes, and what scratch built would not be the architecture that grew."""
     p, c = grew.preset, grew.config
     anneal = c.anneal_epochs if c.anneal_epochs is None else min(c.anneal_epochs, epochs)  # None: an old log's
@@ -224,7 +227,7 @@ def _as_grown(r: RunRequest, grew: "FinalArchitecture", epochs: int) -> RunReque
         weight_decay=p.weight_decay if r.weight_decay is None else r.weight_decay,
         batch_size=p.batch_size if r.batch_size is None else r.batch_size,
         seed=c.seed if r.seed is None else r.seed, data_dir=c.data_dir if r.data_dir is None else r.data_dir,
-        anneal_epochs=anneal if r.anneal_epochs is None else r.anneal_epochs)
+        task=c.task, anneal_epochs=anneal if r.anneal_epochs is None else r.anneal_epochs)
 
 
 def _check_settings(r: RunRequest) -> None:
@@ -427,8 +430,8 @@ class FinalArchitecture:
     """The note to say when the run was written before hash chains (`Reader.read_checked`)."""
 
 
-def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture:
-    """What run `like`, a finished run of `task`, grew. Read with its chain checked and folded from zero (not from a
+def final_architecture(ws: Workspace, like: str, task: str | None) -> FinalArchitecture:
+    """What run `like`, a finished run of `task` (None: of any task), grew. Read with its chain checked and folded from zero (not from a
     snapshot, whose state no hash covers): the architecture a baseline builds is what the log, re-judged, says
     grew."""
     from esper.nissa.runstate import RunState
@@ -445,7 +448,7 @@ def final_architecture(ws: Workspace, like: str, task: str) -> FinalArchitecture
                else f": finish it first (esper run --resume {run_id})")
         raise BadInput(f"like {run_id}: the run is {state.status} after epoch {done} of {state.config.epochs}; scratch "
                        f"builds the architecture of a finished run{fix}")
-    if state.config.task != task:
+    if task is not None and state.config.task != task:
         raise BadInput(f"like {run_id}: a run of task {state.config.task}, not {task} (scratch builds an architecture "
                        f"on the task it grew on): add --task {state.config.task}")
     # Fossils in the order they fossilized; seeds built up front (epoch 0, `build` events) are among them. A log

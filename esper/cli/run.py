@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 @handles_errors
 def run(
     ctx: typer.Context,
-    task: str = typer.Option(None, "--task", help="mnist1d (default), cifar10 or text."),
+    task: str = typer.Option(None, "--task", help="mnist1d (default; with --like, the run's task), cifar10 or text."),
     controller: str = typer.Option(None, "--controller", help=f"One of: {', '.join(CONTROLLERS)} (default heuristic)."),
     policy: Optional[str] = path_option(None, "--policy", as_text=True, help="Policy file for --controller policy (greedy) or sampled (samples as in training, seeded by --seed)."),
     like: Optional[str] = typer.Option(None, "--like", help="For --controller scratch: the run whose final "
