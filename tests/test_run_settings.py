@@ -124,3 +124,12 @@ def test_overrides_are_recorded_and_tensorboard_files_follow_the_run(tmp_path):
     acc.Reload()
     logged = {e.epoch: e.val_accuracy for e in events if isinstance(e, EpochEnded)}
     assert {s.step: s.value for s in acc.Scalars("accuracy/val")} == pytest.approx(logged)
+
+
+@pytest.mark.parametrize("controller, noted", [("static", True), ("heuristic", False), ("random", False)])
+def test_how_seeds_train_set_for_a_controller_that_grows_none_is_noted(tmp_path, controller, noted):
+    printed = invoke("run", "--controller", controller, "--seed-lr", "0.01", "--blend-schedule", "sigmoid",
+                     "--print-config", workspace=tmp_path)
+    assert printed.exit_code == 0, printed.stderr
+    note = f"note: seed_lr and blend_schedule change nothing here: controller {controller} germinates no seed"
+    assert (note in printed.stderr.splitlines()) is noted

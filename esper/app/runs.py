@@ -163,7 +163,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     """Check every setting (one `BadInput` line for the first that is wrong) and resolve the run."""
     r = request
     architecture: list[tuple[str, str]] = []
-    epochs, like, notes = r.epochs, r.like, ()
+    epochs, like, notes = r.epochs, r.like, _seedless_settings(r)
     if r.controller == "scratch":
         if like is None:
             raise BadInput("controller scratch needs --like RUN (like = RUN in a --config file): the run whose final "
@@ -173,7 +173,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
             raise BadInput(f"like {grew.run_id}: its architecture has {grew.params:,} parameters, over max_params "
                            f"{r.max_params:,}: drop --max-params or raise it")
         like, architecture, epochs = grew.run_id, grew.architecture, epochs or grew.config.epochs
-        notes = (grew.unsealed,) if grew.unsealed else ()
+        notes += (grew.unsealed,) if grew.unsealed else ()
         r = _as_grown(r, grew, epochs)
     elif like is not None:
         raise BadInput("--like (like) only makes sense with --controller scratch")
@@ -208,6 +208,18 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     data = load_task_data(r.task, config.data_seed, r.data_dir, download=r.download, preset=preset)  # bad input: no log
     _check_host_fits(preset, data, r.task)
     return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data, notes)
+
+
+SEED_SETTINGS = {"seed_lr": None, "lifecycle": {}, "blend_schedule": "linear"}
+"""The settings of how seeds train and blend, with their defaults: a controller that grows none has no use for them."""
+
+
+def _seedless_settings(r: RunRequest) -> tuple[str, ...]:
+    """A note when `r` sets how seeds train or blend for a controller that germinates none (static, scratch)."""
+    given = [name for name, default in SEED_SETTINGS.items() if getattr(r, name) != default]
+    if r.controller not in ("static", "scratch") or not given:
+        return ()
+    return (f"{' and '.join(given)} change nothing here: controller {r.controller} germinates no seed",)
 
 
 def _as_grown(r: RunRequest, grew: "FinalArchitecture", epochs: int) -> RunRequest:
