@@ -72,12 +72,13 @@ def test_bits_per_char_count_characters_not_bytes(tmp_path):
     assert data.correct(uniform, y) == pytest.approx((y == 0).float().mean(1).sum())
 
 
-def test_a_folder_is_read_whole_in_sorted_order_without_hidden_files(tmp_path):
+def test_a_folder_is_read_whole_in_sorted_order_without_hidden_files_or_bytecode(tmp_path):
     (tmp_path / "b.txt").write_text(SAMPLE[:5000])
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "z.txt").write_text(SAMPLE[5000:])
-    (tmp_path / ".git").mkdir()
-    (tmp_path / ".git" / "index").write_bytes(b"\xff\x00")
+    for binary in (tmp_path / ".git" / "index", tmp_path / "a" / "__pycache__" / "z.cpython-311.pyc"):
+        binary.parent.mkdir()
+        binary.write_bytes(b"\xff\x00")
     data = text.load_text("text", tmp_path, context=16, windows=10)
     assert (data.corpus.source, data.corpus.files) == ("data_dir", 2)
     whole = (SAMPLE[5000:] + SAMPLE[:5000]).encode()

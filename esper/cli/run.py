@@ -36,7 +36,8 @@ def run(
     precision: str = typer.Option(
         None, "--precision", help="bf16, fp16 (with a gradient scaler) or fp32 autocast (default: bf16 on CUDA, fp32 on CPU)."),
     data_dir: Optional[str] = path_option(None, "--data-dir", as_text=True, help="Where cifar10 lives; for text, a UTF-8 file or folder "
-                                           "to train on instead of the standard library's sources."),
+                                           "to train on instead of the standard library's sources (hidden files and "
+                                           "__pycache__ left out)."),
     download: bool = typer.Option(None, "--download", help="Download cifar10 into --data-dir if missing."),
     telemetry: str = typer.Option(None, "--telemetry", help="minimal, standard (default) or diagnostic."),
     max_params: Optional[int] = typer.Option(

@@ -135,9 +135,9 @@ def _corpus(path: str | None) -> tuple[bytes, Corpus]:
     if path is None:
         return _stdlib_corpus()
     root = Path(path)
-    if root.is_dir():
-        files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if root.is_dir():  # hidden files and folders (.git) and Python's compiled bytecode are never the user's text
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not any(
+            part.startswith(".") or part == "__pycache__" for part in p.relative_to(root).parts))
     elif root.is_file():
         files, root = [root.name], root.parent
     else:
