@@ -189,6 +189,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--max-params", "1000"), "below the mnist1d host's own 1,258"),
         (("--anneal-epochs", "-2"), "anneal_epochs must not be negative"),
         (("--heuristic", "min_gain=fast"), "min_gain takes float values"),
+        (("--heuristic", "min_gain=1e400"), "min_gain must be a finite number"),  # a float holds no such number
         (("--heuristic", "speed=3"), "KEY one of warmup_epochs"),
         (("--heuristic", "min_gain"), "expected KEY=VALUE"),
         (("--heuristic", "min_gain=1", "--heuristic", "min-gain=2"), "--heuristic min_gain is given twice"),

@@ -58,6 +58,14 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """A blueprint culled within this many epochs is skipped when choosing what to germinate."""
 
 
+def _overflows(text: str) -> bool:
+    """Whether `text` is a number too large for a float (Python reads it as infinity, msgspec refuses it)."""
+    try:
+        return math.isinf(float(text))
+    except ValueError:
+        return False
+
+
 SET_BY_OPTION = ("max_params",)
 """Fields of a knobs struct that an option of their own sets (`--max-params`), not `KEY=VALUE`: not listed as knobs."""
 
@@ -82,6 +90,8 @@ def parse_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> dict[st
         try:
             values[key] = msgspec.convert(text.strip(), fields[key], strict=False)
         except msgspec.ValidationError:
+            if fields[key] is float and _overflows(text):  # 1e400: a number, but past what a float holds
+                raise BadInput(f"{flag} {item!r}: {key} must be a finite number") from None
             raise BadInput(f"{flag} {item!r}: {key} takes {fields[key].__name__} values") from None
     return values
 
