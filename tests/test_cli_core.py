@@ -245,3 +245,11 @@ def test_a_bare_esper_prints_its_help_and_version_prints_the_versions(monkeypatc
     assert shown.out.startswith("Usage: ") and "Commands:" in shown.out and shown.err == ""
     version = invoke("--version")
     assert version.exit_code == 0 and re.fullmatch(r"esper \S+ torch \S+ numpy \S+\n", version.stdout), version.stdout
+
+
+def test_replay_calls_only_a_finished_runs_last_numbers_final(workspace):
+    finished = esper("replay", "run-a", workspace=workspace)
+    cut = esper("replay", "run-b", workspace=workspace)
+    assert finished.returncode == cut.returncode == 0, cut.stderr
+    assert "final: val 0.5000" in finished.stdout.splitlines()[-1]
+    assert cut.stdout.splitlines()[-1].startswith("after epoch 1: val ") and "final" not in cut.stdout

@@ -137,7 +137,8 @@ def _print_story(s: dict) -> None:
         print(f"  {seed_id:<12} {seed['blueprint']:<11} {seed['params']:>7} params  {path}")
     if s["val_accuracy"] is not None:
         test = "" if s["test_accuracy"] is None else f"  test {s['test_accuracy']:.4f}"
-        print(f"final: val {s['val_accuracy']:.4f}{test}  params {s['params']}")
+        ended = "final" if s["status"] == "finished" else f"after epoch {s['epochs']}"  # a failed or cut run's last
+        print(f"{ended}: val {s['val_accuracy']:.4f}{test}  params {s['params']}")
     if s["error"]:
         print(f"failed: {s['error']}")
 
