@@ -21,7 +21,7 @@ def test_each_epochs_line_names_what_the_command_acts_on(capsys, command, said):
     report(16, EpochStats(train_loss=0.5, val_loss=0.6, val_accuracy=0.9, params=6_000, seeds=[]),
            ObservationProjection(), CommandIssued(epoch=16, command=command, controller="heuristic"))
     line = capsys.readouterr().err.strip()
-    assert line.startswith("[ 16/25] val  90.0%") and line.endswith(said)
+    assert line.startswith("[ 16/25] val  90.0%") and line.endswith(f"{said}  seeds -")  # the seeds after it
 
 
 def test_a_culled_seed_counts_as_culled_whatever_its_slot_moved_on_to():

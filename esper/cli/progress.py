@@ -45,8 +45,8 @@ class EpochBars:
 
 
 def epoch_lines(total: int) -> Callable[..., None]:
-    """A line per epoch on stderr (of `total`): the epoch's numbers, the live seeds as the epoch left them and the
-    command the controller then issued."""
+    """A line per epoch on stderr (of `total`): the epoch's numbers (its size before the command), the command the
+    controller then issued, and the live seeds as the command left them (an advanced seed already in its new stage)."""
 
     def report(epoch: int, stats: "EpochStats", projection: "ObservationProjection", issued) -> None:
         live = [s for s in projection.garden.seeds.values() if s.stage.value in ("GERMINATED", "TRAINING", "BLENDING")]
@@ -56,6 +56,6 @@ def epoch_lines(total: int) -> Callable[..., None]:
             for s in live
         ) or "-"
         say(f"[{epoch:>3}/{total}] val {stats.val_accuracy * 100:5.1f}%  loss {stats.train_loss:.3f}  "
-            f"params {stats.params:>7,}  seeds {seeds}  → {describe_command(issued.command)}")
+            f"params {stats.params:>7,}  → {describe_command(issued.command)}  seeds {seeds}")
 
     return report
