@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import torch
 
 from esper.leyline import RunConfig
-from esper.leyline.config import TaskPreset, decay_problem, rate_problem
+from esper.leyline.config import TaskPreset, recipe_problem
 from esper.leyline.events import Event, RunStarted, decode
 from esper.store import Reader, Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
@@ -86,7 +86,8 @@ def record_all(ws: Workspace, jobs: list[Job], workers: int) -> int:
     """Record every job not in the workspace yet, `workers` at a time, one process each; returns how many. A grid
     point that no run could train at ends the script with one line before anything is recorded."""
     for job in jobs:
-        if job.preset is not None and (problem := preset_problem(job.preset)):
+        p = job.preset
+        if p is not None and (problem := recipe_problem(p.lr, p.seed_lr, p.weight_decay, p.batch_size)):
             sys.exit(f"{Path(sys.argv[0]).stem}: {problem}")
     todo = still_to_record(ws, jobs)
     say(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in the workspace; recording {len(todo)}")
@@ -97,13 +98,6 @@ def record_all(ws: Workspace, jobs: list[Job], workers: int) -> int:
         for line in pool.map(record, [str(ws.root)] * len(todo), todo):
             say(line)
     return len(todo)
-
-
-def preset_problem(p: TaskPreset) -> str | None:
-    """Why no run can train at the patched preset `p` (None if one can): the checks `esper run` makes of its flags."""
-    if p.batch_size < 1:
-        return f"batch_size must be at least 1, got {p.batch_size}"
-    return rate_problem("lr", p.lr) or rate_problem("seed_lr", p.seed_lr) or decay_problem(p.weight_decay)
 
 
 # ---- reading the runs back ---------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line, out_of_memory
 from esper.kasmina import HOSTS, SCHEDULES, build_host, host_problem, preset_host
 from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, every_problem,
-                                  decay_problem, from_table, number_problem, rate_problem)
+                                  from_table, number_problem, recipe_problem)
 from esper.leyline.stages import SeedStage
 from esper.leyline.status import FINISHED
 from esper.nissa.fmt import plural
@@ -225,8 +225,8 @@ def _seedless_settings(r: RunRequest) -> tuple[str, ...]:
 def _as_grown(r: RunRequest, grew: "FinalArchitecture", epochs: int) -> RunRequest:
     """The request with the task and host `grew` grew on, and its recipe (rates, weight decay, batch size, anneal: at
     most the `epochs` scratch trains), seed and data wherever the request leaves them to the preset: the same
-    architecture trained the same way on the same data, paired with the run. Another host is refused: the fossils were built for this one's
-    shapes, and what scratch built would not be the architecture that grew."""
+    architecture trained the same way on the same data, paired with the run. Another host is refused: the fossils
+    were built for this one's shapes, and what scratch built would not be the architecture that grew."""
     p, c = grew.preset, grew.config
     anneal = c.anneal_epochs if c.anneal_epochs is None else min(c.anneal_epochs, epochs)  # None: an old log's
     if (r.host is not None or r.host_options) and ((r.host or p.host), dict(r.host_options)) != (p.host, p.host_options):
@@ -260,13 +260,8 @@ def _check_settings(r: RunRequest) -> None:
     for name in ("snapshot_every", "checkpoint_every"):
         if problem := every_problem(name, getattr(r, name)):
             raise BadInput(problem)
-    for name in ("lr", "seed_lr"):
-        if getattr(r, name) is not None and (problem := rate_problem(name, getattr(r, name))):
-            raise BadInput(problem)
-    if r.weight_decay is not None and (problem := decay_problem(r.weight_decay)):
+    if problem := recipe_problem(r.lr, r.seed_lr, r.weight_decay, r.batch_size):
         raise BadInput(problem)
-    if r.batch_size is not None and r.batch_size < 1:
-        raise BadInput(f"batch_size must be at least 1, got {r.batch_size}")
 
 
 def _check_host_fits(preset: TaskPreset, data: TaskData, task: str) -> None:
@@ -443,9 +438,9 @@ class FinalArchitecture:
 
 
 def final_architecture(ws: Workspace, like: str, task: str | None) -> FinalArchitecture:
-    """What run `like`, a finished run of `task` (None: of any task), grew. Read with its chain checked and folded from zero (not from a
-    snapshot, whose state no hash covers): the architecture a baseline builds is what the log, re-judged, says
-    grew."""
+    """What run `like`, a finished run of `task` (None: of any task), grew. Read with its chain checked and folded
+    from zero (not from a snapshot, whose state no hash covers): the architecture a baseline builds is what the log,
+    re-judged, says grew."""
     from esper.nissa.runstate import RunState
 
     with ws.reader() as reader:

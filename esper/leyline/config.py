@@ -138,6 +138,20 @@ def decay_problem(value: float) -> str | None:
     return None
 
 
+def recipe_problem(lr: float | None = None, seed_lr: float | None = None, weight_decay: float | None = None,
+                   batch_size: int | None = None) -> str | None:
+    """Why no run can train at this recipe (None if one can), the first bad part named; a part that is None is left
+    to the preset and not checked. `esper run`, `esper.fit` and the benchmarks' grids all check with it."""
+    for name, rate in (("lr", lr), ("seed_lr", seed_lr)):
+        if rate is not None and (problem := rate_problem(name, rate)):
+            return problem
+    if weight_decay is not None and (problem := decay_problem(weight_decay)):
+        return problem
+    if batch_size is not None and batch_size < 1:
+        return f"batch_size must be at least 1, got {batch_size}"
+    return None
+
+
 def from_table(struct: type[Knobs], values: dict[str, Any], where: str) -> Knobs:
     """`struct` from a dict of its fields (a `--config` file's table); `BadInput` names a bad one. Its counts
     (every int knob: epochs, seeds, parameters) cannot be negative, and a JSON log holds no NaN or infinity."""

@@ -18,7 +18,7 @@ from esper.errors import BadInput
 from esper.kasmina import BLUEPRINTS as FAMILIES
 from esper.kasmina import GrowableModel
 from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset,
-                                  decay_problem, from_table, rate_problem)
+                                  from_table, recipe_problem)
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.store.schema import run_id_problem
@@ -156,7 +156,7 @@ def _preset(model: GrowableModel, task: str, epochs: int, blueprints: Sequence[s
     if optimizer not in ("adam", "sgd"):
         raise BadInput(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     seed_lr = lr if seed_lr is None else seed_lr
-    if problem := rate_problem("lr", lr) or rate_problem("seed_lr", seed_lr) or decay_problem(weight_decay):
+    if problem := recipe_problem(lr, seed_lr, weight_decay):
         raise BadInput(problem)
     if optimizer == "sgd" and not 0 < momentum < 1:  # Nesterov's momentum, which torch requires above 0
         raise BadInput(f"momentum must be above 0 and below 1 for sgd, got {momentum}")
