@@ -57,8 +57,9 @@ def fit(
     `train`, `val`, `test`: (x, y) batches, each a collection or a function returning them; `x` is the model's
     input, or a tuple or list of its inputs (`model(*x)`, as `esper.grow` takes its example; a DataLoader collates a
     dataset's tuples into lists); `y` its targets, one tensor or several (a tuple or list, as `loss` and `score`
-    take them); every tensor of a batch holds one row per example. `loss(model(x), y)` is a batch's mean loss; `score(model(x), y)` the fraction of a batch the model gets right, which the gates
-    and controllers read as accuracy (default: top-1 accuracy of logits `(B, classes)` against class indices).
+    take them); every tensor of a batch holds one row per example. `loss(model(x), y)` is a batch's mean loss;
+    `score(model(x), y)` the fraction of a batch the model gets right, which the gates and controllers read as
+    accuracy (default: top-1 accuracy of logits `(B, classes)` against class indices).
     `controller`: heuristic, static, random or policy (then `policy`: the file `esper ppo`/`esper iql` saved).
     `heuristic`: the knobs of the heuristic controller, `lifecycle` the lifecycle's timings, thresholds and size
     cap (`max_params`): each a config struct or a dict of its fields. `blueprints`: what controllers may

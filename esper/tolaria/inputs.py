@@ -9,17 +9,12 @@ import torch
 from esper.kasmina.grow import SEVERAL_INPUTS, positional
 from esper.tolaria.data import to_device
 
-__all__ = ["examples_in", "first_part", "moved", "positional", "rows"]
-
-
-def first_part(part: Any) -> Any:
-    """A batch's `x` or `y` when it is one tensor, else the first of the several it holds."""
-    return part[0] if isinstance(part, SEVERAL_INPUTS) else part
+__all__ = ["examples_in", "moved", "positional", "rows"]
 
 
 def examples_in(part: Any) -> int:
     """How many examples a batch's `x` or `y` holds (the rows of the first tensor when it holds several)."""
-    return len(first_part(part))
+    return len(positional(part)[0])
 
 
 def rows(x: Any, start: int, stop: int) -> Any:

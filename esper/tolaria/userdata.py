@@ -12,7 +12,7 @@ import attrs
 import torch
 
 from esper.errors import BadInput, first_line
-from esper.tolaria.inputs import examples_in, first_part, moved, positional, rows
+from esper.tolaria.inputs import examples_in, moved, positional, rows
 
 Loss = Callable[[Any, torch.Tensor], torch.Tensor]
 Score = Callable[[Any, torch.Tensor], Any]
@@ -89,16 +89,16 @@ class UserData:
 
     def correct(self, output: Any, y: Any) -> torch.Tensor:
         if self.score is not None:
-            right = torch.as_tensor(self.score(output, y), dtype=torch.float32, device=first_part(y).device)
+            right = torch.as_tensor(self.score(output, y), dtype=torch.float32, device=positional(y)[0].device)
             return right * examples_in(y)
         return (output.argmax(1) == y).sum()
 
 
 def check_first_batch(model: torch.nn.Module, data: UserData, split: str) -> None:
     """Refuse, before anything is written, what would make the run's numbers wrong or fail it later: the first
-    batch of `split` must be a pair (x, y) whose tensors hold one row per example, and the model's output on it (in eval mode, without gradients: nothing
-    about the model changes) must give a finite scalar loss and a score between 0 and 1; the default score needs
-    logits `(B, classes)` and class indices `(B,)`."""
+    batch of `split` must be a pair (x, y) whose tensors hold one row per example, and the model's output on it (in
+    eval mode, without gradients: nothing about the model changes) must give a finite scalar loss and a score
+    between 0 and 1; the default score needs logits `(B, classes)` and class indices `(B,)`."""
     where = f"the first {SPLIT_NAMES[split]} batch"
     try:
         x, y = next(iter(data.batches(split)))
