@@ -8,6 +8,7 @@ each such file is reported in `notes`, never waited on.
 
 import itertools
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -438,17 +439,21 @@ def is_damaged_block(exc: BaseException) -> bool:
 
 
 def store_damaged(exc: BaseException, root: str | Path | None) -> StoreDamaged:
-    """What `exc` (`is_damaged_block`) means for workspace `root`: the damaged store files named, each found by
-    reading every table of every store whole (only once a command has met the damage)."""
+    """What `exc` (`is_damaged_block`) means for workspace `root`: the damaged store files named (`damaged_stores`,
+    only once a command has met the damage)."""
     ws = Workspace.at(root)
-    names = damaged_stores(ws)
+    names = damaged_stores(ws, exc)
     which = f"store {', '.join(names)} is" if names else "a store file is"
     return StoreDamaged(f"{which} damaged ({first_line(exc)}): move it out of workspace {ws.root} to read the rest")
 
 
-def damaged_stores(ws: Workspace) -> list[str]:
-    """The names of `ws`'s store files in which DuckDB meets a damaged block reading every table whole. A file held
-    by a live writer is not read."""
+def damaged_stores(ws: Workspace, exc: BaseException | None = None) -> list[str]:
+    """The names of `ws`'s damaged store files: the file holding the block `exc` names, where its words say which
+    (`holding_block`), else each file in which DuckDB meets a damaged block reading every table whole. The first is
+    exact where the second can miss: a query may read a block no scan of a table reads (a primary key's index, say).
+    A file held by a live writer is not read."""
+    if exc is not None and (found := holding_block(ws, str(exc))):
+        return found
     found = []
     for path in ws.store_files():
         con = duckdb.connect(":memory:", config=NO_EXTENSION_LOADING)
@@ -462,6 +467,29 @@ def damaged_stores(ws: Workspace) -> list[str]:
                 found.append(path.name)
         finally:
             con.close()
+    return found
+
+
+BLOCK_DAMAGE = re.compile(r"stored checksum (\d+) in block at location (\d+)")
+"""DuckDB's words for a damaged block: the checksum stored at the head of the block, and the block's offset in its file."""
+
+
+def holding_block(ws: Workspace, message: str) -> list[str]:
+    """The names of `ws`'s store files that hold, at the offset `message` names, the checksum it says was stored
+    there: the file DuckDB was reading (its message names no file). None if `message` is not in those words."""
+    words = BLOCK_DAMAGE.search(message)
+    if words is None:
+        return []
+    stored, location = (int(words[1]) % 2**64).to_bytes(8, "little"), int(words[2])
+    found = []
+    for path in ws.store_files():
+        try:
+            with path.open("rb") as f:
+                f.seek(location)
+                if f.read(8) == stored:
+                    found.append(path.name)
+        except OSError:
+            continue
     return found
 
 
