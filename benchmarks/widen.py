@@ -144,7 +144,7 @@ def train(seed: int, widths: dict[int, int], init: str, noise: float) -> dict[st
 
 
 def plan(text: str) -> dict[int, int]:
-    """`8:24@9` (8 channels, 24 from epoch 9 on) or `8:16@6:24@11` as {epoch: width}."""
+    """`8:24@9` (8 channels, 24 from epoch 9 on) or `8:16@6:24@11` as {epoch: width} (or depth, benchmarks/stack.py)."""
     first, *steps = text.split(":")
     widths = {1: int(first)}
     for step in steps:
