@@ -13,7 +13,7 @@ from esper.cli.run import run as run_command
 from esper.leyline import EpochEnded, RunStarted
 from esper.store import Workspace
 
-OPTION_OF = {"host_options": "host_option"}
+OPTION_OF = {"host_options": "host_option", "blueprints": "blueprint"}
 
 
 def test_every_setting_is_an_option_whose_default_lives_in_the_request_only():
@@ -97,6 +97,9 @@ def test_a_config_files_paths_are_relative_to_its_folder(tmp_path, monkeypatch):
     ("blend_schedule = 'cosine'\n", "unknown blend schedule 'cosine'"),
     ("epochs = -3\n", "epochs must be positive, got -3"),
     ("controller = 'scratch'\n", "controller scratch needs --like RUN"),
+    ("blueprints = []\n", "no blueprint given: give at least one"),
+    ("blueprints = ['repeat']\n", "blueprint 'repeat' does not grow in slot early of host cnn1d (its blueprints: "),
+    ("task = 'text'\nblueprints = ['repeat', 'mlp', 'repeat']\n", "blueprint repeat is given twice"),
 ])
 def test_a_bad_config_is_one_line_naming_the_file(tmp_path, text, message):
     config = tmp_path / "run.toml"
@@ -104,6 +107,18 @@ def test_a_bad_config_is_one_line_naming_the_file(tmp_path, text, message):
     said = one_line_error(invoke("run", "--config", config, workspace=tmp_path))
     assert message in said and str(config) in said, said
     assert not list(tmp_path.glob("*.duckdb"))
+
+
+def test_the_blueprints_a_run_may_grow_are_set_in_the_heuristics_order(tmp_path):
+    args = ("run", "--task", "text", "--blueprint", "repeat", "--blueprint", "mlp", "--print-config")
+    printed = invoke(*args, workspace=tmp_path)
+    assert printed.exit_code == 0, printed.stderr
+    assert 'blueprints = ["repeat", "mlp"]' in printed.stdout.splitlines()
+    config = tmp_path / "run.toml"
+    config.write_text(printed.stdout)
+    assert invoke("run", "--config", config, "--print-config", workspace=tmp_path).stdout == printed.stdout
+    default = invoke("run", "--task", "text", "--print-config", workspace=tmp_path).stdout
+    assert 'blueprints = ["mlp", "attention", "lowrank", "norm"]' in default.splitlines()
 
 
 @pytest.mark.slow  # trains a short run

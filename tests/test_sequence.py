@@ -93,7 +93,7 @@ def test_the_transformer_host_is_causal_with_three_sequence_slots():
 
 
 @pytest.mark.parametrize("slot", ["early", "mid", "late"])
-@pytest.mark.parametrize("blueprint", ["mlp", "attention"])
+@pytest.mark.parametrize("blueprint", ["mlp", "attention", "repeat"])
 def test_gradient_isolation_is_bit_identical_on_the_transformer(slot, blueprint):
     model, x, y = make_transformer()
     batches = [(x + step) % 256 for step in range(3)]
@@ -113,6 +113,72 @@ def test_cull_restores_the_transformers_outputs_bit_identically():
     model.cull("s")
     assert torch.equal(eval_out(model, x), eval_out(twin, x))
     assert_same_state(host_state(model), host_state(twin))
+
+
+# ---- growth by depth: repeat ----------------------------------------------------------------------
+
+
+def fully_in(model: GrowableModel, seed_id: str) -> None:
+    model.start_training(seed_id)
+    model.start_blending(seed_id, steps=1)
+    model.step_blending()
+
+
+@pytest.mark.parametrize("slot, block", [("early", 0), ("mid", 1), ("late", 2)])
+def test_a_repeat_seed_fully_in_applies_the_block_before_its_slot_once_more(slot, block):
+    """Germinated, `repeat` is a copy of the block as trained so far: the host one block deeper, the block twice."""
+    model, x, _ = make_transformer()
+    trained_a_little(model.host)  # a copy of trained weights, not of an initialisation
+    twin = copy.deepcopy(model)
+    assert model.germinate(slot, "s", "repeat") == sum(p.numel() for p in model.host.stages[block].parameters())
+    assert model.seed_sizes()[slot]["repeat"] == model.slot(slot).live.num_params()
+    assert torch.equal(eval_out(model, x), eval_out(twin, x))  # nothing reaches the output before blending
+    fully_in(model, "s")
+    host = twin.host
+    h = host.embed(x)
+    for i, stage in enumerate(host.stages):
+        h = stage(h)
+        if i == block:
+            h = stage(h)
+    with torch.no_grad():
+        expected = host.head(h)
+    assert torch.allclose(eval_out(model, x), expected, atol=1e-5)
+
+
+def test_a_repeat_seed_is_a_copy_that_owns_its_weights_and_carries_no_slot_hook():
+    model, x, y = make_transformer()
+    model.germinate("mid", "s", "repeat")
+    copied, block = model.slots["mid"].live.module.block, model.host.stages[1]
+    assert not {id(p) for p in copied.parameters()} & {id(p) for p in model.host.parameters()}
+    assert len(block._forward_hooks) == 1 and not copied._forward_hooks  # the slot's hook stays on the host's block
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    fully_in(model, "s")
+    with torch.no_grad():
+        for p in copied.parameters():
+            p.add_(1.0)
+    assert_same_state(before, block.state_dict())
+
+
+def test_scratch_builds_a_repeat_afresh_and_germination_copies():
+    model, _, _ = make_transformer()
+    trained_a_little(model.host)
+    block = model.host.stages[0]
+    torch.manual_seed(1)
+    model.build("early", "b", "repeat")
+    built = model.slots["early"].fossils[0].module.block
+    assert [p.shape for p in built.parameters()] == [p.shape for p in block.parameters()]
+    assert not any(torch.equal(a, b) for a, b in zip(built.parameters(), block.parameters()) if a.dim() > 1)
+    model.germinate("mid", "s", "repeat")
+    copied = model.slots["mid"].live.module.block
+    assert all(torch.equal(a, b) for a, b in zip(copied.parameters(), model.host.stages[1].parameters()))
+
+
+def test_repeat_grows_only_in_sequence_slots():
+    torch.manual_seed(0)
+    model = build_host("cnn1d")
+    with pytest.raises(ValueError, match="unknown blueprint 'repeat' for family conv1d"):
+        model.germinate("early", "s", "repeat")
+    assert "repeat" not in model.seed_sizes()["early"]
 
 
 # ---- a user's transformer -----------------------------------------------------------------------

@@ -105,6 +105,25 @@ def test_a_relative_data_dir_is_recorded_absolute_so_the_run_re_executes_from_an
     assert verified.exit_code == 0, verified.stderr
 
 
+def test_a_run_grown_by_depth_re_executes_and_scratch_builds_its_blocks_afresh(tmp_path):
+    """`--blueprint repeat`: every seed a copy of the block before its slot, recorded as the run's only blueprint; the
+    run re-executes bit for bit, and scratch of its architecture builds the same blocks (new weights)."""
+    data = corpus(tmp_path)
+    ran = invoke("run", "--task", "text", "--data-dir", data, *TINY, *KNOBS, "--blueprint", "repeat", "--epochs", "6",
+                 "--json", workspace=tmp_path / "ws")
+    assert ran.exit_code == 0, ran.stderr
+    result = json.loads(ran.stdout)
+    (started,) = payloads(tmp_path / "ws", "RunStarted")
+    assert started["blueprints"] == ["repeat"] and started["preset"]["blueprints"] == ["repeat"]
+    assert started["seed_sizes"]["early"]["repeat"] == started["seed_sizes"]["late"]["repeat"] > 0
+    germinated = payloads(tmp_path / "ws", "SeedGerminated")
+    assert {g["blueprint"] for g in germinated} == {"repeat"}
+    assert invoke("replay", result["run_id"], "--verify", workspace=tmp_path / "ws").exit_code == 0
+    built = invoke("run", "--controller", "scratch", "--like", result["run_id"], "--json", workspace=tmp_path / "ws")
+    assert built.exit_code == 0, built.stderr
+    assert json.loads(built.stdout)["params"] == result["params"]
+
+
 def test_scratch_like_a_text_run_takes_its_task_without_being_told(grown, tmp_path):
     ws, _, result = grown
     for store in ws.glob("*.duckdb"):

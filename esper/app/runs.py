@@ -23,6 +23,7 @@ import torch
 
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line, out_of_memory
 from esper.kasmina import HOSTS, SCHEDULES, build_host, host_problem, preset_host
+from esper.kasmina.blueprints import offered
 from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, every_problem,
                                   from_table, number_problem, recipe_problem)
 from esper.leyline.stages import SeedStage
@@ -69,6 +70,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     batch_size: int | None = None
     host: str | None = None
     host_options: dict[str, int | float | bool] = {}
+    blueprints: list[str] | None = None
+    """The blueprints the controller may germinate, in the heuristic's order of rotation (None: the task's)."""
     snapshot_every: int = SNAPSHOT_EVERY
     checkpoint_every: int = 1
     tensorboard: str | None = None
@@ -210,7 +213,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data, notes)
 
 
-SEED_SETTINGS = {"seed_lr": None, "lifecycle": {}, "blend_schedule": "linear"}
+SEED_SETTINGS = {"seed_lr": None, "lifecycle": {}, "blend_schedule": "linear", "blueprints": None}
 """The settings of how seeds train and blend, with their defaults: a controller that grows none has no use for them."""
 
 
@@ -239,7 +242,8 @@ def _as_grown(r: RunRequest, grew: "FinalArchitecture", epochs: int) -> RunReque
         weight_decay=p.weight_decay if r.weight_decay is None else r.weight_decay,
         batch_size=p.batch_size if r.batch_size is None else r.batch_size,
         seed=c.seed if r.seed is None else r.seed, data_dir=c.data_dir if r.data_dir is None else r.data_dir,
-        task=c.task, anneal_epochs=anneal if r.anneal_epochs is None else r.anneal_epochs)
+        task=c.task, anneal_epochs=anneal if r.anneal_epochs is None else r.anneal_epochs,
+        blueprints=list(p.blueprints))  # what it builds must be among the run's blueprints
 
 
 def _check_settings(r: RunRequest) -> None:
@@ -308,10 +312,32 @@ def preset_for(r: RunRequest) -> TaskPreset:
                                if getattr(r, k) is not None}
     if r.host_options or "host" in changes:
         changes["host_options"] = dict(r.host_options)
+    if r.blueprints is not None:
+        changes["blueprints"] = tuple(r.blueprints)
     preset = msgspec.structs.replace(preset, **changes)
     if problem := host_problem(preset.host, preset.host_options):
         raise BadInput(problem)
+    if r.blueprints is not None and (problem := _blueprints_problem(preset)):
+        raise BadInput(problem)
     return preset
+
+
+def _blueprints_problem(preset: TaskPreset) -> str | None:
+    """Why the preset's blueprints cannot all grow in every slot of its host (None if they can): a controller may
+    germinate any of them in any slot."""
+    names = list(preset.blueprints)
+    if not names:
+        return "no blueprint given: give at least one (--blueprint NAME), or none for the task's"
+    if twice := next((name for name in names if names.count(name) > 1), None):
+        return f"blueprint {twice} is given twice: give it once"
+    with torch.device("meta"):
+        slots = list(preset_host(preset).slots.values())
+    for slot in slots:
+        fits = offered(slot.family)
+        if misfit := next((name for name in names if name not in fits), None):
+            return (f"blueprint {misfit!r} does not grow in slot {slot.name} of host {preset.host} (its blueprints: "
+                    f"{', '.join(fits)})")
+    return None
 
 
 def new_run_id(task: str, controller: str, seed: int) -> str:
@@ -396,6 +422,7 @@ def resolved_settings(planned: PlannedRun) -> dict[str, Any]:
         "epochs": c.epochs, "anneal_epochs": c.anneal_epochs, "max_params": c.lifecycle.max_params, "like": c.like,
         "precision": c.precision,
         "lr": p.lr, "seed_lr": p.seed_lr, "weight_decay": p.weight_decay, "batch_size": p.batch_size, "host": p.host, "host_options": p.host_options,
+        "blueprints": list(p.blueprints),
         "heuristic": msgspec.to_builtins(c.heuristic) if r.controller == "heuristic" else {},
         "lifecycle": {k: v for k, v in msgspec.to_builtins(c.lifecycle).items() if k != "max_params"},
     }
@@ -417,6 +444,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return f"[{', '.join(_toml_value(v) for v in value)}]"
     return msgspec.json.encode(str(value)).decode()  # a JSON string is a TOML basic string
 
 

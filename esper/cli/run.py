@@ -63,6 +63,9 @@ def run(
     host: Optional[str] = typer.Option(None, "--host", help="The host network (default: the task's; cnn1d, resnet, paper_cnn, transformer)."),
     host_option: Optional[list[str]] = typer.Option(
         None, "--host-option", help="An option of the host's constructor, KEY=VALUE (repeatable), e.g. channels=24."),
+    blueprint: Optional[list[str]] = typer.Option(
+        None, "--blueprint", help="A blueprint the controller may germinate (repeatable; default: the task's), e.g. "
+        "repeat on text: a copy of the transformer block before the slot, to grow by depth."),
     snapshot_every: int = typer.Option(
         None, "--snapshot-every", help=f"Store a snapshot of the run's state every N epochs (default {SNAPSHOT_EVERY}), "
         "beside its events, so readers need not fold the log from zero (0: none). Changes no event."),
@@ -159,6 +162,8 @@ def _given(ctx: typer.Context) -> dict:
             from_table(struct, value, f"--{name}")  # refused here, naming the flag, before any file is read
         elif name == "host_option":
             name, value = "host_options", _key_values(value, "--host-option")
+        elif name == "blueprint":
+            name = "blueprints"
         given[name] = value
     return given
 

@@ -8,8 +8,13 @@ MLP's hidden layers: the sequence blueprints that need no positions). Convolutio
 initialised the ordinary way (PyTorch defaults): a seed learns in isolation before it is blended, and blending
 starts at alpha = 0. A sequence blueprint's last layer starts at zero, as in transformers' residual branches
 (and LoRA's up-projection): it contributes nothing until it has learned something, even fully in.
+
+One blueprint is not built from the slot's width but from the host: `repeat` (`REPEAT`) is a copy of the host block
+the slot follows, so that fully in it applies that block once more (growth by depth). It fits a slot after a block
+that maps its activation to one of the same shape (a transformer's blocks); `GrowableModel` builds it.
 """
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -147,6 +152,58 @@ BLUEPRINTS: dict[str, dict[str, Callable[[int], nn.Module]]] = {
     "causal_sequence": _sequence_family(causal=True),
     "features": _features_family(),
 }
+
+
+REPEAT = "repeat"
+"""The blueprint that copies the host block before its slot (`Repeat`)."""
+REPEAT_FAMILIES = ("sequence", "causal_sequence")
+"""The slot families `repeat` is offered in: a transformer's blocks map (B, T, D) to (B, T, D)."""
+
+
+def offered(family: str) -> list[str]:
+    """The names of the blueprints a slot of `family` can grow."""
+    return [*BLUEPRINTS[family], *([REPEAT] if family in REPEAT_FAMILIES else [])]
+
+
+class Repeat(nn.Module):
+    """A host block as a residual branch: `block(x) - x`. In a slot (`x + alpha * seed(x)`) it blends from the host as
+    it was (alpha 0) to the host with the block applied twice (alpha 1): one block deeper. Germinated, the copy starts
+    from the block as trained so far, as stacking a trained network's blocks starts a deeper one; built into a scratch
+    run's architecture, it is initialised afresh, as a new block is."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x) - x
+
+
+def repeat_of(block: nn.Module, fresh: bool) -> Repeat:
+    """A `Repeat` of a copy of `block`, without the hooks the host's block carries (its slot's, which would pass the
+    copy's output through the slot again); with `fresh`, each of its layers initialised again (`reset_parameters`,
+    from the global torch RNG)."""
+    hooks = {m: {name: getattr(m, name) for name in HOOK_DICTS if hasattr(m, name)} for m in block.modules()}
+    try:
+        for m, held in hooks.items():
+            for name, d in held.items():
+                setattr(m, name, type(d)())
+        copied = copy.deepcopy(block)
+    finally:
+        for m, held in hooks.items():
+            for name, d in held.items():
+                setattr(m, name, d)
+    if fresh:  # on CPU, as the other blueprints are built: the same weights on every device
+        copied = copied.cpu()
+        for m in copied.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return Repeat(copied)
+
+
+HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+              "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+"""Where an `nn.Module` keeps its hooks (and what they are called with)."""
 
 
 def param_count(module: nn.Module) -> int:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module
 
-from esper.kasmina.blueprints import BLUEPRINTS, blueprint_sizes
+from esper.kasmina.blueprints import BLUEPRINTS, REPEAT, blueprint_sizes, offered, param_count, repeat_of
 from esper.kasmina.slot import SCHEDULES, Seed, Slot, isolated
 from esper.leyline.lifecycle import LIFECYCLE
 from esper.leyline.stages import SeedStage
@@ -79,24 +79,28 @@ class GrowableModel(nn.Module):
     def germinate(self, slot: str, seed_id: str, blueprint: str) -> int:
         """DORMANT → GERMINATED: build a `blueprint` seed (global torch RNG) into `slot`; it computes nothing
         that reaches the output yet. Returns its parameter count."""
-        return self._plant(slot, seed_id, blueprint).num_params()
+        return self._plant(slot, seed_id, blueprint, fresh=False).num_params()
 
     def build(self, slot: str, seed_id: str, blueprint: str) -> list[nn.Parameter]:
         """DORMANT → FOSSILIZED (the machine's `build`, the scratch baseline): a `blueprint` seed built into
-        the host before training. Returns its parameters, for the host optimizer."""
-        seed = self._plant(slot, seed_id, blueprint)
+        the host before training (a `repeat` initialised afresh, not copied). Returns its parameters, for the host
+        optimizer."""
+        seed = self._plant(slot, seed_id, blueprint, fresh=True)
         return self._fossilize(self.slot(slot), seed)
 
-    def _plant(self, slot: str, seed_id: str, blueprint: str) -> Seed:
+    def _plant(self, slot: str, seed_id: str, blueprint: str, fresh: bool) -> Seed:
         target = self.slot(slot)
-        factories = BLUEPRINTS[target.family]
-        if blueprint not in factories:
-            raise ValueError(f"unknown blueprint {blueprint!r} for family {target.family} (blueprints: {', '.join(factories)})")
+        names = offered(target.family)
+        if blueprint not in names:
+            raise ValueError(f"unknown blueprint {blueprint!r} for family {target.family} (blueprints: {', '.join(names)})")
         if target.live is not None:
             raise ValueError(f"slot {slot} already holds seed {target.live.seed_id} ({target.live.stage.value})")
         if self._lookup(seed_id) is not None:
             raise ValueError(f"seed id {seed_id!r} is already in use")
-        module = factories[blueprint](target.channels)  # built on CPU: the same weights on every device
+        if blueprint == REPEAT:
+            module = repeat_of(self.host.get_submodule(target.after), fresh)
+        else:
+            module = BLUEPRINTS[target.family][blueprint](target.channels)  # built on CPU: the same weights on every device
         ref = next(self.parameters())
         seed = Seed(seed_id, blueprint, module).to(device=ref.device, dtype=ref.dtype)
         if getattr(self, "channels_last", False):
@@ -219,7 +223,11 @@ class GrowableModel(nn.Module):
 
     def seed_sizes(self) -> dict[str, dict[str, int]]:
         """Slot → blueprint → the parameters a seed of that blueprint would add there."""
-        return {slot.name: blueprint_sizes(slot.family, slot.channels) for slot in self.slots.values()}
+        sizes = {slot.name: blueprint_sizes(slot.family, slot.channels) for slot in self.slots.values()}
+        for slot in self.slots.values():
+            if REPEAT in offered(slot.family):
+                sizes[slot.name][REPEAT] = param_count(self.host.get_submodule(slot.after))
+        return sizes
 
     def architecture(self) -> list[tuple[str, str]]:
         """(slot, blueprint) of each fossilized seed, in the order they were fossilized."""
