@@ -173,6 +173,15 @@ def test_scratch_builds_a_repeat_afresh_and_germination_copies():
     assert all(torch.equal(a, b) for a, b in zip(copied.parameters(), model.host.stages[1].parameters()))
 
 
+def test_a_repeat_is_built_and_germinated_on_the_meta_device_as_compute_is_counted():
+    with torch.device("meta"):
+        model = build_host("transformer", context=12, width=16)
+        model.build("early", "b", "repeat")
+        model.germinate("mid", "s", "repeat")
+    assert all(p.is_meta for p in model.parameters())
+    assert model.seed_sizes()["late"]["repeat"] == sum(p.numel() for p in model.slots["early"].fossils[0].parameters())
+
+
 def test_repeat_grows_only_in_sequence_slots():
     torch.manual_seed(0)
     model = build_host("cnn1d")

@@ -193,8 +193,9 @@ def repeat_of(block: nn.Module, fresh: bool) -> Repeat:
         for m, held in hooks.items():
             for name, d in held.items():
                 setattr(m, name, d)
-    if fresh:  # on CPU, as the other blueprints are built: the same weights on every device
-        copied = copied.cpu()
+    if fresh:
+        if not any(p.is_meta for p in copied.parameters()):  # on CPU, as the other blueprints are built: the same
+            copied = copied.cpu()                            # weights on every device (the meta device has none)
         for m in copied.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
