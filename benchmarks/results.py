@@ -33,7 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from esper.app.runs import final_architecture
+import msgspec
+
+from esper.app.runs import blueprints_problem, final_architecture
 from esper.errors import BadInput
 from esper.leyline import EpochEnded, HeuristicConfig, LifecycleConfig, RunConfig
 from esper.leyline.config import from_knobs
@@ -299,6 +301,9 @@ def main() -> None:
     parser.add_argument("--heuristic", action="append", default=[], metavar="KEY=VALUE",
                         help="a knob of the `heuristic` runs' gardener (repeatable), e.g. warmup_epochs=16; scratch "
                              "then trains their architectures")
+    parser.add_argument("--blueprint", action="append", default=[], metavar="NAME",
+                        help="a blueprint the `heuristic` and `eager` runs may grow (repeatable; default: the task's), "
+                             "e.g. repeat on text")
     parser.add_argument("--scratch-epochs", type=int, nargs="+", default=[], metavar="E",
                         help="also train each heuristic run's final architecture from initialisation for E epochs "
                              "(a run planned shorter), and compare")
@@ -317,14 +322,19 @@ def main() -> None:
         knobs = from_knobs(HeuristicConfig, args.heuristic, flag="--heuristic")
     except BadInput as exc:
         sys.exit(f"results: {exc}")
+    grows = None  # the growing runs' preset (and their scratch runs', which build what they grew): None, the task's
+    if args.blueprint:
+        grows = msgspec.structs.replace(TASKS[args.task], blueprints=tuple(args.blueprint))
+        if problem := blueprints_problem(grows):
+            sys.exit(f"results: {problem}")
     started, made_by = time.perf_counter(), commit()  # the code that records the runs, not whatever is checked out later
     ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-results-")))
     say(f"workspace {ws.root}")
     policies = {f"{i}": path for i, path in enumerate(args.policy)}
 
     task = args.task
-    first = [Job(run_id_of(task, k, s), planned_config(task, k, s, args.epochs, knobs=knobs)) for s in seeds
-             for k in ("static", "heuristic", "eager")]
+    first = [Job(run_id_of(task, k, s), planned_config(task, k, s, args.epochs, knobs=knobs),
+                 None if k == "static" else grows) for s in seeds for k in ("static", "heuristic", "eager")]
     first += [Job(run_id_of(task, "policy", s, tag), planned_config(task, "policy", s, args.epochs, path))
               for tag, path in policies.items() for s in seeds]
     recorded = record_all(ws, first, args.workers)
@@ -334,7 +344,7 @@ def main() -> None:
         for tag, epochs in [("", grew.config.epochs)] + [(f"-e{e}", e) for e in args.scratch_epochs]:
             scratch.append(Job(run_id_of(task, "scratch", s, tag), RunConfig(
                 task=task, controller="scratch", seed=s, like=grew.run_id, architecture=grew.architecture,
-                epochs=epochs)))
+                epochs=epochs), grows))
     recorded += record_all(ws, scratch, args.workers)
 
     runs = read_back(ws, task)
@@ -342,8 +352,9 @@ def main() -> None:
     shorter = shorter_scratch_table(runs, seeds, args.scratch_epochs)
     made = stamp("results.py", ws, started, made_by, recorded, len(first) + len(scratch)) | {
         "task": task, "epochs": f"{args.epochs} epochs" if args.epochs else "the preset's epochs",
-        "gardener": "the heuristic gardener with `" + " ".join(f"--heuristic {k}" for k in args.heuristic) + "`"
-                    if args.heuristic else "the default heuristic gardener"}
+        "gardener": ("the heuristic gardener with `" + " ".join(f"--heuristic {k}" for k in args.heuristic) + "`"
+                     if args.heuristic else "the default heuristic gardener")
+                    + ("".join(f" `--blueprint {b}`" for b in args.blueprint) if args.blueprint else "")}
     page = render(growth, compute, shorter, versus, seeds, made)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,7 @@ def test_results_come_from_the_logs_and_a_workspace_is_reused(tmp_path):
 def test_the_text_task_gives_bits_per_char_reads_none_of_a_workspaces_mnist1d_runs_and_takes_heuristic_knobs(tmp_path):
     write_run(tmp_path / "ws", "static", 0, epochs=3, run_id="results-static-s0")  # an mnist1d run beside
     result, page, _ = generate(tmp_path, "--task", "text", "--seeds", "0", "--epochs", "1",
-                               "--heuristic", "warmup_epochs=1", "--heuristic", "finish_epochs=0")
+                               "--heuristic", "warmup_epochs=1", "--heuristic", "finish_epochs=0", "--blueprint", "repeat")
     growth = {row["controller"]: row for row in result["growth"]}
     assert set(growth) == {"static", "heuristic", "eager", "scratch"} and all(r["runs"] == 1 for r in growth.values())
     with Workspace(tmp_path / "ws").reader() as reader:
@@ -116,7 +116,26 @@ def test_the_text_task_gives_bits_per_char_reads_none_of_a_workspaces_mnist1d_ru
                                         "where seq = 1 and run_id like 'results-text-%'").fetchall())
     assert json.loads(knobs["heuristic"])["warmup_epochs"] == 1 and json.loads(knobs["heuristic"])["finish_epochs"] == 0
     assert json.loads(knobs["eager"])["warmup_epochs"] == 2  # eager keeps its own gardener
-    assert "the heuristic gardener with `--heuristic warmup_epochs=1 --heuristic finish_epochs=0`" in page
+    assert "the heuristic gardener with `--heuristic warmup_epochs=1 --heuristic finish_epochs=0` `--blueprint repeat`" in page
+    # the blueprints reach the growing runs and their scratch runs, not the host alone
+    with Workspace(tmp_path / "ws").reader() as reader:
+        grows = dict(reader.con.execute("select split_part(run_id, '-', 3), payload->>'$.preset.blueprints' from events"
+                                        " where seq = 1 and run_id like 'results-text-%'").fetchall())
+        germinated = reader.con.execute("select distinct payload->>'$.blueprint' from events where type = "
+                                        "'SeedGerminated' and run_id = 'results-text-heuristic-s0'").fetchall()
+    assert {k: json.loads(v) for k, v in grows.items()} == {
+        "static": ["mlp", "attention", "lowrank", "norm"], "heuristic": ["repeat"], "eager": ["repeat"],
+        "scratch": ["repeat"]}
+    assert germinated == [("repeat",)]
+
+
+def test_a_blueprint_that_cannot_grow_is_one_line_and_records_nothing(tmp_path):
+    refused = subprocess.run([sys.executable, str(SCRIPT), "--blueprint", "repeat", "--workspace", str(tmp_path / "ws")],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        "results: blueprint 'repeat' does not grow in slot early of host cnn1d (its blueprints: conv_light, conv_heavy, "
+        "depthwise, attention, norm)"]
+    assert not (tmp_path / "ws").exists()
 
 
 @pytest.mark.parametrize("budgets", [["3"], ["2", "4"], ["0"]])

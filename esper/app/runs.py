@@ -317,12 +317,12 @@ def preset_for(r: RunRequest) -> TaskPreset:
     preset = msgspec.structs.replace(preset, **changes)
     if problem := host_problem(preset.host, preset.host_options):
         raise BadInput(problem)
-    if r.blueprints is not None and (problem := _blueprints_problem(preset)):
+    if r.blueprints is not None and (problem := blueprints_problem(preset)):
         raise BadInput(problem)
     return preset
 
 
-def _blueprints_problem(preset: TaskPreset) -> str | None:
+def blueprints_problem(preset: TaskPreset) -> str | None:
     """Why the preset's blueprints cannot all grow in every slot of its host (None if they can): a controller may
     germinate any of them in any slot."""
     names = list(preset.blueprints)
