@@ -131,7 +131,7 @@ def test_a_repeat_seed_fully_in_applies_the_block_before_its_slot_once_more(slot
     trained_a_little(model.host)  # a copy of trained weights, not of an initialisation
     twin = copy.deepcopy(model)
     assert model.germinate(slot, "s", "repeat") == sum(p.numel() for p in model.host.stages[block].parameters())
-    assert model.seed_sizes()[slot]["repeat"] == model.slot(slot).live.num_params()
+    assert model.seed_sizes(["repeat"])[slot]["repeat"] == model.slot(slot).live.num_params()
     assert torch.equal(eval_out(model, x), eval_out(twin, x))  # nothing reaches the output before blending
     fully_in(model, "s")
     host = twin.host
@@ -179,7 +179,7 @@ def test_a_repeat_is_built_and_germinated_on_the_meta_device_as_compute_is_count
         model.build("early", "b", "repeat")
         model.germinate("mid", "s", "repeat")
     assert all(p.is_meta for p in model.parameters())
-    assert model.seed_sizes()["late"]["repeat"] == sum(p.numel() for p in model.slots["early"].fossils[0].parameters())
+    assert model.seed_sizes(["repeat"])["late"]["repeat"] == sum(p.numel() for p in model.slots["early"].fossils[0].parameters())
 
 
 def test_repeat_grows_only_in_sequence_slots():
@@ -187,7 +187,9 @@ def test_repeat_grows_only_in_sequence_slots():
     model = build_host("cnn1d")
     with pytest.raises(ValueError, match="unknown blueprint 'repeat' for family conv1d"):
         model.germinate("early", "s", "repeat")
-    assert "repeat" not in model.seed_sizes()["early"]
+    assert "repeat" not in model.seed_sizes(["repeat"])["early"]
+    text = build_host("transformer", context=12, width=16)
+    assert "repeat" not in text.seed_sizes()["early"]  # a run that grows no copy records no size for one
 
 
 # ---- a user's transformer -----------------------------------------------------------------------

@@ -44,6 +44,7 @@ def test_the_heuristic_grows_the_transformer_and_bits_per_char_are_logged(grown)
     (started,) = payloads(ws, "RunStarted")
     assert started["corpus"]["source"] == "data_dir" and started["corpus"]["path"] == str(data.resolve())
     assert started["corpus"]["bytes"] == data.stat().st_size and started["seed_sizes"]["early"]["mlp"] > 0
+    assert "repeat" not in started["seed_sizes"]["early"]  # as text runs recorded it before there was a repeat
     epochs = payloads(ws, "EpochEnded")
     assert len(epochs) == 6 and all(e["val_bits_per_char"] > 0 for e in epochs)
     assert epochs[-1]["val_bits_per_char"] < epochs[0]["val_bits_per_char"]

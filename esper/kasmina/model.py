@@ -14,7 +14,7 @@ A grown model is an ordinary `nn.Module`: print it, `torch.save` it, call it.
 import contextlib
 import itertools
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -221,11 +221,13 @@ class GrowableModel(nn.Module):
         blending = [p for seed_id in self.blending_seeds() for p in self.seed_parameters(seed_id)]
         return sum(p.numel() for p in self.host_parameters() + blending)
 
-    def seed_sizes(self) -> dict[str, dict[str, int]]:
-        """Slot → blueprint → the parameters a seed of that blueprint would add there."""
+    def seed_sizes(self, blueprints: Iterable[str] = ()) -> dict[str, dict[str, int]]:
+        """Slot → blueprint → the parameters a seed of that blueprint would add there: every blueprint the slot's
+        width builds, and `repeat` where it grows if `blueprints` names it (a run that grows no copy records the
+        sizes it recorded before there was one)."""
         sizes = {slot.name: blueprint_sizes(slot.family, slot.channels) for slot in self.slots.values()}
         for slot in self.slots.values():
-            if REPEAT in offered(slot.family):
+            if REPEAT in blueprints and REPEAT in offered(slot.family):
                 sizes[slot.name][REPEAT] = param_count(self.host.get_submodule(slot.after))
         return sizes
 

@@ -250,7 +250,8 @@ class Session:
         config, host_params, trainer, model = self.config, self.host_params, self.trainer, self.trainer.model
         self._emit([RunStarted(config=config, preset=self.preset, versions=versions(),
                                host_params=model.param_count(), slots=model.slot_names,
-                               blueprints=list(self.preset.blueprints), seed_sizes=model.seed_sizes(),
+                               blueprints=list(self.preset.blueprints),
+                               seed_sizes=model.seed_sizes(self.preset.blueprints),
                                user_code=host_params is not None, ranks=ranks.world if ranks else 1,
                                threads=torch.get_num_threads() if trainer.device.type == "cpu" else 0,
                                channels_last=trainer.channels_last, corpus=getattr(trainer.data, "corpus", None))])
