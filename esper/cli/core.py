@@ -255,7 +255,8 @@ def runs(
                 say(f"note: {altered[run_id]}")
             listing.append({
                 "run_id": run_id, "status": "altered" if run_id in altered else status, "task": task,
-                "controller": controller, "seed": seed, "epochs": epochs, "val_accuracy": val_acc, "test_accuracy": test_acc, "params": params,
+                "controller": controller, "seed": seed, "epochs": epochs, "val_accuracy": val_acc,
+                "test_accuracy": test_acc, "params": params,
                 "started": started.isoformat() if started else None,
             })
     if not listing:
