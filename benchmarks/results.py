@@ -54,13 +54,14 @@ BASELINES = ("static", "heuristic", "eager", "scratch")
 
 
 def planned_config(task: str, kind: str, seed: int, epochs: int, policy: str | None = None,
-                   knobs: HeuristicConfig = HeuristicConfig()) -> RunConfig:
+                   knobs: HeuristicConfig = HeuristicConfig(), lifecycle: LifecycleConfig = LifecycleConfig()) -> RunConfig:
     """The config of run `kind` (a baseline, or `policy` with its file) on `seed`, before --like is resolved;
-    `knobs`: the `heuristic` runs' gardener (the default one unless `--heuristic` changes it)."""
+    `knobs`: the `heuristic` runs' gardener (the default one unless `--heuristic` changes it); `lifecycle`: the
+    `heuristic` and `eager` runs' seed lifecycle (the default one unless `--lifecycle` changes it)."""
     if kind == "heuristic":
-        return RunConfig(task=task, controller="heuristic", seed=seed, epochs=epochs, heuristic=knobs)
+        return RunConfig(task=task, controller="heuristic", seed=seed, epochs=epochs, heuristic=knobs, lifecycle=lifecycle)
     if kind == "eager":
-        return RunConfig(task=task, controller="heuristic", seed=seed, epochs=epochs, heuristic=EAGER)
+        return RunConfig(task=task, controller="heuristic", seed=seed, epochs=epochs, heuristic=EAGER, lifecycle=lifecycle)
     if kind == "policy":
         brain = make_controller("policy", seed, policy)
         cap = LifecycleConfig(max_params=getattr(brain, "max_params", 0))
@@ -304,6 +305,9 @@ def main() -> None:
     parser.add_argument("--blueprint", action="append", default=[], metavar="NAME",
                         help="a blueprint the `heuristic` and `eager` runs may grow (repeatable; default: the task's), "
                              "e.g. repeat on text")
+    parser.add_argument("--lifecycle", action="append", default=[], metavar="KEY=VALUE",
+                        help="a knob of the `heuristic` and `eager` runs' seed lifecycle (repeatable), e.g. "
+                             "isolated_fraction=0.25")
     parser.add_argument("--scratch-epochs", type=int, nargs="+", default=[], metavar="E",
                         help="also train each heuristic run's final architecture from initialisation for E epochs "
                              "(a run planned shorter), and compare")
@@ -320,6 +324,7 @@ def main() -> None:
             sys.exit(f"results: no policy file {path}")
     try:
         knobs = from_knobs(HeuristicConfig, args.heuristic, flag="--heuristic")
+        lifecycle = from_knobs(LifecycleConfig, args.lifecycle, flag="--lifecycle")
     except BadInput as exc:
         sys.exit(f"results: {exc}")
     grows = None  # the growing runs' preset (and their scratch runs', which build what they grew): None, the task's
@@ -333,7 +338,7 @@ def main() -> None:
     policies = {f"{i}": path for i, path in enumerate(args.policy)}
 
     task = args.task
-    first = [Job(run_id_of(task, k, s), planned_config(task, k, s, args.epochs, knobs=knobs),
+    first = [Job(run_id_of(task, k, s), planned_config(task, k, s, args.epochs, knobs=knobs, lifecycle=lifecycle),
                  None if k == "static" else grows) for s in seeds for k in ("static", "heuristic", "eager")]
     first += [Job(run_id_of(task, "policy", s, tag), planned_config(task, "policy", s, args.epochs, path))
               for tag, path in policies.items() for s in seeds]
@@ -354,7 +359,8 @@ def main() -> None:
         "task": task, "epochs": f"{args.epochs} epochs" if args.epochs else "the preset's epochs",
         "gardener": ("the heuristic gardener with `" + " ".join(f"--heuristic {k}" for k in args.heuristic) + "`"
                      if args.heuristic else "the default heuristic gardener")
-                    + ("".join(f" `--blueprint {b}`" for b in args.blueprint) if args.blueprint else "")}
+                    + ("".join(f" `--blueprint {b}`" for b in args.blueprint) if args.blueprint else "")
+                    + ("".join(f" `--lifecycle {k}`" for k in args.lifecycle) if args.lifecycle else "")}
     page = render(growth, compute, shorter, versus, seeds, made)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,19 +7,16 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from esper.kasmina import GrowableModel
-from esper.leyline import HeuristicConfig, RunConfig, SeedStage, SeedTransitioned
+from esper.kasmina import GrowableModel, preset_host
+from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig, SeedStage, SeedTransitioned
 from esper.tamiyo.controllers import make_controller
-from esper.tolaria.flops import epoch_flops
+from esper.tolaria.flops import _step_flops, epoch_flops
 from esper.leyline.config import TaskPreset
 from esper.tolaria import text
 from esper.tolaria.loop import ListSink, execute, resolve_config
 from esper.tolaria.tasks import get_task
 from esper.tolaria.text import TextData
 from esper.tolaria.trainer import Trainer
-
-pytestmark = pytest.mark.slow  # trains a real run
-
 
 def tiny_text(folder: Path) -> tuple[TaskPreset, TextData]:
     """A small transformer on a small text: the text task at a test's size."""
@@ -33,10 +30,12 @@ def tiny_text(folder: Path) -> tuple[TaskPreset, TextData]:
 SHAPES = {"mnist1d": ((1, 40), 3200), "text": ((16,), 96)}
 
 
-@pytest.fixture(scope="module", params=list(SHAPES))
+@pytest.fixture(scope="module", params=[("mnist1d", 1.0), ("text", 1.0), ("text", 0.25)], ids=str)
 def counted_run(request, tmp_path_factory):
     """A short run that grows, with every training step's FLOPs counted as it trains: epoch → (the steps, their
-    isolated passes: each training seed's `isolated_output` and the `autograd.grad` that takes its gradient)."""
+    isolated passes: each training seed's `isolated_output` and the `autograd.grad` that takes its gradient). Its
+    seeds train in isolation on the whole batch, or on a quarter of it."""
+    task, fraction = request.param
     per_epoch: dict[int, list[float]] = {}
     real_step, real_begin, real_isolated, real_grad = (Trainer.train_step, Trainer.begin_epoch,
                                                        GrowableModel.isolated_output, torch.autograd.grad)
@@ -73,15 +72,17 @@ def counted_run(request, tmp_path_factory):
     mp.setattr(torch.autograd, "grad", grad)
     try:
         knobs = HeuristicConfig(warmup_epochs=1, min_gain=1.0, finish_epochs=0)
-        preset, data = tiny_text(tmp_path_factory.mktemp("text")) if request.param == "text" else (None, None)
-        cfg = resolve_config(RunConfig(task=request.param, epochs=6, seed=3, heuristic=knobs), preset)
+        preset, data = tiny_text(tmp_path_factory.mktemp("text")) if task == "text" else (None, None)
+        cfg = resolve_config(RunConfig(task=task, epochs=6, seed=3, heuristic=knobs,
+                                       lifecycle=LifecycleConfig(isolated_fraction=fraction)), preset)
         sink = ListSink()
         execute(cfg, make_controller("heuristic", 3, heuristic=knobs), sink, preset=preset, data=data)
     finally:
         mp.undo()
-    return sink.events, per_epoch, SHAPES[request.param]
+    return sink.events, per_epoch, SHAPES[task]
 
 
+@pytest.mark.slow  # trains a real run
 def test_flops_from_the_log_equal_the_counted_training_steps(counted_run):
     events, counted, (shape, examples) = counted_run
     stages = {e.to_stage for e in events if isinstance(e, SeedTransitioned)}
@@ -95,6 +96,20 @@ def test_flops_from_the_log_equal_the_counted_training_steps(counted_run):
     assert any(c.isolated for c in from_log.values()) and not all(c.isolated for c in from_log.values())
 
 
+@pytest.mark.slow
 def test_flops_of_a_log_without_a_run_start_are_empty(counted_run):
     events, _, (shape, examples) = counted_run
     assert epoch_flops(events[1:], example_shape=shape, train_examples=examples) == {}
+
+
+@pytest.mark.parametrize("task, blueprint", [("mnist1d", "conv_heavy"), ("text", "repeat")])
+def test_isolated_passes_on_a_quarter_of_each_batch_cost_a_quarter(task, blueprint):
+    preset = get_task(task)
+    with torch.device("meta"):
+        model = preset_host(preset)
+    model.germinate("early", "s", blueprint)
+    model.start_training("s")
+    whole, whole_isolated = _step_flops(model, 128, model.host.input_shape)
+    part, part_isolated = _step_flops(model, 128, model.host.input_shape, isolated_fraction=0.25)
+    assert part_isolated == pytest.approx(whole_isolated / 4, rel=1e-9)
+    assert whole - part == pytest.approx(whole_isolated - part_isolated, rel=1e-9)  # the host's step is unchanged

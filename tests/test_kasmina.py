@@ -55,11 +55,11 @@ def eval_out(model: GrowableModel, x: torch.Tensor) -> torch.Tensor:
 
 
 def isolated_step(model: GrowableModel, seed_id: str, x: torch.Tensor, y: torch.Tensor, lr: float = 0.1,
-                  loss=F.cross_entropy) -> list[torch.Tensor]:
-    """What the trainer does for a TRAINING seed after the forward pass on `x`: task loss on the isolated output,
-    gradient for the seed only."""
+                  loss=F.cross_entropy, examples: int | None = None) -> list[torch.Tensor]:
+    """What the trainer does for a TRAINING seed after the forward pass on `x`: task loss on the isolated output
+    (of the first `examples` only, if given), gradient for the seed only."""
     params = model.seed_parameters(seed_id)
-    grads = torch.autograd.grad(loss(model.isolated_output(seed_id, x), y), params)
+    grads = torch.autograd.grad(loss(model.isolated_output(seed_id, x, examples=examples), y[:examples]), params)
     with torch.no_grad():
         for p, g in zip(params, grads):
             p -= lr * g
@@ -173,7 +173,7 @@ def test_gradient_isolation_is_bit_identical(host, slot):
 
 def assert_isolated_training_changes_no_host_state(model: GrowableModel, slot: str, blueprint: str,
                                                     batches: list[torch.Tensor], y: torch.Tensor,
-                                                    loss=F.cross_entropy) -> None:
+                                                    loss=F.cross_entropy, examples: int | None = None) -> None:
     """Train `model` with a training `blueprint` seed in `slot`, and a copy without it, on `batches`: every step
     leaves both hosts' gradients, parameters and buffers identical, and the seed learns."""
     twin = copy.deepcopy(model)
@@ -185,7 +185,7 @@ def assert_isolated_training_changes_no_host_state(model: GrowableModel, slot: s
         for m, opt in ((model, opt_a), (twin, opt_b)):
             opt.zero_grad()
             loss(m(xs), y).backward()
-        seed_grads = isolated_step(model, "s", xs, y, loss=loss)
+        seed_grads = isolated_step(model, "s", xs, y, loss=loss, examples=examples)
         assert all(torch.isfinite(g).all() for g in seed_grads)
         assert any(g.abs().sum() > 0 for g in seed_grads)
         assert_same_state(host_state(model), host_state(twin))
@@ -238,6 +238,41 @@ def test_isolated_pass_leaves_downstream_seeds_alone():
     assert down.cache is cache
     assert all(torch.equal(b, buffers[n]) for n, b in down.named_buffers())
     assert all(p.grad is None for p in model.seed_parameters("down"))
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("shortcut", [True, False])
+def test_an_isolated_pass_on_a_batchs_first_examples_is_the_pass_on_those_alone(host, shortcut):
+    """`examples=k` (`LifecycleConfig.isolated_fraction`): the output and the seed's gradient are those of the
+    batch's first k examples run alone (in eval mode: BatchNorm in training mode normalises with whatever batch it
+    sees, and the shortcut starts from the whole batch's activation)."""
+    model, x, y = make(host)
+    assert_a_pass_on_first_examples_is_theirs_alone(model, "mid", "conv_light", x, y, shortcut)
+
+
+def assert_a_pass_on_first_examples_is_theirs_alone(model: GrowableModel, slot: str, blueprint: str, x: torch.Tensor,
+                                                    y: torch.Tensor, shortcut: bool, loss=F.cross_entropy) -> None:
+    model.eval()
+    model.germinate(slot, "s", blueprint)
+    model.start_training("s")
+    params = model.seed_parameters("s")
+    k = (len(x) + 1) // 2
+    model(x)
+    part = model.isolated_output("s", x, shortcut=shortcut, examples=k)
+    part_grads = torch.autograd.grad(loss(part, y[:k]), params)
+    model(x[:k])
+    alone = model.isolated_output("s", x[:k], shortcut=shortcut)
+    alone_grads = torch.autograd.grad(loss(alone, y[:k]), params)
+    assert part.shape[0] == k < x.shape[0]
+    assert torch.allclose(part, alone, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(part_grads, alone_grads))
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_gradient_isolation_holds_for_a_pass_on_part_of_the_batch(host):
+    model, x, y = make(host)
+    assert_isolated_training_changes_no_host_state(model, "mid", "conv_light", [x + step for step in range(3)], y,
+                                                    examples=2)
 
 
 def test_isolated_output_needs_a_forward_first_on_a_chain():

@@ -148,3 +148,17 @@ def test_how_seeds_train_set_for_a_controller_that_grows_none_is_noted(tmp_path,
     assert printed.exit_code == 0, printed.stderr
     note = f"note: seed_lr and blend_schedule change nothing here: controller {controller} germinates no seed"
     assert (note in printed.stderr.splitlines()) is noted
+
+
+def test_a_run_whose_seeds_train_on_part_of_each_batch_records_it_and_re_executes(tmp_path):
+    result = invoke("run", "--epochs", "4", "--heuristic", "warmup_epochs=1", "--heuristic", "min_gain=1.0",
+                    "--heuristic", "finish_epochs=0", "--lifecycle", "isolated_fraction=0.3", "--json",
+                    workspace=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    run_id = json.loads(result.stdout)["run_id"]
+    with Workspace(tmp_path).reader() as reader:
+        events = [r.event for r in reader.read_run(run_id)]
+    assert events[0].config.lifecycle.isolated_fraction == 0.3
+    assert any(t.seed_loss is not None for e in events if isinstance(e, EpochEnded) for t in e.seeds)  # one trained
+    verified = invoke("replay", run_id, "--verify", workspace=tmp_path)
+    assert verified.exit_code == 0, verified.stderr

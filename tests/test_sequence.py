@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_kasmina import (assert_isolated_training_changes_no_host_state, assert_same_state, eval_out, host_state,
+from test_kasmina import (assert_a_pass_on_first_examples_is_theirs_alone,
+                          assert_isolated_training_changes_no_host_state, assert_same_state, eval_out, host_state,
                           isolated_step)
 from torch import nn
 
@@ -98,6 +99,14 @@ def test_gradient_isolation_is_bit_identical_on_the_transformer(slot, blueprint)
     model, x, y = make_transformer()
     batches = [(x + step) % 256 for step in range(3)]
     assert_isolated_training_changes_no_host_state(model, slot, blueprint, batches, y, loss=lm_loss)
+
+
+@pytest.mark.parametrize("blueprint", ["mlp", "repeat"])
+def test_a_seed_trains_in_isolation_on_a_batchs_first_examples_on_the_transformer(blueprint):
+    model, x, y = make_transformer()
+    assert_a_pass_on_first_examples_is_theirs_alone(copy.deepcopy(model), "early", blueprint, x, y, True, loss=lm_loss)
+    batches = [(x + step) % 256 for step in range(3)]
+    assert_isolated_training_changes_no_host_state(model, "early", blueprint, batches, y, loss=lm_loss, examples=2)
 
 
 def test_cull_restores_the_transformers_outputs_bit_identically():

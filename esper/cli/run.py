@@ -50,8 +50,9 @@ def run(
         None, "--heuristic", help="A knob of the heuristic gardener, KEY=VALUE (repeatable), e.g. min_gain=1.0 to "
         "germinate as soon as the host has warmed up instead of on a plateau. Recorded in the run's config."),
     lifecycle: Optional[list[str]] = typer.Option(
-        None, "--lifecycle", help="A timing or gate threshold of the seed lifecycle, KEY=VALUE (repeatable), e.g. "
-        "blend_epochs=1. Recorded in the run's config; replay judges the run by it."),
+        None, "--lifecycle", help="A timing, gate threshold or mechanic of the seed lifecycle, KEY=VALUE (repeatable), "
+        "e.g. blend_epochs=1, or isolated_fraction=0.25 to train seeds in isolation on a quarter of each batch. "
+        "Recorded in the run's config; replay judges the run by it."),
     blend_schedule: str = typer.Option(None, "--blend-schedule", help="How α rises while a seed blends: linear "
                                        "(default) or sigmoid."),
     lr: Optional[float] = typer.Option(None, "--lr", help="The host's learning rate (default: the task preset's)."),

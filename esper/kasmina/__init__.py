@@ -6,11 +6,11 @@ from esper.kasmina.grow import grow
 from esper.kasmina.hosts import (
     CNN1D, HOSTS, PaperCNN, ResNet, Transformer, build_host, example_input, host_problem, input_dtype, preset_host,
 )
-from esper.kasmina.model import GrowableModel
+from esper.kasmina.model import GrowableModel, isolated_examples
 from esper.kasmina.slot import SCHEDULES, Seed, Slot, blend_alpha
 
 __all__ = [
     "BLUEPRINTS", "CNN1D", "HOSTS", "PaperCNN", "SCHEDULES", "GrowableModel", "ResNet", "Seed", "Slot",
-    "Transformer", "blend_alpha", "build_host", "example_input", "grow", "host_problem", "input_dtype", "param_count",
-    "preset_host",
+    "Transformer", "blend_alpha", "build_host", "example_input", "grow", "host_problem", "input_dtype",
+    "isolated_examples", "param_count", "preset_host",
 ]

@@ -26,6 +26,12 @@ from esper.leyline.lifecycle import LIFECYCLE
 from esper.leyline.stages import SeedStage
 
 
+def isolated_examples(batch: int, fraction: float) -> int:
+    """How many of a batch's examples a training seed's isolated pass runs on (its first ones) when it runs on
+    `fraction` of each batch (`LifecycleConfig.isolated_fraction`): at least one."""
+    return max(1, round(batch * fraction))
+
+
 class SlotHook:
     """The forward hook that passes a host submodule's output through its slot (an object, not a closure, so
     that a grown model pickles and deep-copies with its hooks)."""
@@ -241,7 +247,7 @@ class GrowableModel(nn.Module):
 
     # ---- isolated training ---------------------------------------------------------------------
 
-    def isolated_output(self, seed_id: str, *inputs, shortcut: bool = True, **kwargs):
+    def isolated_output(self, seed_id: str, *inputs, shortcut: bool = True, examples: int | None = None, **kwargs):
         """The model's output on `inputs` with the seed fully in (alpha 1) on its slot's input detached, and
         every other parameter detached: only the seed's parameters get gradients from it, so `backward()` on
         a loss of it touches the seed's `.grad` only. The host's buffers are copied for the pass (BatchNorm in
@@ -251,6 +257,9 @@ class GrowableModel(nn.Module):
         Call it right after `model(*inputs)`: where the host is a chain after the slot (`downstream`), the
         `shortcut` starts from the activation that pass left in the slot and reruns only the layers after it
         (the same numbers for a fraction of the cost); elsewhere the whole model runs again.
+
+        `examples`: the output on the batch's first `examples` only (every input batch-first), for a fraction of
+        the cost again (`LifecycleConfig.isolated_fraction`).
         """
         name, slot, seed = self._find(seed_id)
         if seed is not slot.live:
@@ -258,10 +267,11 @@ class GrowableModel(nn.Module):
         after = self.downstream[name] if shortcut else None
         if after is not None and slot.cache is None:
             raise ValueError(f"slot {name} has seen no activation since seed {seed_id} was planted; run forward first")
+        first = slice(None) if examples is None else slice(examples)
         with self._isolating(seed):
             if after is None:
-                return self.host(*inputs, **kwargs)
-            x = isolated(seed, slot.cache)
+                return self.host(*(x[first] for x in inputs), **kwargs)
+            x = isolated(seed, slot.cache[first])
             for path in after:
                 x = self.host.get_submodule(path)(x)
             return x

@@ -2,7 +2,7 @@
 
 import math
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import msgspec
 
@@ -12,7 +12,8 @@ Knobs = TypeVar("Knobs", bound=msgspec.Struct)
 
 
 class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Gate thresholds and timings of the seed lifecycle. Recorded in `RunStarted`; replay re-checks gates with them."""
+    """Gate thresholds, timings and mechanics of the seed lifecycle. Recorded in `RunStarted`; replay re-checks gates
+    with them."""
 
     min_training_epochs: int = 1
     """TRAINING → BLENDING needs at least this many epochs in TRAINING."""
@@ -33,6 +34,11 @@ class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_params: int = 0
     """Germination is refused when the host, its fossils and its live seeds plus the new seed would exceed
     this many parameters (0: no cap). A hard budget: the final model can never be larger."""
+    isolated_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
+    """A training seed's isolated pass runs on this fraction of each batch, its first examples (at least one).
+    The pass reruns every layer after the seed's slot, so on a deep host it costs almost a training step: a
+    fraction saves that share of it, for a noisier gradient while the seed trains. 1 (every run logged before
+    this field): the whole batch."""
 
 
 class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -77,7 +83,7 @@ def from_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> Knobs:
 
 def parse_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> dict[str, Any]:
     """The fields of `struct` that "KEY=VALUE" strings name, each value of its field's type (no other check)."""
-    fields = {f.name: f.type for f in msgspec.structs.fields(struct)}
+    fields = {f.name: _unconstrained(f.type) for f in msgspec.structs.fields(struct)}
     listed = [name for name in fields if name not in SET_BY_OPTION]
     values: dict[str, Any] = {}
     for item in items:
@@ -94,6 +100,12 @@ def parse_knobs(struct: type[Knobs], items: Iterable[str], flag: str) -> dict[st
                 raise BadInput(f"{flag} {item!r}: {key} must be a finite number") from None
             raise BadInput(f"{flag} {item!r}: {key} takes {fields[key].__name__} values") from None
     return values
+
+
+def _unconstrained(kind: Any) -> Any:
+    """A field's type without its bounds (`Annotated[float, Meta(le=1)]` → float): a value is read as its type
+    here, and `from_table` checks the bounds, naming them."""
+    return get_args(kind)[0] if get_origin(kind) is Annotated else kind
 
 
 def number_problem(name: str, value: Any) -> str | None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
-from esper.kasmina import GrowableModel, input_dtype, preset_host
+from esper.kasmina import GrowableModel, input_dtype, isolated_examples, preset_host
 from esper.leyline.events import EpochEnded, Event, RunStarted, SeedGerminated, SeedTransitioned
 from esper.leyline.stages import SeedStage
 
@@ -53,12 +53,12 @@ def epoch_flops(events: Iterable[Event], example_shape: tuple[int, ...], train_e
     counted: dict[tuple, tuple[float, float]] = {}
     model: GrowableModel | None = None
     announced: dict[str, SeedGerminated] = {}
-    batch_size = 0
+    batch_size, fraction = 0, 1.0
     for event in events:
         if isinstance(event, RunStarted):
             with torch.device("meta"):
                 model = preset_host(event.preset)
-            batch_size = event.preset.batch_size
+            batch_size, fraction = event.preset.batch_size, event.config.lifecycle.isolated_fraction
         elif model is None:
             continue
         elif isinstance(event, SeedGerminated):
@@ -68,7 +68,7 @@ def epoch_flops(events: Iterable[Event], example_shape: tuple[int, ...], train_e
         elif isinstance(event, EpochEnded):
             shape = _architecture(model)
             if shape not in counted:
-                counted[shape] = tuple(f / batch_size for f in _step_flops(model, batch_size, example_shape))
+                counted[shape] = tuple(f / batch_size for f in _step_flops(model, batch_size, example_shape, fraction))
             total, isolated = counted[shape]
             out[event.epoch] = EpochCompute(round(total * train_examples), round(isolated * train_examples))
     return out
@@ -99,18 +99,20 @@ def _architecture(model: GrowableModel) -> tuple:
                         for slot, holder in model.slots.items() for seed in holder.seeds()))
 
 
-def _step_flops(model: GrowableModel, batch_size: int, example_shape: tuple[int, ...]) -> tuple[float, float]:
+def _step_flops(model: GrowableModel, batch_size: int, example_shape: tuple[int, ...],
+                isolated_fraction: float = 1.0) -> tuple[float, float]:
     """FLOPs of one training step on a batch, as `Trainer.train_step` computes it: (the whole step, its isolated
-    passes)."""
+    passes, on `isolated_fraction` of the batch)."""
     x = torch.zeros(batch_size, *example_shape, dtype=input_dtype(model.host), device="meta")
     model.train()
     host, isolated = FlopCounterMode(display=False), FlopCounterMode(display=False)
     with host:
         _loss(model(x)).backward()
+    first = isolated_examples(batch_size, isolated_fraction)
     with isolated:
         for seed_id in model.training_seeds():
             params = model.seed_parameters(seed_id)
-            torch.autograd.grad(_loss(model.isolated_output(seed_id, x)), params)
+            torch.autograd.grad(_loss(model.isolated_output(seed_id, x, examples=first)), params)
     model.zero_grad(set_to_none=True)
     return float(host.get_total_flops() + isolated.get_total_flops()), float(isolated.get_total_flops())
 

@@ -26,13 +26,13 @@ from torch import nn
 
 from esper._kernels import RECORDED_BEFORE_KERNEL_SETS, cpu_kernels, has_avx2, kernel_set, use_cpu_kernels
 from esper.errors import BadInput, RunFailed
-from esper.kasmina import GrowableModel, preset_host
+from esper.kasmina import GrowableModel, isolated_examples, preset_host
 from esper.leyline.config import RunConfig
 from esper.leyline.events import Event, SeedGerminated, SeedTelemetry, SeedTransitioned
 from esper.leyline.stages import SeedStage
 from esper.tolaria.data import TaskData, augment
 from esper.tolaria.health import HealthMeter
-from esper.tolaria.inputs import examples_in, positional
+from esper.tolaria.inputs import examples_in, positional, rows
 from esper.tolaria.ranks import Ranks, scaled_gradients, set_gradients, shard
 from esper.tolaria.telemetry import SHARPNESS_EVERY, SHARPNESS_EXAMPLES, LayerGradients, sharpness
 from esper.tolaria.tasks import TaskPreset
@@ -356,12 +356,14 @@ class Trainer:
         for opt in self.seed_optimizers.values():
             opt.zero_grad(set_to_none=True)
         self._scaled(loss).backward()
+        first = isolated_examples(examples_in(y), self.config.lifecycle.isolated_fraction)
         for sid in model.training_seeds():
             params = model.seed_parameters(sid)
             with self._autocast():
-                isolated = self.data.loss(model.isolated_output(sid, *inputs), y)
+                isolated = self.data.loss(model.isolated_output(sid, *inputs, examples=first), rows(y, 0, first))
             for p, g in zip(params, torch.autograd.grad(self._scaled(isolated), params)):
                 p.grad = g
+            # the mean over the first examples stands for the mean over all `count` (the epoch's mean divides by all)
             self._seed_loss[sid][part] += isolated.detach().double() * count
         self._loss_sum[part] += loss.detach() * count
 
