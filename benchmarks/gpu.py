@@ -226,6 +226,7 @@ def precision_epochs(device: str, precisions: list[str], train: int, val: int, c
                 sync(device)
                 seconds.append(time.perf_counter() - began)
                 session.decide(Germinate(slot="mid", blueprint="conv_light") if epoch == 1 else Wait(), "static")
+                session.settle()
             out[precision] = {"epoch_s": round(min(seconds[1:]), 3), "warmup_epoch_s": round(seconds[0], 3),
                               "channels_last": session.trainer.channels_last,
                               "training_seeds": session.trainer.model.training_seeds(),

@@ -61,6 +61,7 @@ def esper_epoch(session: Session) -> None:
         trainer.train_step(x, y)
     session.end_epoch()
     session.decide(Wait(), "static")
+    session.settle()
 
 
 def train_step(model, host_opt, seed_opt, x, y, shortcut: bool = True) -> None:

@@ -28,6 +28,7 @@ def epoch(session: Session) -> float:
         trainer.train_step(x, y)
     session.end_epoch()
     session.decide(Wait(), "static")
+    session.settle()
     return time.perf_counter() - started
 
 

@@ -74,6 +74,7 @@ def test_every_optimizer_runs_at_the_annealed_rate_of_its_epoch():
             trainer.train_step(x, y)
         session.end_epoch()
         session.decide(Germinate(slot="mid", blueprint="conv_light") if session.epoch == 1 else Wait(), "test")
+        session.settle()
     assert seeds_checked >= 3, "the seed trained through the anneal, and its optimizer was checked"
 
 

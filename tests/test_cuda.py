@@ -155,6 +155,7 @@ def test_a_conv2d_host_is_channels_last_on_cuda_and_so_are_its_seeds():
             train_epoch(session)
             session.end_epoch()
             session.decide(command, "static")
+            session.settle()
         model = session.trainer.model
         weights = [p for p in model.parameters() if p.dim() == 4]
         assert model.training_seeds() == ["s1-mid"]

@@ -201,6 +201,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--lifecycle", "blend_epochs=-1"), "blend_epochs cannot be negative"),
         (("--lifecycle", "blend_epochs=two"), "blend_epochs takes int values"),
         (("--lifecycle", "speed=3"), "KEY one of min_training_epochs"),
+        (("--commands-per-epoch", "-1"), "commands_per_epoch must be at least 1, got -1"),
         (("--lifecycle", "isolated_fraction=0"), "Expected `float` > 0.0 - at `$.isolated_fraction`"),
         (("--lifecycle", "isolated_fraction=1.5"), "Expected `float` <= 1.0 - at `$.isolated_fraction`"),
         (("--lifecycle", "isolated_fraction=half"), "isolated_fraction takes float values"),

@@ -30,6 +30,8 @@ GROWING = ["--seed", "3", "--epochs", str(EPOCHS), "--heuristic", "min_gain=1.0"
 """A short run that germinates at once: its seeds train, blend and fossilize within the five epochs."""
 RANDOM = ["--controller", "random", "--seed", "4", "--epochs", str(EPOCHS)]
 """A controller with an RNG of its own, which the checkpoint must carry."""
+AT_ONCE = [*GROWING, "--heuristic", "max_live_seeds=3", "--commands-per-epoch", "3"]
+"""Several commands an epoch: the checkpoint must follow the epoch's last."""
 
 
 def killed(workspace: Path, config: list[str], crash_at: str, *extra: str) -> str:
@@ -68,7 +70,7 @@ def resume(workspace: Path, run_id: str, *extra: str):
 def reference(tmp_path_factory) -> dict[str, list[bytes]]:
     """The events of each config's run left alone."""
     out = {}
-    for name, config in (("growing", GROWING), ("random", RANDOM)):
+    for name, config in (("growing", GROWING), ("random", RANDOM), ("at once", AT_ONCE)):
         workspace = tmp_path_factory.mktemp(f"alone-{name}")
         assert esper("run", *config, workspace=workspace).returncode == 0
         out[name] = as_uninterrupted(logged(workspace))
@@ -108,6 +110,13 @@ def test_a_run_killed_anywhere_resumes_to_the_events_of_the_run_left_alone(tmp_p
     events = logged(tmp_path)
     assert as_uninterrupted(events) == reference["growing"]
     assert sum(isinstance(e, RunResumed) for e in events) == 1
+
+
+@pytest.mark.parametrize("crash_at", ["trained@1", "appended@1", "trained@3"])
+def test_a_run_of_several_commands_an_epoch_resumes_to_the_run_left_alone(tmp_path, reference, crash_at):
+    run_id = killed(tmp_path, AT_ONCE, crash_at)
+    resume(tmp_path, run_id)
+    assert as_uninterrupted(logged(tmp_path)) == reference["at once"]
 
 
 def test_epochs_past_the_checkpoint_are_trained_again_compared_and_not_logged_twice(cut, reference):

@@ -62,6 +62,7 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     max_params: int | None = None
     anneal_epochs: int | None = None
     heuristic: dict[str, int | float] = {}
+    commands_per_epoch: int = 1
     lifecycle: dict[str, int | float] = {}
     blend_schedule: str = "linear"
     lr: float | None = None
@@ -198,7 +199,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
         task=r.task, controller=r.controller, seed=r.seed, epochs=epochs, device=r.device, precision=r.precision,
         policy=r.policy, like=like,
         data_dir=r.data_dir, telemetry=r.telemetry, architecture=architecture, blend_schedule=r.blend_schedule,
-        lifecycle=lifecycle, heuristic=knobs, anneal_epochs=r.anneal_epochs,
+        lifecycle=lifecycle, heuristic=knobs, commands_per_epoch=r.commands_per_epoch, anneal_epochs=r.anneal_epochs,
     ), preset)
     if config.anneal_epochs > config.epochs:  # the cosine would start part-way down: its first epochs barely learn
         raise BadInput(f"anneal_epochs {config.anneal_epochs} is longer than the run's {plural(config.epochs, 'epoch')}:"
@@ -213,7 +214,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
     return PlannedRun(new_run_id(r.task, r.controller, r.seed), r, config, preset, controller, data, notes)
 
 
-SEED_SETTINGS = {"seed_lr": None, "lifecycle": {}, "blend_schedule": "linear", "blueprints": None}
+SEED_SETTINGS = {"seed_lr": None, "lifecycle": {}, "blend_schedule": "linear", "blueprints": None, "commands_per_epoch": 1}
 """The settings of how seeds train and blend, with their defaults: a controller that grows none has no use for them."""
 
 
@@ -255,6 +256,8 @@ def _check_settings(r: RunRequest) -> None:
         raise BadInput("--policy is for --controller policy or sampled")
     if r.heuristic and r.controller != "heuristic":
         raise BadInput("heuristic knobs are for controller heuristic only")
+    if r.commands_per_epoch < 1:
+        raise BadInput(f"commands_per_epoch must be at least 1, got {r.commands_per_epoch}")
     if "max_params" in r.lifecycle:
         raise BadInput("lifecycle knob max_params: set the size cap with max_params (--max-params)")
     if problem := data_problem(r.task, r.data_dir, r.download):

@@ -46,7 +46,9 @@ class EpochBars:
 
 def epoch_lines(total: int) -> Callable[..., None]:
     """A line per epoch on stderr (of `total`): the epoch's numbers (its size before the command), the command the
-    controller then issued, and the live seeds as the command left them (an advanced seed already in its new stage)."""
+    controller then issued, and the live seeds as the command left them (an advanced seed already in its new stage).
+    Each further command of the epoch (`--commands-per-epoch`) gets a line of its own under it, without the numbers."""
+    reported = {"epoch": None}
 
     def report(epoch: int, stats: "EpochStats", projection: "ObservationProjection", issued) -> None:
         live = [s for s in projection.garden.seeds.values() if s.stage.value in ("GERMINATED", "TRAINING", "BLENDING")]
@@ -55,7 +57,10 @@ def epoch_lines(total: int) -> Callable[..., None]:
             + (f" α={s.telemetry.alpha:.2f}" if s.stage is SeedStage.BLENDING and s.telemetry else "")
             for s in live
         ) or "-"
-        say(f"[{epoch:>3}/{total}] val {stats.val_accuracy * 100:5.1f}%  loss {stats.train_loss:.3f}  "
-            f"params {stats.params:>7,}  → {describe_command(issued.command)}  seeds {seeds}")
+        numbers = f"[{epoch:>3}/{total}] val {stats.val_accuracy * 100:5.1f}%  loss {stats.train_loss:.3f}  " \
+                  f"params {stats.params:>7,}"
+        again = reported["epoch"] == epoch
+        reported["epoch"] = epoch
+        say(f"{' ' * len(numbers) if again else numbers}  → {describe_command(issued.command)}  seeds {seeds}")
 
     return report

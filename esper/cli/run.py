@@ -49,6 +49,9 @@ def run(
     heuristic: Optional[list[str]] = typer.Option(
         None, "--heuristic", help="A knob of the heuristic gardener, KEY=VALUE (repeatable), e.g. min_gain=1.0 to "
         "germinate as soon as the host has warmed up instead of on a plateau. Recorded in the run's config."),
+    commands_per_epoch: int = typer.Option(
+        None, "--commands-per-epoch", help="At most N commands after each epoch (default 1): the controller decides "
+        "again after each command the lifecycle accepts, so the heuristic can germinate into several slots at once."),
     lifecycle: Optional[list[str]] = typer.Option(
         None, "--lifecycle", help="A timing, gate threshold or mechanic of the seed lifecycle, KEY=VALUE (repeatable), "
         "e.g. blend_epochs=1, or isolated_fraction=0.25 to train seeds in isolation on a quarter of each batch. "

@@ -207,6 +207,10 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     lifecycle: LifecycleConfig = LifecycleConfig()
     heuristic: HeuristicConfig = HeuristicConfig()
     """The knobs of controller `heuristic` (the other controllers ignore them)."""
+    commands_per_epoch: int = 1
+    """At most this many commands after each epoch: after a command the lifecycle accepts, other than `Wait`, the
+    controller decides again on the observation it left (so the heuristic can germinate into every free slot, or
+    advance every seed whose gate is open, at once). 1, one decision an epoch: every run logged before this field."""
     anneal_epochs: int | None = None
     """The last N epochs scale every learning rate (host and seeds) down a half cosine towards 0; None
     means the task preset's. Logs written before this field existed ran at constant rates: they read as 0."""

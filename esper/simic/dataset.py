@@ -99,6 +99,9 @@ class EpisodeProjection:
                     f"run {self.run_id or '?'} has slots {event.slots} and blueprints {event.blueprints}; "
                     f"the policy expects {list(self.spec.slots)} and {list(self.spec.blueprints)}"
                 )
+            if event.config.commands_per_epoch != 1:  # a step is an epoch: its reward is what the epoch did
+                raise IncompatibleRun(f"run {self.run_id or '?'} took up to {event.config.commands_per_epoch} commands "
+                                      "an epoch; a policy learns from runs that take one")
         elif isinstance(event, CommandIssued):
             self._decision(event)
         elif isinstance(event, SeedTransitioned) and self.pending is not None:

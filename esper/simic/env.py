@@ -99,6 +99,8 @@ class VecEnv:
         for c in configs[1:]:
             if (c.task, c.seed, c.data_seed, c.epochs) != (first.task, first.seed, first.data_seed, first.epochs):
                 raise ValueError("lock-step runs share one data order: give them the same task, seed, data seed and epochs")
+        if any(c.commands_per_epoch != 1 for c in configs):
+            raise ValueError("lock-step runs take one command an epoch (one step of an episode)")
         self.data = {}
         for c in configs:
             device = torch.device(c.device)
@@ -186,6 +188,7 @@ class VecEnv:
                 continue
             with env.turn():
                 env.session.decide(command, names[i], **(infos[i] if infos else {}))
+                env.session.settle()
 
     def finish(self) -> list[RunResult | None]:
         """`RunFinished` for every run that did not fail; their results."""

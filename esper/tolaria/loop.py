@@ -4,8 +4,10 @@ Per epoch, in this order (replay and `--verify` rely on it):
 1. `begin_epoch`: the lifecycle's automatic transitions (`Garden.tick`) are carried out;
 2. the model trains one epoch and is measured: `end_epoch` emits `EpochEnded` and returns the observation;
 3. `decide`: the controller's command, as `CommandIssued`, then what it led to (`SeedGerminated`,
-   `SeedTransitioned`, or `CommandRejected`); the epoch's events are appended in one transaction, by a
-   writer thread while the next epoch trains (`esper.tolaria.writebehind`); a run's end waits for it.
+   `SeedTransitioned`, or `CommandRejected`); up to `RunConfig.commands_per_epoch` times, until it waits or a
+   command is refused;
+4. `settle`: the epoch's events are appended in one transaction, by a writer thread while the next epoch trains
+   (`esper.tolaria.writebehind`); a run's end waits for it.
 `Session` exposes these steps so Simic can drive many runs in lock-step; `execute` runs one to the end. With
 `checkpoints`, a due epoch's batch also carries the run's state, written to a file before the batch is appended
 (`esper.tolaria.checkpoint`); `Session.resumed` rebuilds a logged run at one of its checkpoints. With `ranks`, the
@@ -27,9 +29,10 @@ from esper._kernels import cpu_kernels, cpu_model
 from esper.errors import (BadInput, EsperError, IllegalEvent, RankStopped, RunFailed, StoreFailed, first_line,
                           out_of_memory)
 from esper.kasmina import GrowableModel, preset_host
-from esper.leyline.commands import Command
+from esper.leyline.commands import Command, Wait
 from esper.leyline.config import SNAPSHOT_EVERY, RunConfig
-from esper.leyline.events import CommandIssued, EpochEnded, Event, RunFinished, RunStarted, decode, encode
+from esper.leyline.events import (CommandIssued, CommandRejected, EpochEnded, Event, RunFinished, RunStarted, decode,
+                                  encode)
 from esper.leyline.events import RunFailed as RunFailedEvent
 from esper.nissa import snapshot
 from esper.nissa.runstate import RunState
@@ -359,13 +362,18 @@ class Session:
                                val_bits_per_char=bits_per_char(self.trainer.data, "val", stats.val_loss))])
         return self.projection.observe()
 
-    def decide(self, command: Command, controller: str, **info: Any) -> CommandIssued:
-        issued = CommandIssued(epoch=self.epoch, command=command, controller=controller, **info)
-        self._emit([issued, *self.projection.garden.handle(command, self.epoch)])
+    def decide(self, command: Command, controller: str, **info: Any) -> list[Event]:
+        """The command, as `CommandIssued`, and what it led to: those events, carried out (stored by `settle`)."""
+        events = [CommandIssued(epoch=self.epoch, command=command, controller=controller, **info),
+                  *self.projection.garden.handle(command, self.epoch)]
+        self._emit(events)
+        return events
+
+    def settle(self) -> None:
+        """The epoch is decided: its events (with the run's state, at a checkpoint's epoch) go to the writer."""
         self._checkpoint()
         crashpoints.reach("trained", self.epoch)
         self._flush()
-        return issued
 
     def finish(self) -> RunResult:
         crashpoints.reach("finishing", self.epoch)
@@ -465,11 +473,8 @@ def train(session: Session, controller: Controller, progress: Progress | None = 
         while not session.done:
             session.begin_epoch()
             train_epoch(session, batches)
-            obs = session.end_epoch()
-            command = controller.decide(obs)
-            issued = session.decide(command, controller.name, **getattr(controller, "decision_info", {}))
-            if progress is not None:
-                progress(session.epoch, session.stats, session.projection, issued)
+            decide_epoch(session, controller, session.end_epoch(), progress)
+            session.settle()
         return session.finish()
     except BaseException as exc:
         error = failure_of(exc, user_code=session.host_params is not None)
@@ -478,6 +483,19 @@ def train(session: Session, controller: Controller, progress: Progress | None = 
         raise
     finally:
         session.close()
+
+
+def decide_epoch(session: Session, controller: Controller, obs: Observation, progress: Progress | None = None) -> None:
+    """The controller's commands after an epoch: one, or up to `commands_per_epoch`, each on the observation the
+    last left, until it waits or the lifecycle refuses one (a refused command would only be asked for again)."""
+    for _ in range(session.config.commands_per_epoch):
+        command = controller.decide(obs)
+        issued, *effects = session.decide(command, controller.name, **getattr(controller, "decision_info", {}))
+        if progress is not None:
+            progress(session.epoch, session.stats, session.projection, issued)
+        if isinstance(command, Wait) or any(isinstance(e, CommandRejected) for e in effects):
+            return
+        obs = session.projection.observe()
 
 
 def train_epoch(session: Session, batches: Batches | None = None) -> None:
