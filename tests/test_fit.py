@@ -10,7 +10,7 @@ from torch import nn
 
 import esper
 from esper.errors import BadInput, RunFailed
-from esper.leyline import RunStarted
+from esper.leyline import EpochEnded, RunStarted, SeedGerminated
 from esper.nissa.runstate import RunState
 from esper.simic.dataset import replay_episode
 from esper.simic.features import spec_for_run
@@ -247,6 +247,9 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"device": "cuda:7" if torch.cuda.is_available() else "cuda"}, "device cuda.* asked for, but"),
     ({"lifecycle": {"max_params": 10}}, "max_params 10 is below the model's own"),
     ({"lifecycle": 3}, "lifecycle: a LifecycleConfig or a dict of its knobs, not int"),
+    ({"lifecycle": {"isolated_fraction": 0}}, r"Expected `float` > 0.0 - at `\$.isolated_fraction`"),
+    ({"commands_per_epoch": 0}, "commands_per_epoch must be at least 1, got 0"),
+    ({"commands_per_epoch": 2.0}, "commands_per_epoch must be a whole number, got 2.0"),
     ({"score": lambda output, y: 1.5}, r"score\(output, y\) gave 1.5 on the first training batch: .* 0..1"),
     ({"score": lambda output, y: float("nan")}, r"score\(output, y\) gave nan"),
     ({"loss": lambda output, y: F.cross_entropy(output, y, reduction="none")},
@@ -340,6 +343,21 @@ def test_a_model_of_several_inputs_takes_each_batch_s_x_as_its_arguments(tmp_pat
     with Workspace(tmp_path).reader() as reader:
         state = RunState.fold(reader.read_run(result.run_id))
     assert state.finished is not None and len(state.epochs) == 8
+
+
+def test_seeds_of_a_model_of_several_inputs_train_in_isolation_on_part_of_each_batch_and_grow_together(tmp_path):
+    torch.manual_seed(0)
+    model = esper.grow(ImageAndFeatures(), ["image.1", "features.1"], example=(torch.zeros(1, 3, 8, 8), torch.zeros(1, 2)))
+    result = esper.fit(model, train=two_input_batches(6, 1), val=two_input_batches(2, 2), epochs=6,
+                       heuristic={**KNOBS, "max_live_seeds": 2}, lifecycle={"isolated_fraction": 0.5},
+                       commands_per_epoch=2, lr=1e-2, workspace=str(tmp_path))
+    with Workspace(tmp_path).reader() as reader:
+        events = [r.event for r in reader.read_run(result.run_id)]
+    config = events[0].config
+    assert (config.lifecycle.isolated_fraction, config.commands_per_epoch) == (0.5, 2)
+    germinated = [e.epoch for e in events if isinstance(e, SeedGerminated)]
+    assert len(germinated) >= 2 and germinated[0] == germinated[1]  # both slots after one epoch
+    assert any(t.seed_loss is not None for e in events if isinstance(e, EpochEnded) for t in e.seeds)
 
 
 def test_a_dataloader_s_batches_of_several_inputs_come_collated_as_lists_and_train_alike(tmp_path):

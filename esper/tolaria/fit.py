@@ -48,7 +48,7 @@ def fit(
     model: GrowableModel, train: Batches, val: Batches, *, test: Batches | None = None,
     loss: Loss = F.cross_entropy, score: Score | None = None, epochs: int = 10, controller: str = "heuristic",
     heuristic: HeuristicConfig | Mapping = HeuristicConfig(), lifecycle: LifecycleConfig | Mapping = LifecycleConfig(),
-    blueprints: Sequence[str] | None = None, optimizer: str = "adam", lr: float = 1e-3, seed_lr: float | None = None, weight_decay: float = 0.0,
+    commands_per_epoch: int = 1, blueprints: Sequence[str] | None = None, optimizer: str = "adam", lr: float = 1e-3, seed_lr: float | None = None, weight_decay: float = 0.0,
     momentum: float = 0.9, seed: int = 0, task: str = "user", device: str | None = None,
     policy: str | None = None, workspace: str | None = None, progress: Progress | None = None,
 ) -> FitResult:
@@ -62,7 +62,8 @@ def fit(
     accuracy (default: top-1 accuracy of logits `(B, classes)` against class indices).
     `controller`: heuristic, static, random or policy (then `policy`: the file `esper ppo`/`esper iql` saved).
     `heuristic`: the knobs of the heuristic controller, `lifecycle` the lifecycle's timings, thresholds and size
-    cap (`max_params`): each a config struct or a dict of its fields. `blueprints`: what controllers may
+    cap (`max_params`): each a config struct or a dict of its fields. `commands_per_epoch`: how many commands the
+    controller may issue after an epoch, each on what the last left (`esper run --commands-per-epoch`). `blueprints`: what controllers may
     germinate (default: every blueprint of the slots' families, the largest first). `optimizer` ("adam" or "sgd"), `lr`,
     `weight_decay`, `momentum` train the host; `seed_lr` (default `lr`) the seeds. `seed` seeds the run's
     randomness; `device` (default: the model's) is where it trains; `progress(epoch, stats, projection, issued)`
@@ -85,7 +86,10 @@ def fit(
                        "alone; grow a fresh one with esper.grow")
     knobs = _knobs(HeuristicConfig, heuristic, "heuristic")
     lifecycle = _knobs(LifecycleConfig, lifecycle, "lifecycle")
-    _check_numbers(epochs=epochs, seed=seed, lr=lr, seed_lr=seed_lr, weight_decay=weight_decay, momentum=momentum)
+    _check_numbers(epochs=epochs, seed=seed, commands_per_epoch=commands_per_epoch, lr=lr, seed_lr=seed_lr,
+                   weight_decay=weight_decay, momentum=momentum)
+    if commands_per_epoch < 1:
+        raise BadInput(f"commands_per_epoch must be at least 1, got {commands_per_epoch}")
     run_id = f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
     if why := run_id_problem(run_id):  # the run's store file is named after it: checked before it is made
         raise BadInput(f"task {task!r} cannot name a run ({run_id}): {why}")
@@ -101,7 +105,8 @@ def fit(
     for split in splits:
         check_first_batch(model, data, split)
     config = resolve_config(RunConfig(task=task, controller=controller, seed=seed, epochs=epochs, device=device,
-                                      policy=policy, heuristic=knobs, lifecycle=lifecycle, anneal_epochs=0),
+                                      policy=policy, heuristic=knobs, lifecycle=lifecycle,
+                                      commands_per_epoch=commands_per_epoch, anneal_epochs=0),
                             preset, model.param_count())
     brain = make_controller(controller, seed, policy, knobs)
     if controller == "heuristic" and (idle := idle_heuristic(knobs, epochs)):
@@ -129,7 +134,7 @@ def _check_numbers(**given) -> None:
     number, before anything compares them: a float of epochs or a text rate would otherwise be recorded or reach
     torch."""
     for name, value in given.items():
-        whole = name in ("epochs", "seed")
+        whole = name in ("epochs", "seed", "commands_per_epoch")
         if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
             if not (name == "seed_lr" and value is None):
                 raise BadInput(f"{name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
