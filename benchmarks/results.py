@@ -54,14 +54,15 @@ BASELINES = ("static", "heuristic", "eager", "scratch")
 
 
 def planned_config(task: str, kind: str, seed: int, epochs: int, policy: str | None = None,
-                   knobs: HeuristicConfig = HeuristicConfig(), lifecycle: LifecycleConfig = LifecycleConfig()) -> RunConfig:
+                   knobs: HeuristicConfig = HeuristicConfig(), lifecycle: LifecycleConfig = LifecycleConfig(),
+                   commands: int = 1) -> RunConfig:
     """The config of run `kind` (a baseline, or `policy` with its file) on `seed`, before --like is resolved;
-    `knobs`: the `heuristic` runs' gardener (the default one unless `--heuristic` changes it); `lifecycle`: the
-    `heuristic` and `eager` runs' seed lifecycle (the default one unless `--lifecycle` changes it)."""
-    if kind == "heuristic":
-        return RunConfig(task=task, controller="heuristic", seed=seed, epochs=epochs, heuristic=knobs, lifecycle=lifecycle)
-    if kind == "eager":
-        return RunConfig(task=task, controller="heuristic", seed=seed, epochs=epochs, heuristic=EAGER, lifecycle=lifecycle)
+    `knobs`: the `heuristic` runs' gardener (the default one unless `--heuristic` changes it); `lifecycle` and
+    `commands` (per epoch): the `heuristic` and `eager` runs' seed lifecycle and decisions (the defaults unless
+    `--lifecycle` and `--commands-per-epoch` change them)."""
+    if kind in ("heuristic", "eager"):
+        return RunConfig(task=task, controller="heuristic", seed=seed, epochs=epochs, lifecycle=lifecycle,
+                         heuristic=knobs if kind == "heuristic" else EAGER, commands_per_epoch=commands)
     if kind == "policy":
         brain = make_controller("policy", seed, policy)
         cap = LifecycleConfig(max_params=getattr(brain, "max_params", 0))
@@ -308,6 +309,8 @@ def main() -> None:
     parser.add_argument("--lifecycle", action="append", default=[], metavar="KEY=VALUE",
                         help="a knob of the `heuristic` and `eager` runs' seed lifecycle (repeatable), e.g. "
                              "isolated_fraction=0.25")
+    parser.add_argument("--commands-per-epoch", type=int, default=1, metavar="N",
+                        help="the `heuristic` and `eager` runs' commands after each epoch (default 1)")
     parser.add_argument("--scratch-epochs", type=int, nargs="+", default=[], metavar="E",
                         help="also train each heuristic run's final architecture from initialisation for E epochs "
                              "(a run planned shorter), and compare")
@@ -315,6 +318,8 @@ def main() -> None:
     args = parser.parse_args()
     seeds = args.seeds or (FULL_SEEDS if args.full else FAST_SEEDS)
     budget = args.epochs or TASKS[args.task].epochs
+    if args.commands_per_epoch < 1:
+        sys.exit(f"results: --commands-per-epoch takes at least 1, got {args.commands_per_epoch}")
     if not all(1 <= e < budget for e in args.scratch_epochs):
         sys.exit(f"results: --scratch-epochs takes fewer epochs than the runs' {budget}, at least 1 each; got "
                  f"{' '.join(map(str, args.scratch_epochs))}")
@@ -338,7 +343,8 @@ def main() -> None:
     policies = {f"{i}": path for i, path in enumerate(args.policy)}
 
     task = args.task
-    first = [Job(run_id_of(task, k, s), planned_config(task, k, s, args.epochs, knobs=knobs, lifecycle=lifecycle),
+    first = [Job(run_id_of(task, k, s), planned_config(task, k, s, args.epochs, knobs=knobs, lifecycle=lifecycle,
+                                                 commands=args.commands_per_epoch),
                  None if k == "static" else grows) for s in seeds for k in ("static", "heuristic", "eager")]
     first += [Job(run_id_of(task, "policy", s, tag), planned_config(task, "policy", s, args.epochs, path))
               for tag, path in policies.items() for s in seeds]
@@ -360,7 +366,8 @@ def main() -> None:
         "gardener": ("the heuristic gardener with `" + " ".join(f"--heuristic {k}" for k in args.heuristic) + "`"
                      if args.heuristic else "the default heuristic gardener")
                     + ("".join(f" `--blueprint {b}`" for b in args.blueprint) if args.blueprint else "")
-                    + ("".join(f" `--lifecycle {k}`" for k in args.lifecycle) if args.lifecycle else "")}
+                    + ("".join(f" `--lifecycle {k}`" for k in args.lifecycle) if args.lifecycle else "")
+                    + (f" `--commands-per-epoch {args.commands_per_epoch}`" if args.commands_per_epoch > 1 else "")}
     page = render(growth, compute, shorter, versus, seeds, made)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

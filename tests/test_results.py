@@ -101,7 +101,8 @@ def test_results_come_from_the_logs_and_a_workspace_is_reused(tmp_path):
 def test_the_text_task_gives_bits_per_char_reads_none_of_a_workspaces_mnist1d_runs_and_takes_heuristic_knobs(tmp_path):
     write_run(tmp_path / "ws", "static", 0, epochs=3, run_id="results-static-s0")  # an mnist1d run beside
     result, page, _ = generate(tmp_path, "--task", "text", "--seeds", "0", "--epochs", "1",
-                               "--heuristic", "warmup_epochs=1", "--heuristic", "finish_epochs=0", "--blueprint", "repeat")
+                               "--heuristic", "warmup_epochs=1", "--heuristic", "finish_epochs=0", "--blueprint", "repeat",
+                               "--lifecycle", "isolated_fraction=0.5", "--commands-per-epoch", "2")
     growth = {row["controller"]: row for row in result["growth"]}
     assert set(growth) == {"static", "heuristic", "eager", "scratch"} and all(r["runs"] == 1 for r in growth.values())
     with Workspace(tmp_path / "ws").reader() as reader:
@@ -116,7 +117,14 @@ def test_the_text_task_gives_bits_per_char_reads_none_of_a_workspaces_mnist1d_ru
                                         "where seq = 1 and run_id like 'results-text-%'").fetchall())
     assert json.loads(knobs["heuristic"])["warmup_epochs"] == 1 and json.loads(knobs["heuristic"])["finish_epochs"] == 0
     assert json.loads(knobs["eager"])["warmup_epochs"] == 2  # eager keeps its own gardener
-    assert "the heuristic gardener with `--heuristic warmup_epochs=1 --heuristic finish_epochs=0` `--blueprint repeat`" in page
+    assert ("the heuristic gardener with `--heuristic warmup_epochs=1 --heuristic finish_epochs=0` `--blueprint repeat` "
+            "`--lifecycle isolated_fraction=0.5` `--commands-per-epoch 2`") in page
+    # so do the lifecycle and the commands an epoch, to the eager runs too
+    with Workspace(tmp_path / "ws").reader() as reader:
+        settings = dict(reader.con.execute(
+            "select split_part(run_id, '-', 3), [payload->>'$.config.lifecycle.isolated_fraction', "
+            "payload->>'$.config.commands_per_epoch'] from events where seq = 1 and run_id like 'results-text-%'").fetchall())
+    assert settings == {"static": ["1.0", "1"], "heuristic": ["0.5", "2"], "eager": ["0.5", "2"], "scratch": ["1.0", "1"]}
     # the blueprints reach the growing runs and their scratch runs, not the host alone
     with Workspace(tmp_path / "ws").reader() as reader:
         grows = dict(reader.con.execute("select split_part(run_id, '-', 3), payload->>'$.preset.blueprints' from events"
