@@ -252,7 +252,7 @@ def test_cli_run_bad_input(tmp_path, args, message):
 
 def test_the_knobs_listed_for_a_bad_lifecycle_key_leave_out_the_cap_which_has_an_option_of_its_own(tmp_path):
     line = one_line_error(invoke("run", "--lifecycle", "speed=3", workspace=tmp_path))
-    assert line.endswith("auto_cull_patience, embargo_epochs") and "max_params" not in line
+    assert line.endswith("auto_cull_patience, embargo_epochs, isolated_fraction") and "max_params" not in line
 
 
 @pytest.mark.parametrize(("toml", "message"), [
