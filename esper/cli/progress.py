@@ -46,8 +46,8 @@ class EpochBars:
 
 def epoch_lines(total: int) -> Callable[..., None]:
     """A line per epoch on stderr (of `total`): the epoch's numbers (its size before the command), the command the
-    controller then issued, and the live seeds as the command left them (an advanced seed already in its new stage).
-    Each further command of the epoch (`--commands-per-epoch`) gets a line of its own under it, without the numbers."""
+    controller then issued, and the live seeds as the epoch's commands left them (an advanced seed already in its
+    new stage). Each further command of the epoch (`--commands-per-epoch`) gets a line of its own under it."""
     reported = {"epoch": None}
 
     def report(epoch: int, stats: "EpochStats", projection: "ObservationProjection", issued) -> None:
@@ -61,6 +61,8 @@ def epoch_lines(total: int) -> Callable[..., None]:
                   f"params {stats.params:>7,}"
         again = reported["epoch"] == epoch
         reported["epoch"] = epoch
-        say(f"{' ' * len(numbers) if again else numbers}  → {describe_command(issued.command)}  seeds {seeds}")
+        said = f"{' ' * len(numbers)}  → {describe_command(issued.command)}" if again else \
+            f"{numbers}  → {describe_command(issued.command)}  seeds {seeds}"
+        say(said)
 
     return report

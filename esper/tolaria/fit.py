@@ -67,7 +67,7 @@ def fit(
     germinate (default: every blueprint of the slots' families, the largest first). `optimizer` ("adam" or "sgd"), `lr`,
     `weight_decay`, `momentum` train the host; `seed_lr` (default `lr`) the seeds. `seed` seeds the run's
     randomness; `device` (default: the model's) is where it trains; `progress(epoch, stats, projection, issued)`
-    is called after each epoch's decision. `task` names the run's task in the log; `workspace`: the folder of
+    is called after each epoch, once for each command issued. `task` names the run's task in the log; `workspace`: the folder of
     the event log (default `$ESPER_WORKSPACE`, else `./runs`).
 
     The model is trained in place and keeps its seeds as the run leaves them: fossilized seeds are part of it,

@@ -473,8 +473,10 @@ def train(session: Session, controller: Controller, progress: Progress | None = 
         while not session.done:
             session.begin_epoch()
             train_epoch(session, batches)
-            decide_epoch(session, controller, session.end_epoch(), progress)
+            issued = decide_epoch(session, controller, session.end_epoch())
             session.settle()
+            for command in issued if progress is not None else ():  # said once the epoch is with the writer
+                progress(session.epoch, session.stats, session.projection, command)
         return session.finish()
     except BaseException as exc:
         error = failure_of(exc, user_code=session.host_params is not None)
@@ -485,17 +487,18 @@ def train(session: Session, controller: Controller, progress: Progress | None = 
         session.close()
 
 
-def decide_epoch(session: Session, controller: Controller, obs: Observation, progress: Progress | None = None) -> None:
+def decide_epoch(session: Session, controller: Controller, obs: Observation) -> list[CommandIssued]:
     """The controller's commands after an epoch: one, or up to `commands_per_epoch`, each on the observation the
     last left, until it waits or the lifecycle refuses one (a refused command would only be asked for again)."""
+    issued = []
     for _ in range(session.config.commands_per_epoch):
         command = controller.decide(obs)
-        issued, *effects = session.decide(command, controller.name, **getattr(controller, "decision_info", {}))
-        if progress is not None:
-            progress(session.epoch, session.stats, session.projection, issued)
+        decided, *effects = session.decide(command, controller.name, **getattr(controller, "decision_info", {}))
+        issued.append(decided)
         if isinstance(command, Wait) or any(isinstance(e, CommandRejected) for e in effects):
-            return
+            break
         obs = session.projection.observe()
+    return issued
 
 
 def train_epoch(session: Session, batches: Batches | None = None) -> None:
