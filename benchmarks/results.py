@@ -38,7 +38,7 @@ import msgspec
 from esper.app.runs import blueprints_problem, final_architecture
 from esper.errors import BadInput
 from esper.leyline import EpochEnded, HeuristicConfig, LifecycleConfig, RunConfig
-from esper.leyline.config import from_knobs
+from esper.leyline.config import commands_problem, from_knobs
 from esper.store import Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.tasks import TASKS
@@ -318,8 +318,8 @@ def main() -> None:
     args = parser.parse_args()
     seeds = args.seeds or (FULL_SEEDS if args.full else FAST_SEEDS)
     budget = args.epochs or TASKS[args.task].epochs
-    if args.commands_per_epoch < 1:
-        sys.exit(f"results: --commands-per-epoch takes at least 1, got {args.commands_per_epoch}")
+    if problem := commands_problem(args.commands_per_epoch):
+        sys.exit(f"results: {problem}")
     if not all(1 <= e < budget for e in args.scratch_epochs):
         sys.exit(f"results: --scratch-epochs takes fewer epochs than the runs' {budget}, at least 1 each; got "
                  f"{' '.join(map(str, args.scratch_epochs))}")

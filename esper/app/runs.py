@@ -24,7 +24,7 @@ import torch
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line, out_of_memory
 from esper.kasmina import HOSTS, SCHEDULES, build_host, host_problem, preset_host
 from esper.kasmina.blueprints import offered
-from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, every_problem,
+from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, commands_problem, every_problem,
                                   from_table, number_problem, recipe_problem)
 from esper.leyline.stages import SeedStage
 from esper.leyline.status import FINISHED
@@ -256,8 +256,8 @@ def _check_settings(r: RunRequest) -> None:
         raise BadInput("--policy is for --controller policy or sampled")
     if r.heuristic and r.controller != "heuristic":
         raise BadInput("heuristic knobs are for controller heuristic only")
-    if r.commands_per_epoch < 1:
-        raise BadInput(f"commands_per_epoch must be at least 1, got {r.commands_per_epoch}")
+    if problem := commands_problem(r.commands_per_epoch):
+        raise BadInput(problem)
     if "max_params" in r.lifecycle:
         raise BadInput("lifecycle knob max_params: set the size cap with max_params (--max-params)")
     if problem := data_problem(r.task, r.data_dir, r.download):

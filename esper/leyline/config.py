@@ -127,6 +127,12 @@ def every_problem(name: str, value: int) -> str | None:
     return f"{name} must be 0 (none) or a number of epochs, got {value}" if value < 0 else None
 
 
+def commands_problem(value: int) -> str | None:
+    """Why `value` cannot be `RunConfig.commands_per_epoch` (None if it can). `esper run`, `esper.fit` and
+    `benchmarks/results.py` all check with it."""
+    return f"commands_per_epoch must be at least 1, got {value}" if value < 1 else None
+
+
 VERIFY_TOLERANCE = 1e-4
 """Largest deviation `--verify` accepts in a logged number: relative to its magnitude, absolute below 1
 (decisions are always exact)."""

@@ -18,7 +18,7 @@ from esper.errors import BadInput
 from esper.kasmina import BLUEPRINTS as FAMILIES
 from esper.kasmina import GrowableModel
 from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset,
-                                  from_table, recipe_problem)
+                                  commands_problem, from_table, recipe_problem)
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.store.schema import run_id_problem
@@ -48,7 +48,8 @@ def fit(
     model: GrowableModel, train: Batches, val: Batches, *, test: Batches | None = None,
     loss: Loss = F.cross_entropy, score: Score | None = None, epochs: int = 10, controller: str = "heuristic",
     heuristic: HeuristicConfig | Mapping = HeuristicConfig(), lifecycle: LifecycleConfig | Mapping = LifecycleConfig(),
-    commands_per_epoch: int = 1, blueprints: Sequence[str] | None = None, optimizer: str = "adam", lr: float = 1e-3, seed_lr: float | None = None, weight_decay: float = 0.0,
+    commands_per_epoch: int = 1, blueprints: Sequence[str] | None = None, optimizer: str = "adam", lr: float = 1e-3,
+    seed_lr: float | None = None, weight_decay: float = 0.0,
     momentum: float = 0.9, seed: int = 0, task: str = "user", device: str | None = None,
     policy: str | None = None, workspace: str | None = None, progress: Progress | None = None,
 ) -> FitResult:
@@ -63,12 +64,13 @@ def fit(
     `controller`: heuristic, static, random or policy (then `policy`: the file `esper ppo`/`esper iql` saved).
     `heuristic`: the knobs of the heuristic controller, `lifecycle` the lifecycle's timings, thresholds and size
     cap (`max_params`): each a config struct or a dict of its fields. `commands_per_epoch`: how many commands the
-    controller may issue after an epoch, each on what the last left (`esper run --commands-per-epoch`). `blueprints`: what controllers may
-    germinate (default: every blueprint of the slots' families, the largest first). `optimizer` ("adam" or "sgd"), `lr`,
+    controller may issue after an epoch, each on what the last left (`esper run --commands-per-epoch`).
+    `blueprints`: what controllers may germinate (default: every blueprint of the slots' families, the largest
+    first). `optimizer` ("adam" or "sgd"), `lr`,
     `weight_decay`, `momentum` train the host; `seed_lr` (default `lr`) the seeds. `seed` seeds the run's
     randomness; `device` (default: the model's) is where it trains; `progress(epoch, stats, projection, issued)`
-    is called after each epoch, once for each command issued. `task` names the run's task in the log; `workspace`: the folder of
-    the event log (default `$ESPER_WORKSPACE`, else `./runs`).
+    is called after each epoch, once for each command issued. `task` names the run's task in the log;
+    `workspace`: the folder of the event log (default `$ESPER_WORKSPACE`, else `./runs`).
 
     The model is trained in place and keeps its seeds as the run leaves them: fossilized seeds are part of it,
     a seed still blending adds its output at the α it reached, and a seed still training adds nothing. Bad
@@ -88,8 +90,8 @@ def fit(
     lifecycle = _knobs(LifecycleConfig, lifecycle, "lifecycle")
     _check_numbers(epochs=epochs, seed=seed, commands_per_epoch=commands_per_epoch, lr=lr, seed_lr=seed_lr,
                    weight_decay=weight_decay, momentum=momentum)
-    if commands_per_epoch < 1:
-        raise BadInput(f"commands_per_epoch must be at least 1, got {commands_per_epoch}")
+    if problem := commands_problem(commands_per_epoch):
+        raise BadInput(problem)
     run_id = f"{task}-{controller}-{seed}-{secrets.token_hex(3)}"
     if why := run_id_problem(run_id):  # the run's store file is named after it: checked before it is made
         raise BadInput(f"task {task!r} cannot name a run ({run_id}): {why}")

@@ -475,8 +475,9 @@ def train(session: Session, controller: Controller, progress: Progress | None = 
             train_epoch(session, batches)
             issued = decide_epoch(session, controller, session.end_epoch())
             session.settle()
-            for command in issued if progress is not None else ():  # said once the epoch is with the writer
-                progress(session.epoch, session.stats, session.projection, command)
+            if progress is not None:  # said once the epoch is with the writer: a run stopped now keeps it
+                for command in issued:
+                    progress(session.epoch, session.stats, session.projection, command)
         return session.finish()
     except BaseException as exc:
         error = failure_of(exc, user_code=session.host_params is not None)
