@@ -10,7 +10,7 @@ from torch import nn
 
 import esper
 from esper.errors import BadInput, RunFailed
-from esper.leyline import EpochEnded, RunStarted, SeedGerminated
+from esper.leyline import EpochEnded, RunStarted, SeedGerminated, SeedTransitioned
 from esper.nissa.runstate import RunState
 from esper.simic.dataset import replay_episode
 from esper.simic.features import spec_for_run
@@ -221,6 +221,7 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"val": []}, "val holds no batches"),
     ({"task": "cifar10"}, "task 'cifar10' is a built-in task's name"),
     ({"blueprints": ["tree"]}, "blueprints: a list drawn from"),
+    ({"blueprints": ["repeat"]}, "blueprints: repeat copies the submodule before a slot, and no slot follows one"),
     ({"heuristic": {"warmup": 1}}, "heuristic: .*warmup"),
     ({"heuristic": {"warmup_epochs": -1}}, "heuristic: warmup_epochs cannot be negative"),
     ({"heuristic": 3}, "heuristic: a HeuristicConfig or a dict of its knobs, not int"),
@@ -428,3 +429,57 @@ def test_a_batch_whose_inputs_and_targets_differ_in_examples_is_refused_before_a
         esper.fit(model, short, two_target_batches([8], 2), loss=two_losses, score=class_score,
                   workspace=str(tmp_path / "ws"))
     assert not (tmp_path / "ws").exists()
+
+
+class TinyLM(nn.Module):
+    """A user's decoder: an embedding, then two residual blocks of the same width, then a head over the last
+    position (so that the default score, top-1 of (B, classes), reads it)."""
+
+    def __init__(self, vocab: int = 8, width: int = 16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.blocks = nn.Sequential(*(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU())
+                                      for _ in range(2)))
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h[:, -1])
+
+
+def token_batches(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Sequences of 6 tokens whose next token is the first one again."""
+    g = torch.Generator().manual_seed(seed)
+    return [(x, x[:, 0]) for x in torch.randint(0, 8, (n, 8, 6), generator=g)]
+
+
+def test_a_users_transformer_grows_by_depth_where_repeat_is_named(tmp_path):
+    torch.manual_seed(0)
+    grown = esper.grow(TinyLM(), ["embed", "blocks.0", "blocks.1"], example=torch.zeros(1, 6, dtype=torch.long))
+    assert [s.repeats for s in grown.slots.values()] == [False, True, True]  # ids in, (B, T, D) out: no copy
+    blocks = {name: sum(p.numel() for p in grown.host.get_submodule(name).parameters()) for name in ("blocks.0", "blocks.1")}
+    before = grown.param_count()
+    result = esper.fit(grown, train=token_batches(3, 1), val=token_batches(1, 2), epochs=7, blueprints=["repeat"],
+                       heuristic={**KNOBS, "max_live_seeds": 2}, commands_per_epoch=2, workspace=str(tmp_path))
+    with Workspace(tmp_path).reader() as reader:
+        events = [r.event for r in reader.read_run(result.run_id)]
+    started = events[0]
+    assert started.preset.blueprints == ("repeat",)
+    assert {slot: sizes.get("repeat") for slot, sizes in started.seed_sizes.items()} == {"embed": None, **blocks}
+    germinated = {e.seed_id: e for e in events if isinstance(e, SeedGerminated)}
+    assert {(e.slot, e.blueprint) for e in germinated.values()} == {("blocks.0", "repeat"), ("blocks.1", "repeat")}
+    fossils = [e.seed_id for e in events if isinstance(e, SeedTransitioned) and e.to_stage == "FOSSILIZED"]
+    assert len(fossils) >= 2 and result.params == before + sum(germinated[s].params for s in fossils)
+
+
+def test_without_blueprints_named_a_users_transformer_grows_by_width_only(tmp_path):
+    torch.manual_seed(0)
+    grown = esper.grow(TinyLM(), ["blocks.0"], example=torch.zeros(1, 6, dtype=torch.long))
+    result = esper.fit(grown, train=token_batches(1, 1), val=token_batches(1, 2), epochs=1, controller="static",
+                       workspace=str(tmp_path))
+    with Workspace(tmp_path).reader() as reader:
+        started = reader.read_run(result.run_id)[0].event
+    assert "repeat" not in started.preset.blueprints and "repeat" not in started.seed_sizes["blocks.0"]
+    assert started.preset.blueprints == ("mlp", "attention", "lowrank", "norm")

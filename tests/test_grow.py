@@ -277,6 +277,39 @@ def test_a_3d_activation_is_conv1d_after_a_1d_convolution_else_a_sequence():
     assert encoder.slot("0").family == "sequence"
 
 
+class Masked(nn.Module):
+    """A block that takes a mask beside its input, by keyword or by position."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x, mask):
+        return self.linear(x) * mask
+
+
+class Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.block, self.act = nn.Embedding(5, 8), nn.Linear(8, 8), nn.ReLU()
+        self.by_keyword, self.by_position, self.widen = Masked(), Masked(), nn.Linear(8, 12)
+
+    def forward(self, ids):
+        mask = torch.ones(ids.shape[1], 1)
+        h = self.act(self.block(self.embed(ids)))
+        return self.widen(self.by_position(self.by_keyword(h, mask=mask), mask))
+
+
+def test_a_copy_of_the_submodule_grows_only_after_one_with_weights_that_maps_its_one_input_to_its_shape():
+    slots = ["embed", "block", "act", "by_keyword", "by_position", "widen"]
+    model = grow(Stack(), slots, example=torch.zeros(2, 3, dtype=torch.long))
+    assert {name: model.slot(name).repeats for name in slots} == {
+        "embed": False, "block": True, "act": False, "by_keyword": False, "by_position": False, "widen": False}
+    model.germinate("block", "s", "repeat")
+    with pytest.raises(ValueError, match="unknown blueprint 'repeat' for family causal_sequence"):
+        model.germinate("act", "t", "repeat")
+
+
 def test_a_module_meta_cannot_run_is_probed_on_its_own_device():
     class Gate(nn.Module):  # needs the values of its input: no meta kernel gives them
         def forward(self, x):

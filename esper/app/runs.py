@@ -336,7 +336,7 @@ def blueprints_problem(preset: TaskPreset) -> str | None:
     with torch.device("meta"):
         slots = list(preset_host(preset).slots.values())
     for slot in slots:
-        fits = offered(slot.family)
+        fits = offered(slot.family, slot.repeats)
         if misfit := next((name for name in names if name not in fits), None):
             return (f"blueprint {misfit!r} does not grow in slot {slot.name} of host {preset.host} (its blueprints: "
                     f"{', '.join(fits)})")

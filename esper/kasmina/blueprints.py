@@ -11,7 +11,8 @@ starts at alpha = 0. A sequence blueprint's last layer starts at zero, as in tra
 
 One blueprint is not built from the slot's width but from the host: `repeat` (`REPEAT`) is a copy of the host block
 the slot follows, so that fully in it applies that block once more (growth by depth). It fits a slot after a block
-that maps its activation to one of the same shape (a transformer's blocks); `GrowableModel` builds it.
+with parameters that maps its one input to an output of the same shape (a transformer's blocks, a residual block of
+unchanged width: `Slot.repeats`, which `esper.grow` finds); `GrowableModel` builds it.
 """
 
 import copy
@@ -156,13 +157,11 @@ BLUEPRINTS: dict[str, dict[str, Callable[[int], nn.Module]]] = {
 
 REPEAT = "repeat"
 """The blueprint that copies the host block before its slot (`Repeat`)."""
-REPEAT_FAMILIES = ("sequence", "causal_sequence")
-"""The slot families `repeat` is offered in: a transformer's blocks map (B, T, D) to (B, T, D)."""
 
 
-def offered(family: str) -> list[str]:
-    """The names of the blueprints a slot of `family` can grow."""
-    return [*BLUEPRINTS[family], *([REPEAT] if family in REPEAT_FAMILIES else [])]
+def offered(family: str, repeats: bool) -> list[str]:
+    """The names of the blueprints a slot of `family` can grow, `repeat` too where it `repeats`."""
+    return [*BLUEPRINTS[family], *([REPEAT] if repeats else [])]
 
 
 class Repeat(nn.Module):

@@ -4,7 +4,9 @@ One forward pass of an example input finds each slot's activation shape, and the
 family that grows there: `(B, C, H, W)` conv2d; a 3-D activation is `(B, C, L)`, conv1d, when the last layer
 that shaped it is a 1-D convolution, normalisation or pooling (`CHANNELS_FIRST`), else `(B, T, D)`, sequence
 (`causal_sequence` unless `causal=False`: Esper cannot see whether the model lets positions see later ones, and a
-causal seed is safe in any model); `(B, D)` features, an MLP's hidden layer. The pass runs on the meta device (shapes
+causal seed is safe in any model); `(B, D)` features, an MLP's hidden layer. The same pass says where a copy of the
+submodule can grow (`repeat`, growth by depth): after one with parameters that maps its one input to an output of the
+same shape (a transformer's block, a residual block of unchanged width). The pass runs on the meta device (shapes
 only: no memory, no arithmetic), or for real on the model's own device when some module cannot run on
 meta; either way in eval mode, without gradients, on a copy of the buffers and a fork of the RNG, so
 growing changes nothing about the model or a run's randomness. Bad input is one `BadInput` line.
@@ -53,16 +55,17 @@ def grow(model: nn.Module, slots: Sequence[str] | Mapping[str, str], example, *,
     grown = []
     for name, path in paths.items():
         family, channels = family_of(path, activations[path], causal)
-        grown.append(Slot(name, path, family, channels))
+        repeats = all(shape_kept for _, _, shape_kept in activations[path]) and _has_parameters(model, path)
+        grown.append(Slot(name, path, family, channels, repeats=repeats))
     return GrowableModel(model, grown)
 
 
 def family_of(path: str, outputs: list[tuple], causal: bool = True) -> tuple[str, int]:
     """The blueprint family and width of the slot after `path`, from what the submodule returned: one
-    (shape, last layer that shaped it) per call in the example's forward pass."""
+    (shape, last layer that shaped it, whether it kept its input's shape) per call in the example's forward pass."""
     if len(outputs) != 1:
         raise BadInput(f"{path} runs {len(outputs)} times in one forward pass: a slot goes after a submodule that runs once")
-    shape, shaped_by = outputs[0]
+    shape, shaped_by, _ = outputs[0]
     if not isinstance(shape, torch.Size):
         raise BadInput(f"{path} returns a {shape}, not a tensor: a slot goes after a submodule that returns one tensor")
     if len(shape) == 4:
@@ -103,6 +106,11 @@ def _slot_paths(model: nn.Module, slots: Sequence[str] | Mapping[str, str]) -> d
     return paths
 
 
+def _has_parameters(model: nn.Module, path: str) -> bool:
+    """Whether the submodule has weights of its own: a copy of a ReLU would grow nothing."""
+    return next(model.get_submodule(path).parameters(), None) is not None
+
+
 def _nearest(path: str, names: list[str], n: int = 4) -> list[str]:
     """The `n` names most like `path`, the best first (ties in the model's order); its first names if none is close."""
     score = {name: difflib.SequenceMatcher(None, path, name).ratio() for name in names}
@@ -111,8 +119,9 @@ def _nearest(path: str, names: list[str], n: int = 4) -> list[str]:
 
 
 def _activations(model: nn.Module, paths: list[str], example) -> dict[str, list[tuple]]:
-    """Path → (shape, the class of the last layer of `CHANNELS_FIRST` or `CHANNELS_LAST` that ran before) of each
-    output that submodule gave in one forward pass of `example`."""
+    """Path → (shape, the class of the last layer of `CHANNELS_FIRST` or `CHANNELS_LAST` that ran before, whether
+    it was called on one tensor alone of the output's shape) of each output that submodule gave in one forward pass
+    of `example`."""
     inputs = positional(example)
     try:
         return _trace(model, paths, inputs, meta=True)
@@ -131,7 +140,8 @@ def _trace(model: nn.Module, paths: list[str], inputs: tuple, meta: bool) -> dic
     shaping: list[type] = []  # the layout layers that ran, in order (registered first: they see their output first)
     handles = [m.register_forward_hook(lambda module, args, output: shaping.append(type(module)))
                for m in model.modules() if isinstance(m, CHANNELS_FIRST + CHANNELS_LAST)]
-    handles += [model.get_submodule(p).register_forward_hook(functools.partial(_record, outputs[p], shaping))
+    handles += [model.get_submodule(p).register_forward_hook(functools.partial(_record, outputs[p], shaping),
+                                                             with_kwargs=True)
                 for p in paths]
     modes = {m: m.training for m in model.modules()}
     device = torch.device("meta") if meta else next(model.parameters()).device
@@ -152,6 +162,9 @@ def _trace(model: nn.Module, paths: list[str], inputs: tuple, meta: bool) -> dic
     return outputs
 
 
-def _record(outputs: list, shaping: list[type], module: nn.Module, args: tuple, output) -> None:
+def _record(outputs: list, shaping: list[type], module: nn.Module, args: tuple, kwargs: dict, output) -> None:
     shape = output.shape if isinstance(output, torch.Tensor) else type(output).__name__
-    outputs.append((shape, shaping[-1] if shaping else None))
+    # a copy runs as `copy(x)`: what the submodule took besides its one input would be missing
+    shape_kept = (len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor) and args[0].shape == shape
+                  and args[0].dtype == output.dtype)
+    outputs.append((shape, shaping[-1] if shaping else None, shape_kept))

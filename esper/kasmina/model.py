@@ -96,7 +96,7 @@ class GrowableModel(nn.Module):
 
     def _plant(self, slot: str, seed_id: str, blueprint: str, fresh: bool) -> Seed:
         target = self.slot(slot)
-        names = offered(target.family)
+        names = offered(target.family, target.repeats)
         if blueprint not in names:
             raise ValueError(f"unknown blueprint {blueprint!r} for family {target.family} (blueprints: {', '.join(names)})")
         if target.live is not None:
@@ -233,7 +233,7 @@ class GrowableModel(nn.Module):
         sizes it recorded before there was one)."""
         sizes = {slot.name: blueprint_sizes(slot.family, slot.channels) for slot in self.slots.values()}
         for slot in self.slots.values():
-            if REPEAT in blueprints and REPEAT in offered(slot.family):
+            if REPEAT in blueprints and slot.repeats:
                 sizes[slot.name][REPEAT] = param_count(self.host.get_submodule(slot.after))
         return sizes
 

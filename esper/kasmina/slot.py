@@ -97,14 +97,17 @@ class Seed(nn.Module):
 
 class Slot(nn.Module):
     """A place in the host where seeds grow, right after the host's submodule `after` (a dotted path); identity
-    until something is planted. `family` names the blueprints that fit its activations, `channels` their width."""
+    until something is planted. `family` names the blueprints that fit its activations, `channels` their width;
+    `repeats` says whether a copy of `after` can grow here too (`repeat`: it maps its one input to an output of the
+    same shape)."""
 
-    def __init__(self, name: str, after: str, family: str, channels: int):
+    def __init__(self, name: str, after: str, family: str, channels: int, repeats: bool = False):
         super().__init__()
         self.name = name
         self.after = after
         self.family = family
         self.channels = channels
+        self.repeats = repeats
         self.fossils = nn.ModuleList()
         self.register_module("live", None)  # the live seed (GERMINATED, TRAINING or BLENDING), if any
         self.cache: torch.Tensor | None = None
@@ -145,7 +148,7 @@ class Slot(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return f"after={self.after!r}, family={self.family}, channels={self.channels}"
+        return f"after={self.after!r}, family={self.family}, channels={self.channels}, repeats={self.repeats}"
 
 
 def isolated(seed: Seed, h: torch.Tensor) -> torch.Tensor:

@@ -79,7 +79,7 @@ class HeuristicController:
         recent_gain = history[-1] - history[-3] if len(history) >= 3 else 0.0
         if obs.plateau < cfg.plateau_epochs and recent_gain >= cfg.min_gain:
             return None
-        free = [v for v in obs.slots if v.seed_id is None]
+        free = [v for v in obs.slots if v.seed_id is None and _grows_any(obs, v.slot)]
         if not free:
             return None
         slot = min(free, key=lambda v: (v.fossilized, obs.slots.index(v))).slot
@@ -97,6 +97,13 @@ class HeuristicController:
             if obs.garden.legal(Germinate(slot=slot, blueprint=blueprint)):
                 return blueprint
         return None
+
+
+def _grows_any(obs: Observation, slot: str) -> bool:
+    """Whether any of the run's blueprints grows in `slot` (not so after an embedding when only `repeat` is named); a
+    log that records no sizes for it (before `seed_sizes`) offers every blueprint everywhere, as the lifecycle reads it."""
+    sizes = obs.garden.seed_sizes.get(slot)
+    return sizes is None or any(b in sizes for b in obs.blueprints)
 
 
 def idle_heuristic(config: HeuristicConfig, epochs: int) -> str | None:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from esper.errors import BadInput
-from esper.kasmina import BLUEPRINTS as FAMILIES
 from esper.kasmina import GrowableModel
+from esper.kasmina.blueprints import REPEAT, offered
 from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset,
                                   commands_problem, from_table, recipe_problem)
 from esper.nissa.files import check_writable
@@ -66,7 +66,8 @@ def fit(
     cap (`max_params`): each a config struct or a dict of its fields. `commands_per_epoch`: how many commands the
     controller may issue after an epoch, each on what the last left (`esper run --commands-per-epoch`).
     `blueprints`: what controllers may germinate (default: every blueprint of the slots' families, the largest
-    first). `optimizer` ("adam" or "sgd"), `lr`,
+    first; `repeat`, growth by depth, only when named: a copy of the block before a slot, where that block maps its
+    one input to an output of the same shape). `optimizer` ("adam" or "sgd"), `lr`,
     `weight_decay`, `momentum` train the host; `seed_lr` (default `lr`) the seeds. `seed` seeds the run's
     randomness; `device` (default: the model's) is where it trains; `progress(epoch, stats, projection, issued)`
     is called after each epoch, once for each command issued. `task` names the run's task in the log;
@@ -169,12 +170,16 @@ def _preset(model: GrowableModel, task: str, epochs: int, blueprints: Sequence[s
     if optimizer == "sgd" and not 0 < momentum < 1:  # Nesterov's momentum, which torch requires above 0
         raise BadInput(f"momentum must be above 0 and below 1 for sgd, got {momentum}")
     host = type(model.host)
-    offered = {b for slot in model.slots.values() for b in FAMILIES[slot.family]}
-    if blueprints is None:
-        ranked = SEQUENCE_BLUEPRINTS if offered <= set(SEQUENCE_BLUEPRINTS) else BLUEPRINTS
-        blueprints = [b for b in ranked if b in offered] + sorted(offered - set(ranked))
-    elif isinstance(blueprints, str) or not blueprints or not set(blueprints) <= offered:
-        raise BadInput(f"blueprints: a list drawn from {', '.join(sorted(offered))}; got {blueprints!r}")
+    fits = {b for slot in model.slots.values() for b in offered(slot.family, slot.repeats)}
+    if blueprints is None:  # a copy of a block grows only where named: it changes what the model is, not its width
+        built = fits - {REPEAT}
+        ranked = SEQUENCE_BLUEPRINTS if built <= set(SEQUENCE_BLUEPRINTS) else BLUEPRINTS
+        blueprints = [b for b in ranked if b in built] + sorted(built - set(ranked))
+    elif not isinstance(blueprints, str) and REPEAT in blueprints and REPEAT not in fits:
+        raise BadInput("blueprints: repeat copies the submodule before a slot, and no slot follows one with parameters "
+                       "that maps its one input to an output of the same shape")
+    elif isinstance(blueprints, str) or not blueprints or not set(blueprints) <= fits:
+        raise BadInput(f"blueprints: a list drawn from {', '.join(sorted(fits))}; got {blueprints!r}")
     return TaskPreset(name=task, host=f"{host.__module__}.{host.__qualname__}", batch_size=0, optimizer=optimizer,
                       lr=lr, weight_decay=weight_decay, seed_lr=seed_lr, epochs=epochs, blueprints=tuple(blueprints),
                       momentum=momentum)
