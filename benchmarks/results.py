@@ -30,6 +30,7 @@ import os
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -224,14 +225,18 @@ def compute_section(rows: list[dict]) -> list[str]:
 
 
 def shorter_scratch_section(rows: list[dict]) -> list[str]:
-    if len(rows) < 2:  # scratch at the same epochs only: the growth table above has it
+    if not rows:
         return []
-    lines = ["", "### Growth against scratch run for fewer epochs", "",
-             "Each heuristic run's final architecture trained from initialisation for the heuristic's epochs and for",
-             "fewer (`--controller scratch --like RUN --epochs E`: a run planned shorter, its rates annealed over its",
-             "own last epochs). Heuristic minus scratch in test accuracy, seed by seed (points, mean ± standard",
-             "error), and the seeds where the heuristic is level or ahead; compute as the share of the heuristic's.",
-             "", "| scratch epochs | runs | scratch test % | scratch GFLOPs | of the heuristic's | "
+    if len(rows) == 1:  # scratch at the heuristic's epochs only
+        title, trained = "Growth against scratch of its architecture, seed by seed", "for the same epochs"
+    else:
+        title, trained = "Growth against scratch run for fewer epochs", (
+            "for the heuristic's epochs and for fewer (`--controller scratch --like RUN --epochs E`: a run planned "
+            "shorter, its rates annealed over its own last epochs)")
+    about = (f"Each heuristic run's final architecture trained from initialisation {trained}. Heuristic minus scratch "
+             "in test accuracy, seed by seed (points, mean ± standard error), and the seeds where the heuristic is "
+             "level or ahead; compute as the share of the heuristic's.")
+    lines = ["", f"### {title}", "", *textwrap.wrap(about, 110), "", "| scratch epochs | runs | scratch test % | scratch GFLOPs | of the heuristic's | "
              "heuristic − scratch per seed | heuristic level or ahead |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['epochs']} | {r['runs']} | {r['test_accuracy']:.2f} | {r['gflops']:.2f} | "

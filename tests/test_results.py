@@ -64,6 +64,11 @@ def test_results_come_from_the_logs_and_a_workspace_is_reused(tmp_path):
 
     assert [row["epochs"] for row in result["shorter_scratch"]] == [3]  # scratch at the same epochs only
     assert "### Growth against scratch run for fewer epochs" not in page
+    [same_budget] = result["shorter_scratch"]  # the pairs the growth table only averages, seed by seed
+    assert "### Growth against scratch of its architecture, seed by seed" in page
+    assert (f"| 3 | 2 | {same_budget['test_accuracy']:.2f} | {same_budget['gflops']:.2f} | "
+            f"{same_budget['gflops'] / same_budget['grown_gflops']:.0%} | {same_budget['diff']:+.2f} ± "
+            f"{same_budget['se']:.2f} | {same_budget['level_or_ahead']} of 2 |") in page
     assert page.startswith("# Results\n") and "[frontier.md](frontier.md)" in page
 
     # again with scratch at a shorter budget (given twice: trained once): only those runs are recorded, the rest is
@@ -82,6 +87,7 @@ def test_results_come_from_the_logs_and_a_workspace_is_reused(tmp_path):
     diffs = [accuracy[f"results-heuristic-s{s}"] - accuracy[f"results-scratch-e2-s{s}"] for s in (0, 1)]
     assert shorter["diff"] == pytest.approx(sum(diffs) / 2) and shorter["level_or_ahead"] == sum(d >= 0 for d in diffs)
     assert "### Growth against scratch run for fewer epochs" in page_again and "| 2 | 2 |" in page_again
+    assert "### Growth against scratch of its architecture" not in page_again  # one table holds every budget
 
     # a log edited behind Esper's back makes no table
     ws = Workspace(tmp_path / "ws")
