@@ -37,9 +37,29 @@ def test_the_readmes_results_table_is_the_generated_growth_table():
     low, high = min(caps.values()), max(caps.values())
     assert f"caps ({min(caps) // 1000}k–{max(caps) // 1000}k params)" in readme
     assert f"by {low:.1f}–{high:.1f} points" in readme
-    assert numbers == {f"{round(heuristic - static)} points", f"{scratch - heuristic:.1f} points", f"{high:.1f} points"}
+    text_diff, _ = text_paired_row()
+    assert numbers == {f"{round(heuristic - static)} points", f"{scratch - heuristic:.1f} points", f"{high:.1f} points",
+                       f"{text_diff:.2f} points"}
     more = float(generated["scratch"][3]) / float(generated["heuristic"][3]) - 1
     assert f"{round(100 * more)}% more compute" in readme
+
+
+def text_paired_row() -> tuple[float, str]:
+    """docs/results-text.md's heuristic − scratch per seed (mean) and scratch's compute as a share of the heuristic's."""
+    page = (ROOT / "docs" / "results-text.md").read_text(encoding="utf-8")
+    paired = page.split("### Growth against scratch of its architecture, seed by seed")[1].split("\n## ", 1)[0]
+    [cells] = [cells for first, cells in table_rows(paired).items() if first.isdigit()]
+    return float(cells[4].split(" ± ")[0]), cells[3]
+
+
+def test_the_readmes_text_claim_is_the_generated_paired_difference_and_compute():
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    claim = re.search(r"On text, growing by depth beats scratch of its architecture by (\d+\.\d+) points; scratch "
+                      r"spends (\d+)% more compute", readme)
+    assert claim, "the README's results no longer say how growth by depth compares with scratch on text"
+    diff, share = text_paired_row()
+    assert float(claim.group(1)) == diff > 0
+    assert f"{100 + int(claim.group(2))}%" == share
 
 
 def test_the_readmes_shorter_scratch_claim_is_the_generated_budget_where_scratch_matches_growth():
