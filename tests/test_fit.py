@@ -221,6 +221,8 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"val": []}, "val holds no batches"),
     ({"task": "cifar10"}, "task 'cifar10' is a built-in task's name"),
     ({"blueprints": ["tree"]}, "blueprints: a list drawn from"),
+    ({"blueprints": 3}, "blueprints: a list drawn from"),
+    ({"blueprints": iter(["mlp"])}, "blueprints: a list drawn from"),
     ({"blueprints": ["repeat"]}, "blueprints: repeat copies the submodule before a slot, and no slot follows one"),
     ({"heuristic": {"warmup": 1}}, "heuristic: .*warmup"),
     ({"heuristic": {"warmup_epochs": -1}}, "heuristic: warmup_epochs cannot be negative"),
@@ -431,6 +433,17 @@ def test_a_batch_whose_inputs_and_targets_differ_in_examples_is_refused_before_a
     assert not (tmp_path / "ws").exists()
 
 
+class Residual(nn.Module):
+    """A block that holds its residual (`x + f(x)`), so that a copy of it after it is one block more."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.f = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU())
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
 class TinyLM(nn.Module):
     """A user's decoder: an embedding, then two residual blocks of the same width, then a head over the last
     position (so that the default score, top-1 of (B, classes), reads it)."""
@@ -438,15 +451,11 @@ class TinyLM(nn.Module):
     def __init__(self, vocab: int = 8, width: int = 16):
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
-        self.blocks = nn.Sequential(*(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU())
-                                      for _ in range(2)))
+        self.blocks = nn.Sequential(Residual(width), Residual(width))
         self.head = nn.Linear(width, vocab)
 
     def forward(self, x):
-        h = self.embed(x)
-        for block in self.blocks:
-            h = h + block(h)
-        return self.head(h[:, -1])
+        return self.head(self.blocks(self.embed(x))[:, -1])
 
 
 def token_batches(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -288,25 +288,47 @@ class Masked(nn.Module):
         return self.linear(x) * mask
 
 
+def test_a_slot_saved_before_slots_said_whether_they_repeat_loads_as_one_that_does_not(tmp_path):
+    model = grow(Stack(), ["block"], example=torch.zeros(2, 3, dtype=torch.long))
+    del model.slot("block").__dict__["repeats"]  # as a whole model saved then loads
+    torch.save(model, tmp_path / "old.pt")
+    old = torch.load(tmp_path / "old.pt", weights_only=False)
+    assert old.slot("block").repeats is False and "repeat" not in old.seed_sizes(["repeat"])["block"]
+    assert "mlp" in old.seed_sizes()["block"] and "block" in repr(old)
+
+
+class Doubles(nn.Module):
+    """A block with weights that keeps its input's shape and changes its dtype."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.linear(x).double()
+
+
 class Stack(nn.Module):
     def __init__(self):
         super().__init__()
         self.embed, self.block, self.act = nn.Embedding(5, 8), nn.Linear(8, 8), nn.ReLU()
         self.by_keyword, self.by_position, self.widen = Masked(), Masked(), nn.Linear(8, 12)
+        self.cast = Doubles(12)
 
     def forward(self, ids):
         mask = torch.ones(ids.shape[1], 1)
         h = self.act(self.block(self.embed(ids)))
-        return self.widen(self.by_position(self.by_keyword(h, mask=mask), mask))
+        return self.cast(self.widen(self.by_position(self.by_keyword(h, mask=mask), mask)))
 
 
 def test_a_copy_of_the_submodule_grows_only_after_one_with_weights_that_maps_its_one_input_to_its_shape():
-    slots = ["embed", "block", "act", "by_keyword", "by_position", "widen"]
+    slots = ["embed", "block", "act", "by_keyword", "by_position", "widen", "cast"]
     model = grow(Stack(), slots, example=torch.zeros(2, 3, dtype=torch.long))
     assert {name: model.slot(name).repeats for name in slots} == {
-        "embed": False, "block": True, "act": False, "by_keyword": False, "by_position": False, "widen": False}
+        "embed": False, "block": True, "act": False, "by_keyword": False, "by_position": False, "widen": False,
+        "cast": False}
     model.germinate("block", "s", "repeat")
-    with pytest.raises(ValueError, match="unknown blueprint 'repeat' for family causal_sequence"):
+    with pytest.raises(ValueError, match="slot act cannot grow 'repeat': the submodule before it has no parameters"):
         model.germinate("act", "t", "repeat")
 
 

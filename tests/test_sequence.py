@@ -194,7 +194,7 @@ def test_a_repeat_is_built_and_germinated_on_the_meta_device_as_compute_is_count
 def test_repeat_grows_only_in_sequence_slots():
     torch.manual_seed(0)
     model = build_host("cnn1d")
-    with pytest.raises(ValueError, match="unknown blueprint 'repeat' for family conv1d"):
+    with pytest.raises(ValueError, match="slot early cannot grow 'repeat'"):
         model.germinate("early", "s", "repeat")
     assert "repeat" not in model.seed_sizes(["repeat"])["early"]
     text = build_host("transformer", context=12, width=16)

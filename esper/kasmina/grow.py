@@ -1,15 +1,19 @@
 """`grow`: any `nn.Module` becomes a `GrowableModel`, with slots after the submodules the user names.
 
-One forward pass of an example input finds each slot's activation shape, and the shape picks the blueprint
-family that grows there: `(B, C, H, W)` conv2d; a 3-D activation is `(B, C, L)`, conv1d, when the last layer
-that shaped it is a 1-D convolution, normalisation or pooling (`CHANNELS_FIRST`), else `(B, T, D)`, sequence
-(`causal_sequence` unless `causal=False`: Esper cannot see whether the model lets positions see later ones, and a
-causal seed is safe in any model); `(B, D)` features, an MLP's hidden layer. The same pass says where a copy of the
-submodule can grow (`repeat`, growth by depth): after one with parameters that maps its one input to an output of the
-same shape (a transformer's block, a residual block of unchanged width). The pass runs on the meta device (shapes
-only: no memory, no arithmetic), or for real on the model's own device when some module cannot run on
-meta; either way in eval mode, without gradients, on a copy of the buffers and a fork of the RNG, so
-growing changes nothing about the model or a run's randomness. Bad input is one `BadInput` line.
+One forward pass of an example input finds each slot's activation shape, and the shape picks the blueprint family
+that grows there: `(B, C, H, W)` conv2d; a 3-D activation is `(B, C, L)`, conv1d, when the last layer that shaped it
+is a 1-D convolution, normalisation or pooling (`CHANNELS_FIRST`), else `(B, T, D)`, sequence (`causal_sequence`
+unless `causal=False`: Esper cannot see whether the model lets positions see later ones, and a causal seed is safe
+in any model); `(B, D)` features, an MLP's hidden layer. The same pass says where a copy of the submodule can grow
+(`repeat`, growth by depth): after one with parameters that maps its one input to an output of the same shape and
+dtype (a transformer's block, a residual block of unchanged width). The copy runs on the submodule's output, so it
+adds a block when the submodule holds its residual (`x + f(x)` inside it, as the built-in transformer's blocks do);
+after a residual branch `f` that the model adds outside (`h + f(h)`), the grown model computes `h + f(f(h))`. Shapes
+are all the pass sees: an example whose dimensions differ from each other (batch, length and width) keeps a
+submodule that transposes or mixes them from passing for one that keeps them. The pass runs on the meta device
+(shapes only: no memory, no arithmetic), or for real on the model's own device when some module cannot run on meta;
+either way in eval mode, without gradients, on a copy of the buffers and a fork of the RNG, so growing changes
+nothing about the model or a run's randomness. Bad input is one `BadInput` line.
 """
 
 import difflib
@@ -47,7 +51,7 @@ def positional(x) -> tuple:
 def grow(model: nn.Module, slots: Sequence[str] | Mapping[str, str], example, *, causal: bool = True) -> GrowableModel:
     """`model` with a slot after each submodule in `slots`: dotted paths as `named_modules()` gives them (each
     slot named by its path), or a mapping slot name → path. `example`: an input the model takes (a tensor, or
-    a tuple or list of its positional inputs); only its shapes matter. `causal`: seeds in (B, T, D) slots attend to earlier
+    a tuple or list of its positional inputs); only its shapes matter (best all different: batch, length, width). `causal`: seeds in (B, T, D) slots attend to earlier
     positions only (as a decoder's own layers do; False lets them see the whole sequence, for an encoder). The
     model itself is grown (hooks on its submodules); the returned module wraps it."""
     paths = _slot_paths(model, slots)
@@ -120,8 +124,8 @@ def _nearest(path: str, names: list[str], n: int = 4) -> list[str]:
 
 def _activations(model: nn.Module, paths: list[str], example) -> dict[str, list[tuple]]:
     """Path → (shape, the class of the last layer of `CHANNELS_FIRST` or `CHANNELS_LAST` that ran before, whether
-    it was called on one tensor alone of the output's shape) of each output that submodule gave in one forward pass
-    of `example`."""
+    it was called on one tensor alone of the output's shape and dtype) of each output that submodule gave in one
+    forward pass of `example`."""
     inputs = positional(example)
     try:
         return _trace(model, paths, inputs, meta=True)
@@ -165,6 +169,6 @@ def _trace(model: nn.Module, paths: list[str], inputs: tuple, meta: bool) -> dic
 def _record(outputs: list, shaping: list[type], module: nn.Module, args: tuple, kwargs: dict, output) -> None:
     shape = output.shape if isinstance(output, torch.Tensor) else type(output).__name__
     # a copy runs as `copy(x)`: what the submodule took besides its one input would be missing
-    shape_kept = (len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor) and args[0].shape == shape
+    repeatable = (len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor) and args[0].shape == shape
                   and args[0].dtype == output.dtype)
-    outputs.append((shape, shaping[-1] if shaping else None, shape_kept))
+    outputs.append((shape, shaping[-1] if shaping else None, repeatable))

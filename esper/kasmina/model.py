@@ -97,6 +97,9 @@ class GrowableModel(nn.Module):
     def _plant(self, slot: str, seed_id: str, blueprint: str, fresh: bool) -> Seed:
         target = self.slot(slot)
         names = offered(target.family, target.repeats)
+        if blueprint == REPEAT and not target.repeats:  # a property of the slot, not of its family
+            raise ValueError(f"slot {slot} cannot grow {REPEAT!r}: the submodule before it has no parameters or does "
+                             "not map its one input to an output of the same shape")
         if blueprint not in names:
             raise ValueError(f"unknown blueprint {blueprint!r} for family {target.family} (blueprints: {', '.join(names)})")
         if target.live is not None:

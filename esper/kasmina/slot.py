@@ -101,6 +101,9 @@ class Slot(nn.Module):
     `repeats` says whether a copy of `after` can grow here too (`repeat`: it maps its one input to an output of the
     same shape)."""
 
+    repeats = False
+    """The default of a slot saved whole (`torch.save`) before slots said whether they repeat."""
+
     def __init__(self, name: str, after: str, family: str, channels: int, repeats: bool = False):
         super().__init__()
         self.name = name

@@ -67,7 +67,7 @@ def fit(
     controller may issue after an epoch, each on what the last left (`esper run --commands-per-epoch`).
     `blueprints`: what controllers may germinate (default: every blueprint of the slots' families, the largest
     first; `repeat`, growth by depth, only when named: a copy of the block before a slot, where that block maps its
-    one input to an output of the same shape). `optimizer` ("adam" or "sgd"), `lr`,
+    one input to an output of the same shape; one block deeper when the block holds its residual, `x + f(x)`). `optimizer` ("adam" or "sgd"), `lr`,
     `weight_decay`, `momentum` train the host; `seed_lr` (default `lr`) the seeds. `seed` seeds the run's
     randomness; `device` (default: the model's) is where it trains; `progress(epoch, stats, projection, issued)`
     is called after each epoch, once for each command issued. `task` names the run's task in the log;
@@ -153,6 +153,17 @@ def _knobs(struct: type, given, name: str):
     return from_table(struct, dict(given), name)
 
 
+def _blueprints_problem(blueprints, fits: set[str]) -> str | None:
+    """What is wrong with the `blueprints` a user named, given those the model's slots can grow; None if nothing."""
+    listed = isinstance(blueprints, Sequence) and not isinstance(blueprints, str)  # an iterator would be read up once
+    if listed and REPEAT in blueprints and REPEAT not in fits:
+        return ("blueprints: repeat copies the submodule before a slot, and no slot follows one with parameters that "
+                "maps its one input to an output of the same shape")
+    if not listed or not blueprints or not set(blueprints) <= fits:
+        return f"blueprints: a list drawn from {', '.join(sorted(fits))}; got {blueprints!r}"
+    return None
+
+
 def _preset(model: GrowableModel, task: str, epochs: int, blueprints: Sequence[str] | None, optimizer: str, lr: float,
             seed_lr: float | None, weight_decay: float, momentum: float) -> TaskPreset:
     """The run's training settings, recorded whole in `RunStarted` like a built-in task's preset."""
@@ -175,11 +186,8 @@ def _preset(model: GrowableModel, task: str, epochs: int, blueprints: Sequence[s
         built = fits - {REPEAT}
         ranked = SEQUENCE_BLUEPRINTS if built <= set(SEQUENCE_BLUEPRINTS) else BLUEPRINTS
         blueprints = [b for b in ranked if b in built] + sorted(built - set(ranked))
-    elif not isinstance(blueprints, str) and REPEAT in blueprints and REPEAT not in fits:
-        raise BadInput("blueprints: repeat copies the submodule before a slot, and no slot follows one with parameters "
-                       "that maps its one input to an output of the same shape")
-    elif isinstance(blueprints, str) or not blueprints or not set(blueprints) <= fits:
-        raise BadInput(f"blueprints: a list drawn from {', '.join(sorted(fits))}; got {blueprints!r}")
+    elif problem := _blueprints_problem(blueprints, fits):
+        raise BadInput(problem)
     return TaskPreset(name=task, host=f"{host.__module__}.{host.__qualname__}", batch_size=0, optimizer=optimizer,
                       lr=lr, weight_decay=weight_decay, seed_lr=seed_lr, epochs=epochs, blueprints=tuple(blueprints),
                       momentum=momentum)
