@@ -36,8 +36,8 @@ TASKS: dict[str, TaskPreset] = {
             epochs=30,
             augment=True,
         ),
-        TaskPreset(  # sized for a run of 1–3 minutes of one CPU thread (40 steps an epoch); the host's rate: the
-            # heuristic's best point of `benchmarks/tune.py --task text` (a small grid on seeds 100-102, docs/notes/growth.md)
+        TaskPreset(  # sized for a run of 1–3 minutes of one CPU thread (40 steps an epoch); rates: the heuristic's
+            # best point of `benchmarks/tune.py --task text` (seeds 100-109, batch size kept; docs/notes/growth.md)
             name="text",
             host="transformer",
             host_options={"context": 64},
@@ -45,7 +45,7 @@ TASKS: dict[str, TaskPreset] = {
             optimizer="adam",
             lr=1e-2,
             weight_decay=0.0,
-            seed_lr=3e-3,
+            seed_lr=1e-2,
             epochs=20,
             epoch_windows=1280,
             blueprints=SEQUENCE_BLUEPRINTS,
