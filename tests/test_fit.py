@@ -223,7 +223,7 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"blueprints": ["tree"]}, "blueprints: a list drawn from"),
     ({"blueprints": 3}, "blueprints: a list drawn from"),
     ({"blueprints": iter(["mlp"])}, "blueprints: a list drawn from"),
-    ({"blueprints": ["repeat"]}, "blueprints: repeat copies the submodule before a slot, and no slot follows one"),
+    ({"blueprints": ["repeat"]}, "blueprints: repeat grows in no slot of this model: a copy grows only after a submodule with parameters"),
     ({"heuristic": {"warmup": 1}}, "heuristic: .*warmup"),
     ({"heuristic": {"warmup_epochs": -1}}, "heuristic: warmup_epochs cannot be negative"),
     ({"heuristic": 3}, "heuristic: a HeuristicConfig or a dict of its knobs, not int"),

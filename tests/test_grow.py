@@ -328,7 +328,7 @@ def test_a_copy_of_the_submodule_grows_only_after_one_with_weights_that_maps_its
         "embed": False, "block": True, "act": False, "by_keyword": False, "by_position": False, "widen": False,
         "cast": False}
     model.germinate("block", "s", "repeat")
-    with pytest.raises(ValueError, match="slot act cannot grow 'repeat': the submodule before it has no parameters"):
+    with pytest.raises(ValueError, match="slot act cannot grow 'repeat': a copy grows only after a submodule with parameters"):
         model.germinate("act", "t", "repeat")
 
 

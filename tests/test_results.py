@@ -147,9 +147,9 @@ def test_a_blueprint_that_cannot_grow_is_one_line_and_records_nothing(tmp_path):
     refused = subprocess.run([sys.executable, str(SCRIPT), "--blueprint", "repeat", "--workspace", str(tmp_path / "ws")],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
-        "results: blueprint 'repeat' does not grow in slot early of host cnn1d: it copies the block before the slot, "
-        "which changes its input's shape or has no weights (its blueprints: conv_light, conv_heavy, depthwise, "
-        "attention, norm)"]
+        "results: blueprint 'repeat' does not grow in slot early of host cnn1d: a copy grows only after a submodule "
+        "with parameters that maps its one input to an output of the same shape and dtype (its blueprints: "
+        "conv_light, conv_heavy, depthwise, attention, norm)"]
     assert not (tmp_path / "ws").exists()
 
 

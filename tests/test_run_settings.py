@@ -98,8 +98,9 @@ def test_a_config_files_paths_are_relative_to_its_folder(tmp_path, monkeypatch):
     ("epochs = -3\n", "epochs must be positive, got -3"),
     ("controller = 'scratch'\n", "controller scratch needs --like RUN"),
     ("blueprints = []\n", "no blueprint given: give at least one"),
-    ("blueprints = ['repeat']\n", "blueprint 'repeat' does not grow in slot early of host cnn1d: it copies the block "
-                                  "before the slot, which changes its input's shape or has no weights"),
+    ("blueprints = ['repeat']\n", "blueprint 'repeat' does not grow in slot early of host cnn1d: a copy grows only "
+                                  "after a submodule with parameters that maps its one input to an output of the same "
+                                  "shape and dtype"),
     ("task = 'text'\nblueprints = ['repeat', 'mlp', 'repeat']\n", "blueprint repeat is given twice"),
 ])
 def test_a_bad_config_is_one_line_naming_the_file(tmp_path, text, message):

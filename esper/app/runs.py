@@ -23,7 +23,7 @@ import torch
 
 from esper.errors import BadInput, StoreFailed, exit_code_of, first_line, out_of_memory
 from esper.kasmina import HOSTS, SCHEDULES, build_host, host_problem, preset_host
-from esper.kasmina.blueprints import REPEAT, offered
+from esper.kasmina.blueprints import REPEAT, REPEAT_RULE, offered
 from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, commands_problem, every_problem,
                                   from_table, number_problem, recipe_problem)
 from esper.leyline.stages import SeedStage
@@ -338,8 +338,7 @@ def blueprints_problem(preset: TaskPreset) -> str | None:
     for slot in slots:
         fits = offered(slot.family, slot.repeats)
         if misfit := next((name for name in names if name not in fits), None):
-            why = (": it copies the block before the slot, which changes its input's shape or has no weights"
-                   if misfit == REPEAT else "")
+            why = f": {REPEAT_RULE}" if misfit == REPEAT else ""
             return (f"blueprint {misfit!r} does not grow in slot {slot.name} of host {preset.host}{why} "
                     f"(its blueprints: {', '.join(fits)})")
     return None

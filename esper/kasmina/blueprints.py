@@ -157,6 +157,9 @@ BLUEPRINTS: dict[str, dict[str, Callable[[int], nn.Module]]] = {
 
 REPEAT = "repeat"
 """The blueprint that copies the host block before its slot (`Repeat`)."""
+REPEAT_RULE = ("a copy grows only after a submodule with parameters that maps its one input to an output of the same "
+               "shape and dtype")
+"""Where `repeat` grows (`Slot.repeats`, which `esper.grow` finds), as every refusal to grow it says."""
 
 
 def offered(family: str, repeats: bool) -> list[str]:

@@ -59,7 +59,7 @@ def grow(model: nn.Module, slots: Sequence[str] | Mapping[str, str], example, *,
     grown = []
     for name, path in paths.items():
         family, channels = family_of(path, activations[path], causal)
-        repeats = all(shape_kept for _, _, shape_kept in activations[path]) and _has_parameters(model, path)
+        repeats = all(repeatable for _, _, repeatable in activations[path]) and _has_parameters(model, path)
         grown.append(Slot(name, path, family, channels, repeats=repeats))
     return GrowableModel(model, grown)
 

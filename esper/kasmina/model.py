@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module
 
-from esper.kasmina.blueprints import BLUEPRINTS, REPEAT, blueprint_sizes, offered, param_count, repeat_of
+from esper.kasmina.blueprints import BLUEPRINTS, REPEAT, REPEAT_RULE, blueprint_sizes, offered, param_count, repeat_of
 from esper.kasmina.slot import SCHEDULES, Seed, Slot, isolated
 from esper.leyline.lifecycle import LIFECYCLE
 from esper.leyline.stages import SeedStage
@@ -98,8 +98,7 @@ class GrowableModel(nn.Module):
         target = self.slot(slot)
         names = offered(target.family, target.repeats)
         if blueprint == REPEAT and not target.repeats:  # a property of the slot, not of its family
-            raise ValueError(f"slot {slot} cannot grow {REPEAT!r}: the submodule before it has no parameters or does "
-                             "not map its one input to an output of the same shape")
+            raise ValueError(f"slot {slot} cannot grow {REPEAT!r}: {REPEAT_RULE}")
         if blueprint not in names:
             raise ValueError(f"unknown blueprint {blueprint!r} for family {target.family} (blueprints: {', '.join(names)})")
         if target.live is not None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from esper.errors import BadInput
 from esper.kasmina import GrowableModel
-from esper.kasmina.blueprints import REPEAT, offered
+from esper.kasmina.blueprints import REPEAT, REPEAT_RULE, offered
 from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset,
                                   commands_problem, from_table, recipe_problem)
 from esper.nissa.files import check_writable
@@ -157,8 +157,7 @@ def _blueprints_problem(blueprints, fits: set[str]) -> str | None:
     """What is wrong with the `blueprints` a user named, given those the model's slots can grow; None if nothing."""
     listed = isinstance(blueprints, Sequence) and not isinstance(blueprints, str)  # an iterator would be read up once
     if listed and REPEAT in blueprints and REPEAT not in fits:
-        return ("blueprints: repeat copies the submodule before a slot, and no slot follows one with parameters that "
-                "maps its one input to an output of the same shape")
+        return f"blueprints: repeat grows in no slot of this model: {REPEAT_RULE}"
     if not listed or not blueprints or not set(blueprints) <= fits:
         return f"blueprints: a list drawn from {', '.join(sorted(fits))}; got {blueprints!r}"
     return None
