@@ -3,6 +3,7 @@ from the start.
 
     .venv/bin/python benchmarks/stack.py               # ~1.5 min a run of the deep model on one core; ~12 min in all
     .venv/bin/python benchmarks/stack.py --grow 3:6@12 --order interleave --blend-epochs 2 --seeds 0 1 2
+    .venv/bin/python benchmarks/stack.py --task mnist1d --grow 2:6@12 6 --order interleave --blend-epochs 2
 
 Issue 27's grown-vs-scratch target asks for scratch's accuracy at 25 % less compute. On mnist1d, where every model
 is fitted to near-zero training loss, capacity that arrives during training generalises worse, whichever way it
@@ -20,6 +21,10 @@ Compute is each epoch's training FLOPs as Esper counts a run's (a step's forward
 device), summed over the epochs, and `saved` is the share below the deepest model trained for every epoch.
 Accuracy is next-byte accuracy, as the text task reports it. Runs on the tuning seeds 100–102 by default: the
 evaluation seeds stay untouched. Prints one JSON line per growth plan (the last one the deepest model throughout).
+
+`--task mnist1d` asks the same of mnist1d, whose cnn1d host cannot grow by copies (its stages change shape): a
+residual cnn of `--channels` channels (`ResidualCNN1D`) whose blocks keep theirs, at the mnist1d preset's recipe, on
+the tuning seeds 100–109.
 """
 
 import argparse
@@ -32,19 +37,18 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from esper.kasmina.hosts import Transformer
+from esper.kasmina.hosts import Transformer, input_dtype
 from esper.tolaria.data import load_task_data
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import anneal_scale
 from widen import plan  # the same notation, of depths: `3:6@12` is 3 blocks, 6 from epoch 12 on
 
-TUNING_SEEDS = [100, 101, 102]
-TASK = "text"
+TUNING_SEEDS = {"text": [100, 101, 102], "mnist1d": list(range(100, 110))}  # a text run costs ~25 mnist1d runs
 
 
 def transformer(depth: int) -> Transformer:
     """The text preset's host with `depth` blocks instead of three."""
-    preset = get_task(TASK)
+    preset = get_task("text")
     host = Transformer(**preset.host_options)
     width = host.embed.tokens.embedding_dim
     block = type(host.stages[0])
@@ -52,14 +56,49 @@ def transformer(depth: int) -> Transformer:
     return host
 
 
+class Residual(nn.Module):
+    """A pre-activation residual block of two convolutions that keeps its input's shape: `x + f(x)`."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
+
+
+class ResidualCNN1D(nn.Module):
+    """An mnist1d network that can grow by depth: a stem (a convolution, then one of stride 2: (B, c, 20)), `depth`
+    residual blocks at that shape, and a head (a convolution of stride 2, then a linear layer on the flattened
+    features). Laid out as the transformer is (`embed`, `stages`, `head`), so `stack` grows either."""
+
+    def __init__(self, depth: int, channels: int, length: int = 40, num_classes: int = 10):
+        super().__init__()
+        c = channels
+        self.embed = nn.Sequential(nn.Conv1d(1, c, 5, padding=2), nn.ReLU(), nn.Conv1d(c, c, 3, stride=2, padding=1))
+        self.stages = nn.Sequential(*(Residual(c) for _ in range(depth)))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(c, c, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                                  nn.Linear(c * ((length + 3) // 4), num_classes))
+        self.input_shape = (1, length)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.embed(x)))
+
+
+def deep_host(task: str, depth: int, channels: int) -> nn.Module:
+    """The host `task` grows by depth, with `depth` blocks (`channels` sizes the mnist1d one only)."""
+    return transformer(depth) if task == "text" else ResidualCNN1D(depth, channels)
+
+
 @functools.cache
-def step_flops(depth: int) -> float:
+def step_flops(task: str, depth: int, channels: int = 16) -> float:
     """FLOPs of one training step of a batch of the preset's size on the host with `depth` blocks (nothing is
     computed: the model lives on the meta device)."""
-    preset = get_task(TASK)
+    preset = get_task(task)
     with torch.device("meta"):
-        host = transformer(depth)
-        x = torch.zeros(preset.batch_size, *host.input_shape, dtype=torch.long)
+        host = deep_host(task, depth, channels)
+        x = torch.zeros(preset.batch_size, *host.input_shape, dtype=input_dtype(host))
     with FlopCounterMode(display=False) as counter:
         host(x).sum().backward()
     return float(counter.get_total_flops())
@@ -78,8 +117,8 @@ class Entering(nn.Module):
         return x + alpha * (self.block(x) - x)
 
 
-def stack(host: Transformer, depth: int, optimizer: torch.optim.Adam, order: str,
-          blend_steps: int) -> tuple[Transformer, torch.optim.Adam]:
+def stack(host: nn.Module, depth: int, optimizer: torch.optim.Adam, order: str,
+          blend_steps: int) -> tuple[nn.Module, torch.optim.Adam]:
     """`host` with `depth` blocks, and an Adam over it whose state is the old one, a copied block's copied with it.
     `order` "top": block `i` is a copy of block `i mod` the old depth (the copies stacked on top); "interleave": each
     block is followed by its copies (`depth` a multiple of the old depth). With `blend_steps`, each copy enters
@@ -123,18 +162,21 @@ def accuracy(host: nn.Module, data, split: str) -> float:
     return correct / n
 
 
-def train(seed: int, depths: dict[int, int], order: str, blend_epochs: int) -> dict[str, float]:
-    """One run: `depths[e]` is the host's depth from epoch `e` on (epoch 1 included)."""
-    preset = get_task(TASK)
-    data = load_task_data(TASK, seed)
+def train(task: str, seed: int, depths: dict[int, int], order: str, blend_epochs: int,
+          channels: int) -> dict[str, float]:
+    """One run: `depths[e]` is the host's depth from epoch `e` on (epoch 1 included). Its `flops`, and `deepest`:
+    what the deepest host of the plan would have spent on every epoch."""
+    preset = get_task(task)
+    data = load_task_data(task, seed)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    host = transformer(depths[1])
+    host = deep_host(task, depths[1], channels)
+    steps = data.steps(preset.batch_size)
     optimizer = torch.optim.Adam(host.parameters(), lr=preset.lr)
     spent = 0.0
     for epoch in range(1, preset.epochs + 1):
         if epoch > 1 and epoch in depths:
-            host, optimizer = stack(host, depths[epoch], optimizer, order, blend_epochs * data.steps(preset.batch_size))
+            host, optimizer = stack(host, depths[epoch], optimizer, order, blend_epochs * steps)
         for group in optimizer.param_groups:
             group["lr"] = preset.lr * anneal_scale(epoch, preset.epochs, preset.anneal_epochs)
         for x, y in data.batches("train", preset.batch_size, generator):
@@ -145,17 +187,17 @@ def train(seed: int, depths: dict[int, int], order: str, blend_epochs: int) -> d
             for module in host.stages:
                 if isinstance(module, Entering):
                     module.step += 1
-        spent += step_flops(len(host.stages)) * data.steps(preset.batch_size)
-    return {"val": accuracy(host, data, "val"), "test": accuracy(host, data, "test"), "flops": spent}
+        spent += step_flops(task, len(host.stages), channels) * steps
+    deepest = preset.epochs * steps * step_flops(task, max(depths.values()), channels)
+    return {"val": accuracy(host, data, "val"), "test": accuracy(host, data, "test"), "flops": spent,
+            "deepest": deepest}
 
 
-def summary(name: str, runs: list[dict[str, float]], deepest: int) -> dict:
+def summary(name: str, runs: list[dict[str, float]]) -> dict:
     def pct(key: str) -> list[float]:
         return [round(100 * run[key], 2) for run in runs]
 
-    preset = get_task(TASK)
-    steps = -(-preset.epoch_windows // preset.batch_size)
-    saved = 1 - runs[0]["flops"] / (preset.epochs * steps * step_flops(deepest))
+    saved = 1 - runs[0]["flops"] / runs[0]["deepest"]
     return {"plan": name, "val": round(statistics.fmean(pct("val")), 2), "test": round(statistics.fmean(pct("test")), 2),
             "saved": round(saved, 3), "gflops": round(runs[0]["flops"] / 1e9, 1), "val_per_seed": pct("val"),
             "test_per_seed": pct("test")}
@@ -163,20 +205,23 @@ def summary(name: str, runs: list[dict[str, float]], deepest: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("text", "mnist1d"), default="text")
     parser.add_argument("--grow", nargs="+", default=["3:6@12", "2:4@7:6@13"], help="growth plans: DEPTH[:DEPTH@EPOCH]...")
     parser.add_argument("--order", choices=("top", "interleave"), default="top",
                         help="where the copies go: on top of the blocks, or each after the block it copies")
     parser.add_argument("--blend-epochs", type=int, default=0,
                         help="each copy enters blended over this many epochs, as a seed does (0: at once)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=TUNING_SEEDS)
+    parser.add_argument("--channels", type=int, default=16, help="the mnist1d host's width (text: the preset's)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: the task's tuning seeds")
     args = parser.parse_args()
-    torch.set_num_threads(get_task(TASK).cpu_threads)  # as a CPU run of the preset trains
+    torch.set_num_threads(get_task(args.task).cpu_threads)  # as a CPU run of the preset trains
+    seeds = args.seeds or TUNING_SEEDS[args.task]
     plans = {text: plan(text) for text in args.grow}
     deepest = max(max(depths.values()) for depths in plans.values())
     plans.setdefault(f"{deepest}", {1: deepest})
     for name, depths in plans.items():
-        runs = [train(seed, depths, args.order, args.blend_epochs) for seed in args.seeds]
-        print(json.dumps(summary(name, runs, deepest)), flush=True)
+        runs = [train(args.task, seed, depths, args.order, args.blend_epochs, args.channels) for seed in seeds]
+        print(json.dumps(summary(name, runs)), flush=True)
 
 
 if __name__ == "__main__":
