@@ -179,6 +179,8 @@ def test_a_corrupt_file_is_skipped_with_a_note(ws: Workspace):
     ws.store_path("empty").write_bytes(b"")
     with duckdb.connect(str(ws.store_path("foreign"))) as con:
         con.execute("CREATE TABLE t AS SELECT 1 AS x")
+    with duckdb.connect(str(ws.store_path("notes"))) as con:  # another program's log, named as ours is
+        con.execute("CREATE TABLE events AS SELECT 1 AS seq, 'x' AS run_id")
     whole = ws.store_files()[0].read_bytes()
     assert len(whole) > 300_000
     ws.store_path("cut").write_bytes(whole[:300_000])  # a copy stopped part-way: DuckDB opens it, reads fail later
@@ -186,9 +188,10 @@ def test_a_corrupt_file_is_skipped_with_a_note(ws: Workspace):
         notes = "\n".join(reader.notes)
         assert "skipped broken.duckdb: unreadable store" in notes
         assert "skipped empty.duckdb: unreadable store" in notes
-        assert "skipped foreign.duckdb: not an Esper store" in notes
+        assert "skipped foreign.duckdb: not an Esper store (no events table)" in notes
+        assert "skipped notes.duckdb: not an Esper store (its events table has no position column)" in notes
         assert "skipped cut.duckdb: damaged store (cut short: 300,000 bytes where its blocks in use take" in notes
-        assert len(reader.notes) == 4
+        assert len(reader.notes) == 5
         assert query(reader, "SELECT count(*), count(DISTINCT payload::VARCHAR) FROM events")[0][0] == 14
         assert query(reader, "SELECT count(DISTINCT run_id) FROM events") == [(4,)]
 

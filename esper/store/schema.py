@@ -79,6 +79,17 @@ def stored_hash_type(con: duckdb.DuckDBPyConnection, database: str) -> str | Non
     return None if row is None else row[0]
 
 
+def events_problem(con: duckdb.DuckDBPyConnection, database: str) -> str | None:
+    """Why `database` is not an Esper store (None if it is): no `events` table, or one without the columns every
+    Esper store has had (`hash` came with the chain). Another program's DuckDB file may well have an `events` table."""
+    rows = con.execute("SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND table_name = 'events'",
+                       [database]).fetchall()
+    if not rows:
+        return "no events table"
+    missing = [c for c in COLUMNS if c != "hash" and c not in {name for (name,) in rows}]
+    return f"its events table has no {missing[0]} column" if missing else None
+
+
 def format_comment(con: duckdb.DuckDBPyConnection, database: str) -> str | None:
     """The comment of `database`'s events table: its format (`FORMAT_COMMENT`), None in a store older than that."""
     (comment,) = con.execute("SELECT comment FROM duckdb_tables() WHERE database_name = ? AND table_name = 'events'",

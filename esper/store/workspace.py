@@ -23,7 +23,8 @@ from esper.leyline.status import CLOSING_TAGS, ENDING_TAGS, FINISHED, sql_in, st
 from esper.store import chain
 from esper.store.readonly import reading_statements
 from esper.store.recorder import Recorded, decode_rows, read_events
-from esper.store.schema import COLUMNS, format_comment, format_problem, hash_as_text, stored_hash_type
+from esper.store.schema import (COLUMNS, events_problem, format_comment, format_problem, hash_as_text,
+                                stored_hash_type)
 
 STORE_SUFFIX = ".duckdb"
 
@@ -177,8 +178,8 @@ class Reader:
                 self.notes.append(f"skipped {path.name}: unreadable store ({first_line(exc)})")
                 return None
             return self._attach_snapshot(path, alias)
-        if not self._has_events(alias):
-            self.notes.append(f"skipped {path.name}: not an Esper store (no events table)")
+        if foreign := events_problem(self.con, alias):
+            self.notes.append(f"skipped {path.name}: not an Esper store ({foreign})")
             self.con.execute(f"DETACH {alias}")
             return None
         if problem := self._unreadable(alias, path):
@@ -201,8 +202,12 @@ class Reader:
         except (OSError, duckdb.Error) as exc:
             self.notes.append(f"skipped {path.name}: held by a live writer and no readable snapshot ({first_line(exc)})")
             return None
-        if not self._has_events(alias):
+        if not self._has_table(alias, "events"):
             self.notes.append(f"skipped {path.name}: held by a live writer, snapshot has no events yet")
+            return None
+        if foreign := events_problem(self.con, alias):
+            self.notes.append(f"skipped {path.name}: not an Esper store ({foreign})")
+            self.con.execute(f"DETACH {alias}")
             return None
         if problem := self._unreadable(alias, copy):
             self.notes.append(f"skipped {path.name}: held by a live writer, {problem}")
@@ -226,9 +231,6 @@ class Reader:
             "SELECT used_blocks, block_size FROM pragma_database_size() WHERE database_name = ?", [alias]).fetchone()
         size, needed = path.stat().st_size, used * block_size
         return f"cut short: {size:,} bytes where its blocks in use take {needed:,}" if size < needed else None
-
-    def _has_events(self, alias: str) -> bool:
-        return self._has_table(alias, "events")
 
     def _has_table(self, alias: str, table: str) -> bool:
         row = self.con.execute(
