@@ -4,16 +4,21 @@ nothing they log; without Ray, one line; Ctrl-C or SIGTERM ends every run with `
 The tests that start Ray share one small local Ray (2 CPUs, no dashboard) and are `slow`: Ray takes seconds to
 start, and a run on it seconds more."""
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import textwrap
+import threading
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import msgspec
 import pytest
@@ -336,3 +341,74 @@ def test_a_ray_address_where_nothing_answers_is_one_line_at_once(tmp_path, comma
     line = one_line_error(invoke(*command, "--ray-address", "garbage", "--workspace", str(tmp_path / "ws")))
     assert line == "esper: Ray address 'garbage': give HOST:PORT, ray://HOST:PORT, auto or local", line
     assert not (tmp_path / "ws").exists()  # Ray refused it only after the learner's store was made
+
+
+
+def _serve(answer: Callable[[socket.socket], None]) -> tuple[str, socket.socket]:
+    """A local server that treats each connection with `answer`; its address, and the listening socket to close."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the test closed the server
+            while True:
+                connection, _ = server.accept()
+                threading.Thread(target=answer, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return f"127.0.0.1:{server.getsockname()[1]}", server
+
+
+def _web_server(connection: socket.socket) -> None:
+    with connection:
+        connection.recv(1024)
+        connection.sendall(b"HTTP/1.0 505 HTTP Version Not Supported\r\n\r\n")
+
+
+def _http2_server(connection: socket.socket) -> None:
+    with connection:
+        connection.recv(1024)
+        connection.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # an empty SETTINGS frame, as gRPC servers open
+
+
+def _silent(connection: socket.socket) -> None:
+    time.sleep(5)
+    connection.close()
+
+
+@pytest.mark.parametrize("answer", [_web_server, _silent])
+def test_an_address_where_no_ray_head_answers_is_one_line_before_anything_is_written(answer, tmp_path, monkeypatch):
+    """Ray's own join waits there for minutes (a web server, the dashboard's port, something silent)."""
+    monkeypatch.setattr(cluster, "REACH_TIMEOUT_S", 0.5)
+    address, server = _serve(answer)
+    with server:
+        for command in (["run", "--epochs", "1", "--seeds", "0,1"],
+                        ["ppo", "--workers", "2", "--episodes", "1", "--epochs", "1", "--out", str(tmp_path / "p.pt")]):
+            line = one_line_error(invoke(*command, "--ray-address", address, "--workspace", str(tmp_path / "ws")))
+            assert line == (f"esper: cannot join Ray at {address}: what answers there is no Ray cluster's head (it does "
+                            "not speak gRPC); give the address `ray start --head` printed"), line
+            assert not (tmp_path / "ws").exists()
+
+
+def test_a_server_that_answers_as_grpc_does_is_let_through_to_ray():
+    address, server = _serve(_http2_server)
+    with server:
+        assert cluster.check_reachable(address) is None
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_what_rays_core_writes_to_stderr_while_joining_shows_only_if_the_join_succeeds(fails):
+    """Ray's core writes to the file descriptor, past Python's sys.stderr: a subprocess sees what the user would."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        from esper.tolaria.cluster import _stderr_held
+        print("before", file=sys.stderr)
+        try:
+            with _stderr_held(when=True):
+                os.write(2, b"core warning\\n")
+                if {fails}:
+                    raise ConnectionError("no")
+        except ConnectionError:
+            print("one line", file=sys.stderr)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stderr.splitlines() == (["before", "one line"] if fails else ["before", "core warning"]), done.stderr

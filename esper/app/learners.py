@@ -88,18 +88,13 @@ def _train_logged(cfg: IQLConfig, out: Path, workspace: Workspace, learner_id: s
                   progress: Progress) -> dict[str, Any]:
     from esper.simic.iql import train
     from esper.simic.policy import save_policy, saved
-    from esper.store import Recorder
-    from esper.store.recorder import remove_if_empty
+    from esper.store.recorder import new_store
     from esper.tolaria.loop import StoreSink
 
     store = workspace.store_path(learner_id)
-    try:
-        with Recorder(store) as recorder:
-            sink = StoreSink(recorder, learner_id)
-            net, result = train(cfg, spec, episodes, sink=sink, progress=progress)
-            save_policy(out, net, "iql", cfg.reward, cfg.hidden)
-            sink.append([saved(out, cfg.steps, sources=[e.run_id for e in episodes])])  # which file, which runs
-    except BaseException:  # stopped before its first update was logged: no empty store is left in the workspace
-        remove_if_empty(store)
-        raise
+    with new_store(store) as recorder:  # stopped before its first update was logged: no empty store is left
+        sink = StoreSink(recorder, learner_id)
+        net, result = train(cfg, spec, episodes, sink=sink, progress=progress)
+        save_policy(out, net, "iql", cfg.reward, cfg.hidden)
+        sink.append([saved(out, cfg.steps, sources=[e.run_id for e in episodes])])  # which file, which runs
     return result

@@ -30,8 +30,8 @@ from esper.leyline.stages import SeedStage
 from esper.leyline.status import FINISHED
 from esper.nissa.fmt import plural
 from esper.nissa.files import check_writable
-from esper.store import Recorder, Workspace
-from esper.store.recorder import remove_if_empty
+from esper.store import Workspace
+from esper.store.recorder import new_store
 from esper.tamiyo.controllers import Controller, check_controller, make_controller
 from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, data_problem, load_task_data
@@ -352,23 +352,19 @@ def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None, 
           batches: Batches | None = None) -> RunResult:
     """Record the run into its own store file of the workspace (with `ranks`: as rank 0 of a data-parallel run)."""
     r, path = planned.request, ws.store_path(planned.run_id)
-    try:
-        with Recorder(path) as recorder:
-            store = StoreSink(recorder, planned.run_id, snapshot_every=r.snapshot_every)
-            sink, board = _with_tensorboard(store, r.tensorboard, planned.run_id)
-            try:
-                return execute(planned.config, planned.controller, sink, progress=progress, data=planned.data,
-                               preset=planned.preset, checkpoint_folder=checkpoint.folder_of(ws.root),
-                               checkpoint_every=r.checkpoint_every, ranks=ranks, batches=batches)
-            except StoreFailed as exc:
-                stored = store.last_epoch is not None  # its RunStarted at least
-                raise exc.adding(then=f"run esper run --resume {planned.run_id}" if stored else "run it again") from None
-            finally:
-                if board is not None:
-                    board.close()
-    except BaseException:  # stopped before its RunStarted was stored (Ctrl-C as it started): no empty store is left
-        remove_if_empty(path)
-        raise
+    with new_store(path) as recorder:  # stopped before its RunStarted was stored (Ctrl-C as it started): no file
+        store = StoreSink(recorder, planned.run_id, snapshot_every=r.snapshot_every)
+        sink, board = _with_tensorboard(store, r.tensorboard, planned.run_id)
+        try:
+            return execute(planned.config, planned.controller, sink, progress=progress, data=planned.data,
+                           preset=planned.preset, checkpoint_folder=checkpoint.folder_of(ws.root),
+                           checkpoint_every=r.checkpoint_every, ranks=ranks, batches=batches)
+        except StoreFailed as exc:
+            stored = store.last_epoch is not None  # its RunStarted at least
+            raise exc.adding(then=f"run esper run --resume {planned.run_id}" if stored else "run it again") from None
+        finally:
+            if board is not None:
+                board.close()
 
 
 def join_ranks(request: RunRequest) -> Ranks | None:
@@ -482,6 +478,9 @@ def final_architecture(ws: Workspace, like: str, task: str | None) -> FinalArchi
         recorded, unsealed = checked.recorded, checked.unsealed
         state = RunState.fold(recorded)  # RunStarted first, or it raises
         resumable = reader.in_own_store(run_id)  # not an imported run
+    if recorded[0].event.user_code:  # its model is the user's Python, which no command can build
+        raise BadInput(f"like {run_id}: a run of your own model (esper.fit, task {state.config.task}); scratch builds "
+                       "the architecture of a built-in host's run")
     if state.status != FINISHED:  # what had fossilized by its end would pass for an architecture that grew
         done = state.epochs[-1].epoch if state.epochs else 0
         fix = ("" if state.failed is not None and not state.failed.interrupted or not resumable

@@ -51,7 +51,8 @@ from esper.simic.policy import PolicyNet, reason, check_training, load_policy, s
 from esper.simic.config import PPOConfig
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.simic.rollout import Players, RayPlayers, episode_generators, open_players
-from esper.store import Recorder, Workspace
+from esper.store import Workspace
+from esper.store.recorder import new_store
 from esper.store.recorder import Recorded
 from esper.tolaria import cluster
 from esper.tolaria.data import load_task_data
@@ -251,7 +252,8 @@ def train(
                  f"({updates}), so the actor stays as it started: more than {cfg.critic_warmup * cfg.n_envs} episodes train it "
                  "(--episodes, or --resume later)")
     stats: dict[str, float] = {}
-    with Recorder(store) as recorder, open_players(cfg.workers, cfg.task, cfg.hidden, data, recorder, workspace,
+    # a job refused or stopped before its first update (Ray not joined, say) leaves no empty store
+    with new_store(store) as recorder, open_players(cfg.workers, cfg.task, cfg.hidden, data, recorder, workspace,
                                                    learner_id, cfg.devices, ray_address) as players:
         learner = StoreSink(recorder, learner_id)
 

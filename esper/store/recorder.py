@@ -353,6 +353,18 @@ def _payloads(events: list[Event]) -> tuple[pa.Array, bytes, np.ndarray]:
     return array, buffer, offsets
 
 
+@contextlib.contextmanager
+def new_store(path: Path) -> Iterator["Recorder"]:
+    """A Recorder of the store file at `path` for the block; if the block fails before the first append (a job
+    stopped, or refused, while it prepared), the file is removed again: no empty store is left in the workspace."""
+    try:
+        with Recorder(path) as recorder:
+            yield recorder
+    except BaseException:
+        remove_if_empty(path)
+        raise
+
+
 def remove_if_empty(path: Path) -> None:
     """Remove the store file at `path`, and its write-ahead log, if it holds no event: what a writer stopped before
     its first append leaves behind (a job interrupted while it prepared). Call it once the file's Recorder is

@@ -15,6 +15,8 @@ import os
 import secrets
 import signal
 import socket
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -61,7 +63,8 @@ def connected(what: str, address: str | None = None) -> Iterator[Any]:
     check_reachable(address)
     sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an exit that would skip RunFailed
     try:
-        ray.init(address=address, **options)
+        with _stderr_held(when=address is not None):
+            ray.init(address=address, **options)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise BadInput(f"cannot start or join Ray at {address or 'this machine'}: {first_line(exc)}") from None
     finally:
@@ -71,6 +74,28 @@ def connected(what: str, address: str | None = None) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _stderr_held(when: bool) -> Iterator[None]:
+    """What this process writes to its stderr in the block (Ray's core writes there directly), held back: written
+    out after a block that succeeds, dropped after one that fails, whose error then says what went wrong in one line.
+    Joining an address where something other than Ray answers, Ray's core prints a warning a second for ~20 s
+    before it gives up. Only for joining: a local start spawns daemons, which would inherit the held file."""
+    if not when:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        os.write(2, held.read())
 
 
 REACH_TIMEOUT_S = 5.0
@@ -89,11 +114,34 @@ def check_reachable(address: str | None) -> None:
     if not (colon and host and port.isdigit()):
         raise BadInput(f"Ray address {address!r}: give HOST:PORT, ray://HOST:PORT, auto or local")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S)
     except (OSError, ValueError) as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else getattr(exc, "strerror", None) or str(exc)
         raise BadInput(f"cannot reach Ray at {address}: {why} (is a Ray cluster running there? `ray start --head` "
                        "starts one)") from None
+    with connection:
+        tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")  # a TLS handshake would come first
+        if not tls and not _speaks_http2(connection):
+            raise BadInput(f"cannot join Ray at {address}: what answers there is no Ray cluster's head (it does not "
+                           "speak gRPC); give the address `ray start --head` printed")
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""How an HTTP/2 client opens a connection: the preface, then an empty SETTINGS frame. Ray's head (its GCS) is a
+gRPC server, and a server of HTTP/2 answers with a SETTINGS frame of its own (a frame's type is its 4th byte)."""
+
+
+def _speaks_http2(connection: socket.socket) -> bool:
+    """Whether the server at the other end of `connection` answers as HTTP/2 does. Anything else there (a web
+    server, the dashboard's port, something silent) would keep Ray's own join waiting for minutes."""
+    try:
+        connection.sendall(HTTP2_PREFACE)
+        header = b""
+        while len(header) < 9 and (chunk := connection.recv(9 - len(header))):
+            header += chunk
+    except OSError:  # the timeout included
+        return False
+    return len(header) == 9 and header[3] == 4
 
 
 def cpus(ray: Any) -> int:
