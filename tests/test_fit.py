@@ -82,6 +82,14 @@ def test_verify_says_in_one_line_that_user_code_cannot_be_reexecuted(fitted):
     assert "came from user code" in line and "cannot be re-executed" in line
 
 
+def test_scratch_of_it_says_in_one_line_that_no_command_builds_the_users_model(fitted):
+    ws, result = fitted
+    line = one_line_error(invoke("run", "--controller", "scratch", "--like", result.run_id, workspace=ws))
+    assert line == (f"esper: like {result.run_id}: a run of your own model (esper.fit, task tiny); scratch builds the "
+                    "architecture of a built-in host's run"), line
+    assert len(Workspace(ws).store_files()) == 1
+
+
 def test_iql_learns_from_it(fitted, tmp_path):
     ws, result = fitted
     with Workspace(ws).reader() as reader:

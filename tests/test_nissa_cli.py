@@ -128,7 +128,7 @@ def test_a_file_given_where_a_run_id_goes_is_pointed_at_import(ws, tmp_path, mon
     Path("h.jsonl").write_text("{}\n")
     line = one_line_error(invoke("report", "h.jsonl", "-w", str(ws)))
     assert line == ("esper: no run 'h.jsonl' in this workspace (try `esper runs`); h.jsonl is a file: "
-                    "`esper import h.jsonl` adds an exported file's runs")
+                    "if it is an export of runs, `esper import h.jsonl` adds them")
 
 
 def test_export_then_import_round_trip(ws, tmp_path):

@@ -317,7 +317,8 @@ class Reader:
             more = ", ..." if len(ids) > 5 else ""
             raise BadInput(f"{run!r} matches {len(ids)} runs ({', '.join(ids[:5])}{more}); give more of the id")
         if not ids:
-            file = f"; {run} is a file: `esper import {run}` adds an exported file's runs" if os.path.isfile(run) else ""
+            file = (f"; {run} is a file: if it is an export of runs, `esper import {run}` adds them"
+                    if os.path.isfile(run) else "")
             raise UnknownRun(f"no run {run!r} in this workspace (try `esper runs`){file}")
         run_id = run if run in ids else ids[0]
         if training and not self.con.execute(
