@@ -96,6 +96,21 @@ def test_without_ray_more_than_one_worker_or_seed_is_one_line_saying_how_to_inst
     assert not (tmp_path / "ws").exists() and not (tmp_path / "p.pt").exists()  # nothing written
 
 
+def test_a_ppo_job_whose_ray_fails_to_start_leaves_no_empty_store(tmp_path, monkeypatch):
+    """The learner's store is made before the players: Ray refusing the job there (a join that fails after the
+    address answered, a cluster without a GPU) must not leave it behind, empty, among the workspace's logs."""
+
+    def refused(*args, **kwargs):
+        raise BadInput("cannot start or join Ray at this machine: no")
+
+    monkeypatch.setattr("esper.simic.rollout.RayPlayers.__init__", refused)
+    refused_job = invoke("ppo", "--workers", "2", "--episodes", "2", "--epochs", "1", "--out", str(tmp_path / "p.pt"),
+                         workspace=tmp_path / "ws")
+    assert refused_job.exit_code == 2
+    assert refused_job.stderr.splitlines()[-1] == "esper: cannot start or join Ray at this machine: no"
+    assert not list((tmp_path / "ws").glob("*.duckdb*")) and not (tmp_path / "p.pt").exists()
+
+
 @pytest.mark.slow
 def test_one_seed_and_one_worker_never_load_ray(tmp_path):
     probe = f"""
