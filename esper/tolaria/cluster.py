@@ -99,14 +99,14 @@ def _stderr_held(when: bool) -> Iterator[None]:
 
 
 REACH_TIMEOUT_S = 5.0
-"""How long joining a cluster waits for its address to answer before saying it cannot (Ray itself retries for
-about a minute, silently)."""
+"""How long joining a cluster waits for its address to answer, and then to answer as gRPC does, before saying it
+cannot (Ray itself would wait a minute where nothing listens, and minutes where something else does)."""
 
 
 def check_reachable(address: str | None) -> None:
     """Bad input, in one line, if `address` (else `$RAY_ADDRESS`; none: a local Ray is started) is none of Ray's
-    forms, or nothing answers at a `HOST:PORT` one (Ray's others, `auto`, `local` or `ray://...`, are Ray's to
-    resolve). Commands call it before they write anything, `connected` again."""
+    forms, or nothing answers at a `HOST:PORT` one, or what answers is no gRPC server (Ray's others, `auto`, `local`
+    or `ray://...`, are Ray's to resolve). Commands call it before they write anything, `connected` again."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None or address in ("auto", "local") or "://" in address:
         return
