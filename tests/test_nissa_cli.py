@@ -123,6 +123,12 @@ def test_report_in_a_missing_workspace_is_bad_input(tmp_path):
     assert "does not exist" in line
 
 
+def test_an_export_named_as_another_format_is_refused_before_the_workspace_is_read(tmp_path):
+    line = one_line_error(invoke("export", "any", "--out", str(tmp_path / "runs.csv"), "-w", str(tmp_path / "none")))
+    assert "runs.csv names a CSV file, and export writes jsonl or parquet" in line, line
+    assert not (tmp_path / "runs.csv").exists()
+
+
 def test_a_file_given_where_a_run_id_goes_is_pointed_at_import(ws, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("h.jsonl").write_text("{}\n")

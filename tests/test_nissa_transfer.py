@@ -153,6 +153,10 @@ def test_format_for():
     assert format_for(Path("a"), "parquet") == "parquet"
     assert format_for(Path("a.json"), "jsonl") == "jsonl"
     assert format_for(Path("a.txt"), "parquet") == "parquet"  # a name that says no format contradicts none
+    for name in ("a.csv", "a.CSV", "a.duckdb"):  # a name that says another format is refused, whatever --format says
+        for fmt in (None, "jsonl"):
+            with pytest.raises(BadInput, match="export writes jsonl or parquet: name it .jsonl or .parquet"):
+                format_for(Path(name), fmt)
     with pytest.raises(BadInput, match="unknown format"):
         format_for(Path("a"), "csv")
     for path, fmt in (("a.jsonl", "parquet"), ("a.parquet", "jsonl"), ("a.ndjson", "parquet")):

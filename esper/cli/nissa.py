@@ -102,6 +102,8 @@ def export(
         raise BadInput(f"--out - writes jsonl to standard output; {fmt} needs {needs}")
     if out is not None and out != STDOUT and fmt != "tensorboard":
         check_output(out)
+    if fmt != "tensorboard":
+        fmt = format_for(out or Path(""), fmt)
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
@@ -110,7 +112,6 @@ def export(
         if fmt == "tensorboard":
             _export_tensorboard(reader, run_ids, out or Path(f"{_file_name('-'.join(run_ids))}-tensorboard"))
             return
-        fmt = format_for(out or Path(""), fmt)
         path = out or Path(f"{_file_name(run_ids[0] if len(run_ids) == 1 else '-'.join(run_ids))}.{fmt}")
         n = export_runs(reader, run_ids, path, fmt)
     if path == STDOUT:  # the events went to stdout: delivered first, so that a reader that left is no success

@@ -113,11 +113,19 @@ _encoder = msgspec.json.Encoder()
 _line_decoder = msgspec.json.Decoder(_Line)
 
 
+OTHER_FORMATS = {".csv": "a CSV", ".tsv": "a TSV", ".xlsx": "an Excel", ".html": "an HTML", ".duckdb": "a DuckDB",
+                 ".db": "a database"}
+"""Suffixes of formats an export is not: a file so named would hold jsonl, under a name that says otherwise."""
+
+
 def format_for(path: Path, fmt: str | None) -> str:
     """The format asked for, else the one the file name says, else jsonl (the line `esper export` prints names it).
-    A format the file name contradicts (`-f jsonl -o runs.parquet`) is refused: the file would read back, but its
-    name would mislead."""
+    A format the file name contradicts (`-f jsonl -o runs.parquet`, `-o runs.csv`) is refused: the file would read
+    back, but its name would mislead."""
     named = EXPORT_SUFFIXES.get(path.suffix.lower())
+    if other := OTHER_FORMATS.get(path.suffix.lower()):
+        raise BadInput(f"--out {path} names {other} file, and export writes jsonl or parquet: name it .jsonl or "
+                       ".parquet (`esper query \"SQL\" --format csv` writes a table as CSV)")
     if fmt is None:
         return named or "jsonl"
     if fmt not in FORMATS:
