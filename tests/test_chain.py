@@ -253,6 +253,14 @@ def test_import_refuses_a_broken_chain_and_writes_nothing(ws, tmp_path):
     assert not target.exists() or not list(target.iterdir())
 
 
+def test_an_export_rewritten_to_the_same_values_says_its_lines_are_checked_as_exported(ws, tmp_path):
+    path = exported(ws, tmp_path)
+    path.write_text("".join(json.dumps(json.loads(line)) + "\n" for line in path.read_text().splitlines()))
+    line = one_line_error(invoke("import", path, workspace=tmp_path / "target"), code=1)
+    assert "log altered at seq 1 (RunStarted)" in line, line
+    assert "run.jsonl (its lines are checked as exported, byte for byte)" in line, line
+
+
 def test_import_refuses_an_export_whose_epoch_field_was_edited(ws, tmp_path):
     path = exported(ws, tmp_path)
     lines = path.read_text().splitlines()
