@@ -178,10 +178,6 @@ class Reader:
                 self.notes.append(f"skipped {path.name}: unreadable store ({first_line(exc)})")
                 return None
             return self._attach_snapshot(path, alias)
-        if foreign := events_problem(self.con, alias):
-            self.notes.append(f"skipped {path.name}: not an Esper store ({foreign})")
-            self.con.execute(f"DETACH {alias}")
-            return None
         if problem := self._unreadable(alias, path):
             self.notes.append(f"skipped {path.name}: {problem}")
             self.con.execute(f"DETACH {alias}")
@@ -205,10 +201,6 @@ class Reader:
         if not self._has_table(alias, "events"):
             self.notes.append(f"skipped {path.name}: held by a live writer, snapshot has no events yet")
             return None
-        if foreign := events_problem(self.con, alias):
-            self.notes.append(f"skipped {path.name}: not an Esper store ({foreign})")
-            self.con.execute(f"DETACH {alias}")
-            return None
         if problem := self._unreadable(alias, copy):
             self.notes.append(f"skipped {path.name}: held by a live writer, {problem}")
             self.con.execute(f"DETACH {alias}")
@@ -218,7 +210,10 @@ class Reader:
         return alias
 
     def _unreadable(self, alias: str, path: Path) -> str | None:
-        """Why the attached store cannot be read (None if it can): damaged, or written by a newer Esper."""
+        """Why the attached store cannot be read (None if it can): another program's file, damaged, or written by a
+        newer Esper."""
+        if foreign := events_problem(self.con, alias):
+            return f"not an Esper store ({foreign})"
         if cut := self._cut_short(alias, path):
             return f"damaged store ({cut})"
         return format_problem(format_comment(self.con, alias))
