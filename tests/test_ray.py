@@ -418,7 +418,7 @@ def test_what_rays_core_writes_to_stderr_while_joining_shows_only_if_the_join_su
         from esper.tolaria.cluster import _stderr_held
         print("before", file=sys.stderr)
         try:
-            with _stderr_held(when=True):
+            with _stderr_held():
                 os.write(2, b"core warning\\n")
                 if {fails}:
                     raise ConnectionError("no")

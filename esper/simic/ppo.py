@@ -52,8 +52,7 @@ from esper.simic.config import PPOConfig
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.simic.rollout import Players, RayPlayers, episode_generators, open_players
 from esper.store import Workspace
-from esper.store.recorder import new_store
-from esper.store.recorder import Recorded
+from esper.store.recorder import Recorded, new_store
 from esper.tolaria import cluster
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, resolve_config

@@ -63,7 +63,8 @@ def connected(what: str, address: str | None = None) -> Iterator[Any]:
     check_reachable(address)
     sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with an exit that would skip RunFailed
     try:
-        with _stderr_held(when=address is not None):
+        # only when joining: a local start spawns daemons, which would inherit the held stderr
+        with _stderr_held() if address is not None else contextlib.nullcontext():
             ray.init(address=address, **options)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise BadInput(f"cannot start or join Ray at {address or 'this machine'}: {first_line(exc)}") from None
@@ -77,14 +78,11 @@ def connected(what: str, address: str | None = None) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _stderr_held(when: bool) -> Iterator[None]:
+def _stderr_held() -> Iterator[None]:
     """What this process writes to its stderr in the block (Ray's core writes there directly), held back: written
     out after a block that succeeds, dropped after one that fails, whose error then says what went wrong in one line.
     Joining an address where something other than Ray answers, Ray's core prints a warning a second for ~20 s
-    before it gives up. Only for joining: a local start spawns daemons, which would inherit the held file."""
-    if not when:
-        yield
-        return
+    before it gives up."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
