@@ -69,6 +69,7 @@ def test_new_runs_keep_the_state_and_logs_from_before_read_as_afresh():
     del v4["preset"]["fossils_keep_state"]
     old = decode(json.dumps(v4).encode())
     assert old.preset.fossils_keep_state is False
-    # and v6's divergence rule, which a v4 log also predates
-    assert old.preset.divergence_epochs == 1
-    assert msgspec.structs.replace(old.preset, fossils_keep_state=True, divergence_epochs=3) == started.preset
+    # and v6's divergence rule and v7's validation at the end, which a v4 log also predates
+    assert old.preset.divergence_epochs == 1 and not old.preset.validates_at_end
+    assert msgspec.structs.replace(old.preset, fossils_keep_state=True, divergence_epochs=3,
+                                   validates_at_end=True) == started.preset

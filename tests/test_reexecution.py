@@ -60,18 +60,27 @@ def test_an_old_log_is_read_with_the_presets_of_its_time(monkeypatch):
     first = json.loads(V2_LOG.read_text().splitlines()[0])
     assert first["payload"]["schema_version"] == 2 and "preset" not in first["payload"]
     started = decode(json.dumps(first["payload"]))
-    # what v5 and v6 added, as runs then trained
-    as_then = {**PRESETS_BEFORE_V3["mnist1d"], "fossils_keep_state": False, "divergence_epochs": 1}
+    # what v5, v6 and v7 added, as runs then trained
+    as_then = {**PRESETS_BEFORE_V3["mnist1d"], "fossils_keep_state": False, "divergence_epochs": 1,
+               "validates_at_end": False}
     assert started.preset == msgspec.convert(as_then, type(started.preset))
     assert (started.preset.lr, started.preset.batch_size) == (3e-3, 128)
 
 
 def test_a_v5_log_reads_as_failing_at_the_first_epoch_over_the_divergence_bound(grown):
     payload = msgspec.to_builtins(grown[0].event)
-    assert payload["schema_version"] == 6 and payload["preset"]["divergence_epochs"] == 3
-    del payload["preset"]["divergence_epochs"]
+    assert payload["schema_version"] == 7 and payload["preset"]["divergence_epochs"] == 3
+    del payload["preset"]["divergence_epochs"], payload["preset"]["validates_at_end"]
     started = decode(json.dumps({**payload, "schema_version": 5}))
-    assert started.preset == msgspec.structs.replace(grown[0].event.preset, divergence_epochs=1)
+    assert started.preset == msgspec.structs.replace(grown[0].event.preset, divergence_epochs=1, validates_at_end=False)
+
+
+def test_a_v6_log_reads_as_ending_with_its_last_epochs_validation(grown):
+    payload = msgspec.to_builtins(grown[0].event)
+    assert payload["preset"]["validates_at_end"] is True
+    del payload["preset"]["validates_at_end"]
+    started = decode(json.dumps({**payload, "schema_version": 6}))
+    assert started.preset == msgspec.structs.replace(grown[0].event.preset, validates_at_end=False)
 
 
 def test_verify_trains_with_the_recorded_preset_not_todays(grown, monkeypatch):

@@ -16,7 +16,8 @@ from torch import nn
 
 import esper.cli  # noqa: F401 - `esper.cli.app` is the typer app there; the module is what this test needs
 from esper.errors import RunFailed, StoreFailed
-from esper.leyline import EpochEnded, RunConfig, RunFinished, RunStarted, Wait
+from esper.leyline import Advance, Cull, EpochEnded, Germinate, RunConfig, RunFinished, RunStarted, SeedTransitioned, Wait
+from esper.leyline.config import LifecycleConfig
 from esper.leyline.events import RunFailed as RunFailedEvent
 from esper.simic.env import VecEnv, configs_round_robin, play
 from esper.simic.features import spec_for_task
@@ -25,7 +26,7 @@ from esper.simic.rewards import RewardConfig
 from esper.simic.rollout import collect, episode_generators
 from esper.store import Recorder, Workspace
 from esper.tolaria.data import load_task_data
-from esper.tolaria.loop import ListSink, StoreSink, execute, resolve_config
+from esper.tolaria.loop import ListSink, Session, StoreSink, execute, resolve_config, train
 from esper.tolaria.telemetry import LayerGradients
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import Trainer, divergence
@@ -58,6 +59,46 @@ class Waiting:
 @pytest.fixture(scope="module")
 def data():
     return load_task_data("mnist1d", RunConfig().data_seed)
+
+
+class CullsAtTheEnd:
+    """Grows one seed, blends it in, and culls it after the run's last epoch."""
+
+    name = "culls-at-the-end"
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def decide(self, obs):
+        live = [s for s in obs.garden.seeds.values() if s.stage.value in ("TRAINING", "BLENDING")]
+        if obs.epoch == 1:
+            return Germinate(slot="mid", blueprint="conv_heavy")
+        if obs.epoch == self.epochs:
+            return Cull(seed_id=live[0].seed_id)
+        if live and live[0].stage.value == "TRAINING":
+            return Advance(seed_id=live[0].seed_id)
+        return Wait()
+
+
+def test_a_run_ends_measuring_validation_on_the_model_its_last_commands_left(data):
+    """`RunFinished` describes one model: its validation accuracy, like its test accuracy and size, is of the model
+    after the last epoch's commands, not the last epoch's (a policy could otherwise cull a seed at the end and keep
+    the accuracy it gave)."""
+    lifecycle = LifecycleConfig(min_training_epochs=1, gradient_health_threshold=0.5, blend_epochs=2,
+                                stability_window=1, regression_tolerance=0.05, embargo_epochs=2)
+    sink = ListSink()
+    session = Session(resolve_config(RunConfig(epochs=5, seed=0, lifecycle=lifecycle)), sink, data=data)
+    train(session, CullsAtTheEnd(5))
+    *_, last_epoch = (e for e in sink.events if isinstance(e, EpochEnded))
+    culled = [e for e in sink.events if isinstance(e, SeedTransitioned) and e.to_stage == "CULLED"]
+    finished = sink.events[-1]
+    assert [(e.epoch, e.from_stage) for e in culled] == [(5, "BLENDING")]
+    assert finished.params < last_epoch.params and finished.val_accuracy != last_epoch.val_accuracy
+    assert finished.val_accuracy == session.trainer.evaluate("val")[1]
+    # where the last command changes nothing, the end's validation is the last epoch's, bit for bit
+    waited = ListSink()
+    execute(resolve_config(RunConfig(epochs=2, seed=0)), Waiting(), waited, data=data)
+    assert waited.events[-1].val_accuracy == [e for e in waited.events if isinstance(e, EpochEnded)][-1].val_accuracy
 
 
 def config(epochs: int) -> RunConfig:

@@ -283,6 +283,11 @@ class TaskPreset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     to fail as diverged (`esper.tolaria.trainer.divergence`; a loss that is not finite fails it at once). One such
     epoch alone is a spike the run may recover from. Runs logged before this field (RunStarted v5
     and older) failed at the first such epoch, and re-execute so (1)."""
+    validates_at_end: bool = True
+    """Whether `RunFinished`'s validation accuracy and loss are measured on the model as the run ends, after the
+    controller's commands of the last epoch, as its test accuracy and size are. Runs logged before this field
+    (RunStarted v6 and older) reported the last epoch's validation, measured before those commands, and
+    re-execute so: a cull or a fossilization then left their end describing two models."""
     anneal_epochs: int = 0
     """Default of `RunConfig.anneal_epochs`: the run's last N epochs lower every learning rate towards 0
     (0: constant). Without it the final accuracy is whatever the last epoch's steps left: on mnist1d it

@@ -34,7 +34,7 @@ class Corpus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RunStarted(_Event, tag="RunStarted", kw_only=True):
-    schema_version: int = 6
+    schema_version: int = 7
     config: RunConfig
     preset: TaskPreset
     """The task preset the run trained with, whole: re-execution trains with this one, not with today's."""
@@ -96,6 +96,13 @@ def upcast_run_started_v4_v5(data: dict[str, Any]) -> dict[str, Any]:
 def upcast_run_started_v5_v6(data: dict[str, Any]) -> dict[str, Any]:
     """v6 records how many epochs in a row a loss must stay over the divergence bound; a v5 run failed at the first."""
     data["preset"] = {**data["preset"], "divergence_epochs": 1}
+    return data
+
+
+@upcaster("RunStarted", from_version=6)
+def upcast_run_started_v6_v7(data: dict[str, Any]) -> dict[str, Any]:
+    """v7 measures validation again at the run's end; a v6 run reported its last epoch's."""
+    data["preset"] = {**data["preset"], "validates_at_end": False}
     return data
 
 
@@ -224,6 +231,9 @@ def upcast_policy_updated_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class RunFinished(_Event, tag="RunFinished"):
+    """The run's end: every number of the model as the run leaves it, after the last epoch's commands (validation:
+    since RunStarted v7, `TaskPreset.validates_at_end`; before, the last epoch's)."""
+
     val_accuracy: float
     test_accuracy: float | None
     """None for a user's run (`esper.fit`) given no test batches."""
@@ -232,7 +242,7 @@ class RunFinished(_Event, tag="RunFinished"):
     """How many seeds ended in each stage."""
     val_bits_per_char: float | None = None
     test_bits_per_char: float | None = None
-    """Text task: validation (last epoch) and test loss in bits per character (None for other tasks)."""
+    """Text task: validation and test loss in bits per character (None for other tasks)."""
 
 
 STOPPED = ("interrupted", "terminated")

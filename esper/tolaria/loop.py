@@ -381,13 +381,17 @@ class Session:
         data = self.trainer.data
         measured = not isinstance(data, UserData) or data.test is not None
         test_loss, test_accuracy, _ = self.trainer.evaluate("test") if measured else (None, None, {})
+        if self.preset.validates_at_end:  # the last epoch's commands may have changed the model validated then
+            val_loss, val_accuracy, _ = self.trainer.evaluate("val")
+        else:
+            last = self.projection.observe()
+            val_loss, val_accuracy = last.val_loss, last.val_accuracy
         counts: dict[str, int] = {}
         for seed in self.projection.garden.seeds.values():
             counts[seed.stage.value] = counts.get(seed.stage.value, 0) + 1
-        last = self.projection.observe()
-        finished = RunFinished(epoch=self.epoch, val_accuracy=last.val_accuracy, test_accuracy=test_accuracy,
+        finished = RunFinished(epoch=self.epoch, val_accuracy=val_accuracy, test_accuracy=test_accuracy,
                                params=self.trainer.model.param_count(), seeds=counts,
-                               val_bits_per_char=bits_per_char(data, "val", last.val_loss),
+                               val_bits_per_char=bits_per_char(data, "val", val_loss),
                                test_bits_per_char=bits_per_char(data, "test", test_loss))
         self._emit([finished])
         self._end_writing()
