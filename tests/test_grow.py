@@ -167,6 +167,24 @@ def test_the_chain_shortcut_gives_what_the_whole_pass_gives(host, shape, slot, t
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+def test_a_layer_after_the_slot_working_in_place_does_not_change_what_the_seed_sees():
+    """`ReLU(inplace=True)` right after a slot overwrites the activation the slot kept for the shortcut: the
+    isolated pass must then run the whole model again, not start from the rectified activation."""
+    torch.manual_seed(0)
+    model = grow(nn.Sequential(nn.Linear(10, 16), nn.ReLU(inplace=True), nn.Linear(16, 3)), ["0"],
+                 example=torch.zeros(2, 10))
+    assert model.downstream["0"] == ["1", "2"]
+    model.germinate("0", "s", "mlp")
+    model.start_training("s")
+    for p in model.seed_parameters("s"):  # a seed that is not zero at its output, so its input shows
+        nn.init.normal_(p)
+    x = torch.randn(8, 10)
+    model(x)
+    assert (model.slots["0"].cache >= 0).all(), "the in-place layer did not overwrite the cache: proves nothing"
+    shortcut, whole = (model.isolated_output("s", x, shortcut=s) for s in (True, False))
+    assert torch.equal(shortcut, whole)
+
+
 def test_the_isolated_pass_draws_nothing_from_the_rng():
     """Dropout in the host: the extra pass runs on a fork of the RNG, so the host's next masks are its own."""
     torch.manual_seed(0)

@@ -258,7 +258,8 @@ class GrowableModel(nn.Module):
 
         Call it right after `model(*inputs)`: where the host is a chain after the slot (`downstream`), the
         `shortcut` starts from the activation that pass left in the slot and reruns only the layers after it
-        (the same numbers for a fraction of the cost); elsewhere the whole model runs again.
+        (the same numbers for a fraction of the cost); elsewhere, or where a layer after the slot changed that
+        activation in place, the whole model runs again.
 
         `examples`: the output on the batch's first `examples` only (every input batch-first), for a fraction of
         the cost again (`LifecycleConfig.isolated_fraction`).
@@ -269,6 +270,8 @@ class GrowableModel(nn.Module):
         after = self.downstream[name] if shortcut else None
         if after is not None and slot.cache is None:
             raise ValueError(f"slot {name} has seen no activation since seed {seed_id} was planted; run forward first")
+        if after is not None and not slot.cache_intact:  # a layer after the slot worked in place on it
+            after = None
         first = slice(None) if examples is None else slice(examples)
         with self._isolating(seed):
             if after is None:

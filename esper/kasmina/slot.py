@@ -5,7 +5,8 @@ number of fossilized seeds, applied in order as residuals (`x = x + seed(x)`), t
 whose effect depends on its stage:
 
 * GERMINATED, TRAINING: the slot's output is exactly its input. The slot keeps the activation it
-  saw, detached (`cache`), for the chain's shortcut of the isolated pass (`GrowableModel.isolated_output`);
+  saw, detached (`cache`), for the chain's shortcut of the isolated pass (`GrowableModel.isolated_output`; the
+  whole model runs again where a layer after the slot changed that activation in place);
   inside that pass the seed is fully in, on its input detached (`Seed.isolated`).
 * BLENDING: `x + alpha * seed(x)`, gradients flow both ways; alpha follows a schedule from 0 to 1.
 * FOSSILIZED: `x + seed(x)`; the seed is part of the host.
@@ -115,6 +116,9 @@ class Slot(nn.Module):
         self.register_module("live", None)  # the live seed (GERMINATED, TRAINING or BLENDING), if any
         self.cache: torch.Tensor | None = None
         """The detached activation the live seed saw in the latest forward pass."""
+        self.cache_version = 0
+        """The cache's version counter when it was kept: a layer after the slot that works in place (a user's
+        `ReLU(inplace=True)`) changes it, and the cache is then no longer what the seed saw."""
         self.recording = True
         """Whether a forward pass keeps its activation in `cache` (not inside an isolated pass)."""
 
@@ -127,8 +131,14 @@ class Slot(nn.Module):
         if live.isolated:
             return isolated(live, x.detach())
         if self.recording:
-            self.cache = x.detach()
+            self.cache = x.detach()  # shares x's memory and version counter: a copy would cost every step
+            self.cache_version = self.cache._version
         return _add(x, live)
+
+    @property
+    def cache_intact(self) -> bool:
+        """Whether the cache still holds what the live seed saw (nothing after the slot changed it in place)."""
+        return self.cache is not None and self.cache._version == self.cache_version
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
