@@ -3,6 +3,8 @@
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -645,6 +647,20 @@ def test_reward_config_is_in_the_update_stats():
     stats = config.stats()  # every stat is a float: the budget comes back as one
     assert stats["reward.accuracy"] == 2.0 and stats["reward.param_budget"] == 6000.0 and msgspec.convert(
         {k.removeprefix("reward."): v for k, v in stats.items()}, RewardConfig, strict=False) == config
+
+
+def test_a_sigterm_held_where_python_has_no_handler_for_it_still_ends_the_process():
+    """Called from a script (`esper.app.learners.ppo_job`), SIGTERM has its default action: held during a
+    checkpoint, it must end the process after the step, not be dropped."""
+    script = ("import os, signal, sys, time\n"
+              "from esper.simic import ppo\n"
+              "with ppo.signals_held():\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    time.sleep(0.05)\n"
+              "    print('step done', flush=True)\n"
+              "print('went on')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGTERM and done.stdout == "step done\n", (done.returncode, done.stdout)
 
 
 @pytest.mark.parametrize("signum, stop", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])

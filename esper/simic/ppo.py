@@ -318,6 +318,8 @@ def signals_held() -> Iterator[None]:
             signal.signal(s, handler)
         if held and callable(handler := previous[held[0]]):  # one ignored (SIG_IGN) stays ignored
             handler(held[0], None)
+        elif held and handler == signal.SIG_DFL:  # no handler of Python's (ppo_job called from a script): the default
+            signal.raise_signal(held[0])
 
 
 def learn(u: int, n: int, cfg: PPOConfig, net: PolicyNet, optimizer: torch.optim.Optimizer, generator: torch.Generator,
