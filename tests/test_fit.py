@@ -153,6 +153,13 @@ def test_slots_of_two_families_each_grow_only_their_own_blueprints(tmp_path):
     assert all(s.blueprint in offered[s.slot] for s in state.garden.seeds.values())
 
 
+def test_a_device_comes_as_a_torch_device_too(tmp_path):
+    result = esper.fit(small_model(), train=batches(1, 1), val=batches(1, 2), epochs=1, controller="static",
+                       device=torch.device("cpu"), workspace=str(tmp_path))
+    with Workspace(tmp_path).reader() as reader:
+        assert reader.read_run(result.run_id)[0].event.config.device == "cpu"
+
+
 def test_a_size_cap_and_lifecycle_timings_come_as_a_dict_too(tmp_path):
     result = esper.fit(small_model(), train=batches(1, 1), val=batches(1, 2), epochs=1, controller="static",
                        lifecycle={"max_params": 5000, "blend_epochs": 3}, workspace=str(tmp_path))
@@ -227,6 +234,15 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"train": iter(batches(2, 1))}, "train is an iterator, which runs out after one epoch"),
     ({"val": [(torch.zeros(2, 3, 8, 8), torch.zeros(2))]}, "y is a torch.float32 tensor, not class indices"),
     ({"val": []}, "val holds no batches"),
+    ({"train": None}, "train is a NoneType: pass a list of \\(x, y\\) batches"),
+    ({"val": [((torch.zeros(8, 3, 8, 8), 2.0), torch.zeros(8, dtype=torch.long))]},
+     "x of the first validation batch holds a float: each batch is a pair \\(x, y\\) whose parts are tensors"),
+    ({"val": [(torch.zeros(8, 3, 8, 8), {"cls": torch.zeros(8, dtype=torch.long)})]},
+     "y of the first validation batch holds a dict"),
+    ({"val": [{"x": torch.zeros(8, 3, 8, 8), "y": torch.zeros(8, dtype=torch.long)}]},
+     "x of the first validation batch holds a str: .*a dict batch unpacks into its keys"),
+    ({"val": [(torch.zeros(8, 3, 8, 8), torch.tensor(3))]},
+     r"y of the first validation batch holds a torch.int64 tensor of shape \(\)"),
     ({"task": "cifar10"}, "task 'cifar10' is a built-in task's name"),
     ({"blueprints": ["tree"]}, "blueprints: a list drawn from"),
     ({"blueprints": 3}, "blueprints: a list drawn from"),

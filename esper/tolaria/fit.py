@@ -50,7 +50,7 @@ def fit(
     heuristic: HeuristicConfig | Mapping = HeuristicConfig(), lifecycle: LifecycleConfig | Mapping = LifecycleConfig(),
     commands_per_epoch: int = 1, blueprints: Sequence[str] | None = None, optimizer: str = "adam", lr: float = 1e-3,
     seed_lr: float | None = None, weight_decay: float = 0.0,
-    momentum: float = 0.9, seed: int = 0, task: str = "user", device: str | None = None,
+    momentum: float = 0.9, seed: int = 0, task: str = "user", device: str | torch.device | None = None,
     policy: str | None = None, workspace: str | None = None, progress: Progress | None = None,
 ) -> FitResult:
     """Grow `model` (from `esper.grow`) for `epochs` on `train`, deciding with `controller` after each epoch.
@@ -103,7 +103,7 @@ def fit(
     for split in splits:
         if data.holds_nothing(split):
             raise BadInput(f"{split} holds no batches")
-    device = device or str(next(model.parameters()).device)
+    device = str(device or next(model.parameters()).device)  # a torch.device too
     resolve_device(device)
     for split in splits:
         check_first_batch(model, data, split)

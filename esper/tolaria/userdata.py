@@ -36,6 +36,11 @@ class UserData:
     def __attrs_post_init__(self) -> None:
         for split in ("train", "val", "test"):
             source = getattr(self, split)
+            if source is None and split == "test":
+                continue
+            if not (callable(source) or isinstance(source, Iterable)):
+                raise BadInput(f"{split} is {_kind(source)}: pass a list of (x, y) batches, a DataLoader, or a function "
+                               "that returns the batches")
             if isinstance(source, Iterator):
                 raise BadInput(f"{split} is an iterator, which runs out after one epoch: pass a list, a DataLoader, or "
                                "a function that returns the batches")
@@ -104,7 +109,12 @@ def check_first_batch(model: torch.nn.Module, data: UserData, split: str) -> Non
         x, y = next(iter(data.batches(split)))
     except (TypeError, ValueError) as exc:  # unpacking an item into x, y
         raise BadInput(f"{where} is not a pair (x, y): {first_line(exc)}") from exc
-    counts = sorted({len(t) for t in (*positional(x), *positional(y)) if isinstance(t, torch.Tensor) and t.dim()})
+    for name, part in (("x", x), ("y", y)):
+        if odd := [t for t in positional(part) if not isinstance(t, torch.Tensor) or not t.dim()]:
+            raise BadInput(f"{name} of {where} holds {_kind(odd[0], shape=True)}: each batch is a pair (x, y) whose parts "
+                           "are tensors, or tuples of them, with one row per example (a constant belongs in the model; "
+                           "a dict batch unpacks into its keys)")
+    counts = sorted({len(t) for t in (*positional(x), *positional(y))})
     if len(counts) > 1:  # slicing a batch into shards or examples takes the same rows of each part
         raise BadInput(f"the tensors of {where} hold different numbers of examples ({', '.join(map(str, counts))}): "
                        "each input and target has one row per example")
