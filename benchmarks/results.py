@@ -285,8 +285,8 @@ def render(growth: list[dict], compute: list[dict], shorter: list[dict], policie
     else:
         lines += [
             f"Each policy played greedily on seeds {seed_range(seeds)} (with the size cap it was trained under), against",
-            "the default heuristic on the same seeds: the per-seed difference in test accuracy (points, mean ± standard",
-            "error) and the seeds won and lost.",
+            f"{made['gardener']} on the same seeds: the per-seed difference in test accuracy (points, mean ±",
+            "standard error) and the seeds won and lost.",
             "",
             "| policy | runs | test accuracy % | params | vs heuristic per seed | won / lost |",
             "| --- | --- | --- | --- | --- | --- |",
