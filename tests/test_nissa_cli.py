@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from cli_runner import invoke, one_line_error, start
-from fake_runs import run_id_for, write_comparison
+from fake_runs import plan_run, run_id_for, write_batches, write_comparison
 
+from esper.leyline import RunFailed
 from esper.store import Workspace
 
 HEURISTIC = run_id_for("heuristic", 0)
@@ -148,6 +149,27 @@ def test_export_then_import_round_trip(ws, tmp_path):
     assert again.exit_code == 0 and again.stdout.startswith("nothing to import: all 70 events")
     assert len(Workspace.at(fresh).store_files()) == 1
     assert invoke("report", "heur", "-w", str(fresh)).exit_code == 0
+
+
+def test_one_event_exported_and_imported_is_said_in_the_singular(tmp_path):
+    write_batches(tmp_path / "src", plan_run()[:1], "one")  # RunStarted alone
+    exported = invoke("export", "one", "-w", str(tmp_path / "src"), "--out", str(tmp_path / "one.jsonl"))
+    assert exported.exit_code == 0 and f"exported 1 event of run one to {tmp_path / 'one.jsonl'}" in exported.stdout
+    imported = invoke("import", str(tmp_path / "one.jsonl"), "-w", str(tmp_path / "dst"))
+    assert imported.exit_code == 0 and imported.stdout.startswith("imported 1 event of run one into"), imported.stdout
+
+
+@pytest.mark.parametrize("command", ["replay", "report"])
+def test_strings_from_the_log_reach_the_terminal_as_escapes(tmp_path, command):
+    """A run's error is whatever its failure said: an ESC in it would clear the terminal, a newline forge a line of
+    the summary. Both print it as `esper query` prints a table cell."""
+    failed = [*plan_run(epochs=3)[:-1], [RunFailed(epoch=3, error="boom\x1b[2J\nfinished: val 0.99")]]
+    write_batches(tmp_path, failed, "failing")
+    result = invoke(command, "failing", "-w", str(tmp_path))
+    assert result.exit_code == 0, result.stderr
+    assert "failed: boom\\x1b[2J\\nfinished: val 0.99" in result.stdout
+    assert not any(ord(c) < 32 and c != "\n" for c in result.stdout), result.stdout
+    assert not any(line.startswith("finished") for line in result.stdout.splitlines())
 
 
 @pytest.mark.parametrize("name", ["h.PARQUET", "h.JSONL", "h", "h.log"])

@@ -2,6 +2,8 @@
 
 import json
 import re
+import shutil
+import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,6 +11,7 @@ import pytest
 from fake_runs import FakeWriter, plan_run, run_id_for, write_comparison, write_run
 
 from esper.errors import BadInput, LogAltered
+from esper.nissa import transfer
 from esper.nissa.transfer import EXPORT_SCHEMA, export_runs, format_for, import_file, read_file
 from esper.store import Recorder, Workspace
 
@@ -91,6 +94,63 @@ def test_import_twice_stores_nothing_twice(source, tmp_path):
     assert len(ws.store_files()) == 1 and len(rows(ws, HEURISTIC)) == 70
     # Importing a run into the very workspace it came from changes nothing either.
     assert import_file(source, path).imported == 0
+
+
+def test_an_import_never_replaces_a_store_made_under_its_name_meanwhile(source, tmp_path, monkeypatch):
+    """Two exports named alike (d1/run.jsonl, d2/run.jsonl) imported at once both want `imported-run.duckdb`: the one
+    that comes second takes the next free name, whoever made the first file and whenever, and both runs stay."""
+    static = run_id_for("static", 0)
+    for folder, run in (("d1", HEURISTIC), ("d2", static)):
+        (tmp_path / folder).mkdir()
+        export(source, [run], tmp_path / folder / "run.jsonl", "jsonl")
+    elsewhere = Workspace.at(tmp_path / "elsewhere")
+    first = import_file(elsewhere, tmp_path / "d1" / "run.jsonl").stores[0]
+    ws = Workspace.at(tmp_path / "ws")
+    write = transfer._write_store_file
+
+    def meanwhile(path, rows):  # while this import writes its store, another one puts d1's under the same name
+        write(path, rows)
+        shutil.copyfile(first, ws.store_path("imported-run"))
+
+    monkeypatch.setattr(transfer, "_write_store_file", meanwhile)
+    result = import_file(ws, tmp_path / "d2" / "run.jsonl")
+    assert [p.name for p in result.stores] == ["imported-run-2.duckdb"]
+    assert rows(ws, HEURISTIC) == rows(source, HEURISTIC) and rows(ws, static) == rows(source, static)
+
+
+def test_two_imports_of_one_file_at_once_store_it_once(source, tmp_path, monkeypatch):
+    """The second import waits for the first to write, then finds every event there: one store, the run unaltered."""
+    path = tmp_path / "h.jsonl"
+    export(source, [HEURISTIC], path, "jsonl")
+    ws = Workspace.at(tmp_path / "ws")
+    write, second = transfer._write_stores, []
+    other = threading.Thread(target=lambda: second.append(import_file(ws, path)))
+
+    def with_another_import(*args):  # the first import has found what to write: the second starts now
+        monkeypatch.setattr(transfer, "_write_stores", write)
+        other.start()
+        other.join(timeout=5)  # without the workspace's lock the second would have written the run by now
+        return write(*args)
+
+    monkeypatch.setattr(transfer, "_write_stores", with_another_import)
+    first = import_file(ws, path)
+    other.join()
+    assert (first.imported, second[0].imported, second[0].skipped) == (70, 0, 70)
+    assert [p.name for p in ws.store_files()] == ["imported-h.duckdb"]
+    with ws.reader() as reader:
+        reader.check_run(HEURISTIC)
+
+
+def test_a_repeated_seq_names_the_store_files_that_hold_it(source, tmp_path):
+    path = tmp_path / "h.jsonl"
+    export(source, [HEURISTIC], path, "jsonl")
+    ws = Workspace.at(tmp_path / "ws")
+    stored = import_file(ws, path).stores[0]
+    shutil.copyfile(stored, ws.store_path("copy"))
+    with ws.reader() as reader, pytest.raises(LogAltered) as altered:
+        reader.check_run(HEURISTIC)
+    assert str(altered.value) == (f"log altered at seq 1 (RunStarted: a second event at this seq, held by "
+                                  f"copy.duckdb and imported-h.duckdb) in run {HEURISTIC}")
 
 
 def test_a_later_export_of_a_growing_run_adds_only_its_tail(tmp_path):

@@ -2,7 +2,6 @@
 
 import csv
 import io
-import re
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +16,7 @@ from esper.leyline.events import PolicyUpdated
 from esper.leyline.status import shown
 from esper.store.workspace import not_a_training_run
 from esper.nissa.files import EXPORT_SUFFIXES
-from esper.nissa.fmt import plural
+from esper.nissa.fmt import plural, visible
 from esper.nissa.snapshot import fold_checking
 from esper.leyline.config import VERIFY_TOLERANCE
 
@@ -128,19 +127,24 @@ def _names_export(path: Path) -> bool:
 
 
 def _print_story(s: dict) -> None:
+    """The story's lines, each with the strings from the log in it (an error, a controller's name) made `visible`."""
     cfg = s["config"] or {}
-    print(f"run {s['run_id']}  {s['status']}  task={cfg.get('task')} controller={cfg.get('controller')} seed={cfg.get('seed')}")
-    print(f"{plural(s['events'], 'event')}, {plural(s['epochs'], 'epoch')}, {plural(s['commands'], 'command')} "
+    _show(f"run {s['run_id']}  {s['status']}  task={cfg.get('task')} controller={cfg.get('controller')} seed={cfg.get('seed')}")
+    _show(f"{plural(s['events'], 'event')}, {plural(s['epochs'], 'epoch')}, {plural(s['commands'], 'command')} "
           f"({s['rejected']} rejected); every transition legal")
     for seed_id, seed in s["seeds"].items():
         path = " → ".join(f"{stage}@{epoch}" for epoch, stage in seed["history"])
-        print(f"  {seed_id:<12} {seed['blueprint']:<11} {seed['params']:>7} params  {path}")
+        _show(f"  {seed_id:<12} {seed['blueprint']:<11} {seed['params']:>7} params  {path}")
     if s["val_accuracy"] is not None:
         test = "" if s["test_accuracy"] is None else f"  test {s['test_accuracy']:.4f}"
         ended = "final" if s["status"] == "finished" else f"after epoch {s['epochs']}"  # a failed or cut run's last
-        print(f"{ended}: val {s['val_accuracy']:.4f}{test}  params {s['params']}")
+        _show(f"{ended}: val {s['val_accuracy']:.4f}{test}  params {s['params']}")
     if s["error"]:
-        print(f"failed: {s['error']}")
+        _show(f"failed: {s['error']}")
+
+
+def _show(line: str) -> None:
+    print(visible(line))
 
 
 @app.command()
@@ -175,21 +179,12 @@ def render(columns: list[str], rows: list[tuple], fmt: str) -> str:
         writer.writerow(columns)
         writer.writerows([[_plain(v) for v in row] for row in rows])
         return out.getvalue()
-    columns = [_visible(c) for c in columns]
-    cells = [["NULL" if v is None else _visible(str(_plain(v))) for v in row] for row in rows]
+    columns = [visible(c) for c in columns]
+    cells = [["NULL" if v is None else visible(str(_plain(v))) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     body = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
     return "\n".join(body) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _visible(text: str) -> str:
-    """A table cell as a terminal can show it: each control character written as its escape (`\\x1b`, `\\n`), not
-    sent, so that a stored string cannot move the cursor, recolour the terminal or break the row."""
-    return _CONTROL.sub(lambda match: match.group(0).encode("unicode_escape").decode(), text)
 
 
 def _distinct(columns: list[str]) -> list[str]:

@@ -12,6 +12,7 @@ import typer
 from esper.cli.app import (WorkspaceOption, app, deliver_stdout, existing_workspace, handles_errors, path_option,
                            path_value, say)
 from esper.errors import BadInput, EsperError, LogAltered
+from esper.nissa.fmt import plural, visible
 from esper.store import Workspace
 
 
@@ -74,8 +75,8 @@ def report(
         html, lines = render_run(views[0], blueprints), terminal_summary(views[0])
         name = run_ids[0]
     path = write_text(out or ws.root / "reports" / f"{_file_name(name)}.html", html)
-    for line in lines:
-        print(line)
+    for line in lines:  # the run's strings from the log (an error, a controller's name) made visible
+        print(visible(line))
     print(f"report: {path}")
 
 
@@ -116,9 +117,9 @@ def export(
         n = export_runs(reader, run_ids, path, fmt)
     if path == STDOUT:  # the events went to stdout: delivered first, so that a reader that left is no success
         deliver_stdout()
-        say(f"exported {n} events of {_runs_text(run_ids)} to standard output ({fmt})")
+        say(f"exported {plural(n, 'event')} of {_runs_text(run_ids)} to standard output ({fmt})")
     else:
-        print(f"exported {n} events of {_runs_text(run_ids)} to {path} ({fmt})")
+        print(f"exported {plural(n, 'event')} of {_runs_text(run_ids)} to {path} ({fmt})")
 
 
 def _export_tensorboard(reader, run_ids: list[str], out: Path) -> None:
@@ -133,7 +134,7 @@ def _export_tensorboard(reader, run_ids: list[str], out: Path) -> None:
     # Every run read and checked before anything is written: an altered log is refused as by every other reader
     checked = {run_id: reader.read_checked(run_id).recorded for run_id in run_ids}
     n = export_tensorboard({run_id: (r.event for r in recorded) for run_id, recorded in checked.items()}, out)
-    print(f"exported {n} events of {_runs_text(run_ids)} to {out}/ (tensorboard --logdir {out})")
+    print(f"exported {plural(n, 'event')} of {_runs_text(run_ids)} to {out}/ (tensorboard --logdir {out})")
 
 
 @app.command("import")
@@ -162,7 +163,8 @@ def import_(
         print(f"nothing to import: all {result.skipped} events of {_runs_text(result.runs)} are already in the workspace")
         return
     skipped = f" ({result.skipped} already there)" if result.skipped else ""
-    print(f"imported {result.imported} events of {_runs_text(result.runs)} into {', '.join(map(str, result.stores))}{skipped}")
+    stores = ", ".join(map(str, result.stores))
+    print(f"imported {plural(result.imported, 'event')} of {_runs_text(result.runs)} into {stores}{skipped}")
 
 
 def _runs_text(run_ids: list[str]) -> str:

@@ -1,5 +1,6 @@
 """How numbers read in narratives, reports and terminal summaries. One place, so they all agree."""
 
+import re
 from typing import Any
 
 
@@ -39,3 +40,12 @@ def number(value: Any) -> str:
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """Text from a log as a terminal can show it: each control character written as its escape (`\\x1b`, `\\n`),
+    not sent, so that a stored string cannot move the cursor, recolour the terminal or break a line or a row."""
+    return _CONTROL.sub(lambda match: match.group(0).encode("unicode_escape").decode(), text)

@@ -17,11 +17,12 @@ never write is refused too), checks each run's hash chain against the trailer (`
 the first altered event), skips events whose
 `event_id` the workspace already holds (importing a file twice stores nothing twice), checks that each
 run's new events continue the workspace's copy of it, and writes the rest into a new store file
-`imported-<name>.duckdb`, in one transaction, under a temporary name renamed into place at the end: the
-workspace sees the whole file or nothing of it. Event ids, seqs, timestamps and payloads are kept, and
-positions too: rows exported from one store go into one file with their positions; runs exported from
-several stores (whose positions collide) go into one file per run. Only a run that was itself spread over
-several stores gets new positions (1, 2, 3 ... in seq order).
+`imported-<name>.duckdb` (`-2`, `-3` ... when taken), in one transaction, under a temporary name linked into place
+at the end: the workspace sees the whole file or nothing of it, and no file there is ever replaced. The check and
+the write hold the workspace's lock (`Workspace.locked`): two imports of one file at once store it once. Event
+ids, seqs, timestamps and payloads are kept, and positions too: rows exported from one store go into one file
+with their positions; runs exported from several stores (whose positions collide) go into one file per run. Only a
+run that was itself spread over several stores gets new positions (1, 2, 3 ... in seq order).
 """
 
 import datetime as dt
@@ -423,12 +424,13 @@ def import_file(workspace: Workspace, path: Path) -> ImportResult:
     rows = read_file(path, notes)
     if workspace.root.exists() and not workspace.root.is_dir():
         raise BadInput(f"workspace {workspace.root} is not a folder")
-    with workspace.reader() as reader:
-        fresh = _fresh_rows(reader, rows, path)
     runs = list(dict.fromkeys(r.run_id for r in rows))
-    if not fresh:
-        return ImportResult([], 0, len(rows), runs, notes)
-    stores = _write_stores(workspace, path, store_groups(fresh))
+    with workspace.locked():  # another import between the check and the write would store the same events again
+        with workspace.reader() as reader:
+            fresh = _fresh_rows(reader, rows, path)
+        if not fresh:
+            return ImportResult([], 0, len(rows), runs, notes)
+        stores = _write_stores(workspace, path, store_groups(fresh))
     return ImportResult(stores, len(fresh), len(rows) - len(fresh), runs, notes)
 
 
@@ -499,31 +501,22 @@ def _orderable(rows: list[Row]) -> bool:
 
 
 def _write_stores(workspace: Workspace, source: Path, groups: list[tuple[str, list[Row]]]) -> list[Path]:
-    """Each group into a new store file: written under a temporary name, then renamed into place."""
+    """Each group into a new store file: written under a temporary name, then linked into place (`_place`)."""
     root = workspace.root
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInput(f"cannot create workspace {root}: {exc.strerror or exc}") from None
     stem = _safe(source.name.split(".")[0])[:NAME_PART_CHARS] or "events"
-    written: list[tuple[Path, Path]] = []
-    taken: set[Path] = set()
+    written: list[tuple[Path, str]] = []
     try:
         for suffix, rows in groups:
             run = f"-{_safe(suffix)[:NAME_PART_CHARS]}" if suffix else ""
-            target = _free_name(workspace, f"imported-{stem}{run}", taken)
-            taken.add(target)
             tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=root)) / "store.tmp"
-            written.append((tmp, target))
+            written.append((tmp, f"imported-{stem}{run}"))
             _write_store_file(tmp, rows)
-        for tmp, target in written:
-            os.replace(tmp, target)
+        return [_place(workspace, tmp, name) for tmp, name in written]
     except (OSError, duckdb.Error) as exc:
         raise BadInput(f"cannot write a store into {root}: {first_line(exc)}") from None
     finally:
         for tmp, _ in written:
             shutil.rmtree(tmp.parent, ignore_errors=True)
-    return [target for _, target in written]
 
 
 NAME_PART_CHARS = 100
@@ -531,11 +524,17 @@ NAME_PART_CHARS = 100
 255 bytes."""
 
 
-def _free_name(workspace: Workspace, name: str, taken: set[Path]) -> Path:
+def _place(workspace: Workspace, tmp: Path, name: str) -> Path:
+    """Give the written store `tmp` the first free store name of `name`, `name-2`, `name-3` ... By a hard link, not
+    a rename: a rename replaces a file made under that name since it was seen free (a store another process wrote),
+    and a link never does. The temporary name goes with its folder."""
     target, n = workspace.store_path(name), 2
-    while target.exists() or target in taken:
-        target, n = workspace.store_path(f"{name}-{n}"), n + 1
-    return target
+    while True:
+        try:
+            os.link(tmp, target)
+            return target
+        except FileExistsError:
+            target, n = workspace.store_path(f"{name}-{n}"), n + 1
 
 
 def _safe(name: str) -> str:

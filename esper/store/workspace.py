@@ -6,6 +6,8 @@ snapshot copy (so a user can watch a run that is training); a file that cannot b
 each such file is reported in `notes`, never waited on.
 """
 
+import contextlib
+import fcntl
 import itertools
 import os
 import re
@@ -61,14 +63,35 @@ class Workspace:
     def reader(self) -> "Reader":
         return Reader(self.store_files())
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the workspace's lock (`flock` on its folder, created if missing) for the block: what the block reads
+        of the workspace cannot change under it by another holder's hand. A check-then-write (an import skipping
+        the events already stored) takes it; readers and a run's writer, who each touch files of their own, do not.
+        Waits for the holder; the system releases the lock when its process ends, however it ends."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"cannot create workspace {self.root}: {exc.strerror or exc}") from None
+        try:
+            folder = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise BadInput(f"cannot lock workspace {self.root}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(folder)  # releases the lock
+
 
 RUNS_COLUMNS = ("run_id", "task", "controller", "seed", "epochs", "ended", "finished", "val_accuracy", "test_accuracy",
                 "params", "started", "status")
 """The `runs` view's columns: one row per training run, what `esper runs` lists, what `esper iql --runs` filters, and a
 view any query can use. `status` is the run's status (`esper.leyline.status`: finished, failed, incomplete, or running
-while a live writer holds its store); `ended` is the type of the event that ended it (`RunFinished`, `RunFailed`),
-NULL while it trains or if it was cut off, and `finished` whether it finished. A run interrupted and resumed
-(`RunResumed`) is one run, ended by what closes it last."""
+while a live writer holds its store), read from the events alone: the view checks no hash chain (`Reader.altered_runs`
+does, and `esper runs` lists such a run `altered`); `ended` is the type of the event that ended it (`RunFinished`,
+`RunFailed`), NULL while it trains or if it was cut off, and `finished` whether it finished. A run interrupted and
+resumed (`RunResumed`) is one run, ended by what closes it last."""
 
 
 def runs_view(live_stores: Iterable[str] = ()) -> str:
@@ -376,9 +399,13 @@ class Reader:
         unsealed note."""
         verifier = chain.Verifier(run_id)
         last: dict[str, tuple[int, str | None]] = {}  # store → the run's last event there (seq, hash)
+        before = ""  # the store of the row before
         for _, seq, _, _, payload, type_, hash_, store, *columns in rows:
+            if seq == verifier.seq and before:  # rows are in seq order: a repeat follows the first at its seq
+                files = " and ".join(sorted({self.names[before], self.names[store]}))
+                raise verifier.altered(seq, f"{type_}: a second event at this seq, held by {files}")
             verifier.feed(seq, type_, payload, hash_, columns)
-            last[store] = (seq, hash_)
+            last[store], before = (seq, hash_), store
         for store in sorted(set(last) | set(heads)):
             if store not in self.anchored and not verifier.sealed:  # written before the chain: no heads table
                 continue  # (a sealed run's store without one has lost it: its tail could have been cut unseen)
