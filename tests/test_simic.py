@@ -653,8 +653,8 @@ def test_a_sigterm_held_where_python_has_no_handler_for_it_still_ends_the_proces
     """Called from a script (`esper.app.learners.ppo_job`), SIGTERM has its default action: held during a
     checkpoint, it must end the process after the step, not be dropped."""
     script = ("import os, signal, sys, time\n"
-              "from esper.simic import ppo\n"
-              "with ppo.signals_held():\n"
+              "from esper.store.recorder import signals_held\n"
+              "with signals_held():\n"
               "    os.kill(os.getpid(), signal.SIGTERM)\n"
               "    time.sleep(0.05)\n"
               "    print('step done', flush=True)\n"

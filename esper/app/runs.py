@@ -26,11 +26,12 @@ from esper.kasmina import HOSTS, SCHEDULES, build_host, host_problem, preset_hos
 from esper.kasmina.blueprints import REPEAT, REPEAT_RULE, offered
 from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, commands_problem, every_problem,
                                   from_table, number_problem, recipe_problem)
+from esper.leyline.events import CheckpointSaved, RunFailed, RunFinished, decode
 from esper.leyline.stages import SeedStage
-from esper.leyline.status import FINISHED
+from esper.leyline.status import CLOSING, CLOSING_TAGS, FINISHED
 from esper.nissa.fmt import plural
 from esper.nissa.files import check_writable
-from esper.store import Workspace
+from esper.store import Reader, Workspace
 from esper.store.recorder import new_store
 from esper.tamiyo.controllers import Controller, check_controller, make_controller
 from esper.tolaria import checkpoint, loop
@@ -365,6 +366,36 @@ def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None, 
         finally:
             if board is not None:
                 board.close()
+
+
+@attrs.frozen
+class Stopped:
+    """A run as its log holds it once a stop (Ctrl-C, SIGTERM) ended the command that trained it."""
+
+    result: RunResult | None
+    """The numbers of its `RunFinished` when that was stored before the stop came: the run is over, whole."""
+    resumable: bool
+    """A checkpoint to go on from and nothing that ends the run for good: `esper run --resume` continues it."""
+
+
+def stopped(ws: Workspace, run_id: str) -> Stopped:
+    """How the run stands in its own store file of `ws` after a stop. A run with no event there (stopped before its
+    first append: no file), or whose file cannot be read, has nothing to resume."""
+    path = ws.store_path(run_id)
+    if not path.exists():
+        return Stopped(None, False)
+    with Reader([path]) as reader:  # a file its writer still holds (another process's) is read from a copy
+        rows = reader.con.execute(
+            "SELECT payload::VARCHAR FROM events WHERE run_id = ? AND list_contains(?, type) ORDER BY seq",
+            [run_id, ["CheckpointSaved", *CLOSING_TAGS]]).fetchall()
+    events = [decode(payload) for payload, in rows]
+    closing = [e for e in events if type(e) in CLOSING]
+    last = closing[-1] if closing else None
+    if isinstance(last, RunFinished):
+        return Stopped(RunResult(last.val_accuracy, last.test_accuracy, last.params, last.seeds,
+                                 last.val_bits_per_char, last.test_bits_per_char), False)
+    failed_by_itself = isinstance(last, RunFailed) and not last.interrupted  # `--resume` would train into it again
+    return Stopped(None, not failed_by_itself and any(isinstance(e, CheckpointSaved) for e in events))
 
 
 def join_ranks(request: RunRequest) -> Ranks | None:

@@ -2,7 +2,7 @@
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import typer
 
@@ -18,6 +18,7 @@ from esper.tamiyo.controllers import CONTROLLERS, idle_heuristic
 
 if TYPE_CHECKING:
     from esper.app.runs import RunRequest
+    from esper.tolaria.loop import RunResult
 
 
 @app.command()
@@ -135,8 +136,8 @@ def run(
         say(f"run {planned.run_id}: {config.task}, controller {config.controller}, seed {config.seed}, "
             f"{plural(config.epochs, 'epoch')}{anneal} on {where} ({config.precision}){cap}")
         _note_idle(config)
-        with _says_how_to_resume({planned.run_id: ws.store_path(planned.run_id)}, request.checkpoint_every > 0):
-            result = runs.start(planned, ws, progress=epoch_lines(config.epochs), ranks=ranks, batches=EpochBars())
+        result = _trained(ws, planned.run_id, lambda: runs.start(planned, ws, progress=epoch_lines(config.epochs),
+                                                                 ranks=ranks, batches=EpochBars()))
     _print_result(planned.run_id, result, as_json)
 
 
@@ -211,31 +212,59 @@ def _refuse_config_options(ctx: typer.Context) -> None:
 
 
 def _resume(run: str, checkpoint_every: Optional[int], snapshot_every: int, workspace: Optional[Path]):
-    from esper.tolaria.resume import open_resumption
+    from esper.store.recorder import StoreHeld
+    from esper.tolaria.resume import open_resumption, still_written
 
-    with open_resumption(existing_workspace(workspace), run, checkpoint_every, snapshot_every) as resumption:
-        for note in resumption.passed_over:
-            say(f"note: passed over the checkpoint of {note}")
-        say(resumption.describe())
-        with _says_how_to_resume({resumption.run_id: None}, resumption.session.checkpoints.every > 0):
-            result = resumption.train(progress=epoch_lines(resumption.session.config.epochs), batches=EpochBars())
-    return resumption.run_id, result
+    ws = existing_workspace(workspace)
+    try:
+        resumption = open_resumption(ws, run, checkpoint_every, snapshot_every)
+    except StoreHeld as exc:  # another `--resume` of the run opened its store between our look at it and ours
+        raise BadInput(still_written(exc.path.stem, exc.path.name)) from None
+
+    def train() -> "RunResult":
+        with resumption:
+            for note in resumption.passed_over:
+                say(f"note: passed over the checkpoint of {note}")
+            say(resumption.describe())
+            return resumption.train(progress=epoch_lines(resumption.session.config.epochs), batches=EpochBars())
+
+    return resumption.run_id, _trained(ws, resumption.run_id, train)
+
+
+def _trained(ws: Workspace, run_id: str, train: Callable[[], "RunResult"]) -> "RunResult":
+    """`train()`'s result: one run trained (started or resumed) into its store in `ws`. A stop (Ctrl-C, SIGTERM) is
+    judged by the run's log, read once the store is closed. Before `RunFinished` was stored, the stop ends the command
+    (130, 143), saying how to resume the run where its log can go on (nothing for a run stopped before its first
+    event). After it (the stop came as the run closed its writer), the run is over and whole: the command ends as the
+    run did, with the result of the stored `RunFinished` (the numbers `train()` returns) and exit 0, so that a script
+    gets the run it asked for, not a 130 that would send it to a `--resume` refusing a finished run."""
+    from esper.app.runs import stopped
+
+    try:
+        return train()
+    except KeyboardInterrupt:
+        after = stopped(ws, run_id)
+        if after.result is not None:
+            say(f"note: run {run_id} had finished when the stop came: its result stands")
+            return after.result
+        if after.resumable:
+            say(f"note: esper run --resume {run_id} continues the run")
+        raise
 
 
 @contextlib.contextmanager
-def _says_how_to_resume(stores: dict[str, Optional[Path]], checkpoints: bool,
-                        finished: frozenset[str] | set[str] = frozenset()) -> Iterator[None]:
-    """Ctrl-C or SIGTERM stops runs (run id → its store file; None: known to exist) that `--resume` can continue
-    if they keep checkpoints and their logs exist (a run stopped before its first event leaves no store): say how,
+def _says_how_to_resume(ws: Workspace, run_ids: list[str], finished: set[str]) -> Iterator[None]:
+    """Ctrl-C or SIGTERM stops runs that `--resume` can continue if their logs can go on (`_trained`): say how,
     before the command's last line. `finished`: those that ended before the stop (filled in as they do)."""
+    from esper.app.runs import stopped
+
     try:
         yield
     except KeyboardInterrupt:
-        left = [run_id for run_id, store in stores.items()
-                if run_id not in finished and (store is None or store.exists())]
-        if checkpoints and len(left) == 1:
+        left = [run_id for run_id in run_ids if run_id not in finished and stopped(ws, run_id).resumable]
+        if len(left) == 1:
             say(f"note: esper run --resume {left[0]} continues the run")
-        elif checkpoints and left:
+        elif left:
             say(f"note: esper run --resume RUN continues each run left unfinished: {', '.join(left)}")
         raise
 
@@ -321,8 +350,7 @@ def _run_seeds(text: str, request: "RunRequest", ctx: typer.Context, as_json: bo
             finished.add(run.run_id)
         _print_seed_run(run, as_json)
 
-    with _says_how_to_resume({p.run_id: ws.store_path(p.run_id) for p in planned}, request.checkpoint_every > 0,
-                             finished):
+    with _says_how_to_resume(ws, [p.run_id for p in planned], finished):
         done = fanout.train_seeds(planned, ws, on_done, ray_address)
     summary = fanout.summary(done)
     if as_json:

@@ -28,8 +28,6 @@ import copy
 import hashlib
 import math
 import secrets
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -52,7 +50,7 @@ from esper.simic.config import PPOConfig
 from esper.simic.rewards import COMPONENTS, RewardConfig
 from esper.simic.rollout import Players, RayPlayers, episode_generators, open_players
 from esper.store import Workspace
-from esper.store.recorder import Recorded, new_store
+from esper.store.recorder import Recorded, new_store, signals_held
 from esper.tolaria import cluster
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, resolve_config
@@ -298,28 +296,6 @@ def train(
             "runs": f"{cfg.task}-ppo-{tag}-u*", "updates": updates_done,
             "episodes": episodes_done, "stats": stats,
             "kept_update": kept.update if kept else None}
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held back while the block runs and acted on after it, as they would have been: for a step
-    that must happen whole. Off the main thread, where no signal handler runs, the block just runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if held and callable(handler := previous[held[0]]):  # one ignored (SIG_IGN) stays ignored
-            handler(held[0], None)
-        elif held and handler == signal.SIG_DFL:  # no handler of Python's (ppo_job called from a script): the default
-            signal.raise_signal(held[0])
 
 
 def learn(u: int, n: int, cfg: PPOConfig, net: PolicyNet, optimizer: torch.optim.Optimizer, generator: torch.Generator,

@@ -17,6 +17,8 @@ Appends go through Arrow (one INSERT per batch); DuckDB's row-at-a-time `execute
 
 import contextlib
 import datetime as dt
+import re
+import signal
 import threading
 import uuid
 from pathlib import Path
@@ -72,6 +74,22 @@ class Recorded:
     event: Event
 
 
+class StoreHeld(StoreUnavailable):
+    """Another process holds the store file open for writing (DuckDB's lock on it): a second writer would be refused
+    every append, so it is refused at the start. `holder`: the process, as DuckDB names it (empty if it does not)."""
+
+    def __init__(self, path: Path, holder: str = ""):
+        super().__init__(path, holder)  # all in `args`: it crosses process boundaries by pickle
+        self.path, self.holder = Path(path), holder
+
+    def __str__(self) -> str:
+        return f"store {self.path.name} is being written by a live process{self.holder}: stop it first"
+
+
+_HOLDER = re.compile(r"\(PID (\d+)\)")
+"""Where DuckDB's lock error names the process holding the lock (`Conflicting lock is held in ... (PID 123)`)."""
+
+
 class Recorder:
     """Appends events to one DuckDB file, which it holds open (and locked) until `close()`."""
 
@@ -81,6 +99,9 @@ class Recorder:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._con = duckdb.connect(str(self.path))
         except (duckdb.Error, OSError) as exc:
+            if isinstance(exc, duckdb.Error) and "could not set lock" in str(exc).lower():
+                pid = _HOLDER.search(str(exc))
+                raise StoreHeld(self.path, f" (PID {pid.group(1)})" if pid else "") from None
             raise StoreUnavailable(f"cannot open store {self.path}: {first_line(exc)}") from None
         try:
             with failures.refusals(self.path):
@@ -356,13 +377,46 @@ def _payloads(events: list[Event]) -> tuple[pa.Array, bytes, np.ndarray]:
 @contextlib.contextmanager
 def new_store(path: Path) -> Iterator["Recorder"]:
     """A Recorder of the store file at `path` for the block; if the block fails before the first append (a job
-    stopped, or refused, while it prepared), the file is removed again: no empty store is left in the workspace."""
+    stopped, or refused, while it prepared), the file is removed again: no empty store is left in the workspace.
+
+    The file is made, and removed, with Ctrl-C and SIGTERM held (`signals_held`), the stop acted on once the step is
+    whole: a stop landing while DuckDB writes the file's header and tables, or a second stop (Ctrl-C pressed twice)
+    landing while the first one's cleanup closes and removes it, would otherwise leave a file with no events, or no
+    tables at all, that every reader skips and `--resume` cannot read."""
+    recorder = None
     try:
-        with Recorder(path) as recorder:
-            yield recorder
+        with signals_held():
+            recorder = Recorder(path)
+        yield recorder
     except BaseException:
-        remove_if_empty(path)
+        with signals_held():
+            if recorder is not None:
+                recorder.close()
+            remove_if_empty(path)
         raise
+    recorder.close()
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back while the block runs and acted on after it, as they would have been: for a step
+    that must happen whole. Off the main thread, where no signal handler runs, the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held and callable(handler := previous[held[0]]):  # one ignored (SIG_IGN) stays ignored
+            handler(held[0], None)
+        elif held and handler == signal.SIG_DFL:  # no handler of Python's (ppo_job called from a script): the default
+            signal.raise_signal(held[0])
 
 
 def remove_if_empty(path: Path) -> None:

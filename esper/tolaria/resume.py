@@ -157,8 +157,7 @@ def _read(ws: Workspace, run: str) -> tuple[str, list[Recorded]]:
             raise BadInput(f"run {run_id} is not in a store file of its own ({files}): an imported run cannot resume "
                            "(an export carries no checkpoint files), only one `esper run` recorded here")
         if reader.is_live(run_id):
-            raise BadInput(f"run {run_id} is still being written by a live process ({ws.store_path(run_id).name}): "
-                           "stop it first")
+            raise BadInput(still_written(run_id, ws.store_path(run_id).name))
         return run_id, reader.read_checked(run_id).recorded
 
 
@@ -214,3 +213,8 @@ def _ranges(epochs: list[int]) -> str:
 
 def _span(first: int, last: int) -> str:
     return str(first) if first == last else f"{first}-{last}"
+
+
+def still_written(run_id: str, store: str) -> str:
+    """Why a run that another process is writing is not resumed."""
+    return f"run {run_id} is still being written by a live process ({store}): stop it first"

@@ -1,0 +1,164 @@
+"""`esper run` stopped at its edges: as it makes its store (Ctrl-C pressed once, or twice), once the run's end is
+stored, and beside a second `--resume` of the same run. Whatever the moment, the workspace keeps no store a reader
+must skip, and the last lines say only what is true: how to resume a run whose log can go on, nothing for one with
+no event, the result of one that had finished."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_runner import invoke, one_line_error
+
+import esper.cli.run
+import esper.store.recorder
+import esper.tolaria.resume
+from esper.app import runs
+from esper.leyline import RunFinished
+from esper.store import Recorder, Workspace
+
+
+@pytest.fixture
+def ctrl_c():
+    """`ctrl_c()` presses Ctrl-C in this process, as a terminal would (SIGINT raises KeyboardInterrupt, whatever a
+    suite started in the background gave it): the signal is acted on where it lands, or held where it is held."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield lambda: signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def pressed_once_in(monkeypatch, owner, name: str, ctrl_c) -> None:
+    """Ctrl-C pressed as `owner.name` is first called, just before it runs."""
+    original, pressed = getattr(owner, name), []
+
+    def pressing(*args, **kwargs):
+        if not pressed:
+            pressed.append(1)
+            ctrl_c()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, pressing)
+
+
+def stored(workspace: Path) -> list[str]:
+    return sorted(p.name for p in workspace.glob("*.duckdb*"))
+
+
+@pytest.mark.parametrize("where", [
+    "making",  # the store file half made: DuckDB's header written, the Recorder not whole
+    "again",  # Ctrl-C as the run prepares, pressed again as the first one's cleanup closes the empty store
+])
+def test_ctrl_c_as_a_run_makes_its_store_leaves_no_store_and_no_advice(tmp_path, monkeypatch, ctrl_c, where):
+    if where == "making":
+        pressed_once_in(monkeypatch, esper.store.recorder, "_file_state", ctrl_c)
+    else:
+        def preparing(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(runs, "execute", preparing)
+        pressed_once_in(monkeypatch, Recorder, "close", ctrl_c)
+    result = invoke("run", "--epochs", "1", workspace=tmp_path)
+    assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1] == "esper: interrupted", result.stderr
+    assert "--resume" not in result.stderr  # nothing was logged: nothing to continue
+    assert stored(tmp_path) == []  # no empty store, nor one with no tables, for every reader to skip
+
+
+def interrupted_run(workspace: Path, monkeypatch) -> str:
+    """A run of 2 epochs stopped by Ctrl-C once its first epoch is with the writer; its id."""
+    def stopping(total):
+        def report(*args):
+            raise KeyboardInterrupt
+        return report
+
+    with monkeypatch.context() as patched:
+        patched.setattr(esper.cli.run, "epoch_lines", stopping)
+        result = invoke("run", "--epochs", "2", workspace=workspace)
+    [path] = workspace.glob("*.duckdb")
+    assert result.exit_code == 130, result.stderr
+    assert result.stderr.strip().splitlines()[-2:] == [f"note: esper run --resume {path.stem} continues the run",
+                                                       "esper: interrupted"]
+    return path.stem
+
+
+def finished(workspace: Path, run_id: str) -> RunFinished:
+    with Recorder(Workspace(workspace).store_path(run_id)) as recorder:
+        last = recorder.read(run_id)[-1].event
+    assert isinstance(last, RunFinished)
+    return last
+
+
+def test_ctrl_c_once_run_finished_is_stored_ends_the_command_with_the_result(tmp_path, monkeypatch):
+    """The run closing its writer when the stop comes: it is over and whole, so nothing is advised that `--resume`
+    would refuse ("finished: there is nothing to resume"); the result is said as ever, exit 0."""
+    def then_stopped(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    original = runs.execute
+    monkeypatch.setattr(runs, "execute", then_stopped)
+    result = invoke("run", "--epochs", "1", "--json", workspace=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    said = json.loads(result.stdout)
+    end = finished(tmp_path, said["run_id"])
+    assert (said["val_accuracy"], said["test_accuracy"], said["params"]) == (end.val_accuracy, end.test_accuracy,
+                                                                             end.params)
+    assert f"note: run {said['run_id']} had finished when the stop came: its result stands" in result.stderr
+    assert "--resume" not in result.stderr and "interrupted" not in result.stderr
+
+
+def test_ctrl_c_once_a_resumed_run_finished_ends_the_command_with_the_result(tmp_path, monkeypatch):
+    run_id = interrupted_run(tmp_path, monkeypatch)
+
+    def then_stopped(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    original = esper.tolaria.resume.Resumption.train
+    monkeypatch.setattr(esper.tolaria.resume.Resumption, "train", then_stopped)
+    result = invoke("run", "--resume", run_id, workspace=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[:2] == [f"run {run_id}",
+                                              f"  val accuracy   {finished(tmp_path, run_id).val_accuracy * 100:.2f}%"]
+    assert "--resume" not in result.stderr
+
+
+HOLDER = "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('held', flush=True); sys.stdin.read()"
+"""Another process opening a store for writing, as a second `esper run --resume` does, until its stdin closes."""
+
+
+def test_a_resume_racing_another_is_refused_as_a_run_still_being_written(tmp_path, monkeypatch):
+    """Both found the run not written by anyone; the other opened its store first, between this one's look and its
+    own opening: the same line as when the other had been seen (not DuckDB's lock error)."""
+    run_id = interrupted_run(tmp_path, monkeypatch)
+    store = Workspace(tmp_path).store_path(run_id)
+    holders = []
+
+    def looked_then_raced(*args, **kwargs):
+        found = original(*args, **kwargs)
+        holders.append(subprocess.Popen([sys.executable, "-c", HOLDER, str(store)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True))
+        assert holders[0].stdout.readline() == "held\n"
+        return found
+
+    original = esper.tolaria.resume._read
+    monkeypatch.setattr(esper.tolaria.resume, "_read", looked_then_raced)
+    try:
+        result = invoke("run", "--resume", run_id, workspace=tmp_path)
+    finally:
+        for holder in holders:
+            holder.communicate("")
+    assert one_line_error(result) == (f"esper: run {run_id} is still being written by a live process "
+                                      f"({store.name}): stop it first")
+
+
+def test_a_store_holding_no_event_of_the_run_has_nothing_to_resume(tmp_path):
+    """Whatever a stop left behind, a file with no event of the run is no log: `--resume` would answer "no run"."""
+    ws = Workspace(tmp_path)
+    Recorder(ws.store_path("empty")).close()
+    assert runs.stopped(ws, "empty") == runs.Stopped(None, False)
+    assert runs.stopped(ws, "missing") == runs.Stopped(None, False)
