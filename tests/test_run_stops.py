@@ -68,8 +68,8 @@ def test_ctrl_c_as_a_run_makes_its_store_leaves_no_store_and_no_advice(tmp_path,
     assert stored(tmp_path) == []  # no empty store, nor one with no tables, for every reader to skip
 
 
-def interrupted_run(workspace: Path, monkeypatch) -> str:
-    """A run of 2 epochs stopped by Ctrl-C once its first epoch is with the writer; its id."""
+def stopped_run(workspace: Path, monkeypatch, *flags: str):
+    """A run of 2 epochs stopped by Ctrl-C once its first epoch is with the writer: its id, and the command's result."""
     def stopping(total):
         def report(*args):
             raise KeyboardInterrupt
@@ -77,12 +77,25 @@ def interrupted_run(workspace: Path, monkeypatch) -> str:
 
     with monkeypatch.context() as patched:
         patched.setattr(esper.cli.run, "epoch_lines", stopping)
-        result = invoke("run", "--epochs", "2", workspace=workspace)
+        result = invoke("run", "--epochs", "2", *flags, workspace=workspace)
     [path] = workspace.glob("*.duckdb")
     assert result.exit_code == 130, result.stderr
-    assert result.stderr.strip().splitlines()[-2:] == [f"note: esper run --resume {path.stem} continues the run",
+    return path.stem, result
+
+
+def interrupted_run(workspace: Path, monkeypatch) -> str:
+    """A run stopped as `stopped_run` stops it, which `--resume` can continue (and the stop says so); its id."""
+    run_id, result = stopped_run(workspace, monkeypatch)
+    assert result.stderr.strip().splitlines()[-2:] == [f"note: esper run --resume {run_id} continues the run",
                                                        "esper: interrupted"]
-    return path.stem
+    return run_id
+
+
+def test_a_stopped_run_without_checkpoints_gets_no_resume_advice_and_resume_refuses_it(tmp_path, monkeypatch):
+    run_id, result = stopped_run(tmp_path, monkeypatch, "--checkpoint-every", "0")
+    assert result.stderr.strip().splitlines()[-1] == "esper: interrupted" and "--resume" not in result.stderr
+    assert one_line_error(invoke("run", "--resume", run_id, workspace=tmp_path)) == (
+        f"esper: run {run_id} has no checkpoint to resume from (it ran with checkpoint_every 0)")
 
 
 def finished(workspace: Path, run_id: str) -> RunFinished:
@@ -133,7 +146,7 @@ HOLDER = "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('held', f
 
 def test_a_resume_racing_another_is_refused_as_a_run_still_being_written(tmp_path, monkeypatch):
     """Both found the run not written by anyone; the other opened its store first, between this one's look and its
-    own opening: the same line as when the other had been seen (not DuckDB's lock error)."""
+    own opening: the line a store held by a live writer gets (not DuckDB's lock error), naming the process."""
     run_id = interrupted_run(tmp_path, monkeypatch)
     store = Workspace(tmp_path).store_path(run_id)
     holders = []
@@ -152,8 +165,24 @@ def test_a_resume_racing_another_is_refused_as_a_run_still_being_written(tmp_pat
     finally:
         for holder in holders:
             holder.communicate("")
-    assert one_line_error(result) == (f"esper: run {run_id} is still being written by a live process "
-                                      f"({store.name}): stop it first")
+    assert one_line_error(result) == (f"esper: store {store.name} is being written by a live process "
+                                      f"(PID {holders[0].pid}): stop it first")
+
+
+def test_a_resume_of_a_run_another_process_writes_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """The other writer is seen as the log is read (its store is live): the same line, without the process."""
+    run_id = interrupted_run(tmp_path, monkeypatch)
+    store = Workspace(tmp_path).store_path(run_id)
+    before = store.read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(store)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        result = invoke("run", "--resume", run_id, workspace=tmp_path)
+    finally:
+        holder.communicate("")
+    assert one_line_error(result) == f"esper: store {store.name} is being written by a live process: stop it first"
+    assert result.exit_code == 2 and store.read_bytes() == before
 
 
 def test_a_store_holding_no_event_of_the_run_has_nothing_to_resume(tmp_path):

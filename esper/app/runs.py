@@ -26,7 +26,7 @@ from esper.kasmina import HOSTS, SCHEDULES, build_host, host_problem, preset_hos
 from esper.kasmina.blueprints import REPEAT, REPEAT_RULE, offered
 from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, commands_problem, every_problem,
                                   from_table, number_problem, recipe_problem)
-from esper.leyline.events import CheckpointSaved, RunFailed, RunFinished, decode
+from esper.leyline.events import RunFinished, decode
 from esper.leyline.stages import SeedStage
 from esper.leyline.status import CLOSING, CLOSING_TAGS, FINISHED
 from esper.nissa.fmt import plural
@@ -38,6 +38,7 @@ from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, data_problem, load_task_data
 from esper.tolaria.loop import Batches, Progress, RunResult, StoreSink, check_seed, execute, resolve_config
 from esper.tolaria.ranks import Ranks
+from esper.tolaria.resume import not_resumable
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import resolve_device
 
@@ -394,8 +395,7 @@ def stopped(ws: Workspace, run_id: str) -> Stopped:
     if isinstance(last, RunFinished):
         return Stopped(RunResult(last.val_accuracy, last.test_accuracy, last.params, last.seeds,
                                  last.val_bits_per_char, last.test_bits_per_char), False)
-    failed_by_itself = isinstance(last, RunFailed) and not last.interrupted  # `--resume` would train into it again
-    return Stopped(None, not failed_by_itself and any(isinstance(e, CheckpointSaved) for e in events))
+    return Stopped(None, not_resumable(run_id, events) is None)
 
 
 def join_ranks(request: RunRequest) -> Ranks | None:

@@ -212,14 +212,10 @@ def _refuse_config_options(ctx: typer.Context) -> None:
 
 
 def _resume(run: str, checkpoint_every: Optional[int], snapshot_every: int, workspace: Optional[Path]):
-    from esper.store.recorder import StoreHeld
-    from esper.tolaria.resume import open_resumption, still_written
+    from esper.tolaria.resume import open_resumption
 
     ws = existing_workspace(workspace)
-    try:
-        resumption = open_resumption(ws, run, checkpoint_every, snapshot_every)
-    except StoreHeld as exc:  # another `--resume` of the run opened its store between our look at it and ours
-        raise BadInput(still_written(exc.path.stem, exc.path.name)) from None
+    resumption = open_resumption(ws, run, checkpoint_every, snapshot_every)
 
     def train() -> "RunResult":
         with resumption:

@@ -75,8 +75,9 @@ class Recorded:
 
 
 class StoreHeld(StoreUnavailable):
-    """Another process holds the store file open for writing (DuckDB's lock on it): a second writer would be refused
-    every append, so it is refused at the start. `holder`: the process, as DuckDB names it (empty if it does not)."""
+    """Another process holds the store file open for writing (DuckDB's lock on it, or the live mark a reader sees):
+    a second writer would be refused every append, so it is refused at the start. `holder`: the process, as DuckDB
+    names it (empty if it does not)."""
 
     def __init__(self, path: Path, holder: str = ""):
         super().__init__(path, holder)  # all in `args`: it crosses process boundaries by pickle

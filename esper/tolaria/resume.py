@@ -19,9 +19,11 @@ from typing import Any
 import attrs
 
 from esper.errors import BadInput
-from esper.leyline.events import CheckpointSaved, Event, RunFailed, RunResumed, RunStarted
+from esper.leyline.events import CheckpointSaved, Event, RunFailed, RunFinished, RunResumed, RunStarted
+from esper.leyline.status import CLOSING
 from esper.nissa.runstate import RunState, as_one_run
 from esper.store import Recorded, Recorder, Workspace
+from esper.store.recorder import StoreHeld
 from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint
 from esper.tolaria.checkpoint import Checkpoints, UnusableCheckpoint
@@ -120,11 +122,10 @@ def open_resumption(ws: Workspace, run: str, checkpoint_every: int | None = None
     if checkpoint_every != 0:  # None: the run's interval, never 0 (a run without checkpoints is not resumed)
         checkpoint.check_folder(ws.root)
     run_id, recorded = _read(ws, run)
+    if why := not_resumable(run_id, [r.event for r in recorded]):
+        raise BadInput(why)
     state = RunState.fold(recorded)
-    _check_resumable(run_id, state)
     saved = [r.event for r in recorded if isinstance(r.event, CheckpointSaved)]
-    if not saved:
-        raise BadInput(f"run {run_id} has no checkpoint to resume from (it ran with checkpoint_every 0)")
     if checkpoint_every is None:
         checkpoint_every = saved[-1].every or 1
     config = state.config
@@ -157,16 +158,24 @@ def _read(ws: Workspace, run: str) -> tuple[str, list[Recorded]]:
             raise BadInput(f"run {run_id} is not in a store file of its own ({files}): an imported run cannot resume "
                            "(an export carries no checkpoint files), only one `esper run` recorded here")
         if reader.is_live(run_id):
-            raise BadInput(still_written(run_id, ws.store_path(run_id).name))
+            raise StoreHeld(ws.store_path(run_id))
         return run_id, reader.read_checked(run_id).recorded
 
 
-def _check_resumable(run_id: str, state: RunState) -> None:
-    if state.finished is not None:
-        raise BadInput(FINISHED.format(run_id=run_id))
-    if state.failed is not None and not state.failed.interrupted:
-        raise BadInput(f"run {run_id} failed by itself ({state.failed.error}): resuming would train into the same "
-                       f"failure; only an interrupted or cut-off run resumes")
+def not_resumable(run_id: str, events: list[Event]) -> str | None:
+    """Why the run whose log holds `events` cannot go on from a checkpoint, or None where `--resume` continues it.
+    The one rule for both `--resume` and the note a stopped `esper run` leaves: only the run's closing events and
+    its checkpoints count, so a reader may pass just those (the rest of the log is checked when it resumes)."""
+    closing = [e for e in events if type(e) in CLOSING]
+    last = closing[-1] if closing else None
+    if isinstance(last, RunFinished):
+        return FINISHED.format(run_id=run_id)
+    if isinstance(last, RunFailed) and not last.interrupted:
+        return (f"run {run_id} failed by itself ({last.error}): resuming would train into the same failure; only an "
+                f"interrupted or cut-off run resumes")
+    if not any(isinstance(e, CheckpointSaved) for e in events):
+        return f"run {run_id} has no checkpoint to resume from (it ran with checkpoint_every 0)"
+    return None
 
 
 def _latest_usable(run_id: str, recorded: list[Recorded], last_epoch: int, store: StoreSink, data: TaskData,
@@ -213,8 +222,3 @@ def _ranges(epochs: list[int]) -> str:
 
 def _span(first: int, last: int) -> str:
     return str(first) if first == last else f"{first}-{last}"
-
-
-def still_written(run_id: str, store: str) -> str:
-    """Why a run that another process is writing is not resumed."""
-    return f"run {run_id} is still being written by a live process ({store}): stop it first"
