@@ -180,6 +180,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--controller", "oracle"), "unknown controller"),
         (("--controller", "Policy", "--policy", "p.pt"), "unknown controller 'Policy'"),  # not "--policy is for..."
         (("--controller", "scratch"), "needs --like RUN"),
+        (("--like", "some-run"), "--like RUN (like = RUN in a --config file) is for --controller scratch"),
         (("--controller", "policy"), "needs a policy file"),
         (("--epochs", "-1"), "must be positive"),
         (("--device", "tpu"), "device"),

@@ -182,7 +182,7 @@ def plan_run(request: RunRequest, ws: Workspace) -> PlannedRun:
         notes += (grew.unsealed,) if grew.unsealed else ()
         r = _as_grown(r, grew, epochs)
     elif like is not None:
-        raise BadInput("--like (like) only makes sense with --controller scratch")
+        raise BadInput("--like RUN (like = RUN in a --config file) is for --controller scratch: the run whose architecture to build")
     if r.task is None:
         r = msgspec.structs.replace(r, task="mnist1d")
     if r.seed is None:
