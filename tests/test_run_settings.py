@@ -88,7 +88,8 @@ def test_a_config_files_paths_are_relative_to_its_folder(tmp_path, monkeypatch):
     ("sede = 3\n", "unknown key 'sede'"),
     ("seed = 'three'\n", "Expected `int | null`, got `str` - at `$.seed`"),
     ("seed = \n", "is not TOML"),
-    ("[heuristic]\nspeed = 3\n", "heuristic knobs"),
+    ("[heuristic]\nspeed = 3\n", "heuristic knobs: Object contains unknown field `speed` (knobs: warmup_epochs, "),
+    ("[lifecycle]\nspeed = 3\n", "(knobs: min_training_epochs, "),
     ("[heuristic]\nwarmup_epochs = 3\nmin_gain = 'x'\n", "got `str` - at `$.heuristic.min_gain`"),  # the key named
     ("[host_options]\nchannels = [8]\n", "at `$.host_options.channels`"),
     ("[lifecycle]\nblend_epochs = -1\n", "lifecycle knobs: blend_epochs cannot be negative"),

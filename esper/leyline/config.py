@@ -176,7 +176,7 @@ def from_table(struct: type[Knobs], values: dict[str, Any], where: str) -> Knobs
     try:
         config = msgspec.convert(values, struct, strict=False)
     except msgspec.ValidationError as exc:
-        if not str(exc).endswith("- at `$`"):  # a knob's value, which the message names: the list would be noise
+        if "- at `$." in str(exc):  # a knob's value, which the message names: the list would be noise
             raise BadInput(f"{where}: {exc}") from None
         names = ", ".join(f.name for f in msgspec.structs.fields(struct))
         raise BadInput(f"{where}: {exc} (knobs: {names})") from None
