@@ -101,6 +101,22 @@ def test_iql_learns_from_it(fitted, tmp_path):
     assert json.loads(learned.stdout.strip().splitlines()[-1])["runs"] == 1
 
 
+def test_the_grown_models_state_dict_loads_into_a_fresh_grow_of_the_same_model(tmp_path):
+    model = small_model()
+    with torch.random.fork_rng():
+        result = esper.fit(model, train=batches(4, 1), val=batches(2, 2), epochs=6, heuristic=KNOBS,
+                           workspace=str(tmp_path))
+    assert result.seeds.get("FOSSILIZED"), "nothing fossilized: the test would prove little"
+    path = tmp_path / "grown.pt"
+    torch.save(model.state_dict(), path)
+    fresh = small_model()
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    assert sorted(fresh.architecture()) == sorted(model.architecture())  # fossils come back in slot order
+    assert fresh.param_count() == model.param_count()
+    x = batches(1, 3)[0][0]
+    assert torch.equal(fresh.eval()(x), model.eval()(x))
+
+
 def test_any_loss_and_score_from_a_function_of_batches(tmp_path):
     calls = []
 
@@ -266,6 +282,13 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"task": ""}, "task names the run's task in the log: a non-empty text, got ''"),
     ({"controller": "oracle"}, "unknown controller 'oracle'"),
     ({"controller": "scratch"}, "controller 'scratch' rebuilds a built-in run"),
+    ({"policy": "p.pt"}, "^policy is for controller 'policy' or 'sampled', not 'heuristic': drop policy, or add "
+                         "controller='policy'$"),
+    ({"controller": "static", "policy": "p.pt"}, "^policy is for controller 'policy' or 'sampled', not 'static'"),
+    ({"controller": "oracle", "policy": "p.pt"}, "^unknown controller 'oracle'"),
+    ({"controller": "random", "heuristic": {"warmup_epochs": 1}},
+     "^heuristic knobs are for controller 'heuristic' only, not 'random': drop heuristic$"),
+    ({"controller": "policy"}, "^controller policy needs a policy file"),
     ({"model": nn.Linear(2, 2)}, r"esper.grow\(model, slots=\[...\], example=x\) first"),
     ({"model": seeded_model()}, r"already holds seeds \(s1-1 in slot 1 \(GERMINATED\)\).*esper.grow"),
     ({"train": []}, "train holds no batches"),
@@ -306,6 +329,22 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, change, message):
         esper.fit(args.pop("model"), args.pop("train"), args.pop("val"), **args)
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []  # no workspace, no store file, no folder
+
+
+def test_a_policy_of_other_slots_is_refused_before_anything_is_written(tmp_path):
+    from esper.simic.features import spec_for_task
+    from esper.simic.policy import save_policy
+    from esper.simic.ppo import make_net
+    from esper.simic.rewards import RewardConfig
+
+    path = tmp_path / "mnist1d.pt"
+    save_policy(path, make_net(spec_for_task("mnist1d"), 8, seed=1), "ppo", RewardConfig(), hidden=8)
+    with pytest.raises(BadInput, match=r"the policy was trained for slots \['early', 'mid', 'late'\] .*; this model "
+                                       r"has \['1', '3'\]") as info:
+        esper.fit(small_model(), batches(2, 1), batches(1, 2), epochs=1, controller="policy", policy=str(path),
+                  workspace=str(tmp_path / "ws"))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "ws").exists()
 
 
 def failed_runs(ws) -> list[tuple[str, str]]:

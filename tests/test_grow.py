@@ -295,6 +295,49 @@ def test_a_3d_activation_is_conv1d_after_a_1d_convolution_else_a_sequence():
     assert encoder.slot("0").family == "sequence"
 
 
+class OwnConv(nn.Module):
+    """A 1-D convolution of the user's own, which Esper does not know for one: its (B, C, L) output passes for a
+    sequence's (B, T, D)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3) / 3)
+
+    def forward(self, x):
+        return F.conv1d(x, self.weight, padding=1)
+
+
+def own_conv_model() -> nn.Module:
+    return nn.Sequential(OwnConv(2, 8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 10, 3))
+
+
+def test_families_name_the_family_of_a_slot_whose_3d_activation_esper_reads_wrong():
+    guessed = grow(own_conv_model(), ["1"], example=torch.zeros(2, 2, 10))
+    assert (guessed.slot("1").family, guessed.slot("1").channels) == ("causal_sequence", 10)
+    model = grow(own_conv_model(), ["1"], example=torch.zeros(2, 2, 10), families={"1": "conv1d"})
+    assert (model.slot("1").family, model.slot("1").channels) == ("conv1d", 8)
+    model.germinate("1", "s", "depthwise")
+    model.start_training("s")
+    model.start_blending("s", steps=1)
+    model.step_blending()
+    assert model(torch.randn(4, 2, 10)).shape == (4, 3)
+    encoder = grow(nn.Sequential(nn.Conv1d(2, 6, 1), nn.Linear(5, 5)), ["1"], torch.zeros(2, 2, 5),
+                   families={"1": "sequence"})
+    assert (encoder.slot("1").family, encoder.slot("1").channels) == ("sequence", 5)
+
+
+@pytest.mark.parametrize("families, message", [
+    (["conv1d"], r"^families: a dict of slot name → family, e.g. \{'layer1': 'conv1d'\}; got \['conv1d'\]$"),
+    ({"2": "conv1d"}, r"^families: no slot '2' \(slots: 1\)$"),
+    ({"1": "conv3d"}, r"^families: unknown family 'conv3d' for slot 1 \(families: features, conv1d, sequence, "
+                      r"causal_sequence, conv2d\)$"),
+    ({"1": "conv2d"}, r"^families: 1 gives activations of shape \(2, 8, 10\), which conv1d or sequence or "
+                      r"causal_sequence grow on, not conv2d$"),
+])
+def test_a_family_that_names_no_slot_or_does_not_fit_its_shape_is_one_bad_input_line(families, message):
+    bad(message, own_conv_model(), ["1"], torch.zeros(2, 2, 10), families=families)
+
+
 class Masked(nn.Module):
     """A block that takes a mask beside its input, by keyword or by position."""
 
@@ -362,9 +405,9 @@ def test_a_module_meta_cannot_run_is_probed_on_its_own_device():
 # ---- bad input -----------------------------------------------------------------------------------
 
 
-def bad(match: str, model, slots, example) -> None:
+def bad(match: str, model, slots, example, **options) -> None:
     with pytest.raises(BadInput, match=match) as info:
-        grow(model, slots, example)
+        grow(model, slots, example, **options)
     assert "\n" not in str(info.value)
 
 
@@ -372,6 +415,15 @@ def test_a_slot_path_that_does_not_exist_lists_the_nearest_names():
     bad(r"no submodule 'layer9' \(nearest: layer1, layer2, layer3, layer4\)", resnet18(), ["layer9"],
         torch.zeros(1, 3, 32, 32))
     bad("no submodule 'stem.9'", Branched(), ["stem.9"], torch.zeros(1, 3, 8, 8))
+
+
+def test_a_slot_path_like_no_submodule_lists_the_first_ones_and_a_model_of_none_says_so():
+    bad(r"no submodule 'zzz' \(none is close; its submodules: stem, left, right, head, … 13 in all\)$", Branched(),
+        ["zzz"], torch.zeros(1, 3, 8, 8))
+    bad(r"no submodule 'zzz' \(none is close; its submodules: 0, 1\)$", nn.Sequential(nn.Linear(3, 3), nn.ReLU()),
+        ["zzz"], torch.zeros(1, 3))
+    bad(r"^the Linear has no submodules: a slot goes after a submodule of the model, named by its path in "
+        r"model.named_modules\(\)$", nn.Linear(3, 3), ["fc"], torch.zeros(1, 3))
 
 
 def test_an_activation_shape_no_family_handles_is_refused():

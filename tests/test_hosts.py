@@ -1,8 +1,10 @@
 """The built-in hosts by name and options, as a task preset names them."""
 
+import pytest
 import torch
 from msgspec.structs import replace
 
+from esper.errors import BadInput
 from esper.kasmina import build_host, host_problem, preset_host
 from esper.tolaria.tasks import get_task
 
@@ -26,3 +28,17 @@ def test_host_problems_name_what_is_known():
     assert "hosts: cnn1d, resnet, paper_cnn" in host_problem("mlp", {})
     problem = host_problem("cnn1d", {"width": 4})
     assert "'width'" in problem and "channels" in problem
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("mlp", {}, r"^unknown host 'mlp' \(hosts: cnn1d, resnet, paper_cnn, transformer\)$"),
+    (["cnn1d"], {}, r"^unknown host \['cnn1d'\] \(hosts: cnn1d, "),
+    ("cnn1d", {"width": 3}, r"^host cnn1d has no option 'width' \(options: channels, length, num_classes, "),
+    ("cnn1d", {"channels": 0}, "^host cnn1d option channels takes a whole number, at least 1, got 0$"),
+    ("resnet", {"width": 2.5}, "^host resnet option width takes a whole number, at least 1, got 2.5$"),
+    ("cnn1d", {"batchnorm": 1}, "^host cnn1d option batchnorm takes true or false, got 1$"),
+])
+def test_a_bad_host_name_or_option_is_one_bad_input_line_naming_what_is_known(name, options, message):
+    with pytest.raises(BadInput, match=message) as info:
+        build_host(name, **options)
+    assert "\n" not in str(info.value)

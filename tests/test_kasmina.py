@@ -6,8 +6,10 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from esper.kasmina import BLUEPRINTS, GrowableModel, blend_alpha, build_host
+from esper.errors import BadInput
+from esper.kasmina import BLUEPRINTS, GrowableModel, blend_alpha, build_host, grow
 from esper.leyline import SeedStage
 
 # test name -> (host, input shape, keyword arguments)
@@ -112,8 +114,8 @@ def test_host_shapes_and_slots(host):
     assert model.param_count() == sum(p.numel() for p in model.parameters())
 
 
-def test_unknown_host_raises():
-    with pytest.raises(ValueError, match="unknown host 'nope'.*cnn1d"):
+def test_unknown_host_raises_bad_input():
+    with pytest.raises(BadInput, match="unknown host 'nope'.*cnn1d"):
         build_host("nope")
 
 
@@ -132,15 +134,18 @@ def test_germinate_is_deterministic_and_follows_device_and_dtype():
 
 def test_a_state_dict_with_a_live_seed_does_not_load_silently_into_a_model_without_it():
     """torch ignores keys under a child that is None: without the slot's check, strict loading would drop the seed
-    and report every key matched."""
+    and report every key matched. (A model that holds no seed at all plants the state dict's first.)"""
     grown, _, _ = make("cnn1d")
+    grown.build("early", "f", "norm")
     grown.germinate("mid", "a", "conv_heavy")
     fresh, _, _ = make("cnn1d")
+    fresh.build("early", "f", "norm")
     with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*slots\.mid\.live\."):
         fresh.load_state_dict(grown.state_dict())
     result = fresh.load_state_dict(grown.state_dict(), strict=False)
     assert any(key.startswith("slots.mid.live.") for key in result.unexpected_keys)
     twin, _, _ = make("cnn1d")
+    twin.build("early", "f", "norm")
     twin.germinate("mid", "a", "conv_heavy")
     assert not twin.load_state_dict(grown.state_dict()).unexpected_keys  # a model with the seed takes it
 
@@ -508,6 +513,59 @@ def test_grown_model_round_trips_through_state_dict(host):
     fresh.load_state_dict(state)
     assert fresh.alpha("c") == 0.25  # blending progress travels with the state dict
     assert torch.equal(eval_out(fresh, x), eval_out(model, x))
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_grown_models_state_dict_plants_its_seeds_in_a_fresh_model_of_none(host):
+    model, x = grown(host)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    fresh = build_host(HOSTS[host][0], **HOSTS[host][2])
+    rng = torch.get_rng_state()
+    assert not fresh.load_state_dict(state).unexpected_keys
+    assert torch.equal(torch.get_rng_state(), rng)  # the seeds' first weights were drawn from a fork
+    assert fresh.architecture() == model.architecture() == [("early", "conv_heavy"), ("late", "attention")]
+    assert fresh.live_seeds() == {"s2-mid": "mid"}
+    assert fresh.stage("s2-mid") is SeedStage.BLENDING and fresh.alpha("s2-mid") == 0.25
+    assert torch.equal(eval_out(fresh, x), eval_out(model, x))
+    assert fresh.state_dict().keys() == state.keys()
+
+
+def test_a_training_seed_comes_back_germinated_adding_nothing_and_a_copy_of_a_block_comes_back_a_copy():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
+    grown = grow(model, ["0", "1"], example=torch.zeros(2, 6))
+    grown.build("0", "a", "repeat")
+    grown.build("0", "b", "lowrank")
+    grown.germinate("1", "c", "mlp")
+    grown.start_training("c")
+    fresh = grow(nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3)), ["0", "1"],
+                       example=torch.zeros(2, 6))
+    fresh.load_state_dict(grown.state_dict())
+    assert fresh.architecture() == [("0", "repeat"), ("0", "lowrank")]
+    assert fresh.live_seeds() == {"s3-1": "1"} and fresh.stage("s3-1") is SeedStage.GERMINATED
+    x = torch.randn(4, 6)
+    assert torch.equal(fresh(x), grown(x))
+
+
+def test_every_blueprint_of_a_family_has_weights_of_its_own_names_and_shapes():
+    """What a fresh model's `load_state_dict` tells each seed's blueprint by."""
+    for family, blueprints in BLUEPRINTS.items():
+        for channels in (1, 4, 16):
+            with torch.device("meta"):
+                weights = [{k: v.shape for k, v in build(channels).state_dict().items()}
+                           for build in blueprints.values()]
+            assert all(weights.count(w) == 1 for w in weights), (family, channels)
+
+
+def test_a_state_dict_of_another_width_is_one_bad_input_line_naming_what_to_grow():
+    model, _ = grown("cnn1d-bn")
+    with pytest.raises(BadInput, match=r"^the state dict's fossil 0 of slot early has the weights of no blueprint of "
+                                       r"this slot \(conv1d, 8 channels\): load it into esper.grow of the same model, "
+                                       r"slots and example$"):
+        build_host("cnn1d").load_state_dict(model.state_dict())
 
 
 # ---- errors ------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from esper.nissa.fmt import plural
 from esper.nissa.files import check_writable
 from esper.store import Reader, Workspace
 from esper.store.recorder import new_store
-from esper.tamiyo.controllers import Controller, check_controller, make_controller
+from esper.tamiyo.controllers import POLICY_CONTROLLERS, Controller, check_controller, make_controller
 from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, data_problem, load_task_data
 from esper.tolaria.loop import Batches, Progress, RunResult, StoreSink, check_seed, execute, resolve_config
@@ -254,7 +254,7 @@ def _check_settings(r: RunRequest) -> None:
     if r.telemetry not in TELEMETRY:
         raise BadInput(f"unknown telemetry profile {r.telemetry!r}: use {', '.join(TELEMETRY)}")
     check_seed(r.seed)
-    if r.policy is not None and r.controller not in ("policy", "sampled"):
+    if r.policy is not None and r.controller not in POLICY_CONTROLLERS:
         raise BadInput("--policy is for --controller policy or sampled")
     if r.heuristic and r.controller != "heuristic":
         raise BadInput("heuristic knobs are for controller heuristic only")

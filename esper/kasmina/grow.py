@@ -4,7 +4,8 @@ One forward pass of an example input finds each slot's activation shape, and the
 that grows there: `(B, C, H, W)` conv2d; a 3-D activation is `(B, C, L)`, conv1d, when the last layer that shaped it
 is a 1-D convolution, normalisation or pooling (`CHANNELS_FIRST`), else `(B, T, D)`, sequence (`causal_sequence`
 unless `causal=False`: Esper cannot see whether the model lets positions see later ones, and a causal seed is safe
-in any model); `(B, D)` features, an MLP's hidden layer. The same pass says where a copy of the submodule can grow
+in any model); `(B, D)` features, an MLP's hidden layer (`families` names a slot's family where that guess is
+wrong: a 3-D activation of a layer Esper does not know). The same pass says where a copy of the submodule can grow
 (`repeat`, growth by depth): after one with parameters that maps its one input to an output of the same shape and
 dtype (a transformer's block, a residual block of unchanged width). The copy runs on the submodule's output, so it
 adds a block when the submodule holds its residual (`x + f(x)` inside it, as the built-in transformer's blocks do);
@@ -48,30 +49,46 @@ def positional(x) -> tuple:
     return tuple(x) if isinstance(x, SEVERAL_INPUTS) else (x,)
 
 
-def grow(model: nn.Module, slots: Sequence[str] | Mapping[str, str], example, *, causal: bool = True) -> GrowableModel:
+def grow(model: nn.Module, slots: Sequence[str] | Mapping[str, str], example, *, causal: bool = True,
+         families: Mapping[str, str] | None = None) -> GrowableModel:
     """`model` with a slot after each submodule in `slots`: dotted paths as `named_modules()` gives them (each
     slot named by its path), or a mapping slot name → path. `example`: an input the model takes (a tensor, or
-    a tuple or list of its positional inputs); only its shapes matter (best all different: batch, length, width). `causal`: seeds in (B, T, D) slots attend to earlier
-    positions only (as a decoder's own layers do; False lets them see the whole sequence, for an encoder). The
-    model itself is grown (hooks on its submodules); the returned module wraps it."""
+    a tuple or list of its positional inputs); only its shapes matter (best all different: batch, length, width).
+    `causal`: seeds in (B, T, D) slots attend to earlier positions only (as a decoder's own layers do; False lets
+    them see the whole sequence, for an encoder). `families`: slot name → the blueprint family that grows there,
+    where the activation's shape leaves a choice Esper guessed wrong: a 3-D activation is conv1d's (B, C, L) or
+    sequence's (B, T, D) (or causal_sequence's). The model itself is grown (hooks on its submodules); the returned
+    module wraps it."""
     paths = _slot_paths(model, slots)
+    chosen = _chosen_families(families, paths)
     activations = _activations(model, list(paths.values()), example)
     grown = []
     for name, path in paths.items():
-        family, channels = family_of(path, activations[path], causal)
+        family, channels = family_of(path, activations[path], causal, chosen.get(name))
         repeats = all(repeatable for _, _, repeatable in activations[path]) and _has_parameters(model, path)
         grown.append(Slot(name, path, family, channels, repeats=repeats))
     return GrowableModel(model, grown)
 
 
-def family_of(path: str, outputs: list[tuple], causal: bool = True) -> tuple[str, int]:
+FAMILIES_OF_RANK = {2: ("features",), 3: ("conv1d", "sequence", "causal_sequence"), 4: ("conv2d",)}
+"""The blueprint families that grow on activations of each number of dimensions, batch included."""
+
+
+def family_of(path: str, outputs: list[tuple], causal: bool = True, family: str | None = None) -> tuple[str, int]:
     """The blueprint family and width of the slot after `path`, from what the submodule returned: one
-    (shape, last layer that shaped it, whether it kept its input's shape) per call in the example's forward pass."""
+    (shape, last layer that shaped it, whether it kept its input's shape) per call in the example's forward pass;
+    `family`, if given, where the shape allows it (`FAMILIES_OF_RANK`)."""
     if len(outputs) != 1:
         raise BadInput(f"{path} runs {len(outputs)} times in one forward pass: a slot goes after a submodule that runs once")
     shape, shaped_by, _ = outputs[0]
     if not isinstance(shape, torch.Size):
         raise BadInput(f"{path} returns a {shape}, not a tensor: a slot goes after a submodule that returns one tensor")
+    fits = FAMILIES_OF_RANK.get(len(shape), ())
+    if family is not None and fits:
+        if family not in fits:
+            raise BadInput(f"families: {path} gives activations of shape {tuple(shape)}, which {' or '.join(fits)} "
+                           f"grow{'s' * (len(fits) == 1)} on, not {family}")
+        return family, shape[1] if family in ("conv1d", "conv2d") else shape[-1]
     if len(shape) == 4:
         return "conv2d", shape[1]
     if len(shape) == 3 and shaped_by is not None and issubclass(shaped_by, CHANNELS_FIRST):
@@ -101,13 +118,30 @@ def _slot_paths(model: nn.Module, slots: Sequence[str] | Mapping[str, str]) -> d
             shown = repr(path) if name == path else f"{name!r}: {path!r}"
             raise BadInput(f"slots: each slot names a submodule by its path, a non-empty text like 'layer1'; got {shown}")
     names = [n for n, _ in model.named_modules() if n]
+    if not names:
+        raise BadInput(f"the {type(model).__name__} has no submodules: a slot goes after a submodule of the model, "
+                       "named by its path in model.named_modules()")
     for path in paths.values():
         if path not in names:
-            near = _nearest(str(path), names)
-            raise BadInput(f"the model has no submodule {path!r} (nearest: {', '.join(near)})")
+            raise BadInput(f"the model has no submodule {path!r} ({_suggestion(path, names)})")
     if len(set(paths.values())) != len(paths) or len({slot_key(n) for n in paths}) != len(paths):
         raise BadInput(f"slots name the same place or name twice: {list(paths.items())}")
     return paths
+
+
+def _chosen_families(families: Mapping[str, str] | None, paths: dict[str, str]) -> dict[str, str]:
+    """Slot name → the family the user chose for it, each checked to name a slot and a family."""
+    if families is None:
+        return {}
+    if not isinstance(families, Mapping):
+        raise BadInput(f"families: a dict of slot name → family, e.g. {{'layer1': 'conv1d'}}; got {families!r}")
+    known = [family for fits in FAMILIES_OF_RANK.values() for family in fits]
+    for name, family in families.items():
+        if name not in paths:
+            raise BadInput(f"families: no slot {name!r} (slots: {', '.join(paths)})")
+        if family not in known:
+            raise BadInput(f"families: unknown family {family!r} for slot {name} (families: {', '.join(known)})")
+    return dict(families)
 
 
 def _has_parameters(model: nn.Module, path: str) -> bool:
@@ -115,11 +149,16 @@ def _has_parameters(model: nn.Module, path: str) -> bool:
     return next(model.get_submodule(path).parameters(), None) is not None
 
 
-def _nearest(path: str, names: list[str], n: int = 4) -> list[str]:
-    """The `n` names most like `path`, the best first (ties in the model's order); its first names if none is close."""
+def _suggestion(path: str, names: list[str], n: int = 4) -> str:
+    """What a slot path that is no submodule's may have meant: the `n` names most like it, the best first (ties in
+    the model's order), or where none is close its first `n` submodules, the outermost first."""
     score = {name: difflib.SequenceMatcher(None, path, name).ratio() for name in names}
     near = sorted((name for name in names if score[name] >= 0.5), key=lambda name: -score[name])
-    return near[:n] or names[:n]
+    if near:
+        return f"nearest: {', '.join(near[:n])}"
+    more = f", … {len(names)} in all" if len(names) > n else ""
+    outer = sorted(names, key=lambda name: name.count("."))
+    return f"none is close; its submodules: {', '.join(outer[:n])}{more}"
 
 
 def _activations(model: nn.Module, paths: list[str], example) -> dict[str, list[tuple]]:

@@ -10,6 +10,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from esper.errors import BadInput
 from esper.kasmina.blueprints import SelfAttention, mlp
 from esper.kasmina.grow import grow
 from esper.kasmina.model import GrowableModel
@@ -154,7 +155,7 @@ def preset_host(preset: TaskPreset) -> GrowableModel:
 def host_problem(name: str, options: dict) -> str | None:
     """Why `build_host(name, **options)` would fail (None if it would not): an unknown host or option, or a value
     of another kind than the option's (a number for a true/false option, true or 1.5 for a whole number)."""
-    if name not in HOSTS:
+    if not isinstance(name, str) or name not in HOSTS:
         return f"unknown host {name!r} (hosts: {', '.join(HOSTS)})"
     known = inspect.signature(HOSTS[name]).parameters
     unknown = [k for k in options if k not in known]
@@ -177,10 +178,11 @@ every whole-number option is a size or a count, of which none can be 0)."""
 
 
 def build_host(name: str, **kw) -> GrowableModel:
-    """Build a host by name, "cnn1d" (MNIST-1D), "resnet" (CIFAR-10) or "transformer" (text), and grow it with
-    its three slots. Keyword arguments go to its constructor."""
-    if name not in HOSTS:
-        raise ValueError(f"unknown host {name!r} (hosts: {', '.join(HOSTS)})")
+    """Build a host by name, "cnn1d" or "paper_cnn" (MNIST-1D), "resnet" (CIFAR-10) or "transformer" (text), and grow
+    it with its three slots. Keyword arguments go to its constructor; an unknown host or option, or a value of the
+    wrong kind, is one `BadInput` line naming what is known (`host_problem`)."""
+    if problem := host_problem(name, kw):
+        raise BadInput(problem)
     host = HOSTS[name](**kw)
     return grow(host, SLOTS, example=example_input(host, 2))
 

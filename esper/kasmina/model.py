@@ -8,7 +8,8 @@ own: each stage change is one of the machine's moves (`LIFECYCLE.destination`), 
 `ValueError`, as does a call that makes no mechanical sense (unknown slot or seed, a second live seed in a
 slot).
 
-A grown model is an ordinary `nn.Module`: print it, `torch.save` it, call it.
+A grown model is an ordinary `nn.Module`: print it, `torch.save` it, call it. Its `state_dict()` loads into a fresh
+`esper.grow` of the same model, slots and example, which plants the seeds it holds first (`_regrow`).
 """
 
 import contextlib
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module
 
+from esper.errors import BadInput
 from esper.kasmina.blueprints import BLUEPRINTS, REPEAT, REPEAT_RULE, blueprint_sizes, offered, param_count, repeat_of
 from esper.kasmina.slot import SCHEDULES, Seed, Slot, isolated
 from esper.leyline.lifecycle import LIFECYCLE
@@ -304,6 +306,52 @@ class GrowableModel(nn.Module):
                 for s in slots:
                     s.recording = True
 
+    # ---- loading a grown model's weights --------------------------------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        # torch loads a module before its children: into a model that holds no seed yet (a fresh `esper.grow` of the
+        # same model, slots and example), the seeds `state_dict` holds are planted first, and then take its weights.
+        if not any(slot.seeds() for slot in self.slots.values()):
+            with torch.random.fork_rng(devices=[]):  # a seed's weights are drawn, then overwritten: no draw shows
+                self._regrow(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _regrow(self, state_dict, prefix: str) -> None:
+        """Plant the seeds a grown model's `state_dict` holds, each blueprint told by the names and shapes of its
+        weights: in each slot its fossils in order, then its live seed, blending at the step the state dict says
+        (its `_extra_state`) or else GERMINATED (a seed that was TRAINING adds nothing either way). Seed ids are new
+        (`s1-SLOT`, ... in slot order), and fossils of different slots come back in slot order, not in the order
+        they fossilized."""
+        planted = itertools.count(1)
+        for key, slot in self.slots.items():
+            at = f"{prefix}slots.{key}."
+            fossils = {k.removeprefix(f"{at}fossils.").split(".", 1)[0] for k in state_dict
+                       if k.startswith(f"{at}fossils.")}
+            for i in range(len(fossils)):  # keyed 0, 1, ...: one missing is refused as matching no blueprint
+                blueprint = self._blueprint_of(slot, _shapes(state_dict, f"{at}fossils.{i}.module."), f"fossil {i}")
+                self.build(slot.name, f"s{next(planted)}-{slot.name}", blueprint)
+            if live := _shapes(state_dict, f"{at}live.module."):
+                seed_id = f"s{next(planted)}-{slot.name}"
+                self.germinate(slot.name, seed_id, self._blueprint_of(slot, live, "live seed"))
+                blending = state_dict.get(f"{at}live._extra_state") or {}
+                if blending.get("blend_steps"):
+                    self.start_training(seed_id)
+                    self.start_blending(seed_id, int(blending["blend_steps"]), str(blending["schedule"]))
+
+    def _blueprint_of(self, slot: Slot, weights: dict[str, tuple], which: str) -> str:
+        """The blueprint of `slot` whose weights have these names and shapes (those of each blueprint differ)."""
+        for name in offered(slot.family, slot.repeats):
+            if name == REPEAT:
+                built = self.host.get_submodule(slot.after).state_dict(prefix="block.")
+            else:
+                with torch.device("meta"):  # no memory, no draw from the RNG
+                    built = BLUEPRINTS[slot.family][name](slot.channels).state_dict()
+            if _shapes(built, "") == weights:
+                return name
+        raise BadInput(f"the state dict's {which} of slot {slot.name} has the weights of no blueprint of this slot "
+                       f"({slot.family}, {slot.channels} channels): load it into esper.grow of the same model, slots "
+                       "and example")
+
     # ---- helpers -------------------------------------------------------------------------------
 
     def _lookup(self, seed_id: str) -> tuple[str, Slot, Seed] | None:
@@ -329,6 +377,12 @@ class GrowableModel(nn.Module):
 
     def _live_in(self, stage: SeedStage) -> list[str]:
         return [s.live.seed_id for s in self.slots.values() if s.live is not None and s.live.stage is stage]
+
+
+def _shapes(state_dict, prefix: str) -> dict[str, tuple]:
+    """Name (after `prefix`) → shape of each tensor of `state_dict` under `prefix`."""
+    return {k[len(prefix):]: tuple(v.shape) for k, v in state_dict.items()
+            if k.startswith(prefix) and isinstance(v, torch.Tensor)}
 
 
 def slot_key(name: str) -> str:

@@ -144,7 +144,7 @@ class Slot(nn.Module):
                               error_msgs):
         # torch skips a child that is None without a word, keys and all: a state dict with a live seed, loaded into a
         # slot without one, would drop that seed and report every key matched. Its keys are unexpected, as a
-        # fossil's are (the seed is not rebuilt from weights: torch.save the whole grown model to keep its seeds).
+        # fossil's are (`GrowableModel` plants a state dict's seeds only in a model that holds none yet).
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if self.live is None:

@@ -158,6 +158,8 @@ class ScriptedController:
 
 
 CONTROLLERS = ("heuristic", "static", "scratch", "random", "policy", "sampled")
+POLICY_CONTROLLERS = ("policy", "sampled")
+"""The controllers that play a trained policy file, greedily or sampling."""
 
 
 def check_controller(name: str) -> None:

@@ -22,7 +22,7 @@ from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConf
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.store.schema import run_id_problem
-from esper.tamiyo.controllers import idle_heuristic, make_controller
+from esper.tamiyo.controllers import POLICY_CONTROLLERS, check_controller, idle_heuristic, make_controller
 from esper.tolaria.loop import Progress, StoreSink, check_seed, execute, resolve_config
 from esper.tolaria.tasks import TASKS
 from esper.tolaria.trainer import resolve_device
@@ -61,8 +61,9 @@ def fit(
     take them); every tensor of a batch holds one row per example. `loss(model(x), y)` is a batch's mean loss;
     `score(model(x), y)` the fraction of a batch the model gets right, which the gates and controllers read as
     accuracy (default: top-1 accuracy of logits `(B, classes)` against class indices).
-    `controller`: heuristic, static, random or policy (then `policy`: the file `esper ppo`/`esper iql` saved).
-    `heuristic`: the knobs of the heuristic controller, `lifecycle` the lifecycle's timings, thresholds and size
+    `controller`: heuristic, static, random, or policy or sampled (then `policy`: the file `esper ppo`/`esper iql`
+    saved, played greedily or sampling; refused with any other controller). `heuristic`: the knobs of the heuristic
+    controller (refused with any other), `lifecycle` the lifecycle's timings, thresholds and size
     cap (`max_params`): each a config struct or a dict of its fields. `commands_per_epoch`: how many commands the
     controller may issue after an epoch, each on what the last left (`esper run --commands-per-epoch`).
     `blueprints`: what controllers may germinate (default: every blueprint of the slots' families, the largest
@@ -80,14 +81,20 @@ def fit(
     """
     if not isinstance(model, GrowableModel):
         raise BadInput("esper.fit trains a grown model: esper.grow(model, slots=[...], example=x) first")
+    check_controller(controller)  # first: the checks below name controllers, and would blame another argument
     if controller == "scratch":  # it builds another run's final architecture, which only `esper run --like` names
         raise BadInput("controller 'scratch' rebuilds a built-in run (esper run --like); use heuristic, static, random "
                        "or policy")
+    if policy is not None and controller not in POLICY_CONTROLLERS:  # as `esper run --policy` refuses it
+        raise BadInput(f"policy is for controller 'policy' or 'sampled', not {controller!r}: drop policy, or add "
+                       "controller='policy'")
     if grown := [f"{seed.seed_id} in slot {slot.name} ({seed.stage.value})" for slot in model.slots.values()
                  for seed in slot.seeds()]:
         raise BadInput(f"the model already holds seeds ({', '.join(grown)}): esper.fit grows a model from its host "
                        "alone; grow a fresh one with esper.grow")
     knobs = _knobs(HeuristicConfig, heuristic, "heuristic")
+    if knobs != HeuristicConfig() and controller != "heuristic":
+        raise BadInput(f"heuristic knobs are for controller 'heuristic' only, not {controller!r}: drop heuristic")
     lifecycle = _knobs(LifecycleConfig, lifecycle, "lifecycle")
     _check_numbers(epochs=epochs, seed=seed, commands_per_epoch=commands_per_epoch, lr=lr, seed_lr=seed_lr,
                    weight_decay=weight_decay, momentum=momentum)
@@ -112,6 +119,8 @@ def fit(
                                       commands_per_epoch=commands_per_epoch, anneal_epochs=0),
                             preset, model.param_count())
     brain = make_controller(controller, seed, policy, knobs)
+    if hasattr(brain, "check_fits"):  # a trained policy: refused here if it cannot play on this model, not mid-run
+        brain.check_fits(model.slot_names, list(preset.blueprints), where="this model")
     if controller == "heuristic" and (idle := idle_heuristic(knobs, epochs)):
         warnings.warn(f"{idle} (lower the knobs warmup_epochs or finish_epochs)", stacklevel=2)
     ws = Workspace.at(workspace)

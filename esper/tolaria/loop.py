@@ -36,7 +36,7 @@ from esper.leyline.events import (CommandIssued, CommandRejected, EpochEnded, Ev
 from esper.leyline.events import RunFailed as RunFailedEvent
 from esper.nissa import snapshot
 from esper.nissa.runstate import RunState
-from esper.tamiyo.controllers import Controller
+from esper.tamiyo.controllers import POLICY_CONTROLLERS, Controller
 from esper.tamiyo.observation import Observation, ObservationProjection
 from esper.tolaria import checkpoint, crashpoints
 from esper.tolaria.checkpoint import Checkpoints
@@ -208,7 +208,7 @@ def resolve_config(config: RunConfig, preset: TaskPreset | None = None, host_par
 def policy_file_sha256(config: RunConfig) -> str | None:
     """The hash of the policy file a policy-driven run plays, checked against the one it recorded (if any): a run
     is never re-executed or resumed with a different file. A recorded run whose file is gone keeps its hash."""
-    if config.controller not in ("policy", "sampled") or config.policy is None:
+    if config.controller not in POLICY_CONTROLLERS or config.policy is None:
         return config.policy_sha256
     try:
         now = hashlib.sha256(Path(config.policy).read_bytes()).hexdigest()
