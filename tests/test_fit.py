@@ -176,12 +176,34 @@ def test_a_device_comes_as_a_torch_device_too(tmp_path):
         assert reader.read_run(result.run_id)[0].event.config.device == "cpu"
 
 
-def test_a_size_cap_and_lifecycle_timings_come_as_a_dict_too(tmp_path):
-    result = esper.fit(small_model(), train=batches(1, 1), val=batches(1, 2), epochs=1, controller="static",
-                       lifecycle={"max_params": 5000, "blend_epochs": 3}, workspace=str(tmp_path))
-    with Workspace(tmp_path).reader() as reader:
-        lifecycle = reader.read_run(result.run_id)[0].event.config.lifecycle
+def recorded_lifecycle(ws, run_id: str):
+    with Workspace(ws).reader() as reader:
+        return reader.read_run(run_id)[0].event.config.lifecycle
+
+
+def test_a_size_cap_and_lifecycle_timings_come_as_a_dict_too_and_a_static_run_says_they_change_nothing(tmp_path):
+    with pytest.warns(UserWarning, match="^lifecycle and seed_lr change nothing here: controller static germinates "
+                                         "no seed$"):
+        result = esper.fit(small_model(), train=batches(1, 1), val=batches(1, 2), epochs=1, controller="static",
+                           lifecycle={"max_params": 5000, "blend_epochs": 3}, seed_lr=0.01, workspace=str(tmp_path))
+    lifecycle = recorded_lifecycle(tmp_path, result.run_id)
     assert (lifecycle.max_params, lifecycle.blend_epochs) == (5000, 3)
+
+
+def test_a_policy_plays_under_the_cap_it_was_trained_with_unless_the_call_gives_one(fitted, tmp_path):
+    from esper.simic.policy import save_policy
+    from esper.simic.ppo import make_net
+    from esper.simic.rewards import RewardConfig
+
+    ws, result = fitted
+    with Workspace(ws).reader() as reader:
+        spec = spec_for_run(reader.read_run(result.run_id)[0].event)
+    path = tmp_path / "tiny.pt"
+    save_policy(path, make_net(spec, 8, seed=1), "iql", RewardConfig(), hidden=8, max_params=5000)
+    for lifecycle, cap in (({}, 5000), ({"max_params": 7000}, 7000)):
+        played = esper.fit(small_model(), batches(1, 1), batches(1, 2), epochs=1, controller="policy",
+                           policy=str(path), lifecycle=lifecycle, workspace=str(tmp_path / "ws"))
+        assert recorded_lifecycle(tmp_path / "ws", played.run_id).max_params == cap
 
 
 def test_a_heuristic_that_cannot_germinate_in_the_epochs_given_is_warned_about(tmp_path):

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
+import msgspec
 import torch
 import torch.nn.functional as F
 
@@ -64,7 +65,8 @@ def fit(
     `controller`: heuristic, static, random, or policy or sampled (then `policy`: the file `esper ppo`/`esper iql`
     saved, played greedily or sampling; refused with any other controller). `heuristic`: the knobs of the heuristic
     controller (refused with any other), `lifecycle` the lifecycle's timings, thresholds and size
-    cap (`max_params`): each a config struct or a dict of its fields. `commands_per_epoch`: how many commands the
+    cap (`max_params`; 0, the default, plays a policy under the cap it was trained with): each a config struct or a
+    dict of its fields; with controller static, which germinates nothing, the seeds' settings are warned about. `commands_per_epoch`: how many commands the
     controller may issue after an epoch, each on what the last left (`esper run --commands-per-epoch`).
     `blueprints`: what controllers may germinate (default: every blueprint of the slots' families, the largest
     first; `repeat`, growth by depth, only when named: a copy of the block before a slot, where that block maps its
@@ -114,15 +116,19 @@ def fit(
     resolve_device(device)
     for split in splits:
         check_first_batch(model, data, split)
+    brain = make_controller(controller, seed, policy, knobs)
+    if hasattr(brain, "check_fits"):  # a trained policy: refused here if it cannot play on this model, not mid-run
+        brain.check_fits(model.slot_names, list(preset.blueprints), where="this model")
+    if not lifecycle.max_params:  # a policy plays under the cap it was trained with, as in `esper run`
+        lifecycle = msgspec.structs.replace(lifecycle, max_params=getattr(brain, "max_params", 0))
     config = resolve_config(RunConfig(task=task, controller=controller, seed=seed, epochs=epochs, device=device,
                                       policy=policy, heuristic=knobs, lifecycle=lifecycle,
                                       commands_per_epoch=commands_per_epoch, anneal_epochs=0),
                             preset, model.param_count())
-    brain = make_controller(controller, seed, policy, knobs)
-    if hasattr(brain, "check_fits"):  # a trained policy: refused here if it cannot play on this model, not mid-run
-        brain.check_fits(model.slot_names, list(preset.blueprints), where="this model")
     if controller == "heuristic" and (idle := idle_heuristic(knobs, epochs)):
         warnings.warn(f"{idle} (lower the knobs warmup_epochs or finish_epochs)", stacklevel=2)
+    if controller == "static" and (given := _seed_settings_given(lifecycle, commands_per_epoch, blueprints, seed_lr)):
+        warnings.warn(f"{' and '.join(given)} change nothing here: controller static germinates no seed", stacklevel=2)
     ws = Workspace.at(workspace)
     check_writable(ws.root / "store.duckdb", what="workspace")
     with Recorder(ws.store_path(run_id)) as recorder:
@@ -151,6 +157,13 @@ def _check_numbers(**given) -> None:
             if not (name == "seed_lr" and value is None):
                 raise BadInput(f"{name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
     check_seed(given["seed"])
+
+
+def _seed_settings_given(lifecycle: LifecycleConfig, commands_per_epoch: int, blueprints, seed_lr) -> list[str]:
+    """The settings of how seeds train and blend that a call gave (not their defaults)."""
+    given = {"lifecycle": lifecycle != LifecycleConfig(), "commands_per_epoch": commands_per_epoch != 1,
+             "blueprints": blueprints is not None, "seed_lr": seed_lr is not None}
+    return [name for name, set_here in given.items() if set_here]
 
 
 def _knobs(struct: type, given, name: str):
