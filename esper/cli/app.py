@@ -23,6 +23,7 @@ from esper.errors import (
     is_termination,
     out_of_memory,
 )
+from esper.nissa.fmt import visible
 from esper.tolaria import launch
 
 app = typer.Typer(
@@ -106,15 +107,16 @@ def _strict(value: Any) -> Any:
 def say(message: str) -> None:
     """Progress and notes go to stderr; stdout is for results (tables, JSON). Best effort: a line stderr cannot
     take (its reader has gone, as in `esper run 2>&1 >out.json | head -3`, or it was closed, `2>&-`) silences
-    this and every later line, and the command goes on: a run never stops for its progress."""
+    this and every later line, and the command goes on: a run never stops for its progress. `message` is one line,
+    shown `visible`: a string from a log cannot move the cursor, recolour the terminal or start a line."""
     global _stderr_gone
     if _stderr_gone:
         return
     if sys.stderr is None:  # closed when Python started: `print` would write to stdout instead
         _stderr_gone = True
         return
-    try:
-        print(message, file=sys.stderr, flush=True)
+    try:  # a line may quote a log (a run's error, an altered event's type): no control character of it is sent
+        print(visible(message), file=sys.stderr, flush=True)
     except (OSError, ValueError):  # BrokenPipeError and the like; ValueError: the stream object is closed
         _stderr_gone = True
         _discard_stderr()

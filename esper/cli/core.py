@@ -2,12 +2,16 @@
 
 import csv
 import io
+import json
 import sys
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
+from typer import TyperException
+from typer.core import TyperCommand
 
 from esper.cli.app import WorkspaceOption, app, existing_workspace, handles_errors, json_text, path_option, say
 from esper.cli.progress import EpochBars, epoch_lines
@@ -147,17 +151,47 @@ def _show(line: str) -> None:
     print(visible(line))
 
 
-@app.command()
+class _SqlCommand(TyperCommand):
+    """`esper query`'s command line. SQL that begins with `-` (a `-- comment` line) reads to click as an unknown
+    option, whose error would send the user to look for one; an "option" with a space or a line break in it is none,
+    so it is taken as the SQL, as if given after `--`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        given = list(args)  # click's parser consumes the list it is given
+        try:
+            return super().parse_args(ctx, args)
+        except TyperException as exc:
+            sql = _misread_sql(getattr(exc, "option_name", None), given)
+            if sql is None:
+                raise
+            given.remove(sql)
+            return super().parse_args(ctx, given + ([sql] if "--" in given else ["--", sql]))
+
+
+def _misread_sql(option: Optional[str], args: list[str]) -> Optional[str]:
+    """The argument click took for the unknown `option` (with `=`, click names the part before it), when it holds
+    a space or a line break: SQL, since no option does."""
+    if option is None or not any(c.isspace() for c in option):
+        return None
+    return next((a for a in args if a == option or a.startswith(option + "=")), None)
+
+
+@app.command(cls=_SqlCommand)
 @handles_errors
 def query(
     sql: str = typer.Argument(..., metavar="SQL", help="SQL over the views `events` (every event of every run in the "
-                              "workspace) and `runs` (one row per run: its status, accuracies, params)."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+                              "workspace) and `runs` (one row per run: its status, accuracies, params); - reads it "
+                              "from standard input (esper query - < file.sql). SQL that begins with a `--` comment "
+                              "is read as SQL too, and may always follow `--` (esper query -w DIR -- SQL)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json (JSON columns as nested values, "
+                            "DECIMALs as numbers)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Run read-only SQL over every run in the workspace; each statement's rows are shown in turn."""
     if fmt not in ("table", "csv", "json"):
         raise BadInput(f"unknown format {fmt!r}: use table, csv or json")
+    if sql == "-":
+        sql = _stdin_text()
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
@@ -167,12 +201,25 @@ def query(
             raise BadInput(f"--format {fmt} shows one statement's rows and the SQL has {len(statements)}: "
                            "run them one at a time")
         results = reader.execute(statements)
-    sys.stdout.write("\n".join(render(columns, rows, fmt) for columns, rows in results))
+    sys.stdout.write("\n".join(render(columns, rows, fmt, types) for columns, types, rows in results))
 
 
-def render(columns: list[str], rows: list[tuple], fmt: str) -> str:
+def _stdin_text() -> str:
+    """The SQL piped in (`esper query - < file.sql`), which must be UTF-8."""
+    data = sys.stdin.buffer.read() if sys.stdin is not None else b""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"standard input is no UTF-8 text (byte {exc.start}): esper query - reads SQL") from None
+
+
+def render(columns: list[str], rows: list[tuple], fmt: str, types: Optional[list] = None) -> str:
+    """One statement's rows as a table, csv or JSON (`types`: the columns' DuckDB types, for JSON's values)."""
     if fmt == "json":
-        return json_text([dict(zip(_distinct(columns), row)) for row in rows]) + "\n"
+        names = _distinct(columns)
+        kinds = types if types is not None and len(types) == len(columns) else [None] * len(columns)
+        values = [_json_column(kind) for kind in kinds]
+        return json_text([{name: value(v) for name, value, v in zip(names, values, row)} for row in rows]) + "\n"
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -185,6 +232,46 @@ def render(columns: list[str], rows: list[tuple], fmt: str) -> str:
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     body = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
     return "\n".join(body) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
+
+
+def _json_column(kind: Any) -> Callable[[Any], Any]:
+    """How the values of a column of DuckDB type `kind` go into JSON, decided once per column: a JSON column's text
+    parsed (the value, not a string holding it), a DECIMAL a number (a double, as a JSON reader takes one), lists,
+    structs and maps element by element. DuckDB hands a JSON value over as a string: only its type tells it from
+    text. Of an unknown type (None, or a union) only decimals are found, by their Python type."""
+    if kind is None or kind.id == "union":
+        return _decimals_as_numbers
+    if str(kind) == "JSON":
+        return _parsed
+    if kind.id == "decimal":
+        return lambda v: None if v is None else float(v)
+    if kind.id in ("list", "array"):
+        child = _json_column(dict(kind.children)["child"])
+        return lambda v: None if v is None else [child(x) for x in v]
+    if kind.id == "struct":
+        fields = {name: _json_column(field) for name, field in kind.children}
+        return lambda v: None if v is None else {k: fields[k](x) for k, x in v.items()}
+    if kind.id == "map":
+        entry = _json_column(dict(kind.children)["value"])
+        return lambda v: None if v is None else {k: entry(x) for k, x in v.items()}
+    return lambda v: v
+
+
+def _parsed(text: Optional[str]) -> Any:
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError:  # DuckDB checks JSON as it stores it: not expected, and the text is kept
+        return text
+
+
+def _decimals_as_numbers(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _decimals_as_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_decimals_as_numbers(v) for v in value]
+    return value
 
 
 def _distinct(columns: list[str]) -> list[str]:
@@ -271,18 +358,23 @@ def _fmt(value: Any) -> Any:
 @app.command()
 @handles_errors
 def schemas(
-    out: Path = path_option(Path("schemas"), "--out", help="Folder to write the JSON Schemas into."),
+    out: Path = path_option(Path("schemas"), "--out", help="Folder to write the JSON Schemas into; a schema file "
+                            "written there before for a type that no longer exists is removed, any other file left "
+                            "as it is."),
 ) -> None:
-    """Write JSON Schema for every event and command type."""
+    """Write JSON Schema for every event and command type, one <Type>.json each. The folder's schema files are then
+    the current set exactly: stale ones this command wrote (marked by their `$comment`) are removed, no other file."""
     from esper.leyline.schemas import write_schemas
 
     from esper.nissa.files import why_unwritable
 
+    removed: list[Path] = []
     try:
-        paths = write_schemas(out)
+        paths = write_schemas(out, removed)
     except OSError as exc:
         raise BadInput(f"cannot write schemas into {out}: {why_unwritable(out / 'schema.json', exc)}") from None
-    say(f"wrote {len(paths)} schemas into {out}/")
+    stale = f"; removed {plural(len(removed), 'stale schema')} ({', '.join(p.name for p in removed)})"
+    say(f"wrote {len(paths)} schemas into {out}/" + (stale if removed else ""))
 
 
 @app.command()

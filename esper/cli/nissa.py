@@ -160,7 +160,9 @@ def import_(
     for note in result.notes:
         say(f"note: {note}")
     if not result.stores:
-        print(f"nothing to import: all {result.skipped} events of {_runs_text(result.runs)} are already in the workspace")
+        every, are = ("the", "is") if result.skipped == 1 else ("all", "are")
+        print(f"nothing to import: {every} {plural(result.skipped, 'event')} of {_runs_text(result.runs)} {are} "
+              "already in the workspace")
         return
     skipped = f" ({result.skipped} already there)" if result.skipped else ""
     stores = ", ".join(map(str, result.stores))

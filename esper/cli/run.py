@@ -274,7 +274,8 @@ def _note_idle(config) -> None:
 def _print_result(run_id: str, result, as_json: bool) -> None:
     table = _closing_table(run_id, result)
     if as_json:
-        say(table)
+        for line in table.splitlines():
+            say(line)
         print(json_text(_result_json(run_id, result)))
     else:
         print(table)
@@ -350,7 +351,8 @@ def _run_seeds(text: str, request: "RunRequest", ctx: typer.Context, as_json: bo
         done = fanout.train_seeds(planned, ws, on_done, ray_address)
     summary = fanout.summary(done)
     if as_json:
-        say(_seeds_table(text, summary))
+        for line in _seeds_table(text, summary).splitlines():
+            say(line)
         print(json_text({"summary": summary}))
     else:
         print(_seeds_table(text, summary))

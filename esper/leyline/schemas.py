@@ -50,19 +50,22 @@ def is_ours(path: Path) -> bool:
     return isinstance(comment, str) and comment.startswith("Esper ") and comment.endswith(_MARK)
 
 
-def write_schemas(folder: Path) -> list[Path]:
-    """Write every schema into `folder`, removing stale schema files of ours (never another file); returns
-    the paths written. A name of ours taken by something that is not a file (a folder, a device, a pipe) is
-    bad input, found before anything is written."""
+def write_schemas(folder: Path, removed: list[Path] | None = None) -> list[Path]:
+    """Write every schema into `folder`, removing stale schema files of ours (never another file): its schema files
+    are then the current set exactly, whatever older set it held. Returns the paths written; adds those removed to
+    `removed`. A name of ours taken by something that is not a file (a folder, a device, a pipe) is bad input,
+    found before anything is written."""
     docs = schema_documents()
     for name in docs:
         if (folder / name).exists() and not (folder / name).is_file():
             raise BadInput(f"cannot write schemas into {folder}: {folder / name} is not a file (a folder, a device "
                            "or a pipe?): move it away")
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.json"):
+    for old in sorted(folder.glob("*.json")):
         if old.name not in docs and old.is_file() and is_ours(old):  # a pipe would wait for a writer
             old.unlink()
+            if removed is not None:
+                removed.append(old)
     written = []
     for name, text in docs.items():
         path = folder / name

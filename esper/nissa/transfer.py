@@ -14,7 +14,8 @@ tail shows (esper.store.chain):
 
 Import validates every row (a malformed file is one `BadInput` line naming the row; a run id Esper would
 never write is refused too), checks each run's hash chain against the trailer (`LogAltered`, exit 1, names
-the first altered event), skips events whose
+the first altered event) and the workspace's own copy of each run it holds (an altered copy is `LogAltered` too,
+not a file already imported), skips events whose
 `event_id` the workspace already holds (importing a file twice stores nothing twice), checks that each
 run's new events continue the workspace's copy of it, and writes the rest into a new store file
 `imported-<name>.duckdb` (`-2`, `-3` ... when taken), in one transaction, under a temporary name linked into place
@@ -427,11 +428,28 @@ def import_file(workspace: Workspace, path: Path) -> ImportResult:
     runs = list(dict.fromkeys(r.run_id for r in rows))
     with workspace.locked():  # another import between the check and the write would store the same events again
         with workspace.reader() as reader:
+            _check_stored(reader, runs)
             fresh = _fresh_rows(reader, rows, path)
         if not fresh:
             return ImportResult([], 0, len(rows), runs, notes)
         stores = _write_stores(workspace, path, store_groups(fresh))
     return ImportResult(stores, len(fresh), len(rows) - len(fresh), runs, notes)
+
+
+def _check_stored(reader: Reader, runs: list[str]) -> None:
+    """Check the workspace's own copy of each of `runs` it holds (`Reader.check_run`). Events are matched by id and
+    hash, which an edit of a stored payload leaves as they were: without this an altered copy would read as the
+    whole file already imported, and a tail would be added to it."""
+    held = [run for (run,) in reader.con.execute(
+        "SELECT DISTINCT run_id FROM all_events WHERE run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY run_id",
+        [runs]).fetchall()]
+    for run in held:
+        try:
+            reader.check_run(run)
+        except LogAltered as exc:
+            held_in = ", ".join(reader.files_of(run))
+            raise LogAltered(f"the workspace's copy of run {run} ({held_in}) is altered, nothing imported: "
+                             f"{exc}") from None
 
 
 def _fresh_rows(reader: Reader, rows: list[Row], path: Path) -> list[Row]:

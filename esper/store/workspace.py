@@ -277,15 +277,17 @@ class Reader:
             raise BadInput("no SQL statement to run, e.g. esper query \"select count(*) from events\"")
         return statements
 
-    def execute(self, statements: list) -> list[tuple[list[str], list[tuple]]]:
-        """Columns and rows of each of `statements` (from `reading`), run one by one; a failing one is BadInput.
+    def execute(self, statements: list) -> list[tuple[list[str], list, list[tuple]]]:
+        """Column names, column types (DuckDB's: a JSON column's values arrive as text, told from text by its type
+        alone) and rows of each of `statements` (from `reading`), run one by one; a failing one is BadInput.
         Ctrl-C or SIGTERM stops the query at once (`_stoppable`)."""
         results = []
 
         def run() -> None:
             for statement in statements:
                 result = self.con.execute(statement)
-                results.append(([d[0] for d in result.description or []], result.fetchall()))
+                described = result.description or []
+                results.append(([d[0] for d in described], [d[1] for d in described], result.fetchall()))
 
         try:
             self._stoppable(run)
