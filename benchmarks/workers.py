@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", choices=("rollouts", "seeds"), default=None, help="measure this part alone")
     args = parser.parse_args()
+    if problem := arguments_problem(args):
+        parser.error(problem)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "load_before": os.getloadavg()[0],
               "ray_start_s": round(ray_start_s(), 2),
               "run_scaling": run_scaling(args.workers, args.seed_epochs, args.repeats)}
@@ -161,6 +163,16 @@ def main() -> None:
             report["seeds"][f"{key}_of_run_scaling"] = round(report["seeds"][key] / report["run_scaling"], 2)
     report["load_after"] = os.getloadavg()[0]
     print(json.dumps(report))
+
+
+def arguments_problem(args) -> str | None:
+    """Why the benchmark cannot measure what it was asked to (None if it can), said before Ray starts: each speedup is
+    Ray's `--workers` against one process in the same repeat, and the medians need a repeat and a seed at least."""
+    if args.workers < 2:
+        return f"--workers is the Ray side compared with one process: give 2 or more, got {args.workers}"
+    if args.repeats < 1 or args.seeds < 1:
+        return f"--repeats and --seeds must be at least 1, got {args.repeats} and {args.seeds}"
+    return None
 
 
 def rollouts(args) -> dict:

@@ -22,7 +22,6 @@ from esper.leyline.events import RunFailed as RunFailedEvent
 from esper.simic.env import VecEnv, configs_round_robin, play
 from esper.simic.features import spec_for_task
 from esper.simic.policy import PolicyNet
-from esper.simic.rewards import RewardConfig
 from esper.simic.rollout import collect, episode_generators
 from esper.store import Recorder, Workspace
 from esper.tolaria.data import load_task_data
@@ -201,7 +200,7 @@ def test_a_bug_in_a_ppo_rollout_ends_every_episode(data, monkeypatch):
     base = resolve_config(RunConfig(epochs=3, controller="ppo", seed=5))
     vec = VecEnv(configs_round_robin(base, 2, ["cpu"]), sinks, data)
     with pytest.raises(RuntimeError):
-        collect(vec, PolicyNet(spec_for_task("mnist1d")), episode_generators(0, 0, range(2)), RewardConfig())
+        collect(vec, PolicyNet(spec_for_task("mnist1d")), episode_generators(0, 0, range(2)))
     for sink in sinks:
         assert [e.error for e in closing(sink.events)] == ["internal error: RuntimeError: policy bug"]
 

@@ -1,5 +1,6 @@
 """Simic: masks, the log projection both learners read, the vectorized environment, PPO and IQL updates."""
 
+import hashlib
 import math
 import os
 import signal
@@ -14,6 +15,7 @@ import msgspec
 import numpy as np
 import pytest
 import torch
+from fake_runs import plan_run
 from hypothesis import given, settings
 
 from esper.errors import BadInput, EsperError, Terminated
@@ -33,7 +35,7 @@ from esper.simic.ppo import (
 from esper.simic.rollout import Players, collect, episode_generators
 from esper.simic import ppo
 from esper.simic.ppo import train as train_ppo
-from esper.simic.rewards import RewardConfig, StepOutcome, components
+from esper.simic.rewards import COMPONENTS, RewardConfig, StepOutcome, components
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import augment, load_task_data
@@ -265,7 +267,7 @@ def played(data):
     run_ids = ["e0", "e1"]
     vec = VecEnv([config] * 2, [StoreSink(recorder, r) for r in run_ids], data)
     rewards = RewardConfig(accuracy=1.0, contribution=0.7, params=0.3, terminal=0.5)
-    live = collect(vec, net, episode_generators(0, 0, range(2)), rewards)
+    live = collect(vec, net, episode_generators(0, 0, range(2)))
     episodes, batch = read_batch([(r, recorder.read(r)) for r in run_ids], SPEC, rewards)
     yield net, recorder, run_ids, live, episodes, batch
     recorder.close()
@@ -279,7 +281,6 @@ def test_ppo_batch_rebuilt_from_the_log_equals_the_live_rollout(played):
     assert np.array_equal(batch["action"].numpy(), flat(live.action))
     assert np.array_equal(batch["log_prob"].numpy(), flat(live.log_prob).astype(np.float32))
     assert np.array_equal(batch["value"].numpy(), flat(live.value).astype(np.float32))
-    assert np.allclose(batch["reward"].numpy(), flat(live.reward), atol=1e-6)
     assert batch["done"].sum() == 2 and len(batch["reward"]) == 8
 
 
@@ -301,6 +302,17 @@ def test_rewards_telescope_to_final_accuracy_and_param_cost(played):
         assert acc == pytest.approx(e.final_val_accuracy - first.val_accuracy, abs=1e-6)
         assert params == pytest.approx(-math.log(e.final_params / first.host_params), abs=1e-5)
         assert terminal == pytest.approx(e.final_val_accuracy, abs=1e-6)
+
+
+def test_a_fossilizing_step_is_credited_the_seed_s_last_measured_contribution_once():
+    events = [e for batch in plan_run("heuristic") for e in batch]  # fossilizes s1-mid (tests/fake_runs.py)
+    episode = replay_episode(events, F.spec_for_run(events[0]))
+    (joined,) = [e for e in events if isinstance(e, SeedTransitioned) and e.to_stage == "FOSSILIZED"]
+    last = [t.contribution for e in events if isinstance(e, EpochEnded) and e.epoch <= joined.epoch
+            for t in e.seeds if t.seed_id == joined.seed_id][-1]
+    credited = episode.components[:, COMPONENTS.index("contribution")]
+    step = joined.epoch - 1  # one decision an epoch, from epoch 1: the step whose Advance fossilized it
+    assert last and credited[step] == pytest.approx(last) and np.count_nonzero(credited) == 1
 
 
 # ---- learners ------------------------------------------------------------------------------------
@@ -553,6 +565,31 @@ def test_a_param_budget_charges_only_the_growth_beyond_it():
     assert cost(1000, 1900, 500) == pytest.approx(-math.log(1.9))  # a budget below the host is the host
     path = [1000, 1500, 2600, 2100, 4000]
     assert sum(cost(a, b, budget) for a, b in zip(path, path[1:])) == pytest.approx(-math.log(4000 / budget))
+
+
+def test_a_rollout_run_names_the_file_holding_its_policy_by_hash(tmp_path):
+    """As a run of controller `policy` names its file: the --init file in the first update, then the checkpoint the
+    last update wrote (its `CheckpointSaved`'s hash). Re-execution replays the logged commands, whatever the file holds
+    now; a policy no file holds (--init's, softened) is named by none."""
+    ws, out, init = Workspace.at(tmp_path), tmp_path / "ppo.pt", tmp_path / "init.pt"
+    save_policy(init, make_net(SPEC, 64, seed=7), "ppo", RewardConfig(), hidden=64)
+    result = train_ppo(PPOConfig(epochs=2, episodes=2, n_envs=1), out, ws, init=init)
+    soft = train_ppo(PPOConfig(epochs=1, episodes=1, n_envs=1, init_temperature=2.0), tmp_path / "soft.pt", ws, init=init)
+    with ws.reader() as reader:
+        (after_1,), = reader.con.execute("SELECT payload->>'$.sha256' FROM events WHERE run_id = ? AND "
+                                         "type = 'CheckpointSaved' AND payload->>'$.update' = '1'",
+                                         [result["learner"]]).fetchall()
+        first, second, softened = (reader.read_run(job["runs"].removesuffix("*") + f"{update:04d}-e0")
+                                   for job, update in ((result, 1), (result, 2), (soft, 1)))
+    named = lambda recorded: (recorded[0].event.config.policy, recorded[0].event.config.policy_sha256)  # noqa: E731
+    assert named(first) == (str(init.resolve()), hashlib.sha256(init.read_bytes()).hexdigest())
+    assert named(second) == (str(out.resolve()), after_1)
+    assert named(softened) == (None, None)
+    episode = replay_episode(first, SPEC, run_id="first")
+    with torch.no_grad():  # the file named played: its critic gives the value logged with the first decision
+        assert load_policy(init)[0].value(torch.from_numpy(episode.obs[:1])).item() == pytest.approx(
+            float(episode.value[0]), abs=1e-6)
+    assert verify_run(second).events == len(second)  # the file has moved on to update 2's policy since
 
 
 def _selections(ws: Workspace, learner: str) -> dict[int, dict]:

@@ -100,6 +100,7 @@ class IQLConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     seed: int = 0
     """Seed of initialisation and minibatch sampling."""
     log_every: int = 500
-    """Steps between two `PolicyUpdated` events."""
+    """Steps between two `PolicyUpdated` events; the last step always logs one (0: only it), as the job's summary
+    reads it."""
     reward: RewardConfig = RewardConfig()
     """Weights of the reward's components, applied when the dataset is built."""

@@ -112,6 +112,8 @@ def check(cfg: IQLConfig) -> None:
         raise BadInput(f"temperature must be positive, got {cfg.temperature}")
     if cfg.seed < 0:
         raise BadInput(f"seed must not be negative, got {cfg.seed}")
+    if cfg.log_every < 0:
+        raise BadInput(f"log_every must be 0 (the last step's only) or a number of steps, got {cfg.log_every}")
     check_training(cfg.learning_rate, cfg.gamma, cfg.hidden)
 
 
@@ -138,7 +140,8 @@ def train(
     cfg: IQLConfig, spec: FeatureSpec, episodes: list[Episode], sink: Sink | None = None,
     progress: Callable[[str], None] = lambda line: None,
 ) -> tuple[PolicyNet, dict[str, Any]]:
-    """Train on `episodes`; a `PolicyUpdated` per `log_every` steps goes to `sink`. Returns the policy."""
+    """Train on `episodes`; a `PolicyUpdated` per `log_every` steps, and one for the last, goes to `sink`.
+    Returns the policy."""
     check(cfg)
     if not episodes:
         raise BadInput("no usable runs for IQL: the dataset is empty (check the runs filter and the task)")
@@ -150,6 +153,7 @@ def train(
              f"(expectile {cfg.expectile}, temperature {cfg.temperature})")
     sums: dict[str, float] = {}
     started = last_log = time.perf_counter()
+    logged = 0
     stats: dict[str, float] = {}
     for step in range(1, cfg.steps + 1):
         index = torch.randint(0, n, (cfg.batch_size,), generator=generator)
@@ -159,8 +163,8 @@ def train(
                              f"try a lower --lr (now {cfg.learning_rate:g})")
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + v
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            count = step % cfg.log_every or cfg.log_every
+        if (cfg.log_every and step % cfg.log_every == 0) or step == cfg.steps:
+            count, logged = step - logged, step
             now = time.perf_counter()
             stats = {k: v / count for k, v in sums.items()}
             stats |= {"steps_per_s": count / max(now - last_log, 1e-9), "transitions": float(n),

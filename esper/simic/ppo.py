@@ -237,6 +237,8 @@ def train(
         progress(f"starting from the policy in {init}" + (f", its logits divided by {cfg.init_temperature:g}"
                                                             if cfg.init_temperature != 1.0 else ""))
     data = load_task_data(cfg.task, RunConfig().data_seed)
+    # the file holding the weights the next update plays, which its runs name (`played_by`); --init's softened: none
+    holder = out if resume else (init if cfg.init_temperature == 1.0 else None)
     tag = secrets.token_hex(3)
     learner_id = f"ppo-{tag}"
     store = workspace.store_path(learner_id)
@@ -267,12 +269,13 @@ def train(
             select_started = time.perf_counter()
             kept, selected = select_checkpoint(kept, net, start_update, cfg, players, tag, progress)
             save_and_log(start_update, selected)
+            holder = out
             last_select_s = time.perf_counter() - select_started
         updates_done = start_update
         for u in range(start_update, updates):
             update_started = time.perf_counter()
             n = min(cfg.n_envs, cfg.episodes - episodes_done)
-            stats = learn(u, n, cfg, net, optimizer, generator, players, tag, out)
+            stats = learn(u, n, cfg, net, optimizer, generator, players, tag, holder)
             episodes_done += n
             stats["episodes"] = float(episodes_done)
             last_update_s = time.perf_counter() - update_started
@@ -287,7 +290,7 @@ def train(
                 stats |= selected
                 last_select_s = time.perf_counter() - select_started
             save_and_log(u + 1, stats)
-            updates_done = u + 1
+            holder, updates_done = out, u + 1
             if time_up and u + 1 < updates:
                 progress(f"time is up after update {u + 1} ({episodes_done} episodes)")
                 break
@@ -299,15 +302,16 @@ def train(
 
 
 def learn(u: int, n: int, cfg: PPOConfig, net: PolicyNet, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-          players: Players | RayPlayers, tag: str, out: Path) -> dict[str, float]:
-    """Update u (from 0): play `n` episodes, read them back, update the policy; the update's stats."""
+          players: Players | RayPlayers, tag: str, holder: Path | None) -> dict[str, float]:
+    """Update u (from 0): play `n` episodes, read them back, update the policy; the update's stats. `holder` is the
+    file that holds the weights `net` has now (None: none does), which the episodes' runs name (`played_by`)."""
     base = resolve_config(RunConfig(task=cfg.task, controller="ppo", seed=TRAIN_SEEDS + 100_000 * cfg.seed + u,
-                                    epochs=cfg.epochs, telemetry=cfg.telemetry, policy=str(out),
+                                    epochs=cfg.epochs, telemetry=cfg.telemetry, **played_by(holder),
                                     lifecycle=LifecycleConfig(max_params=cfg.max_params)))
     run_ids = [f"{cfg.task}-ppo-{tag}-u{u + 1:04d}-e{i}" for i in range(n)]
     started = time.perf_counter()
     live, records = players.play(configs_round_robin(base, n, cfg.devices), run_ids, net,
-                                 episode_generators(cfg.seed, u, range(n)), cfg.reward)
+                                 episode_generators(cfg.seed, u, range(n)))
     played = time.perf_counter() - started
     episodes, b = read_batch(list(zip(run_ids, records)), net.spec, cfg.reward)
     b["advantages"], b["returns"] = advantages(b, net, cfg.gamma, cfg.gae_lambda)
@@ -321,6 +325,17 @@ def learn(u: int, n: int, cfg: PPOConfig, net: PolicyNet, optimizer: torch.optim
     stats |= _episode_stats(episodes)
     return stats | {"env_steps_per_s": live.steps / played, "learning_rate": cfg.learning_rate,
                     "actor_frozen": float(frozen)} | cfg.reward.stats()
+
+
+def played_by(holder: Path | None) -> dict[str, str]:
+    """How a rollout run names the policy that plays it, as a run of controller `policy` names its file: the absolute
+    path and sha256 of the file holding its weights when the episode starts. That is the job's checkpoint of the last
+    update (its `CheckpointSaved` has the same hash; a selecting job's file holds them as `latest`), or the --init file
+    before the first. A policy no file holds (a new job's first update: freshly initialised, or --init's softened) is
+    named by none; the run id names its job. Re-execution needs neither: `--verify` replays the logged commands."""
+    if holder is None:
+        return {}
+    return {"policy": str(holder.resolve()), "policy_sha256": hashlib.sha256(holder.read_bytes()).hexdigest()}
 
 
 def _save(out: Path, cfg: PPOConfig, net: PolicyNet, kept: "Kept | None", optimizer: torch.optim.Optimizer,

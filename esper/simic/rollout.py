@@ -20,9 +20,8 @@ import torch
 
 from esper.leyline.config import RunConfig
 from esper.simic.env import VecEnv, play
-from esper.simic.features import ADVANCE, action_mask, encode, spec_for_task, to_command
+from esper.simic.features import action_mask, encode, spec_for_task, to_command
 from esper.simic.policy import PolicyController, PolicyNet
-from esper.simic.rewards import RewardConfig, StepOutcome, components, reward
 from esper.store import Recorder, Workspace
 from esper.store.recorder import Recorded
 from esper.tolaria import cluster
@@ -32,19 +31,19 @@ from esper.tolaria.loop import RunResult, StoreSink
 
 @attrs.define
 class LiveRollout:
-    """What the agent saw and did while playing, per environment (the test compares it with the log)."""
+    """What the agent saw and did while playing, per environment (the test compares it with the log). No reward:
+    the agent is given none while it plays; PPO reads each step's from the log (`esper.simic.dataset`)."""
 
     obs: list[list[np.ndarray]]
     mask: list[list[np.ndarray]]
     action: list[list[np.ndarray]]
     log_prob: list[list[float]]
     value: list[list[float]]
-    reward: list[list[float]]
     steps: int = 0
 
     @classmethod
     def empty(cls, n: int) -> "LiveRollout":
-        return cls(*([[] for _ in range(n)] for _ in range(6)))
+        return cls(*([[] for _ in range(n)] for _ in range(5)))
 
 
 def episode_generators(seed: int, update: int, episodes: Sequence[int]) -> list[torch.Generator]:
@@ -53,13 +52,12 @@ def episode_generators(seed: int, update: int, episodes: Sequence[int]) -> list[
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
-def collect(vec: VecEnv, net: PolicyNet, generators: Sequence[torch.Generator], rewards: RewardConfig) -> LiveRollout:
+def collect(vec: VecEnv, net: PolicyNet, generators: Sequence[torch.Generator]) -> LiveRollout:
     """Play every environment of `vec` to the end with the stochastic policy, environment i sampling with
     `generators[i]`. Each decision is computed for its environment alone, so that its numbers do not
     depend on which other environments share the batch."""
     spec, n = net.spec, len(vec)
     live = LiveRollout.empty(n)
-    previous: list[Any] = [None] * n  # (observation, action) of each env's pending step, for its live reward
     with vec:
         while not vec.done:
             observations = vec.step_epoch()
@@ -68,8 +66,6 @@ def collect(vec: VecEnv, net: PolicyNet, generators: Sequence[torch.Generator], 
             for i, obs in enumerate(observations):
                 if obs is None:
                     continue
-                if previous[i] is not None:
-                    live.reward[i].append(_live_reward(*previous[i], obs.val_accuracy, obs.params, False, rewards))
                 mask = action_mask(obs.garden, spec)
                 x = torch.from_numpy(encode(obs, spec))[None]
                 m = torch.from_numpy(mask.flat())[None]
@@ -84,23 +80,10 @@ def collect(vec: VecEnv, net: PolicyNet, generators: Sequence[torch.Generator], 
                 live.action[i].append(action[0].numpy())
                 live.log_prob[i].append(float(log_prob[0]))
                 live.value[i].append(float(value[0]))
-                previous[i] = (obs, (op, slot, bp))
                 live.steps += 1
             vec.decide(commands, "ppo", infos)
-        for i, result in enumerate(vec.finish()):
-            if result is not None and previous[i] is not None:
-                live.reward[i].append(_live_reward(*previous[i], result.val_accuracy, result.params, True, rewards))
+        vec.finish()
     return live
-
-
-def _live_reward(obs, action, accuracy: float, params: int, final: bool, rewards: RewardConfig) -> float:
-    """The step's reward from the observations the agent saw (the log's projection must agree)."""
-    op, slot, _ = action
-    view = obs.slots[slot]
-    fossilized = op == ADVANCE and view.stage.value == "BLENDING" and view.contribution is not None
-    outcome = StepOutcome(obs.val_accuracy, accuracy, obs.params, params, obs.host_params,
-                          view.contribution if fossilized else 0.0, final)
-    return reward(components(outcome, rewards.param_budget), rewards)
 
 
 class Players:
@@ -120,9 +103,9 @@ class Players:
         pass
 
     def play(self, configs: Sequence[RunConfig], run_ids: Sequence[str], net: PolicyNet,
-             generators: Sequence[torch.Generator], rewards: RewardConfig) -> tuple[LiveRollout, list[list[Recorded]]]:
+             generators: Sequence[torch.Generator]) -> tuple[LiveRollout, list[list[Recorded]]]:
         """Play `configs` to the end in lock-step with the stochastic policy (PPO's rollout)."""
-        live = collect(VecEnv(configs, self._sinks(run_ids), self.data), net, generators, rewards)
+        live = collect(VecEnv(configs, self._sinks(run_ids), self.data), net, generators)
         return live, [self.recorder.read(r) for r in run_ids]
 
     def play_greedy(self, configs: Sequence[RunConfig], run_ids: Sequence[str], net: PolicyNet,
@@ -175,14 +158,14 @@ class RayPlayers:
         self._session.close()
 
     def play(self, configs: Sequence[RunConfig], run_ids: Sequence[str], net: PolicyNet,
-             generators: Sequence[torch.Generator], rewards: RewardConfig) -> tuple[LiveRollout, list[list[Recorded]]]:
+             generators: Sequence[torch.Generator]) -> tuple[LiveRollout, list[list[Recorded]]]:
         state = self.ray.put(_weights(net))
         played = self._each(self._play, len(configs), lambda i: (
-            configs[i], run_ids[i], state, self.hidden, generators[i].get_state(), rewards))
+            configs[i], run_ids[i], state, self.hidden, generators[i].get_state()))
         merged, records = LiveRollout.empty(len(configs)), []
         for i, (live, episode_records) in enumerate(played):
             records.append(episode_records)
-            for field in ("obs", "mask", "action", "log_prob", "value", "reward"):
+            for field in ("obs", "mask", "action", "log_prob", "value"):
                 getattr(merged, field)[i] = getattr(live, field)[0]
             merged.steps += live.steps
         return merged, records
@@ -220,14 +203,13 @@ def _ready(task: str) -> None:
 
 
 def _play_episode(data: TaskData, store: str, config: RunConfig, run_id: str, state: dict[str, torch.Tensor],
-                  hidden: int, generator_state: torch.Tensor,
-                  rewards: RewardConfig) -> tuple[LiveRollout, list[Recorded]]:
+                  hidden: int, generator_state: torch.Tensor) -> tuple[LiveRollout, list[Recorded]]:
     """A Ray task: play one episode with the stochastic policy `state` into the store file `store`."""
     net = _policy(config.task, state, hidden)
     generator = torch.Generator()
     generator.set_state(generator_state)
     with Recorder(Path(store)) as recorder:
-        live, records = Players(data, recorder).play([config], [run_id], net, [generator], rewards)
+        live, records = Players(data, recorder).play([config], [run_id], net, [generator])
     return live, records[0]
 
 
