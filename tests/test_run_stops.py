@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from cli_runner import invoke, one_line_error
+from fake_runs import plan_run, write_batches
+from msgspec.structs import replace
 
 import esper.cli.run
 import esper.store.recorder
@@ -191,3 +193,15 @@ def test_a_store_holding_no_event_of_the_run_has_nothing_to_resume(tmp_path):
     Recorder(ws.store_path("empty")).close()
     assert runs.stopped(ws, "empty") == runs.Stopped(None, False)
     assert runs.stopped(ws, "missing") == runs.Stopped(None, False)
+
+
+def test_resuming_an_episode_of_a_ppo_job_points_to_the_job(tmp_path):
+    """An episode lives in its PPO job's store file, without checkpoints of its own: the job resumes, not the run
+    (it is no imported run, as a run outside a store of its own otherwise is)."""
+    plan = plan_run(epochs=3)
+    started = plan[0][0]
+    episode = [[replace(started, config=replace(started.config, controller="ppo")), *plan[0][1:]], *plan[1:2]]
+    write_batches(tmp_path, episode, "mnist1d-ppo-abc123-u0001-e0", store="ppo-abc123")
+    assert one_line_error(invoke("run", "--resume", "mnist1d-ppo-abc123-u0001-e0", workspace=tmp_path)) == (
+        "esper: run mnist1d-ppo-abc123-u0001-e0 is an episode of a PPO job (ppo-abc123.duckdb): `esper ppo --resume "
+        "--out POLICY` continues the job, which plays its interrupted update again")

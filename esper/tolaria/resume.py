@@ -155,6 +155,10 @@ def _read(ws: Workspace, run: str) -> tuple[str, list[Recorded]]:
                                   [run_id]).fetchall()[0][0]:
                 raise BadInput(FINISHED.format(run_id=run_id))
             files = ", ".join(reader.files_of(run_id))
+            if reader.con.execute("SELECT any_value(payload->>'$.config.controller') FROM events WHERE run_id = ? AND "
+                                  "type = 'RunStarted'", [run_id]).fetchall()[0][0] == "ppo":
+                raise BadInput(f"run {run_id} is an episode of a PPO job ({files}): `esper ppo --resume --out POLICY` "
+                               "continues the job, which plays its interrupted update again")
             raise BadInput(f"run {run_id} is not in a store file of its own ({files}): an imported run cannot resume "
                            "(an export carries no checkpoint files), only one `esper run` recorded here")
         if reader.is_live(run_id):
