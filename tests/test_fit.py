@@ -362,7 +362,8 @@ def test_a_policy_of_other_slots_is_refused_before_anything_is_written(tmp_path)
     path = tmp_path / "mnist1d.pt"
     save_policy(path, make_net(spec_for_task("mnist1d"), 8, seed=1), "ppo", RewardConfig(), hidden=8)
     with pytest.raises(BadInput, match=r"the policy was trained for slots \['early', 'mid', 'late'\] .*; this model "
-                                       r"has \['1', '3'\]") as info:
+                                       r"has \['1', '3'\] .*: learn a policy from esper.fit runs of this model \(esper iql "
+                                       r"--task user\)$") as info:
         esper.fit(small_model(), batches(2, 1), batches(1, 2), epochs=1, controller="policy", policy=str(path),
                   workspace=str(tmp_path / "ws"))
     assert "\n" not in str(info.value)

@@ -220,14 +220,16 @@ class PolicyController:
         self.name = "policy" if sample_seed is None else "sampled"
         self.decision_info: dict[str, Any] = {}
 
-    def check_fits(self, slots: list[str], blueprints: list[str], where: str = "this run") -> None:
-        """`BadInput` unless the policy's heads index these slots and blueprints (a policy of another task)."""
+    def check_fits(self, slots: list[str], blueprints: list[str], where: str = "this run", fix: str = "") -> None:
+        """`BadInput` unless the policy's heads index these slots and blueprints (a policy of another task). `fix`:
+        what to do instead (default: the task's runs, or a policy trained for it with `esper ppo`)."""
         if tuple(slots) != self.spec.slots or tuple(blueprints) != self.spec.blueprints:
             task = task_of(self.spec)
-            fix = f"it is {task}'s: add --task {task}, or train" if task else "train"
+            fix = fix or (f"it is {task}'s: add --task {task}, or train" if task else "train") + \
+                " a policy on it (esper ppo --task ...)"
             raise BadInput(
                 f"the policy was trained for slots {list(self.spec.slots)} and blueprints {list(self.spec.blueprints)}; "
-                f"{where} has {list(slots)} and {list(blueprints)}: {fix} a policy on it (esper ppo --task ...)"
+                f"{where} has {list(slots)} and {list(blueprints)}: {fix}"
             )
 
     def decide(self, obs: Observation) -> Command:

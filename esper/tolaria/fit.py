@@ -118,7 +118,8 @@ def fit(
         check_first_batch(model, data, split)
     brain = make_controller(controller, seed, policy, knobs)
     if hasattr(brain, "check_fits"):  # a trained policy: refused here if it cannot play on this model, not mid-run
-        brain.check_fits(model.slot_names, list(preset.blueprints), where="this model")
+        brain.check_fits(model.slot_names, list(preset.blueprints), where="this model", fix="learn a policy from "
+                         f"esper.fit runs of this model (esper iql --task {task})")
     if not lifecycle.max_params:  # a policy plays under the cap it was trained with, as in `esper run`
         lifecycle = msgspec.structs.replace(lifecycle, max_params=getattr(brain, "max_params", 0))
     config = resolve_config(RunConfig(task=task, controller=controller, seed=seed, epochs=epochs, device=device,
