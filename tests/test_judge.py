@@ -28,8 +28,8 @@ from esper.tolaria.verify import verify_run
 from esper.tolaria.tasks import TASKS
 
 MNIST1D = TASKS["mnist1d"]
-from tests.cli_runner import invoke, one_line_error
-from tests.forge import forge, index_of, one, payloads
+from cli_runner import invoke, one_line_error
+from forge import forge, index_of, one, payloads
 
 pytestmark = pytest.mark.slow  # real training runs or subprocesses of the CLI
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+import strategies as gen
 from tiers import examples
 from hypothesis import HealthCheck, event, given, note, settings
 
@@ -43,7 +44,6 @@ from esper.leyline import (
 )
 from esper.leyline.garden import Garden
 from esper.tolaria.tasks import TASKS
-from tests import strategies as gen
 
 MNIST1D = TASKS["mnist1d"]
 SLOTS = ["early", "mid", "late"]

@@ -265,8 +265,8 @@ class Reader:
         self.con.execute("SET lock_configuration = true")
 
     def query(self, sql: str) -> list[tuple[list[str], list[tuple]]]:
-        """Columns and rows of each statement of `sql` (`execute` of `reading`)."""
-        return self.execute(self.reading(sql))
+        """Column names and rows of each statement of `sql` (`execute` of `reading`)."""
+        return [(columns, rows) for columns, _, rows in self.execute(self.reading(sql))]
 
     def reading(self, sql: str) -> list:
         """The statements of `sql`, parsed, not run, once every one has been checked to only read
