@@ -496,13 +496,18 @@ def test_grown_model_round_trips_through_torch_save(host):
     assert loaded.alpha("c") == 0.5
 
 
+def saved_and_loaded(state: dict) -> dict:
+    """`state` through `torch.save` and `torch.load`, as a file would carry it."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
 @pytest.mark.parametrize("host", HOSTS)
 def test_grown_model_round_trips_through_state_dict(host):
     model, x = grown(host)
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
+    state = saved_and_loaded(model.state_dict())
     # Rebuild the same structure (what a resume does by replaying the log), then load the weights.
     fresh = build_host(HOSTS[host][0], **HOSTS[host][2])
     for i, (slot, blueprint) in enumerate(model.architecture()):
@@ -518,10 +523,7 @@ def test_grown_model_round_trips_through_state_dict(host):
 @pytest.mark.parametrize("host", HOSTS)
 def test_a_grown_models_state_dict_plants_its_seeds_in_a_fresh_model_of_none(host):
     model, x = grown(host)
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
+    state = saved_and_loaded(model.state_dict())
     fresh = build_host(HOSTS[host][0], **HOSTS[host][2])
     rng = torch.get_rng_state()
     assert not fresh.load_state_dict(state).unexpected_keys
