@@ -85,6 +85,15 @@ def test_a_misspelt_option_is_still_one(ws):
     assert result.exit_code == 2 and "No such option: --formt" in result.stderr
 
 
+@pytest.mark.parametrize("sql, said", [
+    ("select * from run", "Table with name run does not exist! (the views: events, runs)"),  # not DuckDB's guess
+    ("select nope from events", 'Referenced column "nope" not found in FROM clause! Candidate bindings: '),
+    ("select lenn(type) from events", 'Scalar Function with name lenn does not exist! Did you mean "len"?'),
+])
+def test_bad_sql_is_one_line_with_what_it_may_have_meant(ws, sql, said):
+    assert said in one_line_error(invoke("query", sql, workspace=ws))
+
+
 def test_empty_standard_input_is_no_sql(ws):
     assert "no SQL statement to run" in one_line_error(invoke("query", "-", workspace=ws, input=""))
 

@@ -32,8 +32,22 @@ def reading_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list:
                 raise BadInput(f"{READING}; statement {number} is {kind}" + (f" ({shown})" if shown else "")
                                + (_MULTI_HINT if kind == "MULTI" else ""))
     except duckdb.Error as exc:
-        raise BadInput(f"bad SQL: {first_line(exc)}") from None
+        raise bad_sql(exc) from None
     return statements
+
+
+_HINTS = ("Did you mean", "Candidate bindings")
+"""How DuckDB begins the line under its error that names what the SQL may have meant."""
+
+
+def bad_sql(exc: duckdb.Error) -> BadInput:
+    """DuckDB's error as one line: its first, and what it suggests the SQL meant (a column it knows). An unknown
+    table gets the views' names instead of DuckDB's guess, which may be one of its own catalog tables."""
+    lines = str(exc).splitlines()
+    if lines and lines[0].startswith("Catalog Error: Table with name"):
+        return BadInput(f"bad SQL: {lines[0]} (the views: events, runs)")
+    hint = next((line.strip() for line in lines[1:] if line.startswith(_HINTS)), None)
+    return BadInput(f"bad SQL: {first_line(exc)}" + (f" {hint}" if hint else ""))
 
 
 _MULTI_HINT = (": DuckDB runs it as several statements, one of which creates a type; a PIVOT does so when it has to"

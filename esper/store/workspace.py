@@ -23,7 +23,7 @@ import duckdb
 from esper.errors import BadInput, EsperError, LogAltered, StoreDamaged, UnknownRun, first_line
 from esper.leyline.status import CLOSING_TAGS, ENDING_TAGS, FINISHED, sql_in, status_sql
 from esper.store import chain
-from esper.store.readonly import reading_statements
+from esper.store.readonly import bad_sql, reading_statements
 from esper.store.recorder import Recorded, decode_rows, read_events
 from esper.store.schema import (COLUMNS, events_problem, format_comment, format_problem, hash_as_text,
                                 stored_hash_type)
@@ -296,7 +296,7 @@ class Reader:
         except duckdb.Error as exc:
             if is_damaged_block(exc):  # the file's fault, not the SQL's
                 raise
-            raise BadInput(f"bad SQL: {first_line(exc)}") from None
+            raise bad_sql(exc) from None
         return results
 
     def _stoppable(self, run: Callable[[], None]) -> None:
