@@ -215,8 +215,7 @@ def train(
                        "its selection runs')")
     if cfg.init_temperature != 1.0 and init is None and not resume:
         raise BadInput("init_temperature softens a starting policy: give one to start from (--init)")
-    spec = spec_for_task(cfg.task)
-    net = make_net(spec, cfg.hidden, cfg.seed)
+    net = make_net(spec_for_task(cfg.task), cfg.hidden, cfg.seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, eps=1e-5)
     generator = torch.Generator().manual_seed(cfg.seed)
     if resume:
@@ -227,15 +226,7 @@ def train(
             generator.set_state(state["generator"])
         progress(f"resuming {out} after update {start_update} ({episodes_done} episodes)")
     elif init is not None:
-        start, _ = load_policy(init)
-        if start.spec != spec or start.actor[0].out_features != cfg.hidden:
-            trained = f"task {task}" if (task := task_of(start.spec)) else "a model of your own"
-            raise BadInput(f"{init} was trained for {trained}, hidden {start.actor[0].out_features}; this job has task "
-                           f"{cfg.task}, hidden {cfg.hidden}")
-        net.load_state_dict(start.state_dict())
-        soften(net, cfg.init_temperature)
-        progress(f"starting from the policy in {init}" + (f", its logits divided by {cfg.init_temperature:g}"
-                                                            if cfg.init_temperature != 1.0 else ""))
+        _start_from(net, init, cfg, progress)
     data = load_task_data(cfg.task, RunConfig().data_seed)
     # the file holding the weights the next update plays, which its runs name (`played_by`); --init's softened: none
     holder = out if resume else (init if cfg.init_temperature == 1.0 else None)
@@ -299,6 +290,20 @@ def train(
             "runs": f"{cfg.task}-ppo-{tag}-u*", "updates": updates_done,
             "episodes": episodes_done, "stats": stats,
             "kept_update": kept.update if kept else None}
+
+
+def _start_from(net: PolicyNet, init: Path, cfg: PPOConfig, progress: Callable[[str], None]) -> None:
+    """`net` (new, of the job's task and width) takes the weights of the policy file `init`, its logits softened by
+    `cfg.init_temperature`; a policy of another task or width is refused."""
+    start, _ = load_policy(init)
+    if start.spec != net.spec or start.actor[0].out_features != cfg.hidden:
+        trained = f"task {task}" if (task := task_of(start.spec)) else "a model of your own"
+        raise BadInput(f"{init} was trained for {trained}, hidden {start.actor[0].out_features}; this job has task "
+                       f"{cfg.task}, hidden {cfg.hidden}")
+    net.load_state_dict(start.state_dict())
+    soften(net, cfg.init_temperature)
+    progress(f"starting from the policy in {init}" + (f", its logits divided by {cfg.init_temperature:g}"
+                                                        if cfg.init_temperature != 1.0 else ""))
 
 
 def learn(u: int, n: int, cfg: PPOConfig, net: PolicyNet, optimizer: torch.optim.Optimizer, generator: torch.Generator,
