@@ -50,6 +50,13 @@ def test_json_inside_lists_structs_and_maps_is_nested_too(ws):
     assert row == {"l": [None, [1, 2]], "s": {"j": {"x": 2}, "d": 2.5}, "m": {"k": [3]}, "deep": [[0.25]], "u": [0.5]}
 
 
+def test_a_map_whose_keys_are_no_json_keys_keeps_its_key_and_value_lists(ws):
+    """DuckDB hands such a map over as its two lists; each is converted as its column type says."""
+    sql = "select map([[1]], [1.5::DECIMAL(2,1)]) as l, map([{'a': 1}], ['{\"q\": 1}'::JSON]) as s"
+    [row] = json.loads(query(ws, sql, "--format", "json"))
+    assert row == {"l": {"key": [[1]], "value": [1.5]}, "s": {"key": [{"a": 1}], "value": [{"q": 1}]}}
+
+
 def test_table_and_csv_still_show_json_and_decimals_as_duckdb_writes_them(ws):
     sql = "select '{\"a\":1}'::JSON as j, 1.50::DECIMAL(4,2) as d"
     assert query(ws, sql) == 'j        d\n-------  ----\n{"a":1}  1.50\n(1 row)\n'
@@ -78,6 +85,11 @@ def test_sql_after_a_double_dash_and_from_standard_input(ws):
 def test_the_help_says_how_to_pass_sql_that_begins_with_a_dash():
     text = " ".join(invoke("query", "--help").stdout.split())
     assert "- reads it from standard input" in text and "may always follow `--`" in text
+
+
+def test_an_extra_argument_after_sql_beginning_with_a_comment_is_the_one_named(ws):
+    result = invoke("query", "-- c\nselect 1 x", "extra", workspace=ws)
+    assert result.exit_code == 2 and "unexpected extra argument(s) (extra)" in result.stderr
 
 
 def test_a_misspelt_option_is_still_one(ws):

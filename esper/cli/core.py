@@ -154,7 +154,7 @@ def _show(line: str) -> None:
 class _SqlCommand(TyperCommand):
     """`esper query`'s command line. SQL that begins with `-` (a `-- comment` line) reads to click as an unknown
     option, whose error would send the user to look for one; an "option" with a space or a line break in it is none,
-    so it is taken as the SQL, as if given after `--`."""
+    so it is taken as the SQL, where it stands: led by a space (the same SQL), click reads it as an argument."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         given = list(args)  # click's parser consumes the list it is given
@@ -164,8 +164,8 @@ class _SqlCommand(TyperCommand):
             sql = _misread_sql(getattr(exc, "option_name", None), given)
             if sql is None:
                 raise
-            given.remove(sql)
-            return super().parse_args(ctx, given + ([sql] if "--" in given else ["--", sql]))
+            given[given.index(sql)] = " " + sql
+            return super().parse_args(ctx, given)
 
 
 def _misread_sql(option: Optional[str], args: list[str]) -> Optional[str]:
@@ -252,7 +252,11 @@ def _json_column(kind: Any) -> Callable[[Any], Any]:
         fields = {name: _json_column(field) for name, field in kind.children}
         return lambda v: None if v is None else {k: fields[k](x) for k, x in v.items()}
     if kind.id == "map":
-        entry = _json_column(dict(kind.children)["value"])
+        children = dict(kind.children)
+        key, entry = _json_column(children["key"]), _json_column(children["value"])
+        if children["key"].id in ("list", "array", "struct", "map"):  # no dict key: DuckDB gives {key: [...], value: [...]}
+            return lambda v: None if v is None else {"key": [key(k) for k in v["key"]],
+                                                     "value": [entry(x) for x in v["value"]]}
         return lambda v: None if v is None else {k: entry(x) for k, x in v.items()}
     return lambda v: v
 
