@@ -11,7 +11,7 @@ from cli_runner import esper, invoke, one_line_error, start
 from esper.app import runs
 from esper.app.runs import FinalArchitecture, RunRequest, _as_grown, final_architecture
 from esper.errors import BadInput
-from esper.leyline import (CommandRejected, HeuristicConfig, LifecycleConfig, RunConfig, RunFailed, RunFinished, SeedStage,
+from esper.leyline import (CheckpointSaved, CommandRejected, HeuristicConfig, LifecycleConfig, RunConfig, RunFailed, RunFinished, SeedStage,
                            SeedTransitioned, encode)
 from esper.nissa.runstate import RunState
 from esper.store import Recorder, Workspace
@@ -102,21 +102,26 @@ def test_scratch_builds_the_final_architecture_up_front(grown):
     assert [(e.slot, e.epoch) for e in built] == [(slot, 0) for slot, _ in architecture]
 
 
-@pytest.mark.parametrize("ending, said", [(None, "incomplete after epoch 11 of 12; scratch builds the architecture "
-                                                   "of a finished run: finish it first (esper run --resume cut)"),
-                                           (RunFailed(error="interrupted"), "failed after epoch 11 of 12; scratch "
-                                            "builds the architecture of a finished run: finish it first"),
-                                           (RunFailed(error="training diverged"), "failed after epoch 11 of 12; scratch "
-                                            "builds the architecture of a finished run")])
-def test_scratch_refuses_to_build_like_a_run_that_did_not_finish(grown, tmp_path, ending, said):
+@pytest.mark.parametrize("ending, checkpoints, said", [
+    (None, True, "incomplete after epoch 11 of 12; scratch builds the architecture of a finished run: finish it first "
+                 "(esper run --resume cut)"),
+    (RunFailed(error="interrupted"), True, "failed after epoch 11 of 12; scratch builds the architecture of a finished "
+                                           "run: finish it first"),
+    (RunFailed(error="training diverged"), True, "failed after epoch 11 of 12; scratch builds the architecture of a "
+                                                 "finished run$"),
+    (RunFailed(error="interrupted"), False, "failed after epoch 11 of 12; scratch builds the architecture of a finished "
+                                            "run$"),  # nothing to resume from: --resume would refuse it
+])
+def test_scratch_refuses_to_build_like_a_run_that_did_not_finish(grown, tmp_path, ending, checkpoints, said):
     """What had fossilized when a run stopped would pass for the architecture it grew."""
     ws, _, _ = grown
     with ws.reader() as reader:
         events = [r.event for r in reader.read_run("grows")]
     cut = [e for e in events if not isinstance(e, RunFinished) and (e.epoch is None or e.epoch <= 11)]
+    saved = [CheckpointSaved(epoch=11, sha256="0" * 64, size=1)] if checkpoints else []
     with Recorder(tmp_path / "cut.duckdb") as recorder:
-        recorder.append("cut", cut + ([ending] if ending else []), 0)
-    with pytest.raises(BadInput, match=re.escape(f"like cut: the run is {said}")):
+        recorder.append("cut", cut + saved + ([ending] if ending else []), 0)
+    with pytest.raises(BadInput, match=re.escape(f"like cut: the run is {said}").replace(r"\$", "$")):
         final_architecture(Workspace(tmp_path), "cut", "mnist1d")
 
 

@@ -212,6 +212,17 @@ def test_a_read_only_filesystem_under_esper_run_is_one_line(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
+def test_a_store_failure_under_a_run_without_checkpoints_advises_no_resume(tmp_path, monkeypatch):
+    """`--resume` would refuse it (nothing to go on from): it is run again."""
+    fail_append(monkeypatch, 3, OSError(errno.EROFS, os.strerror(errno.EROFS)))
+    error = store_error(invoke("run", "--epochs", "4", "--controller", "static", "--checkpoint-every", "0",
+                               workspace=tmp_path))
+    run_id, path = the_run(tmp_path)
+    assert error == (f"esper: read-only file system writing {path}: the log holds epoch 1; "
+                     f"make {tmp_path} writable and run it again")
+
+
+@pytest.mark.slow
 def test_a_store_removed_under_esper_run_is_written_back_and_said(tmp_path, monkeypatch):
     from esper.cli import run as run_module
 

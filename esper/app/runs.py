@@ -362,8 +362,9 @@ def start(planned: PlannedRun, ws: Workspace, progress: Progress | None = None, 
                            preset=planned.preset, checkpoint_folder=checkpoint.folder_of(ws.root),
                            checkpoint_every=r.checkpoint_every, ranks=ranks, batches=batches)
         except StoreFailed as exc:
-            stored = store.last_epoch is not None  # its RunStarted at least
-            raise exc.adding(then=f"run esper run --resume {planned.run_id}" if stored else "run it again") from None
+            # its RunStarted at least, and (in the same batch) the epoch-0 checkpoint where it writes any
+            resumable = store.last_epoch is not None and r.checkpoint_every > 0
+            raise exc.adding(then=f"run esper run --resume {planned.run_id}" if resumable else "run it again") from None
         finally:
             if board is not None:
                 board.close()
@@ -508,14 +509,13 @@ def final_architecture(ws: Workspace, like: str, task: str | None) -> FinalArchi
         checked = reader.read_checked(run_id)
         recorded, unsealed = checked.recorded, checked.unsealed
         state = RunState.fold(recorded)  # RunStarted first, or it raises
-        resumable = reader.in_own_store(run_id)  # not an imported run
+        resumable = reader.in_own_store(run_id) and not_resumable(run_id, [r.event for r in recorded]) is None
     if recorded[0].event.user_code:  # its model is the user's Python, which no command can build
         raise BadInput(f"like {run_id}: a run of your own model (esper.fit, task {state.config.task}); scratch builds "
                        "the architecture of a built-in host's run")
     if state.status != FINISHED:  # what had fossilized by its end would pass for an architecture that grew
         done = state.epochs[-1].epoch if state.epochs else 0
-        fix = ("" if state.failed is not None and not state.failed.interrupted or not resumable
-               else f": finish it first (esper run --resume {run_id})")
+        fix = f": finish it first (esper run --resume {run_id})" if resumable else ""
         raise BadInput(f"like {run_id}: the run is {state.status} after epoch {done} of {state.config.epochs}; scratch "
                        f"builds the architecture of a finished run{fix}")
     if task is not None and state.config.task != task:
