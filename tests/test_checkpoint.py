@@ -2,6 +2,7 @@
 lifecycle fold and every reader take `RunResumed`, what `esper gc` deletes. (`test_resume` kills real runs.)"""
 
 import hashlib
+import io
 import os
 from collections import deque
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from cli_runner import invoke, one_line_error
 from fake_runs import checkpointed, interrupted, plan_run, sha, write_batches
 
-from esper.errors import IllegalEvent
+from esper.errors import IllegalEvent, StoreFailed
 from esper.leyline import CheckpointSaved, EpochEnded, RunConfig, RunFailed, RunResumed
 from esper.nissa import narrate
 from esper.nissa.projector import Projector
@@ -172,6 +173,36 @@ def test_a_missing_damaged_or_misnamed_checkpoint_is_unusable(started):
         checkpoint.read(folder, saved)
 
 
+@pytest.mark.parametrize("content, why", [
+    (torch.zeros(3), "not a checkpoint of format 1"),
+    ({"format": 2, "model": {"w": torch.zeros(2)}}, "not a checkpoint of format 1"),  # another format, another layout
+    ({"skeleton": {"format": 1, "epoch": 0, "w": ("__tensor__", 0)}, "dtypes": ["torch.float32"], "shapes": [[3]],
+      "flat": {"torch.float32": torch.zeros(2)}}, "unreadable"),  # ours, its tensors cut short
+], ids=["tensor", "format-2", "cut-short"])
+def test_a_file_under_a_checkpoints_name_that_is_not_one_is_unusable(tmp_path, content, why):
+    """Resume passes over an unusable checkpoint to an earlier one: a file it cannot lay out must say so, not crash."""
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    (tmp_path / f"{digest}.pt").write_bytes(data)
+    with pytest.raises(UnusableCheckpoint, match=why):
+        checkpoint.read(tmp_path, CheckpointSaved(epoch=0, sha256=digest, size=len(data)))
+
+
+def test_a_folder_where_a_checkpoint_goes_fails_the_store_in_words(tmp_path):
+    """`esper gc` leaves a folder named as a checkpoint file (not Esper's); a run that comes to write that file says
+    what is in the way (it was an internal IsADirectoryError)."""
+    captured = checkpoint.Captured(0, {"format": checkpoint.FORMAT, "epoch": 0})
+    digest = checkpoint.write(tmp_path / "elsewhere", captured).sha256
+    folder = tmp_path / "checkpoints"
+    (folder / f"{digest}.pt").mkdir(parents=True)
+    with pytest.raises(StoreFailed) as failed:
+        checkpoint.write(folder, captured)
+    assert str(failed.value) == f"{folder / digest}.pt is a folder, where a checkpoint file goes; move it away"
+    assert sorted(p.name for p in folder.iterdir()) == [f"{digest}.pt"]  # no temporary file left
+
+
 # ---- resuming: compare, then append --------------------------------------------------------------------------
 
 
@@ -216,12 +247,31 @@ def test_gc_keeps_every_checkpoint_a_run_may_resume_from_and_the_last_of_an_ende
     for epoch in range(1, 13):
         (folder / f"{sha(epoch)}.pt").write_bytes(b"x" * 10)
     (folder / f"{'ab' * 32}.pt").write_bytes(b"x" * 10)  # named by no log
-    (folder / ".cafe.pt.123.tmp").write_bytes(b"x" * 10)  # a write cut by a kill
+    (folder / f".{'cafe' * 16}.123.tmp").write_bytes(b"x" * 10)  # a write cut by a kill
     result = invoke("gc", workspace=tmp_path)
     assert result.exit_code == 0
     # Epochs 1-4 are the interrupted run's (and 1-3 the diverged run's too): all stay; 12 is the finished run's last.
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{sha(e)}.pt" for e in (1, 2, 3, 4, 12))
     assert result.stdout.strip() == "deleted 9 checkpoint files, 90 bytes freed; kept 5"
+
+
+def test_gc_deletes_only_the_files_esper_names_so_and_leaves_what_else_is_in_the_folder(tmp_path, plan):
+    write_batches(tmp_path, plan, "finished")
+    folder = checkpoint.folder_of(tmp_path)
+    folder.mkdir()
+    for epoch in range(1, 13):
+        (folder / f"{sha(epoch)}.pt").write_bytes(b"x" * 10)
+    theirs = [folder / "my_model.pt", folder / f"{sha(1)[:12]}.pt", folder / ".partial.tmp"]  # a user's files
+    for path in theirs:
+        path.write_bytes(b"mine")
+    (folder / "runs.pt").mkdir()
+    (folder / f"{'ef' * 32}.pt").mkdir()  # a folder named as a checkpoint is not one
+    (folder / "link.pt").symlink_to(folder / f"{sha(12)}.pt")
+    result = invoke("gc", workspace=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "deleted 11 checkpoint files, 110 bytes freed; kept 1"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"{sha(12)}.pt", *(p.name for p in theirs), "runs.pt", f"{'ef' * 32}.pt", "link.pt"])
 
 
 def test_gc_that_may_not_delete_says_so_in_one_line(tmp_path, plan, monkeypatch):
@@ -243,6 +293,16 @@ def test_gc_that_may_not_delete_says_so_in_one_line(tmp_path, plan, monkeypatch)
     error = one_line_error(invoke("gc", workspace=tmp_path))
     assert error.startswith(f"esper: cannot delete {folder}/") and error.endswith(".pt: Permission denied"), error
     assert len(list(folder.iterdir())) == 12
+    real_scandir = os.scandir
+
+    def unreadable(path="."):
+        if isinstance(path, (str, os.PathLike)) and Path(path) == folder:
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", unreadable)  # a folder we may not list
+    assert one_line_error(invoke("gc", workspace=tmp_path)) == \
+        f"esper: cannot read the checkpoint folder {folder}: Permission denied"
 
 
 def test_gc_keeps_files_no_log_names_while_a_store_is_being_written(tmp_path, plan):

@@ -217,6 +217,14 @@ def test_cifar10_loads_the_fixture_through_torchvision(tiny_cifar, offline):
     assert augment(data.train.x[:8], torch.Generator().manual_seed(0)).shape == (8, 3, 32, 32)
 
 
+def test_cifar10_given_its_batches_folder_itself_reads_it(tiny_cifar, offline):
+    """--data-dir .../cifar-10-batches-py, the folder the data is in, rather than the one holding it: the likeliest
+    slip there is, and it said there was no data."""
+    root, labels = tiny_cifar
+    data = load_task_data("cifar10", seed=0, data_dir=root / "cifar-10-batches-py")
+    assert data.test.y.tolist() == labels["test"].tolist() and len(data.train) == 45
+
+
 def test_cifar10_limit(tiny_cifar):
     root, _ = tiny_cifar
     data = load_task_data("cifar10", seed=0, data_dir=root, limit=4)

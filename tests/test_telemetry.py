@@ -58,3 +58,17 @@ def test_layer_gradients_flag_vanishing_layers():
     report = meter.report()
     assert report["vanishing"] == ["0"] and report["exploding"] == []
     assert 0.0 < report["host_gradient_health"] < 1.0
+
+
+def test_sharpness_takes_the_second_derivative_through_attention():
+    """The CPU's fused attention kernel has no double backward: the text task's diagnostic profile crashed its
+    first epoch ("derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented")."""
+    from esper.kasmina.hosts import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(context=8, width=16)
+    x, y = torch.randint(0, 256, (4, 8)), torch.randint(0, 256, (4, 8))
+    estimate = sharpness(model, x, y, seed=0, loss_fn=lambda out, target: nn.functional.cross_entropy(
+        out.flatten(0, 1), target.flatten()))
+    assert torch.isfinite(torch.tensor(estimate)) and estimate > 0
+    assert all(p.grad is None for p in model.parameters())

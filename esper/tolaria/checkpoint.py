@@ -19,6 +19,7 @@ import io
 import math
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,18 @@ FOLDER = "checkpoints"
 """The workspace's folder of checkpoint files."""
 
 
+NAME = re.compile(r"[0-9a-f]{64}\.pt")
+"""A checkpoint file's name: its bytes' sha256 (`path_of`)."""
+PART = re.compile(r"\.[0-9a-f]{64}\.[0-9]+\.tmp")
+"""A checkpoint file being written, by the process whose id it holds (`write`): what a kill mid-write leaves."""
+
+
 def folder_of(workspace_root: Path) -> Path:
     return Path(workspace_root) / FOLDER
+
+
+def path_of(folder: Path, sha256: str) -> Path:
+    return folder / f"{sha256}.pt"
 
 
 def check_folder(workspace_root: Path) -> None:
@@ -154,7 +165,9 @@ def write(folder: Path, captured: Captured) -> CheckpointSaved:
     torch.save(captured.state, buffer)
     data = buffer.getvalue()
     sha256 = hashlib.sha256(data).hexdigest()
-    path = folder / f"{sha256}.pt"
+    path = path_of(folder, sha256)
+    if path.is_dir():  # not Esper's (`esper gc` leaves it): rename would fail with IsADirectoryError
+        raise StoreFailed(f"{path} is a folder, where a checkpoint file goes", "move it away")
     with refusals(path):  # a full disk or a read-only workspace is the run's store failing, said as such
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{sha256}.{os.getpid()}.tmp"
@@ -206,7 +219,7 @@ class CheckpointWriter:
 def read(folder: Path, saved: CheckpointSaved) -> dict[str, Any]:
     """The state a `CheckpointSaved` names, if its file is there, unchanged and of this format."""
     try:
-        data = (folder / f"{saved.sha256}.pt").read_bytes()
+        data = path_of(folder, saved.sha256).read_bytes()
     except FileNotFoundError:
         raise UnusableCheckpoint("missing") from None
     except OSError as exc:
@@ -214,11 +227,16 @@ def read(folder: Path, saved: CheckpointSaved) -> dict[str, Any]:
     if hashlib.sha256(data).hexdigest() != saved.sha256:
         raise UnusableCheckpoint("damaged (its bytes no longer match their hash)")
     try:
-        state = _unpacked(torch.load(io.BytesIO(data), weights_only=True))
+        packed = torch.load(io.BytesIO(data), weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise UnusableCheckpoint(f"unreadable ({first_line(exc)})") from None
-    if state.get("format") != FORMAT:
+    skeleton = packed.get("skeleton") if isinstance(packed, dict) else None
+    if not isinstance(skeleton, dict) or skeleton.get("format") != FORMAT:  # before its tensors are laid out as ours
         raise UnusableCheckpoint(f"not a checkpoint of format {FORMAT}")
+    try:
+        state = _unpacked(packed)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise UnusableCheckpoint(f"unreadable ({first_line(exc)})") from None
     if state.get("epoch") != saved.epoch:
         raise UnusableCheckpoint(f"holds epoch {state.get('epoch')}, not {saved.epoch}")
     return state

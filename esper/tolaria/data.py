@@ -10,9 +10,10 @@ gives the same batches.
   per process and on disk under `$ESPER_CACHE` (else `$XDG_CACHE_HOME/esper`, else `~/.cache/esper`).
   The last 20% of the generated training set is the validation set; inputs are standardised with
   the mean and standard deviation of the remaining training set.
-* `cifar10` is read by torchvision's own `CIFAR10` loader (checksums verified) from `data_dir`,
-  downloading there when asked. The last 10% of the training set (5,000 images) is the validation
-  set; inputs are standardised with the usual per-channel CIFAR-10 statistics.
+* `cifar10` is read by torchvision's own `CIFAR10` loader (checksums verified) from `data_dir` (the folder
+  holding `cifar-10-batches-py`, or that folder itself), downloading there when asked. The last 10% of the
+  training set (5,000 images) is the validation set; inputs are standardised with the usual per-channel
+  CIFAR-10 statistics.
 
 Every split has `x` float32 of shape `(N, C, L)` or `(N, C, H, W)` and `y` int64 class indices. Both tasks
 classify: `TaskData` also says what is measured on a batch (cross-entropy, top-1 accuracy), the interface
@@ -373,6 +374,8 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 
 def _load_cifar10(data_dir: str | os.PathLike[str] | None, download: bool) -> TaskData:
     root = Path(data_dir).expanduser() if data_dir is not None else cache_dir() / "cifar10"
+    if root.name == CIFAR10_FOLDER and not (root / CIFAR10_FOLDER).is_dir():  # the data's folder, not its parent
+        root = root.parent
     # A run given neither trains on what an earlier --download left in the cache: the run that downloaded it records
     # no --data-dir, and re-executing or resuming it must find the same data.
     if data_dir is None and not download and not (root / CIFAR10_FOLDER).is_dir():

@@ -5,7 +5,8 @@ names: resume falls back to an earlier one when a later file is lost. A run that
 itself) keeps only its last, its final model. A file named by no log (its run was killed between writing it and
 logging it, or trained again on resume) and a temporary file left by a kill mid-write are deleted too, but only
 when every store was read whole: a live writer may be about to log the file it just wrote. Files are shared by
-content, so a file any run needs stays.
+content, so a file any run needs stays. Only what is named as `checkpoint.write` names its files is Esper's: anything
+else in the folder (a user's own model file, a folder) is left as it is.
 """
 
 import os
@@ -44,8 +45,8 @@ def collect(ws: Workspace) -> Collected:
             " WHERE type IN ('RunFinished', 'RunFailed', 'RunResumed') GROUP BY run_id").fetchall())
     referenced = {sha for _, shas in named for sha in shas}
     needed = {sha for run_id, shas in named for sha in (shas[-1:] if _ended(endings.get(run_id)) else shas)}
-    files = list(folder.glob("*.pt"))
-    unnamed = [p for p in files if p.stem not in referenced] + list(folder.glob(".*.tmp"))
+    files, parts = _owned(folder)
+    unnamed = [p for p in files if p.stem not in referenced] + parts
     doomed = [p for p in files if p.stem in referenced and p.stem not in needed]
     if whole:
         doomed += unnamed
@@ -56,6 +57,24 @@ def collect(ws: Workspace) -> Collected:
         raise BadInput(f"cannot delete checkpoint files in {folder}: it is not writable")
     freed = sum(_delete(p) for p in doomed)
     return Collected(len(doomed), freed, len(set(files) - set(doomed)), notes)
+
+
+def _owned(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The checkpoint files in `folder` and the ones a kill left half written, by the names `checkpoint.write` gives
+    them: anything else there (a user's own file or folder) is not Esper's to delete."""
+    files, parts = [], []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        raise BadInput(f"cannot read the checkpoint folder {folder}: {exc.strerror or exc}") from None
+    for entry in entries:
+        if entry.is_dir():
+            continue
+        if checkpoint.NAME.fullmatch(entry.name):
+            files.append(Path(entry.path))
+        elif checkpoint.PART.fullmatch(entry.name):
+            parts.append(Path(entry.path))
+    return files, parts
 
 
 def _ended(closing: str | None) -> bool:
@@ -69,7 +88,7 @@ def _ended(closing: str | None) -> bool:
 def _delete(path: Path) -> int:
     """The bytes freed (none when another process deleted the file first)."""
     try:
-        size = path.stat().st_size
+        size = path.lstat().st_size  # a link's own: deleting it frees nothing of the file it leads to
         path.unlink()
     except FileNotFoundError:
         return 0

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from esper.tolaria.health import EXPLODING, VANISHING, step_health
 from esper.tolaria.inputs import positional
@@ -68,12 +69,15 @@ def sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
               loss_fn: Callable[..., torch.Tensor] = F.cross_entropy) -> float:
     """Top Hessian eigenvalue of the loss (`loss_fn(output, y)`, the mean over the batch) at the current weights
     (eval mode: no statistics change).
-    Uses `autograd.grad` only, so no `.grad` is touched; the start vector comes from its own generator."""
+    Uses `autograd.grad` only, so no `.grad` is touched; the start vector comes from its own generator. Attention
+    runs as plain matrix products here: the fused kernels (flash on CPU and CUDA, memory-efficient on CUDA) have no
+    second derivative."""
     params = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
     model.eval()
     try:
-        loss = loss_fn(model(*positional(x)), y)
+        with sdpa_kernel(SDPBackend.MATH):
+            loss = loss_fn(model(*positional(x)), y)
         grads = torch.autograd.grad(loss, params, create_graph=True)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         v = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]
