@@ -190,7 +190,9 @@ def test_a_size_cap_and_lifecycle_timings_come_as_a_dict_too_and_a_static_run_sa
     assert (lifecycle.max_params, lifecycle.blend_epochs) == (5000, 3)
 
 
-def test_a_policy_plays_under_the_cap_it_was_trained_with_unless_the_call_gives_one(fitted, tmp_path):
+@pytest.fixture
+def capped_policy(fitted, tmp_path):
+    """A policy file for `small_model`'s slots, trained (as its file says) under a cap of 5,000 parameters."""
     from esper.simic.policy import save_policy
     from esper.simic.ppo import make_net
     from esper.simic.rewards import RewardConfig
@@ -200,10 +202,27 @@ def test_a_policy_plays_under_the_cap_it_was_trained_with_unless_the_call_gives_
         spec = spec_for_run(reader.read_run(result.run_id)[0].event)
     path = tmp_path / "tiny.pt"
     save_policy(path, make_net(spec, 8, seed=1), "iql", RewardConfig(), hidden=8, max_params=5000)
-    for lifecycle, cap in (({}, 5000), ({"max_params": 7000}, 7000)):
-        played = esper.fit(small_model(), batches(1, 1), batches(1, 2), epochs=1, controller="policy",
-                           policy=str(path), lifecycle=lifecycle, workspace=str(tmp_path / "ws"))
-        assert recorded_lifecycle(tmp_path / "ws", played.run_id).max_params == cap
+    return path
+
+
+@pytest.mark.parametrize("lifecycle, cap", [(None, 5000), ({"blend_epochs": 2}, 5000), ({"max_params": 7000}, 7000),
+                                            ({"max_params": 0}, 0)])  # 0, given: no cap, as --max-params 0
+def test_a_policy_plays_under_the_cap_it_was_trained_with_unless_the_call_gives_one(capped_policy, tmp_path,
+                                                                                    lifecycle, cap):
+    played = esper.fit(small_model(), batches(1, 1), batches(1, 2), epochs=1, controller="policy",
+                       policy=capped_policy, lifecycle=lifecycle, workspace=str(tmp_path / "ws"))  # a Path too
+    assert recorded_lifecycle(tmp_path / "ws", played.run_id).max_params == cap
+
+
+def test_a_policys_cap_below_the_model_is_refused_naming_the_policy(capped_policy, tmp_path):
+    wide = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))  # small_model's slots, wider
+    model = esper.grow(wide, ["1", "3"], example=torch.zeros(1, 3, 8, 8))
+    with pytest.raises(BadInput, match=r"^the policy was trained under max_params 5,000, below the model's own "
+                                       r"10,276 parameters: give lifecycle=\{'max_params': N\} \(0: no cap\)$"):
+        esper.fit(model, batches(1, 1), batches(1, 2), epochs=1, controller="policy", policy=capped_policy,
+                  workspace=str(tmp_path / "ws"))
+    assert not (tmp_path / "ws").exists()
 
 
 def test_a_heuristic_that_cannot_germinate_in_the_epochs_given_is_warned_about(tmp_path):
@@ -289,6 +308,8 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"heuristic": {"warmup": 1}}, "heuristic: .*warmup"),
     ({"heuristic": {"warmup_epochs": -1}}, "heuristic: warmup_epochs cannot be negative"),
     ({"heuristic": 3}, "heuristic: a HeuristicConfig or a dict of its knobs, not int"),
+    ({"controller": "static", "heuristic": {"warmup_epochs": 2}}, "^heuristic knobs are for controller 'heuristic' only"),
+    ({"controller": "policy", "policy": 3}, "^policy: the path of a policy file, not int$"),
     ({"optimizer": "lbfgs"}, "optimizer must be 'adam' or 'sgd'"),
     ({"lr": 1e38}, "lr must be a positive number up to 1000"),
     ({"seed_lr": -1.0}, "seed_lr must be a positive number up to 1000, got -1.0"),

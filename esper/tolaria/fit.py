@@ -6,6 +6,7 @@ settings and names the model's class), every epoch, command, germination and tra
 model and data came from user code, which the log does not hold: `esper replay --verify` cannot re-execute it.
 """
 
+import os
 import secrets
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -48,11 +49,11 @@ class FitResult:
 def fit(
     model: GrowableModel, train: Batches, val: Batches, *, test: Batches | None = None,
     loss: Loss = F.cross_entropy, score: Score | None = None, epochs: int = 10, controller: str = "heuristic",
-    heuristic: HeuristicConfig | Mapping = HeuristicConfig(), lifecycle: LifecycleConfig | Mapping = LifecycleConfig(),
+    heuristic: HeuristicConfig | Mapping | None = None, lifecycle: LifecycleConfig | Mapping | None = None,
     commands_per_epoch: int = 1, blueprints: Sequence[str] | None = None, optimizer: str = "adam", lr: float = 1e-3,
     seed_lr: float | None = None, weight_decay: float = 0.0,
     momentum: float = 0.9, seed: int = 0, task: str = "user", device: str | torch.device | None = None,
-    policy: str | None = None, workspace: str | None = None, progress: Progress | None = None,
+    policy: str | os.PathLike | None = None, workspace: str | None = None, progress: Progress | None = None,
 ) -> FitResult:
     """Grow `model` (from `esper.grow`) for `epochs` on `train`, deciding with `controller` after each epoch.
 
@@ -65,8 +66,9 @@ def fit(
     `controller`: heuristic, static, random, or policy or sampled (then `policy`: the file `esper ppo`/`esper iql`
     saved, played greedily or sampling; refused with any other controller). `heuristic`: the knobs of the heuristic
     controller (refused with any other), `lifecycle` the lifecycle's timings, thresholds and size
-    cap (`max_params`; 0, the default, plays a policy under the cap it was trained with): each a config struct or a
-    dict of its fields; with controller static, which germinates nothing, the seeds' settings are warned about. `commands_per_epoch`: how many commands the
+    cap (`max_params`, 0 for none; where `lifecycle` does not give it, a policy plays under the cap it was trained
+    with): each a config struct or a dict of its fields; with controller static, which germinates nothing, the seeds'
+    settings are warned about. `commands_per_epoch`: how many commands the
     controller may issue after an epoch, each on what the last left (`esper run --commands-per-epoch`).
     `blueprints`: what controllers may germinate (default: every blueprint of the slots' families, the largest
     first; `repeat`, growth by depth, only when named: a copy of the block before a slot, where that block maps its
@@ -90,13 +92,18 @@ def fit(
     if policy is not None and controller not in POLICY_CONTROLLERS:  # as `esper run --policy` refuses it
         raise BadInput(f"policy is for controller 'policy' or 'sampled', not {controller!r}: drop policy, or add "
                        "controller='policy'")
+    if policy is not None and not isinstance(policy, (str, os.PathLike)):
+        raise BadInput(f"policy: the path of a policy file, not {type(policy).__name__}")
+    policy = None if policy is None else os.fspath(policy)  # the log names it as text
     if grown := [f"{seed.seed_id} in slot {slot.name} ({seed.stage.value})" for slot in model.slots.values()
                  for seed in slot.seeds()]:
         raise BadInput(f"the model already holds seeds ({', '.join(grown)}): esper.fit grows a model from its host "
                        "alone; grow a fresh one with esper.grow")
-    knobs = _knobs(HeuristicConfig, heuristic, "heuristic")
-    if knobs != HeuristicConfig() and controller != "heuristic":
+    if heuristic is not None and controller != "heuristic":  # as `esper run --heuristic` refuses them
         raise BadInput(f"heuristic knobs are for controller 'heuristic' only, not {controller!r}: drop heuristic")
+    knobs = _knobs(HeuristicConfig, heuristic, "heuristic")
+    capped = isinstance(lifecycle, LifecycleConfig) or (isinstance(lifecycle, Mapping) and "max_params" in lifecycle)
+    seed_settings = _seed_settings_given(lifecycle, commands_per_epoch, blueprints, seed_lr)
     lifecycle = _knobs(LifecycleConfig, lifecycle, "lifecycle")
     _check_numbers(epochs=epochs, seed=seed, commands_per_epoch=commands_per_epoch, lr=lr, seed_lr=seed_lr,
                    weight_decay=weight_decay, momentum=momentum)
@@ -120,16 +127,20 @@ def fit(
     if hasattr(brain, "check_fits"):  # a trained policy: refused here if it cannot play on this model, not mid-run
         brain.check_fits(model.slot_names, list(preset.blueprints), where="this model", fix="learn a policy from "
                          f"esper.fit runs of this model (esper iql --task {task})")
-    if not lifecycle.max_params:  # a policy plays under the cap it was trained with, as in `esper run`
-        lifecycle = msgspec.structs.replace(lifecycle, max_params=getattr(brain, "max_params", 0))
+    if not capped and (cap := getattr(brain, "max_params", 0)):  # a policy plays under its training's cap, as in esper run
+        if cap < model.param_count():
+            raise BadInput(f"the policy was trained under max_params {cap:,}, below the model's own "
+                           f"{model.param_count():,} parameters: give lifecycle={{'max_params': N}} (0: no cap)")
+        lifecycle = msgspec.structs.replace(lifecycle, max_params=cap)
     config = resolve_config(RunConfig(task=task, controller=controller, seed=seed, epochs=epochs, device=device,
                                       policy=policy, heuristic=knobs, lifecycle=lifecycle,
                                       commands_per_epoch=commands_per_epoch, anneal_epochs=0),
                             preset, model.param_count())
     if controller == "heuristic" and (idle := idle_heuristic(knobs, epochs)):
         warnings.warn(f"{idle} (lower the knobs warmup_epochs or finish_epochs)", stacklevel=2)
-    if controller == "static" and (given := _seed_settings_given(lifecycle, commands_per_epoch, blueprints, seed_lr)):
-        warnings.warn(f"{' and '.join(given)} change nothing here: controller static germinates no seed", stacklevel=2)
+    if controller == "static" and seed_settings:
+        warnings.warn(f"{' and '.join(seed_settings)} change nothing here: controller static germinates no seed",
+                      stacklevel=2)
     ws = Workspace.at(workspace)
     check_writable(ws.root / "store.duckdb", what="workspace")
     with Recorder(ws.store_path(run_id)) as recorder:
@@ -160,15 +171,17 @@ def _check_numbers(**given) -> None:
     check_seed(given["seed"])
 
 
-def _seed_settings_given(lifecycle: LifecycleConfig, commands_per_epoch: int, blueprints, seed_lr) -> list[str]:
-    """The settings of how seeds train and blend that a call gave (not their defaults)."""
-    given = {"lifecycle": lifecycle != LifecycleConfig(), "commands_per_epoch": commands_per_epoch != 1,
+def _seed_settings_given(lifecycle, commands_per_epoch: int, blueprints, seed_lr) -> list[str]:
+    """The settings of how seeds train and blend that a call gave."""
+    given = {"lifecycle": lifecycle is not None, "commands_per_epoch": commands_per_epoch != 1,
              "blueprints": blueprints is not None, "seed_lr": seed_lr is not None}
     return [name for name, set_here in given.items() if set_here]
 
 
 def _knobs(struct: type, given, name: str):
-    """`given` as the config struct `struct`: itself, or built from a dict of its fields."""
+    """`given` as the config struct `struct`: itself, built from a dict of its fields, or (None) the defaults."""
+    if given is None:
+        return struct()
     if isinstance(given, struct):
         return given
     if not isinstance(given, Mapping):
