@@ -372,13 +372,16 @@ class Reader:
         rows, unsealed = self._checked_rows(run_id)
         return CheckedRun(list(decode_rows(run_id, rows)), unsealed)
 
-    def altered_runs(self) -> dict[str, str]:
-        """Each run whose log `check_run` refuses, with what it says: every run's chain and heads checked in one
-        pass over the workspace's events (a listing of every run costs one read, not one per run)."""
+    def altered_runs(self, runs: list[str] | None = None) -> dict[str, str]:
+        """Each run (of `runs`; None: all) whose log `check_run` refuses, with what it says: the runs' chains and
+        heads checked in one pass over their events (a listing of every run costs one read, not one per run)."""
+        among, chosen = ("WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [runs]) if runs is not None else ("", [])
         heads: dict[str, dict[str, tuple[int, str | None]]] = {}
-        for run_id, seq, hash_, store in self.con.execute("SELECT run_id, seq, hash, _store FROM all_heads").fetchall():
+        for run_id, seq, hash_, store in self.con.execute(f"SELECT run_id, seq, hash, _store FROM all_heads {among}",
+                                                          chosen).fetchall():
             heads.setdefault(run_id, {})[store] = (seq, hash_)
-        result = self.con.execute(f"SELECT run_id, {ROW_COLUMNS} FROM all_events ORDER BY run_id, seq, position")
+        result = self.con.execute(f"SELECT run_id, {ROW_COLUMNS} FROM all_events {among} ORDER BY run_id, seq, position",
+                                  chosen)
         altered = {}
         for run_id, rows in itertools.groupby(_fetched(result), key=lambda row: row[0]):
             try:
