@@ -1,8 +1,9 @@
 """A chart written as a file of its own (`esper.nissa.charts.svg_file`) is an SVG document any viewer draws."""
 
+import signal
 import xml.etree.ElementTree as ET
 
-from esper.nissa.charts import Series, line_chart, svg_file
+from esper.nissa.charts import Series, line_chart, nice_ticks, svg_file
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -15,3 +16,23 @@ def test_a_chart_file_is_namespaced_svg_with_its_styles_and_every_point():
     assert ".grid" in root.find(f"{SVG}style").text
     titles = [t.text for t in root.iter(f"{SVG}title")]
     assert titles[0] == "Accuracy & params" and any("92.5 %" in t for t in titles[1:])
+
+
+def test_values_that_differ_by_a_few_units_in_the_last_place_get_ticks_and_a_chart():
+    # A user's loss near 1e15 that moved by a quarter: a tick step under the floats' resolution would never advance.
+    def hung(signum, frame):
+        raise TimeoutError("nice_ticks did not return")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        found = [(lo, hi, nice_ticks(lo, hi)) for lo, hi in [(1e15, 1e15 + 0.25), (3.4e12, 3.4e12 + 0.001),
+                                                             (-1e15 - 0.25, -1e15)]]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    for lo, hi, ticks in found:
+        assert ticks[0] <= lo and ticks[-1] >= hi and 2 <= len(ticks) <= 8
+    chart = line_chart("loss", "Loss", [Series("train", [(1, 1e15), (2, 1e15 + 0.25)], "#444444")],
+                       y_format=lambda v: f"{v:.3g}")
+    assert chart.count("<circle") == 2

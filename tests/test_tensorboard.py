@@ -65,3 +65,37 @@ def test_export_to_a_folder_that_cannot_be_made_is_one_line(tmp_path):
     for out in (tmp_path / "afile", tmp_path / "afile" / "tb"):
         result = invoke("export", run_id, "--format", "tensorboard", "--out", out, workspace=tmp_path / "ws")
         assert f"cannot create the TensorBoard folder {out}: {tmp_path / 'afile'} is a file" in one_line_error(result)
+
+
+def test_a_text_runs_bits_per_character_are_exported(tmp_path):
+    from test_nissa_edges import text_batches
+
+    from fake_runs import write_batches
+
+    write_batches(tmp_path / "ws", text_batches(), "text-run")
+    result = invoke("export", "text-run", "--format", "tensorboard", "--out", tmp_path / "tb",
+                    workspace=tmp_path / "ws")
+    assert result.exit_code == 0, result.stderr
+    acc = read_back(tmp_path / "tb")
+    val = {s.step: s.value for s in acc.Scalars("bits_per_char/val")}
+    assert val == {epoch: pytest.approx(4.0 - epoch / 10, rel=1e-6) for epoch in range(1, 7)}
+    [test] = acc.Scalars("bits_per_char/test")
+    assert (test.step, test.value) == (6, pytest.approx(3.45, rel=1e-6))
+
+
+def test_a_run_of_an_accuracy_task_exports_no_bits_per_character(tmp_path):
+    run_id = write_run(tmp_path / "ws", epochs=3)
+    assert invoke("export", run_id, "--format", "tensorboard", "--out", tmp_path / "tb",
+                  workspace=tmp_path / "ws").exit_code == 0
+    assert not any(tag.startswith("bits_per_char") for tag in read_back(tmp_path / "tb").Tags()["scalars"])
+
+
+def test_an_interrupted_and_resumed_run_is_not_said_to_have_failed(tmp_path):
+    from fake_runs import checkpointed, interrupted, write_batches
+
+    write_batches(tmp_path / "ws", interrupted(checkpointed(plan_run(epochs=6)), 3), "resumed")
+    assert invoke("export", "resumed", "--format", "tensorboard", "--out", tmp_path / "tb",
+                  workspace=tmp_path / "ws").exit_code == 0
+    texts = read_back(tmp_path / "tb").Tensors("run/text_summary")
+    said = [(t.step, t.tensor_proto.string_val[0].decode()) for t in texts]
+    assert said[1:] == [(4, "interrupted"), (3, "resumed from its checkpoint of epoch 3")]

@@ -74,8 +74,8 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
     """Round tick values covering [lo, hi], about `target` of them (1, 2, 2.5 or 5 times a power of ten)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return [0.0, 1.0]
-    if hi - lo < 1e-12:
-        pad = abs(hi) * 0.05 or 1.0
+    if hi - lo < 1e-12 or hi - lo < 1e-9 * max(abs(lo), abs(hi)):  # flat, at the resolution of floats this large:
+        pad = abs(hi) * 0.05 or 1.0  # a step under it would never advance the loop below
         lo, hi = lo - pad, hi + pad
     raw = (hi - lo) / target
     magnitude = 10 ** math.floor(math.log10(raw))

@@ -277,8 +277,15 @@ def _tell_end(story: _Story, e: RunFinished) -> None:
     alive = [s.seed_id for s in story.seeds.values() if s.seed_id not in story.fossilized and s.seed_id not in story.culled]
     seeds = (f"{len(story.seeds)} germinated, {len(story.fossilized)} fossilized, {len(story.culled)} culled"
              + (f", {len(alive)} unfinished ({', '.join(alive)})" if alive else ""))
-    story.say(e.epoch, f"finished: validation accuracy {pct(e.val_accuracy)} (test {pct(e.test_accuracy)}){best_text}; "
-                       f"{count(e.params)} params{growth}; seeds: {seeds}")
+    measured = "" if e.val_bits_per_char is None else \
+        f"; {bits(e.val_bits_per_char)} bits per character (test {bits(e.test_bits_per_char)})"
+    story.say(e.epoch, f"finished: validation accuracy {pct(e.val_accuracy)} (test {pct(e.test_accuracy)}){best_text}"
+                       f"{measured}; {count(e.params)} params{growth}; seeds: {seeds}")
+
+
+def bits(value: float | None) -> str:
+    """A loss in bits per character (the text task's): 3.7564 → '3.756'."""
+    return "–" if value is None else f"{value:.3f}"
 
 
 def describe_command(command: Command) -> str:

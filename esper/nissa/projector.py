@@ -7,12 +7,16 @@ round-trips through JSON exactly.
 
 If the log under a checkpoint changed (the event at the checkpointed `seq` has another `event_id` or hash,
 or the run is gone from the workspace), that run is folded again from its first event. The events read are
-checked against the run's hash chain (esper.store.chain), continuing from the hash the checkpoint saw, so
-the check costs what the catch-up reads; `catch_up(check=runs)` also checks those runs' whole chains (what
-`esper report` asks for the runs it draws). A run whose check fails is dropped from every read model (its
-rows and checkpoints deleted, a note added, the reason kept in `altered`): the projections never serve an
-altered log, old values or new. If a projection's (or a derived table's) `version` changed, its tables are
-rebuilt (`nissa_versions`). Derived tables are recomputed whenever the projections' rows change.
+checked against the run's hash chain (esper.store.chain), continuing from the hash the checkpoint saw. Before
+that, every run's chain and heads are checked in one pass (`Reader.altered_runs`, as `esper runs` checks them): an
+event edited after it was folded, which no catch-up reads again, and a tail cut off, which leaves a chain that
+holds, are seen there. So every run `esper runs` lists as altered is out of every read model, whatever the
+projection file held before; `catch_up(check=runs)` also folds those runs again from their
+checked logs (what `esper report` asks for the runs it draws: the projection file, which no hash covers, may
+have been edited). A run whose check fails is dropped from every read model (its rows and checkpoints deleted, a
+note added, the reason kept in `altered`): the projections never serve an altered log, old values or new. If a
+projection's (or a derived table's) `version` changed, its tables are rebuilt (`nissa_versions`). Derived tables
+are recomputed whenever the projections' rows change.
 
 The projection database is `<workspace>/.nissa/projections.duckdb` (never a `*.duckdb` in the workspace
 root: those are event stores), or an in-memory database when that file cannot be opened (another
@@ -168,9 +172,10 @@ class Projector:
 
     def catch_up(self, reader: Reader, max_events: int | None = None, check: Sequence[str] = ()) -> int:
         """Fold the events stored after each checkpoint (at most `max_events`); returns how many were read.
-        The runs in `check` have their whole hash chain checked first and are folded again from their first event
-        (cost linear in those runs): what is drawn from them is then what their checked log says, whatever the
-        projection file (derived data, which no hash covers) was made to hold."""
+        Every run `Reader.altered_runs` refuses is dropped first. The runs in `check` have their
+        whole hash chain checked and are folded again from their first event (cost linear in those runs): what is
+        drawn from them is then what their checked log says, whatever the projection file (derived data, which no
+        hash covers) was made to hold."""
         heads = dict(reader.con.execute("SELECT run_id, max(seq) FROM events GROUP BY run_id").fetchall())
         checked = set()
         for run in check:
@@ -182,6 +187,9 @@ class Projector:
             checked.add(run)
             if note:
                 self.notes.append(note)
+        for run, why in sorted(reader.altered_runs().items()):  # what `esper runs` lists as altered
+            if run not in checked and run not in self.altered:
+                self._drop_altered(run, why)
         heads = {run: head for run, head in heads.items() if run not in self.altered}
         checkpoints = self._checkpoints()
         stale = self._stale_runs(reader, checkpoints, heads) | (checked & set(heads))

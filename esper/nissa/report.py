@@ -16,7 +16,7 @@ from esper.leyline.status import INCOMPLETE, shown
 from esper.nissa.charts import DASHES, RUN_COLORS, STAGE_COLORS, Band, Marker, Series, line_chart
 from esper.nissa.files import atomic_write
 from esper.nissa.fmt import count, pct, plural, points
-from esper.nissa.narrative import explain_rejection, narrate
+from esper.nissa.narrative import bits, explain_rejection, narrate
 from esper.nissa.projector import Projector
 from esper.store import Reader
 
@@ -33,6 +33,8 @@ class RunView:
     decisions: list[dict[str, Any]]
     narrative: list[str]
     live: bool = False
+    left_out: dict[str, str] = attrs.field(factory=dict)
+    """Runs left out of the tables across the workspace (their logs were altered, a tail cut off, say) → why."""
 
     @property
     def status(self) -> str:
@@ -55,6 +57,7 @@ def load_view(projector: Projector, reader: Reader, run_id: str) -> RunView:
         decisions=projector.fetch("controller_decisions", run_id),
         narrative=narrate(reader.read_run(run_id), run_id),
         live=reader.is_live(run_id),
+        left_out=dict(sorted(projector.altered.items())),
     )
 
 
@@ -233,6 +236,25 @@ def _growth(summary: dict[str, Any]) -> str:
     return "host alone" if now == host else f"{(now - host) / host:+.0%} over the host"
 
 
+def _best_key(summary: dict[str, Any]) -> str:
+    epoch = summary.get("best_epoch")
+    return "best validation" if epoch is None else f"best validation (epoch {epoch})"
+
+
+def _has_bits(views: Sequence[RunView]) -> bool:
+    """Whether any of the runs measured bits per character (the text task's measure of its loss)."""
+    return any(v.summary.get("val_bits_per_char") is not None for v in views)
+
+
+def _bits_cards(view: RunView) -> list[str]:
+    """A text run's losses in bits per character, the measure its task is judged by (none for other tasks)."""
+    if not _has_bits([view]):
+        return []
+    s, final = view.summary, " (final)" if view.status == "finished" else " (latest)"
+    return [_card(bits(s.get("val_bits_per_char")), "validation bits per character" + final),
+            _card(bits(s.get("test_bits_per_char")), "test bits per character")]
+
+
 def seed_rows(view: RunView) -> list[str]:
     rows = []
     for s in view.seeds:
@@ -300,7 +322,8 @@ def render_run(view: RunView, blueprints: list[dict[str, Any]] | None = None) ->
         '<section class="cards">',
         _card(pct(s.get("val_accuracy")), "validation accuracy" + (" (final)" if view.status == "finished" else " (latest)")),
         _card(pct(s.get("test_accuracy")), "test accuracy"),
-        _card(pct(s.get("best_val_accuracy")), f"best validation (epoch {s.get('best_epoch')})"),
+        *_bits_cards(view),
+        _card(pct(s.get("best_val_accuracy")), _best_key(s)),
         _card(count(s.get("params")), f"parameters ({_growth(s)})" if _growth(s) else "parameters"),
         _card(f"{s.get('fossilized', 0)} / {s.get('culled', 0)}", f"seeds fossilized / culled (of {s.get('germinated', 0)})"),
         "</section>",
@@ -328,14 +351,25 @@ def render_run(view: RunView, blueprints: list[dict[str, Any]] | None = None) ->
     if rows:
         body.append(_table(["epoch", "controller", "command", "target", "outcome", "effect or reason"], rows))
     body.append("</section>")
-    if blueprints:
+    if blueprints or view.left_out:
         body += ['<section id="blueprints"><h2>Blueprints across this workspace</h2>',
                  '<p class="note">Fossilization rate = fossilized / (fossilized + culled); contribution measured when '
-                 "a seed fossilized or was culled; params added = parameters of fossilized seeds.</p>",
-                 _table(["blueprint", "runs", "germinated", "fossilized", "culled", "in progress", "fossilization rate",
-                         "mean contribution", "params added"], blueprint_rows_html(blueprints)),
-                 "</section>"]
+                 "a seed fossilized or was culled; params added = parameters of fossilized seeds. Seeds a scratch run "
+                 "built into its host are not counted: no gate judged them.</p>"]
+        if blueprints:
+            body.append(_table(["blueprint", "runs", "germinated", "fossilized", "culled", "in progress",
+                                "fossilization rate", "mean contribution", "params added"],
+                               blueprint_rows_html(blueprints)))
+        body += [f'<p class="note left-out" data-run="{_e(run)}">Left out: {_e(why)}</p>'
+                 for run, why in view.left_out.items()]
+        body.append("</section>")
     return _page(f"Esper report: {view.run_id}", body)
+
+
+def different_tasks(views: Sequence[RunView]) -> list[str] | None:
+    """The tasks of the runs, when there are several: their accuracies and losses measure different things."""
+    tasks = sorted({str(v.summary.get("task")) for v in views})
+    return tasks if len(tasks) > 1 else None
 
 
 def render_comparison(views: Sequence[RunView]) -> str:
@@ -344,22 +378,32 @@ def render_comparison(views: Sequence[RunView]) -> str:
         f'<span><i style="background:{RUN_COLORS[i % len(RUN_COLORS)]}"></i>{_e(v.run_id)}</span>'
         for i, v in enumerate(views)
     )
+    with_bits = _has_bits(views)
     rows = []
     for i, v in enumerate(views):
         s = v.summary
         swatch = f'<i style="display:inline-block;width:10px;height:10px;background:{RUN_COLORS[i % len(RUN_COLORS)]}"></i> '
         rows.append(f'<tr data-run="{_e(v.run_id)}">' + "".join([
-            _td(swatch + _e(v.run_id), raw=True), _td(s.get("controller")), _td(s.get("seed"), True), _td(v.status),
-            _td(s.get("epochs"), True), _td(pct(s.get("val_accuracy")), True), _td(pct(s.get("best_val_accuracy")), True),
-            _td(pct(s.get("test_accuracy")), True), _td(count(s.get("params")), True),
+            _td(swatch + _e(v.run_id), raw=True), _td(s.get("task")), _td(s.get("controller")),
+            _td(s.get("seed"), True), _td(v.status), _td(s.get("epochs"), True), _td(pct(s.get("val_accuracy")), True),
+            _td(pct(s.get("best_val_accuracy")), True), _td(pct(s.get("test_accuracy")), True),
+            *([_td(bits(s.get("val_bits_per_char")), True), _td(bits(s.get("test_bits_per_char")), True)]
+              if with_bits else []),
+            _td(count(s.get("params")), True),
             _td(f"{s.get('germinated', 0)} / {s.get('fossilized', 0)} / {s.get('culled', 0)}", True),
         ]) + "</tr>")
     body = [
         "<header>", f"<h1>Comparison of {len(views)} runs</h1>",
         f'<p class="sub">{_e(", ".join(v.run_id for v in views))}</p>', "</header>",
         '<section id="runs"><h2>Runs</h2>',
-        _table(["run", "controller", "seed", "status", "epochs", "validation", "best validation", "test", "params",
+        _table(["run", "task", "controller", "seed", "status", "epochs", "validation", "best validation", "test",
+                *(["validation bits/char", "test bits/char"] if with_bits else []), "params",
                 "seeds germ. / foss. / culled"], rows),
+    ]
+    if (tasks := different_tasks(views)) is not None:
+        body.append(f'<p class="note">These runs are of different tasks ({_e(", ".join(tasks))}): their curves are '
+                    "not comparable.</p>")
+    body += [
         "</section>",
         f'<section id="accuracy"><h2>Accuracy</h2><div class="legend">{legend}</div>', charts["accuracy"], "</section>",
         '<section id="loss"><h2>Loss</h2>', charts["loss"], "</section>",
@@ -384,6 +428,8 @@ def terminal_summary(view: RunView) -> list[str]:
     lines = [
         f"run {view.run_id}: {view.status}, {plural(s.get('epochs', 0), 'epoch')}, task {s.get('task')}, controller {s.get('controller')}",
         f"  validation accuracy {pct(s.get('val_accuracy'))}{best}, test {pct(s.get('test_accuracy'))}",
+        *([f"  bits per character: validation {bits(s.get('val_bits_per_char'))}, test "
+           f"{bits(s.get('test_bits_per_char'))}"] if _has_bits([view]) else []),
         f"  params {count(s.get('params'))}{growth}; seeds: {s.get('germinated', 0)} germinated, "
         f"{s.get('fossilized', 0)} fossilized, {s.get('culled', 0)} culled",
     ]
@@ -394,12 +440,18 @@ def terminal_summary(view: RunView) -> list[str]:
 
 def comparison_summary(views: Sequence[RunView]) -> list[str]:
     width = max(len(v.run_id) for v in views)
-    lines = [f"{'run':<{width}}  {'controller':<10}  {'val':>6}  {'test':>6}  {'params':>7}  seeds g/f/c"]
+    status = max(len(v.status) for v in views)
+    with_bits = _has_bits(views)
+    head = f"  {'val b/c':>7}  {'test b/c':>8}" if with_bits else ""
+    lines = [f"{'run':<{width}}  {'status':<{status}}  {'controller':<10}  {'val':>6}  {'test':>6}{head}  "
+             f"{'params':>7}  seeds g/f/c"]
     for v in views:
         s = v.summary
+        measured = (f"  {bits(s.get('val_bits_per_char')):>7}  {bits(s.get('test_bits_per_char')):>8}"
+                    if with_bits else "")
         lines.append(
-            f"{v.run_id:<{width}}  {str(s.get('controller')):<10}  {pct(s.get('val_accuracy')):>6}  "
-            f"{pct(s.get('test_accuracy')):>6}  {count(s.get('params')):>7}  "
+            f"{v.run_id:<{width}}  {v.status:<{status}}  {str(s.get('controller')):<10}  "
+            f"{pct(s.get('val_accuracy')):>6}  {pct(s.get('test_accuracy')):>6}{measured}  {count(s.get('params')):>7}  "
             f"{s.get('germinated', 0)}/{s.get('fossilized', 0)}/{s.get('culled', 0)}"
         )
     return lines

@@ -1,7 +1,8 @@
 """A run's events as TensorBoard event files: one more projection of the log.
 
-Per epoch (the step): training and validation loss, validation accuracy, parameters, and each live seed's
-α and contribution; each lifecycle transition and rejected command as text; the final test accuracy; for a
+Per epoch (the step): training and validation loss, validation accuracy (and bits per character, on the text
+task), parameters, and each live seed's α and contribution; each lifecycle transition and rejected command as
+text, and how the run started, stopped and resumed; the final test accuracy (and bits per character); for a
 learner's stream (PPO, IQL), each `PolicyUpdated`'s statistics at its update. The same writer serves a run
 as it trains (`esper run --tensorboard DIR`: batches as they are appended) and any logged run afterwards
 (`esper export RUN --format tensorboard`), so the two give the same files' contents.
@@ -21,6 +22,7 @@ from esper.leyline.events import (
     PolicyUpdated,
     RunFailed,
     RunFinished,
+    RunResumed,
     RunStarted,
     SeedTransitioned,
 )
@@ -61,6 +63,8 @@ class TensorBoardWriter:
             w.add_scalar("loss/train", event.train_loss, step)
             w.add_scalar("loss/val", event.val_loss, step)
             w.add_scalar("accuracy/val", event.val_accuracy, step)
+            if event.val_bits_per_char is not None:  # the text task's measure
+                w.add_scalar("bits_per_char/val", event.val_bits_per_char, step)
             w.add_scalar("params", event.params, step)
             for seed in event.seeds:
                 w.add_scalar(f"seed/{seed.seed_id}/alpha", seed.alpha, step)
@@ -71,10 +75,15 @@ class TensorBoardWriter:
                                     f"({event.trigger})", event.epoch)
         elif isinstance(event, CommandRejected):
             w.add_text("rejected", event.reason, event.epoch)
-        elif isinstance(event, RunFinished) and event.test_accuracy is not None:
-            w.add_scalar("accuracy/test", event.test_accuracy, event.epoch)
-        elif isinstance(event, RunFailed):
-            w.add_text("run", f"failed: {event.error}", event.epoch)
+        elif isinstance(event, RunFinished):
+            if event.test_accuracy is not None:
+                w.add_scalar("accuracy/test", event.test_accuracy, event.epoch)
+            if event.test_bits_per_char is not None:
+                w.add_scalar("bits_per_char/test", event.test_bits_per_char, event.epoch)
+        elif isinstance(event, RunFailed):  # stopped from outside, a run may be resumed: not a failure of its own
+            w.add_text("run", event.error if event.interrupted else f"failed: {event.error}", event.epoch)
+        elif isinstance(event, RunResumed):
+            w.add_text("run", f"resumed from its checkpoint of epoch {event.checkpoint_epoch}", event.epoch)
         elif isinstance(event, RunStarted):
             c = event.config
             w.add_text("run", f"{c.task}, controller {c.controller}, seed {c.seed}, {c.epochs} epochs", 0)

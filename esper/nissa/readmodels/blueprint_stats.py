@@ -1,4 +1,8 @@
-"""`blueprint_stats`: how each blueprint fared across every run of the workspace (derived from `seed_lifecycle`)."""
+"""`blueprint_stats`: how each blueprint fared across every run of the workspace (derived from `seed_lifecycle`).
+
+A seed built into the host before the first epoch (a scratch run rebuilding another run's final architecture) is
+left out: it was never germinated, and no gate judged it, so counting it would raise its blueprint's fossilization
+rate with every baseline trained."""
 
 import math
 
@@ -28,16 +32,16 @@ class BlueprintStatsRow(msgspec.Struct):
 
 class BlueprintStats(Derived):
     """Per blueprint across every run, aggregated from `seed_lifecycle` (so it never depends on the order in which
-    runs were caught up)."""
+    runs were caught up); seeds that were built, not germinated, left out."""
 
     name = "blueprint_stats"
-    version = 2
+    version = 3
     table = Table("blueprint_stats", BlueprintStatsRow, ("blueprint",), per_run=False)
 
     def compute(self, con: duckdb.DuckDBPyConnection) -> list[BlueprintStatsRow]:
         seeds = con.execute(
             "SELECT blueprint, run_id, params, final_stage, contribution, culled_by FROM seed_lifecycle"
-            " ORDER BY blueprint, run_id, seed_id"
+            " WHERE NOT built ORDER BY blueprint, run_id, seed_id"
         ).fetchall()
         groups: dict[str, list[tuple]] = {}
         for row in seeds:

@@ -18,6 +18,8 @@ class EpochRow(msgspec.Struct):
     live_seeds: int
     active_seeds: int
     fossilized_seeds: int
+    val_bits_per_char: float | None = None
+    """Text task: the validation loss in bits per character (None for other tasks)."""
 
 
 class EpochMetricsState(msgspec.Struct):
@@ -34,7 +36,7 @@ class EpochMetrics(Projection):
     """
 
     name = "epoch_metrics"
-    version = 2
+    version = 3
     state_type = EpochMetricsState
     tables = (Table("epoch_metrics", EpochRow, ("run_id", "epoch")),)
 
@@ -51,6 +53,7 @@ class EpochMetrics(Projection):
             epoch=e.epoch, train_loss=e.train_loss, val_loss=e.val_loss, val_accuracy=e.val_accuracy,
             params=e.params, live_seeds=sum(x in LIVE for x in stages),
             active_seeds=sum(x in ACTIVE for x in stages), fossilized_seeds=stages.count(FOSSILIZED),
+            val_bits_per_char=e.val_bits_per_char,
         ))
         return s
 

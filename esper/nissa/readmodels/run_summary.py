@@ -37,6 +37,9 @@ class RunSummaryRow(msgspec.Struct):
     best_val_accuracy: float | None = None
     best_epoch: int | None = None
     test_accuracy: float | None = None
+    val_bits_per_char: float | None = None
+    """Text task: the validation loss in bits per character, latest or final (None for other tasks)."""
+    test_bits_per_char: float | None = None
     params: int | None = None
     germinated: int = 0
     fossilized: int = 0
@@ -51,7 +54,7 @@ class RunSummary(Projection):
     """One row per run: its config, status, latest and final numbers, and how its seeds ended."""
 
     name = "run_summary"
-    version = 2
+    version = 3
     state_type = RunSummaryRow
     tables = (Table("run_summary", RunSummaryRow, ("run_id",)),)
 
@@ -77,6 +80,7 @@ class RunSummary(Projection):
         e: EpochEnded = r.event
         s.epochs += 1
         s.last_epoch, s.val_accuracy, s.params = e.epoch, e.val_accuracy, e.params
+        s.val_bits_per_char = e.val_bits_per_char
         if s.best_val_accuracy is None or e.val_accuracy > s.best_val_accuracy:
             s.best_val_accuracy, s.best_epoch = e.val_accuracy, e.epoch
         return s
@@ -103,6 +107,7 @@ class RunSummary(Projection):
     def _finished(self, s: RunSummaryRow, r: Recorded) -> RunSummaryRow:
         e: RunFinished = r.event
         s.val_accuracy, s.test_accuracy, s.params = e.val_accuracy, e.test_accuracy, e.params
+        s.val_bits_per_char, s.test_bits_per_char = e.val_bits_per_char, e.test_bits_per_char
         return s
 
     def _failed(self, s: RunSummaryRow, r: Recorded) -> RunSummaryRow:

@@ -28,6 +28,8 @@ class SeedLifecycleRow(msgspec.Struct):
     contribution: float | None
     culled_by: str | None
     cull_reason: str | None
+    built: bool
+    """Built into the host before the first epoch (a scratch run's architecture), not germinated: no gate judged it."""
 
 
 class StageRow(msgspec.Struct):
@@ -57,6 +59,7 @@ class SeedProgress(msgspec.Struct):
     last_contribution: float | None = None
     culled_by: str | None = None
     cull_reason: str | None = None
+    built: bool = False
 
     def row(self) -> SeedLifecycleRow:
         def epochs(stage: SeedStage) -> int:
@@ -67,7 +70,7 @@ class SeedProgress(msgspec.Struct):
             germinated_epoch=self.germinated_epoch, epochs_germinated=epochs(SeedStage.GERMINATED),
             epochs_training=epochs(SeedStage.TRAINING), epochs_blending=epochs(SeedStage.BLENDING),
             epochs_culled=epochs(SeedStage.CULLED), epochs_embargoed=epochs(SeedStage.EMBARGOED), final_stage=self.stage, ended_epoch=self.ended_epoch, contribution=self.contribution,
-            culled_by=self.culled_by, cull_reason=self.cull_reason,
+            culled_by=self.culled_by, cull_reason=self.cull_reason, built=self.built,
         )
 
 
@@ -90,7 +93,7 @@ class SeedLifecycle(Projection):
     """
 
     name = "seed_lifecycle"
-    version = 2
+    version = 3
     state_type = SeedLifecycleState
     tables = (
         Table("seed_lifecycle", SeedLifecycleRow, ("run_id", "germinated_epoch", "seed_id")),
@@ -117,6 +120,7 @@ class SeedLifecycle(Projection):
             s.stages.append(StageRow(e.seed_id, e.slot, e.to_stage, e.epoch, s.completed))
         if e.to_stage == FOSSILIZED:
             seed.ended_epoch, seed.contribution = e.epoch, seed.last_contribution
+            seed.built = e.trigger == "build"
         elif e.to_stage == CULLED:
             _culled(seed, e)
         return s
