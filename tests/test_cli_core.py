@@ -253,3 +253,11 @@ def test_replay_calls_only_a_finished_runs_last_numbers_final(workspace):
     assert finished.returncode == cut.returncode == 0, cut.stderr
     assert "final: val 0.5000" in finished.stdout.splitlines()[-1]
     assert cut.stdout.splitlines()[-1].startswith("after epoch 1: val ") and "final" not in cut.stdout
+
+
+@pytest.mark.parametrize("n, said", [(0, "0 bytes"), (1, "1 byte"), (1023, "1023 bytes"), (1024, "1.0 KiB"),
+                                     (2_200_000, "2.1 MiB"), (5 * 1024 ** 4, "5.0 TiB")])
+def test_gc_says_sizes_as_a_person_reads_them(n, said):
+    from esper.cli.core import _size
+
+    assert _size(n) == said

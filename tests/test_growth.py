@@ -189,6 +189,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--controller", "policy"), "needs a policy file"),
         (("--epochs", "-1"), "must be positive"),
         (("--device", "tpu"), "device"),
+        (("--device", "cpu:3"), "device cpu:3: torch has one CPU device, cpu"),
         (("--telemetry", "loud"), "telemetry"),
         (("--task", "cifar10"), "cifar10 needs its data: give --data-dir"),
         (("--max-params", "-5"), "max_params must be 0"),

@@ -396,8 +396,11 @@ def gc(workspace: Optional[Path] = WorkspaceOption) -> None:
 
 
 def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    """A count of bytes as a person reads it: `1 byte`, `900 bytes`, `2.1 MiB`."""
+    if n < 1024:
+        return plural(n, "byte")
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
-    return f"{n} bytes"
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"

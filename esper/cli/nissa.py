@@ -30,6 +30,7 @@ def report(
     from esper.nissa.projector import caught_up
     from esper.nissa.report import (
         comparison_summary,
+        different_tasks,
         load_view,
         render_comparison,
         render_run,
@@ -66,8 +67,8 @@ def report(
             views = [load_view(projector, reader, run_id) for run_id in run_ids]
             blueprints = projector.fetch("blueprint_stats")
     if compare:
-        if len(tasks := {view.summary.get("task") for view in views}) > 1:  # accuracies of different tasks
-            say(f"note: these runs are of different tasks ({', '.join(sorted(map(str, tasks)))}): their curves are "
+        if tasks := different_tasks(views):  # accuracies of different tasks
+            say(f"note: these runs are of different tasks ({', '.join(tasks)}): their curves are "
                 "not comparable")
         html, lines = render_comparison(views), comparison_summary(views)
         name = "compare-" + "-vs-".join(run_ids)

@@ -99,6 +99,8 @@ def resolve_device(name: str) -> torch.device:
         raise BadInput(f"device {name} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
     if device.type not in ("cpu", "cuda"):
         raise BadInput(f"unsupported device {name!r}: use cpu, cuda or cuda:N")
+    if device.type == "cpu" and device.index:  # torch takes it, and every cpu:N is the one CPU: the log would mislead
+        raise BadInput(f"device {name}: torch has one CPU device, cpu (its threads use every core)")
     kernel_set()  # an ESPER_CPU_KERNELS Esper does not know: one line, before anything is written (a run records it)
     return device
 
