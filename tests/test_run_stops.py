@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from cli_runner import invoke, one_line_error
-from fake_runs import plan_run, write_batches
+from fake_runs import checkpointed, plan_run, write_batches
 from msgspec.structs import replace
 
 import esper.cli.run
@@ -205,3 +206,18 @@ def test_resuming_an_episode_of_a_ppo_job_points_to_the_job(tmp_path):
     assert one_line_error(invoke("run", "--resume", "mnist1d-ppo-abc123-u0001-e0", workspace=tmp_path)) == (
         "esper: run mnist1d-ppo-abc123-u0001-e0 is an episode of a PPO job (ppo-abc123.duckdb): `esper ppo --resume "
         "--out POLICY` continues the job, which plays its interrupted update again")
+
+
+@pytest.mark.parametrize("command", [["run", "--resume"], ["replay", "--verify"]])
+def test_a_run_trained_on_cuda_is_not_told_to_use_cpu_where_there_is_none(tmp_path, monkeypatch, command):
+    """`--resume` and `--verify` take no device: the run goes on, or is re-executed, on the one it trained on."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without CUDA, whatever this one has
+    plan = checkpointed(plan_run(epochs=3))
+    started = plan[0][0]
+    write_batches(tmp_path, [[replace(started, config=replace(started.config, device="cuda")), *plan[0][1:]], *plan[1:2]],
+                  "on-cuda")
+    *verb, flag = command
+    said = one_line_error(invoke(*verb, flag, "on-cuda", workspace=tmp_path) if flag == "--resume"
+                          else invoke(*verb, "on-cuda", flag, workspace=tmp_path))
+    assert said == ("esper: run on-cuda trained on cuda, which this machine does not have: it re-executes and resumes "
+                    "only on the device it trained on")

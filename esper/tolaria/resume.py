@@ -30,6 +30,7 @@ from esper.tolaria.checkpoint import Checkpoints, UnusableCheckpoint
 from esper.tolaria.data import TaskData, recorded_data
 from esper.leyline.config import SNAPSHOT_EVERY, VERIFY_TOLERANCE, every_problem
 from esper.tolaria.loop import Batches, Progress, RunResult, Session, StoreSink, train
+from esper.tolaria.trainer import check_recorded_device
 from esper.tolaria.verify import Comparison, VerificationFailed
 
 
@@ -124,6 +125,7 @@ def open_resumption(ws: Workspace, run: str, checkpoint_every: int | None = None
     run_id, recorded = _read(ws, run)
     if why := not_resumable(run_id, [r.event for r in recorded]):
         raise BadInput(why)
+    check_recorded_device(run_id, recorded[0].event.config.device)
     state = RunState.fold(recorded)
     saved = [r.event for r in recorded if isinstance(r.event, CheckpointSaved)]
     if checkpoint_every is None:

@@ -105,6 +105,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_recorded_device(run_id: str, name: str) -> None:
+    """A recorded run is re-executed and resumed on the device it trained on (its numbers are that device's):
+    where this machine has none such, one line says so (not `resolve_device`'s advice to use another)."""
+    try:
+        resolve_device(name)
+    except BadInput:
+        raise BadInput(f"run {run_id} trained on {name}, which this machine does not have: it re-executes and resumes "
+                       "only on the device it trained on") from None
+
+
 def settle_kernels(device: torch.device) -> None:
     """Have torch compute a run's events the same way every time it is re-executed (`esper replay --verify`). On
     CPU, with the kernel set `ESPER_CPU_KERNELS` names (`esper/_kernels.py`). On CUDA, with the same cuDNN

@@ -48,7 +48,7 @@ from esper.store.recorder import Recorded
 from esper.tamiyo.controllers import ScriptedController, ScriptEnded
 from esper.tolaria.data import recorded_data
 from esper.tolaria.loop import Batches, ListSink, Progress, execute, policy_file_sha256
-from esper.tolaria.trainer import Computed
+from esper.tolaria.trainer import Computed, check_recorded_device
 
 
 DECISIONS = (CommandIssued, CommandRejected, SeedGerminated, SeedTransitioned)
@@ -92,6 +92,7 @@ def reexecutable(recorded: list[Recorded]) -> tuple[RunStarted, Any]:
         raise BadInput(f"run {recorded[0].run_id} came from user code (a {started.preset.host} trained by esper.fit): "
                        "its log holds every decision but not the model or the data, so it cannot be re-executed; "
                        "replay it without --verify to check its chain and every decision")
+    check_recorded_device(recorded[0].run_id, started.config.device)
     Computed.of(started)  # a CPU run computed with another kernel set than this process's: one line, up front
     policy_file_sha256(started.config)  # a policy run is re-executed only beside the file it played
     return started, recorded_data(started)  # bad input (another corpus) even where the run itself failed
