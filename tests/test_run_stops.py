@@ -221,3 +221,22 @@ def test_a_run_trained_on_cuda_is_not_told_to_use_cpu_where_there_is_none(tmp_pa
                           else invoke(*verb, "on-cuda", flag, workspace=tmp_path))
     assert said == ("esper: run on-cuda trained on cuda, which this machine does not have: it re-executes and resumes "
                     "only on the device it trained on")
+
+
+def test_a_store_failing_under_a_resumed_run_says_what_the_log_holds_and_how_to_go_on(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    run_id = interrupted_run(tmp_path, monkeypatch)
+    original = Recorder._append_locked
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(Recorder, "_append_locked", read_only)
+    result = invoke("run", "--resume", run_id, workspace=tmp_path)
+    monkeypatch.setattr(Recorder, "_append_locked", original)
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"esper: read-only file system writing {Workspace(tmp_path).store_path(run_id)}: the log holds epoch 1; "
+        f"make {tmp_path} writable and run esper run --resume {run_id}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from esper.errors import BadInput
+from esper.errors import BadInput, StoreFailed
 from esper.leyline.events import CheckpointSaved, Event, RunFailed, RunFinished, RunResumed, RunStarted
 from esper.leyline.status import CLOSING
 from esper.nissa.runstate import RunState, as_one_run
@@ -100,7 +100,10 @@ class Resumption:
                 f"{self.session.config.epochs}{compared}")
 
     def train(self, progress: Progress | None = None, batches: Batches | None = None) -> RunResult:
-        return train(self.session, self.controller, progress, batches)
+        try:
+            return train(self.session, self.controller, progress, batches)
+        except StoreFailed as exc:  # what was stored stays: the run resumes again from its checkpoints
+            raise exc.adding(then=f"run esper run --resume {self.run_id}") from None
 
     def close(self) -> None:
         self.recorder.close()
@@ -137,7 +140,8 @@ def open_resumption(ws: Workspace, run: str, checkpoint_every: int | None = None
     last_epoch = state.epochs[-1].epoch if state.epochs else 0
     recorder = Recorder(ws.store_path(run_id))
     try:
-        store = StoreSink(recorder, run_id, seq=state.last_seq, snapshot_every=snapshot_every, state=state)
+        store = StoreSink(recorder, run_id, seq=state.last_seq, snapshot_every=snapshot_every, state=state,
+                          last_epoch=last_epoch)
         session, mark, passed_over = _latest_usable(run_id, recorded, last_epoch, store, data, checkpoints)
     except BaseException:
         recorder.close()
