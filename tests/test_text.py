@@ -41,13 +41,14 @@ def test_the_default_corpus_is_a_fixed_cut_of_the_standard_librarys_sources():
 
 def test_splits_are_by_position_and_evaluation_windows_come_in_order(tmp_path):
     data = text.load_text("text", sample_file(tmp_path), context=16, windows=10)
-    raw = torch.tensor(list(SAMPLE.encode()))
+    raw = torch.tensor(list(SAMPLE.encode()), dtype=torch.uint8)  # a byte a byte: a corpus takes its own size
     held_out = int(len(raw) * text.HELD_OUT_FRACTION)
     assert torch.equal(torch.cat([data.splits[s] for s in ("train", "val", "test")]), raw)
     assert len(data.splits["val"]) == len(data.splits["test"]) == held_out
     (x, y), *rest = list(data.batches("val", 1000))
-    assert not rest and x.shape == y.shape == ((held_out - 1) // 16, 16)
-    assert torch.equal(x[1], data.splits["val"][16:32]) and torch.equal(y[0], data.splits["val"][1:17])
+    assert not rest and x.shape == y.shape == ((held_out - 1) // 16, 16) and x.dtype == y.dtype == torch.int64
+    val = data.splits["val"].long()
+    assert torch.equal(x[1], val[16:32]) and torch.equal(y[0], val[1:17])
 
 
 def test_training_windows_are_drawn_from_the_generator(tmp_path):

@@ -49,7 +49,8 @@ class TextData:
 
     task: str
     splits: dict[str, torch.Tensor]
-    """Split → its bytes as int64 ids, one long sequence."""
+    """Split → its bytes, one long sequence of uint8 (a corpus takes its own size in memory, not eight times it); a
+    batch's windows are widened to the int64 ids an embedding takes."""
     context: int
     windows: int
     """Training windows per epoch."""
@@ -77,7 +78,7 @@ class TextData:
             starts = torch.arange(0, len(ids) - self.context, self.context)
         offsets = torch.arange(self.context + 1)
         for i in range(0, len(starts), batch_size):
-            window = ids[(starts[i:i + batch_size, None] + offsets).to(ids.device)]
+            window = ids[(starts[i:i + batch_size, None] + offsets).to(ids.device)].long()
             yield window[:, :-1], window[:, 1:]
 
     def steps(self, batch_size: int) -> int:
@@ -87,7 +88,7 @@ class TextData:
         """The first `n` consecutive training windows (what the sharpness probe measures the loss on)."""
         ids = self.splits["train"]
         n = min(n, (len(ids) - 1) // self.context)
-        window = ids[: n * self.context + 1]
+        window = ids[: n * self.context + 1].long()
         return window[:-1].view(n, self.context), window[1:].view(n, self.context)
 
     # What is measured on a batch of logits (B, T, 256) and next ids (B, T); every window has `context` positions,
@@ -116,7 +117,7 @@ def load_text(task: str, data_dir: str | os.PathLike[str] | None, context: int, 
         needed = 2 * (context + 1) / HELD_OUT_FRACTION
         raise BadInput(f"{corpus.path} holds {len(raw):,} bytes of text: the text task needs at least {needed:,.0f} "
                        f"(validation and test each take {HELD_OUT_FRACTION:.0%} of it, windows of {context})")
-    ids = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(torch.int64)
+    ids = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     cut = len(raw) - 2 * held_out
     splits = {"train": ids[:cut], "val": ids[cut:cut + held_out], "test": ids[cut + held_out:]}
     chars = {name: _chars(part, context) for name, part in splits.items()}
