@@ -108,7 +108,7 @@ def flops_projection(task: str) -> Callable[[Iterable[Event]], dict[int, EpochCo
     training (what trained, on as many examples as an epoch of `task` trains on)."""
     data = load_task_data(task, RunConfig().data_seed)
     examples = data.windows if task == "text" else len(data.train)
-    return functools.partial(epoch_flops, example_shape=data.input_shape, train_examples=examples)
+    return functools.partial(epoch_flops, train_examples=examples)
 
 
 def check_chains(reader: Reader, run_ids: Iterable[str]) -> None:

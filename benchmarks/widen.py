@@ -44,7 +44,7 @@ def step_flops(channels: int) -> float:
     as Esper counts a run's (on the meta device: nothing is computed)."""
     with torch.device("meta"):
         host = build_host("cnn1d", channels=channels)
-    return _step_flops(host, get_task("mnist1d").batch_size, host.host.input_shape)[0]
+    return _step_flops(host, get_task("mnist1d").batch_size)[0]
 
 
 def convs(host: CNN1D) -> list[nn.Conv1d]:

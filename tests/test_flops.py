@@ -26,8 +26,8 @@ def tiny_text(folder: Path) -> tuple[TaskPreset, TextData]:
     return preset, text.load_text("text", path, context=16, windows=96)
 
 
-# task → (example shape, training examples per epoch)
-SHAPES = {"mnist1d": ((1, 40), 3200), "text": ((16,), 96)}
+# task → training examples per epoch
+EXAMPLES = {"mnist1d": 3200, "text": 96}
 
 
 @pytest.fixture(scope="module", params=[("mnist1d", 1.0), ("text", 1.0), ("text", 0.25)], ids=str)
@@ -79,15 +79,15 @@ def counted_run(request, tmp_path_factory):
         execute(cfg, make_controller("heuristic", 3, heuristic=knobs), sink, preset=preset, data=data)
     finally:
         mp.undo()
-    return sink.events, per_epoch, SHAPES[task]
+    return sink.events, per_epoch, EXAMPLES[task]
 
 
 @pytest.mark.slow  # trains a real run
 def test_flops_from_the_log_equal_the_counted_training_steps(counted_run):
-    events, counted, (shape, examples) = counted_run
+    events, counted, examples = counted_run
     stages = {e.to_stage for e in events if isinstance(e, SeedTransitioned)}
     assert SeedStage.TRAINING.value in stages  # isolated passes were part of some epochs
-    from_log = epoch_flops(events, example_shape=shape, train_examples=examples)
+    from_log = epoch_flops(events, train_examples=examples)  # text's context 16 is its host's, not the task's
     assert sorted(from_log) == sorted(counted)
     for epoch, (flops, isolated) in counted.items():
         assert from_log[epoch].total == pytest.approx(flops, rel=1e-9), epoch
@@ -98,8 +98,8 @@ def test_flops_from_the_log_equal_the_counted_training_steps(counted_run):
 
 @pytest.mark.slow
 def test_flops_of_a_log_without_a_run_start_are_empty(counted_run):
-    events, _, (shape, examples) = counted_run
-    assert epoch_flops(events[1:], example_shape=shape, train_examples=examples) == {}
+    events, _, examples = counted_run
+    assert epoch_flops(events[1:], train_examples=examples) == {}
 
 
 @pytest.mark.parametrize("task, blueprint", [("mnist1d", "conv_heavy"), ("text", "repeat")])
@@ -109,7 +109,7 @@ def test_isolated_passes_on_a_quarter_of_each_batch_cost_a_quarter(task, bluepri
         model = preset_host(preset)
     model.germinate("early", "s", blueprint)
     model.start_training("s")
-    whole, whole_isolated = _step_flops(model, 128, model.host.input_shape)
-    part, part_isolated = _step_flops(model, 128, model.host.input_shape, isolated_fraction=0.25)
+    whole, whole_isolated = _step_flops(model, 128)
+    part, part_isolated = _step_flops(model, 128, isolated_fraction=0.25)
     assert part_isolated == pytest.approx(whole_isolated / 4, rel=1e-9)
     assert whole - part == pytest.approx(whole_isolated - part_isolated, rel=1e-9)  # the host's step is unchanged

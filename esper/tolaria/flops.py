@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
-from esper.kasmina import GrowableModel, input_dtype, isolated_examples, preset_host
+from esper.kasmina import GrowableModel, example_input, isolated_examples, preset_host
 from esper.leyline.events import EpochEnded, Event, RunStarted, SeedGerminated, SeedTransitioned
 from esper.leyline.stages import SeedStage
 
@@ -45,10 +45,10 @@ class EpochCompute(NamedTuple):
     """Of `total`, the isolated passes: what training seeds apart from the host's gradient costs."""
 
 
-def epoch_flops(events: Iterable[Event], example_shape: tuple[int, ...], train_examples: int) -> dict[int, EpochCompute]:
-    """Epoch → FLOPs of that epoch's training steps, for a run whose events these are; `example_shape` is one
-    input's shape (mnist1d: (1, 40); text: (context,)) and `train_examples` the examples of an epoch (the size of
-    the training split; text: the preset's `epoch_windows`)."""
+def epoch_flops(events: Iterable[Event], train_examples: int) -> dict[int, EpochCompute]:
+    """Epoch → FLOPs of that epoch's training steps, for a run whose events these are, on inputs of the shape its
+    own host takes (mnist1d: (1, 40); text: (context,), whatever context the run chose); `train_examples` is the
+    examples of an epoch (the size of the training split; text: the preset's `epoch_windows`)."""
     out: dict[int, EpochCompute] = {}
     counted: dict[tuple, tuple[float, float]] = {}
     model: GrowableModel | None = None
@@ -68,7 +68,7 @@ def epoch_flops(events: Iterable[Event], example_shape: tuple[int, ...], train_e
         elif isinstance(event, EpochEnded):
             shape = _architecture(model)
             if shape not in counted:
-                counted[shape] = tuple(f / batch_size for f in _step_flops(model, batch_size, example_shape, fraction))
+                counted[shape] = tuple(f / batch_size for f in _step_flops(model, batch_size, fraction))
             total, isolated = counted[shape]
             out[event.epoch] = EpochCompute(round(total * train_examples), round(isolated * train_examples))
     return out
@@ -99,11 +99,10 @@ def _architecture(model: GrowableModel) -> tuple:
                         for slot, holder in model.slots.items() for seed in holder.seeds()))
 
 
-def _step_flops(model: GrowableModel, batch_size: int, example_shape: tuple[int, ...],
-                isolated_fraction: float = 1.0) -> tuple[float, float]:
+def _step_flops(model: GrowableModel, batch_size: int, isolated_fraction: float = 1.0) -> tuple[float, float]:
     """FLOPs of one training step on a batch, as `Trainer.train_step` computes it: (the whole step, its isolated
     passes, on `isolated_fraction` of the batch)."""
-    x = torch.zeros(batch_size, *example_shape, dtype=input_dtype(model.host), device="meta")
+    x = example_input(model.host, batch_size, device="meta")
     model.train()
     host, isolated = FlopCounterMode(display=False), FlopCounterMode(display=False)
     with host:
