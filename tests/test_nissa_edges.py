@@ -188,6 +188,11 @@ def test_seeds_a_scratch_run_built_are_not_counted_as_germinated_in_the_blueprin
             ("conv_light", "FOSSILIZED", True), ("conv_heavy", "FOSSILIZED", True)]
         assert not any(s["built"] for s in projector.fetch("seed_lifecycle", HEURISTIC))
         assert projector.fetch("blueprint_stats") == blueprint_stats(Workspace.at(tmp_path / "alone"))
+        summary = projector.fetch("run_summary", "scratch-run")[0]
+        assert (summary["germinated"], summary["fossilized"], summary["built"]) == (0, 0, 2)
+    said = invoke("report", "scratch-run", "--out", str(tmp_path / "r.html"), workspace=tmp_path / "ws")
+    assert said.exit_code == 0, said.stderr
+    assert "seeds: 0 germinated, 0 fossilized, 0 culled; 2 built into the host" in said.stdout + said.stderr
 
 
 # ---- text runs: bits per character ------------------------------------------------------------------

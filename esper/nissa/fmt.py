@@ -38,6 +38,11 @@ def number(value: Any) -> str:
     return str(value)
 
 
+def bits(value: float | None) -> str:
+    """A loss in bits per character (the text task's): 3.7564 → '3.756'."""
+    return "–" if value is None else f"{value:.3f}"
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 

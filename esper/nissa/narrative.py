@@ -24,7 +24,7 @@ from esper.leyline.events import (
     SeedTransitioned,
 )
 from esper.leyline.stages import SeedStage
-from esper.nissa.fmt import count, number, pct, plural, points
+from esper.nissa.fmt import bits, count, number, pct, plural, points
 from esper.store import Recorded
 
 FLAT = 0.005
@@ -281,11 +281,6 @@ def _tell_end(story: _Story, e: RunFinished) -> None:
         f"; {bits(e.val_bits_per_char)} bits per character (test {bits(e.test_bits_per_char)})"
     story.say(e.epoch, f"finished: validation accuracy {pct(e.val_accuracy)} (test {pct(e.test_accuracy)}){best_text}"
                        f"{measured}; {count(e.params)} params{growth}; seeds: {seeds}")
-
-
-def bits(value: float | None) -> str:
-    """A loss in bits per character (the text task's): 3.7564 → '3.756'."""
-    return "–" if value is None else f"{value:.3f}"
 
 
 def describe_command(command: Command) -> str:

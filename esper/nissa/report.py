@@ -15,8 +15,8 @@ import attrs
 from esper.leyline.status import INCOMPLETE, shown
 from esper.nissa.charts import DASHES, RUN_COLORS, STAGE_COLORS, Band, Marker, Series, line_chart
 from esper.nissa.files import atomic_write
-from esper.nissa.fmt import count, pct, plural, points
-from esper.nissa.narrative import bits, explain_rejection, narrate
+from esper.nissa.fmt import bits, count, pct, plural, points
+from esper.nissa.narrative import explain_rejection, narrate
 from esper.nissa.projector import Projector
 from esper.store import Reader
 
@@ -236,6 +236,11 @@ def _growth(summary: dict[str, Any]) -> str:
     return "host alone" if now == host else f"{(now - host) / host:+.0%} over the host"
 
 
+def _built(summary: dict[str, Any]) -> str:
+    """The seeds a scratch run built into its host before its first epoch, which no gate judged, where it has any."""
+    return f"; {summary['built']} built into the host" if summary.get("built") else ""
+
+
 def _best_key(summary: dict[str, Any]) -> str:
     epoch = summary.get("best_epoch")
     return "best validation" if epoch is None else f"best validation (epoch {epoch})"
@@ -325,7 +330,8 @@ def render_run(view: RunView, blueprints: list[dict[str, Any]] | None = None) ->
         *_bits_cards(view),
         _card(pct(s.get("best_val_accuracy")), _best_key(s)),
         _card(count(s.get("params")), f"parameters ({_growth(s)})" if _growth(s) else "parameters"),
-        _card(f"{s.get('fossilized', 0)} / {s.get('culled', 0)}", f"seeds fossilized / culled (of {s.get('germinated', 0)})"),
+        _card(f"{s.get('fossilized', 0)} / {s.get('culled', 0)}",
+              f"seeds fossilized / culled (of {s.get('germinated', 0)}){_built(s)}"),
         "</section>",
     ]
     if s.get("error"):
@@ -431,7 +437,7 @@ def terminal_summary(view: RunView) -> list[str]:
         *([f"  bits per character: validation {bits(s.get('val_bits_per_char'))}, test "
            f"{bits(s.get('test_bits_per_char'))}"] if _has_bits([view]) else []),
         f"  params {count(s.get('params'))}{growth}; seeds: {s.get('germinated', 0)} germinated, "
-        f"{s.get('fossilized', 0)} fossilized, {s.get('culled', 0)} culled",
+        f"{s.get('fossilized', 0)} fossilized, {s.get('culled', 0)} culled{_built(s)}",
     ]
     if s.get("error"):
         lines.append(f"  failed: {s['error']}")

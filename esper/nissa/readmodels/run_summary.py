@@ -43,6 +43,8 @@ class RunSummaryRow(msgspec.Struct):
     params: int | None = None
     germinated: int = 0
     fossilized: int = 0
+    built: int = 0
+    """Seeds built into the host before the first epoch (a scratch run's architecture): not germinated, not judged."""
     culled: int = 0
     commands: int = 0
     rejected: int = 0
@@ -54,7 +56,7 @@ class RunSummary(Projection):
     """One row per run: its config, status, latest and final numbers, and how its seeds ended."""
 
     name = "run_summary"
-    version = 3
+    version = 4
     state_type = RunSummaryRow
     tables = (Table("run_summary", RunSummaryRow, ("run_id",)),)
 
@@ -90,7 +92,9 @@ class RunSummary(Projection):
         return s
 
     def _transitioned(self, s: RunSummaryRow, r: Recorded) -> RunSummaryRow:
-        if r.event.to_stage == FOSSILIZED:
+        if r.event.trigger == "build":  # its SeedGerminated announced it: a build, not a germination
+            s.germinated, s.built = s.germinated - 1, s.built + 1
+        elif r.event.to_stage == FOSSILIZED:
             s.fossilized += 1
         elif r.event.to_stage == CULLED:
             s.culled += 1
