@@ -195,6 +195,19 @@ def test_the_error_line_of_an_altered_log_escapes_what_it_quotes(tmp_path, comma
     assert "Epoch\\x1b[31mRED" in line and "\x1b" not in line
 
 
+def test_a_run_whose_run_started_was_deleted_is_listed_as_altered(tmp_path):
+    """The `runs` view knows a run by its RunStarted: with it gone, `esper runs` still names the altered log."""
+    write_run(tmp_path, epochs=3)
+    con = duckdb.connect(str(tmp_path / f"{RUN}.duckdb"))
+    con.execute("DELETE FROM events WHERE seq = 1")
+    con.close()
+    result = invoke("runs", "--json", "-w", str(tmp_path))
+    assert result.exit_code == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert (row["run_id"], row["status"], row["task"]) == (RUN, "altered", None)
+    assert f"note: log altered at seq 1 (missing: the log goes from seq 0 to seq 2) in run {RUN}" in result.stderr
+
+
 def test_report_compare_escapes_task_names_in_its_note(tmp_path):
     """A task's name is any string `esper.fit` was given; the note naming the runs' tasks prints it escaped."""
     plan = plan_run(epochs=3)

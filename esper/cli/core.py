@@ -345,6 +345,10 @@ def runs(
                 "test_accuracy": test_acc, "params": params,
                 "started": started.isoformat() if started else None,
             })
+        for run_id in sorted(altered.keys() - {r["run_id"] for r in listing}):  # no RunStarted left to list it by
+            say(f"note: {altered[run_id]}")
+            listing.append({"run_id": run_id, "status": "altered", **dict.fromkeys(
+                ("task", "controller", "seed", "epochs", "val_accuracy", "test_accuracy", "params", "started"))})
     if not listing:
         say(f"note: no runs in {ws.root} yet: `esper run` records one there (another workspace: --workspace or "
             "$ESPER_WORKSPACE)")
