@@ -176,6 +176,17 @@ def test_a_device_comes_as_a_torch_device_too(tmp_path):
         assert reader.read_run(result.run_id)[0].event.config.device == "cpu"
 
 
+def test_a_precision_is_recorded_and_trains_autocast(tmp_path):
+    """bf16 on CPU: the forward passes autocast, so the run's numbers differ from float32's."""
+    ran = {p: esper.fit(small_model(), train=batches(2, 1), val=batches(1, 2), epochs=1, controller="static",
+                        precision=p, workspace=str(tmp_path)) for p in ("bf16", "fp32")}
+    with Workspace(tmp_path).reader() as reader:
+        logs = {p: [r.event for r in reader.read_run(ran[p].run_id)] for p in ran}
+    assert [logs[p][0].config.precision for p in ran] == ["bf16", "fp32"]
+    losses = {p: [e.train_loss for e in logs[p] if isinstance(e, EpochEnded)] for p in ran}
+    assert losses["bf16"] != losses["fp32"]  # the same run but for the autocast: only it can move the loss
+
+
 def recorded_lifecycle(ws, run_id: str):
     with Workspace(ws).reader() as reader:
         return reader.read_run(run_id)[0].event.config.lifecycle
@@ -310,6 +321,7 @@ def test_an_unsized_training_set_counts_its_batches_in_the_first_pass():
     ({"heuristic": 3}, "heuristic: a HeuristicConfig or a dict of its knobs, not int"),
     ({"controller": "static", "heuristic": {"warmup_epochs": 2}}, "^heuristic knobs are for controller 'heuristic' only"),
     ({"controller": "policy", "policy": 3}, "^policy: the path of a policy file, not int$"),
+    ({"precision": "fp8"}, "^unknown precision 'fp8': use fp32, bf16, fp16$"),
     ({"optimizer": "lbfgs"}, "optimizer must be 'adam' or 'sgd'"),
     ({"lr": 1e38}, "lr must be a positive number up to 1000"),
     ({"seed_lr": -1.0}, "seed_lr must be a positive number up to 1000, got -1.0"),

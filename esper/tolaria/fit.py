@@ -53,7 +53,7 @@ def fit(
     commands_per_epoch: int = 1, blueprints: Sequence[str] | None = None, optimizer: str = "adam", lr: float = 1e-3,
     seed_lr: float | None = None, weight_decay: float = 0.0,
     momentum: float = 0.9, seed: int = 0, task: str = "user", device: str | torch.device | None = None,
-    policy: str | os.PathLike | None = None, workspace: str | None = None, progress: Progress | None = None,
+    precision: str | None = None, policy: str | os.PathLike | None = None, workspace: str | None = None, progress: Progress | None = None,
 ) -> FitResult:
     """Grow `model` (from `esper.grow`) for `epochs` on `train`, deciding with `controller` after each epoch.
 
@@ -74,7 +74,8 @@ def fit(
     first; `repeat`, growth by depth, only when named: a copy of the block before a slot, where that block maps its
     one input to an output of the same shape; one block deeper when the block holds its residual, `x + f(x)`). `optimizer` ("adam" or "sgd"), `lr`,
     `weight_decay`, `momentum` train the host; `seed_lr` (default `lr`) the seeds. `seed` seeds the run's
-    randomness; `device` (default: the model's) is where it trains; `progress(epoch, stats, projection, issued)`
+    randomness; `device` (default: the model's) is where it trains, at `precision` (fp32, bf16 or fp16 autocast of
+    the forward passes; default bf16 on CUDA, fp32 on CPU, as `esper run --precision`); `progress(epoch, stats, projection, issued)`
     is called after each epoch, once for each command issued. `task` names the run's task in the log;
     `workspace`: the folder of the event log (default `$ESPER_WORKSPACE`, else `./runs`).
 
@@ -133,7 +134,7 @@ def fit(
                            f"{model.param_count():,} parameters: give lifecycle={{'max_params': N}} (0: no cap)")
         lifecycle = msgspec.structs.replace(lifecycle, max_params=cap)
     config = resolve_config(RunConfig(task=task, controller=controller, seed=seed, epochs=epochs, device=device,
-                                      policy=policy, heuristic=knobs, lifecycle=lifecycle,
+                                      precision=precision, policy=policy, heuristic=knobs, lifecycle=lifecycle,
                                       commands_per_epoch=commands_per_epoch, anneal_epochs=0),
                             preset, model.param_count())
     if controller == "heuristic" and (idle := idle_heuristic(knobs, epochs)):
