@@ -183,3 +183,23 @@ def test_two_ranks_train_one_run_on_two_gpus(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list(tmp_path.glob("*.duckdb"))) == 1
     assert 0.0 <= json.loads(done.stdout.strip().splitlines()[-1])["val_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_esper_fit_trains_a_users_model_at_the_precision_it_is_given(device, precision, dtype, tmp_path):
+    """fp32 on CUDA too, where a run's default is bf16; bf16 on CPU too, where it is fp32."""
+    import esper
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).to(device)
+    seen = []
+    model[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    grown = esper.grow(model, ["1"], example=torch.zeros(1, 3, 8, 8, device=device))
+    seen.clear()  # the example's pass, outside any run
+    data = [(torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))) for _ in range(2)]
+    esper.fit(grown, data, data, epochs=1, controller="static", device=device, precision=precision,
+              workspace=str(tmp_path))
+    trained = seen[len(("train", "val")):]  # after the check of each split's first batch, which runs as given
+    assert set(trained) == {dtype}
