@@ -75,6 +75,15 @@ def test_the_report_of_a_whole_run_says_which_run_its_blueprint_table_left_out(c
     assert runs and set(runs) == {"1"}  # each blueprint's seeds are the whole run's alone
 
 
+def test_the_report_names_the_store_files_its_workspace_tables_could_not_read(cut):
+    (cut.root / "broken.duckdb").write_text("no database")
+    result = invoke("report", HEURISTIC, workspace=cut.root)
+    assert result.exit_code == 0, result.stderr
+    text = (cut.root / "reports" / f"{HEURISTIC}.html").read_text(encoding="utf-8")
+    section = text[text.index('<section id="blueprints">'):]
+    assert "Not read: skipped broken.duckdb: unreadable store" in section[:section.index("</section>")]
+
+
 @pytest.mark.parametrize("edit, said", [
     ("UPDATE events SET payload = replace(payload::VARCHAR, '\"val_loss\":', '\"val_loss\":9,\"x\":')::JSON"
      " WHERE seq = 19", "log altered at seq 19 (EpochEnded)"),

@@ -35,6 +35,8 @@ class RunView:
     live: bool = False
     left_out: dict[str, str] = attrs.field(factory=dict)
     """Runs left out of the tables across the workspace (their logs were altered, a tail cut off, say) → why."""
+    skipped: list[str] = attrs.field(factory=list)
+    """The store files no table could read (unreadable, held with no snapshot), as the reader notes them."""
 
     @property
     def status(self) -> str:
@@ -58,6 +60,7 @@ def load_view(projector: Projector, reader: Reader, run_id: str) -> RunView:
         narrative=narrate(reader.read_run(run_id), run_id),
         live=reader.is_live(run_id),
         left_out=dict(sorted(projector.altered.items())),
+        skipped=list(reader.notes),
     )
 
 
@@ -357,7 +360,7 @@ def render_run(view: RunView, blueprints: list[dict[str, Any]] | None = None) ->
     if rows:
         body.append(_table(["epoch", "controller", "command", "target", "outcome", "effect or reason"], rows))
     body.append("</section>")
-    if blueprints or view.left_out:
+    if blueprints or view.left_out or view.skipped:
         body += ['<section id="blueprints"><h2>Blueprints across this workspace</h2>',
                  '<p class="note">Fossilization rate = fossilized / (fossilized + culled); contribution measured when '
                  "a seed fossilized or was culled; params added = parameters of fossilized seeds. Seeds a scratch run "
@@ -368,6 +371,7 @@ def render_run(view: RunView, blueprints: list[dict[str, Any]] | None = None) ->
                                blueprint_rows_html(blueprints)))
         body += [f'<p class="note left-out" data-run="{_e(run)}">Left out: {_e(why)}</p>'
                  for run, why in view.left_out.items()]
+        body += [f'<p class="note left-out">Not read: {_e(note)}</p>' for note in view.skipped]
         body.append("</section>")
     return _page(f"Esper report: {view.run_id}", body)
 
