@@ -240,3 +240,21 @@ def test_a_store_failing_under_a_resumed_run_says_what_the_log_holds_and_how_to_
     assert result.stderr.strip().splitlines()[-1] == (
         f"esper: read-only file system writing {Workspace(tmp_path).store_path(run_id)}: the log holds epoch 1; "
         f"make {tmp_path} writable and run esper run --resume {run_id}")
+
+
+def test_esper_runs_names_the_runs_resume_continues_and_only_those(tmp_path, monkeypatch):
+    resumable_run = interrupted_run(tmp_path / "one", monkeypatch)
+    said = invoke("runs", workspace=tmp_path / "one")
+    assert said.exit_code == 0 and said.stderr.splitlines()[-1] == (
+        f"note: run {resumable_run} stopped before its end: esper run --resume {resumable_run} continues it")
+    stopped_run(tmp_path / "none", monkeypatch, "--checkpoint-every", "0")  # nothing to go on from
+    assert invoke("run", "--epochs", "1", workspace=tmp_path / "none").exit_code == 0
+    assert "--resume" not in invoke("runs", workspace=tmp_path / "none").stderr
+
+
+def test_esper_runs_names_every_run_left_unfinished_in_one_line(tmp_path):
+    cut = checkpointed(plan_run(epochs=3))[:2]  # killed after its first epoch: no end in its log
+    for run_id in ("cut-a", "cut-b"):
+        write_batches(tmp_path, cut, run_id)
+    said = invoke("runs", workspace=tmp_path)
+    assert said.stderr.splitlines()[-1] == "note: esper run --resume RUN continues each run left unfinished: cut-a, cut-b"

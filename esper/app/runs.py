@@ -26,9 +26,9 @@ from esper.kasmina import HOSTS, SCHEDULES, build_host, host_problem, preset_hos
 from esper.kasmina.blueprints import REPEAT, REPEAT_RULE, offered
 from esper.leyline.config import (HeuristicConfig, LifecycleConfig, RunConfig, TaskPreset, SNAPSHOT_EVERY, commands_problem, every_problem,
                                   from_table, number_problem, recipe_problem)
-from esper.leyline.events import RunFinished, decode
+from esper.leyline.events import RunFinished
 from esper.leyline.stages import SeedStage
-from esper.leyline.status import CLOSING, CLOSING_TAGS, FINISHED
+from esper.leyline.status import CLOSING, FINISHED
 from esper.nissa.fmt import plural
 from esper.nissa.files import check_writable
 from esper.store import Reader, Workspace
@@ -38,7 +38,7 @@ from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, data_problem, load_task_data
 from esper.tolaria.loop import Batches, Progress, RunResult, StoreSink, check_seed, execute, resolve_config
 from esper.tolaria.ranks import Ranks
-from esper.tolaria.resume import not_resumable
+from esper.tolaria.resume import not_resumable, stopping_events
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import resolve_device
 
@@ -387,10 +387,7 @@ def stopped(ws: Workspace, run_id: str) -> Stopped:
     if not path.exists():
         return Stopped(None, False)
     with Reader([path]) as reader:  # a file its writer still holds (another process's) is read from a copy
-        rows = reader.con.execute(
-            "SELECT payload::VARCHAR FROM events WHERE run_id = ? AND list_contains(?, type) ORDER BY seq",
-            [run_id, ["CheckpointSaved", *CLOSING_TAGS]]).fetchall()
-    events = [decode(payload) for payload, in rows]
+        events = stopping_events(reader, run_id)
     closing = [e for e in events if type(e) in CLOSING]
     last = closing[-1] if closing else None
     if isinstance(last, RunFinished):

@@ -327,6 +327,8 @@ def runs(
 ) -> None:
     """The runs in the workspace, with their status: running, finished, failed or incomplete; altered where the
     log's hash chain says it was changed (its numbers are then not the run's)."""
+    from esper.tolaria.resume import resumable
+
     ws = existing_workspace(workspace)
     with ws.reader() as reader:
         for note in reader.notes:
@@ -349,6 +351,11 @@ def runs(
             say(f"note: {altered[run_id]}")
             listing.append({"run_id": run_id, "status": "altered", **dict.fromkeys(
                 ("task", "controller", "seed", "epochs", "val_accuracy", "test_accuracy", "params", "started"))})
+        left = resumable(reader, [r["run_id"] for r in listing if r["status"] in ("failed", "incomplete")])
+    if len(left) == 1:  # what a crash or a stop left to go on with
+        say(f"note: run {left[0]} stopped before its end: esper run --resume {left[0]} continues it")
+    elif left:
+        say(f"note: esper run --resume RUN continues each run left unfinished: {', '.join(left)}")
     if not listing:
         say(f"note: no runs in {ws.root} yet: `esper run` records one there (another workspace: --workspace or "
             "$ESPER_WORKSPACE)")

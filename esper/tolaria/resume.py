@@ -19,10 +19,10 @@ from typing import Any
 import attrs
 
 from esper.errors import BadInput, StoreFailed
-from esper.leyline.events import CheckpointSaved, Event, RunFailed, RunFinished, RunResumed, RunStarted
-from esper.leyline.status import CLOSING
+from esper.leyline.events import CheckpointSaved, Event, RunFailed, RunFinished, RunResumed, RunStarted, decode
+from esper.leyline.status import CLOSING, CLOSING_TAGS
 from esper.nissa.runstate import RunState, as_one_run
-from esper.store import Recorded, Recorder, Workspace
+from esper.store import Reader, Recorded, Recorder, Workspace
 from esper.store.recorder import StoreHeld
 from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint
@@ -170,6 +170,21 @@ def _read(ws: Workspace, run: str) -> tuple[str, list[Recorded]]:
         if reader.is_live(run_id):
             raise StoreHeld(ws.store_path(run_id))
         return run_id, reader.read_checked(run_id).recorded
+
+
+def stopping_events(reader: Reader, run_id: str) -> list[Event]:
+    """The run's checkpoints and closing events, in order: all `not_resumable` reads (and a stop's result)."""
+    rows = reader.con.execute(
+        "SELECT payload::VARCHAR FROM events WHERE run_id = ? AND list_contains(?, type) ORDER BY seq",
+        [run_id, ["CheckpointSaved", *CLOSING_TAGS]]).fetchall()
+    return [decode(payload) for payload, in rows]
+
+
+def resumable(reader: Reader, run_ids: list[str]) -> list[str]:
+    """Those of `run_ids` that `esper run --resume` continues: in a store file of their own that no live process
+    writes, and passed by `not_resumable`."""
+    return [run_id for run_id in run_ids if reader.in_own_store(run_id) and not reader.is_live(run_id)
+            and not_resumable(run_id, stopping_events(reader, run_id)) is None]
 
 
 def not_resumable(run_id: str, events: list[Event]) -> str | None:
