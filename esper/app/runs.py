@@ -38,7 +38,7 @@ from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, data_problem, load_task_data
 from esper.tolaria.loop import Batches, Progress, RunResult, StoreSink, check_seed, execute, resolve_config
 from esper.tolaria.ranks import Ranks
-from esper.tolaria.resume import not_resumable, stopping_events
+from esper.tolaria.resumable import not_resumable, stopping_events
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import resolve_device
 

@@ -327,7 +327,7 @@ def runs(
 ) -> None:
     """The runs in the workspace, with their status: running, finished, failed or incomplete; altered where the
     log's hash chain says it was changed (its numbers are then not the run's)."""
-    from esper.tolaria.resume import resumable
+    from esper.tolaria.resumable import resumable
 
     ws = existing_workspace(workspace)
     with ws.reader() as reader:

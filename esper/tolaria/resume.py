@@ -19,16 +19,16 @@ from typing import Any
 import attrs
 
 from esper.errors import BadInput, StoreFailed
-from esper.leyline.events import CheckpointSaved, Event, RunFailed, RunFinished, RunResumed, RunStarted, decode
-from esper.leyline.status import CLOSING, CLOSING_TAGS
+from esper.leyline.events import CheckpointSaved, Event, RunFailed, RunResumed, RunStarted
 from esper.nissa.runstate import RunState, as_one_run
-from esper.store import Reader, Recorded, Recorder, Workspace
+from esper.store import Recorded, Recorder, Workspace
 from esper.store.recorder import StoreHeld
 from esper.tamiyo.controllers import Controller, make_controller
 from esper.tolaria import checkpoint
 from esper.tolaria.checkpoint import Checkpoints, UnusableCheckpoint
 from esper.tolaria.data import TaskData, recorded_data
 from esper.leyline.config import SNAPSHOT_EVERY, VERIFY_TOLERANCE, every_problem
+from esper.tolaria.resumable import FINISHED, not_resumable
 from esper.tolaria.loop import Batches, Progress, RunResult, Session, StoreSink, train
 from esper.tolaria.trainer import check_recorded_device
 from esper.tolaria.verify import Comparison, VerificationFailed
@@ -149,9 +149,6 @@ def open_resumption(ws: Workspace, run: str, checkpoint_every: int | None = None
     return Resumption(run_id, mark.epoch, last_epoch, passed_over, session, controller, recorder)
 
 
-FINISHED = "run {run_id} finished: there is nothing to resume"
-
-
 def _read(ws: Workspace, run: str) -> tuple[str, list[Recorded]]:
     """The run's id and events, from its own store file, its chain checked."""
     with ws.reader() as reader:
@@ -170,37 +167,6 @@ def _read(ws: Workspace, run: str) -> tuple[str, list[Recorded]]:
         if reader.is_live(run_id):
             raise StoreHeld(ws.store_path(run_id))
         return run_id, reader.read_checked(run_id).recorded
-
-
-def stopping_events(reader: Reader, run_id: str) -> list[Event]:
-    """The run's checkpoints and closing events, in order: all `not_resumable` reads (and a stop's result)."""
-    rows = reader.con.execute(
-        "SELECT payload::VARCHAR FROM events WHERE run_id = ? AND list_contains(?, type) ORDER BY seq",
-        [run_id, ["CheckpointSaved", *CLOSING_TAGS]]).fetchall()
-    return [decode(payload) for payload, in rows]
-
-
-def resumable(reader: Reader, run_ids: list[str]) -> list[str]:
-    """Those of `run_ids` that `esper run --resume` continues: in a store file of their own that no live process
-    writes, and passed by `not_resumable`."""
-    return [run_id for run_id in run_ids if reader.in_own_store(run_id) and not reader.is_live(run_id)
-            and not_resumable(run_id, stopping_events(reader, run_id)) is None]
-
-
-def not_resumable(run_id: str, events: list[Event]) -> str | None:
-    """Why the run whose log holds `events` cannot go on from a checkpoint, or None where `--resume` continues it.
-    The one rule for both `--resume` and the note a stopped `esper run` leaves: only the run's closing events and
-    its checkpoints count, so a reader may pass just those (the rest of the log is checked when it resumes)."""
-    closing = [e for e in events if type(e) in CLOSING]
-    last = closing[-1] if closing else None
-    if isinstance(last, RunFinished):
-        return FINISHED.format(run_id=run_id)
-    if isinstance(last, RunFailed) and not last.interrupted:
-        return (f"run {run_id} failed by itself ({last.error}): resuming would train into the same failure; only an "
-                f"interrupted or cut-off run resumes")
-    if not any(isinstance(e, CheckpointSaved) for e in events):
-        return f"run {run_id} has no checkpoint to resume from (it ran with checkpoint_every 0)"
-    return None
 
 
 def _latest_usable(run_id: str, recorded: list[Recorded], last_epoch: int, store: StoreSink, data: TaskData,
