@@ -217,8 +217,7 @@ def render(columns: list[str], rows: list[tuple], fmt: str, types: Optional[list
     """One statement's rows as a table, csv or JSON (`types`: the columns' DuckDB types, for JSON's values)."""
     if fmt == "json":
         names = _distinct(columns)
-        kinds = types if types is not None and len(types) == len(columns) else [None] * len(columns)
-        values = [_json_column(kind) for kind in kinds]
+        values = [_json_column(kind) for kind in types or [None] * len(columns)]
         return json_text([{name: value(v) for name, value, v in zip(names, values, row)} for row in rows]) + "\n"
     if fmt == "csv":
         out = io.StringIO()

@@ -440,8 +440,8 @@ def _check_stored(reader: Reader, runs: list[str]) -> None:
     """Check the workspace's own copy of each of `runs` it holds (their chains, in one pass). Events are matched by
     id and hash, which an edit of a stored payload leaves as they were: without this an altered copy would read as
     the whole file already imported, and a tail would be added to it."""
-    altered = reader.altered_runs(runs)
-    for run in sorted(altered):
+    if altered := reader.altered_runs(runs):
+        run = min(altered)  # the first by name, whichever the pass met first
         held_in = ", ".join(reader.files_of(run))
         raise LogAltered(f"the workspace's copy of run {run} ({held_in}) is altered, nothing imported: {altered[run]}")
 
