@@ -67,7 +67,8 @@ class _Frame:
         return self.left + (v - self.x0) / (self.x1 - self.x0) * (self.width - self.left - self.right)
 
     def y(self, v: float) -> float:
-        return self.top + (self.y1 - v) / (self.y1 - self.y0) * self.plot_h
+        # halved: the span of two finite values near the floats' limit overflows, the span of their halves cannot
+        return self.top + (self.y1 / 2 - v / 2) / (self.y1 / 2 - self.y0 / 2) * self.plot_h
 
 
 def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
@@ -77,6 +78,8 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
     if hi - lo < 1e-12 or hi - lo < 1e-9 * max(abs(lo), abs(hi)):  # flat, at the resolution of floats this large:
         pad = abs(hi) * 0.05 or 1.0  # a step under it would never advance the loop below
         lo, hi = lo - pad, hi + pad
+    if not math.isfinite(abs(lo) + abs(hi) + 2 * (hi - lo)):  # near the floats' limit a step past hi overflows
+        return [lo, hi]
     raw = (hi - lo) / target
     magnitude = 10 ** math.floor(math.log10(raw))
     step = magnitude
