@@ -102,7 +102,9 @@ def test_a_config_files_paths_are_relative_to_its_folder(tmp_path, monkeypatch):
     ("blueprints = ['repeat']\n", "blueprint 'repeat' does not grow in slot early of host cnn1d: a copy grows only "
                                   "after a submodule with parameters that maps its one input to an output of the same "
                                   "shape and dtype"),
-    ("task = 'text'\nblueprints = ['repeat', 'mlp', 'repeat']\n", "blueprint repeat is given twice"),
+    ("task = 'text'\nblueprints = ['repeat', 'mlp', 'repeat']\n", "blueprint 'repeat' is given twice"),
+    ("blueprints = ['']\n", "blueprint '' does not grow in slot early of host cnn1d"),  # an empty name grew nothing
+    ("blueprints = ['', '']\n", "blueprint '' is given twice"),
 ])
 def test_a_bad_config_is_one_line_naming_the_file(tmp_path, text, message):
     config = tmp_path / "run.toml"

@@ -333,13 +333,13 @@ def blueprints_problem(preset: TaskPreset) -> str | None:
     names = list(preset.blueprints)
     if not names:
         return "no blueprint given: give at least one (--blueprint NAME), or none for the task's"
-    if twice := next((name for name in names if names.count(name) > 1), None):
-        return f"blueprint {twice} is given twice: give it once"
+    if (twice := next((name for name in names if names.count(name) > 1), None)) is not None:  # "" is a name too
+        return f"blueprint {twice!r} is given twice: give it once"
     with torch.device("meta"):
         slots = list(preset_host(preset).slots.values())
     for slot in slots:
         fits = offered(slot.family, slot.repeats)
-        if misfit := next((name for name in names if name not in fits), None):
+        if (misfit := next((name for name in names if name not in fits), None)) is not None:
             why = f": {REPEAT_RULE}" if misfit == REPEAT else ""
             return (f"blueprint {misfit!r} does not grow in slot {slot.name} of host {preset.host}{why} "
                     f"(its blueprints: {', '.join(fits)})")
