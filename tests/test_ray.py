@@ -366,6 +366,15 @@ def test_a_ray_address_where_nothing_answers_is_one_line_at_once(tmp_path, comma
     assert not (tmp_path / "ws").exists()  # Ray refused it only after the learner's store was made
 
 
+@pytest.mark.slow  # trains an epoch
+def test_one_seed_trains_here_and_says_it_does_not_use_the_ray_address(tmp_path):
+    result = invoke("run", "--seeds", "0", "--epochs", "1", "--ray-address", "127.0.0.1:1", workspace=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    said = result.stderr.splitlines()
+    assert "note: one seed trains here, not on Ray: --ray-address 127.0.0.1:1 is not used" in said
+    assert next(line for line in said if line.startswith("seeds 0:")).endswith(", here"), said
+
+
 
 def _serve(answer: Callable[[socket.socket], None]) -> tuple[str, socket.socket]:
     """A local server that treats each connection with `answer`; its address, and the listening socket to close."""

@@ -336,7 +336,9 @@ def _run_seeds(text: str, request: "RunRequest", ctx: typer.Context, as_json: bo
     c = planned[0].config
     for note in planned[0].notes:  # every seed's run builds the same --like architecture
         say(f"note: {note}")
-    where = f"on Ray at {ray_address}" if ray_address else "on Ray" if len(planned) > 1 else "here"
+    if len(planned) == 1 and ray_address:  # one run trains in this process (`train_seeds`): no cluster to join
+        say(f"note: one seed trains here, not on Ray: --ray-address {ray_address} is not used")
+    where = "here" if len(planned) == 1 else f"on Ray at {ray_address}" if ray_address else "on Ray"
     say(f"seeds {text}: {len(planned)} run{'s' * (len(planned) > 1)} of {c.task}, controller {c.controller}, {c.epochs} "
         f"epoch{'s' * (c.epochs != 1)} on {c.device}, {where}")
     _note_idle(c)
