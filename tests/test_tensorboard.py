@@ -67,6 +67,14 @@ def test_export_to_a_folder_that_cannot_be_made_is_one_line(tmp_path):
         assert f"cannot create the TensorBoard folder {out}: {tmp_path / 'afile'} is a file" in one_line_error(result)
 
 
+@pytest.mark.parametrize("name, kind", [("tb.jsonl", "a jsonl"), ("tb.parquet", "a parquet"), ("tb.csv", "a CSV")])
+def test_a_tensorboard_export_to_a_name_that_says_file_is_refused(tmp_path, name, kind):
+    run_id = write_run(tmp_path / "ws")
+    result = invoke("export", run_id, "-f", "tensorboard", "--out", tmp_path / name, workspace=tmp_path / "ws")
+    assert f"--out {tmp_path / name} names {kind} file: name a folder" in one_line_error(result)
+    assert not (tmp_path / name).exists()
+
+
 def test_a_text_runs_bits_per_character_are_exported(tmp_path):
     from test_nissa_edges import text_batches
 

@@ -97,13 +97,16 @@ def export(
     """Write runs' events, every column exactly, to a jsonl or parquet file that `esper import` reads back, or
     their curves and lifecycle as TensorBoard event files."""
     from esper.nissa.files import check_output
-    from esper.nissa.transfer import STDOUT, export_runs, format_for
+    from esper.nissa.transfer import STDOUT, export_runs, file_kind, format_for
 
     if out == STDOUT and fmt in ("parquet", "tensorboard"):
         needs = "a folder" if fmt == "tensorboard" else "a file"
         raise BadInput(f"--out - writes jsonl to standard output; {fmt} needs {needs}")
     if out is not None and out != STDOUT and fmt != "tensorboard":
         check_output(out)
+    if fmt == "tensorboard" and out is not None and (named := file_kind(out)):
+        raise BadInput(f"--format tensorboard writes a folder, but --out {out} names {named} file: name a folder "
+                       "(--out tb), or drop --format to export the events to that file")
     if fmt != "tensorboard":
         fmt = format_for(out or Path(""), fmt)
     ws = existing_workspace(workspace)

@@ -120,6 +120,12 @@ OTHER_FORMATS = {".csv": "a CSV", ".tsv": "a TSV", ".xlsx": "an Excel", ".html":
 """Suffixes of formats an export is not: a file so named would hold jsonl, under a name that says otherwise."""
 
 
+def file_kind(path: Path) -> str | None:
+    """What kind of file `path`'s suffix says it is ("a jsonl", "a CSV", ...); None when it names none."""
+    suffix = path.suffix.lower()
+    return f"a {EXPORT_SUFFIXES[suffix]}" if suffix in EXPORT_SUFFIXES else OTHER_FORMATS.get(suffix)
+
+
 def format_for(path: Path, fmt: str | None) -> str:
     """The format asked for, else the one the file name says, else jsonl (the line `esper export` prints names it).
     A format the file name contradicts (`-f jsonl -o runs.parquet`, `-o runs.csv`) is refused: the file would read
