@@ -240,6 +240,7 @@ def test_cifar10_without_data_is_bad_input(tmp_path, offline, monkeypatch):
         assert "--data-dir" in message and "\n" not in message
         if not download:
             assert "download" in message
+    assert not (tmp_path / "empty").exists()  # the failed download's folder is not left behind
 
 
 def test_cifar10_given_no_folder_reads_what_a_download_left_in_the_cache(tmp_path, offline, monkeypatch):
