@@ -94,7 +94,8 @@ def test_a_config_files_paths_are_relative_to_its_folder(tmp_path, monkeypatch):
     ("[host_options]\nchannels = [8]\n", "at `$.host_options.channels`"),
     ("[lifecycle]\nblend_epochs = -1\n", "lifecycle knobs: blend_epochs cannot be negative"),
     ("[lifecycle]\nregression_tolerance = nan\n", "regression_tolerance must be a finite number"),
-    ("[lifecycle]\nmax_params = 9000\n", "set the size cap with max_params (--max-params)"),
+    ("[lifecycle]\nmax_params = 9000\n", "the size cap is a setting of its own: --max-params N (in a config, "
+                                         "max_params = N at the top level)"),
     ("blend_schedule = 'cosine'\n", "unknown blend schedule 'cosine'"),
     ("epochs = -3\n", "epochs must be positive, got -3"),
     ("controller = 'scratch'\n", "controller scratch needs --like RUN"),
@@ -152,6 +153,9 @@ def test_how_seeds_train_set_for_a_controller_that_grows_none_is_noted(tmp_path,
                      "--print-config", workspace=tmp_path)
     assert printed.exit_code == 0, printed.stderr
     note = f"note: seed_lr and blend_schedule change nothing here: controller {controller} germinates no seed"
+    assert (note in printed.stderr.splitlines()) is noted
+    printed = invoke("run", "--controller", controller, "--seed-lr", "0.01", "--print-config", workspace=tmp_path)
+    note = f"note: seed_lr changes nothing here: controller {controller} germinates no seed"
     assert (note in printed.stderr.splitlines()) is noted
 
 

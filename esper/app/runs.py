@@ -33,7 +33,7 @@ from esper.nissa.fmt import plural
 from esper.nissa.files import check_writable
 from esper.store import Reader, Workspace
 from esper.store.recorder import new_store
-from esper.tamiyo.controllers import POLICY_CONTROLLERS, Controller, check_controller, make_controller
+from esper.tamiyo.controllers import POLICY_CONTROLLERS, Controller, check_controller, make_controller, seedless_note
 from esper.tolaria import checkpoint, loop
 from esper.tolaria.data import TaskData, data_problem, load_task_data
 from esper.tolaria.loop import Batches, Progress, RunResult, StoreSink, check_seed, execute, resolve_config
@@ -225,7 +225,7 @@ def _seedless_settings(r: RunRequest) -> tuple[str, ...]:
     given = [name for name, default in SEED_SETTINGS.items() if getattr(r, name) != default]
     if r.controller not in ("static", "scratch") or not given:
         return ()
-    return (f"{' and '.join(given)} change nothing here: controller {r.controller} germinates no seed",)
+    return (seedless_note(given, r.controller),)
 
 
 def _as_grown(r: RunRequest, grew: "FinalArchitecture", epochs: int) -> RunRequest:
@@ -261,7 +261,8 @@ def _check_settings(r: RunRequest) -> None:
     if problem := commands_problem(r.commands_per_epoch):
         raise BadInput(problem)
     if "max_params" in r.lifecycle:
-        raise BadInput("lifecycle knob max_params: set the size cap with max_params (--max-params)")
+        raise BadInput("lifecycle knob max_params: the size cap is a setting of its own: --max-params N (in a config, "
+                       "max_params = N at the top level)")
     if problem := data_problem(r.task, r.data_dir, r.download):
         raise BadInput(problem)
     if r.blend_schedule not in SCHEDULES:
@@ -517,7 +518,7 @@ def final_architecture(ws: Workspace, like: str, task: str | None) -> FinalArchi
                        f"builds the architecture of a finished run{fix}")
     if task is not None and state.config.task != task:
         raise BadInput(f"like {run_id}: a run of task {state.config.task}, not {task} (scratch builds an architecture "
-                       f"on the task it grew on): add --task {state.config.task}")
+                       f"on the task it grew on): drop --task")
     # Fossils in the order they fossilized; seeds built up front (epoch 0, `build` events) are among them. A log
     # written before `build` existed built its config's architecture without events: those come first.
     fossilized = sorted(

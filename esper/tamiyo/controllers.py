@@ -116,6 +116,12 @@ def idle_heuristic(config: HeuristicConfig, epochs: int) -> str | None:
             f"run of {epochs} epoch{'s' * (epochs != 1)} grows nothing")
 
 
+def seedless_note(settings: list[str], controller: str) -> str:
+    """What to say of `settings` (how seeds train or blend) given to a controller that germinates no seed."""
+    verb = "changes" if len(settings) == 1 else "change"
+    return f"{' and '.join(settings)} {verb} nothing here: controller {controller} germinates no seed"
+
+
 class RandomController:
     """Uniform over the commands the lifecycle would accept now; seeded. Makes exploratory datasets."""
 

@@ -24,7 +24,7 @@ from esper.leyline.config import (BLUEPRINTS, SEQUENCE_BLUEPRINTS, HeuristicConf
 from esper.nissa.files import check_writable
 from esper.store import Recorder, Workspace
 from esper.store.schema import run_id_problem
-from esper.tamiyo.controllers import POLICY_CONTROLLERS, check_controller, idle_heuristic, make_controller
+from esper.tamiyo.controllers import POLICY_CONTROLLERS, check_controller, idle_heuristic, make_controller, seedless_note
 from esper.tolaria.loop import Progress, StoreSink, check_seed, execute, resolve_config
 from esper.tolaria.tasks import TASKS
 from esper.tolaria.trainer import resolve_device
@@ -140,8 +140,7 @@ def fit(
     if controller == "heuristic" and (idle := idle_heuristic(knobs, epochs)):
         warnings.warn(f"{idle} (lower the knobs warmup_epochs or finish_epochs)", stacklevel=2)
     if controller == "static" and seed_settings:
-        warnings.warn(f"{' and '.join(seed_settings)} change nothing here: controller static germinates no seed",
-                      stacklevel=2)
+        warnings.warn(seedless_note(seed_settings, controller), stacklevel=2)
     ws = Workspace.at(workspace)
     check_writable(ws.root / "store.duckdb", what="workspace")
     with Recorder(ws.store_path(run_id)) as recorder:
