@@ -35,7 +35,9 @@ from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
 from esper.nissa.charts import Series, line_chart, svg_file
 from esper.store import Workspace
 from esper.tolaria.tasks import get_task
-from recording import Job, commit, generated_by, record_all, say, seed_range, stamp, training_gflops
+from recording import Job, check_recipes, commit, generated_by, record_all, seed_range, stamp, training_gflops
+from script import (TUNING_SEEDS, Parser, existing_file, non_negative_int, output_file, positive_int, run, say,
+                    tuning_seed, write)
 
 TASK = "mnist1d"
 STATIC_MODELS = [("cnn1d", {"channels": c}) for c in (4, 8, 16, 32)] + [("paper_cnn", {"channels": c}) for c in (12, 25, 40)]
@@ -108,25 +110,28 @@ def row(label: str, runs: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(__doc__)
     parser.add_argument("--workspace", type=Path, default=None, help="record into (and reuse) this workspace")
-    parser.add_argument("--tune-seeds", type=int, nargs="+", default=list(range(100, 110)))
-    parser.add_argument("--eval-seeds", type=int, nargs="+", default=list(range(5)))
-    parser.add_argument("--epochs", type=int, default=0, help="epochs per run (default: the preset's)")
+    parser.add_argument("--tune-seeds", type=tuning_seed, nargs="+", default=TUNING_SEEDS,
+                        help="the seeds each static model's recipe is chosen on, never the evaluation seeds 0-19")
+    parser.add_argument("--eval-seeds", type=non_negative_int, nargs="+", default=list(range(5)))
+    parser.add_argument("--epochs", type=non_negative_int, default=0, help="epochs per run (default: the preset's)")
     parser.add_argument("--weight-decay", type=float, nargs="+", default=DECAYS, metavar="D",
                         help=f"the static models' L2 weight decays to try (default: {' '.join(f'{d:g}' for d in DECAYS)})")
-    parser.add_argument("--policy", action="append", default=[], help="a policy file to place on the curve (repeatable)")
-    parser.add_argument("--svg", type=Path, default=None, help="write the accuracy-vs-parameters chart here")
-    parser.add_argument("--out", type=Path, default=None, help="write a page of the table (and chart) here")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--policy", action="append", default=[], type=existing_file,
+                        help="a policy file to place on the curve (repeatable)")
+    parser.add_argument("--svg", type=output_file, default=None, help="write the accuracy-vs-parameters chart here")
+    parser.add_argument("--out", type=output_file, default=None, help="write a page of the table (and chart) here")
+    parser.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
     started, made_by = time.perf_counter(), commit()
-    ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-frontier-")))
-    say(f"workspace {ws.root}")
     models = {model_name(h, o): (h, o) for h, o in STATIC_MODELS}
     grid = [(lr, decay) for lr in LRS for decay in args.weight_decay]
     tuning = [static_job(n, h, o, recipe, s, args.epochs, "tune") for n, (h, o) in models.items() for recipe in grid
               for s in args.tune_seeds]
+    check_recipes(tuning)  # every recipe is in the tuning grid
+    ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-frontier-")))
+    say(f"workspace {ws.root}")
     recorded = record_all(ws, tuning, args.workers)
     tuned = finished(ws, "frontier-tune-")
     recipe_of = {name: best_recipe(tuned, name, grid, args.tune_seeds) for name in models}
@@ -146,13 +151,10 @@ def main() -> None:
     growers = list(labels.values())
     say(table(rows))
     if args.svg is not None:
-        args.svg.write_text(svg_file(chart(rows, growers)), encoding="utf-8")
-        say(f"wrote {args.svg}")
+        write(args.svg, svg_file(chart(rows, growers)))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         made = stamp("frontier.py", ws, started, made_by, recorded, len(tuning) + len(evaluated))
-        args.out.write_text(page(rows, growers, args, made), encoding="utf-8")
-        say(f"wrote {args.out}")
+        write(args.out, page(rows, growers, args, made))
     recipes = {n: {"lr": lr, "weight_decay": decay} for n, (lr, decay) in recipe_of.items()}
     print(json.dumps({"eval_seeds": args.eval_seeds, "tune_seeds": args.tune_seeds, "grid": grid, "recipe": recipes,
                       "rows": rows, "margins": margins(rows)}))
@@ -238,4 +240,4 @@ def chart_series(rows: list[dict], growers: list[str]) -> list[Series]:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

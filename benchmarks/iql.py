@@ -6,10 +6,9 @@ alternating, `--repeats` times, once on an idle machine and once while another p
 busy (as when two jobs, or a job and the tests, share a small machine). Prints one JSON object: median
 steps/s of each and their ratio, per condition.
 
-    .venv/bin/python benchmarks/iql.py [--steps 300] [--repeats 3]
+    .venv/bin/python benchmarks/iql.py [--steps 300] [--repeats 3]   # over a minute on 2 cores
 """
 
-import argparse
 import multiprocessing
 import json
 import os
@@ -26,6 +25,7 @@ from esper.simic.iql import IQLConfig, iql_step, learners
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import ListSink, execute, resolve_config
+from script import Parser, positive_int, run
 
 
 def dataset(runs: int, epochs: int) -> dict[str, torch.Tensor]:
@@ -68,11 +68,11 @@ def rates(data: dict[str, torch.Tensor], args, cfg: IQLConfig, cores: int) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=2, help="runs of each controller in the dataset")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs of each dataset run")
+    parser = Parser(__doc__)
+    parser.add_argument("--steps", type=positive_int, default=300)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--runs", type=positive_int, default=2, help="runs of each controller in the dataset")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="epochs of each dataset run")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     data = dataset(args.runs, args.epochs)
@@ -90,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -9,7 +9,6 @@ other kernels, as on another CPU. Prints one JSON object.
     .venv/bin/python benchmarks/kernels.py [--pairs 3]
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -17,6 +16,7 @@ import subprocess
 import sys
 
 from esper._kernels import KERNEL_SETS
+from script import Parser, positive_int, run
 
 STEPS = """
 import json, sys, time
@@ -70,8 +70,8 @@ def measure(child: str, args: list[str], kernels: str, **variables: str) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=3)
+    parser = Parser(__doc__)
+    parser.add_argument("--pairs", type=positive_int, default=3, help="portable-and-fast pairs of each measurement")
     args = parser.parse_args()
     ratios: dict[str, list[float]] = {name: [] for name in MEASURES}
     for i in range(args.pairs):
@@ -91,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -14,11 +14,10 @@ chain) with the shortcut (only the layers after the slot) and without it. Prints
 step seconds and the ratios `isolation_ratio` (with a training seed / host alone) and `shortcut_ratio`
 (shortcut / whole pass).
 
-    .venv/bin/python benchmarks/overhead.py [--epochs 30]
+    .venv/bin/python benchmarks/overhead.py [--epochs 30]      # ~30 s on 2 cores
     .venv/bin/python benchmarks/overhead.py --case resnet18 [--steps 12] [--threads 1]
 """
 
-import argparse
 import copy
 import json
 import statistics
@@ -29,15 +28,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 
 from esper.kasmina import build_host, grow
 from esper.leyline import RunConfig, Wait
 from esper.store import Recorder
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import Session, StoreSink, resolve_config
+from script import Parser, integer, non_negative_int, positive_int, run
 
 GROWN = [("early", "conv_light"), ("mid", "conv_heavy"), ("late", "depthwise")]
+"""The grown mnist1d model the engine's costs are measured on (here, in checkpoint.py and telemetry.py)."""
 
 
 def plain_epoch(model, optimizer, data, batch_size, generator) -> float:
@@ -55,6 +55,7 @@ def plain_epoch(model, optimizer, data, batch_size, generator) -> float:
 
 
 def esper_epoch(session: Session) -> None:
+    """One epoch of a `Session` as a run trains it, the controller waiting."""
     session.begin_epoch()
     trainer = session.trainer
     for x, y in trainer.data.batches("train", trainer.preset.batch_size, trainer.generator):
@@ -97,6 +98,8 @@ def with_optimizers(model, seed_id: str | None):
 
 
 def resnet18_case(steps: int, batch: int) -> dict:
+    import torchvision  # here: the mnist1d case (and checkpoint.py, telemetry.py, which import this) needs none
+
     torch.manual_seed(0)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     host = grow(torchvision.models.resnet18(num_classes=10), ["layer1", "layer2", "layer3"], example=x[:2])
@@ -117,12 +120,13 @@ def resnet18_case(steps: int, batch: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(__doc__)
     parser.add_argument("--case", choices=("mnist1d", "resnet18"), default="mnist1d")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=12, help="Timed steps of each model (case resnet18).")
-    parser.add_argument("--batch", type=int, default=32, help="Batch size (case resnet18).")
-    parser.add_argument("--threads", type=int, default=0, help="Torch CPU threads (0: torch's default).")
+    parser.add_argument("--epochs", type=integer(2), default=30, help="Epochs of each loop (the first is not timed).")
+    parser.add_argument("--steps", type=positive_int, default=12, help="Timed steps of each model (case resnet18).")
+    parser.add_argument("--batch", type=integer(2), default=32,
+                        help="Batch size (case resnet18; batch norm trains on 2 examples at least).")
+    parser.add_argument("--threads", type=non_negative_int, default=0, help="Torch CPU threads (0: torch's default).")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -159,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

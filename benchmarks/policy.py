@@ -15,6 +15,7 @@
    without it (and once more with it, as `heuristic_capped`). With `--select-every N`, "PPO" is the policy
    PPO's checkpoint selection kept (the best greedy return on its own training-range runs), not the last one.
 Prints one JSON object. The target: greedy PPO at least as accurate as the heuristic with no more parameters.
+A default run takes its 20 minutes of PPO, and on top the IQL dataset (40 runs), IQL and the evaluation runs.
 
     .venv/bin/python benchmarks/policy.py [--minutes 20] [--ppo-init iql] [--param-budget 6000 --reward-params 1.0]
                                           [--max-params 6287] [--workspace DIR]
@@ -26,7 +27,6 @@ import multiprocessing
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -35,19 +35,17 @@ from pathlib import Path
 import msgspec
 
 from esper.app.learners import iql_job, ppo_job
-from esper.errors import BadInput
 from esper.leyline import HeuristicConfig, LifecycleConfig, RunConfig
 from esper.leyline.config import from_knobs
 from esper.simic.config import IQLConfig, PPOConfig
+from esper.simic.iql import check as check_iql
+from esper.simic.ppo import check_config as check_ppo  # what ppo_job checks first, here before the dataset and IQL
 from esper.simic.rewards import RewardConfig
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, execute, resolve_config
-
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+from script import Parser, integers, non_negative_int, positive_float, positive_int, run, say
 
 
 def evaluate(name: str, controller: str, seeds: list[int], root: str, policy: str | None = None,
@@ -98,22 +96,22 @@ def make_dataset(ws: Workspace, runs: int, heuristic: HeuristicConfig) -> float:
     return time.perf_counter() - started
 
 
-def train_iql_policy(ws: Workspace, args, rewards: RewardConfig) -> tuple[str, dict]:
-    """Record the heuristic and random datasets and train IQL on them; the policy file and a report."""
+def train_iql_policy(ws: Workspace, runs: int, heuristic: HeuristicConfig, iql_cfg: IQLConfig) -> tuple[str, dict]:
+    """Record the heuristic's (with the knobs `heuristic`) and the random controller's datasets, `runs` each, and
+    train IQL on them; the policy file and a report."""
     say("IQL dataset ...")
-    dataset_s = make_dataset(ws, args.dataset_runs, args.dataset_heuristic)
-    iql_cfg = IQLConfig(steps=args.iql_steps, reward=rewards, log_every=1000)
+    dataset_s = make_dataset(ws, runs, heuristic)
     started = time.perf_counter()
     path = ws.root / "iql.pt"
     result = iql_job(iql_cfg, path, ws, "controller IN ('heuristic', 'random') AND seed >= 100", progress=say)
-    return str(path), {"runs": result["runs"], "transitions": result["transitions"], "steps": args.iql_steps,
-                       "dataset_heuristic": msgspec.to_builtins(args.dataset_heuristic),
+    return str(path), {"runs": result["runs"], "transitions": result["transitions"], "steps": iql_cfg.steps,
+                       "dataset_heuristic": msgspec.to_builtins(heuristic),
                        "minutes": round((time.perf_counter() - started) / 60, 2), "dataset_minutes": round(dataset_s / 60, 2)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=20.0, help="the whole budget of PPO's training (with "
+    parser = Parser(__doc__)
+    parser.add_argument("--minutes", type=positive_float, default=20.0, help="the whole budget of PPO's training (with "
                         "--ppo-init iql it also pays for the IQL dataset and IQL's training)")
     parser.add_argument("--ppo-init", choices=("scratch", "iql"), default="scratch",
                         help="start PPO from a fresh policy, or from the IQL policy trained first")
@@ -132,13 +130,15 @@ def main() -> None:
     parser.add_argument("--reward-contribution", type=float, default=RewardConfig().contribution)
     parser.add_argument("--param-budget", type=int, default=RewardConfig().param_budget,
                         help="parameters that cost nothing; --reward-params charges growth beyond them (0: none)")
-    parser.add_argument("--max-params", type=int, default=0, help="hard cap on the size of PPO's runs and of the "
-                        "learned policies' evaluation runs; the heuristic is evaluated without it, and again with it")
+    parser.add_argument("--max-params", type=non_negative_int, default=0,
+                        help="hard cap on the size of PPO's runs and of the learned policies' evaluation runs; the "
+                        "heuristic is evaluated without it, and again with it")
     parser.add_argument("--select-every", type=int, default=0, help="PPO's checkpoint selection: score the greedy "
                         "policy every N updates and evaluate the best (PPOConfig.select_every; 0: the last update's)")
     parser.add_argument("--select-runs", type=int, default=4, help="training-range runs that score the greedy policy")
-    parser.add_argument("--eval-seeds", default="0,1,2,3,4")
-    parser.add_argument("--dataset-runs", type=int, default=20, help="heuristic runs, and as many random runs, for IQL")
+    parser.add_argument("--eval-seeds", type=integers(0), default="0,1,2,3,4", help="comma-separated: 0,1,2,3,4")
+    parser.add_argument("--dataset-runs", type=positive_int, default=20,
+                        help="heuristic runs, and as many random runs, for IQL")
     parser.add_argument("--dataset-heuristic", action="append", default=[], metavar="KEY=VALUE",
                         help="a knob of the heuristic whose runs join IQL's dataset (repeatable; e.g. min_gain=1.0: "
                         "germinate once warmed up, not on a plateau). The heuristic evaluated is always the default")
@@ -146,32 +146,36 @@ def main() -> None:
     parser.add_argument("--skip-iql", action="store_true", help="with --ppo-init scratch: no IQL at all")
     parser.add_argument("--workspace", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
-    try:  # the knobs, parsed once: bad ones stop the benchmark before it records anything
-        args.dataset_heuristic = from_knobs(HeuristicConfig, args.dataset_heuristic, "--dataset-heuristic")
-    except BadInput as e:
-        parser.error(str(e))
-    seeds = [int(s) for s in args.eval_seeds.split(",")]
+    if args.ppo_init == "iql" and args.skip_iql:
+        parser.error("--skip-iql goes with --ppo-init scratch: --ppo-init iql starts PPO from the IQL policy")
+    # every setting checked here, before the dataset, IQL or PPO starts: bad ones stop the benchmark at once
+    args.dataset_heuristic = from_knobs(HeuristicConfig, args.dataset_heuristic, "--dataset-heuristic")
+    rewards = RewardConfig(params=args.reward_params, contribution=args.reward_contribution,
+                           param_budget=args.param_budget)
+    iql_cfg = IQLConfig(steps=args.iql_steps, reward=rewards, log_every=1000)
+    ppo_cfg = PPOConfig(seed=args.seed, n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr,
+                        ent_coef=args.ent_coef, reward=rewards, shared_baseline=args.shared_baseline,
+                        critic_warmup=args.critic_warmup, init_temperature=args.init_temperature,
+                        max_params=args.max_params, select_every=args.select_every, select_runs=args.select_runs,
+                        workers=args.workers)
+    check_iql(iql_cfg)
+    check_ppo(ppo_cfg)
+    seeds = args.eval_seeds
     tmp = tempfile.TemporaryDirectory(prefix="esper-policy-bench-")
     ws = Workspace.at(args.workspace or tmp.name)
-    rewards = RewardConfig(params=args.reward_params, contribution=args.reward_contribution, param_budget=args.param_budget)
     report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "eval_seeds": seeds,
                     "reward": msgspec.to_builtins(rewards)}
 
     started = time.perf_counter()
     iql_path = None
     if args.ppo_init == "iql" or not args.skip_iql:
-        iql_path, report["iql_training"] = train_iql_policy(ws, args, rewards)
+        iql_path, report["iql_training"] = train_iql_policy(ws, args.dataset_runs, args.dataset_heuristic, iql_cfg)
     init = iql_path if args.ppo_init == "iql" else None
     budget_start = started if init else time.perf_counter()
     say(f"PPO from {'the IQL policy' if init else 'scratch'} until {args.minutes} minutes have passed ...")
     ppo_path = ws.root / "ppo.pt"
-    cfg = PPOConfig(seed=args.seed, n_envs=args.n_envs, episodes=100_000, learning_rate=args.lr, ent_coef=args.ent_coef,
-                    reward=rewards, shared_baseline=args.shared_baseline, critic_warmup=args.critic_warmup,
-                    init_temperature=args.init_temperature,
-                    max_params=args.max_params, select_every=args.select_every, select_runs=args.select_runs,
-                    workers=args.workers)
     ppo_started = time.perf_counter()
-    result = ppo_job(cfg, ppo_path, ws, init=init and Path(init), progress=say,
+    result = ppo_job(ppo_cfg, ppo_path, ws, init=init and Path(init), progress=say,
                      deadline=budget_start + args.minutes * 60)
     report["ppo_training"] = {"init": args.ppo_init, "minutes": round((time.perf_counter() - ppo_started) / 60, 2),
                               "minutes_with_iql": round((time.perf_counter() - budget_start) / 60, 2),
@@ -206,4 +210,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

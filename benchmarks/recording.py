@@ -11,6 +11,7 @@ import functools
 import multiprocessing
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 
+from esper.errors import BadInput
 from esper.leyline import RunConfig
 from esper.leyline.config import TaskPreset, recipe_problem
 from esper.leyline.events import Event, RunStarted, decode
@@ -29,6 +31,7 @@ from esper.tolaria.data import load_task_data
 from esper.tolaria.flops import EpochCompute, epoch_flops
 from esper.tolaria.loop import StoreSink, execute, resolve_config
 from esper.tolaria.tasks import get_task
+from script import say
 
 
 class Job(NamedTuple):
@@ -36,10 +39,6 @@ class Job(NamedTuple):
     config: RunConfig
     preset: TaskPreset | None = None
     """None: the task's preset as it is today."""
-
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def record(root: str, job: Job) -> str:
@@ -77,18 +76,23 @@ def still_to_record(ws: Workspace, jobs: list[Job]) -> list[Job]:
             continue
         preset = job.preset or get_task(job.config.task)
         if not finished or started.config != resolve_config(job.config, preset) or started.preset != preset:
-            sys.exit(f"{job.run_id} in {ws.root} is {'unfinished' if not finished else 'another config or preset'}; "
-                     "use a fresh --workspace (or delete its store file)")
+            what = "unfinished" if not finished else "another config or preset"
+            raise BadInput(f"{job.run_id} in {ws.root} is {what}; use a fresh --workspace (or delete its store file)")
     return todo
+
+
+def check_recipes(jobs: list[Job]) -> None:
+    """`BadInput` for the first grid point no run could train at (a script calls it before it says anything)."""
+    for job in jobs:
+        p = job.preset
+        if p is not None and (problem := recipe_problem(p.lr, p.seed_lr, p.weight_decay, p.batch_size)):
+            raise BadInput(problem)
 
 
 def record_all(ws: Workspace, jobs: list[Job], workers: int) -> int:
     """Record every job not in the workspace yet, `workers` at a time, one process each; returns how many. A grid
-    point that no run could train at ends the script with one line before anything is recorded."""
-    for job in jobs:
-        p = job.preset
-        if p is not None and (problem := recipe_problem(p.lr, p.seed_lr, p.weight_decay, p.batch_size)):
-            sys.exit(f"{Path(sys.argv[0]).stem}: {problem}")
+    point no run could train at, or a run of the same name in the way, is `BadInput` before anything is recorded."""
+    check_recipes(jobs)
     todo = still_to_record(ws, jobs)
     say(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in the workspace; recording {len(todo)}")
     if not todo:
@@ -138,7 +142,7 @@ def stamp(script: str, ws: Workspace, started: float, made_by: str, recorded: in
     """What made a page: the command as this process was started, the commit `made_by` (read when it started: the
     code that recorded the runs), the date, machine and workspace, the minutes since `started`, and how many of the
     page's `runs` this command `recorded` (the others it read from the workspace, as an earlier command left them)."""
-    return {"command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]), "commit": made_by,
+    return {"command": shlex.join(["python", f"benchmarks/{script}", *sys.argv[1:]]), "commit": made_by,
             "date": datetime.date.today().isoformat(), "machine": machine(), "workspace": str(ws.root),
             "minutes": (time.perf_counter() - started) / 60, "recorded": recorded, "runs": runs}
 

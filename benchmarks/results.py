@@ -22,13 +22,11 @@ text also test bits per character, from each `RunFinished`), training FLOPs as t
 written to `--out`), progress on stderr, and a last line of JSON with the same tables.
 """
 
-import argparse
 import itertools
 import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import textwrap
 import time
@@ -43,7 +41,8 @@ from esper.leyline.config import commands_problem, from_knobs
 from esper.store import Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.tasks import TASKS
-from recording import Job, commit, flops_projection, generated_by, record_all, say, seed_range, stamp
+from recording import Job, commit, flops_projection, generated_by, record_all, seed_range, stamp
+from script import Parser, existing_file, non_negative_int, output_file, positive_int, run, say, write
 
 FAST_SEEDS = [0, 1, 2]
 FULL_SEEDS = list(range(20))
@@ -298,14 +297,15 @@ def render(growth: list[dict], compute: list[dict], shorter: list[dict], policie
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="write the markdown here too (docs/results.md)")
+    parser = Parser(__doc__)
+    parser.add_argument("--out", type=output_file, default=None, help="write the markdown here too (docs/results.md)")
     parser.add_argument("--task", default="mnist1d", choices=("mnist1d", "text"), help="the task every run trains")
     parser.add_argument("--workspace", type=Path, default=None, help="record into (and reuse) this workspace")
     parser.add_argument("--full", action="store_true", help=f"seeds {FULL_SEEDS[0]}–{FULL_SEEDS[-1]} instead of {FAST_SEEDS}")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="these seeds instead")
-    parser.add_argument("--policy", action="append", default=[], help="a policy file to compare (repeatable)")
-    parser.add_argument("--epochs", type=int, default=0, help="epochs per run (default: the preset's)")
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=None, help="these seeds instead")
+    parser.add_argument("--policy", action="append", default=[], type=existing_file,
+                        help="a policy file to compare (repeatable)")
+    parser.add_argument("--epochs", type=non_negative_int, default=0, help="epochs per run (default: the preset's)")
     parser.add_argument("--heuristic", action="append", default=[], metavar="KEY=VALUE",
                         help="a knob of the `heuristic` runs' gardener (repeatable), e.g. warmup_epochs=16; scratch "
                              "then trains their architectures")
@@ -320,29 +320,24 @@ def main() -> None:
     parser.add_argument("--scratch-epochs", type=int, nargs="+", default=[], metavar="E",
                         help="also train each heuristic run's final architecture from initialisation for E epochs "
                              "(a run planned shorter), and compare")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs recorded at once")
+    parser.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
+                        help="runs recorded at once")
     args = parser.parse_args()
     seeds = args.seeds or (FULL_SEEDS if args.full else FAST_SEEDS)
     budget = args.epochs or TASKS[args.task].epochs
     if problem := commands_problem(args.commands_per_epoch):
-        sys.exit(f"results: {problem}")
+        raise BadInput(problem)
     if not all(1 <= e < budget for e in args.scratch_epochs):
-        sys.exit(f"results: --scratch-epochs takes fewer epochs than the runs' {budget}, at least 1 each; got "
-                 f"{' '.join(map(str, args.scratch_epochs))}")
+        raise BadInput(f"--scratch-epochs takes fewer epochs than the runs' {budget}, at least 1 each; got "
+                       f"{' '.join(map(str, args.scratch_epochs))}")
     args.scratch_epochs = sorted(set(args.scratch_epochs), reverse=True)
-    for path in args.policy:
-        if not Path(path).is_file():
-            sys.exit(f"results: no policy file {path}")
-    try:
-        knobs = from_knobs(HeuristicConfig, args.heuristic, flag="--heuristic")
-        lifecycle = from_knobs(LifecycleConfig, args.lifecycle, flag="--lifecycle")
-    except BadInput as exc:
-        sys.exit(f"results: {exc}")
+    knobs = from_knobs(HeuristicConfig, args.heuristic, flag="--heuristic")
+    lifecycle = from_knobs(LifecycleConfig, args.lifecycle, flag="--lifecycle")
     grows = None  # the growing runs' preset (and their scratch runs', which build what they grew): None, the task's
     if args.blueprint:
         grows = msgspec.structs.replace(TASKS[args.task], blueprints=tuple(args.blueprint))
         if problem := blueprints_problem(grows):
-            sys.exit(f"results: {problem}")
+            raise BadInput(problem)
     started, made_by = time.perf_counter(), commit()  # the code that records the runs, not whatever is checked out later
     ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-results-")))
     say(f"workspace {ws.root}")
@@ -376,13 +371,11 @@ def main() -> None:
                     + (f" `--commands-per-epoch {args.commands_per_epoch}`" if args.commands_per_epoch > 1 else "")}
     page = render(growth, compute, shorter, versus, seeds, made)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(page, encoding="utf-8")
-        say(f"wrote {args.out}")
+        write(args.out, page)
     print(page)
     print(json.dumps({"seeds": seeds, "growth": growth, "compute": compute, "policies": versus,
                       "shorter_scratch": shorter, **made}))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -27,7 +27,6 @@ residual cnn of `--channels` channels (`ResidualCNN1D`) whose blocks keep theirs
 the tuning seeds 100–109.
 """
 
-import argparse
 import copy
 import functools
 import json
@@ -37,13 +36,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from esper.errors import BadInput
 from esper.kasmina.hosts import Transformer, input_dtype
 from esper.tolaria.data import load_task_data
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import anneal_scale
+from script import TUNING_SEEDS, Parser, non_negative_int, positive_int, run
 from widen import plan  # the same notation, of depths: `3:6@12` is 3 blocks, 6 from epoch 12 on
 
-TUNING_SEEDS = {"text": [100, 101, 102], "mnist1d": list(range(100, 110))}  # a text run costs ~25 mnist1d runs
+SEEDS = {"text": TUNING_SEEDS[:3], "mnist1d": TUNING_SEEDS}  # a text run costs ~25 mnist1d runs
 
 
 def transformer(depth: int) -> Transformer:
@@ -151,6 +152,17 @@ def stack(host: nn.Module, depth: int, optimizer: torch.optim.Adam, order: str,
     return host, deeper
 
 
+def interleave_problem(text: str, depths: dict[int, int]) -> str | None:
+    """Why `--order interleave` cannot follow the plan `text` (None if it can): each block is followed by its copies,
+    so each new depth must be a multiple of the one before (else the blocks would not all get their copies)."""
+    sizes = [depths[epoch] for epoch in sorted(depths)]
+    for old, new in zip(sizes, sizes[1:]):
+        if new % old:
+            return (f"--grow {text}: with --order interleave each block is followed by its copies, so a depth must be "
+                    f"a multiple of the one before ({new} is not of {old}); use --order top")
+    return None
+
+
 def accuracy(host: nn.Module, data, split: str) -> float:
     host.eval()
     correct = n = 0
@@ -204,19 +216,24 @@ def summary(name: str, runs: list[dict[str, float]]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(__doc__)
     parser.add_argument("--task", choices=("text", "mnist1d"), default="text")
     parser.add_argument("--grow", nargs="+", default=["3:6@12", "2:4@7:6@13"], help="growth plans: DEPTH[:DEPTH@EPOCH]...")
     parser.add_argument("--order", choices=("top", "interleave"), default="top",
                         help="where the copies go: on top of the blocks, or each after the block it copies")
-    parser.add_argument("--blend-epochs", type=int, default=0,
+    parser.add_argument("--blend-epochs", type=non_negative_int, default=0,
                         help="each copy enters blended over this many epochs, as a seed does (0: at once)")
-    parser.add_argument("--channels", type=int, default=16, help="the mnist1d host's width (text: the preset's)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="default: the task's tuning seeds")
+    parser.add_argument("--channels", type=positive_int, default=16,
+                        help="the mnist1d host's width (text: the preset's)")
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+",
+                        help="default: the task's tuning seeds (the evaluation seeds 0-19 confirm a finding)")
     args = parser.parse_args()
+    seeds = args.seeds or SEEDS[args.task]
+    plans = {text: plan(text, get_task(args.task).epochs) for text in args.grow}
+    for text, depths in plans.items():
+        if args.order == "interleave" and (problem := interleave_problem(text, depths)):
+            raise BadInput(problem)
     torch.set_num_threads(get_task(args.task).cpu_threads)  # as a CPU run of the preset trains
-    seeds = args.seeds or TUNING_SEEDS[args.task]
-    plans = {text: plan(text) for text in args.grow}
     deepest = max(max(depths.values()) for depths in plans.values())
     plans.setdefault(f"{deepest}", {1: deepest})
     for name, depths in plans.items():
@@ -225,4 +242,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

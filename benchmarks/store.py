@@ -1,11 +1,17 @@
 """Event store throughput: append, read back, fold, and one aggregate over a million events.
 
-    python benchmarks/store.py            # progress on stderr, one JSON line on stdout (the last line)
+    python benchmarks/store.py                     # ~35 s on 2 cores: a store of 1,000,000 events
+    python benchmarks/store.py --run-events 10000  # a quick check, ~20 s: a store of 100,000 events
+
+Progress on stderr, one JSON line on stdout (the last line). It measures throughput on this machine as it is, so
+its absolute numbers say how fast, not whether fast enough: its verdicts (`faster_than_baseline`) are the ratios
+measured in the same run against the way each design replaced (a load from a snapshot against one from zero, a
+checked read in one pass against two). The store holds 10 runs of `--run-events` events each.
 
 What each number is:
 * `append_<n>_events_per_s`: `Recorder.append` of batches of n events (bare events, as the training loop
   appends them; the store draws their ids). Batch sizes 1 and 100 go to a fresh store file, as a run's
-  epochs do; batch size 10,000 builds the million-event store the aggregate then reads.
+  epochs do; batch size 10,000 builds the million-event store (10 × `--run-events`) the aggregate then reads.
 * `append_10000_unchained_events_per_s`: the same appends without the hash chain (a benchmark-only switch
   on the Recorder), interleaved run by run with the chained ones so both see the store at the same sizes;
   `chain_cost_ratio` is chained / unchained throughput. DuckDB checkpoints the file inside an append now and then
@@ -18,7 +24,8 @@ What each number is:
   `floor_ratio` is the chained append's throughput over it (1.0: Esper's own work costs nothing).
 * `append_10000_pending_events_per_s`: the same with `Pending` events (caller-chosen ids), which adds the
   idempotency check against every id already stored; measured on the last batches, as the store nears 1M.
-* `read_events_per_s`: `Recorder.read` of one 100,000-event run: SQL, Python rows, payloads decoded.
+* `read_events_per_s`: `Recorder.read` of one 100,000-event run (`--run-events`): SQL, Python rows, payloads
+  decoded.
 * `fold_events_per_s`: `Garden.apply` over the events of a realistic 150-epoch run (decided by the Garden
   itself: ticks, telemetry, commands; every stage is reached), folded again and again into fresh gardens.
 * `load_from_zero_events_per_s`, `load_from_snapshot_events_per_s`: `load_run_state` of the LONG-epoch run
@@ -28,15 +35,15 @@ What each number is:
 * `checked_read_events_per_s`: `Reader.read_checked` of one sealed 100,000-event run of the million-event
   store (hash chain and heads checked, payloads decoded, one pass); `checked_read_speedup` is it over the two
   passes it replaced (`check_run`, then `read_run`), best of 3 each, alternated.
-* `aggregate_1m_s`: `select type, count(*) from events group by 1` through `Workspace(...).reader()` after
-  `lock_down()`, over the 1,000,000-event store: the first query on a fresh reader. Opening that reader
-  (attach, views, lock-down) is `open_reader_s`.
+* `aggregate_s`: `select type, count(*) from events group by 1` through `Workspace(...).reader()` after
+  `lock_down()`, over the million-event store (`store_events`): the first query on a fresh reader. Opening that
+  reader (attach, views, lock-down) is `open_reader_s`.
 """
 
+import argparse
 import datetime
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -64,6 +71,7 @@ from esper.nissa.snapshot import load_run_state
 from esper.store import Pending, Recorder, Workspace
 from esper.tolaria.loop import StoreSink
 from esper.tolaria.tasks import TASKS
+from script import Parser, run, say
 
 MNIST1D = TASKS["mnist1d"]
 
@@ -71,12 +79,8 @@ SLOTS = ["early", "mid", "late"]
 LONG = 600
 """Epochs of the run whose events are appended (its events repeat with epochs moved on by LONG per pass)."""
 BLUEPRINTS = ["conv_light", "conv_heavy", "attention", "mlp"]
-TARGETS = {"append_10000_events_per_s": 300_000, "fold_events_per_s": 100_000}
-AGGREGATE_TARGET_S = 1.0
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+BATCH = 10_000
+"""Events per append of the big store's runs."""
 
 
 # ---- a plausible run, decided by the Garden -----------------------------------------------------
@@ -243,30 +247,46 @@ def epoch_batches(run: list[Event]) -> Iterator[list[Event]]:
     yield batch
 
 
+def run_events(text: str) -> int:
+    """The type of `--run-events`: whole batches of `BATCH` events."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < BATCH or value % BATCH:
+        raise argparse.ArgumentTypeError(f"give a multiple of {BATCH:,} (a run is appended in batches of that many), "
+                                         f"got {text}")
+    return value
+
+
 def main() -> None:
+    parser = Parser(__doc__)
+    parser.add_argument("--run-events", type=run_events, default=100_000,
+                        help="events of each of the big store's 10 runs (default 100,000: a million in all)")
+    args = parser.parse_args()
     t0 = time.perf_counter()
     result: dict[str, float | int | dict] = {}
 
-    run = simulate_run(epochs=150)
+    short = simulate_run(epochs=150)  # the run that is folded
     long_run = simulate_run(epochs=LONG)  # the source of the appended events
-    reached = Counter(e.to_stage for e in run if isinstance(e, SeedTransitioned))
+    reached = Counter(e.to_stage for e in short if isinstance(e, SeedTransitioned))
     missing = {s.value for s in SeedStage} - set(reached)  # DORMANT is reached by cooldown_complete
     assert not missing, f"the simulated run never reached {missing}"
-    mix = Counter(type(e).__name__ for e in run)
-    log(f"simulated run: {len(run)} events, {dict(mix)}; transitions to {dict(reached)}")
-    log(f"appended events: {dict(Counter(type(e).__name__ for e in long_run))}, shifted in epoch on every pass")
+    mix = Counter(type(e).__name__ for e in short)
+    say(f"simulated run: {len(short)} events, {dict(mix)}; transitions to {dict(reached)}")
+    say(f"appended events: {dict(Counter(type(e).__name__ for e in long_run))}, shifted in epoch on every pass")
 
     with tempfile.TemporaryDirectory(prefix="esper-bench-") as tmp:
         root = Path(tmp)
 
         with Recorder(root / "small.duckdb") as rec:
             result["append_1_events_per_s"] = rate(append_timed(rec, "b1", batches(long_run, LONG, 1, 300)))
-            log(f"append, batch 1:      {result['append_1_events_per_s']:>12,.0f} events/s (300 appends)")
+            say(f"append, batch 1:      {result['append_1_events_per_s']:>12,.0f} events/s (300 appends)")
             result["append_100_events_per_s"] = rate(append_timed(rec, "b100", batches(long_run, LONG, 100, 100)))
-            log(f"append, batch 100:    {result['append_100_events_per_s']:>12,.0f} events/s (100 appends)")
+            say(f"append, batch 100:    {result['append_100_events_per_s']:>12,.0f} events/s (100 appends)")
 
         big = Workspace(root / "ws")
-        runs, per_run, size = 10, 100_000, 10_000
+        runs, per_run, size = 10, args.run_events, BATCH
         with Recorder(big.store_path("million")) as rec:
             timed = {True: (0, 0.0), False: (0, 0.0)}  # sealed → (events, seconds)
             each: dict[bool, list[float]] = {True: [], False: []}  # sealed → every append's events/s
@@ -276,7 +296,7 @@ def main() -> None:
                 n_run, took_run = append_timed(rec, f"run-{r:02d}", batches(long_run, LONG, size, per_run // size),
                                                each[sealed])
                 timed[sealed] = (timed[sealed][0] + n_run, timed[sealed][1] + took_run)
-                log(f"  {(r + 1) * per_run:>9,} events stored ({'chained' if sealed else 'unchained'}: "
+                say(f"  {(r + 1) * per_run:>9,} events stored ({'chained' if sealed else 'unchained'}: "
                     f"{n_run / took_run:,.0f} events/s)")
             rec._seal = True
             n = timed[True][0]
@@ -290,17 +310,18 @@ def main() -> None:
             # The last run's batches carry caller-chosen ids (`Pending`), checked against every id stored.
             keyed = ([Pending(e) for e in batch] for batch in batches(long_run, LONG, size, per_run // size))
             result["append_10000_pending_events_per_s"] = rate(append_timed(rec, f"run-{runs - 1:02d}", keyed))
-            log(f"  {runs * per_run:>9,} events stored")
-            log(f"append, batch 10000:  {result['append_10000_events_per_s']:>12,.0f} events/s ({n:,} events, chained)")
-            log(f"  unchained:          {result['append_10000_unchained_events_per_s']:>12,.0f} events/s "
+            say(f"  {runs * per_run:>9,} events stored")
+            say(f"append, batch 10000:  {result['append_10000_events_per_s']:>12,.0f} events/s ({n:,} events, chained)")
+            say(f"  unchained:          {result['append_10000_unchained_events_per_s']:>12,.0f} events/s "
                 f"(chained/unchained = {result['chain_cost_ratio']:.3f})")
-            log(f"  median append:      {result['append_10000_median_events_per_s']:>12,.0f} events/s chained, "
+            say(f"  median append:      {result['append_10000_median_events_per_s']:>12,.0f} events/s chained, "
                 f"{result['append_10000_unchained_median_events_per_s']:,.0f} unchained "
                 f"(ratio {result['chain_cost_ratio_median']:.3f}; no checkpoint in a median append)")
-            log(f"  with Pending ids:   {result['append_10000_pending_events_per_s']:>12,.0f} events/s (100,000)")
-        result["append_10000_duckdb_floor_events_per_s"] = rate(duckdb_floor(root, long_run, size, 50))
+            say(f"  with Pending ids:   {result['append_10000_pending_events_per_s']:>12,.0f} events/s ({per_run:,})")
+        floor = duckdb_floor(root, long_run, size, timed[True][0] // size)  # as many batches as the chained appends
+        result["append_10000_duckdb_floor_events_per_s"] = rate(floor)
         result["floor_ratio"] = result["append_10000_events_per_s"] / result["append_10000_duckdb_floor_events_per_s"]
-        log(f"  DuckDB's floor:     {result['append_10000_duckdb_floor_events_per_s']:>12,.0f} events/s "
+        say(f"  DuckDB's floor:     {result['append_10000_duckdb_floor_events_per_s']:>12,.0f} events/s "
             f"(insert + commit of prebuilt batches; chained/floor = {result['floor_ratio']:.3f})")
         with Recorder(big.store_path("million")) as rec:
 
@@ -308,21 +329,21 @@ def main() -> None:
             read = rec.read("run-03")
             result["read_events_per_s"] = len(read) / (time.perf_counter() - start)
             assert len(read) == per_run
-            log(f"read back + decode:   {result['read_events_per_s']:>12,.0f} events/s ({len(read):,} events)")
+            say(f"read back + decode:   {result['read_events_per_s']:>12,.0f} events/s ({len(read):,} events)")
 
         folded, start = 0, time.perf_counter()
         while folded < 200_000:
             garden = Garden()
-            for event in run:
+            for event in short:
                 garden.apply(event)
-            folded += len(run)
+            folded += len(short)
         result["fold_events_per_s"] = folded / (time.perf_counter() - start)
-        log(f"fold (Garden.apply):  {result['fold_events_per_s']:>12,.0f} events/s ({folded:,} events)")
+        say(f"fold (Garden.apply):  {result['fold_events_per_s']:>12,.0f} events/s ({folded:,} events)")
 
         zero, snap = load_rates(root, long_run)
         result["load_from_zero_events_per_s"], result["load_from_snapshot_events_per_s"] = zero, snap
         result["snapshot_load_speedup"] = snap / zero
-        log(f"load_run_state, {len(long_run):,} events: from zero {zero:,.0f} events/s, from a snapshot "
+        say(f"load_run_state, {len(long_run):,} events: from zero {zero:,.0f} events/s, from a snapshot "
             f"{snap:,.0f} events/s ({snap / zero:.1f}x)")
 
         start = time.perf_counter()
@@ -332,22 +353,22 @@ def main() -> None:
         with reader:
             start = time.perf_counter()
             counts = reader.con.execute("select type, count(*) from events group by 1").fetchall()
-            result["aggregate_1m_s"] = time.perf_counter() - start
+            result["aggregate_s"] = time.perf_counter() - start
             assert sum(n for _, n in counts) == runs * per_run, counts
-            log(f"aggregate over 1M:    {result['aggregate_1m_s']:>12.3f} s (reader opened in {result['open_reader_s']:.3f} s)")
+            say(f"aggregate over {runs * per_run:,}: {result['aggregate_s']:>8.3f} s (reader opened in "
+                f"{result['open_reader_s']:.3f} s)")
             checked, twice = checked_read_rates(reader, "run-00", per_run)
         result["checked_read_events_per_s"], result["checked_read_speedup"] = checked, checked / twice
-        log(f"checked read:         {checked:>12,.0f} events/s in one pass, {twice:,.0f} checking and then reading "
+        say(f"checked read:         {checked:>12,.0f} events/s in one pass, {twice:,.0f} checking and then reading "
             f"({checked / twice:.2f}x)")
 
     result["store_events"] = runs * per_run
-    result["targets_met"] = {k: result[k] >= v for k, v in TARGETS.items()} | {
-        "aggregate_1m_s": result["aggregate_1m_s"] < AGGREGATE_TARGET_S
-    }
+    result["faster_than_baseline"] = {"load_from_snapshot": result["snapshot_load_speedup"] > 1,
+                                      "checked_read": result["checked_read_speedup"] > 1}
     result["total_s"] = time.perf_counter() - t0
-    log(f"total {result['total_s']:.1f} s")
+    say(f"total {result['total_s']:.1f} s")
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -3,38 +3,32 @@
 Profiles alternate epoch by epoch (so machine noise hits them alike) on identical grown runs;
 prints one JSON object with median epoch seconds per profile and the ratios to minimal.
 
-    .venv/bin/python benchmarks/telemetry.py [--epochs 11]
+    .venv/bin/python benchmarks/telemetry.py [--epochs 11]     # ~20 s on 2 cores
 """
 
-import argparse
 import json
 import statistics
 import sys
 import time
 
-from esper.leyline import RunConfig, Wait
+from overhead import GROWN, esper_epoch
+
+from esper.leyline import RunConfig
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import ListSink, Session, resolve_config
 from esper.tolaria.telemetry import PROFILES, SHARPNESS_EVERY
-
-GROWN = [("early", "conv_light"), ("mid", "conv_heavy"), ("late", "depthwise")]
+from script import Parser, integer, run
 
 
 def epoch(session: Session) -> float:
     started = time.perf_counter()
-    session.begin_epoch()
-    trainer = session.trainer
-    for x, y in trainer.data.batches("train", trainer.preset.batch_size, trainer.generator):
-        trainer.train_step(x, y)
-    session.end_epoch()
-    session.decide(Wait(), "static")
-    session.settle()
+    esper_epoch(session)
     return time.perf_counter() - started
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=11)
+    parser = Parser(__doc__)
+    parser.add_argument("--epochs", type=integer(2), default=11, help="epochs of each profile (the first is not timed)")
     args = parser.parse_args()
     data = None
     sessions = {}
@@ -59,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -10,11 +10,11 @@ trains alone on a detached activation, so it may want its own); batch size 100 (
 preset's); the optimizers' L2 weight decay only when asked (`--weight-decay`; default: the preset's). Every grid point trains the `heuristic` (the default controller, which picks the preset) and
 `static` (the host alone; it has no seeds, so one run per host rate and batch size) on the tuning seeds
 100–109, never the evaluation seeds 0–19 of the other benchmarks. Every run is recorded in the workspace
-(reused when re-run) and every number is read back from the logs: the table ranks grid points by the mean
-final validation accuracy over the tuning seeds. Prints the table on stderr and one JSON line.
+(reused when re-run) and every number is read back from the logs: the table ranks this command's grid points
+(not other sweeps' runs in the same workspace) by the mean final validation accuracy over the tuning seeds.
+Prints the table on stderr and one JSON line.
 """
 
-import argparse
 import itertools
 import json
 import os
@@ -25,10 +25,9 @@ from msgspec.structs import replace
 
 from esper.leyline import RunConfig
 from esper.store import Workspace
-from esper.tolaria.tasks import get_task
-from recording import Job, check_chains, record_all, say
-
-TUNING_SEEDS = list(range(100, 110))
+from esper.tolaria.tasks import TASKS, get_task
+from recording import Job, check_chains, check_recipes, record_all
+from script import TUNING_SEEDS, Parser, positive_int, run, say, tuning_seed
 
 
 def grid_jobs(task: str, lrs: list[float], seed_lrs: list[float], batches: list[int], seeds: list[int],
@@ -58,38 +57,41 @@ SELECT r.controller,
        count(*) AS runs, avg(r.val_accuracy) AS val, stddev_samp(r.val_accuracy) AS val_sd,
        avg(r.test_accuracy) AS test, avg(r.params) AS params
 FROM runs r JOIN events s ON s.run_id = r.run_id AND s.type = 'RunStarted'
-WHERE r.finished AND r.run_id LIKE 'tune-%' AND r.task = ? AND r.seed IN ({seeds})
+WHERE r.finished AND list_contains(?, r.run_id)
 GROUP BY ALL ORDER BY r.controller, val DESC
 """
 
 
-def read_points(ws: Workspace, task: str, seeds: list[int]) -> list[dict]:
+def read_points(ws: Workspace, jobs: list[Job]) -> list[dict]:
+    """The grid points of `jobs` (this command's grid: not every `tune-` run an earlier sweep left in the workspace),
+    best first, each read back from its runs' checked logs."""
+    run_ids = [job.run_id for job in jobs]
     with ws.reader() as reader:
-        check_chains(reader, [run_id for run_id, in reader.con.execute(
-            "SELECT run_id FROM runs WHERE run_id LIKE 'tune-%' AND task = ?", [task]).fetchall()])
-        cur = reader.con.execute(POINTS_SQL.format(seeds=", ".join(map(str, seeds))), [task])
+        check_chains(reader, run_ids)
+        cur = reader.con.execute(POINTS_SQL, [run_ids])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="mnist1d")
+    parser = Parser(__doc__)
+    parser.add_argument("--task", default="mnist1d", choices=TASKS)
     parser.add_argument("--workspace", type=Path, default=None, help="record into (and reuse) this workspace")
-    parser.add_argument("--seeds", type=int, nargs="+", default=TUNING_SEEDS)
+    parser.add_argument("--seeds", type=tuning_seed, nargs="+", default=TUNING_SEEDS,
+                        help="tuning seeds, never the evaluation seeds 0-19 (default 100-109)")
     parser.add_argument("--lr", type=float, nargs="+", default=[3e-3, 1e-2, 2e-2], help="host learning rates")
     parser.add_argument("--seed-lr", type=float, nargs="+", default=[3e-3, 1e-2], help="seed learning rates")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[100, 128])
     parser.add_argument("--weight-decay", type=float, nargs="+", default=None,
                         help="L2 weight decays of the optimizers (default: the preset's)")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
-    if set(args.seeds) & set(range(20)):
-        parser.error("seeds 0-19 are the evaluation seeds of the other benchmarks: tune on others (default 100-109)")
+    jobs = grid_jobs(args.task, args.lr, args.seed_lr, args.batch_size, args.seeds, args.weight_decay)
+    check_recipes(jobs)
     ws = Workspace(args.workspace or Path(tempfile.mkdtemp(prefix="esper-tune-")))
     say(f"workspace {ws.root}")
-    record_all(ws, grid_jobs(args.task, args.lr, args.seed_lr, args.batch_size, args.seeds, args.weight_decay), args.workers)
-    points = read_points(ws, args.task, args.seeds)
+    record_all(ws, jobs, args.workers)
+    points = read_points(ws, jobs)
     say(f"{'controller':<10} {'lr':>7} {'seed lr':>8} {'batch':>5} {'decay':>6} {'runs':>4} {'val %':>13} {'test %':>7} "
         f"{'params':>7}")
     for p in points:
@@ -107,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -14,7 +14,6 @@ On CPU lock-step should be no slower; on GPU the target is ≥ 3× at n = 8.
     .venv/bin/python benchmarks/vectorized.py [--epochs 10] [--repeats 10] [--device cpu|cuda] [--ns 1,2,4]
 """
 
-import argparse
 import json
 import platform
 import random
@@ -33,6 +32,8 @@ from esper.store import Recorder
 from esper.tamiyo.controllers import HeuristicController
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, execute, resolve_config
+from esper.tolaria.trainer import resolve_device
+from script import Parser, integers, positive_int, run
 
 
 def sync(device: str) -> None:
@@ -70,15 +71,18 @@ def paired_speedup(sequential: list[float], lockstep: list[float]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser = Parser(__doc__)
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--repeats", type=positive_int, default=10)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, or a comma-separated list used round-robin")
-    parser.add_argument("--ns", default=None, help="environment counts (default 1,2,4 on CPU, 1..8 on GPU)")
+    parser.add_argument("--ns", type=integers(1), default=None,
+                        help="environment counts, comma-separated (default 1,2,4 on CPU, 1..8 on GPU)")
     args = parser.parse_args()
     devices = args.device.split(",")
+    for device in devices:  # a device this machine lacks is one line now, not a traceback after the CPU's part
+        resolve_device(device)
     on_gpu = devices[0].startswith("cuda")
-    ns = [int(v) for v in (args.ns or ("1,2,3,4,5,6,7,8" if on_gpu else "1,2,4")).split(",")]
+    ns = args.ns or ([1, 2, 3, 4, 5, 6, 7, 8] if on_gpu else [1, 2, 4])
     config = resolve_config(RunConfig(controller="heuristic", epochs=args.epochs, seed=7, device=devices[0]))
     data = load_task_data(config.task, config.data_seed)
     results = []
@@ -120,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -21,7 +21,6 @@ Runs on the tuning seeds 100–109 by default: the evaluation seeds stay untouch
 plan (the last one the static widest host).
 """
 
-import argparse
 import functools
 import json
 import statistics
@@ -29,13 +28,13 @@ import statistics
 import torch
 from torch import nn
 
+from esper.errors import BadInput
 from esper.kasmina.hosts import CNN1D, build_host
 from esper.tolaria.data import Split, TaskData, load_task_data
 from esper.tolaria.flops import _step_flops
 from esper.tolaria.tasks import get_task
 from esper.tolaria.trainer import anneal_scale
-
-TUNING_SEEDS = list(range(100, 110))
+from script import TUNING_SEEDS, Parser, non_negative_float, non_negative_int, run
 
 
 @functools.cache
@@ -143,14 +142,29 @@ def train(seed: int, widths: dict[int, int], init: str, noise: float) -> dict[st
     return {"val": accuracy(host, data, data.val), "test": accuracy(host, data, data.test), "flops": spent}
 
 
-def plan(text: str) -> dict[int, int]:
-    """`8:24@9` (8 channels, 24 from epoch 9 on) or `8:16@6:24@11` as {epoch: width} (or depth, benchmarks/stack.py)."""
+def plan(text: str, epochs: int) -> dict[int, int]:
+    """`8:24@9` (8 channels, 24 from epoch 9 on) or `8:16@6:24@11` as {epoch: width} (or depth, benchmarks/stack.py),
+    for runs of `epochs` epochs. `BadInput` for a plan no run can follow: sizes below 1 or shrinking, growth epochs
+    not rising within 2..`epochs` (epoch 1 is the start; one past the last would never come)."""
     first, *steps = text.split(":")
-    widths = {1: int(first)}
-    for step in steps:
-        width, _, epoch = step.partition("@")
-        widths[int(epoch)] = int(width)
-    return widths
+    try:
+        sizes = {1: int(first)}
+        for step in steps:
+            size, at, epoch = step.partition("@")
+            if not at:
+                raise ValueError
+            if int(epoch) <= max(sizes):
+                raise BadInput(f"--grow {text}: its growth epochs must rise, each within 2..{epochs} (epoch 1 is "
+                               "the start)")
+            sizes[int(epoch)] = int(size)
+    except ValueError:
+        raise BadInput(f"--grow {text}: give SIZE[:SIZE@EPOCH]..., e.g. 8:24@9 (8, then 24 from epoch 9 on)") from None
+    grown = list(sizes.values())
+    if min(grown) < 1 or any(b < a for a, b in zip(grown, grown[1:])):
+        raise BadInput(f"--grow {text}: sizes must be at least 1 and never shrink")
+    if max(sizes) > epochs:
+        raise BadInput(f"--grow {text}: epoch {max(sizes)} is past the runs' last ({epochs}), so it would never grow")
+    return sizes
 
 
 def summary(name: str, runs: list[dict[str, float]], widest: int, epochs: int) -> dict:
@@ -164,16 +178,18 @@ def summary(name: str, runs: list[dict[str, float]], widest: int, epochs: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(__doc__)
     parser.add_argument("--grow", nargs="+", default=["8:24@9", "16:24@13", "16:24@6"],
                         help="growth plans: WIDTH[:WIDTH@EPOCH]...")
     parser.add_argument("--init", choices=("split", "fresh"), default="split")
-    parser.add_argument("--noise", type=float, default=0.3, help="relative noise on a split copy's outgoing weights")
-    parser.add_argument("--seeds", type=int, nargs="+", default=TUNING_SEEDS)
+    parser.add_argument("--noise", type=non_negative_float, default=0.3,
+                        help="relative noise on a split copy's outgoing weights")
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=TUNING_SEEDS,
+                        help="default: the tuning seeds 100-109 (the evaluation seeds 0-19 confirm a finding)")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # as a CPU run of the preset trains
     epochs = get_task("mnist1d").epochs
-    plans = {text: plan(text) for text in args.grow}
+    plans = {text: plan(text, epochs) for text in args.grow}
+    torch.set_num_threads(1)  # as a CPU run of the preset trains
     widest = max(max(widths.values()) for widths in plans.values())
     plans[f"{widest}"] = {1: widest}
     for name, widths in plans.items():
@@ -182,4 +198,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -26,7 +26,6 @@ cores were. Prints one JSON object.
                                            [--seed-epochs 0] [--repeats 2] [--only rollouts|seeds]
 """
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -46,6 +45,7 @@ from esper.app import seeds as fanout
 from esper.simic.ppo import PPOConfig, train
 from esper.store import Workspace
 from esper.tolaria import cluster
+from script import Parser, non_negative_int, positive_int, run, say
 
 
 def ppo_job(cfg: PPOConfig) -> tuple[float, float, float | None]:
@@ -137,13 +137,14 @@ def ray_start_s() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(__doc__)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--episodes", type=int, default=16)
-    parser.add_argument("--n-envs", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--episodes", type=positive_int, default=16)
+    parser.add_argument("--n-envs", type=positive_int, default=4)
+    parser.add_argument("--epochs", type=positive_int, default=10)
     parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--seed-epochs", type=int, default=0)
+    parser.add_argument("--seed-epochs", type=non_negative_int, default=0,
+                        help="epochs of each seed's run (0: the preset's)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", choices=("rollouts", "seeds"), default=None, help="measure this part alone")
     args = parser.parse_args()
@@ -167,7 +168,8 @@ def main() -> None:
 
 def arguments_problem(args) -> str | None:
     """Why the benchmark cannot measure what it was asked to (None if it can), said before Ray starts: each speedup is
-    Ray's `--workers` against one process in the same repeat, and the medians need a repeat and a seed at least."""
+    Ray's `--workers` against one process in the same repeat, and the medians need a repeat and a seed at least. (The
+    other counts' types refuse what is below their least as they are parsed.)"""
     if args.workers < 2:
         return f"--workers is the Ray side compared with one process: give 2 or more, got {args.workers}"
     if args.repeats < 1 or args.seeds < 1:
@@ -221,9 +223,5 @@ def paired_speedup(baseline: list[float], faster: list[float]) -> float:
     return round(statistics.median(a / b for a, b in zip(baseline, faster)), 2)
 
 
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -68,6 +68,7 @@ def test_the_frontier_comes_from_the_logs_and_picks_each_static_models_rate_on_t
 def test_a_grid_point_no_run_can_train_at_is_one_line_before_anything_is_recorded(tmp_path, script, flags):
     done = subprocess.run([sys.executable, str(SCRIPT.parent / script), "--workspace", str(tmp_path / "ws"), *flags],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.splitlines()[-1].startswith(f"{script[:-3]}: ") and "must be" in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith(f"{script[:-3]}: ")
+    assert "must be" in done.stderr
     assert not (tmp_path / "ws").exists()

@@ -147,7 +147,7 @@ def test_the_text_task_gives_bits_per_char_reads_none_of_a_workspaces_mnist1d_ru
 def test_a_blueprint_that_cannot_grow_is_one_line_and_records_nothing(tmp_path):
     refused = subprocess.run([sys.executable, str(SCRIPT), "--blueprint", "repeat", "--workspace", str(tmp_path / "ws")],
                              capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "results: blueprint 'repeat' does not grow in slot early of host cnn1d: a copy grows only after a submodule "
         "with parameters that maps its one input to an output of the same shape and dtype (its blueprints: "
         "conv_light, conv_heavy, depthwise, attention, norm)"]
@@ -158,7 +158,7 @@ def test_a_blueprint_that_cannot_grow_is_one_line_and_records_nothing(tmp_path):
 def test_scratch_epochs_must_be_fewer_than_the_runs_and_nothing_is_recorded_otherwise(tmp_path, budgets):
     done = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "0", "--epochs", "3", "--workspace",
                            str(tmp_path / "ws"), "--scratch-epochs", *budgets], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == f"results: --scratch-epochs takes fewer epochs than the runs' 3, at least 1 each; got " \
                                   f"{' '.join(budgets)}"
     assert not (tmp_path / "ws").exists()
@@ -167,5 +167,5 @@ def test_scratch_epochs_must_be_fewer_than_the_runs_and_nothing_is_recorded_othe
 def test_a_bad_heuristic_knob_is_one_line_and_records_nothing(tmp_path):
     refused = subprocess.run([sys.executable, str(SCRIPT), "--heuristic", "warmup=1", "--workspace", str(tmp_path / "ws")],
                              capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1 and "warmup_epochs" in refused.stderr
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1 and "warmup_epochs" in refused.stderr
     assert not (tmp_path / "ws").exists()

@@ -206,7 +206,7 @@ def train(
         cfg, state = _resume_state(out, cfg)
         _check_logged(out, workspace)
         start_update, episodes_done = state["update"], state["episodes"]
-    _check(cfg)
+    check_config(cfg)
     if cfg.workers > 1:
         cluster.check_reachable(ray_address)  # before the learner's store is made
     updates = start_update + math.ceil((cfg.episodes - episodes_done) / cfg.n_envs)  # after a partial one too
@@ -373,7 +373,8 @@ def _line(u: int, updates: int, s: dict[str, float]) -> str:
             f"entropy {s['entropy']:.3f}  {s['env_steps_per_s']:.1f} env-steps/s")
 
 
-def _check(cfg: PPOConfig) -> None:
+def check_config(cfg: PPOConfig) -> None:
+    """Refuse (`BadInput`) a PPO config no job can run: what `ppo_job` checks before anything is written."""
     if cfg.n_envs < 1 or cfg.episodes < 1:
         raise BadInput(f"n_envs and episodes must be at least 1 (got {cfg.n_envs} and {cfg.episodes})")
     if cfg.epochs < 0:
