@@ -25,6 +25,7 @@ from esper.leyline import (
     Wait,
 )
 from esper.leyline.garden import Garden
+from esper.leyline.lifecycle import same_evidence
 from esper.nissa.runstate import RunState
 from esper.store import Recorder
 from esper.tolaria.tasks import TASKS
@@ -225,3 +226,13 @@ def test_illegal_transition_in_a_log_is_reported_with_its_position():
         RunState.fold(recorder.read("run"))
     assert info.value.position == 5
     recorder.close()
+
+
+def test_replayed_evidence_is_compared_as_the_log_keeps_it():
+    """A recorded gate's evidence passes only if the fold recomputes it exactly, as JSON holds it."""
+    assert same_evidence({"a": (1, [2, 3])}, {"a": [1, (2, 3)]})  # a tuple reads back as a list
+    assert same_evidence({"x": 1}, {"x": 1.0})  # JSON does not tell 1 from 1.0
+    assert not same_evidence({"automatic": True}, {"automatic": 1})  # but a boolean is no number
+    assert not same_evidence({"automatic": 0}, {"automatic": False})
+    assert not same_evidence({"a": 1}, [("a", 1)]) and not same_evidence([("a", 1)], {"a": 1})
+    assert not same_evidence({"a": 1}, {"a": 1, "b": None}) and not same_evidence([1, 2], [1, 2, 3])

@@ -396,9 +396,12 @@ class Run:
                 seed_id=seed_id, alpha=self.alpha(seed_id), gradient_health=self.draw(gen.gradient_healths, "health"),
                 seed_loss=self.seed_loss(seed_id), contribution=self.draw(gen.contributions, "contribution"),
             ))
-        accuracy = self.draw(gen.val_accuracies, "val_accuracy")
+        accuracy = self.val_accuracy()
         self.emit([EpochEnded(epoch=self.epoch, train_loss=1.0, val_loss=1.0, val_accuracy=accuracy,
                               params=self.ledger.params(), seeds=telemetry)])
+
+    def val_accuracy(self) -> float:
+        return self.draw(gen.val_accuracies, "val_accuracy")
 
     def check(self) -> None:
         for seed_id, seed in self.ledger.seeds.items():
@@ -410,6 +413,36 @@ class Run:
 @given(data=st.data(), epochs=st.integers(5, 25))
 def test_generated_runs_keep_every_rule(data, epochs):
     Run(data).play(epochs)
+
+
+class EagerRun(Run):
+    """A run that asks to advance its seed after every epoch (and germinates one when it has none), so that each
+    gate is tried at the first epoch it may open: on its edges, a stability window just filled or a blend that ends
+    level with where it began, which commands drawn at random seldom meet."""
+
+    def pick_seed(self) -> str:
+        working = [seed_id for seed_id, seed in self.ledger.seeds.items() if seed.stage in WORKING]
+        return working[0] if working else "nope"
+
+    def val_accuracy(self) -> float:
+        """Often the last epoch's again, so that blends end level with where they began."""
+        last = self.ledger.val_accuracy_before(len(self.ledger.history))
+        return last if last is not None and self.draw(st.booleans(), "flat") else super().val_accuracy()
+
+    def play(self, epochs: int) -> None:
+        for _ in range(epochs):
+            self.end_epoch()
+            if any(seed.stage in WORKING for seed in self.ledger.seeds.values()):
+                self.advance()
+            else:
+                self.germinate()
+            self.check()
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(data=st.data(), epochs=st.integers(5, 25))
+def test_gates_tried_after_every_epoch_open_exactly_when_their_rules_hold(data, epochs):
+    EagerRun(data).play(epochs)
 
 
 # ---- a real model driven by the garden's events ----------------------------------------------------
