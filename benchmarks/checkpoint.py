@@ -12,7 +12,6 @@ run's thread (`capture_ms`) and the serialising, hashing and fsynced writing beh
 
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from esper.tolaria import checkpoint
 from esper.tolaria.checkpoint import Checkpoints, folder_of
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import Session, StoreSink, resolve_config
-from script import Parser, integer, run
+from script import Parser, integer, run, say
 
 
 def cost_of_one(session: Session, folder: Path, repeats: int = 20) -> tuple[float, float]:
@@ -61,7 +60,7 @@ def main() -> None:
                     esper_epoch(session)
                     times[name].append(time.perf_counter() - t)
                 plain_ms, ckpt_ms = times["plain"][-1] * 1000, times["checkpointed"][-1] * 1000
-                print(f"plain {plain_ms:.1f} ms   checkpointed {ckpt_ms:.1f} ms", file=sys.stderr)
+                say(f"plain {plain_ms:.1f} ms   checkpointed {ckpt_ms:.1f} ms")
             for session in (plain, checkpointed):
                 session.finish()
         files = list(folder_of(root).glob("*.pt"))

@@ -21,7 +21,6 @@ step seconds and the ratios `isolation_ratio` (with a training seed / host alone
 import copy
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from esper.leyline import RunConfig, Wait
 from esper.store import Recorder
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import Session, StoreSink, resolve_config
-from script import Parser, integer, non_negative_int, positive_int, run
+from script import Parser, integer, non_negative_int, positive_int, run, say
 
 GROWN = [("early", "conv_light"), ("mid", "conv_heavy"), ("late", "depthwise")]
 """The grown mnist1d model the engine's costs are measured on (here, in checkpoint.py and telemetry.py)."""
@@ -150,7 +149,7 @@ def main() -> None:
             t = time.perf_counter()
             esper_epoch(session)
             engine.append(time.perf_counter() - t)
-            print(f"plain {plain[-1] * 1000:.1f} ms   esper {engine[-1] * 1000:.1f} ms", file=sys.stderr)
+            say(f"plain {plain[-1] * 1000:.1f} ms   esper {engine[-1] * 1000:.1f} ms")
     plain_s, esper_s = statistics.median(plain[1:]), statistics.median(engine[1:])
     print(json.dumps({
         "model_params": trainer.model.param_count(),

@@ -158,7 +158,8 @@ def main() -> None:
                         critic_warmup=args.critic_warmup, init_temperature=args.init_temperature,
                         max_params=args.max_params, select_every=args.select_every, select_runs=args.select_runs,
                         workers=args.workers)
-    check_iql(iql_cfg)
+    if args.ppo_init == "iql" or not args.skip_iql:  # the condition IQL runs under, below
+        check_iql(iql_cfg)
     check_ppo(ppo_cfg)
     seeds = args.eval_seeds
     tmp = tempfile.TemporaryDirectory(prefix="esper-policy-bench-")

@@ -42,10 +42,10 @@ from esper.store import Workspace
 from esper.tamiyo.controllers import make_controller
 from esper.tolaria.tasks import TASKS
 from recording import Job, commit, flops_projection, generated_by, record_all, seed_range, stamp
-from script import Parser, existing_file, non_negative_int, output_file, positive_int, run, say, write
+from script import EVALUATION_SEEDS, Parser, existing_file, non_negative_int, output_file, positive_int, run, say, write
 
 FAST_SEEDS = [0, 1, 2]
-FULL_SEEDS = list(range(20))
+FULL_SEEDS = list(EVALUATION_SEEDS)
 EAGER = HeuristicConfig(min_gain=1.0)
 BASELINES = ("static", "heuristic", "eager", "scratch")
 

@@ -1,4 +1,5 @@
-"""What every benchmark script shares: its parser, the types of its arguments, the tuning seeds, and how it ends.
+"""What every benchmark script shares (but gpu.py, which installs what it needs before it can import Esper): its
+parser, the types of its arguments, the evaluation and tuning seeds, and how it ends.
 
 A script is run as `run(main)`: bad input is one line on stderr and exit code 2, refused before any long work starts
 (an argument's type refuses it as it is parsed; a check across arguments raises `BadInput` before the first run);
@@ -26,13 +27,18 @@ def say(line: str) -> None:
 
 class Parser(argparse.ArgumentParser):
     """A script's parser: its `--help` opens with the first paragraph of the script's docstring, and a bad argument
-    is one line (`tune.py: error: ...`, exit code 2), not the usage before it."""
+    is one line (`tune: argument --workers: ...`, exit code 2, as `run` says any other bad input), not the usage."""
 
     def __init__(self, doc: str | None, **kwargs) -> None:
         super().__init__(description=first_paragraph(doc or ""), **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{script_name()}: {message}\n")
+
+
+def script_name() -> str:
+    """The running script's name, without `.py`: how its every refusal begins."""
+    return Path(sys.argv[0]).stem
 
 
 def first_paragraph(doc: str) -> str:
@@ -43,7 +49,7 @@ def first_paragraph(doc: str) -> str:
 def run(main: Callable[[], None]) -> None:
     """Call a script's `main`: `BadInput` (a check of its arguments, or a library's refusal) ends it with one line on
     stderr and exit code 2; Ctrl-C with one line and exit code 130."""
-    name = Path(sys.argv[0]).stem
+    name = script_name()
     try:
         main()
     except BadInput as exc:

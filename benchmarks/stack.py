@@ -159,7 +159,8 @@ def interleave_problem(text: str, depths: dict[int, int]) -> str | None:
     for old, new in zip(sizes, sizes[1:]):
         if new % old:
             return (f"--grow {text}: with --order interleave each block is followed by its copies, so a depth must be "
-                    f"a multiple of the one before ({new} is not of {old}); use --order top")
+                    f"a multiple of the one before ({new} is not of {old}): give such depths (--grow 2:4@7), or "
+                    "use --order top")
     return None
 
 

@@ -23,8 +23,8 @@ What each number is:
   settings, the heads left out. No append through `Recorder.append` can beat it on this machine;
   `floor_ratio` is the chained append's throughput over it (1.0: Esper's own work costs nothing).
 * `append_10000_pending_events_per_s`: the same with `Pending` events (caller-chosen ids), which adds the
-  idempotency check against every id already stored; measured on the last batches, as the store nears 1M.
-* `read_events_per_s`: `Recorder.read` of one 100,000-event run (`--run-events`): SQL, Python rows, payloads
+  idempotency check against every id already stored; measured on the last batches, as the store nears full.
+* `read_events_per_s`: `Recorder.read` of one run (`--run-events`, default 100,000): SQL, Python rows, payloads
   decoded.
 * `fold_events_per_s`: `Garden.apply` over the events of a realistic 150-epoch run (decided by the Garden
   itself: ticks, telemetry, commands; every stage is reached), folded again and again into fresh gardens.
@@ -32,11 +32,11 @@ What each number is:
   (events of the run / seconds: read, decode, fold) from a store written by a `StoreSink` without snapshots, and
   from one written with a snapshot every 10 epochs (the latest snapshot decoded, the tail after it folded);
   `snapshot_load_speedup` is the second over the first. Best of 5 each.
-* `checked_read_events_per_s`: `Reader.read_checked` of one sealed 100,000-event run of the million-event
-  store (hash chain and heads checked, payloads decoded, one pass); `checked_read_speedup` is it over the two
-  passes it replaced (`check_run`, then `read_run`), best of 3 each, alternated.
+* `checked_read_events_per_s`: `Reader.read_checked` of one sealed run of the store (hash chain and heads
+  checked, payloads decoded, one pass); `checked_read_speedup` is it over the two passes it replaced
+  (`check_run`, then `read_run`), best of 3 each, alternated.
 * `aggregate_s`: `select type, count(*) from events group by 1` through `Workspace(...).reader()` after
-  `lock_down()`, over the million-event store (`store_events`): the first query on a fresh reader. Opening that
+  `lock_down()`, over the whole store (`store_events`): the first query on a fresh reader. Opening that
   reader (attach, views, lock-down) is `open_reader_s`.
 """
 

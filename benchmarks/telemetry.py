@@ -8,7 +8,6 @@ prints one JSON object with median epoch seconds per profile and the ratios to m
 
 import json
 import statistics
-import sys
 import time
 
 from overhead import GROWN, esper_epoch
@@ -17,7 +16,7 @@ from esper.leyline import RunConfig
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import ListSink, Session, resolve_config
 from esper.tolaria.telemetry import PROFILES, SHARPNESS_EVERY
-from script import Parser, integer, run
+from script import Parser, integer, run, say
 
 
 def epoch(session: Session) -> float:
@@ -40,7 +39,7 @@ def main() -> None:
     for _ in range(args.epochs):
         for profile, session in sessions.items():
             times[profile].append(epoch(session))
-        print("  ".join(f"{p} {times[p][-1] * 1000:.0f} ms" for p in PROFILES), file=sys.stderr)
+        say("  ".join(f"{p} {times[p][-1] * 1000:.0f} ms" for p in PROFILES))
     # Skip the first epoch (warm-up); the diagnostic profile's mean includes its sharpness epochs.
     median = {p: statistics.median(t[1:]) for p, t in times.items()}
     mean = {p: statistics.fmean(t[1:]) for p, t in times.items()}

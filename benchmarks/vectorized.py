@@ -18,7 +18,6 @@ import json
 import platform
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from esper.tamiyo.controllers import HeuristicController
 from esper.tolaria.data import load_task_data
 from esper.tolaria.loop import StoreSink, execute, resolve_config
 from esper.tolaria.trainer import resolve_device
-from script import Parser, integers, positive_int, run
+from script import Parser, integers, positive_int, run, say
 
 
 def sync(device: str) -> None:
@@ -110,8 +109,8 @@ def main() -> None:
             cpu = paired_speedup(times["sequential_cpu"], times["lockstep_cpu"])
             results.append({"n": n, "lockstep_env_epochs_per_s": round(lock, 2),
                             "sequential_env_epochs_per_s": round(seq, 2), "speedup": wall, "speedup_cpu_time": cpu})
-            print(f"n={n}: lockstep {lock:.1f}  sequential {seq:.1f} env-epochs/s  "
-                  f"×{wall['median']:.3f} {wall['ci95']} (CPU time ×{cpu['median']:.3f} {cpu['ci95']})", file=sys.stderr)
+            say(f"n={n}: lockstep {lock:.1f}  sequential {seq:.1f} env-epochs/s  "
+                f"×{wall['median']:.3f} {wall['ci95']} (CPU time ×{cpu['median']:.3f} {cpu['ci95']})")
     print(json.dumps({
         "device": args.device if not on_gpu else f"{args.device} ({torch.cuda.get_device_name(0)})",
         "cpu": platform.processor() or platform.machine(),

@@ -194,7 +194,8 @@ loss_trends = st.sampled_from([None, 0.5, 0.9, 0.9, 1.0, 1.1])
 improves, sometimes holds or worsens, so 'improving' is met and missed, strictly, in both directions."""
 contributions = st.sampled_from([None, -0.2, -0.02, 0.0, 0.0, 0.05, 0.05, 0.1])
 """A seed's contribution: on the floors of `rule_configs` at times, mostly above them."""
-val_accuracies = st.one_of(*[st.sampled_from([0.4, 0.45, 0.5, 0.5, 0.5, 0.5, 0.51, 0.55, 0.6])] * 3, fractions)
+val_accuracies = st.one_of(*[st.sampled_from([0.4, 0.45, 0.5, 0.5, 0.5, 0.5, 0.51, 0.55, 0.6]) for _ in range(3)],
+                           fractions)  # three objects: one_of draws one of its distinct strategies, as likely each
 """Validation accuracies: mostly a few values that repeat, so that a blend often ends level with where it began
 (the regression tolerance's edge) and fossilize gates open; now and then any fraction."""
 blend_alphas = st.sampled_from([0.0, 0.5, 0.99, 1.0, 1.0, 1.0])

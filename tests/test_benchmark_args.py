@@ -81,6 +81,13 @@ def test_bad_input_is_one_line_and_exit_code_2_before_the_long_work(monkeypatch,
     code, out, err = ended(monkeypatch, capsys, name, [*args, *(
         ["--workspace", str(tmp_path / "ws")] if name in ("frontier", "tune", "results") else [])], work)
     assert code == 2 and out == "" and len(err.splitlines()) == 1 and says in err, err
+    assert err.startswith(f"{name}: "), err  # argparse's refusals and the scripts' own begin alike
+
+
+def test_iql_settings_are_not_checked_where_iql_does_not_run(monkeypatch, capsys):
+    with pytest.raises(AssertionError, match="the long work started"):  # reached PPO: nothing refused
+        ended(monkeypatch, capsys, "policy", ["--skip-iql", "--iql-steps", "0", "--workers", "1"],
+              ["train_iql_policy", "ppo_job"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")

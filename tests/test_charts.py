@@ -30,7 +30,8 @@ def test_values_that_differ_by_a_few_units_in_the_last_place_get_ticks_and_a_cha
     try:
         found = [(lo, hi, nice_ticks(lo, hi)) for lo, hi in [(1e15, 1e15 + 0.25), (3.4e12, 3.4e12 + 0.001),
                                                              (-1e15 - 0.25, -1e15), (-1e308, 1e308),
-                                                             (0.0, 1.7e308), (1.7e308, 1.7e308)]]
+                                                             (0.0, 1.7e308), (1.7e308, 1.7e308),
+                                                             (1.79e308, 1.79e308), (-1.79e308, -1.79e308)]]
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)

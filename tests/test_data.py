@@ -233,14 +233,15 @@ def test_cifar10_limit(tiny_cifar):
 
 def test_cifar10_without_data_is_bad_input(tmp_path, offline, monkeypatch):
     monkeypatch.setenv("ESPER_CACHE", str(tmp_path / "cache"))  # nothing downloaded before either
-    for data_dir, download in ((None, False), (tmp_path / "nothing-here", False), (tmp_path / "empty", True)):
+    for data_dir, download in ((None, False), (tmp_path / "nothing-here", False), (tmp_path / "empty", True),
+                               (tmp_path / "empty" / "a" / "b", True)):
         with pytest.raises(BadInput) as err:
             load_task_data("cifar10", seed=0, data_dir=data_dir, download=download)
         message = str(err.value)
         assert "--data-dir" in message and "\n" not in message
         if not download:
             assert "download" in message
-    assert not (tmp_path / "empty").exists()  # the failed download's folder is not left behind
+    assert not (tmp_path / "empty").exists()  # the folders a failed download made are not left behind
 
 
 def test_cifar10_given_no_folder_reads_what_a_download_left_in_the_cache(tmp_path, offline, monkeypatch):

@@ -287,7 +287,7 @@ def test_scratch_is_refused_the_architecture_of_another_tasks_run(grown, tmp_pat
     ws, _, _ = grown
     line = one_line_error(invoke("run", "--task", "text", "--controller", "scratch", "--like", "grows",
                                  workspace=ws.root))
-    assert "like grows: a run of task mnist1d, not text" in line and line.endswith("grew on): drop --task")
+    assert "like grows: a run of task mnist1d, not text" in line and line.endswith("grew on): drop --task (task in a --config file)")
     assert not list(ws.root.glob("text-*.duckdb"))
 
 

@@ -71,7 +71,9 @@ def test_export_to_a_folder_that_cannot_be_made_is_one_line(tmp_path):
 def test_a_tensorboard_export_to_a_name_that_says_file_is_refused(tmp_path, name, kind):
     run_id = write_run(tmp_path / "ws")
     result = invoke("export", run_id, "-f", "tensorboard", "--out", tmp_path / name, workspace=tmp_path / "ws")
-    assert f"--out {tmp_path / name} names {kind} file: name a folder" in one_line_error(result)
+    line = one_line_error(result)
+    assert f"--out {tmp_path / name} names {kind} file: name a folder (--out tb)" in line
+    assert ("drop --format" in line) is (kind != "a CSV")  # export writes jsonl or parquet, never CSV
     assert not (tmp_path / name).exists()
 
 

@@ -518,7 +518,7 @@ def final_architecture(ws: Workspace, like: str, task: str | None) -> FinalArchi
                        f"builds the architecture of a finished run{fix}")
     if task is not None and state.config.task != task:
         raise BadInput(f"like {run_id}: a run of task {state.config.task}, not {task} (scratch builds an architecture "
-                       f"on the task it grew on): drop --task")
+                       f"on the task it grew on): drop --task (task in a --config file)")
     # Fossils in the order they fossilized; seeds built up front (epoch 0, `build` events) are among them. A log
     # written before `build` existed built its config's architecture without events: those come first.
     fossilized = sorted(

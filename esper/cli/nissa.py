@@ -96,7 +96,7 @@ def export(
 ) -> None:
     """Write runs' events, every column exactly, to a jsonl or parquet file that `esper import` reads back, or
     their curves and lifecycle as TensorBoard event files."""
-    from esper.nissa.files import check_output
+    from esper.nissa.files import EXPORT_SUFFIXES, check_output
     from esper.nissa.transfer import STDOUT, export_runs, file_kind, format_for
 
     if out == STDOUT and fmt in ("parquet", "tensorboard"):
@@ -105,8 +105,9 @@ def export(
     if out is not None and out != STDOUT and fmt != "tensorboard":
         check_output(out)
     if fmt == "tensorboard" and out is not None and (named := file_kind(out)):
+        events = ", or drop --format to export the events to that file" if out.suffix.lower() in EXPORT_SUFFIXES else ""
         raise BadInput(f"--format tensorboard writes a folder, but --out {out} names {named} file: name a folder "
-                       "(--out tb), or drop --format to export the events to that file")
+                       f"(--out tb){events}")
     if fmt != "tensorboard":
         fmt = format_for(out or Path(""), fmt)
     ws = existing_workspace(workspace)

@@ -77,7 +77,10 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
         return [0.0, 1.0]
     if hi - lo < 1e-12 or hi - lo < 1e-9 * max(abs(lo), abs(hi)):  # flat, at the resolution of floats this large:
         pad = abs(hi) * 0.05 or 1.0  # a step under it would never advance the loop below
-        lo, hi = lo - pad, hi + pad
+        if math.isfinite(lo - pad) and math.isfinite(hi + pad):
+            lo, hi = lo - pad, hi + pad
+        else:  # a value near the floats' limit: padded toward zero only
+            lo, hi = (lo - 2 * pad, hi) if hi > 0 else (lo, hi + 2 * pad)
     if not math.isfinite(abs(lo) + abs(hi) + 2 * (hi - lo)):  # near the floats' limit a step past hi overflows
         return [lo, hi]
     raw = (hi - lo) / target

@@ -383,7 +383,8 @@ def _load_cifar10(data_dir: str | os.PathLike[str] | None, download: bool) -> Ta
         raise BadInput(f"cifar10 needs its data: give --data-dir, the folder holding {CIFAR10_FOLDER}, or --download")
     from torchvision.datasets import CIFAR10
 
-    made_here = not root.exists()  # a failed download leaves nothing behind: the folder and a part-written archive
+    # the highest folder a download makes (torchvision makes every missing one): removed if the download fails
+    made = next((folder for folder in reversed([root, *root.parents]) if not folder.exists()), None)
     try:
         train = CIFAR10(root, train=True, download=download)
         test = CIFAR10(root, train=False, download=download)
@@ -393,8 +394,8 @@ def _load_cifar10(data_dir: str | os.PathLike[str] | None, download: bool) -> Ta
             "give --data-dir, a folder holding it, or --download"
         ) from None
     except OSError as e:  # the download itself failed: offline, refused, disk full
-        if made_here:
-            shutil.rmtree(root, ignore_errors=True)
+        if made is not None:  # a failed download leaves nothing behind: the folders it made, a part-written archive
+            shutil.rmtree(made, ignore_errors=True)
         reason = str(e).replace("\n", " ")
         raise BadInput(f"could not download CIFAR-10 into {root} ({reason}): give --data-dir, a folder holding it") from None
     x, y = _cifar10_tensors(train)
