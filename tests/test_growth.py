@@ -215,7 +215,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
         (("--data-dir", "signals"), "mnist1d is generated from the run's seed and reads no files"),
         (("--download",), "--data-dir and --download are for cifar10 and text"),
         (("--task", "text", "--download"), "download is for cifar10"),
-        (("--lifecycle", "max_params=9000"), "set the size cap with max_params (--max-params)"),
+        (("--lifecycle", "max_params=9000"), "the size cap is a setting of its own: --max-params N"),
         (("--blend-schedule", "cosine"), "unknown blend schedule 'cosine': use linear, sigmoid"),
         (("--policy", "policy.pt"), "--policy is for --controller policy or sampled"),
         (("--seed", "-1"), "seed must be between 0 and 999,999,999,999, got -1"),
