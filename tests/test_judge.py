@@ -286,6 +286,13 @@ def test_build_is_legal_only_for_the_configs_architecture():
     plain.apply(germinated)
     with pytest.raises(Exception, match="names no architecture"):
         plain.apply(built)
+    two = Garden()  # JSON's true is no index, though Python would read True as architecture[1]
+    two.apply(RunStarted(preset=MNIST1D, config=RunConfig(architecture=[("mid", "norm"), ("late", "norm")], like="g"),
+                         slots=["mid", "late"], blueprints=["norm"]))
+    [germinated, built] = copy.deepcopy(two).build(1)
+    two.apply(germinated)
+    with pytest.raises(Exception, match="architecture_index True is not one of the config's 2"):
+        two.apply(msgspec.structs.replace(built, evidence={**built.evidence, "architecture_index": True}))
 
 
 def test_an_old_scratch_log_without_build_events_still_replays_and_verifies():
