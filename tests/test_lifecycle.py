@@ -3,6 +3,7 @@
 import copy
 
 import hypothesis.strategies as st
+import msgspec
 import pytest
 from tiers import examples
 from hypothesis import settings
@@ -236,3 +237,16 @@ def test_replayed_evidence_is_compared_as_the_log_keeps_it():
     assert not same_evidence({"automatic": 0}, {"automatic": False})
     assert not same_evidence({"a": 1}, [("a", 1)]) and not same_evidence([("a", 1)], {"a": 1})
     assert not same_evidence({"a": 1}, {"a": 1, "b": None}) and not same_evidence([1, 2], [1, 2, 3])
+
+
+def test_a_recorded_refusal_must_name_the_rule_the_machine_refuses_by():
+    g = Garden()
+    g.apply(RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS))
+    for e in g.handle(Germinate(slot="mid", blueprint="conv_light"), 0):
+        g.apply(e)
+    [refused] = g.handle(Germinate(slot="mid", blueprint="conv_light"), 0)
+    assert refused.evidence["rule"] == "slot_occupied"
+    g.apply(refused)  # the refusal as the machine made it replays
+    forged = msgspec.structs.replace(refused, evidence={**refused.evidence, "rule": "max_params"})
+    with pytest.raises(IllegalEvent, match="the log refuses by rule max_params, the lifecycle by slot_occupied"):
+        g.apply(forged)
