@@ -202,11 +202,17 @@ def test_every_stage_is_reachable_under_the_rules():
     assert to_blend.evidence["gradient_health"] == 0.9 and to_blend.evidence["gradient_health_threshold"] == 0.5
 
 
-def test_refused_command_is_logged_with_reason_and_changes_nothing():
+def garden_with_a_seed_in_mid() -> Garden:
+    """A run's garden after one germination: seed s1-mid, GERMINATED."""
     g = Garden()
     g.apply(RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS))
     for e in g.handle(Germinate(slot="mid", blueprint="conv_light"), 0):
         g.apply(e)
+    return g
+
+
+def test_refused_command_is_logged_with_reason_and_changes_nothing():
+    g = garden_with_a_seed_in_mid()
     [rejected] = g.handle(Germinate(slot="mid", blueprint="conv_light"), 0)
     assert isinstance(rejected, CommandRejected) and "holds seed s1-mid" in rejected.reason
     [rejected] = g.handle(Advance(seed_id="s1-mid"), 0)
@@ -240,10 +246,7 @@ def test_replayed_evidence_is_compared_as_the_log_keeps_it():
 
 
 def test_a_recorded_refusal_must_name_the_rule_the_machine_refuses_by():
-    g = Garden()
-    g.apply(RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS))
-    for e in g.handle(Germinate(slot="mid", blueprint="conv_light"), 0):
-        g.apply(e)
+    g = garden_with_a_seed_in_mid()
     [refused] = g.handle(Germinate(slot="mid", blueprint="conv_light"), 0)
     assert refused.evidence["rule"] == "slot_occupied"
     g.apply(refused)  # the refusal as the machine made it replays
