@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from esper._kernels import cpu_model, has_avx2
-from esper.leyline import HeuristicConfig, RunConfig, RunStarted, decode
-from esper.leyline.events import PRESETS_BEFORE_V3, CheckpointSaved, EpochEnded, SeedGerminated
+from esper.leyline import Germinate, HeuristicConfig, RunConfig, RunStarted, decode
+from esper.leyline.events import PRESETS_BEFORE_V3, CheckpointSaved, CommandRejected, EpochEnded, SeedGerminated
 from esper.nissa.runstate import as_one_run
 from esper.nissa.transfer import recorded_runs
 from esper.store import Recorded
@@ -30,9 +30,9 @@ V3_LOG = ROOT / "tests" / "data" / "mnist1d-heuristic-v3.jsonl"
 KNOBS = HeuristicConfig(warmup_epochs=1, min_gain=1.0, finish_epochs=0)
 
 
-def _record(config: RunConfig) -> list[Recorded]:
+def _record(config: RunConfig, controller=None) -> list[Recorded]:
     sink = ListSink()
-    execute(config, make_controller(config.controller, config.seed, heuristic=config.heuristic), sink)
+    execute(config, controller or make_controller(config.controller, config.seed, heuristic=config.heuristic), sink)
     return [Recorded(i + 1, "r", i + 1, None, None, event) for i, event in enumerate(sink.events)]
 
 
@@ -104,10 +104,67 @@ def test_numbers_within_the_tolerance_pass_and_are_reported(grown):
     verification = verify_run(nudged)
     assert 1e-7 < verification.deviations["EpochEnded.val_loss"] < 1e-6
     assert "EpochEnded.val_loss" in verification.describe()
+    assert verification.notes == []  # recorded here, by this software: nothing to explain
     with pytest.raises(VerificationFailed, match=r"in val_loss: recorded .* over the tolerance 1e-08"):
         verify_run(nudged, tolerance=1e-8)
     with pytest.raises(VerificationFailed, match=r"differs at seq \d+ .*EpochEnded.*in val_loss"):
         verify_run(nudged, exact=True)
+
+
+def _first_seeds_epoch(recorded: list[Recorded]) -> int:
+    return next(i for i, r in enumerate(recorded) if isinstance(r.event, EpochEnded)
+                and any(s.contribution is not None for s in r.event.seeds))
+
+
+def _seed_left_out(epoch: EpochEnded) -> EpochEnded:
+    return msgspec.structs.replace(epoch, seeds=epoch.seeds[:-1])
+
+
+def _contribution_unmeasured(epoch: EpochEnded) -> EpochEnded:
+    measured = next(i for i, s in enumerate(epoch.seeds) if s.contribution is not None)
+    seeds = list(epoch.seeds)
+    seeds[measured] = msgspec.structs.replace(seeds[measured], contribution=None)
+    return msgspec.structs.replace(epoch, seeds=seeds)
+
+
+@pytest.mark.parametrize("forge", [_seed_left_out, _contribution_unmeasured])
+def test_a_logged_number_is_compared_only_where_the_shapes_agree(grown, forge):
+    """Within the tolerance means a number beside its re-executed twin: a seed's telemetry left out of an epoch, or a
+    measured contribution logged as unmeasured (null), is a difference, however close the numbers left are."""
+    i = _first_seeds_epoch(grown)
+    with pytest.raises(VerificationFailed, match=rf"differs at seq {grown[i].seq} .*EpochEnded\), in seeds"):
+        verify_run(_replace(grown, i, forge(grown[i].event)))
+
+
+class SameSlotEveryEpoch:
+    """Germinates into slot early after every epoch: from the second on, each is refused (the slot is taken)."""
+
+    name = "heuristic"
+
+    def decide(self, obs):
+        return Germinate(slot="early", blueprint="conv_light")
+
+
+@pytest.fixture(scope="module")
+def refused() -> list[Recorded]:
+    recorded = _record(RunConfig(seed=1, epochs=3), SameSlotEveryEpoch())
+    assert [r.event.evidence["rule"] for r in recorded if isinstance(r.event, CommandRejected)] == ["slot_occupied"] * 2
+    return recorded
+
+
+def test_a_refused_command_re_executes_to_the_same_refusal_and_evidence(refused):
+    assert verify_run(refused, exact=True).events == len(refused)
+    i = next(i for i, r in enumerate(refused) if isinstance(r.event, CommandRejected))
+    rejection = refused[i].event
+    forged = msgspec.structs.replace(rejection, evidence={**rejection.evidence, "rule": "unknown_slot"})
+    with pytest.raises(VerificationFailed, match=rf"decision differs at epoch {rejection.epoch}: .*rejected"):
+        verify_run(_replace(refused, i, forged))
+
+
+def test_a_refusal_logged_before_refusals_carried_evidence_still_verifies(refused):
+    old = [_replace(refused, i, msgspec.structs.replace(r.event, evidence={}))[i]
+           if isinstance(r.event, CommandRejected) else r for i, r in enumerate(refused)]
+    assert verify_run(old).events == len(refused)
 
 
 def test_a_killed_run_re_executes_what_it_logged(grown):
