@@ -1,6 +1,7 @@
 """The lifecycle under random command sequences: invariants hold after every step."""
 
 import copy
+from itertools import count
 
 import hypothesis.strategies as st
 import msgspec
@@ -19,6 +20,7 @@ from esper.leyline import (
     Germinate,
     LifecycleConfig,
     RunConfig,
+    RunFinished,
     RunStarted,
     SeedStage,
     SeedTelemetry,
@@ -28,7 +30,7 @@ from esper.leyline import (
 from esper.leyline.garden import Garden
 from esper.leyline.lifecycle import same_evidence
 from esper.nissa.runstate import RunState
-from esper.store import Recorder
+from esper.store import Recorded, Recorder
 from esper.tolaria.tasks import TASKS
 
 MNIST1D = TASKS["mnist1d"]
@@ -233,6 +235,37 @@ def test_illegal_transition_in_a_log_is_reported_with_its_position():
         RunState.fold(recorder.read("run"))
     assert info.value.position == 5
     recorder.close()
+
+
+def a_whole_run() -> list:
+    """The smallest whole log: RunStarted, two epochs without seeds, RunFinished."""
+    start = RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS)
+    epochs = [EpochEnded(epoch=e, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, params=100) for e in (1, 2)]
+    return [start, *epochs, RunFinished(epoch=2, val_accuracy=0.5, test_accuracy=0.5, params=100)]
+
+
+def as_recorded(events: list, seqs: list[int] | None = None) -> list[Recorded]:
+    return [Recorded(i + 1, "run", seq, None, None, e) for i, (seq, e) in enumerate(zip(seqs or count(1), events))]
+
+
+@pytest.mark.parametrize("edit, message, position", [
+    (lambda log: log[1:], "seq 1 \\(EpochEnded\\): EpochEnded before RunStarted", 1),
+    (lambda log: [log[0], *log], "seq 2 \\(RunStarted\\): a second RunStarted", 2),
+    (lambda log: [*log[:2], *log[1:]], "seq 3 \\(EpochEnded\\): epoch 1 after epoch 1", 3),
+    (lambda log: [log[0], log[2], log[1], log[3]], "seq 3 \\(EpochEnded\\): epoch 1 after epoch 2", 3),
+    (lambda log: [*log, log[-1]], "seq 5 \\(RunFinished\\): RunFinished after the run ended", 5),
+])
+def test_a_log_out_of_order_is_refused_where_it_goes_wrong(edit, message, position):
+    assert RunState.fold(as_recorded(a_whole_run())).status == "finished"
+    with pytest.raises(IllegalEvent, match=f"run run, {message}") as info:
+        RunState.fold(as_recorded(edit(a_whole_run())))
+    assert info.value.position == position
+
+
+def test_a_gap_in_a_runs_seq_is_refused():
+    with pytest.raises(IllegalEvent, match="run run: seq 4 follows 2") as info:
+        RunState.fold(as_recorded(a_whole_run()[:3], seqs=[1, 2, 4]))
+    assert info.value.position == 3
 
 
 def test_replayed_evidence_is_compared_as_the_log_keeps_it():
