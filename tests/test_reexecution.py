@@ -12,7 +12,7 @@ import torch
 from esper._kernels import cpu_model, has_avx2
 from esper.leyline import Germinate, HeuristicConfig, RunConfig, RunStarted, decode
 from esper.leyline.events import PRESETS_BEFORE_V3, CheckpointSaved, CommandRejected, EpochEnded, SeedGerminated
-from esper.nissa.runstate import as_one_run
+from esper.nissa.runstate import RunState, as_one_run
 from esper.nissa.transfer import recorded_runs
 from esper.store import Recorded
 from esper.tamiyo.controllers import make_controller
@@ -159,6 +159,11 @@ def test_a_refused_command_re_executes_to_the_same_refusal_and_evidence(refused)
     forged = msgspec.structs.replace(rejection, evidence={**rejection.evidence, "rule": "unknown_slot"})
     with pytest.raises(VerificationFailed, match=rf"decision differs at epoch {rejection.epoch}: .*rejected"):
         verify_run(_replace(refused, i, forged))
+
+
+def test_a_runs_summary_counts_its_commands_and_refusals(refused):
+    summary = RunState.fold(refused).summary()
+    assert (summary["commands"], summary["rejected"]) == (3, 2)
 
 
 def test_a_refusal_logged_before_refusals_carried_evidence_still_verifies(refused):
