@@ -102,6 +102,12 @@ def first_advance(rows):
     return payloads(rows, "SeedTransitioned", trigger="advance", from_stage="TRAINING")[0]
 
 
+def advance_not_commanded(rows):
+    """An advance no controller asked for: the command before it removed."""
+    advance = first_advance(rows)
+    rows.pop(index_of(rows, one(rows, "CommandIssued", epoch=advance["epoch"])))
+
+
 def gate_shut(rows):
     """TRAINING → BLENDING with gradient health below the threshold in the evidence and in the telemetry."""
     advance = first_advance(rows)
@@ -151,6 +157,7 @@ FORGERIES = {
     "auto_cull": (automatic_cull_not_due, ["automatic cull not due", "contribution"]),
     "illegal_move": (skipped_stage, ["TRAINING → FOSSILIZED"]),
     "tick": (skipped_tick, ["cooldown_complete", "the lifecycle's clock"]),
+    "command": (advance_not_commanded, ["transitioned advance", "with no command that leads to it"]),
 }
 
 
