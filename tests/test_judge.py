@@ -108,6 +108,11 @@ def advance_not_commanded(rows):
     rows.pop(index_of(rows, one(rows, "CommandIssued", epoch=advance["epoch"])))
 
 
+def advance_left_out(rows):
+    """A command whose effect is missing: the advance it led to removed."""
+    rows.pop(index_of(rows, first_advance(rows)))
+
+
 def gate_shut(rows):
     """TRAINING → BLENDING with gradient health below the threshold in the evidence and in the telemetry."""
     advance = first_advance(rows)
@@ -157,16 +162,17 @@ FORGERIES = {
     "auto_cull": (automatic_cull_not_due, ["automatic cull not due", "contribution"]),
     "illegal_move": (skipped_stage, ["TRAINING → FOSSILIZED"]),
     "tick": (skipped_tick, ["cooldown_complete", "the lifecycle's clock"]),
-    "command": (advance_not_commanded, ["transitioned advance", "with no command that leads to it"]),
+    "command/unasked": (advance_not_commanded, ["transitioned advance", "with no command that leads to it"]),
+    "command/effect_missing": (advance_left_out, ["transitioned advance", "is missing after its command"]),
 }
 
 
 @pytest.mark.parametrize("rule", FORGERIES)
 def test_a_forged_export_is_refused_naming_the_rule(clean, tmp_path, rule):
     edit, words = FORGERIES[rule]
-    forged = forge(clean, tmp_path / f"{rule}.jsonl", edit)
+    forged = forge(clean, tmp_path / "forged.jsonl", edit)
     line = one_line_error(invoke("replay", forged, workspace=tmp_path), code=1)
-    assert f"rule {rule}:" in line, line
+    assert f"rule {rule.split('/')[0]}:" in line, line
     for word in words:
         assert word in line, line
     assert "internal error" not in line
