@@ -150,6 +150,11 @@ def skipped_tick(rows):
     rows.pop(index_of(rows, cooldown))
 
 
+def start_left_out(rows):
+    """The first seed's start of training, due before the next epoch trains (the only transition due then), removed."""
+    rows.pop(index_of(rows, payloads(rows, "SeedTransitioned", trigger="start_training")[0]))
+
+
 FORGERIES = {
     "unknown_slot": (unknown_slot, ["unknown slot 'nowhere'"]),
     "unknown_blueprint": (unknown_blueprint, ["unknown blueprint 'tree'"]),
@@ -162,6 +167,7 @@ FORGERIES = {
     "auto_cull": (automatic_cull_not_due, ["automatic cull not due", "contribution"]),
     "illegal_move": (skipped_stage, ["TRAINING → FOSSILIZED"]),
     "tick": (skipped_tick, ["cooldown_complete", "the lifecycle's clock"]),
+    "tick/before_the_epoch": (start_left_out, ["start_training", "was due before epoch", "trained and is missing"]),
     "command/unasked": (advance_not_commanded, ["transitioned advance", "with no command that leads to it"]),
     "command/effect_missing": (advance_left_out, ["transitioned advance", "is missing after its command"]),
 }
