@@ -33,6 +33,7 @@ def at_once(tmp_path_factory):
     return workspace, run_id, events, result.stderr
 
 
+@pytest.mark.slow  # a run through the CLI (the at_once fixture)
 def test_the_heuristic_germinates_into_every_free_slot_in_one_epoch(at_once):
     _, _, events, _ = at_once
     germinated = Counter(e.epoch for e in events if isinstance(e, SeedGerminated))
@@ -45,6 +46,7 @@ def test_the_heuristic_germinates_into_every_free_slot_in_one_epoch(at_once):
         assert not any(isinstance(c, Wait) for c in commands[:-1])
 
 
+@pytest.mark.slow  # a run through the CLI, re-executed
 def test_a_run_of_several_commands_an_epoch_re_executes_and_says_each(at_once):
     workspace, run_id, _, said = at_once
     verified = invoke("replay", run_id, "--verify", workspace=workspace)
@@ -83,6 +85,7 @@ def test_a_refused_command_ends_the_epochs_decisions(commands):
     assert sink.batches == 4  # RunStarted, each epoch whole, RunFinished
 
 
+@pytest.mark.slow  # a run through the CLI (the at_once fixture)
 def test_the_learners_leave_out_a_run_of_several_commands_an_epoch(at_once):
     workspace, run_id, _, _ = at_once
     with Workspace(workspace).reader() as reader:

@@ -12,6 +12,7 @@ from esper.tolaria.loop import ListSink, execute, resolve_config
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.mark.slow  # a real run
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 def test_a_run_grows(device):
     """Eight epochs leave the default gardener no time to grow (`finish_epochs`); an eager one grows at once."""

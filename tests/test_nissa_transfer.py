@@ -118,6 +118,7 @@ def test_an_import_never_replaces_a_store_made_under_its_name_meanwhile(source, 
     assert rows(ws, HEURISTIC) == rows(source, HEURISTIC) and rows(ws, static) == rows(source, static)
 
 
+@pytest.mark.slow  # two import processes at once
 def test_two_imports_of_one_file_at_once_store_it_once(source, tmp_path, monkeypatch):
     """The second import waits for the first to write, then finds every event there: one store, the run unaltered."""
     path = tmp_path / "h.jsonl"

@@ -159,6 +159,7 @@ def test_how_seeds_train_set_for_a_controller_that_grows_none_is_noted(tmp_path,
     assert (note in printed.stderr.splitlines()) is noted
 
 
+@pytest.mark.slow  # a real run, re-executed
 def test_a_run_whose_seeds_train_on_part_of_each_batch_records_it_and_re_executes(tmp_path):
     result = invoke("run", "--epochs", "4", "--heuristic", "warmup_epochs=1", "--heuristic", "min_gain=1.0",
                     "--heuristic", "finish_epochs=0", "--lifecycle", "isolated_fraction=0.3", "--json",
