@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import msgspec
 import pytest
 from fake_runs import FakeWriter, plan_run, run_id_for, write_comparison, write_run
@@ -210,6 +211,26 @@ def test_an_unusable_projection_path_falls_back_to_memory_with_a_note(tmp_path):
         assert any("projecting in memory" in note for note in projector.notes)
         assert len(projector.fetch("epoch_metrics")) == 24
     assert bad.is_dir()
+
+
+def test_a_projection_file_whose_table_other_code_changed_is_rebuilt_in_memory(tmp_path):
+    """Opened fine, then unusable while catching up (a read model's table of another shape): the read models are
+    rebuilt in memory, with a note naming the file, and the file is left as it was."""
+    write_run(tmp_path, "heuristic", 0)
+    ws = Workspace.at(tmp_path)
+    path = tmp_path / PROJECTION_DIR / PROJECTION_FILE
+    path.parent.mkdir()
+    Projector.open(path).close()
+    con = duckdb.connect(str(path))
+    con.execute("DROP TABLE epoch_metrics")
+    con.execute("CREATE TABLE epoch_metrics (x INTEGER)")
+    con.close()
+    with ws.reader() as reader, caught_up(ws, reader) as projector:
+        assert projector.path is None
+        assert any(note.startswith(f"projections {path} unusable (") and note.endswith("); rebuilt in memory")
+                   for note in projector.notes), projector.notes
+        assert len(projector.fetch("epoch_metrics")) == 24
+    assert path.is_file()
 
 
 def test_a_projection_file_another_process_holds_is_left_alone(tmp_path):
