@@ -11,7 +11,7 @@ from fake_runs import FakeWriter, plan_run, run_id_for, write_comparison, write_
 
 from esper.leyline import SeedTransitioned
 from esper.nissa.projector import PROJECTION_DIR, PROJECTION_FILE, Projector, caught_up
-from esper.nissa.readmodels import BlueprintStats, EpochMetrics
+from esper.nissa.readmodels import BlueprintStats, EpochMetrics, default_projections
 from esper.nissa.tables import Table
 from esper.store import Recorder, Workspace
 
@@ -152,6 +152,28 @@ def test_a_new_projection_version_rebuilds_its_tables(tmp_path):
     with ws.reader() as reader, Projector.open(path, projections) as projector:
         projector.catch_up(reader)
         assert len(projector.fetch("epoch_metrics")) == 24
+
+
+def test_a_projection_rebuilt_mid_run_catches_up_beside_ones_ahead_of_it(tmp_path):
+    """A new version of one projection while a run is written: it folds the run from its start, the others go on
+    from their own checkpoints (never folding an event twice), and the tables equal a rebuild's."""
+    ws = Workspace.at(tmp_path / "ws")
+    path = ws.root / PROJECTION_DIR / PROJECTION_FILE
+    with Recorder(ws.store_path("heuristic-0")) as recorder:
+        writer = FakeWriter(recorder, run_id_for("heuristic", 0), plan_run("heuristic", 0))
+        writer.write(9)
+        with ws.reader() as reader, Projector.open(path) as projector:
+            projector.catch_up(reader)
+
+        class EpochMetricsV2(EpochMetrics):
+            version = EpochMetrics.version + 1
+
+        projections = [EpochMetricsV2() if isinstance(p, EpochMetrics) else p for p in default_projections()]
+        writer.write()
+        with ws.reader() as reader, Projector.open(path, projections) as projector:
+            projector.catch_up(reader)
+            caught = {name: rows for name, rows in dump(projector).items() if name != "nissa_checkpoints"}
+    assert_same_tables(caught, {name: rows for name, rows in rebuilt(ws).items() if name in caught})
 
 
 def test_a_new_derived_table_version_rebuilds_and_refills_it_at_once(tmp_path):
