@@ -110,6 +110,8 @@ def test_a_run_killed_anywhere_resumes_to_the_events_of_the_run_left_alone(tmp_p
     events = logged(tmp_path)
     assert as_uninterrupted(events) == reference["growing"]
     assert sum(isinstance(e, RunResumed) for e in events) == 1
+    replayed = invoke("replay", run_id, workspace=tmp_path)  # its marker too is one the judge accepts
+    assert replayed.exit_code == 0, replayed.stderr
 
 
 @pytest.mark.parametrize("crash_at", ["trained@1", "appended@1", "trained@3"])
