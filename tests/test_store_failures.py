@@ -102,8 +102,9 @@ def test_a_commit_the_disk_refuses_is_store_failed_and_keeps_what_was_stored(tmp
     assert [getattr(e, "epoch", None) for e in stored(tmp_path, "a")] == [None, 1, 1, 2, 2]
 
 
-def test_a_store_removed_under_its_writer_is_written_back_before_it_stops(tmp_path):
-    path = tmp_path / "a.duckdb"
+@pytest.mark.parametrize("name", ["a", 'say "a"'])  # a run id may hold a quote, and names its store
+def test_a_store_removed_under_its_writer_is_written_back_before_it_stops(tmp_path, name):
+    path = tmp_path / f"{name}.duckdb"
     with Recorder(path) as recorder:
         seq = recorder.append("a", [started(), *epoch(1)], 0)
         os.remove(path)
