@@ -25,7 +25,8 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from itertools import count
+from typing import Iterable, Iterator
 
 import attrs
 import msgspec
@@ -51,7 +52,7 @@ from esper.leyline import (
     Wait,
 )
 from esper.leyline.garden import Garden
-from esper.store import Recorder, Workspace
+from esper.store import Recorded, Recorder, Workspace
 from esper.tolaria.tasks import TASKS
 
 MNIST1D = TASKS["mnist1d"]
@@ -308,3 +309,22 @@ def write_comparison(workspace: str | Path, seed: int = 0) -> list[str]:
 def iter_events(batches: list[list[Event]]) -> Iterator[Event]:
     for batch in batches:
         yield from batch
+
+
+def as_recorded(events: Iterable[Event], run_id: str = "run", seqs: Iterable[int] | None = None) -> list[Recorded]:
+    """Events as a store hands them back, without one: positions 1, 2, 3 ... and seqs alike (or `seqs`)."""
+    return [Recorded(position, run_id, seq, None, None, event)
+            for position, (seq, event) in enumerate(zip(seqs or count(1), events), start=1)]
+
+
+class SameSlotEveryEpoch:
+    """Germinates into slot early whenever asked: once the slot is taken, every later command is refused."""
+
+    name = "heuristic"  # as the run's config names its controller: the log then re-executes (`esper replay --verify`)
+
+    def __init__(self):
+        self.asked = 0
+
+    def decide(self, obs):
+        self.asked += 1
+        return Germinate(slot="early", blueprint="conv_light")

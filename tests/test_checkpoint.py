@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import torch
 from cli_runner import invoke, one_line_error
-from fake_runs import checkpointed, interrupted, plan_run, sha, write_batches
+from fake_runs import as_recorded, checkpointed, interrupted, iter_events, plan_run, sha, write_batches
 
 from esper.errors import IllegalEvent, StoreFailed
 from esper.leyline import CheckpointSaved, EpochEnded, RunConfig, RunFailed, RunResumed
@@ -30,8 +30,7 @@ RUN = "heuristic-s0-resumed"
 
 
 def recorded(batches: list[list]) -> list[Recorded]:
-    events = [event for batch in batches for event in batch]
-    return [Recorded(i + 1, RUN, i + 1, None, None, event) for i, event in enumerate(events)]
+    return as_recorded(iter_events(batches), RUN)
 
 
 @pytest.fixture(scope="module")

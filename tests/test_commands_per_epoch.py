@@ -7,8 +7,9 @@ from collections import Counter
 
 import pytest
 from cli_runner import invoke, one_line_error
+from fake_runs import SameSlotEveryEpoch
 
-from esper.leyline import CommandIssued, CommandRejected, Germinate, HeuristicConfig, RunConfig, SeedGerminated, Wait
+from esper.leyline import CommandIssued, CommandRejected, HeuristicConfig, RunConfig, SeedGerminated, Wait
 from esper.simic.dataset import workspace_episodes
 from esper.simic.env import VecEnv
 from esper.simic.features import spec_for_task
@@ -57,22 +58,9 @@ def test_a_run_of_several_commands_an_epoch_re_executes_and_says_each(at_once):
     assert lines[first + 1].index("→") == lines[first].index("→")  # under the epoch's first command
 
 
-class SameSlotTwice:
-    """Germinates into slot early after every epoch: the second of an epoch is refused (the slot is taken)."""
-
-    name = "test"
-
-    def __init__(self):
-        self.asked = 0
-
-    def decide(self, obs):
-        self.asked += 1
-        return Germinate(slot="early", blueprint="conv_light")
-
-
 @pytest.mark.parametrize("commands", [1, 3])
 def test_a_refused_command_ends_the_epochs_decisions(commands):
-    controller, sink = SameSlotTwice(), ListSink()
+    controller, sink = SameSlotEveryEpoch(), ListSink()
     config = resolve_config(RunConfig(epochs=2, seed=1, commands_per_epoch=commands))
     execute(config, controller, sink)
     issued = Counter(e.epoch for e in sink.events if isinstance(e, CommandIssued))

@@ -1,11 +1,11 @@
 """The lifecycle under random command sequences: invariants hold after every step."""
 
 import copy
-from itertools import count
 
 import hypothesis.strategies as st
 import msgspec
 import pytest
+from fake_runs import as_recorded
 from tiers import examples
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -30,7 +30,7 @@ from esper.leyline import (
 from esper.leyline.garden import Garden
 from esper.leyline.lifecycle import same_evidence
 from esper.nissa.runstate import RunState
-from esper.store import Recorded, Recorder
+from esper.store import Recorder
 from esper.tolaria.tasks import TASKS
 
 MNIST1D = TASKS["mnist1d"]
@@ -242,10 +242,6 @@ def a_whole_run() -> list:
     start = RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=CONFIG), slots=SLOTS, blueprints=BLUEPRINTS)
     epochs = [EpochEnded(epoch=e, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, params=100) for e in (1, 2)]
     return [start, *epochs, RunFinished(epoch=2, val_accuracy=0.5, test_accuracy=0.5, params=100)]
-
-
-def as_recorded(events: list, seqs: list[int] | None = None) -> list[Recorded]:
-    return [Recorded(i + 1, "run", seq, None, None, e) for i, (seq, e) in enumerate(zip(seqs or count(1), events))]
 
 
 @pytest.mark.parametrize("edit, message, position", [

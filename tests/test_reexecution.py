@@ -8,9 +8,10 @@ import attrs
 import msgspec
 import pytest
 import torch
+from fake_runs import SameSlotEveryEpoch, as_recorded
 
 from esper._kernels import cpu_model, has_avx2
-from esper.leyline import Germinate, HeuristicConfig, RunConfig, RunStarted, decode
+from esper.leyline import HeuristicConfig, RunConfig, RunStarted, decode
 from esper.leyline.events import PRESETS_BEFORE_V3, CheckpointSaved, CommandRejected, EpochEnded, SeedGerminated
 from esper.nissa.runstate import RunState, as_one_run
 from esper.nissa.transfer import recorded_runs
@@ -33,7 +34,7 @@ KNOBS = HeuristicConfig(warmup_epochs=1, min_gain=1.0, finish_epochs=0)
 def _record(config: RunConfig, controller=None) -> list[Recorded]:
     sink = ListSink()
     execute(config, controller or make_controller(config.controller, config.seed, heuristic=config.heuristic), sink)
-    return [Recorded(i + 1, "r", i + 1, None, None, event) for i, event in enumerate(sink.events)]
+    return as_recorded(sink.events, "r")
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +135,6 @@ def test_a_logged_number_is_compared_only_where_the_shapes_agree(grown, forge):
     i = _first_seeds_epoch(grown)
     with pytest.raises(VerificationFailed, match=rf"differs at seq {grown[i].seq} .*EpochEnded\), in seeds"):
         verify_run(_replace(grown, i, forge(grown[i].event)))
-
-
-class SameSlotEveryEpoch:
-    """Germinates into slot early after every epoch: from the second on, each is refused (the slot is taken)."""
-
-    name = "heuristic"
-
-    def decide(self, obs):
-        return Germinate(slot="early", blueprint="conv_light")
 
 
 @pytest.fixture(scope="module")
