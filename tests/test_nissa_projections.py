@@ -27,6 +27,12 @@ def workspace(tmp_path_factory) -> Workspace:
     return Workspace.at(root)
 
 
+class EpochMetricsV2(EpochMetrics):
+    """The epoch metrics projection at its next version, as a newer Esper would bring it."""
+
+    version = EpochMetrics.version + 1
+
+
 def dump(projector: Projector) -> dict[str, list[tuple]]:
     """Every read-model table and the checkpoints, as sorted rows."""
     out = {}
@@ -145,9 +151,6 @@ def test_a_new_projection_version_rebuilds_its_tables(tmp_path):
     with Projector.open(path) as projector:
         projector.con.execute("DELETE FROM epoch_metrics WHERE epoch > 3")  # damage only this projection
 
-    class EpochMetricsV2(EpochMetrics):
-        version = EpochMetrics.version + 1
-
     projections = [EpochMetricsV2()]
     with ws.reader() as reader, Projector.open(path, projections) as projector:
         projector.catch_up(reader)
@@ -164,9 +167,6 @@ def test_a_projection_rebuilt_mid_run_catches_up_beside_ones_ahead_of_it(tmp_pat
         writer.write(9)
         with ws.reader() as reader, Projector.open(path) as projector:
             projector.catch_up(reader)
-
-        class EpochMetricsV2(EpochMetrics):
-            version = EpochMetrics.version + 1
 
         projections = [EpochMetricsV2() if isinstance(p, EpochMetrics) else p for p in default_projections()]
         writer.write()
