@@ -133,10 +133,33 @@ def test_masks_allow_exactly_the_legal_commands(story, max_params):
         assert F.ActionMask.from_log(mask.to_log(SPEC), SPEC).flat().tolist() == mask.flat().tolist()
 
         options = candidates(garden)
+        for spec in (SPEC, NARROW):
+            for command in options:
+                assert_read_back_as_an_action(command, garden, spec)
+            masked = set(masked_actions(F.action_mask(garden, spec)))
+            assert masked == {F.from_command(c, garden, spec) for c in legal_commands(garden)}
         command = options[pick % len(options)]
         for event in garden.handle(command, epoch):
             garden.apply(realized(event))
         assert not max_params or garden.params() <= max_params
+
+
+NARROW = F.FeatureSpec(slots=SPEC.slots[1:], blueprints=SPEC.blueprints[:2])
+"""A policy that knows fewer slots and blueprints than the runs it reads."""
+
+
+def assert_read_back_as_an_action(command, garden: Garden, spec: F.FeatureSpec) -> None:
+    """A logged command becomes the action that issues it again, if it was legal and `spec` can name it; else `wait`
+    (it changed nothing, or the policy has no head for it)."""
+    action = F.from_command(command, garden, spec)
+    slot = command.slot if isinstance(command, Germinate) else None
+    if isinstance(command, (Advance, Cull)):
+        slot = garden.seeds[command.seed_id].slot
+    nameable = slot in spec.slots and getattr(command, "blueprint", spec.blueprints[0]) in spec.blueprints
+    if isinstance(command, Wait) or not garden.legal(command) or not nameable:
+        assert action == (F.WAIT, 0, 0), (command, action)
+        return
+    assert key(F.to_command(*action, garden, spec)) == key(command)
 
 
 def test_sampling_never_picks_a_masked_choice():
