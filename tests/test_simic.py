@@ -22,6 +22,7 @@ from esper.errors import BadInput, EsperError, Terminated
 from esper.leyline import Advance, Cull, EpochEnded, Germinate, LifecycleConfig, RunConfig, RunStarted, SeedTelemetry, Wait
 from esper.leyline.events import CommandIssued, SeedGerminated, SeedTransitioned, encode
 from esper.leyline.garden import Garden, legal_commands
+from esper.leyline.stages import SeedStage
 from esper.nissa.runstate import RunState
 from esper.simic import features as F
 from esper.simic.dataset import Episode, replay_episode
@@ -38,6 +39,7 @@ from esper.simic.ppo import train as train_ppo
 from esper.simic.rewards import COMPONENTS, RewardConfig, StepOutcome, components
 from esper.store import Recorder, Workspace
 from esper.tamiyo.controllers import make_controller
+from esper.tamiyo.observation import ObservationProjection
 from esper.tolaria.data import augment, load_task_data
 from esper.tolaria.tasks import BLUEPRINTS, get_task
 from esper.tolaria.trainer import Trainer
@@ -179,6 +181,42 @@ def test_sampling_never_picks_a_masked_choice():
         assert (slot == 0 and not m.slot[op].any()) or m.slot[op, slot]
         assert (bp == 0 and (op != F.GERMINATE or not m.blueprint[slot].any())) or (op == F.GERMINATE and m.blueprint[slot, bp])
     assert torch.isfinite(log_prob).all()
+
+
+def test_an_observation_encodes_each_slot_in_its_own_block():
+    """The vector a policy reads: run-level features, then one block per slot of the spec, in the spec's order, each
+    with its stage, whether a seed is there, and its blueprint, one-hot."""
+    projection = ObservationProjection()
+    projection.apply(RunStarted(preset=MNIST1D, config=RunConfig(lifecycle=LIFECYCLE, epochs=10), slots=list(SPEC.slots),
+                                blueprints=list(SPEC.blueprints), host_params=HOST_PARAMS, seed_sizes=SEED_SIZES))
+    projection.apply(EpochEnded(epoch=1, train_loss=1.0, val_loss=1.0, val_accuracy=0.50, params=HOST_PARAMS))
+    germinate = Germinate(slot=SPEC.slots[1], blueprint=SPEC.blueprints[2])
+    for event in projection.garden.handle(germinate, 1):
+        projection.apply(realized(event))
+    seed = projection.garden.live_seed(germinate.slot)
+    projection.apply(EpochEnded(epoch=2, train_loss=1.0, val_loss=1.0, val_accuracy=0.52, params=HOST_PARAMS,
+                                seeds=[SeedTelemetry(seed_id=seed.seed_id, gradient_health=0.75)]))
+    observation = projection.observe()
+    vector = F.encode(observation, SPEC)
+
+    assert vector.shape == (SPEC.obs_dim,) and vector.dtype == np.float32
+    run, deltas = vector[:10], vector[10 : 10 + SPEC.history]
+    assert run[0] == pytest.approx(0.2) and run[2] == pytest.approx(0.52)  # epoch 2 of 10; validation accuracy
+    assert run[9] == pytest.approx(1 / SPEC.n_slots)  # one slot of three holds a live seed
+    assert deltas[-1] == pytest.approx(0.2) and not deltas[:-1].any()  # the one change so far, the latest last
+    blocks = vector[10 + SPEC.history :].reshape(SPEC.n_slots, -1)
+    stages, present, blueprints = blocks[:, : len(F.STAGES)], blocks[:, len(F.STAGES) + 8], blocks[:, -SPEC.n_blueprints :]
+    assert stages.argmax(axis=1).tolist() == [F.STAGES.index(s) for s in
+                                              (SeedStage.DORMANT, SeedStage.GERMINATED, SeedStage.DORMANT)]
+    assert (stages.sum(axis=1) == 1).all()
+    assert present.tolist() == [0, 1, 0] and blocks[1, len(F.STAGES) + 2] == pytest.approx(0.75)  # gradient health
+    assert blueprints.tolist() == [[0] * SPEC.n_blueprints, [float(i == 2) for i in range(SPEC.n_blueprints)],
+                                   [0] * SPEC.n_blueprints]
+    seed_size = blocks[:, len(F.STAGES) + 7]
+    assert seed_size[1] > 0 and seed_size[[0, 2]].tolist() == [0, 0]
+    wider = F.FeatureSpec(slots=(*SPEC.slots, "unseen"), blueprints=SPEC.blueprints)  # a slot this run lacks: zeros
+    wide = F.encode(observation, wider)[10 + SPEC.history :]
+    assert wide.tolist() == blocks.ravel().tolist() + [0.0] * blocks.shape[1]
 
 
 # ---- the log: observations, episodes, batches ------------------------------------------------------
