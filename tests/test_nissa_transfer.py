@@ -75,6 +75,25 @@ def test_runs_of_one_store_go_into_one_file(tmp_path):
     assert rows(fresh, "a", "b") == rows(src, "a", "b")
 
 
+def _row(run: str, seq: int, position: int) -> transfer.Row:
+    return transfer.Row(position, run, seq, f"{run}-{seq}", None, "EpochEnded", seq, None, None, "{}")
+
+
+def _groups(rows: list[transfer.Row]) -> list[tuple[str, list[tuple[str, int, int]]]]:
+    return [(name, [(r.run_id, r.seq, r.position) for r in mine]) for name, mine in transfer.store_groups(rows)]
+
+
+def test_store_groups_keep_positions_where_they_can_be_a_stores_order():
+    """One store's rows stay one file in position order; runs whose positions collide get a file each, keeping
+    their positions; a run whose positions do not rise with its seq (spread over stores) is renumbered in seq order."""
+    one_store = [_row("a", 2, 3), _row("b", 1, 2), _row("a", 1, 1)]
+    assert _groups(one_store) == [("", [("a", 1, 1), ("b", 1, 2), ("a", 2, 3)])]
+    colliding = [_row("a", 1, 5), _row("a", 2, 7), _row("b", 1, 5), _row("b", 2, 6)]
+    assert _groups(colliding) == [("a", [("a", 1, 5), ("a", 2, 7)]), ("b", [("b", 1, 5), ("b", 2, 6)])]
+    spread = [_row("a", 1, 5), _row("a", 2, 7), _row("b", 1, 9), _row("b", 2, 5), _row("b", 3, 6)]
+    assert _groups(spread) == [("a", [("a", 1, 5), ("a", 2, 7)]), ("b", [("b", 1, 1), ("b", 2, 2), ("b", 3, 3)])]
+
+
 def test_a_long_file_name_gives_a_store_name_the_filesystem_takes(source, tmp_path):
     path = tmp_path / f"{'x' * 240}.jsonl"
     export(source, [HEURISTIC], path, "jsonl")
@@ -242,6 +261,10 @@ def _good_lines(source, tmp_path) -> list[str]:
         (lambda lines: [re.sub(r'"event_id":"[^"]+"', '"event_id":"xyz"', lines[0])] + lines[1:], r"is not a UUID"),
         (lambda lines: [re.sub(r'"ts":"([^"]+)\+00:00"', r'"ts":"\1"', lines[0])] + lines[1:], r"has no time zone"),
         (lambda lines: [], r"no events in this file"),
+        (lambda lines: [lines[0].replace('"position":1,', '"position":0,', 1)] + lines[1:],
+         r"bad\.jsonl:1: seq and position start at 1 \(seq 1, position 0\)"),
+        (lambda lines: [lines[0].replace('"seq":1,', '"seq":0,', 1)] + lines[1:],
+         r"bad\.jsonl:1: seq and position start at 1 \(seq 0, position 1\)"),
     ],
 )
 def test_malformed_jsonl_is_bad_input_naming_the_row(source, tmp_path, damage, message):
