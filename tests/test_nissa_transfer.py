@@ -44,7 +44,7 @@ def export(ws: Workspace, runs: list[str], path, fmt: str) -> int:
 def test_round_trip_keeps_every_column(source, tmp_path, fmt):
     path = tmp_path / f"heuristic.{fmt}"
     assert export(source, [HEURISTIC], path, fmt) == 70
-    fresh = Workspace.at(tmp_path / "fresh")
+    fresh = Workspace.at(tmp_path / "new" / "fresh")  # made on import, with the folder above it
     result = import_file(fresh, path)
     assert (result.imported, result.skipped, result.runs) == (70, 0, [HEURISTIC])
     assert [p.name for p in result.stores] == ["imported-heuristic.duckdb"]

@@ -264,6 +264,22 @@ def test_a_store_held_by_a_live_writer_is_read_from_a_snapshot_or_skipped(ws: Wo
         assert query(reader, "SELECT count(*) FROM events WHERE run_id = 'live-run'") == [(2,)]
 
 
+def test_a_store_its_writer_has_opened_but_not_yet_written_is_skipped_as_new(ws: Workspace):
+    """The moment between a writer's connect and its tables: the store is not "another program's file"."""
+    path = ws.store_path("new")
+    hold = "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); time.sleep(60)"
+    writer = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        with in_thread(ws.reader, timeout=20) as reader:
+            assert "skipped new.duckdb: held by a live writer, snapshot has no events yet" in reader.notes
+            assert query(reader, "SELECT count(DISTINCT run_id) FROM events") == [(4,)]
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+
+
 def test_a_store_this_process_is_writing_is_read_from_a_snapshot(ws: Workspace):
     with Recorder(ws.store_path("mine")) as rec:
         rec.append("my-run", [started()], 0)
