@@ -46,12 +46,17 @@ def test_germination_fossilization_and_cull_at_the_epochs_of_the_log(heuristic):
         "epoch 7: heuristic: validation accuracy flat for 3 epochs at 79.0% → germinated conv_light in slot mid"
         " as s1-mid (+2.3k params)"
     ) in lines
-    assert line_for(lines, " fossilized, contribution").startswith("epoch 12: s1-mid fossilized, contribution +6.1 points")
+    assert ("epoch 9: s1-mid passed the training gate (gradient health 0.82, seed loss 0.96 → 0.768 over 2 epochs)"
+            " → blending in") in lines
+    assert line_for(lines, " fossilized, contribution") == ("epoch 12: s1-mid fossilized, contribution +6.1 points "
+                                                            "(validation accuracy 85.0%, host now 14.6k params)")
+    assert "(last contribution -3.1 points)" in cull  # the seed's last measurement, which the cull's evidence lacks
     assert cull.startswith("epoch 20: ") and "contribution -3.1 points at full alpha" in cull
     assert "slot late embargoed for 2 epochs" in cull
     assert lines[0].startswith("run h: mnist1d, controller heuristic, seed 0, 24 epochs")
     assert lines[-1].startswith("epoch 24: finished: validation accuracy ")
     assert "1 fossilized, 1 culled, 1 unfinished (s3-late)" in lines[-1]
+    assert "; 19.2k params (+56% over the 12.3k host); " in lines[-1]
 
 
 def test_refusals_are_told_with_their_reason_and_repeats_folded(heuristic):
@@ -104,6 +109,25 @@ def test_static_run_grows_nothing():
         ("gate closed: ...", {"rule": "training_gate", "gradient_health": 0.9, "gradient_health_threshold": 0.3,
                               "epochs_in_stage": 3, "min_training_epochs": 2, "seed_loss": None, "seed_loss_at_entry": 0.9},
          "gate closed: ..."),
+        # at each threshold the gates pass (>=, and a drop up to the tolerance): nothing is told as failed
+        ("gate closed: ...", {"rule": "training_gate", "gradient_health": 0.5, "gradient_health_threshold": 0.5,
+                              "epochs_in_stage": 2, "min_training_epochs": 2, "seed_loss": 0.5, "seed_loss_at_entry": 0.75},
+         "gate closed: ..."),
+        ("gate closed: ...", {"rule": "fossilize_gate", "alpha": 1.0, "epochs_at_full_alpha": 1, "stability_window": 1,
+                              "val_accuracy": 0.25, "val_accuracy_at_blend_start": 0.5, "regression_tolerance": 0.25},
+         "gate closed: ..."),
+        # each comparison alone, its evidence exactly its pair
+        ("gate closed: ...", {"rule": "training_gate", "seed_loss": 0.75, "seed_loss_at_entry": 0.75},
+         "gate closed: seed loss not improving (0.75, 0.75 at entry)"),
+        ("gate closed: ...", {"rule": "training_gate", "gradient_health": 0.25, "gradient_health_threshold": 0.5},
+         "gate closed: gradient health 0.25 < 0.5"),
+        ("gate closed: ...", {"rule": "training_gate", "epochs_in_stage": 1, "min_training_epochs": 2},
+         "gate closed: 1 of 2 training epochs"),
+        ("gate closed: ...", {"rule": "fossilize_gate", "epochs_at_full_alpha": 0, "stability_window": 1},
+         "gate closed: 0 of 1 epochs at full alpha"),
+        ("gate closed: ...", {"rule": "fossilize_gate", "val_accuracy": 0.25, "val_accuracy_at_blend_start": 0.75,
+                              "regression_tolerance": 0.25},
+         "gate closed: validation accuracy 25.0% is 50.0 points below 75.0% at blend start (tolerance 25.0)"),
         ("slot mid holds seed s1-mid in TRAINING", {"rule": "slot_occupied", "slot": "mid", "seed_id": "s1-mid"},
          "slot mid holds seed s1-mid in TRAINING"),
         # a log written before refusals carried evidence: told by its reason, which is never re-parsed
