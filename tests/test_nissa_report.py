@@ -38,7 +38,11 @@ class Page(HTMLParser):
         self.urls: list[str] = []
         self.bands: list[str] = []
         self.story: list[str] = []
+        self.rows: dict[str, list[str]] = {}
+        """The cells' text of each table row of a seed or a decision, by `seed:<id>` or `seq:<seq>`."""
         self._in_story = False
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
         self._li: list[str] | None = None
         self.feed(text)
         self.close()
@@ -70,6 +74,11 @@ class Page(HTMLParser):
             self.bands.append(attrs.get("data-stage"))
         elif tag == "tr" and "data-seed" in attrs:
             self.seed_rows.append(attrs["data-seed"])
+        if tag == "tr" and ("data-seed" in attrs or "data-seq" in attrs):
+            self._row = self.rows.setdefault(f"seed:{attrs['data-seed']}" if "data-seed" in attrs
+                                             else f"seq:{attrs['data-seq']}", [])
+        elif tag == "td" and self._row is not None:
+            self._cell = []
         elif tag == "ol" and attrs.get("class") == "story":
             self._in_story = True
         elif tag == "li" and self._in_story:
@@ -87,10 +96,17 @@ class Page(HTMLParser):
             self._li = None
         elif tag == "ol":
             self._in_story = False
+        elif tag == "td" and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr":
+            self._row = None
 
     def handle_data(self, data):
         if self._li is not None:
             self._li.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
         if "style" in self.stack and re.search(r"url\(|@import|https?:", data):
             self.urls.append(data)
 
@@ -154,6 +170,24 @@ def test_story_and_decisions_are_in_the_report(site):
     assert text.count('<tr data-seq="') == sum(d["command"] != "Wait" for d in view.decisions) == 12
     assert "slot late holds seed s2-late in EMBARGOED" in text
     assert 'data-blueprint="conv_light"' in text
+
+
+def test_decision_and_seed_rows_say_what_the_log_says(site):
+    """A row per command but `wait`: what it named, its outcome, and what it did or why it was refused (told from the
+    refusal's evidence, a cull with its reason); a row per seed with its stages' epochs and how it ended."""
+    rows = Page(site["single"].read_text(encoding="utf-8")).rows
+    gate = "gate closed: 1 of 2 training epochs; seed loss not improving (0.96, 0.96 at entry)"
+    assert rows["seq:15"] == ["7", "heuristic", "Germinate", "conv_light → mid (s1-mid)", "applied",
+                              "s1-mid DORMANT → GERMINATED"]
+    assert rows["seq:20"] == ["8", "heuristic", "Advance", "s1-mid", "rejected", gate]
+    assert rows["seq:52"] == ["20", "heuristic", "Cull", "s2-late", "applied",
+                              "s2-late BLENDING → CULLED (contribution -3.1 points at full alpha)"]
+    assert rows["seq:56"] == ["21", "heuristic", "Germinate", "attention → late", "rejected",
+                              "slot late holds seed s2-late in EMBARGOED"]
+    assert rows["seed:s1-mid"] == ["s1-mid", "mid", "conv_light", "2.3k", "7", "2", "3", "0", "FOSSILIZED", "12",
+                                   "+6.1 points", ""]
+    assert rows["seed:s2-late"][-4:] == ["DORMANT", "20", "-3.1 points", "controller: contribution -3.1 points at full alpha"]
+    assert rows["seed:s3-late"][-4:] == ["TRAINING", "", "", ""]  # still training when the run ended
 
 
 def test_comparison_overlays_every_run(site):
