@@ -6,6 +6,7 @@ DOM holds the SVG paths and a screenshot shows the curves and stage bands in the
 Chromium the browser test is skipped, saying so; the parser checks still run.
 """
 
+import html
 import re
 import shutil
 import subprocess
@@ -188,6 +189,24 @@ def test_decision_and_seed_rows_say_what_the_log_says(site):
                                    "+6.1 points", ""]
     assert rows["seed:s2-late"][-4:] == ["DORMANT", "20", "-3.1 points", "controller: contribution -3.1 points at full alpha"]
     assert rows["seed:s3-late"][-4:] == ["TRAINING", "", "", ""]  # still training when the run ended
+
+
+def test_the_cards_and_counts_at_the_top_of_a_report(site):
+    text = site["single"].read_text(encoding="utf-8")
+    summary = site["views"][HEURISTIC].summary
+    cards = [(html.unescape(v), html.unescape(k)) for v, k in re.findall(r'<div class="v">(.*?)</div><div class="k">(.*?)</div>', text)]
+    assert cards == [("85.0%", "validation accuracy (final)"), ("84.6%", "test accuracy"),
+                     ("85.2%", "best validation (epoch 15)"), ("19.2k", "parameters (+56% over the host)"),
+                     ("1 / 1", "seeds fossilized / culled (of 3)")]
+    assert "24 of 24 epochs · 70 events" in text
+    assert f"24 decisions: 12 wait, 7 applied, {summary['rejected']} rejected. Waits are not listed." in text
+    assert summary["rejected"] == 5
+    for view in site["views"].values():  # the counts agree with the rows listed, whatever the run
+        page = render_run(view)
+        n, waits, applied, rejected = map(int, re.search(r"(\d+) decisions: (\d+) wait, (\d+) applied, (\d+) rejected",
+                                                         page).groups())
+        listed = page.count('<tr data-seq="')
+        assert (n, waits + listed, rejected, applied) == (len(view.decisions), n, view.summary["rejected"], listed - rejected)
 
 
 def test_comparison_overlays_every_run(site):
