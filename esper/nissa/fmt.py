@@ -15,17 +15,20 @@ def points(fraction: float | None) -> str:
 
 
 def count(n: int | None, sign: bool = False) -> str:
-    """Parameter counts: 2304 → '2.3k', 1_250_000 → '1.25M' (with `sign`, '+2.3k')."""
+    """Parameter counts: 2304 → '2.3k', 1_250_000 → '1.25M', 1.5e9 → '1.5B' (with `sign`, '+2.3k'). A count goes
+    into the next unit where its rounding would reach a thousand of this one ('1M', not '1000.0k')."""
     if n is None:
         return "–"
     prefix = "+" if sign and n > 0 else ("-" if n < 0 else "")
     a = abs(n)
-    if a >= 1_000_000:
-        text = f"{a / 1_000_000:.3g}M"
-    elif a >= 1_000:
-        text = f"{a / 1_000:.1f}k"
-    else:
+    if a < 1_000:
         text = str(a)
+    elif a < 999_950:
+        text = f"{a / 1_000:.1f}k"
+    elif a < 999_500_000:
+        text = f"{a / 1_000_000:.3g}M"
+    else:
+        text = f"{a / 1_000_000_000:.3g}B"
     return prefix + text
 
 
