@@ -231,11 +231,22 @@ def in_thread(fn, timeout: float):
     return out["value"]
 
 
-def test_a_store_held_by_a_live_writer_is_read_from_a_snapshot_or_skipped(ws: Workspace):
-    path = ws.store_path("live")
-    writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def holding(path: Path, script: str):
+    """Another process running `script` on `path`, from the moment it prints `ready` to the end of the block."""
+    writer = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "ready"
+        yield writer
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+
+
+def test_a_store_held_by_a_live_writer_is_read_from_a_snapshot_or_skipped(ws: Workspace):
+    path = ws.store_path("live")
+    with holding(path, LIVE_WRITER) as writer:
         with pytest.raises(duckdb.Error, match="lock"):  # the premise: DuckDB lets no one else open it
             duckdb.connect(str(path), read_only=True)
 
@@ -255,10 +266,6 @@ def test_a_store_held_by_a_live_writer_is_read_from_a_snapshot_or_skipped(ws: Wo
                 with pytest.raises(duckdb.Error):
                     query(reader, "INSERT INTO store3.events SELECT * FROM store3.events")
         assert writer.poll() is None, "the writer was not disturbed"
-    finally:
-        writer.kill()
-        writer.wait()
-        writer.stdout.close()
     with ws.reader() as reader:  # once the writer is gone its file opens normally
         assert reader.notes == []
         assert query(reader, "SELECT count(*) FROM events WHERE run_id = 'live-run'") == [(2,)]
@@ -268,16 +275,9 @@ def test_a_store_its_writer_has_opened_but_not_yet_written_is_skipped_as_new(ws:
     """The moment between a writer's connect and its tables: the store is not "another program's file"."""
     path = ws.store_path("new")
     hold = "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); time.sleep(60)"
-    writer = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert writer.stdout.readline().strip() == "ready"
-        with in_thread(ws.reader, timeout=20) as reader:
-            assert "skipped new.duckdb: held by a live writer, snapshot has no events yet" in reader.notes
-            assert query(reader, "SELECT count(DISTINCT run_id) FROM events") == [(4,)]
-    finally:
-        writer.kill()
-        writer.wait()
-        writer.stdout.close()
+    with holding(path, hold), in_thread(ws.reader, timeout=20) as reader:
+        assert "skipped new.duckdb: held by a live writer, snapshot has no events yet" in reader.notes
+        assert query(reader, "SELECT count(DISTINCT run_id) FROM events") == [(4,)]
 
 
 def test_a_store_this_process_is_writing_is_read_from_a_snapshot(ws: Workspace):
